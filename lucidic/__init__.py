@@ -1,0 +1,68 @@
+"""Lucidic: observability for AI agents.
+
+    import lucidic as lai
+
+    session_id = lai.init(session_name="My agent")
+
+    @lai.step
+    def plan(goal): ...
+
+Sessions can be continued in another thread, task, process or machine with
+``lai.continue_session(id)`` or ``with lai.continued(id):``.
+"""
+
+from __future__ import annotations
+
+from . import errors
+from ._api import (
+    continue_session,
+    continued,
+    create_event,
+    create_step,
+    detach,
+    end_event,
+    end_session,
+    end_step,
+    flush,
+    init,
+    session,
+    shutdown,
+    update_event,
+    update_session,
+    update_step,
+)
+from ._decorators import event, step
+from .errors import (
+    APIKeyVerificationError,
+    InvalidOperationError,
+    LucidicError,
+    LucidicNotInitializedError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "APIKeyVerificationError",
+    "InvalidOperationError",
+    "LucidicError",
+    "LucidicNotInitializedError",
+    "__version__",
+    "continue_session",
+    "continued",
+    "create_event",
+    "create_step",
+    "detach",
+    "end_event",
+    "end_session",
+    "end_step",
+    "errors",
+    "event",
+    "flush",
+    "init",
+    "session",
+    "shutdown",
+    "step",
+    "update_event",
+    "update_session",
+    "update_step",
+]

@@ -1,0 +1,735 @@
+"""The public API: sessions, steps, events."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from . import _config, _lifecycle
+from ._context import (
+    Binding,
+    EventRef,
+    StepFrame,
+    current_binding,
+    current_step,
+    install_context_propagation,
+    last_event,
+    process_slot,
+    scope_binding,
+    step_in,
+)
+from ._internal import log_rate_limited, logger
+from ._pipeline import Pipeline
+from ._records import Mask, mask_fields, text_field, to_jsonable
+from ._runtime import new_id, runtime
+from ._sinks import Sink, SinkError
+from .errors import APIKeyVerificationError, InvalidOperationError, LucidicNotInitializedError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: The embedded store has no accounts; everything in it is one project.
+LOCAL_PROJECT = "default"
+_MAX_ID_LENGTH = 256
+
+
+# -- validation ------------------------------------------------------------------
+
+def _session_id_arg(value: Any, name: str = "session_id") -> str:
+    if not isinstance(value, str):
+        raise InvalidOperationError(
+            f"{name} must be a string (the id returned by lai.init()), "
+            f"not {type(value).__name__}")
+    if not value or len(value) > _MAX_ID_LENGTH or not value.isprintable():
+        raise InvalidOperationError(
+            f"{name} {value[:80]!r} is not a valid session id: use 1 to {_MAX_ID_LENGTH} "
+            "printable characters")
+    return value
+
+
+def _number_arg(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidOperationError(f"{name} must be a number, not {type(value).__name__} "
+                                    f"{value!r:.80}")
+    return float(value)
+
+
+def _bool_arg(name: str, value: Any) -> bool | None:
+    if value is None or isinstance(value, bool):
+        return value
+    raise InvalidOperationError(f"{name} must be True, False or None, not {value!r:.80}")
+
+
+def _mask_arg(value: Any) -> Mask | None:
+    if value is None or callable(value):
+        return value
+    raise InvalidOperationError(
+        f"masking_function must be a callable taking and returning text, not "
+        f"{type(value).__name__}")
+
+
+def _tags_arg(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)):
+        raise InvalidOperationError(f"tags must be a list of strings, not {type(value).__name__}")
+    return [text_field(tag) or "" for tag in value]
+
+
+def _screenshot(screenshot: Any, screenshot_path: Any) -> tuple[str | None, str | None]:
+    """A screenshot given inline (base64) or by path, which is read now."""
+    if screenshot is not None or screenshot_path is None:
+        return text_field(screenshot), text_field(screenshot_path)
+    path = Path(str(screenshot_path))
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidOperationError(
+            f"cannot read screenshot_path {str(path)!r}: {exc.strerror or exc}") from exc
+    return base64.b64encode(data).decode("ascii"), str(path)
+
+
+def _no_session(call: str) -> None:
+    log_rate_limited(f"no_session_{call}", "lucidic: %s() called with no current session; "
+                     "nothing recorded", call, level=logging.DEBUG)
+
+
+# -- options and bindings --------------------------------------------------------
+
+class _Options:
+    """init/continue options resolved against the environment."""
+
+    __slots__ = ("agent_id", "api_key", "auto_end", "base_url", "mask", "providers")
+
+    def __init__(self, *, lucidic_api_key: str | None, api_key: str | None,
+                 agent_id: str | None, providers: Sequence[str] | None,
+                 masking_function: Any, auto_end: Any) -> None:
+        key = lucidic_api_key if lucidic_api_key is not None else api_key
+        self.api_key = key if key is not None else _config.env("LUCIDIC_API_KEY")
+        self.agent_id = agent_id if agent_id is not None else _config.env("LUCIDIC_AGENT_ID")
+        for name, value in (("api key", self.api_key), ("agent_id", self.agent_id)):
+            if value is not None and not isinstance(value, str):
+                raise InvalidOperationError(f"{name} must be a string, not {type(value).__name__}")
+        self.base_url = _config.base_url()
+        self.mask = _mask_arg(masking_function)
+        auto = _bool_arg("auto_end", auto_end)
+        self.auto_end = True if auto is None else auto
+        if providers is not None and (isinstance(providers, str)
+                                      or not isinstance(providers, (list, tuple))):
+            raise InvalidOperationError(
+                f"providers must be a list of names such as ['openai'], not {providers!r:.80}")
+        self.providers = list(providers or ())
+
+    def sink(self) -> Sink:
+        sink = runtime.make_sink(self.base_url, self.api_key)
+        verify = getattr(sink, "verify", None)
+        if verify is not None:
+            verify()  # raises APIKeyVerificationError for a bad key
+        return sink
+
+
+def _activate_providers(names: list[str]) -> None:
+    if names:
+        from .plugins import activate
+
+        activate(names)
+
+
+def _bind(session_id: str, options: _Options, pipeline: Pipeline, project: str) -> Binding:
+    install_context_propagation()
+    binding = Binding(runtime.state(session_id), pipeline, mask=options.mask,
+                      auto_end=options.auto_end, agent_id=options.agent_id, project=project)
+    runtime.register(binding)
+    if options.auto_end:
+        _lifecycle.install()
+    return binding
+
+
+def _project_of(sink: Sink) -> str:
+    return getattr(sink, "project", None) or LOCAL_PROJECT
+
+
+def _put(binding: Binding, kind: str, record_id: str, fields: dict[str, Any],
+         ts: float | None = None) -> None:
+    if binding.mask is not None:
+        mask_fields(binding.mask, fields)
+    binding.pipeline.put((kind, record_id, time.time() if ts is None else ts, fields))
+
+
+def _create_session(options: _Options, session_id: str | None, fields: dict[str, Any]) -> Binding:
+    """Make a new session and bind it (the caller decides the scope)."""
+    _activate_providers(options.providers)
+    sink = options.sink()
+    if session_id is None:
+        session_id = str(uuid.uuid4())
+    else:
+        session_id = _session_id_arg(session_id)
+        try:
+            if sink.lookup_session(session_id) is not None:
+                raise InvalidOperationError(
+                    f"a session with id {session_id!r} already exists; continue it with "
+                    "lai.continue_session() or pass another session_id")
+        except SinkError as exc:
+            log_rate_limited("lookup_failed", "lucidic: could not check session %s (%s); "
+                             "creating it", session_id, exc)
+    pipeline = runtime.pipeline_for(sink)
+    project = _project_of(sink)
+    binding = _bind(session_id, options, pipeline, project)
+    now = time.time()
+    record_fields = {"project": project, "agent_id": options.agent_id, "started_at": now,
+                     **fields}
+    if binding.mask is not None:
+        mask_fields(binding.mask, record_fields)
+    record = ("session", session_id, now, record_fields)
+    try:
+        # Written at once, so another process can continue the session as soon
+        # as this call returns.
+        sink.write([record])
+    except Exception as exc:  # noqa: BLE001
+        log_rate_limited("session_create", "lucidic: could not store session %s yet (%s); "
+                         "it is queued and will be delivered later", session_id, exc)
+        pipeline.put(record)
+    return binding
+
+
+def _check_continuable(sink: Sink, session_id: str, agent_id: str | None) -> None:
+    state = runtime.states.get(session_id)
+    if state is not None and state.finished:
+        raise InvalidOperationError(_finished_message(session_id))
+    if state is not None and state.bindings:
+        return  # this process holds it open right now
+    try:
+        info = sink.lookup_session(session_id)
+    except APIKeyVerificationError:
+        raise
+    except SinkError as exc:
+        log_rate_limited("lookup_failed", "lucidic: could not check session %s (%s); "
+                         "continuing it, records will be delivered when the backend answers",
+                         session_id, exc)
+        return
+    if info is None:
+        raise InvalidOperationError(
+            f"session {session_id!r} does not exist (for this store or API key). Check the "
+            "id, or start a new session with lai.init().")
+    if info.get("is_finished"):
+        raise InvalidOperationError(_finished_message(session_id))
+    owner = info.get("agent_id")
+    if agent_id and owner and owner != agent_id:
+        raise InvalidOperationError(
+            f"session {session_id!r} belongs to agent {owner!r}, not {agent_id!r}; continue "
+            "it with the agent id that created it.")
+
+
+def _finished_message(session_id: str) -> str:
+    return (f"session {session_id!r} has finished and a finished session cannot be "
+            "continued. To hand a session over to another process, detach it there with "
+            "lai.detach() (or leave its `with lai.continued()` block) instead of calling "
+            "lai.end_session().")
+
+
+def _continue(session_id: str, options: _Options) -> Binding:
+    _activate_providers(options.providers)
+    sink = options.sink()
+    _check_continuable(sink, session_id, options.agent_id)
+    return _bind(session_id, options, runtime.pipeline_for(sink), _project_of(sink))
+
+
+# -- sessions ----------------------------------------------------------------------
+
+def init(session_name: str | None = None, session_id: str | None = None,
+         lucidic_api_key: str | None = None, agent_id: str | None = None,
+         task: str | None = None, providers: Sequence[str] | None = None,
+         tags: Sequence[str] | None = None, masking_function: Callable[[str], str] | None = None,
+         auto_end: bool = True, *, api_key: str | None = None,
+         capture_uncaught: bool = True) -> str:
+    """Start a session and make it this process's current one; returns its id."""
+    options = _Options(lucidic_api_key=lucidic_api_key, api_key=api_key, agent_id=agent_id,
+                       providers=providers, masking_function=masking_function,
+                       auto_end=auto_end)
+    fields = {"name": text_field(session_name), "task": text_field(task),
+              "tags": _tags_arg(tags)}
+    binding = _create_session(options, session_id, fields)
+    previous = process_slot.binding
+    if previous is not None and previous.active:
+        logger.info("lucidic: session %s replaces %s as the process's current session; "
+                    "the earlier one stays open", binding.session_id, previous.session_id)
+    process_slot.binding = binding
+    if not capture_uncaught:
+        binding.state.outcome_set = True  # nothing will mark it failed on a crash
+    return binding.session_id
+
+
+def continue_session(session_id: str, lucidic_api_key: str | None = None,
+                     agent_id: str | None = None, providers: Sequence[str] | None = None,
+                     masking_function: Callable[[str], str] | None = None,
+                     auto_end: bool = True, *, api_key: str | None = None) -> str:
+    """Resume an existing, unfinished session as this process's current one."""
+    session_id = _session_id_arg(session_id)
+    current = process_slot.binding
+    if current is not None and current.active:
+        if current.session_id == session_id:
+            return session_id  # re-entering the same session is harmless
+        raise InvalidOperationError(
+            f"session {current.session_id!r} is already current in this process; call "
+            "lai.detach() or lai.end_session() before continuing another, or use "
+            "`with lai.continued(id):` to work on it in one thread or task.")
+    options = _Options(lucidic_api_key=lucidic_api_key, api_key=api_key, agent_id=agent_id,
+                       providers=providers, masking_function=masking_function,
+                       auto_end=auto_end)
+    process_slot.binding = _continue(session_id, options)
+    return session_id
+
+
+def detach() -> None:
+    """Stop this scope (a `continued` block, else the process) writing to the
+    current session without finishing it, after flushing what it recorded."""
+    binding = current_binding()
+    if binding is None:
+        raise LucidicNotInitializedError("lai.detach() needs a current session; there is none "
+                                         "here (it may have ended or been detached already).")
+    detach_binding(binding)
+
+
+def detach_binding(binding: Binding, *, wait: bool = True) -> None:
+    if wait:
+        binding.pipeline.flush(_config.flush_timeout(), fail_fast=True)
+    runtime.release(binding)
+
+
+def update_session(task: str | None = None, session_eval: float | None = None,
+                   session_eval_reason: str | None = None, is_successful: bool | None = None,
+                   is_successful_reason: str | None = None, *,
+                   tags: Sequence[str] | None = None, session_name: str | None = None) -> None:
+    binding = _require_session("update_session")
+    fields = _session_result_fields(session_eval, session_eval_reason, is_successful,
+                                    is_successful_reason, binding)
+    fields.update(task=text_field(task), tags=_tags_arg(tags), name=text_field(session_name))
+    _put(binding, "session", binding.session_id, fields)
+
+
+def end_session(is_successful: bool | None = None, is_successful_reason: str | None = None,
+                session_eval: float | None = None,
+                session_eval_reason: str | None = None) -> None:
+    """Finish the current session for everyone."""
+    binding = _require_session("end_session")
+    end_binding(binding, is_successful=is_successful, is_successful_reason=is_successful_reason,
+                session_eval=session_eval, session_eval_reason=session_eval_reason)
+
+
+def end_binding(binding: Binding, *, is_successful: bool | None = None,
+                is_successful_reason: str | None = None, session_eval: float | None = None,
+                session_eval_reason: str | None = None, failure: str | None = None,
+                wait: bool = True) -> None:
+    fields = _session_result_fields(session_eval, session_eval_reason, is_successful,
+                                    is_successful_reason, binding)
+    if failure is not None and not binding.state.outcome_set and is_successful is None:
+        fields.update(is_successful=False, is_successful_reason=failure)
+    now = time.time()
+    fields.update(ended_at=now, is_finished=True)
+    _put(binding, "session", binding.session_id, fields, now)
+    runtime.finish_state(binding.state)
+    if wait:
+        # Let another process see the session as finished right away.
+        binding.pipeline.flush(_config.flush_timeout(), fail_fast=True)
+
+
+def _session_result_fields(session_eval: Any, session_eval_reason: Any, is_successful: Any,
+                           is_successful_reason: Any, binding: Binding) -> dict[str, Any]:
+    success = _bool_arg("is_successful", is_successful)
+    if success is not None:
+        binding.state.outcome_set = True
+    return {"project": binding.project, "session_eval": _number_arg("session_eval", session_eval),
+            "session_eval_reason": text_field(session_eval_reason), "is_successful": success,
+            "is_successful_reason": text_field(is_successful_reason)}
+
+
+def _require_session(call: str) -> Binding:
+    binding = current_binding()
+    if binding is None:
+        raise LucidicNotInitializedError(
+            f"lai.{call}() needs a current session and there is none here. Start one with "
+            "lai.init(), lai.continue_session(id) or `with lai.continued(id):`.")
+    return binding
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Deliver everything queued so far; True once all of it (and anything this
+    process spooled) has reached the sink within ``timeout`` seconds."""
+    timeout = _config.flush_timeout() if timeout is None else _number_arg("timeout", timeout)
+    assert timeout is not None
+    return runtime.flush_all(timeout)
+
+
+def shutdown(timeout: float | None = None) -> bool:
+    """Flush and stop the background workers; what could not be delivered in
+    time is spooled for the next process. Recording later restarts them."""
+    timeout = _config.flush_timeout() if timeout is None else _number_arg("timeout", timeout)
+    assert timeout is not None
+    return runtime.shutdown_all(timeout)
+
+
+# -- scoped sessions ---------------------------------------------------------------
+
+class _ScopeBase:
+    """Shared by continued() and session(): a context manager (sync and async)
+    binding a session to the current thread or task, usable as a decorator."""
+
+    def __init__(self) -> None:
+        self._entries: list[tuple[Binding, Any]] = []
+
+    def _open(self) -> Binding:
+        raise NotImplementedError
+
+    def _close(self, binding: Binding, exc: BaseException | None) -> None:
+        raise NotImplementedError
+
+    def _clone(self) -> _ScopeBase:
+        raise NotImplementedError
+
+    def __enter__(self) -> str:
+        binding = self._open()
+        self._entries.append((binding, scope_binding.set(binding)))
+        return binding.session_id
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        binding, token = self._entries.pop()
+        try:
+            scope_binding.reset(token)
+        except ValueError:  # exited in another context than entered: undo by hand
+            scope_binding.set(None)
+        self._close(binding, exc)
+
+    async def __aenter__(self) -> str:
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        binding, token = self._entries.pop()
+        try:
+            scope_binding.reset(token)
+        except ValueError:
+            scope_binding.set(None)
+        import asyncio  # here, not at the top: `import lucidic` stays light
+
+        # Flushing waits on the worker: keep the event loop free meanwhile.
+        await asyncio.to_thread(self._close, binding, exc)
+
+    def __call__(self, fn: F) -> F:
+        """Use as a decorator: each call runs in its own scope."""
+        if inspect.isasyncgenfunction(fn):
+            @functools.wraps(fn)
+            async def agen_wrapper(*args: Any, **kwargs: Any) -> Any:
+                async with self._clone():
+                    async for item in fn(*args, **kwargs):
+                        yield item
+            return agen_wrapper  # type: ignore[return-value]
+        if inspect.iscoroutinefunction(fn):
+            @functools.wraps(fn)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                async with self._clone():
+                    return await fn(*args, **kwargs)
+            return async_wrapper  # type: ignore[return-value]
+        if inspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)
+            def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
+                with self._clone():
+                    return (yield from fn(*args, **kwargs))
+            return gen_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with self._clone():
+                return fn(*args, **kwargs)
+        return wrapper  # type: ignore[return-value]
+
+
+class continued(_ScopeBase):  # noqa: N801 - used like a function: `with lai.continued(id):`
+    """Resume a session in the current thread or task only.
+
+    On exit the block detaches (flushes, stops writing) unless ``end=True``,
+    in which case it ends the session: successful unless an exception escaped.
+    """
+
+    def __init__(self, session_id: str, *, end: bool = False,
+                 lucidic_api_key: str | None = None, api_key: str | None = None,
+                 agent_id: str | None = None, providers: Sequence[str] | None = None,
+                 masking_function: Callable[[str], str] | None = None,
+                 auto_end: bool = True) -> None:
+        super().__init__()
+        self.session_id = _session_id_arg(session_id)
+        self._end = bool(end)
+        self._kwargs = {"lucidic_api_key": lucidic_api_key, "api_key": api_key,
+                        "agent_id": agent_id, "providers": providers,
+                        "masking_function": masking_function, "auto_end": auto_end}
+        self._options = _Options(**self._kwargs)
+
+    def _clone(self) -> continued:
+        return continued(self.session_id, end=self._end, **self._kwargs)  # type: ignore[arg-type]
+
+    def _open(self) -> Binding:
+        current = scope_binding.get()
+        if current is not None and current.active and current.session_id != self.session_id:
+            raise InvalidOperationError(
+                f"session {current.session_id!r} is already current in this scope; leave its "
+                f"block before continuing {self.session_id!r}, or continue it in another "
+                "thread or task.")
+        return _continue(self.session_id, self._options)
+
+    def _close(self, binding: Binding, exc: BaseException | None) -> None:
+        if not binding.active:
+            return
+        if self._end:
+            end_binding(binding, failure=_failure_of(exc))
+        else:
+            detach_binding(binding)
+
+
+class session(_ScopeBase):  # noqa: N801
+    """A new session scoped to the current thread or task; exit ends it
+    (successful unless an exception escaped)."""
+
+    def __init__(self, session_name: str | None = None, *, session_id: str | None = None,
+                 lucidic_api_key: str | None = None, api_key: str | None = None,
+                 agent_id: str | None = None, task: str | None = None,
+                 providers: Sequence[str] | None = None, tags: Sequence[str] | None = None,
+                 masking_function: Callable[[str], str] | None = None,
+                 auto_end: bool = True) -> None:
+        super().__init__()
+        self._kwargs = {"session_name": session_name, "session_id": session_id,
+                        "lucidic_api_key": lucidic_api_key, "api_key": api_key,
+                        "agent_id": agent_id, "task": task, "providers": providers,
+                        "tags": tags, "masking_function": masking_function,
+                        "auto_end": auto_end}
+        self._options = _Options(lucidic_api_key=lucidic_api_key, api_key=api_key,
+                                 agent_id=agent_id, providers=providers,
+                                 masking_function=masking_function, auto_end=auto_end)
+        self._fields = {"name": text_field(session_name), "task": text_field(task),
+                        "tags": _tags_arg(tags)}
+        self._session_id = session_id
+        self.session_id: str | None = None
+
+    def _clone(self) -> session:
+        return session(**self._kwargs)  # type: ignore[arg-type]
+
+    def _open(self) -> Binding:
+        binding = _create_session(self._options, self._session_id, dict(self._fields))
+        self.session_id = binding.session_id
+        return binding
+
+    def _close(self, binding: Binding, exc: BaseException | None) -> None:
+        if binding.active:
+            if exc is None and not binding.state.outcome_set:
+                end_binding(binding, is_successful=True)
+            else:
+                end_binding(binding, failure=_failure_of(exc))
+
+
+def _failure_of(exc: BaseException | None) -> str | None:
+    return None if exc is None else f"{type(exc).__name__}: {exc}"
+
+
+# -- steps ---------------------------------------------------------------------------
+
+def create_step(state: str | None = None, action: str | None = None, goal: str | None = None,
+                eval_score: float | None = None, eval_description: str | None = None,
+                screenshot: str | None = None, screenshot_path: str | None = None) -> str | None:
+    """Open a step in the current session (nested in the open one, if any) and
+    make it the current step of this thread or task. Returns its id."""
+    binding = current_binding()
+    if binding is None:
+        _no_session("create_step")
+        return None
+    session_id = binding.session_id
+    parent = step_in(session_id)
+    step_id = new_id()
+    now = time.time()
+    fields = _step_fields(state, action, goal, eval_score, eval_description, screenshot,
+                          screenshot_path)
+    fields.update(session_id=session_id, parent_step_id=parent.step_id if parent else None,
+                  started_at=now)
+    _put(binding, "step", step_id, fields, now)
+    current_step.set(StepFrame(session_id, step_id, parent))
+    return step_id
+
+
+def update_step(step_id: str | None = None, state: str | None = None, action: str | None = None,
+                goal: str | None = None, eval_score: float | None = None,
+                eval_description: str | None = None, screenshot: str | None = None,
+                screenshot_path: str | None = None) -> None:
+    binding = current_binding()
+    if binding is None:
+        _no_session("update_step")
+        return
+    step_id = _step_target(binding, step_id, "update_step")
+    fields = _step_fields(state, action, goal, eval_score, eval_description, screenshot,
+                          screenshot_path)
+    fields["session_id"] = binding.session_id
+    _put(binding, "step", step_id, fields)
+
+
+def end_step(step_id: str | None = None, state: str | None = None, action: str | None = None,
+             goal: str | None = None, eval_score: float | None = None,
+             eval_description: str | None = None, screenshot: str | None = None,
+             screenshot_path: str | None = None) -> None:
+    """Finish a step (the current one unless step_id is given)."""
+    binding = current_binding()
+    if binding is None:
+        _no_session("end_step")
+        return
+    step_id = _step_target(binding, step_id, "end_step")
+    fields = _step_fields(state, action, goal, eval_score, eval_description, screenshot,
+                          screenshot_path)
+    now = time.time()
+    fields.update(session_id=binding.session_id, ended_at=now, is_finished=True)
+    _put(binding, "step", step_id, fields, now)
+    _pop_step(step_id)
+
+
+def _step_fields(state: Any, action: Any, goal: Any, eval_score: Any, eval_description: Any,
+                 screenshot: Any, screenshot_path: Any) -> dict[str, Any]:
+    shot, shot_path = _screenshot(screenshot, screenshot_path)
+    return {"state": text_field(state), "action": text_field(action), "goal": text_field(goal),
+            "eval_score": _number_arg("eval_score", eval_score),
+            "eval_description": text_field(eval_description), "screenshot": shot,
+            "screenshot_path": shot_path}
+
+
+def _step_target(binding: Binding, step_id: Any, call: str) -> str:
+    if step_id is not None:
+        if not isinstance(step_id, str) or not step_id:
+            raise InvalidOperationError(f"step_id must be a step id string, not {step_id!r:.80}")
+        return step_id
+    frame = step_in(binding.session_id)
+    if frame is None:
+        raise InvalidOperationError(
+            f"lai.{call}() found no open step here; open one with lai.create_step() or pass "
+            "step_id")
+    return frame.step_id
+
+
+def _pop_step(step_id: str) -> None:
+    """Take a finished step off this context's stack, wherever it is."""
+    frame = current_step.get()
+    above: list[StepFrame] = []
+    while frame is not None and frame.step_id != step_id:
+        above.append(frame)
+        frame = frame.parent
+    if frame is None:
+        return  # not on this context's stack (ended from elsewhere)
+    rebuilt = frame.parent
+    for kept in reversed(above):
+        rebuilt = StepFrame(kept.session_id, kept.step_id, rebuilt)
+    current_step.set(rebuilt)
+
+
+# -- events ------------------------------------------------------------------------
+
+_EVENT_ARGS = ("description", "result", "cost_added", "model", "screenshots", "function_name",
+               "arguments")
+
+
+def create_event(step_id: str | None = None, description: str | None = None,
+                 result: str | None = None, cost_added: float | None = None,
+                 model: str | None = None, screenshots: Sequence[str] | None = None,
+                 function_name: str | None = None, arguments: Any = None,
+                 type: str = "generic") -> str | None:  # noqa: A002 - the record's field name
+    """Record an event in the current step (or session); returns its id."""
+    binding = current_binding()
+    if binding is None:
+        _no_session("create_event")
+        return None
+    fields = _event_fields(description, result, cost_added, model, screenshots, function_name,
+                           arguments)
+    fields["type"] = text_field(type) or "generic"
+    return record_event(binding, fields, step_id=step_id)
+
+
+def record_event(binding: Binding, fields: dict[str, Any], *, step_id: str | None = None,
+                 event_id: str | None = None) -> str:
+    """Record one finished event for binding's session; the building block
+    create_event, @event and provider plugins share."""
+    session_id = binding.session_id
+    if step_id is None:
+        frame = step_in(session_id)
+        step_id = frame.step_id if frame is not None else None
+    event_id = event_id or new_id()
+    now = time.time()
+    fields["session_id"] = session_id
+    fields["step_id"] = step_id
+    fields.setdefault("started_at", now)
+    fields.setdefault("ended_at", now)
+    fields["is_finished"] = True
+    _put(binding, "event", event_id, fields, now)
+    last_event.set(EventRef(session_id, event_id))
+    return event_id
+
+
+def update_event(event_id: str | None = None, description: str | None = None,
+                 result: str | None = None, cost_added: float | None = None,
+                 model: str | None = None, screenshots: Sequence[str] | None = None,
+                 function_name: str | None = None, arguments: Any = None) -> None:
+    binding = current_binding()
+    if binding is None:
+        _no_session("update_event")
+        return
+    fields = _event_fields(description, result, cost_added, model, screenshots, function_name,
+                           arguments)
+    fields["session_id"] = binding.session_id
+    _put(binding, "event", _event_target(binding, event_id, "update_event"), fields)
+
+
+def end_event(event_id: str | None = None, description: str | None = None,
+              result: str | None = None, cost_added: float | None = None,
+              model: str | None = None, screenshots: Sequence[str] | None = None,
+              function_name: str | None = None, arguments: Any = None) -> None:
+    """Amend an event and stamp its end time (the last one created here unless
+    event_id is given)."""
+    binding = current_binding()
+    if binding is None:
+        _no_session("end_event")
+        return
+    fields = _event_fields(description, result, cost_added, model, screenshots, function_name,
+                           arguments)
+    now = time.time()
+    fields.update(session_id=binding.session_id, ended_at=now)
+    _put(binding, "event", _event_target(binding, event_id, "end_event"), fields, now)
+
+
+def _event_fields(description: Any, result: Any, cost_added: Any, model: Any, screenshots: Any,
+                  function_name: Any, arguments: Any) -> dict[str, Any]:
+    if screenshots is not None and (isinstance(screenshots, str)
+                                    or not isinstance(screenshots, (list, tuple))):
+        raise InvalidOperationError("screenshots must be a list of base64 strings, not "
+                                    f"{type(screenshots).__name__}")
+    return {"description": text_field(description), "result": text_field(result),
+            "cost": _number_arg("cost_added", cost_added), "model": text_field(model),
+            "screenshots": None if screenshots is None else [text_field(s) for s in screenshots],
+            "function_name": text_field(function_name),
+            "arguments": None if arguments is None else to_jsonable(arguments)}
+
+
+def _event_target(binding: Binding, event_id: Any, call: str) -> str:
+    if event_id is not None:
+        if not isinstance(event_id, str) or not event_id:
+            raise InvalidOperationError(f"event_id must be an event id string, not "
+                                        f"{event_id!r:.80}")
+        return event_id
+    ref = last_event.get()
+    if ref is None or ref.session_id != binding.session_id:
+        raise InvalidOperationError(f"lai.{call}() found no event created here; pass event_id")
+    return ref.event_id
+
+
+def record_error_event(binding: Binding, *, description: str, error: str) -> None:
+    record_event(binding, {"type": "error", "description": text_field(description),
+                           "error": text_field(error)})

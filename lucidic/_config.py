@@ -1,0 +1,50 @@
+"""Where settings come from: explicit arguments first, then the environment."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+#: Seconds that flush() and the exit path wait for the sink before spooling.
+DEFAULT_FLUSH_TIMEOUT = 5.0
+
+
+def env(name: str) -> str | None:
+    value = os.environ.get(name)
+    return value if value else None
+
+
+def data_home() -> Path:
+    """LUCIDIC_HOME, else the per-user data directory of the platform."""
+    explicit = env("LUCIDIC_HOME")
+    if explicit:
+        return Path(explicit).expanduser()
+    if sys.platform == "win32":
+        base = env("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
+        return Path(base) / "lucidic"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "lucidic"
+    base = env("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "lucidic"
+
+
+def base_url() -> str | None:
+    url = env("LUCIDIC_BASE_URL")
+    return url.rstrip("/") if url else None
+
+
+def flush_timeout() -> float:
+    raw = env("LUCIDIC_FLUSH_TIMEOUT")
+    if raw is None:
+        return DEFAULT_FLUSH_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        return DEFAULT_FLUSH_TIMEOUT
+    return value if value >= 0 else DEFAULT_FLUSH_TIMEOUT
+
+
+def store_path() -> Path:
+    """The embedded store's file."""
+    return data_home() / "lucidic.db"

@@ -1,0 +1,150 @@
+"""Where the current session and step live.
+
+A ``ContextVar`` holds the session bound by ``continued()``/``session()`` for
+the current thread or asyncio task; a process-wide slot holds the one set by
+``init()``/``continue_session()``. The current session is the context's, else
+the process's. Steps form an immutable linked stack in another ``ContextVar``,
+so nesting follows the call stack in every thread and task.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    from ._pipeline import Pipeline
+    from ._records import Mask
+
+
+class SessionState:
+    """What this process knows of one session, shared by all its bindings."""
+
+    __slots__ = ("bindings", "failure", "finished", "id", "outcome_set")
+
+    def __init__(self, session_id: str) -> None:
+        self.id = session_id
+        self.finished = False
+        self.outcome_set = False  # the user said whether it succeeded
+        self.failure: str | None = None  # why the process thinks it failed
+        self.bindings: list[Binding] = []
+
+
+class Binding:
+    """One use of a session in this process: by ``init``/``continue_session``
+    (process scope) or by a ``continued``/``session`` block (context scope).
+    Records go to the binding's pipeline, masked with its masking function."""
+
+    __slots__ = ("active", "agent_id", "auto_end", "mask", "pipeline", "project",
+                 "session_id", "state")
+
+    def __init__(self, state: SessionState, pipeline: Pipeline, *, mask: Mask | None,
+                 auto_end: bool, agent_id: str | None, project: str) -> None:
+        self.session_id = state.id
+        self.state = state
+        self.pipeline = pipeline
+        self.mask = mask
+        self.auto_end = auto_end
+        self.agent_id = agent_id
+        self.project = project
+        self.active = True
+        state.bindings.append(self)
+
+
+class StepFrame(NamedTuple):
+    session_id: str
+    step_id: str
+    parent: StepFrame | None
+
+
+class EventRef(NamedTuple):
+    session_id: str
+    event_id: str
+
+
+scope_binding: contextvars.ContextVar[Binding | None] = contextvars.ContextVar(
+    "lucidic_session", default=None)
+current_step: contextvars.ContextVar[StepFrame | None] = contextvars.ContextVar(
+    "lucidic_step", default=None)
+last_event: contextvars.ContextVar[EventRef | None] = contextvars.ContextVar(
+    "lucidic_event", default=None)
+
+
+class _ProcessSlot:
+    __slots__ = ("binding",)
+
+    def __init__(self) -> None:
+        self.binding: Binding | None = None
+
+
+process_slot = _ProcessSlot()
+
+
+def current_binding() -> Binding | None:
+    """The active binding for this thread or task, else the process's."""
+    binding = scope_binding.get()
+    if binding is None:
+        binding = process_slot.binding
+    if binding is not None and binding.active:
+        return binding
+    return None
+
+
+def step_in(session_id: str) -> StepFrame | None:
+    """The innermost open step of this context, if it belongs to session_id."""
+    frame = current_step.get()
+    return frame if frame is not None and frame.session_id == session_id else None
+
+
+# -- carrying the context into threads ---------------------------------------
+#
+# asyncio tasks copy the context by themselves; threads do not (before Python
+# 3.14). A thread started, or an executor job submitted, inside a scope runs
+# in a copy of the starter's context, so LLM calls made there land in the
+# right session and step.
+
+_propagation_installed = False
+_propagation_lock = threading.Lock()
+_original_thread_start = threading.Thread.start
+_original_submit = ThreadPoolExecutor.submit
+
+
+def _in_lucidic_scope() -> bool:
+    return scope_binding.get() is not None or current_step.get() is not None
+
+
+def _is_executor_worker(thread: threading.Thread) -> bool:
+    # An executor's threads outlive the scope that happened to start them;
+    # their jobs carry their own context (see _submit).
+    target = getattr(thread, "_target", None)
+    return getattr(target, "__module__", None) == "concurrent.futures.thread"
+
+
+def _thread_start(self: threading.Thread, *args: Any, **kwargs: Any) -> None:
+    if _in_lucidic_scope() and not _is_executor_worker(self) \
+            and not getattr(self, "_lucidic_context", None):
+        context = contextvars.copy_context()
+        run = self.run
+        self._lucidic_context = context  # type: ignore[attr-defined]
+        self.run = lambda: context.run(run)  # type: ignore[method-assign]
+    return _original_thread_start(self, *args, **kwargs)
+
+
+def _submit(self: ThreadPoolExecutor, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+    if _in_lucidic_scope():
+        return _original_submit(self, contextvars.copy_context().run, fn, *args, **kwargs)
+    return _original_submit(self, fn, *args, **kwargs)
+
+
+def install_context_propagation() -> None:
+    """Patch Thread.start and ThreadPoolExecutor.submit once. Outside a
+    Lucidic scope both behave exactly as before."""
+    global _propagation_installed
+    with _propagation_lock:
+        if _propagation_installed:
+            return
+        threading.Thread.start = _thread_start  # type: ignore[method-assign]
+        ThreadPoolExecutor.submit = _submit  # type: ignore[method-assign]
+        _propagation_installed = True

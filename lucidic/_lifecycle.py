@@ -1,0 +1,130 @@
+"""auto_end: sessions end by themselves when the process does.
+
+At normal interpreter exit, on SIGTERM, and after an uncaught exception, the
+sessions this process started or continued (with ``auto_end``) and has not
+ended or detached are ended, and everything queued is flushed within the
+flush bound; what the sink did not take by then is spooled for the next
+process. Signal handlers are installed from the main thread only, chain the
+previous handler and keep the process's exit status. SIGINT is left alone:
+Ctrl-C still raises KeyboardInterrupt.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import sys
+import threading
+import traceback
+from types import FrameType, TracebackType
+from typing import Any
+
+from . import _config
+from ._internal import record_internal_error
+
+_installed = False
+_install_lock = threading.Lock()
+_finished = False
+_previous_sigterm: Any = None
+_previous_excepthook: Any = None
+
+
+def install() -> None:
+    global _installed, _previous_excepthook
+    with _install_lock:
+        if _installed:
+            return
+        _installed = True
+        atexit.register(_at_exit)
+        _previous_excepthook = sys.excepthook
+        sys.excepthook = _excepthook
+        _install_sigterm()
+
+
+def _install_sigterm() -> None:
+    global _previous_sigterm
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal.signal only works there; atexit still covers normal exit
+    try:
+        previous = signal.getsignal(signal.SIGTERM)
+        if previous is signal.SIG_IGN or previous is None:
+            return  # the program chose to ignore SIGTERM, or a C handler owns it
+        _previous_sigterm = previous
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except (ValueError, OSError) as exc:
+        record_internal_error("install_sigterm", exc)
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    previous = _previous_sigterm
+    if callable(previous):
+        # The program handles SIGTERM itself; if it exits, atexit ends the
+        # sessions. If it carries on, so do they.
+        previous(signum, frame)
+        return
+    end_sessions(failure="terminated by SIGTERM")
+    shutdown()
+    # Die of the signal as we would have, so the exit status stays -SIGTERM.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _excepthook(exc_type: type[BaseException], exc: BaseException,
+                tb: TracebackType | None) -> None:
+    try:
+        _record_crash(exc_type, exc, tb)
+    except Exception as error:  # noqa: BLE001
+        record_internal_error("excepthook", error)
+    hook = _previous_excepthook or sys.__excepthook__
+    hook(exc_type, exc, tb)
+
+
+def _record_crash(exc_type: type[BaseException], exc: BaseException,
+                  tb: TracebackType | None) -> None:
+    from ._api import record_error_event
+    from ._runtime import runtime
+
+    summary = f"{exc_type.__name__}: {exc}"
+    detail = "".join(traceback.format_exception(exc_type, exc, tb))
+    for binding in list(runtime.auto_end):
+        if binding.active:
+            binding.state.failure = f"uncaught exception: {summary}"
+            record_error_event(binding, description=f"Uncaught exception: {summary}",
+                               error=detail)
+
+
+def end_sessions(failure: str | None = None) -> None:
+    """End every auto_end session this process still holds."""
+    from ._api import end_binding
+    from ._runtime import runtime
+
+    for binding in list(runtime.auto_end):
+        if not binding.active:
+            continue
+        try:
+            reason = failure or binding.state.failure
+            end_binding(binding, failure=reason)
+        except Exception as exc:  # noqa: BLE001
+            record_internal_error("auto_end", exc)
+
+
+def shutdown() -> None:
+    global _finished
+    if _finished:
+        return
+    _finished = True
+    from ._runtime import runtime
+
+    runtime.shutdown_all(_config.flush_timeout())
+
+
+def flush_at_exit() -> None:
+    """For processes that leave without atexit (forked multiprocessing
+    children): deliver or spool what is queued, end nothing."""
+    shutdown()
+
+
+def _at_exit() -> None:
+    end_sessions()
+    shutdown()

@@ -1,0 +1,119 @@
+"""Turning what the user hands us into safe record fields, in the caller's
+thread: JSON-safe values, bounded text, masked strings."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ._internal import record_internal_error
+
+#: Longest text kept per field; longer text is cut and says so.
+MAX_TEXT_CHARS = 4 * 1024 * 1024
+#: What a string becomes when the masking function fails on it.
+REDACTED = "[REDACTED: masking function failed]"
+_MAX_DEPTH = 32
+
+Mask = Callable[[str], str]
+
+
+def bounded(text: str) -> str:
+    if len(text) > MAX_TEXT_CHARS:
+        cut = len(text) - MAX_TEXT_CHARS
+        return text[:MAX_TEXT_CHARS] + f"…[truncated {cut} characters]"
+    return text
+
+
+def safe_repr(value: Any) -> str:
+    try:
+        return bounded(repr(value))
+    except Exception:  # noqa: BLE001 - a user's __repr__ may raise anything
+        return f"<unrepresentable {type(value).__qualname__}>"
+
+
+def text_field(value: Any) -> str | None:
+    """A text field as given by the user: str kept, anything else rendered."""
+    if value is None or type(value) is str:
+        return value if value is None or len(value) <= MAX_TEXT_CHARS else bounded(value)
+    if isinstance(value, str):
+        return bounded(str.__str__(value))
+    try:
+        return bounded(str(value))
+    except Exception:  # noqa: BLE001
+        return safe_repr(value)
+
+
+def to_jsonable(value: Any, depth: int = 0) -> Any:
+    """A JSON-safe copy of value; objects that JSON cannot hold become their repr."""
+    if value is None or isinstance(value, (bool, int)):
+        return value
+    if isinstance(value, str):
+        return bounded(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if depth >= _MAX_DEPTH:
+        return safe_repr(value)
+    if isinstance(value, Mapping):
+        try:
+            return {str(k) if not isinstance(k, str) else k: to_jsonable(v, depth + 1)
+                    for k, v in value.items()}
+        except Exception:  # noqa: BLE001 - a mapping whose iteration fails
+            return safe_repr(value)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [to_jsonable(v, depth + 1) for v in value]
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"<{len(value)} bytes>"
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        try:
+            return to_jsonable(dataclasses.asdict(value), depth + 1)
+        except Exception:  # noqa: BLE001
+            return safe_repr(value)
+    dump = getattr(value, "model_dump", None)  # pydantic models
+    if callable(dump) and not isinstance(value, type):
+        try:
+            return to_jsonable(dump(mode="json"), depth + 1)
+        except Exception:  # noqa: BLE001
+            return safe_repr(value)
+    return safe_repr(value)
+
+
+def mask_text(mask: Mask, text: str) -> str:
+    try:
+        masked = mask(text)
+    except Exception as exc:  # noqa: BLE001
+        record_internal_error("masking_function", exc)
+        return REDACTED
+    if type(masked) is not str:
+        # A masking function must return text; anything else could carry the
+        # original through, so it is treated as a failure.
+        record_internal_error("masking_function",
+                              TypeError(f"masking function returned {type(masked).__name__}"))
+        return REDACTED
+    return masked
+
+
+def mask_value(mask: Mask, value: Any) -> Any:
+    """Mask every string inside a JSON-safe value (dict keys are names, kept)."""
+    if type(value) is str:
+        return mask_text(mask, value)
+    if type(value) is dict:
+        return {k: mask_value(mask, v) for k, v in value.items()}
+    if type(value) is list:
+        return [mask_value(mask, v) for v in value]
+    return value
+
+
+#: Fields that are identifiers or enumerations, never user text: not masked.
+UNMASKED_FIELDS = frozenset({
+    "session_id", "step_id", "parent_step_id", "project", "type", "is_finished",
+    "is_successful", "started_at", "ended_at",
+})
+
+
+def mask_fields(mask: Mask, fields: dict[str, Any]) -> dict[str, Any]:
+    for key, value in fields.items():
+        if key not in UNMASKED_FIELDS and (type(value) is str or type(value) in (dict, list)):
+            fields[key] = mask_value(mask, value)
+    return fields

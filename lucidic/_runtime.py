@@ -1,0 +1,187 @@
+"""Process-wide machinery: which pipeline serves which sink, which sessions
+this process must end at exit, and what happens across fork()."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import threading
+from collections.abc import Callable
+
+from . import _config
+from ._context import Binding, SessionState, process_slot
+from ._internal import record_internal_error
+from ._pipeline import Pipeline
+from ._sinks import LocalSink, Sink
+from ._spool import Spool
+
+# -- ids ----------------------------------------------------------------------
+# Step and event ids: a random per-process prefix and a counter. Unique across
+# processes, and far cheaper than uuid4() on the hot path. Session ids are
+# uuid4 (random, unguessable); see _api.
+
+
+class _IdSource:
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.prefix = secrets.token_hex(8)
+        self.counter = itertools.count(1)
+
+
+ids = _IdSource()
+
+
+def new_id() -> str:
+    return f"{ids.prefix}{next(ids.counter):x}"
+
+
+# -- sinks and pipelines --------------------------------------------------------
+
+#: Builds the HTTP sink when LUCIDIC_BASE_URL is set; registered by the HTTP
+#: transport module so the SDK core does not import it unless needed.
+HttpSinkFactory = Callable[[str, "str | None"], Sink]
+http_sink_factory: HttpSinkFactory | None = None
+
+
+class Runtime:
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.pipelines: dict[str, Pipeline] = {}
+        self.sink_override: Sink | None = None  # set by lucidic.testing
+        self.states: dict[str, SessionState] = {}
+        #: Bindings to end at exit (auto_end=True), in the order they were made.
+        self.auto_end: list[Binding] = []
+
+    def make_sink(self, base_url: str | None, api_key: str | None) -> Sink:
+        if self.sink_override is not None:
+            return self.sink_override
+        if base_url:
+            if http_sink_factory is None:
+                from . import _http  # noqa: F401 - registers http_sink_factory
+            assert http_sink_factory is not None
+            return http_sink_factory(base_url, api_key)
+        return LocalSink(_config.store_path())
+
+    def pipeline_for(self, sink: Sink) -> Pipeline:
+        """One pipeline per destination, started on first use."""
+        with self.lock:
+            pipeline = self.pipelines.get(sink.identity)
+            if pipeline is None:
+                spool = Spool(_config.data_home() / "spool" / sink.identity)
+                pipeline = Pipeline(sink, spool)
+                self.pipelines[sink.identity] = pipeline
+            pipeline.start()
+            return pipeline
+
+    def state(self, session_id: str) -> SessionState:
+        with self.lock:
+            state = self.states.get(session_id)
+            if state is None:
+                state = self.states[session_id] = SessionState(session_id)
+            return state
+
+    def register(self, binding: Binding) -> None:
+        with self.lock:
+            if binding.auto_end:
+                self.auto_end.append(binding)
+
+    def release(self, binding: Binding) -> None:
+        """The binding stops writing (detached, or its session ended)."""
+        with self.lock:
+            binding.active = False
+            if binding in self.auto_end:
+                self.auto_end.remove(binding)
+            state = binding.state
+            if binding in state.bindings:
+                state.bindings.remove(binding)
+            if not state.bindings and self.states.get(state.id) is state:
+                del self.states[state.id]
+            if process_slot.binding is binding:
+                process_slot.binding = None
+
+    def finish_state(self, state: SessionState) -> None:
+        """The session ended: every binding of it in this process stops."""
+        state.finished = True
+        for binding in list(state.bindings):
+            self.release(binding)
+
+    def forget_pipeline(self, pipeline: Pipeline, timeout: float) -> None:
+        """Stop a pipeline and release every binding that writes through it."""
+        with self.lock:
+            for state in list(self.states.values()):
+                for binding in list(state.bindings):
+                    if binding.pipeline is pipeline:
+                        self.release(binding)
+            if self.pipelines.get(pipeline.sink.identity) is pipeline:
+                del self.pipelines[pipeline.sink.identity]
+        pipeline.shutdown(timeout)
+
+    def flush_all(self, timeout: float, *, fail_fast: bool = False) -> bool:
+        import time
+
+        deadline = time.monotonic() + timeout
+        ok = True
+        for pipeline in list(self.pipelines.values()):
+            remaining = max(0.0, deadline - time.monotonic())
+            ok = pipeline.flush(remaining, fail_fast=fail_fast) and ok
+        return ok
+
+    def shutdown_all(self, timeout: float) -> bool:
+        import time
+
+        deadline = time.monotonic() + timeout
+        ok = True
+        for pipeline in list(self.pipelines.values()):
+            remaining = max(0.0, deadline - time.monotonic())
+            try:
+                ok = pipeline.shutdown(remaining) and ok
+            except Exception as exc:  # noqa: BLE001
+                record_internal_error("shutdown", exc)
+                ok = False
+        return ok
+
+    # -- fork -----------------------------------------------------------------
+
+    def before_fork(self) -> None:
+        self.lock.acquire()
+        for pipeline in self.pipelines.values():
+            pipeline.before_fork()
+
+    def after_fork_in_parent(self) -> None:
+        for pipeline in self.pipelines.values():
+            pipeline.after_fork_in_parent()
+        self.lock.release()
+
+    def after_fork_in_child(self) -> None:
+        self.lock = threading.RLock()
+        ids.reset()
+        for pipeline in self.pipelines.values():
+            pipeline.after_fork_in_child()
+        # The child did not start or continue the parent's sessions: it records
+        # into them but never ends them. Its own exit only flushes.
+        self.auto_end = []
+        _register_multiprocessing_flush()
+
+
+runtime = Runtime()
+
+
+def _register_multiprocessing_flush() -> None:
+    """multiprocessing's forked children leave through os._exit(), skipping
+    atexit; its finalizers still run, so flush from one of those."""
+    import sys
+
+    util = sys.modules.get("multiprocessing.util")
+    if util is None:
+        return
+    from ._lifecycle import flush_at_exit
+
+    util.Finalize(None, flush_at_exit, exitpriority=-100)
+
+
+os.register_at_fork(before=lambda: runtime.before_fork(),
+                    after_in_parent=lambda: runtime.after_fork_in_parent(),
+                    after_in_child=lambda: runtime.after_fork_in_child())

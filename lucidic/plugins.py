@@ -1,0 +1,402 @@
+"""The provider plugin API.
+
+A provider plugin is an installable distribution that registers an
+:class:`Adapter` subclass under the entry-point group ``lucidic.providers``::
+
+    [project.entry-points."lucidic.providers"]
+    openai = "lucidic_openai:OpenAIAdapter"
+
+``lai.init(providers=["openai"])`` (and ``continue_session``, ``continued``,
+``session``) loads it and calls ``instrument()``. Adapters record what they
+see through this module only — :func:`start_llm_call`, :func:`record_event`,
+:func:`step_scope` — which write into the calling context's session and
+step, and do nothing when no session is current. They never reach into the
+queue, the worker or the store.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, ClassVar
+
+from ._context import StepFrame, current_binding, current_step, step_in
+from ._internal import logger, record_internal_error, swallow
+from ._records import text_field, to_jsonable
+from .errors import InvalidOperationError
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Adapter",
+    "LLMCall",
+    "ProviderInfo",
+    "activate",
+    "describe",
+    "get_adapter",
+    "in_session",
+    "record_event",
+    "start_llm_call",
+    "step_scope",
+    "suppress_llm_calls",
+]
+
+ENTRY_POINT_GROUP = "lucidic.providers"
+
+
+class Adapter:
+    """Base class of provider adapters.
+
+    Subclasses set ``name``, ``library`` (the distribution they instrument)
+    and ``supported_versions`` (a PEP 440 specifier), and implement
+    ``_instrument``/``_uninstrument``. ``instrument()`` and ``uninstrument()``
+    are idempotent and symmetric: after ``uninstrument()`` the library is
+    exactly as it was before ``instrument()``.
+    """
+
+    name: ClassVar[str] = ""
+    library: ClassVar[str] = ""
+    supported_versions: ClassVar[str] = ""
+
+    def __init__(self) -> None:
+        self._instrumented = False
+        self._lock = threading.Lock()
+
+    @property
+    def instrumented(self) -> bool:
+        return self._instrumented
+
+    def library_version(self) -> str | None:
+        try:
+            return metadata.version(self.library)
+        except metadata.PackageNotFoundError:
+            return None
+
+    def check_library(self) -> None:
+        """Raise InvalidOperationError if the library is missing or of a
+        version this adapter does not support."""
+        version = self.library_version()
+        if version is None:
+            raise InvalidOperationError(
+                f"provider {self.name!r} instruments the {self.library!r} library, which is not "
+                f"installed: pip install {self.library}")
+        if self.supported_versions and not _version_matches(version, self.supported_versions):
+            raise InvalidOperationError(
+                f"provider {self.name!r} supports {self.library} {self.supported_versions}, but "
+                f"{self.library} {version} is installed")
+
+    def instrument(self) -> None:
+        with self._lock:
+            if self._instrumented:
+                return
+            self.check_library()
+            self._instrument()
+            self._instrumented = True
+
+    def uninstrument(self) -> None:
+        with self._lock:
+            if not self._instrumented:
+                return
+            self._uninstrument()
+            self._instrumented = False
+
+    def _instrument(self) -> None:
+        raise NotImplementedError
+
+    def _uninstrument(self) -> None:
+        raise NotImplementedError
+
+
+def _version_matches(version: str, specifier: str) -> bool:
+    try:
+        from packaging.specifiers import SpecifierSet
+        from packaging.version import Version
+    except ImportError:  # pragma: no cover - packaging ships with pip's environments
+        return True
+    try:
+        return Version(version) in SpecifierSet(specifier)
+    except Exception:  # noqa: BLE001 - an odd version string: let it through
+        return True
+
+
+# -- discovery -------------------------------------------------------------------------
+
+_adapters: dict[str, Adapter] = {}
+_adapters_lock = threading.Lock()
+
+
+def _entry_points() -> dict[str, metadata.EntryPoint]:
+    found: dict[str, metadata.EntryPoint] = {}
+    for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(entry_point.name, entry_point)
+    return found
+
+
+def get_adapter(name: str) -> Adapter:
+    """The (single) adapter registered under name, loaded on first use."""
+    with _adapters_lock:
+        adapter = _adapters.get(name)
+        if adapter is not None:
+            return adapter
+        entry_points = _entry_points()
+        entry_point = entry_points.get(name)
+        if entry_point is None:
+            installed = ", ".join(sorted(entry_points)) or "none"
+            raise InvalidOperationError(
+                f"unknown provider {name!r}. Installed providers: {installed}. First-party "
+                f"providers install with: pip install lucidic-{name.replace('_', '-')} "
+                "(openai, anthropic, langchain, pydantic_ai, openai_agents)")
+        try:
+            target = entry_point.load()
+            adapter = target() if isinstance(target, type) else target
+        except Exception as exc:  # noqa: BLE001 - a broken plugin is the user's to know
+            raise InvalidOperationError(
+                f"provider {name!r} ({entry_point.value}) failed to load: "
+                f"{type(exc).__name__}: {exc}") from exc
+        if not isinstance(adapter, Adapter):
+            raise InvalidOperationError(
+                f"provider {name!r} ({entry_point.value}) is not a lucidic.plugins.Adapter")
+        _adapters[name] = adapter
+        return adapter
+
+
+def activate(names: Sequence[str]) -> list[Adapter]:
+    """Instrument the named providers; raises InvalidOperationError for an
+    unknown name or a missing library, before anything is patched."""
+    adapters = []
+    for name in names:
+        if not isinstance(name, str):
+            raise InvalidOperationError(f"provider names are strings, not {name!r:.80}")
+        adapter = get_adapter(name)
+        adapter.check_library()
+        adapters.append(adapter)
+    for adapter in adapters:
+        adapter.instrument()
+    return adapters
+
+
+@dataclass(frozen=True)
+class ProviderInfo:
+    name: str
+    entry_point: str
+    distribution: str | None
+    distribution_version: str | None
+    library: str | None
+    library_version: str | None
+    supported_versions: str | None
+    problem: str | None
+
+
+def describe() -> list[ProviderInfo]:
+    """Every installed provider, with the library version each found."""
+    infos = []
+    for name, entry_point in sorted(_entry_points().items()):
+        dist = getattr(entry_point, "dist", None)
+        try:
+            adapter = get_adapter(name)
+        except InvalidOperationError as exc:
+            infos.append(ProviderInfo(name, entry_point.value, dist.name if dist else None,
+                                      dist.version if dist else None, None, None, None,
+                                      str(exc)))
+            continue
+        problem = None
+        try:
+            adapter.check_library()
+        except InvalidOperationError as exc:
+            problem = str(exc)
+        infos.append(ProviderInfo(name, entry_point.value, dist.name if dist else None,
+                                  dist.version if dist else None, adapter.library,
+                                  adapter.library_version(), adapter.supported_versions or None,
+                                  problem))
+    return infos
+
+
+# -- recording -------------------------------------------------------------------------
+
+_suppressed: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "lucidic_llm_suppressed", default=None)
+
+
+def in_session() -> bool:
+    """True when the calling context has a current session (patches go
+    straight through when it has none)."""
+    return current_binding() is not None
+
+
+@contextmanager
+def suppress_llm_calls(by: str) -> Iterator[None]:
+    """While active, start_llm_call() records nothing: a framework adapter that
+    records an LLM call itself wraps the underlying client call in this, so the
+    provider adapter below it does not record the same call twice."""
+    token = _suppressed.set(by)
+    try:
+        yield
+    finally:
+        _suppressed.reset(token)
+
+
+def record_event(type: str, **fields: Any) -> str | None:  # noqa: A002
+    """Record a finished event (``type``: llm, tool, function, error, generic)
+    in the current session and step. Unknown field names are ignored with a
+    logged warning. Returns the event id, or None with no session."""
+    from ._api import record_event as _record
+    from .store import EVENT_COLUMNS
+
+    binding = current_binding()
+    if binding is None:
+        return None
+    clean = {"type": type}
+    for key, value in fields.items():
+        if key not in EVENT_COLUMNS:
+            logger.warning("lucidic: record_event() ignores unknown field %r", key)
+            continue
+        clean[key] = _field_value(key, value)
+    return _record(binding, clean)
+
+
+def _field_value(key: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if key in ("input", "output", "arguments", "screenshots"):
+        return to_jsonable(value)
+    if key in ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens"):
+        return int(value)
+    if key in ("cost", "duration", "time_to_first_token", "started_at", "ended_at"):
+        return float(value)
+    return text_field(value)
+
+
+class LLMCall:
+    """One LLM call in flight. Adapters create it with :func:`start_llm_call`
+    before the request, then call ``finish()`` or ``fail()`` exactly once
+    (streams: when the stream ends, is abandoned or errors)."""
+
+    __slots__ = ("_binding", "_done", "_fields", "_first_token_at", "_started",
+                 "_started_wall", "_step_id")
+
+    def __init__(self, binding: Any, fields: dict[str, Any], step_id: str | None) -> None:
+        self._binding = binding
+        self._fields = fields
+        self._step_id = step_id
+        self._started = time.perf_counter()
+        self._started_wall = time.time()
+        self._first_token_at: float | None = None
+        self._done = False
+
+    def first_token(self) -> None:
+        """Mark the arrival of the first streamed chunk (once)."""
+        if self._first_token_at is None:
+            self._first_token_at = time.perf_counter()
+
+    def finish(self, *, model: str | None = None, output: Any = None,
+               input_tokens: int | None = None, output_tokens: int | None = None,
+               cached_tokens: int | None = None, reasoning_tokens: int | None = None,
+               cost: float | None = None, result: str | None = None) -> None:
+        with swallow("llm_call_finish"):
+            if self._done:
+                return
+            self._done = True
+            fields = self._fields
+            fields.update(model=text_field(model) or fields.get("request_model"),
+                          output=to_jsonable(output), result=text_field(result))
+            for key, value in (("input_tokens", input_tokens), ("output_tokens", output_tokens),
+                               ("cached_tokens", cached_tokens),
+                               ("reasoning_tokens", reasoning_tokens)):
+                fields[key] = int(value) if value is not None else None
+            if cost is None:
+                from .pricing import cost_of
+
+                cost = cost_of(fields.get("provider"), fields["model"], input_tokens,
+                               output_tokens, cached_tokens)
+            fields["cost"] = cost
+            self._record()
+
+    def fail(self, error: BaseException | str) -> None:
+        with swallow("llm_call_fail"):
+            if self._done:
+                return
+            self._done = True
+            self._fields["error"] = text_field(
+                error if isinstance(error, str) else f"{type(error).__name__}: {error}")
+            self._record()
+
+    def _record(self) -> None:
+        from ._api import record_event as _record
+
+        now = time.perf_counter()
+        fields = self._fields
+        fields["started_at"] = self._started_wall
+        fields["ended_at"] = self._started_wall + (now - self._started)
+        fields["duration"] = now - self._started
+        if self._first_token_at is not None:
+            fields["time_to_first_token"] = self._first_token_at - self._started
+        _record(self._binding, fields, step_id=self._step_id)
+
+
+def start_llm_call(provider: str, *, request_model: str | None = None, input: Any = None,
+                   description: str | None = None,
+                   arguments: Any = None) -> LLMCall | None:  # noqa: A002
+    """Begin recording an LLM call in the calling context's session and step;
+    None when there is no session (or a framework adapter records this call)."""
+    binding = current_binding()
+    if binding is None or _suppressed.get() is not None:
+        return None
+    try:
+        frame = step_in(binding.session_id)
+        fields = {"type": "llm", "provider": text_field(provider),
+                  "request_model": text_field(request_model), "input": to_jsonable(input),
+                  "description": text_field(description),
+                  "arguments": None if arguments is None else to_jsonable(arguments)}
+        return LLMCall(binding, fields, frame.step_id if frame else None)
+    except Exception as exc:  # noqa: BLE001
+        record_internal_error("start_llm_call", exc)
+        return None
+
+
+@contextmanager
+def step_scope(*, action: str | None = None, state: str | None = None,
+               goal: str | None = None, function_name: str | None = None) -> Iterator[str | None]:
+    """Open a step (nested in the current one) around a framework run; yields
+    its id, or None with no session. An exception escaping the block is
+    recorded on the step and re-raised unchanged."""
+    from ._api import _put
+    from ._runtime import new_id
+
+    binding = current_binding()
+    if binding is None:
+        yield None
+        return
+    session_id = binding.session_id
+    parent = step_in(session_id)
+    step_id = new_id()
+    token = None
+    with swallow("step_scope_enter"):
+        now = time.time()
+        _put(binding, "step", step_id, {
+            "session_id": session_id, "parent_step_id": parent.step_id if parent else None,
+            "action": text_field(action), "state": text_field(state), "goal": text_field(goal),
+            "function_name": text_field(function_name), "started_at": now}, now)
+        token = current_step.set(StepFrame(session_id, step_id, parent))
+    error: BaseException | None = None
+    try:
+        yield step_id
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        if token is not None:
+            try:
+                current_step.reset(token)
+            except ValueError:
+                pass
+        with swallow("step_scope_exit"):
+            now = time.time()
+            fields: dict[str, Any] = {"session_id": session_id, "ended_at": now,
+                                      "is_finished": True}
+            if error is not None:
+                fields["error"] = text_field(f"{type(error).__name__}: {error}")
+            _put(binding, "step", step_id, fields, now)

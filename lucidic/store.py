@@ -1,0 +1,436 @@
+"""The storage layer: one schema, written once, for the embedded store and the
+server alike.
+
+Records arrive as ``(kind, id, ts, fields)`` tuples, possibly more than once
+(retries, spool replays) and out of order (several processes, spooled records
+replayed late). Every write is therefore an idempotent upsert whose merge does
+not depend on arrival order: a field carried by a record replaces the stored
+value only if the record is at least as new as the row (``updated_at``), or if
+nothing is stored there yet. A record never clears a field; absent fields are
+left alone.
+
+The SQL is portable between SQLite and PostgreSQL (``ON CONFLICT ... DO
+UPDATE``, ``excluded.``, ``CASE``), so one set of statements serves both.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "EVENT_COLUMNS",
+    "SESSION_COLUMNS",
+    "STEP_COLUMNS",
+    "Record",
+    "Store",
+    "StoreError",
+    "clean_text",
+]
+
+#: (kind, id, ts, fields) — the unit that flows from the hot path to a store.
+Record = tuple[str, str, float, dict[str, Any]]
+
+
+class StoreError(Exception):
+    """The store could not be reached or refused a write."""
+
+
+# Column lists: every column but ``id`` and ``updated_at``. The first entry of
+# each list is the guard column: an upsert may only touch a row whose guard
+# matches (a step cannot move to another session, a session to another project).
+SESSION_COLUMNS = (
+    "project", "agent_id", "name", "task", "tags", "started_at", "ended_at",
+    "is_finished", "is_successful", "is_successful_reason", "session_eval",
+    "session_eval_reason",
+)
+STEP_COLUMNS = (
+    "session_id", "parent_step_id", "state", "action", "goal", "eval_score",
+    "eval_description", "screenshot", "screenshot_path", "function_name",
+    "started_at", "ended_at", "is_finished", "error",
+)
+EVENT_COLUMNS = (
+    "session_id", "step_id", "type", "description", "result", "model",
+    "request_model", "provider", "input", "output", "input_tokens",
+    "output_tokens", "cached_tokens", "reasoning_tokens", "cost", "duration",
+    "time_to_first_token", "function_name", "arguments", "screenshots",
+    "error", "started_at", "ended_at", "is_finished",
+)
+#: Columns holding JSON documents (stored as text on both backends).
+JSON_COLUMNS = frozenset({"tags", "input", "output", "arguments", "screenshots"})
+BOOL_COLUMNS = frozenset({"is_finished", "is_successful"})
+
+_TABLES = {"session": ("sessions", SESSION_COLUMNS), "step": ("steps", STEP_COLUMNS),
+           "event": ("events", EVENT_COLUMNS)}
+
+# Type names both SQLite (by affinity) and PostgreSQL understand.
+_TYPES = {
+    "started_at": "DOUBLE PRECISION", "ended_at": "DOUBLE PRECISION",
+    "eval_score": "DOUBLE PRECISION", "session_eval": "DOUBLE PRECISION",
+    "cost": "DOUBLE PRECISION", "duration": "DOUBLE PRECISION",
+    "time_to_first_token": "DOUBLE PRECISION",
+    "input_tokens": "BIGINT", "output_tokens": "BIGINT", "cached_tokens": "BIGINT",
+    "reasoning_tokens": "BIGINT", "is_finished": "SMALLINT", "is_successful": "SMALLINT",
+}
+
+
+def _create_table(table: str, columns: Sequence[str]) -> str:
+    cols = ",\n  ".join(f"{c} {_TYPES.get(c, 'TEXT')}" for c in columns)
+    guard = columns[0]
+    return (f"CREATE TABLE IF NOT EXISTS {table} (\n  id TEXT PRIMARY KEY,\n  {cols},\n"
+            f"  updated_at DOUBLE PRECISION NOT NULL\n)").replace(
+        f"{guard} TEXT", f"{guard} TEXT NOT NULL", 1)
+
+
+#: Ordered schema migrations; each runs once, in a transaction, and the
+#: version reached is kept in lucidic_meta. Never edit a released entry: add one.
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (1, [
+        _create_table("sessions", SESSION_COLUMNS),
+        _create_table("steps", STEP_COLUMNS),
+        _create_table("events", EVENT_COLUMNS),
+        "CREATE INDEX IF NOT EXISTS sessions_started ON sessions (project, started_at)",
+        "CREATE INDEX IF NOT EXISTS sessions_agent ON sessions (project, agent_id)",
+        "CREATE INDEX IF NOT EXISTS steps_session ON steps (session_id)",
+        "CREATE INDEX IF NOT EXISTS events_session ON events (session_id)",
+    ]),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def _upsert_sql(table: str, columns: Sequence[str], placeholder: str) -> str:
+    guard, rest = columns[0], columns[1:]
+    names = ("id", *columns, "updated_at")
+    sets = [
+        f"{c} = CASE WHEN excluded.{c} IS NULL THEN {table}.{c} "
+        f"WHEN {table}.{c} IS NULL OR excluded.updated_at >= {table}.updated_at "
+        f"THEN excluded.{c} ELSE {table}.{c} END"
+        for c in rest
+    ]
+    sets.append(f"updated_at = CASE WHEN excluded.updated_at > {table}.updated_at "
+                f"THEN excluded.updated_at ELSE {table}.updated_at END")
+    return (f"INSERT INTO {table} ({', '.join(names)}) "
+            f"VALUES ({', '.join([placeholder] * len(names))}) "
+            f"ON CONFLICT (id) DO UPDATE SET {', '.join(sets)} "
+            f"WHERE {table}.{guard} = excluded.{guard}")
+
+
+def clean_text(value: str) -> str:
+    """Make a string storable everywhere: NUL bytes (refused by PostgreSQL) and
+    lone surrogates (not encodable as UTF-8) become U+FFFD."""
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            value = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return value
+
+
+def _to_param(column: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if column in JSON_COLUMNS:
+        return clean_text(json.dumps(value, ensure_ascii=False, default=repr))
+    if column in BOOL_COLUMNS:
+        return 1 if value else 0
+    if isinstance(value, str):
+        return clean_text(value)
+    return value
+
+
+def _row_params(columns: Sequence[str], record: Record) -> tuple[Any, ...]:
+    _, rid, ts, fields = record
+    get = fields.get
+    return (rid, *[_to_param(c, get(c)) for c in columns], ts)
+
+
+class Store:
+    """A connection to one database, SQLite (embedded) or PostgreSQL (server).
+
+    Thread-safe: calls are serialised on one connection. SQLite runs in WAL
+    mode, so any number of processes may hold a Store on the same file.
+    """
+
+    def __init__(self, url_or_path: str | Path, *, busy_timeout: float = 2.0) -> None:
+        self.url = str(url_or_path)
+        self._lock = threading.Lock()
+        self._closed = False
+        try:
+            if self.url.startswith(("postgresql://", "postgres://")):
+                self._connect_postgresql(self.url)
+            else:
+                self._connect_sqlite(_sqlite_path(self.url), busy_timeout)
+            self._migrate()
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"cannot open the store at {self.url}: {exc}") from exc
+        self._upserts = {kind: _upsert_sql(table, cols, self._ph) for kind, (table, cols)
+                         in _TABLES.items()}
+
+    # -- connections --------------------------------------------------------
+
+    def _connect_sqlite(self, path: str, busy_timeout: float) -> None:
+        if path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self.dialect = "sqlite"
+        self._ph = "?"
+        # isolation_level=None: we issue BEGIN ourselves, so a batch is one
+        # transaction and nothing is left open between calls.
+        self._conn: Any = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None,
+                                          check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+
+    def _connect_postgresql(self, url: str) -> None:
+        try:
+            import psycopg
+        except ImportError as exc:  # pragma: no cover - depends on the install
+            raise StoreError("PostgreSQL needs psycopg: pip install 'lucidic[server]'") from exc
+        self.dialect = "postgresql"
+        self._ph = "%s"
+        self._conn = psycopg.connect(url, autocommit=True)
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._conn.close()
+
+    # -- transactions --------------------------------------------------------
+
+    def _begin(self, cur: Any, exclusive: bool = False) -> None:
+        if self.dialect == "sqlite":
+            cur.execute("BEGIN IMMEDIATE" if exclusive else "BEGIN")
+        else:
+            cur.execute("BEGIN")
+
+    def _run(self, fn: Any, *, write: bool) -> Any:
+        """Run fn(cursor) in one transaction; map driver errors to StoreError."""
+        with self._lock:
+            if self._closed:
+                raise StoreError("the store is closed")
+            cur = self._conn.cursor()
+            try:
+                self._begin(cur, exclusive=write)
+                result = fn(cur)
+                cur.execute("COMMIT")
+                return result
+            except BaseException as exc:
+                try:
+                    cur.execute("ROLLBACK")
+                except Exception:  # noqa: BLE001 - the original error matters more
+                    pass
+                if isinstance(exc, Exception) and not isinstance(exc, StoreError):
+                    raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+                raise
+            finally:
+                cur.close()
+
+    def _migrate(self) -> None:
+        def run(cur: Any) -> None:
+            if self.dialect == "postgresql":
+                # Serialise concurrent servers migrating the same database.
+                cur.execute("SELECT pg_advisory_xact_lock(7514203)")
+            cur.execute("CREATE TABLE IF NOT EXISTS lucidic_meta "
+                        "(key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            cur.execute(f"SELECT value FROM lucidic_meta WHERE key = {self._ph}",
+                        ("schema_version",))
+            row = cur.fetchone()
+            current = int(row[0]) if row else 0
+            if current > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the database at {self.url} has schema version {current}, newer than "
+                    f"this lucidic ({SCHEMA_VERSION}); upgrade lucidic to use it")
+            for version, statements in MIGRATIONS:
+                if version <= current:
+                    continue
+                for statement in statements:
+                    cur.execute(statement)
+                cur.execute(
+                    f"INSERT INTO lucidic_meta (key, value) VALUES ({self._ph}, {self._ph}) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    ("schema_version", str(version)))
+
+        self._run(run, write=True)
+
+    def schema_version(self) -> int:
+        def run(cur: Any) -> int:
+            cur.execute("SELECT value FROM lucidic_meta WHERE key = 'schema_version'")
+            row = cur.fetchone()
+            return int(row[0]) if row else 0
+        return int(self._run(run, write=False))
+
+    # -- writing -------------------------------------------------------------
+
+    def write(self, records: Iterable[Record]) -> None:
+        """Apply records idempotently, all in one transaction."""
+        by_kind: dict[str, list[tuple[Any, ...]]] = {"session": [], "step": [], "event": []}
+        for record in records:
+            kind = record[0]
+            by_kind[kind].append(_row_params(_TABLES[kind][1], record))
+
+        def run(cur: Any) -> None:
+            for kind, rows in by_kind.items():
+                if rows:
+                    cur.executemany(self._upserts[kind], rows)
+
+        self._run(run, write=True)
+
+    # -- reading -------------------------------------------------------------
+
+    def get_session(self, session_id: str, project: str | None = None) -> dict[str, Any] | None:
+        """The session's own row (no totals), or None if unknown (or in another
+        project, which callers must not be able to tell apart)."""
+        sql = f"SELECT * FROM sessions WHERE id = {self._ph}"
+        params: list[Any] = [session_id]
+        if project is not None:
+            sql += f" AND project = {self._ph}"
+            params.append(project)
+        rows = self._query(sql, params)
+        return rows[0] if rows else None
+
+    def list_sessions(self, *, project: str | None = None, agent_id: str | None = None,
+                      status: str | None = None, started_after: float | None = None,
+                      started_before: float | None = None, limit: int = 50,
+                      offset: int = 0) -> list[dict[str, Any]]:
+        """Sessions, newest first, with their totals."""
+        where, params = [], []
+        for clause, value in (("s.project = {}", project), ("s.agent_id = {}", agent_id),
+                              ("s.started_at >= {}", started_after),
+                              ("s.started_at < {}", started_before)):
+            if value is not None:
+                where.append(clause.format(self._ph))
+                params.append(value)
+        if status == "finished":
+            where.append("s.is_finished = 1")
+        elif status == "running":
+            where.append("(s.is_finished IS NULL OR s.is_finished = 0)")
+        elif status is not None:
+            raise ValueError(f"status must be 'running' or 'finished', not {status!r}")
+        sql = ("SELECT s.* FROM sessions s"
+               + (" WHERE " + " AND ".join(where) if where else "")
+               + f" ORDER BY s.started_at DESC, s.id LIMIT {self._ph} OFFSET {self._ph}")
+        sessions = self._query(sql, [*params, int(limit), int(offset)])
+        totals = self._totals([s["id"] for s in sessions])
+        for s in sessions:
+            s.update(totals.get(s["id"], _empty_totals()))
+        return sessions
+
+    def session_tree(self, session_id: str, project: str | None = None) -> dict[str, Any] | None:
+        """The session with its steps nested by parent and its events placed in
+        their steps (or at the session's top level)."""
+        session = self.get_session(session_id, project)
+        if session is None:
+            return None
+        steps = self._query(f"SELECT * FROM steps WHERE session_id = {self._ph} "
+                            "ORDER BY started_at, id", [session_id])
+        events = self._query(f"SELECT * FROM events WHERE session_id = {self._ph} "
+                             "ORDER BY started_at, id", [session_id])
+        session.update(self._totals([session_id]).get(session_id, _empty_totals()))
+        return build_tree(session, steps, events)
+
+    def get_step(self, step_id: str) -> dict[str, Any] | None:
+        rows = self._query(f"SELECT * FROM steps WHERE id = {self._ph}", [step_id])
+        return rows[0] if rows else None
+
+    def get_event(self, event_id: str) -> dict[str, Any] | None:
+        rows = self._query(f"SELECT * FROM events WHERE id = {self._ph}", [event_id])
+        return rows[0] if rows else None
+
+    def count(self, table: str) -> int:
+        if table not in ("sessions", "steps", "events"):
+            raise ValueError(table)
+        return int(self._run(lambda cur: _fetch_count(cur, table), write=False))
+
+    def _totals(self, session_ids: list[str]) -> dict[str, dict[str, Any]]:
+        if not session_ids:
+            return {}
+        marks = ", ".join([self._ph] * len(session_ids))
+        totals: dict[str, dict[str, Any]] = {}
+        for row in self._query(
+                "SELECT session_id, COUNT(*) AS event_count, "
+                "COALESCE(SUM(cost), 0) AS total_cost, "
+                "COALESCE(SUM(input_tokens), 0) AS input_tokens, "
+                "COALESCE(SUM(output_tokens), 0) AS output_tokens, "
+                "COALESCE(SUM(cached_tokens), 0) AS cached_tokens, "
+                "COALESCE(SUM(reasoning_tokens), 0) AS reasoning_tokens, "
+                "SUM(CASE WHEN error IS NOT NULL OR type = 'error' THEN 1 ELSE 0 END) AS error_count "
+                f"FROM events WHERE session_id IN ({marks}) GROUP BY session_id", session_ids):
+            sid = row.pop("session_id")
+            totals[sid] = {**_empty_totals(), **{k: v or 0 for k, v in row.items()}}
+        for row in self._query(
+                "SELECT session_id, COUNT(*) AS step_count, "
+                "SUM(CASE WHEN error IS NOT NULL THEN 1 ELSE 0 END) AS failed_steps "
+                f"FROM steps WHERE session_id IN ({marks}) GROUP BY session_id", session_ids):
+            sid = row.pop("session_id")
+            entry = totals.setdefault(sid, _empty_totals())
+            entry["step_count"] = int(row["step_count"])
+            entry["error_count"] += int(row["failed_steps"] or 0)
+        return totals
+
+    def _query(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+        def run(cur: Any) -> list[dict[str, Any]]:
+            cur.execute(sql, tuple(params))
+            names = [d[0] for d in cur.description]
+            return [_decode_row(dict(zip(names, row))) for row in cur.fetchall()]
+        result: list[dict[str, Any]] = self._run(run, write=False)
+        return result
+
+
+def _fetch_count(cur: Any, table: str) -> int:
+    cur.execute(f"SELECT COUNT(*) FROM {table}")
+    return int(cur.fetchone()[0])
+
+
+def _empty_totals() -> dict[str, Any]:
+    return {"step_count": 0, "event_count": 0, "error_count": 0, "total_cost": 0.0,
+            "input_tokens": 0, "output_tokens": 0, "cached_tokens": 0, "reasoning_tokens": 0}
+
+
+def _decode_row(row: dict[str, Any]) -> dict[str, Any]:
+    for column in JSON_COLUMNS.intersection(row):
+        if row[column] is not None:
+            try:
+                row[column] = json.loads(row[column])
+            except ValueError:
+                pass
+    for column in BOOL_COLUMNS.intersection(row):
+        if row[column] is not None:
+            row[column] = bool(row[column])
+    if "is_finished" in row and row["is_finished"] is None:
+        row["is_finished"] = False
+    if row.get("started_at") is not None and row.get("ended_at") is not None \
+            and "duration" not in row:
+        row["duration"] = row["ended_at"] - row["started_at"]
+    return row
+
+
+def build_tree(session: dict[str, Any], steps: list[dict[str, Any]],
+               events: list[dict[str, Any]]) -> dict[str, Any]:
+    """Nest steps under their parents and events under their steps. A step
+    whose parent is unknown (not delivered yet) stays at the top level."""
+    by_id = {s["id"]: {**s, "steps": [], "events": []} for s in steps}
+    top_steps: list[dict[str, Any]] = []
+    for step in by_id.values():
+        parent = by_id.get(step["parent_step_id"]) if step["parent_step_id"] else None
+        (parent["steps"] if parent is not None else top_steps).append(step)
+    top_events: list[dict[str, Any]] = []
+    for event in events:
+        owner = by_id.get(event["step_id"]) if event["step_id"] else None
+        (owner["events"] if owner is not None else top_events).append(event)
+    return {**session, "steps": top_steps, "events": top_events}
+
+
+def _sqlite_path(url: str) -> str:
+    if url.startswith("sqlite:///"):
+        return url[len("sqlite:///"):] or ":memory:"
+    if url.startswith("sqlite://"):
+        return url[len("sqlite://"):] or ":memory:"
+    return url
