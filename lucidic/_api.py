@@ -334,6 +334,10 @@ def end_binding(binding: Binding, *, is_successful: bool | None = None,
     if failure is not None and not binding.state.outcome_set and is_successful is None:
         fields.update(is_successful=False, is_successful_reason=failure)
     now = time.time()
+    for step_id in list(binding.state.open_steps):
+        _put(binding, "step", step_id, {"session_id": binding.session_id, "ended_at": now,
+                                        "is_finished": True}, now)
+    binding.state.open_steps.clear()
     fields.update(ended_at=now, is_finished=True)
     _put(binding, "session", binding.session_id, fields, now)
     runtime.finish_state(binding.state)
@@ -489,7 +493,7 @@ class continued(_ScopeBase):  # noqa: N801 - used like a function: `with lai.con
         if not binding.active:
             return
         if self._end:
-            end_binding(binding, failure=_failure_of(exc))
+            _end_scope(binding, exc)
         else:
             detach_binding(binding)
 
@@ -528,14 +532,16 @@ class session(_ScopeBase):  # noqa: N801
 
     def _close(self, binding: Binding, exc: BaseException | None) -> None:
         if binding.active:
-            if exc is None and not binding.state.outcome_set:
-                end_binding(binding, is_successful=True)
-            else:
-                end_binding(binding, failure=_failure_of(exc))
+            _end_scope(binding, exc)
 
 
-def _failure_of(exc: BaseException | None) -> str | None:
-    return None if exc is None else f"{type(exc).__name__}: {exc}"
+def _end_scope(binding: Binding, exc: BaseException | None) -> None:
+    """End a block's session: successful unless an exception escaped (or the
+    code said otherwise with update_session/end_session)."""
+    if exc is None:
+        end_binding(binding, is_successful=None if binding.state.outcome_set else True)
+    else:
+        end_binding(binding, failure=f"{type(exc).__name__}: {exc}")
 
 
 # -- steps ---------------------------------------------------------------------------
@@ -559,6 +565,7 @@ def create_step(state: str | None = None, action: str | None = None, goal: str |
                   started_at=now)
     _put(binding, "step", step_id, fields, now)
     current_step.set(StepFrame(session_id, step_id, parent))
+    binding.state.open_steps.add(step_id)
     return step_id
 
 
@@ -592,6 +599,7 @@ def end_step(step_id: str | None = None, state: str | None = None, action: str |
     now = time.time()
     fields.update(session_id=binding.session_id, ended_at=now, is_finished=True)
     _put(binding, "step", step_id, fields, now)
+    binding.state.open_steps.discard(step_id)
     _pop_step(step_id)
 
 

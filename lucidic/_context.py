@@ -22,11 +22,14 @@ if TYPE_CHECKING:
 class SessionState:
     """What this process knows of one session, shared by all its bindings."""
 
-    __slots__ = ("bindings", "failure", "finished", "id", "outcome_set")
+    __slots__ = ("bindings", "failure", "finished", "id", "open_steps", "outcome_set")
 
     def __init__(self, session_id: str) -> None:
         self.id = session_id
         self.finished = False
+        #: Steps opened with create_step() here and not ended yet: ending the
+        #: session ends them too.
+        self.open_steps: set[str] = set()
         self.outcome_set = False  # the user said whether it succeeded
         self.failure: str | None = None  # why the process thinks it failed
         self.bindings: list[Binding] = []

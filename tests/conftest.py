@@ -5,9 +5,6 @@ state; swallowed internal errors fail the test unless it is marked
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,19 +15,17 @@ from lucidic._internal import internal_errors
 from lucidic._runtime import runtime
 from lucidic.store import Store
 
+from helpers import ENV_VARS, run_python  # noqa: F401 - re-exported for older imports
+
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_CASSETTES = Path(os.environ.get("LUCIDIC_SHARED_CASSETTES",
                                        ROOT.parent / "shared" / "cassettes"))
-
-_ENV_VARS = ("LUCIDIC_API_KEY", "LUCIDIC_AGENT_ID", "LUCIDIC_BASE_URL", "LUCIDIC_FLUSH_TIMEOUT",
-             "LUCIDIC_PRICES")
-
 
 @pytest.fixture(autouse=True)
 def lucidic_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     home = tmp_path / "lucidic-home"
     monkeypatch.setenv("LUCIDIC_HOME", str(home))
-    for name in _ENV_VARS:
+    for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     yield home
     for pipeline in list(runtime.pipelines.values()):
@@ -58,18 +53,3 @@ def store(lucidic_home: Path) -> Iterator[Store]:
     s = Store(lucidic_home / "lucidic.db")
     yield s
     s.close()
-
-
-def run_python(code: str, *, home: Path, timeout: float = 60, env: dict[str, str] | None = None,
-               check: bool = True, args: list[str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run code in a fresh interpreter with LUCIDIC_HOME=home."""
-    full_env = {k: v for k, v in os.environ.items() if k not in _ENV_VARS}
-    full_env.update({"LUCIDIC_HOME": str(home), "PYTHONUNBUFFERED": "1"})
-    full_env.update(env or {})
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *(args or [])],
-                            capture_output=True, text=True, timeout=timeout, env=full_env,
-                            cwd=str(ROOT))
-    if check and result.returncode != 0:
-        raise AssertionError(f"child failed ({result.returncode}):\n{result.stdout}\n"
-                             f"{result.stderr}")
-    return result
