@@ -44,7 +44,7 @@ class _StepSpec:
     def __init__(self, fn: Callable[..., Any], state: Any, action: Any, goal: Any,
                  eval_score: Any, eval_description: Any) -> None:
         self.static = {
-            "state": text_field(state), "action": text_field(action) or fn.__qualname__,
+            "state": text_field(state), "action": text_field(action) or fn.__name__,
             "goal": text_field(goal), "eval_score": _number_arg("eval_score", eval_score),
             "eval_description": text_field(eval_description),
             "function_name": f"{fn.__module__}.{fn.__qualname__}",
@@ -331,6 +331,8 @@ def step(state: Any = None, action: str | None = None, goal: str | None = None,
             and eval_description is None:
         fn = state
         return _wrap(fn, _StepSpec(_function_of(fn), None, None, None, None, None))
+
+    _number_arg("eval_score", eval_score)  # refuse a bad value now, not at the first call
 
     def decorate(fn: F) -> F:
         spec = _StepSpec(_function_of(fn), state, action, goal, eval_score, eval_description)

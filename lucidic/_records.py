@@ -95,11 +95,12 @@ def mask_text(mask: Mask, text: str) -> str:
 
 
 def mask_value(mask: Mask, value: Any) -> Any:
-    """Mask every string inside a JSON-safe value (dict keys are names, kept)."""
+    """Mask every string inside a JSON-safe value, dict keys included (a key
+    can be data too: {"alice@example.com": ...})."""
     if type(value) is str:
         return mask_text(mask, value)
     if type(value) is dict:
-        return {k: mask_value(mask, v) for k, v in value.items()}
+        return {mask_text(mask, k): mask_value(mask, v) for k, v in value.items()}
     if type(value) is list:
         return [mask_value(mask, v) for v in value]
     return value

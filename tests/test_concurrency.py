@@ -1,0 +1,170 @@
+"""The current session follows threads, executors and asyncio tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+import lucidic as lai
+
+WORKERS = 8
+RECORDS_EACH = 50
+
+
+def _new_detached_sessions(count: int) -> list[str]:
+    ids = []
+    for index in range(count):
+        ids.append(lai.init(session_name=f"worker {index}"))
+        lai.detach()
+    return ids
+
+
+def _assert_each_session_holds_only_its_own(store, ids: list[str]) -> None:
+    assert lai.flush()
+    for index, sid in enumerate(ids):
+        tree = store.session_tree(sid)
+        (step,) = tree["steps"]
+        descriptions = [e["description"] for e in step["events"]]
+        assert len(descriptions) == RECORDS_EACH
+        assert set(descriptions) == {f"worker {index}"}, f"records crossed into {sid}"
+        assert tree["event_count"] == RECORDS_EACH
+
+
+def test_eight_threads_each_in_its_own_continued_session_never_cross(store):
+    ids = _new_detached_sessions(WORKERS)
+    barrier = threading.Barrier(WORKERS)
+    errors: list[BaseException] = []
+
+    def worker(index: int) -> None:
+        try:
+            with lai.continued(ids[index]):
+                barrier.wait()  # released together
+                lai.create_step(action=f"step {index}")
+                for _ in range(RECORDS_EACH):
+                    lai.create_event(description=f"worker {index}")
+                lai.end_step()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(WORKERS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    _assert_each_session_holds_only_its_own(store, ids)
+
+
+def test_eight_asyncio_tasks_each_in_its_own_continued_session_never_cross(store):
+    ids = _new_detached_sessions(WORKERS)
+
+    @lai.step(action="task work")
+    async def work(index: int, start: asyncio.Event) -> None:
+        await start.wait()
+        for _ in range(RECORDS_EACH):
+            lai.create_event(description=f"worker {index}")
+            await asyncio.sleep(0)  # interleave with the other tasks
+
+    async def task(index: int, start: asyncio.Event) -> None:
+        async with lai.continued(ids[index]):
+            await work(index, start)
+
+    async def main() -> None:
+        start = asyncio.Event()
+        tasks = [asyncio.create_task(task(i, start)) for i in range(WORKERS)]
+        await asyncio.sleep(0.01)
+        start.set()  # released together
+        await asyncio.gather(*tasks)
+
+    asyncio.run(main())
+    _assert_each_session_holds_only_its_own(store, ids)
+
+
+def test_thread_pool_inside_continued_records_into_that_session_with_parents(store):
+    sid = lai.init()
+    lai.detach()
+
+    @lai.step(action="child")
+    def child(n: int) -> int:
+        lai.create_event(description=f"child {n}")
+        return n * n
+
+    with lai.continued(sid):
+        @lai.step(action="parent")
+        def parent() -> list[int]:
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                return list(pool.map(child, range(6)))
+
+        assert parent() == [0, 1, 4, 9, 16, 25]
+    # Outside any scope the same pool records nothing.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        assert list(pool.map(child, range(2))) == [0, 1]
+    assert lai.flush()
+    tree = store.session_tree(sid)
+    (parent_step,) = tree["steps"]
+    assert parent_step["action"] == "parent"
+    children = parent_step["steps"]
+    assert len(children) == 6 and all(c["parent_step_id"] == parent_step["id"] for c in children)
+    assert sorted(c["events"][0]["description"] for c in children) == [
+        f"child {n}" for n in range(6)]
+    assert tree["step_count"] == 7
+
+
+def test_plain_threads_started_in_a_scope_carry_it(store):
+    sid = lai.init()
+    lai.detach()
+    with lai.continued(sid):
+        t = threading.Thread(target=lambda: lai.create_event(description="from thread"))
+        t.start()
+        t.join()
+    outside = threading.Thread(target=lambda: lai.create_event(description="outside"))
+    outside.start()
+    outside.join()
+    assert lai.flush()
+    assert [e["description"] for e in store.session_tree(sid)["events"]] == ["from thread"]
+
+
+def test_executor_threads_started_in_a_scope_do_not_keep_it_for_later_jobs(store):
+    sid = lai.init()
+    lai.detach()
+    pool = ThreadPoolExecutor(max_workers=1)
+    try:
+        with lai.continued(sid):
+            pool.submit(lai.create_event, description="inside").result()
+        # The worker thread was started inside the scope; a job submitted
+        # outside it must not land in the session.
+        assert pool.submit(lai.create_event, description="outside").result() is None
+    finally:
+        pool.shutdown()
+    assert lai.flush()
+    assert [e["description"] for e in store.session_tree(sid)["events"]] == ["inside"]
+
+
+def test_a_failing_step_is_recorded_failed_and_the_exception_reaches_the_caller_unchanged(store):
+    sid = lai.init()
+
+    class Boom(Exception):
+        pass
+
+    original = Boom("exploded")
+
+    @lai.step(action="outer")
+    def outer():
+        return inner()
+
+    @lai.step(action="inner")
+    def inner():
+        raise original
+
+    with pytest.raises(Boom) as raised:
+        outer()
+    assert raised.value is original
+    assert lai.flush()
+    (outer_step,) = store.session_tree(sid)["steps"]
+    (inner_step,) = outer_step["steps"]
+    assert "Boom: exploded" in inner_step["error"] and "Boom" in outer_step["error"]
+    assert inner_step["is_finished"] and outer_step["is_finished"]
+    assert store.session_tree(sid)["error_count"] == 2

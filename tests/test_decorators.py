@@ -1,0 +1,267 @@
+"""@lai.step and @lai.event on every kind of callable."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+import pytest
+
+import lucidic as lai
+
+
+def _steps(store, sid):
+    assert lai.flush()
+    return store.session_tree(sid)["steps"]
+
+
+def test_decorated_functions_keep_signature_name_doc_and_kind():
+    @lai.step(action="x")
+    def plain(a: int, b: str = "b", *, c: float = 1.0) -> str:
+        """Docstring."""
+        return f"{a}{b}{c}"
+
+    @lai.step
+    async def coro(x: int) -> int:
+        return x
+
+    @lai.step
+    def gen(n: int):
+        yield from range(n)
+
+    @lai.step
+    async def agen(n: int):
+        for i in range(n):
+            yield i
+
+    @lai.event
+    def ev(q: list[int]) -> int:
+        return len(q)
+
+    def twin(a: int, b: str = "b", *, c: float = 1.0) -> str: ...
+
+    assert inspect.signature(plain) == inspect.signature(twin)
+    assert list(inspect.signature(plain).parameters) == ["a", "b", "c"]
+    assert plain.__name__ == "plain" and plain.__doc__ == "Docstring."
+    assert inspect.iscoroutinefunction(coro)
+    assert inspect.isgeneratorfunction(gen)
+    assert inspect.isasyncgenfunction(agen)
+    assert list(inspect.signature(ev).parameters) == ["q"]
+
+
+def test_without_a_session_decorated_code_runs_untracked(store):
+    calls = []
+
+    @lai.step
+    def f(x):
+        calls.append(x)
+        return x + 1
+
+    @lai.event
+    async def g(x):
+        return x * 2
+
+    @lai.step
+    def h(n):
+        yield from range(n)
+
+    assert f(1) == 2 and asyncio.run(g(3)) == 6 and list(h(3)) == [0, 1, 2]
+    assert calls == [1]
+    assert lai.flush()  # nothing was queued: trivially delivered
+    assert not (store.count("steps") or store.count("events"))
+
+
+def test_methods_classmethods_and_staticmethods(store):
+    sid = lai.init()
+
+    class Agent:
+        def __init__(self, name):
+            self.name = name
+
+        @lai.step(action="method")
+        def act(self, x):
+            return f"{self.name}:{x}"
+
+        @lai.step(action="classmethod")
+        @classmethod
+        def build(cls, name):
+            return cls(name)
+
+        @lai.step(action="staticmethod")
+        @staticmethod
+        def helper(x):
+            return x * 3
+
+    agent = Agent.build("a")
+    assert agent.act(1) == "a:1" and Agent.helper(2) == 6 and agent.helper(1) == 3
+    actions = sorted(s["action"] for s in _steps(store, sid))
+    assert actions == ["classmethod", "method", "staticmethod", "staticmethod"]
+
+
+def test_step_defaults_action_to_the_function_name_and_records_function_name(store):
+    sid = lai.init()
+
+    @lai.step
+    def fetch_weather():
+        return 1
+
+    fetch_weather()
+    (step,) = _steps(store, sid)
+    assert step["action"] == "fetch_weather"
+    assert step["function_name"].endswith("fetch_weather")
+
+
+def test_coroutine_steps_nest_and_keep_return_values(store):
+    sid = lai.init()
+
+    @lai.step(action="outer")
+    async def outer():
+        return [await inner(i) for i in range(2)]
+
+    @lai.step(action="inner")
+    async def inner(i):
+        await asyncio.sleep(0)
+        return i * 10
+
+    assert asyncio.run(outer()) == [0, 10]
+    (top,) = _steps(store, sid)
+    assert [s["action"] for s in top["steps"]] == ["inner", "inner"]
+
+
+def test_generator_step_is_lazy_current_only_while_it_runs_and_ends_when_exhausted(store):
+    sid = lai.init()
+    seen_inside = []
+
+    @lai.step(action="producer")
+    def producer(n):
+        for i in range(n):
+            lai.create_event(description=f"item {i}")
+            seen_inside.append(i)
+            yield i
+        return "done"
+
+    gen = producer(2)
+    assert lai.flush() and store.count("steps") == 0  # lazy: nothing until first next()
+    assert next(gen) == 0
+    lai.create_event(description="consumer")  # not inside the producer's step
+    assert list(gen) == [1]
+    (step,) = _steps(store, sid)
+    assert step["is_finished"] and [e["description"] for e in step["events"]] == [
+        "item 0", "item 1"]
+    assert [e["description"] for e in store.session_tree(sid)["events"]] == ["consumer"]
+
+
+def test_generator_step_return_value_send_throw_and_close():
+    lai.init()
+
+    @lai.step
+    def echo():
+        received = []
+        try:
+            while True:
+                value = yield len(received)
+                received.append(value)
+        except KeyError:
+            yield "caught"
+        return received
+
+    gen = echo()
+    assert next(gen) == 0
+    assert gen.send("a") == 1
+    assert gen.throw(KeyError("k")) == "caught"
+    with pytest.raises(StopIteration) as stop:
+        next(gen)
+    assert stop.value.value == ["a"]
+
+    abandoned = echo()
+    next(abandoned)
+    abandoned.close()  # consumer walks away: the step ends, no error
+
+
+def test_generator_step_that_raises_is_failed_and_exception_passes(store):
+    sid = lai.init()
+
+    @lai.step
+    def broken():
+        yield 1
+        raise ValueError("bad item")
+
+    with pytest.raises(ValueError, match="bad item"):
+        list(broken())
+    (step,) = _steps(store, sid)
+    assert "ValueError: bad item" in step["error"]
+
+
+def test_abandoned_generator_step_is_finished_without_error(store):
+    sid = lai.init()
+
+    @lai.step
+    def endless():
+        i = 0
+        while True:
+            yield i
+            i += 1
+
+    gen = endless()
+    assert [next(gen) for _ in range(3)] == [0, 1, 2]
+    gen.close()
+    (step,) = _steps(store, sid)
+    assert step["is_finished"] and step["error"] is None
+
+
+def test_async_generator_steps(store):
+    sid = lai.init()
+
+    @lai.step(action="stream")
+    async def stream(n):
+        for i in range(n):
+            lai.create_event(description=f"chunk {i}")
+            await asyncio.sleep(0)
+            yield i
+
+    @lai.step(action="failing stream")
+    async def failing():
+        yield 1
+        raise OSError("connection reset")
+
+    async def main():
+        items = [i async for i in stream(3)]
+        with pytest.raises(OSError):
+            async for _ in failing():
+                pass
+        return items
+
+    assert asyncio.run(main()) == [0, 1, 2]
+    steps = {s["action"]: s for s in _steps(store, sid)}
+    assert [e["description"] for e in steps["stream"]["events"]] == [
+        "chunk 0", "chunk 1", "chunk 2"]
+    assert "OSError: connection reset" in steps["failing stream"]["error"]
+
+
+def test_event_decorator_records_arguments_result_error_and_duration(store):
+    sid = lai.init()
+
+    @lai.event(description="lookup")
+    def lookup(city: str, units: str = "metric") -> dict:
+        return {"city": city, "t": 21}
+
+    @lai.event
+    async def flaky(x):
+        raise TimeoutError("slow")
+
+    assert lookup("Oslo") == {"city": "Oslo", "t": 21}
+    with pytest.raises(TimeoutError):
+        asyncio.run(flaky(1))
+    assert lai.flush()
+    events = {e["function_name"].rsplit(".", 1)[-1]: e
+              for e in store.session_tree(sid)["events"]}
+    ok = events["lookup"]
+    assert ok["type"] == "function" and ok["description"] == "lookup"
+    assert ok["arguments"] == {"city": "Oslo"} and "'t': 21" in ok["result"]
+    assert ok["duration"] >= 0
+    assert "TimeoutError: slow" in events["flaky"]["error"]
+
+
+def test_decorator_arguments_are_validated_at_decoration_time():
+    with pytest.raises(lai.InvalidOperationError, match="eval_score must be a number"):
+        lai.step(eval_score="high")
