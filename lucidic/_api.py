@@ -6,6 +6,7 @@ import base64
 import functools
 import inspect
 import logging
+import math
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -60,7 +61,10 @@ def _number_arg(name: str, value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidOperationError(f"{name} must be a number, not {type(value).__name__} "
                                     f"{value!r:.80}")
-    return float(value)
+    number = float(value)
+    if not math.isfinite(number):
+        raise InvalidOperationError(f"{name} must be a finite number, not {value!r}")
+    return number
 
 
 def _bool_arg(name: str, value: Any) -> bool | None:

@@ -15,9 +15,12 @@ UPDATE``, ``excluded.``, ``CASE``), so one set of statements serves both.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,9 @@ __all__ = [
     "Record",
     "Store",
     "StoreError",
+    "UnknownSessionError",
     "clean_text",
+    "hash_api_key",
 ]
 
 #: (kind, id, ts, fields) — the unit that flows from the hot path to a store.
@@ -38,6 +43,27 @@ Record = tuple[str, str, float, dict[str, Any]]
 
 class StoreError(Exception):
     """The store could not be reached or refused a write."""
+
+
+class UnknownSessionError(StoreError):
+    """A scoped write named sessions that do not exist in the writer's project
+    (unknown, or another project's: the two cannot be told apart)."""
+
+    def __init__(self, session_ids: Sequence[str]) -> None:
+        self.session_ids = list(session_ids)
+        shown = ", ".join(repr(s) for s in self.session_ids[:5])
+        more = f" and {len(self.session_ids) - 5} more" if len(self.session_ids) > 5 else ""
+        super().__init__(f"session {shown}{more} not found in this project")
+
+
+#: API keys: a fixed prefix (so a leaked key is recognisable) and 256 random bits.
+API_KEY_PREFIX = "lk_"
+
+
+def hash_api_key(key: str) -> str:
+    """What the store keeps of a key: its SHA-256 (the key is random, so no
+    salt or slow hash is needed to make the hash useless to a thief)."""
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 # Column lists: every column but ``id`` and ``updated_at``. The first entry of
@@ -98,6 +124,21 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "CREATE INDEX IF NOT EXISTS steps_session ON steps (session_id)",
         "CREATE INDEX IF NOT EXISTS events_session ON events (session_id)",
     ]),
+    # The server's accounts: projects, and API keys kept only as a hash. The
+    # projects already named by stored sessions (an embedded store being
+    # moved behind a server) are registered, so keys can be made for them.
+    (2, [
+        "CREATE TABLE IF NOT EXISTS projects (\n  name TEXT PRIMARY KEY,\n"
+        "  created_at DOUBLE PRECISION NOT NULL\n)",
+        "CREATE TABLE IF NOT EXISTS api_keys (\n  id TEXT PRIMARY KEY,\n"
+        "  project TEXT NOT NULL REFERENCES projects (name),\n"
+        "  key_hash TEXT NOT NULL UNIQUE,\n  label TEXT,\n"
+        "  created_at DOUBLE PRECISION NOT NULL,\n  revoked_at DOUBLE PRECISION\n)",
+        "CREATE INDEX IF NOT EXISTS api_keys_project ON api_keys (project)",
+        "INSERT INTO projects (name, created_at) "
+        "SELECT project, COALESCE(MIN(started_at), 0) FROM sessions GROUP BY project "
+        "ON CONFLICT (name) DO NOTHING",
+    ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -132,11 +173,23 @@ def clean_text(value: str) -> str:
     return value
 
 
+def _clean_json(value: Any) -> Any:
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {clean_text(str(k)): _clean_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN or infinity
+    return value
+
+
 def _to_param(column: str, value: Any) -> Any:
     if value is None:
         return None
     if column in JSON_COLUMNS:
-        return clean_text(json.dumps(value, ensure_ascii=False, default=repr))
+        return json.dumps(_clean_json(value), ensure_ascii=False, default=repr)
     if column in BOOL_COLUMNS:
         return 1 if value else 0
     if isinstance(value, str):
@@ -193,9 +246,20 @@ class Store:
             import psycopg
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise StoreError("PostgreSQL needs psycopg: pip install 'lucidic[server]'") from exc
+        from psycopg.types.numeric import NumericLoader
+
+        class _NumberLoader(NumericLoader):
+            # SUM() over BIGINT columns is NUMERIC in PostgreSQL; hand back
+            # plain ints (and floats), as SQLite does, not Decimal.
+            def load(self, data: Any) -> Any:
+                value = super().load(data)
+                integral = value == value.to_integral_value()
+                return int(value) if integral else float(value)
+
         self.dialect = "postgresql"
         self._ph = "%s"
-        self._conn = psycopg.connect(url, autocommit=True)
+        self._conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+        self._conn.adapters.register_loader("numeric", _NumberLoader)
 
     def close(self) -> None:
         with self._lock:
@@ -283,6 +347,94 @@ class Store:
 
         self._run(run, write=True)
 
+    def write_for_project(self, records: Iterable[Record], project: str) -> None:
+        """Apply records on behalf of ``project``, all or nothing: session
+        records are stamped with the project, and every session the batch
+        names must already be the project's or be created by this batch;
+        otherwise nothing is written and UnknownSessionError says which."""
+        by_kind: dict[str, list[tuple[Any, ...]]] = {"session": [], "step": [], "event": []}
+        referenced: set[str] = set()
+        for kind, rid, ts, fields in records:
+            if kind == "session":
+                fields = {**fields, "project": project}
+                referenced.add(rid)
+            else:
+                referenced.add(fields["session_id"])
+            by_kind[kind].append(_row_params(_TABLES[kind][1], (kind, rid, ts, fields)))
+
+        def run(cur: Any) -> None:
+            if by_kind["session"]:
+                cur.executemany(self._upserts["session"], by_kind["session"])
+            # After the session upserts (whose guard skips another project's
+            # rows), in the same transaction: is every named session ours?
+            wanted = sorted(referenced)
+            owned: set[str] = set()
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start:start + 500]
+                cur.execute(f"SELECT id FROM sessions WHERE project = {self._ph} AND id IN "
+                            f"({', '.join([self._ph] * len(chunk))})", (project, *chunk))
+                owned.update(row[0] for row in cur.fetchall())
+            missing = [sid for sid in wanted if sid not in owned]
+            if missing:
+                raise UnknownSessionError(missing)
+            for kind in ("step", "event"):
+                if by_kind[kind]:
+                    cur.executemany(self._upserts[kind], by_kind[kind])
+
+        self._run(run, write=True)
+
+    # -- projects and API keys -------------------------------------------------
+
+    def ensure_project(self, name: str) -> None:
+        """Create the project unless it exists."""
+        self._run(lambda cur: cur.execute(
+            f"INSERT INTO projects (name, created_at) VALUES ({self._ph}, {self._ph}) "
+            "ON CONFLICT (name) DO NOTHING", (name, time.time())), write=True)
+
+    def list_projects(self) -> list[dict[str, Any]]:
+        return self._query("SELECT name, created_at FROM projects ORDER BY name", [])
+
+    def create_api_key(self, project: str, label: str | None = None) -> tuple[dict[str, Any], str]:
+        """A new key for ``project`` (created if need be). Returns the key's
+        public description and the key itself, which is not kept anywhere."""
+        key = API_KEY_PREFIX + secrets.token_urlsafe(32)
+        info = {"id": "key_" + secrets.token_hex(8), "project": project, "label": label,
+                "created_at": time.time(), "revoked_at": None}
+
+        def run(cur: Any) -> None:
+            cur.execute(f"INSERT INTO projects (name, created_at) VALUES ({self._ph}, {self._ph}) "
+                        "ON CONFLICT (name) DO NOTHING", (project, info["created_at"]))
+            cur.execute("INSERT INTO api_keys (id, project, key_hash, label, created_at) "
+                        f"VALUES ({', '.join([self._ph] * 5)})",
+                        (info["id"], project, hash_api_key(key), label, info["created_at"]))
+
+        self._run(run, write=True)
+        return info, key
+
+    def list_api_keys(self, project: str | None = None) -> list[dict[str, Any]]:
+        """Every key's public description (never its hash), oldest first."""
+        sql = "SELECT id, project, label, created_at, revoked_at FROM api_keys"
+        params: list[Any] = []
+        if project is not None:
+            sql += f" WHERE project = {self._ph}"
+            params.append(project)
+        return self._query(sql + " ORDER BY created_at, id", params)
+
+    def revoke_api_key(self, key_id: str) -> bool:
+        """Revoke a key for good; False if there is no such key."""
+        def run(cur: Any) -> bool:
+            cur.execute(f"UPDATE api_keys SET revoked_at = {self._ph} WHERE id = {self._ph} "
+                        "AND revoked_at IS NULL", (time.time(), key_id))
+            cur.execute(f"SELECT 1 FROM api_keys WHERE id = {self._ph}", (key_id,))
+            return cur.fetchone() is not None
+        return bool(self._run(run, write=True))
+
+    def authenticate(self, key: str) -> dict[str, Any] | None:
+        """The live (not revoked) key matching ``key``: its id and project."""
+        rows = self._query(f"SELECT id, project FROM api_keys WHERE key_hash = {self._ph} "
+                           "AND revoked_at IS NULL", [hash_api_key(key)])
+        return rows[0] if rows else None
+
     # -- reading -------------------------------------------------------------
 
     def get_session(self, session_id: str, project: str | None = None) -> dict[str, Any] | None:
@@ -336,12 +488,21 @@ class Store:
         session.update(self._totals([session_id]).get(session_id, _empty_totals()))
         return build_tree(session, steps, events)
 
-    def get_step(self, step_id: str) -> dict[str, Any] | None:
-        rows = self._query(f"SELECT * FROM steps WHERE id = {self._ph}", [step_id])
-        return rows[0] if rows else None
+    def get_step(self, step_id: str, project: str | None = None) -> dict[str, Any] | None:
+        """One step; with ``project``, only if its session is in that project."""
+        return self._get_child("steps", step_id, project)
 
-    def get_event(self, event_id: str) -> dict[str, Any] | None:
-        rows = self._query(f"SELECT * FROM events WHERE id = {self._ph}", [event_id])
+    def get_event(self, event_id: str, project: str | None = None) -> dict[str, Any] | None:
+        """One event; with ``project``, only if its session is in that project."""
+        return self._get_child("events", event_id, project)
+
+    def _get_child(self, table: str, record_id: str, project: str | None) -> dict[str, Any] | None:
+        if project is None:
+            rows = self._query(f"SELECT * FROM {table} WHERE id = {self._ph}", [record_id])
+        else:
+            rows = self._query(
+                f"SELECT c.* FROM {table} c JOIN sessions s ON s.id = c.session_id "
+                f"WHERE c.id = {self._ph} AND s.project = {self._ph}", [record_id, project])
         return rows[0] if rows else None
 
     def count(self, table: str) -> int:
