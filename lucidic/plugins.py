@@ -35,14 +35,20 @@ __all__ = [
     "Adapter",
     "LLMCall",
     "ProviderInfo",
+    "StepHandle",
+    "Suppression",
     "activate",
+    "begin_suppressing_llm_calls",
     "describe",
     "get_adapter",
     "in_session",
+    "open_step",
     "record_event",
+    "record_internal_error",
     "start_llm_call",
     "step_scope",
     "suppress_llm_calls",
+    "swallow",
 ]
 
 ENTRY_POINT_GROUP = "lucidic.providers"
@@ -217,8 +223,13 @@ def describe() -> list[ProviderInfo]:
 
 # -- recording -------------------------------------------------------------------------
 
-_suppressed: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+_suppressed: contextvars.ContextVar[str | Suppression | None] = contextvars.ContextVar(
     "lucidic_llm_suppressed", default=None)
+
+
+def _is_suppressed() -> bool:
+    value = _suppressed.get()
+    return value is not None and (not isinstance(value, Suppression) or value.active)
 
 
 def in_session() -> bool:
@@ -343,7 +354,7 @@ def start_llm_call(provider: str, *, request_model: str | None = None, input: An
     """Begin recording an LLM call in the calling context's session and step;
     None when there is no session (or a framework adapter records this call)."""
     binding = current_binding()
-    if binding is None or _suppressed.get() is not None:
+    if binding is None or _is_suppressed():
         return None
     try:
         frame = step_in(binding.session_id)
@@ -400,3 +411,145 @@ def step_scope(*, action: str | None = None, state: str | None = None,
             if error is not None:
                 fields["error"] = text_field(f"{type(error).__name__}: {error}")
             _put(binding, "step", step_id, fields, now)
+
+
+# -- callback-style frameworks -----------------------------------------------------------
+#
+# Some frameworks report a run's start and its end in separate callbacks, and
+# do not promise that both arrive in the same context (langchain-core runs an
+# async run's end callbacks in a task of their own). The helpers below carry
+# their own state instead of relying on a ContextVar token being reset where
+# it was set.
+
+
+class Suppression:
+    """An LLM-call suppression begun in one callback and ended in another
+    (see :func:`begin_suppressing_llm_calls`). Once ended it suppresses
+    nothing, even in a context where its ContextVar value could not be reset."""
+
+    __slots__ = ("_token", "active", "by")
+
+    def __init__(self, by: str) -> None:
+        self.by = by
+        self.active = True
+        self._token: contextvars.Token[str | Suppression | None] | None = _suppressed.set(self)
+
+    def end(self) -> None:
+        """Stop suppressing (idempotent; callable from any context)."""
+        self.active = False
+        token, self._token = self._token, None
+        if token is not None:
+            try:
+                _suppressed.reset(token)
+            except ValueError:
+                pass  # ended from another context: inactive is enough there
+
+
+def begin_suppressing_llm_calls(by: str) -> Suppression:
+    """Like :func:`suppress_llm_calls`, for frameworks whose model call starts
+    and ends in separate callbacks: call ``end()`` on the result when the
+    model call is over."""
+    return Suppression(by)
+
+
+class StepHandle:
+    """A step opened by :func:`open_step` and finished by :meth:`end`, for
+    frameworks whose run start and end arrive in separate callbacks (keyed by
+    the framework's run id). Events go into it explicitly through
+    :meth:`record_event` and :meth:`start_llm_call`."""
+
+    __slots__ = ("_done", "_token", "binding", "frame", "session_id", "step_id")
+
+    def __init__(self, binding: Any, frame: StepFrame) -> None:
+        self.binding = binding
+        self.session_id = binding.session_id
+        self.step_id = frame.step_id
+        self.frame = frame
+        self._token: contextvars.Token[StepFrame | None] | None = None
+        self._done = False
+
+    def activate(self) -> None:
+        """Make this step the calling context's current step until end() (for
+        frameworks that end their runs in the context that started them)."""
+        with swallow("step_handle_activate"):
+            if self._token is None and not self._done:
+                self._token = current_step.set(self.frame)
+
+    def record_event(self, type: str, **fields: Any) -> str | None:  # noqa: A002
+        """Record a finished event in this step (see :func:`record_event`)."""
+        from ._api import record_event as _record
+        from .store import EVENT_COLUMNS
+
+        clean: dict[str, Any] = {"type": type}
+        for key, value in fields.items():
+            if key not in EVENT_COLUMNS:
+                logger.warning("lucidic: record_event() ignores unknown field %r", key)
+                continue
+            clean[key] = _field_value(key, value)
+        return _record(self.binding, clean, step_id=self.step_id)
+
+    def start_llm_call(self, provider: str, *, request_model: str | None = None,
+                       input: Any = None, description: str | None = None,  # noqa: A002
+                       arguments: Any = None) -> LLMCall:
+        """Begin recording an LLM call in this step. Not subject to
+        suppression: the framework that owns the step is the one recording."""
+        fields = {"type": "llm", "provider": text_field(provider),
+                  "request_model": text_field(request_model), "input": to_jsonable(input),
+                  "description": text_field(description),
+                  "arguments": None if arguments is None else to_jsonable(arguments)}
+        return LLMCall(self.binding, fields, self.step_id)
+
+    def end(self, *, state: str | None = None, error: BaseException | str | None = None) -> None:
+        """Finish the step (once; later calls do nothing)."""
+        from ._api import _put
+
+        if self._done:
+            return
+        self._done = True
+        token, self._token = self._token, None
+        if token is not None:
+            try:
+                current_step.reset(token)
+            except ValueError:
+                pass  # ended from another context, where it was never current
+        with swallow("step_handle_end"):
+            now = time.time()
+            fields: dict[str, Any] = {"session_id": self.session_id, "ended_at": now,
+                                      "is_finished": True}
+            if state is not None:
+                fields["state"] = text_field(state)
+            if error is not None:
+                fields["error"] = text_field(
+                    error if isinstance(error, str) else f"{type(error).__name__}: {error}")
+            _put(self.binding, "step", self.step_id, fields, now)
+
+
+def open_step(*, action: str | None = None, state: str | None = None, goal: str | None = None,
+              function_name: str | None = None,
+              parent: StepHandle | None = None) -> StepHandle | None:
+    """Open a step nested in ``parent`` (else in the calling context's current
+    step); None with no session. Unlike :func:`step_scope` it does not become
+    the current step unless :meth:`StepHandle.activate` is called."""
+    from ._api import _put
+    from ._runtime import new_id
+
+    if parent is not None:
+        binding: Any = parent.binding
+        parent_frame: StepFrame | None = parent.frame
+    else:
+        binding = current_binding()
+        if binding is None:
+            return None
+        parent_frame = step_in(binding.session_id)
+    try:
+        frame = StepFrame(binding.session_id, new_id(), parent_frame)
+        now = time.time()
+        _put(binding, "step", frame.step_id, {
+            "session_id": binding.session_id,
+            "parent_step_id": parent_frame.step_id if parent_frame else None,
+            "action": text_field(action), "state": text_field(state), "goal": text_field(goal),
+            "function_name": text_field(function_name), "started_at": now}, now)
+        return StepHandle(binding, frame)
+    except Exception as exc:  # noqa: BLE001
+        record_internal_error("open_step", exc)
+        return None
