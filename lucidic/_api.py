@@ -153,8 +153,7 @@ def _bind(session_id: str, options: _Options, pipeline: Pipeline, project: str) 
     binding = Binding(runtime.state(session_id), pipeline, mask=options.mask,
                       auto_end=options.auto_end, agent_id=options.agent_id, project=project)
     runtime.register(binding)
-    if options.auto_end:
-        _lifecycle.install()
+    _lifecycle.install()  # flush at exit always; end the session only with auto_end
     return binding
 
 

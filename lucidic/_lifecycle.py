@@ -42,6 +42,36 @@ def install() -> None:
         _install_sigterm()
 
 
+_multiprocessing_hooked = False
+
+
+def before_fork() -> None:
+    """multiprocessing's forked children leave through os._exit(), skipping
+    atexit; its own finalizers still run there. It clears finalizers at the
+    start of a child and then runs its after-fork hooks, so that is where a
+    flushing finalizer must be registered: called just before every fork,
+    by when multiprocessing (if it is the one forking) is loaded."""
+    global _multiprocessing_hooked
+    util = sys.modules.get("multiprocessing.util")
+    if util is not None and not _multiprocessing_hooked:
+        util.register_after_fork(_hook_owner, _register_child_finalizer)
+        _multiprocessing_hooked = True
+
+
+class _HookOwner:
+    """multiprocessing keeps after-fork hooks in a weak dictionary: this
+    module-level object keeps ours alive."""
+
+
+_hook_owner = _HookOwner()
+
+
+def _register_child_finalizer(_: object) -> None:
+    import multiprocessing.util
+
+    multiprocessing.util.Finalize(None, flush_at_exit, exitpriority=-100)
+
+
 def _install_sigterm() -> None:
     global _previous_sigterm
     if threading.current_thread() is not threading.main_thread():

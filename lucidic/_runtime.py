@@ -146,6 +146,9 @@ class Runtime:
     # -- fork -----------------------------------------------------------------
 
     def before_fork(self) -> None:
+        from ._lifecycle import before_fork
+
+        before_fork()
         self.lock.acquire()
         for pipeline in self.pipelines.values():
             pipeline.before_fork()
@@ -163,23 +166,9 @@ class Runtime:
         # The child did not start or continue the parent's sessions: it records
         # into them but never ends them. Its own exit only flushes.
         self.auto_end = []
-        _register_multiprocessing_flush()
 
 
 runtime = Runtime()
-
-
-def _register_multiprocessing_flush() -> None:
-    """multiprocessing's forked children leave through os._exit(), skipping
-    atexit; its finalizers still run, so flush from one of those."""
-    import sys
-
-    util = sys.modules.get("multiprocessing.util")
-    if util is None:
-        return
-    from ._lifecycle import flush_at_exit
-
-    util.Finalize(None, flush_at_exit, exitpriority=-100)
 
 
 os.register_at_fork(before=lambda: runtime.before_fork(),

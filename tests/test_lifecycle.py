@@ -1,0 +1,182 @@
+"""auto_end with real child processes: normal exit, SIGTERM, uncaught
+exception, fork."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import lucidic as lai
+from helpers import ROOT, child_env, run_python
+from lucidic.store import Store
+
+RECORD_SOME = """
+import lucidic as lai
+sid = lai.init(session_name="child"{options})
+print(sid, flush=True)
+lai.create_step(action="work")
+for i in range(200):
+    lai.create_event(description=f"event {{i}}")
+lai.end_step()
+"""
+
+
+def _child(extra: str, options: str = "") -> str:
+    return textwrap.dedent(RECORD_SOME.format(options=options)) + textwrap.dedent(extra)
+
+
+def _assert_all_recorded(home, sid: str) -> dict:
+    store = Store(home / "lucidic.db")
+    tree = store.session_tree(sid)
+    assert tree is not None
+    (step,) = tree["steps"]
+    assert len(step["events"]) == 200 and step["is_finished"]
+    return tree
+
+
+def test_normal_exit_ends_the_session_with_every_record(lucidic_home):
+    result = run_python(_child(""), home=lucidic_home)
+    tree = _assert_all_recorded(lucidic_home, result.stdout.split()[0])
+    assert tree["is_finished"] is True and tree["is_successful"] is None
+
+
+def test_auto_end_false_leaves_the_session_open_but_delivers_everything(lucidic_home):
+    result = run_python(_child("", options=", auto_end=False"), home=lucidic_home)
+    tree = _assert_all_recorded(lucidic_home, result.stdout.split()[0])
+    assert tree["is_finished"] is False
+
+
+def test_uncaught_exception_marks_the_session_failed_and_records_the_error(lucidic_home):
+    result = run_python(_child("raise SystemError('agent crashed')"), home=lucidic_home,
+                        check=False)
+    assert result.returncode == 1
+    assert "SystemError: agent crashed" in result.stderr  # the usual traceback still prints
+    tree = _assert_all_recorded(lucidic_home, result.stdout.split()[0])
+    assert tree["is_finished"] is True and tree["is_successful"] is False
+    assert "uncaught exception: SystemError: agent crashed" in tree["is_successful_reason"]
+    (error,) = [e for e in tree["events"] if e["type"] == "error"]
+    assert "Traceback" in error["error"] and "agent crashed" in error["description"]
+
+
+def _start_and_wait_ready(code: str, home) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=child_env(home), cwd=ROOT)
+    assert proc.stdout is not None
+    sid = proc.stdout.readline().strip()
+    assert proc.stdout.readline().strip() == "ready"
+    return proc, sid
+
+
+def test_sigterm_ends_the_session_delivers_everything_and_keeps_the_exit_status(lucidic_home):
+    proc, sid = _start_and_wait_ready(_child("print('ready', flush=True)\n"
+                                             "import time; time.sleep(60)"), lucidic_home)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGTERM
+    tree = _assert_all_recorded(lucidic_home, sid)
+    assert tree["is_finished"] is True and tree["is_successful"] is False
+    assert tree["is_successful_reason"] == "terminated by SIGTERM"
+
+
+def test_sigterm_chains_to_the_programs_own_handler(lucidic_home):
+    code = textwrap.dedent("""
+        import signal, sys, time
+        def graceful(signum, frame):
+            print("own handler ran", flush=True)
+            sys.exit(3)
+        signal.signal(signal.SIGTERM, graceful)
+    """) + _child("print('ready', flush=True)\nimport time; time.sleep(60)")
+    proc, sid = _start_and_wait_ready(code, lucidic_home)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 3 and "own handler ran" in out
+    assert _assert_all_recorded(lucidic_home, sid)["is_finished"] is True
+
+
+def test_ctrl_c_still_raises_keyboard_interrupt(lucidic_home):
+    result = run_python(_child("""
+        import os, signal
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            import time; time.sleep(5)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+    """), home=lucidic_home)
+    assert "interrupted" in result.stdout
+
+
+def test_a_forked_child_records_into_the_store_and_does_not_end_the_parents_session(
+        lucidic_home):
+    result = run_python("""
+        import os, sys
+        import lucidic as lai
+        sid = lai.init(session_name="forking")
+        print(sid, flush=True)
+        lai.create_event(description="parent before fork")
+        pid = os.fork()
+        if pid == 0:
+            lai.create_event(description="from the forked child")
+            sys.exit(0)  # atexit flushes; the child never ends the parent's session
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        import lucidic.store, lucidic._config
+        row = lucidic.store.Store(lucidic._config.store_path()).get_session(sid)
+        print("finished after child:", row["is_finished"], flush=True)
+        lai.create_event(description="parent after fork")
+    """, home=lucidic_home)
+    sid, after_child = result.stdout.splitlines()[:2]
+    assert after_child == "finished after child: False"
+    tree = Store(lucidic_home / "lucidic.db").session_tree(sid)
+    assert sorted(e["description"] for e in tree["events"]) == [
+        "from the forked child", "parent after fork", "parent before fork"]
+    assert tree["is_finished"] is True
+
+
+def test_multiprocessing_fork_children_flush_on_their_way_out(lucidic_home):
+    result = run_python("""
+        import multiprocessing as mp
+        import lucidic as lai
+
+        def work(n):
+            for i in range(50):
+                lai.create_event(description=f"child {n} event {i}")
+
+        if __name__ == "__main__":
+            sid = lai.init(session_name="pool")
+            print(sid, flush=True)
+            ctx = mp.get_context("fork")
+            procs = [ctx.Process(target=work, args=(n,)) for n in range(3)]
+            for p in procs: p.start()
+            for p in procs: p.join()
+            assert all(p.exitcode == 0 for p in procs)
+    """, home=lucidic_home)
+    sid = result.stdout.split()[0]
+    tree = Store(lucidic_home / "lucidic.db").session_tree(sid)
+    assert tree["event_count"] == 150
+
+
+def test_continue_in_a_child_process_after_the_parent_detached(lucidic_home):
+    sid = lai.init(session_name="handed over")
+    lai.create_event(description="parent")
+    lai.detach()
+    run_python(f"""
+        import lucidic as lai
+        lai.continue_session({sid!r})
+        lai.create_event(description="child")
+        lai.end_session(is_successful=True)
+    """, home=lucidic_home)
+    tree = Store(lucidic_home / "lucidic.db").session_tree(sid)
+    assert sorted(e["description"] for e in tree["events"]) == ["child", "parent"]
+    assert tree["is_successful"] is True
+    # Finished by the child: this process can no longer continue it.
+    start = time.monotonic()
+    try:
+        lai.continue_session(sid)
+    except lai.InvalidOperationError as exc:
+        assert "has finished" in str(exc)
+    else:
+        raise AssertionError("continuing a finished session must raise")
+    assert time.monotonic() - start < 30
