@@ -1,0 +1,448 @@
+"""The openai adapter against the real client library, replaying recorded
+traffic: each call made in a session becomes one "llm" event carrying the
+model, tokens and cost the recording implies."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import inspect
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+from _cassettes import (
+    expected_cost,
+    own_path,
+    replay,
+    request_body,
+    response_events,
+    response_json,
+    shared_path,
+)
+
+import lucidic as lai
+from lucidic.testing import capture
+
+pytestmark = pytest.mark.usefixtures("restore_adapters")
+
+
+def client() -> openai.OpenAI:
+    return openai.OpenAI(api_key="sk-test", max_retries=0)
+
+
+def async_client() -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(api_key="sk-test", max_retries=0)
+
+
+def only_llm_event(captured):
+    (event,) = captured.events("llm")
+    return event
+
+
+def assert_chat_usage(event, recorded):
+    usage = recorded["usage"]
+    assert event["provider"] == "openai"
+    assert event["model"] == recorded["model"]
+    assert event["input_tokens"] == usage["prompt_tokens"]
+    assert event["output_tokens"] == usage["completion_tokens"]
+    assert event["cost"] == pytest.approx(expected_cost(
+        "openai", recorded["model"], usage["prompt_tokens"], usage["completion_tokens"]))
+    assert event["duration"] > 0
+    assert event["error"] is None
+
+
+# -- chat completions ------------------------------------------------------------------
+
+def test_chat_completion_is_one_event_with_model_tokens_and_cost():
+    path = shared_path("openai/chat.yaml")
+    body = request_body(path)
+    recorded = response_json(path)
+    with capture() as captured, replay(path):
+        session_id = lai.init(providers=["openai"])
+        completion = client().chat.completions.create(**body)
+    assert completion.choices[0].message.content == \
+        recorded["choices"][0]["message"]["content"]
+    event = only_llm_event(captured)
+    assert_chat_usage(event, recorded)
+    assert event["session_id"] == session_id
+    assert event["request_model"] == body["model"] == "gpt-3.5-turbo"
+    assert event["model"] == "gpt-3.5-turbo-0125"
+    assert event["input"] == body["messages"]
+    assert event["output"]["content"] == recorded["choices"][0]["message"]["content"]
+    assert event["output"]["role"] == "assistant"
+    assert event["output"]["finish_reason"] == "stop"
+    assert event["time_to_first_token"] is None
+
+
+def test_chat_with_tool_calls_in_the_history_records_them_as_input():
+    path = shared_path("openai/chat_tool_calls.yaml")
+    body = request_body(path)
+    recorded = response_json(path)
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        client().chat.completions.create(**body)
+    event = only_llm_event(captured)
+    assert_chat_usage(event, recorded)
+    assert event["input"][0]["tool_calls"][0]["function"]["name"] == "get_current_weather"
+    assert event["input"][1] == {"role": "tool", "tool_call_id": "1", "content":
+                                 "The weather in San Francisco is 70 degrees and sunny."}
+
+
+def test_async_chat_completion_is_recorded():
+    path = shared_path("openai/chat.yaml")
+    body = request_body(path)
+    recorded = response_json(path)
+
+    async def main():
+        lai.init(providers=["openai"])
+        return await async_client().chat.completions.create(**body)
+
+    with capture() as captured, replay(path):
+        completion = asyncio.run(main())
+    assert completion.usage.completion_tokens == recorded["usage"]["completion_tokens"]
+    assert_chat_usage(only_llm_event(captured), recorded)
+
+
+def test_streamed_tool_call_is_assembled_from_its_chunks():
+    path = shared_path("openai/chat_tools_streaming.yaml")
+    body = request_body(path)
+    chunks = response_events(path)
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        stream = client().chat.completions.create(**body)
+        assert isinstance(stream, openai.Stream)
+        received = [chunk.model_dump(exclude_unset=True) for chunk in stream]
+    # the caller sees exactly the recorded chunks
+    assert [c["id"] for c in received] == [c["id"] for c in chunks]
+    assert len(received) == len(chunks)
+    event = only_llm_event(captured)
+    expected_arguments = "".join(
+        c["choices"][0]["delta"].get("tool_calls", [{}])[0].get("function", {})
+        .get("arguments", "") for c in chunks)
+    assert json.loads(expected_arguments) == {"location": "San Francisco"}
+    (tool_call,) = event["output"]["tool_calls"]
+    assert tool_call == {"id": "call_P9Ayqu3UQNYuTBVAg2sLimh9", "name": "get_current_weather",
+                         "arguments": expected_arguments}
+    assert event["output"]["finish_reason"] == "tool_calls"
+    assert event["model"] == chunks[0]["model"]
+    assert event["arguments"]["tools"] == body["tools"]
+    assert event["arguments"]["stream"] is True
+    # the recording carries no usage (no stream_options): no tokens, no cost
+    assert event["input_tokens"] is None and event["cost"] is None
+    assert 0 <= event["time_to_first_token"] <= event["duration"]
+    assert event["result"] is None
+
+
+def test_async_stream_records_the_full_text_and_time_to_first_token():
+    path = shared_path("openai/chat_async_streaming.yaml")
+    body = request_body(path)
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in response_events(path))
+
+    async def main():
+        lai.init(providers=["openai"])
+        stream = await async_client().chat.completions.create(**body)
+        assert isinstance(stream, openai.AsyncStream)
+        return "".join([chunk.choices[0].delta.content or "" async for chunk in stream])
+
+    with capture() as captured, replay(path):
+        received = asyncio.run(main())
+    assert received == text
+    event = only_llm_event(captured)
+    assert event["output"] == {"role": "assistant", "content": text, "finish_reason": "stop"}
+    assert event["model"] == "gpt-3.5-turbo-0125"
+    assert 0 < event["time_to_first_token"] <= event["duration"]
+
+
+def test_partially_read_stream_closed_early_records_what_was_read():
+    path = shared_path("openai/chat_async_streaming.yaml")
+    body = request_body(path)
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        stream = client().chat.completions.create(**body)
+        first = [next(stream).choices[0].delta.content for _ in range(3)]
+        assert not captured.events("llm")  # still open
+        stream.close()
+    event = only_llm_event(captured)
+    assert event["output"]["content"] == "".join(first)
+    assert event["result"] == "stream closed before its end"
+    assert event["error"] is None
+
+
+def test_stream_used_as_context_manager_completes_on_exit():
+    path = shared_path("openai/chat_async_streaming.yaml")
+    body = request_body(path)
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        with client().chat.completions.create(**body) as stream:
+            assert isinstance(stream, openai.Stream)
+            chunk = next(iter(stream))
+    assert chunk.choices[0].delta.role == "assistant"
+    event = only_llm_event(captured)
+    assert event["result"] == "stream closed before its end"
+
+
+def test_abandoned_stream_completes_when_garbage_collected():
+    path = shared_path("openai/chat_async_streaming.yaml")
+    body = request_body(path)
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        stream = client().chat.completions.create(**body)
+        next(stream)
+        next(stream)
+        del stream
+        gc.collect()
+        (event,) = captured.events("llm")
+    assert event["output"]["content"] == "Why"
+    assert event["result"] == "stream closed before its end"
+
+
+def test_error_mid_stream_reaches_the_caller_and_is_recorded():
+    path = own_path("openai/chat_stream_error.yaml")
+    body = request_body(path)
+    seen = []
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        stream = client().chat.completions.create(**body)
+        with pytest.raises(openai.APIError, match="server had an error"):
+            for chunk in stream:
+                seen.append(chunk.choices[0].delta.content)
+    assert seen == ["", "One, two,"]
+    event = only_llm_event(captured)
+    assert "APIError" in event["error"] and "server had an error" in event["error"]
+
+
+def test_chat_stream_helper_is_recorded_once():
+    path = shared_path("openai/chat_async_streaming.yaml")
+    body = request_body(path)
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        with client().chat.completions.stream(**{k: v for k, v in body.items()
+                                                 if k != "stream"}) as stream:
+            final = stream.get_final_completion()
+    event = only_llm_event(captured)
+    assert event["output"]["content"] == final.choices[0].message.content
+    assert event["time_to_first_token"] is not None
+
+
+# -- Responses API and embeddings --------------------------------------------------------
+
+def test_responses_create_is_recorded():
+    path = shared_path("openai/responses.yaml")
+    body = request_body(path)
+    recorded = response_json(path)
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        response = client().responses.create(**body)
+    event = only_llm_event(captured)
+    usage = recorded["usage"]
+    assert event["model"] == recorded["model"] == "gpt-4.1-nano-2025-04-14"
+    assert event["request_model"] == "gpt-4.1-nano"
+    assert event["input"] == [{"role": "user", "content": body["input"]}]
+    assert event["output"] == {"role": "assistant", "content": response.output_text}
+    assert (event["input_tokens"], event["output_tokens"]) == \
+        (usage["input_tokens"], usage["output_tokens"])
+    assert event["cached_tokens"] == usage["input_tokens_details"]["cached_tokens"]
+    assert event["reasoning_tokens"] == usage["output_tokens_details"]["reasoning_tokens"]
+    assert event["cost"] == pytest.approx(expected_cost(
+        "openai", recorded["model"], usage["input_tokens"], usage["output_tokens"]))
+
+
+def test_streamed_response_is_recorded_from_its_completed_event():
+    path = shared_path("openai/responses_streaming.yaml")
+    body = request_body(path)
+    (completed,) = [e for e in response_events(path) if e["type"] == "response.completed"]
+    usage = completed["response"]["usage"]
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        deltas = [e.delta for e in client().responses.create(**body)
+                  if e.type == "response.output_text.delta"]
+    event = only_llm_event(captured)
+    assert event["output"]["content"] == "".join(deltas)
+    assert event["output"]["content"] == \
+        completed["response"]["output"][0]["content"][0]["text"]
+    assert (event["input_tokens"], event["output_tokens"]) == (18, 79) == \
+        (usage["input_tokens"], usage["output_tokens"])
+    assert event["cost"] == pytest.approx(expected_cost("openai", "gpt-4.1-nano", 18, 79))
+    assert 0 < event["time_to_first_token"] <= event["duration"]
+
+
+def test_embeddings_are_recorded_with_input_tokens_and_cost():
+    path = shared_path("openai/embeddings.yaml")
+    body = request_body(path)
+    recorded = response_json(path)
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        result = client().embeddings.create(**body)
+    event = only_llm_event(captured)
+    assert event["model"] == recorded["model"]
+    assert event["input"] == body["input"]
+    assert event["input_tokens"] == recorded["usage"]["prompt_tokens"] == 8
+    assert event["output"] == {"embeddings": 1, "dimensions": len(result.data[0].embedding)}
+    assert event["cost"] == pytest.approx(expected_cost("openai", recorded["model"], 8))
+
+
+# -- errors, refusals, rate limits (the project's own hand-written cassettes) -------------
+
+def test_api_error_is_raised_unchanged_and_recorded():
+    path = own_path("openai/chat_error_400.yaml")
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        with pytest.raises(openai.BadRequestError) as raised:
+            client().chat.completions.create(**request_body(path))
+    assert raised.value.status_code == 400
+    event = only_llm_event(captured)
+    assert event["error"].startswith("BadRequestError: Error code: 400")
+    assert "Invalid 'temperature'" in event["error"]
+    assert event["output"] is None and event["cost"] is None
+    assert event["request_model"] == "gpt-4o-mini"
+    assert event["arguments"] == {"temperature": 7}
+
+
+def test_refusal_is_recorded_as_the_output():
+    path = own_path("openai/chat_refusal.yaml")
+    recorded = response_json(path)
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        completion = client().chat.completions.create(**request_body(path))
+    assert completion.choices[0].message.refusal == "I'm sorry, I can't help with that."
+    event = only_llm_event(captured)
+    assert event["output"] == {"role": "assistant", "finish_reason": "stop",
+                               "refusal": "I'm sorry, I can't help with that."}
+    assert_chat_usage(event, recorded)
+
+
+def test_rate_limited_call_without_retries_records_the_429():
+    path = own_path("openai/chat_rate_limit_429.yaml")
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        with pytest.raises(openai.RateLimitError) as raised:
+            client().chat.completions.create(**request_body(path))
+    assert raised.value.response.headers["retry-after"] == "1"
+    event = only_llm_event(captured)
+    assert "RateLimitError: Error code: 429" in event["error"]
+    assert "Rate limit reached" in event["error"]
+
+
+def test_call_retried_after_429_is_one_event_with_the_final_answer():
+    path = own_path("openai/chat_rate_limit_429.yaml")
+    recorded = response_json(path, 1)
+    with capture() as captured, replay(path) as cassette:
+        lai.init(providers=["openai"])
+        completion = openai.OpenAI(api_key="sk-test", max_retries=1).chat.completions.create(
+            **request_body(path))
+        assert cassette.play_count == 2
+    assert completion.choices[0].message.content == "Hello!"
+    event = only_llm_event(captured)
+    assert event["error"] is None
+    assert event["duration"] >= 1.0  # the client waited as Retry-After asked
+    assert_chat_usage(event, recorded)
+
+
+# -- context: threads, executors, tasks; no session ---------------------------------------
+
+def test_calls_in_threads_executors_and_tasks_land_in_the_continued_session():
+    path = shared_path("openai/chat.yaml")
+    body = request_body(path)
+    with capture() as captured, replay(path, allow_repeats=True):
+        session_id = lai.init("owner", providers=["openai"])
+        lai.detach()
+        shared = client()
+
+        def call():
+            shared.chat.completions.create(**body)
+
+        async def tasks():
+            aclient = async_client()
+            await asyncio.gather(*(aclient.chat.completions.create(**body) for _ in range(2)))
+
+        with lai.continued(session_id):
+            thread = threading.Thread(target=call)
+            thread.start()
+            thread.join()
+            with ThreadPoolExecutor(2) as pool:
+                list(pool.map(lambda _: call(), range(2)))
+            asyncio.run(tasks())
+        call()  # outside any session: untouched
+    events = captured.events("llm")
+    assert len(events) == 5
+    assert {e["session_id"] for e in events} == {session_id}
+
+
+def test_without_a_session_calls_go_straight_through():
+    path = shared_path("openai/chat_async_streaming.yaml")
+    body = request_body(path)
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        lai.end_session()
+        stream = client().chat.completions.create(**body)
+        assert type(stream) is openai.Stream  # not even proxied
+        list(stream)
+    assert captured.events("llm") == []
+
+
+def test_call_lands_in_the_current_step():
+    path = shared_path("openai/chat.yaml")
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+
+        @lai.step(action="ask")
+        def ask():
+            return client().chat.completions.create(**request_body(path))
+
+        ask()
+    (step,) = captured.steps()
+    assert only_llm_event(captured)["step_id"] == step["id"]
+
+
+def test_masking_applies_to_messages_and_output():
+    path = shared_path("openai/chat.yaml")
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"],
+                 masking_function=lambda text: text.replace("opentelemetry", "[MASKED]")
+                 .replace("Opentelemetry", "[MASKED]"))
+        completion = client().chat.completions.create(**request_body(path))
+    assert "Opentelemetry" in completion.choices[0].message.content  # the caller's own copy
+    event = only_llm_event(captured)
+    assert event["input"] == [{"role": "user", "content": "Tell me a joke about [MASKED]"}]
+    assert "Opentelemetry" not in event["output"]["content"]
+    assert "[MASKED]" in event["output"]["content"]
+
+
+@pytest.mark.allow_internal_errors
+def test_a_failure_inside_the_adapter_never_breaks_the_call(monkeypatch):
+    import lucidic_openai._extract as extract
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("adapter bug")
+
+    path = shared_path("openai/chat.yaml")
+    body = request_body(path)
+    monkeypatch.setattr(extract.ChatChunks, "add", broken)
+    monkeypatch.setattr(extract, "chat_input", broken)
+    from lucidic._internal import internal_errors
+
+    before = sum(internal_errors.values())
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        monkeypatch.setattr("lucidic_openai._adapter.CHAT.result", broken)
+        monkeypatch.setattr("lucidic_openai._adapter.CHAT.input", broken)
+        completion = client().chat.completions.create(**body)
+    assert completion.choices[0].message.content
+    assert sum(internal_errors.values()) > before
+    assert captured.events("llm") == []  # start failed: nothing half-recorded
+
+
+def test_patched_methods_keep_their_signature_and_kind():
+    def shape():
+        methods = [async_client().chat.completions.create, async_client().responses.create,
+                   client().chat.completions.create, client().embeddings.create]
+        return [(inspect.signature(m), inspect.iscoroutinefunction(m), m.__doc__, m.__name__)
+                for m in methods]
+
+    before = shape()
+    with capture():
+        lai.init(providers=["openai"])
+        assert shape() == before
