@@ -490,9 +490,11 @@ class StepHandle:
 
     def start_llm_call(self, provider: str, *, request_model: str | None = None,
                        input: Any = None, description: str | None = None,  # noqa: A002
-                       arguments: Any = None) -> LLMCall:
-        """Begin recording an LLM call in this step. Not subject to
-        suppression: the framework that owns the step is the one recording."""
+                       arguments: Any = None) -> LLMCall | None:
+        """Begin recording an LLM call in this step; None while LLM calls are
+        suppressed (another framework records this call)."""
+        if _is_suppressed():
+            return None
         fields = {"type": "llm", "provider": text_field(provider),
                   "request_model": text_field(request_model), "input": to_jsonable(input),
                   "description": text_field(description),
