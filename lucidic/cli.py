@@ -3,9 +3,15 @@
     lucidic sessions list [--agent ID] [--status running|finished] [--limit N] [--json]
     lucidic sessions show SESSION_ID [--json]
     lucidic providers [--json]
+    lucidic server [--db URL] [--host H] [--port P] [--max-body-mb N]
+    lucidic keys create --project NAME [--label TEXT] [--db URL]
+    lucidic keys list [--project NAME] [--db URL] [--json]
+    lucidic keys revoke KEY_ID [--db URL]
 
 Sessions are read from the embedded store (LUCIDIC_HOME), or from the server
-at LUCIDIC_BASE_URL when that is set.
+at LUCIDIC_BASE_URL when that is set. ``server`` and ``keys`` work on the
+database given by --db (``sqlite:///path`` or ``postgresql://...``), else
+LUCIDIC_DATABASE_URL, else the embedded store's file.
 """
 
 from __future__ import annotations
@@ -199,6 +205,116 @@ def _providers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _database_url(args: argparse.Namespace) -> str:
+    if args.db:
+        return str(args.db)
+    return _config.env("LUCIDIC_DATABASE_URL") or f"sqlite:///{_config.store_path()}"
+
+
+def _open_accounts(args: argparse.Namespace) -> Any:
+    from .store import Store, StoreError
+
+    try:
+        return Store(_database_url(args))
+    except StoreError as exc:
+        raise SystemExit(f"lucidic: {exc}") from exc
+
+
+def _server(args: argparse.Namespace) -> int:
+    try:
+        from .server import run
+    except ImportError as exc:
+        raise SystemExit(f"lucidic: the server needs its extra: pip install 'lucidic[server]' "
+                         f"({exc})") from exc
+    from .store import StoreError
+
+    try:
+        run(_database_url(args), host=args.host, port=args.port,
+            max_body_bytes=int(args.max_body_mb * 1024 * 1024), log_level=args.log_level)
+    except StoreError as exc:
+        raise SystemExit(f"lucidic: {exc}") from exc
+    return 0
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    store = _open_accounts(args)
+    try:
+        info, key = store.create_api_key(args.project, args.label)
+    finally:
+        store.close()
+    print(f"project: {info['project']}")
+    print(f"key id:  {info['id']} (for `lucidic keys revoke`)")
+    print("the key, shown this once (only its hash is kept); set it as LUCIDIC_API_KEY:")
+    print(key)
+    return 0
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    store = _open_accounts(args)
+    try:
+        keys = store.list_api_keys(args.project)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(keys, indent=2))
+        return 0
+    if not keys:
+        print("no API keys (make one with `lucidic keys create --project NAME`)")
+    for key in keys:
+        state = f"revoked {_when(key['revoked_at'])}" if key["revoked_at"] else "active"
+        label = f"  {key['label']!r}" if key.get("label") else ""
+        print(f"{key['id']}  project={key['project']}  created {_when(key['created_at'])}  "
+              f"{state}{label}")
+    return 0
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    store = _open_accounts(args)
+    try:
+        found = store.revoke_api_key(args.key_id)
+    finally:
+        store.close()
+    if not found:
+        print(f"lucidic: no API key with id {args.key_id!r} (see `lucidic keys list`)",
+              file=sys.stderr)
+        return 1
+    print(f"revoked {args.key_id}: requests with it are refused from now on")
+    return 0
+
+
+def _add_server_commands(commands: Any) -> None:
+    db_help = ("sqlite:///PATH or postgresql://USER@HOST/DB (default: LUCIDIC_DATABASE_URL, "
+               "else the embedded store's file)")
+    server = commands.add_parser("server", help="run the shared server (needs lucidic[server])")
+    server.add_argument("--db", help=db_help)
+    server.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (0.0.0.0 to serve other machines)")
+    server.add_argument("--port", type=int, default=8765)
+    server.add_argument("--max-body-mb", type=float, default=32.0,
+                        help="largest request body accepted, in MiB")
+    server.add_argument("--log-level", default="info",
+                        choices=["critical", "error", "warning", "info", "debug"])
+    server.set_defaults(handler=_server)
+
+    keys = commands.add_parser("keys", help="the server's API keys")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_commands.add_parser("create", help="make a key for a project (created if "
+                                                     "need be); prints it once, last line")
+    create.add_argument("--project", required=True)
+    create.add_argument("--label", help="a note to tell keys apart")
+    create.add_argument("--db", help=db_help)
+    create.set_defaults(handler=_keys_create)
+    listing = keys_commands.add_parser("list", help="keys (never the keys themselves)")
+    listing.add_argument("--project")
+    listing.add_argument("--db", help=db_help)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(handler=_keys_list)
+    revoke = keys_commands.add_parser("revoke", help="refuse a key from now on")
+    revoke.add_argument("key_id")
+    revoke.add_argument("--db", help=db_help)
+    revoke.set_defaults(handler=_keys_revoke)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lucidic", description="Read what Lucidic recorded.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -220,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     providers = commands.add_parser("providers", help="installed provider plugins")
     providers.add_argument("--json", action="store_true")
     providers.set_defaults(handler=_providers)
+    _add_server_commands(commands)
     return parser
 
 

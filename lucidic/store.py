@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import secrets
 import sqlite3
 import threading
@@ -53,7 +54,7 @@ class UnknownSessionError(StoreError):
         self.session_ids = list(session_ids)
         shown = ", ".join(repr(s) for s in self.session_ids[:5])
         more = f" and {len(self.session_ids) - 5} more" if len(self.session_ids) > 5 else ""
-        super().__init__(f"session {shown}{more} not found in this project")
+        super().__init__(f"session {shown}{more} was not found in this project")
 
 
 #: API keys: a fixed prefix (so a leaked key is recognisable) and 256 random bits.
@@ -475,6 +476,14 @@ class Store:
             s.update(totals.get(s["id"], _empty_totals()))
         return sessions
 
+    def session_summary(self, session_id: str,
+                        project: str | None = None) -> dict[str, Any] | None:
+        """The session's row with its totals, without its steps and events."""
+        session = self.get_session(session_id, project)
+        if session is not None:
+            session.update(self._totals([session_id]).get(session_id, _empty_totals()))
+        return session
+
     def session_tree(self, session_id: str, project: str | None = None) -> dict[str, Any] | None:
         """The session with its steps nested by parent and its events placed in
         their steps (or at the session's top level)."""
@@ -540,7 +549,7 @@ class Store:
         def run(cur: Any) -> list[dict[str, Any]]:
             cur.execute(sql, tuple(params))
             names = [d[0] for d in cur.description]
-            return [_decode_row(dict(zip(names, row))) for row in cur.fetchall()]
+            return [_decode_row(dict(zip(names, row, strict=True))) for row in cur.fetchall()]
         result: list[dict[str, Any]] = self._run(run, write=False)
         return result
 

@@ -1,0 +1,343 @@
+"""The HTTP transport: the sink and the reader for ``lucidic server``.
+
+Imported only when LUCIDIC_BASE_URL is set. It speaks to the server's REST API
+with ``requests`` (one pooled connection per thread) and never imports the
+server or its dependencies. The sink runs in the pipeline's worker thread:
+whatever it raises as ``SinkError`` makes the pipeline spool the batch and
+retry it after ``retry_after`` (the server's ``Retry-After``) or its own
+backoff. Batches are idempotent on the server, so a retry never duplicates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import quote
+
+import requests
+
+from . import _runtime
+from ._internal import log_rate_limited, record_internal_error
+from ._sinks import SinkError
+from .errors import APIKeyVerificationError
+from .store import Record, clean_text
+
+__all__ = ["HttpReader", "HttpSink"]
+
+#: (connect, read) timeouts for one request, in seconds.
+TIMEOUT = (3.05, 15.0)
+#: Split a batch whose JSON body would be larger than this (the server's
+#: default limit is 32 MiB).
+MAX_REQUEST_BYTES = 8 * 1024 * 1024
+#: Retry-After delays up to this long are waited out inside write(); longer
+#: ones are handed to the pipeline, which spools meanwhile.
+_INLINE_RETRY_LIMIT = 1.0
+#: When the server does not know a session yet (its creation is still in
+#: another process's spool), try the batch again after this long.
+_UNKNOWN_SESSION_RETRY = 5.0
+_ATTEMPTS = 3
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def _detail(response: requests.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return f"HTTP {response.status_code}"
+    if isinstance(body, dict) and isinstance(body.get("detail"), str):
+        return f"HTTP {response.status_code}: {body['detail']}"
+    return f"HTTP {response.status_code}"
+
+
+def _clean(value: Any) -> Any:
+    """A copy of a JSON-safe value that every backend can store: no NUL
+    characters or lone surrogates in strings, no infinite or NaN numbers."""
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {clean_text(str(k)): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def encode_batch(records: Sequence[Record]) -> bytes:
+    """The request body for records. The fast path serialises as is; only a
+    batch carrying text or numbers the server would refuse is cleaned."""
+    payload = {"records": [{"kind": r[0], "id": r[1], "ts": r[2], "fields": r[3]}
+                           for r in records]}
+    try:
+        text = json.dumps(payload, ensure_ascii=False, allow_nan=False,
+                          separators=(",", ":"), default=repr)
+        if "\\u0000" not in text:
+            return text.encode("utf-8")
+    except ValueError:  # NaN/inf, or (UnicodeEncodeError) a lone surrogate
+        pass
+    return json.dumps(_clean(payload), ensure_ascii=False, allow_nan=False,
+                      separators=(",", ":"), default=repr).encode("utf-8")
+
+
+class _Client:
+    """One pooled ``requests.Session`` per thread (sessions are not meant to
+    be shared across threads), all closed together."""
+
+    def __init__(self, base_url: str, api_key: str | None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self._local = threading.local()
+        self._all: weakref.WeakSet[requests.Session] = weakref.WeakSet()
+
+    def session(self) -> requests.Session:
+        session: requests.Session | None = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=2)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            session.headers["User-Agent"] = "lucidic-python"
+            if self.api_key:
+                session.headers["Authorization"] = f"Bearer {self.api_key}"
+            self._local.session = session
+            self._all.add(session)
+        return session
+
+    def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        """One request, retried briefly when the connection fails (a pooled
+        connection the server closed, a server restarting) or the server asks
+        for a short wait. Raises SinkError when the server cannot be reached."""
+        kwargs.setdefault("timeout", TIMEOUT)
+        url = self.base_url + path
+        for attempt in range(_ATTEMPTS):
+            last = attempt == _ATTEMPTS - 1
+            try:
+                response = self.session().request(method, url, **kwargs)
+            except requests.RequestException as exc:
+                if last or isinstance(exc, requests.Timeout):
+                    raise SinkError(f"cannot reach the lucidic server at {self.base_url}: "
+                                    f"{type(exc).__name__}") from exc
+                time.sleep(0.05 * 4 ** attempt)
+                continue
+            if response.status_code in (429, 503) and not last:
+                delay = _retry_after(response)
+                if delay is not None and delay <= _INLINE_RETRY_LIMIT:
+                    time.sleep(delay)
+                    continue
+            return response
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def reset_after_fork(self) -> None:
+        # Connections must not be shared with the parent: start afresh, and
+        # leave the parent's sockets alone.
+        self._local = threading.local()
+        self._all = weakref.WeakSet()
+
+    def close(self) -> None:
+        for session in list(self._all):
+            session.close()
+
+
+class HttpSink:
+    """Delivers records to ``lucidic server``; see the module docstring."""
+
+    def __init__(self, base_url: str, api_key: str | None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.identity = "http-" + hashlib.sha256(
+            f"{self.base_url}\n{api_key or ''}".encode("utf-8", "surrogatepass")).hexdigest()[:16]
+        #: The key's project, known once verify() has reached the server.
+        self.project: str | None = None
+        self._api_key = api_key
+        self._client = _Client(self.base_url, api_key)
+
+    # -- called by init() / continue_session() ---------------------------------
+
+    def verify(self) -> None:
+        """Check the API key with the server. A missing, unknown or revoked key
+        raises APIKeyVerificationError; a server that cannot be reached only
+        logs (records are spooled until it answers)."""
+        if not self._api_key:
+            raise APIKeyVerificationError(
+                f"LUCIDIC_BASE_URL is set ({self.base_url}) but no API key was given: pass "
+                "lucidic_api_key=... or set LUCIDIC_API_KEY (make a key with "
+                "`lucidic keys create --project NAME` where the server runs)")
+        try:
+            response = self._client.request("GET", "/api/v1/auth", timeout=(3.05, 5.0))
+        except SinkError as exc:
+            log_rate_limited("verify_unreachable", "lucidic: could not verify the API key "
+                             "(%s); records will be spooled until the server answers", exc)
+            return
+        if response.status_code in (401, 403):
+            raise APIKeyVerificationError(
+                f"the lucidic server at {self.base_url} refused the API key "
+                f"({_detail(response)}); check LUCIDIC_API_KEY, or make a new key with "
+                "`lucidic keys create --project NAME`")
+        if response.status_code != 200:
+            log_rate_limited("verify_failed", "lucidic: could not verify the API key (%s)",
+                             _detail(response))
+            return
+        project = response.json().get("project")
+        if isinstance(project, str):
+            self.project = project
+
+    def lookup_session(self, session_id: str) -> dict[str, Any] | None:
+        response = self._client.request("GET", "/api/v1/sessions/" + quote(session_id, safe=""),
+                                        timeout=(3.05, 5.0))
+        if response.status_code == 200:
+            body: dict[str, Any] = response.json()
+            return body
+        if response.status_code == 404:
+            return None
+        if response.status_code in (401, 403):
+            raise APIKeyVerificationError(
+                f"the lucidic server at {self.base_url} refused the API key "
+                f"({_detail(response)})")
+        raise SinkError(f"the lucidic server could not look up session {session_id!r}: "
+                        f"{_detail(response)}", retry_after=_retry_after(response))
+
+    # -- called by the worker ---------------------------------------------------------
+
+    def write(self, records: Sequence[Record]) -> None:
+        if records:
+            self._post(records)
+
+    def _post(self, records: Sequence[Record]) -> None:
+        body = encode_batch(records)
+        if len(body) > MAX_REQUEST_BYTES and len(records) > 1:
+            self._post_halves(records)
+            return
+        response = self._client.request(
+            "POST", "/api/v1/records", data=body,
+            headers={"Content-Type": "application/json"})
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        if status == 413 and len(records) > 1:
+            self._post_halves(records)
+            return
+        if status == 404:
+            self._unknown_sessions(records, response)
+            return
+        if status in (400, 413, 415, 422):
+            # The server will never take this as it is: retrying would block
+            # everything behind it. Isolate the records it refuses, drop them.
+            if len(records) > 1:
+                self._post_halves(records)
+                return
+            record_internal_error("record_refused", SinkError(
+                f"the lucidic server refused a {records[0][0]} record ({_detail(response)}); "
+                "it was dropped"))
+            return
+        if status in (401, 403):
+            raise SinkError(f"the lucidic server refused the API key ({_detail(response)}); "
+                            "records are spooled until a valid key is used",
+                            retry_after=_retry_after(response) or 30.0)
+        raise SinkError(f"the lucidic server did not take the batch ({_detail(response)})",
+                        retry_after=_retry_after(response))
+
+    def _post_halves(self, records: Sequence[Record]) -> None:
+        middle = len(records) // 2
+        self._post(records[:middle])
+        self._post(records[middle:])
+
+    def _unknown_sessions(self, records: Sequence[Record], response: requests.Response) -> None:
+        """Some records name sessions the server does not know yet (their
+        creation may still sit in another process's spool). Deliver the rest,
+        then have the pipeline spool the batch and retry it: replays are
+        idempotent, so the records already delivered are not duplicated."""
+        try:
+            missing = set(response.json().get("session_ids") or ())
+        except (ValueError, AttributeError):
+            missing = set()
+        known = [r for r in records
+                 if (r[1] if r[0] == "session" else r[3].get("session_id")) not in missing]
+        if missing and known and len(known) < len(records):
+            self._post(known)
+        raise SinkError(f"the lucidic server does not know session(s) "
+                        f"{', '.join(sorted(missing)[:3])} yet ({_detail(response)}); "
+                        "retrying", retry_after=_UNKNOWN_SESSION_RETRY)
+
+    def after_fork_in_child(self) -> None:
+        self._client.reset_after_fork()
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class HttpReader:
+    """What ``lucidic sessions list/show`` read when LUCIDIC_BASE_URL is set.
+    Failures end the command with a message (SystemExit), not a traceback."""
+
+    def __init__(self, base_url: str, api_key: str | None) -> None:
+        self.base_url = base_url.rstrip("/")
+        if not api_key:
+            raise SystemExit("lucidic: LUCIDIC_BASE_URL is set but LUCIDIC_API_KEY is not: "
+                             "reading from the server needs an API key")
+        self._client = _Client(self.base_url, api_key)
+
+    def _get(self, path: str, params: dict[str, Any] | None = None) -> requests.Response:
+        try:
+            response = self._client.request("GET", path, params=params)
+        except SinkError as exc:
+            raise SystemExit(f"lucidic: {exc}") from exc
+        if response.status_code in (200, 404):
+            return response
+        raise SystemExit(f"lucidic: the server at {self.base_url} answered {_detail(response)}")
+
+    def list_sessions(self, *, agent_id: str | None = None, status: str | None = None,
+                      limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+        params = {"agent_id": agent_id, "status": status, "limit": limit, "offset": offset}
+        response = self._get("/api/v1/sessions",
+                             {k: v for k, v in params.items() if v is not None})
+        if response.status_code != 200:
+            raise SystemExit(f"lucidic: the server at {self.base_url} answered "
+                             f"{_detail(response)}")
+        sessions: list[dict[str, Any]] = response.json()["sessions"]
+        return sessions
+
+    def session_tree(self, session_id: str) -> dict[str, Any] | None:
+        response = self._get(f"/api/v1/sessions/{quote(session_id, safe='')}/tree")
+        if response.status_code == 404:
+            return None
+        tree: dict[str, Any] = response.json()
+        return tree
+
+    def close(self) -> None:
+        self._client.close()
+
+
+# -- registration with the runtime --------------------------------------------------
+
+_sinks: dict[str, HttpSink] = {}
+_sinks_lock = threading.Lock()
+
+
+def _factory(base_url: str, api_key: str | None) -> HttpSink:
+    """One sink per (server, key), so every init() reuses its pooled
+    connections and the pipeline serving it."""
+    sink = HttpSink(base_url, api_key)
+    with _sinks_lock:
+        return _sinks.setdefault(sink.identity, sink)
+
+
+_runtime.http_sink_factory = _factory

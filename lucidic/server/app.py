@@ -1,0 +1,238 @@
+"""The ASGI app: authentication, ingest, and the read API."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal, Optional
+from urllib.parse import urlsplit, urlunsplit
+
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import model_validator
+
+from .. import _config
+from ..store import Store
+from . import models
+from .db import StorePool
+from .problems import PROBLEM, ApiError, BodyLimit, JSONOut, install_error_handlers
+
+logger = logging.getLogger("lucidic.server")
+
+#: Largest request body accepted, unless --max-body-mb says otherwise.
+DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+DEFAULT_PORT = 8765
+
+
+def default_database_url() -> str:
+    """LUCIDIC_DATABASE_URL, else the embedded store's file."""
+    return _config.env("LUCIDIC_DATABASE_URL") or f"sqlite:///{_config.store_path()}"
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password hidden, for logs."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+class _CheckedBatch(models.Batch):
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        problem = models.check_json_text(data)
+        if problem:
+            raise ValueError(problem)
+        return data
+
+
+_PROBLEMS: dict[int | str, dict[str, Any]] = {
+    status: {"model": models.Problem, "description": text,
+             "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
+    for status, text in ((401, "missing, unknown or revoked API key"),
+                         (404, "not found in this API key's project"),
+                         (503, "the database is unavailable; retry after Retry-After"))
+}
+
+
+router = APIRouter()
+_bearer = HTTPBearer(auto_error=False, description="an API key from `lucidic keys create`")
+
+
+def _store(request: Request) -> Iterator[Store]:
+    pool: StorePool = request.app.state.pool
+    with pool.store() as s:
+        yield s
+
+
+Db = Annotated[Store, Depends(_store)]
+
+
+def identity(credentials: Annotated[Optional[HTTPAuthorizationCredentials],  # noqa: UP045
+                                    Depends(_bearer)], db: Db) -> models.Identity:
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if credentials is None:
+        raise ApiError(401, "no API key: send the header 'Authorization: Bearer <key>' "
+                            "with a key from `lucidic keys create`", headers=challenge)
+    found = db.authenticate(credentials.credentials)
+    if found is None:
+        raise ApiError(401, "the API key is not valid: it is unknown or was revoked",
+                       headers=challenge)
+    return models.Identity(project=found["project"], key_id=found["id"])
+
+Auth = Annotated[models.Identity, Depends(identity)]
+
+def not_found(what: str, record_id: str) -> ApiError:
+    return ApiError(404, f"{what} {record_id!r} was not found in this project")
+
+@router.get("/healthz", tags=["meta"], summary="Liveness and database reachability")
+def healthz(db: Db) -> dict[str, Any]:
+    return {"status": "ok", "schema_version": db.schema_version()}
+
+@router.get("/api/v1/auth", tags=["auth"], response_model=models.Identity,
+         summary="Check an API key; returns its project")
+def auth(who: Auth) -> models.Identity:
+    return who
+
+@router.post("/api/v1/records", tags=["ingest"], response_model=models.Accepted,
+          responses={413: _PROBLEMS[404] | {"description": "the body is too large"},
+                     422: {"model": models.Problem, "description": "invalid records"}},
+          summary="Apply a batch of session, step and event records (idempotent)")
+def ingest(batch: _CheckedBatch, who: Auth, db: Db) -> JSONOut:
+    records = [(r.kind, r.id, r.ts, r.fields.model_dump(exclude_none=True))
+               for r in batch.records]
+    if records:
+        db.write_for_project(records, who.project)
+    return JSONOut({"accepted": len(records)})
+
+@router.get("/api/v1/sessions", tags=["read"], response_model=models.SessionPage,
+         summary="Sessions of this project, newest first, with their totals")
+def list_sessions(
+    who: Auth, db: Db,
+    agent_id: Annotated[Optional[str], Query(max_length=256)] = None,  # noqa: UP045
+    status: Optional[Literal["running", "finished"]] = None,  # noqa: UP045
+    started_after: Annotated[Optional[float],  # noqa: UP045
+                             Query(allow_inf_nan=False,
+                                   description="epoch seconds, inclusive")] = None,
+    started_before: Annotated[Optional[float],  # noqa: UP045
+                              Query(allow_inf_nan=False,
+                                    description="epoch seconds, exclusive")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+) -> JSONOut:
+    if agent_id is not None and models.check_json_text(agent_id, "agent_id"):
+        return JSONOut({"sessions": [], "limit": limit, "offset": offset,
+                        "next_offset": None})
+    sessions = db.list_sessions(project=who.project, agent_id=agent_id, status=status,
+                                started_after=started_after, started_before=started_before,
+                                limit=limit, offset=offset)
+    return JSONOut({"sessions": sessions, "limit": limit, "offset": offset,
+                    "next_offset": offset + len(sessions) if len(sessions) == limit
+                    else None})
+
+@router.get("/api/v1/sessions/{session_id:path}/tree", tags=["read"],
+         response_model=models.SessionTree,
+         summary="A session with its steps (nested) and events")
+def session_tree(session_id: str, who: Auth, db: Db) -> JSONOut:
+    tree = db.session_tree(session_id, who.project) if models.valid_id(session_id) else None
+    if tree is None:
+        raise not_found("session", session_id)
+    return JSONOut(tree)
+
+@router.get("/api/v1/sessions/{session_id:path}/continuable", tags=["read"],
+         response_model=models.Continuable,
+         responses={409: {"model": models.Problem,
+                          "description": "finished, or another agent's"}},
+         summary="The check behind continue_session: the session exists in this "
+                 "project, is not finished, and belongs to the agent given (if any)")
+def continuable(session_id: str, who: Auth, db: Db,
+                agent_id: Annotated[Optional[str],  # noqa: UP045
+                                    Query(max_length=256)] = None) -> JSONOut:
+    row = db.get_session(session_id, who.project) if models.valid_id(session_id) else None
+    if row is None:
+        raise not_found("session", session_id)
+    if row.get("is_finished"):
+        raise ApiError(409, f"session {session_id!r} has finished and a finished session "
+                            "cannot be continued; hand a session over with lai.detach() "
+                            "instead of ending it")
+    owner = row.get("agent_id")
+    if agent_id and owner and owner != agent_id:
+        raise ApiError(409, f"session {session_id!r} belongs to agent {owner!r}, not "
+                            f"{agent_id!r}")
+    return JSONOut({"session_id": session_id, "continuable": True, "agent_id": owner})
+
+@router.get("/api/v1/sessions/{session_id:path}", tags=["read"], response_model=models.Session,
+         summary="One session with its totals")
+def get_session(session_id: str, who: Auth, db: Db) -> JSONOut:
+    row = (db.session_summary(session_id, who.project) if models.valid_id(session_id)
+           else None)
+    if row is None:
+        raise not_found("session", session_id)
+    return JSONOut(row)
+
+@router.get("/api/v1/steps/{step_id:path}", tags=["read"], response_model=models.Step,
+         summary="One step")
+def get_step(step_id: str, who: Auth, db: Db) -> JSONOut:
+    row = db.get_step(step_id, who.project) if models.valid_id(step_id) else None
+    if row is None:
+        raise not_found("step", step_id)
+    return JSONOut(row)
+
+@router.get("/api/v1/events/{event_id:path}", tags=["read"], response_model=models.Event,
+         summary="One event")
+def get_event(event_id: str, who: Auth, db: Db) -> JSONOut:
+    row = db.get_event(event_id, who.project) if models.valid_id(event_id) else None
+    if row is None:
+        raise not_found("event", event_id)
+    return JSONOut(row)
+
+
+
+def create_app(database_url: str | None = None, *,
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, pool_size: int = 8) -> FastAPI:
+    """The server's ASGI app over the database at ``database_url`` (opened,
+    and its schema migrated, right away)."""
+    url = database_url or default_database_url()
+    pool = StorePool(url, size=pool_size)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> Any:
+        yield
+        pool.close()
+
+    from .. import __version__
+
+    app = FastAPI(
+        title="Lucidic server",
+        version=__version__,
+        description="Sessions, steps and events of AI agents, recorded by the `lucidic` SDK. "
+                    "Every request under /api/v1 needs `Authorization: Bearer <API key>` "
+                    "(make one with `lucidic keys create --project NAME`); everything it "
+                    "reads or writes is scoped to that key's project. Errors are "
+                    "application/problem+json.",
+        lifespan=lifespan,
+        default_response_class=JSONOut,
+        responses=_PROBLEMS,
+    )
+    app.state.pool = pool
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    install_error_handlers(app)
+    app.include_router(router)
+    return app
+
+
+def run(database_url: str | None = None, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, log_level: str = "info") -> None:
+    """Serve the API until interrupted."""
+    import uvicorn
+
+    url = database_url or default_database_url()
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    app = create_app(url, max_body_bytes=max_body_bytes)
+    logger.info("lucidic server: database %s, listening on http://%s:%d (API docs at /docs)",
+                redact_url(url), host, port)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False,
+                server_header=False, timeout_keep_alive=30)

@@ -1,0 +1,219 @@
+"""The API's request and response shapes, built from the store's columns so
+the schema is written once (in ``lucidic.store``)."""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
+
+from ..store import (
+    BOOL_COLUMNS,
+    EVENT_COLUMNS,
+    JSON_COLUMNS,
+    SESSION_COLUMNS,
+    STEP_COLUMNS,
+)
+
+MAX_ID_LENGTH = 256
+MAX_BATCH = 10_000
+_MAX_DEPTH = 64
+_INT64 = 2 ** 63
+
+
+def valid_id(value: str) -> bool:
+    return 0 < len(value) <= MAX_ID_LENGTH and value.isprintable()
+
+
+def _check_id(value: str) -> str:
+    if not value.isprintable():
+        raise ValueError("ids must be printable text (no control, format or separator "
+                         "characters other than the plain space)")
+    return value
+
+
+Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH,
+                          description="a client-made id: 1 to 256 printable characters"),
+               AfterValidator(_check_id)]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+Int64 = Annotated[int, Field(ge=-_INT64, le=_INT64 - 1)]
+
+
+def check_json_text(value: Any, path: str = "body", depth: int = 0) -> str | None:
+    """Where in a parsed JSON document a value no backend can store sits: a
+    string with a NUL character or an unpaired surrogate, a number that is
+    not finite, or nesting deeper than 64 levels. None if there is none."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return f"{path} contains a NUL character (\\u0000), which cannot be stored"
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return f"{path} contains an unpaired UTF-16 surrogate, which is not valid Unicode"
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{path} is not a finite number"
+    if depth > _MAX_DEPTH:
+        return f"{path} is nested more than {_MAX_DEPTH} levels deep"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            problem = (check_json_text(key, f"{path} key", depth + 1)
+                       or check_json_text(item, f"{path}.{key}", depth + 1))
+            if problem:
+                return problem
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            problem = check_json_text(item, f"{path}[{index}]", depth + 1)
+            if problem:
+                return problem
+    return None
+
+
+_FLOATS = {"started_at", "ended_at", "eval_score", "session_eval", "cost", "duration",
+           "time_to_first_token"}
+_INTS = {"input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens"}
+_STRING_LISTS = {"tags", "screenshots"}
+_IDS = {"session_id", "parent_step_id", "step_id"}
+
+
+def _column_type(column: str) -> Any:
+    if column in _FLOATS:
+        return FiniteFloat
+    if column in _INTS:
+        return Int64
+    if column in BOOL_COLUMNS:
+        return bool
+    if column in _STRING_LISTS:
+        return list[str]
+    if column in JSON_COLUMNS:
+        return Any
+    if column in _IDS:
+        return Id
+    return str
+
+
+def _fields_model(name: str, columns: tuple[str, ...], required: str | None) -> Any:
+    definitions: dict[str, Any] = {}
+    for column in columns:
+        kind = _column_type(column)
+        if column == required:
+            definitions[column] = (kind, ...)
+        else:
+            definitions[column] = (Optional[kind], None)  # noqa: UP045 - pydantic needs it
+    return create_model(name, __config__=ConfigDict(extra="forbid"), **definitions)
+
+
+SessionFields = _fields_model("SessionFields", SESSION_COLUMNS, None)
+StepFields = _fields_model("StepFields", STEP_COLUMNS, "session_id")
+EventFields = _fields_model("EventFields", EVENT_COLUMNS, "session_id")
+
+
+class _RecordBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: Id
+    ts: FiniteFloat = Field(description="when the client made this version of the record "
+                                        "(seconds since the epoch); the newest value of "
+                                        "each field wins, whatever the arrival order")
+
+
+class SessionRecord(_RecordBase):
+    kind: Literal["session"]
+    fields: SessionFields  # type: ignore[valid-type]
+
+
+class StepRecord(_RecordBase):
+    kind: Literal["step"]
+    fields: StepFields  # type: ignore[valid-type]
+
+
+class EventRecord(_RecordBase):
+    kind: Literal["event"]
+    fields: EventFields  # type: ignore[valid-type]
+
+
+AnyRecord = Annotated[Union[SessionRecord, StepRecord, EventRecord],  # noqa: UP007
+                      Field(discriminator="kind")]
+
+
+class Batch(BaseModel):
+    """Records to apply. Idempotent: each record is an upsert keyed by its id,
+    so a retried batch never duplicates anything, and batches from several
+    processes may arrive in any order. A session record creates or updates a
+    session of the key's project; every step and event must name a session of
+    that project (existing, or created in the same batch)."""
+
+    model_config = ConfigDict(extra="forbid")
+    records: list[AnyRecord] = Field(max_length=MAX_BATCH)
+
+
+class Accepted(BaseModel):
+    accepted: int = Field(description="how many records were applied")
+
+
+class Identity(BaseModel):
+    project: str
+    key_id: str
+
+
+class Problem(BaseModel):
+    """An error, as RFC 9457 application/problem+json."""
+
+    model_config = ConfigDict(extra="allow")
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+
+
+class Totals(BaseModel):
+    step_count: int = 0
+    event_count: int = 0
+    error_count: int = 0
+    total_cost: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+def _row_model(name: str, columns: tuple[str, ...], base: type[BaseModel]) -> Any:
+    definitions: dict[str, Any] = {"id": (str, ...), "updated_at": (float, ...)}
+    for column in columns:
+        kind = _column_type(column)
+        definitions[column] = (Optional[kind], None)  # noqa: UP045
+    return create_model(name, __base__=base, **definitions)
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+Session = _row_model("Session", SESSION_COLUMNS, Totals)
+Step = _row_model("Step", STEP_COLUMNS, _Open)
+Event = _row_model("Event", EVENT_COLUMNS, _Open)
+
+
+class StepNode(Step):  # type: ignore[misc, valid-type]
+    steps: list[StepNode] = []
+    events: list[Event] = []  # type: ignore[valid-type]
+
+
+class SessionTree(Session):  # type: ignore[misc, valid-type]
+    steps: list[StepNode] = []
+    events: list[Event] = []  # type: ignore[valid-type]
+
+
+class SessionPage(BaseModel):
+    sessions: list[Session]  # type: ignore[valid-type]
+    limit: int
+    offset: int
+    next_offset: Optional[int] = Field(  # noqa: UP045
+        description="the offset of the next page, or null on the last one")
+
+
+class Continuable(BaseModel):
+    session_id: str
+    continuable: Literal[True] = True
+    agent_id: Optional[str] = None  # noqa: UP045

@@ -1,0 +1,196 @@
+"""Errors as application/problem+json (RFC 9457), and the request body limit.
+
+No stack trace ever reaches a client: anything unexpected becomes a plain 500
+problem, and the details go to the server's log."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..store import StoreError, UnknownSessionError, clean_text
+
+logger = logging.getLogger("lucidic.server")
+
+PROBLEM = "application/problem+json"
+
+
+class ApiError(Exception):
+    """An error the API reports on purpose."""
+
+    def __init__(self, status: int, detail: str, *, headers: dict[str, str] | None = None,
+                 **extra: Any) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.headers = headers
+        self.extra = extra
+
+
+def _title(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def problem(status: int, detail: str, *, headers: dict[str, str] | None = None,
+            **extra: Any) -> Response:
+    body = {"type": "about:blank", "title": _title(status), "status": status, "detail": detail,
+            **extra}
+    return JSONOut(body, status_code=status, headers=headers, media_type=PROBLEM)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return clean_text(value)
+    if isinstance(value, dict):
+        return {_json_safe(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+class JSONOut(JSONResponse):
+    """Compact JSON; a stored value JSON cannot carry (a NaN, say) becomes null
+    rather than an error."""
+
+    def render(self, content: Any) -> bytes:
+        try:
+            return json.dumps(content, ensure_ascii=False, allow_nan=False,
+                              separators=(",", ":")).encode("utf-8")
+        except ValueError:  # includes UnicodeEncodeError
+            return json.dumps(_json_safe(content), ensure_ascii=False, allow_nan=False,
+                              separators=(",", ":"), default=str).encode("utf-8")
+
+
+def _where(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in ("session", "step", "event") and parts and parts[-1].startswith("["):
+            continue  # the discriminator tag pydantic adds: noise to a reader
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> Response:
+        return problem(exc.status, exc.detail, headers=exc.headers, **exc.extra)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        detail = exc.detail if isinstance(exc.detail, str) else _title(exc.status_code)
+        if exc.status_code == 404 and detail == "Not Found":
+            detail = f"no such endpoint: {request.method} {request.url.path}; see /docs"
+        elif exc.status_code == 405:
+            detail = f"{request.method} is not allowed on {request.url.path}; see /docs"
+        return problem(exc.status_code, detail, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
+        errors = [{"loc": _where(tuple(e.get("loc", ()))),
+                   "msg": str(e.get("msg", "")).removeprefix("Value error, "),
+                   "type": str(e.get("type", ""))} for e in exc.errors()[:20]]
+        content_type = request.headers.get("content-type", "")
+        if request.method == "POST" and "json" not in content_type.lower() and any(
+                e["loc"] == "body" and e["type"] == "model_attributes_type" for e in errors):
+            return problem(415, "the request body must be JSON, sent with "
+                                f"'Content-Type: application/json' (not {content_type!r})")
+        if any(e["type"] == "json_invalid" for e in errors):
+            reason = next(e["msg"] for e in errors if e["type"] == "json_invalid")
+            return problem(400, f"the request body is not valid JSON ({reason})")
+        shown = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:5])
+        more = f" (and {len(exc.errors()) - 5} more)" if len(exc.errors()) > 5 else ""
+        return problem(422, f"the request is not valid: {shown}{more}", errors=errors)
+
+    @app.exception_handler(UnknownSessionError)
+    async def _unknown_session(request: Request, exc: UnknownSessionError) -> Response:
+        return problem(404, f"{exc}; nothing was written. A step or event must name a "
+                            "session of this API key's project, created earlier or in the "
+                            "same batch.", session_ids=exc.session_ids[:100])
+
+    @app.exception_handler(StoreError)
+    async def _store_error(request: Request, exc: StoreError) -> Response:
+        logger.warning("lucidic server: database error on %s %s: %s", request.method,
+                       request.url.path, exc)
+        return problem(503, "the database is unavailable or busy; nothing was written, "
+                            "retry later", headers={"Retry-After": "1"})
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        logger.error("lucidic server: unexpected error on %s %s", request.method,
+                     request.url.path, exc_info=exc)
+        return problem(500, "internal server error; the server's log has the details")
+
+
+class BodyLimit:
+    """Refuse request bodies larger than ``max_bytes`` with a 413 problem,
+    whether or not the client announced the length."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    await self._refuse(scope, receive, send, 400,
+                                       "the Content-Length header is not a number")
+                    return
+                if declared > self.max_bytes:
+                    await self._refuse(scope, receive, send, 413, self._too_large())
+                    return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break  # the client went away
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send, 413, self._too_large())
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    def _too_large(self) -> str:
+        return (f"the request body is larger than this server's limit of {self.max_bytes} "
+                "bytes; send fewer records per batch")
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int,
+                      detail: str) -> None:
+        await problem(status, detail, headers={"Connection": "close"})(scope, receive, send)
