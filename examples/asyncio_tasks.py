@@ -24,7 +24,7 @@ async def main() -> None:
     for topic in topics:
         ids.append(lai.init(session_name=f"Research {topic}"))
         lai.detach()  # created here, handed over to the task below
-    notes = await asyncio.gather(*(agent(sid, t) for sid, t in zip(ids, topics)))
+    notes = await asyncio.gather(*(agent(sid, t) for sid, t in zip(ids, topics, strict=True)))
     print(f"{len(notes)} tasks, sessions {', '.join(ids)}")
 
 

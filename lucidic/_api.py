@@ -75,7 +75,7 @@ def _bool_arg(name: str, value: Any) -> bool | None:
 
 def _mask_arg(value: Any) -> Mask | None:
     if value is None or callable(value):
-        return value
+        return value  # type: ignore[no-any-return]
     raise InvalidOperationError(
         f"masking_function must be a callable taking and returning text, not "
         f"{type(value).__name__}")
@@ -475,9 +475,9 @@ class continued(_ScopeBase):  # noqa: N801 - used like a function: `with lai.con
         super().__init__()
         self.session_id = _session_id_arg(session_id)
         self._end = bool(end)
-        self._kwargs = {"lucidic_api_key": lucidic_api_key, "api_key": api_key,
-                        "agent_id": agent_id, "providers": providers,
-                        "masking_function": masking_function, "auto_end": auto_end}
+        self._kwargs: dict[str, Any] = {
+            "lucidic_api_key": lucidic_api_key, "api_key": api_key, "agent_id": agent_id,
+            "providers": providers, "masking_function": masking_function, "auto_end": auto_end}
         self._options = _Options(**self._kwargs)
 
     def _clone(self) -> continued:

@@ -149,5 +149,5 @@ def install_context_propagation() -> None:
         if _propagation_installed:
             return
         threading.Thread.start = _thread_start  # type: ignore[method-assign]
-        ThreadPoolExecutor.submit = _submit  # type: ignore[method-assign]
+        ThreadPoolExecutor.submit = _submit  # type: ignore[method-assign, assignment]
         _propagation_installed = True

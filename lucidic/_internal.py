@@ -10,8 +10,8 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 logger = logging.getLogger("lucidic")
 logger.addHandler(logging.NullHandler())

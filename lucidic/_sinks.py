@@ -16,7 +16,6 @@ from typing import Any, Protocol
 
 from .store import Record, Store, StoreError
 
-
 _abandoned_after_fork: list[Store] = []
 
 

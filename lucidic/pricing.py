@@ -49,7 +49,7 @@ def price_of(provider: str | None, model: str | None) -> dict[str, float] | None
         if not isinstance(models, dict):
             continue
         exact = models.get(model)
-        if exact is not None:
+        if isinstance(exact, dict):
             return exact
         for name, price in models.items():
             if model.startswith(name) and (best is None or len(name) > best[0]):

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from helpers import ENV_VARS, run_python  # noqa: F401 - re-exported for older imports
 from lucidic._context import process_slot
 from lucidic._internal import internal_errors
 from lucidic._runtime import runtime
 from lucidic.store import Store
-
-from helpers import ENV_VARS, run_python  # noqa: F401 - re-exported for older imports
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_CASSETTES = Path(os.environ.get("LUCIDIC_SHARED_CASSETTES",

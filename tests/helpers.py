@@ -20,8 +20,9 @@ def child_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]
     return env
 
 
-def run_python(code: str, *, home: Path, timeout: float = 60, env: dict[str, str] | None = None,
-               check: bool = True, args: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+def run_python(code: str, *, home: Path, timeout: float = 60,
+               env: dict[str, str] | None = None, check: bool = True,
+               args: list[str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run code in a fresh interpreter with LUCIDIC_HOME=home."""
     full_env = child_env(home, env)
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *(args or [])],

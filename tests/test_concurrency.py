@@ -146,10 +146,10 @@ def test_executor_threads_started_in_a_scope_do_not_keep_it_for_later_jobs(store
 def test_a_failing_step_is_recorded_failed_and_the_exception_reaches_the_caller_unchanged(store):
     sid = lai.init()
 
-    class Boom(Exception):
+    class BoomError(Exception):
         pass
 
-    original = Boom("exploded")
+    original = BoomError("exploded")
 
     @lai.step(action="outer")
     def outer():
@@ -159,12 +159,12 @@ def test_a_failing_step_is_recorded_failed_and_the_exception_reaches_the_caller_
     def inner():
         raise original
 
-    with pytest.raises(Boom) as raised:
+    with pytest.raises(BoomError) as raised:
         outer()
     assert raised.value is original
     assert lai.flush()
     (outer_step,) = store.session_tree(sid)["steps"]
     (inner_step,) = outer_step["steps"]
-    assert "Boom: exploded" in inner_step["error"] and "Boom" in outer_step["error"]
+    assert "BoomError: exploded" in inner_step["error"] and "BoomError" in outer_step["error"]
     assert inner_step["is_finished"] and outer_step["is_finished"]
     assert store.session_tree(sid)["error_count"] == 2

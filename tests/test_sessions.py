@@ -160,7 +160,8 @@ def test_session_block_ends_successfully_or_as_failed(store):
             raise RuntimeError("broke")
     assert store.get_session(ok)["is_successful"] is True
     failed = store.get_session(bad)
-    assert failed["is_successful"] is False and "RuntimeError: broke" in failed["is_successful_reason"]
+    assert failed["is_successful"] is False
+    assert "RuntimeError: broke" in failed["is_successful_reason"]
 
 
 def test_session_block_keeps_the_outcome_the_code_set(store):

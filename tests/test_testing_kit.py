@@ -8,7 +8,6 @@ import lucidic as lai
 from lucidic.testing import capture
 
 
-
 def _agent() -> None:
     @lai.step(action="plan")
     def plan():
