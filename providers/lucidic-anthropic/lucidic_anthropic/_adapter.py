@@ -1,0 +1,191 @@
+"""The Anthropic adapter: patches the client library's messages resource so
+that each call made with a current Lucidic session becomes one "llm" event."""
+
+from __future__ import annotations
+
+import contextvars
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import wrapt
+from lucidic.plugins import Adapter, LLMCall, in_session, record_internal_error, start_llm_call
+
+from . import _extract
+from ._stream import RecordedAsyncStream, RecordedStream
+
+PROVIDER = "anthropic"
+
+#: The request of a ``messages.stream()`` call being built: the manager it
+#: constructs picks it up, so that its request is recorded when it is entered.
+_pending_stream: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "lucidic_anthropic_pending_stream", default=None)
+
+
+def _start(kwargs: dict[str, Any]) -> LLMCall | None:
+    try:
+        return start_llm_call(PROVIDER, request_model=kwargs.get("model"),
+                              input=_extract.messages_input(kwargs),
+                              arguments=_extract.arguments(kwargs),
+                              description="anthropic messages")
+    except Exception as exc:  # noqa: BLE001 - recording never breaks the call
+        record_internal_error("anthropic_request", exc)
+        return None
+
+
+def _outcome(call: LLMCall, result: Any, asynchronous: bool) -> Any:
+    try:
+        from anthropic import AsyncStream, Stream
+        from anthropic.types import Message
+
+        if isinstance(result, (Stream, AsyncStream)):
+            proxy = RecordedAsyncStream if asynchronous else RecordedStream
+            return proxy(result, call, _extract.MessageEvents())
+        if not isinstance(result, Message):
+            call.finish()  # a raw or streaming response wrapper: not read here
+            return result
+        fields = _extract.message_result(result)
+    except Exception as exc:  # noqa: BLE001
+        record_internal_error("anthropic_result", exc)
+        call.finish()
+        return result
+    call.finish(**fields)
+    return result
+
+
+def _create(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if not in_session():
+        return wrapped(*args, **kwargs)
+    call = _start(kwargs)
+    if call is None:
+        return wrapped(*args, **kwargs)
+    try:
+        result = wrapped(*args, **kwargs)
+    except BaseException as exc:
+        call.fail(exc)
+        raise
+    return _outcome(call, result, asynchronous=False)
+
+
+async def _acreate(wrapped: Any, instance: Any, args: tuple[Any, ...],
+                   kwargs: dict[str, Any]) -> Any:
+    if not in_session():
+        return await wrapped(*args, **kwargs)
+    call = _start(kwargs)
+    if call is None:
+        return await wrapped(*args, **kwargs)
+    try:
+        result = await wrapped(*args, **kwargs)
+    except BaseException as exc:
+        call.fail(exc)
+        raise
+    return _outcome(call, result, asynchronous=True)
+
+
+# -- messages.stream(): the helper posts by itself, through a stream manager ----------
+
+def _stream(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if not in_session():
+        return wrapped(*args, **kwargs)
+    token = _pending_stream.set(kwargs)
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        _pending_stream.reset(token)
+
+
+def _recorded_request(api_request: Callable[[], Any], request: dict[str, Any]) -> Any:
+    def make_request() -> Any:
+        call = _start(request)
+        if call is None:
+            return api_request()
+        try:
+            raw = api_request()
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        return _outcome(call, raw, asynchronous=False)
+
+    return make_request
+
+
+async def _recorded_async_request(api_request: Any, request: dict[str, Any]) -> Any:
+    call = _start(request)
+    if call is None:
+        return await api_request
+    try:
+        raw = await api_request
+    except BaseException as exc:
+        call.fail(exc)
+        raise
+    return _outcome(call, raw, asynchronous=True)
+
+
+def _manager_init(asynchronous: bool) -> Callable[..., Any]:
+    def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> Any:
+        request = _pending_stream.get()
+        if request is not None:
+            try:
+                if args:
+                    api_request, args = args[0], args[1:]
+                else:
+                    api_request = kwargs.pop("api_request")
+                recorded = (_recorded_async_request(api_request, request) if asynchronous
+                            else _recorded_request(api_request, request))
+                args = (recorded, *args)
+            except Exception as exc:  # noqa: BLE001
+                record_internal_error("anthropic_stream_manager", exc)
+        return wrapped(*args, **kwargs)
+
+    return wrapper
+
+
+#: (module, class, method, wrapper)
+PATCHES: tuple[tuple[str, str, str, Callable[..., Any]], ...] = (
+    ("anthropic.resources.messages", "Messages", "create", _create),
+    ("anthropic.resources.messages", "Messages", "parse", _create),
+    ("anthropic.resources.messages", "Messages", "stream", _stream),
+    ("anthropic.resources.messages", "AsyncMessages", "create", _acreate),
+    ("anthropic.resources.messages", "AsyncMessages", "parse", _acreate),
+    ("anthropic.resources.messages", "AsyncMessages", "stream", _stream),
+    ("anthropic.lib.streaming", "MessageStreamManager", "__init__", _manager_init(False)),
+    ("anthropic.lib.streaming", "AsyncMessageStreamManager", "__init__", _manager_init(True)),
+)
+
+
+class AnthropicAdapter(Adapter):
+    """Records messages.create (sync, async, stream=True), the messages.stream()
+    helper and messages.parse, including tool use and extended thinking."""
+
+    name = "anthropic"
+    library = "anthropic"
+    supported_versions = ">=0.49"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._originals: list[tuple[type, str, Any]] = []
+
+    def _instrument(self) -> None:
+        originals: list[tuple[type, str, Any]] = []
+        try:
+            for module_name, class_name, method, wrapper in PATCHES:
+                owner = getattr(importlib.import_module(module_name), class_name, None)
+                if owner is None or method not in vars(owner):
+                    continue  # an older library without this method
+                original = vars(owner)[method]
+                wrapt.wrap_function_wrapper(owner, method, wrapper)
+                originals.append((owner, method, original))
+        except BaseException:
+            _restore(originals)
+            raise
+        self._originals = originals
+
+    def _uninstrument(self) -> None:
+        _restore(self._originals)
+        self._originals = []
+
+
+def _restore(originals: list[tuple[type, str, Any]]) -> None:
+    for owner, method, original in reversed(originals):
+        setattr(owner, method, original)

@@ -1,0 +1,158 @@
+"""What an Anthropic messages call records: the request's system prompt and
+messages, and the output (text, tool uses, thinking), model and token counts
+from a Message or from raw stream events."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+_NOT_ARGUMENTS = frozenset({"messages", "system", "model", "extra_headers", "extra_query",
+                            "extra_body", "timeout"})
+
+
+def given(value: Any) -> bool:
+    """False for the library's omit/NOT_GIVEN sentinels (and None)."""
+    return value is not None and type(value).__name__ not in ("Omit", "NotGiven")
+
+
+def arguments(kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    args = {k: v for k, v in kwargs.items() if k not in _NOT_ARGUMENTS and given(v)}
+    return args or None
+
+
+def messages_input(kwargs: dict[str, Any]) -> Any:
+    messages = kwargs.get("messages")
+    # Not a list: perhaps a generator, which reading would consume.
+    items: list[Any] = list(messages) if isinstance(messages, (list, tuple)) else []
+    system = kwargs.get("system")
+    if given(system):
+        items.insert(0, {"role": "system", "content": system})
+    return items or None
+
+
+def usage_fields(usage: Any) -> dict[str, Any]:
+    """Anthropic counts cache reads and writes apart from input_tokens; Lucidic's
+    input_tokens include them, and cached_tokens are the cache reads."""
+    if usage is None:
+        return {}
+    read = getattr(usage, "cache_read_input_tokens", None) or 0
+    written = getattr(usage, "cache_creation_input_tokens", None) or 0
+    fields = {"output_tokens": usage.output_tokens,
+              "cached_tokens": getattr(usage, "cache_read_input_tokens", None)}
+    if usage.input_tokens is not None:
+        fields["input_tokens"] = usage.input_tokens + read + written
+    return fields
+
+
+def _output(texts: list[str], tools: list[dict[str, Any]], thinking: list[str],
+            stop_reason: str | None) -> dict[str, Any]:
+    output: dict[str, Any] = {"role": "assistant"}
+    if texts:
+        output["content"] = "".join(texts)
+    if tools:
+        output["tool_calls"] = tools
+    if thinking:
+        output["thinking"] = "\n".join(thinking)
+    if stop_reason:
+        output["finish_reason"] = stop_reason
+    return output
+
+
+def message_result(message: Any) -> dict[str, Any]:
+    texts: list[str] = []
+    tools: list[dict[str, Any]] = []
+    thinking: list[str] = []
+    for block in message.content or ():
+        kind = getattr(block, "type", None)
+        if kind == "text":
+            texts.append(block.text)
+        elif kind in ("tool_use", "server_tool_use"):
+            tools.append({"id": block.id, "name": block.name, "arguments": block.input})
+        elif kind == "thinking":
+            thinking.append(block.thinking)
+        elif kind == "redacted_thinking":
+            thinking.append("[redacted thinking]")
+    return {"model": message.model,
+            "output": _output(texts, tools, thinking, message.stop_reason),
+            **usage_fields(message.usage)}
+
+
+class MessageEvents:
+    """Accumulates raw message stream events into the message they spell."""
+
+    __slots__ = ("blocks", "finished", "model", "stop_reason", "usage")
+
+    def __init__(self) -> None:
+        self.model: str | None = None
+        self.usage: dict[str, Any] = {}
+        self.blocks: dict[int, dict[str, Any]] = {}
+        self.stop_reason: str | None = None
+        self.finished = False
+
+    def add(self, event: Any) -> bool:
+        kind = event.type
+        if kind == "content_block_delta":
+            block = self.blocks.setdefault(event.index, {"type": "text", "parts": []})
+            delta = event.delta
+            part = (getattr(delta, "text", None) or getattr(delta, "partial_json", None)
+                    or getattr(delta, "thinking", None))
+            if part:
+                block["parts"].append(part)
+            return True
+        if kind == "content_block_start":
+            block = event.content_block
+            self.blocks[event.index] = {"type": block.type, "parts": [],
+                                        "id": getattr(block, "id", None),
+                                        "name": getattr(block, "name", None)}
+        elif kind == "message_start":
+            message = event.message
+            self.model = message.model
+            self._usage(message.usage)
+        elif kind == "message_delta":
+            if event.delta.stop_reason:
+                self.stop_reason = event.delta.stop_reason
+            self._usage(event.usage)
+        elif kind == "message_stop":
+            self.finished = True
+        return False
+
+    def _usage(self, usage: Any) -> None:
+        if usage is None:
+            return
+        for name in ("input_tokens", "output_tokens", "cache_read_input_tokens",
+                     "cache_creation_input_tokens"):
+            value = getattr(usage, name, None)
+            if value is not None:  # message_delta carries cumulative counts
+                self.usage[name] = value
+
+    def result(self) -> dict[str, Any]:
+        texts: list[str] = []
+        tools: list[dict[str, Any]] = []
+        thinking: list[str] = []
+        for _, block in sorted(self.blocks.items()):
+            text = "".join(block["parts"])
+            kind = block["type"]
+            if kind == "text":
+                texts.append(text)
+            elif kind in ("tool_use", "server_tool_use"):
+                try:
+                    value: Any = json.loads(text) if text else {}
+                except ValueError:
+                    value = text  # cut short: keep what arrived
+                tools.append({"id": block["id"], "name": block["name"], "arguments": value})
+            elif kind == "thinking":
+                thinking.append(text)
+            elif kind == "redacted_thinking":
+                thinking.append("[redacted thinking]")
+        usage = self.usage
+        fields: dict[str, Any] = {"model": self.model,
+                                  "output": _output(texts, tools, thinking, self.stop_reason)}
+        if usage:
+            read = usage.get("cache_read_input_tokens") or 0
+            written = usage.get("cache_creation_input_tokens") or 0
+            if "input_tokens" in usage:
+                fields["input_tokens"] = usage["input_tokens"] + read + written
+            fields["output_tokens"] = usage.get("output_tokens")
+            fields["cached_tokens"] = usage.get("cache_read_input_tokens")
+        return fields

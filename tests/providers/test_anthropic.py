@@ -1,0 +1,350 @@
+"""The anthropic adapter against the real client library, replaying recorded
+traffic: each messages call made in a session becomes one "llm" event carrying
+the model, tokens and cost the recording implies."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import anthropic
+import pytest
+from _cassettes import (
+    expected_cost,
+    own_path,
+    replay,
+    request_body,
+    response_events,
+    response_json,
+    shared_path,
+)
+
+import lucidic as lai
+from lucidic.testing import capture
+
+pytestmark = pytest.mark.usefixtures("restore_adapters")
+
+
+def client() -> anthropic.Anthropic:
+    return anthropic.Anthropic(api_key="sk-ant-test", max_retries=0)
+
+
+def async_client() -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(api_key="sk-ant-test", max_retries=0)
+
+
+def only_llm_event(captured):
+    (event,) = captured.events("llm")
+    return event
+
+
+def assert_usage(event, recorded):
+    usage = recorded["usage"]
+    assert event["provider"] == "anthropic"
+    assert event["model"] == recorded["model"]
+    assert event["input_tokens"] == usage["input_tokens"]
+    assert event["output_tokens"] == usage["output_tokens"]
+    assert event["cost"] == pytest.approx(expected_cost(
+        "anthropic", recorded["model"], usage["input_tokens"], usage["output_tokens"]))
+    assert event["duration"] > 0
+    assert event["error"] is None
+
+
+def test_messages_create_is_one_event_with_model_tokens_and_cost():
+    path = shared_path("anthropic/messages_create.yaml")
+    body = request_body(path)
+    recorded = response_json(path)
+    with capture() as captured, replay(path):
+        session_id = lai.init(providers=["anthropic"])
+        message = client().messages.create(**body)
+    assert message.content[0].text == recorded["content"][0]["text"]
+    event = only_llm_event(captured)
+    assert_usage(event, recorded)
+    assert event["session_id"] == session_id
+    assert event["request_model"] == body["model"]
+    assert event["input"] == body["messages"]
+    assert event["arguments"] == {"max_tokens": 1024}
+    assert event["output"] == {"role": "assistant", "content": recorded["content"][0]["text"],
+                               "finish_reason": "end_turn"}
+    assert event["time_to_first_token"] is None
+
+
+def test_system_prompt_is_recorded_as_the_first_input_message():
+    path = shared_path("anthropic/messages_create.yaml")
+    body = request_body(path)
+    with capture() as captured, replay(path):
+        lai.init(providers=["anthropic"])
+        client().messages.create(system="You are terse.", **body)
+    assert only_llm_event(captured)["input"] == [{"role": "system", "content": "You are terse."},
+                                                 *body["messages"]]
+
+
+def test_async_messages_create_is_recorded():
+    path = shared_path("anthropic/messages_create_async.yaml")
+    body = request_body(path)
+    recorded = response_json(path)
+
+    async def main():
+        lai.init(providers=["anthropic"])
+        return await async_client().messages.create(**body)
+
+    with capture() as captured, replay(path):
+        message = asyncio.run(main())
+    assert message.usage.output_tokens == recorded["usage"]["output_tokens"]
+    assert_usage(only_llm_event(captured), recorded)
+
+
+def test_tool_use_is_recorded_in_the_output():
+    path = shared_path("anthropic/messages_tools.yaml")
+    body = request_body(path)
+    recorded = response_json(path)
+    with capture() as captured, replay(path):
+        lai.init(providers=["anthropic"])
+        client().messages.create(**body)
+    event = only_llm_event(captured)
+    assert_usage(event, recorded)
+    assert event["output"]["tool_calls"] == [
+        {"id": block["id"], "name": block["name"], "arguments": block["input"]}
+        for block in recorded["content"] if block["type"] == "tool_use"]
+    assert [t["name"] for t in event["output"]["tool_calls"]] == ["get_weather", "get_time"]
+    assert event["output"]["finish_reason"] == "tool_use"
+    assert event["arguments"]["tools"] == body["tools"]
+
+
+def test_extended_thinking_is_recorded_apart_from_the_answer():
+    path = shared_path("anthropic/messages_thinking.yaml")
+    body = request_body(path)
+    recorded = response_json(path)
+    thinking, text = recorded["content"]
+    with capture() as captured, replay(path):
+        lai.init(providers=["anthropic"])
+        client().messages.create(**body)
+    event = only_llm_event(captured)
+    assert_usage(event, recorded)
+    assert event["output"]["thinking"] == thinking["thinking"]
+    assert event["output"]["content"] == text["text"]
+    assert event["cached_tokens"] == recorded["usage"]["cache_read_input_tokens"] == 0
+    assert event["arguments"]["thinking"] == {"type": "enabled", "budget_tokens": 1024}
+
+
+def _streamed(path):
+    # the library keeps "ping" keep-alives to itself
+    events = [e for e in response_events(path) if e["type"] != "ping"]
+    text = "".join(e["delta"].get("text", "") for e in events
+                   if e["type"] == "content_block_delta")
+    start = next(e for e in events if e["type"] == "message_start")["message"]
+    delta = next(e for e in events if e["type"] == "message_delta")
+    return events, text, start, delta
+
+
+def assert_streamed_event(event, path):
+    _, text, start, delta = _streamed(path)
+    assert event["model"] == start["model"] == "claude-3-haiku-20240307"
+    assert event["output"] == {"role": "assistant", "content": text,
+                               "finish_reason": "end_turn"}
+    # input from message_start, output from the (cumulative) message_delta
+    assert (event["input_tokens"], event["output_tokens"]) == \
+        (start["usage"]["input_tokens"], delta["usage"]["output_tokens"]) == (17, 171)
+    assert event["cost"] == pytest.approx(expected_cost("anthropic", start["model"], 17, 171))
+    assert 0 < event["time_to_first_token"] <= event["duration"]
+    assert event["result"] is None and event["error"] is None
+
+
+def test_stream_true_is_recorded_when_the_stream_ends():
+    path = shared_path("anthropic/messages_streaming.yaml")
+    body = request_body(path)
+    events, _, _, _ = _streamed(path)
+    with capture() as captured, replay(path):
+        lai.init(providers=["anthropic"])
+        stream = client().messages.create(**body)
+        assert isinstance(stream, anthropic.Stream)
+        received = [e.type for e in stream]
+    assert received == [e["type"] for e in events]
+    assert_streamed_event(only_llm_event(captured), path)
+
+
+def test_async_stream_true_is_recorded():
+    path = shared_path("anthropic/messages_streaming.yaml")
+    body = request_body(path)
+
+    async def main():
+        lai.init(providers=["anthropic"])
+        async with await async_client().messages.create(**body) as stream:
+            return [event async for event in stream]
+
+    with capture() as captured, replay(path):
+        asyncio.run(main())
+    assert_streamed_event(only_llm_event(captured), path)
+
+
+def test_stream_helper_is_recorded_and_sees_the_same_text():
+    path = shared_path("anthropic/messages_streaming.yaml")
+    body = {k: v for k, v in request_body(path).items() if k != "stream"}
+    _, text, _, _ = _streamed(path)
+    with capture() as captured, replay(path):
+        lai.init(providers=["anthropic"])
+        with client().messages.stream(**body) as stream:
+            received = "".join(stream.text_stream)
+            final = stream.get_final_message()
+    assert received == text == final.content[0].text
+    assert_streamed_event(only_llm_event(captured), path)
+
+
+def test_async_stream_helper_is_recorded():
+    path = shared_path("anthropic/messages_streaming.yaml")
+    body = {k: v for k, v in request_body(path).items() if k != "stream"}
+
+    async def main():
+        lai.init(providers=["anthropic"])
+        async with async_client().messages.stream(**body) as stream:
+            return await stream.get_final_text()
+
+    with capture() as captured, replay(path):
+        text = asyncio.run(main())
+    assert text == _streamed(path)[1]
+    assert_streamed_event(only_llm_event(captured), path)
+
+
+def test_stream_read_partly_then_closed_records_what_arrived():
+    path = shared_path("anthropic/messages_streaming.yaml")
+    body = request_body(path)
+    with capture() as captured, replay(path):
+        lai.init(providers=["anthropic"])
+        stream = client().messages.create(**body)
+        seen = [next(stream) for _ in range(5)]
+        stream.close()
+    assert [e.type for e in seen] == ["message_start", "content_block_start",
+                                      "content_block_delta", "content_block_delta",
+                                      "content_block_delta"]
+    event = only_llm_event(captured)
+    assert event["output"]["content"] == "Here's an OpenTelemetry-"
+    assert event["input_tokens"] == 17
+    assert event["result"] == "stream closed before its end"
+
+
+def test_abandoned_stream_completes_when_garbage_collected():
+    path = shared_path("anthropic/messages_streaming.yaml")
+    body = request_body(path)
+    with capture() as captured, replay(path):
+        lai.init(providers=["anthropic"])
+        stream = client().messages.create(**body)
+        for _ in range(4):
+            next(stream)
+        del stream
+        gc.collect()
+        (event,) = captured.events("llm")
+    assert event["output"]["content"] == "Here's an OpenTelemet"
+    assert event["result"] == "stream closed before its end"
+
+
+def test_api_error_is_raised_unchanged_and_recorded():
+    path = own_path("anthropic/messages_error_400.yaml")
+    with capture() as captured, replay(path):
+        lai.init(providers=["anthropic"])
+        with pytest.raises(anthropic.BadRequestError) as raised:
+            client().messages.create(**request_body(path))
+    assert raised.value.status_code == 400
+    event = only_llm_event(captured)
+    assert event["error"].startswith("BadRequestError: Error code: 400")
+    assert "invalid_request_error" in event["error"]
+    assert event["output"] is None and event["cost"] is None
+
+
+def test_rate_limit_429_is_recorded_with_the_error():
+    path = own_path("anthropic/messages_rate_limit_429.yaml")
+    with capture() as captured, replay(path):
+        lai.init(providers=["anthropic"])
+        with pytest.raises(anthropic.RateLimitError) as raised:
+            client().messages.create(**request_body(path))
+    assert raised.value.response.headers["retry-after"] == "1"
+    event = only_llm_event(captured)
+    assert "RateLimitError: Error code: 429" in event["error"]
+    assert "rate_limit_error" in event["error"]
+
+
+def test_refusal_is_recorded_with_its_stop_reason():
+    path = own_path("anthropic/messages_refusal.yaml")
+    recorded = response_json(path)
+    with capture() as captured, replay(path):
+        lai.init(providers=["anthropic"])
+        client().messages.create(**request_body(path))
+    event = only_llm_event(captured)
+    assert event["output"] == {"role": "assistant", "content": "I can't help with that.",
+                               "finish_reason": "refusal"}
+    assert_usage(event, recorded)
+
+
+def test_calls_in_threads_executors_and_tasks_land_in_the_continued_session():
+    path = shared_path("anthropic/messages_create.yaml")
+    body = request_body(path)
+    with capture() as captured, replay(path, allow_repeats=True):
+        session_id = lai.init("owner", providers=["anthropic"])
+        lai.detach()
+        shared = client()
+
+        def call():
+            shared.messages.create(**body)
+
+        async def tasks():
+            aclient = async_client()
+            await asyncio.gather(*(aclient.messages.create(**body) for _ in range(2)))
+
+        with lai.continued(session_id):
+            thread = threading.Thread(target=call)
+            thread.start()
+            thread.join()
+            with ThreadPoolExecutor(2) as pool:
+                list(pool.map(lambda _: call(), range(2)))
+            asyncio.run(tasks())
+        call()  # outside any session: untouched
+    events = captured.events("llm")
+    assert len(events) == 5
+    assert {e["session_id"] for e in events} == {session_id}
+
+
+def test_masking_applies_to_messages_and_output():
+    path = shared_path("anthropic/messages_create.yaml")
+    with capture() as captured, replay(path):
+        lai.init(providers=["anthropic"],
+                 masking_function=lambda text: text.replace("OpenTelemetry", "[MASKED]"))
+        message = client().messages.create(**request_body(path))
+    assert "OpenTelemetry" in message.content[0].text
+    event = only_llm_event(captured)
+    assert event["input"] == [{"role": "user", "content": "Tell me a joke about [MASKED]"}]
+    assert "OpenTelemetry" not in event["output"]["content"]
+    assert "[MASKED]" in event["output"]["content"]
+
+
+@pytest.mark.allow_internal_errors
+def test_a_failure_inside_the_adapter_never_breaks_the_call(monkeypatch):
+    import lucidic_anthropic._extract as extract
+
+    from lucidic._internal import internal_errors
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("adapter bug")
+
+    path = shared_path("anthropic/messages_streaming.yaml")
+    monkeypatch.setattr(extract.MessageEvents, "add", broken)
+    monkeypatch.setattr(extract.MessageEvents, "result", broken)
+    before = sum(internal_errors.values())
+    with capture() as captured, replay(path):
+        lai.init(providers=["anthropic"])
+        received = list(client().messages.create(**request_body(path)))
+    assert len(received) == len(_streamed(path)[0])
+    assert sum(internal_errors.values()) > before
+    (event,) = captured.events("llm")  # still one event, without the details
+    assert event["error"] is None
+
+
+def test_without_a_session_calls_go_straight_through():
+    path = shared_path("anthropic/messages_streaming.yaml")
+    with capture() as captured, replay(path):
+        lai.init(providers=["anthropic"])
+        lai.end_session()
+        stream = client().messages.create(**request_body(path))
+        assert type(stream) is anthropic.Stream
+        list(stream)
+    assert captured.events("llm") == []
