@@ -1,0 +1,346 @@
+"""The callback handler: langchain runs into Lucidic steps and events.
+
+langchain-core reports each run's start and end in separate callbacks, keyed
+by run id, and runs an async run's end callbacks in a task of their own. So
+steps are opened with :func:`lucidic.plugins.open_step` and nested by
+``parent_run_id`` rather than through the calling context, and the provider
+adapters are held off with a suppression that can be ended from any context.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+from langchain_core.callbacks import BaseCallbackHandler
+
+from lucidic import plugins
+from lucidic._internal import swallow
+
+#: Model parameters worth keeping with an LLM event (never credentials).
+_ARGUMENT_KEYS = ("temperature", "max_tokens", "max_completion_tokens", "top_p", "n", "stop",
+                  "stream", "tools", "tool_choice", "response_format", "reasoning_effort",
+                  "seed", "frequency_penalty", "presence_penalty", "thinking")
+_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool",
+          "function": "function", "chat": "user", "developer": "developer"}
+
+
+@dataclass
+class _Run:
+    kind: str  # "step", "tool", "llm", "passthrough"
+    #: The step this run is (kind "step") or records into (the others).
+    step: plugins.StepHandle | None
+    name: str | None = None
+    started_at: float = field(default_factory=time.time)
+    started: float = field(default_factory=time.perf_counter)
+    arguments: Any = None
+    call: plugins.LLMCall | None = None
+    suppression: plugins.Suppression | None = None
+
+
+class LucidicCallbackHandler(BaseCallbackHandler):
+    """Records langchain runs into the current Lucidic session."""
+
+    # Called directly in the run's own context (thread or task), in order, so
+    # that the session current there is the one recorded into and the
+    # suppression set at a model call's start covers that call.
+    run_inline = True
+    raise_error = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._runs: dict[UUID, _Run] = {}
+        self._lock = threading.Lock()
+
+    # -- bookkeeping -------------------------------------------------------------------
+
+    def _parent_step(self, parent_run_id: UUID | None) -> tuple[bool, plugins.StepHandle | None]:
+        """(known, step): known is False for a root run (record into the
+        calling context); step is the step a child of parent_run_id goes in."""
+        if parent_run_id is None:
+            return False, None
+        with self._lock:
+            parent = self._runs.get(parent_run_id)
+        if parent is None:
+            return False, None
+        return True, parent.step
+
+    def _add(self, run_id: UUID, run: _Run) -> None:
+        with self._lock:
+            self._runs[run_id] = run
+
+    def _pop(self, run_id: UUID) -> _Run | None:
+        with self._lock:
+            return self._runs.pop(run_id, None)
+
+    def _open_step(self, run_id: UUID, parent_run_id: UUID | None, action: str,
+                   state: Any = None) -> None:
+        known, parent = self._parent_step(parent_run_id)
+        if known and parent is None:
+            self._add(run_id, _Run("passthrough", None))  # its parent is not recorded
+            return
+        if not known and not plugins.in_session():
+            return
+        step = plugins.open_step(action=action, state=_short(state), function_name=action,
+                                 parent=parent)
+        if step is not None:
+            self._add(run_id, _Run("step", step, name=action))
+
+    def _end_step(self, run_id: UUID, *, outputs: Any = None,
+                  error: BaseException | None = None) -> None:
+        run = self._pop(run_id)
+        if run is None or run.kind != "step" or run.step is None:
+            return
+        run.step.end(state=None if error is not None else _short(outputs), error=error)
+
+    # -- chains, graphs and other runnables ----------------------------------------------
+
+    def on_chain_start(self, serialized: dict[str, Any] | None, inputs: Any, *, run_id: UUID,
+                       parent_run_id: UUID | None = None, tags: list[str] | None = None,
+                       metadata: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        with swallow("langchain_chain_start"):
+            self._open_step(run_id, parent_run_id, _run_name(serialized, kwargs, "chain"),
+                            inputs)
+
+    def on_chain_end(self, outputs: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        with swallow("langchain_chain_end"):
+            self._end_step(run_id, outputs=outputs)
+
+    def on_chain_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        with swallow("langchain_chain_error"):
+            self._end_step(run_id, error=error)
+
+    # -- tools and retrievers ----------------------------------------------------------
+
+    def _start_call(self, kind: str, run_id: UUID, parent_run_id: UUID | None, name: str,
+                    arguments: Any) -> None:
+        known, parent = self._parent_step(parent_run_id)
+        if known and parent is None:
+            self._add(run_id, _Run("passthrough", None))
+            return
+        if not known and not plugins.in_session():
+            return
+        # The tool's children (a tool that runs a chain) nest in the tool's step.
+        self._add(run_id, _Run(kind, parent, name=name,
+                               arguments=arguments))
+
+    def _finish_call(self, event_type: str, run_id: UUID, output: Any = None,
+                     error: BaseException | None = None) -> None:
+        run = self._pop(run_id)
+        if run is None or run.kind == "passthrough":
+            return
+        duration = time.perf_counter() - run.started
+        fields: dict[str, Any] = {
+            "description": run.name, "function_name": run.name, "arguments": run.arguments,
+            "output": None if error is not None else _tool_output(output),
+            "error": None if error is None else f"{type(error).__name__}: {error}",
+            "started_at": run.started_at, "ended_at": run.started_at + duration,
+            "duration": duration}
+        if run.step is not None:
+            run.step.record_event(event_type, **fields)
+        else:
+            plugins.record_event(event_type, **fields)
+
+    def on_tool_start(self, serialized: dict[str, Any] | None, input_str: str, *,
+                      run_id: UUID, parent_run_id: UUID | None = None,
+                      inputs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        with swallow("langchain_tool_start"):
+            self._start_call("tool", run_id, parent_run_id,
+                             _run_name(serialized, kwargs, "tool"),
+                             inputs if inputs is not None else input_str)
+
+    def on_tool_end(self, output: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        with swallow("langchain_tool_end"):
+            self._finish_call("tool", run_id, output)
+
+    def on_tool_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        with swallow("langchain_tool_error"):
+            self._finish_call("tool", run_id, error=error)
+
+    def on_retriever_start(self, serialized: dict[str, Any] | None, query: str, *,
+                           run_id: UUID, parent_run_id: UUID | None = None,
+                           **kwargs: Any) -> None:
+        with swallow("langchain_retriever_start"):
+            self._start_call("retriever", run_id, parent_run_id,
+                             _run_name(serialized, kwargs, "retriever"), {"query": query})
+
+    def on_retriever_end(self, documents: Sequence[Any], *, run_id: UUID,
+                         **kwargs: Any) -> None:
+        with swallow("langchain_retriever_end"):
+            self._finish_call("function", run_id, [
+                {"page_content": getattr(d, "page_content", None),
+                 "metadata": getattr(d, "metadata", None)} for d in documents])
+
+    def on_retriever_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        with swallow("langchain_retriever_error"):
+            self._finish_call("function", run_id, error=error)
+
+    # -- model calls -------------------------------------------------------------------
+
+    def _start_llm(self, run_id: UUID, parent_run_id: UUID | None,
+                   serialized: dict[str, Any] | None, metadata: dict[str, Any] | None,
+                   kwargs: dict[str, Any], messages: Any) -> None:
+        known, parent = self._parent_step(parent_run_id)
+        if known and parent is None:
+            return
+        if not known and not plugins.in_session():
+            return
+        metadata = metadata or {}
+        params = kwargs.get("invocation_params") or {}
+        provider = metadata.get("ls_provider") or _provider_from(serialized)
+        request_model = (params.get("model") or params.get("model_name")
+                         or metadata.get("ls_model_name"))
+        arguments = {k: params[k] for k in _ARGUMENT_KEYS if params.get(k) is not None} or None
+        description = _run_name(serialized, kwargs, "llm")
+        if parent is not None:
+            call = parent.start_llm_call(provider, request_model=request_model, input=messages,
+                                         description=description, arguments=arguments)
+        else:
+            call = plugins.start_llm_call(provider, request_model=request_model,
+                                          input=messages, description=description,
+                                          arguments=arguments)
+        if call is None:
+            return
+        # This adapter records the call: the provider adapter below stays quiet.
+        suppression = plugins.begin_suppressing_llm_calls("langchain")
+        self._add(run_id, _Run("llm", parent, call=call, suppression=suppression))
+
+    def on_chat_model_start(self, serialized: dict[str, Any] | None,
+                            messages: list[list[Any]], *, run_id: UUID,
+                            parent_run_id: UUID | None = None, tags: list[str] | None = None,
+                            metadata: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        with swallow("langchain_chat_model_start"):
+            batch = [_message(m) for m in messages[0]] if len(messages) == 1 else \
+                [[_message(m) for m in group] for group in messages]
+            self._start_llm(run_id, parent_run_id, serialized, metadata, kwargs, batch)
+
+    def on_llm_start(self, serialized: dict[str, Any] | None, prompts: list[str], *,
+                     run_id: UUID, parent_run_id: UUID | None = None,
+                     tags: list[str] | None = None, metadata: dict[str, Any] | None = None,
+                     **kwargs: Any) -> None:
+        with swallow("langchain_llm_start"):
+            self._start_llm(run_id, parent_run_id, serialized, metadata, kwargs,
+                            prompts[0] if len(prompts) == 1 else prompts)
+
+    def on_llm_new_token(self, token: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        with swallow("langchain_llm_new_token"):
+            with self._lock:
+                run = self._runs.get(run_id)
+            if run is not None and run.call is not None:
+                run.call.first_token()
+
+    def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        run = self._pop(run_id)
+        if run is None or run.call is None:
+            return
+        try:
+            with swallow("langchain_llm_end"):
+                run.call.finish(**_llm_result(response))
+        finally:
+            if run.suppression is not None:
+                run.suppression.end()
+
+    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+        run = self._pop(run_id)
+        if run is None or run.call is None:
+            return
+        try:
+            run.call.fail(error)
+        finally:
+            if run.suppression is not None:
+                run.suppression.end()
+
+
+# -- reading langchain's objects ------------------------------------------------------------
+
+def _run_name(serialized: dict[str, Any] | None, kwargs: dict[str, Any], default: str) -> str:
+    name = kwargs.get("name")
+    if not name and serialized:
+        name = serialized.get("name")
+        if not name and isinstance(serialized.get("id"), list) and serialized["id"]:
+            name = serialized["id"][-1]
+    return str(name or default)
+
+
+def _provider_from(serialized: dict[str, Any] | None) -> str:
+    ids = serialized.get("id") if serialized else None
+    path = ".".join(str(i) for i in ids) if isinstance(ids, list) else ""
+    for known in ("openai", "anthropic", "google", "mistral", "groq", "ollama", "bedrock"):
+        if known in path.lower():
+            return known
+    return "langchain"
+
+
+def _short(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= 2000 else text[:2000] + "…"
+
+
+def _message(message: Any) -> dict[str, Any]:
+    """A langchain message as a provider-neutral {role, content, ...} dict."""
+    role = _ROLES.get(getattr(message, "type", ""), getattr(message, "type", None))
+    if role == "user" and getattr(message, "role", None):  # ChatMessage
+        role = message.role
+    out: dict[str, Any] = {"role": role, "content": getattr(message, "content", message)}
+    tool_calls = getattr(message, "tool_calls", None)
+    if tool_calls:
+        out["tool_calls"] = [{"id": c.get("id"), "name": c.get("name"), "arguments": c.get("args")}
+                             for c in tool_calls]
+    tool_call_id = getattr(message, "tool_call_id", None)
+    if tool_call_id:
+        out["tool_call_id"] = tool_call_id
+    name = getattr(message, "name", None)
+    if name:
+        out["name"] = name
+    return out
+
+
+def _tool_output(output: Any) -> Any:
+    content = getattr(output, "content", None)  # a ToolMessage
+    return content if content is not None else output
+
+
+def _llm_result(response: Any) -> dict[str, Any]:
+    """finish() arguments from an LLMResult: returned model, output, tokens."""
+    generations = [g for group in (getattr(response, "generations", None) or []) for g in group]
+    llm_output = getattr(response, "llm_output", None) or {}
+    outputs: list[Any] = []
+    model = None
+    tokens: dict[str, int | None] = {}
+    for generation in generations:
+        message = getattr(generation, "message", None)
+        if message is None:
+            outputs.append({"role": "assistant", "content": getattr(generation, "text", None)})
+            continue
+        outputs.append(_message(message))
+        metadata = getattr(message, "response_metadata", None) or {}
+        model = model or metadata.get("model_name") or metadata.get("model")
+        usage = getattr(message, "usage_metadata", None)
+        if usage:
+            _add_tokens(tokens, "input_tokens", usage.get("input_tokens"))
+            _add_tokens(tokens, "output_tokens", usage.get("output_tokens"))
+            _add_tokens(tokens, "cached_tokens",
+                        (usage.get("input_token_details") or {}).get("cache_read"))
+            _add_tokens(tokens, "reasoning_tokens",
+                        (usage.get("output_token_details") or {}).get("reasoning"))
+    if not tokens:
+        usage = llm_output.get("token_usage") or llm_output.get("usage") or {}
+        if isinstance(usage, dict):
+            _add_tokens(tokens, "input_tokens",
+                        usage.get("prompt_tokens", usage.get("input_tokens")))
+            _add_tokens(tokens, "output_tokens",
+                        usage.get("completion_tokens", usage.get("output_tokens")))
+    model = model or llm_output.get("model_name") or llm_output.get("model")
+    output = outputs[0] if len(outputs) == 1 else outputs
+    return {"model": model, "output": output, **tokens}
+
+
+def _add_tokens(tokens: dict[str, int | None], key: str, value: Any) -> None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        tokens[key] = (tokens.get(key) or 0) + value

@@ -1,0 +1,352 @@
+"""The langchain adapter: runs become steps, tools become events and model
+calls become llm events, through langchain-core's callbacks, replaying real
+recorded traffic where a model is called over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+from _cassettes import expected_cost, replay, request_body, response_json, shared_path
+from _framework_helpers import chain_of_actions, only, price_file, steps_by_action
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import RunnableLambda
+from langchain_core.tools import tool
+from langchain_core.tracers import context as tracer_context
+
+import lucidic as lai
+from lucidic import plugins
+from lucidic.testing import capture
+
+pytestmark = pytest.mark.usefixtures("restore_adapters")
+
+
+def socks_chain(**model_args):
+    from langchain_openai import ChatOpenAI
+
+    prompt = ChatPromptTemplate.from_messages([("user", "write 10 lines of random text "
+                                                        "about ${product}")])
+    model = ChatOpenAI(model="gpt-4", temperature=0, api_key="sk-test", max_retries=0,
+                       **model_args)
+    return prompt | model | StrOutputParser()
+
+
+def math_messages():
+    return [("system", "You are a mathematician."), ("user", "What's 5 + 5?")]
+
+
+def gpt4o():
+    from langchain_openai import ChatOpenAI
+
+    return ChatOpenAI(model="gpt-4o", api_key="sk-test", max_retries=0)
+
+
+def streamed_text(path) -> str:
+    from _cassettes import response_events
+
+    return "".join(e["choices"][0]["delta"].get("content") or "" for e in response_events(path)
+                   if e.get("choices"))
+
+
+def test_lcel_invoke_records_the_chain_as_steps_and_the_model_call_once():
+    path = shared_path("langchain/lcel_invoke_openai.yaml")
+    assert request_body(path)["stream"] is True
+    with capture() as captured:
+        lai.init("lcel", providers=["langchain"])
+        with replay(path):
+            text = socks_chain(streaming=True).invoke({"product": "colorful socks"})
+    assert text == streamed_text(path)
+    steps = steps_by_action(captured)
+    sequence = steps["RunnableSequence"]
+    assert sequence["parent_step_id"] is None and sequence["is_finished"]
+    assert steps["ChatPromptTemplate"]["parent_step_id"] == sequence["id"]
+    assert steps["StrOutputParser"]["parent_step_id"] == sequence["id"]
+    event = only(captured.events("llm"))
+    assert event["step_id"] == sequence["id"]
+    assert event["provider"] == "openai"
+    assert event["request_model"] == "gpt-4"
+    assert event["model"] == "gpt-4-0613"  # as the recording answered
+    assert event["input"] == [{"role": "user", "content": "write 10 lines of random text "
+                                                          "about $colorful socks"}]
+    assert event["output"]["content"] == text
+    assert event["arguments"]["temperature"] == 0
+    # The recording streamed no usage, so there are no tokens to price.
+    assert event["input_tokens"] is None and event["output_tokens"] is None
+    assert event["cost"] is None
+    assert event["duration"] > 0 and event["time_to_first_token"] is not None
+    assert event["time_to_first_token"] <= event["duration"]
+
+
+def test_lcel_stream_records_the_streamed_output_when_the_stream_ends():
+    path = shared_path("langchain/lcel_stream_openai.yaml")
+    with capture() as captured:
+        lai.init("lcel stream", providers=["langchain"])
+        with replay(path):
+            chunks = list(socks_chain().stream({"product": "colorful socks"}))
+    assert len(chunks) > 10
+    text = "".join(chunks)
+    assert text == streamed_text(path)
+    event = only(captured.events("llm"))
+    assert event["model"] == "gpt-4-0613" and event["request_model"] == "gpt-4"
+    assert event["output"]["content"] == text
+    assert event["time_to_first_token"] is not None
+    assert steps_by_action(captured)["RunnableSequence"]["is_finished"]
+
+
+def test_chat_anthropic_records_tokens_and_the_cost_the_price_table_gives(tmp_path,
+                                                                           monkeypatch):
+    from langchain_anthropic import ChatAnthropic
+
+    path = shared_path("langchain/chat_anthropic.yaml")
+    body = request_body(path)
+    recorded = response_json(path)
+    # claude-2.1 is retired and not in the built-in table: price it through
+    # the user's override file, as a user would.
+    monkeypatch.setenv("LUCIDIC_PRICES", str(price_file(tmp_path, "anthropic", "claude-2.1",
+                                                         8.0, 24.0)))
+    with capture() as captured:
+        lai.init("anthropic", providers=["langchain"])
+        with replay(path):
+            model = ChatAnthropic(model=body["model"], max_tokens=body["max_tokens"],
+                                  api_key="sk-ant-test", max_retries=0)
+            answer = model.invoke([("system", body["system"]),
+                                   ("user", body["messages"][0]["content"])])
+    assert answer.content == recorded["content"][0]["text"]
+    event = only(captured.events("llm"))
+    assert event["step_id"] is None  # a bare model call: no chain around it
+    assert event["provider"] == "anthropic"
+    assert event["request_model"] == "claude-2.1" and event["model"] == "claude-2.1"
+    assert event["input"] == [{"role": "system", "content": body["system"]},
+                              {"role": "user", "content": body["messages"][0]["content"]}]
+    assert event["output"]["content"] == recorded["content"][0]["text"]
+    usage = recorded["usage"]
+    assert (event["input_tokens"], event["output_tokens"]) == (usage["input_tokens"],
+                                                               usage["output_tokens"])
+    expected = (usage["input_tokens"] * 8.0 + usage["output_tokens"] * 24.0) / 1_000_000
+    assert event["cost"] == pytest.approx(expected)
+
+
+def math_graph():
+    from langgraph.graph import END, START, MessagesState, StateGraph
+
+    model = gpt4o()
+
+    def call_model(state: MessagesState):
+        return {"messages": [model.invoke(state["messages"])]}
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("calculate", call_model)
+    graph.add_edge(START, "calculate")
+    graph.add_edge("calculate", END)
+    return graph.compile()
+
+
+def assert_math_event(event):
+    path = shared_path("langchain/langgraph_invoke_openai.yaml")
+    usage = response_json(path)["usage"]
+    assert event["provider"] == "openai"
+    assert event["request_model"] == "gpt-4o" and event["model"] == "gpt-4o-2024-08-06"
+    assert event["input"] == [{"role": "system", "content": "You are a mathematician."},
+                              {"role": "user", "content": "What's 5 + 5?"}]
+    assert event["output"]["content"] == "\\(5 + 5 = 10\\)."
+    assert event["input_tokens"] == usage["prompt_tokens"] == 24
+    assert event["output_tokens"] == usage["completion_tokens"] == 11
+    assert event["cached_tokens"] == 0 and event["reasoning_tokens"] == 0
+    assert event["cost"] == pytest.approx(expected_cost("openai", "gpt-4o-2024-08-06", 24, 11))
+
+
+def test_langgraph_nodes_nest_under_the_graph_and_hold_their_model_call():
+    path = shared_path("langchain/langgraph_invoke_openai.yaml")
+    with capture() as captured:
+        lai.init("graph", providers=["langchain"])
+        step_id = lai.create_step(action="outer")
+        with replay(path):
+            result = math_graph().invoke({"messages": math_messages()})
+        lai.end_step(step_id)
+    assert result["messages"][-1].content == "\\(5 + 5 = 10\\)."
+    event = only(captured.events("llm"))
+    assert_math_event(event)
+    assert chain_of_actions(captured, event["step_id"]) == ["calculate", "LangGraph", "outer"]
+    assert all(step["is_finished"] for step in captured.steps())
+
+
+def test_with_the_openai_adapter_active_one_call_is_recorded_once():
+    path = shared_path("langchain/langgraph_invoke_openai.yaml")
+    with capture() as captured:
+        lai.init("both", providers=["openai", "langchain"])
+        with replay(path):
+            gpt4o().invoke(math_messages())
+            chain = RunnableLambda(lambda messages: gpt4o().invoke(messages), name="ask")
+    event = only(captured.events("llm"))
+    assert_math_event(event)
+    assert event["description"] == "ChatOpenAI"  # recorded by the langchain adapter
+    # ... while the openai adapter alone does see (and record) the same call:
+    with capture() as captured:
+        lai.init("openai only", providers=["openai"])
+        plugins.get_adapter("langchain").uninstrument()
+        with replay(path):
+            gpt4o().invoke(math_messages())
+    assert only(captured.events("llm"))["input_tokens"] == 24
+    del chain
+
+
+def test_async_runs_in_tasks_land_in_their_sessions_and_release_the_provider():
+    graph_path = shared_path("langchain/langgraph_invoke_openai.yaml")
+    chat_path = shared_path("openai/chat.yaml")
+    chat_body = request_body(chat_path)
+    with capture() as captured:
+        lai.init("setup", providers=["openai", "langchain"])
+        first, second = lai.init("first"), lai.init("second")
+
+        async def graph_run(session_id):
+            async with lai.continued(session_id):
+                with replay(graph_path):
+                    await math_graph().ainvoke({"messages": math_messages()})
+                # The model call is over: a direct call in this same task is
+                # the openai adapter's to record again.
+                with replay(chat_path):
+                    client = openai.AsyncOpenAI(api_key="sk-test", max_retries=0)
+                    await client.chat.completions.create(model=chat_body["model"],
+                                                         messages=chat_body["messages"])
+
+        async def main():
+            await graph_run(first)
+            await asyncio.create_task(graph_run(second))
+
+        asyncio.run(main())
+    for session_id in (first, second):
+        events = [e for e in captured.events("llm") if e["session_id"] == session_id]
+        assert len(events) == 2, events
+        assert_math_event(events[0])
+        assert events[1]["request_model"] == chat_body["model"]
+        assert events[1]["description"] != "ChatOpenAI"
+
+
+def fake_chain(reply: str):
+    model = FakeListChatModel(responses=[reply])
+    return (ChatPromptTemplate.from_messages([("user", "{q}")]) | model
+            | StrOutputParser()).with_config(run_name=f"chain-{reply}")
+
+
+def test_runs_in_threads_and_executors_inside_continued_land_in_that_session():
+    with capture() as captured:
+        lai.init("setup", providers=["langchain"])
+        session_id = lai.init("threads")
+        lai.detach()
+
+        def work(i):
+            return fake_chain(f"r{i}").invoke({"q": f"q{i}"})
+
+        with lai.continued(session_id):
+            with ThreadPoolExecutor(4) as pool:
+                results = list(pool.map(work, range(8)))
+            results += [fake_chain("direct").batch([{"q": "a"}, {"q": "b"}])[0]]
+    assert results[:8] == [f"r{i}" for i in range(8)]
+    events = captured.events("llm")
+    assert len(events) == 10 and {e["session_id"] for e in events} == {session_id}
+    by_id = {s["id"]: s for s in captured.steps()}
+    for event in events:
+        reply = event["output"]["content"]
+        assert by_id[event["step_id"]]["action"] == f"chain-{reply}"
+
+
+def test_with_no_session_current_chains_run_untouched():
+    with capture() as captured:
+        plugins.activate(["langchain"])
+        assert fake_chain("hi").invoke({"q": "x"}) == "hi"
+    assert captured.records == []
+
+
+@tool
+def get_weather(city: str) -> str:
+    """The weather in a city."""
+    return f"It's cloudy in {city}"
+
+
+@tool
+def broken(city: str) -> str:
+    """Always fails."""
+    raise RuntimeError(f"no weather for {city}")
+
+
+def test_tools_become_tool_events_and_nested_chains_nest():
+    inner = fake_chain("inner")
+
+    @tool
+    def ask_inner(question: str) -> str:
+        """Runs another chain."""
+        return inner.invoke({"q": question})
+
+    def plan(inputs):
+        weather = get_weather.invoke({"city": inputs["city"]})
+        return ask_inner.invoke({"question": weather})
+
+    with capture() as captured:
+        lai.init("tools", providers=["langchain"])
+        outer = RunnableLambda(plan, name="plan")
+        assert outer.invoke({"city": "London"}) == "inner"
+        with pytest.raises(RuntimeError, match="no weather for Paris"):
+            broken.invoke({"city": "Paris"})
+    steps = steps_by_action(captured)
+    tools = {e["function_name"]: e for e in captured.events("tool")}
+    assert tools["get_weather"]["arguments"] == {"city": "London"}
+    assert tools["get_weather"]["output"] == "It's cloudy in London"
+    assert tools["get_weather"]["step_id"] == steps["plan"]["id"]
+    assert tools["get_weather"]["duration"] >= 0
+    assert tools["ask_inner"]["output"] == "inner"
+    assert tools["broken"]["error"] == "RuntimeError: no weather for Paris"
+    assert tools["broken"]["step_id"] is None
+    # the chain a tool ran nests in the step the tool was called from
+    assert chain_of_actions(captured, steps["chain-inner"]["id"]) == ["chain-inner", "plan"]
+    assert only(captured.events("llm"))["step_id"] == steps["chain-inner"]["id"]
+
+
+def test_a_failing_chain_finishes_its_step_with_the_error():
+    def fail(_):
+        raise ValueError("bad input")
+
+    with capture() as captured:
+        lai.init("errors", providers=["langchain"])
+        with pytest.raises(ValueError, match="bad input"):
+            (RunnableLambda(fail, name="fails") | StrOutputParser()).invoke("x")
+    steps = steps_by_action(captured)
+    assert steps["fails"]["error"] == "ValueError: bad input"
+    assert steps["RunnableSequence"]["error"] == "ValueError: bad input"
+
+
+@pytest.mark.allow_internal_errors
+def test_a_fault_in_the_adapter_never_breaks_the_users_call(monkeypatch):
+    import lucidic_langchain._handler as handler_module
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("adapter bug")
+
+    with capture():
+        lai.init("faults", providers=["langchain"])
+        monkeypatch.setattr(handler_module, "_run_name", explode)
+        monkeypatch.setattr(handler_module, "_llm_result", explode)
+        assert fake_chain("still fine").invoke({"q": "x"}) == "still fine"
+        assert FakeListChatModel(responses=["ok"]).invoke("x").content == "ok"
+    from lucidic.testing import internal_errors
+
+    assert any(kind.startswith("langchain_") for kind in internal_errors)
+
+
+def test_uninstrument_restores_langchain_exactly():
+    before = list(tracer_context._configure_hooks)
+    adapter = plugins.get_adapter("langchain")
+    adapter.instrument()
+    adapter.instrument()  # idempotent
+    assert len(tracer_context._configure_hooks) == len(before) + 1
+    adapter.uninstrument()
+    adapter.uninstrument()
+    after = tracer_context._configure_hooks
+    assert len(after) == len(before) and all(a is b for a, b in zip(after, before, strict=True))
+    with capture() as captured:
+        lai.init("after")
+        assert fake_chain("x").invoke({"q": "y"}) == "x"
+    assert captured.events() == [] and captured.steps() == []
