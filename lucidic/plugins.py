@@ -298,6 +298,19 @@ class LLMCall:
         self._first_token_at: float | None = None
         self._done = False
 
+    def annotate(self, *, request_model: str | None = None, input: Any = None,  # noqa: A002
+                 arguments: Any = None) -> None:
+        """Fill in request fields a framework learns only after the call has
+        started (for example from a span's data at its end). None leaves a
+        field as it is."""
+        with swallow("llm_call_annotate"):
+            if request_model is not None:
+                self._fields["request_model"] = text_field(request_model)
+            if input is not None:
+                self._fields["input"] = to_jsonable(input)
+            if arguments is not None:
+                self._fields["arguments"] = to_jsonable(arguments)
+
     def first_token(self) -> None:
         """Mark the arrival of the first streamed chunk (once)."""
         if self._first_token_at is None:
