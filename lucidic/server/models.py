@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
 
 from ..store import (
     BOOL_COLUMNS,
@@ -146,6 +146,14 @@ class Batch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     records: list[AnyRecord] = Field(max_length=MAX_BATCH)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        problem = check_json_text(data)
+        if problem:
+            raise ValueError(problem)
+        return data
 
 
 class Accepted(BaseModel):

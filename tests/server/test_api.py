@@ -1,0 +1,325 @@
+"""The REST API: authentication, project isolation, bad input, the spec."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from server_support import Api, make_key, sdk_env
+
+from helpers import child_env, run_python
+from lucidic.store import Store
+
+
+def _session(sid: str, **fields: Any) -> dict[str, Any]:
+    now = time.time()
+    return {"kind": "session", "id": sid, "ts": now,
+            "fields": {"name": "s", "started_at": now, **fields}}
+
+
+def _step(step_id: str, sid: str, **fields: Any) -> dict[str, Any]:
+    return {"kind": "step", "id": step_id, "ts": time.time(),
+            "fields": {"session_id": sid, "action": "act", **fields}}
+
+
+def _event(event_id: str, sid: str, **fields: Any) -> dict[str, Any]:
+    return {"kind": "event", "id": event_id, "ts": time.time(),
+            "fields": {"session_id": sid, "description": "ev", **fields}}
+
+
+def _snapshot(db_url: str) -> dict[str, Any]:
+    store = Store(db_url)
+    try:
+        return {"counts": [store.count(t) for t in ("sessions", "steps", "events")],
+                "sessions": [store.session_tree(s["id"])
+                             for s in store.list_sessions(limit=1000)]}
+    finally:
+        store.close()
+
+
+def _same_problem(a: requests.Response, b: requests.Response, a_id: str, b_id: str) -> None:
+    assert a.status_code == b.status_code == 404
+    assert a.headers["content-type"] == b.headers["content-type"] == "application/problem+json"
+    assert a.text.replace(a_id, "ID") == b.text.replace(b_id, "ID")
+
+
+def test_a_key_of_one_project_can_neither_read_continue_nor_write_another_projects_session(
+        db_url: str, start_server, tmp_path: Path) -> None:
+    server = start_server(db_url)
+    key_a, key_b = make_key(db_url, "alpha"), make_key(db_url, "beta")
+    api_a, api_b = Api(server.url, key_a), Api(server.url, key_b)
+    sid_b = str(uuid.uuid4())
+    assert api_b.records(_session(sid_b), _step("b-step", sid_b),
+                         _event("b-event", sid_b, step_id="b-step")).status_code == 200
+    before = _snapshot(db_url)
+    unknown = str(uuid.uuid4())
+
+    # Reads: the same 404 as for a session that does not exist at all.
+    for path in ("/api/v1/sessions/{}", "/api/v1/sessions/{}/tree",
+                 "/api/v1/sessions/{}/continuable"):
+        _same_problem(api_a.get(path.format(sid_b)), api_a.get(path.format(unknown)),
+                      sid_b, unknown)
+    _same_problem(api_a.get("/api/v1/steps/b-step"), api_a.get("/api/v1/steps/no-step"),
+                  "b-step", "no-step")
+    _same_problem(api_a.get("/api/v1/events/b-event"), api_a.get("/api/v1/events/no-event"),
+                  "b-event", "no-event")
+    assert api_a.get("/api/v1/sessions").json()["sessions"] == []
+
+    # Writes: a step, an event, or a session update aimed at beta's session.
+    for record, probe in ((_step("a-step", sid_b), _step("a-step", unknown)),
+                          (_event("a-event", sid_b), _event("a-event", unknown)),
+                          (_session(sid_b, name="hijacked"), None)):
+        refused = api_a.records(record)
+        if probe is not None:
+            _same_problem(refused, api_a.records(probe), sid_b, unknown)
+        else:
+            assert refused.status_code == 404
+    assert _snapshot(db_url) == before
+    assert api_b.tree(sid_b)["name"] == "s"
+
+    # Continue: the SDK with alpha's key is told the session does not exist.
+    failed = run_python(
+        "import sys, lucidic as lai\nlai.continue_session(session_id=sys.argv[1])",
+        home=tmp_path / "alpha", env=sdk_env(server, key_a), args=[sid_b], check=False)
+    assert failed.returncode != 0 and "InvalidOperationError" in failed.stderr
+    assert "does not exist" in failed.stderr
+    assert _snapshot(db_url) == before
+
+
+def test_keys_are_made_by_the_cli_kept_hashed_and_refused_once_revoked(
+        sqlite_url: str, start_server, tmp_path: Path) -> None:
+    env = child_env(tmp_path / "home")
+    created = subprocess.run([sys.executable, "-m", "lucidic", "keys", "create", "--project",
+                              "ops", "--db", sqlite_url], capture_output=True, text=True,
+                             env=env, check=True)
+    key = created.stdout.strip().splitlines()[-1]
+    second = subprocess.run([sys.executable, "-m", "lucidic", "keys", "create", "--project",
+                             "ops", "--db", sqlite_url], capture_output=True, text=True,
+                            env=env, check=True).stdout.strip().splitlines()[-1]
+    # Unguessable: 256 random bits each, never repeated; only the hash is stored.
+    assert key.startswith("lk_") and len(key) >= 40 and key != second
+    store = Store(sqlite_url)
+    hashes = [row["key_hash"] for row in store._query("SELECT key_hash FROM api_keys", [])]
+    store.close()
+    assert hashlib.sha256(key.encode()).hexdigest() in hashes
+    assert Path(sqlite_url[len("sqlite:///"):]).read_bytes().find(key.encode()) == -1
+
+    listed = json.loads(subprocess.run(
+        [sys.executable, "-m", "lucidic", "keys", "list", "--db", sqlite_url, "--json"],
+        capture_output=True, text=True, env=env, check=True).stdout)
+    assert len(listed) == 2 and all(k["project"] == "ops" for k in listed)
+    assert key not in json.dumps(listed)
+    key_id = next(line.split()[2] for line in created.stdout.splitlines()
+                  if line.startswith("key id:"))
+
+    server = start_server(sqlite_url)
+    api = Api(server.url, key)
+    assert api.get("/api/v1/auth").json()["project"] == "ops"
+    sid = run_python("import lucidic as lai\nprint(lai.init(session_name='before'))\n"
+                     "lai.detach()", home=tmp_path / "sdk", env=sdk_env(server, key)
+                     ).stdout.strip()
+    assert uuid.UUID(sid).version == 4
+
+    subprocess.run([sys.executable, "-m", "lucidic", "keys", "revoke", key_id, "--db",
+                    sqlite_url], capture_output=True, text=True, env=env, check=True)
+    for response in (api.get("/api/v1/auth"), api.get(f"/api/v1/sessions/{sid}"),
+                     api.records(_step("x", sid))):
+        assert response.status_code == 401
+        assert response.headers["content-type"] == "application/problem+json"
+        assert "revoked" in response.json()["detail"]
+    assert Api(server.url, None).get("/api/v1/sessions").status_code == 401
+    assert Api(server.url, "lk_guessed").get("/api/v1/sessions").status_code == 401
+    for code in ("import lucidic as lai\nlai.init(session_name='after')",
+                 "import sys, lucidic as lai\nlai.continue_session(sys.argv[1])"):
+        failed = run_python(code, home=tmp_path / "sdk", env=sdk_env(server, key),
+                            args=[sid], check=False)
+        assert "APIKeyVerificationError" in failed.stderr and "refused" in failed.stderr
+    missing = run_python("import lucidic as lai\nlai.init(session_name='no key')",
+                         home=tmp_path / "sdk", env={"LUCIDIC_BASE_URL": server.url},
+                         check=False)
+    assert "APIKeyVerificationError" in missing.stderr and "LUCIDIC_API_KEY" in missing.stderr
+    assert Api(server.url, second).get(f"/api/v1/sessions/{sid}").status_code == 200
+
+
+def _bad_requests(sid: str) -> list[tuple[str, dict[str, Any], str]]:
+    """(what, request kwargs, a word the error must contain)."""
+    def body(raw: str) -> dict[str, Any]:
+        return {"data": raw.encode("utf-8", "surrogatepass"),
+                "headers": {"Content-Type": "application/json"}}
+
+    def records(*items: Any) -> dict[str, Any]:
+        return {"json": {"records": list(items)}}
+
+    step = _step("s1", sid)
+    return [
+        ("malformed JSON", body('{"records": [{"kind": "step",'), "JSON"),
+        ("not JSON at all", {"data": b"\xff\xfe\x00garbage",
+                             "headers": {"Content-Type": "application/json"}}, "JSON"),
+        ("not an object", body("[1, 2, 3]"), "valid"),
+        ("records not a list", records() | {"json": {"records": "all of them"}}, "records"),
+        ("no Content-Type", {"data": json.dumps({"records": [step]}).encode()}, "JSON"),
+        ("missing kind", records({k: v for k, v in step.items() if k != "kind"}), "kind"),
+        ("missing id", records({k: v for k, v in step.items() if k != "id"}), "id"),
+        ("missing ts", records({k: v for k, v in step.items() if k != "ts"}), "ts"),
+        ("step without session_id", records(step | {"fields": {"action": "a"}}), "session_id"),
+        ("unknown kind", records(step | {"kind": "span"}), "kind"),
+        ("unknown field", records(step | {"fields": step["fields"] | {"colour": 1}}), "colour"),
+        ("ts is text", records(step | {"ts": "yesterday"}), "ts"),
+        ("cost is text", records(_event("e1", sid, cost="a lot")), "cost"),
+        ("tokens beyond 64 bits", records(_event("e1", sid, input_tokens=2 ** 70)),
+         "input_tokens"),
+        ("is_finished is a word", records(step | {"fields": step["fields"] |
+                                                   {"is_finished": "maybe"}}), "is_finished"),
+        ("tags not a list", records(_session(sid) | {"fields": {"tags": "a,b"}}), "tags"),
+        ("id is a number", records(step | {"id": 7}), "id"),
+        ("empty id", records(step | {"id": ""}), "id"),
+        ("id too long", records(step | {"id": "x" * 300}), "id"),
+        ("NUL in an id", records(step | {"id": "a\x00b"}), "id"),
+        ("NUL in text", records(step | {"fields": step["fields"] | {"state": "a\x00b"}}),
+         "NUL"),
+        ("NUL in a JSON document", records(_event("e1", sid, arguments={"k": ["\x00"]})),
+         "NUL"),
+        ("lone surrogate in text", body('{"records": [{"kind": "step", "id": "s1", "ts": 1, '
+                                        f'"fields": {{"session_id": "{sid}", '
+                                        '"state": "\\ud800"}}]}'), "surrogate"),
+        ("bidi override in an id", records(step | {"id": "evil\u202eexe"}), "printable"),
+        ("zero-width joiner in a session id", records(_step("s1", "a\u200db")), "printable"),
+        ("NaN", body('{"records": [{"kind": "step", "id": "s1", "ts": NaN, '
+                     f'"fields": {{"session_id": "{sid}"}}}}]}}'), "finite"),
+        ("Infinity in a document", body('{"records": [{"kind": "event", "id": "e1", "ts": 1, '
+                                        f'"fields": {{"session_id": "{sid}", '
+                                        '"arguments": {"x": Infinity}}}]}'), "finite"),
+        ("1e999", body('{"records": [{"kind": "event", "id": "e1", "ts": 1e999, '
+                       f'"fields": {{"session_id": "{sid}"}}}}]}}'), "finite"),
+        ("nested too deep", records(_event("e1", sid, arguments=_deep(200))), "deep"),
+        ("unknown session", records(_step("s1", str(uuid.uuid4()))), "not found"),
+        ("oversized body", records(step | {"fields": step["fields"] |
+                                           {"state": "x" * (2 * 1024 * 1024)}}), "larger"),
+        ("oversized body, chunked", {"data": iter([b'{"records": ['] + [b" " * 65536] * 40),
+                                     "headers": {"Content-Type": "application/json"}},
+         "larger"),
+    ]
+
+
+def _deep(levels: int) -> Any:
+    value: Any = "bottom"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_bad_input_gets_a_clear_4xx_and_leaves_the_database_unchanged(
+        db_url: str, start_server) -> None:
+    server = start_server(db_url, extra_args=["--max-body-mb", "1"])
+    key = make_key(db_url, "p")
+    api = Api(server.url, key)
+    sid = str(uuid.uuid4())
+    assert api.records(_session(sid), _step("s0", sid)).status_code == 200
+    before = _snapshot(db_url)
+    for what, kwargs, word in _bad_requests(sid):
+        response = api.post("/api/v1/records", **kwargs)
+        assert 400 <= response.status_code < 500, (what, response.status_code, response.text)
+        assert response.headers["content-type"] == "application/problem+json", what
+        problem = response.json()
+        assert problem["status"] == response.status_code and problem["title"]
+        assert word.lower() in problem["detail"].lower(), (what, problem["detail"])
+        assert "Traceback" not in response.text and "File \"" not in response.text
+    for path, status in (("/api/v1/sessions/" + str(uuid.uuid4()), 404),
+                         ("/api/v1/sessions/%00", 404), ("/api/v1/steps/%00%ff", 404),
+                         ("/api/v1/events/" + "e" * 5000, 404),
+                         ("/api/v1/sessions/" + sid + "/tree%00", 404),
+                         ("/api/v1/sessions?limit=0", 422), ("/api/v1/sessions?limit=x", 422),
+                         ("/api/v1/sessions?status=lost", 422),
+                         ("/api/v1/sessions?started_after=nan", 422),
+                         ("/api/v1/sessions?offset=-1", 422), ("/api/v1/nowhere", 404)):
+        response = api.get(path)
+        assert response.status_code == status, (path, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["detail"]
+    assert api.http.delete(server.url + "/api/v1/records").status_code == 405
+    assert _snapshot(db_url) == before
+
+
+def test_odd_but_valid_unicode_is_stored_and_read_back_unchanged(
+        db_url: str, start_server) -> None:
+    server = start_server(db_url)
+    api = Api(server.url, make_key(db_url, "unicode"))
+    sid = "session-\u00e9\u4e2d\U0001F600"
+    texts = ["\U0001F600 emoji", "\u05e9\u05dc\u05d5\u05dd RTL", "e\u0301 combining",
+             "zero\u200bwidth", "\ufeffBOM", "\uffff nonchar", "tab\tnewline\n", "\U0010FFFF"]
+    records = [_session(sid, name=texts[0], tags=texts)]
+    records += [_step(f"step-{i}", sid, state=text, action=text) for i, text in enumerate(texts)]
+    records.append(_event("ev", sid, arguments={t: t for t in texts}, step_id="step-0"))
+    assert api.records(*records).status_code == 200
+    tree = api.tree(sid)
+    assert tree["tags"] == texts
+    assert sorted(s["state"] for s in tree["steps"]) == sorted(texts)
+    assert tree["steps"][0]["events"][0]["arguments"] == {t: t for t in texts}
+    assert api.get(f"/api/v1/steps/step-{len(texts) - 1}").json()["state"] == texts[-1]
+
+
+def test_ingest_is_idempotent_and_merges_out_of_order_batches(
+        sqlite_url: str, start_server) -> None:
+    server = start_server(sqlite_url)
+    api = Api(server.url, make_key(sqlite_url, "p"))
+    sid = str(uuid.uuid4())
+    create = [_session(sid), _step("st", sid, state="first")]
+    later = {"kind": "step", "id": "st", "ts": time.time() + 10,
+             "fields": {"session_id": sid, "state": "final", "is_finished": True}}
+    assert api.records(*create).status_code == 200
+    assert api.records(later).status_code == 200
+    for _ in range(3):  # retried and stale batches change nothing
+        assert api.records(*create).json() == {"accepted": 2}
+    tree = api.tree(sid)
+    assert [(s["state"], s["is_finished"]) for s in tree["steps"]] == [("final", True)]
+    page = api.get("/api/v1/sessions", params={"limit": 1, "status": "running"}).json()
+    assert [s["id"] for s in page["sessions"]] == [sid] and page["next_offset"] == 1
+    assert api.get("/api/v1/sessions", params={"status": "finished"}).json()["sessions"] == []
+    assert api.get("/api/v1/sessions", params={"started_after": time.time() + 60}
+                   ).json()["sessions"] == []
+
+
+def test_the_openapi_spec_documents_every_endpoint(sqlite_url: str, start_server) -> None:
+    server = start_server(sqlite_url)
+    spec = requests.get(server.url + "/openapi.json", timeout=10).json()
+    paths = spec["paths"]
+    for path in ("/api/v1/records", "/api/v1/auth", "/api/v1/sessions",
+                 "/api/v1/sessions/{session_id}", "/api/v1/sessions/{session_id}/tree",
+                 "/api/v1/sessions/{session_id}/continuable", "/api/v1/steps/{step_id}",
+                 "/api/v1/events/{event_id}"):
+        assert path in paths, path
+    ingest = paths["/api/v1/records"]["post"]
+    assert "requestBody" in ingest and "413" in ingest["responses"]
+    assert "HTTPBearer" in spec["components"]["securitySchemes"]
+    assert set(spec["components"]["schemas"]["Batch"]["properties"]) == {"records"}
+
+
+@pytest.mark.timeout(150)
+def test_fuzzing_the_api_from_its_openapi_spec_finds_no_server_error(
+        sqlite_url: str, start_server, tmp_path: Path) -> None:
+    pytest.importorskip("schemathesis")
+    server = start_server(sqlite_url)
+    key = make_key(sqlite_url, "fuzz")
+    sid = str(uuid.uuid4())
+    Api(server.url, key).records(_session(sid), _step("known-step", sid))
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("schemathesis")), "run",
+         server.url + "/openapi.json", "--checks", "not_a_server_error",
+         "--max-examples", "40", "--max-time", "30", "--seed", "1",
+         "--header", f"Authorization: Bearer {key}",
+         "--generation-allow-x00", "true", "--request-timeout", "20",
+         "--suppress-health-check", "all"],
+        capture_output=True, text=True, timeout=120, env=child_env(tmp_path / "fuzz"))
+    report = result.stdout[-4000:] + result.stderr[-2000:]
+    assert result.returncode == 0, report
+    passed = re.search(r"(\d+) passed", result.stdout)
+    assert passed is not None and int(passed.group(1)) > 100, report
