@@ -1,0 +1,132 @@
+"""The plugin API as the first-party openai and anthropic plugins meet it:
+discovery through entry points, clear errors, the `lucidic providers`
+command, and patches that are idempotent and undone exactly."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from importlib import metadata
+
+import pytest
+
+import lucidic as lai
+from lucidic import cli, plugins
+from lucidic.errors import InvalidOperationError
+from lucidic.testing import capture
+
+pytestmark = pytest.mark.usefixtures("restore_adapters")
+
+
+def patched_attributes(adapter_name: str) -> dict[tuple[type, str], object]:
+    """What every attribute the adapter patches holds right now."""
+    module = importlib.import_module(f"lucidic_{adapter_name}._adapter")
+    found = {}
+    for module_name, class_name, method, *_ in module.PATCHES:
+        owner = getattr(importlib.import_module(module_name), class_name)
+        found[(owner, method)] = vars(owner)[method]
+    return found
+
+
+def test_first_party_plugins_are_discovered_through_the_entry_point_group():
+    entry_points = {ep.name: ep for ep in metadata.entry_points(group="lucidic.providers")}
+    assert entry_points["openai"].value == "lucidic_openai:OpenAIAdapter"
+    assert entry_points["anthropic"].value == "lucidic_anthropic:AnthropicAdapter"
+    adapter = plugins.get_adapter("openai")
+    assert type(adapter).__name__ == "OpenAIAdapter"
+    assert plugins.get_adapter("openai") is adapter  # one adapter per name
+    infos = {info.name: info for info in plugins.describe()}
+    for name, distribution in (("openai", "lucidic-openai"), ("anthropic", "lucidic-anthropic")):
+        info = infos[name]
+        assert info.distribution == distribution
+        assert info.library == name
+        assert info.library_version == metadata.version(name)
+        assert info.problem is None
+
+
+def test_unknown_provider_names_the_installed_ones_and_what_to_install():
+    with pytest.raises(InvalidOperationError) as raised:
+        lai.init(providers=["openai", "mistral"])
+    message = str(raised.value)
+    assert "unknown provider 'mistral'" in message
+    assert "anthropic" in message and "openai" in message
+    assert "pip install lucidic-mistral" in message
+    # nothing was patched before the error
+    assert not plugins.get_adapter("openai").instrumented
+
+
+def test_missing_library_is_a_clear_error_and_patches_nothing(monkeypatch):
+    adapter = plugins.get_adapter("anthropic")
+    before = patched_attributes("anthropic")
+    monkeypatch.setattr(adapter, "library", "anthropic-not-installed-here")
+    with pytest.raises(InvalidOperationError, match="pip install anthropic-not-installed-here"):
+        lai.init(providers=["anthropic"])
+    assert patched_attributes("anthropic") == before
+    assert not adapter.instrumented
+
+
+def test_unsupported_library_version_is_a_clear_error(monkeypatch):
+    adapter = plugins.get_adapter("openai")
+    monkeypatch.setattr(adapter, "supported_versions", ">=999")
+    with pytest.raises(InvalidOperationError) as raised:
+        lai.init(providers=["openai"])
+    assert f"openai {metadata.version('openai')} is installed" in str(raised.value)
+
+
+def test_lucidic_providers_lists_plugins_and_library_versions(capsys):
+    assert cli.main(["providers"]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert (f"lucidic-openai {metadata.version('lucidic-openai')}  "
+            f"openai {metadata.version('openai')} (supports >=1.66)") in lines["openai"]
+    assert (f"lucidic-anthropic {metadata.version('lucidic-anthropic')}  "
+            f"anthropic {metadata.version('anthropic')} (supports >=0.49)") in lines["anthropic"]
+    assert cli.main(["providers", "--json"]) == 0
+    listed = {p["name"]: p for p in json.loads(capsys.readouterr().out)}
+    assert listed["openai"]["library_version"] == metadata.version("openai")
+    assert listed["anthropic"]["entry_point"] == "lucidic_anthropic:AnthropicAdapter"
+
+
+@pytest.mark.parametrize("name", ["openai", "anthropic"])
+def test_instrument_and_uninstrument_are_idempotent_and_restore_exactly(name):
+    adapter = plugins.get_adapter(name)
+    original = patched_attributes(name)
+    adapter.instrument()
+    patched = patched_attributes(name)
+    assert all(patched[key] is not original[key] for key in original)
+    adapter.instrument()  # again: nothing wrapped twice
+    again = patched_attributes(name)
+    assert all(again[key] is patched[key] for key in original)
+    assert all(value.__wrapped__ is original[key] for key, value in patched.items())
+    adapter.uninstrument()
+    restored = patched_attributes(name)
+    assert all(restored[key] is original[key] for key in original)  # the very same objects
+    adapter.uninstrument()  # again: harmless
+    restored = patched_attributes(name)
+    assert all(restored[key] is original[key] for key in original)
+    adapter.instrument()  # and it can come back
+    back = patched_attributes(name)
+    assert adapter.instrumented and all(back[key] is not original[key] for key in original)
+
+
+def test_after_uninstrument_calls_in_a_session_are_not_recorded():
+    import openai
+    from _cassettes import replay, request_body, shared_path
+
+    path = shared_path("openai/chat.yaml")
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        plugins.get_adapter("openai").uninstrument()
+        openai.OpenAI(api_key="sk-test", max_retries=0).chat.completions.create(
+            **request_body(path))
+    assert captured.events("llm") == []
+
+
+def test_providers_activate_through_continued_and_session():
+    with capture():
+        session_id = lai.init()
+        lai.detach()
+        assert not plugins.get_adapter("anthropic").instrumented
+        with lai.continued(session_id, providers=["anthropic"]):
+            assert plugins.get_adapter("anthropic").instrumented
+        with lai.session("s", providers=["openai"]):
+            assert plugins.get_adapter("openai").instrumented
