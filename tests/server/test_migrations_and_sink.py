@@ -1,0 +1,177 @@
+"""Schema migrations in place, and the HTTP sink's delivery rules."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from server_support import Api, ServerProcess, free_port, make_key
+
+import lucidic as lai
+from lucidic._http import HttpSink
+from lucidic._sinks import SinkError
+from lucidic.store import MIGRATIONS, SCHEMA_VERSION, Store
+
+
+def _make_version_1_database(db_url: str) -> None:
+    """What lucidic 0.1's embedded store wrote: schema version 1, with data."""
+    if db_url.startswith("postgresql"):
+        import psycopg
+
+        conn: Any = psycopg.connect(db_url, autocommit=True)
+        ph = "%s"
+    else:
+        import sqlite3
+
+        conn = sqlite3.connect(db_url[len("sqlite:///"):], isolation_level=None)
+        ph = "?"
+    version, statements = MIGRATIONS[0]
+    assert version == 1
+    for statement in statements:
+        conn.execute(statement)
+    conn.execute("CREATE TABLE lucidic_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    conn.execute("INSERT INTO lucidic_meta VALUES ('schema_version', '1')")
+    conn.execute(f"INSERT INTO sessions (id, project, agent_id, name, tags, started_at, "
+                 f"is_finished, updated_at) VALUES ({', '.join([ph] * 8)})",
+                 ("old-session", "default", "agent-7", "From 0.1", '["a", "b"]', 100.0, 0,
+                  100.0))
+    conn.execute(f"INSERT INTO steps (id, session_id, action, started_at, updated_at) "
+                 f"VALUES ({', '.join([ph] * 5)})", ("old-step", "old-session", "plan",
+                                                     101.0, 101.0))
+    conn.execute(f"INSERT INTO events (id, session_id, step_id, type, input_tokens, cost, "
+                 f"started_at, updated_at) VALUES ({', '.join([ph] * 8)})",
+                 ("old-event", "old-session", "old-step", "llm", 12, 0.5, 102.0, 102.0))
+    conn.close()
+
+
+def test_a_version_1_database_upgrades_in_place_with_its_data_intact(
+        db_url: str, start_server, tmp_path: Path) -> None:
+    _make_version_1_database(db_url)
+    store = Store(db_url)  # migrates
+    try:
+        assert store.schema_version() == SCHEMA_VERSION > 1
+        tree = store.session_tree("old-session")
+        assert tree is not None and tree["name"] == "From 0.1" and tree["tags"] == ["a", "b"]
+        assert tree["steps"][0]["events"][0]["input_tokens"] == 12
+        assert [p["name"] for p in store.list_projects()] == ["default"]
+    finally:
+        store.close()
+    Store(db_url).close()  # opening again is a no-op
+
+    # Served as it is: a key for the project the old sessions are in reads them.
+    server = start_server(db_url)
+    api = Api(server.url, make_key(db_url, "default"))
+    old = api.tree("old-session")
+    assert old["agent_id"] == "agent-7" and old["input_tokens"] == 12
+    assert old["steps"][0]["action"] == "plan"
+    other = Api(server.url, make_key(db_url, "newcomers"))
+    assert other.get("/api/v1/sessions/old-session").status_code == 404
+
+
+class _Stub(http.server.BaseHTTPRequestHandler):
+    """A backend that answers every request with a fixed status and headers."""
+
+    status = 429
+    headers_out: dict[str, str] = {}
+    hits: list[str] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - the http.server API
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        type(self).hits.append(self.path)
+        self.send_response(self.status)
+        for name, value in self.headers_out.items():
+            self.send_header(name, value)
+        body = b'{"detail": "slow down"}'
+        self.send_header("Content-Type", "application/problem+json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def stub() -> Iterator[tuple[str, type[_Stub]]]:
+    handler = type("Handler", (_Stub,), {"hits": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(("status", "retry_after", "expected"),
+                         [(429, "30", 30.0), (503, "120", 120.0), (503, None, None),
+                          (500, None, None)])
+def test_the_sink_hands_the_servers_retry_after_to_the_pipeline(
+        stub: tuple[str, type[_Stub]], status: int, retry_after: str | None,
+        expected: float | None) -> None:
+    url, handler = stub
+    handler.status = status
+    handler.headers_out = {"Retry-After": retry_after} if retry_after else {}
+    sink = HttpSink(url, "lk_test")
+    with pytest.raises(SinkError) as raised:
+        sink.write([("session", "s", 1.0, {"name": "x"})])
+    assert raised.value.retry_after == expected
+    assert "slow down" in str(raised.value) or status == 500
+    sink.close()
+
+
+def test_a_short_retry_after_is_waited_out_inside_one_write(
+        stub: tuple[str, type[_Stub]]) -> None:
+    url, handler = stub
+    handler.status, handler.headers_out = 429, {"Retry-After": "0.2"}
+    sink = HttpSink(url, "lk_test")
+    started = time.monotonic()
+    with pytest.raises(SinkError):
+        sink.write([("session", "s", 1.0, {})])
+    assert len(handler.hits) == 3 and time.monotonic() - started >= 0.4
+    sink.close()
+
+
+def test_flush_is_true_only_once_the_server_accepted_everything(
+        sqlite_url: str, start_server, monkeypatch: pytest.MonkeyPatch) -> None:
+    port = free_port()
+    server: ServerProcess = start_server(sqlite_url, port)
+    key = make_key(sqlite_url, "flush")
+    monkeypatch.setenv("LUCIDIC_BASE_URL", server.url)
+    monkeypatch.setenv("LUCIDIC_API_KEY", key)
+    sid = lai.init(session_name="outage", auto_end=False)
+    server.kill()
+    hot_path = []
+    for i in range(200):
+        started = time.perf_counter()
+        lai.create_event(description=f"while down {i}")
+        hot_path.append(time.perf_counter() - started)
+    assert max(hot_path) < 0.05  # queued, not sent: the server being down costs nothing here
+    assert lai.flush(timeout=1.0) is False  # spooled, not accepted
+    restarted = start_server(sqlite_url, port)
+    assert lai.flush(timeout=30.0) is True
+    lai.end_session(is_successful=True)
+    assert lai.flush(timeout=10.0) is True
+    tree = Api(restarted.url, key).tree(sid)
+    assert tree["is_finished"] and len(tree["events"]) == 200
+
+
+def test_records_with_text_no_database_takes_are_cleaned_before_sending(
+        sqlite_url: str, start_server, monkeypatch: pytest.MonkeyPatch) -> None:
+    server = start_server(sqlite_url)
+    key = make_key(sqlite_url, "clean")
+    monkeypatch.setenv("LUCIDIC_BASE_URL", server.url)
+    monkeypatch.setenv("LUCIDIC_API_KEY", key)
+    sid = lai.init(session_name="nul\x00name", session_id=f"s-{uuid.uuid4()}")
+    lai.create_event(description="lone \ud800 surrogate", arguments={"x": float("nan")})
+    lai.end_session()
+    assert lai.flush(10)
+    tree = Api(server.url, key).tree(sid)
+    assert tree["name"] == "nul\ufffdname"
+    (event,) = tree["events"]
+    assert event["description"] == "lone \ufffd surrogate"
