@@ -51,6 +51,7 @@ class Pipeline:
         self.spool = spool
         self.stats = PipelineStats()
         self._max_queue = max_queue
+        self._overflow_chunk = max(1, max_queue // 8)
         self._batch_size = batch_size
         self._interval = interval
         self._init_runtime()
@@ -82,13 +83,27 @@ class Pipeline:
 
     def _overflow(self, record: Record) -> None:
         """The queue is full (the sink is slower than the program): spool in
-        the caller's thread rather than drop or grow without bound."""
+        the caller's thread rather than drop or grow without bound. The oldest
+        part of the queue goes to disk with the record in one write, so the
+        next few thousand calls are back on the fast path."""
+        chunk: list[Record] = []
+        queue = self._queue
         try:
-            self.spool.append((record,))
+            while len(chunk) < self._overflow_chunk:
+                item = queue.popleft()
+                if isinstance(item, _FlushRequest):
+                    queue.appendleft(item)  # keep its place: it still waits on what follows
+                    break
+                chunk.append(item)
+        except IndexError:
+            pass  # the worker drained it meanwhile
+        chunk.append(record)
+        try:
+            self.spool.append(chunk)
             self._spool_dirty = True
-            self.stats.spooled += 1
+            self.stats.spooled += len(chunk)
         except Exception as exc:  # noqa: BLE001
-            self.stats.lost += 1
+            self.stats.lost += len(chunk)
             record_internal_error("spool_write", exc)
 
     # -- control --------------------------------------------------------------

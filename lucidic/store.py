@@ -144,14 +144,17 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
-def _upsert_sql(table: str, columns: Sequence[str], placeholder: str) -> str:
-    guard, rest = columns[0], columns[1:]
+def _upsert_sql(table: str, guard: str, columns: Sequence[str], placeholder: str) -> str:
+    """The upsert for records carrying exactly ``columns`` (all non-null).
+
+    One statement per record shape: binding only the fields a record has is
+    several times faster than binding every column with NULLs, and a field a
+    record does not carry is simply not touched."""
     names = ("id", *columns, "updated_at")
     sets = [
-        f"{c} = CASE WHEN excluded.{c} IS NULL THEN {table}.{c} "
-        f"WHEN {table}.{c} IS NULL OR excluded.updated_at >= {table}.updated_at "
+        f"{c} = CASE WHEN {table}.{c} IS NULL OR excluded.updated_at >= {table}.updated_at "
         f"THEN excluded.{c} ELSE {table}.{c} END"
-        for c in rest
+        for c in columns if c != guard
     ]
     sets.append(f"updated_at = CASE WHEN excluded.updated_at > {table}.updated_at "
                 f"THEN excluded.updated_at ELSE {table}.updated_at END")
@@ -186,22 +189,88 @@ def _clean_json(value: Any) -> Any:
     return value
 
 
-def _to_param(column: str, value: Any) -> Any:
-    if value is None:
-        return None
-    if column in JSON_COLUMNS:
-        return json.dumps(_clean_json(value), ensure_ascii=False, default=repr)
-    if column in BOOL_COLUMNS:
-        return 1 if value else 0
+def _json_param(value: Any) -> str:
+    return json.dumps(_clean_json(value), ensure_ascii=False, default=repr)
+
+
+def _bool_param(value: Any) -> int:
+    return 1 if value else 0
+
+
+def _scalar_param(value: Any) -> Any:
+    if type(value) is str:
+        # The common case (short ASCII, no NUL) costs two C calls.
+        return value if value.isascii() and "\x00" not in value else clean_text(value)
     if isinstance(value, str):
-        return clean_text(value)
+        return clean_text(str(value))
     return value
 
 
-def _row_params(columns: Sequence[str], record: Record) -> tuple[Any, ...]:
-    _, rid, ts, fields = record
-    get = fields.get
-    return (rid, *[_to_param(c, get(c)) for c in columns], ts)
+#: How each column's value becomes a parameter, by kind: the column set of a
+#: kind is this dict's keys, so unknown fields are dropped by the same lookup.
+_CONVERTERS = {
+    kind: {c: _json_param if c in JSON_COLUMNS else _bool_param if c in BOOL_COLUMNS
+           else _scalar_param for c in columns}
+    for kind, (_, columns) in _TABLES.items()
+}
+
+
+#: Rows grouped by (kind, the columns they carry), in arrival order.
+RowGroups = dict[tuple[str, tuple[str, ...]], list[list[Any]]]
+
+
+def _coalesce(records: Iterable[Record]) -> list[Record]:
+    """Merge records of the same row within a batch (a step's start and end,
+    an event and its update) by the store's own rule, so the database sees
+    one row where it would have seen several."""
+    merged: dict[tuple[str, str], Record] = {}
+    for record in records:
+        key = (record[0], record[1])
+        earlier = merged.get(key)
+        if earlier is None:
+            merged[key] = record
+            continue
+        guard = _TABLES[record[0]][1][0] if record[0] in _TABLES else None
+        if guard is None or earlier[3].get(guard) != record[3].get(guard):
+            # Not mergeable here (another session or project claims the id):
+            # keep both, the upsert's guard decides.
+            merged[(record[0], record[1] + "\x00" + str(len(merged)))] = record
+            continue
+        older, newer = (earlier, record) if record[2] >= earlier[2] else (record, earlier)
+        fields = dict(older[3])
+        for column, value in newer[3].items():
+            if value is not None:
+                fields[column] = value
+        merged[key] = (record[0], record[1], newer[2], fields)
+    return list(merged.values())
+
+
+def _group_rows(records: Iterable[Record], project: str | None = None) -> RowGroups:
+    """Turn records into parameter rows, grouped by shape. ``project``, when
+    given, overrides the project of session records (the server stamps the
+    key's project). Fields that are None or unknown are left out."""
+    groups: RowGroups = {}
+    for kind, rid, ts, fields in _coalesce(records):
+        converters = _CONVERTERS.get(kind)
+        if converters is None:
+            raise ValueError(f"unknown record kind {kind!r}")
+        if project is not None and kind == "session":
+            fields = {**fields, "project": project}
+        columns: list[str] = []
+        row: list[Any] = [rid]
+        for column, value in fields.items():
+            if value is None:
+                continue
+            convert = converters.get(column)
+            if convert is None:
+                continue
+            columns.append(column)
+            row.append(convert(value))
+        if _TABLES[kind][1][0] not in columns:
+            raise ValueError(f"{kind} record {rid!r} lacks {_TABLES[kind][1][0]!r}")
+        row.append(ts)
+        groups.setdefault((kind, tuple(columns)), []).append(row)
+    return groups
 
 
 class Store:
@@ -225,8 +294,7 @@ class Store:
             raise
         except Exception as exc:
             raise StoreError(f"cannot open the store at {self.url}: {exc}") from exc
-        self._upserts = {kind: _upsert_sql(table, cols, self._ph) for kind, (table, cols)
-                         in _TABLES.items()}
+        self._upserts: dict[tuple[str, tuple[str, ...]], str] = {}
 
     # -- connections --------------------------------------------------------
 
@@ -334,38 +402,38 @@ class Store:
 
     # -- writing -------------------------------------------------------------
 
+    def _upsert(self, shape: tuple[str, tuple[str, ...]]) -> str:
+        sql = self._upserts.get(shape)
+        if sql is None:
+            table, columns = _TABLES[shape[0]]
+            sql = self._upserts[shape] = _upsert_sql(table, columns[0], shape[1], self._ph)
+        return sql
+
+    def _apply(self, cur: Any, groups: RowGroups, kinds: Sequence[str]) -> None:
+        for shape, rows in groups.items():
+            if shape[0] in kinds:
+                cur.executemany(self._upsert(shape), rows)
+
     def write(self, records: Iterable[Record]) -> None:
-        """Apply records idempotently, all in one transaction."""
-        by_kind: dict[str, list[tuple[Any, ...]]] = {"session": [], "step": [], "event": []}
-        for record in records:
-            kind = record[0]
-            by_kind[kind].append(_row_params(_TABLES[kind][1], record))
-
-        def run(cur: Any) -> None:
-            for kind, rows in by_kind.items():
-                if rows:
-                    cur.executemany(self._upserts[kind], rows)
-
-        self._run(run, write=True)
+        """Apply records idempotently, all in one transaction. A malformed
+        record (unknown kind, no session or project) raises ValueError before
+        anything is written."""
+        groups = _group_rows(records)
+        self._run(lambda cur: self._apply(cur, groups, ("session", "step", "event")),
+                  write=True)
 
     def write_for_project(self, records: Iterable[Record], project: str) -> None:
         """Apply records on behalf of ``project``, all or nothing: session
         records are stamped with the project, and every session the batch
         names must already be the project's or be created by this batch;
         otherwise nothing is written and UnknownSessionError says which."""
-        by_kind: dict[str, list[tuple[Any, ...]]] = {"session": [], "step": [], "event": []}
-        referenced: set[str] = set()
-        for kind, rid, ts, fields in records:
-            if kind == "session":
-                fields = {**fields, "project": project}
-                referenced.add(rid)
-            else:
-                referenced.add(fields["session_id"])
-            by_kind[kind].append(_row_params(_TABLES[kind][1], (kind, rid, ts, fields)))
+        records = list(records)
+        referenced = {rid if kind == "session" else fields["session_id"]
+                      for kind, rid, _, fields in records}
+        groups = _group_rows(records, project)
 
         def run(cur: Any) -> None:
-            if by_kind["session"]:
-                cur.executemany(self._upserts["session"], by_kind["session"])
+            self._apply(cur, groups, ("session",))
             # After the session upserts (whose guard skips another project's
             # rows), in the same transaction: is every named session ours?
             wanted = sorted(referenced)
@@ -378,9 +446,7 @@ class Store:
             missing = [sid for sid in wanted if sid not in owned]
             if missing:
                 raise UnknownSessionError(missing)
-            for kind in ("step", "event"):
-                if by_kind[kind]:
-                    cur.executemany(self._upserts[kind], by_kind[kind])
+            self._apply(cur, groups, ("step", "event"))
 
         self._run(run, write=True)
 
