@@ -7,7 +7,7 @@ PROVIDERS := $(sort $(wildcard providers/*/pyproject.toml))
 $(VENV)/.installed: pyproject.toml $(PROVIDERS)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,server]' $(foreach p,$(PROVIDERS),-e $(dir $(p)))
+	$(PY) -m pip install --quiet -e '.[dev,server]' $(foreach p,$(PROVIDERS),-e '$(dir $(p))[test]')
 	touch $@
 
 .PHONY: install demo test bench lint
