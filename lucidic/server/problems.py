@@ -87,6 +87,13 @@ def _where(loc: tuple[Any, ...]) -> str:
     return "".join(parts) or "request"
 
 
+def _message(error: dict[str, Any]) -> str:
+    if error.get("type") == "string_pattern_mismatch":
+        return ("an id must be printable text: no control, format or separator characters "
+                "other than the plain space")
+    return str(error.get("msg", "")).removeprefix("Value error, ")
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:
@@ -103,8 +110,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        errors = [{"loc": _where(tuple(e.get("loc", ()))),
-                   "msg": str(e.get("msg", "")).removeprefix("Value error, "),
+        errors = [{"loc": _where(tuple(e.get("loc", ()))), "msg": _message(e),
                    "type": str(e.get("type", ""))} for e in exc.errors()[:20]]
         content_type = request.headers.get("content-type", "")
         if request.method == "POST" and "json" not in content_type.lower() and any(
