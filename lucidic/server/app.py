@@ -72,33 +72,39 @@ def identity(credentials: Annotated[Optional[HTTPAuthorizationCredentials],  # n
                        headers=challenge)
     return models.Identity(project=found["project"], key_id=found["id"])
 
+
 Auth = Annotated[models.Identity, Depends(identity)]
+
 
 def not_found(what: str, record_id: str) -> ApiError:
     return ApiError(404, f"{what} {record_id!r} was not found in this project")
+
 
 @router.get("/healthz", tags=["meta"], summary="Liveness and database reachability")
 def healthz(db: Db) -> dict[str, Any]:
     return {"status": "ok", "schema_version": db.schema_version()}
 
+
 @router.get("/api/v1/auth", tags=["auth"], response_model=models.Identity,
-         summary="Check an API key; returns its project")
+            summary="Check an API key; returns its project")
 def auth(who: Auth) -> models.Identity:
     return who
 
+
 @router.post("/api/v1/records", tags=["ingest"], response_model=models.Accepted,
-          responses={413: _PROBLEMS[404] | {"description": "the body is too large"},
-                     422: {"model": models.Problem, "description": "invalid records"}},
-          summary="Apply a batch of session, step and event records (idempotent)")
+             responses={413: _PROBLEMS[404] | {"description": "the body is too large"},
+                        422: {"model": models.Problem, "description": "invalid records"}},
+             summary="Apply a batch of session, step and event records (idempotent)")
 def ingest(batch: models.Batch, who: Auth, db: Db) -> JSONOut:
     records = [(r.kind, r.id, r.ts, r.fields.model_dump(exclude_none=True))
-               for r in batch.records]
+               for r in batch.records]  # type: ignore[attr-defined]
     if records:
         db.write_for_project(records, who.project)
     return JSONOut({"accepted": len(records)})
 
+
 @router.get("/api/v1/sessions", tags=["read"], response_model=models.SessionPage,
-         summary="Sessions of this project, newest first, with their totals")
+            summary="Sessions of this project, newest first, with their totals")
 def list_sessions(
     who: Auth, db: Db,
     agent_id: Annotated[Optional[str], Query(max_length=256)] = None,  # noqa: UP045
@@ -122,21 +128,23 @@ def list_sessions(
                     "next_offset": offset + len(sessions) if len(sessions) == limit
                     else None})
 
+
 @router.get("/api/v1/sessions/{session_id:path}/tree", tags=["read"],
-         response_model=models.SessionTree,
-         summary="A session with its steps (nested) and events")
+            response_model=models.SessionTree,
+            summary="A session with its steps (nested) and events")
 def session_tree(session_id: str, who: Auth, db: Db) -> JSONOut:
     tree = db.session_tree(session_id, who.project) if models.valid_id(session_id) else None
     if tree is None:
         raise not_found("session", session_id)
     return JSONOut(tree)
 
+
 @router.get("/api/v1/sessions/{session_id:path}/continuable", tags=["read"],
-         response_model=models.Continuable,
-         responses={409: {"model": models.Problem,
-                          "description": "finished, or another agent's"}},
-         summary="The check behind continue_session: the session exists in this "
-                 "project, is not finished, and belongs to the agent given (if any)")
+            response_model=models.Continuable,
+            responses={409: {"model": models.Problem,
+                             "description": "finished, or another agent's"}},
+            summary="The check behind continue_session: the session exists in this "
+                    "project, is not finished, and belongs to the agent given (if any)")
 def continuable(session_id: str, who: Auth, db: Db,
                 agent_id: Annotated[Optional[str],  # noqa: UP045
                                     Query(max_length=256)] = None) -> JSONOut:
@@ -153,8 +161,9 @@ def continuable(session_id: str, who: Auth, db: Db,
                             f"{agent_id!r}")
     return JSONOut({"session_id": session_id, "continuable": True, "agent_id": owner})
 
+
 @router.get("/api/v1/sessions/{session_id:path}", tags=["read"], response_model=models.Session,
-         summary="One session with its totals")
+            summary="One session with its totals")
 def get_session(session_id: str, who: Auth, db: Db) -> JSONOut:
     row = (db.session_summary(session_id, who.project) if models.valid_id(session_id)
            else None)
@@ -162,22 +171,23 @@ def get_session(session_id: str, who: Auth, db: Db) -> JSONOut:
         raise not_found("session", session_id)
     return JSONOut(row)
 
+
 @router.get("/api/v1/steps/{step_id:path}", tags=["read"], response_model=models.Step,
-         summary="One step")
+            summary="One step")
 def get_step(step_id: str, who: Auth, db: Db) -> JSONOut:
     row = db.get_step(step_id, who.project) if models.valid_id(step_id) else None
     if row is None:
         raise not_found("step", step_id)
     return JSONOut(row)
 
+
 @router.get("/api/v1/events/{event_id:path}", tags=["read"], response_model=models.Event,
-         summary="One event")
+            summary="One event")
 def get_event(event_id: str, who: Auth, db: Db) -> JSONOut:
     row = db.get_event(event_id, who.project) if models.valid_id(event_id) else None
     if row is None:
         raise not_found("event", event_id)
     return JSONOut(row)
-
 
 
 def create_app(database_url: str | None = None, *,

@@ -318,7 +318,8 @@ def test_fuzzing_the_api_from_its_openapi_spec_finds_no_server_error(
          "--header", f"Authorization: Bearer {key}",
          "--generation-allow-x00", "true", "--request-timeout", "20",
          "--suppress-health-check", "all"],
-        capture_output=True, text=True, timeout=120, env=child_env(tmp_path / "fuzz"))
+        capture_output=True, text=True, timeout=120, env=child_env(tmp_path / "fuzz"),
+        cwd=tmp_path)
     report = result.stdout[-4000:] + result.stderr[-2000:]
     assert result.returncode == 0, report
     totals = re.search(r"(\d+) generated, (\d+) passed", result.stdout)
