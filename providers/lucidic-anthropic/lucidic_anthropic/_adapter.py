@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import wrapt
+
 from lucidic.plugins import Adapter, LLMCall, in_session, record_internal_error, start_llm_call
 
 from . import _extract

@@ -8,6 +8,7 @@ import weakref
 from typing import Any, Protocol
 
 import wrapt
+
 from lucidic.plugins import LLMCall, record_internal_error
 
 ABANDONED = "stream closed before its end"

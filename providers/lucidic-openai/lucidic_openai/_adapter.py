@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import wrapt
+
 from lucidic.plugins import Adapter, LLMCall, in_session, record_internal_error, start_llm_call
 
 from . import _extract
@@ -19,7 +20,7 @@ PROVIDER = "openai"
 class _Kind:
     """One family of endpoints: how to read its request and its result."""
 
-    __slots__ = ("chunks", "input", "name", "result", "type_path")
+    __slots__ = ("_expected", "chunks", "input", "name", "result", "type_path")
 
     def __init__(self, name: str, input: Callable[[dict[str, Any]], Any],  # noqa: A002
                  result: Callable[[Any], dict[str, Any]], type_path: tuple[str, str],
@@ -29,6 +30,15 @@ class _Kind:
         self.result = result
         self.type_path = type_path
         self.chunks = chunks
+        self._expected: type | None = None
+
+    def expected(self) -> type:
+        """The library's result type (resolved on first use: the library may
+        be imported after this module)."""
+        if self._expected is None:
+            module, name = self.type_path
+            self._expected = getattr(importlib.import_module(module), name)
+        return self._expected
 
 
 CHAT = _Kind("chat", _extract.chat_input, _extract.chat_result,
@@ -58,8 +68,7 @@ def _outcome(kind: _Kind, call: LLMCall, result: Any, asynchronous: bool) -> Any
         if kind.chunks is not None and isinstance(result, (Stream, AsyncStream)):
             proxy = RecordedAsyncStream if asynchronous else RecordedStream
             return proxy(result, call, kind.chunks())
-        module, name = kind.type_path
-        expected = getattr(importlib.import_module(module), name)
+        expected = kind.expected()
         if not isinstance(result, expected):
             # with_raw_response: the legacy wrapper has read the body already.
             from openai._legacy_response import LegacyAPIResponse
