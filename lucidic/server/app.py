@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, cast
 from urllib.parse import urlsplit, urlunsplit
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
@@ -96,8 +96,8 @@ def auth(who: Auth) -> models.Identity:
                         422: {"model": models.Problem, "description": "invalid records"}},
              summary="Apply a batch of session, step and event records (idempotent)")
 def ingest(batch: models.Batch, who: Auth, db: Db) -> JSONOut:
-    records = [(r.kind, r.id, r.ts, r.fields.model_dump(exclude_none=True))
-               for r in batch.records]  # type: ignore[attr-defined]
+    records = [(r.kind, r.id, r.ts, cast(Any, r.fields).model_dump(exclude_none=True))
+               for r in batch.records]
     if records:
         db.write_for_project(records, who.project)
     return JSONOut({"accepted": len(records)})
