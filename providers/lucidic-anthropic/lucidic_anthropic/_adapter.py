@@ -4,16 +4,14 @@ that each call made with a current Lucidic session becomes one "llm" event."""
 from __future__ import annotations
 
 import contextvars
-import importlib
 from collections.abc import Callable
 from typing import Any
 
-import wrapt
-
+from lucidic.patching import MethodPatches
 from lucidic.plugins import Adapter, LLMCall, in_session, record_internal_error, start_llm_call
+from lucidic.streams import RecordedAsyncStream, RecordedStream
 
 from . import _extract
-from ._stream import RecordedAsyncStream, RecordedStream
 
 PROVIDER = "anthropic"
 
@@ -165,28 +163,10 @@ class AnthropicAdapter(Adapter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._originals: list[tuple[type, str, Any]] = []
+        self._patches = MethodPatches()
 
     def _instrument(self) -> None:
-        originals: list[tuple[type, str, Any]] = []
-        try:
-            for module_name, class_name, method, wrapper in PATCHES:
-                owner = getattr(importlib.import_module(module_name), class_name, None)
-                if owner is None or method not in vars(owner):
-                    continue  # an older library without this method
-                original = vars(owner)[method]
-                wrapt.wrap_function_wrapper(owner, method, wrapper)
-                originals.append((owner, method, original))
-        except BaseException:
-            _restore(originals)
-            raise
-        self._originals = originals
+        self._patches.apply(PATCHES)
 
     def _uninstrument(self) -> None:
-        _restore(self._originals)
-        self._originals = []
-
-
-def _restore(originals: list[tuple[type, str, Any]]) -> None:
-    for owner, method, original in reversed(originals):
-        setattr(owner, method, original)
+        self._patches.restore()

@@ -7,12 +7,11 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-import wrapt
-
+from lucidic.patching import MethodPatches
 from lucidic.plugins import Adapter, LLMCall, in_session, record_internal_error, start_llm_call
+from lucidic.streams import RecordedAsyncStream, RecordedStream
 
 from . import _extract
-from ._stream import RecordedAsyncStream, RecordedStream
 
 PROVIDER = "openai"
 
@@ -151,29 +150,12 @@ class OpenAIAdapter(Adapter):
 
     def __init__(self) -> None:
         super().__init__()
-        self._originals: list[tuple[type, str, Any]] = []
+        self._patches = MethodPatches()
 
     def _instrument(self) -> None:
-        originals: list[tuple[type, str, Any]] = []
-        try:
-            for module_name, class_name, method, kind, asynchronous in PATCHES:
-                owner = getattr(importlib.import_module(module_name), class_name, None)
-                if owner is None or method not in vars(owner):
-                    continue  # an older library without this endpoint
-                original = vars(owner)[method]
-                wrapper = _async_wrapper(kind) if asynchronous else _sync_wrapper(kind)
-                wrapt.wrap_function_wrapper(owner, method, wrapper)
-                originals.append((owner, method, original))
-        except BaseException:
-            _restore(originals)
-            raise
-        self._originals = originals
+        self._patches.apply(
+            (module, owner, method, _async_wrapper(kind) if asynchronous else _sync_wrapper(kind))
+            for module, owner, method, kind, asynchronous in PATCHES)
 
     def _uninstrument(self) -> None:
-        _restore(self._originals)
-        self._originals = []
-
-
-def _restore(originals: list[tuple[type, str, Any]]) -> None:
-    for owner, method, original in reversed(originals):
-        setattr(owner, method, original)
+        self._patches.restore()

@@ -1,6 +1,11 @@
-"""Stream proxies: the caller iterates exactly what the library yields, and
-the LLM call is completed once, when the stream ends, fails, is closed, or is
-dropped unfinished (garbage collected)."""
+"""Stream proxies for provider plugins: the caller iterates exactly what the
+library yields (the proxy is still an instance of the library's stream type),
+and the LLM call is completed once, when the stream ends, fails, is closed, or
+is dropped unfinished (garbage collected).
+
+A plugin supplies an :class:`Accumulator` that reads its library's chunks;
+``RecordedStream(stream, call, accumulator)`` does the rest. Imported by
+plugins only, so ``import lucidic`` does not load wrapt."""
 
 from __future__ import annotations
 
