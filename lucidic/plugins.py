@@ -255,18 +255,31 @@ def record_event(type: str, **fields: Any) -> str | None:  # noqa: A002
     in the current session and step. Unknown field names are ignored with a
     logged warning. Returns the event id, or None with no session."""
     from ._api import record_event as _record
-    from .store import EVENT_COLUMNS
 
     binding = current_binding()
     if binding is None:
         return None
+    return _record(binding, _event_fields(type, fields))
+
+
+def _event_fields(type: str, fields: dict[str, Any]) -> dict[str, Any]:  # noqa: A002
+    from .store import EVENT_COLUMNS
+
     clean = {"type": type}
     for key, value in fields.items():
         if key not in EVENT_COLUMNS:
             logger.warning("lucidic: record_event() ignores unknown field %r", key)
             continue
         clean[key] = _field_value(key, value)
-    return _record(binding, clean)
+    return clean
+
+
+def _llm_fields(provider: str, request_model: str | None, input: Any,  # noqa: A002
+                description: str | None, arguments: Any) -> dict[str, Any]:
+    return {"type": "llm", "provider": text_field(provider),
+            "request_model": text_field(request_model), "input": to_jsonable(input),
+            "description": text_field(description),
+            "arguments": None if arguments is None else to_jsonable(arguments)}
 
 
 def _field_value(key: str, value: Any) -> Any:
@@ -361,9 +374,10 @@ class LLMCall:
         _record(self._binding, fields, step_id=self._step_id)
 
 
-def start_llm_call(provider: str, *, request_model: str | None = None, input: Any = None,
+def start_llm_call(provider: str, *, request_model: str | None = None,
+                   input: Any = None,  # noqa: A002 - the field's name in the record
                    description: str | None = None,
-                   arguments: Any = None) -> LLMCall | None:  # noqa: A002
+                   arguments: Any = None) -> LLMCall | None:
     """Begin recording an LLM call in the calling context's session and step;
     None when there is no session (or a framework adapter records this call)."""
     binding = current_binding()
@@ -371,10 +385,7 @@ def start_llm_call(provider: str, *, request_model: str | None = None, input: An
         return None
     try:
         frame = step_in(binding.session_id)
-        fields = {"type": "llm", "provider": text_field(provider),
-                  "request_model": text_field(request_model), "input": to_jsonable(input),
-                  "description": text_field(description),
-                  "arguments": None if arguments is None else to_jsonable(arguments)}
+        fields = _llm_fields(provider, request_model, input, description, arguments)
         return LLMCall(binding, fields, frame.step_id if frame else None)
     except Exception as exc:  # noqa: BLE001
         record_internal_error("start_llm_call", exc)
@@ -384,46 +395,21 @@ def start_llm_call(provider: str, *, request_model: str | None = None, input: An
 @contextmanager
 def step_scope(*, action: str | None = None, state: str | None = None,
                goal: str | None = None, function_name: str | None = None) -> Iterator[str | None]:
-    """Open a step (nested in the current one) around a framework run; yields
-    its id, or None with no session. An exception escaping the block is
-    recorded on the step and re-raised unchanged."""
-    from ._api import _put
-    from ._runtime import new_id
-
-    binding = current_binding()
-    if binding is None:
+    """Open a step (nested in the current one) around a framework run and make
+    it the current step inside the block; yields its id, or None with no
+    session. An exception escaping the block is recorded on the step and
+    re-raised unchanged."""
+    handle = open_step(action=action, state=state, goal=goal, function_name=function_name)
+    if handle is None:
         yield None
         return
-    session_id = binding.session_id
-    parent = step_in(session_id)
-    step_id = new_id()
-    token = None
-    with swallow("step_scope_enter"):
-        now = time.time()
-        _put(binding, "step", step_id, {
-            "session_id": session_id, "parent_step_id": parent.step_id if parent else None,
-            "action": text_field(action), "state": text_field(state), "goal": text_field(goal),
-            "function_name": text_field(function_name), "started_at": now}, now)
-        token = current_step.set(StepFrame(session_id, step_id, parent))
-    error: BaseException | None = None
+    handle.activate()
     try:
-        yield step_id
+        yield handle.step_id
     except BaseException as exc:
-        error = exc
+        handle.end(error=exc)
         raise
-    finally:
-        if token is not None:
-            try:
-                current_step.reset(token)
-            except ValueError:
-                pass
-        with swallow("step_scope_exit"):
-            now = time.time()
-            fields: dict[str, Any] = {"session_id": session_id, "ended_at": now,
-                                      "is_finished": True}
-            if error is not None:
-                fields["error"] = text_field(f"{type(error).__name__}: {error}")
-            _put(binding, "step", step_id, fields, now)
+    handle.end()
 
 
 # -- callback-style frameworks -----------------------------------------------------------
@@ -491,15 +477,8 @@ class StepHandle:
     def record_event(self, type: str, **fields: Any) -> str | None:  # noqa: A002
         """Record a finished event in this step (see :func:`record_event`)."""
         from ._api import record_event as _record
-        from .store import EVENT_COLUMNS
 
-        clean: dict[str, Any] = {"type": type}
-        for key, value in fields.items():
-            if key not in EVENT_COLUMNS:
-                logger.warning("lucidic: record_event() ignores unknown field %r", key)
-                continue
-            clean[key] = _field_value(key, value)
-        return _record(self.binding, clean, step_id=self.step_id)
+        return _record(self.binding, _event_fields(type, fields), step_id=self.step_id)
 
     def start_llm_call(self, provider: str, *, request_model: str | None = None,
                        input: Any = None, description: str | None = None,  # noqa: A002
@@ -508,11 +487,9 @@ class StepHandle:
         suppressed (another framework records this call)."""
         if _is_suppressed():
             return None
-        fields = {"type": "llm", "provider": text_field(provider),
-                  "request_model": text_field(request_model), "input": to_jsonable(input),
-                  "description": text_field(description),
-                  "arguments": None if arguments is None else to_jsonable(arguments)}
-        return LLMCall(self.binding, fields, self.step_id)
+        return LLMCall(self.binding,
+                       _llm_fields(provider, request_model, input, description, arguments),
+                       self.step_id)
 
     def end(self, *, state: str | None = None, error: BaseException | str | None = None) -> None:
         """Finish the step (once; later calls do nothing)."""

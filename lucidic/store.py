@@ -597,7 +597,8 @@ class Store:
                 "COALESCE(SUM(output_tokens), 0) AS output_tokens, "
                 "COALESCE(SUM(cached_tokens), 0) AS cached_tokens, "
                 "COALESCE(SUM(reasoning_tokens), 0) AS reasoning_tokens, "
-                "SUM(CASE WHEN error IS NOT NULL OR type = 'error' THEN 1 ELSE 0 END) AS error_count "
+                "SUM(CASE WHEN error IS NOT NULL OR type = 'error' THEN 1 ELSE 0 END) "
+                "AS error_count "
                 f"FROM events WHERE session_id IN ({marks}) GROUP BY session_id", session_ids):
             sid = row.pop("session_id")
             totals[sid] = {**_empty_totals(), **{k: v or 0 for k, v in row.items()}}

@@ -50,7 +50,7 @@ class _StreamState:
         self.call = call
         self.accumulator = accumulator
         self.done = False
-        self.finalizer: weakref.finalize | None = None
+        self.finalizer: weakref.finalize[Any, Any] | None = None
 
     def chunk(self, chunk: Any) -> None:
         try:
@@ -85,7 +85,7 @@ def _arm(proxy: Any, state: _StreamState) -> None:
         record_internal_error("stream_finalizer", exc)
 
 
-class RecordedStream(wrapt.ObjectProxy):  # type: ignore[misc]
+class RecordedStream(wrapt.ObjectProxy):  # type: ignore[misc, type-arg]
     """A synchronous stream (iterator and context manager) being recorded."""
 
     def __init__(self, wrapped: Any, call: LLMCall, accumulator: Accumulator) -> None:
@@ -126,7 +126,7 @@ class RecordedStream(wrapt.ObjectProxy):  # type: ignore[misc]
             self._self_state.end(ABANDONED)
 
 
-class RecordedAsyncStream(wrapt.ObjectProxy):  # type: ignore[misc]
+class RecordedAsyncStream(wrapt.ObjectProxy):  # type: ignore[misc, type-arg]
     """An asynchronous stream (async iterator and context manager) being recorded."""
 
     def __init__(self, wrapped: Any, call: LLMCall, accumulator: Accumulator) -> None:
