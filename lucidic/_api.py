@@ -209,7 +209,9 @@ def _check_continuable(sink: Sink, session_id: str, agent_id: str | None) -> Non
     if state is not None and state.finished:
         raise InvalidOperationError(_finished_message(session_id))
     if state is not None and state.bindings:
-        return  # this process holds it open right now
+        # This process holds it open right now: no need to ask the backend.
+        _check_agent(session_id, state.bindings[0].agent_id, agent_id)
+        return
     try:
         info = sink.lookup_session(session_id)
     except APIKeyVerificationError:
@@ -225,7 +227,10 @@ def _check_continuable(sink: Sink, session_id: str, agent_id: str | None) -> Non
             "id, or start a new session with lai.init().")
     if info.get("is_finished"):
         raise InvalidOperationError(_finished_message(session_id))
-    owner = info.get("agent_id")
+    _check_agent(session_id, info.get("agent_id"), agent_id)
+
+
+def _check_agent(session_id: str, owner: str | None, agent_id: str | None) -> None:
     if agent_id and owner and owner != agent_id:
         raise InvalidOperationError(
             f"session {session_id!r} belongs to agent {owner!r}, not {agent_id!r}; continue "
@@ -378,7 +383,8 @@ def flush(timeout: float | None = None) -> bool:
 
 def shutdown(timeout: float | None = None) -> bool:
     """Flush and stop the background workers; what could not be delivered in
-    time is spooled for the next process. Recording later restarts them."""
+    time is spooled for the next process. What is recorded afterwards is
+    delivered by the next flush() or at exit."""
     timeout = _config.flush_timeout() if timeout is None else _number_arg("timeout", timeout)
     assert timeout is not None
     return runtime.shutdown_all(timeout)

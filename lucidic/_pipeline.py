@@ -39,7 +39,6 @@ class _FlushRequest:
 class PipelineStats:
     delivered: int = 0
     spooled: int = 0
-    replayed_segments: int = 0
     delivery_failures: int = 0
     lost: int = 0  # only when the spool itself cannot be written
 
@@ -129,7 +128,13 @@ class Pipeline:
         if not self.running:
             if not self._queue and not self.spool.has_own_pending():
                 return True
-            self.start()
+            try:
+                self.start()
+            except RuntimeError:
+                # No new threads at interpreter shutdown (Python 3.12+): deliver
+                # from this thread instead.
+                self._cycle()
+                return not self._queue and not self.spool.has_own_pending()
         request = _FlushRequest(fail_fast)
         self._queue.append(request)
         self._wake.set()

@@ -34,7 +34,6 @@ class Spool:
         # thread is inside append().
         self._lock = threading.RLock()
         self._writer: IO[bytes] | None = None
-        self._writer_path: Path | None = None
         self._writer_bytes = 0
         self._own: set[Path] = set()
         self._tag = f"{os.getpid()}-{secrets.token_hex(4)}"
@@ -68,7 +67,7 @@ class Spool:
         path = self.directory / f"{time.time_ns():020d}-{self._tag}-{self._counter}.jsonl"
         writer = open(path, "ab")  # noqa: SIM115 - kept open across calls on purpose
         fcntl.flock(writer.fileno(), fcntl.LOCK_EX)
-        self._writer, self._writer_path, self._writer_bytes = writer, path, 0
+        self._writer, self._writer_bytes = writer, 0
         self._own.add(path)
         return writer
 
@@ -77,7 +76,6 @@ class Spool:
             self._writer.flush()
             self._writer.close()  # releases the lock: the segment is now replayable
             self._writer = None
-            self._writer_path = None
 
     def close(self) -> None:
         with self._lock:
@@ -164,7 +162,6 @@ class Spool:
         if self._writer is not None:
             self._writer.close()
         self._writer = None
-        self._writer_path = None
         self._own = set()
         self._tag = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._counter = 0

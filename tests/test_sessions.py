@@ -229,3 +229,30 @@ def test_init_with_an_existing_custom_id_refuses():
     lai.detach()
     with pytest.raises(InvalidOperationError, match="already exists"):
         lai.init(session_id="custom-1")
+
+
+def test_continuing_in_another_thread_of_the_same_process_still_checks_the_agent():
+    import threading
+
+    sid = lai.init(agent_id="planner")
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            with lai.continued(sid, agent_id="executor"):
+                pass
+        except InvalidOperationError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert len(errors) == 1 and "belongs to agent 'planner'" in str(errors[0])
+
+
+def test_shutdown_stops_the_workers_and_a_later_flush_still_delivers(store):
+    sid = lai.init()
+    assert lai.shutdown(timeout=5)
+    lai.create_event(description="after shutdown")
+    assert lai.flush(timeout=5)
+    assert store.session_tree(sid)["event_count"] == 1
