@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import closing
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -237,11 +238,8 @@ def _server(args: argparse.Namespace) -> int:
 
 
 def _keys_create(args: argparse.Namespace) -> int:
-    store = _open_accounts(args)
-    try:
+    with closing(_open_accounts(args)) as store:
         info, key = store.create_api_key(args.project, args.label)
-    finally:
-        store.close()
     print(f"project: {info['project']}")
     print(f"key id:  {info['id']} (for `lucidic keys revoke`)")
     print("the key, shown this once (only its hash is kept); set it as LUCIDIC_API_KEY:")
@@ -250,11 +248,8 @@ def _keys_create(args: argparse.Namespace) -> int:
 
 
 def _keys_list(args: argparse.Namespace) -> int:
-    store = _open_accounts(args)
-    try:
+    with closing(_open_accounts(args)) as store:
         keys = store.list_api_keys(args.project)
-    finally:
-        store.close()
     if args.json:
         print(json.dumps(keys, indent=2))
         return 0
@@ -269,11 +264,8 @@ def _keys_list(args: argparse.Namespace) -> int:
 
 
 def _keys_revoke(args: argparse.Namespace) -> int:
-    store = _open_accounts(args)
-    try:
+    with closing(_open_accounts(args)) as store:
         found = store.revoke_api_key(args.key_id)
-    finally:
-        store.close()
     if not found:
         print(f"lucidic: no API key with id {args.key_id!r} (see `lucidic keys list`)",
               file=sys.stderr)
