@@ -229,7 +229,7 @@ _suppressed: contextvars.ContextVar[str | Suppression | None] = contextvars.Cont
 
 def _is_suppressed() -> bool:
     value = _suppressed.get()
-    return value is not None and (not isinstance(value, Suppression) or value.active)
+    return value is not None and (not isinstance(value, Suppression) or value.in_force())
 
 
 def in_session() -> bool:
@@ -424,14 +424,25 @@ def step_scope(*, action: str | None = None, state: str | None = None,
 class Suppression:
     """An LLM-call suppression begun in one callback and ended in another
     (see :func:`begin_suppressing_llm_calls`). Once ended it suppresses
-    nothing, even in a context where its ContextVar value could not be reset."""
+    nothing, even in a context where its ContextVar value could not be reset.
 
-    __slots__ = ("_token", "active", "by")
+    ``active`` may also be switched on and off while it is set: a framework
+    that sets it (inactive) around a whole run, where it reaches every task
+    the run starts, switches it on for each model call only."""
 
-    def __init__(self, by: str) -> None:
+    __slots__ = ("_outer", "_token", "active", "by")
+
+    def __init__(self, by: str, *, active: bool = True) -> None:
         self.by = by
-        self.active = True
+        self.active = active
+        self._outer = _suppressed.get()
         self._token: contextvars.Token[str | Suppression | None] | None = _suppressed.set(self)
+
+    def in_force(self) -> bool:
+        """True while it is active, or the suppression it was set inside is."""
+        outer = self._outer
+        return self.active or (outer is not None
+                               and (not isinstance(outer, Suppression) or outer.in_force()))
 
     def end(self) -> None:
         """Stop suppressing (idempotent; callable from any context)."""
@@ -444,11 +455,15 @@ class Suppression:
                 pass  # ended from another context: inactive is enough there
 
 
-def begin_suppressing_llm_calls(by: str) -> Suppression:
+def begin_suppressing_llm_calls(by: str, *, active: bool = True) -> Suppression:
     """Like :func:`suppress_llm_calls`, for frameworks whose model call starts
     and ends in separate callbacks: call ``end()`` on the result when the
-    model call is over."""
-    return Suppression(by)
+    model call is over.
+
+    With ``active=False`` it suppresses nothing until its ``active`` is set:
+    for frameworks that make a model call in a task other than the one whose
+    hook sees the call (set it around the run, switch it on in the hook)."""
+    return Suppression(by, active=active)
 
 
 class StepHandle:

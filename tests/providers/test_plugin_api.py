@@ -130,3 +130,31 @@ def test_providers_activate_through_continued_and_session():
             assert plugins.get_adapter("anthropic").instrumented
         with lai.session("s", providers=["openai"]):
             assert plugins.get_adapter("openai").instrumented
+
+
+def test_a_suppression_begun_switched_off_suppresses_only_while_switched_on():
+    with capture() as captured:
+        lai.init("gate")
+        gate = plugins.begin_suppressing_llm_calls("framework", active=False)
+        try:
+            plugins.start_llm_call("p", request_model="recorded").finish()
+            gate.active = True
+            assert plugins.start_llm_call("p", request_model="suppressed") is None
+            gate.active = False
+            plugins.start_llm_call("p", request_model="recorded again").finish()
+        finally:
+            gate.end()
+    assert [e["request_model"] for e in captured.events("llm")] == ["recorded",
+                                                                    "recorded again"]
+
+
+def test_an_outer_suppression_stays_in_force_inside_an_inner_one():
+    with capture() as captured:
+        lai.init("nested suppressions")
+        with plugins.suppress_llm_calls("outer"):
+            inner = plugins.begin_suppressing_llm_calls("inner", active=False)
+            assert plugins.start_llm_call("p") is None
+            inner.end()
+            assert plugins.start_llm_call("p") is None
+        plugins.start_llm_call("p", request_model="after").finish()
+    assert [e["request_model"] for e in captured.events("llm")] == ["after"]

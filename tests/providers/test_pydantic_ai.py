@@ -8,11 +8,18 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from _cassettes import expected_cost, replay, request_body, response_json, shared_path
+from _cassettes import (
+    expected_cost,
+    replay,
+    request_body,
+    response_events,
+    response_json,
+    shared_path,
+)
 from _framework_helpers import chain_of_actions, only, steps_by_action
 from pydantic_ai import Agent
 from pydantic_ai.messages import ModelResponse, TextPart, ToolCallPart
-from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.models.function import AgentInfo, DeltaToolCall, FunctionModel
 from pydantic_ai.models.test import TestModel
 
 import lucidic as lai
@@ -22,6 +29,7 @@ from lucidic.testing import capture
 pytestmark = pytest.mark.usefixtures("restore_adapters")
 
 CHAT = "openai/chat.yaml"
+CHAT_STREAMING = "openai/chat_async_streaming.yaml"
 
 
 def weather_agent(model=None) -> Agent:
@@ -139,6 +147,204 @@ def test_with_the_openai_adapter_active_one_request_is_recorded_once():
         with replay(path):
             openai_agent().run_sync(prompt)
     assert only(captured.events("llm"))["input_tokens"] == 15
+
+
+# -- streamed runs ------------------------------------------------------------------------
+
+WORDS = ["It ", "is ", "cloudy ", "in ", "Paris."]
+
+
+async def stream_weather(messages, info: AgentInfo):
+    """Streams a tool call first, then the answer word by word."""
+    if len(messages) == 1:
+        yield {0: DeltaToolCall(name="get_weather", json_args='{"city": "Paris"}',
+                                tool_call_id="call-1")}
+        return
+    for word in WORDS:
+        yield word
+
+
+def streaming_weather_agent() -> Agent:
+    return weather_agent(FunctionModel(stream_function=stream_weather))
+
+
+def assert_streamed_weather_run(captured):
+    run = only(captured.steps())
+    assert run["action"] == "agent run: weather" and run["is_finished"]
+    assert run["error"] is None
+    asked, answered = captured.events("llm")
+    assert asked["step_id"] == answered["step_id"] == run["id"]
+    assert asked["request_model"] == asked["model"] == "function::stream_weather"
+    assert asked["output"]["tool_calls"] == [
+        {"id": "call-1", "name": "get_weather", "arguments": '{"city": "Paris"}'}]
+    assert answered["output"] == {"role": "assistant", "content": "".join(WORDS)}
+    assert answered["input"][-1] == {"role": "tool", "name": "get_weather",
+                                     "tool_call_id": "call-1", "content": "cloudy in Paris"}
+    assert asked["result"] is None and answered["result"] is None
+    assert asked["error"] is None and answered["error"] is None
+    tool = only(captured.events("tool"))
+    assert tool["step_id"] == run["id"] and tool["output"] == "cloudy in Paris"
+
+
+def test_a_streamed_run_records_one_run_step_with_each_streamed_request():
+    async def main():
+        async with streaming_weather_agent().run_stream("weather in Paris?") as result:
+            return [text async for text in result.stream_text(delta=True, debounce_by=None)]
+
+    with capture() as captured:
+        lai.init("streamed", providers=["pydantic_ai"])
+        chunks = asyncio.run(main())
+    assert "".join(chunks) == "".join(WORDS)
+    assert_streamed_weather_run(captured)
+
+
+def test_a_run_driven_through_iter_streaming_each_node_records_the_same():
+    async def main():
+        async with streaming_weather_agent().iter("weather in Paris?") as run:
+            async for node in run:
+                if Agent.is_model_request_node(node):
+                    async with node.stream(run.ctx) as events:
+                        async for _ in events:
+                            pass
+        return run.result.output
+
+    with capture() as captured:
+        lai.init("iter", providers=["pydantic_ai"])
+        assert asyncio.run(main()) == "".join(WORDS)
+    assert_streamed_weather_run(captured)
+
+
+def test_a_run_driven_through_iter_node_by_node_records_the_same():
+    async def main():
+        async with weather_agent().iter("weather?") as run:
+            async for _ in run:
+                pass
+        return run.result.output
+
+    with capture() as captured:
+        lai.init("iter", providers=["pydantic_ai"])
+        output = asyncio.run(main())
+    run = only(captured.steps())
+    first, second = captured.events("llm")
+    assert first["step_id"] == second["step_id"] == only(captured.events("tool"))["step_id"] \
+        == run["id"]
+    assert second["output"]["content"] == output
+
+
+def test_a_streamed_run_left_early_records_what_arrived_and_says_so():
+    async def words(messages, info: AgentInfo):
+        for word in WORDS:
+            yield word
+
+    async def main():
+        agent = Agent(FunctionModel(stream_function=words), name="talker")
+        async with agent.run_stream("go") as result:
+            async for text in result.stream_text(delta=True, debounce_by=None):
+                return text
+
+    with capture() as captured:
+        lai.init("left early", providers=["pydantic_ai"])
+        assert asyncio.run(main()) == WORDS[0]
+    run = only(captured.steps())
+    assert run["is_finished"]
+    event = only(captured.events("llm"))
+    assert event["step_id"] == run["id"]
+    assert event["output"]["content"] == WORDS[0]
+    assert event["result"] == "stream closed before its end"
+
+
+def streaming_openai_agent() -> Agent:
+    from pydantic_ai.models.openai import OpenAIChatModel
+    from pydantic_ai.providers.openai import OpenAIProvider
+
+    body = request_body(shared_path(CHAT_STREAMING))
+    model = OpenAIChatModel(body["model"], provider=OpenAIProvider(api_key="sk-test"))
+    return Agent(model, name="joker")
+
+
+def recorded_stream_text(path) -> str:
+    return "".join(chunk["choices"][0]["delta"].get("content") or ""
+                   for chunk in response_events(path) if chunk["choices"])
+
+
+def assert_streamed_joke_event(event, path):
+    chunks = response_events(path)
+    assert event["provider"] == "openai" and event["description"] == "pydantic_ai openai"
+    assert event["request_model"] == request_body(path)["model"] == "gpt-3.5-turbo"
+    assert event["model"] == chunks[0]["model"] == "gpt-3.5-turbo-0125"
+    assert event["input"] == request_body(path)["messages"]
+    assert event["output"]["content"] == recorded_stream_text(path)
+    # the recording was made without stream_options.include_usage: no usage came back
+    assert not any(chunk.get("usage") for chunk in chunks)
+    assert event["input_tokens"] is None and event["output_tokens"] is None
+    assert event["cost"] is None and event["error"] is None
+
+
+@pytest.mark.parametrize("how", ["run_stream", "iter"])
+def test_a_streamed_openai_run_with_the_openai_adapter_active_is_recorded_once(how):
+    path = shared_path(CHAT_STREAMING)
+    prompt = request_body(path)["messages"][0]["content"]
+
+    async def main():
+        agent = streaming_openai_agent()
+        if how == "run_stream":
+            async with agent.run_stream(prompt) as result:
+                return await result.get_output()
+        async with agent.iter(prompt) as run:
+            async for node in run:
+                if Agent.is_model_request_node(node):
+                    async with node.stream(run.ctx) as events:
+                        async for _ in events:
+                            pass
+        return run.result.output
+
+    with capture() as captured:
+        lai.init("both", providers=["openai", "pydantic_ai"])
+        with replay(path):
+            assert asyncio.run(main()) == recorded_stream_text(path)
+    event = only(captured.events("llm"))
+    assert_streamed_joke_event(event, path)
+    assert event["step_id"] == only(captured.steps())["id"]
+    # the same run with the openai adapter alone: that adapter does see this call
+    plugins.get_adapter("pydantic_ai").uninstrument()
+    with capture() as captured:
+        lai.init("openai only", providers=["openai"])
+        with replay(path):
+            asyncio.run(main())
+    event = only(captured.events("llm"))
+    assert event["description"] != "pydantic_ai openai"
+    assert event["output"]["content"] == recorded_stream_text(path)
+
+
+def test_a_call_a_tool_makes_during_a_streamed_run_is_the_openai_adapters_to_record():
+    import openai
+
+    path = shared_path(CHAT)
+    body = request_body(path)
+    agent = Agent(FunctionModel(stream_function=stream_weather), name="weather")
+
+    @agent.tool_plain
+    def get_weather(city: str) -> str:
+        """The weather in a city, asked of another model."""
+        client = openai.OpenAI(api_key="sk-test", max_retries=0)
+        return client.chat.completions.create(**body).choices[0].message.content
+
+    async def main():
+        async with agent.run_stream("weather in Paris?") as result:
+            await result.get_output()
+        # after the run, in the same task: recorded again, outside any step
+        openai.OpenAI(api_key="sk-test", max_retries=0).chat.completions.create(**body)
+
+    with capture() as captured:
+        lai.init("tool calls openai", providers=["openai", "pydantic_ai"])
+        with replay(path, allow_repeats=True):
+            asyncio.run(main())
+    run = only(captured.steps())
+    by_tool, after = [e for e in captured.events("llm") if e["provider"] == "openai"]
+    assert by_tool["step_id"] == run["id"] and by_tool["description"] != "pydantic_ai openai"
+    assert by_tool["output"]["content"] == response_json(path)["choices"][0]["message"]["content"]
+    assert after["step_id"] is None
+    assert [e["provider"] for e in captured.events("llm")].count("function") == 2
 
 
 def test_an_agent_run_inside_a_tool_nests_in_the_calling_run():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import time
 from dataclasses import KW_ONLY, dataclass
 from typing import Any
@@ -10,6 +11,15 @@ from pydantic_ai.capabilities import AbstractCapability
 
 from lucidic import plugins
 from lucidic._internal import swallow
+from lucidic.streams import ABANDONED
+
+# The current run's suppression of provider adapters, switched on while one of
+# its model requests is in flight. pydantic-ai hands what wrap_run sets to the
+# caller's task, where the run's graph executes and where a streamed request
+# opens its stream, while wrap_model_request runs in a task of its own: a
+# suppression set only there would miss the streamed request's HTTP call.
+_run_suppression: contextvars.ContextVar[plugins.Suppression | None] = contextvars.ContextVar(
+    "lucidic_pydantic_ai_run_suppression", default=None)
 
 _SETTINGS = ("temperature", "max_tokens", "top_p", "seed", "stop_sequences",
              "presence_penalty", "frequency_penalty", "parallel_tool_calls")
@@ -29,7 +39,13 @@ class LucidicCapability(AbstractCapability[Any]):
     async def wrap_run(self, ctx: Any, *, handler: Any) -> Any:
         name = getattr(getattr(ctx, "agent", None), "name", None) or "agent"
         with plugins.step_scope(action=f"agent run: {name}", function_name=name):
-            return await handler()
+            suppression = plugins.begin_suppressing_llm_calls("pydantic_ai", active=False)
+            token = _run_suppression.set(suppression)
+            try:
+                return await handler()
+            finally:
+                _run_suppression.reset(token)
+                suppression.end()
 
     async def wrap_model_request(self, ctx: Any, *, request_context: Any, handler: Any) -> Any:
         call: plugins.LLMCall | None = None
@@ -48,13 +64,20 @@ class LucidicCapability(AbstractCapability[Any]):
                 arguments=arguments or None)
         if call is None:
             return await handler(request_context)
-        # Recorded here: the provider adapter below stays quiet for this request.
+        # Recorded here: the provider adapter below stays quiet for this request,
+        # in this task and in the run's (where a streamed request is opened).
+        run_suppression = _run_suppression.get()
+        if run_suppression is not None:
+            run_suppression.active = True
         with plugins.suppress_llm_calls("pydantic_ai"):
             try:
                 response = await handler(request_context)
             except BaseException as exc:
                 call.fail(exc)
                 raise
+            finally:
+                if run_suppression is not None:
+                    run_suppression.active = False
         with swallow("pydantic_ai_model_request_end"):
             call.finish(**_response_fields(response))
         return response
@@ -142,7 +165,15 @@ def _response_fields(response: Any) -> dict[str, Any]:
     details = getattr(usage, "details", None) or {}
     fields: dict[str, Any] = {"model": getattr(response, "model_name", None),
                               "output": _response_message(response)}
-    if usage is not None:
+    state = getattr(response, "state", "complete")
+    if state == "incomplete":  # a streamed response its consumer stopped reading
+        fields["result"] = ABANDONED
+    elif state == "interrupted":
+        fields["result"] = "response interrupted"
+    # A stream whose API sent no usage (chat completions without
+    # stream_options.include_usage) leaves pydantic-ai's counts at zero:
+    # unknown, not free.
+    if usage is not None and (usage.input_tokens or usage.output_tokens):
         fields.update(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
                       cached_tokens=getattr(usage, "cache_read_tokens", None),
                       reasoning_tokens=details.get("reasoning_tokens"))
