@@ -6,12 +6,20 @@ handoff."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from _cassettes import expected_cost, replay, request_body, response_json, shared_path
+from _cassettes import (
+    expected_cost,
+    replay,
+    request_body,
+    response_events,
+    response_json,
+    shared_path,
+)
 from _framework_helpers import chain_of_actions, only, steps_by_action
-from agents import Agent, Runner, function_tool, set_trace_processors
+from agents import Agent, RunConfig, Runner, function_tool, set_trace_processors
 from agents.models.openai_responses import OpenAIResponsesModel
 from agents.tracing import TracingProcessor, get_trace_provider
 from openai import AsyncOpenAI
@@ -24,6 +32,7 @@ pytestmark = pytest.mark.usefixtures("restore_adapters")
 
 WEATHER = "openai_agents/agent_function_tool.yaml"
 HANDOFF = "openai_agents/agent_handoff.yaml"
+STORY = "openai/responses_streaming.yaml"
 
 
 class Recorder(TracingProcessor):
@@ -52,8 +61,8 @@ def own_processor():
     set_trace_processors(list(saved))
 
 
-def model() -> OpenAIResponsesModel:
-    return OpenAIResponsesModel(model="gpt-4.1",
+def model(name: str = "gpt-4.1") -> OpenAIResponsesModel:
+    return OpenAIResponsesModel(model=name,
                                 openai_client=AsyncOpenAI(api_key="sk-test", max_retries=0))
 
 
@@ -78,6 +87,8 @@ def expected_llm(path, index):
 def assert_llm(event, path, index):
     recorded, usage = expected_llm(path, index)
     assert event["provider"] == "openai"
+    # the model the request asked for, and the one that answered
+    assert event["request_model"] == request_body(path, index)["model"] == "gpt-4.1"
     assert event["model"] == recorded["model"] == "gpt-4.1-2025-04-14"
     assert event["input_tokens"] == usage["input_tokens"]
     assert event["output_tokens"] == usage["output_tokens"]
@@ -178,6 +189,48 @@ def test_with_the_openai_adapter_active_each_model_call_is_recorded_once():
     assert [e["input_tokens"] for e in captured.events("llm")] == [72, 101]
 
 
+def test_the_requested_model_is_the_one_the_run_config_puts_in_place_of_the_agents():
+    path = shared_path(WEATHER)
+    agent = weather_agent()
+    agent.model = "o3"  # overridden by the run config below: not what is asked for
+    with capture() as captured:
+        lai.init("run config", providers=["openai_agents"])
+        with replay(path):
+            Runner.run_sync(agent, "What is the weather in London?",
+                            run_config=RunConfig(model=model("gpt-4.1")))
+    assert [e["request_model"] for e in captured.events("llm")] == ["gpt-4.1", "gpt-4.1"]
+
+
+def test_a_streamed_run_records_its_model_call_once_with_the_requested_model():
+    path = shared_path(STORY)
+    body = request_body(path)
+    completed = response_events(path)[-1]["response"]
+    usage = completed["usage"]
+    agent = Agent(name="storyteller", model=model(body["model"]))
+
+    async def main():
+        result = Runner.run_streamed(agent, body["input"])
+        async for _ in result.stream_events():
+            pass
+        return result.final_output
+
+    with capture() as captured:
+        lai.init("streamed", providers=["openai", "openai_agents"])
+        with replay(path):
+            output = asyncio.run(main())
+    event = only(captured.events("llm"))
+    assert event["description"] == "openai_agents response"
+    assert event["request_model"] == body["model"] == "gpt-4.1-nano"
+    assert event["model"] == completed["model"] == "gpt-4.1-nano-2025-04-14"
+    assert (event["input_tokens"], event["output_tokens"]) == (usage["input_tokens"],
+                                                               usage["output_tokens"])
+    assert event["cost"] == pytest.approx(expected_cost(
+        "openai", completed["model"], usage["input_tokens"], usage["output_tokens"]))
+    assert event["output"][0]["content"][0]["text"] == output
+    assert event["input"] == [{"role": "user", "content": body["input"]}]
+    assert event["step_id"] == steps_by_action(captured)["agent: storyteller"]["id"]
+
+
 def test_runs_in_tasks_and_executors_inside_continued_land_in_that_session():
     path = shared_path(WEATHER)
     with capture() as captured:
@@ -242,11 +295,20 @@ def test_a_fault_in_the_adapter_never_breaks_the_users_run(monkeypatch):
 def test_added_beside_the_sdks_processors_and_uninstrument_restores_them(own_processor):
     multi = get_trace_provider()._multi_processor
     before = multi._processors
+    methods = {name: vars(OpenAIResponsesModel)[name]
+               for name in ("get_response", "stream_response")}
     adapter = plugins.get_adapter("openai_agents")
     adapter.instrument()
     adapter.instrument()
     assert multi._processors[:-1] == before and len(multi._processors) == len(before) + 1
+    for name, original in methods.items():
+        patched = vars(OpenAIResponsesModel)[name]
+        assert patched is not original and patched.__wrapped__ is original
+    assert inspect.iscoroutinefunction(OpenAIResponsesModel.get_response)
+    assert inspect.isasyncgenfunction(OpenAIResponsesModel.stream_response)
     adapter.uninstrument()
     adapter.uninstrument()
     assert multi._processors == before
     assert all(a is b for a, b in zip(multi._processors, before, strict=True))
+    assert all(vars(OpenAIResponsesModel)[name] is original
+               for name, original in methods.items())

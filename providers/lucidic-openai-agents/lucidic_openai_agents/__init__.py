@@ -6,7 +6,9 @@ they run, so a handoff's agent follows the one that handed off, and an agent
 run as a tool nests in the agent that called it), function tools become
 ``tool`` events, handoffs and guardrails become ``generic`` events and model
 calls become ``llm`` events. The model call is recorded here, once: while it
-is in flight the ``openai`` provider adapter is suppressed.
+is in flight the ``openai`` provider adapter is suppressed. Responses API
+spans do not name the model asked for, so ``OpenAIResponsesModel``'s
+``get_response`` and ``stream_response`` are wrapped to supply it.
 
 The SDK sends nothing to processors when its tracing is disabled
 (``OPENAI_AGENTS_DISABLE_TRACING``, ``set_tracing_disabled(True)`` or

@@ -8,6 +8,7 @@ adapter covers exactly that call.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import threading
 import time
@@ -21,6 +22,13 @@ try:
     from agents.tracing import TracingProcessor
 except ImportError:  # pragma: no cover - the adapter checks the library first
     TracingProcessor = object  # type: ignore[misc,assignment]
+
+
+# The model a Responses API call asks for. Its span does not carry it, so the
+# adapter sets it around OpenAIResponsesModel.get_response / stream_response,
+# inside which the call's response span starts (see _adapter.py).
+requested_model: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "lucidic_openai_agents_requested_model", default=None)
 
 
 @dataclass
@@ -69,7 +77,9 @@ class LucidicTracingProcessor(TracingProcessor):  # type: ignore[misc]
                 step.activate()
                 opened.step = step
             elif kind in ("response", "generation"):
-                model = getattr(data, "model", None)  # generation spans name it up front
+                # generation spans name it up front; response spans do not
+                model = getattr(data, "model", None) or (
+                    requested_model.get() if kind == "response" else None)
                 call = plugins.start_llm_call("openai", request_model=model,
                                               description=f"openai_agents {kind}")
                 if call is None:
