@@ -276,6 +276,109 @@ def test_refusal_is_recorded_with_its_stop_reason():
     assert_usage(event, recorded)
 
 
+# -- beta.messages: the same /v1/messages endpoint, so the same recordings --------------
+
+def test_beta_messages_create_is_recorded_like_messages_create():
+    from anthropic.types.beta import BetaMessage
+
+    path = shared_path("anthropic/messages_create.yaml")
+    body = request_body(path)
+    recorded = response_json(path)
+    sent = []
+    beta_client = anthropic.Anthropic(
+        api_key="sk-ant-test", max_retries=0,
+        http_client=anthropic.DefaultHttpxClient(event_hooks={"request": [sent.append]}))
+    with capture() as captured, replay(path):
+        lai.init(providers=["anthropic"])
+        message = beta_client.beta.messages.create(**body)
+    # beta.messages posts to the same endpoint the recording was made against
+    (request,) = sent
+    assert (request.method, request.url.path) == ("POST", "/v1/messages")
+    assert isinstance(message, BetaMessage)
+    assert message.content[0].text == recorded["content"][0]["text"]
+    event = only_llm_event(captured)
+    assert_usage(event, recorded)
+    assert event["description"] == "anthropic beta.messages"
+    assert event["request_model"] == body["model"]
+    assert event["input"] == body["messages"]
+    assert event["output"] == {"role": "assistant", "content": recorded["content"][0]["text"],
+                               "finish_reason": "end_turn"}
+
+
+def test_async_beta_messages_create_with_tools_is_recorded():
+    path = shared_path("anthropic/messages_tools.yaml")
+    body = request_body(path)
+    recorded = response_json(path)
+
+    async def main():
+        lai.init(providers=["anthropic"])
+        return await async_client().beta.messages.create(**body)
+
+    with capture() as captured, replay(path):
+        message = asyncio.run(main())
+    assert message.stop_reason == "tool_use"
+    event = only_llm_event(captured)
+    assert_usage(event, recorded)
+    assert event["description"] == "anthropic beta.messages"
+    assert [t["name"] for t in event["output"]["tool_calls"]] == ["get_weather", "get_time"]
+
+
+@pytest.mark.parametrize("how", ["stream=True", "stream()", "async stream()"])
+def test_beta_streams_are_recorded_when_they_end(how):
+    path = shared_path("anthropic/messages_streaming.yaml")
+    body = request_body(path)
+    helper_body = {k: v for k, v in body.items() if k != "stream"}
+
+    async def async_helper():
+        async with async_client().beta.messages.stream(**helper_body) as stream:
+            return await stream.get_final_text()
+
+    with capture() as captured, replay(path):
+        lai.init(providers=["anthropic"])
+        if how == "stream=True":
+            stream = client().beta.messages.create(**body)
+            assert isinstance(stream, anthropic.Stream)
+            text = "".join(e.delta.text for e in stream if e.type == "content_block_delta")
+        elif how == "stream()":
+            with client().beta.messages.stream(**helper_body) as stream:
+                text = "".join(stream.text_stream)
+        else:
+            text = asyncio.run(async_helper())
+    assert text == _streamed(path)[1]
+    event = only_llm_event(captured)
+    assert_streamed_event(event, path)
+    assert event["description"] == "anthropic beta.messages"
+
+
+def test_the_beta_tool_runner_is_recorded_through_beta_messages():
+    from anthropic import beta_tool
+
+    path = shared_path("anthropic/messages_tools.yaml")
+    body = request_body(path)
+
+    @beta_tool
+    def get_weather(location: str, unit: str = "fahrenheit") -> str:
+        """The weather in a location."""
+        return "sunny"
+
+    @beta_tool
+    def get_time(timezone: str) -> str:
+        """The time in a timezone."""
+        return "noon"
+
+    with capture() as captured, replay(path):
+        lai.init(providers=["anthropic"])
+        runner = client().beta.messages.tool_runner(
+            model=body["model"], max_tokens=body["max_tokens"], messages=body["messages"],
+            tools=[get_weather, get_time], max_iterations=1)
+        (message,) = list(runner)
+    event = only_llm_event(captured)
+    assert event["description"] == "anthropic beta.messages"
+    assert_usage(event, response_json(path))
+    assert [t["id"] for t in event["output"]["tool_calls"]] == [
+        block.id for block in message.content if block.type == "tool_use"]
+
+
 def test_calls_in_threads_executors_and_tasks_land_in_the_continued_session():
     path = shared_path("anthropic/messages_create.yaml")
     body = request_body(path)

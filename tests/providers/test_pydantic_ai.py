@@ -316,6 +316,44 @@ def test_a_streamed_openai_run_with_the_openai_adapter_active_is_recorded_once(h
     assert event["output"]["content"] == recorded_stream_text(path)
 
 
+@pytest.mark.parametrize("recording, streamed", [("anthropic/messages_create.yaml", False),
+                                                  ("anthropic/messages_streaming.yaml", True)])
+def test_the_anthropic_model_with_the_anthropic_adapter_active_is_recorded_once(recording,
+                                                                                 streamed):
+    pytest.importorskip("anthropic")
+    from pydantic_ai.models.anthropic import AnthropicModel
+    from pydantic_ai.providers.anthropic import AnthropicProvider
+
+    path = shared_path(recording)
+    body = request_body(path)
+
+    async def main():
+        # pydantic-ai's Anthropic model calls client.beta.messages
+        agent = Agent(AnthropicModel(body["model"],
+                                     provider=AnthropicProvider(api_key="sk-ant-test")),
+                      name="joker")
+        prompt = body["messages"][0]["content"]
+        if streamed:
+            async with agent.run_stream(prompt) as result:
+                return await result.get_output()
+        return (await agent.run(prompt)).output
+
+    with capture() as captured:
+        lai.init("both", providers=["anthropic", "pydantic_ai"])
+        with replay(path):
+            asyncio.run(main())
+    event = only(captured.events("llm"))
+    assert event["description"] == "pydantic_ai anthropic"
+    assert event["request_model"] == event["model"] == body["model"]
+    assert event["input_tokens"] == 17 and event["output_tokens"] > 0
+    plugins.get_adapter("pydantic_ai").uninstrument()
+    with capture() as captured:
+        lai.init("anthropic only", providers=["anthropic"])
+        with replay(path):
+            asyncio.run(main())
+    assert only(captured.events("llm"))["description"] == "anthropic beta.messages"
+
+
 def test_a_call_a_tool_makes_during_a_streamed_run_is_the_openai_adapters_to_record():
     import openai
 

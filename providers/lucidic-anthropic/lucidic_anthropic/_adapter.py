@@ -1,5 +1,6 @@
-"""The Anthropic adapter: patches the client library's messages resource so
-that each call made with a current Lucidic session becomes one "llm" event."""
+"""The Anthropic adapter: patches the client library's messages resources
+(``messages`` and ``beta.messages``) so that each call made with a current
+Lucidic session becomes one "llm" event."""
 
 from __future__ import annotations
 
@@ -14,19 +15,22 @@ from lucidic.streams import RecordedAsyncStream, RecordedStream
 from . import _extract
 
 PROVIDER = "anthropic"
+MESSAGES = "anthropic messages"
+BETA_MESSAGES = "anthropic beta.messages"
 
-#: The request of a ``messages.stream()`` call being built: the manager it
-#: constructs picks it up, so that its request is recorded when it is entered.
-_pending_stream: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
-    "lucidic_anthropic_pending_stream", default=None)
+#: The request of a ``messages.stream()`` call being built, and its
+#: description: the manager it constructs picks it up, so that its request is
+#: recorded when it is entered.
+_pending_stream: contextvars.ContextVar[tuple[dict[str, Any], str] | None] = (
+    contextvars.ContextVar("lucidic_anthropic_pending_stream", default=None))
 
 
-def _start(kwargs: dict[str, Any]) -> LLMCall | None:
+def _start(kwargs: dict[str, Any], description: str) -> LLMCall | None:
     try:
         return start_llm_call(PROVIDER, request_model=kwargs.get("model"),
                               input=_extract.messages_input(kwargs),
                               arguments=_extract.arguments(kwargs),
-                              description="anthropic messages")
+                              description=description)
     except Exception as exc:  # noqa: BLE001 - recording never breaks the call
         record_internal_error("anthropic_request", exc)
         return None
@@ -36,11 +40,12 @@ def _outcome(call: LLMCall, result: Any, asynchronous: bool) -> Any:
     try:
         from anthropic import AsyncStream, Stream
         from anthropic.types import Message
+        from anthropic.types.beta import BetaMessage
 
         if isinstance(result, (Stream, AsyncStream)):
             proxy = RecordedAsyncStream if asynchronous else RecordedStream
             return proxy(result, call, _extract.MessageEvents())
-        if not isinstance(result, Message):
+        if not isinstance(result, (Message, BetaMessage)):
             call.finish()  # a raw or streaming response wrapper: not read here
             return result
         fields = _extract.message_result(result)
@@ -52,50 +57,62 @@ def _outcome(call: LLMCall, result: Any, asynchronous: bool) -> Any:
     return result
 
 
-def _create(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if not in_session():
-        return wrapped(*args, **kwargs)
-    call = _start(kwargs)
-    if call is None:
-        return wrapped(*args, **kwargs)
-    try:
-        result = wrapped(*args, **kwargs)
-    except BaseException as exc:
-        call.fail(exc)
-        raise
-    return _outcome(call, result, asynchronous=False)
+def _create(description: str) -> Callable[..., Any]:
+    def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> Any:
+        if not in_session():
+            return wrapped(*args, **kwargs)
+        call = _start(kwargs, description)
+        if call is None:
+            return wrapped(*args, **kwargs)
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        return _outcome(call, result, asynchronous=False)
+
+    return wrapper
 
 
-async def _acreate(wrapped: Any, instance: Any, args: tuple[Any, ...],
-                   kwargs: dict[str, Any]) -> Any:
-    if not in_session():
-        return await wrapped(*args, **kwargs)
-    call = _start(kwargs)
-    if call is None:
-        return await wrapped(*args, **kwargs)
-    try:
-        result = await wrapped(*args, **kwargs)
-    except BaseException as exc:
-        call.fail(exc)
-        raise
-    return _outcome(call, result, asynchronous=True)
+def _acreate(description: str) -> Callable[..., Any]:
+    async def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...],
+                      kwargs: dict[str, Any]) -> Any:
+        if not in_session():
+            return await wrapped(*args, **kwargs)
+        call = _start(kwargs, description)
+        if call is None:
+            return await wrapped(*args, **kwargs)
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        return _outcome(call, result, asynchronous=True)
+
+    return wrapper
 
 
 # -- messages.stream(): the helper posts by itself, through a stream manager ----------
 
-def _stream(wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if not in_session():
-        return wrapped(*args, **kwargs)
-    token = _pending_stream.set(kwargs)
-    try:
-        return wrapped(*args, **kwargs)
-    finally:
-        _pending_stream.reset(token)
+def _stream(description: str) -> Callable[..., Any]:
+    def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> Any:
+        if not in_session():
+            return wrapped(*args, **kwargs)
+        token = _pending_stream.set((kwargs, description))
+        try:
+            return wrapped(*args, **kwargs)
+        finally:
+            _pending_stream.reset(token)
+
+    return wrapper
 
 
-def _recorded_request(api_request: Callable[[], Any], request: dict[str, Any]) -> Any:
+def _recorded_request(api_request: Callable[[], Any], request: dict[str, Any],
+                      description: str) -> Any:
     def make_request() -> Any:
-        call = _start(request)
+        call = _start(request, description)
         if call is None:
             return api_request()
         try:
@@ -108,8 +125,9 @@ def _recorded_request(api_request: Callable[[], Any], request: dict[str, Any]) -
     return make_request
 
 
-async def _recorded_async_request(api_request: Any, request: dict[str, Any]) -> Any:
-    call = _start(request)
+async def _recorded_async_request(api_request: Any, request: dict[str, Any],
+                                  description: str) -> Any:
+    call = _start(request, description)
     if call is None:
         return await api_request
     try:
@@ -123,15 +141,17 @@ async def _recorded_async_request(api_request: Any, request: dict[str, Any]) -> 
 def _manager_init(asynchronous: bool) -> Callable[..., Any]:
     def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...],
                 kwargs: dict[str, Any]) -> Any:
-        request = _pending_stream.get()
-        if request is not None:
+        pending = _pending_stream.get()
+        if pending is not None:
             try:
+                request, description = pending
                 if args:
                     api_request, args = args[0], args[1:]
                 else:
                     api_request = kwargs.pop("api_request")
-                recorded = (_recorded_async_request(api_request, request) if asynchronous
-                            else _recorded_request(api_request, request))
+                recorded = (_recorded_async_request(api_request, request, description)
+                            if asynchronous
+                            else _recorded_request(api_request, request, description))
                 args = (recorded, *args)
             except Exception as exc:  # noqa: BLE001
                 record_internal_error("anthropic_stream_manager", exc)
@@ -140,22 +160,38 @@ def _manager_init(asynchronous: bool) -> Callable[..., Any]:
     return wrapper
 
 
-#: (module, class, method, wrapper)
+_BETA = "anthropic.resources.beta.messages.messages"
+
+#: (module, class, method, wrapper). The beta resource posts to the same
+#: /v1/messages and answers the same shapes (BetaMessage, the same stream
+#: events); its tool runner and message threads call
+#: beta.messages.create, so they are recorded through it. A library version
+#: without one of these methods is skipped by MethodPatches.
 PATCHES: tuple[tuple[str, str, str, Callable[..., Any]], ...] = (
-    ("anthropic.resources.messages", "Messages", "create", _create),
-    ("anthropic.resources.messages", "Messages", "parse", _create),
-    ("anthropic.resources.messages", "Messages", "stream", _stream),
-    ("anthropic.resources.messages", "AsyncMessages", "create", _acreate),
-    ("anthropic.resources.messages", "AsyncMessages", "parse", _acreate),
-    ("anthropic.resources.messages", "AsyncMessages", "stream", _stream),
+    ("anthropic.resources.messages", "Messages", "create", _create(MESSAGES)),
+    ("anthropic.resources.messages", "Messages", "parse", _create(MESSAGES)),
+    ("anthropic.resources.messages", "Messages", "stream", _stream(MESSAGES)),
+    ("anthropic.resources.messages", "AsyncMessages", "create", _acreate(MESSAGES)),
+    ("anthropic.resources.messages", "AsyncMessages", "parse", _acreate(MESSAGES)),
+    ("anthropic.resources.messages", "AsyncMessages", "stream", _stream(MESSAGES)),
+    (_BETA, "Messages", "create", _create(BETA_MESSAGES)),
+    (_BETA, "Messages", "parse", _create(BETA_MESSAGES)),
+    (_BETA, "Messages", "stream", _stream(BETA_MESSAGES)),
+    (_BETA, "AsyncMessages", "create", _acreate(BETA_MESSAGES)),
+    (_BETA, "AsyncMessages", "parse", _acreate(BETA_MESSAGES)),
+    (_BETA, "AsyncMessages", "stream", _stream(BETA_MESSAGES)),
     ("anthropic.lib.streaming", "MessageStreamManager", "__init__", _manager_init(False)),
     ("anthropic.lib.streaming", "AsyncMessageStreamManager", "__init__", _manager_init(True)),
+    ("anthropic.lib.streaming", "BetaMessageStreamManager", "__init__", _manager_init(False)),
+    ("anthropic.lib.streaming", "BetaAsyncMessageStreamManager", "__init__",
+     _manager_init(True)),
 )
 
 
 class AnthropicAdapter(Adapter):
     """Records messages.create (sync, async, stream=True), the messages.stream()
-    helper and messages.parse, including tool use and extended thinking."""
+    helper and messages.parse, including tool use and extended thinking, and
+    the same methods of beta.messages."""
 
     name = "anthropic"
     library = "anthropic"
