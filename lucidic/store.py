@@ -10,7 +10,12 @@ nothing is stored there yet. A record never clears a field; absent fields are
 left alone.
 
 The SQL is portable between SQLite and PostgreSQL (``ON CONFLICT ... DO
-UPDATE``, ``excluded.``, ``CASE``), so one set of statements serves both.
+UPDATE``, ``excluded.``, ``CASE``), so one set of statements serves both; only
+where the rows come from differs. SQLite binds one row at a time
+(``executemany``, which costs little in-process); PostgreSQL receives each
+group of rows as one JSON document read by ``json_to_recordset``, one
+statement and one round trip per group, which takes about half the CPU of a
+pipelined ``executemany`` on both sides of the connection.
 """
 
 from __future__ import annotations
@@ -102,6 +107,7 @@ _TYPES = {
     "time_to_first_token": "DOUBLE PRECISION",
     "input_tokens": "BIGINT", "output_tokens": "BIGINT", "cached_tokens": "BIGINT",
     "reasoning_tokens": "BIGINT", "is_finished": "SMALLINT", "is_successful": "SMALLINT",
+    "updated_at": "DOUBLE PRECISION",
 }
 
 
@@ -144,13 +150,21 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
-def _upsert_sql(table: str, guard: str, columns: Sequence[str], placeholder: str) -> str:
+def _upsert_sql(table: str, guard: str, columns: Sequence[str], placeholder: str,
+                rows_from_json: bool = False) -> str:
     """The upsert for records carrying exactly ``columns`` (all non-null).
 
     One statement per record shape: binding only the fields a record has is
     several times faster than binding every column with NULLs, and a field a
-    record does not carry is simply not touched."""
+    record does not carry is simply not touched. With ``rows_from_json``
+    (PostgreSQL only) the statement takes every row at once, as one JSON
+    array of objects keyed by column."""
     names = ("id", *columns, "updated_at")
+    if rows_from_json:
+        types = ", ".join(f"{c} {_TYPES.get(c, 'TEXT')}" for c in names)
+        source = f"SELECT * FROM json_to_recordset({placeholder}::json) AS r ({types})"
+    else:
+        source = f"VALUES ({', '.join([placeholder] * len(names))})"
     sets = [
         f"{c} = CASE WHEN {table}.{c} IS NULL OR excluded.updated_at >= {table}.updated_at "
         f"THEN excluded.{c} ELSE {table}.{c} END"
@@ -158,8 +172,7 @@ def _upsert_sql(table: str, guard: str, columns: Sequence[str], placeholder: str
     ]
     sets.append(f"updated_at = CASE WHEN excluded.updated_at > {table}.updated_at "
                 f"THEN excluded.updated_at ELSE {table}.updated_at END")
-    return (f"INSERT INTO {table} ({', '.join(names)}) "
-            f"VALUES ({', '.join([placeholder] * len(names))}) "
+    return (f"INSERT INTO {table} ({', '.join(names)}) {source} "
             f"ON CONFLICT (id) DO UPDATE SET {', '.join(sets)} "
             f"WHERE {table}.{guard} = excluded.{guard}")
 
@@ -215,8 +228,10 @@ _CONVERTERS = {
 }
 
 
-#: Rows grouped by (kind, the columns they carry), in arrival order.
-RowGroups = dict[tuple[str, tuple[str, ...]], list[list[Any]]]
+#: Rows grouped by (kind, the columns they carry), in arrival order. A row is
+#: a list (id, values in column order, ts), or the same keyed by column name
+#: (``id`` ... ``updated_at``) when grouped for JSON.
+RowGroups = dict[tuple[str, tuple[str, ...]], list[Any]]
 
 
 def _coalesce(records: Iterable[Record]) -> list[Record]:
@@ -245,10 +260,12 @@ def _coalesce(records: Iterable[Record]) -> list[Record]:
     return list(merged.values())
 
 
-def _group_rows(records: Iterable[Record], project: str | None = None) -> RowGroups:
+def _group_rows(records: Iterable[Record], project: str | None = None, *,
+                keyed: bool = False) -> RowGroups:
     """Turn records into parameter rows, grouped by shape. ``project``, when
     given, overrides the project of session records (the server stamps the
-    key's project). Fields that are None or unknown are left out."""
+    key's project). Fields that are None or unknown are left out. ``keyed``
+    makes each row a dict keyed by column (for JSON) rather than a list."""
     groups: RowGroups = {}
     for kind, rid, ts, fields in _coalesce(records):
         converters = _CONVERTERS.get(kind)
@@ -256,21 +273,73 @@ def _group_rows(records: Iterable[Record], project: str | None = None) -> RowGro
             raise ValueError(f"unknown record kind {kind!r}")
         if project is not None and kind == "session":
             fields = {**fields, "project": project}
-        columns: list[str] = []
-        row: list[Any] = [rid]
-        for column, value in fields.items():
-            if value is None:
-                continue
-            convert = converters.get(column)
-            if convert is None:
-                continue
-            columns.append(column)
-            row.append(convert(value))
+        row: Any
+        if keyed:
+            row = {"id": rid}
+            for column, value in fields.items():
+                if value is not None:
+                    convert = converters.get(column)
+                    if convert is not None:
+                        row[column] = convert(value)
+            columns = tuple(row)[1:]
+            row["updated_at"] = ts
+        else:
+            names: list[str] = []
+            row = [rid]
+            for column, value in fields.items():
+                if value is not None:
+                    convert = converters.get(column)
+                    if convert is not None:
+                        names.append(column)
+                        row.append(convert(value))
+            columns = tuple(names)
+            row.append(ts)
         if _TABLES[kind][1][0] not in columns:
             raise ValueError(f"{kind} record {rid!r} lacks {_TABLES[kind][1][0]!r}")
-        row.append(ts)
-        groups.setdefault((kind, tuple(columns)), []).append(row)
+        groups.setdefault((kind, columns), []).append(row)
     return groups
+
+
+def _waves(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Split rows so that no id appears twice in one part (one statement may
+    not upsert a row twice), keeping each id's rows in their order. A batch
+    repeats an id only when two records of it disagree on their guard."""
+    if len({row["id"] for row in rows}) == len(rows):
+        return [rows]
+    seen: dict[str, int] = {}
+    waves: list[list[dict[str, Any]]] = []
+    for row in rows:
+        n = seen[row["id"]] = seen.get(row["id"], -1) + 1
+        if n == len(waves):
+            waves.append([])
+        waves[n].append(row)
+    return waves
+
+
+def _rows_json(rows: list[dict[str, Any]]) -> str | None:
+    """Rows as one JSON document for ``json_to_recordset``, or None when a value
+    JSON cannot carry (NaN or infinity, which PostgreSQL stores as such, or a
+    type JSON does not know), so that the rows are bound one by one instead.
+    pydantic-core (there whenever psycopg is: both come with the server extra)
+    writes it four times faster than the json module; each float as its
+    shortest exact repr, as json does."""
+    try:
+        from pydantic_core import to_json
+    except ImportError:  # pragma: no cover - depends on the install
+        try:
+            return json.dumps(rows, ensure_ascii=False, allow_nan=False,
+                              separators=(",", ":"))
+        except (TypeError, ValueError):
+            return None
+    try:
+        document = to_json(rows, inf_nan_mode="constants")
+    except ValueError:  # PydanticSerializationError: a type JSON does not know
+        return None
+    # Non-finite floats appear as bare NaN/Infinity (text holding those words
+    # merely takes the slower road).
+    if b"NaN" in document or b"Infinity" in document:
+        return None
+    return document.decode("utf-8")  # as text: psycopg sends bytes as bytea
 
 
 class Store:
@@ -294,7 +363,7 @@ class Store:
             raise
         except Exception as exc:
             raise StoreError(f"cannot open the store at {self.url}: {exc}") from exc
-        self._upserts: dict[tuple[str, tuple[str, ...]], str] = {}
+        self._upserts: dict[tuple[tuple[str, tuple[str, ...]], bool], str] = {}
 
     # -- connections --------------------------------------------------------
 
@@ -402,23 +471,36 @@ class Store:
 
     # -- writing -------------------------------------------------------------
 
-    def _upsert(self, shape: tuple[str, tuple[str, ...]]) -> str:
-        sql = self._upserts.get(shape)
+    def _upsert(self, shape: tuple[str, tuple[str, ...]], rows_from_json: bool = False) -> str:
+        sql = self._upserts.get((shape, rows_from_json))
         if sql is None:
             table, columns = _TABLES[shape[0]]
-            sql = self._upserts[shape] = _upsert_sql(table, columns[0], shape[1], self._ph)
+            sql = self._upserts[(shape, rows_from_json)] = _upsert_sql(
+                table, columns[0], shape[1], self._ph, rows_from_json)
         return sql
+
+    def _group(self, records: Iterable[Record], project: str | None = None) -> RowGroups:
+        return _group_rows(records, project, keyed=self.dialect == "postgresql")
 
     def _apply(self, cur: Any, groups: RowGroups, kinds: Sequence[str]) -> None:
         for shape, rows in groups.items():
-            if shape[0] in kinds:
+            if shape[0] not in kinds:
+                continue
+            if self.dialect != "postgresql":
                 cur.executemany(self._upsert(shape), rows)
+                continue
+            for wave in _waves(rows):
+                document = _rows_json(wave)
+                if document is None:
+                    cur.executemany(self._upsert(shape), [list(row.values()) for row in wave])
+                else:
+                    cur.execute(self._upsert(shape, rows_from_json=True), (document,))
 
     def write(self, records: Iterable[Record]) -> None:
         """Apply records idempotently, all in one transaction. A malformed
         record (unknown kind, no session or project) raises ValueError before
         anything is written."""
-        groups = _group_rows(records)
+        groups = self._group(records)
         self._run(lambda cur: self._apply(cur, groups, ("session", "step", "event")),
                   write=True)
 
@@ -430,7 +512,7 @@ class Store:
         records = list(records)
         referenced = {rid if kind == "session" else fields["session_id"]
                       for kind, rid, _, fields in records}
-        groups = _group_rows(records, project)
+        groups = self._group(records, project)
 
         def run(cur: Any) -> None:
             self._apply(cur, groups, ("session",))
