@@ -234,40 +234,67 @@ _CONVERTERS = {
 RowGroups = dict[tuple[str, tuple[str, ...]], list[Any]]
 
 
-def _coalesce(records: Iterable[Record]) -> list[Record]:
-    """Merge records of the same row within a batch (a step's start and end,
-    an event and its update) by the store's own rule, so the database sees
-    one row where it would have seen several."""
-    merged: dict[tuple[str, str], Record] = {}
+def _check_records(records: Sequence[Record],
+                   project: str | None = None) -> set[tuple[str, str]]:
+    """Refuse malformed records (ValueError, before anything is written) and
+    return the rows named by more than one record of the batch. With
+    ``project``, session records need not name one (it is stamped on them)."""
+    seen: set[tuple[str, str]] = set()
+    repeated: set[tuple[str, str]] = set()
+    for kind, rid, _, fields in records:
+        table = _TABLES.get(kind)
+        if table is None:
+            raise ValueError(f"unknown record kind {kind!r}")
+        if fields.get(table[1][0]) is None and not (project is not None and kind == "session"):
+            raise ValueError(f"{kind} record {rid!r} lacks {table[1][0]!r}")
+        key = (kind, rid)
+        if key in seen:
+            repeated.add(key)
+        seen.add(key)
+    return repeated
+
+
+def _coalesce(records: list[Record], mergeable: set[tuple[str, str]]) -> list[Record]:
+    """Merge the records of each mergeable row (a step's start and end, an
+    event and its update) into one, so the database sees one row where it
+    would have seen several. Only rows not stored yet are mergeable: for a
+    new row the merge gives exactly what applying the records one by one
+    would, whereas over a stored row the older record's fields would take the
+    newer one's timestamp and could overwrite a value stored in between."""
+    if not mergeable:
+        return records
+    out: list[Record] = []
+    position: dict[tuple[str, str], int] = {}
     for record in records:
         key = (record[0], record[1])
-        earlier = merged.get(key)
-        if earlier is None:
-            merged[key] = record
+        index = position.get(key)
+        if index is None:
+            if key in mergeable:
+                position[key] = len(out)
+            out.append(record)
             continue
-        guard = _TABLES[record[0]][1][0] if record[0] in _TABLES else None
-        if guard is None or earlier[3].get(guard) != record[3].get(guard):
-            # Not mergeable here (another session or project claims the id):
-            # keep both, the upsert's guard decides.
-            merged[(record[0], record[1] + "\x00" + str(len(merged)))] = record
+        earlier = out[index]
+        guard = _TABLES[record[0]][1][0]
+        if earlier[3].get(guard) != record[3].get(guard):
+            out.append(record)  # another session or project claims the id: the guard decides
             continue
         older, newer = (earlier, record) if record[2] >= earlier[2] else (record, earlier)
         fields = dict(older[3])
         for column, value in newer[3].items():
             if value is not None:
                 fields[column] = value
-        merged[key] = (record[0], record[1], newer[2], fields)
-    return list(merged.values())
+        out[index] = (record[0], record[1], newer[2], fields)
+    return out
 
 
-def _group_rows(records: Iterable[Record], project: str | None = None, *,
-                keyed: bool = False) -> RowGroups:
+def _group_rows(records: list[Record], project: str | None = None, *,
+                keyed: bool = False, mergeable: set[tuple[str, str]] | None = None) -> RowGroups:
     """Turn records into parameter rows, grouped by shape. ``project``, when
     given, overrides the project of session records (the server stamps the
     key's project). Fields that are None or unknown are left out. ``keyed``
     makes each row a dict keyed by column (for JSON) rather than a list."""
     groups: RowGroups = {}
-    for kind, rid, ts, fields in _coalesce(records):
+    for kind, rid, ts, fields in _coalesce(records, mergeable or set()):
         converters = _CONVERTERS.get(kind)
         if converters is None:
             raise ValueError(f"unknown record kind {kind!r}")
@@ -479,8 +506,24 @@ class Store:
                 table, columns[0], shape[1], self._ph, rows_from_json)
         return sql
 
-    def _group(self, records: Iterable[Record], project: str | None = None) -> RowGroups:
-        return _group_rows(records, project, keyed=self.dialect == "postgresql")
+    def _group(self, cur: Any, records: list[Record], repeated: set[tuple[str, str]],
+               project: str | None = None) -> RowGroups:
+        """Rows to write, inside the write transaction: rows named more than
+        once are merged where they are not stored yet (see _coalesce)."""
+        mergeable = repeated - self._stored(cur, repeated) if repeated else set()
+        return _group_rows(records, project, keyed=self.dialect == "postgresql",
+                           mergeable=mergeable)
+
+    def _stored(self, cur: Any, keys: set[tuple[str, str]]) -> set[tuple[str, str]]:
+        found: set[tuple[str, str]] = set()
+        for kind, (table, _) in _TABLES.items():
+            ids = sorted(rid for k, rid in keys if k == kind)
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                cur.execute(f"SELECT id FROM {table} WHERE id IN "
+                            f"({', '.join([self._ph] * len(chunk))})", tuple(chunk))
+                found.update((kind, row[0]) for row in cur.fetchall())
+        return found
 
     def _apply(self, cur: Any, groups: RowGroups, kinds: Sequence[str]) -> None:
         for shape, rows in groups.items():
@@ -500,9 +543,10 @@ class Store:
         """Apply records idempotently, all in one transaction. A malformed
         record (unknown kind, no session or project) raises ValueError before
         anything is written."""
-        groups = self._group(records)
-        self._run(lambda cur: self._apply(cur, groups, ("session", "step", "event")),
-                  write=True)
+        records = list(records)
+        repeated = _check_records(records)
+        self._run(lambda cur: self._apply(cur, self._group(cur, records, repeated),
+                                          ("session", "step", "event")), write=True)
 
     def write_for_project(self, records: Iterable[Record], project: str) -> None:
         """Apply records on behalf of ``project``, all or nothing: session
@@ -510,11 +554,12 @@ class Store:
         names must already be the project's or be created by this batch;
         otherwise nothing is written and UnknownSessionError says which."""
         records = list(records)
+        repeated = _check_records(records, project)
         referenced = {rid if kind == "session" else fields["session_id"]
                       for kind, rid, _, fields in records}
-        groups = self._group(records, project)
 
         def run(cur: Any) -> None:
+            groups = self._group(cur, records, repeated, project)
             self._apply(cur, groups, ("session",))
             # After the session upserts (whose guard skips another project's
             # rows), in the same transaction: is every named session ours?

@@ -289,3 +289,19 @@ def test_spool_path_is_per_destination(lucidic_home):
         assert dirs == [captured.sink.identity]
         captured.sink.failing = False
         assert lai.flush(10)
+
+
+def test_merging_a_rows_records_within_a_batch_never_lets_an_older_field_win(tmp_path):
+    """A step's start and end replayed together from the spool, after an
+    update made between them was already delivered: the update must stand."""
+    store = Store(tmp_path / "db.sqlite")
+    start = ("step", "s1", 10.0, {"session_id": "x", "state": "planning", "action": "plan",
+                                  "started_at": 10.0})
+    update = ("step", "s1", 20.0, {"session_id": "x", "state": "revised"})
+    end = ("step", "s1", 30.0, {"session_id": "x", "ended_at": 30.0, "is_finished": True})
+    store.write([update])
+    store.write([start, end])
+    row = store.get_step("s1")
+    assert row["state"] == "revised"
+    assert (row["action"], row["started_at"], row["ended_at"]) == ("plan", 10.0, 30.0)
+    assert row["is_finished"] is True
