@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from ._internal import record_internal_error
 from .store import Record, Store, StoreError
 
 _abandoned_after_fork: list[Store] = []
@@ -66,8 +67,26 @@ class LocalSink:
     def write(self, records: Sequence[Record]) -> None:
         try:
             self._get_store().write(records)
-        except StoreError as exc:
-            raise SinkError(str(exc)) from exc
+        except (StoreError, ValueError) as exc:
+            if isinstance(exc, StoreError) and exc.transient:
+                raise SinkError(str(exc)) from exc
+            self._write_apart(records, exc)
+
+    def _write_apart(self, records: Sequence[Record], exc: Exception) -> None:
+        """The store refused the batch for what it holds, which no retry would
+        change: write it in halves so that only the records it refuses are
+        left out (each logged and counted), not everything queued with them."""
+        if len(records) == 1:
+            record_internal_error("unstorable_record", exc)
+            return
+        middle = len(records) // 2
+        for half in (records[:middle], records[middle:]):
+            try:
+                self._get_store().write(half)
+            except (StoreError, ValueError) as error:
+                if isinstance(error, StoreError) and error.transient:
+                    raise SinkError(str(error)) from error
+                self._write_apart(half, error)
 
     def lookup_session(self, session_id: str) -> dict[str, Any] | None:
         try:

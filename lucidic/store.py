@@ -48,7 +48,30 @@ Record = tuple[str, str, float, dict[str, Any]]
 
 
 class StoreError(Exception):
-    """The store could not be reached or refused a write."""
+    """The store could not be reached or refused a write.
+
+    ``transient`` tells the two apart: True when the database could not do
+    the work now (locked, unreachable, out of space) and a retry may succeed;
+    False when it refused what it was given, which no retry will change."""
+
+    def __init__(self, message: str, *, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+def _is_transient(exc: BaseException) -> bool:
+    """Driver errors that say "not now" rather than "not this"."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return True
+    if isinstance(exc, (sqlite3.Error, ValueError, TypeError, OverflowError)):
+        return False
+    if type(exc).__module__.startswith("psycopg"):
+        # OperationalError (connection lost, server shutting down, serialization
+        # failure...) is transient; DataError, IntegrityError and the like are
+        # the data's fault.
+        return any(c.__name__ in ("OperationalError", "InterfaceError")
+                   for c in type(exc).__mro__)
+    return True  # unknown: retrying loses nothing
 
 
 class UnknownSessionError(StoreError):
@@ -210,12 +233,19 @@ def _bool_param(value: Any) -> int:
     return 1 if value else 0
 
 
+_INT64 = 2**63
+
+
 def _scalar_param(value: Any) -> Any:
     if type(value) is str:
         # The common case (short ASCII, no NUL) costs two C calls.
         return value if value.isascii() and "\x00" not in value else clean_text(value)
     if isinstance(value, str):
         return clean_text(str(value))
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # NULL on both backends (PostgreSQL would keep a NaN, SQLite not)
+    if isinstance(value, int) and not -_INT64 <= value < _INT64:
+        return None  # no backend stores it; keeping it would refuse the whole batch
     return value
 
 
@@ -345,8 +375,8 @@ def _waves(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 
 def _rows_json(rows: list[dict[str, Any]]) -> str | None:
     """Rows as one JSON document for ``json_to_recordset``, or None when a value
-    JSON cannot carry (NaN or infinity, which PostgreSQL stores as such, or a
-    type JSON does not know), so that the rows are bound one by one instead.
+    is of a type JSON does not know, so that the rows are bound one by one
+    instead. (Non-finite floats never get here: _scalar_param makes them NULL.)
     pydantic-core (there whenever psycopg is: both come with the server extra)
     writes it four times faster than the json module; each float as its
     shortest exact repr, as json does."""
@@ -359,12 +389,8 @@ def _rows_json(rows: list[dict[str, Any]]) -> str | None:
         except (TypeError, ValueError):
             return None
     try:
-        document = to_json(rows, inf_nan_mode="constants")
+        document = to_json(rows, inf_nan_mode="null")
     except ValueError:  # PydanticSerializationError: a type JSON does not know
-        return None
-    # Non-finite floats appear as bare NaN/Infinity (text holding those words
-    # merely takes the slower road).
-    if b"NaN" in document or b"Infinity" in document:
         return None
     return document.decode("utf-8")  # as text: psycopg sends bytes as bytea
 
@@ -457,7 +483,8 @@ class Store:
                 except Exception:  # noqa: BLE001 - the original error matters more
                     pass
                 if isinstance(exc, Exception) and not isinstance(exc, StoreError):
-                    raise StoreError(f"{type(exc).__name__}: {exc}") from exc
+                    raise StoreError(f"{type(exc).__name__}: {exc}",
+                                     transient=_is_transient(exc)) from exc
                 raise
             finally:
                 cur.close()

@@ -10,6 +10,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -305,3 +306,25 @@ def test_merging_a_rows_records_within_a_batch_never_lets_an_older_field_win(tmp
     assert row["state"] == "revised"
     assert (row["action"], row["started_at"], row["ended_at"]) == ("plan", 10.0, 30.0)
     assert row["is_finished"] is True
+
+
+@pytest.mark.allow_internal_errors
+def test_a_record_the_store_refuses_is_left_out_alone_and_counted(store):
+    from lucidic._internal import internal_errors
+    from lucidic._sinks import LocalSink
+
+    sink = LocalSink(Path(store.url))
+    good = _events(10, session="x")
+    bad = ("event", "bad", 1.0, {"session_id": "x", "description": object()})  # unbindable
+    before = internal_errors["unstorable_record"]
+    sink.write([*good[:5], bad, *good[5:]])
+    assert store.count("events") == 10
+    assert internal_errors["unstorable_record"] == before + 1
+    sink.close()
+
+
+def test_numbers_no_backend_can_hold_are_stored_as_null(store):
+    store.write([("event", "e1", 1.0, {"session_id": "x", "input_tokens": 2**70,
+                                       "cost": float("nan"), "duration": float("inf")})])
+    row = store.get_event("e1")
+    assert (row["input_tokens"], row["cost"], row["duration"]) == (None, None, None)
