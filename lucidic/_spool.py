@@ -19,7 +19,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
+
+import orjson
 
 from ._internal import log_rate_limited, record_internal_error
 from .store import Record
@@ -43,7 +45,7 @@ class Spool:
 
     def append(self, records: Iterable[Record]) -> int:
         """Write records to this process's current segment; returns how many."""
-        lines = [json.dumps(r, default=repr).encode() + b"\n" for r in records]
+        lines = [_encode(r) for r in records]
         if not lines:
             return 0
         data = b"".join(lines)
@@ -168,9 +170,31 @@ class Spool:
         self._lock = threading.RLock()
 
 
+#: Marks a line written by json rather than orjson, to be read back by json.
+_BY_JSON = b"J"
+
+
+def _encode(record: Record) -> bytes:
+    # orjson is ten times faster than json here, and a spilled record is
+    # encoded once and decoded once. It refuses a few things json takes (lone
+    # surrogates, ints beyond 64 bits, odd objects): those lines are written by
+    # json and marked, since orjson would read some of them back differently
+    # (a big int as a float).
+    try:
+        return orjson.dumps(record) + b"\n"
+    except TypeError:
+        return _BY_JSON + json.dumps(record, default=repr).encode() + b"\n"
+
+
+def _decode(line: bytes) -> Any:
+    if line.startswith(_BY_JSON):
+        return json.loads(line[len(_BY_JSON):])
+    return orjson.loads(line)
+
+
 def _parse_line(line: bytes, path: Path, line_number: int) -> Record | None:
     try:
-        kind, rid, ts, fields = json.loads(line)
+        kind, rid, ts, fields = _decode(line)
         if kind not in ("session", "step", "event") or not isinstance(fields, dict):
             raise ValueError("not a record")
         return (kind, str(rid), float(ts), fields)

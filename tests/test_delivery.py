@@ -328,3 +328,22 @@ def test_numbers_no_backend_can_hold_are_stored_as_null(store):
                                        "cost": float("nan"), "duration": float("inf")})])
     row = store.get_event("e1")
     assert (row["input_tokens"], row["cost"], row["duration"]) == (None, None, None)
+
+
+def test_what_the_fast_spool_encoding_refuses_still_spools_and_replays(tmp_path):
+    odd = [("event", "surrogate", 1.0, {"session_id": "x", "description": "bad \ud800 text"}),
+           ("event", "huge", 1.0, {"session_id": "x", "input_tokens": 2**70}),
+           ("event", "nan", 1.0, {"session_id": "x", "cost": float("nan")}),
+           ("event", "plain", 1.0, {"session_id": "x", "description": "fine"})]
+    spool = Spool(tmp_path / "spool")
+    spool.append(odd)
+    spool.close()
+    delivered: list[Record] = []
+    assert Spool(tmp_path / "spool").replay(delivered.extend, 100) is True
+    assert [r[1] for r in delivered] == ["surrogate", "huge", "nan", "plain"]
+    store = Store(tmp_path / "db.sqlite")
+    store.write(delivered)
+    assert store.get_event("surrogate")["description"] == "bad \ufffd text"
+    assert store.get_event("huge")["input_tokens"] is None
+    assert store.get_event("nan")["cost"] is None
+    assert store.get_event("plain")["description"] == "fine"
