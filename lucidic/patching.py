@@ -10,6 +10,8 @@ from typing import Any
 
 import wrapt
 
+from .plugins import LLMCall, in_session
+
 #: (module, class, method, wrapt wrapper(wrapped, instance, args, kwargs))
 Patch = tuple[str, str, str, Callable[..., Any]]
 
@@ -49,3 +51,42 @@ class MethodPatches:
 def _restore(originals: list[tuple[type, str, Any]]) -> None:
     for owner, method, original in reversed(originals):
         setattr(owner, method, original)
+
+
+def llm_call_wrapper(start: Callable[[dict[str, Any]], LLMCall | None],
+                     outcome: Callable[[LLMCall, Any, bool], Any], *,
+                     asynchronous: bool = False) -> Callable[..., Any]:
+    """A wrapt wrapper recording one LLM call around a client method.
+
+    ``start(kwargs)`` begins the call before the request (None: record
+    nothing, call straight through); if the method raises, the call fails
+    and the exception reaches the caller unchanged; otherwise
+    ``outcome(call, result, asynchronous)`` completes the call, or wraps a
+    returned stream to complete it later, and returns what the caller gets.
+    With no session current the method is called straight away."""
+    if asynchronous:
+        async def async_wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...],
+                                kwargs: dict[str, Any]) -> Any:
+            call = start(kwargs) if in_session() else None
+            if call is None:
+                return await wrapped(*args, **kwargs)
+            try:
+                result = await wrapped(*args, **kwargs)
+            except BaseException as exc:
+                call.fail(exc)
+                raise
+            return outcome(call, result, True)
+        return async_wrapper
+
+    def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> Any:
+        call = start(kwargs) if in_session() else None
+        if call is None:
+            return wrapped(*args, **kwargs)
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            call.fail(exc)
+            raise
+        return outcome(call, result, False)
+    return wrapper

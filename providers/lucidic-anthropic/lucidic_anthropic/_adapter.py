@@ -8,7 +8,7 @@ import contextvars
 from collections.abc import Callable
 from typing import Any
 
-from lucidic.patching import MethodPatches
+from lucidic.patching import MethodPatches, llm_call_wrapper
 from lucidic.plugins import Adapter, LLMCall, in_session, record_internal_error, start_llm_call
 from lucidic.streams import RecordedAsyncStream, RecordedStream
 
@@ -57,40 +57,9 @@ def _outcome(call: LLMCall, result: Any, asynchronous: bool) -> Any:
     return result
 
 
-def _create(description: str) -> Callable[..., Any]:
-    def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...],
-                kwargs: dict[str, Any]) -> Any:
-        if not in_session():
-            return wrapped(*args, **kwargs)
-        call = _start(kwargs, description)
-        if call is None:
-            return wrapped(*args, **kwargs)
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc)
-            raise
-        return _outcome(call, result, asynchronous=False)
-
-    return wrapper
-
-
-def _acreate(description: str) -> Callable[..., Any]:
-    async def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...],
-                      kwargs: dict[str, Any]) -> Any:
-        if not in_session():
-            return await wrapped(*args, **kwargs)
-        call = _start(kwargs, description)
-        if call is None:
-            return await wrapped(*args, **kwargs)
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc)
-            raise
-        return _outcome(call, result, asynchronous=True)
-
-    return wrapper
+def _create(description: str, asynchronous: bool = False) -> Callable[..., Any]:
+    return llm_call_wrapper(lambda kwargs: _start(kwargs, description), _outcome,
+                            asynchronous=asynchronous)
 
 
 # -- messages.stream(): the helper posts by itself, through a stream manager ----------
@@ -160,6 +129,7 @@ def _manager_init(asynchronous: bool) -> Callable[..., Any]:
     return wrapper
 
 
+_MESSAGES = "anthropic.resources.messages"
 _BETA = "anthropic.resources.beta.messages.messages"
 
 #: (module, class, method, wrapper). The beta resource posts to the same
@@ -168,17 +138,17 @@ _BETA = "anthropic.resources.beta.messages.messages"
 #: beta.messages.create, so they are recorded through it. A library version
 #: without one of these methods is skipped by MethodPatches.
 PATCHES: tuple[tuple[str, str, str, Callable[..., Any]], ...] = (
-    ("anthropic.resources.messages", "Messages", "create", _create(MESSAGES)),
-    ("anthropic.resources.messages", "Messages", "parse", _create(MESSAGES)),
-    ("anthropic.resources.messages", "Messages", "stream", _stream(MESSAGES)),
-    ("anthropic.resources.messages", "AsyncMessages", "create", _acreate(MESSAGES)),
-    ("anthropic.resources.messages", "AsyncMessages", "parse", _acreate(MESSAGES)),
-    ("anthropic.resources.messages", "AsyncMessages", "stream", _stream(MESSAGES)),
+    (_MESSAGES, "Messages", "create", _create(MESSAGES)),
+    (_MESSAGES, "Messages", "parse", _create(MESSAGES)),
+    (_MESSAGES, "Messages", "stream", _stream(MESSAGES)),
+    (_MESSAGES, "AsyncMessages", "create", _create(MESSAGES, asynchronous=True)),
+    (_MESSAGES, "AsyncMessages", "parse", _create(MESSAGES, asynchronous=True)),
+    (_MESSAGES, "AsyncMessages", "stream", _stream(MESSAGES)),
     (_BETA, "Messages", "create", _create(BETA_MESSAGES)),
     (_BETA, "Messages", "parse", _create(BETA_MESSAGES)),
     (_BETA, "Messages", "stream", _stream(BETA_MESSAGES)),
-    (_BETA, "AsyncMessages", "create", _acreate(BETA_MESSAGES)),
-    (_BETA, "AsyncMessages", "parse", _acreate(BETA_MESSAGES)),
+    (_BETA, "AsyncMessages", "create", _create(BETA_MESSAGES, asynchronous=True)),
+    (_BETA, "AsyncMessages", "parse", _create(BETA_MESSAGES, asynchronous=True)),
     (_BETA, "AsyncMessages", "stream", _stream(BETA_MESSAGES)),
     ("anthropic.lib.streaming", "MessageStreamManager", "__init__", _manager_init(False)),
     ("anthropic.lib.streaming", "AsyncMessageStreamManager", "__init__", _manager_init(True)),

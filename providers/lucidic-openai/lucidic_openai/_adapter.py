@@ -7,8 +7,8 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from lucidic.patching import MethodPatches
-from lucidic.plugins import Adapter, LLMCall, in_session, record_internal_error, start_llm_call
+from lucidic.patching import MethodPatches, llm_call_wrapper
+from lucidic.plugins import Adapter, LLMCall, record_internal_error, start_llm_call
 from lucidic.streams import RecordedAsyncStream, RecordedStream
 
 from . import _extract
@@ -88,40 +88,10 @@ def _outcome(kind: _Kind, call: LLMCall, result: Any, asynchronous: bool) -> Any
     return result
 
 
-def _sync_wrapper(kind: _Kind) -> Callable[..., Any]:
-    def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...],
-                kwargs: dict[str, Any]) -> Any:
-        if not in_session():
-            return wrapped(*args, **kwargs)
-        call = _start(kind, kwargs)
-        if call is None:
-            return wrapped(*args, **kwargs)
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc)
-            raise
-        return _outcome(kind, call, result, asynchronous=False)
-
-    return wrapper
-
-
-def _async_wrapper(kind: _Kind) -> Callable[..., Any]:
-    async def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...],
-                      kwargs: dict[str, Any]) -> Any:
-        if not in_session():
-            return await wrapped(*args, **kwargs)
-        call = _start(kind, kwargs)
-        if call is None:
-            return await wrapped(*args, **kwargs)
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            call.fail(exc)
-            raise
-        return _outcome(kind, call, result, asynchronous=True)
-
-    return wrapper
+def _wrapper(kind: _Kind, asynchronous: bool) -> Callable[..., Any]:
+    return llm_call_wrapper(lambda kwargs: _start(kind, kwargs),
+                            lambda call, result, is_async: _outcome(kind, call, result, is_async),
+                            asynchronous=asynchronous)
 
 
 #: (module, class, method, kind, async). ``.stream()`` helpers go through
@@ -154,7 +124,7 @@ class OpenAIAdapter(Adapter):
 
     def _instrument(self) -> None:
         self._patches.apply(
-            (module, owner, method, _async_wrapper(kind) if asynchronous else _sync_wrapper(kind))
+            (module, owner, method, _wrapper(kind, asynchronous))
             for module, owner, method, kind, asynchronous in PATCHES)
 
     def _uninstrument(self) -> None:
