@@ -423,7 +423,14 @@ class _ScopeBase:
         self._close(binding, exc)
 
     async def __aenter__(self) -> str:
-        return self.__enter__()
+        import asyncio
+
+        # Checking or creating the session may wait on the store or the
+        # server: do it off the event loop (to_thread carries our context, so
+        # the scope checks see this task's), then bind in this task.
+        binding = await asyncio.to_thread(self._open)
+        self._entries.append((binding, scope_binding.set(binding)))
+        return binding.session_id
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:

@@ -168,3 +168,29 @@ def test_a_failing_step_is_recorded_failed_and_the_exception_reaches_the_caller_
     assert "BoomError: exploded" in inner_step["error"] and "BoomError" in outer_step["error"]
     assert inner_step["is_finished"] and outer_step["is_finished"]
     assert store.session_tree(sid)["error_count"] == 2
+
+
+def test_async_continued_checks_the_session_off_the_event_loop(store, monkeypatch):
+    sid = lai.init()
+    lai.detach()
+    loop_threads: list[int] = []
+    check_threads: list[int] = []
+
+    from lucidic import _api
+
+    original = _api._continue
+
+    def spying_continue(*args, **kwargs):
+        check_threads.append(threading.get_ident())
+        return original(*args, **kwargs)
+
+    async def main() -> None:
+        loop_threads.append(threading.get_ident())
+        async with lai.continued(sid):
+            lai.create_event(description="in task")
+
+    monkeypatch.setattr(_api, "_continue", spying_continue)
+    asyncio.run(main())
+    assert check_threads and check_threads[0] != loop_threads[0]
+    assert lai.flush()
+    assert [e["description"] for e in store.session_tree(sid)["events"]] == ["in task"]
