@@ -413,14 +413,17 @@ class _ScopeBase:
         self._entries.append((binding, scope_binding.set(binding)))
         return binding.session_id
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def _unbind(self) -> Binding:
         binding, token = self._entries.pop()
         try:
             scope_binding.reset(token)
         except ValueError:  # exited in another context than entered: undo by hand
             scope_binding.set(None)
-        self._close(binding, exc)
+        return binding
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self._close(self._unbind(), exc)
 
     async def __aenter__(self) -> str:
         import asyncio
@@ -434,15 +437,10 @@ class _ScopeBase:
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
-        binding, token = self._entries.pop()
-        try:
-            scope_binding.reset(token)
-        except ValueError:
-            scope_binding.set(None)
         import asyncio  # here, not at the top: `import lucidic` stays light
 
         # Flushing waits on the worker: keep the event loop free meanwhile.
-        await asyncio.to_thread(self._close, binding, exc)
+        await asyncio.to_thread(self._close, self._unbind(), exc)
 
     def __call__(self, fn: F) -> F:
         """Use as a decorator: each call runs in its own scope."""

@@ -27,7 +27,7 @@ from . import _runtime
 from ._internal import log_rate_limited, record_internal_error
 from ._sinks import SinkError
 from .errors import APIKeyVerificationError
-from .store import Record, clean_text
+from .store import Record, clean_json
 
 __all__ = ["HttpReader", "HttpSink"]
 
@@ -69,20 +69,6 @@ def _detail(response: requests.Response) -> str:
     return f"HTTP {response.status_code}"
 
 
-def _clean(value: Any) -> Any:
-    """A copy of a JSON-safe value that every backend can store: no NUL
-    characters or lone surrogates in strings, no infinite or NaN numbers."""
-    if isinstance(value, str):
-        return clean_text(value)
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {clean_text(str(k)): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
 def encode_batch(records: Sequence[Record]) -> bytes:
     """The request body for records. The fast path serialises as is; only a
     batch carrying text or numbers the server would refuse is cleaned."""
@@ -95,7 +81,7 @@ def encode_batch(records: Sequence[Record]) -> bytes:
             return text.encode("utf-8")
     except ValueError:  # NaN/inf, or (UnicodeEncodeError) a lone surrogate
         pass
-    return json.dumps(_clean(payload), ensure_ascii=False, allow_nan=False,
+    return json.dumps(clean_json(payload), ensure_ascii=False, allow_nan=False,
                       separators=(",", ":"), default=repr).encode("utf-8")
 
 

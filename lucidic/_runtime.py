@@ -7,9 +7,10 @@ import itertools
 import os
 import secrets
 import threading
+import time
 from collections.abc import Callable
 
-from . import _config
+from . import _config, _lifecycle
 from ._context import Binding, SessionState, process_slot
 from ._internal import record_internal_error
 from ._pipeline import Pipeline
@@ -120,8 +121,6 @@ class Runtime:
         pipeline.shutdown(timeout)
 
     def flush_all(self, timeout: float, *, fail_fast: bool = False) -> bool:
-        import time
-
         deadline = time.monotonic() + timeout
         ok = True
         for pipeline in list(self.pipelines.values()):
@@ -130,8 +129,6 @@ class Runtime:
         return ok
 
     def shutdown_all(self, timeout: float) -> bool:
-        import time
-
         deadline = time.monotonic() + timeout
         ok = True
         for pipeline in list(self.pipelines.values()):
@@ -146,9 +143,7 @@ class Runtime:
     # -- fork -----------------------------------------------------------------
 
     def before_fork(self) -> None:
-        from ._lifecycle import before_fork
-
-        before_fork()
+        _lifecycle.before_fork()
         self.lock.acquire()
         for pipeline in self.pipelines.values():
             pipeline.before_fork()

@@ -25,10 +25,15 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, ClassVar
 
+from ._api import _put
+from ._api import record_event as _record
 from ._context import StepFrame, current_binding, current_step, step_in
 from ._internal import logger, record_internal_error, swallow
 from ._records import text_field, to_jsonable
+from ._runtime import new_id
 from .errors import InvalidOperationError
+from .pricing import cost_of
+from .store import EVENT_COLUMNS
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -254,8 +259,6 @@ def record_event(type: str, **fields: Any) -> str | None:  # noqa: A002
     """Record a finished event (``type``: llm, tool, function, error, generic)
     in the current session and step. Unknown field names are ignored with a
     logged warning. Returns the event id, or None with no session."""
-    from ._api import record_event as _record
-
     binding = current_binding()
     if binding is None:
         return None
@@ -263,8 +266,6 @@ def record_event(type: str, **fields: Any) -> str | None:  # noqa: A002
 
 
 def _event_fields(type: str, fields: dict[str, Any]) -> dict[str, Any]:  # noqa: A002
-    from .store import EVENT_COLUMNS
-
     clean = {"type": type}
     for key, value in fields.items():
         if key not in EVENT_COLUMNS:
@@ -345,8 +346,6 @@ class LLMCall:
                                ("reasoning_tokens", reasoning_tokens)):
                 fields[key] = int(value) if value is not None else None
             if cost is None:
-                from .pricing import cost_of
-
                 cost = cost_of(fields.get("provider"), fields["model"], input_tokens,
                                output_tokens, cached_tokens)
             fields["cost"] = cost
@@ -362,8 +361,6 @@ class LLMCall:
             self._record()
 
     def _record(self) -> None:
-        from ._api import record_event as _record
-
         now = time.perf_counter()
         fields = self._fields
         fields["started_at"] = self._started_wall
@@ -491,8 +488,6 @@ class StepHandle:
 
     def record_event(self, type: str, **fields: Any) -> str | None:  # noqa: A002
         """Record a finished event in this step (see :func:`record_event`)."""
-        from ._api import record_event as _record
-
         return _record(self.binding, _event_fields(type, fields), step_id=self.step_id)
 
     def start_llm_call(self, provider: str, *, request_model: str | None = None,
@@ -508,8 +503,6 @@ class StepHandle:
 
     def end(self, *, state: str | None = None, error: BaseException | str | None = None) -> None:
         """Finish the step (once; later calls do nothing)."""
-        from ._api import _put
-
         if self._done:
             return
         self._done = True
@@ -537,9 +530,6 @@ def open_step(*, action: str | None = None, state: str | None = None, goal: str 
     """Open a step nested in ``parent`` (else in the calling context's current
     step); None with no session. Unlike :func:`step_scope` it does not become
     the current step unless :meth:`StepHandle.activate` is called."""
-    from ._api import _put
-    from ._runtime import new_id
-
     if parent is not None:
         binding: Any = parent.binding
         parent_frame: StepFrame | None = parent.frame

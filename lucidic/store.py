@@ -39,6 +39,7 @@ __all__ = [
     "Store",
     "StoreError",
     "UnknownSessionError",
+    "clean_json",
     "clean_text",
     "hash_api_key",
 ]
@@ -213,20 +214,22 @@ def clean_text(value: str) -> str:
     return value
 
 
-def _clean_json(value: Any) -> Any:
+def clean_json(value: Any) -> Any:
+    """A copy of a JSON-safe value that every backend (and JSON itself) can
+    hold: strings cleaned as by clean_text, NaN and infinity as null."""
     if isinstance(value, str):
         return clean_text(value)
     if isinstance(value, dict):
-        return {clean_text(str(k)): _clean_json(v) for k, v in value.items()}
+        return {clean_text(str(k)): clean_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean_json(v) for v in value]
+        return [clean_json(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # JSON has no NaN or infinity
+        return None
     return value
 
 
 def _json_param(value: Any) -> str:
-    return json.dumps(_clean_json(value), ensure_ascii=False, default=repr)
+    return json.dumps(clean_json(value), ensure_ascii=False, default=repr)
 
 
 def _bool_param(value: Any) -> int:

@@ -29,13 +29,17 @@ def _model_asked_for(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any
     return model if isinstance(model, str) and model else None
 
 
+def _requested(instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    with plugins.swallow("openai_agents_requested_model"):
+        return _model_asked_for(instance, args, kwargs)
+    return None
+
+
 def _get_response(wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
                   kwargs: dict[str, Any]) -> Any:
     if not plugins.in_session():
         return wrapped(*args, **kwargs)
-    model = None
-    with plugins.swallow("openai_agents_requested_model"):
-        model = _model_asked_for(instance, args, kwargs)
+    model = _requested(instance, args, kwargs)
 
     async def get_response() -> Any:
         token = requested_model.set(model)
@@ -51,10 +55,7 @@ def _stream_response(wrapped: Callable[..., Any], instance: Any, args: tuple[Any
                      kwargs: dict[str, Any]) -> Any:
     if not plugins.in_session():
         return wrapped(*args, **kwargs)
-    model = None
-    with plugins.swallow("openai_agents_requested_model"):
-        model = _model_asked_for(instance, args, kwargs)
-    return _with_requested_model(wrapped(*args, **kwargs), model)
+    return _with_requested_model(wrapped(*args, **kwargs), _requested(instance, args, kwargs))
 
 
 async def _with_requested_model(events: Any, model: str | None) -> AsyncIterator[Any]:
