@@ -193,7 +193,8 @@ def _providers(args: argparse.Namespace) -> int:
         print(json.dumps([asdict(i) for i in infos], indent=2))
         return 0
     if not infos:
-        print("no providers installed (pip install lucidic-openai, lucidic-anthropic, ...)")
+        print("no providers installed (pip install lucidic-toolkit-openai, "
+              "lucidic-toolkit-anthropic, ...)")
     for info in infos:
         library = (f"{info.library} {info.library_version or 'not installed'}"
                    if info.library else "")
@@ -225,8 +226,8 @@ def _server(args: argparse.Namespace) -> int:
     try:
         from .server import run
     except ImportError as exc:
-        raise SystemExit(f"lucidic: the server needs its extra: pip install 'lucidic[server]' "
-                         f"({exc})") from exc
+        raise SystemExit("lucidic: the server needs its extra: "
+                         f"pip install 'lucidic-toolkit[server]' ({exc})") from exc
     from .store import StoreError
 
     try:
@@ -277,7 +278,8 @@ def _keys_revoke(args: argparse.Namespace) -> int:
 def _add_server_commands(commands: Any) -> None:
     db_help = ("sqlite:///PATH or postgresql://USER@HOST/DB (default: LUCIDIC_DATABASE_URL, "
                "else the embedded store's file)")
-    server = commands.add_parser("server", help="run the shared server (needs lucidic[server])")
+    server = commands.add_parser("server",
+                                 help="run the shared server (needs lucidic-toolkit[server])")
     server.add_argument("--db", help=db_help)
     server.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (0.0.0.0 to serve other machines)")

@@ -37,6 +37,7 @@ from .store import EVENT_COLUMNS
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "FIRST_PARTY",
     "Adapter",
     "LLMCall",
     "ProviderInfo",
@@ -156,11 +157,7 @@ def get_adapter(name: str) -> Adapter:
         entry_points = _entry_points()
         entry_point = entry_points.get(name)
         if entry_point is None:
-            installed = ", ".join(sorted(entry_points)) or "none"
-            raise InvalidOperationError(
-                f"unknown provider {name!r}. Installed providers: {installed}. First-party "
-                f"providers install with: pip install lucidic-{name.replace('_', '-')} "
-                "(openai, anthropic, langchain, pydantic_ai, openai_agents)")
+            raise InvalidOperationError(unknown_provider_message(name, sorted(entry_points)))
         try:
             target = entry_point.load()
             adapter = target() if isinstance(target, type) else target
@@ -173,6 +170,58 @@ def get_adapter(name: str) -> Adapter:
                 f"provider {name!r} ({entry_point.value}) is not a lucidic.plugins.Adapter")
         _adapters[name] = adapter
         return adapter
+
+
+#: The first-party plugins, and the distribution that installs each.
+FIRST_PARTY = {
+    "openai": "lucidic-toolkit-openai",
+    "anthropic": "lucidic-toolkit-anthropic",
+    "langchain": "lucidic-toolkit-langchain",
+    "pydantic_ai": "lucidic-toolkit-pydantic-ai",
+    "openai_agents": "lucidic-toolkit-openai-agents",
+}
+#: Names people try for what a plugin of another name records.
+_SERVED_BY = {
+    "langgraph": ("langchain", "LangGraph runs on langchain-core, whose callbacks the "
+                               "'langchain' plugin records"),
+    "langchain_core": ("langchain", "the 'langchain' plugin records langchain-core runs"),
+    "agents": ("openai_agents", "the OpenAI Agents SDK is recorded by 'openai_agents'"),
+}
+
+
+def unknown_provider_message(name: str, installed: Sequence[str]) -> str:
+    """What to say when no installed plugin is called ``name``: the plugin that
+    serves it, or the closest known name, and what to install."""
+    import difflib
+
+    listing = f"Installed providers: {', '.join(installed) or 'none'}."
+    key = name.strip().lower().replace("-", "_")
+    served = _SERVED_BY.get(key)
+    if served is None and key != name and (key in installed or key in FIRST_PARTY):
+        served = (key, f"provider names are written with underscores, as {key!r}")
+    if served is not None:
+        plugin, why = served
+        return (f"unknown provider {name!r}: {why}; use providers=[{plugin!r}]"
+                f"{_install_hint(plugin, installed)}. {listing}")
+    if name in FIRST_PARTY:
+        return (f"provider {name!r} is not installed: pip install {FIRST_PARTY[name]}. "
+                f"{listing}")
+    known = sorted({*installed, *FIRST_PARTY, *_SERVED_BY})
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        guess = _SERVED_BY[close[0]][0] if close[0] in _SERVED_BY else close[0]
+        return (f"unknown provider {name!r}; did you mean {guess!r}?"
+                f"{_install_hint(guess, installed)} {listing}")
+    first_party = ", ".join(f"{n} ({d})" for n, d in FIRST_PARTY.items())
+    return (f"unknown provider {name!r}. {listing} First-party providers, each installed by "
+            f"its own distribution: {first_party}. A third-party plugin registers itself "
+            f"under the entry-point group {ENTRY_POINT_GROUP!r}.")
+
+
+def _install_hint(plugin: str, installed: Sequence[str]) -> str:
+    if plugin in installed or plugin not in FIRST_PARTY:
+        return ""
+    return f" (not installed: pip install {FIRST_PARTY[plugin]})"
 
 
 def activate(names: Sequence[str]) -> list[Adapter]:

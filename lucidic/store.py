@@ -439,7 +439,8 @@ class Store:
         try:
             import psycopg
         except ImportError as exc:  # pragma: no cover - depends on the install
-            raise StoreError("PostgreSQL needs psycopg: pip install 'lucidic[server]'") from exc
+            raise StoreError("PostgreSQL needs psycopg: "
+                             "pip install 'lucidic-toolkit[server]'") from exc
         from psycopg.types.numeric import NumericLoader
 
         class _NumberLoader(NumericLoader):
