@@ -114,7 +114,7 @@ def test_masking_happens_before_records_are_queued_or_spooled(tmp_path):
         lai.init(masking_function=_mask)
         lai.create_event(description=SECRET)
         lai.flush(timeout=0.5)
-        spooled = b"".join(p.read_bytes() for p in (tmp_path / "lucidic-home" / "spool")
+        spooled = b"".join(p.read_bytes() for p in (captured.directory / "spool")
                            .rglob("*.jsonl"))
         assert spooled and SECRET.encode() not in spooled
         assert b"<key>" in spooled
