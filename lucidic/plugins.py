@@ -337,8 +337,11 @@ def _field_value(key: str, value: Any) -> Any:
         return None
     if key in ("input", "output", "arguments", "screenshots"):
         return to_jsonable(value)
-    if key in ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens"):
+    if key in ("input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens",
+               "reasoning_tokens"):
         return int(value)
+    if key == "tokens_estimated":
+        return bool(value)
     if key in ("cost", "duration", "time_to_first_token", "started_at", "ended_at"):
         return float(value)
     return text_field(value)
@@ -382,7 +385,14 @@ class LLMCall:
     def finish(self, *, model: str | None = None, output: Any = None,
                input_tokens: int | None = None, output_tokens: int | None = None,
                cached_tokens: int | None = None, reasoning_tokens: int | None = None,
-               cost: float | None = None, result: str | None = None) -> None:
+               cache_write_tokens: int | None = None, cache_write_1h_tokens: int | None = None,
+               tokens_estimated: bool = False, cost: float | None = None,
+               result: str | None = None) -> None:
+        """Complete the call. ``input_tokens`` include the cache reads
+        (``cached_tokens``) and the prompt-cache writes (``cache_write_tokens``,
+        of which ``cache_write_1h_tokens`` went to a 1-hour cache, priced
+        higher); ``tokens_estimated`` marks counts Lucidic worked out itself
+        because the API reported none. ``cost`` defaults to the price table's."""
         with swallow("llm_call_finish"):
             if self._done:
                 return
@@ -392,11 +402,15 @@ class LLMCall:
                           output=to_jsonable(output), result=text_field(result))
             for key, value in (("input_tokens", input_tokens), ("output_tokens", output_tokens),
                                ("cached_tokens", cached_tokens),
+                               ("cache_write_tokens", cache_write_tokens),
                                ("reasoning_tokens", reasoning_tokens)):
                 fields[key] = int(value) if value is not None else None
+            if tokens_estimated:
+                fields["tokens_estimated"] = True
             if cost is None:
                 cost = cost_of(fields.get("provider"), fields["model"], input_tokens,
-                               output_tokens, cached_tokens)
+                               output_tokens, cached_tokens, cache_write_tokens,
+                               cache_write_1h_tokens)
             fields["cost"] = cost
             self._record()
 
