@@ -88,10 +88,11 @@ class Adapter:
         except metadata.PackageNotFoundError:
             return None
 
-    def check_library(self) -> None:
+    def check_library(self, version: str | None = None) -> None:
         """Raise InvalidOperationError if the library is missing or of a
-        version this adapter does not support."""
-        version = self.library_version()
+        version this adapter does not support (``version``: the installed
+        one, when the caller has read it already)."""
+        version = version or self.library_version()
         if version is None:
             raise InvalidOperationError(
                 f"provider {self.name!r} instruments the {self.library!r} library, which is not "
@@ -148,13 +149,16 @@ def _entry_points() -> dict[str, metadata.EntryPoint]:
     return found
 
 
-def get_adapter(name: str) -> Adapter:
-    """The (single) adapter registered under name, loaded on first use."""
+def get_adapter(name: str, entry_points: dict[str, metadata.EntryPoint] | None = None
+                ) -> Adapter:
+    """The (single) adapter registered under name, loaded on first use
+    (``entry_points``: the group as already read, to spare reading it again)."""
     with _adapters_lock:
         adapter = _adapters.get(name)
         if adapter is not None:
             return adapter
-        entry_points = _entry_points()
+        if entry_points is None:
+            entry_points = _entry_points()
         entry_point = entry_points.get(name)
         if entry_point is None:
             raise InvalidOperationError(unknown_provider_message(name, sorted(entry_points)))
@@ -254,24 +258,25 @@ class ProviderInfo:
 def describe() -> list[ProviderInfo]:
     """Every installed provider, with the library version each found."""
     infos = []
-    for name, entry_point in sorted(_entry_points().items()):
+    entry_points = _entry_points()
+    for name, entry_point in sorted(entry_points.items()):
         dist = getattr(entry_point, "dist", None)
         try:
-            adapter = get_adapter(name)
+            adapter = get_adapter(name, entry_points)
         except InvalidOperationError as exc:
             infos.append(ProviderInfo(name, entry_point.value, dist.name if dist else None,
                                       dist.version if dist else None, None, None, None,
                                       str(exc)))
             continue
         problem = None
+        version = adapter.library_version()
         try:
-            adapter.check_library()
+            adapter.check_library(version)
         except InvalidOperationError as exc:
             problem = str(exc)
         infos.append(ProviderInfo(name, entry_point.value, dist.name if dist else None,
-                                  dist.version if dist else None, adapter.library,
-                                  adapter.library_version(), adapter.supported_versions or None,
-                                  problem))
+                                  dist.version if dist else None, adapter.library, version,
+                                  adapter.supported_versions or None, problem))
     return infos
 
 
