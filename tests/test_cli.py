@@ -113,7 +113,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_python(RECORD, home=home, args=[str(ROOT / "tests" / "providers"), SESSION])
     with sqlite3.connect(home / "lucidic.db") as db:
         for table, where, started, ended, took, first in TIMES:
-            changed = db.execute(f"UPDATE {table} SET started_at = ?, ended_at = ? "  # noqa: S608
+            changed = db.execute(f"UPDATE {table} SET started_at = ?, ended_at = ? "
                                  f"WHERE {where}", (_at(started), _at(ended))).rowcount
             assert changed == 1, (table, where)
             if took is not None:
