@@ -109,16 +109,23 @@ STEP_COLUMNS = (
     "eval_description", "screenshot", "screenshot_path", "function_name",
     "started_at", "ended_at", "is_finished", "error",
 )
-EVENT_COLUMNS = (
+#: The events table as migration 1 made it (never change it: migrations
+#: after 1 add columns to it).
+_EVENT_COLUMNS_1 = (
     "session_id", "step_id", "type", "description", "result", "model",
     "request_model", "provider", "input", "output", "input_tokens",
     "output_tokens", "cached_tokens", "reasoning_tokens", "cost", "duration",
     "time_to_first_token", "function_name", "arguments", "screenshots",
     "error", "started_at", "ended_at", "is_finished",
 )
+#: LLM accounting (migration 3): prompt-cache writes, counted apart from the
+#: reads in cached_tokens and priced at their own rate; and whether the
+#: token counts were estimated by Lucidic rather than reported by the API.
+_EVENT_ACCOUNTING_COLUMNS = ("cache_write_tokens", "tokens_estimated")
+EVENT_COLUMNS = _EVENT_COLUMNS_1 + _EVENT_ACCOUNTING_COLUMNS
 #: Columns holding JSON documents (stored as text on both backends).
 JSON_COLUMNS = frozenset({"tags", "input", "output", "arguments", "screenshots"})
-BOOL_COLUMNS = frozenset({"is_finished", "is_successful"})
+BOOL_COLUMNS = frozenset({"is_finished", "is_successful", "tokens_estimated"})
 
 _TABLES = {"session": ("sessions", SESSION_COLUMNS), "step": ("steps", STEP_COLUMNS),
            "event": ("events", EVENT_COLUMNS)}
@@ -131,7 +138,8 @@ _TYPES = {
     "time_to_first_token": "DOUBLE PRECISION",
     "input_tokens": "BIGINT", "output_tokens": "BIGINT", "cached_tokens": "BIGINT",
     "reasoning_tokens": "BIGINT", "is_finished": "SMALLINT", "is_successful": "SMALLINT",
-    "updated_at": "DOUBLE PRECISION",
+    "updated_at": "DOUBLE PRECISION", "cache_write_tokens": "BIGINT",
+    "tokens_estimated": "SMALLINT",
 }
 
 
@@ -149,7 +157,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, [
         _create_table("sessions", SESSION_COLUMNS),
         _create_table("steps", STEP_COLUMNS),
-        _create_table("events", EVENT_COLUMNS),
+        _create_table("events", _EVENT_COLUMNS_1),
         "CREATE INDEX IF NOT EXISTS sessions_started ON sessions (project, started_at)",
         "CREATE INDEX IF NOT EXISTS sessions_agent ON sessions (project, agent_id)",
         "CREATE INDEX IF NOT EXISTS steps_session ON steps (session_id)",
@@ -170,6 +178,9 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "SELECT project, COALESCE(MIN(started_at), 0) FROM sessions GROUP BY project "
         "ON CONFLICT (name) DO NOTHING",
     ]),
+    # LLM accounting: cache-write tokens, and token counts marked as estimated.
+    (3, [f"ALTER TABLE events ADD COLUMN {column} {_TYPES[column]}"
+         for column in _EVENT_ACCOUNTING_COLUMNS]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -439,7 +450,8 @@ class Store:
         try:
             import psycopg
         except ImportError as exc:  # pragma: no cover - depends on the install
-            raise StoreError("PostgreSQL needs psycopg: pip install 'lucidic[server]'") from exc
+            raise StoreError("PostgreSQL needs psycopg: "
+                             "pip install 'lucidic-toolkit[server]'") from exc
         from psycopg.types.numeric import NumericLoader
 
         class _NumberLoader(NumericLoader):
@@ -753,6 +765,7 @@ class Store:
                 "COALESCE(SUM(input_tokens), 0) AS input_tokens, "
                 "COALESCE(SUM(output_tokens), 0) AS output_tokens, "
                 "COALESCE(SUM(cached_tokens), 0) AS cached_tokens, "
+                "COALESCE(SUM(cache_write_tokens), 0) AS cache_write_tokens, "
                 "COALESCE(SUM(reasoning_tokens), 0) AS reasoning_tokens, "
                 "SUM(CASE WHEN error IS NOT NULL OR type = 'error' THEN 1 ELSE 0 END) "
                 "AS error_count "
@@ -785,7 +798,8 @@ def _fetch_count(cur: Any, table: str) -> int:
 
 def _empty_totals() -> dict[str, Any]:
     return {"step_count": 0, "event_count": 0, "error_count": 0, "total_cost": 0.0,
-            "input_tokens": 0, "output_tokens": 0, "cached_tokens": 0, "reasoning_tokens": 0}
+            "input_tokens": 0, "output_tokens": 0, "cached_tokens": 0, "cache_write_tokens": 0,
+            "reasoning_tokens": 0}
 
 
 def _decode_row(row: dict[str, Any]) -> dict[str, Any]:
