@@ -459,7 +459,9 @@ def _apply_payload(store: Store, cur: Any, upload: dict[str, Any], payload: Any)
     attributes.pop("payload_pending", None)
     fields = typed_event_fields(kind, payload)
     fields["attributes"] = {**attributes, **(fields.get("attributes") or {})} or None
-    store.apply(cur, [("event", upload["event_id"], float(found[2]),
+    # A millisecond newer than the preview: a retried preview (same time) then
+    # cannot overwrite the full payload.
+    store.apply(cur, [("event", upload["event_id"], float(found[2]) + 0.001,
                        {"session_id": upload["session_id"], **fields})], upload["project"])
 
 
