@@ -29,7 +29,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from ..store import Record, Store
+from ..store import Record, Store, clean_text
 from .otlp_mapping import SpanIn, fields_of
 
 
@@ -82,7 +82,7 @@ def _ingest_trace(store: Store, cur: Any, project: str, trace_id: str, spans: li
     ph = store.placeholder
     if store.dialect == "postgresql":
         cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 7514203))",
-                    (f"{project}\0{trace_id}",))
+                    (f"{project}\n{trace_id}",))
     cur.execute(f"SELECT session_id, is_placeholder, named_start, named_span FROM otlp_traces "
                 f"WHERE project = {ph} AND trace_id = {ph}", (project, trace_id))
     found = cur.fetchone()
@@ -164,10 +164,10 @@ def _claim_session(store: Store, cur: Any, project: str, target: _Trace,
     """Create the target session unless it exists; False if it is another
     project's."""
     ph = store.placeholder
-    agent = next((str(s.resource["service.name"]) for s in spans
+    agent = next((clean_text(str(s.resource["service.name"])) for s in spans
                   if s.resource.get("service.name")), None)
     root = next((s for s in spans if s.parent_id is None), None)
-    name = root.name if target.is_placeholder and root is not None else None
+    name = clean_text(root.name) if target.is_placeholder and root is not None else None
     cur.execute("INSERT INTO sessions (id, project, agent_id, name, started_at, updated_at) "
                 f"VALUES ({ph}, {ph}, {ph}, {ph}, {ph}, {ph}) ON CONFLICT (id) DO NOTHING",
                 (target.session_id, project, agent, name, first,
@@ -218,4 +218,5 @@ def _session_times(store: Store, cur: Any, target: _Trace, spans: list[SpanIn],
         ended = max((s.end for s in spans if s.end is not None), default=None)
         cur.execute(f"UPDATE sessions SET name = {ph}, is_finished = 1, ended_at = CASE WHEN "
                     f"ended_at IS NULL OR ended_at < {ph} THEN {ph} ELSE ended_at END "
-                    f"WHERE id = {ph}", (root.name or None, ended, ended, target.session_id))
+                    f"WHERE id = {ph}",
+                    (clean_text(root.name) or None, ended, ended, target.session_id))

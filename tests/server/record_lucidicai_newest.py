@@ -107,7 +107,7 @@ def main() -> None:
             self.end_headers()
             self.wfile.write(answer.content)
 
-        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _relay
+        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _relay  # noqa: N815 - http.server names
 
         def log_message(self, *args: object) -> None:
             pass
