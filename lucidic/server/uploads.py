@@ -60,7 +60,8 @@ def signing_key(store: Store) -> bytes:
 
 
 def _signature(key: bytes, object_key: str, expires: int) -> str:
-    return hmac.new(key, f"{object_key}\n{expires}".encode(), hashlib.sha256).hexdigest()
+    message = f"{object_key}\n{expires}".encode("utf-8", "surrogatepass")
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
 def presign(store: Store, request: Request, project: str, *, purpose: str,
@@ -161,8 +162,9 @@ def upload(object_key: str, request: Request, db: Db,
            expires: Annotated[int, Query(ge=0, le=2**53)],
            signature: Annotated[str, Query(max_length=128)]) -> JSONOut:
     config: UploadConfig = request.app.state.uploads
-    expected = _signature(config.key, object_key, expires)
-    if not hmac.compare_digest(expected, signature.lower()):
+    given = signature.lower()
+    if not (valid_id(object_key) and len(given) == 64 and given.isascii()
+            and hmac.compare_digest(_signature(config.key, object_key, expires), given)):
         raise ApiError(403, "the upload URL's signature is not valid; ask for a new URL")
     if expires < time.time():
         raise ApiError(403, "the upload URL has expired; ask for a new one")
