@@ -295,7 +295,23 @@ def clean_json(value: Any) -> Any:
 
 
 def _json_param(value: Any) -> str:
+    # The usual document needs no cleaning: serialise it as it is (in C) and
+    # clean only what that refuses or what holds a NUL or a lone surrogate.
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        if "\\u0000" not in text and (text.isascii() or _encodable(text)):
+            return text
+    except (TypeError, ValueError):
+        pass
     return json.dumps(clean_json(value), ensure_ascii=False, default=repr)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _bool_param(value: Any) -> int:

@@ -59,15 +59,56 @@ class Outcome:
 
 
 def ingest(store: Store, project: str, spans: list[SpanIn]) -> Outcome:
-    """Store ``spans`` for ``project`` in one transaction."""
+    """Store ``spans`` for ``project`` in one transaction, with a few
+    statements per request rather than per trace."""
     by_trace: dict[str, list[SpanIn]] = {}
     for span in spans:
         by_trace.setdefault(span.trace_id, []).append(span)
     outcome = Outcome()
 
     def run(cur: Any) -> None:
-        for trace_id in sorted(by_trace):  # one lock order for every request
-            _ingest_trace(store, cur, project, trace_id, by_trace[trace_id], outcome)
+        traces = sorted(by_trace)  # one lock order for every request
+        if store.dialect == "postgresql":
+            cur.executemany("SELECT pg_advisory_xact_lock(hashtextextended(%s, 7514203))",
+                            [(f"{project}\n{trace_id}",) for trace_id in traces])
+        stored = _stored_traces(store, cur, project, traces)
+        targets = {t: _target(stored.get(t), by_trace[t]) for t in traces}
+        refused = _claim_sessions(store, cur, project, targets, by_trace)
+        accepted = [t for t in traces if targets[t].session_id not in refused]
+        for trace_id in traces:
+            if targets[trace_id].session_id in refused:
+                outcome.refuse(len(by_trace[trace_id]),
+                               f"session {targets[trace_id].session_id!r} belongs to another "
+                               "project or cannot be used")
+        if not accepted:
+            return
+        known = _known_spans(store, cur, project, accepted)
+        records: list[Record] = []
+        for trace_id in accepted:
+            target, before = targets[trace_id], stored.get(trace_id)
+            spans_known = known.setdefault(trace_id, {})
+            if before is not None and before.session_id != target.session_id:
+                _move(store, cur, project, trace_id, spans_known, before, target.session_id)
+            records.extend(_rows(store, cur, project, trace_id, by_trace[trace_id], target,
+                                 spans_known))
+            outcome.accepted += len(by_trace[trace_id])
+        ph = store.placeholder
+        cur.executemany(
+            "INSERT INTO otlp_traces (project, trace_id, session_id, is_placeholder, "
+            f"named_start, named_span) VALUES ({ph}, {ph}, {ph}, {ph}, {ph}, {ph}) "
+            "ON CONFLICT (project, trace_id) DO UPDATE SET session_id = excluded.session_id, "
+            "is_placeholder = excluded.is_placeholder, named_start = excluded.named_start, "
+            "named_span = excluded.named_span",
+            [(project, t, targets[t].session_id, int(targets[t].is_placeholder),
+              targets[t].named_start, targets[t].named_span) for t in accepted])
+        cur.executemany(
+            "INSERT INTO otlp_spans (project, trace_id, span_id, parent_span_id, is_step) "
+            f"VALUES ({ph}, {ph}, {ph}, {ph}, {ph}) ON CONFLICT (project, trace_id, span_id) "
+            "DO UPDATE SET parent_span_id = excluded.parent_span_id, is_step = excluded.is_step",
+            [(project, t, s.span_id, s.parent_id, int(s.role == "step"))
+             for t in accepted for s in by_trace[t]])
+        store.apply(cur, records, project)
+        _session_times(store, cur, {t: targets[t] for t in accepted}, by_trace)
 
     store.transaction(run)
     return outcome
@@ -77,57 +118,45 @@ def _sort_key(span: SpanIn) -> tuple[float, str]:
     return (span.start if span.start is not None else float("inf"), span.span_id)
 
 
-def _ingest_trace(store: Store, cur: Any, project: str, trace_id: str, spans: list[SpanIn],
-                  outcome: Outcome) -> None:
-    ph = store.placeholder
-    if store.dialect == "postgresql":
-        cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 7514203))",
-                    (f"{project}\n{trace_id}",))
-    cur.execute(f"SELECT session_id, is_placeholder, named_start, named_span FROM otlp_traces "
-                f"WHERE project = {ph} AND trace_id = {ph}", (project, trace_id))
-    found = cur.fetchone()
-    stored = _Trace(found[0], bool(found[1]), found[2], found[3]) if found else None
-
+def _target(stored: _Trace | None, spans: list[SpanIn]) -> _Trace:
+    """The session a trace belongs in, given what is stored and these spans."""
     naming = min((s for s in spans if s.session_name() is not None), key=_sort_key,
                  default=None)
-    target = stored
-    if naming is not None and (stored is None or stored.is_placeholder or
-                               _sort_key(naming) < (stored.named_start
-                                                    if stored.named_start is not None
-                                                    else float("inf"),
-                                                    stored.named_span or "")):
-        target = _Trace(str(naming.session_name()), False, naming.start, naming.span_id)
-    if target is None:
-        target = _Trace(str(uuid.uuid4()), True, None, None)
+    if naming is not None and (stored is None or stored.is_placeholder or _sort_key(naming) < (
+            stored.named_start if stored.named_start is not None else float("inf"),
+            stored.named_span or "")):
+        return _Trace(str(naming.session_name()), False, naming.start, naming.span_id)
+    return stored or _Trace(str(uuid.uuid4()), True, None, None)
 
-    first = min((s.start for s in spans if s.start is not None), default=None)
-    if not _claim_session(store, cur, project, target, spans, first):
-        outcome.refuse(len(spans), f"session {target.session_id!r} belongs to another project "
-                                   "or cannot be used")
-        return
 
-    known = _known_spans(store, cur, project, trace_id)
-    if stored is not None and stored.session_id != target.session_id:
-        _move(store, cur, project, trace_id, known, stored, target.session_id)
-    cur.execute("INSERT INTO otlp_traces (project, trace_id, session_id, is_placeholder, "
-                f"named_start, named_span) VALUES ({ph}, {ph}, {ph}, {ph}, {ph}, {ph}) "
-                "ON CONFLICT (project, trace_id) DO UPDATE SET session_id = excluded.session_id, "
-                "is_placeholder = excluded.is_placeholder, named_start = excluded.named_start, "
-                "named_span = excluded.named_span",
-                (project, trace_id, target.session_id, int(target.is_placeholder),
-                 target.named_start, target.named_span))
+def _chunks(items: list[str], size: int = 500) -> list[list[str]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
 
-    previously = dict(known)
+
+def _stored_traces(store: Store, cur: Any, project: str,
+                   traces: list[str]) -> dict[str, _Trace]:
+    ph = store.placeholder
+    found: dict[str, _Trace] = {}
+    for chunk in _chunks(traces):
+        cur.execute("SELECT trace_id, session_id, is_placeholder, named_start, named_span "
+                    f"FROM otlp_traces WHERE project = {ph} AND trace_id IN "
+                    f"({', '.join([ph] * len(chunk))})", (project, *chunk))
+        for row in cur.fetchall():
+            found[row[0]] = _Trace(row[1], bool(row[2]), row[3], row[4])
+    return found
+
+
+def _rows(store: Store, cur: Any, project: str, trace_id: str, spans: list[SpanIn],
+          target: _Trace, known: dict[str, tuple[str | None, bool]]) -> list[Record]:
+    """The step and event records of a trace's spans, each in the step of its
+    nearest step ancestor; what stood under a span that turns out to be an
+    event moves up to that span's own anchor."""
+    ph = store.placeholder
+    waiting = {parent for parent, _ in known.values() if parent is not None}
     for span in spans:
         known[span.span_id] = (span.parent_id, span.role == "step")
-    cur.executemany(
-        "INSERT INTO otlp_spans (project, trace_id, span_id, parent_span_id, is_step) "
-        f"VALUES ({ph}, {ph}, {ph}, {ph}, {ph}) ON CONFLICT (project, trace_id, span_id) "
-        "DO UPDATE SET parent_span_id = excluded.parent_span_id, is_step = excluded.is_step",
-        [(project, trace_id, s.span_id, s.parent_id, int(s.role == "step")) for s in spans])
 
     def anchor(span_id: str) -> str | None:
-        """The step id an event or step under ``span_id`` belongs in."""
         seen = set()
         parent = known[span_id][0]
         while parent is not None and parent not in seen:
@@ -138,51 +167,63 @@ def _ingest_trace(store: Store, cur: Any, project: str, trace_id: str, spans: li
             parent = entry[0]
         return None
 
-    waiting = {parent for parent, _ in previously.values() if parent is not None}
     records: list[Record] = []
     for span in spans:
         own = row_id(project, trace_id, span.span_id)
         fields = fields_of(span)
+        ts = span.end or span.start or 0.0
         if span.role == "step":
             fields.update(session_id=target.session_id, parent_step_id=anchor(span.span_id))
-            records.append(("step", own, span.end or span.start or 0.0, fields))
+            records.append(("step", own, ts, fields))
             continue
         fields.update(session_id=target.session_id, step_id=anchor(span.span_id))
-        records.append(("event", own, span.end or span.start or 0.0, fields))
-        if span.span_id in waiting:  # rows that stood under this span move up
+        records.append(("event", own, ts, fields))
+        if span.span_id in waiting:
             moved_to = anchor(span.span_id)
             for table, column in (("steps", "parent_step_id"), ("events", "step_id")):
                 cur.execute(f"UPDATE {table} SET {column} = {ph} WHERE session_id = {ph} "
                             f"AND {column} = {ph}", (moved_to, target.session_id, own))
-    store.apply(cur, records, project)
-    _session_times(store, cur, target, spans, first)
-    outcome.accepted += len(spans)
+    return records
 
 
-def _claim_session(store: Store, cur: Any, project: str, target: _Trace,
-                   spans: list[SpanIn], first: float | None) -> bool:
-    """Create the target session unless it exists; False if it is another
-    project's."""
+def _claim_sessions(store: Store, cur: Any, project: str, targets: dict[str, _Trace],
+                    by_trace: dict[str, list[SpanIn]]) -> set[str]:
+    """Create the target sessions that do not exist; the ids of those that
+    are another project's (which the traces naming them cannot use)."""
     ph = store.placeholder
-    agent = next((clean_text(str(s.resource["service.name"])) for s in spans
-                  if s.resource.get("service.name")), None)
-    root = next((s for s in spans if s.parent_id is None), None)
-    name = clean_text(root.name) if target.is_placeholder and root is not None else None
-    cur.execute("INSERT INTO sessions (id, project, agent_id, name, started_at, updated_at) "
-                f"VALUES ({ph}, {ph}, {ph}, {ph}, {ph}, {ph}) ON CONFLICT (id) DO NOTHING",
-                (target.session_id, project, agent, name, first,
-                 first if first is not None else time.time()))
-    cur.execute(f"SELECT project FROM sessions WHERE id = {ph}", (target.session_id,))
-    owner = cur.fetchone()
-    return owner is not None and owner[0] == project
+    rows: dict[str, tuple[Any, ...]] = {}
+    for trace_id, target in targets.items():
+        spans = by_trace[trace_id]
+        agent = next((clean_text(str(s.resource["service.name"])) for s in spans
+                      if s.resource.get("service.name")), None)
+        root = next((s for s in spans if s.parent_id is None), None)
+        name = clean_text(root.name) if target.is_placeholder and root is not None else None
+        first = min((s.start for s in spans if s.start is not None), default=None)
+        rows.setdefault(target.session_id, (target.session_id, project, agent, name, first,
+                                            first if first is not None else time.time()))
+    cur.executemany("INSERT INTO sessions (id, project, agent_id, name, started_at, updated_at) "
+                    f"VALUES ({ph}, {ph}, {ph}, {ph}, {ph}, {ph}) ON CONFLICT (id) DO NOTHING",
+                    list(rows.values()))
+    theirs: set[str] = set()
+    for chunk in _chunks(sorted(rows)):
+        cur.execute(f"SELECT id FROM sessions WHERE project <> {ph} AND id IN "
+                    f"({', '.join([ph] * len(chunk))})", (project, *chunk))
+        theirs.update(row[0] for row in cur.fetchall())
+    return theirs
 
 
 def _known_spans(store: Store, cur: Any, project: str,
-                 trace_id: str) -> dict[str, tuple[str | None, bool]]:
+                 traces: list[str]) -> dict[str, dict[str, tuple[str | None, bool]]]:
+    """Each trace's stored spans: parent and whether it became a step."""
     ph = store.placeholder
-    cur.execute(f"SELECT span_id, parent_span_id, is_step FROM otlp_spans WHERE project = {ph} "
-                f"AND trace_id = {ph}", (project, trace_id))
-    return {row[0]: (row[1], bool(row[2])) for row in cur.fetchall()}
+    known: dict[str, dict[str, tuple[str | None, bool]]] = {}
+    for chunk in _chunks(traces):
+        cur.execute("SELECT trace_id, span_id, parent_span_id, is_step FROM otlp_spans "
+                    f"WHERE project = {ph} AND trace_id IN ({', '.join([ph] * len(chunk))})",
+                    (project, *chunk))
+        for trace_id, span_id, parent, is_step in cur.fetchall():
+            known.setdefault(trace_id, {})[span_id] = (parent, bool(is_step))
+    return known
 
 
 def _move(store: Store, cur: Any, project: str, trace_id: str,
@@ -204,19 +245,27 @@ def _move(store: Store, cur: Any, project: str, trace_id: str,
                     (stored.session_id, project, stored.session_id, stored.session_id))
 
 
-def _session_times(store: Store, cur: Any, target: _Trace, spans: list[SpanIn],
-                   first: float | None) -> None:
-    """Earliest start over every span; for a trace's own session, the root
-    span's name and end finish it."""
+def _session_times(store: Store, cur: Any, targets: dict[str, _Trace],
+                   by_trace: dict[str, list[SpanIn]]) -> None:
+    """Each session starts at its earliest span; a trace's own session is
+    named and finished by its root span."""
     ph = store.placeholder
-    if first is not None:
-        cur.execute(f"UPDATE sessions SET started_at = {ph} WHERE id = {ph} "
-                    f"AND (started_at IS NULL OR started_at > {ph})",
-                    (first, target.session_id, first))
-    root = next((s for s in spans if s.parent_id is None), None)
-    if target.is_placeholder and root is not None:
-        ended = max((s.end for s in spans if s.end is not None), default=None)
-        cur.execute(f"UPDATE sessions SET name = {ph}, is_finished = 1, ended_at = CASE WHEN "
-                    f"ended_at IS NULL OR ended_at < {ph} THEN {ph} ELSE ended_at END "
-                    f"WHERE id = {ph}",
-                    (clean_text(root.name) or None, ended, ended, target.session_id))
+    starts: dict[str, float] = {}
+    finished = []
+    for trace_id, target in targets.items():
+        spans = by_trace[trace_id]
+        first = min((s.start for s in spans if s.start is not None), default=None)
+        if first is not None:
+            starts[target.session_id] = min(first, starts.get(target.session_id, first))
+        root = next((s for s in spans if s.parent_id is None), None)
+        if target.is_placeholder and root is not None:
+            ended = max((s.end for s in spans if s.end is not None), default=None)
+            finished.append((clean_text(root.name) or None, ended, ended, target.session_id))
+    if starts:
+        cur.executemany(f"UPDATE sessions SET started_at = {ph} WHERE id = {ph} "
+                        f"AND (started_at IS NULL OR started_at > {ph})",
+                        [(first, sid, first) for sid, first in starts.items()])
+    if finished:
+        cur.executemany(f"UPDATE sessions SET name = {ph}, is_finished = 1, ended_at = CASE "
+                        f"WHEN ended_at IS NULL OR ended_at < {ph} THEN {ph} ELSE ended_at END "
+                        f"WHERE id = {ph}", finished)

@@ -519,3 +519,19 @@ def test_the_openapi_spec_documents_the_protocol_routes_for_the_fuzzer(
     assert "mass_sim_id" in {p["name"] for p in paths["/api/v1/sessions"]["get"]["parameters"]}
 
 
+
+
+def test_one_request_with_several_traces_of_one_conversation(
+        sqlite_url: str, start_server: Any) -> None:
+    server = start_server(sqlite_url)
+    key = make_key(sqlite_url, "conversation")
+    spans = [*make_spans(agent_trace("shared")), *make_spans(agent_trace("shared")),
+             *make_spans(agent_trace(None))]
+    assert post(server, key, body(spans)).status_code == 200
+    api = Api(server.url, key)
+    sessions = {s["id"]: s for s in api.get("/api/v1/sessions").json()["sessions"]}
+    assert len(sessions) == 2 and sessions["shared"]["step_count"] == 6
+    (own,) = (s for sid, s in sessions.items() if sid != "shared")
+    assert own["step_count"] == 3 and own["is_finished"] and own["name"] == "run agent"
+    assert sessions["shared"]["started_at"] == pytest.approx(
+        min(s.start_time for s in spans[:10]) / 1e9)
