@@ -615,6 +615,7 @@ def test_bad_lucidicai_requests_get_a_clear_4xx_and_change_nothing(
         (http, "POST", "initstep", {"json": {"session_id": finished}}, 409, "has finished"),
         (http, "POST", "continuesession", {"json": {"session_id": finished}}, 409,
          "has finished"),
+        (http, "POST", "initsession", {"json": {"session_id": finished}}, 409, "has finished"),
         (http, "GET", "getpresigneduploadurl", {"params": {"step_id": step, "colour": "red"}},
          422, "colour"),
         (http, "GET", "getpresigneduploadurl", {"params": {"event_id": event}}, 422,
@@ -641,6 +642,9 @@ def test_bad_lucidicai_requests_get_a_clear_4xx_and_change_nothing(
             if "data" in kwargs else kwargs))
         assert answer.status_code == status, (route, kwargs, answer.text)
         assert words in answer.json()["detail"], (route, answer.text)
+    # lucidicai's init(session_id=...) of an unfinished session of the project joins it.
+    joined = http.post(base + "initsession", json={"session_id": sid, "session_name": "again"})
+    assert joined.status_code == 200 and joined.json() == {"session_id": sid}
     other_event = _lucidicai_http(server, theirs).post(base + "events", json={
         "session_id": sid, "client_event_id": event, "type": "generic"})
     assert other_event.status_code == 404
