@@ -9,9 +9,7 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import tempfile
-import textwrap
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from server_support import ROOT, ServerProcess
+
+from helpers import run_python
 
 #: lucidicai 1.3.5 reads no base-URL variable: with LUCIDIC_DEBUG=True it
 #: talks to http://localhost:8000/api, so the server under test listens there.
@@ -66,22 +66,14 @@ def port_8000(timeout: float = 60.0) -> Iterator[None]:
 
 def run_lucidicai(code: str, *, key: str, home: Path, agent_id: str = "agent-1",
                   timeout: float = 90, check: bool = True,
-                  args: list[str] | None = None,
-                  env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``code`` (which imports lucidicai itself) in a fresh interpreter
-    set up as a lucidicai 1.3.5 user of a self-hosted server is."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("LUCIDIC_", "OTEL_"))}
-    full_env.update({"LUCIDIC_DEBUG": "True", "LUCIDIC_API_KEY": key,
-                     "LUCIDIC_AGENT_ID": agent_id, "LUCIDIC_HOME": str(home),
-                     "PYTHONUNBUFFERED": "1", **(env or {})})
+                  args: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` (which imports lucidicai itself) in a fresh interpreter,
+    in its own directory, set up as a lucidicai 1.3.5 user of a self-hosted
+    server is."""
     home.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *(args or [])],
-                            capture_output=True, text=True, timeout=timeout, env=full_env,
-                            cwd=str(home))
-    if check and result.returncode != 0:
-        raise AssertionError(f"lucidicai child failed ({result.returncode}):\n{result.stdout}\n"
-                             f"{result.stderr[-4000:]}")
-    return result
+    return run_python(code, home=home, timeout=timeout, check=check, args=args, cwd=home,
+                      env={"LUCIDIC_DEBUG": "True", "LUCIDIC_API_KEY": key,
+                           "LUCIDIC_AGENT_ID": agent_id})
 
 
 def last_json(output: str) -> Any:

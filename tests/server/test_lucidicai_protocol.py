@@ -39,12 +39,8 @@ def lai_server(db_url: str, start_server: Any) -> Iterator[ServerProcess]:
         server.stop()
 
 
-@pytest.fixture
-def lai_server_sqlite(sqlite_url: str, start_server: Any) -> Iterator[ServerProcess]:
-    with port_8000():
-        server = start_server(sqlite_url, 8000)
-        yield server
-        server.stop()
+#: For the tests that need not run on PostgreSQL as well.
+sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
 def _is_uuid4(value: str) -> bool:
@@ -145,14 +141,15 @@ except InvalidOperationError:
 """
 
 
+@sqlite_only
 def test_seed_basic_usage_and_error_handling_run_as_written_with_lucidicai(
-        lai_server_sqlite: ServerProcess, sqlite_url: str, tmp_path: Path) -> None:
-    key = make_key(sqlite_url, "seed")
+        lai_server: ServerProcess, db_url: str, tmp_path: Path) -> None:
+    key = make_key(db_url, "seed")
     # The session the example continues, made by our own SDK through the server.
     run_python(CREATE_EXISTING_WITH_OUR_SDK, home=tmp_path / "ours",
-               env=sdk_env(lai_server_sqlite, key))
+               env=sdk_env(lai_server, key))
     run_lucidicai(BASIC_USAGE_SEED, key=key, home=tmp_path / "theirs", agent_id="any")
-    tree = Api(lai_server_sqlite.url, key).tree("existing-session-123")
+    tree = Api(lai_server.url, key).tree("existing-session-123")
     assert [s["action"] for s in tree["steps"]] == ["Prepare data", "Process additional data"]
     assert tree["steps"][1]["state"] == "Continuing workflow"
     assert tree["is_finished"]  # lucidicai's auto_end ended it at exit
@@ -190,10 +187,11 @@ lai.end_session(is_successful=True)
 """
 
 
+@sqlite_only
 def test_seed_distributed_example_hands_over_unless_process_one_ends_the_session(
-        lai_server_sqlite: ServerProcess, sqlite_url: str, tmp_path: Path) -> None:
-    key = make_key(sqlite_url, "seed")
-    api = Api(lai_server_sqlite.url, key)
+        lai_server: ServerProcess, db_url: str, tmp_path: Path) -> None:
+    key = make_key(db_url, "seed")
+    api = Api(lai_server.url, key)
 
     # As the seed wrote it, process 1 ends the session; its own note forbids
     # continuing a finished session, and the error says so.
@@ -253,16 +251,17 @@ except Exception as e:
 """
 
 
+@sqlite_only
 def test_seed_error_recovery_with_lucidicai_is_refused_by_the_client_itself(
-        lai_server_sqlite: ServerProcess, sqlite_url: str, tmp_path: Path) -> None:
+        lai_server: ServerProcess, db_url: str, tmp_path: Path) -> None:
     """lucidicai 1.3.5 checks locally that no session is active before it asks
     the server, so the seed's in-process recovery fails in the client; what
     part 1 recorded is kept, and the session ends at exit (auto_end)."""
-    key = make_key(sqlite_url, "seed")
+    key = make_key(db_url, "seed")
     output = run_lucidicai(ERROR_RECOVERY_SEED, key=key, home=tmp_path / "p").stdout
     assert "client refused:" in output and "Session already in progress" in output
     session_id = output.strip().splitlines()[-1]
-    tree = Api(lai_server_sqlite.url, key).tree(session_id)
+    tree = Api(lai_server.url, key).tree(session_id)
     assert [s["action"] for s in tree["steps"]] == ["Load first rows"] and tree["is_finished"]
 
 
@@ -289,9 +288,10 @@ print(json.dumps(out))
 """
 
 
-def test_lucidicai_errors_carry_the_servers_reason(lai_server_sqlite: ServerProcess,
-                                                   sqlite_url: str, tmp_path: Path) -> None:
-    key = make_key(sqlite_url, "errors")
+@sqlite_only
+def test_lucidicai_errors_carry_the_servers_reason(lai_server: ServerProcess,
+                                                   db_url: str, tmp_path: Path) -> None:
+    key = make_key(db_url, "errors")
     out = last_json(run_lucidicai(ERRORS, key=key, home=tmp_path / "c").stdout)
     assert out["bad_key"][0] == "APIKeyVerificationError"
     kind, text = out["unknown"]
@@ -320,16 +320,17 @@ print(json.dumps({"session": sid, "answer": answer.choices[0].message.content}))
 """
 
 
+@sqlite_only
 def test_an_instrumented_openai_call_replayed_from_a_recording_lands_as_an_llm_event(
-        lai_server_sqlite: ServerProcess, sqlite_url: str, tmp_path: Path) -> None:
+        lai_server: ServerProcess, db_url: str, tmp_path: Path) -> None:
     cassette = SHARED_CASSETTES / "openai" / "chat.yaml"
     if not cassette.is_file():
         pytest.skip(f"recorded OpenAI traffic not found at {cassette}")
-    key = make_key(sqlite_url, "llm")
+    key = make_key(db_url, "llm")
     out = last_json(run_lucidicai(INSTRUMENTED_OPENAI, key=key, home=tmp_path / "c",
                                   args=[str(cassette)]).stdout)
     assert "baggage" in out["answer"]
-    tree = Api(lai_server_sqlite.url, key).tree(out["session"])
+    tree = Api(lai_server.url, key).tree(out["session"])
     (event,) = tree["events"]
     assert event["type"] == "llm" and event["model"] == "gpt-3.5-turbo-0125"
     assert event["cost"] and event["cost"] > 0  # computed by lucidicai from the usage
@@ -496,13 +497,14 @@ print(json.dumps([first, staging]))
 """
 
 
+@sqlite_only
 def test_the_prompt_store_is_set_by_the_cli_and_served_to_get_prompt(
-        lai_server_sqlite: ServerProcess, sqlite_url: str, tmp_path: Path) -> None:
-    key = make_key(sqlite_url, "prompts")
+        lai_server: ServerProcess, db_url: str, tmp_path: Path) -> None:
+    key = make_key(db_url, "prompts")
 
     def cli(*args: str) -> str:
         done = subprocess.run([sys.executable, "-m", "lucidic", "prompts", *args,
-                               "--db", sqlite_url], capture_output=True, text=True,
+                               "--db", db_url], capture_output=True, text=True,
                               timeout=60, env=child_env(tmp_path / "cli"))
         assert done.returncode == 0, done.stderr
         return done.stdout
@@ -527,9 +529,9 @@ def test_the_prompt_store_is_set_by_the_cli_and_served_to_get_prompt(
     shown = cli("show", "greeting", "--project", "prompts", "--version", "1")
     assert "Hello {{name}}, welcome!" in shown and "v1" in shown
     # Another project sees none of it.
-    other = make_key(sqlite_url, "other")
-    refused = _lucidicai_http(lai_server_sqlite, other).get(
-        lai_server_sqlite.url + "/api/getprompt", params={"prompt_name": "greeting",
+    other = make_key(db_url, "other")
+    refused = _lucidicai_http(lai_server, other).get(
+        lai_server.url + "/api/getprompt", params={"prompt_name": "greeting",
                                                           "label": "production"})
     assert refused.status_code == 404
 
