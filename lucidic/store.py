@@ -113,38 +113,45 @@ def hash_api_key(key: str) -> str:
 # Column lists: every column but ``id`` and ``updated_at``. The first entry of
 # each list is the guard column: an upsert may only touch a row whose guard
 # matches (a step cannot move to another session, a session to another project).
-# The tables as migration 1 created them; later migrations add columns.
-_V1_SESSION_COLUMNS = (
+# The sessions and steps tables as migration 1 made them (never change them:
+# migrations after 1 add columns).
+_SESSION_COLUMNS_1 = (
     "project", "agent_id", "name", "task", "tags", "started_at", "ended_at",
     "is_finished", "is_successful", "is_successful_reason", "session_eval",
     "session_eval_reason",
 )
-_V1_STEP_COLUMNS = (
+_STEP_COLUMNS_1 = (
     "session_id", "parent_step_id", "state", "action", "goal", "eval_score",
     "eval_description", "screenshot", "screenshot_path", "function_name",
     "started_at", "ended_at", "is_finished", "error",
 )
-_V1_EVENT_COLUMNS = (
+#: The events table as migration 1 made it (never change it: migrations
+#: after 1 add columns to it).
+_EVENT_COLUMNS_1 = (
     "session_id", "step_id", "type", "description", "result", "model",
     "request_model", "provider", "input", "output", "input_tokens",
     "output_tokens", "cached_tokens", "reasoning_tokens", "cost", "duration",
     "time_to_first_token", "function_name", "arguments", "screenshots",
     "error", "started_at", "ended_at", "is_finished",
 )
-#: Columns added by migration 3. ``mass_sim_id``, ``experiment_id`` and
+#: LLM accounting (migration 3): prompt-cache writes, counted apart from the
+#: reads in cached_tokens and priced at their own rate; and whether the
+#: token counts were estimated by Lucidic rather than reported by the API.
+_EVENT_ACCOUNTING_COLUMNS = ("cache_write_tokens", "tokens_estimated")
+#: Columns added by migration 4. ``mass_sim_id``, ``experiment_id`` and
 #: ``rubrics`` are what the lucidicai client's initsession names (evaluations
 #: build on them); ``attributes`` keeps what a row's source said that has no
 #: column of its own (OTLP span attributes, lucidicai fields we do not model).
-_V3_SESSION_COLUMNS = ("mass_sim_id", "experiment_id", "rubrics", "attributes")
-_V3_STEP_COLUMNS = ("attributes",)
-_V3_EVENT_COLUMNS = ("attributes",)
-SESSION_COLUMNS = _V1_SESSION_COLUMNS + _V3_SESSION_COLUMNS
-STEP_COLUMNS = _V1_STEP_COLUMNS + _V3_STEP_COLUMNS
-EVENT_COLUMNS = _V1_EVENT_COLUMNS + _V3_EVENT_COLUMNS
+_PROTOCOL_SESSION_COLUMNS = ("mass_sim_id", "experiment_id", "rubrics", "attributes")
+_PROTOCOL_STEP_COLUMNS = ("attributes",)
+_PROTOCOL_EVENT_COLUMNS = ("attributes",)
+SESSION_COLUMNS = _SESSION_COLUMNS_1 + _PROTOCOL_SESSION_COLUMNS
+STEP_COLUMNS = _STEP_COLUMNS_1 + _PROTOCOL_STEP_COLUMNS
+EVENT_COLUMNS = _EVENT_COLUMNS_1 + _EVENT_ACCOUNTING_COLUMNS + _PROTOCOL_EVENT_COLUMNS
 #: Columns holding JSON documents (stored as text on both backends).
 JSON_COLUMNS = frozenset({"tags", "input", "output", "arguments", "screenshots", "rubrics",
                           "attributes"})
-BOOL_COLUMNS = frozenset({"is_finished", "is_successful"})
+BOOL_COLUMNS = frozenset({"is_finished", "is_successful", "tokens_estimated"})
 
 _TABLES = {"session": ("sessions", SESSION_COLUMNS), "step": ("steps", STEP_COLUMNS),
            "event": ("events", EVENT_COLUMNS)}
@@ -157,7 +164,8 @@ _TYPES = {
     "time_to_first_token": "DOUBLE PRECISION",
     "input_tokens": "BIGINT", "output_tokens": "BIGINT", "cached_tokens": "BIGINT",
     "reasoning_tokens": "BIGINT", "is_finished": "SMALLINT", "is_successful": "SMALLINT",
-    "updated_at": "DOUBLE PRECISION",
+    "updated_at": "DOUBLE PRECISION", "cache_write_tokens": "BIGINT",
+    "tokens_estimated": "SMALLINT",
 }
 
 
@@ -173,9 +181,9 @@ def _create_table(table: str, columns: Sequence[str]) -> str:
 #: version reached is kept in lucidic_meta. Never edit a released entry: add one.
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, [
-        _create_table("sessions", _V1_SESSION_COLUMNS),
-        _create_table("steps", _V1_STEP_COLUMNS),
-        _create_table("events", _V1_EVENT_COLUMNS),
+        _create_table("sessions", _SESSION_COLUMNS_1),
+        _create_table("steps", _STEP_COLUMNS_1),
+        _create_table("events", _EVENT_COLUMNS_1),
         "CREATE INDEX IF NOT EXISTS sessions_started ON sessions (project, started_at)",
         "CREATE INDEX IF NOT EXISTS sessions_agent ON sessions (project, agent_id)",
         "CREATE INDEX IF NOT EXISTS steps_session ON steps (session_id)",
@@ -196,15 +204,18 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "SELECT project, COALESCE(MIN(started_at), 0) FROM sessions GROUP BY project "
         "ON CONFLICT (name) DO NOTHING",
     ]),
+    # LLM accounting: cache-write tokens, and token counts marked as estimated.
+    (3, [f"ALTER TABLE events ADD COLUMN {column} {_TYPES[column]}"
+         for column in _EVENT_ACCOUNTING_COLUMNS]),
     # What existing clients send (lucidicai's wire protocol and OTLP): the
     # session columns initsession names, kept attributes, mass simulations,
     # the prompt store, uploads (screenshots, large event payloads) held until
     # a signed URL delivers them, and the bookkeeping that makes OTLP ingest
     # independent of the order spans arrive in.
-    (3, [
+    (4, [
         *(f"ALTER TABLE {table} ADD COLUMN {column} TEXT"
-          for table, columns in (("sessions", _V3_SESSION_COLUMNS),
-                                 ("steps", _V3_STEP_COLUMNS), ("events", _V3_EVENT_COLUMNS))
+          for table, columns in (("sessions", _PROTOCOL_SESSION_COLUMNS),
+                                 ("steps", _PROTOCOL_STEP_COLUMNS), ("events", _PROTOCOL_EVENT_COLUMNS))
           for column in columns),
         "CREATE INDEX IF NOT EXISTS sessions_mass_sim ON sessions (project, mass_sim_id)",
         "CREATE INDEX IF NOT EXISTS sessions_experiment ON sessions (project, experiment_id)",
@@ -521,7 +532,8 @@ class Store:
         try:
             import psycopg
         except ImportError as exc:  # pragma: no cover - depends on the install
-            raise StoreError("PostgreSQL needs psycopg: pip install 'lucidic[server]'") from exc
+            raise StoreError("PostgreSQL needs psycopg: "
+                             "pip install 'lucidic-toolkit[server]'") from exc
         from psycopg.types.numeric import NumericLoader
 
         class _NumberLoader(NumericLoader):
@@ -870,6 +882,7 @@ class Store:
                 "COALESCE(SUM(input_tokens), 0) AS input_tokens, "
                 "COALESCE(SUM(output_tokens), 0) AS output_tokens, "
                 "COALESCE(SUM(cached_tokens), 0) AS cached_tokens, "
+                "COALESCE(SUM(cache_write_tokens), 0) AS cache_write_tokens, "
                 "COALESCE(SUM(reasoning_tokens), 0) AS reasoning_tokens, "
                 "SUM(CASE WHEN error IS NOT NULL OR type = 'error' THEN 1 ELSE 0 END) "
                 "AS error_count "
@@ -902,7 +915,8 @@ def _fetch_count(cur: Any, table: str) -> int:
 
 def _empty_totals() -> dict[str, Any]:
     return {"step_count": 0, "event_count": 0, "error_count": 0, "total_cost": 0.0,
-            "input_tokens": 0, "output_tokens": 0, "cached_tokens": 0, "reasoning_tokens": 0}
+            "input_tokens": 0, "output_tokens": 0, "cached_tokens": 0, "cache_write_tokens": 0,
+            "reasoning_tokens": 0}
 
 
 def _decode_row(row: dict[str, Any]) -> dict[str, Any]:
