@@ -215,7 +215,8 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     (4, [
         *(f"ALTER TABLE {table} ADD COLUMN {column} TEXT"
           for table, columns in (("sessions", _PROTOCOL_SESSION_COLUMNS),
-                                 ("steps", _PROTOCOL_STEP_COLUMNS), ("events", _PROTOCOL_EVENT_COLUMNS))
+                                 ("steps", _PROTOCOL_STEP_COLUMNS),
+                                 ("events", _PROTOCOL_EVENT_COLUMNS))
           for column in columns),
         "CREATE INDEX IF NOT EXISTS sessions_mass_sim ON sessions (project, mass_sim_id)",
         "CREATE INDEX IF NOT EXISTS sessions_experiment ON sessions (project, experiment_id)",
