@@ -298,8 +298,10 @@ class HttpReader:
         raise SystemExit(f"lucidic: the server at {self.base_url} answered {_detail(response)}")
 
     def list_sessions(self, *, agent_id: str | None = None, status: str | None = None,
-                      limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
-        params = {"agent_id": agent_id, "status": status, "limit": limit, "offset": offset}
+                      limit: int = 50, offset: int = 0,
+                      mass_sim_id: str | None = None) -> list[dict[str, Any]]:
+        params = {"agent_id": agent_id, "status": status, "limit": limit, "offset": offset,
+                  "mass_sim_id": mass_sim_id}
         response = self._get("/api/v1/sessions",
                              {k: v for k, v in params.items() if v is not None})
         if response.status_code != 200:
