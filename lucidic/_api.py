@@ -32,8 +32,8 @@ from ._pipeline import Pipeline
 from ._records import Mask, mask_fields, text_field, to_jsonable
 from ._runtime import new_id, runtime
 from ._sinks import Sink, SinkError
-from .store import Record
 from .errors import APIKeyVerificationError, InvalidOperationError, LucidicNotInitializedError
+from .store import Record
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -83,8 +83,8 @@ def create_experiment(name: str, *, rubrics: Sequence[Any] = (),
     write_experiment(experiment_id, {
         "name": _name_arg("name", name), "rubrics": names, "evaluators": described or None,
         "metadata": None if metadata is None else to_jsonable(dict(metadata)),
-        "tags": _tags_arg(tags), "created_at": time.time()}, lucidic_api_key=lucidic_api_key, api_key=api_key,
-        agent_id=agent_id)
+        "tags": _tags_arg(tags), "created_at": time.time()},
+        lucidic_api_key=lucidic_api_key, api_key=api_key, agent_id=agent_id)
     return experiment_id
 
 

@@ -3,6 +3,8 @@
     lucidic sessions list [--agent ID] [--status running|finished] [--mass-sim ID]
                           [--limit N] [--json]
     lucidic sessions show SESSION_ID [--full] [--json]
+    lucidic experiments list|show ID|compare A B [--fail-on-regression NAME[:TOL]]|rescore ID
+    lucidic mass-sims list|show ID
     lucidic providers [--json]
     lucidic server [--db URL] [--host H] [--port P] [--max-body-mb N] [--max-upload-mb N]
                    [--upload-ttl SECONDS]
@@ -104,7 +106,14 @@ def _sessions_list(args: argparse.Namespace) -> int:
 
 
 def _sessions_show(args: argparse.Namespace) -> int:
-    tree = open_reader().session_tree(args.session_id)
+    reader = open_reader()
+    tree = reader.session_tree(args.session_id)
+    from .store import Store
+
+    if tree is not None and isinstance(reader, Store):
+        from . import evalstore
+
+        tree = evalstore.decorate_tree(reader, tree, None)  # the server's tree has them
     if tree is None:
         print(f"lucidic: no session {args.session_id!r} in {_source()} "
               "(`lucidic sessions list` shows the recorded ones)", file=sys.stderr)
@@ -442,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="print JSON (times as epoch seconds, and ISO 8601 in *_iso)")
     show.set_defaults(handler=_sessions_show)
 
+    from ._cli_experiments import add_commands
+
+    add_commands(commands, _add_parser, _help_of)
     providers = _add_parser(commands, "providers", help="installed provider plugins")
     providers.add_argument("--json", action="store_true", help="print JSON")
     providers.set_defaults(handler=_providers)

@@ -25,6 +25,13 @@ class Backend(Protocol):
 
     def experiment(self, experiment_id: str) -> dict[str, Any] | None: ...
 
+    def experiments(self, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+        """Experiments, newest first, with their runs' progress."""
+
+    def mass_sims(self, mass_sim_id: str | None = None, limit: int = 50,
+                  offset: int = 0) -> list[dict[str, Any]]:
+        """Mass simulations (or the one named), with total, sessions, ended."""
+
     def runs(self, experiment_id: str) -> list[dict[str, Any]]:
         """The experiment's runs (see lucidic.evalstore.experiment_runs)."""
 
@@ -53,13 +60,11 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-_process_token = secrets.token_hex(4)
-
-
 def owner_id() -> str:
-    """Who is evaluating: host, process and a random token (a forked child
-    gets its own token through the pid)."""
-    return f"{socket.gethostname()}:{os.getpid()}:{_process_token}"
+    """Who is evaluating: host and process (for people reading the claims)
+    and a token of its own for each claim, so two threads of one process
+    never both think they hold an evaluation."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(6)}"
 
 
 def open_backend(api_key: str | None = None) -> Backend:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Union
 
 from .._internal import logger
-from .._scores import Score, ScoreValue, numeric, score_name
+from .._scores import Score, numeric, score_name
 from ..errors import InvalidOperationError
 
 # -- the run an evaluator sees ---------------------------------------------------------

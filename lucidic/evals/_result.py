@@ -4,7 +4,7 @@ evaluator, and a table (compared with a baseline experiment, if given)."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -74,17 +74,19 @@ class ExperimentResult:
         return [r for r in self.runs if r.error is not None]
 
     def render(self, baseline: ExperimentResult | None = None) -> str:
-        runs = [r.as_row() for r in self.runs]
-        head = (f"Experiment {self.name or self.experiment_id} ({self.experiment_id}): "
-                f"{len(runs)} runs, {len(self.failed)} failed, cost ${_total(runs):.6g}")
+        from .. import _render_experiments as show
+
+        runs = [{**r.as_row(), "status": r.status} for r in self.runs]
+        head = show.experiment_head({"id": self.experiment_id, "name": self.name}, runs)
         if self.replayed or self.replay_misses:
-            head += f", {self.replayed} LLM calls replayed, {self.replay_misses} missed"
+            head += (f"\n  {self.replayed} LLM calls replayed, {self.replay_misses} not "
+                     "recorded")
         if baseline is None:
-            return "\n".join([head, _runs_table(runs), _stats_lines(self.summary())])
+            return "\n".join([head, show.runs_table(runs), show.stats_line(self.summary())])
         base = [r.as_row() for r in baseline.runs]
-        head += f"\ncompared with {baseline.name or baseline.experiment_id} " \
-                f"({baseline.experiment_id}): B is this experiment, A the baseline"
-        return "\n".join([head, _compare_table(_summary.compare(base, runs))])
+        head += (f"\n  compared with {baseline.name or 'experiment'} {baseline.experiment_id} "
+                 "(A: the baseline, B: this one)")
+        return "\n".join([head, show.compare_table(_summary.compare(base, runs))])
 
     def print(self, baseline: ExperimentResult | None = None, file: IO[str] | None = None
               ) -> None:
@@ -95,76 +97,3 @@ class ExperimentResult:
     def __str__(self) -> str:
         return self.render()
 
-
-def _total(runs: Sequence[Mapping[str, Any]]) -> float:
-    return float(sum(r.get("cost") or 0.0 for r in runs))
-
-
-def shown(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "pass" if value else "fail"
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    text = str(value)
-    return text if len(text) <= 40 else text[:39] + "…"
-
-
-def _signed(value: float | None, unit: str = "") -> str:
-    return "" if value is None else f"{value:+.3g}{unit}"
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(header)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def _runs_table(runs: list[dict[str, Any]]) -> str:
-    names = _summary.score_names(runs)
-    header = ["case", "repeat", *names, "cost", "duration", "error"]
-    rows = [[str(r["case_id"]), str(r["repeat"]),
-             *(shown(r["scores"].get(n)) for n in names),
-             f"${r['cost']:.6g}", "-" if r["duration"] is None else f"{r['duration']:.3g} s",
-             shown(r["error"])] for r in runs]
-    return _table(header, rows)
-
-
-def _stats_lines(stats: Mapping[str, Mapping[str, Any]]) -> str:
-    parts = []
-    for name, entry in stats.items():
-        if "value" in entry:
-            parts.append(f"{name}: {shown(entry['value'])}")
-            continue
-        bits = [f"mean {shown(entry['mean'])}"]
-        if entry.get("pass_rate") is not None:
-            bits.append(f"pass {entry['pass_rate']:.0%}")
-        if entry.get("spread"):
-            bits.append(f"spread {entry['spread']:.3g}")
-        if entry.get("missing"):
-            bits.append(f"{entry['missing']} missing")
-        parts.append(f"{name}: " + ", ".join(bits))
-    return "summary  " + " | ".join(parts) if parts else "summary  (no scores)"
-
-
-def _compare_table(comparison: Mapping[str, Any]) -> str:
-    names = list(comparison["summary"])
-    header = ["case", *names, "cost", "duration"]
-    rows = []
-    for row in comparison["cases"]:
-        cells = [str(row["case_id"])]
-        for name in names:
-            pair = row["scores"][name]
-            cells.append(f"{shown(pair['a'])} → {shown(pair['b'])} {_signed(pair['delta'])}"
-                         .rstrip())
-        cells.append(f"{_signed(row['cost']['delta'], ' $')}".strip() or "-")
-        cells.append(f"{_signed(row['duration']['delta'], ' s')}".strip() or "-")
-        rows.append(cells)
-    summary = ["all", *(f"{shown(p['a'])} → {shown(p['b'])} {_signed(p['delta'])}".rstrip()
-                        for p in comparison["summary"].values()),
-               _signed(comparison["cost"]["delta"], " $") or "-",
-               _signed(comparison["duration"]["delta"], " s") or "-"]
-    return _table(header, [*rows, summary])

@@ -26,7 +26,7 @@ from ..errors import InvalidOperationError
 from . import _intercept
 from ._backend import Backend, open_backend
 from ._cases import Case, as_cases
-from ._evaluators import Evaluator, Rubric, Run, as_evaluators, call_maybe_async
+from ._evaluators import Run, as_evaluators, call_maybe_async
 from ._replay import MODES, ReplayScope, ReplaySource, ReplayStats, current_scope
 from ._result import ExperimentResult, RunResult
 from ._runs import RunSession, put_run_fields, record_error, settle
@@ -125,7 +125,7 @@ class _Experiment:
             _api.flush(_config.flush_timeout())
             order = {case.id: index for index, case in enumerate(self.cases)}
             rows = sorted(backend.runs(self.experiment_id),
-                          key=lambda r: (order.get(r.get("case_id"), len(order)),
+                          key=lambda r: (order.get(str(r.get("case_id")), len(order)),
                                          r.get("repeat") or 0))
             runs = [RunResult.from_row(row) for row in rows]
             summary_scores = self._summarize(runs)

@@ -21,7 +21,7 @@ from typing import Any
 from .._internal import logger
 from .._scores import Score, passed, to_fields
 from ._backend import Backend, owner_id
-from ._evaluators import Evaluator, Run, Rubric, resolve
+from ._evaluators import Evaluator, Rubric, Run, resolve
 
 #: Seconds a claim holds before another process may take the evaluation over.
 LEASE = 600.0

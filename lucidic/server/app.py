@@ -11,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from .. import _config
+from .. import _config, evalstore
 from ..store import Store
 from . import models
 from .db import StorePool
@@ -170,7 +170,7 @@ def session_tree(session_id: str, who: Auth, db: Db) -> JSONOut:
     tree = db.session_tree(session_id, who.project) if models.valid_id(session_id) else None
     if tree is None:
         raise not_found("session", session_id)
-    return JSONOut(tree)
+    return JSONOut(evalstore.decorate_tree(db, tree, who.project))
 
 
 @router.get("/api/v1/sessions/{session_id:path}/continuable", tags=["read"],
@@ -236,7 +236,7 @@ def create_app(database_url: str | None = None, *,
     and its schema migrated, right away). Uploads (screenshots) are at most
     ``max_upload_bytes`` and their signed URLs live ``upload_ttl`` seconds."""
     # The protocol modules build on this one's Auth and Db, hence imported here.
-    from . import lucidicai, masssims, otlp, uploads
+    from . import experiments, lucidicai, masssims, otlp, uploads
 
     url = database_url or default_database_url()
     pool = StorePool(url, size=pool_size)
@@ -271,7 +271,8 @@ def create_app(database_url: str | None = None, *,
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     install_error_handlers(app)
-    for routes in (router, masssims.router, lucidicai.router, uploads.router, otlp.router):
+    for routes in (router, masssims.router, experiments.router, lucidicai.router,
+                   uploads.router, otlp.router):
         app.include_router(routes)
     return app
 
