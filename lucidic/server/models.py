@@ -81,7 +81,7 @@ def check_json_text(value: Any, path: str = "body", depth: int = 0) -> str | Non
 
 _FLOATS = {"started_at", "ended_at", "eval_score", "session_eval", "cost", "duration",
            "time_to_first_token"}
-_INTS = {"input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens"}
+_INTS = {"input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens", "writer_pid"}
 _STRING_LISTS = {"tags", "screenshots"}
 _IDS = {"session_id", "parent_step_id", "step_id"}
 
