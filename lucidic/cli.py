@@ -1,6 +1,7 @@
 """The `lucidic` command: read what was recorded.
 
-    lucidic sessions list [--agent ID] [--status running|finished] [--limit N] [--json]
+    lucidic sessions list [--agent ID] [--status running|successful|failed|finished]
+                          [--search TEXT] [--limit N] [--json]
     lucidic sessions show SESSION_ID [--json]
     lucidic providers [--json]
     lucidic server [--db URL] [--host H] [--port P] [--max-body-mb N]
@@ -28,7 +29,8 @@ from . import _config
 
 class Reader(Protocol):
     def list_sessions(self, *, agent_id: str | None = None, status: str | None = None,
-                      limit: int = 50, offset: int = 0) -> list[dict[str, Any]]: ...
+                      search: str | None = None, limit: int = 50,
+                      offset: int = 0) -> list[dict[str, Any]]: ...
 
     def session_tree(self, session_id: str) -> dict[str, Any] | None: ...
 
@@ -169,7 +171,8 @@ def _event_line(event: dict[str, Any]) -> str:
 
 def _sessions_list(args: argparse.Namespace) -> int:
     sessions = open_reader().list_sessions(agent_id=args.agent, status=args.status,
-                                           limit=args.limit, offset=args.offset)
+                                           search=args.search, limit=args.limit,
+                                           offset=args.offset)
     print(json.dumps(sessions, indent=2, default=str) if args.json else render_list(sessions))
     return 0
 
@@ -307,6 +310,16 @@ def _add_server_commands(commands: Any) -> None:
     revoke.set_defaults(handler=_keys_revoke)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lucidic", description="Read what Lucidic recorded.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -315,8 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
     sessions_commands = sessions.add_subparsers(dest="sessions_command", required=True)
     listing = sessions_commands.add_parser("list", help="sessions, newest first")
     listing.add_argument("--agent", help="only this agent's sessions")
-    listing.add_argument("--status", choices=["running", "finished"])
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--status", choices=["running", "successful", "failed", "finished"],
+                         help="running, or ended as successful, failed, or finished (ended "
+                              "with no outcome)")
+    listing.add_argument("--search", metavar="TEXT",
+                         help="only sessions whose name, task, tags, steps or events (LLM "
+                              "messages, models, errors) hold TEXT, in any case")
+    listing.add_argument("--limit", type=_positive_int, default=50,
+                         help="how many sessions to print (default: 50)")
     listing.add_argument("--offset", type=int, default=0)
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(handler=_sessions_list)

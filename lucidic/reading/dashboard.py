@@ -65,8 +65,8 @@ def dashboard(store: Store, project: str | None, since: float, until: float) -> 
          "COALESCE(SUM(e.output_tokens), 0) AS output_tokens, "
          "SUM(CASE WHEN e.error IS NOT NULL THEN 1 ELSE 0 END) AS errors "
          f"{events} AND e.type = 'llm' GROUP BY {model} ORDER BY cost DESC, calls DESC", base),
-        _percentiles_sql(events, model, "e.duration"), _percentiles_sql(
-            events, model, "e.time_to_first_token"),
+        (_percentiles_sql(events, model, "e.duration"), base),
+        (_percentiles_sql(events, model, "e.time_to_first_token"), base),
         ("SELECT "
          f"SUM(CASE WHEN s.is_finished = 1 AND s.is_successful = 0 THEN 1 ELSE 0 END) AS failed, "
          f"SUM(CASE WHEN s.is_finished = 1 AND s.is_successful = 1 THEN 1 ELSE 0 END) "
@@ -93,7 +93,7 @@ def dashboard(store: Store, project: str | None, since: float, until: float) -> 
         total_tokens=int(sum(d["input_tokens"] + d["output_tokens"] for d in days)))
 
 
-def _percentiles_sql(events: str, model: str, column: str) -> tuple[str, list[Any]]:
+def _percentiles_sql(events: str, model: str, column: str) -> str:
     """p50 and p95 of ``column`` per model, nearest rank: the value at rank
     ceil(p * n), found by numbering each model's values in order."""
     sql = ("SELECT model, rn, n, value FROM ("
@@ -102,7 +102,7 @@ def _percentiles_sql(events: str, model: str, column: str) -> tuple[str, list[An
            f"COUNT(*) OVER (PARTITION BY {model}) AS n "
            f"{events} AND e.type = 'llm' AND {column} IS NOT NULL) ranked "
            "WHERE rn = (n * 50 + 99) / 100 OR rn = (n * 95 + 99) / 100")
-    return sql, []
+    return sql
 
 
 def _by_model(rows: list[dict[str, Any]]) -> dict[str, tuple[float | None, float | None]]:
@@ -119,7 +119,7 @@ def _by_model(rows: list[dict[str, Any]]) -> dict[str, tuple[float | None, float
 
 def _fill_days(rows: list[dict[str, Any]], since: float, until: float) -> list[dict[str, Any]]:
     by_day = {int(r["day"]): r for r in rows}
-    first, last = int(since // DAY), int((until - 1e-9) // DAY)
+    first, last = int(since // DAY), int(-(-until // DAY)) - 1  # the day holding until, exclusive
     if last - first > 400:  # a very long range: only the days that have data
         return [{**r, "day": int(r["day"]), "date": int(r["day"]) * DAY} for r in rows]
     days = []

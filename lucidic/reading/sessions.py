@@ -101,21 +101,27 @@ class SessionPage:
     query: SessionQuery = field(default_factory=SessionQuery)
 
 
-def encode_cursor(value: Any, session_id: str) -> str:
-    raw = json.dumps([value, session_id], separators=(",", ":"), ensure_ascii=False)
+def encode_cursor(value: Any, session_id: str, now: float) -> str:
+    """The last row's sort value and id, and the instant the listing is taken
+    at (a running session's duration grows: every page measures it then)."""
+    raw = json.dumps([value, session_id, now], separators=(",", ":"), ensure_ascii=False)
     return base64.urlsafe_b64encode(raw.encode("utf-8")).decode("ascii").rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[Any, str]:
+def decode_cursor(cursor: str) -> tuple[Any, str, float]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        value, session_id = json.loads(raw.decode("utf-8"))
+        value, session_id, now = json.loads(raw.decode("utf-8"))
     except (ValueError, TypeError, UnicodeDecodeError) as exc:
         raise InvalidQuery("the page cursor is not one this server made") from exc
-    if not isinstance(session_id, str) or not isinstance(value, (int, float, str)) \
-            or isinstance(value, bool):
+    if not isinstance(session_id, str) or not _plain_value(value) or not _plain_value(now) \
+            or isinstance(now, str):
         raise InvalidQuery("the page cursor is not one this server made")
-    return value, session_id
+    return value, session_id, float(now)
+
+
+def _plain_value(value: Any) -> bool:
+    return isinstance(value, (int, float, str)) and not isinstance(value, bool)
 
 
 def _filters(store: Store, query: SessionQuery) -> tuple[list[str], list[Any]]:
@@ -140,15 +146,16 @@ def _filters(store: Store, query: SessionQuery) -> tuple[list[str], list[Any]]:
 def list_sessions(store: Store, query: SessionQuery) -> SessionPage:
     ph = store.placeholder
     where, params = _filters(store, query)
-    key = SORTS[query.sort].format(now=repr(time.time()))
+    now = time.time()
     order = "DESC" if query.descending else "ASC"
     outer: list[str] = []
     outer_params: list[Any] = []
     if query.cursor is not None:
-        value, last_id = decode_cursor(query.cursor)
+        value, last_id, now = decode_cursor(query.cursor)
         beyond = "<" if query.descending else ">"
         outer.append(f"(sort_key {beyond} {ph} OR (sort_key = {ph} AND id > {ph}))")
         outer_params += [value, value, last_id]
+    key = SORTS[query.sort].format(now=repr(float(now)))
     limit = int(query.limit)
     sql = (f"SELECT * FROM (SELECT s.*, {key} AS sort_key FROM sessions s "
            f"WHERE {' AND '.join(where)}) q"
@@ -161,7 +168,7 @@ def list_sessions(store: Store, query: SessionQuery) -> SessionPage:
     rows = store.query(sql, all_params)
     more = len(rows) > limit
     rows = rows[:limit]
-    next_cursor = encode_cursor(rows[-1]["sort_key"], rows[-1]["id"]) if more else None
+    next_cursor = encode_cursor(rows[-1]["sort_key"], rows[-1]["id"], now) if more else None
     for row in rows:
         row.pop("sort_key", None)
     add_totals(store, rows)

@@ -401,7 +401,11 @@ class SessionPage(BaseModel):
     limit: int
     offset: int
     next_offset: Optional[int] = Field(  # noqa: UP045
-        description="the offset of the next page, or null on the last one")
+        description="the offset of the next page, or null on the last one (offset paging)")
+    next_cursor: Optional[str] = Field(  # noqa: UP045
+        None, description="pass as `cursor` for the next page; null on the last one")
+    total: Optional[int] = Field(  # noqa: UP045
+        None, description="how many sessions match; null when searching")
 
 
 class Continuable(BaseModel):
