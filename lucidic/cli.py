@@ -4,6 +4,7 @@
                           [--search TEXT] [--limit N] [--json]
     lucidic sessions show SESSION_ID [--json]
     lucidic providers [--json]
+    lucidic ui [--host H] [--port P] [--allow-host NAME] [--db URL]
     lucidic server [--db URL] [--host H] [--port P] [--max-body-mb N]
     lucidic keys create --project NAME [--label TEXT] [--db URL]
     lucidic keys list [--project NAME] [--db URL] [--json]
@@ -240,6 +241,33 @@ def _server(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ui(args: argparse.Namespace) -> int:
+    try:
+        from .ui.app import run_ui
+    except ImportError as exc:
+        raise SystemExit("lucidic: `lucidic ui` needs the web UI's dependencies: "
+                         f"pip install 'lucidic[server]' (missing: {exc.name})") from exc
+    from .store import StoreError
+
+    url = args.db or f"sqlite:///{_config.store_path()}"
+    where = args.db or f"the embedded store at {_config.store_path()}"
+
+    def announce(page: str) -> None:
+        print(f"Lucidic UI for {where}", flush=True)
+        print(f"  {page}", flush=True)
+        print("Press Ctrl-C to stop.", flush=True)
+
+    try:
+        run_ui(url, host=args.host, port=args.port, allow_hosts=args.allow_host or (),
+               announce=announce, log_level=args.log_level)
+    except OSError as exc:
+        raise SystemExit(f"lucidic: cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); "
+                         "choose another port with --port") from exc
+    except StoreError as exc:
+        raise SystemExit(f"lucidic: {exc}") from exc
+    return 0
+
+
 def _keys_create(args: argparse.Namespace) -> int:
     with closing(_open_accounts(args)) as store:
         info, key = store.create_api_key(args.project, args.label)
@@ -290,6 +318,20 @@ def _add_server_commands(commands: Any) -> None:
     server.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"])
     server.set_defaults(handler=_server)
+
+    ui = commands.add_parser("ui", help="open the sessions in a browser (needs lucidic[server])",
+                             description="Serve the web UI over the embedded store on this "
+                                         "machine: no server, no key. Runs until Ctrl-C.")
+    ui.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default: 127.0.0.1, this machine only)")
+    ui.add_argument("--port", type=int, default=8766, help="port (default: 8766; 0: any free)")
+    ui.add_argument("--allow-host", action="append", metavar="NAME",
+                    help="another host name the UI may be reached by (it answers only its "
+                         "own address and loopback names otherwise)")
+    ui.add_argument("--db", help="read this database instead of the embedded store")
+    ui.add_argument("--log-level", default="warning",
+                    choices=["critical", "error", "warning", "info", "debug"])
+    ui.set_defaults(handler=_ui)
 
     keys = commands.add_parser("keys", help="the server's API keys")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)

@@ -117,13 +117,16 @@ def outline(store: Store, session: dict[str, Any], offset: int = 0, limit: int =
         end_candidates.append(now)
     end = max(end_candidates) if start is not None else None
     window = order[offset:offset + limit]
+    handovers = _handovers(steps, events)
+    arrivals = {(h["first_kind"], h["first_id"]): h["from"] for h in handovers}
     for depth, node in window:
         node["depth"] = depth
         node["label"] = node_label(node)
         node["writer"] = writer_key(node)
+        node["handover_from"] = arrivals.get((node["kind"], node["id"]))
     return Outline(rows=[n for _, n in window], offset=offset, total=len(order),
                    step_count=len(steps), event_count=len(events), start=start, end=end,
-                   writers=_writers(steps, events), handovers=_handovers(steps, events))
+                   writers=_writers(steps, events), handovers=handovers)
 
 
 def _depth_first(steps: list[dict[str, Any]],
@@ -167,16 +170,18 @@ def _depth_first(steps: list[dict[str, Any]],
 
 def node_label(node: dict[str, Any]) -> str:
     """What a tree row is called: a step by its action (or state, or the
-    function it wraps); an LLM call by its model; any other event by its
-    function or description."""
+    function it wraps); an LLM call by its provider and model; any other
+    event by its description, else its function."""
     if node["kind"] == "step":
         return _short(node.get("action") or node.get("state") or node.get("function_name")
                       or node.get("goal") or "step")
     if node.get("type") == "llm":
         model = node.get("model") or node.get("request_model") or "model"
         return _short(f"{node.get('provider') or 'llm'} · {model}")
-    return _short(node.get("function_name") or node.get("description") or node.get("type")
-                  or "event")
+    function = node.get("function_name")
+    if function:
+        function = str(function).rsplit(".", 1)[-1]  # the function, not its module path
+    return _short(node.get("description") or function or node.get("type") or "event")
 
 
 def _writers(steps: list[dict[str, Any]], events: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -15,6 +15,8 @@ from .. import _config
 from ..reading import MAX_LIMIT, SORTS, InvalidQuery, Reader, SessionQuery
 from ..reading.search import MAX_QUERY_CHARS as MAX_SEARCH
 from ..store import Store
+from ..ui.pages import install as install_ui
+from ..ui.security import SecurityMiddleware
 from . import models
 from .db import StorePool
 from .problems import PROBLEM, ApiError, BodyLimit, JSONOut, install_error_handlers
@@ -243,12 +245,19 @@ def create_app(database_url: str | None = None, *,
         lifespan=lifespan,
         default_response_class=JSONOut,
         responses=_PROBLEMS,
+        docs_url=None,   # the UI serves /docs from vendored files (no CDN)
+        redoc_url=None,
     )
     app.state.pool = pool
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     install_error_handlers(app)
     app.include_router(router)
+    # The web UI at / (sign-in with an API key), /docs, and the security
+    # headers every response carries; see lucidic.ui.
+    app.state.ui_signin = True
+    install_ui(app)
+    app.add_middleware(SecurityMiddleware)
     return app
 
 
@@ -282,7 +291,8 @@ def run(database_url: str | None = None, *, host: str = "127.0.0.1", port: int =
     url = database_url or default_database_url()
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     app = create_app(url, max_body_bytes=max_body_bytes)
-    logger.info("lucidic server: database %s, listening on http://%s:%d (API docs at /docs)",
+    logger.info("lucidic server: database %s, listening on http://%s:%d (web UI at /, "
+                "API docs at /docs)",
                 redact_url(url), host, port)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False,
                 server_header=False, timeout_keep_alive=30)
