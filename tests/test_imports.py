@@ -9,7 +9,7 @@ from helpers import run_python
 
 HEAVY = ("fastapi", "starlette", "uvicorn", "psycopg", "pydantic", "requests", "wrapt",
          "openai", "anthropic", "langchain_core", "pydantic_ai", "agents", "asyncio",
-         "lucidic.server", "lucidic._http")
+         "jinja2", "lucidic.server", "lucidic._http", "lucidic.ui", "lucidic.reading")
 
 
 def test_recording_into_the_embedded_store_imports_nothing_heavy(lucidic_home):
