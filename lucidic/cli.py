@@ -261,8 +261,8 @@ def _ui(args: argparse.Namespace) -> int:
         run_ui(url, host=args.host, port=args.port, allow_hosts=args.allow_host or (),
                announce=announce, log_level=args.log_level)
     except OSError as exc:
-        raise SystemExit(f"lucidic: cannot listen on {args.host}:{args.port} ({exc.strerror or exc}); "
-                         "choose another port with --port") from exc
+        raise SystemExit(f"lucidic: cannot listen on {args.host}:{args.port} "
+                         f"({exc.strerror or exc}); choose another port with --port") from exc
     except StoreError as exc:
         raise SystemExit(f"lucidic: {exc}") from exc
     return 0

@@ -82,7 +82,8 @@ def dashboard(store: Store, project: str | None, since: float, until: float) -> 
         for name, found in percentiles.items():
             row[f"{name}_p50"], row[f"{name}_p95"] = found.get(row["model"], (None, None))
     days = _fill_days(per_day, since, until)
-    counts = {k: int(v or 0) for k, v in sessions[0].items()} if sessions else {}
+    counts: dict[str, Any] = ({k: int(v or 0) for k, v in sessions[0].items()} if sessions
+                              else {})
     ended = counts.get("failed", 0) + counts.get("successful", 0)
     counts["failure_rate"] = counts.get("failed", 0) / ended if ended else None
     return Dashboard(

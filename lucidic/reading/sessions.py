@@ -57,7 +57,7 @@ SORTS = {
 MAX_LIMIT = 500
 
 
-class InvalidQuery(ValueError):
+class InvalidQueryError(ValueError):
     """A listing was asked for with a filter, sort or cursor that makes no sense."""
 
 
@@ -79,14 +79,14 @@ class SessionQuery:
 
     def __post_init__(self) -> None:
         if self.status is not None and self.status not in STATUSES:
-            raise InvalidQuery(f"status must be one of {', '.join(STATUSES)}, "
+            raise InvalidQueryError(f"status must be one of {', '.join(STATUSES)}, "
                                f"not {self.status!r}")
         if self.sort not in SORTS:
-            raise InvalidQuery(f"sort must be one of {', '.join(SORTS)}, not {self.sort!r}")
+            raise InvalidQueryError(f"sort must be one of {', '.join(SORTS)}, not {self.sort!r}")
         if int(self.limit) < 1:
-            raise InvalidQuery(f"limit must be at least 1, not {self.limit}")
+            raise InvalidQueryError(f"limit must be at least 1, not {self.limit}")
         if int(self.offset) < 0:
-            raise InvalidQuery("offset must not be negative")
+            raise InvalidQueryError("offset must not be negative")
         if self.cursor is not None:
             decode_cursor(self.cursor)
 
@@ -113,10 +113,10 @@ def decode_cursor(cursor: str) -> tuple[Any, str, float]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         value, session_id, now = json.loads(raw.decode("utf-8"))
     except (ValueError, TypeError, UnicodeDecodeError) as exc:
-        raise InvalidQuery("the page cursor is not one this server made") from exc
+        raise InvalidQueryError("the page cursor is not one this server made") from exc
     if not isinstance(session_id, str) or not _plain_value(value) or not _plain_value(now) \
             or isinstance(now, str):
-        raise InvalidQuery("the page cursor is not one this server made")
+        raise InvalidQueryError("the page cursor is not one this server made")
     return value, session_id, float(now)
 
 

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from .. import _config
-from ..reading import MAX_LIMIT, SORTS, InvalidQuery, Reader, SessionQuery
+from ..reading import MAX_LIMIT, SORTS, InvalidQueryError, Reader, SessionQuery
 from ..reading.search import MAX_QUERY_CHARS as MAX_SEARCH
 from ..store import Store
 from ..ui.pages import install as install_ui
@@ -150,7 +150,7 @@ def list_sessions(
                              started_after=started_after, started_before=started_before,
                              search=search or None, sort=sort, descending=order == "desc",
                              limit=limit, cursor=cursor, offset=offset)
-    except InvalidQuery as exc:
+    except InvalidQueryError as exc:
         raise ApiError(422, str(exc)) from exc
     page = Reader(db).sessions(query)
     more = page.next_cursor is not None

@@ -68,7 +68,7 @@ def stacked_columns(title: str, labels: list[str], series: list[tuple[str, str, 
     for i, label in enumerate(labels):
         column = Column(x=LEFT + i * slot + gap / 2, width=max(slot - gap, 1.0),
                         label=label if i % every == 0 else "")
-        base = HEIGHT - BOTTOM
+        base = float(HEIGHT - BOTTOM)
         for css, name, values in series:
             height = values[i] / top * plot_h if top else 0.0
             if values[i] > 0:

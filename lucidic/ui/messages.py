@@ -136,7 +136,8 @@ def _tool_calls(calls: Any) -> list[Part]:
         if not isinstance(call, dict):
             parts.append(Part("json", pretty(call)))
             continue
-        function = call.get("function") if isinstance(call.get("function"), dict) else call
+        inner = call.get("function")
+        function: dict[str, Any] = inner if isinstance(inner, dict) else call
         parts.append(Part("tool_call", name=function.get("name") or call.get("type"),
                           text=pretty(function.get("arguments", function.get("input", "")))))
     return parts

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, quote, urlencode
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from ..reading import MAX_LIMIT, SORTS, STATUSES, InvalidQuery, Reader, SessionQuery
+from ..reading import MAX_LIMIT, SORTS, STATUSES, InvalidQueryError, Reader, SessionQuery
 from ..store import Store
 from . import auth
 from .render import render
@@ -39,7 +39,7 @@ _COLUMNS = [("name", "Session", "name"), ("status", "Status", None), ("agent", "
             ("cost", "Cost", "cost")]
 
 
-class SignInRequired(Exception):
+class SignInRequiredError(Exception):
     """The server's pages need a sign-in; see install()."""
 
 
@@ -56,7 +56,7 @@ def viewer(request: Request, db: Db) -> auth.Viewer:
         return auth.Viewer(project=None, signed_in=False)
     project = auth.signed_in_project(db, request.cookies.get(auth.COOKIE))
     if project is None:
-        raise SignInRequired
+        raise SignInRequiredError
     return auth.Viewer(project=project, signed_in=True)
 
 
@@ -103,8 +103,9 @@ class ListForm:
         status = text("status")
         sort = text("sort") or "started"
         order = text("order") or "desc"
+        chosen = text("range") or "all"
         return cls(status=status if status in STATUSES else None, agent=text("agent", 256),
-                   range=text("range") if text("range") in RANGES else "all",
+                   range=chosen if chosen in RANGES else "all",
                    q=text("q"), sort=sort if sort in SORTS else "started",
                    order=order if order in ("asc", "desc") else "desc",
                    cursor=text("cursor", 2048))
@@ -136,7 +137,7 @@ def _list_context(reader: Reader, form: ListForm, who: auth.Viewer) -> dict[str,
     try:
         page = reader.sessions(form.query(who.project, now))
         problem = None
-    except InvalidQuery as exc:
+    except InvalidQueryError as exc:
         form.cursor = None
         page = reader.sessions(form.query(who.project, now))
         problem = str(exc)
@@ -289,7 +290,7 @@ async def sign_in(request: Request) -> Response:
     body = (await request.body())[:8192].decode("utf-8", "replace")
     form = parse_qs(body)
     key = (form.get("api_key") or [""])[0]
-    target = _next_path((form.get("next") or [None])[0])
+    target = _next_path((form.get("next") or [""])[0])
     with request.app.state.pool.store() as db:
         result = auth.sign_in(db, key)
     if result is None:
@@ -333,7 +334,7 @@ def install(app: Any) -> None:
             return Response(status_code=401, headers={"HX-Redirect": target})
         return RedirectResponse(target, status_code=303)
 
-    app.add_exception_handler(SignInRequired, needs_sign_in)
+    app.add_exception_handler(SignInRequiredError, needs_sign_in)
     app.mount(PREFIX, StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(router)
     if not hasattr(app.state, "ui_signin"):

@@ -80,7 +80,7 @@ def session_duration(session: dict[str, Any], now: float) -> float | None:
     if started is None:
         return None
     ended = session.get("ended_at") if session.get("is_finished") else None
-    return (ended if ended is not None else now) - started
+    return float((ended if ended is not None else now) - started)
 
 
 def node_span(node: dict[str, Any], now: float) -> tuple[float | None, float | None]:

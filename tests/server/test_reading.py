@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from lucidic.reading import InvalidQuery, Reader, SessionQuery, status_of
+from lucidic.reading import InvalidQueryError, Reader, SessionQuery, status_of
 from lucidic.store import Store
 
 T0 = 1_700_000_000.0  # a fixed past instant, so days and ranges are exact
@@ -56,7 +56,7 @@ def test_status_filter_gives_exactly_the_sessions_showing_that_word(store: Store
     reader = Reader(store)
     assert {status_of(reader.session(sid) or {}) for sid in ("run", "ok", "bad", "done")} == \
         {"running", "successful", "failed", "finished"}
-    with pytest.raises(InvalidQuery, match="status must be one of"):
+    with pytest.raises(InvalidQueryError, match="status must be one of"):
         SessionQuery(status="lost")
 
 
@@ -150,7 +150,7 @@ def test_filters_combine_and_scope_to_the_project(store: Store) -> None:
 def test_a_cursor_that_was_not_made_here_is_refused(store: Store) -> None:
     for bad in ("not-base64!", "bnVsbA", "WzEsMl0", "WzEsInMiLCJ4Il0"):  # junk, null, [1, 2],
         # [1, "s", "x"]
-        with pytest.raises(InvalidQuery, match="cursor"):
+        with pytest.raises(InvalidQueryError, match="cursor"):
             Reader(store).sessions(SessionQuery(cursor=bad))
 
 

@@ -4,6 +4,7 @@ chromium driven by Playwright (never Playwright's own browser download)."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -13,8 +14,6 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-
-import importlib.util
 
 import pytest
 
