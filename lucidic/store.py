@@ -195,6 +195,14 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "  created_at DOUBLE PRECISION NOT NULL,\n  expires_at DOUBLE PRECISION NOT NULL\n)",
         "CREATE INDEX IF NOT EXISTS web_sessions_key ON web_sessions (key_id)",
     ]),
+    # Listing sessions newest first, a page at a time from a (started_at, id)
+    # cursor: walked down an index, with or without a project, never sorted.
+    (5, [
+        "CREATE INDEX IF NOT EXISTS sessions_started_id ON sessions (started_at, id)",
+        "CREATE INDEX IF NOT EXISTS sessions_project_started_id "
+        "ON sessions (project, started_at, id)",
+        "DROP INDEX IF EXISTS sessions_started",
+    ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

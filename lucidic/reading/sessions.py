@@ -36,22 +36,26 @@ def status_of(session: dict[str, Any]) -> str:
     return "finished" if outcome is None else ("successful" if outcome else "failed")
 
 
-def _event_sum(expr: str) -> str:
-    return f"(SELECT COALESCE(SUM({expr}), 0) FROM events e WHERE e.session_id = s.id)"
+def _per_session(table: str, value: str, where: str = "") -> str:
+    """A join adding one aggregate per session as ``agg_<table>.v``."""
+    return (f"LEFT JOIN (SELECT session_id, {value} AS v FROM {table} {where} "
+            f"GROUP BY session_id) agg_{table} ON agg_{table}.session_id = s.id")
 
 
-#: Sort keys: the SQL of each (over the session row ``s``). Start time and
-#: name walk the row; totals are summed per session before the page is cut.
-SORTS = {
-    "started": "s.started_at",
-    "name": "COALESCE(s.name, '')",
-    "duration": "(COALESCE(s.ended_at, {now}) - s.started_at)",
-    "cost": _event_sum("e.cost"),
-    "tokens": _event_sum("COALESCE(e.input_tokens, 0) + COALESCE(e.output_tokens, 0)"),
-    "events": "(SELECT COUNT(*) FROM events e WHERE e.session_id = s.id)",
-    "errors": ("((SELECT COUNT(*) FROM events e WHERE e.session_id = s.id AND "
-               "(e.error IS NOT NULL OR e.type = 'error')) + (SELECT COUNT(*) FROM steps t "
-               "WHERE t.session_id = s.id AND t.error IS NOT NULL))"),
+#: Sort keys: the SQL of each over the session row ``s``, and the joins it
+#: needs. Start time and name walk the row (start time down an index);
+#: totals are summed per session, all at once, before the page is cut.
+SORTS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "started": ("s.started_at", ()),
+    "name": ("COALESCE(s.name, '')", ()),
+    "duration": ("(COALESCE(s.ended_at, {now}) - s.started_at)", ()),
+    "cost": ("COALESCE(agg_events.v, 0)", (_per_session("events", "SUM(cost)"),)),
+    "tokens": ("COALESCE(agg_events.v, 0)", (_per_session(
+        "events", "SUM(COALESCE(input_tokens, 0) + COALESCE(output_tokens, 0))"),)),
+    "events": ("COALESCE(agg_events.v, 0)", (_per_session("events", "COUNT(*)"),)),
+    "errors": ("(COALESCE(agg_events.v, 0) + COALESCE(agg_steps.v, 0))", (
+        _per_session("events", "COUNT(*)", "WHERE error IS NOT NULL OR type = 'error'"),
+        _per_session("steps", "COUNT(*)", "WHERE error IS NOT NULL"))),
 }
 #: The largest page the API and the UI hand out.
 MAX_LIMIT = 500
@@ -153,14 +157,15 @@ def list_sessions(store: Store, query: SessionQuery) -> SessionPage:
     if query.cursor is not None:
         value, last_id, now = decode_cursor(query.cursor)
         beyond = "<" if query.descending else ">"
-        outer.append(f"(sort_key {beyond} {ph} OR (sort_key = {ph} AND id > {ph}))")
+        outer.append(f"(sort_key {beyond} {ph} OR (sort_key = {ph} AND id {beyond} {ph}))")
         outer_params += [value, value, last_id]
-    key = SORTS[query.sort].format(now=repr(float(now)))
+    expression, joins = SORTS[query.sort]
+    key = expression.format(now=repr(float(now)))
     limit = int(query.limit)
-    sql = (f"SELECT * FROM (SELECT s.*, {key} AS sort_key FROM sessions s "
+    sql = (f"SELECT * FROM (SELECT s.*, {key} AS sort_key FROM sessions s {' '.join(joins)} "
            f"WHERE {' AND '.join(where)}) q"
            + (f" WHERE {' AND '.join(outer)}" if outer else "")
-           + f" ORDER BY sort_key {order}, id ASC LIMIT {ph}"
+           + f" ORDER BY sort_key {order}, id {order} LIMIT {ph}"
            + (f" OFFSET {ph}" if query.cursor is None and query.offset else ""))
     all_params = [*params, *outer_params, limit + 1]
     if query.cursor is None and query.offset:
