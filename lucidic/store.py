@@ -196,12 +196,15 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "CREATE INDEX IF NOT EXISTS web_sessions_key ON web_sessions (key_id)",
     ]),
     # Listing sessions newest first, a page at a time from a (started_at, id)
-    # cursor: walked down an index, with or without a project, never sorted.
+    # cursor: walked down an index, with or without a project, never sorted;
+    # and the agents to filter by.
     (5, [
         "CREATE INDEX IF NOT EXISTS sessions_started_id ON sessions (started_at, id)",
         "CREATE INDEX IF NOT EXISTS sessions_project_started_id "
         "ON sessions (project, started_at, id)",
         "DROP INDEX IF EXISTS sessions_started",
+        # the agents filter's choices, found without a project (lucidic ui)
+        "CREATE INDEX IF NOT EXISTS sessions_agent_id ON sessions (agent_id)",
     ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -114,13 +114,18 @@ class Reader:
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
     def agents(self, project: str | None = None, limit: int = 200) -> list[str]:
-        """Agent ids seen in sessions (for a filter's choices)."""
+        """Agent ids seen in sessions (for a filter's choices), in order. Found
+        by hopping from one value to the next down an index (a loose index
+        scan), so 100,000 sessions of five agents cost five lookups."""
         ph = self.store.placeholder
-        where = "agent_id IS NOT NULL" + (f" AND project = {ph}" if project is not None else "")
-        rows = self.store.query(f"SELECT DISTINCT agent_id FROM sessions WHERE {where} "
-                                f"ORDER BY agent_id LIMIT {int(limit)}",
-                                [project] if project is not None else [])
-        return [r["agent_id"] for r in rows]
+        scope = f"project = {ph} AND " if project is not None else ""
+        sql = ("WITH RECURSIVE agents(v, n) AS ("
+               f"SELECT (SELECT MIN(agent_id) FROM sessions WHERE {scope}agent_id IS NOT NULL), 1 "
+               f"UNION ALL SELECT (SELECT MIN(agent_id) FROM sessions WHERE {scope}agent_id > v), "
+               f"n + 1 FROM agents WHERE v IS NOT NULL AND n < {int(limit)}) "
+               "SELECT v AS agent_id FROM agents WHERE v IS NOT NULL")
+        params = [project, project] if project is not None else []
+        return [r["agent_id"] for r in self.store.query(sql, params)]
 
     # -- aggregates ----------------------------------------------------------------
 

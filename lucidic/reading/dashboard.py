@@ -46,8 +46,9 @@ def dashboard(store: Store, project: str | None, since: float, until: float) -> 
     ph = store.placeholder
     scope = f" AND s.project = {ph}" if project is not None else ""
     scoped = [project] if project is not None else []
-    events = (f"FROM events e JOIN sessions s ON s.id = e.session_id "
-              f"WHERE e.started_at >= {ph} AND e.started_at < {ph}{scope}")
+    # Events carry no project: join their sessions only when scoping by one.
+    join = "JOIN sessions s ON s.id = e.session_id " if project is not None else ""
+    events = f"FROM events e {join}WHERE e.started_at >= {ph} AND e.started_at < {ph}{scope}"
     base = [since, until, *scoped]
     day = _day_expr(store, "e.started_at")
     model = "COALESCE(e.model, e.request_model, '(no model)')"

@@ -152,22 +152,20 @@ def list_sessions(store: Store, query: SessionQuery) -> SessionPage:
     where, params = _filters(store, query)
     now = time.time()
     order = "DESC" if query.descending else "ASC"
-    outer: list[str] = []
-    outer_params: list[Any] = []
+    keyset: list[Any] = []
     if query.cursor is not None:
         value, last_id, now = decode_cursor(query.cursor)
-        beyond = "<" if query.descending else ">"
-        outer.append(f"(sort_key {beyond} {ph} OR (sort_key = {ph} AND id {beyond} {ph}))")
-        outer_params += [value, value, last_id]
+        keyset = [value, last_id]
     expression, joins = SORTS[query.sort]
     key = expression.format(now=repr(float(now)))
+    if keyset:
+        # A row comparison: the database walks its index from the cursor on.
+        where = [*where, f"({key}, s.id) {'<' if query.descending else '>'} ({ph}, {ph})"]
     limit = int(query.limit)
-    sql = (f"SELECT * FROM (SELECT s.*, {key} AS sort_key FROM sessions s {' '.join(joins)} "
-           f"WHERE {' AND '.join(where)}) q"
-           + (f" WHERE {' AND '.join(outer)}" if outer else "")
-           + f" ORDER BY sort_key {order}, id {order} LIMIT {ph}"
+    sql = (f"SELECT s.*, {key} AS sort_key FROM sessions s {' '.join(joins)} "
+           f"WHERE {' AND '.join(where)} ORDER BY {key} {order}, s.id {order} LIMIT {ph}"
            + (f" OFFSET {ph}" if query.cursor is None and query.offset else ""))
-    all_params = [*params, *outer_params, limit + 1]
+    all_params = [*params, *keyset, limit + 1]
     if query.cursor is None and query.offset:
         all_params.append(int(query.offset))
     rows = store.query(sql, all_params)
@@ -179,8 +177,9 @@ def list_sessions(store: Store, query: SessionQuery) -> SessionPage:
     add_totals(store, rows)
     total = None
     if not query.search:
+        filters = where[:-1] if keyset else where
         total = int(store.query(f"SELECT COUNT(*) AS n FROM sessions s WHERE "
-                                f"{' AND '.join(where)}", params)[0]["n"])
+                                f"{' AND '.join(filters)}", params)[0]["n"])
     return SessionPage(rows, next_cursor, total, query)
 
 
