@@ -229,28 +229,29 @@ def session_page(request: Request, session_id: str, db: Db, who: Who) -> HTMLRes
 
 # -- one event or step -------------------------------------------------------------------
 
+def _record_page(request: Request, kind: str, record_id: str, db: Store,
+                 who: auth.Viewer) -> HTMLResponse:
+    """An event's or step's details: a fragment for the session page's
+    detail pane (htmx), else a page of its own."""
+    reader = Reader(db)
+    find = reader.event if kind == "event" else reader.step
+    record = find(record_id, who.project) if 0 < len(record_id) <= 256 else None
+    if record is None:
+        return _page(request, "missing.html", status=404, viewer=who, what=kind,
+                     ident=record_id)
+    template = f"_{kind}.html" if _fragment(request) else "record.html"
+    return _page(request, template, viewer=who, kind=kind, **{kind: record},
+                 session=reader.session(record["session_id"], who.project))
+
+
 @router.get("/events/{event_id:path}", response_class=HTMLResponse)
 def event_page(request: Request, event_id: str, db: Db, who: Who) -> HTMLResponse:
-    reader = Reader(db)
-    event = reader.event(event_id, who.project) if 0 < len(event_id) <= 256 else None
-    if event is None:
-        return _page(request, "missing.html", status=404, viewer=who, what="event",
-                     ident=event_id)
-    template = "_event.html" if _fragment(request) else "record.html"
-    return _page(request, template, viewer=who, event=event, kind="event",
-                 session=reader.session(event["session_id"], who.project))
+    return _record_page(request, "event", event_id, db, who)
 
 
 @router.get("/steps/{step_id:path}", response_class=HTMLResponse)
 def step_page(request: Request, step_id: str, db: Db, who: Who) -> HTMLResponse:
-    reader = Reader(db)
-    step = reader.step(step_id, who.project) if 0 < len(step_id) <= 256 else None
-    if step is None:
-        return _page(request, "missing.html", status=404, viewer=who, what="step",
-                     ident=step_id)
-    template = "_step.html" if _fragment(request) else "record.html"
-    return _page(request, template, viewer=who, step=step, kind="step",
-                 session=reader.session(step["session_id"], who.project))
+    return _record_page(request, "step", step_id, db, who)
 
 
 # -- the dashboard ------------------------------------------------------------------------

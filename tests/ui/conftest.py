@@ -31,6 +31,7 @@ pg_url = _server_fixtures.pg_url
 sqlite_url = _server_fixtures.sqlite_url
 db_url = _server_fixtures.db_url
 start_server = _server_fixtures.start_server
+ServerProcess = _server_fixtures.ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 AGENTS = Path(__file__).resolve().parent / "agents.py"
@@ -44,10 +45,12 @@ NO_BROWSER = (f"the browser tests need Debian's chromium at {CHROMIUM}: run "
               "its download cannot work here.")
 
 
-class UiProcess:
-    """`lucidic ui` in a child process, on a free port of 127.0.0.1."""
+class UiProcess(ServerProcess):
+    """`lucidic ui` in a child process, on a free port of 127.0.0.1 (stopped
+    as a server process is)."""
 
     def __init__(self, home: Path, log: Path, extra: list[str] | None = None) -> None:
+        # Not ServerProcess.__init__: the port is the one `lucidic ui --port 0` prints.
         self.home, self.log = home, log
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(
@@ -64,15 +67,6 @@ class UiProcess:
             self.url = found.group(0).rstrip("/") if found else ""
         assert self.url, f"lucidic ui printed no URL:\n{log.read_text()}"
         self.port = int(self.url.rsplit(":", 1)[1])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
 
 
 @pytest.fixture

@@ -209,3 +209,30 @@ def test_api_docs_render_offline(sqlite_url, start_server, page) -> None:
     p.goto(server.url + "/docs")
     p.get_by_text("/api/v1/sessions").first.wait_for()
     _only_own_origin(page, server.url)
+
+
+def test_a_page_on_one_replica_follows_writes_through_another(
+        db_url, start_server, agent, browser) -> None:
+    """Two servers on one database: what arrives through one shows on a page
+    served by the other, so the change comes from the database."""
+    from conftest import Page
+
+    reading, writing = start_server(db_url), start_server(db_url)
+    key = make_key(db_url, "shared")
+    opened = Page(browser)
+    try:
+        p = opened.page
+        p.goto(reading.url + "/sign-in")
+        p.get_by_label("API key").fill(key)
+        p.get_by_role("button", name="Sign in").click()
+        p.wait_for_url(reading.url + "/")
+        env = {"LUCIDIC_BASE_URL": writing.url, "LUCIDIC_API_KEY": key}
+        sid = agent("trip", env=env)
+        p.locator(f'a[href="/sessions/{sid}"]').wait_for(timeout=LIVE)
+        p.goto(f"{reading.url}/sessions/{sid}")
+        agent("step", sid, "Written through the other replica", env=env)
+        p.get_by_role("treeitem").filter(
+            has_text="Written through the other replica").first.wait_for(timeout=LIVE)
+        _only_own_origin(opened, reading.url)
+    finally:
+        opened.close()

@@ -187,3 +187,29 @@ def test_server_docs_work_offline_from_vendored_files(sqlite_url, start_server) 
     for asset in assets_used:
         assert requests.get(server.url + asset, timeout=10).status_code == 200
     assert requests.get(server.url + "/openapi.json", timeout=10).json()["paths"]
+
+
+# A 1x1 PNG, as an SDK records a screenshot (base64).
+PIXEL = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJ"
+         "RU5ErkJggg==")
+
+
+def test_screenshots_show_as_images_and_nothing_else_becomes_one(ui, lucidic_home) -> None:
+    from lucidic.store import Store
+
+    store = Store(lucidic_home / "lucidic.db")
+    store.write([
+        ("session", "shots", 1.0, {"project": "default", "started_at": 1.0, "name": "shots"}),
+        ("step", "st", 1.0, {"session_id": "shots", "action": "look", "screenshot": PIXEL,
+                             "started_at": 1.0}),
+        ("event", "ev", 1.0, {"session_id": "shots", "step_id": "st", "started_at": 1.0,
+                              "screenshots": [PIXEL, "javascript:alert(1)",
+                                              "data:text/html;base64,PHNjcmlwdD4="]}),
+    ])
+    store.close()
+    step = requests.get(ui.url + "/steps/st", timeout=10).text
+    assert f'src="data:image/png;base64,{PIXEL}"' in step
+    event = requests.get(ui.url + "/events/ev", timeout=10).text
+    assert event.count("<img") == 1 and f'src="data:image/png;base64,{PIXEL}"' in event
+    assert "javascript:" not in event.split("<img")[1].split(">")[0]
+    assert "is not an image this page can show" in event
