@@ -82,9 +82,13 @@ def main() -> None:
                 page.goto(url)
                 page.wait_for_selector("table.sessions tbody tr")
                 page.screenshot(path=str(args.out / "sessions.png"))
+                page.set_viewport_size({"width": 1440, "height": 1300})
                 page.goto(f"{url}sessions/{trip}")
                 page.locator(".node.type-llm").first.click()
                 page.wait_for_selector("#detail .conversation")
+                thinking = page.locator("#detail details.thinking summary")
+                if thinking.count():
+                    thinking.first.click()
                 page.screenshot(path=str(args.out / "session.png"))
                 page.goto(f"{url}dashboard")
                 page.screenshot(path=str(args.out / "dashboard.png"), full_page=True)
