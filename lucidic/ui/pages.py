@@ -240,7 +240,9 @@ def _record_page(request: Request, kind: str, record_id: str, db: Store,
         return _page(request, "missing.html", status=404, viewer=who, what=kind,
                      ident=record_id)
     template = f"_{kind}.html" if _fragment(request) else "record.html"
-    return _page(request, template, viewer=who, kind=kind, **{kind: record},
+    return _page(request, template, viewer=who, kind=kind,
+                 event=record if kind == "event" else None,
+                 step=record if kind == "step" else None,
                  session=reader.session(record["session_id"], who.project))
 
 
