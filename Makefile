@@ -4,9 +4,15 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PROVIDERS := $(sort $(wildcard providers/*/pyproject.toml))
 
+# The distributions were renamed (lucidic -> lucidic-toolkit, lucidic-openai ->
+# lucidic-toolkit-openai, ...): the uninstall drops the old names from a venv
+# made before the rename, or both would register the same plugins.
+RETIRED := lucidic $(foreach p,$(PROVIDERS),$(notdir $(patsubst %/,%,$(dir $(p)))))
+
 $(VENV)/.installed: pyproject.toml $(PROVIDERS)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip uninstall --quiet --yes $(RETIRED) 2>/dev/null || true
 	$(PY) -m pip install --quiet -e '.[dev,server]' $(foreach p,$(PROVIDERS),-e '$(dir $(p))[test]')
 	touch $@
 

@@ -69,6 +69,13 @@ def _detail(response: requests.Response) -> str:
     return f"HTTP {response.status_code}"
 
 
+def refused_key_message(base_url: str, response: requests.Response) -> str:
+    """What to say, and what to do, when the server refuses the API key."""
+    return (f"the lucidic server at {base_url} refused the API key ({_detail(response)}); "
+            "check LUCIDIC_API_KEY, or make a new key with `lucidic keys create --project "
+            "NAME` where the server runs (with the server's --db)")
+
+
 def encode_batch(records: Sequence[Record]) -> bytes:
     """The request body for records. The fast path serialises as is; only a
     batch carrying text or numbers the server would refuse is cleaned."""
@@ -174,10 +181,7 @@ class HttpSink:
                              "(%s); records will be spooled until the server answers", exc)
             return
         if response.status_code in (401, 403):
-            raise APIKeyVerificationError(
-                f"the lucidic server at {self.base_url} refused the API key "
-                f"({_detail(response)}); check LUCIDIC_API_KEY, or make a new key with "
-                "`lucidic keys create --project NAME`")
+            raise APIKeyVerificationError(refused_key_message(self.base_url, response))
         if response.status_code != 200:
             log_rate_limited("verify_failed", "lucidic: could not verify the API key (%s)",
                              _detail(response))
@@ -278,7 +282,8 @@ class HttpReader:
         self.base_url = base_url.rstrip("/")
         if not api_key:
             raise SystemExit("lucidic: LUCIDIC_BASE_URL is set but LUCIDIC_API_KEY is not: "
-                             "reading from the server needs an API key")
+                             "reading from the server needs an API key (make one with "
+                             "`lucidic keys create --project NAME` where the server runs)")
         self._client = _Client(self.base_url, api_key)
 
     def _get(self, path: str, params: dict[str, Any] | None = None) -> requests.Response:
@@ -288,6 +293,8 @@ class HttpReader:
             raise SystemExit(f"lucidic: {exc}") from exc
         if response.status_code in (200, 404):
             return response
+        if response.status_code in (401, 403):
+            raise SystemExit("lucidic: " + refused_key_message(self.base_url, response))
         raise SystemExit(f"lucidic: the server at {self.base_url} answered {_detail(response)}")
 
     def list_sessions(self, *, agent_id: str | None = None, status: str | None = None,

@@ -8,7 +8,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ._internal import record_internal_error
+from ._internal import log_rate_limited
 
 #: Longest text kept per field; longer text is cut and says so.
 MAX_TEXT_CHARS = 4 * 1024 * 1024
@@ -82,16 +82,23 @@ def to_jsonable(value: Any, depth: int = 0) -> Any:
 def mask_text(mask: Mask, text: str) -> str:
     try:
         masked = mask(text)
-    except Exception as exc:  # noqa: BLE001
-        record_internal_error("masking_function", exc)
+    except Exception as exc:  # noqa: BLE001 - the user's function may raise anything
+        _masking_failed(f"raised {exc!r}", exc_info=True)
         return REDACTED
     if type(masked) is not str:
         # A masking function must return text; anything else could carry the
         # original through, so it is treated as a failure.
-        record_internal_error("masking_function",
-                              TypeError(f"masking function returned {type(masked).__name__}"))
+        _masking_failed(f"returned {type(masked).__name__}, not str", exc_info=False)
         return REDACTED
     return masked
+
+
+def _masking_failed(what: str, *, exc_info: bool) -> None:
+    # The user's bug, not ours: say so, and where the traceback points.
+    log_rate_limited("masking_function", "lucidic: masking_function %s; the text was redacted "
+                     "(stored as %r, nothing unmasked left the process). Fix the "
+                     "masking_function given to lai.init() / continue_session().", what,
+                     REDACTED, exc_info=exc_info)
 
 
 def mask_value(mask: Mask, value: Any) -> Any:

@@ -2,7 +2,7 @@
 
     lucidic sessions list [--agent ID] [--status running|successful|failed|finished]
                           [--search TEXT] [--limit N] [--json]
-    lucidic sessions show SESSION_ID [--json]
+    lucidic sessions show SESSION_ID [--full] [--json]
     lucidic providers [--json]
     lucidic ui [--host H] [--port P] [--allow-host NAME] [--db URL]
     lucidic server [--db URL] [--host H] [--port P] [--max-body-mb N]
@@ -13,7 +13,8 @@
 Sessions are read from the embedded store (LUCIDIC_HOME), or from the server
 at LUCIDIC_BASE_URL when that is set. ``server`` and ``keys`` work on the
 database given by --db (``sqlite:///path`` or ``postgresql://...``), else
-LUCIDIC_DATABASE_URL, else the embedded store's file.
+LUCIDIC_DATABASE_URL, else the embedded store's file. How sessions are shown
+is ``_render``'s.
 """
 
 from __future__ import annotations
@@ -22,10 +23,9 @@ import argparse
 import json
 import sys
 from contextlib import closing
-from datetime import datetime
 from typing import Any, Protocol
 
-from . import _config
+from . import _config, _render
 
 
 class Reader(Protocol):
@@ -51,139 +51,64 @@ def open_reader() -> Reader:
     return Store(path)
 
 
-# -- rendering ----------------------------------------------------------------------
+# -- output -------------------------------------------------------------------------
 
-def _when(ts: float | None) -> str:
-    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
-
-
-def _duration(item: dict[str, Any]) -> str:
-    started, ended = item.get("started_at"), item.get("ended_at")
-    if started is None or ended is None:
-        return "running" if not item.get("is_finished") else ""
-    seconds = ended - started
-    if seconds < 1:
-        return f"{seconds * 1000:.1f} ms"
-    return f"{seconds:.2f} s"
+def _print_json(value: Any) -> None:
+    print(json.dumps(_render.with_iso_times(value), indent=2, ensure_ascii=False, default=str))
 
 
-def _status(session: dict[str, Any]) -> str:
-    if not session.get("is_finished"):
-        return "running"
-    outcome = session.get("is_successful")
-    return "finished" + ("" if outcome is None else (", successful" if outcome else ", failed"))
+def _print_lines(lines: list[_render.Line]) -> None:
+    if sys.stdout.isatty():
+        from rich.console import Console
+
+        Console(highlight=False).print(_render.rich_text(lines))
+    else:
+        print("\n".join(_render.plain_lines(line) for line in lines))
 
 
-def _totals(session: dict[str, Any]) -> str:
-    parts = [f"{session.get('step_count', 0)} steps", f"{session.get('event_count', 0)} events"]
-    if session.get("error_count"):
-        parts.append(f"{session['error_count']} errors")
-    tokens = (session.get("input_tokens") or 0) + (session.get("output_tokens") or 0)
-    if tokens:
-        parts.append(f"{session.get('input_tokens', 0)}→{session.get('output_tokens', 0)} tokens")
-    if session.get("total_cost"):
-        parts.append(f"${session['total_cost']:.6f}")
-    return ", ".join(parts)
+def _print_tree(tree: _render.Layout) -> None:
+    """A coloured tree on a terminal; plain text, drawn with box characters,
+    into a pipe or a file."""
+    if sys.stdout.isatty():
+        from rich.console import Console
 
-
-def _short(text: Any, width: int = 80) -> str:
-    value = " ".join(str(text).split())
-    return value if len(value) <= width else value[: width - 1] + "…"
-
-
-def render_list(sessions: list[dict[str, Any]]) -> str:
-    if not sessions:
-        return "no sessions recorded"
-    lines = []
-    for s in sessions:
-        name = f" {s['name']!r}" if s.get("name") else ""
-        agent = f" agent={s['agent_id']}" if s.get("agent_id") else ""
-        lines.append(f"{s['id']}{name}{agent}  {_when(s.get('started_at'))}  {_status(s)}  "
-                     f"({_totals(s)})")
-    return "\n".join(lines)
-
-
-def render_tree(session: dict[str, Any]) -> str:
-    name = f" {session['name']!r}" if session.get("name") else ""
-    lines = [f"session {session['id']}{name}",
-             f"  {_status(session)}, started {_when(session.get('started_at'))}, "
-             f"{_duration(session) or 'running'}",
-             f"  {_totals(session)}"]
-    for label in ("agent_id", "task", "tags", "is_successful_reason", "session_eval",
-                  "session_eval_reason"):
-        if session.get(label) not in (None, [], ""):
-            lines.append(f"  {label}: {_short(session[label])}")
-    children = _children(session)
-    for index, child in enumerate(children):
-        _render_node(child, "", index == len(children) - 1, lines)
-    return "\n".join(lines)
-
-
-def _children(node: dict[str, Any]) -> list[dict[str, Any]]:
-    items = [("step", s) for s in node.get("steps", [])] + \
-            [("event", e) for e in node.get("events", [])]
-    items.sort(key=lambda kv: (kv[1].get("started_at") or 0, kv[1]["id"]))
-    return [{"kind": kind, **item} for kind, item in items]
-
-
-def _render_node(node: dict[str, Any], prefix: str, last: bool, lines: list[str]) -> None:
-    branch = "└─ " if last else "├─ "
-    lines.append(prefix + branch + (_step_line(node) if node["kind"] == "step"
-                                    else _event_line(node)))
-    children = _children(node) if node["kind"] == "step" else []
-    for index, child in enumerate(children):
-        _render_node(child, prefix + ("   " if last else "│  "), index == len(children) - 1,
-                     lines)
-
-
-def _step_line(step: dict[str, Any]) -> str:
-    parts = [f"step {step.get('action') or step.get('state') or step['id']}"]
-    for label in ("state", "goal"):
-        if step.get(label) and step.get(label) != parts[0][5:]:
-            parts.append(f"{label}={_short(step[label], 40)!r}")
-    parts.append(_duration(step))
-    if step.get("error"):
-        parts.append(f"FAILED: {_short(step['error'], 60)}")
-    return "  ".join(p for p in parts if p)
-
-
-def _event_line(event: dict[str, Any]) -> str:
-    kind = event.get("type") or "event"
-    parts = [f"{kind}"]
-    if kind == "llm":
-        parts.append(f"{event.get('provider') or ''}:{event.get('model') or ''}")
-        if event.get("input_tokens") is not None or event.get("output_tokens") is not None:
-            parts.append(f"{event.get('input_tokens') or 0}→{event.get('output_tokens') or 0} "
-                         "tokens")
-        if event.get("cost"):
-            parts.append(f"${event['cost']:.6f}")
-    if event.get("function_name"):
-        parts.append(event["function_name"])
-    if event.get("description"):
-        parts.append(_short(event["description"], 60))
-    if event.get("result"):
-        parts.append(f"→ {_short(event['result'], 40)}")
-    if event.get("error"):
-        parts.append(f"ERROR: {_short(event['error'], 60)}")
-    return "  ".join(parts)
+        Console(highlight=False).print(_render.rich_renderable(tree))
+    else:
+        print(_render.plain(tree))
 
 
 # -- commands -------------------------------------------------------------------------
+
+def _source() -> str:
+    """Where sessions are read from, in words."""
+    base_url = _config.base_url()
+    return f"the server at {base_url}" if base_url else \
+        f"the embedded store at {_config.store_path()}"
+
 
 def _sessions_list(args: argparse.Namespace) -> int:
     sessions = open_reader().list_sessions(agent_id=args.agent, status=args.status,
                                            search=args.search, limit=args.limit,
                                            offset=args.offset)
-    print(json.dumps(sessions, indent=2, default=str) if args.json else render_list(sessions))
+    if args.json:
+        _print_json(sessions)
+    elif not sessions:
+        print(f"no sessions in {_source()}")
+    else:
+        _print_lines([_render.session_row(s) for s in sessions])
     return 0
 
 
 def _sessions_show(args: argparse.Namespace) -> int:
     tree = open_reader().session_tree(args.session_id)
     if tree is None:
-        print(f"lucidic: no session {args.session_id!r}", file=sys.stderr)
+        print(f"lucidic: no session {args.session_id!r} in {_source()} "
+              "(`lucidic sessions list` shows the recorded ones)", file=sys.stderr)
         return 1
-    print(json.dumps(tree, indent=2, default=str) if args.json else render_tree(tree))
+    if args.json:
+        _print_json(tree)
+    else:
+        _print_tree(_render.layout(tree, full=args.full))
     return 0
 
 
@@ -197,7 +122,8 @@ def _providers(args: argparse.Namespace) -> int:
         print(json.dumps([asdict(i) for i in infos], indent=2))
         return 0
     if not infos:
-        print("no providers installed (pip install lucidic-openai, lucidic-anthropic, ...)")
+        print("no providers installed (pip install lucidic-toolkit-openai, "
+              "lucidic-toolkit-anthropic, ...)")
     for info in infos:
         library = (f"{info.library} {info.library_version or 'not installed'}"
                    if info.library else "")
@@ -216,6 +142,29 @@ def _database_url(args: argparse.Namespace) -> str:
     return _config.env("LUCIDIC_DATABASE_URL") or f"sqlite:///{_config.store_path()}"
 
 
+def _shown_url(url: str) -> str:
+    """A database URL fit to print: no password."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _where(args: argparse.Namespace) -> str:
+    """Which database a keys command works on, and why that one."""
+    url = _shown_url(_database_url(args))
+    if args.db:
+        return url
+    if _config.env("LUCIDIC_DATABASE_URL"):
+        return f"{url} (LUCIDIC_DATABASE_URL)"
+    return (f"{url} (this machine's embedded store: give the server's database with --db or "
+            "LUCIDIC_DATABASE_URL)")
+
+
 def _open_accounts(args: argparse.Namespace) -> Any:
     from .store import Store, StoreError
 
@@ -229,8 +178,8 @@ def _server(args: argparse.Namespace) -> int:
     try:
         from .server import run
     except ImportError as exc:
-        raise SystemExit(f"lucidic: the server needs its extra: pip install 'lucidic[server]' "
-                         f"({exc})") from exc
+        raise SystemExit("lucidic: the server needs its extra: "
+                         f"pip install 'lucidic-toolkit[server]' ({exc})") from exc
     from .store import StoreError
 
     try:
@@ -245,8 +194,8 @@ def _ui(args: argparse.Namespace) -> int:
     try:
         from .ui.app import run_ui
     except ImportError as exc:
-        raise SystemExit("lucidic: `lucidic ui` needs the web UI's dependencies: "
-                         f"pip install 'lucidic[server]' (missing: {exc.name})") from exc
+        raise SystemExit("lucidic: `lucidic ui` needs the web UI's dependencies: pip install "
+                         f"'lucidic-toolkit[server]' (missing: {exc.name})") from exc
     from .store import StoreError
 
     url = args.db or f"sqlite:///{_config.store_path()}"
@@ -271,8 +220,9 @@ def _ui(args: argparse.Namespace) -> int:
 def _keys_create(args: argparse.Namespace) -> int:
     with closing(_open_accounts(args)) as store:
         info, key = store.create_api_key(args.project, args.label)
-    print(f"project: {info['project']}")
-    print(f"key id:  {info['id']} (for `lucidic keys revoke`)")
+    print(f"database: {_where(args)}")
+    print(f"project:  {info['project']}")
+    print(f"key id:   {info['id']} (for `lucidic keys revoke`)")
     print("the key, shown this once (only its hash is kept); set it as LUCIDIC_API_KEY:")
     print(key)
     return 0
@@ -282,15 +232,18 @@ def _keys_list(args: argparse.Namespace) -> int:
     with closing(_open_accounts(args)) as store:
         keys = store.list_api_keys(args.project)
     if args.json:
-        print(json.dumps(keys, indent=2))
+        _print_json(keys)
         return 0
     if not keys:
-        print("no API keys (make one with `lucidic keys create --project NAME`)")
+        which = f" for project {args.project!r}" if args.project else ""
+        print(f"no API keys{which} in {_where(args)}; make one with "
+              "`lucidic keys create --project NAME`")
+        return 0
     for key in keys:
-        state = f"revoked {_when(key['revoked_at'])}" if key["revoked_at"] else "active"
-        label = f"  {key['label']!r}" if key.get("label") else ""
-        print(f"{key['id']}  project={key['project']}  created {_when(key['created_at'])}  "
-              f"{state}{label}")
+        state = f"revoked {_render.when(key['revoked_at'])}" if key["revoked_at"] else "active"
+        label = f"  {key['label']}" if key.get("label") else ""
+        print(f"{key['id']}  project {key['project']}  created "
+              f"{_render.when(key['created_at'])}  {state}{label}")
     return 0
 
 
@@ -298,56 +251,92 @@ def _keys_revoke(args: argparse.Namespace) -> int:
     with closing(_open_accounts(args)) as store:
         found = store.revoke_api_key(args.key_id)
     if not found:
-        print(f"lucidic: no API key with id {args.key_id!r} (see `lucidic keys list`)",
-              file=sys.stderr)
+        print(f"lucidic: no API key with id {args.key_id!r} in {_where(args)} "
+              "(`lucidic keys list` shows them)", file=sys.stderr)
         return 1
     print(f"revoked {args.key_id}: requests with it are refused from now on")
     return 0
 
 
+# -- the parser ---------------------------------------------------------------------
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """--help shows each option's default, where it has one worth saying."""
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(action)
+        # argparse measures subcommands one indent short of where it prints
+        # them, so the longest one's help would wrap onto a line of its own.
+        for sub in getattr(action, "_get_subactions", list)():
+            width = (len(self._format_action_invocation(sub)) + self._current_indent
+                     + 2 * self._indent_increment)
+            self._action_max_length = max(self._action_max_length, width)
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_text = action.help or ""
+        default = action.default
+        if (default not in (None, False, argparse.SUPPRESS) and "%(default)" not in help_text
+                and (action.option_strings or action.nargs in ("?", "*"))):
+            help_text += " (default: %(default)s)"
+        return help_text
+
+
+def _add_parser(commands: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name, formatter_class=_HelpFormatter, **kwargs)
+    return parser
+
+
 def _add_server_commands(commands: Any) -> None:
     db_help = ("sqlite:///PATH or postgresql://USER@HOST/DB (default: LUCIDIC_DATABASE_URL, "
                "else the embedded store's file)")
-    server = commands.add_parser("server", help="run the shared server (needs lucidic[server])")
+    server = _add_parser(commands, "server",
+                         help="run the shared server (needs lucidic-toolkit[server])")
     server.add_argument("--db", help=db_help)
     server.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (0.0.0.0 to serve other machines)")
-    server.add_argument("--port", type=int, default=8765)
+    server.add_argument("--port", type=int, default=8765, help="port to listen on")
     server.add_argument("--max-body-mb", type=float, default=32.0,
                         help="largest request body accepted, in MiB")
     server.add_argument("--log-level", default="info",
-                        choices=["critical", "error", "warning", "info", "debug"])
+                        choices=["critical", "error", "warning", "info", "debug"],
+                        help="the server's log level")
     server.set_defaults(handler=_server)
 
-    ui = commands.add_parser("ui", help="open the sessions in a browser (needs lucidic[server])",
-                             description="Serve the web UI over the embedded store on this "
-                                         "machine: no server, no key. Runs until Ctrl-C.")
+    ui = _add_parser(commands, "ui",
+                     help="open the sessions in a browser (needs lucidic-toolkit[server])",
+                     description="Serve the web UI over the embedded store on this machine: "
+                                 "no server, no key. Runs until Ctrl-C.")
     ui.add_argument("--host", default="127.0.0.1",
-                    help="address to listen on (default: 127.0.0.1, this machine only)")
-    ui.add_argument("--port", type=int, default=8766, help="port (default: 8766; 0: any free)")
+                    help="address to listen on (127.0.0.1: this machine only)")
+    ui.add_argument("--port", type=int, default=8766, help="port (0: any free one)")
     ui.add_argument("--allow-host", action="append", metavar="NAME",
                     help="another host name the UI may be reached by (it answers only its "
                          "own address and loopback names otherwise)")
     ui.add_argument("--db", help="read this database instead of the embedded store")
     ui.add_argument("--log-level", default="warning",
-                    choices=["critical", "error", "warning", "info", "debug"])
+                    choices=["critical", "error", "warning", "info", "debug"],
+                    help="the UI server's log level")
     ui.set_defaults(handler=_ui)
 
-    keys = commands.add_parser("keys", help="the server's API keys")
-    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
-    create = keys_commands.add_parser("create", help="make a key for a project (created if "
-                                                     "need be); prints it once, last line")
-    create.add_argument("--project", required=True)
+    keys = _add_parser(commands, "keys", help="the server's API keys",
+                       description="API keys live in the server's database: give it with --db "
+                                   "or LUCIDIC_DATABASE_URL, as to `lucidic server`.")
+    keys_commands = keys.add_subparsers(dest="keys_command", metavar="COMMAND")
+    keys.set_defaults(handler=_help_of(keys))
+    create = _add_parser(keys_commands, "create", help="make a key for a project (created if "
+                                                        "need be); prints it once, last line")
+    create.add_argument("--project", required=True, help="the project the key reads and writes")
     create.add_argument("--label", help="a note to tell keys apart")
     create.add_argument("--db", help=db_help)
     create.set_defaults(handler=_keys_create)
-    listing = keys_commands.add_parser("list", help="keys (never the keys themselves)")
-    listing.add_argument("--project")
+    listing = _add_parser(keys_commands, "list", help="keys (never the keys themselves)")
+    listing.add_argument("--project", help="only this project's keys")
     listing.add_argument("--db", help=db_help)
-    listing.add_argument("--json", action="store_true")
+    listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(handler=_keys_list)
-    revoke = keys_commands.add_parser("revoke", help="refuse a key from now on")
-    revoke.add_argument("key_id")
+    revoke = _add_parser(keys_commands, "revoke", help="refuse a key from now on")
+    revoke.add_argument("key_id", help="the key's id, as `lucidic keys list` shows it")
     revoke.add_argument("--db", help=db_help)
     revoke.set_defaults(handler=_keys_revoke)
 
@@ -362,13 +351,32 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lucidic", description="Read what Lucidic recorded.")
-    commands = parser.add_subparsers(dest="command", required=True)
+def _help_of(parser: argparse.ArgumentParser) -> Any:
+    """A handler for a command given without its subcommand: its help."""
+    def show(args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 0
+    return show
 
-    sessions = commands.add_parser("sessions", help="list sessions or show one")
-    sessions_commands = sessions.add_subparsers(dest="sessions_command", required=True)
-    listing = sessions_commands.add_parser("list", help="sessions, newest first")
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="lucidic", formatter_class=_HelpFormatter,
+        description="Read what Lucidic recorded, and run its server.",
+        epilog="Sessions are read from the embedded store (LUCIDIC_HOME), or from the server "
+               "at LUCIDIC_BASE_URL (with LUCIDIC_API_KEY) when that is set.")
+    parser.add_argument("--version", action="version",
+                        version=f"lucidic {__version__} (lucidic-toolkit, Python "
+                                f"{sys.version.split()[0]})")
+    parser.set_defaults(handler=_help_of(parser))
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    sessions = _add_parser(commands, "sessions", help="list sessions or show one")
+    sessions.set_defaults(handler=_help_of(sessions))
+    sessions_commands = sessions.add_subparsers(dest="sessions_command", metavar="COMMAND")
+    listing = _add_parser(sessions_commands, "list", help="sessions, newest first")
     listing.add_argument("--agent", help="only this agent's sessions")
     listing.add_argument("--status", choices=["running", "successful", "failed", "finished"],
                          help="running, or ended as successful, failed, or finished (ended "
@@ -376,18 +384,20 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--search", metavar="TEXT",
                          help="only sessions whose name, task, tags, steps or events (LLM "
                               "messages, models, errors) hold TEXT, in any case")
-    listing.add_argument("--limit", type=_positive_int, default=50,
-                         help="how many sessions to print (default: 50)")
-    listing.add_argument("--offset", type=int, default=0)
+    listing.add_argument("--limit", type=_positive_int, default=50, help="at most this many")
+    listing.add_argument("--offset", type=int, default=0, help="skip this many first")
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(handler=_sessions_list)
-    show = sessions_commands.add_parser("show", help="a session's tree of steps and events")
-    show.add_argument("session_id")
-    show.add_argument("--json", action="store_true", help="print JSON")
+    show = _add_parser(sessions_commands, "show", help="a session's tree of steps and events")
+    show.add_argument("session_id", help="the session's id")
+    show.add_argument("--full", action="store_true",
+                      help="every field, and whole messages, untruncated")
+    show.add_argument("--json", action="store_true",
+                      help="print JSON (times as epoch seconds, and ISO 8601 in *_iso)")
     show.set_defaults(handler=_sessions_show)
 
-    providers = commands.add_parser("providers", help="installed provider plugins")
-    providers.add_argument("--json", action="store_true")
+    providers = _add_parser(commands, "providers", help="installed provider plugins")
+    providers.add_argument("--json", action="store_true", help="print JSON")
     providers.set_defaults(handler=_providers)
     _add_server_commands(commands)
     return parser

@@ -54,15 +54,16 @@ def _restore(originals: list[tuple[type, str, Any]]) -> None:
 
 
 def llm_call_wrapper(start: Callable[[dict[str, Any]], LLMCall | None],
-                     outcome: Callable[[LLMCall, Any, bool], Any], *,
+                     outcome: Callable[[LLMCall, Any, bool, dict[str, Any]], Any], *,
                      asynchronous: bool = False) -> Callable[..., Any]:
     """A wrapt wrapper recording one LLM call around a client method.
 
     ``start(kwargs)`` begins the call before the request (None: record
     nothing, call straight through); if the method raises, the call fails
     and the exception reaches the caller unchanged; otherwise
-    ``outcome(call, result, asynchronous)`` completes the call, or wraps a
-    returned stream to complete it later, and returns what the caller gets.
+    ``outcome(call, result, asynchronous, kwargs)`` completes the call, or
+    wraps a returned stream to complete it later, and returns what the
+    caller gets.
     With no session current the method is called straight away."""
     if asynchronous:
         async def async_wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...],
@@ -75,7 +76,7 @@ def llm_call_wrapper(start: Callable[[dict[str, Any]], LLMCall | None],
             except BaseException as exc:
                 call.fail(exc)
                 raise
-            return outcome(call, result, True)
+            return outcome(call, result, True, kwargs)
         return async_wrapper
 
     def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...],
@@ -88,5 +89,5 @@ def llm_call_wrapper(start: Callable[[dict[str, Any]], LLMCall | None],
         except BaseException as exc:
             call.fail(exc)
             raise
-        return outcome(call, result, False)
+        return outcome(call, result, False, kwargs)
     return wrapper

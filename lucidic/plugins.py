@@ -37,6 +37,7 @@ from .store import EVENT_COLUMNS
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "FIRST_PARTY",
     "Adapter",
     "LLMCall",
     "ProviderInfo",
@@ -87,10 +88,11 @@ class Adapter:
         except metadata.PackageNotFoundError:
             return None
 
-    def check_library(self) -> None:
+    def check_library(self, version: str | None = None) -> None:
         """Raise InvalidOperationError if the library is missing or of a
-        version this adapter does not support."""
-        version = self.library_version()
+        version this adapter does not support (``version``: the installed
+        one, when the caller has read it already)."""
+        version = version or self.library_version()
         if version is None:
             raise InvalidOperationError(
                 f"provider {self.name!r} instruments the {self.library!r} library, which is not "
@@ -147,20 +149,19 @@ def _entry_points() -> dict[str, metadata.EntryPoint]:
     return found
 
 
-def get_adapter(name: str) -> Adapter:
-    """The (single) adapter registered under name, loaded on first use."""
+def get_adapter(name: str, entry_points: dict[str, metadata.EntryPoint] | None = None
+                ) -> Adapter:
+    """The (single) adapter registered under name, loaded on first use
+    (``entry_points``: the group as already read, to spare reading it again)."""
     with _adapters_lock:
         adapter = _adapters.get(name)
         if adapter is not None:
             return adapter
-        entry_points = _entry_points()
+        if entry_points is None:
+            entry_points = _entry_points()
         entry_point = entry_points.get(name)
         if entry_point is None:
-            installed = ", ".join(sorted(entry_points)) or "none"
-            raise InvalidOperationError(
-                f"unknown provider {name!r}. Installed providers: {installed}. First-party "
-                f"providers install with: pip install lucidic-{name.replace('_', '-')} "
-                "(openai, anthropic, langchain, pydantic_ai, openai_agents)")
+            raise InvalidOperationError(unknown_provider_message(name, sorted(entry_points)))
         try:
             target = entry_point.load()
             adapter = target() if isinstance(target, type) else target
@@ -173,6 +174,58 @@ def get_adapter(name: str) -> Adapter:
                 f"provider {name!r} ({entry_point.value}) is not a lucidic.plugins.Adapter")
         _adapters[name] = adapter
         return adapter
+
+
+#: The first-party plugins, and the distribution that installs each.
+FIRST_PARTY = {
+    "openai": "lucidic-toolkit-openai",
+    "anthropic": "lucidic-toolkit-anthropic",
+    "langchain": "lucidic-toolkit-langchain",
+    "pydantic_ai": "lucidic-toolkit-pydantic-ai",
+    "openai_agents": "lucidic-toolkit-openai-agents",
+}
+#: Names people try for what a plugin of another name records.
+_SERVED_BY = {
+    "langgraph": ("langchain", "LangGraph runs on langchain-core, whose callbacks the "
+                               "'langchain' plugin records"),
+    "langchain_core": ("langchain", "the 'langchain' plugin records langchain-core runs"),
+    "agents": ("openai_agents", "the OpenAI Agents SDK is recorded by 'openai_agents'"),
+}
+
+
+def unknown_provider_message(name: str, installed: Sequence[str]) -> str:
+    """What to say when no installed plugin is called ``name``: the plugin that
+    serves it, or the closest known name, and what to install."""
+    import difflib
+
+    listing = f"Installed providers: {', '.join(installed) or 'none'}."
+    key = name.strip().lower().replace("-", "_")
+    served = _SERVED_BY.get(key)
+    if served is None and key != name and (key in installed or key in FIRST_PARTY):
+        served = (key, f"provider names are written with underscores, as {key!r}")
+    if served is not None:
+        plugin, why = served
+        return (f"unknown provider {name!r}: {why}; use providers=[{plugin!r}]"
+                f"{_install_hint(plugin, installed)}. {listing}")
+    if name in FIRST_PARTY:
+        return (f"provider {name!r} is not installed: pip install {FIRST_PARTY[name]}. "
+                f"{listing}")
+    known = sorted({*installed, *FIRST_PARTY, *_SERVED_BY})
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if close:
+        guess = _SERVED_BY[close[0]][0] if close[0] in _SERVED_BY else close[0]
+        return (f"unknown provider {name!r}; did you mean {guess!r}?"
+                f"{_install_hint(guess, installed)} {listing}")
+    first_party = ", ".join(f"{n} ({d})" for n, d in FIRST_PARTY.items())
+    return (f"unknown provider {name!r}. {listing} First-party providers, each installed by "
+            f"its own distribution: {first_party}. A third-party plugin registers itself "
+            f"under the entry-point group {ENTRY_POINT_GROUP!r}.")
+
+
+def _install_hint(plugin: str, installed: Sequence[str]) -> str:
+    if plugin in installed or plugin not in FIRST_PARTY:
+        return ""
+    return f" (not installed: pip install {FIRST_PARTY[plugin]})"
 
 
 def activate(names: Sequence[str]) -> list[Adapter]:
@@ -205,24 +258,25 @@ class ProviderInfo:
 def describe() -> list[ProviderInfo]:
     """Every installed provider, with the library version each found."""
     infos = []
-    for name, entry_point in sorted(_entry_points().items()):
+    entry_points = _entry_points()
+    for name, entry_point in sorted(entry_points.items()):
         dist = getattr(entry_point, "dist", None)
         try:
-            adapter = get_adapter(name)
+            adapter = get_adapter(name, entry_points)
         except InvalidOperationError as exc:
             infos.append(ProviderInfo(name, entry_point.value, dist.name if dist else None,
                                       dist.version if dist else None, None, None, None,
                                       str(exc)))
             continue
         problem = None
+        version = adapter.library_version()
         try:
-            adapter.check_library()
+            adapter.check_library(version)
         except InvalidOperationError as exc:
             problem = str(exc)
         infos.append(ProviderInfo(name, entry_point.value, dist.name if dist else None,
-                                  dist.version if dist else None, adapter.library,
-                                  adapter.library_version(), adapter.supported_versions or None,
-                                  problem))
+                                  dist.version if dist else None, adapter.library, version,
+                                  adapter.supported_versions or None, problem))
     return infos
 
 
@@ -288,8 +342,11 @@ def _field_value(key: str, value: Any) -> Any:
         return None
     if key in ("input", "output", "arguments", "screenshots"):
         return to_jsonable(value)
-    if key in ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens"):
+    if key in ("input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens",
+               "reasoning_tokens"):
         return int(value)
+    if key == "tokens_estimated":
+        return bool(value)
     if key in ("cost", "duration", "time_to_first_token", "started_at", "ended_at"):
         return float(value)
     return text_field(value)
@@ -333,7 +390,14 @@ class LLMCall:
     def finish(self, *, model: str | None = None, output: Any = None,
                input_tokens: int | None = None, output_tokens: int | None = None,
                cached_tokens: int | None = None, reasoning_tokens: int | None = None,
-               cost: float | None = None, result: str | None = None) -> None:
+               cache_write_tokens: int | None = None, cache_write_1h_tokens: int | None = None,
+               tokens_estimated: bool = False, cost: float | None = None,
+               result: str | None = None) -> None:
+        """Complete the call. ``input_tokens`` include the cache reads
+        (``cached_tokens``) and the prompt-cache writes (``cache_write_tokens``,
+        of which ``cache_write_1h_tokens`` went to a 1-hour cache, priced
+        higher); ``tokens_estimated`` marks counts Lucidic worked out itself
+        because the API reported none. ``cost`` defaults to the price table's."""
         with swallow("llm_call_finish"):
             if self._done:
                 return
@@ -343,11 +407,15 @@ class LLMCall:
                           output=to_jsonable(output), result=text_field(result))
             for key, value in (("input_tokens", input_tokens), ("output_tokens", output_tokens),
                                ("cached_tokens", cached_tokens),
+                               ("cache_write_tokens", cache_write_tokens),
                                ("reasoning_tokens", reasoning_tokens)):
                 fields[key] = int(value) if value is not None else None
+            if tokens_estimated:
+                fields["tokens_estimated"] = True
             if cost is None:
                 cost = cost_of(fields.get("provider"), fields["model"], input_tokens,
-                               output_tokens, cached_tokens)
+                               output_tokens, cached_tokens, cache_write_tokens,
+                               cache_write_1h_tokens)
             fields["cost"] = cost
             self._record()
 

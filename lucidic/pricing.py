@@ -3,8 +3,13 @@
 The table (``lucidic/data/prices.json``) gives USD per million tokens by
 provider and model; ``LUCIDIC_PRICES`` names a JSON file of the same shape
 whose entries are merged over it. Model names match exactly, else by the
-longest prefix (dated snapshots find their family). Cached input tokens are
-part of the input tokens and are charged at the cached rate where one is known.
+longest prefix (dated snapshots find their family).
+
+Input tokens include the cached ones: cache reads are charged at the
+``cached_input`` rate, and prompt-cache writes at ``cache_write`` (Anthropic's
+5-minute cache, 1.25 times the input rate) or ``cache_write_1h`` (its 1-hour
+cache, twice the input rate), each where the table knows one, else at the
+input rate.
 """
 
 from __future__ import annotations
@@ -58,14 +63,26 @@ def price_of(provider: str | None, model: str | None) -> dict[str, float] | None
 
 
 def cost_of(provider: str | None, model: str | None, input_tokens: int | None,
-            output_tokens: int | None, cached_tokens: int | None = None) -> float | None:
-    """USD for one call, or None when the model's price is unknown."""
+            output_tokens: int | None, cached_tokens: int | None = None,
+            cache_write_tokens: int | None = None,
+            cache_write_1h_tokens: int | None = None) -> float | None:
+    """USD for one call, or None when the model's price is unknown.
+
+    ``cached_tokens`` (cache reads) and ``cache_write_tokens`` are parts of
+    ``input_tokens``; ``cache_write_1h_tokens`` is the part of the writes
+    made to a 1-hour cache."""
     price = price_of(provider, model)
     if price is None or (input_tokens is None and output_tokens is None):
         return None
-    cached = min(cached_tokens or 0, input_tokens or 0)
-    uncached = (input_tokens or 0) - cached
-    total = (uncached * price.get("input", 0.0)
-             + cached * price.get("cached_input", price.get("input", 0.0))
+    base = price.get("input", 0.0)
+    total_in = input_tokens or 0
+    cached = min(cached_tokens or 0, total_in)
+    written = min(cache_write_tokens or 0, total_in - cached)
+    written_1h = min(cache_write_1h_tokens or 0, written)
+    uncached = total_in - cached - written
+    total = (uncached * base
+             + cached * price.get("cached_input", base)
+             + (written - written_1h) * price.get("cache_write", base)
+             + written_1h * price.get("cache_write_1h", price.get("cache_write", base))
              + (output_tokens or 0) * price.get("output", 0.0))
     return total / 1_000_000

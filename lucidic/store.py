@@ -100,7 +100,7 @@ def hash_api_key(key: str) -> str:
 # Column lists: every column but ``id`` and ``updated_at``. The first entry of
 # each list is the guard column: an upsert may only touch a row whose guard
 # matches (a step cannot move to another session, a session to another project).
-# The _V1 lists are the tables as migration 1 created them (frozen: later
+# The _V1 / _1 lists are the tables as migration 1 created them (frozen: later
 # columns are added by their own migrations, never by editing these).
 _V1_SESSION_COLUMNS = (
     "project", "agent_id", "name", "task", "tags", "started_at", "ended_at",
@@ -112,23 +112,29 @@ _V1_STEP_COLUMNS = (
     "eval_description", "screenshot", "screenshot_path", "function_name",
     "started_at", "ended_at", "is_finished", "error",
 )
-_V1_EVENT_COLUMNS = (
+#: The events table as migration 1 made it (never change it: migrations
+#: after 1 add columns to it).
+_EVENT_COLUMNS_1 = (
     "session_id", "step_id", "type", "description", "result", "model",
     "request_model", "provider", "input", "output", "input_tokens",
     "output_tokens", "cached_tokens", "reasoning_tokens", "cost", "duration",
     "time_to_first_token", "function_name", "arguments", "screenshots",
     "error", "started_at", "ended_at", "is_finished",
 )
+#: LLM accounting (migration 3): prompt-cache writes, counted apart from the
+#: reads in cached_tokens and priced at their own rate; and whether the
+#: token counts were estimated by Lucidic rather than reported by the API.
+_EVENT_ACCOUNTING_COLUMNS = ("cache_write_tokens", "tokens_estimated")
 #: Which process wrote a step or event: its host, its pid and the agent it
-#: recorded for (migration 3). Stamped by the SDK on the record that creates
+#: recorded for (migration 4). Stamped by the SDK on the record that creates
 #: the row; see lucidic._runtime.writer.
 WRITER_COLUMNS = ("writer_host", "writer_pid", "writer_agent")
 SESSION_COLUMNS = _V1_SESSION_COLUMNS
 STEP_COLUMNS = (*_V1_STEP_COLUMNS, *WRITER_COLUMNS)
-EVENT_COLUMNS = (*_V1_EVENT_COLUMNS, *WRITER_COLUMNS)
+EVENT_COLUMNS = (*_EVENT_COLUMNS_1, *_EVENT_ACCOUNTING_COLUMNS, *WRITER_COLUMNS)
 #: Columns holding JSON documents (stored as text on both backends).
 JSON_COLUMNS = frozenset({"tags", "input", "output", "arguments", "screenshots"})
-BOOL_COLUMNS = frozenset({"is_finished", "is_successful"})
+BOOL_COLUMNS = frozenset({"is_finished", "is_successful", "tokens_estimated"})
 
 _TABLES = {"session": ("sessions", SESSION_COLUMNS), "step": ("steps", STEP_COLUMNS),
            "event": ("events", EVENT_COLUMNS)}
@@ -141,7 +147,8 @@ _TYPES = {
     "time_to_first_token": "DOUBLE PRECISION",
     "input_tokens": "BIGINT", "output_tokens": "BIGINT", "cached_tokens": "BIGINT",
     "reasoning_tokens": "BIGINT", "is_finished": "SMALLINT", "is_successful": "SMALLINT",
-    "updated_at": "DOUBLE PRECISION", "writer_pid": "BIGINT",
+    "updated_at": "DOUBLE PRECISION", "cache_write_tokens": "BIGINT",
+    "tokens_estimated": "SMALLINT", "writer_pid": "BIGINT",
 }
 
 
@@ -159,7 +166,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, [
         _create_table("sessions", _V1_SESSION_COLUMNS),
         _create_table("steps", _V1_STEP_COLUMNS),
-        _create_table("events", _V1_EVENT_COLUMNS),
+        _create_table("events", _EVENT_COLUMNS_1),
         "CREATE INDEX IF NOT EXISTS sessions_started ON sessions (project, started_at)",
         "CREATE INDEX IF NOT EXISTS sessions_agent ON sessions (project, agent_id)",
         "CREATE INDEX IF NOT EXISTS steps_session ON steps (session_id)",
@@ -180,16 +187,19 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "SELECT project, COALESCE(MIN(started_at), 0) FROM sessions GROUP BY project "
         "ON CONFLICT (name) DO NOTHING",
     ]),
+    # LLM accounting: cache-write tokens, and token counts marked as estimated.
+    (3, [f"ALTER TABLE events ADD COLUMN {column} {_TYPES[column]}"
+         for column in _EVENT_ACCOUNTING_COLUMNS]),
     # The writer of each step and event (host, pid, agent), for the hand-over
     # view; rows written before this migration have none.
-    (3, [
+    (4, [
         *(f"ALTER TABLE {table} ADD COLUMN {column} {_TYPES.get(column, 'TEXT')}"
           for table in ("steps", "events") for column in WRITER_COLUMNS),
     ]),
     # Web UI sign-in: a browser trades an API key for a random token kept in
     # an HttpOnly cookie; only the token's hash is stored, so that signing out
     # (or revoking the key) ends it on every server replica at once.
-    (4, [
+    (5, [
         "CREATE TABLE IF NOT EXISTS web_sessions (\n  token_hash TEXT PRIMARY KEY,\n"
         "  key_id TEXT NOT NULL REFERENCES api_keys (id),\n"
         "  created_at DOUBLE PRECISION NOT NULL,\n  expires_at DOUBLE PRECISION NOT NULL\n)",
@@ -198,7 +208,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     # Listing sessions newest first, a page at a time from a (started_at, id)
     # cursor: walked down an index, with or without a project, never sorted;
     # and the agents to filter by.
-    (5, [
+    (6, [
         "CREATE INDEX IF NOT EXISTS sessions_started_id ON sessions (started_at, id)",
         "CREATE INDEX IF NOT EXISTS sessions_project_started_id "
         "ON sessions (project, started_at, id)",
@@ -478,7 +488,8 @@ class Store:
         try:
             import psycopg
         except ImportError as exc:  # pragma: no cover - depends on the install
-            raise StoreError("PostgreSQL needs psycopg: pip install 'lucidic[server]'") from exc
+            raise StoreError("PostgreSQL needs psycopg: "
+                             "pip install 'lucidic-toolkit[server]'") from exc
         from psycopg.types.numeric import NumericLoader
 
         class _NumberLoader(NumericLoader):

@@ -11,18 +11,28 @@
 
 With pytest, the ``lucidic_capture`` fixture does the same for one test (it is
 registered automatically when lucidic is installed).
+
+Nothing is written outside the capture's own directory (the test's
+``tmp_path`` with the fixture, else a temporary directory removed at the
+end): with ``recorded.sink.failing = True`` the records spool there, and
+nothing touches ``LUCIDIC_HOME``.
 """
 
 from __future__ import annotations
 
 import itertools
+import shutil
+import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from ._internal import internal_errors
+from ._pipeline import Pipeline
 from ._runtime import runtime
 from ._sinks import SinkError
+from ._spool import Spool
 from .store import Record, Store
 
 __all__ = ["Capture", "MemorySink", "capture", "internal_errors", "lucidic_capture"]
@@ -34,7 +44,12 @@ class MemorySink:
     """A sink that keeps everything in memory: the raw records as delivered,
     and an in-memory store built from them, so trees read exactly as they
     would from the embedded store. Set ``failing = True`` to simulate an
-    outage (deliveries raise and records spool)."""
+    outage (deliveries raise and records spool); set it back to False and
+    the next delivery, a few milliseconds later, takes them."""
+
+    #: While failing, the pipeline is asked to retry this soon (as a server
+    #: would with Retry-After), so a test never waits out a real backoff.
+    RETRY_AFTER = 0.02
 
     def __init__(self) -> None:
         self.identity = f"memory-{next(_numbers)}"
@@ -44,13 +59,13 @@ class MemorySink:
 
     def write(self, records: Sequence[Record]) -> None:
         if self.failing:
-            raise SinkError("MemorySink.failing is set")
+            raise SinkError("MemorySink.failing is set", retry_after=self.RETRY_AFTER)
         self.store.write(records)
         self.records.extend(records)
 
     def lookup_session(self, session_id: str) -> dict[str, Any] | None:
         if self.failing:
-            raise SinkError("MemorySink.failing is set")
+            raise SinkError("MemorySink.failing is set", retry_after=self.RETRY_AFTER)
         return self.store.get_session(session_id)
 
     def close(self) -> None:
@@ -58,14 +73,19 @@ class MemorySink:
 
 
 class Capture:
-    """What the code under test recorded. Every read flushes first."""
+    """What the code under test recorded. Every read flushes first (while
+    ``sink.failing`` is set, a read shows what was delivered before)."""
 
-    def __init__(self, sink: MemorySink) -> None:
+    def __init__(self, sink: MemorySink, directory: Path) -> None:
         self.sink = sink
+        #: The capture's own directory; records spool under ``spool/`` here.
+        self.directory = directory
 
     def flush(self, timeout: float = 5.0) -> bool:
         pipeline = runtime.pipelines.get(self.sink.identity)
-        return pipeline.flush(timeout) if pipeline is not None else True
+        if pipeline is None:
+            return True
+        return pipeline.flush(timeout, fail_fast=self.sink.failing)
 
     @property
     def records(self) -> list[Record]:
@@ -107,19 +127,30 @@ class Capture:
 
 
 @contextmanager
-def capture() -> Iterator[Capture]:
+def capture(directory: str | Path | None = None) -> Iterator[Capture]:
     """Send everything recorded inside the block to a fresh in-memory sink.
-    Sessions started inside are released (not ended) when the block exits."""
+    Sessions started inside are released (not ended) when the block exits.
+
+    ``directory`` is where records spool while ``sink.failing`` is set; by
+    default a temporary directory, removed when the block exits."""
     sink = MemorySink()
-    previous = runtime.sink_override
-    runtime.sink_override = sink
+    owned = directory is None
+    home = Path(tempfile.mkdtemp(prefix="lucidic-capture-") if owned else str(directory))
+    pipeline = Pipeline(sink, Spool(home / "spool" / sink.identity))
+    with runtime.lock:
+        # Registered before any session asks for it, so the pipeline that
+        # serves the sink spools here and not under LUCIDIC_HOME.
+        runtime.pipelines[sink.identity] = pipeline
+        previous = runtime.sink_override
+        runtime.sink_override = sink
     try:
-        yield Capture(sink)
+        yield Capture(sink, home)
     finally:
         runtime.sink_override = previous
-        pipeline = runtime.pipelines.get(sink.identity)
-        if pipeline is not None:
-            runtime.forget_pipeline(pipeline, timeout=5.0)
+        # What a failing sink holds cannot be delivered: do not wait for it.
+        runtime.forget_pipeline(pipeline, timeout=1.0 if sink.failing else 5.0)
+        if owned:
+            shutil.rmtree(home, ignore_errors=True)
 
 
 try:
@@ -128,7 +159,8 @@ except ImportError:  # pragma: no cover - pytest is optional
     pass
 else:
     @pytest.fixture
-    def lucidic_capture() -> Iterator[Capture]:
-        """Capture what the test's code records (see lucidic.testing.capture)."""
-        with capture() as captured:
+    def lucidic_capture(tmp_path: Path) -> Iterator[Capture]:
+        """Capture what the test's code records (see lucidic.testing.capture),
+        spooling, if ever, under the test's own ``tmp_path``."""
+        with capture(tmp_path / "lucidic-capture") as captured:
             yield captured

@@ -286,7 +286,7 @@ def test_spool_path_is_per_destination(lucidic_home):
         lai.init()
         lai.create_event(description="x")
         lai.flush(0.3)
-        dirs = [p.name for p in (lucidic_home / "spool").iterdir()]
+        dirs = [p.name for p in (captured.directory / "spool").iterdir()]
         assert dirs == [captured.sink.identity]
         captured.sink.failing = False
         assert lai.flush(10)

@@ -100,13 +100,46 @@ def test_asyncio_example_keeps_each_task_in_its_own_session(lucidic_home, tmp_pa
 
 
 def test_the_demo_runs_everything_and_prints_the_trees(tmp_path):
-    result = subprocess.run([sys.executable, str(EXAMPLES / "run_all.py"), "--keep",
-                             str(tmp_path / "home")], capture_output=True, text=True,
-                            timeout=300, env=child_env(tmp_path / "ignored"))
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    home = tmp_path / "home"
+    result = subprocess.run([sys.executable, str(EXAMPLES / "run_all.py"), "--home", str(home)],
+                            capture_output=True, text=True, timeout=300,
+                            env=child_env(tmp_path / "ignored", {"TMPDIR": str(scratch)}))
     assert result.returncode == 0, result.stderr
     assert "$ lucidic sessions show existing-session-123" in result.stdout
     assert "step Analyze data batch" in result.stdout
     listed = json.loads(subprocess.run(
         [sys.executable, "-m", "lucidic", "sessions", "list", "--json"], capture_output=True,
-        text=True, env=child_env(tmp_path / "home"), check=True).stdout)
-    assert len(listed) == 7
+        text=True, env=child_env(home), check=True).stdout)
+    assert len(listed) == 8
+    # it ends with the exact commands that read its sessions again
+    quickstart = next(s for s in listed if s["name"] == "Trip planner")
+    tail = result.stdout.splitlines()[-3:]
+    assert tail[0] == (f"The demo's 8 sessions are kept in {home} (each `make demo` starts it "
+                       "afresh). Read them again with:")
+    lucidic = Path(sys.executable).parent / "lucidic"
+    if lucidic.is_relative_to(Path.cwd()):  # shown as the user in this directory types it
+        lucidic = lucidic.relative_to(Path.cwd())
+    assert tail[1:] == [f"  LUCIDIC_HOME={home} {lucidic} sessions list",
+                        f"  LUCIDIC_HOME={home} {lucidic} sessions show {quickstart['id']}"]
+    assert list(scratch.iterdir()) == []  # its working files are gone
+
+
+def test_the_demo_will_not_reuse_a_directory_that_holds_something_else(tmp_path):
+    (tmp_path / "mine.txt").write_text("keep me")
+    result = subprocess.run([sys.executable, str(EXAMPLES / "run_all.py"), "--home",
+                             str(tmp_path)], capture_output=True, text=True, timeout=60,
+                            env=child_env(tmp_path / "ignored"))
+    assert result.returncode != 0 and "is not empty" in result.stderr
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_the_quickstart_runs_with_the_core_alone_and_prints_what_to_run_next(lucidic_home,
+                                                                               tmp_path):
+    out = _run(lucidic_home, tmp_path, "quickstart.py")
+    sid = out.split("Recorded session ")[1].split(";")[0]
+    assert out == f"Recorded session {sid}; see it with: lucidic sessions show {sid}\n"
+    tree = _only_session(Store(lucidic_home / "lucidic.db"), "Trip planner")
+    assert tree["id"] == sid and tree["is_successful"] is True
+    assert [s["action"] for s in tree["steps"]] == ["Plan the trip"]

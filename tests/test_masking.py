@@ -4,10 +4,12 @@ masking function never lets unmasked text through."""
 from __future__ import annotations
 
 import json
+import traceback
 
 import pytest
 
 import lucidic as lai
+from lucidic import _internal
 from lucidic._records import REDACTED
 from lucidic.plugins import record_event, start_llm_call
 
@@ -68,7 +70,14 @@ def test_masking_reaches_every_text_field(store, tmp_path):
     assert generic["arguments"] == {"nested": [{"deep": "<key>"}], "<key>": 1}
 
 
-def test_a_raising_masking_function_redacts_instead_of_leaking(store, tmp_path):
+@pytest.fixture
+def fresh_log_limits(monkeypatch):
+    """Rate-limited warnings said by an earlier test may be said again."""
+    monkeypatch.setattr(_internal, "_last_logged", {})
+
+
+def test_a_raising_masking_function_redacts_and_says_it_is_the_masking_functions_bug(
+        store, tmp_path, caplog, fresh_log_limits):
     def broken(text: str) -> str:
         if SECRET in text:
             raise RuntimeError("mask bug")
@@ -79,19 +88,22 @@ def test_a_raising_masking_function_redacts_instead_of_leaking(store, tmp_path):
     recorded = _everything_recorded(store, sid)
     assert SECRET not in recorded
     assert REDACTED in recorded
+    (warning,) = [r for r in caplog.records if "masking_function" in r.getMessage()]
+    assert warning.levelname == "WARNING" and warning.name == "lucidic"
+    assert warning.getMessage().startswith(
+        "lucidic: masking_function raised RuntimeError('mask bug'); the text was redacted")
+    assert "internal error" not in warning.getMessage()
+    # the traceback is the user's function's, to fix it by
+    assert warning.exc_info is not None and warning.exc_info[2] is not None
+    assert "broken" in "".join(traceback.format_tb(warning.exc_info[2]))
 
 
-def test_a_masking_function_returning_non_text_redacts(store):
+def test_a_masking_function_returning_non_text_redacts(store, caplog, fresh_log_limits):
     sid = lai.init(masking_function=lambda text: None)
     lai.create_event(description=SECRET)
     assert SECRET not in _everything_recorded(store, sid)
-
-
-@pytest.fixture(autouse=True)
-def _masking_failures_are_expected(request):
-    # The raising masking functions above are counted as internal errors.
-    if "raising" in request.node.name or "non_text" in request.node.name:
-        request.node.add_marker(pytest.mark.allow_internal_errors)
+    assert any(r.getMessage().startswith("lucidic: masking_function returned NoneType, not str; "
+                                         "the text was redacted") for r in caplog.records)
 
 
 def test_masking_happens_before_records_are_queued_or_spooled(tmp_path):
@@ -102,7 +114,7 @@ def test_masking_happens_before_records_are_queued_or_spooled(tmp_path):
         lai.init(masking_function=_mask)
         lai.create_event(description=SECRET)
         lai.flush(timeout=0.5)
-        spooled = b"".join(p.read_bytes() for p in (tmp_path / "lucidic-home" / "spool")
+        spooled = b"".join(p.read_bytes() for p in (captured.directory / "spool")
                            .rglob("*.jsonl"))
         assert spooled and SECRET.encode() not in spooled
         assert b"<key>" in spooled

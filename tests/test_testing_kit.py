@@ -45,3 +45,56 @@ def test_unknown_session_in_capture_is_a_key_error():
     with capture() as recorded:
         with pytest.raises(KeyError):
             recorded.session("missing")
+
+
+def test_a_failing_sink_spools_inside_the_captures_own_directory_and_ends_fast(
+        lucidic_home, tmp_path):
+    """sink.failing = True: the records wait in the capture's directory (never
+    in LUCIDIC_HOME), reads show what was delivered before without waiting
+    for the outage to end, and leaving the block does not wait out the
+    flush bound for records that cannot be delivered."""
+    import time
+
+    from lucidic._config import DEFAULT_FLUSH_TIMEOUT
+
+    with capture(tmp_path / "kit") as recorded:
+        sid = lai.init(session_name="outage")
+        assert recorded.flush()
+        recorded.sink.failing = True
+        _agent()
+        assert lai.flush(timeout=0.5) is False
+        assert recorded.session(sid)["steps"] == []  # the step waits in the spool
+        spooled = list((tmp_path / "kit" / "spool" / recorded.sink.identity).glob("*.jsonl"))
+        assert spooled
+        started = time.monotonic()
+    ended = time.monotonic() - started
+    assert not lucidic_home.exists()
+    # The old teardown waited out the flush bound (4 of its 5 s) for a sink
+    # that could not take anything; generous, on a loaded machine.
+    assert ended < DEFAULT_FLUSH_TIMEOUT * 0.6
+
+
+def test_a_sink_back_from_failing_takes_the_spooled_records_at_once(tmp_path):
+    with capture(tmp_path / "kit") as recorded:
+        recorded.sink.failing = True
+        sid = lai.init(session_name="back")
+        _agent()
+        assert lai.flush(timeout=0.3) is False
+        recorded.sink.failing = False
+        (session,) = recorded.sessions()
+    assert session["id"] == sid and [s["action"] for s in session["steps"]] == ["plan"]
+
+
+def test_capture_without_a_directory_removes_its_own(lucidic_home):
+    with capture() as recorded:
+        recorded.sink.failing = True
+        lai.init()
+        lai.create_event(description="lost with the outage")
+        lai.flush(timeout=0.3)
+        directory = recorded.directory
+        assert any(directory.rglob("*.jsonl"))
+    assert not directory.exists() and not lucidic_home.exists()
+
+
+def test_the_fixture_spools_under_the_tests_tmp_path(lucidic_capture, tmp_path):
+    assert lucidic_capture.directory == tmp_path / "lucidic-capture"

@@ -185,7 +185,8 @@ def list_sessions(store: Store, query: SessionQuery) -> SessionPage:
 
 def empty_totals() -> dict[str, Any]:
     return {"step_count": 0, "event_count": 0, "error_count": 0, "total_cost": 0.0,
-            "input_tokens": 0, "output_tokens": 0, "cached_tokens": 0, "reasoning_tokens": 0}
+            "input_tokens": 0, "output_tokens": 0, "cached_tokens": 0, "cache_write_tokens": 0,
+            "reasoning_tokens": 0}
 
 
 def add_totals(store: Store, sessions: list[dict[str, Any]]) -> None:
@@ -200,6 +201,7 @@ def add_totals(store: Store, sessions: list[dict[str, Any]]) -> None:
          "COALESCE(SUM(input_tokens), 0) AS input_tokens, "
          "COALESCE(SUM(output_tokens), 0) AS output_tokens, "
          "COALESCE(SUM(cached_tokens), 0) AS cached_tokens, "
+         "COALESCE(SUM(cache_write_tokens), 0) AS cache_write_tokens, "
          "COALESCE(SUM(reasoning_tokens), 0) AS reasoning_tokens, "
          "SUM(CASE WHEN error IS NOT NULL OR type = 'error' THEN 1 ELSE 0 END) AS error_count "
          f"FROM events WHERE session_id IN ({marks}) GROUP BY session_id", ids),

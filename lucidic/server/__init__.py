@@ -3,7 +3,8 @@
 An ASGI app (FastAPI) that keeps no state of its own: everything lives in the
 database (SQLite on one host, PostgreSQL for several replicas), so any number
 of server processes can serve the same sessions. Importing this package needs
-the ``server`` extra (``pip install 'lucidic[server]'``); the SDK never does.
+the ``server`` extra (``pip install 'lucidic-toolkit[server]'``); the SDK never
+does.
 """
 
 from __future__ import annotations

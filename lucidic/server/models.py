@@ -81,7 +81,8 @@ def check_json_text(value: Any, path: str = "body", depth: int = 0) -> str | Non
 
 _FLOATS = {"started_at", "ended_at", "eval_score", "session_eval", "cost", "duration",
            "time_to_first_token"}
-_INTS = {"input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens", "writer_pid"}
+_INTS = {"input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens",
+         "reasoning_tokens", "writer_pid"}
 _STRING_LISTS = {"tags", "screenshots"}
 _IDS = {"session_id", "parent_step_id", "step_id"}
 
@@ -366,6 +367,7 @@ class Totals(BaseModel):
     input_tokens: int = 0
     output_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
     reasoning_tokens: int = 0
 
 

@@ -451,3 +451,40 @@ def test_without_a_session_calls_go_straight_through():
         assert type(stream) is anthropic.Stream
         list(stream)
     assert captured.events("llm") == []
+
+
+def _prompt_cache_price() -> dict[str, float]:
+    from lucidic.pricing import price_of
+
+    return price_of("anthropic", "claude-sonnet-4-20250514")
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["plain", "stream"])
+def test_prompt_cache_writes_are_counted_apart_and_priced_by_cache_lifetime(streamed):
+    """Anthropic reports cache reads and writes apart from input_tokens, and
+    breaks the writes down by cache lifetime: the 5-minute cache's cost 1.25
+    times the input rate, the 1-hour cache's twice it, reads a tenth."""
+    name = "messages_prompt_cache_streaming" if streamed else "messages_prompt_cache"
+    path = own_path(f"anthropic/{name}.yaml")
+    with capture() as captured, replay(path):
+        lai.init(providers=["anthropic"])
+        result = client().messages.create(**request_body(path))
+        if streamed:
+            for _ in result:
+                pass
+    event = only_llm_event(captured)
+    # 14 uncached + 2048 read + 3072 written (1024 for 5 minutes, 2048 for an hour)
+    assert event["input_tokens"] == 14 + 2048 + 3072
+    assert event["cached_tokens"] == 2048
+    assert event["cache_write_tokens"] == 3072
+    assert event["output_tokens"] == 12
+    assert not event["tokens_estimated"]
+    price = _prompt_cache_price()
+    assert price["cache_write"] == price["input"] * 1.25
+    assert price["cache_write_1h"] == price["input"] * 2
+    expected = (14 * price["input"] + 2048 * price["cached_input"]
+                + 1024 * price["input"] * 1.25 + 2048 * price["input"] * 2
+                + 12 * price["output"]) / 1_000_000
+    assert event["cost"] == pytest.approx(expected)
+    (session,) = captured.sessions()
+    assert session["cache_write_tokens"] == 3072 and session["cached_tokens"] == 2048

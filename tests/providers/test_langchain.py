@@ -350,3 +350,28 @@ def test_uninstrument_restores_langchain_exactly():
         lai.init("after")
         assert fake_chain("x").invoke({"q": "y"}) == "x"
     assert captured.events() == [] and captured.steps() == []
+
+
+def test_chat_anthropic_prompt_cache_writes_are_recorded_and_priced_by_lifetime():
+    """langchain-anthropic reports the cache writes by lifetime in
+    usage_metadata.input_token_details; the handler records them as the
+    anthropic adapter does."""
+    from _cassettes import own_path
+    from langchain_anthropic import ChatAnthropic
+
+    from lucidic.pricing import cost_of
+
+    path = own_path("anthropic/messages_prompt_cache.yaml")
+    body = request_body(path)
+    with capture() as captured:
+        lai.init("cached", providers=["langchain"])
+        with replay(path):
+            ChatAnthropic(model=body["model"], max_tokens=body["max_tokens"],
+                          api_key="sk-ant-test", max_retries=0).invoke(
+                body["messages"][0]["content"])
+    event = only(captured.events("llm"))
+    assert (event["input_tokens"], event["cached_tokens"], event["cache_write_tokens"]) == (
+        14 + 2048 + 3072, 2048, 3072)
+    assert event["cost"] == pytest.approx(cost_of("anthropic", body["model"], 5134, 12, 2048,
+                                                  3072, cache_write_1h_tokens=2048))
+    assert event["cost"] > cost_of("anthropic", body["model"], 5134, 12, 2048, 3072)

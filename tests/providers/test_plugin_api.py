@@ -36,7 +36,8 @@ def test_first_party_plugins_are_discovered_through_the_entry_point_group():
     assert type(adapter).__name__ == "OpenAIAdapter"
     assert plugins.get_adapter("openai") is adapter  # one adapter per name
     infos = {info.name: info for info in plugins.describe()}
-    for name, distribution in (("openai", "lucidic-openai"), ("anthropic", "lucidic-anthropic")):
+    for name, distribution in (("openai", "lucidic-toolkit-openai"),
+                               ("anthropic", "lucidic-toolkit-anthropic")):
         info = infos[name]
         assert info.distribution == distribution
         assert info.library == name
@@ -44,15 +45,62 @@ def test_first_party_plugins_are_discovered_through_the_entry_point_group():
         assert info.problem is None
 
 
-def test_unknown_provider_names_the_installed_ones_and_what_to_install():
+def test_unknown_provider_names_the_installed_ones_and_the_first_party_distributions():
     with pytest.raises(InvalidOperationError) as raised:
         lai.init(providers=["openai", "mistral"])
     message = str(raised.value)
-    assert "unknown provider 'mistral'" in message
-    assert "anthropic" in message and "openai" in message
-    assert "pip install lucidic-mistral" in message
+    assert message.startswith("unknown provider 'mistral'. Installed providers: anthropic, ")
+    # no made-up distribution: the first-party ones, by the names that install them
+    assert "lucidic-mistral" not in message
+    assert "openai (lucidic-toolkit-openai)" in message
+    assert "entry-point group 'lucidic.providers'" in message
     # nothing was patched before the error
     assert not plugins.get_adapter("openai").instrumented
+
+
+@pytest.mark.parametrize(("asked", "expected"), [
+    ("opnai", "unknown provider 'opnai'; did you mean 'openai'? Installed providers: "),
+    ("antropic", "unknown provider 'antropic'; did you mean 'anthropic'? Installed providers: "),
+    ("pydantic-ai", "unknown provider 'pydantic-ai': provider names are written with "
+                    "underscores, as 'pydantic_ai'; use providers=['pydantic_ai']. "),
+    ("langgraph", "unknown provider 'langgraph': LangGraph runs on langchain-core, whose "
+                  "callbacks the 'langchain' plugin records; use providers=['langchain']. "),
+])
+def test_a_mistyped_provider_name_suggests_the_closest_known_one(asked, expected):
+    with pytest.raises(InvalidOperationError) as raised:
+        lai.init(providers=[asked])
+    assert str(raised.value).startswith(expected)
+
+
+def test_a_first_party_provider_not_installed_says_which_distribution_installs_it():
+    message = plugins.unknown_provider_message("anthropic", ["openai"])
+    assert message == ("provider 'anthropic' is not installed: pip install "
+                       "lucidic-toolkit-anthropic. Installed providers: openai.")
+    pointed = plugins.unknown_provider_message("langgraph", ["openai"])
+    assert "use providers=['langchain'] (not installed: pip install lucidic-toolkit-langchain)" \
+        in pointed
+
+
+def test_listing_the_providers_imports_none_of_their_libraries(lucidic_home):
+    """`lucidic providers` reads the plugins' declarations without importing
+    openai, anthropic, langchain-core, pydantic-ai or the Agents SDK (which
+    took seconds)."""
+    from helpers import run_python
+
+    result = run_python("""
+        import contextlib, io, json, sys
+        from lucidic import cli
+        listing = io.StringIO()
+        with contextlib.redirect_stdout(listing):
+            cli.main(["providers", "--json"])
+        heavy = ("openai", "anthropic", "langchain_core", "pydantic_ai", "agents")
+        print(json.dumps({"listed": json.loads(listing.getvalue()),
+                          "imported": sorted(m for m in heavy if m in sys.modules)}))
+    """, home=lucidic_home)
+    found = json.loads(result.stdout)
+    assert {p["name"] for p in found["listed"]} >= {"openai", "anthropic", "langchain",
+                                                    "pydantic_ai", "openai_agents"}
+    assert found["imported"] == []
 
 
 def test_missing_library_is_a_clear_error_and_patches_nothing(monkeypatch):
@@ -76,9 +124,9 @@ def test_unsupported_library_version_is_a_clear_error(monkeypatch):
 def test_lucidic_providers_lists_plugins_and_library_versions(capsys):
     assert cli.main(["providers"]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
-    assert (f"lucidic-openai {metadata.version('lucidic-openai')}  "
+    assert (f"lucidic-toolkit-openai {metadata.version('lucidic-toolkit-openai')}  "
             f"openai {metadata.version('openai')} (supports >=1.66)") in lines["openai"]
-    assert (f"lucidic-anthropic {metadata.version('lucidic-anthropic')}  "
+    assert (f"lucidic-toolkit-anthropic {metadata.version('lucidic-toolkit-anthropic')}  "
             f"anthropic {metadata.version('anthropic')} (supports >=0.49)") in lines["anthropic"]
     assert cli.main(["providers", "--json"]) == 0
     listed = {p["name"]: p for p in json.loads(capsys.readouterr().out)}

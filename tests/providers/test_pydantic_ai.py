@@ -462,3 +462,25 @@ def test_uninstrument_restores_pydantic_ai_exactly():
         lai.init("after")
         weather_agent().run_sync("x")
     assert captured.events() == [] and captured.steps() == []
+
+
+def test_the_anthropic_models_prompt_cache_writes_are_recorded_and_priced_by_lifetime():
+    pytest.importorskip("anthropic")
+    from _cassettes import own_path
+    from pydantic_ai.models.anthropic import AnthropicModel
+    from pydantic_ai.providers.anthropic import AnthropicProvider
+
+    from lucidic.pricing import cost_of
+
+    path = own_path("anthropic/messages_prompt_cache.yaml")
+    body = request_body(path)
+    agent = Agent(AnthropicModel(body["model"], provider=AnthropicProvider(api_key="sk-ant-test")))
+    with capture() as captured:
+        lai.init("cached", providers=["pydantic_ai"])
+        with replay(path):
+            agent.run_sync(body["messages"][0]["content"])
+    event = only(captured.events("llm"))
+    assert (event["input_tokens"], event["cached_tokens"], event["cache_write_tokens"]) == (
+        14 + 2048 + 3072, 2048, 3072)
+    assert event["cost"] == pytest.approx(cost_of("anthropic", body["model"], 5134, 12, 2048,
+                                                  3072, cache_write_1h_tokens=2048))

@@ -59,7 +59,14 @@ def test_a_version_1_database_upgrades_in_place_with_its_data_intact(
         tree = store.session_tree("old-session")
         assert tree is not None and tree["name"] == "From 0.1" and tree["tags"] == ["a", "b"]
         assert tree["steps"][0]["events"][0]["input_tokens"] == 12
+        assert tree["steps"][0]["events"][0]["cache_write_tokens"] is None
         assert [p["name"] for p in store.list_projects()] == ["default"]
+        # the LLM accounting columns (cache writes, estimated counts) take values
+        store.write([("event", "new-event", 103.0, {
+            "session_id": "old-session", "type": "llm", "cache_write_tokens": 7,
+            "tokens_estimated": True})])
+        new = store.get_event("new-event")
+        assert new["cache_write_tokens"] == 7 and new["tokens_estimated"] is True
     finally:
         store.close()
     Store(db_url).close()  # opening again is a no-op

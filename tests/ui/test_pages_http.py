@@ -96,7 +96,7 @@ def test_lucidic_ui_says_what_to_install_when_the_extra_is_missing(lucidic_home)
         main(["ui", "--port", "0"])
     """, home=lucidic_home, check=False)
     assert result.returncode != 0
-    assert "pip install 'lucidic[server]'" in result.stderr and "jinja2" in result.stderr
+    assert "pip install 'lucidic-toolkit[server]'" in result.stderr and "jinja2" in result.stderr
 
 
 def test_lucidic_ui_says_when_its_port_is_taken(ui, lucidic_home) -> None:

@@ -36,7 +36,8 @@ def _start(kwargs: dict[str, Any], description: str) -> LLMCall | None:
         return None
 
 
-def _outcome(call: LLMCall, result: Any, asynchronous: bool) -> Any:
+def _outcome(call: LLMCall, result: Any, asynchronous: bool,
+             kwargs: dict[str, Any] | None = None) -> Any:
     try:
         from anthropic import AsyncStream, Stream
         from anthropic.types import Message

@@ -32,16 +32,22 @@ def messages_input(kwargs: dict[str, Any]) -> Any:
 
 
 def usage_fields(usage: Any) -> dict[str, Any]:
-    """Anthropic counts cache reads and writes apart from input_tokens; Lucidic's
-    input_tokens include them, and cached_tokens are the cache reads."""
+    """From a Usage (or the counts gathered from a stream's events):
+    Anthropic counts cache reads and writes apart from input_tokens; Lucidic's
+    input_tokens include them, cached_tokens are the reads and
+    cache_write_tokens the writes, of which the 1-hour cache's are priced
+    higher (``cache_creation`` breaks the writes down by cache lifetime)."""
     if usage is None:
         return {}
-    read = getattr(usage, "cache_read_input_tokens", None) or 0
-    written = getattr(usage, "cache_creation_input_tokens", None) or 0
-    fields = {"output_tokens": usage.output_tokens,
-              "cached_tokens": getattr(usage, "cache_read_input_tokens", None)}
+    read = getattr(usage, "cache_read_input_tokens", None)
+    written = getattr(usage, "cache_creation_input_tokens", None)
+    fields: dict[str, Any] = {"output_tokens": usage.output_tokens, "cached_tokens": read,
+                              "cache_write_tokens": written}
+    breakdown = getattr(usage, "cache_creation", None)
+    if breakdown is not None:
+        fields["cache_write_1h_tokens"] = getattr(breakdown, "ephemeral_1h_input_tokens", None)
     if usage.input_tokens is not None:
-        fields["input_tokens"] = usage.input_tokens + read + written
+        fields["input_tokens"] = usage.input_tokens + (read or 0) + (written or 0)
     return fields
 
 
@@ -78,6 +84,24 @@ def message_result(message: Any) -> dict[str, Any]:
             **usage_fields(message.usage)}
 
 
+class _StreamUsage:
+    """The usage a stream reports piecewise: message_start carries a Usage
+    (with the cache-write breakdown), each message_delta cumulative counts."""
+
+    __slots__ = ("cache_creation", "cache_creation_input_tokens", "cache_read_input_tokens",
+                 "input_tokens", "output_tokens")
+
+    def __init__(self) -> None:
+        self.input_tokens: int | None = None
+        self.output_tokens: int | None = None
+        self.cache_read_input_tokens: int | None = None
+        self.cache_creation_input_tokens: int | None = None
+        self.cache_creation: Any = None
+
+    def seen(self) -> bool:
+        return self.input_tokens is not None or self.output_tokens is not None
+
+
 class MessageEvents:
     """Accumulates raw message stream events into the message they spell."""
 
@@ -85,7 +109,7 @@ class MessageEvents:
 
     def __init__(self) -> None:
         self.model: str | None = None
-        self.usage: dict[str, Any] = {}
+        self.usage = _StreamUsage()
         self.blocks: dict[int, dict[str, Any]] = {}
         self.stop_reason: str | None = None
         self.finished = False
@@ -120,11 +144,10 @@ class MessageEvents:
     def _usage(self, usage: Any) -> None:
         if usage is None:
             return
-        for name in ("input_tokens", "output_tokens", "cache_read_input_tokens",
-                     "cache_creation_input_tokens"):
+        for name in _StreamUsage.__slots__:
             value = getattr(usage, name, None)
             if value is not None:  # message_delta carries cumulative counts
-                self.usage[name] = value
+                setattr(self.usage, name, value)
 
     def result(self) -> dict[str, Any]:
         texts: list[str] = []
@@ -145,14 +168,8 @@ class MessageEvents:
                 thinking.append(text)
             elif kind == "redacted_thinking":
                 thinking.append("[redacted thinking]")
-        usage = self.usage
         fields: dict[str, Any] = {"model": self.model,
                                   "output": _output(texts, tools, thinking, self.stop_reason)}
-        if usage:
-            read = usage.get("cache_read_input_tokens") or 0
-            written = usage.get("cache_creation_input_tokens") or 0
-            if "input_tokens" in usage:
-                fields["input_tokens"] = usage["input_tokens"] + read + written
-            fields["output_tokens"] = usage.get("output_tokens")
-            fields["cached_tokens"] = usage.get("cache_read_input_tokens")
+        if self.usage.seen():
+            fields.update(usage_fields(self.usage))
         return fields

@@ -13,6 +13,15 @@ the provider adapters (``openai``, ``anthropic``) are suppressed.
 from __future__ import annotations
 
 from ._adapter import LangChainAdapter
-from ._handler import LucidicCallbackHandler
 
 __all__ = ["LangChainAdapter", "LucidicCallbackHandler"]
+
+
+def __getattr__(name: str) -> object:
+    # The LucidicCallbackHandler imports langchain-core; loaded on first use, so that listing the
+    # installed plugins (`lucidic providers`) imports no library.
+    if name == "LucidicCallbackHandler":
+        from ._handler import LucidicCallbackHandler
+
+        return LucidicCallbackHandler
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextvars
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lucidic.plugins import Adapter
 
-from ._handler import LucidicCallbackHandler
+if TYPE_CHECKING:
+    from ._handler import LucidicCallbackHandler
 
 
 class LangChainAdapter(Adapter):
@@ -22,6 +23,8 @@ class LangChainAdapter(Adapter):
 
     def _instrument(self) -> None:
         from langchain_core.tracers import context as tracer_context
+
+        from ._handler import LucidicCallbackHandler
 
         handler = LucidicCallbackHandler()
         # A ContextVar whose default is the handler: every callback manager

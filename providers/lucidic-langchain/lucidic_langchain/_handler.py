@@ -325,8 +325,15 @@ def _llm_result(response: Any) -> dict[str, Any]:
         if usage:
             _add_tokens(tokens, "input_tokens", usage.get("input_tokens"))
             _add_tokens(tokens, "output_tokens", usage.get("output_tokens"))
-            _add_tokens(tokens, "cached_tokens",
-                        (usage.get("input_token_details") or {}).get("cache_read"))
+            details = usage.get("input_token_details") or {}
+            _add_tokens(tokens, "cached_tokens", details.get("cache_read"))
+            # langchain-anthropic reports the writes by cache lifetime when the
+            # API does (and then "cache_creation" as 0), else in one count.
+            hour = details.get("ephemeral_1h_input_tokens")
+            by_lifetime = (details.get("ephemeral_5m_input_tokens") or 0) + (hour or 0)
+            _add_tokens(tokens, "cache_write_tokens",
+                        by_lifetime or details.get("cache_creation"))
+            _add_tokens(tokens, "cache_write_1h_tokens", hour)
             _add_tokens(tokens, "reasoning_tokens",
                         (usage.get("output_token_details") or {}).get("reasoning"))
     if not tokens:

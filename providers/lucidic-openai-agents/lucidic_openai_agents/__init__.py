@@ -20,6 +20,15 @@ their token counts and cost but without input and output.
 from __future__ import annotations
 
 from ._adapter import OpenAIAgentsAdapter
-from ._processor import LucidicTracingProcessor
 
 __all__ = ["LucidicTracingProcessor", "OpenAIAgentsAdapter"]
+
+
+def __getattr__(name: str) -> object:
+    # The LucidicTracingProcessor imports the Agents SDK; loaded on first use, so that listing the
+    # installed plugins (`lucidic providers`) imports no library.
+    if name == "LucidicTracingProcessor":
+        from ._processor import LucidicTracingProcessor
+
+        return LucidicTracingProcessor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

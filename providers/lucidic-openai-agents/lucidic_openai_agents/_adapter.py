@@ -9,14 +9,22 @@ the call runs, where its response span starts."""
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lucidic import plugins
 from lucidic.patching import MethodPatches
 from lucidic.plugins import Adapter
 
-from ._processor import LucidicTracingProcessor, requested_model
+if TYPE_CHECKING:
+    from ._processor import LucidicTracingProcessor
+
+# The model a Responses API call asks for. Its span does not carry it, so it
+# is set around OpenAIResponsesModel.get_response / stream_response, inside
+# which the call's response span starts; the processor reads it there.
+requested_model: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "lucidic_openai_agents_requested_model", default=None)
 
 _PROMPT_ARG = 9  # get_response/stream_response(system_instructions, input, ..., prompt)
 
@@ -94,6 +102,8 @@ class OpenAIAgentsAdapter(Adapter):
 
     def _instrument(self) -> None:
         from agents import add_trace_processor
+
+        from ._processor import LucidicTracingProcessor
 
         self._patches.apply(PATCHES)
         processor = LucidicTracingProcessor()

@@ -8,7 +8,6 @@ adapter covers exactly that call.
 
 from __future__ import annotations
 
-import contextvars
 import json
 import threading
 import time
@@ -18,17 +17,13 @@ from typing import Any
 from lucidic import plugins
 from lucidic._internal import swallow
 
+from ._adapter import requested_model
+
 try:
     from agents.tracing import TracingProcessor
 except ImportError:  # pragma: no cover - the adapter checks the library first
     TracingProcessor = object  # type: ignore[misc,assignment]
 
-
-# The model a Responses API call asks for. Its span does not carry it, so the
-# adapter sets it around OpenAIResponsesModel.get_response / stream_response,
-# inside which the call's response span starts (see _adapter.py).
-requested_model: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "lucidic_openai_agents_requested_model", default=None)
 
 
 @dataclass

@@ -11,7 +11,7 @@ from lucidic.patching import MethodPatches, llm_call_wrapper
 from lucidic.plugins import Adapter, LLMCall, record_internal_error, start_llm_call
 from lucidic.streams import RecordedAsyncStream, RecordedStream
 
-from . import _extract
+from . import _extract, _tokens
 
 PROVIDER = "openai"
 
@@ -23,7 +23,7 @@ class _Kind:
 
     def __init__(self, name: str, input: Callable[[dict[str, Any]], Any],  # noqa: A002
                  result: Callable[[Any], dict[str, Any]], type_path: tuple[str, str],
-                 chunks: Callable[[], Any] | None = None) -> None:
+                 chunks: Callable[[dict[str, Any]], Any] | None = None) -> None:
         self.name = name
         self.input = input
         self.result = result
@@ -41,9 +41,10 @@ class _Kind:
 
 
 CHAT = _Kind("chat", _extract.chat_input, _extract.chat_result,
-             ("openai.types.chat", "ChatCompletion"), _extract.ChatChunks)
+             ("openai.types.chat", "ChatCompletion"),
+             lambda kwargs: _extract.ChatChunks(_tokens.Estimate.start(kwargs)))
 RESPONSES = _Kind("responses", _extract.responses_input, _extract.responses_result,
-                  ("openai.types.responses", "Response"), _extract.ResponseEvents)
+                  ("openai.types.responses", "Response"), lambda kwargs: _extract.ResponseEvents())
 EMBEDDINGS = _Kind("embeddings", _extract.embeddings_input, _extract.embeddings_result,
                    ("openai.types", "CreateEmbeddingResponse"))
 
@@ -58,7 +59,8 @@ def _start(kind: _Kind, kwargs: dict[str, Any]) -> LLMCall | None:
         return None
 
 
-def _outcome(kind: _Kind, call: LLMCall, result: Any, asynchronous: bool) -> Any:
+def _outcome(kind: _Kind, call: LLMCall, result: Any, asynchronous: bool,
+             kwargs: dict[str, Any]) -> Any:
     """Complete the call from a returned result, or wrap a returned stream so
     that the call completes when the stream ends. Returns what the caller gets."""
     try:
@@ -66,7 +68,7 @@ def _outcome(kind: _Kind, call: LLMCall, result: Any, asynchronous: bool) -> Any
 
         if kind.chunks is not None and isinstance(result, (Stream, AsyncStream)):
             proxy = RecordedAsyncStream if asynchronous else RecordedStream
-            return proxy(result, call, kind.chunks())
+            return proxy(result, call, kind.chunks(kwargs))
         expected = kind.expected()
         if not isinstance(result, expected):
             # with_raw_response: the legacy wrapper has read the body already.
@@ -90,7 +92,8 @@ def _outcome(kind: _Kind, call: LLMCall, result: Any, asynchronous: bool) -> Any
 
 def _wrapper(kind: _Kind, asynchronous: bool) -> Callable[..., Any]:
     return llm_call_wrapper(lambda kwargs: _start(kind, kwargs),
-                            lambda call, result, is_async: _outcome(kind, call, result, is_async),
+                            lambda call, result, is_async, kwargs: _outcome(kind, call, result,
+                                                                            is_async, kwargs),
                             asynchronous=asynchronous)
 
 

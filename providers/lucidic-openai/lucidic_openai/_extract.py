@@ -91,11 +91,14 @@ def chat_result(completion: Any) -> dict[str, Any]:
 
 
 class ChatChunks:
-    """Accumulates chat.completion.chunk objects into the message they spell."""
+    """Accumulates chat.completion.chunk objects into the message they spell.
+    With an ``estimate``, a stream that reports no usage gets its tokens
+    counted from the request and what the stream spelled."""
 
-    __slots__ = ("choices", "finished", "model", "usage")
+    __slots__ = ("choices", "estimate", "finished", "model", "usage")
 
-    def __init__(self) -> None:
+    def __init__(self, estimate: Any = None) -> None:
+        self.estimate = estimate
         self.model: str | None = None
         self.usage: Any = None
         self.choices: dict[int, dict[str, Any]] = {}
@@ -152,8 +155,10 @@ class ChatChunks:
                                 "arguments": "".join(t["arguments"])}
                                for _, t in sorted(state["tools"].items())],
                 "finish_reason": state["finish_reason"]}))
-        return {"model": self.model, "output": _one_or_many(messages) if messages else None,
-                **chat_usage(self.usage)}
+        output = _one_or_many(messages) if messages else None
+        if self.usage is None and self.estimate is not None:
+            return {"model": self.model, "output": output, **self.estimate.count(output)}
+        return {"model": self.model, "output": output, **chat_usage(self.usage)}
 
 
 # -- Responses API -------------------------------------------------------------------

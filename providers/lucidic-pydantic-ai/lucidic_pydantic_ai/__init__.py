@@ -13,6 +13,15 @@ with no session current get nothing added.
 from __future__ import annotations
 
 from ._adapter import PydanticAIAdapter
-from ._capability import LucidicCapability
 
 __all__ = ["LucidicCapability", "PydanticAIAdapter"]
+
+
+def __getattr__(name: str) -> object:
+    # The LucidicCapability imports pydantic-ai; loaded on first use, so that listing the
+    # installed plugins (`lucidic providers`) imports no library.
+    if name == "LucidicCapability":
+        from ._capability import LucidicCapability
+
+        return LucidicCapability
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,8 +9,6 @@ from lucidic import plugins
 from lucidic._internal import swallow
 from lucidic.plugins import Adapter
 
-from ._capability import LucidicCapability
-
 
 class PydanticAIAdapter(Adapter):
     name = "pydantic_ai"
@@ -23,6 +21,8 @@ class PydanticAIAdapter(Adapter):
 
     def _instrument(self) -> None:
         from pydantic_ai import Agent
+
+        from ._capability import LucidicCapability
 
         original = Agent.__dict__["iter"]
 

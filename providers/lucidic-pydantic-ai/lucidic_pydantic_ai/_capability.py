@@ -176,5 +176,7 @@ def _response_fields(response: Any) -> dict[str, Any]:
     if usage is not None and (usage.input_tokens or usage.output_tokens):
         fields.update(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
                       cached_tokens=getattr(usage, "cache_read_tokens", None),
+                      cache_write_tokens=getattr(usage, "cache_write_tokens", None),
+                      cache_write_1h_tokens=getattr(usage, "cache_write_1h_tokens", None),
                       reasoning_tokens=details.get("reasoning_tokens"))
     return fields
