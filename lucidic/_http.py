@@ -298,16 +298,24 @@ class HttpReader:
         raise SystemExit(f"lucidic: the server at {self.base_url} answered {_detail(response)}")
 
     def list_sessions(self, *, agent_id: str | None = None, status: str | None = None,
-                      limit: int = 50, offset: int = 0,
-                      mass_sim_id: str | None = None) -> list[dict[str, Any]]:
-        params = {"agent_id": agent_id, "status": status, "limit": limit, "offset": offset,
-                  "mass_sim_id": mass_sim_id}
-        response = self._get("/api/v1/sessions",
-                             {k: v for k, v in params.items() if v is not None})
-        if response.status_code != 200:
-            raise SystemExit(f"lucidic: the server at {self.base_url} answered "
-                             f"{_detail(response)}")
-        sessions: list[dict[str, Any]] = response.json()["sessions"]
+                      search: str | None = None, limit: int = 50,
+                      offset: int = 0, mass_sim_id: str | None = None) -> list[dict[str, Any]]:
+        # The server hands out at most 500 a page: follow its cursor for more.
+        params: dict[str, Any] = {"agent_id": agent_id, "status": status, "search": search,
+                                  "offset": offset or None, "mass_sim_id": mass_sim_id}
+        sessions: list[dict[str, Any]] = []
+        while len(sessions) < limit:
+            params["limit"] = min(500, limit - len(sessions))
+            response = self._get("/api/v1/sessions",
+                                 {k: v for k, v in params.items() if v is not None})
+            if response.status_code != 200:
+                raise SystemExit(f"lucidic: the server at {self.base_url} answered "
+                                 f"{_detail(response)}")
+            page = response.json()
+            sessions.extend(page["sessions"])
+            if not page.get("next_cursor"):
+                break
+            params.update(cursor=page["next_cursor"], offset=None)
         return sessions
 
     def session_tree(self, session_id: str) -> dict[str, Any] | None:

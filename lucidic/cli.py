@@ -1,11 +1,12 @@
 """The `lucidic` command: read what was recorded.
 
-    lucidic sessions list [--agent ID] [--status running|finished] [--mass-sim ID]
-                          [--limit N] [--json]
+    lucidic sessions list [--agent ID] [--status running|successful|failed|finished]
+                          [--search TEXT] [--mass-sim ID] [--limit N] [--json]
     lucidic sessions show SESSION_ID [--full] [--json]
     lucidic experiments list|show ID|compare A B [--fail-on-regression NAME[:TOL]]|rescore ID
     lucidic mass-sims list|show ID
     lucidic providers [--json]
+    lucidic ui [--host H] [--port P] [--allow-host NAME] [--db URL]
     lucidic server [--db URL] [--host H] [--port P] [--max-body-mb N] [--max-upload-mb N]
                    [--upload-ttl SECONDS]
     lucidic keys create --project NAME [--label TEXT] [--db URL]
@@ -36,8 +37,9 @@ from . import _config, _render
 
 class Reader(Protocol):
     def list_sessions(self, *, agent_id: str | None = None, status: str | None = None,
-                      limit: int = 50, offset: int = 0,
-                      mass_sim_id: str | None = None) -> list[dict[str, Any]]: ...
+                      search: str | None = None, limit: int = 50,
+                      offset: int = 0, mass_sim_id: str | None = None
+                      ) -> list[dict[str, Any]]: ...
 
     def session_tree(self, session_id: str) -> dict[str, Any] | None: ...
 
@@ -94,8 +96,8 @@ def _source() -> str:
 
 def _sessions_list(args: argparse.Namespace) -> int:
     sessions = open_reader().list_sessions(agent_id=args.agent, status=args.status,
-                                           limit=args.limit, offset=args.offset,
-                                           mass_sim_id=args.mass_sim)
+                                           search=args.search, limit=args.limit,
+                                           offset=args.offset, mass_sim_id=args.mass_sim)
     if args.json:
         _print_json(sessions)
     elif not sessions:
@@ -200,6 +202,33 @@ def _server(args: argparse.Namespace) -> int:
             max_body_bytes=int(args.max_body_mb * 1024 * 1024), log_level=args.log_level,
             max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
             upload_ttl=args.upload_ttl)
+    except StoreError as exc:
+        raise SystemExit(f"lucidic: {exc}") from exc
+    return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    try:
+        from .ui.app import run_ui
+    except ImportError as exc:
+        raise SystemExit("lucidic: `lucidic ui` needs the web UI's dependencies: pip install "
+                         f"'lucidic-toolkit[server]' (missing: {exc.name})") from exc
+    from .store import StoreError
+
+    url = args.db or f"sqlite:///{_config.store_path()}"
+    where = args.db or f"the embedded store at {_config.store_path()}"
+
+    def announce(page: str) -> None:
+        print(f"Lucidic UI for {where}", flush=True)
+        print(f"  {page}", flush=True)
+        print("Press Ctrl-C to stop.", flush=True)
+
+    try:
+        run_ui(url, host=args.host, port=args.port, allow_hosts=args.allow_host or (),
+               announce=announce, log_level=args.log_level)
+    except OSError as exc:
+        raise SystemExit(f"lucidic: cannot listen on {args.host}:{args.port} "
+                         f"({exc.strerror or exc}); choose another port with --port") from exc
     except StoreError as exc:
         raise SystemExit(f"lucidic: {exc}") from exc
     return 0
@@ -354,6 +383,22 @@ def _add_server_commands(commands: Any) -> None:
                         help="the server's log level")
     server.set_defaults(handler=_server)
 
+    ui = _add_parser(commands, "ui",
+                     help="open the sessions in a browser (needs lucidic-toolkit[server])",
+                     description="Serve the web UI over the embedded store on this machine: "
+                                 "no server, no key. Runs until Ctrl-C.")
+    ui.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (127.0.0.1: this machine only)")
+    ui.add_argument("--port", type=int, default=8766, help="port (0: any free one)")
+    ui.add_argument("--allow-host", action="append", metavar="NAME",
+                    help="another host name the UI may be reached by (it answers only its "
+                         "own address and loopback names otherwise)")
+    ui.add_argument("--db", help="read this database instead of the embedded store")
+    ui.add_argument("--log-level", default="warning",
+                    choices=["critical", "error", "warning", "info", "debug"],
+                    help="the UI server's log level")
+    ui.set_defaults(handler=_ui)
+
     keys = _add_parser(commands, "keys", help="the server's API keys",
                        description="API keys live in the server's database: give it with --db "
                                    "or LUCIDIC_DATABASE_URL, as to `lucidic server`.")
@@ -409,6 +454,16 @@ def _add_prompt_commands(commands: Any, db_help: str) -> None:
     show.set_defaults(handler=_prompts_show)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
+
+
 def _help_of(parser: argparse.ArgumentParser) -> Any:
     """A handler for a command given without its subcommand: its help."""
     def show(args: argparse.Namespace) -> int:
@@ -436,10 +491,15 @@ def build_parser() -> argparse.ArgumentParser:
     sessions_commands = sessions.add_subparsers(dest="sessions_command", metavar="COMMAND")
     listing = _add_parser(sessions_commands, "list", help="sessions, newest first")
     listing.add_argument("--agent", help="only this agent's sessions")
-    listing.add_argument("--status", choices=["running", "finished"], help="only these")
+    listing.add_argument("--status", choices=["running", "successful", "failed", "finished"],
+                         help="running, or ended as successful, failed, or finished (ended "
+                              "with no outcome)")
+    listing.add_argument("--search", metavar="TEXT",
+                         help="only sessions whose name, task, tags, steps or events (LLM "
+                              "messages, models, errors) hold TEXT, in any case")
+    listing.add_argument("--limit", type=_positive_int, default=50, help="at most this many")
     listing.add_argument("--mass-sim", metavar="ID",
                          help="only the sessions of this mass simulation")
-    listing.add_argument("--limit", type=int, default=50, help="at most this many")
     listing.add_argument("--offset", type=int, default=0, help="skip this many first")
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(handler=_sessions_list)

@@ -306,7 +306,7 @@ def _scope(project: str | None, ph: str, alias: str = "") -> tuple[str, list[Any
 def experiment(store: Store, experiment_id: str, project: str | None) -> dict[str, Any] | None:
     ph = store.placeholder
     where, params = _scope(project, ph)
-    rows = store._query(f"SELECT * FROM experiments WHERE id = {ph}{where} "
+    rows = store.query(f"SELECT * FROM experiments WHERE id = {ph}{where} "
                         "ORDER BY updated_at DESC", [experiment_id, *params])
     return _experiment_row(rows[0], store) if rows else None
 
@@ -323,7 +323,7 @@ def list_experiments(store: Store, project: str | None, *, limit: int = 50,
     and failed, and their cost."""
     ph = store.placeholder
     where, params = _scope(project, ph, "x.")
-    rows = store._query(
+    rows = store.query(
         "SELECT x.*, COUNT(s.id) AS run_count, "
         "SUM(CASE WHEN s.is_finished = 1 THEN 1 ELSE 0 END) AS ended_count, "
         "SUM(CASE WHEN s.error IS NOT NULL OR s.is_successful = 0 THEN 1 ELSE 0 END) "
@@ -351,7 +351,7 @@ def experiment_runs(store: Store, experiment_id: str, project: str | None
     """The experiment's runs, ordered by case and repeat: see run_rows."""
     ph = store.placeholder
     where, params = _scope(project, ph)
-    sessions = store._query(f"SELECT {', '.join(_RUN_COLUMNS)} FROM sessions "
+    sessions = store.query(f"SELECT {', '.join(_RUN_COLUMNS)} FROM sessions "
                             f"WHERE experiment_id = {ph}{where} "
                             "ORDER BY case_id, repeat, started_at, id",
                             [experiment_id, *params])
@@ -365,7 +365,7 @@ def run_sessions(store: Store, session_ids: Sequence[str], project: str | None
     where, params = _scope(project, ph)
     found: dict[str, dict[str, Any]] = {}
     for chunk in _chunks(list(dict.fromkeys(session_ids))):
-        for row in store._query(f"SELECT {', '.join(_RUN_COLUMNS)} FROM sessions WHERE id IN "
+        for row in store.query(f"SELECT {', '.join(_RUN_COLUMNS)} FROM sessions WHERE id IN "
                                 f"({_marks(ph, len(chunk))}){where}", [*chunk, *params]):
             found[row["id"]] = row
     return _runs(store, [found[s] for s in session_ids if s in found])
@@ -415,7 +415,7 @@ def _costs(store: Store, session_ids: list[str]) -> dict[str, float]:
     ph = store.placeholder
     costs: dict[str, float] = {}
     for chunk in _chunks(session_ids):
-        for row in store._query("SELECT session_id, COALESCE(SUM(cost), 0) AS cost FROM events "
+        for row in store.query("SELECT session_id, COALESCE(SUM(cost), 0) AS cost FROM events "
                                 f"WHERE session_id IN ({_marks(ph, len(chunk))}) "
                                 "GROUP BY session_id", list(chunk)):
             costs[row["session_id"]] = float(row["cost"] or 0.0)
@@ -429,7 +429,7 @@ def session_scores(store: Store, session_ids: Sequence[str], project: str | None
     where, params = _scope(project, ph)
     out: dict[str, list[dict[str, Any]]] = {}
     for chunk in _chunks(list(session_ids)):
-        for row in store._query(
+        for row in store.query(
                 "SELECT session_id, step_id, event_id, name, kind, value, label, comment, "
                 "passed, source, evaluator, evaluator_session_id, updated_at FROM scores "
                 f"WHERE session_id IN ({_marks(ph, len(chunk))}){where} ORDER BY name",
@@ -450,7 +450,7 @@ def evaluations_of(store: Store, session_ids: Sequence[str], project: str | None
     where, params = _scope(project, ph)
     out: dict[str, list[dict[str, Any]]] = {}
     for chunk in _chunks(list(session_ids)):
-        for row in store._query(
+        for row in store.query(
                 "SELECT session_id, name, status, owner, claimed_at, finished_at, error, "
                 "evaluator_session_id FROM evaluations "
                 f"WHERE session_id IN ({_marks(ph, len(chunk))}){where} ORDER BY name",
@@ -464,7 +464,7 @@ def rubric_results(store: Store, session_id: str, project: str | None) -> list[d
     ph = store.placeholder
     where, params = _scope(project, ph)
     rubrics: dict[str, dict[str, Any]] = {}
-    for row in store._query("SELECT rubric, criterion, weight, value, comment FROM "
+    for row in store.query("SELECT rubric, criterion, weight, value, comment FROM "
                             f"rubric_results WHERE session_id = {ph}{where} "
                             "ORDER BY rubric, criterion", [session_id, *params]):
         entry = rubrics.setdefault(row["rubric"], {"rubric": row["rubric"], "criteria": []})
@@ -477,7 +477,7 @@ def llm_events(store: Store, experiment_id: str, project: str | None) -> list[di
     """The LLM events of the experiment's runs, each with its run's case_id and repeat."""
     ph = store.placeholder
     where, params = _scope(project, ph, "s.")
-    return store._query(
+    return store.query(
         "SELECT e.id, e.session_id, e.provider, e.model, e.request_model, e.input, "
         "e.arguments, e.output, e.input_tokens, e.output_tokens, e.cached_tokens, "
         "e.cache_write_tokens, e.reasoning_tokens, e.error, e.started_at, "
@@ -500,7 +500,7 @@ def mass_sims(store: Store, project: str | None, *, mass_sim_id: str | None = No
         clauses.append(f"m.id = {ph}")
         params.append(mass_sim_id)
     where = " WHERE " + " AND ".join(clauses) if clauses else ""
-    rows = store._query(
+    rows = store.query(
         "SELECT m.id, m.project, m.name, m.task, m.tags, m.total_num_sims, m.agent_id, "
         "m.created_at, COUNT(s.id) AS sessions, "
         "SUM(CASE WHEN s.is_finished = 1 THEN 1 ELSE 0 END) AS ended, "
@@ -534,7 +534,7 @@ def decorate_tree(store: Store, tree: dict[str, Any], project: str | None) -> di
                            for row in evaluations_of(store, [sid], project).get(sid, [])]
     ph = store.placeholder
     where, params = _scope(project, ph)
-    tree["evaluates"] = store._query(
+    tree["evaluates"] = store.query(
         f"SELECT session_id, name FROM scores WHERE evaluator_session_id = {ph}{where} "
         "ORDER BY session_id, name", [sid, *params])
     by_target: dict[str, dict[str, Any]] = {}
