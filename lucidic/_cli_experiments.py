@@ -56,7 +56,7 @@ def _run_json(run: dict[str, Any]) -> dict[str, Any]:
 def experiment_document(backend: Any, experiment_id: str) -> dict[str, Any]:
     """An experiment as ``experiments show --json`` prints it: its row, its
     ``runs``, ``summary`` {evaluator: value} and ``stats`` per evaluator."""
-    from .evals import _summary
+    from .reading import summary as _summary
 
     experiment = _experiment(backend, experiment_id)
     runs = [_run_json(r) for r in backend.runs(experiment_id)]
@@ -110,7 +110,7 @@ def _tolerance(spec: str) -> tuple[str, float]:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .evals import _summary
+    from .reading import summary as _summary
 
     checks = [_tolerance(spec) for spec in args.fail_on_regression or ()]
     with _backend() as backend:

@@ -108,14 +108,7 @@ def _sessions_list(args: argparse.Namespace) -> int:
 
 
 def _sessions_show(args: argparse.Namespace) -> int:
-    reader = open_reader()
-    tree = reader.session_tree(args.session_id)
-    from .store import Store
-
-    if tree is not None and isinstance(reader, Store):
-        from . import evalstore
-
-        tree = evalstore.decorate_tree(reader, tree, None)  # the server's tree has them
+    tree = open_reader().session_tree(args.session_id)
     if tree is None:
         print(f"lucidic: no session {args.session_id!r} in {_source()} "
               "(`lucidic sessions list` shows the recorded ones)", file=sys.stderr)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import evalstore
+from ..reading import Reader
 from ..store import Store
 
 
@@ -16,33 +17,32 @@ class LocalBackend:
 
     def __init__(self, path: str | Path) -> None:
         self.store = Store(path)
+        self.reader = Reader(self.store)
 
     def session(self, session_id: str) -> dict[str, Any] | None:
         return self.store.get_session(session_id)
 
     def tree(self, session_id: str) -> dict[str, Any] | None:
-        tree = self.store.session_tree(session_id)
-        return None if tree is None else evalstore.decorate_tree(self.store, tree, None)
+        return self.reader.tree(session_id)
 
     def experiment(self, experiment_id: str) -> dict[str, Any] | None:
-        return evalstore.experiment(self.store, experiment_id, None)
+        return self.reader.experiment(experiment_id)
 
     def experiments(self, limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
-        return evalstore.list_experiments(self.store, None, limit=limit, offset=offset)
+        return self.reader.experiments(limit=limit, offset=offset)
 
     def mass_sims(self, mass_sim_id: str | None = None, limit: int = 50,
                   offset: int = 0) -> list[dict[str, Any]]:
-        return evalstore.mass_sims(self.store, None, mass_sim_id=mass_sim_id, limit=limit,
-                                   offset=offset)
+        return self.reader.mass_sims(mass_sim_id=mass_sim_id, limit=limit, offset=offset)
 
     def runs(self, experiment_id: str) -> list[dict[str, Any]]:
-        return evalstore.experiment_runs(self.store, experiment_id, None)
+        return self.reader.runs(experiment_id)
 
     def run_sessions(self, session_ids: Sequence[str]) -> list[dict[str, Any]]:
-        return evalstore.run_sessions(self.store, session_ids, None)
+        return self.reader.run_sessions(session_ids)
 
     def llm_events(self, experiment_id: str) -> list[dict[str, Any]]:
-        return evalstore.llm_events(self.store, experiment_id, None)
+        return self.reader.llm_events(experiment_id)
 
     def _project(self, session_id: str) -> str:
         row = self.store.get_session(session_id)
@@ -62,7 +62,7 @@ class LocalBackend:
                                   evaluator_session_id=evaluator_session_id, force=force)
 
     def evaluations(self, session_ids: Sequence[str]) -> list[dict[str, Any]]:
-        found = evalstore.evaluations_of(self.store, session_ids, None)
+        found = self.reader.evaluations(session_ids)
         return [row for sid in session_ids for row in found.get(sid, [])]
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from .._scores import ScoreValue
-from . import _summary
+from ..reading import summary as _summary
 
 
 @dataclass(frozen=True)

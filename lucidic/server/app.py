@@ -11,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from .. import _config, evalstore
+from .. import _config
 from ..reading import MAX_LIMIT, SORTS, InvalidQueryError, Reader, SessionQuery
 from ..reading.search import MAX_QUERY_CHARS as MAX_SEARCH
 from ..store import Store
@@ -192,7 +192,7 @@ def session_tree(session_id: str, who: Auth, db: Db) -> JSONOut:
     tree = Reader(db).tree(session_id, who.project) if models.valid_id(session_id) else None
     if tree is None:
         raise not_found("session", session_id)
-    return JSONOut(evalstore.decorate_tree(db, tree, who.project))
+    return JSONOut(tree)
 
 
 @router.get("/api/v1/sessions/{session_id:path}/continuable", tags=["read"],

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import evalstore
+from ..reading import Reader
 from .app import Auth, Db, not_found
 from .models import FiniteFloat, Id, Name, Text, valid_id
 from .problems import JSONOut
@@ -134,8 +135,8 @@ def _session_of_project(db: Any, session_id: str, project: str) -> None:
             summary="Experiments of this project, newest first, with their runs' progress")
 def list_experiments(who: Auth, db: Db, limit: Annotated[int, Query(ge=1, le=500)] = 50,
                      offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0) -> JSONOut:
-    return JSONOut({"experiments": evalstore.list_experiments(db, who.project, limit=limit,
-                                                              offset=offset),
+    return JSONOut({"experiments": Reader(db).experiments(who.project, limit=limit,
+                                                      offset=offset),
                     "limit": limit, "offset": offset})
 
 
@@ -143,14 +144,14 @@ def list_experiments(who: Auth, db: Db, limit: Annotated[int, Query(ge=1, le=500
             summary="An experiment's runs, by case and repeat, with their scores")
 def experiment_runs(experiment_id: str, who: Auth, db: Db) -> JSONOut:
     _experiment(db, experiment_id, who.project)
-    return JSONOut({"runs": evalstore.experiment_runs(db, experiment_id, who.project)})
+    return JSONOut({"runs": Reader(db).runs(experiment_id, who.project)})
 
 
 @router.get("/api/v1/experiments/{experiment_id:path}/llm-events", response_model=Events,
             summary="The LLM calls an experiment's runs recorded (what replay answers from)")
 def experiment_llm_events(experiment_id: str, who: Auth, db: Db) -> JSONOut:
     _experiment(db, experiment_id, who.project)
-    return JSONOut({"events": evalstore.llm_events(db, experiment_id, who.project)})
+    return JSONOut({"events": Reader(db).llm_events(experiment_id, who.project)})
 
 
 @router.get("/api/v1/experiments/{experiment_id:path}", response_model=Experiment,
@@ -160,7 +161,7 @@ def get_experiment(experiment_id: str, who: Auth, db: Db) -> JSONOut:
 
 
 def _experiment(db: Any, experiment_id: str, project: str) -> dict[str, Any]:
-    row = evalstore.experiment(db, experiment_id, project) if valid_id(experiment_id) else None
+    row = Reader(db).experiment(experiment_id, project) if valid_id(experiment_id) else None
     if row is None:
         raise not_found("experiment", experiment_id)
     return row
@@ -169,7 +170,7 @@ def _experiment(db: Any, experiment_id: str, project: str) -> dict[str, Any]:
 @router.post("/api/v1/runs", response_model=Runs,
              summary="The sessions named, as experiment runs with their scores")
 def runs(body: RunsQuery, who: Auth, db: Db) -> JSONOut:
-    return JSONOut({"runs": evalstore.run_sessions(db, body.session_ids, who.project)})
+    return JSONOut({"runs": Reader(db).run_sessions(body.session_ids, who.project)})
 
 
 @router.post("/api/v1/evaluations/claim", response_model=Claimed,
@@ -198,14 +199,14 @@ def complete(body: Completion, who: Auth, db: Db) -> JSONOut:
 def evaluations(who: Auth, db: Db,
                 session_id: Annotated[str, Query(min_length=1, max_length=256)]) -> JSONOut:
     _session_of_project(db, session_id, who.project)
-    rows = evalstore.evaluations_of(db, [session_id], who.project).get(session_id, [])
+    rows = Reader(db).evaluations([session_id], who.project).get(session_id, [])
     return JSONOut({"evaluations": rows})
 
 
 @router.get("/api/v1/mass-sims/{mass_sim_id:path}", response_model=MassSim,
             summary="One mass simulation: the sessions intended (total), made and ended")
 def get_mass_sim(mass_sim_id: str, who: Auth, db: Db) -> JSONOut:
-    rows = (evalstore.mass_sims(db, who.project, mass_sim_id=mass_sim_id)
+    rows = (Reader(db).mass_sims(who.project, mass_sim_id=mass_sim_id)
             if valid_id(mass_sim_id) else [])
     if not rows:
         raise not_found("mass simulation", mass_sim_id)

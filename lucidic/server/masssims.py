@@ -8,7 +8,7 @@ that does not exist yet creates it. The sessions of a mass simulation are
 listed with ``/api/v1/sessions?mass_sim_id=ID`` and ``lucidic sessions list
 --mass-sim ID``; ``/api/v1/mass-sims`` lists the mass simulations with how
 far their runs got (``total`` intended, ``sessions`` made, ``ended``). The
-SQL is lucidic.evalstore's.
+reads are lucidic.reading's.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Annotated, Optional
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
 
-from .. import evalstore
+from ..reading import Reader
 from ..store import Store
 from .app import Auth, Db
 from .problems import JSONOut
@@ -65,6 +65,5 @@ class MassSimPage(BaseModel):
                     "progress (list the sessions with /api/v1/sessions?mass_sim_id=ID)")
 def mass_sims(who: Auth, db: Db, limit: Annotated[int, Query(ge=1, le=500)] = 50,
               offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0) -> JSONOut:
-    return JSONOut({"mass_sims": evalstore.mass_sims(db, who.project, limit=limit,
-                                                     offset=offset),
+    return JSONOut({"mass_sims": Reader(db).mass_sims(who.project, limit=limit, offset=offset),
                     "limit": limit, "offset": offset})
