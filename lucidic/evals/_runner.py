@@ -173,22 +173,26 @@ class _Experiment:
         return ReplayScope(self.source, (case.id, repeat), self.replay_mode, self.stats,
                            lambda: getattr(current_binding(), "mask", None))
 
-    def run_sync(self, case: Case, repeat: int) -> None:
-        """One run of a sync task, in a pool thread."""
-        with self._session(case, repeat) as session_id:
-            binding = current_binding()
-            assert binding is not None
-            guard = _Deadline(binding, self.timeout)
-            token = current_scope.set(self._scope(case, repeat))
-            try:
-                output = self.task(case.input)
-            except Exception as exc:  # noqa: BLE001 - the run fails alone
-                guard.fail(exc)
-                return
-            finally:
-                current_scope.reset(token)
-                guard.cancel()
-            guard.succeed(output, session_id, self.detached)
+    def run_sync(self, case: Case, repeat: int, settled: threading.Event) -> None:
+        """One run of a sync task, in a pool thread; ``settled`` is set once
+        the run is complete and scored (at its deadline, if it outlasts it)."""
+        try:
+            with self._session(case, repeat) as session_id:
+                binding = current_binding()
+                assert binding is not None
+                guard = _Deadline(binding, self.timeout, settled)
+                token = current_scope.set(self._scope(case, repeat))
+                try:
+                    output = self.task(case.input)
+                except Exception as exc:  # noqa: BLE001 - the run fails alone
+                    guard.fail(exc)
+                    return
+                finally:
+                    current_scope.reset(token)
+                    guard.cancel()
+                guard.succeed(output, session_id, self.detached)
+        finally:
+            settled.set()
 
     async def run_async(self, case: Case, repeat: int) -> None:
         """One run of an async task, on the caller's event loop."""
@@ -227,8 +231,10 @@ class _Deadline:
     be stopped: it runs on in its thread, keeping its slot, and what it
     records after its deadline is dropped with its ended session."""
 
-    def __init__(self, binding: Binding, timeout: float | None) -> None:
+    def __init__(self, binding: Binding, timeout: float | None,
+                 settled: threading.Event | None = None) -> None:
         self.binding = binding
+        self._settled_event = settled
         self._lock = threading.Lock()
         self._settled = False
         self._timer: threading.Timer | None = None
@@ -249,6 +255,8 @@ class _Deadline:
             error = TimeoutError(f"the task took longer than {timeout} s")
             record_error(self.binding, error)
             _api.end_binding(self.binding, failure=f"TimeoutError: {error}")
+        if self._settled_event is not None:
+            self._settled_event.set()  # ended and scored: the runner need not wait on
 
     def fail(self, exc: BaseException) -> None:
         if self._claim():
@@ -343,20 +351,26 @@ def _plan(experiment: _Experiment) -> list[tuple[Case, int]]:
 def _run_in_threads(experiment: _Experiment) -> None:
     pool = ThreadPoolExecutor(max_workers=experiment.max_concurrency,
                               thread_name_prefix="lucidic-run")
-    futures: list[Future[None]] = [pool.submit(experiment.run_sync, case, repeat)
-                                   for case, repeat in _plan(experiment)]
+    runs: list[tuple[Future[None], threading.Event]] = []
+    for case, repeat in _plan(experiment):
+        settled = threading.Event()
+        runs.append((pool.submit(experiment.run_sync, case, repeat, settled), settled))
     try:
-        _wait_settled(futures)
+        _wait_settled(runs)
     finally:
         # A sync task past its deadline cannot be stopped: leave its thread be.
         pool.shutdown(wait=False)
 
 
-def _wait_settled(futures: list[Future[None]]) -> None:
-    for future in futures:
-        error = future.exception()
-        if error is not None:
-            raise error
+def _wait_settled(runs: list[tuple[Future[None], threading.Event]]) -> None:
+    """Until every run is settled; what escaped a run (not an Exception of
+    its task, which the run records) is raised here."""
+    for future, settled in runs:
+        while not settled.wait(0.05):
+            if future.done():
+                break
+        if future.done() and future.exception() is not None:
+            raise future.exception()  # type: ignore[misc]
 
 
 async def _arun(experiment: _Experiment) -> ExperimentResult:

@@ -22,8 +22,13 @@ def _numbers(values: Iterable[Any]) -> list[float]:
     return [n for n in (numeric(v) for v in values if v is not None) if n is not None]
 
 
-def _typical(values: Sequence[Any]) -> Any:
-    """Numbers: the mean; labels: the most common (ties: the first seen)."""
+def _typical(values: Sequence[Any], *, agreeing_bool: bool = False) -> Any:
+    """Numbers: the mean (of bools: the share that passed, or with
+    ``agreeing_bool`` the verdict itself when every value agrees); labels:
+    the most common (ties: the first seen)."""
+    if agreeing_bool and values and all(isinstance(v, bool) for v in values) \
+            and len(set(values)) == 1:
+        return values[0]
     numbers = _numbers(values)
     if numbers:
         return statistics.fmean(numbers)
@@ -129,9 +134,9 @@ def compare(runs_a: Sequence[Mapping[str, Any]],
         scores = {}
         for name in names:
             va = _typical([v for v in ((r.get("scores") or {}).get(name) for r in a)
-                           if v is not None])
+                           if v is not None], agreeing_bool=True)
             vb = _typical([v for v in ((r.get("scores") or {}).get(name) for r in b)
-                           if v is not None])
+                           if v is not None], agreeing_bool=True)
             scores[name] = _pair(va, vb)
         rows.append({"case_id": case_id, "runs_a": len(a), "runs_b": len(b), "scores": scores,
                      "cost": _pair(_mean(r.get("cost") for r in a),
