@@ -203,8 +203,8 @@ def _header(session: dict[str, Any], full: bool) -> list[Line]:
         reason = text(session.get("session_eval_reason"))
         row("eval", [(value + (": " if value and reason else "") + reason, "")])
     row("totals", totals(session))
-    for label, value in _judgement_rows(session):
-        row(label, value)
+    for label, line in _judgement_rows(session):
+        row(label, line)
     if full:
         shown = {"id", "name", "is_successful_reason", "agent_id", "task", "tags",
                  "session_eval", "session_eval_reason", "steps", "events", "scores",
