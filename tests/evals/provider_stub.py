@@ -1,7 +1,8 @@
 """A loopback stand-in for the OpenAI and Anthropic APIs that counts the
-requests it answers: what replay must not reach. It answers every prompt
-with "echo: <the last user message>" (a tool call when tools are offered),
-plain or streamed, as the real APIs shape their bodies and events."""
+requests it answers: what replay must not reach. It answers a prompt with
+"echo: <the last user message> #n", n counting how often it was asked that
+(a tool call when tools are offered), plain or streamed, as the real APIs
+shape their bodies and events."""
 
 from __future__ import annotations
 
@@ -10,6 +11,12 @@ import json
 import threading
 from collections import Counter
 from typing import Any
+
+
+def _answer(stub: ProviderStub, prompt: str) -> str:
+    with stub.lock:
+        stub.asked[prompt] += 1
+        return f"echo: {prompt} #{stub.asked[prompt]}"
 
 
 def _last_text(messages: list[Any]) -> str:
@@ -61,7 +68,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _chat(self, body: dict[str, Any]) -> None:
         model = body["model"] + "-2024-07-18"
-        text = "echo: " + _last_text(body["messages"])
+        text = _answer(self.stub, _last_text(body["messages"]))
         usage = {"prompt_tokens": 11, "completion_tokens": len(text.split()),
                  "total_tokens": 11 + len(text.split())}
         tools = body.get("tools")
@@ -101,7 +108,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _responses(self, body: dict[str, Any]) -> None:
         prompt = body["input"] if isinstance(body["input"], str) else _last_text(body["input"])
-        text = "echo: " + prompt
+        text = _answer(self.stub, prompt)
         self._send(200, {
             "id": "resp_1", "object": "response", "created_at": 1, "model": body["model"],
             "status": "completed", "error": None, "incomplete_details": None,
@@ -116,7 +123,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _messages(self, body: dict[str, Any]) -> None:
         model = body["model"]
-        text = "echo: " + _last_text(body["messages"])
+        text = _answer(self.stub, _last_text(body["messages"]))
         usage = {"input_tokens": 12, "output_tokens": len(text.split()),
                  "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}
         if body.get("stream"):
@@ -148,6 +155,7 @@ class ProviderStub:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.requests: Counter[str] = Counter()
+        self.asked: Counter[str] = Counter()
         self.bodies: list[tuple[str, Any]] = []
         handler = type("Handler", (_Handler,), {"stub": self})
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
