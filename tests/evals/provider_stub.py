@@ -69,6 +69,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _chat(self, body: dict[str, Any]) -> None:
         model = body["model"] + "-2024-07-18"
         text = _answer(self.stub, _last_text(body["messages"]))
+        if "impartial evaluator" in str(body["messages"][0].get("content")):
+            # lucidic.evals.llm_judge asking: a verdict (low when the output is "bad")
+            verdict = 0.1 if "Output:\nbad" in _last_text(body["messages"]) else 0.9
+            text = json.dumps({"score": verdict, "reason": f"judged {verdict}"})
         usage = {"prompt_tokens": 11, "completion_tokens": len(text.split()),
                  "total_tokens": 11 + len(text.split())}
         tools = body.get("tools")
@@ -124,6 +128,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _messages(self, body: dict[str, Any]) -> None:
         model = body["model"]
         text = _answer(self.stub, _last_text(body["messages"]))
+        if "impartial evaluator" in str(body.get("system")):
+            verdict = 0.1 if "Output:\nbad" in _last_text(body["messages"]) else 0.9
+            text = json.dumps({"score": verdict, "reason": f"judged {verdict}"})
         usage = {"input_tokens": 12, "output_tokens": len(text.split()),
                  "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}
         if body.get("stream"):
