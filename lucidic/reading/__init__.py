@@ -77,6 +77,12 @@ class Reader:
         return _experiments.add_judgement(self.store, _tree.full_tree(self.store, session),
                                           project)
 
+    def judgement(self, session: dict[str, Any],
+                  project: str | None = None) -> dict[str, Any]:
+        """The session (a row or a tree) with its scores, rubric results and
+        evaluations added (see lucidic.reading.experiments.add_judgement)."""
+        return _experiments.add_judgement(self.store, session, project)
+
     def outline(self, session: dict[str, Any], offset: int = 0, limit: int = 300,
                 now: float | None = None) -> Outline:
         """A window of the session's tree, flattened (see lucidic.reading.tree)."""
