@@ -286,23 +286,26 @@ class HttpReader:
                              "`lucidic keys create --project NAME` where the server runs)")
         self._client = _Client(self.base_url, api_key)
 
-    def _get(self, path: str, params: dict[str, Any] | None = None) -> requests.Response:
+    def _get(self, path: str, params: dict[str, Any] | None = None,
+             headers: dict[str, str] | None = None) -> requests.Response:
         try:
-            response = self._client.request("GET", path, params=params)
+            response = self._client.request("GET", path, params=params, headers=headers)
         except SinkError as exc:
             raise SystemExit(f"lucidic: {exc}") from exc
-        if response.status_code in (200, 404):
+        if response.status_code in (200, 304, 404):
             return response
         if response.status_code in (401, 403):
             raise SystemExit("lucidic: " + refused_key_message(self.base_url, response))
         raise SystemExit(f"lucidic: the server at {self.base_url} answered {_detail(response)}")
 
     def list_sessions(self, *, agent_id: str | None = None, status: str | None = None,
-                      search: str | None = None, limit: int = 50,
-                      offset: int = 0, mass_sim_id: str | None = None) -> list[dict[str, Any]]:
+                      search: str | None = None, id_prefix: str | None = None,
+                      limit: int = 50, offset: int = 0,
+                      mass_sim_id: str | None = None) -> list[dict[str, Any]]:
         # The server hands out at most 500 a page: follow its cursor for more.
         params: dict[str, Any] = {"agent_id": agent_id, "status": status, "search": search,
-                                  "offset": offset or None, "mass_sim_id": mass_sim_id}
+                                  "id_prefix": id_prefix, "offset": offset or None,
+                                  "mass_sim_id": mass_sim_id}
         sessions: list[dict[str, Any]] = []
         while len(sessions) < limit:
             params["limit"] = min(500, limit - len(sessions))
@@ -319,11 +322,21 @@ class HttpReader:
         return sessions
 
     def session_tree(self, session_id: str) -> dict[str, Any] | None:
-        response = self._get(f"/api/v1/sessions/{quote(session_id, safe='')}/tree")
+        return self.tree_if_changed(session_id, None)[1]
+
+    def tree_if_changed(self, session_id: str,
+                        version: str | None) -> tuple[str, dict[str, Any] | None]:
+        """As lucidic.reading.Reader.tree_if_changed, by a conditional GET."""
+        headers = {"If-None-Match": f'"{version}"'} if version else None
+        response = self._get(f"/api/v1/sessions/{quote(session_id, safe='')}/tree",
+                             headers=headers)
         if response.status_code == 404:
-            return None
+            return "", None
+        current = response.headers.get("ETag", "").strip('"')
+        if response.status_code == 304:
+            return current, None
         tree: dict[str, Any] = response.json()
-        return tree
+        return current, tree
 
     def close(self) -> None:
         self._client.close()

@@ -127,6 +127,20 @@ class Reader:
         parts = [f"{r[0]['v']!r}/{r[0]['n']}" if r else "-" for r in rows]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
+    def tree_if_changed(self, session_id: str, version: str | None,
+                        project: str | None = None) -> tuple[str, dict[str, Any] | None]:
+        """The session's current version, and its tree unless that version is
+        ``version`` (None then: nothing changed). An unknown session (or
+        another project's) reads as a version with no tree, so the two cannot
+        be told apart."""
+        if self.store.get_session(session_id, project) is None:
+            return "", None
+        current = self.session_version(session_id)
+        if current == version:
+            return current, None
+        tree = self.tree(session_id, project)
+        return current, tree
+
     def agents(self, project: str | None = None, limit: int = 200) -> list[str]:
         """Agent ids seen in sessions (for a filter's choices), in order. Found
         by hopping from one value to the next down an index (a loose index

@@ -77,6 +77,7 @@ class SessionQuery:
     started_after: float | None = None    # epoch seconds, inclusive
     started_before: float | None = None   # epoch seconds, exclusive
     search: str | None = None
+    id_prefix: str | None = None          # sessions whose id starts with this
     sort: str = "started"
     descending: bool = True
     limit: int = 50
@@ -144,6 +145,11 @@ def _filters(store: Store, query: SessionQuery) -> tuple[list[str], list[Any]]:
             params.append(value)
     if query.status is not None:
         where.append(_STATUS_SQL[query.status])
+    if query.id_prefix:
+        # substr, not LIKE: an id may hold % or _, and LIKE's case rules differ
+        # between the two databases.
+        where.append(f"substr(s.id, 1, {len(query.id_prefix)}) = {ph}")
+        params.append(query.id_prefix)
     if query.search and query.search.strip():
         sql, search_params = TextMatch(store, query.search).sessions("s")
         where.append(sql)

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal, Optional
 from urllib.parse import urlsplit, urlunsplit
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from .. import _config
@@ -157,6 +157,10 @@ def list_sessions(
     search: Annotated[Optional[str], Query(  # noqa: UP045
         max_length=MAX_SEARCH, description="case-insensitive text found in the session's "
         "name, task, tags, steps or events (LLM messages, models and errors included)")] = None,
+    id_prefix: Annotated[Optional[str], Query(  # noqa: UP045
+        min_length=1, max_length=256,
+        description="only sessions whose id starts with this (the CLI resolves a short id "
+                    "with it)")] = None,
     sort: Annotated[Literal[tuple(SORTS)], Query()] = "started",  # type: ignore[valid-type]
     order: Literal["desc", "asc"] = "desc",
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
@@ -165,7 +169,8 @@ def list_sessions(
     offset: Annotated[int, Query(ge=0, le=1_000_000_000, description=(
         "rows to skip (slower on deep pages than cursor; ignored with a cursor)"))] = 0,
 ) -> JSONOut:
-    texts = {"agent_id": agent_id, "search": search, "mass_sim_id": mass_sim_id}
+    texts = {"agent_id": agent_id, "search": search, "id_prefix": id_prefix,
+             "mass_sim_id": mass_sim_id}
     if any(v is not None and models.check_json_text(v, k) for k, v in texts.items()):
         return JSONOut({"sessions": [], "limit": limit, "offset": offset, "next_offset": None,
                         "next_cursor": None, "total": 0})
@@ -173,8 +178,9 @@ def list_sessions(
         query = SessionQuery(project=who.project, agent_id=agent_id, status=status,
                              mass_sim_id=mass_sim_id,
                              started_after=started_after, started_before=started_before,
-                             search=search or None, sort=sort, descending=order == "desc",
-                             limit=limit, cursor=cursor, offset=offset)
+                             search=search or None, id_prefix=id_prefix, sort=sort,
+                             descending=order == "desc", limit=limit, cursor=cursor,
+                             offset=offset)
     except InvalidQueryError as exc:
         raise ApiError(422, str(exc)) from exc
     page = Reader(db).sessions(query)
@@ -188,11 +194,20 @@ def list_sessions(
 @router.get("/api/v1/sessions/{session_id:path}/tree", tags=["read"],
             response_model=models.SessionTree,
             summary="A session with its steps (nested) and events")
-def session_tree(session_id: str, who: Auth, db: Db) -> JSONOut:
-    tree = Reader(db).tree(session_id, who.project) if models.valid_id(session_id) else None
-    if tree is None:
+def session_tree(session_id: str, who: Auth, db: Db,
+                 if_none_match: Annotated[Optional[str], Header(  # noqa: UP045
+                     max_length=256, description="the ETag of a tree read before: "
+                     "304 while nothing of the session changed")] = None) -> Response:
+    version, tree = "", None
+    if models.valid_id(session_id):
+        seen = if_none_match.strip().strip('"') if if_none_match else None
+        version, tree = Reader(db).tree_if_changed(session_id, seen, who.project)
+    if not version:
         raise not_found("session", session_id)
-    return JSONOut(tree)
+    etag = {"ETag": f'"{version}"'}
+    if tree is None:
+        return Response(status_code=304, headers=etag)
+    return JSONOut(tree, headers=etag)
 
 
 @router.get("/api/v1/sessions/{session_id:path}/continuable", tags=["read"],
