@@ -11,6 +11,7 @@ complete, and scored, when its session ends, wherever that happens.
 from __future__ import annotations
 
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
@@ -66,7 +67,12 @@ def put_run_fields(binding: Binding, fields: dict[str, Any]) -> None:
 
 
 def record_error(binding: Binding, exc: BaseException) -> None:
-    put_run_fields(binding, {"error": f"{type(exc).__name__}: {exc}"})
+    """The run failed: its error on the session, and an error event with the
+    traceback (where it failed, for whoever reads the run)."""
+    summary = f"{type(exc).__name__}: {exc}"
+    put_run_fields(binding, {"error": summary})
+    trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    _api.record_error_event(binding, description=f"The run failed: {summary}", error=trace)
 
 
 class experiment_run:  # noqa: N801 - used like a function: `with experiment_run(...):`

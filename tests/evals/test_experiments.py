@@ -177,6 +177,10 @@ def test_a_raising_task_fails_alone_with_its_error_recorded(store: Store) -> Non
     assert session["is_successful"] is False
     assert session["is_successful_reason"] == "ValueError: no cd today"
     assert session["error"] == "ValueError: no cd today"
+    (event,) = session["events"]  # where it failed: the traceback, as an error event
+    assert event["type"] == "error" and event["description"] == (
+        "The run failed: ValueError: no cd today")
+    assert 'raise ValueError("no cd today")' in event["error"]
 
 
 def test_a_task_that_outlasts_its_timeout_is_failed_at_the_deadline() -> None:
