@@ -231,3 +231,39 @@ def test_bad_evaluation_requests_get_a_clear_4xx(sqlite_url: str, start_server: 
                       json={"session_id": sid, "name": "x", "owner": "o", "scores": []})
     assert lonely.status_code == 200 and lonely.json() == {"stored": False}
     assert api.get("/api/v1/mass-sims/nope").status_code == 404
+
+
+def test_scores_mass_sims_and_the_hosted_sdks_parameters_reach_the_server(
+        db_url: str, start_server: Any, tmp_path: Path) -> None:
+    server = start_server(db_url)
+    key = make_key(db_url, "sdk")
+    out = _last_json(run_python("""
+        import json
+        import lucidic as lai
+        import evals_support  # the rubric 'polite', scored where the session ends
+        from lucidic.evals import set_output
+        sim = lai.create_mass_sim("nightly", 2, task="book", tags=["n"])
+        sid = lai.init(session_name="run", mass_sim_id=sim, experiment_id="exp-x",
+                       rubrics=["polite"], production_monitoring=True)
+        step = lai.create_step(action="work")
+        lai.score("quality", 0.7, comment="fine")
+        lai.score("on-topic", True, step_id=step)
+        lai.end_step()
+        set_output("OK")
+        lai.end_session(is_successful=True)
+        print(json.dumps({"sim": sim, "session": sid}))
+    """, home=tmp_path / "sdk", env=_env(server, key)).stdout)
+    api = Api(server.url, key)
+    tree = api.tree(out["session"])
+    assert tree["scores"] == {"quality": 0.7, "polite": 0.25}
+    assert tree["steps"][0]["scores"] == {"on-topic": True}
+    assert (tree["mass_sim_id"], tree["experiment_id"], tree["rubrics"],
+            tree["production_monitoring"], tree["output"]) == (
+        out["sim"], "exp-x", ["polite"], True, "OK")
+    sim = api.get(f"/api/v1/mass-sims/{out['sim']}").json()
+    assert (sim["name"], sim["total"], sim["sessions"], sim["ended"]) == ("nightly", 2, 1, 1)
+    experiment = api.get("/api/v1/experiments/exp-x").json()
+    assert experiment["id"] == "exp-x" and experiment["name"] is None  # made on first use
+    shown = json.loads(_cli(tmp_path / "cli", sdk_env(server, key), "mass-sims", "show",
+                            out["sim"], "--json").stdout)
+    assert (shown["total"], shown["sessions"], shown["ended"]) == (2, 1, 1)
