@@ -91,9 +91,18 @@ def backend_for_sink(sink: Any) -> Backend | None:
     from .._sinks import LocalSink
 
     if isinstance(sink, LocalSink):
+        from .._sinks import SinkError
+        from ..errors import LucidicError
         from ._local_backend import LocalBackend
 
-        return LocalBackend(sink.path)
+        opened = getattr(sink, "_get_store", None)
+        if opened is None:
+            return LocalBackend(sink.path)
+        try:
+            # The sink's own connection: no second open (and schema check) per session.
+            return LocalBackend(store=opened())
+        except SinkError as exc:
+            raise LucidicError(str(exc)) from exc
     base_url = getattr(sink, "base_url", None)
     api_key = getattr(sink, "_api_key", None)
     if isinstance(base_url, str) and api_key:

@@ -15,8 +15,16 @@ class LocalBackend:
     """Reads and claims in the embedded SQLite store (every project in it:
     the SDK writes its own as ``default``)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.store = Store(path)
+    def __init__(self, path: str | Path | None = None, *, store: Store | None = None) -> None:
+        """Over the store at ``path`` (opened here, closed by close()), or over
+        an open ``store`` shared with its owner (left open)."""
+        if store is None:
+            assert path is not None
+            store = Store(path)
+            self._owned = True
+        else:
+            self._owned = False
+        self.store = store
         self.reader = Reader(self.store)
 
     def session(self, session_id: str) -> dict[str, Any] | None:
@@ -66,4 +74,5 @@ class LocalBackend:
         return [row for sid in session_ids for row in found.get(sid, [])]
 
     def close(self) -> None:
-        self.store.close()
+        if self._owned:
+            self.store.close()
