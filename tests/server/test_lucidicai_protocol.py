@@ -575,7 +575,8 @@ def test_mass_simulations_are_recorded_and_group_their_sessions(
                              out["sim"]], capture_output=True, text=True, timeout=60,
                             env=child_env(tmp_path / "cli", sdk_env(lai_server, key)))
     assert listed.returncode == 0, listed.stderr
-    assert "'run 0'" in listed.stdout and "'run 1'" in listed.stdout
+    assert "run 0" in listed.stdout and "run 1" in listed.stdout
+    assert out["sessions"][0] in listed.stdout and out["sessions"][2] not in listed.stdout
     assert "unrelated" not in listed.stdout
     # Another project's key sees neither the mass simulation nor its sessions.
     other = Api(lai_server.url, make_key(db_url, "other"))
