@@ -16,13 +16,28 @@ $(VENV)/.installed: pyproject.toml $(PROVIDERS)
 	$(PY) -m pip install --quiet -e '.[dev,server]' $(foreach p,$(PROVIDERS),-e '$(dir $(p))[test]')
 	touch $@
 
-.PHONY: install demo test bench lint
+# The browser tests drive Debian's chromium (Playwright's own browser download
+# cannot work offline). Installed here where we may (root with apt-get);
+# elsewhere the tests say what to run.
+CHROMIUM := /usr/bin/chromium
+CJK_FONT := /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc
+
+.PHONY: install demo test bench lint browser
 install: $(VENV)/.installed
+
+browser:
+	@if [ -x $(CHROMIUM) ] && [ -e $(CJK_FONT) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium and fonts-noto-cjk with apt-get (for the browser tests)"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends chromium fonts-noto-cjk >/dev/null) \
+		|| echo "could not install chromium: the browser tests will say what to run"; \
+	else echo "no $(CHROMIUM): the browser tests need 'sudo apt-get install -y chromium fonts-noto-cjk'"; fi
 
 demo: $(VENV)/.installed
 	$(PY) examples/run_all.py
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed browser
 	$(PY) -m pytest
 
 bench: $(VENV)/.installed

@@ -30,7 +30,7 @@ from ._context import (
 from ._internal import log_rate_limited, logger
 from ._pipeline import Pipeline
 from ._records import Mask, mask_fields, text_field, to_jsonable
-from ._runtime import new_id, runtime
+from ._runtime import new_id, runtime, writer
 from ._sinks import Sink, SinkError
 from .errors import APIKeyVerificationError, InvalidOperationError, LucidicNotInitializedError
 
@@ -151,7 +151,8 @@ def _activate_providers(names: list[str]) -> None:
 def _bind(session_id: str, options: _Options, pipeline: Pipeline, project: str) -> Binding:
     install_context_propagation()
     binding = Binding(runtime.state(session_id), pipeline, mask=options.mask,
-                      auto_end=options.auto_end, agent_id=options.agent_id, project=project)
+                      auto_end=options.auto_end, agent_id=options.agent_id, project=project,
+                      writer=writer.fields(options.agent_id))
     runtime.register(binding)
     _lifecycle.install()  # flush at exit always; end the session only with auto_end
     return binding
@@ -165,6 +166,9 @@ def _put(binding: Binding, kind: str, record_id: str, fields: dict[str, Any],
          ts: float | None = None) -> None:
     if binding.mask is not None:
         mask_fields(binding.mask, fields)
+    if "started_at" in fields and kind != "session":
+        # The record that creates a step or event names the process writing it.
+        fields.update(binding.writer)
     binding.pipeline.put((kind, record_id, time.time() if ts is None else ts, fields))
 
 

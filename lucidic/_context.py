@@ -41,10 +41,11 @@ class Binding:
     Records go to the binding's pipeline, masked with its masking function."""
 
     __slots__ = ("active", "agent_id", "auto_end", "mask", "pipeline", "project",
-                 "session_id", "state")
+                 "session_id", "state", "writer")
 
     def __init__(self, state: SessionState, pipeline: Pipeline, *, mask: Mask | None,
-                 auto_end: bool, agent_id: str | None, project: str) -> None:
+                 auto_end: bool, agent_id: str | None, project: str,
+                 writer: dict[str, Any] | None = None) -> None:
         self.session_id = state.id
         self.state = state
         self.pipeline = pipeline
@@ -52,6 +53,9 @@ class Binding:
         self.auto_end = auto_end
         self.agent_id = agent_id
         self.project = project
+        #: The writer columns stamped on the steps and events this binding
+        #: creates (see _runtime.WriterIdentity); rebuilt in a forked child.
+        self.writer = writer or {}
         self.active = True
         state.bindings.append(self)
 

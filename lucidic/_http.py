@@ -286,36 +286,57 @@ class HttpReader:
                              "`lucidic keys create --project NAME` where the server runs)")
         self._client = _Client(self.base_url, api_key)
 
-    def _get(self, path: str, params: dict[str, Any] | None = None) -> requests.Response:
+    def _get(self, path: str, params: dict[str, Any] | None = None,
+             headers: dict[str, str] | None = None) -> requests.Response:
         try:
-            response = self._client.request("GET", path, params=params)
+            response = self._client.request("GET", path, params=params, headers=headers)
         except SinkError as exc:
             raise SystemExit(f"lucidic: {exc}") from exc
-        if response.status_code in (200, 404):
+        if response.status_code in (200, 304, 404):
             return response
         if response.status_code in (401, 403):
             raise SystemExit("lucidic: " + refused_key_message(self.base_url, response))
         raise SystemExit(f"lucidic: the server at {self.base_url} answered {_detail(response)}")
 
     def list_sessions(self, *, agent_id: str | None = None, status: str | None = None,
+                      search: str | None = None, id_prefix: str | None = None,
                       limit: int = 50, offset: int = 0,
                       mass_sim_id: str | None = None) -> list[dict[str, Any]]:
-        params = {"agent_id": agent_id, "status": status, "limit": limit, "offset": offset,
-                  "mass_sim_id": mass_sim_id}
-        response = self._get("/api/v1/sessions",
-                             {k: v for k, v in params.items() if v is not None})
-        if response.status_code != 200:
-            raise SystemExit(f"lucidic: the server at {self.base_url} answered "
-                             f"{_detail(response)}")
-        sessions: list[dict[str, Any]] = response.json()["sessions"]
+        # The server hands out at most 500 a page: follow its cursor for more.
+        params: dict[str, Any] = {"agent_id": agent_id, "status": status, "search": search,
+                                  "id_prefix": id_prefix, "offset": offset or None,
+                                  "mass_sim_id": mass_sim_id}
+        sessions: list[dict[str, Any]] = []
+        while len(sessions) < limit:
+            params["limit"] = min(500, limit - len(sessions))
+            response = self._get("/api/v1/sessions",
+                                 {k: v for k, v in params.items() if v is not None})
+            if response.status_code != 200:
+                raise SystemExit(f"lucidic: the server at {self.base_url} answered "
+                                 f"{_detail(response)}")
+            page = response.json()
+            sessions.extend(page["sessions"])
+            if not page.get("next_cursor"):
+                break
+            params.update(cursor=page["next_cursor"], offset=None)
         return sessions
 
     def session_tree(self, session_id: str) -> dict[str, Any] | None:
-        response = self._get(f"/api/v1/sessions/{quote(session_id, safe='')}/tree")
+        return self.tree_if_changed(session_id, None)[1]
+
+    def tree_if_changed(self, session_id: str,
+                        version: str | None) -> tuple[str, dict[str, Any] | None]:
+        """As lucidic.reading.Reader.tree_if_changed, by a conditional GET."""
+        headers = {"If-None-Match": f'"{version}"'} if version else None
+        response = self._get(f"/api/v1/sessions/{quote(session_id, safe='')}/tree",
+                             headers=headers)
         if response.status_code == 404:
-            return None
+            return "", None
+        current = response.headers.get("ETag", "").strip('"')
+        if response.status_code == 304:
+            return current, None
         tree: dict[str, Any] = response.json()
-        return tree
+        return current, tree
 
     def close(self) -> None:
         self._client.close()

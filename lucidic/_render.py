@@ -134,12 +134,13 @@ def _parts(*parts: Line) -> Line:
 
 
 def status(item: dict[str, Any]) -> Line:
+    """The session's status in the four words the UI and ``--status`` use."""
     if not item.get("is_finished"):
         return [("running", "running")]
     outcome = item.get("is_successful")
     if outcome is None:
         return [("finished", "ok")]
-    return [("finished, ", "ok"), ("successful", "ok") if outcome else ("failed", "failed")]
+    return [("successful", "ok") if outcome else ("failed", "failed")]
 
 
 def totals(session: dict[str, Any]) -> Line:
@@ -230,6 +231,25 @@ def _node(item: dict[str, Any], full: bool) -> Node:
     if full:
         node.details.extend(_fields(item, shown, indent=""))
     return node
+
+
+def arrivals(session: dict[str, Any], seen: set[str]) -> list[Line]:
+    """One line for each step and event of the session tree whose id is not in
+    ``seen`` (then added to it), in tree order and indented by depth: what
+    ``sessions show --follow`` prints as a session grows."""
+    lines: list[Line] = []
+
+    def walk(node: dict[str, Any], depth: int) -> None:
+        for child in _children(node):
+            if child["id"] not in seen:
+                seen.add(child["id"])
+                label = _node(child, full=False).label
+                lines.append([("  " * depth + "+ ", "dim"), *label])
+            if child["kind"] == "step":
+                walk(child, depth + 1)
+
+    walk(session, 0)
+    return lines
 
 
 def _elapsed(item: dict[str, Any]) -> Line:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from . import _config, _lifecycle
 from ._context import Binding, SessionState, process_slot
@@ -37,6 +39,32 @@ ids = _IdSource()
 
 def new_id() -> str:
     return f"{ids.prefix}{next(ids.counter):x}"
+
+
+# -- writer identity ------------------------------------------------------------
+# Every step and event records which process wrote it (host, pid) and for
+# which agent, so a session handed between processes and machines shows who
+# did what. Computed once per process (and again in a forked child), so the
+# hot path only merges a prepared dict into the record that creates a row.
+
+
+class WriterIdentity:
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        try:
+            self.host = socket.gethostname() or "unknown"
+        except OSError:
+            self.host = "unknown"
+        self.pid = os.getpid()
+
+    def fields(self, agent_id: str | None) -> dict[str, Any]:
+        """The writer columns for records made on behalf of ``agent_id``."""
+        return {"writer_host": self.host, "writer_pid": self.pid, "writer_agent": agent_id}
+
+
+writer = WriterIdentity()
 
 
 # -- sinks and pipelines --------------------------------------------------------
@@ -156,6 +184,10 @@ class Runtime:
     def after_fork_in_child(self) -> None:
         self.lock = threading.RLock()
         ids.reset()
+        writer.reset()
+        for state in self.states.values():
+            for binding in state.bindings:
+                binding.writer = writer.fields(binding.agent_id)
         for pipeline in self.pipelines.values():
             pipeline.after_fork_in_child()
         # The child did not start or continue the parent's sessions: it records

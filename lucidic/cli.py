@@ -1,9 +1,10 @@
 """The `lucidic` command: read what was recorded.
 
-    lucidic sessions list [--agent ID] [--status running|finished] [--mass-sim ID]
-                          [--limit N] [--json]
+    lucidic sessions list [--agent ID] [--status running|successful|failed|finished]
+                          [--search TEXT] [--mass-sim ID] [--limit N] [--json]
     lucidic sessions show SESSION_ID [--full] [--json]
     lucidic providers [--json]
+    lucidic ui [--host H] [--port P] [--allow-host NAME] [--db URL]
     lucidic server [--db URL] [--host H] [--port P] [--max-body-mb N] [--max-upload-mb N]
                    [--upload-ttl SECONDS]
     lucidic keys create --project NAME [--label TEXT] [--db URL]
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from contextlib import closing
 from typing import Any, Protocol
 
@@ -33,11 +35,38 @@ from . import _config, _render
 
 
 class Reader(Protocol):
+    """What the sessions commands read: the embedded store or a server."""
+
     def list_sessions(self, *, agent_id: str | None = None, status: str | None = None,
+                      search: str | None = None, id_prefix: str | None = None,
                       limit: int = 50, offset: int = 0,
                       mass_sim_id: str | None = None) -> list[dict[str, Any]]: ...
 
     def session_tree(self, session_id: str) -> dict[str, Any] | None: ...
+
+    def tree_if_changed(self, session_id: str,
+                        version: str | None) -> tuple[str, dict[str, Any] | None]: ...
+
+
+class LocalReader:
+    """The embedded store, read through lucidic.reading as a server reads it."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+        self._reader = store.reader()
+
+    def list_sessions(self, **query: Any) -> list[dict[str, Any]]:
+        return list(self._store.list_sessions(**query))
+
+    def session_tree(self, session_id: str) -> dict[str, Any] | None:
+        tree: dict[str, Any] | None = self._reader.tree(session_id)
+        return tree
+
+    def tree_if_changed(self, session_id: str,
+                        version: str | None) -> tuple[str, dict[str, Any] | None]:
+        result: tuple[str, dict[str, Any] | None] = self._reader.tree_if_changed(
+            session_id, version)
+        return result
 
 
 def open_reader() -> Reader:
@@ -52,7 +81,26 @@ def open_reader() -> Reader:
     if not path.exists():
         raise SystemExit(f"lucidic: no embedded store at {path} yet: nothing was recorded "
                          "(set LUCIDIC_HOME to read another one)")
-    return Store(path)
+    return LocalReader(Store(path))
+
+
+#: How many candidates an ambiguous id prefix lists.
+_PREFIX_SHOWN = 5
+
+
+def resolve_session_id(reader: Reader, given: str) -> str | None:
+    """The session ``given`` names: its whole id, or the start of exactly one
+    session's id. None when nothing matches; SystemExit naming the candidates
+    when several do."""
+    matches = [s["id"] for s in reader.list_sessions(id_prefix=given, limit=_PREFIX_SHOWN + 1)]
+    if given in matches or not matches:
+        return given if matches else None
+    if len(matches) == 1:
+        return str(matches[0])
+    shown = ", ".join(matches[:_PREFIX_SHOWN]) + (", ..." if len(matches) > _PREFIX_SHOWN
+                                                  else "")
+    raise SystemExit(f"lucidic: {given!r} starts more than one session id ({shown}): "
+                     "give more of it")
 
 
 # -- output -------------------------------------------------------------------------
@@ -92,8 +140,8 @@ def _source() -> str:
 
 def _sessions_list(args: argparse.Namespace) -> int:
     sessions = open_reader().list_sessions(agent_id=args.agent, status=args.status,
-                                           limit=args.limit, offset=args.offset,
-                                           mass_sim_id=args.mass_sim)
+                                           search=args.search, limit=args.limit,
+                                           offset=args.offset, mass_sim_id=args.mass_sim)
     if args.json:
         _print_json(sessions)
     elif not sessions:
@@ -104,7 +152,12 @@ def _sessions_list(args: argparse.Namespace) -> int:
 
 
 def _sessions_show(args: argparse.Namespace) -> int:
-    tree = open_reader().session_tree(args.session_id)
+    reader = open_reader()
+    version, tree = reader.tree_if_changed(args.session_id, None)
+    if tree is None:
+        session_id = resolve_session_id(reader, args.session_id)
+        if session_id is not None:
+            version, tree = reader.tree_if_changed(session_id, None)
     if tree is None:
         print(f"lucidic: no session {args.session_id!r} in {_source()} "
               "(`lucidic sessions list` shows the recorded ones)", file=sys.stderr)
@@ -113,6 +166,36 @@ def _sessions_show(args: argparse.Namespace) -> int:
         _print_json(tree)
     else:
         _print_tree(_render.layout(tree, full=args.full))
+    if args.follow:
+        return _follow(reader, tree, version, args.interval)
+    return 0
+
+
+def _follow(reader: Reader, tree: dict[str, Any], version: str, interval: float) -> int:
+    """Print the steps and events that reach the session from now on, until it
+    ends (or Ctrl-C). The store is asked only whether anything changed, which
+    costs a few indexed lookups; the tree is read again only when it did."""
+    seen: set[str] = set()
+    _render.arrivals(tree, seen)
+    try:
+        while not tree.get("is_finished"):
+            sys.stdout.flush()
+            time.sleep(interval)
+            version, newer = reader.tree_if_changed(tree["id"], version)
+            if not version:
+                print(f"lucidic: session {tree['id']!r} is no longer in {_source()}",
+                      file=sys.stderr)
+                return 1
+            if newer is None:
+                continue
+            tree = newer
+            lines = _render.arrivals(tree, seen)
+            if lines:
+                _print_lines(lines)
+    except KeyboardInterrupt:
+        return 130
+    _print_lines([[("session ended: ", "label"), *_render.status(tree), ("  ", ""),
+                   *_render.totals(tree)]])
     return 0
 
 
@@ -196,6 +279,33 @@ def _server(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ui(args: argparse.Namespace) -> int:
+    try:
+        from .ui.app import run_ui
+    except ImportError as exc:
+        raise SystemExit("lucidic: `lucidic ui` needs the web UI's dependencies: pip install "
+                         f"'lucidic-toolkit[server]' (missing: {exc.name})") from exc
+    from .store import StoreError
+
+    url = args.db or f"sqlite:///{_config.store_path()}"
+    where = args.db or f"the embedded store at {_config.store_path()}"
+
+    def announce(page: str) -> None:
+        print(f"Lucidic UI for {where}", flush=True)
+        print(f"  {page}", flush=True)
+        print("Press Ctrl-C to stop.", flush=True)
+
+    try:
+        run_ui(url, host=args.host, port=args.port, allow_hosts=args.allow_host or (),
+               announce=announce, log_level=args.log_level)
+    except OSError as exc:
+        raise SystemExit(f"lucidic: cannot listen on {args.host}:{args.port} "
+                         f"({exc.strerror or exc}); choose another port with --port") from exc
+    except StoreError as exc:
+        raise SystemExit(f"lucidic: {exc}") from exc
+    return 0
+
+
 def _keys_create(args: argparse.Namespace) -> int:
     with closing(_open_accounts(args)) as store:
         info, key = store.create_api_key(args.project, args.label)
@@ -228,12 +338,17 @@ def _keys_list(args: argparse.Namespace) -> int:
 
 def _keys_revoke(args: argparse.Namespace) -> int:
     with closing(_open_accounts(args)) as store:
-        found = store.revoke_api_key(args.key_id)
+        ids = [k["id"] for k in store.list_api_keys() if k["id"].startswith(args.key_id)]
+        if len(ids) > 1 and args.key_id not in ids:
+            raise SystemExit(f"lucidic: {args.key_id!r} starts more than one key id "
+                             f"({', '.join(ids[:_PREFIX_SHOWN])}): give more of it")
+        key_id = args.key_id if args.key_id in ids or not ids else ids[0]
+        found = store.revoke_api_key(key_id)
     if not found:
         print(f"lucidic: no API key with id {args.key_id!r} in {_where(args)} "
               "(`lucidic keys list` shows them)", file=sys.stderr)
         return 1
-    print(f"revoked {args.key_id}: requests with it are refused from now on")
+    print(f"revoked {key_id}: requests with it are refused from now on")
     return 0
 
 
@@ -345,6 +460,22 @@ def _add_server_commands(commands: Any) -> None:
                         help="the server's log level")
     server.set_defaults(handler=_server)
 
+    ui = _add_parser(commands, "ui",
+                     help="open the sessions in a browser (needs lucidic-toolkit[server])",
+                     description="Serve the web UI over the embedded store on this machine: "
+                                 "no server, no key. Runs until Ctrl-C.")
+    ui.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (127.0.0.1: this machine only)")
+    ui.add_argument("--port", type=int, default=8766, help="port (0: any free one)")
+    ui.add_argument("--allow-host", action="append", metavar="NAME",
+                    help="another host name the UI may be reached by (it answers only its "
+                         "own address and loopback names otherwise)")
+    ui.add_argument("--db", help="read this database instead of the embedded store")
+    ui.add_argument("--log-level", default="warning",
+                    choices=["critical", "error", "warning", "info", "debug"],
+                    help="the UI server's log level")
+    ui.set_defaults(handler=_ui)
+
     keys = _add_parser(commands, "keys", help="the server's API keys",
                        description="API keys live in the server's database: give it with --db "
                                    "or LUCIDIC_DATABASE_URL, as to `lucidic server`.")
@@ -362,7 +493,8 @@ def _add_server_commands(commands: Any) -> None:
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(handler=_keys_list)
     revoke = _add_parser(keys_commands, "revoke", help="refuse a key from now on")
-    revoke.add_argument("key_id", help="the key's id, as `lucidic keys list` shows it")
+    revoke.add_argument("key_id", help="the key's id, as `lucidic keys list` shows it, or "
+                                       "the start of it")
     revoke.add_argument("--db", help=db_help)
     revoke.set_defaults(handler=_keys_revoke)
     _add_prompt_commands(commands, db_help)
@@ -400,6 +532,16 @@ def _add_prompt_commands(commands: Any, db_help: str) -> None:
     show.set_defaults(handler=_prompts_show)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
+    return value
+
+
 def _help_of(parser: argparse.ArgumentParser) -> Any:
     """A handler for a command given without its subcommand: its help."""
     def show(args: argparse.Namespace) -> int:
@@ -427,15 +569,24 @@ def build_parser() -> argparse.ArgumentParser:
     sessions_commands = sessions.add_subparsers(dest="sessions_command", metavar="COMMAND")
     listing = _add_parser(sessions_commands, "list", help="sessions, newest first")
     listing.add_argument("--agent", help="only this agent's sessions")
-    listing.add_argument("--status", choices=["running", "finished"], help="only these")
+    listing.add_argument("--status", choices=["running", "successful", "failed", "finished"],
+                         help="running, or ended as successful, failed, or finished (ended "
+                              "with no outcome)")
+    listing.add_argument("--search", metavar="TEXT",
+                         help="only sessions whose name, task, tags, steps or events (LLM "
+                              "messages, models, errors) hold TEXT, in any case")
     listing.add_argument("--mass-sim", metavar="ID",
                          help="only the sessions of this mass simulation")
-    listing.add_argument("--limit", type=int, default=50, help="at most this many")
+    listing.add_argument("--limit", type=_positive_int, default=50, help="at most this many")
     listing.add_argument("--offset", type=int, default=0, help="skip this many first")
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(handler=_sessions_list)
     show = _add_parser(sessions_commands, "show", help="a session's tree of steps and events")
-    show.add_argument("session_id", help="the session's id")
+    show.add_argument("session_id", help="the session's id, or the start of it")
+    show.add_argument("--follow", "-f", action="store_true",
+                      help="keep printing the steps and events that arrive, until the "
+                           "session ends (Ctrl-C stops)")
+    show.add_argument("--interval", type=float, default=1.0, help=argparse.SUPPRESS)
     show.add_argument("--full", action="store_true",
                       help="every field, and whole messages, untruncated")
     show.add_argument("--json", action="store_true",
@@ -452,6 +603,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "follow", False) and args.json:
+        parser.error("sessions show --follow prints text as the session grows; "
+                     "drop --json (or read the JSON once without --follow)")
     try:
         return int(args.handler(args))
     except BrokenPipeError:

@@ -39,6 +39,7 @@ __all__ = [
     "Store",
     "StoreError",
     "UnknownSessionError",
+    "WRITER_COLUMNS",
     "clean_json",
     "clean_text",
     "hash_api_key",
@@ -113,14 +114,14 @@ def hash_api_key(key: str) -> str:
 # Column lists: every column but ``id`` and ``updated_at``. The first entry of
 # each list is the guard column: an upsert may only touch a row whose guard
 # matches (a step cannot move to another session, a session to another project).
-# The sessions and steps tables as migration 1 made them (never change them:
-# migrations after 1 add columns).
-_SESSION_COLUMNS_1 = (
+# The _V1 / _1 lists are the tables as migration 1 created them (frozen: later
+# columns are added by their own migrations, never by editing these).
+_V1_SESSION_COLUMNS = (
     "project", "agent_id", "name", "task", "tags", "started_at", "ended_at",
     "is_finished", "is_successful", "is_successful_reason", "session_eval",
     "session_eval_reason",
 )
-_STEP_COLUMNS_1 = (
+_V1_STEP_COLUMNS = (
     "session_id", "parent_step_id", "state", "action", "goal", "eval_score",
     "eval_description", "screenshot", "screenshot_path", "function_name",
     "started_at", "ended_at", "is_finished", "error",
@@ -138,16 +139,21 @@ _EVENT_COLUMNS_1 = (
 #: reads in cached_tokens and priced at their own rate; and whether the
 #: token counts were estimated by Lucidic rather than reported by the API.
 _EVENT_ACCOUNTING_COLUMNS = ("cache_write_tokens", "tokens_estimated")
-#: Columns added by migration 4. ``mass_sim_id``, ``experiment_id`` and
+#: Which process wrote a step or event: its host, its pid and the agent it
+#: recorded for (migration 4). Stamped by the SDK on the record that creates
+#: the row; see lucidic._runtime.writer.
+WRITER_COLUMNS = ("writer_host", "writer_pid", "writer_agent")
+#: Columns added by migration 7. ``mass_sim_id``, ``experiment_id`` and
 #: ``rubrics`` are what the lucidicai client's initsession names (evaluations
 #: build on them); ``attributes`` keeps what a row's source said that has no
 #: column of its own (OTLP span attributes, lucidicai fields we do not model).
 _PROTOCOL_SESSION_COLUMNS = ("mass_sim_id", "experiment_id", "rubrics", "attributes")
 _PROTOCOL_STEP_COLUMNS = ("attributes",)
 _PROTOCOL_EVENT_COLUMNS = ("attributes",)
-SESSION_COLUMNS = _SESSION_COLUMNS_1 + _PROTOCOL_SESSION_COLUMNS
-STEP_COLUMNS = _STEP_COLUMNS_1 + _PROTOCOL_STEP_COLUMNS
-EVENT_COLUMNS = _EVENT_COLUMNS_1 + _EVENT_ACCOUNTING_COLUMNS + _PROTOCOL_EVENT_COLUMNS
+SESSION_COLUMNS = (*_V1_SESSION_COLUMNS, *_PROTOCOL_SESSION_COLUMNS)
+STEP_COLUMNS = (*_V1_STEP_COLUMNS, *WRITER_COLUMNS, *_PROTOCOL_STEP_COLUMNS)
+EVENT_COLUMNS = (*_EVENT_COLUMNS_1, *_EVENT_ACCOUNTING_COLUMNS, *WRITER_COLUMNS,
+                 *_PROTOCOL_EVENT_COLUMNS)
 #: Columns holding JSON documents (stored as text on both backends).
 JSON_COLUMNS = frozenset({"tags", "input", "output", "arguments", "screenshots", "rubrics",
                           "attributes"})
@@ -165,7 +171,7 @@ _TYPES = {
     "input_tokens": "BIGINT", "output_tokens": "BIGINT", "cached_tokens": "BIGINT",
     "reasoning_tokens": "BIGINT", "is_finished": "SMALLINT", "is_successful": "SMALLINT",
     "updated_at": "DOUBLE PRECISION", "cache_write_tokens": "BIGINT",
-    "tokens_estimated": "SMALLINT",
+    "tokens_estimated": "SMALLINT", "writer_pid": "BIGINT",
 }
 
 
@@ -181,8 +187,8 @@ def _create_table(table: str, columns: Sequence[str]) -> str:
 #: version reached is kept in lucidic_meta. Never edit a released entry: add one.
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, [
-        _create_table("sessions", _SESSION_COLUMNS_1),
-        _create_table("steps", _STEP_COLUMNS_1),
+        _create_table("sessions", _V1_SESSION_COLUMNS),
+        _create_table("steps", _V1_STEP_COLUMNS),
         _create_table("events", _EVENT_COLUMNS_1),
         "CREATE INDEX IF NOT EXISTS sessions_started ON sessions (project, started_at)",
         "CREATE INDEX IF NOT EXISTS sessions_agent ON sessions (project, agent_id)",
@@ -207,12 +213,38 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     # LLM accounting: cache-write tokens, and token counts marked as estimated.
     (3, [f"ALTER TABLE events ADD COLUMN {column} {_TYPES[column]}"
          for column in _EVENT_ACCOUNTING_COLUMNS]),
+    # The writer of each step and event (host, pid, agent), for the hand-over
+    # view; rows written before this migration have none.
+    (4, [
+        *(f"ALTER TABLE {table} ADD COLUMN {column} {_TYPES.get(column, 'TEXT')}"
+          for table in ("steps", "events") for column in WRITER_COLUMNS),
+    ]),
+    # Web UI sign-in: a browser trades an API key for a random token kept in
+    # an HttpOnly cookie; only the token's hash is stored, so that signing out
+    # (or revoking the key) ends it on every server replica at once.
+    (5, [
+        "CREATE TABLE IF NOT EXISTS web_sessions (\n  token_hash TEXT PRIMARY KEY,\n"
+        "  key_id TEXT NOT NULL REFERENCES api_keys (id),\n"
+        "  created_at DOUBLE PRECISION NOT NULL,\n  expires_at DOUBLE PRECISION NOT NULL\n)",
+        "CREATE INDEX IF NOT EXISTS web_sessions_key ON web_sessions (key_id)",
+    ]),
+    # Listing sessions newest first, a page at a time from a (started_at, id)
+    # cursor: walked down an index, with or without a project, never sorted;
+    # and the agents to filter by.
+    (6, [
+        "CREATE INDEX IF NOT EXISTS sessions_started_id ON sessions (started_at, id)",
+        "CREATE INDEX IF NOT EXISTS sessions_project_started_id "
+        "ON sessions (project, started_at, id)",
+        "DROP INDEX IF EXISTS sessions_started",
+        # the agents filter's choices, found without a project (lucidic ui)
+        "CREATE INDEX IF NOT EXISTS sessions_agent_id ON sessions (agent_id)",
+    ]),
     # What existing clients send (lucidicai's wire protocol and OTLP): the
     # session columns initsession names, kept attributes, mass simulations,
     # the prompt store, uploads (screenshots, large event payloads) held until
     # a signed URL delivers them, and the bookkeeping that makes OTLP ingest
     # independent of the order spans arrive in.
-    (4, [
+    (7, [
         *(f"ALTER TABLE {table} ADD COLUMN {column} TEXT"
           for table, columns in (("sessions", _PROTOCOL_SESSION_COLUMNS),
                                  ("steps", _PROTOCOL_STEP_COLUMNS),
@@ -528,6 +560,9 @@ class Store:
                                           check_same_thread=False)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
+        # Unicode-aware case-insensitive search (SQLite's own LIKE folds ASCII
+        # only); used by lucidic.reading for queries in other scripts.
+        self._conn.create_function("lucidic_contains", -1, _contains, deterministic=True)
 
     def _connect_postgresql(self, url: str) -> None:
         try:
@@ -668,11 +703,6 @@ class Store:
 
     # -- for the server's protocol modules ---------------------------------------
 
-    @property
-    def placeholder(self) -> str:
-        """The driver's parameter marker (``?`` or ``%s``)."""
-        return str(self._ph)
-
     def transaction(self, fn: Callable[[Any], T], *, write: bool = True) -> T:
         """Run ``fn(cursor)`` in one transaction, committed if it returns and
         rolled back if it raises. Driver errors become StoreError; any other
@@ -801,123 +831,83 @@ class Store:
         rows = self._query(sql, params)
         return rows[0] if rows else None
 
-    def list_sessions(self, *, project: str | None = None, agent_id: str | None = None,
-                      status: str | None = None, started_after: float | None = None,
-                      started_before: float | None = None, limit: int = 50,
-                      offset: int = 0, mass_sim_id: str | None = None) -> list[dict[str, Any]]:
-        """Sessions, newest first, with their totals."""
-        where, params = [], []
-        for clause, value in (("s.project = {}", project), ("s.agent_id = {}", agent_id),
-                              ("s.mass_sim_id = {}", mass_sim_id),
-                              ("s.started_at >= {}", started_after),
-                              ("s.started_at < {}", started_before)):
-            if value is not None:
-                where.append(clause.format(self._ph))
-                params.append(value)
-        if status == "finished":
-            where.append("s.is_finished = 1")
-        elif status == "running":
-            where.append("(s.is_finished IS NULL OR s.is_finished = 0)")
-        elif status is not None:
-            raise ValueError(f"status must be 'running' or 'finished', not {status!r}")
-        sql = ("SELECT s.* FROM sessions s"
-               + (" WHERE " + " AND ".join(where) if where else "")
-               + f" ORDER BY s.started_at DESC, s.id LIMIT {self._ph} OFFSET {self._ph}")
-        sessions = self._query(sql, [*params, int(limit), int(offset)])
-        totals = self._totals([s["id"] for s in sessions])
-        for s in sessions:
-            s.update(totals.get(s["id"], _empty_totals()))
-        return sessions
+    # The reading layer (lucidic.reading) holds every other read query; these
+    # are its most used calls, kept here for the SDK's tests and tools.
+
+    def reader(self) -> Any:
+        """This store's lucidic.reading.Reader (imported on first use, so the
+        SDK's import does not pay for it)."""
+        from .reading import Reader
+
+        return Reader(self)
+
+    def list_sessions(self, **query: Any) -> list[dict[str, Any]]:
+        """Sessions with their totals; see lucidic.reading.SessionQuery."""
+        from .reading import SessionQuery
+
+        return list(self.reader().sessions(SessionQuery(**query)).sessions)
 
     def session_summary(self, session_id: str,
                         project: str | None = None) -> dict[str, Any] | None:
-        """The session's row with its totals, without its steps and events."""
-        session = self.get_session(session_id, project)
-        if session is not None:
-            session.update(self._totals([session_id]).get(session_id, _empty_totals()))
-        return session
+        result: dict[str, Any] | None = self.reader().session(session_id, project)
+        return result
 
     def session_tree(self, session_id: str, project: str | None = None) -> dict[str, Any] | None:
-        """The session with its steps nested by parent and its events placed in
-        their steps (or at the session's top level)."""
-        session = self.get_session(session_id, project)
-        if session is None:
-            return None
-        steps = self._query(f"SELECT * FROM steps WHERE session_id = {self._ph} "
-                            "ORDER BY started_at, id", [session_id])
-        events = self._query(f"SELECT * FROM events WHERE session_id = {self._ph} "
-                             "ORDER BY started_at, id", [session_id])
-        session.update(self._totals([session_id]).get(session_id, _empty_totals()))
-        return build_tree(session, steps, events)
+        result: dict[str, Any] | None = self.reader().tree(session_id, project)
+        return result
 
     def get_step(self, step_id: str, project: str | None = None) -> dict[str, Any] | None:
-        """One step; with ``project``, only if its session is in that project."""
-        return self._get_child("steps", step_id, project)
+        result: dict[str, Any] | None = self.reader().step(step_id, project)
+        return result
 
     def get_event(self, event_id: str, project: str | None = None) -> dict[str, Any] | None:
-        """One event; with ``project``, only if its session is in that project."""
-        return self._get_child("events", event_id, project)
-
-    def _get_child(self, table: str, record_id: str, project: str | None) -> dict[str, Any] | None:
-        if project is None:
-            rows = self._query(f"SELECT * FROM {table} WHERE id = {self._ph}", [record_id])
-        else:
-            rows = self._query(
-                f"SELECT c.* FROM {table} c JOIN sessions s ON s.id = c.session_id "
-                f"WHERE c.id = {self._ph} AND s.project = {self._ph}", [record_id, project])
-        return rows[0] if rows else None
+        result: dict[str, Any] | None = self.reader().event(event_id, project)
+        return result
 
     def count(self, table: str) -> int:
         if table not in ("sessions", "steps", "events"):
             raise ValueError(table)
         return int(self._run(lambda cur: _fetch_count(cur, table), write=False))
 
-    def _totals(self, session_ids: list[str]) -> dict[str, dict[str, Any]]:
-        if not session_ids:
-            return {}
-        marks = ", ".join([self._ph] * len(session_ids))
-        totals: dict[str, dict[str, Any]] = {}
-        for row in self._query(
-                "SELECT session_id, COUNT(*) AS event_count, "
-                "COALESCE(SUM(cost), 0) AS total_cost, "
-                "COALESCE(SUM(input_tokens), 0) AS input_tokens, "
-                "COALESCE(SUM(output_tokens), 0) AS output_tokens, "
-                "COALESCE(SUM(cached_tokens), 0) AS cached_tokens, "
-                "COALESCE(SUM(cache_write_tokens), 0) AS cache_write_tokens, "
-                "COALESCE(SUM(reasoning_tokens), 0) AS reasoning_tokens, "
-                "SUM(CASE WHEN error IS NOT NULL OR type = 'error' THEN 1 ELSE 0 END) "
-                "AS error_count "
-                f"FROM events WHERE session_id IN ({marks}) GROUP BY session_id", session_ids):
-            sid = row.pop("session_id")
-            totals[sid] = {**_empty_totals(), **{k: v or 0 for k, v in row.items()}}
-        for row in self._query(
-                "SELECT session_id, COUNT(*) AS step_count, "
-                "SUM(CASE WHEN error IS NOT NULL THEN 1 ELSE 0 END) AS failed_steps "
-                f"FROM steps WHERE session_id IN ({marks}) GROUP BY session_id", session_ids):
-            sid = row.pop("session_id")
-            entry = totals.setdefault(sid, _empty_totals())
-            entry["step_count"] = int(row["step_count"])
-            entry["error_count"] += int(row["failed_steps"] or 0)
-        return totals
+    @property
+    def placeholder(self) -> str:
+        """The driver's parameter mark: ``?`` (SQLite) or ``%s`` (PostgreSQL)."""
+        return self._ph
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Run one read statement; rows as dicts, JSON columns decoded."""
+        return self._query(sql, params)
+
+    def query_many(self, statements: Sequence[tuple[str, Sequence[Any]]]
+                   ) -> list[list[dict[str, Any]]]:
+        """Several read statements in one transaction (one snapshot)."""
+        def run(cur: Any) -> list[list[dict[str, Any]]]:
+            return [_fetch_rows(cur, sql, params) for sql, params in statements]
+        result: list[list[dict[str, Any]]] = self._run(run, write=False)
+        return result
 
     def _query(self, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
-        def run(cur: Any) -> list[dict[str, Any]]:
-            cur.execute(sql, tuple(params))
-            names = [d[0] for d in cur.description]
-            return [_decode_row(dict(zip(names, row, strict=True))) for row in cur.fetchall()]
-        result: list[dict[str, Any]] = self._run(run, write=False)
+        result: list[dict[str, Any]] = self._run(lambda cur: _fetch_rows(cur, sql, params),
+                                                 write=False)
         return result
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one write statement in its own transaction; the rows it touched."""
+        def run(cur: Any) -> int:
+            cur.execute(sql, tuple(params))
+            return int(cur.rowcount)
+        return int(self._run(run, write=True))
+
+
+def _fetch_rows(cur: Any, sql: str, params: Sequence[Any]) -> list[dict[str, Any]]:
+    cur.execute(sql, tuple(params))
+    names = [d[0] for d in cur.description]
+    return [_decode_row(dict(zip(names, row, strict=True))) for row in cur.fetchall()]
 
 
 def _fetch_count(cur: Any, table: str) -> int:
     cur.execute(f"SELECT COUNT(*) FROM {table}")
     return int(cur.fetchone()[0])
-
-
-def _empty_totals() -> dict[str, Any]:
-    return {"step_count": 0, "event_count": 0, "error_count": 0, "total_cost": 0.0,
-            "input_tokens": 0, "output_tokens": 0, "cached_tokens": 0, "cache_write_tokens": 0,
-            "reasoning_tokens": 0}
 
 
 def _decode_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -938,20 +928,14 @@ def _decode_row(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def build_tree(session: dict[str, Any], steps: list[dict[str, Any]],
-               events: list[dict[str, Any]]) -> dict[str, Any]:
-    """Nest steps under their parents and events under their steps. A step
-    whose parent is unknown (not delivered yet) stays at the top level."""
-    by_id = {s["id"]: {**s, "steps": [], "events": []} for s in steps}
-    top_steps: list[dict[str, Any]] = []
-    for step in by_id.values():
-        parent = by_id.get(step["parent_step_id"]) if step["parent_step_id"] else None
-        (parent["steps"] if parent is not None else top_steps).append(step)
-    top_events: list[dict[str, Any]] = []
-    for event in events:
-        owner = by_id.get(event["step_id"]) if event["step_id"] else None
-        (owner["events"] if owner is not None else top_events).append(event)
-    return {**session, "steps": top_steps, "events": top_events}
+def _contains(needle: Any, *texts: Any) -> int:
+    """1 when any text, case-folded, contains ``needle`` (already folded)."""
+    if not needle:
+        return 0
+    for text in texts:
+        if isinstance(text, str) and needle in text.casefold():
+            return 1
+    return 0
 
 
 def _sqlite_path(url: str) -> str:

@@ -35,3 +35,61 @@ def run_python(code: str, *, home: Path, timeout: float = 60,
                              f"{result.stderr}")
     return result
 
+
+
+class FollowingCli:
+    """`lucidic sessions show ID --follow` in a child process, its output read
+    line by line as it comes (a thread drains the pipe, so the child never
+    blocks on a full one)."""
+
+    def __init__(self, home: Path, session_id: str, env: dict[str, str] | None = None) -> None:
+        import queue
+        import threading
+
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "lucidic", "sessions", "show", session_id, "--follow",
+             "--interval", "0.1"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(ROOT),
+            env=child_env(home, {"TZ": "UTC", **(env or {})}))
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._queue.put(line.rstrip("\n"))
+        self._queue.put(None)
+
+    def wait_for(self, text: str, timeout: float = 30.0) -> None:
+        """Read output until a line holding ``text`` arrives."""
+        import queue
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not any(text in line for line in self.lines):
+            try:
+                line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                line = None
+            if line is None:
+                self.proc.kill()
+                raise AssertionError(f"no line with {text!r} came; output so far:\n"
+                                     + "\n".join(self.lines) + "\n" + self.stderr())
+            self.lines.append(line)
+
+    def finish(self, timeout: float = 30.0) -> int:
+        """Wait for the command to end by itself; its exit status."""
+        try:
+            code = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise AssertionError("--follow did not end with the session; output:\n"
+                                 + "\n".join(self.lines)) from None
+        while (line := self._queue.get(timeout=timeout)) is not None:
+            self.lines.append(line)
+        return code
+
+    def stderr(self) -> str:
+        return self.proc.stderr.read() if self.proc.stderr and self.proc.poll() is not None \
+            else ""

@@ -125,7 +125,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
 SHOWN = """\
 Support bot
   session  0d9f6c1e-cli-demo
-  status   finished, failed: the tone check failed
+  status   failed: the tone check failed
   agent    agent-7
   task     answer a customer
   tags     demo, cli
@@ -236,7 +236,7 @@ def test_sessions_list_reads_each_session_with_status_and_totals(recorded, lucid
     lines = _cli(lucidic_home, "sessions", "list").stdout.splitlines()
     assert len(lines) == 2 and "another one" in lines[0] and "running" in lines[0]
     assert lines[1] == (f"{SESSION}  Support bot  agent agent-7  2026-01-01 00:00:00  "
-                        "finished, failed  (3 steps, 5 events, 4 errors  ·  5,164 → 55 tokens "
+                        "failed  (3 steps, 5 events, 4 errors  ·  5,164 → 55 tokens "
                         "(2,048 from cache, 3,072 written to cache)  ·  $0.0195)")
     listed = json.loads(_cli(lucidic_home, "sessions", "list", "--json").stdout)
     assert listed[1]["started_at_iso"] == "2026-01-01T00:00:00+00:00"

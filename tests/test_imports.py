@@ -9,7 +9,8 @@ from helpers import run_python
 
 HEAVY = ("fastapi", "starlette", "uvicorn", "psycopg", "pydantic", "requests", "wrapt",
          "openai", "anthropic", "langchain_core", "pydantic_ai", "agents", "asyncio",
-         "lucidic.server", "lucidic._http", "rich", "lucidic._render", "lucidic.cli")
+         "lucidic.server", "lucidic._http", "rich", "lucidic._render", "lucidic.cli",
+         "jinja2", "lucidic.ui", "lucidic.reading")
 
 
 def test_recording_into_the_embedded_store_imports_nothing_heavy(lucidic_home):

@@ -8,11 +8,15 @@ from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal, Optional
 from urllib.parse import urlsplit, urlunsplit
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from .. import _config
+from ..reading import MAX_LIMIT, SORTS, InvalidQueryError, Reader, SessionQuery
+from ..reading.search import MAX_QUERY_CHARS as MAX_SEARCH
 from ..store import Store
+from ..ui.pages import install as install_ui
+from ..ui.security import SecurityMiddleware
 from . import models
 from .db import StorePool
 from .problems import PROBLEM, ApiError, BodyLimit, JSONOut, install_error_handlers
@@ -134,43 +138,76 @@ def ingest(body: Annotated[bytes, Depends(_body)], request: Request, who: Auth,
 
 
 @router.get("/api/v1/sessions", tags=["read"], response_model=models.SessionPage,
-            summary="Sessions of this project, newest first, with their totals")
+            summary="Sessions of this project with their totals: filtered, searched, sorted, "
+                    "one page at a time")
 def list_sessions(
     who: Auth, db: Db,
     agent_id: Annotated[Optional[str], Query(max_length=256)] = None,  # noqa: UP045
     mass_sim_id: Annotated[Optional[str], Query(  # noqa: UP045
         max_length=256, description="only the sessions of this mass simulation")] = None,
-    status: Optional[Literal["running", "finished"]] = None,  # noqa: UP045
+    status: Annotated[Optional[Literal["running", "successful", "failed", "finished"]],  # noqa: UP045
+                      Query(description="running; or ended as successful, failed, or "
+                                        "finished (no outcome given)")] = None,
     started_after: Annotated[Optional[float],  # noqa: UP045
                              Query(allow_inf_nan=False,
                                    description="epoch seconds, inclusive")] = None,
     started_before: Annotated[Optional[float],  # noqa: UP045
                               Query(allow_inf_nan=False,
                                     description="epoch seconds, exclusive")] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0,
+    search: Annotated[Optional[str], Query(  # noqa: UP045
+        max_length=MAX_SEARCH, description="case-insensitive text found in the session's "
+        "name, task, tags, steps or events (LLM messages, models and errors included)")] = None,
+    id_prefix: Annotated[Optional[str], Query(  # noqa: UP045
+        min_length=1, max_length=256,
+        description="only sessions whose id starts with this (the CLI resolves a short id "
+                    "with it)")] = None,
+    sort: Annotated[Literal[tuple(SORTS)], Query()] = "started",  # type: ignore[valid-type]
+    order: Literal["desc", "asc"] = "desc",
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
+    cursor: Annotated[Optional[str], Query(  # noqa: UP045
+        max_length=2048, description="next_cursor of the previous page")] = None,
+    offset: Annotated[int, Query(ge=0, le=1_000_000_000, description=(
+        "rows to skip (slower on deep pages than cursor; ignored with a cursor)"))] = 0,
 ) -> JSONOut:
-    if any(value is not None and models.check_json_text(value, "filter")
-           for value in (agent_id, mass_sim_id)):
-        return JSONOut({"sessions": [], "limit": limit, "offset": offset,
-                        "next_offset": None})
-    sessions = db.list_sessions(project=who.project, agent_id=agent_id, status=status,
-                                mass_sim_id=mass_sim_id,
-                                started_after=started_after, started_before=started_before,
-                                limit=limit, offset=offset)
-    return JSONOut({"sessions": sessions, "limit": limit, "offset": offset,
-                    "next_offset": offset + len(sessions) if len(sessions) == limit
-                    else None})
+    texts = {"agent_id": agent_id, "search": search, "id_prefix": id_prefix,
+             "mass_sim_id": mass_sim_id}
+    if any(v is not None and models.check_json_text(v, k) for k, v in texts.items()):
+        return JSONOut({"sessions": [], "limit": limit, "offset": offset, "next_offset": None,
+                        "next_cursor": None, "total": 0})
+    try:
+        query = SessionQuery(project=who.project, agent_id=agent_id, status=status,
+                             started_after=started_after, started_before=started_before,
+                             search=search or None, id_prefix=id_prefix,
+                             mass_sim_id=mass_sim_id, sort=sort,
+                             descending=order == "desc", limit=limit, cursor=cursor,
+                             offset=offset)
+    except InvalidQueryError as exc:
+        raise ApiError(422, str(exc)) from exc
+    page = Reader(db).sessions(query)
+    more = page.next_cursor is not None
+    return JSONOut({"sessions": page.sessions, "limit": limit, "offset": offset,
+                    "next_offset": offset + len(page.sessions) if more and cursor is None
+                    else None,
+                    "next_cursor": page.next_cursor, "total": page.total})
 
 
 @router.get("/api/v1/sessions/{session_id:path}/tree", tags=["read"],
             response_model=models.SessionTree,
             summary="A session with its steps (nested) and events")
-def session_tree(session_id: str, who: Auth, db: Db) -> JSONOut:
-    tree = db.session_tree(session_id, who.project) if models.valid_id(session_id) else None
-    if tree is None:
+def session_tree(session_id: str, who: Auth, db: Db,
+                 if_none_match: Annotated[Optional[str], Header(  # noqa: UP045
+                     max_length=256, description="the ETag of a tree read before: "
+                     "304 while nothing of the session changed")] = None) -> Response:
+    version, tree = "", None
+    if models.valid_id(session_id):
+        seen = if_none_match.strip().strip('"') if if_none_match else None
+        version, tree = Reader(db).tree_if_changed(session_id, seen, who.project)
+    if not version:
         raise not_found("session", session_id)
-    return JSONOut(tree)
+    etag = {"ETag": f'"{version}"'}
+    if tree is None:
+        return Response(status_code=304, headers=etag)
+    return JSONOut(tree, headers=etag)
 
 
 @router.get("/api/v1/sessions/{session_id:path}/continuable", tags=["read"],
@@ -204,8 +241,7 @@ def check_continuable(row: dict[str, Any], session_id: str, agent_id: str | None
 @router.get("/api/v1/sessions/{session_id:path}", tags=["read"], response_model=models.Session,
             summary="One session with its totals")
 def get_session(session_id: str, who: Auth, db: Db) -> JSONOut:
-    row = (db.session_summary(session_id, who.project) if models.valid_id(session_id)
-           else None)
+    row = Reader(db).session(session_id, who.project) if models.valid_id(session_id) else None
     if row is None:
         raise not_found("session", session_id)
     return JSONOut(row)
@@ -214,7 +250,7 @@ def get_session(session_id: str, who: Auth, db: Db) -> JSONOut:
 @router.get("/api/v1/steps/{step_id:path}", tags=["read"], response_model=models.Step,
             summary="One step")
 def get_step(step_id: str, who: Auth, db: Db) -> JSONOut:
-    row = db.get_step(step_id, who.project) if models.valid_id(step_id) else None
+    row = Reader(db).step(step_id, who.project) if models.valid_id(step_id) else None
     if row is None:
         raise not_found("step", step_id)
     return JSONOut(row)
@@ -223,7 +259,7 @@ def get_step(step_id: str, who: Auth, db: Db) -> JSONOut:
 @router.get("/api/v1/events/{event_id:path}", tags=["read"], response_model=models.Event,
             summary="One event")
 def get_event(event_id: str, who: Auth, db: Db) -> JSONOut:
-    row = db.get_event(event_id, who.project) if models.valid_id(event_id) else None
+    row = Reader(db).event(event_id, who.project) if models.valid_id(event_id) else None
     if row is None:
         raise not_found("event", event_id)
     return JSONOut(row)
@@ -263,6 +299,8 @@ def create_app(database_url: str | None = None, *,
         lifespan=lifespan,
         default_response_class=JSONOut,
         responses=_PROBLEMS,
+        docs_url=None,   # the UI serves /docs from vendored files (no CDN)
+        redoc_url=None,
     )
     app.state.pool = pool
     app.state.uploads = uploads.UploadConfig(
@@ -273,6 +311,11 @@ def create_app(database_url: str | None = None, *,
     install_error_handlers(app)
     for routes in (router, masssims.router, lucidicai.router, uploads.router, otlp.router):
         app.include_router(routes)
+    # The web UI at / (sign-in with an API key), /docs, and the security
+    # headers every response carries; see lucidic.ui.
+    app.state.ui_signin = True
+    install_ui(app)
+    app.add_middleware(SecurityMiddleware)
     return app
 
 
@@ -308,7 +351,8 @@ def run(database_url: str | None = None, *, host: str = "127.0.0.1", port: int =
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     app = create_app(url, max_body_bytes=max_body_bytes, max_upload_bytes=max_upload_bytes,
                      upload_ttl=upload_ttl)
-    logger.info("lucidic server: database %s, listening on http://%s:%d (API docs at /docs)",
+    logger.info("lucidic server: database %s, listening on http://%s:%d (web UI at /, "
+                "API docs at /docs)",
                 redact_url(url), host, port)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False,
                 server_header=False, timeout_keep_alive=30)

@@ -82,7 +82,7 @@ def check_json_text(value: Any, path: str = "body", depth: int = 0) -> str | Non
 _FLOATS = {"started_at", "ended_at", "eval_score", "session_eval", "cost", "duration",
            "time_to_first_token"}
 _INTS = {"input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens",
-         "reasoning_tokens"}
+         "reasoning_tokens", "writer_pid"}
 _STRING_LISTS = {"tags", "screenshots"}
 _IDS = {"session_id", "parent_step_id", "step_id"}
 
@@ -403,7 +403,11 @@ class SessionPage(BaseModel):
     limit: int
     offset: int
     next_offset: Optional[int] = Field(  # noqa: UP045
-        description="the offset of the next page, or null on the last one")
+        description="the offset of the next page, or null on the last one (offset paging)")
+    next_cursor: Optional[str] = Field(  # noqa: UP045
+        None, description="pass as `cursor` for the next page; null on the last one")
+    total: Optional[int] = Field(  # noqa: UP045
+        None, description="how many sessions match; null when searching")
 
 
 class Continuable(BaseModel):

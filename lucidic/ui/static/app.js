@@ -1,0 +1,185 @@
+// Lucidic web UI: the little that needs a script. Pages are rendered by the
+// server and updated by htmx; this file localises times, and makes the
+// session tree a keyboard-usable tree (collapse, expand, select) whose state
+// survives the live updates that replace its rows.
+(function () {
+  "use strict";
+
+  // -- times in the reader's own zone ------------------------------------------------
+  var timeFormat = new Intl.DateTimeFormat(undefined, {
+    year: "numeric", month: "short", day: "numeric",
+    hour: "2-digit", minute: "2-digit", second: "2-digit"
+  });
+
+  function localiseTimes(root) {
+    var times = (root || document).querySelectorAll("time[datetime]");
+    for (var i = 0; i < times.length; i++) {
+      var el = times[i];
+      if (el.dataset.localised) continue;
+      var when = new Date(el.getAttribute("datetime"));
+      if (isNaN(when.getTime())) continue;
+      el.title = el.textContent;  // the UTC text stays as the tooltip
+      el.textContent = timeFormat.format(when);
+      el.dataset.localised = "1";
+    }
+  }
+
+  // -- the session tree ---------------------------------------------------------------
+  var collapsed = new Set();
+  var selectedKey = null;
+
+  function tree() { return document.getElementById("tree"); }
+  function rows() {
+    var t = tree();
+    return t ? Array.prototype.slice.call(t.querySelectorAll(".node")) : [];
+  }
+  function depth(row) { return parseInt(row.dataset.depth || "0", 10); }
+  function visibleRows() { return rows().filter(function (r) { return !r.hidden; }); }
+
+  function applyTreeState() {
+    var all = rows();
+    var cut = Infinity;
+    var focusable = null;
+    all.forEach(function (row) {
+      var d = depth(row);
+      if (row.hasAttribute("aria-expanded")) {
+        row.setAttribute("aria-expanded", collapsed.has(row.dataset.key) ? "false" : "true");
+      }
+      if (d <= cut) cut = Infinity;
+      row.hidden = d > cut;
+      if (!row.hidden && row.getAttribute("aria-expanded") === "false") cut = d;
+      var selected = row.dataset.key === selectedKey;
+      row.setAttribute("aria-selected", selected ? "true" : "false");
+      if (selected && !row.hidden) focusable = row;
+      row.tabIndex = -1;
+    });
+    if (!focusable) focusable = all.filter(function (r) { return !r.hidden; })[0];
+    if (focusable) focusable.tabIndex = 0;
+  }
+
+  function focusRow(row) {
+    if (!row) return;
+    rows().forEach(function (r) { r.tabIndex = -1; });
+    row.tabIndex = 0;
+    row.focus();
+  }
+
+  function setCollapsed(row, value) {
+    if (!row || !row.hasAttribute("aria-expanded")) return;
+    if (value) collapsed.add(row.dataset.key); else collapsed.delete(row.dataset.key);
+    applyTreeState();
+  }
+
+  function select(row) {
+    if (!row) return;
+    selectedKey = row.dataset.key;
+    applyTreeState();
+    var link = row.querySelector("a.label");
+    if (link && window.htmx) {
+      window.htmx.ajax("GET", link.getAttribute("href"), { target: "#detail", swap: "innerHTML" });
+    } else if (link) {
+      window.location.href = link.getAttribute("href");
+    }
+  }
+
+  function parentOf(row) {
+    var d = depth(row);
+    var all = rows();
+    for (var i = all.indexOf(row) - 1; i >= 0; i--) {
+      if (depth(all[i]) < d) return all[i];
+    }
+    return null;
+  }
+
+  function onTreeKey(event) {
+    var row = event.target.closest && event.target.closest(".node");
+    if (!row) return;
+    var shown = visibleRows();
+    var at = shown.indexOf(row);
+    var expanded = row.getAttribute("aria-expanded");
+    switch (event.key) {
+      case "ArrowDown": focusRow(shown[at + 1]); break;
+      case "ArrowUp": focusRow(shown[at - 1]); break;
+      case "Home": focusRow(shown[0]); break;
+      case "End": focusRow(shown[shown.length - 1]); break;
+      case "ArrowRight":
+        if (expanded === "false") setCollapsed(row, false);
+        else if (expanded === "true") focusRow(shown[at + 1]);
+        break;
+      case "ArrowLeft":
+        if (expanded === "true") setCollapsed(row, true);
+        else focusRow(parentOf(row));
+        break;
+      case "Enter": case " ": select(row); break;
+      default: return;
+    }
+    event.preventDefault();
+  }
+
+  function onTreeClick(event) {
+    var row = event.target.closest && event.target.closest(".node");
+    if (!row) return;
+    // The row's link is for readers without script: here the tree loads the
+    // details itself, once.
+    event.preventDefault();
+    event.stopPropagation();
+    if (event.target.closest(".twisty")) {
+      setCollapsed(row, row.getAttribute("aria-expanded") === "true");
+      focusRow(row);
+      return;
+    }
+    focusRow(row);
+    select(row);
+  }
+
+  function onTreeAction(event) {
+    var button = event.target.closest && event.target.closest("[data-tree-action]");
+    if (!button) return;
+    var collapse = button.dataset.treeAction === "collapse";
+    rows().forEach(function (row) {
+      if (!row.hasAttribute("aria-expanded")) return;
+      if (collapse) collapsed.add(row.dataset.key); else collapsed.delete(row.dataset.key);
+    });
+    applyTreeState();
+  }
+
+  // -- wiring ------------------------------------------------------------------------
+  var focusedKey = null;
+
+  document.addEventListener("DOMContentLoaded", function () {
+    localiseTimes(document);
+    var t = tree();
+    if (t) {
+      // Links inside rows are not tab stops: the tree is one, moved with arrows.
+      t.addEventListener("keydown", onTreeKey);
+      t.addEventListener("click", onTreeClick, true);
+      applyTreeState();
+    }
+    document.addEventListener("click", onTreeAction);
+  });
+
+  document.addEventListener("htmx:configRequest", function (event) {
+    // The live poll of a session asks for as many tree rows as are loaded.
+    if (event.detail.elt && event.detail.elt.id === "session-live") {
+      event.detail.parameters.loaded = rows().length;
+    }
+  });
+
+  document.addEventListener("htmx:beforeSwap", function () {
+    var active = document.activeElement;
+    var row = active && active.closest && active.closest(".node");
+    focusedKey = row ? row.dataset.key : null;
+  });
+
+  document.addEventListener("htmx:afterSettle", function (event) {
+    localiseTimes(event.target && event.target.querySelectorAll ? event.target : document);
+    localiseTimes(document);
+    if (tree()) {
+      applyTreeState();
+      if (focusedKey) {
+        var again = rows().filter(function (r) { return r.dataset.key === focusedKey; })[0];
+        if (again && document.activeElement === document.body) focusRow(again);
+      }
+    }
+  });
+})();

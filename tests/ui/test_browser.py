@@ -1,0 +1,238 @@
+"""The web UI in a real browser (Debian's chromium, driven by Playwright),
+over sessions recorded by real SDK processes: the list, search, a session's
+tree from the keyboard, an LLM call's details, live updates from other
+processes, escaping, no request beyond the page's origin, and the server's
+sign-in keeping projects apart."""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import urlsplit
+
+import pytest
+from conftest import llm_cassette
+from playwright.sync_api import expect
+from server_support import make_key
+
+pytestmark = pytest.mark.timeout(240)
+
+LIVE = 15_000  # ms: pages poll every 2 s; generous on a loaded machine
+
+
+def _only_own_origin(page, origin: str) -> None:
+    foreign = [u for u in page.requests
+               if not u.startswith(("data:", "about:")) and
+               f"{urlsplit(u).scheme}://{urlsplit(u).netloc}" != origin]
+    assert foreign == [], foreign
+    assert page.problems == [], page.problems  # no script error, no CSP violation
+
+
+def test_list_search_open_a_session_and_an_llm_calls_details(ui, agent, page) -> None:
+    trip = agent("trip", str(llm_cassette()))
+    agent("handover", trip)
+    agent("new", "你好世界 greeting", "说你好 to the user")
+    agent("new", "Quarterly report")
+    p = page.page
+    p.goto(ui.url + "/")
+
+    table = p.get_by_role("table")
+    headers = table.get_by_role("columnheader")
+    assert headers.all_inner_texts()[:4] == ["SESSION", "STATUS", "AGENT", "STARTED"]
+    assert headers.nth(3).get_attribute("aria-sort") == "descending"
+    rows = table.locator("tbody tr")
+    assert rows.count() == 3
+    trip_row = rows.filter(has_text="Plan a weekend in Kyoto")
+    assert trip_row.locator(".status").inner_text() == "successful"
+    assert re.fullmatch(r"\$0\.0\d+", trip_row.locator("td").last.inner_text())
+
+    search = p.get_by_label("Search")
+    search.fill("你好")
+    expect(rows).to_have_count(1)
+    assert "你好世界 greeting" in rows.first.inner_text()
+    assert "q=%E4%BD%A0%E5%A5%BD" in p.url  # the search is in the address, to share
+    search.fill("GPT-3.5")  # the model of the replayed call, in another case
+    expect(rows.first).to_contain_text("Kyoto")
+    assert rows.count() == 1
+
+    rows.first.get_by_role("link").click()
+    p.wait_for_url(re.compile(r"/sessions/"))
+    assert p.get_by_role("heading", level=1).inner_text() == "Plan a weekend in Kyoto 京都"
+    tree = p.get_by_role("tree")
+    items = tree.get_by_role("treeitem")
+    assert items.count() == 9  # 4 steps, 5 events
+    assert p.locator(".writer-card").count() == 2  # two processes wrote it
+    assert p.locator(".handover").count() == 1
+
+    llm = items.filter(has=p.locator(".kind", has_text="llm"))
+    llm.click()
+    detail = p.locator("#detail")
+    detail.get_by_role("heading", name=re.compile("openai")).wait_for()
+    facts = detail.locator(".facts").text_content() or ""
+    assert "Requested model" in facts and "gpt-3.5-turbo" in facts and "Input tokens" in facts
+    conversation = detail.locator(".conversation")
+    assert conversation.first.locator(".msg-role").first.inner_text().lower() == "user"
+    assert conversation.nth(1).locator(".msg").count() >= 1
+    _only_own_origin(page, ui.url)
+
+
+def test_the_tree_works_from_the_keyboard(ui, agent, page) -> None:
+    trip = agent("trip", str(llm_cassette()))
+    p = page.page
+    p.goto(f"{ui.url}/sessions/{trip}")
+    items = p.locator("#tree .node")  # by position, hidden ones included
+    first = items.first
+    first.focus()
+    assert first.get_attribute("aria-expanded") == "true"
+    p.keyboard.press("ArrowLeft")  # collapse the first step
+    assert first.get_attribute("aria-expanded") == "false"
+    assert items.nth(1).is_hidden()
+    p.keyboard.press("ArrowRight")
+    assert items.nth(1).is_visible()
+    p.keyboard.press("ArrowDown")
+    assert p.evaluate("document.activeElement.getAttribute('aria-level')") == "2"
+    p.keyboard.press("Enter")
+    p.locator("#detail .record").wait_for()
+    assert items.nth(1).get_attribute("aria-selected") == "true"
+    p.keyboard.press("ArrowLeft")  # to the parent step
+    assert p.evaluate("document.activeElement.getAttribute('aria-level')") == "1"
+    p.get_by_role("button", name="Collapse all").click()
+    assert items.filter(has=p.locator(".kind", has_text="llm")).is_hidden()
+    assert p.get_by_role("treeitem").count() == 3  # the three top-level steps
+
+
+def test_pages_follow_other_processes_writing_the_store(ui, agent, page) -> None:
+    p = page.page
+    p.goto(ui.url + "/")
+    assert "No sessions recorded yet" in p.locator("#sessions").inner_text()
+
+    running = agent("trip")  # started by another process: appears in the open list
+    p.locator(f'a[href="/sessions/{running}"]').wait_for(timeout=LIVE)
+    row = p.locator("tbody tr").filter(has_text="Kyoto")
+    assert row.locator(".status").inner_text() == "running"
+
+    p.goto(f"{ui.url}/sessions/{running}")
+    before = p.get_by_role("treeitem").count()
+    agent("step", running, "Compare ryokan prices")  # another process adds a step
+    p.get_by_role("treeitem").filter(has_text="Compare ryokan prices").first.wait_for(timeout=LIVE)
+    assert p.get_by_role("treeitem").count() == before + 2
+    assert p.locator(".writer-card").count() == 2
+
+    agent("end", running)  # and ends it: the status changes in place
+    p.locator("#session-head .status-successful").wait_for(timeout=LIVE)
+    p.go_back()
+    p.locator("tbody tr .status-successful").wait_for(timeout=LIVE)
+    _only_own_origin(page, ui.url)
+
+
+def test_markup_in_recorded_text_shows_as_text(ui, agent, page) -> None:
+    sid = agent("html")
+    p = page.page
+    dialogs: list[str] = []
+    p.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    p.goto(ui.url + "/")
+    link = p.locator(f'a[href="/sessions/{sid}"]')
+    assert link.inner_text() == "<script>alert('name')</script><b>bold?</b>"
+    assert p.locator("td b").count() == 0
+    link.click()
+    p.get_by_role("treeitem").last.click()
+    p.locator("#detail .record").wait_for()
+    assert "<script>document.title='pwned'</script>" in p.locator("#detail").inner_text()
+    assert p.title() != "pwned" and dialogs == []
+    assert p.locator("#detail h1").count() == 0
+    _only_own_origin(page, ui.url)
+
+
+def test_a_session_of_ten_thousand_events_opens_with_a_window_of_its_tree(
+        ui, agent, page) -> None:
+    sid = agent("big", "10000")
+    p = page.page
+    p.goto(f"{ui.url}/sessions/{sid}")
+    assert "100 steps · 10,000 events" in p.locator("#tree-count").inner_text()
+    shown = p.get_by_role("treeitem").count()
+    assert 0 < shown <= 300  # a window, not ten thousand rows
+    p.locator("#tree .more").scroll_into_view_if_needed()
+    expect(p.get_by_role("treeitem")).to_have_count(min(shown + 300, 10_100))
+    p.get_by_role("treeitem").nth(5).click()
+    p.locator("#detail .record").wait_for()  # details load on demand
+    _only_own_origin(page, ui.url)
+
+
+def test_dashboard_shows_charts_and_their_numbers(ui, agent, page) -> None:
+    agent("handover", agent("trip", str(llm_cassette())))  # successful
+    agent("failing", check=False)                          # failed
+    p = page.page
+    p.goto(ui.url + "/dashboard")
+    assert p.locator("svg.chart-svg").count() == 3
+    models = p.get_by_role("table").filter(has_text="Latency p50")
+    assert "gpt-3.5-turbo" in models.inner_text()
+    assert "50.0%" in p.locator(".kpi").filter(has_text="Sessions failed").inner_text()
+    _only_own_origin(page, ui.url)
+
+
+def test_signing_in_with_one_projects_key_shows_nothing_of_anothers(
+        db_url, start_server, agent, browser) -> None:
+    from conftest import Page
+
+    server = start_server(db_url)
+    keys = {name: make_key(db_url, name) for name in ("alpha", "beta")}
+    for name, key in keys.items():
+        agent("new", f"{name} session",
+              env={"LUCIDIC_BASE_URL": server.url, "LUCIDIC_API_KEY": key})
+    for name, other in (("alpha", "beta"), ("beta", "alpha")):
+        opened = Page(browser)
+        try:
+            p = opened.page
+            p.goto(server.url + "/")
+            assert urlsplit(p.url).path == "/sign-in"
+            assert "session" not in p.locator("main").inner_text().replace("sessions", "")
+            p.get_by_label("API key").fill(keys[name])
+            p.get_by_role("button", name="Sign in").click()
+            p.wait_for_url(server.url + "/")
+            text = p.locator("main").inner_text()
+            assert f"{name} session" in text and f"{other} session" not in text
+            assert keys[name] not in p.content() and keys[name] not in p.url
+            cookies = opened.context.cookies()
+            assert [(c["httpOnly"], c["sameSite"]) for c in cookies] == [(True, "Strict")]
+            assert p.evaluate("document.cookie") == ""  # not readable by any script
+            p.get_by_role("button", name="Sign out").click()
+            p.wait_for_url(re.compile("/sign-in"))
+            p.goto(server.url + "/")
+            assert urlsplit(p.url).path == "/sign-in"
+            _only_own_origin(opened, server.url)
+        finally:
+            opened.close()
+
+
+def test_api_docs_render_offline(sqlite_url, start_server, page) -> None:
+    server = start_server(sqlite_url)
+    p = page.page
+    p.goto(server.url + "/docs")
+    p.get_by_text("/api/v1/sessions").first.wait_for()
+    _only_own_origin(page, server.url)
+
+
+def test_a_page_on_one_replica_follows_writes_through_another(
+        db_url, start_server, agent, browser) -> None:
+    """Two servers on one database: what arrives through one shows on a page
+    served by the other, so the change comes from the database."""
+    from conftest import Page
+
+    reading, writing = start_server(db_url), start_server(db_url)
+    key = make_key(db_url, "shared")
+    opened = Page(browser)
+    try:
+        p = opened.page
+        p.goto(reading.url + "/sign-in")
+        p.get_by_label("API key").fill(key)
+        p.get_by_role("button", name="Sign in").click()
+        p.wait_for_url(reading.url + "/")
+        env = {"LUCIDIC_BASE_URL": writing.url, "LUCIDIC_API_KEY": key}
+        sid = agent("trip", env=env)
+        p.locator(f'a[href="/sessions/{sid}"]').wait_for(timeout=LIVE)
+        p.goto(f"{reading.url}/sessions/{sid}")
+        agent("step", sid, "Written through the other replica", env=env)
+        p.get_by_role("treeitem").filter(
+            has_text="Written through the other replica").first.wait_for(timeout=LIVE)
+        _only_own_origin(opened, reading.url)
+    finally:
+        opened.close()
