@@ -61,10 +61,11 @@ def child_env(home: Path, extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
-def start_server(db_url: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(db_url: str, workdir: Path,
+                 port: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
     import requests
 
-    port = free_port()
+    port = port or free_port()
     log = open(workdir / f"server-{port}.log", "wb")  # noqa: SIM115 - lives with the server
     proc = subprocess.Popen([sys.executable, "-m", "lucidic", "server", "--db", db_url,
                              "--port", str(port), "--log-level", "warning"],

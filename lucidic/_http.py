@@ -300,10 +300,12 @@ class HttpReader:
 
     def list_sessions(self, *, agent_id: str | None = None, status: str | None = None,
                       search: str | None = None, id_prefix: str | None = None,
-                      limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+                      limit: int = 50, offset: int = 0,
+                      mass_sim_id: str | None = None) -> list[dict[str, Any]]:
         # The server hands out at most 500 a page: follow its cursor for more.
         params: dict[str, Any] = {"agent_id": agent_id, "status": status, "search": search,
-                                  "id_prefix": id_prefix, "offset": offset or None}
+                                  "id_prefix": id_prefix, "offset": offset or None,
+                                  "mass_sim_id": mass_sim_id}
         sessions: list[dict[str, Any]] = []
         while len(sessions) < limit:
             params["limit"] = min(500, limit - len(sessions))

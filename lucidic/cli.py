@@ -1,18 +1,23 @@
 """The `lucidic` command: read what was recorded.
 
     lucidic sessions list [--agent ID] [--status running|successful|failed|finished]
-                          [--search TEXT] [--limit N] [--json]
+                          [--search TEXT] [--mass-sim ID] [--limit N] [--json]
     lucidic sessions show SESSION_ID [--full] [--json]
     lucidic providers [--json]
     lucidic ui [--host H] [--port P] [--allow-host NAME] [--db URL]
-    lucidic server [--db URL] [--host H] [--port P] [--max-body-mb N]
+    lucidic server [--db URL] [--host H] [--port P] [--max-body-mb N] [--max-upload-mb N]
+                   [--upload-ttl SECONDS]
     lucidic keys create --project NAME [--label TEXT] [--db URL]
     lucidic keys list [--project NAME] [--db URL] [--json]
     lucidic keys revoke KEY_ID [--db URL]
+    lucidic prompts set NAME FILE --project P [--label LABEL] [--db URL]
+    lucidic prompts list [--project P] [--db URL] [--json]
+    lucidic prompts show NAME --project P [--label L | --version N] [--db URL] [--json]
 
 Sessions are read from the embedded store (LUCIDIC_HOME), or from the server
 at LUCIDIC_BASE_URL when that is set. ``server`` and ``keys`` work on the
-database given by --db (``sqlite:///path`` or ``postgresql://...``), else
+database given by --db (``sqlite:///path`` or ``postgresql://...``), and so
+do ``prompts``, else
 LUCIDIC_DATABASE_URL, else the embedded store's file. How sessions are shown
 is ``_render``'s.
 """
@@ -34,7 +39,8 @@ class Reader(Protocol):
 
     def list_sessions(self, *, agent_id: str | None = None, status: str | None = None,
                       search: str | None = None, id_prefix: str | None = None,
-                      limit: int = 50, offset: int = 0) -> list[dict[str, Any]]: ...
+                      limit: int = 50, offset: int = 0,
+                      mass_sim_id: str | None = None) -> list[dict[str, Any]]: ...
 
     def session_tree(self, session_id: str) -> dict[str, Any] | None: ...
 
@@ -135,7 +141,7 @@ def _source() -> str:
 def _sessions_list(args: argparse.Namespace) -> int:
     sessions = open_reader().list_sessions(agent_id=args.agent, status=args.status,
                                            search=args.search, limit=args.limit,
-                                           offset=args.offset)
+                                           offset=args.offset, mass_sim_id=args.mass_sim)
     if args.json:
         _print_json(sessions)
     elif not sessions:
@@ -265,7 +271,9 @@ def _server(args: argparse.Namespace) -> int:
 
     try:
         run(_database_url(args), host=args.host, port=args.port,
-            max_body_bytes=int(args.max_body_mb * 1024 * 1024), log_level=args.log_level)
+            max_body_bytes=int(args.max_body_mb * 1024 * 1024), log_level=args.log_level,
+            max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+            upload_ttl=args.upload_ttl)
     except StoreError as exc:
         raise SystemExit(f"lucidic: {exc}") from exc
     return 0
@@ -344,6 +352,64 @@ def _keys_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prompts_set(args: argparse.Namespace) -> int:
+    from .errors import InvalidOperationError
+    from .prompts import set_prompt
+
+    try:
+        with open(args.file, encoding="utf-8") as f:
+            content = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SystemExit(f"lucidic: cannot read {args.file}: {exc}") from exc
+    with closing(_open_accounts(args)) as store:
+        try:
+            info = set_prompt(store, args.project, args.name, content, args.label or [])
+        except InvalidOperationError as exc:
+            raise SystemExit(f"lucidic: {exc}") from exc
+    print(f"prompt {info['name']!r} version {info['version']} in project {info['project']}, "
+          f"labels: {', '.join(info['labels'])}")
+    return 0
+
+
+def _prompts_list(args: argparse.Namespace) -> int:
+    from .prompts import list_prompts
+
+    with closing(_open_accounts(args)) as store:
+        prompts = list_prompts(store, args.project)
+    if args.json:
+        _print_json(prompts)
+        return 0
+    if not prompts:
+        print(f"no prompts in {_where(args)}; keep one with `lucidic prompts set NAME FILE "
+              "--project P --label production`")
+    for prompt in prompts:
+        labels = ", ".join(f"{label}→v{version}" for label, version in prompt["labels"].items())
+        print(f"{prompt['project']}  {prompt['name']}  latest v{prompt['latest_version']}  "
+              f"updated {_render.when(prompt['updated_at'])}"
+              + (f"  {labels}" if labels else ""))
+    return 0
+
+
+def _prompts_show(args: argparse.Namespace) -> int:
+    from .prompts import get_prompt
+
+    with closing(_open_accounts(args)) as store:
+        prompt = get_prompt(store, args.project, args.name, args.label, args.version)
+    if prompt is None:
+        which = (f"version {args.version}" if args.version is not None
+                 else f"label {args.label or 'latest'!r}")
+        print(f"lucidic: no prompt {args.name!r} with {which} in project {args.project!r} "
+              f"in {_where(args)}", file=sys.stderr)
+        return 1
+    if args.json:
+        _print_json(prompt)
+        return 0
+    print(f"# {prompt['name']} v{prompt['version']} ({', '.join(prompt['labels'])}), "
+          f"{_render.when(prompt['created_at'])}")
+    print(prompt["content"])
+    return 0
+
+
 # -- the parser ---------------------------------------------------------------------
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -384,6 +450,11 @@ def _add_server_commands(commands: Any) -> None:
     server.add_argument("--port", type=int, default=8765, help="port to listen on")
     server.add_argument("--max-body-mb", type=float, default=32.0,
                         help="largest request body accepted, in MiB")
+    server.add_argument("--max-upload-mb", type=float, default=10.0,
+                        help="largest screenshot or event payload uploaded to a signed URL, "
+                             "in MiB")
+    server.add_argument("--upload-ttl", type=float, default=900.0, metavar="SECONDS",
+                        help="how long a signed upload URL stays valid")
     server.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"],
                         help="the server's log level")
@@ -426,6 +497,39 @@ def _add_server_commands(commands: Any) -> None:
                                        "the start of it")
     revoke.add_argument("--db", help=db_help)
     revoke.set_defaults(handler=_keys_revoke)
+    _add_prompt_commands(commands, db_help)
+
+
+def _add_prompt_commands(commands: Any, db_help: str) -> None:
+    prompts = _add_parser(commands, "prompts", help="the prompt store (lai.get_prompt)",
+                          description="Prompts live in the server's database: give it with "
+                                      "--db or LUCIDIC_DATABASE_URL, as to `lucidic server`.")
+    prompt_commands = prompts.add_subparsers(dest="prompts_command", metavar="COMMAND")
+    prompts.set_defaults(handler=_help_of(prompts))
+    setting = _add_parser(prompt_commands, "set", help="keep FILE as the next version of NAME")
+    setting.add_argument("name", help="the prompt's name")
+    setting.add_argument("file", help="a UTF-8 text file: the prompt, {{variables}} and all")
+    setting.add_argument("--project", required=True, help="the project the prompt is for")
+    setting.add_argument("--label", action="append", metavar="LABEL",
+                         help="point LABEL (production, staging, ...) at the new version; "
+                              "repeatable")
+    setting.add_argument("--db", help=db_help)
+    setting.set_defaults(handler=_prompts_set)
+    listing = _add_parser(prompt_commands, "list", help="prompts, their versions and labels")
+    listing.add_argument("--project", help="only this project's prompts")
+    listing.add_argument("--db", help=db_help)
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.set_defaults(handler=_prompts_list)
+    show = _add_parser(prompt_commands, "show", help="a prompt's content (the newest version, "
+                                                     "or --label / --version)")
+    show.add_argument("name", help="the prompt's name")
+    show.add_argument("--project", required=True, help="the project the prompt is for")
+    which = show.add_mutually_exclusive_group()
+    which.add_argument("--label", help="the version this label points at")
+    which.add_argument("--version", type=int, help="this version")
+    show.add_argument("--db", help=db_help)
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(handler=_prompts_show)
 
 
 def _positive_int(text: str) -> int:
@@ -471,6 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--search", metavar="TEXT",
                          help="only sessions whose name, task, tags, steps or events (LLM "
                               "messages, models, errors) hold TEXT, in any case")
+    listing.add_argument("--mass-sim", metavar="ID",
+                         help="only the sessions of this mass simulation")
     listing.add_argument("--limit", type=_positive_int, default=50, help="at most this many")
     listing.add_argument("--offset", type=int, default=0, help="skip this many first")
     listing.add_argument("--json", action="store_true", help="print JSON")

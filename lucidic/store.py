@@ -27,9 +27,9 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
     "EVENT_COLUMNS",
@@ -47,6 +47,7 @@ __all__ = [
 
 #: (kind, id, ts, fields) — the unit that flows from the hot path to a store.
 Record = tuple[str, str, float, dict[str, Any]]
+T = TypeVar("T")
 
 
 class StoreError(Exception):
@@ -74,6 +75,19 @@ def _is_transient(exc: BaseException) -> bool:
         return any(c.__name__ in ("OperationalError", "InterfaceError")
                    for c in type(exc).__mro__)
     return True  # unknown: retrying loses nothing
+
+
+class _PassthroughError(Exception):
+    """Carries a caller's own exception out of a transaction, unwrapped."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _is_driver_error(exc: BaseException) -> bool:
+    return (isinstance(exc, (sqlite3.Error, StoreError, ValueError, TypeError, OverflowError))
+            or type(exc).__module__.startswith("psycopg"))
 
 
 class UnknownSessionError(StoreError):
@@ -129,11 +143,24 @@ _EVENT_ACCOUNTING_COLUMNS = ("cache_write_tokens", "tokens_estimated")
 #: recorded for (migration 4). Stamped by the SDK on the record that creates
 #: the row; see lucidic._runtime.writer.
 WRITER_COLUMNS = ("writer_host", "writer_pid", "writer_agent")
-SESSION_COLUMNS = _V1_SESSION_COLUMNS
-STEP_COLUMNS = (*_V1_STEP_COLUMNS, *WRITER_COLUMNS)
-EVENT_COLUMNS = (*_EVENT_COLUMNS_1, *_EVENT_ACCOUNTING_COLUMNS, *WRITER_COLUMNS)
+#: Columns added by migration 7. ``mass_sim_id``, ``experiment_id`` and
+#: ``rubrics`` are what the lucidicai client's initsession names (evaluations
+#: build on them); ``attributes`` keeps what a row's source said that has no
+#: column of its own (OTLP span attributes, lucidicai fields we do not model).
+_PROTOCOL_SESSION_COLUMNS = ("mass_sim_id", "experiment_id", "rubrics", "attributes")
+_PROTOCOL_STEP_COLUMNS = ("attributes",)
+_PROTOCOL_EVENT_COLUMNS = ("attributes",)
+SESSION_COLUMNS = (*_V1_SESSION_COLUMNS, *_PROTOCOL_SESSION_COLUMNS)
+STEP_COLUMNS = (*_V1_STEP_COLUMNS, *WRITER_COLUMNS, *_PROTOCOL_STEP_COLUMNS)
+EVENT_COLUMNS = (*_EVENT_COLUMNS_1, *_EVENT_ACCOUNTING_COLUMNS, *WRITER_COLUMNS,
+                 *_PROTOCOL_EVENT_COLUMNS)
+#: A screenshot the server keeps (uploaded by lucidicai to a signed URL) is
+#: referenced from a step's ``screenshot`` or an event's ``screenshots`` by this
+#: path and its object key; GET on it serves the image (see lucidic.server.uploads).
+SCREENSHOT_PATH = "/api/v1/screenshots/"
 #: Columns holding JSON documents (stored as text on both backends).
-JSON_COLUMNS = frozenset({"tags", "input", "output", "arguments", "screenshots"})
+JSON_COLUMNS = frozenset({"tags", "input", "output", "arguments", "screenshots", "rubrics",
+                          "attributes"})
 BOOL_COLUMNS = frozenset({"is_finished", "is_successful", "tokens_estimated"})
 
 _TABLES = {"session": ("sessions", SESSION_COLUMNS), "step": ("steps", STEP_COLUMNS),
@@ -216,6 +243,47 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         # the agents filter's choices, found without a project (lucidic ui)
         "CREATE INDEX IF NOT EXISTS sessions_agent_id ON sessions (agent_id)",
     ]),
+    # What existing clients send (lucidicai's wire protocol and OTLP): the
+    # session columns initsession names, kept attributes, mass simulations,
+    # the prompt store, uploads (screenshots, large event payloads) held until
+    # a signed URL delivers them, and the bookkeeping that makes OTLP ingest
+    # independent of the order spans arrive in.
+    (7, [
+        *(f"ALTER TABLE {table} ADD COLUMN {column} TEXT"
+          for table, columns in (("sessions", _PROTOCOL_SESSION_COLUMNS),
+                                 ("steps", _PROTOCOL_STEP_COLUMNS),
+                                 ("events", _PROTOCOL_EVENT_COLUMNS))
+          for column in columns),
+        "CREATE INDEX IF NOT EXISTS sessions_mass_sim ON sessions (project, mass_sim_id)",
+        "CREATE INDEX IF NOT EXISTS sessions_experiment ON sessions (project, experiment_id)",
+        "CREATE TABLE IF NOT EXISTS mass_sims (\n  id TEXT PRIMARY KEY,\n"
+        "  project TEXT NOT NULL,\n  name TEXT,\n  task TEXT,\n  tags TEXT,\n"
+        "  total_num_sims BIGINT,\n  agent_id TEXT,\n"
+        "  created_at DOUBLE PRECISION NOT NULL\n)",
+        "CREATE INDEX IF NOT EXISTS mass_sims_project ON mass_sims (project, created_at)",
+        "CREATE TABLE IF NOT EXISTS prompts (\n  project TEXT NOT NULL,\n  name TEXT NOT NULL,\n"
+        "  version BIGINT NOT NULL,\n  content TEXT NOT NULL,\n"
+        "  created_at DOUBLE PRECISION NOT NULL,\n  PRIMARY KEY (project, name, version)\n)",
+        "CREATE TABLE IF NOT EXISTS prompt_labels (\n  project TEXT NOT NULL,\n"
+        "  name TEXT NOT NULL,\n  label TEXT NOT NULL,\n  version BIGINT NOT NULL,\n"
+        "  updated_at DOUBLE PRECISION NOT NULL,\n  PRIMARY KEY (project, name, label)\n)",
+        # BYTEA: PostgreSQL's bytes; SQLite stores the bytes as a BLOB under any type name.
+        "CREATE TABLE IF NOT EXISTS uploads (\n  id TEXT PRIMARY KEY,\n"
+        "  project TEXT NOT NULL,\n  purpose TEXT NOT NULL,\n  session_id TEXT,\n"
+        "  step_id TEXT,\n  event_id TEXT,\n  nth BIGINT,\n"
+        "  created_at DOUBLE PRECISION NOT NULL,\n  expires_at DOUBLE PRECISION NOT NULL,\n"
+        "  uploaded_at DOUBLE PRECISION,\n  content_type TEXT,\n  size BIGINT,\n"
+        "  data BYTEA\n)",
+        "CREATE INDEX IF NOT EXISTS uploads_step ON uploads (step_id)",
+        "CREATE INDEX IF NOT EXISTS uploads_event ON uploads (event_id)",
+        "CREATE TABLE IF NOT EXISTS otlp_traces (\n  project TEXT NOT NULL,\n"
+        "  trace_id TEXT NOT NULL,\n  session_id TEXT NOT NULL,\n"
+        "  is_placeholder SMALLINT NOT NULL,\n  named_start DOUBLE PRECISION,\n"
+        "  named_span TEXT,\n  PRIMARY KEY (project, trace_id)\n)",
+        "CREATE TABLE IF NOT EXISTS otlp_spans (\n  project TEXT NOT NULL,\n"
+        "  trace_id TEXT NOT NULL,\n  span_id TEXT NOT NULL,\n  parent_span_id TEXT,\n"
+        "  is_step SMALLINT NOT NULL,\n  PRIMARY KEY (project, trace_id, span_id)\n)",
+    ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -275,7 +343,23 @@ def clean_json(value: Any) -> Any:
 
 
 def _json_param(value: Any) -> str:
+    # The usual document needs no cleaning: serialise it as it is (in C) and
+    # clean only what that refuses or what holds a NUL or a lone surrogate.
+    try:
+        text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+        if "\\u0000" not in text and (text.isascii() or _encodable(text)):
+            return text
+    except (TypeError, ValueError):
+        pass
     return json.dumps(clean_json(value), ensure_ascii=False, default=repr)
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _bool_param(value: Any) -> int:
@@ -535,6 +619,8 @@ class Store:
                     cur.execute("ROLLBACK")
                 except Exception:  # noqa: BLE001 - the original error matters more
                     pass
+                if isinstance(exc, _PassthroughError):
+                    raise exc.error from None
                 if isinstance(exc, Exception) and not isinstance(exc, StoreError):
                     raise StoreError(f"{type(exc).__name__}: {exc}",
                                      transient=_is_transient(exc)) from exc
@@ -618,6 +704,33 @@ class Store:
                     cur.executemany(self._upsert(shape), [list(row.values()) for row in wave])
                 else:
                     cur.execute(self._upsert(shape, rows_from_json=True), (document,))
+
+    # -- for the server's protocol modules ---------------------------------------
+
+    def transaction(self, fn: Callable[[Any], T], *, write: bool = True) -> T:
+        """Run ``fn(cursor)`` in one transaction, committed if it returns and
+        rolled back if it raises. Driver errors become StoreError; any other
+        exception ``fn`` raises (a refusal of the caller's) reaches the caller
+        unchanged."""
+        def guarded(cur: Any) -> T:
+            try:
+                return fn(cur)
+            except Exception as exc:
+                if _is_driver_error(exc):
+                    raise
+                raise _PassthroughError(exc) from exc
+
+        result: T = self._run(guarded, write=write)
+        return result
+
+    def apply(self, cur: Any, records: Sequence[Record], project: str | None = None) -> None:
+        """Upsert ``records`` inside a transaction opened by ``transaction``,
+        as ``write`` does (``project`` stamped on session records), without
+        the ownership check of ``write_for_project``: the caller has made it."""
+        records = list(records)
+        repeated = _check_records(records, project)
+        self._apply(cur, self._group(cur, records, repeated, project),
+                    ("session", "step", "event"))
 
     def write(self, records: Iterable[Record]) -> None:
         """Apply records idempotently, all in one transaction. A malformed

@@ -22,12 +22,14 @@ def child_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]
 
 def run_python(code: str, *, home: Path, timeout: float = 60,
                env: dict[str, str] | None = None, check: bool = True,
-               args: list[str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run code in a fresh interpreter with LUCIDIC_HOME=home."""
+               args: list[str] | None = None,
+               cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run code in a fresh interpreter with LUCIDIC_HOME=home (in ``cwd``,
+    else the project's root)."""
     full_env = child_env(home, env)
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(code), *(args or [])],
                             capture_output=True, text=True, timeout=timeout, env=full_env,
-                            cwd=str(ROOT))
+                            cwd=str(cwd or ROOT))
     if check and result.returncode != 0:
         raise AssertionError(f"child failed ({result.returncode}):\n{result.stdout}\n"
                              f"{result.stderr}")

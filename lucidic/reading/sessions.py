@@ -76,6 +76,7 @@ class SessionQuery:
     started_before: float | None = None   # epoch seconds, exclusive
     search: str | None = None
     id_prefix: str | None = None          # sessions whose id starts with this
+    mass_sim_id: str | None = None        # the runs of one mass simulation
     sort: str = "started"
     descending: bool = True
     limit: int = 50
@@ -134,6 +135,7 @@ def _filters(store: Store, query: SessionQuery) -> tuple[list[str], list[Any]]:
     where = ["s.started_at IS NOT NULL"]
     params: list[Any] = []
     for clause, value in (("s.project = {}", query.project), ("s.agent_id = {}", query.agent_id),
+                          ("s.mass_sim_id = {}", query.mass_sim_id),
                           ("s.started_at >= {}", query.started_after),
                           ("s.started_at < {}", query.started_before)):
         if value is not None:

@@ -52,7 +52,28 @@ _PROBLEMS: dict[int | str, dict[str, Any]] = {
 
 
 router = APIRouter()
-_bearer = HTTPBearer(auto_error=False, description="an API key from `lucidic keys create`")
+
+
+def project_key(request: Request) -> HTTPAuthorizationCredentials | None:
+    """The project key from ``Authorization: Bearer KEY``, or from
+    ``Authorization: Api-Key KEY`` (what the lucidicai client sends)."""
+    scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
+    credentials = credentials.strip()
+    if scheme.lower() not in ("bearer", "api-key") or not credentials:
+        return None
+    return HTTPAuthorizationCredentials(scheme=scheme, credentials=credentials)
+
+
+class _ProjectKey(HTTPBearer):
+    """HTTPBearer in the OpenAPI spec; accepts Api-Key as well."""
+
+    async def __call__(self, request: Request) -> HTTPAuthorizationCredentials | None:  # type: ignore[override]
+        return project_key(request)
+
+
+_bearer = _ProjectKey(auto_error=False, scheme_name="HTTPBearer",
+                      description="an API key from `lucidic keys create`, as "
+                                  "`Authorization: Bearer KEY` or `Authorization: Api-Key KEY`")
 
 
 def _store(request: Request) -> Iterator[Store]:
@@ -68,8 +89,9 @@ def identity(credentials: Annotated[Optional[HTTPAuthorizationCredentials],  # n
                                     Depends(_bearer)], db: Db) -> models.Identity:
     challenge = {"WWW-Authenticate": "Bearer"}
     if credentials is None:
-        raise ApiError(401, "no API key: send the header 'Authorization: Bearer <key>' "
-                            "with a key from `lucidic keys create`", headers=challenge)
+        raise ApiError(401, "no API key: send the header 'Authorization: Bearer <key>' (or "
+                            "'Api-Key <key>') with a key from `lucidic keys create`",
+                       headers=challenge)
     found = db.authenticate(credentials.credentials)
     if found is None:
         raise ApiError(401, "the API key is not valid: it is unknown or was revoked",
@@ -121,6 +143,8 @@ def ingest(body: Annotated[bytes, Depends(_body)], request: Request, who: Auth,
 def list_sessions(
     who: Auth, db: Db,
     agent_id: Annotated[Optional[str], Query(max_length=256)] = None,  # noqa: UP045
+    mass_sim_id: Annotated[Optional[str], Query(  # noqa: UP045
+        max_length=256, description="only the sessions of this mass simulation")] = None,
     status: Annotated[Optional[Literal["running", "successful", "failed", "finished"]],  # noqa: UP045
                       Query(description="running; or ended as successful, failed, or "
                                         "finished (no outcome given)")] = None,
@@ -145,14 +169,16 @@ def list_sessions(
     offset: Annotated[int, Query(ge=0, le=1_000_000_000, description=(
         "rows to skip (slower on deep pages than cursor; ignored with a cursor)"))] = 0,
 ) -> JSONOut:
-    texts = {"agent_id": agent_id, "search": search, "id_prefix": id_prefix}
+    texts = {"agent_id": agent_id, "search": search, "id_prefix": id_prefix,
+             "mass_sim_id": mass_sim_id}
     if any(v is not None and models.check_json_text(v, k) for k, v in texts.items()):
         return JSONOut({"sessions": [], "limit": limit, "offset": offset, "next_offset": None,
                         "next_cursor": None, "total": 0})
     try:
         query = SessionQuery(project=who.project, agent_id=agent_id, status=status,
                              started_after=started_after, started_before=started_before,
-                             search=search or None, id_prefix=id_prefix, sort=sort,
+                             search=search or None, id_prefix=id_prefix,
+                             mass_sim_id=mass_sim_id, sort=sort,
                              descending=order == "desc", limit=limit, cursor=cursor,
                              offset=offset)
     except InvalidQueryError as exc:
@@ -196,6 +222,12 @@ def continuable(session_id: str, who: Auth, db: Db,
     row = db.get_session(session_id, who.project) if models.valid_id(session_id) else None
     if row is None:
         raise not_found("session", session_id)
+    check_continuable(row, session_id, agent_id)
+    return JSONOut({"session_id": session_id, "continuable": True, "agent_id": row.get("agent_id")})
+
+
+def check_continuable(row: dict[str, Any], session_id: str, agent_id: str | None) -> None:
+    """Refuse (409) continuing a finished session, or another agent's."""
     if row.get("is_finished"):
         raise ApiError(409, f"session {session_id!r} has finished and a finished session "
                             "cannot be continued; hand a session over with lai.detach() "
@@ -204,7 +236,6 @@ def continuable(session_id: str, who: Auth, db: Db,
     if agent_id and owner and owner != agent_id:
         raise ApiError(409, f"session {session_id!r} belongs to agent {owner!r}, not "
                             f"{agent_id!r}")
-    return JSONOut({"session_id": session_id, "continuable": True, "agent_id": owner})
 
 
 @router.get("/api/v1/sessions/{session_id:path}", tags=["read"], response_model=models.Session,
@@ -235,11 +266,18 @@ def get_event(event_id: str, who: Auth, db: Db) -> JSONOut:
 
 
 def create_app(database_url: str | None = None, *,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, pool_size: int = 8) -> FastAPI:
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, pool_size: int = 8,
+               max_upload_bytes: int | None = None, upload_ttl: float | None = None) -> FastAPI:
     """The server's ASGI app over the database at ``database_url`` (opened,
-    and its schema migrated, right away)."""
+    and its schema migrated, right away). Uploads (screenshots) are at most
+    ``max_upload_bytes`` and their signed URLs live ``upload_ttl`` seconds."""
+    # The protocol modules build on this one's Auth and Db, hence imported here.
+    from . import lucidicai, masssims, otlp, uploads
+
     url = database_url or default_database_url()
     pool = StorePool(url, size=pool_size)
+    with pool.store() as store:
+        signing_key = uploads.signing_key(store)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
@@ -251,11 +289,13 @@ def create_app(database_url: str | None = None, *,
     app = FastAPI(
         title="Lucidic server",
         version=__version__,
-        description="Sessions, steps and events of AI agents, recorded by the `lucidic` SDK. "
-                    "Every request under /api/v1 needs `Authorization: Bearer <API key>` "
-                    "(make one with `lucidic keys create --project NAME`); everything it "
-                    "reads or writes is scoped to that key's project. Errors are "
-                    "application/problem+json.",
+        description="Sessions, steps and events of AI agents, recorded by the `lucidic` SDK, "
+                    "by the lucidicai client (its wire protocol under /api) and by any "
+                    "OpenTelemetry exporter (OTLP/HTTP at /v1/traces). Every request needs "
+                    "`Authorization: Bearer <API key>` (or `Api-Key <API key>`; make one "
+                    "with `lucidic keys create --project NAME`), but uploads to a signed URL; "
+                    "everything it reads or writes is scoped to that key's project. Errors "
+                    "are application/problem+json (google.rpc.Status on /v1/traces).",
         lifespan=lifespan,
         default_response_class=JSONOut,
         responses=_PROBLEMS,
@@ -263,10 +303,14 @@ def create_app(database_url: str | None = None, *,
         redoc_url=None,
     )
     app.state.pool = pool
+    app.state.uploads = uploads.UploadConfig(
+        signing_key, max_bytes=max_upload_bytes or uploads.DEFAULT_MAX_UPLOAD_BYTES,
+        ttl=upload_ttl or uploads.DEFAULT_UPLOAD_TTL)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     install_error_handlers(app)
-    app.include_router(router)
+    for routes in (router, masssims.router, lucidicai.router, uploads.router, otlp.router):
+        app.include_router(routes)
     # The web UI at / (sign-in with an API key), /docs, and the security
     # headers every response carries; see lucidic.ui.
     app.state.ui_signin = True
@@ -298,13 +342,15 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
 
 
 def run(database_url: str | None = None, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, log_level: str = "info") -> None:
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, log_level: str = "info",
+        max_upload_bytes: int | None = None, upload_ttl: float | None = None) -> None:
     """Serve the API until interrupted."""
     import uvicorn
 
     url = database_url or default_database_url()
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
-    app = create_app(url, max_body_bytes=max_body_bytes)
+    app = create_app(url, max_body_bytes=max_body_bytes, max_upload_bytes=max_upload_bytes,
+                     upload_ttl=upload_ttl)
     logger.info("lucidic server: database %s, listening on http://%s:%d (web UI at /, "
                 "API docs at /docs)",
                 redact_url(url), host, port)

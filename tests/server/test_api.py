@@ -327,3 +327,9 @@ def test_fuzzing_the_api_from_its_openapi_spec_finds_no_server_error(
     totals = re.search(r"(\d+) generated, (\d+) passed", result.stdout)
     assert totals is not None, report
     assert int(totals.group(1)) == int(totals.group(2)) > 100, report
+    # Every operation of the spec was exercised: the lucidicai routes under
+    # /api, the uploads and /v1/traces (OTLP) among them.
+    spec = requests.get(server.url + "/openapi.json", timeout=10).json()
+    operations = sum(len(methods) for methods in spec["paths"].values())
+    assert "/v1/traces" in spec["paths"] and "/api/initsession" in spec["paths"]
+    assert re.search(rf"Tested: {operations}\b", result.stdout), report

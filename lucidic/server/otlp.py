@@ -1,0 +1,180 @@
+"""OTLP/HTTP trace ingest at ``/v1/traces``: what every OpenTelemetry SDK's
+OTLP exporter sends (``OTEL_EXPORTER_OTLP_ENDPOINT=http://HOST:PORT``,
+``OTEL_EXPORTER_OTLP_HEADERS=Authorization=Bearer%20KEY``).
+
+Bodies are ``ExportTraceServiceRequest`` messages, binary protobuf
+(``application/x-protobuf``) or OTLP's JSON encoding (``application/json``,
+hex trace and span ids), optionally gzip- or deflate-compressed; both are
+decoded by the ``opentelemetry-proto`` package. As the OTLP specification
+asks, fields this server does not know are ignored, the answer is encoded
+like the request, a request whose spans were all refused is a 400, and one
+where only some were refused is a 200 whose ``partial_success`` says how many
+and why. Errors carry a ``google.rpc.Status`` with a readable message.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError, Message
+from google.rpc.status_pb2 import Status
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTracePartialSuccess,
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from starlette.responses import Response
+
+from .app import Db, identity, project_key
+from .otlp_ingest import ingest
+from .otlp_mapping import SpanIn, SpanRefusedError, decode_attributes, decode_span
+from .problems import ApiError
+from .uploads import decompress
+
+router = APIRouter(tags=["opentelemetry"])
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+#: gRPC status codes for the HTTP statuses this route answers with.
+_GRPC_CODES = {400: 3, 401: 16, 413: 8, 415: 3, 503: 14}
+
+
+def _encoding(request: Request) -> str:
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media in (PROTOBUF, JSON):
+        return media
+    raise ApiError(415, f"an OTLP/HTTP body is {PROTOBUF} or {JSON}, not {media or 'untyped'!r}")
+
+
+def _encode(message: Message, encoding: str) -> bytes:
+    if encoding == JSON:
+        return json_format.MessageToJson(message, indent=None).encode("utf-8")
+    return message.SerializeToString()
+
+
+def _hex_to_base64(container: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
+    """OTLP's JSON writes ids in hex where protobuf's JSON mapping expects base64."""
+    for key in keys:
+        value = container.get(key)
+        if isinstance(value, str) and value:
+            try:
+                container[key] = base64.b64encode(bytes.fromhex(value)).decode()
+            except ValueError as exc:
+                raise ApiError(400, f"{where}.{key} is not hexadecimal: {value[:40]!r}") from exc
+
+
+def _list(container: dict[str, Any], *keys: str) -> list[Any]:
+    for key in keys:
+        value = container.get(key)
+        if isinstance(value, list):
+            return value
+    return []
+
+
+def _from_json(body: bytes) -> ExportTraceServiceRequest:
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, f"the body is not valid JSON ({exc})") from exc
+    if not isinstance(document, dict):
+        raise ApiError(400, "an OTLP/JSON body is a JSON object (ExportTraceServiceRequest)")
+    for r, resource_spans in enumerate(_list(document, "resourceSpans", "resource_spans")):
+        if not isinstance(resource_spans, dict):
+            continue
+        for s, scope_spans in enumerate(_list(resource_spans, "scopeSpans", "scope_spans")):
+            if not isinstance(scope_spans, dict):
+                continue
+            for n, span in enumerate(_list(scope_spans, "spans")):
+                if not isinstance(span, dict):
+                    continue
+                where = f"resourceSpans[{r}].scopeSpans[{s}].spans[{n}]"
+                _hex_to_base64(span, ("traceId", "trace_id", "spanId", "span_id",
+                                      "parentSpanId", "parent_span_id"), where)
+                for k, link in enumerate(_list(span, "links")):
+                    if isinstance(link, dict):
+                        _hex_to_base64(link, ("traceId", "trace_id", "spanId", "span_id"),
+                                       f"{where}.links[{k}]")
+    message = ExportTraceServiceRequest()
+    try:
+        json_format.ParseDict(document, message, ignore_unknown_fields=True)
+    except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
+        raise ApiError(400, f"the body is not an OTLP ExportTraceServiceRequest ({exc})") from exc
+    return message
+
+
+def _from_protobuf(body: bytes) -> ExportTraceServiceRequest:
+    try:
+        return ExportTraceServiceRequest.FromString(body)
+    except (DecodeError, RecursionError) as exc:
+        raise ApiError(400, f"the body is not a protobuf ExportTraceServiceRequest ({exc})"
+                       ) from exc
+
+
+def _spans(message: ExportTraceServiceRequest) -> tuple[list[SpanIn], int, str | None]:
+    """The spans that can be stored, how many cannot, and the first reason."""
+    spans: list[SpanIn] = []
+    refused, reason = 0, None
+    for resource_spans in message.resource_spans:
+        try:
+            resource = decode_attributes(resource_spans.resource.attributes)
+        except SpanRefusedError as exc:
+            count = sum(len(s.spans) for s in resource_spans.scope_spans)
+            refused, reason = refused + count, reason or f"a resource was refused: {exc}"
+            continue
+        for scope_spans in resource_spans.scope_spans:
+            scope = {k: v for k, v in (("name", scope_spans.scope.name),
+                                       ("version", scope_spans.scope.version)) if v}
+            for span in scope_spans.spans:
+                try:
+                    spans.append(decode_span(span, resource, scope))
+                except SpanRefusedError as exc:
+                    refused += 1
+                    reason = reason or f"span {span.name[:80]!r} was refused: {exc}"
+    return spans, refused, reason
+
+
+async def _raw_body(request: Request) -> bytes:
+    return await request.body()
+
+
+_DOC = {"requestBody": {"required": True, "content": {
+    PROTOBUF: {"schema": {"type": "string", "format": "binary"}},
+    JSON: {"schema": {"type": "object", "properties": {
+        "resourceSpans": {"type": "array", "items": {"type": "object"}}}}}}},
+    "responses": {"200": {"description": "accepted (partial_success tells what was refused)",
+                          "content": {PROTOBUF: {}, JSON: {}}},
+                  "400": {"description": "malformed, or every span refused"},
+                  "401": {"description": "missing, unknown or revoked API key"},
+                  "415": {"description": "not protobuf or JSON, or an unknown encoding"}}}
+
+
+@router.post("/v1/traces", summary="OTLP/HTTP trace export (protobuf or JSON)",
+             response_class=Response, openapi_extra=_DOC)
+def export_traces(request: Request, db: Db, body: Annotated[bytes, Depends(_raw_body)]
+                  ) -> Response:
+    encoding = PROTOBUF
+    try:
+        encoding = _encoding(request)
+        who = identity(project_key(request), db)
+        raw = decompress(body, request.headers.get("content-encoding"))
+        message = _from_json(raw) if encoding == JSON else _from_protobuf(raw)
+        spans, refused, reason = _spans(message)
+        outcome = ingest(db, who.project, spans) if spans else None
+        if outcome is not None:
+            refused += outcome.rejected
+            reason = reason or outcome.reason
+        if refused and (outcome is None or outcome.accepted == 0):
+            raise ApiError(400, f"all {refused} spans were refused: {reason}")
+    except ApiError as exc:
+        status = Status(code=_GRPC_CODES.get(exc.status, 2), message=exc.detail)
+        return Response(_encode(status, encoding), status_code=exc.status,
+                        media_type=encoding, headers=exc.headers)
+    answer = ExportTraceServiceResponse()
+    if refused:
+        answer.partial_success.CopyFrom(ExportTracePartialSuccess(
+            rejected_spans=refused, error_message=reason or ""))
+    return Response(_encode(answer, encoding), media_type=encoding)
