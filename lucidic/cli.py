@@ -577,9 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--search", metavar="TEXT",
                          help="only sessions whose name, task, tags, steps or events (LLM "
                               "messages, models, errors) hold TEXT, in any case")
-    listing.add_argument("--limit", type=_positive_int, default=50, help="at most this many")
     listing.add_argument("--mass-sim", metavar="ID",
                          help="only the sessions of this mass simulation")
+    listing.add_argument("--limit", type=_positive_int, default=50, help="at most this many")
     listing.add_argument("--offset", type=int, default=0, help="skip this many first")
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(handler=_sessions_list)

@@ -160,6 +160,10 @@ SESSION_COLUMNS = (*_V1_SESSION_COLUMNS, *_PROTOCOL_SESSION_COLUMNS, *_RUN_SESSI
 STEP_COLUMNS = (*_V1_STEP_COLUMNS, *WRITER_COLUMNS, *_PROTOCOL_STEP_COLUMNS)
 EVENT_COLUMNS = (*_EVENT_COLUMNS_1, *_EVENT_ACCOUNTING_COLUMNS, *WRITER_COLUMNS,
                  *_PROTOCOL_EVENT_COLUMNS, *_REPLAY_EVENT_COLUMNS)
+#: A screenshot the server keeps (uploaded by lucidicai to a signed URL) is
+#: referenced from a step's ``screenshot`` or an event's ``screenshots`` by this
+#: path and its object key; GET on it serves the image (see lucidic.server.uploads).
+SCREENSHOT_PATH = "/api/v1/screenshots/"
 #: Columns holding JSON documents (stored as text on both backends).
 JSON_COLUMNS = frozenset({"tags", "input", "output", "arguments", "screenshots", "rubrics",
                           "attributes", *evalstore.JSON_COLUMNS})

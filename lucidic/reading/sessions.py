@@ -72,12 +72,12 @@ class SessionQuery:
     project: str | None = None
     status: str | None = None
     agent_id: str | None = None
-    mass_sim_id: str | None = None
-    experiment_id: str | None = None
+    experiment_id: str | None = None      # the runs of one experiment
     started_after: float | None = None    # epoch seconds, inclusive
     started_before: float | None = None   # epoch seconds, exclusive
     search: str | None = None
     id_prefix: str | None = None          # sessions whose id starts with this
+    mass_sim_id: str | None = None        # the runs of one mass simulation
     sort: str = "started"
     descending: bool = True
     limit: int = 50

@@ -176,9 +176,9 @@ def list_sessions(
                         "next_cursor": None, "total": 0})
     try:
         query = SessionQuery(project=who.project, agent_id=agent_id, status=status,
-                             mass_sim_id=mass_sim_id,
                              started_after=started_after, started_before=started_before,
-                             search=search or None, id_prefix=id_prefix, sort=sort,
+                             search=search or None, id_prefix=id_prefix,
+                             mass_sim_id=mass_sim_id, sort=sort,
                              descending=order == "desc", limit=limit, cursor=cursor,
                              offset=offset)
     except InvalidQueryError as exc:

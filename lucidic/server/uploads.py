@@ -28,15 +28,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
-from ..store import Store
-from .app import Auth, Db, not_found
+from ..store import SCREENSHOT_PATH, Store
+from ..ui import auth
+from .app import Db, identity, not_found, project_key
 from .models import valid_id
 from .problems import ApiError, JSONOut
 
 #: Defaults; ``lucidic server --max-upload-mb / --upload-ttl`` change them.
 DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 DEFAULT_UPLOAD_TTL = 15 * 60.0
-SCREENSHOT_PATH = "/api/v1/screenshots/"
 #: Largest event payload once decompressed (a gzip bomb stops here).
 MAX_PAYLOAD_BYTES = 32 * 1024 * 1024
 
@@ -255,10 +255,20 @@ def read_screenshot(store: Store, object_key: str, project: str) -> tuple[str, b
 
 @router.get(SCREENSHOT_PATH + "{object_key}", tags=["read"],
             response_class=Response, summary="A stored screenshot (the path a step's "
-            "`screenshot` or an event's `screenshots` holds)",
+            "`screenshot` or an event's `screenshots` holds); the web UI's sign-in "
+            "cookie serves as the key for its pages' images",
             responses={200: {"content": {"image/jpeg": {}, "image/png": {}}}})
-def get_screenshot(object_key: str, who: Auth, db: Db) -> Response:
-    found = read_screenshot(db, object_key, who.project) if valid_id(object_key) else None
+def get_screenshot(object_key: str, request: Request, db: Db) -> Response:
+    credentials = project_key(request)
+    if credentials is not None or auth.COOKIE not in request.cookies:
+        project = identity(credentials, db).project
+    else:
+        found_project = auth.signed_in_project(db, request.cookies.get(auth.COOKIE))
+        if found_project is None:
+            raise ApiError(401, "not signed in: sign in to the web UI again, or send "
+                                "'Authorization: Bearer <key>'")
+        project = found_project
+    found = read_screenshot(db, object_key, project) if valid_id(object_key) else None
     if found is None:
         raise not_found("screenshot", object_key)
     content_type, data = found

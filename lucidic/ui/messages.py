@@ -14,8 +14,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..store import SCREENSHOT_PATH
+
 _IMAGE_DATA = re.compile(r"^data:image/(png|jpeg|jpg|gif|webp);base64,([A-Za-z0-9+/=\s]+)$")
 _BASE64 = re.compile(r"^[A-Za-z0-9+/=\s]+$")
+#: A screenshot the server keeps: its path and a URL-safe object key.
+_STORED_SCREENSHOT = re.compile("^" + re.escape(SCREENSHOT_PATH) + r"[A-Za-z0-9_-]{16,128}$")
 _IMAGE_MAGIC = {"iVBOR": "png", "/9j/": "jpeg", "R0lGOD": "gif", "UklGR": "webp"}
 
 
@@ -36,10 +40,14 @@ class Message:
 
 def image_src(value: Any) -> str | None:
     """A ``data:`` URL for an image recorded as base64 (bare or as a data URL),
-    built only from base64 characters; None for anything else."""
+    built only from base64 characters; the path of a screenshot the server
+    keeps (served by it, same origin, to the signed-in viewer); None for
+    anything else."""
     if not isinstance(value, str) or len(value) < 8:
         return None
     value = value.strip()
+    if _STORED_SCREENSHOT.match(value):
+        return str(value)
     match = _IMAGE_DATA.match(value)
     if match:
         kind, payload = match.group(1), match.group(2)

@@ -91,6 +91,7 @@ class ListForm:
     sort: str
     order: str
     cursor: str | None
+    mass_sim: str | None = None    # the runs of one mass simulation
 
     @classmethod
     def parse(cls, request: Request) -> ListForm:
@@ -108,20 +109,21 @@ class ListForm:
                    range=chosen if chosen in RANGES else "all",
                    q=text("q"), sort=sort if sort in SORTS else "started",
                    order=order if order in ("asc", "desc") else "desc",
-                   cursor=text("cursor", 2048))
+                   cursor=text("cursor", 2048), mass_sim=text("mass_sim", 256))
 
     def query(self, project: str | None, now: float) -> SessionQuery:
         return SessionQuery(project=project, status=self.status, agent_id=self.agent,
                             started_after=now - RANGES[self.range] if self.range in RANGES
                             else None, search=self.q, sort=self.sort,
                             descending=self.order == "desc", limit=PAGE_SIZE,
-                            cursor=self.cursor)
+                            cursor=self.cursor, mass_sim_id=self.mass_sim)
 
     def link(self, **changes: Any) -> str:
         values = {"status": self.status, "agent": self.agent,
                   "range": None if self.range == "all" else self.range, "q": self.q,
                   "sort": None if self.sort == "started" else self.sort,
-                  "order": None if self.order == "desc" else self.order, "cursor": self.cursor}
+                  "order": None if self.order == "desc" else self.order, "cursor": self.cursor,
+                  "mass_sim": self.mass_sim}
         values.update(changes)
         kept = {k: v for k, v in values.items() if v is not None}
         return "/" + ("?" + urlencode(kept) if kept else "")

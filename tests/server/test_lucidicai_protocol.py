@@ -431,8 +431,26 @@ def test_screenshots_are_stored_by_the_server_and_served_with_their_step_and_eve
         sizes.append(Image.open(io.BytesIO(image.content)).size)
     assert sizes == [(8, 6), (9, 6), (10, 6)]  # each where it was sent, in order
     # Another project's key cannot read them.
-    other = Api(lai_server.url, make_key(db_url, "elsewhere"))
+    other_key = make_key(db_url, "elsewhere")
+    other = Api(lai_server.url, other_key)
     assert other.get(step["screenshot"]).status_code == 404
+    assert requests.get(lai_server.url + step["screenshot"], timeout=10).status_code == 401
+
+    # The web UI shows them with their step and event, to its signed-in viewer.
+    browser = requests.Session()
+    assert browser.post(lai_server.url + "/sign-in", data={"api_key": key, "next": "/"},
+                        timeout=10).status_code == 200
+    for page, paths in ((f"/steps/{step['id']}", [step["screenshot"]]),
+                        (f"/events/{event['id']}", event["screenshots"])):
+        html = browser.get(lai_server.url + page, timeout=10).text
+        for path in paths:
+            assert f'src="{path}"' in html, (page, path)
+    image = browser.get(lai_server.url + event["screenshots"][1], timeout=10)
+    assert image.status_code == 200 and Image.open(io.BytesIO(image.content)).size == (10, 6)
+    stranger = requests.Session()
+    stranger.post(lai_server.url + "/sign-in", data={"api_key": other_key, "next": "/"},
+                  timeout=10)
+    assert stranger.get(lai_server.url + step["screenshot"], timeout=10).status_code == 404
 
 
 def _lucidicai_http(server: ServerProcess, key: str) -> requests.Session:
@@ -577,8 +595,19 @@ def test_mass_simulations_are_recorded_and_group_their_sessions(
                              out["sim"]], capture_output=True, text=True, timeout=60,
                             env=child_env(tmp_path / "cli", sdk_env(lai_server, key)))
     assert listed.returncode == 0, listed.stderr
-    assert "'run 0'" in listed.stdout and "'run 1'" in listed.stdout
+    assert "run 0" in listed.stdout and "run 1" in listed.stdout
+    assert out["sessions"][0] in listed.stdout and out["sessions"][2] not in listed.stdout
     assert "unrelated" not in listed.stdout
+    # The web UI lists them, and each run's page links to its siblings.
+    browser = requests.Session()
+    browser.post(lai_server.url + "/sign-in", data={"api_key": key, "next": "/"}, timeout=10)
+    listing = browser.get(lai_server.url + "/", params={"mass_sim": out["sim"]}, timeout=10)
+    assert listing.status_code == 200
+    assert out["sessions"][0] in listing.text and out["sessions"][1] in listing.text
+    assert out["sessions"][2] not in listing.text and f"mass simulation {out['sim']}" in \
+        listing.text
+    page = browser.get(lai_server.url + f"/sessions/{out['sessions'][0]}", timeout=10).text
+    assert f'href="/?mass_sim={out["sim"]}"' in page and "exp-7" in page
     # Another project's key sees neither the mass simulation nor its sessions.
     other = Api(lai_server.url, make_key(db_url, "other"))
     assert other.get("/api/v1/mass-sims").json()["mass_sims"] == []

@@ -82,7 +82,8 @@ def test_experiment_pages_show_runs_summaries_and_comparisons(ui: Any, lucidic_h
 
     session = requests.get(f"{ui.url}/sessions/{ids['run']}", timeout=10)
     text = _text(session.text)
-    assert f"Run of experiment {ids['a']} , case ab , repeat 0" in text
+    assert f"run of experiment {ids['a']} , case ab , repeat 0" in text
+    assert f'href="/experiments/{ids["a"]}"' in session.text
     assert "exact pass" in text and "closeness 1" in text
     assert "Rubric polite : 1" in text  # with its criteria, weighted
     assert re.search(r"<td>exact</td><td class=\"num\">3</td><td class=\"num\">1</td>",
