@@ -72,16 +72,20 @@ def _print_json(value: Any) -> None:
     print_json(value)
 
 
+def _listing(rows: list[dict[str, Any]], as_json: bool, empty: str,
+             table: Callable[[list[dict[str, Any]]], str]) -> int:
+    if as_json:
+        _print_json(rows)
+    else:
+        print(table(rows) if rows else empty)
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     with _backend() as backend:
         experiments = backend.experiments(limit=args.limit, offset=args.offset)
-    if args.json:
-        _print_json(experiments)
-    elif not experiments:
-        print("no experiments yet: run one with lucidic.evals.run_experiment()")
-    else:
-        print(show.experiments_table(experiments))
-    return 0
+    return _listing(experiments, args.json, "no experiments yet: run one with "
+                    "lucidic.evals.run_experiment()", show.experiments_table)
 
 
 def _show(args: argparse.Namespace) -> int:
@@ -184,13 +188,8 @@ def _rescore(args: argparse.Namespace) -> int:
 def _mass_sims_list(args: argparse.Namespace) -> int:
     with _backend() as backend:
         sims = backend.mass_sims(limit=args.limit, offset=args.offset)
-    if args.json:
-        _print_json(sims)
-    elif not sims:
-        print("no mass simulations yet: make one with lai.create_mass_sim()")
-    else:
-        print(show.mass_sims_table(sims))
-    return 0
+    return _listing(sims, args.json, "no mass simulations yet: make one with "
+                    "lai.create_mass_sim()", show.mass_sims_table)
 
 
 def _mass_sims_show(args: argparse.Namespace) -> int:

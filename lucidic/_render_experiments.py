@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ._render import duration, money, short, when
+from .reading.summary import score_names
 
 
 def value(item: Any) -> str:
@@ -36,14 +37,6 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return "\n".join(line.rstrip() for line in lines)
-
-
-def score_names(runs: Sequence[Mapping[str, Any]]) -> list[str]:
-    names: dict[str, None] = {}
-    for run in runs:
-        for name in run.get("scores") or {}:
-            names.setdefault(name, None)
-    return list(names)
 
 
 def runs_table(runs: Sequence[Mapping[str, Any]]) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from .. import _config
-from ..errors import APIKeyVerificationError
+from ..errors import APIKeyVerificationError, InvalidOperationError
 
 
 class Backend(Protocol):
@@ -70,6 +70,13 @@ def owner_id() -> str:
 def open_backend(api_key: str | None = None) -> Backend:
     """The backend this process records to: LUCIDIC_BASE_URL's server, else
     the embedded store."""
+    from .._runtime import runtime
+
+    if runtime.sink_override is not None:
+        raise InvalidOperationError(
+            "experiments read their runs back from a store, and lucidic.testing.capture() "
+            "records in memory only: run experiments outside capture() (with LUCIDIC_HOME "
+            "pointing at a directory of the test's own, say)")
     base_url = _config.base_url()
     if base_url:
         from ._http_backend import HttpBackend

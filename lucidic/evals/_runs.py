@@ -20,7 +20,7 @@ from .. import _api, _config
 from .._context import Binding, current_binding
 from .._internal import log_rate_limited
 from .._records import to_jsonable
-from ..errors import InvalidOperationError, LucidicNotInitializedError
+from ..errors import InvalidOperationError, LucidicError, LucidicNotInitializedError
 from ._backend import Backend, backend_for_sink, open_backend
 from ._cases import Case
 from ._scoring import Outcome, score_session, wait_ended, wait_scored
@@ -169,13 +169,18 @@ def on_session_end(binding: Binding) -> None:
                          "scoring is left for `lucidic experiments rescore` or the "
                          "experiment's runner", binding.session_id)
         return
-    backend = backend_for_sink(binding.pipeline.sink)
-    if backend is None:
-        return
     try:
-        report(score_session(backend, binding.session_id))
-    finally:
-        backend.close()
+        backend = backend_for_sink(binding.pipeline.sink)
+        if backend is None:
+            return
+        try:
+            report(score_session(backend, binding.session_id))
+        finally:
+            backend.close()
+    except LucidicError as exc:  # the store or server cannot answer now
+        log_rate_limited("score_unreachable", "lucidic: could not score session %s where it "
+                         "ended (%s); it stays due for whoever scores it next",
+                         binding.session_id, exc)
 
 
 def report(outcomes: Sequence[Outcome]) -> None:

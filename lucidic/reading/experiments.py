@@ -162,41 +162,38 @@ def _costs(store: Store, session_ids: list[str]) -> dict[str, float]:
     return costs
 
 
-def session_scores(store: Store, session_ids: Sequence[str], project: str | None
-                   ) -> dict[str, list[dict[str, Any]]]:
-    """Every score of the sessions (theirs, their steps' and events'), by session."""
+def _rows_by_session(store: Store, columns: str, table: str, session_ids: Sequence[str],
+                     project: str | None) -> dict[str, list[dict[str, Any]]]:
     ph = store.placeholder
     where, params = _scope(project, ph)
     out: dict[str, list[dict[str, Any]]] = {}
-    for chunk in _chunks(list(session_ids)):
-        for row in store.query(
-                "SELECT session_id, step_id, event_id, name, kind, value, label, comment, "
-                "passed, source, evaluator, evaluator_session_id, updated_at FROM scores "
-                f"WHERE session_id IN ({_marks(ph, len(chunk))}){where} ORDER BY name",
-                [*chunk, *params]):
+    for chunk in _chunks(list(dict.fromkeys(session_ids))):
+        for row in store.query(f"SELECT session_id, {columns} FROM {table} WHERE session_id "
+                               f"IN ({_marks(ph, len(chunk))}){where} ORDER BY name",
+                               [*chunk, *params]):
+            out.setdefault(row["session_id"], []).append(row)
+    return out
+
+
+def session_scores(store: Store, session_ids: Sequence[str], project: str | None
+                   ) -> dict[str, list[dict[str, Any]]]:
+    """Every score of the sessions (theirs, their steps' and events'), by session."""
+    found = _rows_by_session(store, "step_id, event_id, name, kind, value, label, comment, "
+                             "passed, source, evaluator, evaluator_session_id, updated_at",
+                             "scores", session_ids, project)
+    for rows in found.values():
+        for row in rows:
             row["value"] = from_row(row)
             row["passed"] = None if row["passed"] is None else bool(row["passed"])
             del row["label"]
-            out.setdefault(row.pop("session_id"), []).append({"session_id": None, **row})
-    for sid, rows in out.items():
-        for row in rows:
-            row["session_id"] = sid
-    return out
+    return found
 
 
 def evaluations_of(store: Store, session_ids: Sequence[str], project: str | None
                    ) -> dict[str, list[dict[str, Any]]]:
-    ph = store.placeholder
-    where, params = _scope(project, ph)
-    out: dict[str, list[dict[str, Any]]] = {}
-    for chunk in _chunks(list(session_ids)):
-        for row in store.query(
-                "SELECT session_id, name, status, owner, claimed_at, finished_at, error, "
-                "evaluator_session_id FROM evaluations "
-                f"WHERE session_id IN ({_marks(ph, len(chunk))}){where} ORDER BY name",
-                [*chunk, *params]):
-            out.setdefault(row["session_id"], []).append(row)
-    return out
+    """Who scored each session with what (claims and their outcome), by session."""
+    return _rows_by_session(store, "name, status, owner, claimed_at, finished_at, error, "
+                            "evaluator_session_id", "evaluations", session_ids, project)
 
 
 def rubric_results(store: Store, session_id: str, project: str | None) -> list[dict[str, Any]]:

@@ -360,3 +360,10 @@ def test_result_prints_its_runs_and_a_comparison_with_a_baseline(capsys: Any) ->
     assert "0.667 → 0.333 (-0.333)" in out  # over all cases: the pass rates
     first.print()
     assert "summary  exact mean 0.667, pass 67%" in capsys.readouterr().out
+
+
+def test_experiments_are_refused_inside_the_in_memory_testing_kit() -> None:
+    from lucidic.testing import capture
+
+    with capture(), pytest.raises(lai.InvalidOperationError, match="records in memory only"):
+        run_experiment(support.shout, CASES, name="in memory")

@@ -348,3 +348,20 @@ def test_set_output_needs_a_current_session() -> None:
         set_output("x")
     with pytest.raises(lai.InvalidOperationError, match="repeat must be"):
         experiment_run("exp", Case("x"), repeat=-1)
+
+
+def test_a_session_ended_while_its_server_is_down_stays_due_and_nothing_breaks(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("LUCIDIC_BASE_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("LUCIDIC_API_KEY", "lk_unreachable")
+    monkeypatch.setenv("LUCIDIC_FLUSH_TIMEOUT", "0.5")
+    caplog.set_level("WARNING", logger="lucidic")
+    lai.init(session_name="offline", rubrics=["polite"])
+    set_output("OK")
+    lai.end_session(is_successful=True)  # returns: the records wait in the spool
+    assert "could not score session" in caplog.text and "stays due" in caplog.text
