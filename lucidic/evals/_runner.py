@@ -15,13 +15,14 @@ import inspect
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from .. import _api, _config, _experiments
 from .._context import Binding, current_binding
 from .._internal import logger
+from .._records import to_jsonable
 from ..errors import InvalidOperationError
 from . import _intercept
 from ._backend import Backend, open_backend
@@ -67,7 +68,10 @@ class _Experiment:
                                         f"{replay_mode!r}")
         self.replay = _api._id_arg("replay", replay)
         self.replay_mode = replay_mode
-        self.metadata = metadata
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise InvalidOperationError(f"metadata must be a mapping, not "
+                                        f"{type(metadata).__name__}")
+        self.metadata = None if metadata is None else to_jsonable(dict(metadata))
         self.tags = _api._tags_arg(tags)
         self.options = options
         self.experiment_id = str(uuid.uuid4())
@@ -266,8 +270,6 @@ class _Deadline:
     def succeed(self, output: Any, session_id: str, detached: list[str]) -> None:
         if not self._claim():
             return
-        from .._records import to_jsonable
-
         if output is not None:
             put_run_fields(self.binding, {"output": to_jsonable(output)})
         if not self.binding.active and not self.binding.state.finished:

@@ -273,6 +273,7 @@ def test_bad_arguments_are_refused_before_anything_runs(store: Store) -> None:
          "two evaluators are named 'exact'"),
         ({"cases": CASES, "replay": "no-such-experiment"}, "no such experiment"),
         ({"cases": CASES, "colour": "blue"}, r"unexpected keyword\(s\) colour"),
+        ({"cases": CASES, "metadata": "notes"}, "metadata must be a mapping"),
     ]
     for kwargs, message in bad:
         with pytest.raises(lai.InvalidOperationError, match=message):
