@@ -365,3 +365,4 @@ def test_a_session_ended_while_its_server_is_down_stays_due_and_nothing_breaks(
     set_output("OK")
     lai.end_session(is_successful=True)  # returns: the records wait in the spool
     assert "could not score session" in caplog.text and "stays due" in caplog.text
+    lai.shutdown(timeout=0.5)  # what is left waits in the test's own spool
