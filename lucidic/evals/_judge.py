@@ -7,6 +7,7 @@ leads to the exact prompt and answer that produced it, and back.
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 from typing import Any
@@ -78,7 +79,7 @@ def _judge(run: Run, name: str, rubric_text: str, model: str, provider: str,
                       task=f"evaluate session {run.session_id}") as judge_session:
         # Recorded here, once, whether or not the provider's plugin is active.
         call = start_llm_call(provider, request_model=model, input=messages,
-                              description=f"judge {name}", arguments={"temperature": 0})
+                              description=f"judge {name}")
         with suppress_llm_calls("lucidic.evals.llm_judge"):
             try:
                 text, fields = _ask(provider, client, model, messages)
@@ -99,8 +100,9 @@ def _ask(provider: str, client: Any, model: str,
             import anthropic
 
             client = anthropic.Anthropic()
-        message = client.messages.create(model=model, max_tokens=512, temperature=0,
-                                         system=messages[0]["content"], messages=messages[1:])
+        create = client.messages.create
+        message = create(model=model, max_tokens=512, system=messages[0]["content"],
+                         messages=messages[1:], **_steady(create))
         text = "".join(getattr(b, "text", "") for b in message.content or ())
         usage = message.usage
         return text, {"model": message.model, "input_tokens": usage.input_tokens,
@@ -109,12 +111,24 @@ def _ask(provider: str, client: Any, model: str,
         import openai
 
         client = openai.OpenAI()
-    completion = client.chat.completions.create(model=model, messages=messages, temperature=0)
+    create = client.chat.completions.create
+    completion = create(model=model, messages=messages, **_steady(create))
     text = completion.choices[0].message.content or ""
     usage = completion.usage
     return text, {"model": completion.model,
                   "input_tokens": getattr(usage, "prompt_tokens", None),
                   "output_tokens": getattr(usage, "completion_tokens", None)}
+
+
+def _steady(create: Any) -> dict[str, Any]:
+    """temperature=0 where the client still takes it (newer Anthropic clients
+    do not: their models choose)."""
+    try:
+        accepted = inspect.signature(create).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {"temperature": 0} if "temperature" in accepted or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values()) else {}
 
 
 def parse_verdict(text: str) -> tuple[float, str | None]:

@@ -366,3 +366,35 @@ def test_a_session_ended_while_its_server_is_down_stays_due_and_nothing_breaks(
     lai.end_session(is_successful=True)  # returns: the records wait in the spool
     assert "could not score session" in caplog.text and "stays due" in caplog.text
     lai.shutdown(timeout=0.5)  # what is left waits in the test's own spool
+
+
+def test_an_anthropic_judge_and_an_async_run_block(provider: ProviderStub, store: Store,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", provider.url)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    judge = llm_judge("Is it right?", model="claude-3-5-haiku-latest", provider="anthropic",
+                      name="claude judge")
+    experiment = lai.create_experiment("async block")
+
+    async def main() -> Any:
+        async with experiment_run(experiment, Case("q", name="q"), repeat=2,
+                                  providers=None) as run:
+            await asyncio.sleep(0)
+            set_output("fine")
+        return run
+
+    run = asyncio.run(main())
+    rescored = evaluate_sessions([judge], session_ids=[run.session_id])
+    (result,) = rescored
+    assert (result.case_id, result.repeat, result.output) == ("q", 2, "fine")
+    assert result.scores == {"claude judge": 0.9}
+    assert provider.requests["/v1/messages"] == 1
+    tree = store.session_tree(run.session_id)
+    assert tree is not None
+    judge_tree = store.session_tree(tree["score_details"][0]["evaluator_session_id"])
+    assert judge_tree is not None
+    (call,) = judge_tree["events"]
+    assert (call["provider"], call["model"]) == ("anthropic", "claude-3-5-haiku-latest")
+    assert call["input"][0]["role"] == "system"
