@@ -398,3 +398,44 @@ def test_an_anthropic_judge_and_an_async_run_block(provider: ProviderStub, store
     (call,) = judge_tree["events"]
     assert (call["provider"], call["model"]) == ("anthropic", "claude-3-5-haiku-latest")
     assert call["input"][0]["role"] == "system"
+
+
+def test_a_session_ended_by_sigterm_is_left_to_be_scored_later(
+        lucidic_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+
+    from helpers import child_env
+
+    log = tmp_path / "scored.log"
+    log.touch()
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent("""
+            import time
+            import lucidic as lai
+            import evals_support  # could score it: 'counted' is defined here
+            print(lai.init(session_name="terminated", rubrics=["counted"]), flush=True)
+            time.sleep(60)
+        """)], stdout=subprocess.PIPE, text=True,
+        env=child_env(lucidic_home, _env({"EVAL_LOG": str(log)})))
+    assert child.stdout is not None
+    session_id = child.stdout.readline().strip()
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(30) == -signal.SIGTERM
+    store = Store(lucidic_home / "lucidic.db")
+    try:
+        row = store.get_session(session_id)
+        assert row is not None and row["is_finished"]
+        assert row["is_successful_reason"] == "terminated by SIGTERM"
+        assert log.read_text() == ""  # not scored inside the signal handler
+    finally:
+        store.close()
+    from lucidic.evals._backend import open_backend
+    from lucidic.evals._runs import settle
+
+    monkeypatch.setenv("EVAL_LOG", str(log))
+    backend = open_backend()
+    try:
+        assert settle(backend, session_id, 30)["scores"] == {"counted": False}
+    finally:
+        backend.close()
+    assert len(log.read_text().splitlines()) == 1  # scored later, once
