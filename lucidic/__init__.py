@@ -32,11 +32,13 @@ from ._api import (
     update_step,
 )
 from ._decorators import event, step
+from ._experiments import create_experiment, create_mass_sim, score
 from .errors import (
     APIKeyVerificationError,
     InvalidOperationError,
     LucidicError,
     LucidicNotInitializedError,
+    ReplayMissError,
 )
 
 __version__ = "0.1.0"
@@ -46,10 +48,13 @@ __all__ = [
     "InvalidOperationError",
     "LucidicError",
     "LucidicNotInitializedError",
+    "ReplayMissError",
     "__version__",
     "continue_session",
     "continued",
     "create_event",
+    "create_experiment",
+    "create_mass_sim",
     "create_step",
     "detach",
     "end_event",
@@ -59,6 +64,7 @@ __all__ = [
     "event",
     "flush",
     "init",
+    "score",
     "session",
     "shutdown",
     "step",

@@ -27,12 +27,13 @@ from ._context import (
     scope_binding,
     step_in,
 )
-from ._internal import log_rate_limited, logger
+from ._internal import log_rate_limited, logger, swallow
 from ._pipeline import Pipeline
 from ._records import Mask, mask_fields, text_field, to_jsonable
 from ._runtime import new_id, runtime, writer
 from ._sinks import Sink, SinkError
 from .errors import APIKeyVerificationError, InvalidOperationError, LucidicNotInitializedError
+from .store import Record
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -87,6 +88,43 @@ def _tags_arg(value: Any) -> list[str] | None:
     if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)):
         raise InvalidOperationError(f"tags must be a list of strings, not {type(value).__name__}")
     return [text_field(tag) or "" for tag in value]
+
+
+def _id_arg(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value) > _MAX_ID_LENGTH \
+            or not value.isprintable():
+        raise InvalidOperationError(f"{name} must be an id string of 1 to {_MAX_ID_LENGTH} "
+                                    f"printable characters, not {value!r:.80}")
+    return value
+
+
+def _rubrics_arg(value: Any) -> list[str] | None:
+    """Rubric names (a rubric object stands for its name)."""
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise InvalidOperationError(f"rubrics must be a list of rubric names, not {value!r:.80}")
+    names = []
+    for item in value:
+        name = item if isinstance(item, str) else getattr(item, "name", None)
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidOperationError(f"rubrics must be a list of rubric names, not "
+                                        f"{item!r:.80}")
+        names.append(name)
+    return names
+
+
+def _evaluation_fields(production_monitoring: Any, mass_sim_id: Any, experiment_id: Any,
+                       rubrics: Any) -> dict[str, Any]:
+    """The hosted SDK's init() keywords, as session fields. An experiment or
+    mass simulation id not seen before is created when the session is stored."""
+    return {"production_monitoring": _bool_arg("production_monitoring",
+                                               production_monitoring) or None,
+            "mass_sim_id": _id_arg("mass_sim_id", mass_sim_id),
+            "experiment_id": _id_arg("experiment_id", experiment_id),
+            "rubrics": _rubrics_arg(rubrics)}
 
 
 def _screenshot(screenshot: Any, screenshot_path: Any) -> tuple[str | None, str | None]:
@@ -191,31 +229,40 @@ def _create_session(options: _Options, session_id: str | None, fields: dict[str,
     pipeline = runtime.pipeline_for(sink)
     project = _project_of(sink)
     binding = _bind(session_id, options, pipeline, project)
+    binding.state.evaluated = bool(fields.get("experiment_id") or fields.get("rubrics"))
     now = time.time()
     record_fields = {"project": project, "agent_id": options.agent_id, "started_at": now,
                      **fields}
     if binding.mask is not None:
         mask_fields(binding.mask, record_fields)
-    record = ("session", session_id, now, record_fields)
-    try:
-        # Written at once, so another process can continue the session as soon
-        # as this call returns.
-        sink.write([record])
-    except Exception as exc:  # noqa: BLE001
-        log_rate_limited("session_create", "lucidic: could not store session %s yet (%s); "
-                         "it is queued and will be delivered later", session_id, exc)
-        pipeline.put(record)
+    # Written at once, so another process can continue the session as soon
+    # as this call returns.
+    write_at_once(sink, pipeline, ("session", session_id, now, record_fields))
     return binding
 
 
-def _check_continuable(sink: Sink, session_id: str, agent_id: str | None) -> None:
+def write_at_once(sink: Sink, pipeline: Pipeline, record: Record) -> None:
+    """Store a record now (what others must find as soon as the call that
+    made it returns); if the backend cannot take it now, queue it."""
+    try:
+        sink.write([record])
+    except Exception as exc:  # noqa: BLE001
+        log_rate_limited(f"{record[0]}_create", "lucidic: could not store %s %s yet (%s); it "
+                         "is queued and will be delivered later", record[0], record[1], exc)
+        pipeline.put(record)
+
+
+def _check_continuable(sink: Sink, session_id: str,
+                       agent_id: str | None) -> dict[str, Any] | None:
+    """Refuse to continue an unknown, finished or other agent's session;
+    returns the stored session when the backend was asked."""
     state = runtime.states.get(session_id)
     if state is not None and state.finished:
         raise InvalidOperationError(_finished_message(session_id))
     if state is not None and state.bindings:
         # This process holds it open right now: no need to ask the backend.
         _check_agent(session_id, state.bindings[0].agent_id, agent_id)
-        return
+        return None
     try:
         info = sink.lookup_session(session_id)
     except APIKeyVerificationError:
@@ -224,7 +271,7 @@ def _check_continuable(sink: Sink, session_id: str, agent_id: str | None) -> Non
         log_rate_limited("lookup_failed", "lucidic: could not check session %s (%s); "
                          "continuing it, records will be delivered when the backend answers",
                          session_id, exc)
-        return
+        return None
     if info is None:
         raise InvalidOperationError(
             f"session {session_id!r} does not exist (for this store or API key). Check the "
@@ -232,6 +279,7 @@ def _check_continuable(sink: Sink, session_id: str, agent_id: str | None) -> Non
     if info.get("is_finished"):
         raise InvalidOperationError(_finished_message(session_id))
     _check_agent(session_id, info.get("agent_id"), agent_id)
+    return info
 
 
 def _check_agent(session_id: str, owner: str | None, agent_id: str | None) -> None:
@@ -251,8 +299,11 @@ def _finished_message(session_id: str) -> str:
 def _continue(session_id: str, options: _Options) -> Binding:
     _activate_providers(options.providers)
     sink = options.sink()
-    _check_continuable(sink, session_id, options.agent_id)
-    return _bind(session_id, options, runtime.pipeline_for(sink), _project_of(sink))
+    info = _check_continuable(sink, session_id, options.agent_id)
+    binding = _bind(session_id, options, runtime.pipeline_for(sink), _project_of(sink))
+    if info is not None:
+        binding.state.evaluated = bool(info.get("experiment_id") or info.get("rubrics"))
+    return binding
 
 
 # -- sessions ----------------------------------------------------------------------
@@ -262,13 +313,20 @@ def init(session_name: str | None = None, session_id: str | None = None,
          task: str | None = None, providers: Sequence[str] | None = None,
          tags: Sequence[str] | None = None, masking_function: Callable[[str], str] | None = None,
          auto_end: bool = True, *, api_key: str | None = None,
-         capture_uncaught: bool = True) -> str:
-    """Start a session and make it this process's current one; returns its id."""
+         capture_uncaught: bool = True, production_monitoring: bool = False,
+         mass_sim_id: str | None = None, experiment_id: str | None = None,
+         rubrics: Sequence[str] | None = None) -> str:
+    """Start a session and make it this process's current one; returns its id.
+
+    ``mass_sim_id``, ``experiment_id`` and ``rubrics`` (names) are recorded on
+    the session, as the hosted SDK does; the named rubrics, and the
+    experiment's evaluators, score the session when it ends."""
     options = _Options(lucidic_api_key=lucidic_api_key, api_key=api_key, agent_id=agent_id,
                        providers=providers, masking_function=masking_function,
                        auto_end=auto_end)
     fields = {"name": text_field(session_name), "task": text_field(task),
-              "tags": _tags_arg(tags)}
+              "tags": _tags_arg(tags),
+              **_evaluation_fields(production_monitoring, mass_sim_id, experiment_id, rubrics)}
     binding = _create_session(options, session_id, fields)
     previous = process_slot.binding
     if previous is not None and previous.active:
@@ -337,6 +395,12 @@ def end_session(is_successful: bool | None = None, is_successful_reason: str | N
                 session_eval=session_eval, session_eval_reason=session_eval_reason)
 
 
+#: Called with each binding whose session this process ends, once its records
+#: are delivered: lucidic.evals, when imported, scores the sessions that name
+#: an experiment or rubrics there.
+session_end_hooks: list[Callable[[Binding], None]] = []
+
+
 def end_binding(binding: Binding, *, is_successful: bool | None = None,
                 is_successful_reason: str | None = None, session_eval: float | None = None,
                 session_eval_reason: str | None = None, failure: str | None = None,
@@ -356,6 +420,9 @@ def end_binding(binding: Binding, *, is_successful: bool | None = None,
     if wait:
         # Let another process see the session as finished right away.
         binding.pipeline.flush(_config.flush_timeout(), fail_fast=True)
+    for hook in session_end_hooks:
+        with swallow("session_end_hook"):
+            hook(binding)
 
 
 def _session_result_fields(session_eval: Any, session_eval_reason: Any, is_successful: Any,
@@ -525,18 +592,23 @@ class session(_ScopeBase):  # noqa: N801
                  agent_id: str | None = None, task: str | None = None,
                  providers: Sequence[str] | None = None, tags: Sequence[str] | None = None,
                  masking_function: Callable[[str], str] | None = None,
-                 auto_end: bool = True) -> None:
+                 auto_end: bool = True, production_monitoring: bool = False,
+                 mass_sim_id: str | None = None, experiment_id: str | None = None,
+                 rubrics: Sequence[str] | None = None) -> None:
         super().__init__()
         self._kwargs = {"session_name": session_name, "session_id": session_id,
                         "lucidic_api_key": lucidic_api_key, "api_key": api_key,
                         "agent_id": agent_id, "task": task, "providers": providers,
                         "tags": tags, "masking_function": masking_function,
-                        "auto_end": auto_end}
+                        "auto_end": auto_end, "production_monitoring": production_monitoring,
+                        "mass_sim_id": mass_sim_id, "experiment_id": experiment_id,
+                        "rubrics": rubrics}
         self._options = _Options(lucidic_api_key=lucidic_api_key, api_key=api_key,
                                  agent_id=agent_id, providers=providers,
                                  masking_function=masking_function, auto_end=auto_end)
-        self._fields = {"name": text_field(session_name), "task": text_field(task),
-                        "tags": _tags_arg(tags)}
+        self._fields: dict[str, Any] = {
+            "name": text_field(session_name), "task": text_field(task), "tags": _tags_arg(tags),
+            **_evaluation_fields(production_monitoring, mass_sim_id, experiment_id, rubrics)}
         self._session_id = session_id
         self.session_id: str | None = None
 

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 class SessionState:
     """What this process knows of one session, shared by all its bindings."""
 
-    __slots__ = ("bindings", "failure", "finished", "id", "open_steps", "outcome_set")
+    __slots__ = ("bindings", "evaluated", "failure", "finished", "id", "open_steps",
+                 "outcome_set")
 
     def __init__(self, session_id: str) -> None:
         self.id = session_id
@@ -33,6 +34,8 @@ class SessionState:
         self.outcome_set = False  # the user said whether it succeeded
         self.failure: str | None = None  # why the process thinks it failed
         self.bindings: list[Binding] = []
+        #: It names an experiment or rubrics: ending it here scores it.
+        self.evaluated = False
 
 
 class Binding:

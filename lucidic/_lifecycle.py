@@ -28,6 +28,9 @@ _install_lock = threading.Lock()
 _finished = False
 _previous_sigterm: Any = None
 _previous_excepthook: Any = None
+#: True once SIGTERM is ending this process: only what fits the flush bound
+#: is done (sessions end; scoring them is left for later).
+terminating = False
 
 
 def install() -> None:
@@ -87,12 +90,14 @@ def _install_sigterm() -> None:
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    global terminating
     previous = _previous_sigterm
     if callable(previous):
         # The program handles SIGTERM itself; if it exits, atexit ends the
         # sessions. If it carries on, so do they.
         previous(signum, frame)
         return
+    terminating = True
     end_sessions(failure="terminated by SIGTERM")
     shutdown()
     # Die of the signal as we would have, so the exit status stays -SIGTERM.

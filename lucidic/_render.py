@@ -204,11 +204,50 @@ def _header(session: dict[str, Any], full: bool) -> list[Line]:
         reason = text(session.get("session_eval_reason"))
         row("eval", [(value + (": " if value and reason else "") + reason, "")])
     row("totals", totals(session))
+    for label, line in _judgement_rows(session):
+        row(label, line)
     if full:
         shown = {"id", "name", "is_successful_reason", "agent_id", "task", "tags",
-                 "session_eval", "session_eval_reason", "steps", "events"}
+                 "session_eval", "session_eval_reason", "steps", "events", "scores",
+                 "score_details", "rubric_results", "evaluations", "evaluates",
+                 "experiment_id", "case_id", "repeat", "mass_sim_id", "rubrics"}
         lines.extend(_fields(session, shown, indent="  "))
     return lines
+
+
+def score_text(value: Any) -> str:
+    """A score's value: pass/fail, a number, or the label."""
+    if isinstance(value, bool):
+        return "pass" if value else "fail"
+    return text(value)
+
+
+def _judgement_rows(session: dict[str, Any]) -> list[tuple[str, Line]]:
+    """What says where a session belongs (its experiment run, mass
+    simulation, rubrics) and what was said about it (scores, evaluations)."""
+    rows: list[tuple[str, Line]] = []
+    if session.get("experiment_id"):
+        run = f"experiment {session['experiment_id']}"
+        if session.get("case_id") is not None:
+            run += f", case {session['case_id']}, repeat {session.get('repeat') or 0}"
+        rows.append(("run", [(run, "")]))
+    if session.get("mass_sim_id"):
+        rows.append(("mass sim", [(session["mass_sim_id"], "")]))
+    if session.get("rubrics"):
+        rows.append(("rubrics", [(", ".join(text(r) for r in session["rubrics"]), "")]))
+    if session.get("error"):
+        rows.append(("error", [(short(session["error"]), "failed")]))
+    scores = session.get("scores") or {}
+    if scores:
+        rows.append(("scores", [("  ".join(f"{name} {score_text(value)}"
+                                           for name, value in scores.items()), "")]))
+    failed = [e for e in session.get("evaluations") or () if e.get("status") == "failed"]
+    for evaluation in failed:
+        rows.append(("eval err", [(f"{evaluation['name']}: {short(evaluation.get('error'))}",
+                                   "failed")]))
+    for judged in session.get("evaluates") or ():
+        rows.append(("judges", [(f"{judged['name']} of session {judged['session_id']}", "")]))
+    return rows
 
 
 def _children(node: dict[str, Any]) -> list[dict[str, Any]]:
@@ -293,8 +332,9 @@ def _llm_label(event: dict[str, Any]) -> Line:
         timing = [*timing, (f" (first token {duration(event['time_to_first_token'])})", "dim")]
     cost = [(money(event["cost"]), "cost")] if event.get("cost") else []
     failed: Line = [("FAILED", "error")] if event.get("error") else []
+    replayed: Line = [("replayed", "dim")] if event.get("replayed_from") else []
     return _parts(who, timing, [(_tokens(event, estimated=bool(event.get("tokens_estimated"))),
-                                 "")], cost, failed,
+                                 "")], cost, replayed, failed,
                   [(text(event["result"]), "dim")] if event.get("result") else [])
 
 

@@ -24,7 +24,7 @@ from typing import IO, Any
 import orjson
 
 from ._internal import log_rate_limited, record_internal_error
-from .store import Record
+from .store import RECORD_KINDS, Record
 
 _SEGMENT_BYTES = 16 * 1024 * 1024
 
@@ -195,7 +195,7 @@ def _decode(line: bytes) -> Any:
 def _parse_line(line: bytes, path: Path, line_number: int) -> Record | None:
     try:
         kind, rid, ts, fields = _decode(line)
-        if kind not in ("session", "step", "event") or not isinstance(fields, dict):
+        if kind not in RECORD_KINDS or not isinstance(fields, dict):
             raise ValueError("not a record")
         return (kind, str(rid), float(ts), fields)
     except (ValueError, TypeError) as exc:

@@ -3,6 +3,8 @@
     lucidic sessions list [--agent ID] [--status running|successful|failed|finished]
                           [--search TEXT] [--mass-sim ID] [--limit N] [--json]
     lucidic sessions show SESSION_ID [--full] [--json]
+    lucidic experiments list|show ID|compare A B [--fail-on-regression NAME[:TOL]]|rescore ID
+    lucidic mass-sims list|show ID
     lucidic providers [--json]
     lucidic ui [--host H] [--port P] [--allow-host NAME] [--db URL]
     lucidic server [--db URL] [--host H] [--port P] [--max-body-mb N] [--max-upload-mb N]
@@ -593,6 +595,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="print JSON (times as epoch seconds, and ISO 8601 in *_iso)")
     show.set_defaults(handler=_sessions_show)
 
+    from ._cli_experiments import add_commands
+
+    add_commands(commands, _add_parser, _help_of)
     providers = _add_parser(commands, "providers", help="installed provider plugins")
     providers.add_argument("--json", action="store_true", help="print JSON")
     providers.set_defaults(handler=_providers)

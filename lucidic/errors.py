@@ -11,6 +11,7 @@ __all__ = [
     "InvalidOperationError",
     "LucidicError",
     "LucidicNotInitializedError",
+    "ReplayMissError",
 ]
 
 
@@ -36,3 +37,8 @@ class LucidicNotInitializedError(LucidicError):
             or "No Lucidic session is current here. Start one with lai.init(), "
             "lai.continue_session(id) or `with lai.continued(id):` first."
         )
+
+
+class ReplayMissError(LucidicError):
+    """An experiment replaying another one in strict mode met an LLM call that
+    experiment never recorded."""

@@ -48,6 +48,7 @@ __all__ = [
     "describe",
     "get_adapter",
     "in_session",
+    "mark_replayed",
     "open_step",
     "record_event",
     "record_internal_error",
@@ -352,13 +353,27 @@ def _field_value(key: str, value: Any) -> Any:
     return text_field(value)
 
 
+#: The LLM call most recently started in this context, until it is recorded:
+#: what an answer given from a recording (lucidic.evals replay) marks.
+_open_call: contextvars.ContextVar[LLMCall | None] = contextvars.ContextVar(
+    "lucidic_open_llm_call", default=None)
+
+
+def mark_replayed(event_id: str) -> None:
+    """The LLM call in flight in this context was answered from the recorded
+    event ``event_id``, not by the provider: recorded as replayed, at no cost."""
+    call = _open_call.get()
+    if call is not None and not call._done:
+        call._replayed_from = event_id
+
+
 class LLMCall:
     """One LLM call in flight. Adapters create it with :func:`start_llm_call`
     before the request, then call ``finish()`` or ``fail()`` exactly once
     (streams: when the stream ends, is abandoned or errors)."""
 
-    __slots__ = ("_binding", "_done", "_fields", "_first_token_at", "_started",
-                 "_started_wall", "_step_id")
+    __slots__ = ("_binding", "_done", "_fields", "_first_token_at", "_replayed_from",
+                 "_started", "_started_wall", "_step_id")
 
     def __init__(self, binding: Any, fields: dict[str, Any], step_id: str | None) -> None:
         self._binding = binding
@@ -368,6 +383,8 @@ class LLMCall:
         self._started_wall = time.time()
         self._first_token_at: float | None = None
         self._done = False
+        self._replayed_from: str | None = None
+        _open_call.set(self)
 
     def annotate(self, *, request_model: str | None = None, input: Any = None,  # noqa: A002
                  arguments: Any = None) -> None:
@@ -412,7 +429,9 @@ class LLMCall:
                 fields[key] = int(value) if value is not None else None
             if tokens_estimated:
                 fields["tokens_estimated"] = True
-            if cost is None:
+            if self._replayed_from is not None:
+                cost = 0.0  # answered from a recording: nothing was spent
+            elif cost is None:
                 cost = cost_of(fields.get("provider"), fields["model"], input_tokens,
                                output_tokens, cached_tokens, cache_write_tokens,
                                cache_write_1h_tokens)
@@ -429,8 +448,12 @@ class LLMCall:
             self._record()
 
     def _record(self) -> None:
+        if _open_call.get() is self:
+            _open_call.set(None)
         now = time.perf_counter()
         fields = self._fields
+        if self._replayed_from is not None:
+            fields["replayed_from"] = self._replayed_from
         fields["started_at"] = self._started_wall
         fields["ended_at"] = self._started_wall + (now - self._started)
         fields["duration"] = now - self._started

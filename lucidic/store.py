@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from . import evalstore
+
 __all__ = [
     "EVENT_COLUMNS",
     "SESSION_COLUMNS",
@@ -150,21 +152,28 @@ WRITER_COLUMNS = ("writer_host", "writer_pid", "writer_agent")
 _PROTOCOL_SESSION_COLUMNS = ("mass_sim_id", "experiment_id", "rubrics", "attributes")
 _PROTOCOL_STEP_COLUMNS = ("attributes",)
 _PROTOCOL_EVENT_COLUMNS = ("attributes",)
-SESSION_COLUMNS = (*_V1_SESSION_COLUMNS, *_PROTOCOL_SESSION_COLUMNS)
+#: Columns added by migration 8 (lucidic.evalstore): a run's case and outcome
+#: on its session, and on an event the recorded event a replayed answer came from.
+_RUN_SESSION_COLUMNS = tuple(evalstore.SESSION_RUN_COLUMNS)
+_REPLAY_EVENT_COLUMNS = tuple(evalstore.EVENT_REPLAY_COLUMNS)
+SESSION_COLUMNS = (*_V1_SESSION_COLUMNS, *_PROTOCOL_SESSION_COLUMNS, *_RUN_SESSION_COLUMNS)
 STEP_COLUMNS = (*_V1_STEP_COLUMNS, *WRITER_COLUMNS, *_PROTOCOL_STEP_COLUMNS)
 EVENT_COLUMNS = (*_EVENT_COLUMNS_1, *_EVENT_ACCOUNTING_COLUMNS, *WRITER_COLUMNS,
-                 *_PROTOCOL_EVENT_COLUMNS)
+                 *_PROTOCOL_EVENT_COLUMNS, *_REPLAY_EVENT_COLUMNS)
 #: A screenshot the server keeps (uploaded by lucidicai to a signed URL) is
 #: referenced from a step's ``screenshot`` or an event's ``screenshots`` by this
 #: path and its object key; GET on it serves the image (see lucidic.server.uploads).
 SCREENSHOT_PATH = "/api/v1/screenshots/"
 #: Columns holding JSON documents (stored as text on both backends).
 JSON_COLUMNS = frozenset({"tags", "input", "output", "arguments", "screenshots", "rubrics",
-                          "attributes"})
-BOOL_COLUMNS = frozenset({"is_finished", "is_successful", "tokens_estimated"})
+                          "attributes", *evalstore.JSON_COLUMNS})
+BOOL_COLUMNS = frozenset({"is_finished", "is_successful", "tokens_estimated",
+                          *evalstore.BOOL_COLUMNS})
 
 _TABLES = {"session": ("sessions", SESSION_COLUMNS), "step": ("steps", STEP_COLUMNS),
            "event": ("events", EVENT_COLUMNS)}
+#: Every kind of record a store takes.
+RECORD_KINDS = frozenset({*_TABLES, *evalstore.KINDS})
 
 # Type names both SQLite (by affinity) and PostgreSQL understand.
 _TYPES = {
@@ -175,7 +184,8 @@ _TYPES = {
     "input_tokens": "BIGINT", "output_tokens": "BIGINT", "cached_tokens": "BIGINT",
     "reasoning_tokens": "BIGINT", "is_finished": "SMALLINT", "is_successful": "SMALLINT",
     "updated_at": "DOUBLE PRECISION", "cache_write_tokens": "BIGINT",
-    "tokens_estimated": "SMALLINT", "writer_pid": "BIGINT",
+    "tokens_estimated": "SMALLINT", "writer_pid": "BIGINT", "repeat": "BIGINT",
+    "production_monitoring": "SMALLINT",
 }
 
 
@@ -284,6 +294,9 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "  trace_id TEXT NOT NULL,\n  span_id TEXT NOT NULL,\n  parent_span_id TEXT,\n"
         "  is_step SMALLINT NOT NULL,\n  PRIMARY KEY (project, trace_id, span_id)\n)",
     ]),
+    # Evaluations: a run's case and outcome on its session, replayed events,
+    # experiments, scores, rubric results and evaluation claims.
+    (8, list(evalstore.MIGRATION)),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -407,6 +420,9 @@ def _check_records(records: Sequence[Record],
     for kind, rid, _, fields in records:
         table = _TABLES.get(kind)
         if table is None:
+            if kind in evalstore.KINDS:
+                evalstore.check(kind, rid, fields, project)
+                continue
             raise ValueError(f"unknown record kind {kind!r}")
         if fields.get(table[1][0]) is None and not (project is not None and kind == "session"):
             raise ValueError(f"{kind} record {rid!r} lacks {table[1][0]!r}")
@@ -415,6 +431,14 @@ def _check_records(records: Sequence[Record],
             repeated.add(key)
         seen.add(key)
     return repeated
+
+
+def _split(records: list[Record]) -> tuple[list[Record], list[Record]]:
+    """Sessions, steps and events apart from the evaluation records."""
+    if all(r[0] in _TABLES for r in records):
+        return records, []
+    return ([r for r in records if r[0] in _TABLES],
+            [r for r in records if r[0] in evalstore.KINDS])
 
 
 def _coalesce(records: list[Record], mergeable: set[tuple[str, str]]) -> list[Record]:
@@ -729,8 +753,24 @@ class Store:
         the ownership check of ``write_for_project``: the caller has made it."""
         records = list(records)
         repeated = _check_records(records, project)
-        self._apply(cur, self._group(cur, records, repeated, project),
+        self._apply_all(cur, records, repeated, project)
+
+    def _apply_all(self, cur: Any, records: list[Record], repeated: set[tuple[str, str]],
+                   project: str | None) -> None:
+        core, extra = _split(records)
+        self._apply(cur, self._group(cur, core, repeated, project),
                     ("session", "step", "event"))
+        self._after_core(cur, core, extra, project)
+
+    def _after_core(self, cur: Any, core: list[Record], extra: list[Record],
+                    project: str | None) -> None:
+        """The evaluation records, and the experiments and mass simulations
+        the sessions name (see lucidic.evalstore)."""
+        sessions = [r for r in core if r[0] == "session"]
+        if sessions:
+            evalstore.note_references(self, cur, sessions, project)
+        if extra:
+            evalstore.apply(self, cur, extra, project)
 
     def write(self, records: Iterable[Record]) -> None:
         """Apply records idempotently, all in one transaction. A malformed
@@ -738,8 +778,7 @@ class Store:
         anything is written."""
         records = list(records)
         repeated = _check_records(records)
-        self._run(lambda cur: self._apply(cur, self._group(cur, records, repeated),
-                                          ("session", "step", "event")), write=True)
+        self._run(lambda cur: self._apply_all(cur, records, repeated, None), write=True)
 
     def write_for_project(self, records: Iterable[Record], project: str) -> None:
         """Apply records on behalf of ``project``, all or nothing: session
@@ -748,11 +787,14 @@ class Store:
         otherwise nothing is written and UnknownSessionError says which."""
         records = list(records)
         repeated = _check_records(records, project)
+        core, extra = _split(records)
         referenced = {rid if kind == "session" else fields["session_id"]
-                      for kind, rid, _, fields in records}
+                      for kind, rid, _, fields in core}
+        referenced.update(sid for kind, _, _, fields in extra
+                          if (sid := evalstore.referenced_session(kind, fields)) is not None)
 
         def run(cur: Any) -> None:
-            groups = self._group(cur, records, repeated, project)
+            groups = self._group(cur, core, repeated, project)
             self._apply(cur, groups, ("session",))
             # After the session upserts (whose guard skips another project's
             # rows), in the same transaction: is every named session ours?
@@ -767,6 +809,7 @@ class Store:
             if missing:
                 raise UnknownSessionError(missing)
             self._apply(cur, groups, ("step", "event"))
+            self._after_core(cur, core, extra, project)
 
         self._run(run, write=True)
 

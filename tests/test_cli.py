@@ -289,7 +289,7 @@ def test_version_help_and_defaults(lucidic_home):
     bare = _cli(lucidic_home)
     assert bare.returncode == 0 and bare.stdout.startswith("usage: lucidic ")
     assert "sessions" in bare.stdout and "providers" in bare.stdout and "keys" in bare.stdout
-    assert "    providers    installed provider plugins\n" in bare.stdout  # one line each
+    assert "    providers      installed provider plugins\n" in bare.stdout  # one line each
     sessions = _cli(lucidic_home, "sessions")
     assert sessions.returncode == 0 and sessions.stdout.startswith("usage: lucidic sessions ")
     assert "    show      a session's tree of steps and events\n" in sessions.stdout

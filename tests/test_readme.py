@@ -15,6 +15,7 @@ tests/test_packaging.py instead.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -189,3 +190,26 @@ def test_the_shared_server_walkthrough_runs_on_loopback(clone, tmp_path):
         server.terminate()
         server.wait(10)
     assert "Traceback" not in log.read_text()
+
+
+def test_the_evaluation_walkthrough_runs_and_finds_the_regression(clone, tmp_path):
+    (_, language, body), = [b for b in _blocks("tested") if b[0] == "tested, evaluation"]
+    commands = _commands(language, body)
+    assert commands[0] == "python examples/evaluate.py"
+    env = _env(clone, tmp_path)
+    printed = _run(commands[0], clone, env).stdout
+    assert "compared with calculator v1" in printed
+    assert re.search(r"^times\s+pass → fail \(-1\)", printed, re.M)
+    listed = _run(commands[1], clone, env).stdout.splitlines()
+    assert [line.split()[1:3] for line in listed[1:]] == [["calculator", "v2"],
+                                                          ["calculator", "v1"]]
+    v2, v1 = (line.split()[0] for line in listed[1:])
+    shown = json.loads(_run(commands[2].replace("<experiment_id>", v1), clone, env).stdout)
+    assert {run["case_id"] for run in shown["runs"]} == {"add", "times", "minus"}
+    assert shown["summary"] == {"exact": 1.0, "quality": 1.0}
+    compare = commands[3].replace("<A>", v1).replace("<B>", v2)
+    failed = subprocess.run(["bash", "-c", compare], cwd=clone, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert failed.returncode == 1
+    assert "exact regressed in 1 case(s): times (pass → fail)" in failed.stderr
+    assert "no mass simulations yet" in _run(commands[4], clone, env).stdout

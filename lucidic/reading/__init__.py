@@ -9,10 +9,12 @@ the embedded store's own tools read it). Not imported by ``import lucidic``.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from typing import Any
 
 from ..store import Store
 from . import dashboard as _dashboard
+from . import experiments as _experiments
 from . import tree as _tree
 from .sessions import (
     MAX_LIMIT,
@@ -67,9 +69,19 @@ class Reader:
 
     def tree(self, session_id: str, project: str | None = None) -> dict[str, Any] | None:
         """The session with its steps nested by parent and its events placed in
-        their steps (or at the session's top level)."""
+        their steps (or at the session's top level), with its scores, rubric
+        results and evaluations (see lucidic.reading.experiments)."""
         session = self.session(session_id, project)
-        return None if session is None else _tree.full_tree(self.store, session)
+        if session is None:
+            return None
+        return _experiments.add_judgement(self.store, _tree.full_tree(self.store, session),
+                                          project)
+
+    def judgement(self, session: dict[str, Any],
+                  project: str | None = None) -> dict[str, Any]:
+        """The session (a row or a tree) with its scores, rubric results and
+        evaluations added (see lucidic.reading.experiments.add_judgement)."""
+        return _experiments.add_judgement(self.store, session, project)
 
     def outline(self, session: dict[str, Any], offset: int = 0, limit: int = 300,
                 now: float | None = None) -> Outline:
@@ -109,6 +121,8 @@ class Reader:
              [session_id]),
             (f"SELECT MAX(updated_at) AS v, COUNT(*) AS n FROM events WHERE session_id = {ph}",
              [session_id]),
+            (f"SELECT MAX(updated_at) AS v, COUNT(*) AS n FROM scores WHERE session_id = {ph}",
+             [session_id]),
         ])
         parts = [f"{r[0]['v']!r}/{r[0]['n']}" if r else "-" for r in rows]
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
@@ -140,6 +154,42 @@ class Reader:
                "SELECT v AS agent_id FROM agents WHERE v IS NOT NULL")
         params = [project, project] if project is not None else []
         return [r["agent_id"] for r in self.store.query(sql, params)]
+
+    # -- experiments and mass simulations ---------------------------------------------
+
+    def experiments(self, project: str | None = None, *, limit: int = 50,
+                    offset: int = 0) -> list[dict[str, Any]]:
+        """Experiments, newest first, with their runs' progress."""
+        return _experiments.list_experiments(self.store, project, limit=limit, offset=offset)
+
+    def experiment(self, experiment_id: str,
+                   project: str | None = None) -> dict[str, Any] | None:
+        return _experiments.experiment(self.store, experiment_id, project)
+
+    def runs(self, experiment_id: str, project: str | None = None) -> list[dict[str, Any]]:
+        """An experiment's runs, with their scores, cost and duration."""
+        return _experiments.experiment_runs(self.store, experiment_id, project)
+
+    def run_sessions(self, session_ids: Sequence[str],
+                     project: str | None = None) -> list[dict[str, Any]]:
+        """The sessions named, as runs, in the order named."""
+        return _experiments.run_sessions(self.store, session_ids, project)
+
+    def evaluations(self, session_ids: Sequence[str],
+                    project: str | None = None) -> dict[str, list[dict[str, Any]]]:
+        """Who scored each session with what, and how it went."""
+        return _experiments.evaluations_of(self.store, session_ids, project)
+
+    def llm_events(self, experiment_id: str,
+                   project: str | None = None) -> list[dict[str, Any]]:
+        """The LLM calls an experiment's runs recorded, with each run's case and repeat."""
+        return _experiments.llm_events(self.store, experiment_id, project)
+
+    def mass_sims(self, project: str | None = None, *, mass_sim_id: str | None = None,
+                  limit: int = 50, offset: int = 0) -> list[dict[str, Any]]:
+        """Mass simulations with ``total``, ``sessions`` and ``ended``."""
+        return _experiments.mass_sims(self.store, project, mass_sim_id=mass_sim_id,
+                                      limit=limit, offset=offset)
 
     # -- aggregates ----------------------------------------------------------------
 

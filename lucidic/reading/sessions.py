@@ -72,6 +72,7 @@ class SessionQuery:
     project: str | None = None
     status: str | None = None
     agent_id: str | None = None
+    experiment_id: str | None = None      # the runs of one experiment
     started_after: float | None = None    # epoch seconds, inclusive
     started_before: float | None = None   # epoch seconds, exclusive
     search: str | None = None
@@ -136,6 +137,7 @@ def _filters(store: Store, query: SessionQuery) -> tuple[list[str], list[Any]]:
     params: list[Any] = []
     for clause, value in (("s.project = {}", query.project), ("s.agent_id = {}", query.agent_id),
                           ("s.mass_sim_id = {}", query.mass_sim_id),
+                          ("s.experiment_id = {}", query.experiment_id),
                           ("s.started_at >= {}", query.started_after),
                           ("s.started_at < {}", query.started_before)):
         if value is not None:

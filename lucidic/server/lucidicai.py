@@ -207,9 +207,6 @@ def verify_api_key(request: Request, who: Auth) -> JSONOut:
 @router.post("/initsession", summary="Start a session (or join the unfinished one named by "
                                      "session_id)")
 def init_session(body: InitSession, request: Request, who: Auth, db: Db) -> JSONOut:
-    if body.mass_sim_id and not masssims.mass_sim_exists(db, body.mass_sim_id, who.project):
-        raise ApiError(404, f"mass simulation {body.mass_sim_id!r} was not found in this "
-                            "project; create one with lai.create_mass_sim() and pass its id")
     if body.session_id is not None:
         existing = db.get_session(body.session_id)
         if existing is not None:

@@ -82,9 +82,10 @@ def check_json_text(value: Any, path: str = "body", depth: int = 0) -> str | Non
 _FLOATS = {"started_at", "ended_at", "eval_score", "session_eval", "cost", "duration",
            "time_to_first_token"}
 _INTS = {"input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens",
-         "reasoning_tokens", "writer_pid"}
+         "reasoning_tokens", "writer_pid", "repeat"}
 _STRING_LISTS = {"tags", "screenshots"}
-_IDS = {"session_id", "parent_step_id", "step_id"}
+_IDS = {"session_id", "parent_step_id", "step_id", "experiment_id", "mass_sim_id",
+        "replayed_from"}
 
 
 def _column_type(column: str) -> Any:
@@ -142,7 +143,75 @@ class EventRecord(_RecordBase):
     fields: EventFields  # type: ignore[valid-type]
 
 
-AnyRecord = Annotated[Union[SessionRecord, StepRecord, EventRecord],  # noqa: UP007
+# -- evaluation records (lucidic.evalstore) ----------------------------------------
+
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+Text = Annotated[str, Field(max_length=4 * 1024 * 1024)]
+Count = Annotated[int, Field(ge=0, le=_INT64 - 1)]
+
+#: Each evaluation kind's fields: (type, required).
+_EVALUATION_FIELDS: dict[str, dict[str, tuple[Any, bool]]] = {
+    "experiment": {
+        "project": (Name, False), "name": (Text, False), "rubrics": (list[Name], False),
+        "evaluators": (list[Any], False), "summary_evaluators": (list[Text], False),
+        "metadata": (Any, False), "tags": (list[str], False), "repeats": (Count, False),
+        "max_concurrency": (Count, False), "case_count": (Count, False),
+        "replay_of": (Id, False), "replay_mode": (Name, False), "summary": (Any, False),
+        "created_at": (FiniteFloat, False)},
+    "mass_sim": {
+        "project": (Name, False), "name": (Text, False), "task": (Text, False),
+        "tags": (list[str], False), "total_num_sims": (Count, False),
+        "agent_id": (Text, False), "created_at": (FiniteFloat, False)},
+    "score": {
+        "session_id": (Id, True), "step_id": (Id, False), "event_id": (Id, False),
+        "name": (Name, True), "kind": (Literal["number", "bool", "label"], False),
+        "value": (FiniteFloat, False), "label": (Text, False), "comment": (Text, False),
+        "passed": (bool, False), "source": (Name, False), "evaluator": (Name, False),
+        "evaluator_session_id": (Id, False), "created_at": (FiniteFloat, False)},
+}
+
+
+def _evaluation_fields(kind: str) -> Any:
+    fields: dict[str, Any] = {
+        column: (kind_, ...) if required else (Optional[kind_], None)  # noqa: UP045
+        for column, (kind_, required) in _EVALUATION_FIELDS[kind].items()}
+    return create_model(f"{kind.title().replace('_', '')}Fields",
+                        __config__=ConfigDict(extra="forbid"), **fields)
+
+
+ExperimentFields = _evaluation_fields("experiment")
+MassSimFields = _evaluation_fields("mass_sim")
+ScoreFields = _evaluation_fields("score")
+
+
+class ExperimentRecord(_RecordBase):
+    kind: Literal["experiment"]
+    fields: ExperimentFields  # type: ignore[valid-type]
+
+
+class MassSimRecord(_RecordBase):
+    kind: Literal["mass_sim"]
+    fields: MassSimFields  # type: ignore[valid-type]
+
+
+class ScoreRecord(_RecordBase):
+    kind: Literal["score"]
+    fields: ScoreFields  # type: ignore[valid-type]
+
+
+def _evaluation_dicts() -> list[Any]:
+    """The evaluation records for the raw-body road (see below)."""
+    out = []
+    for kind, columns in _EVALUATION_FIELDS.items():
+        items = {column: Required[kind_] if required else NotRequired[Optional[kind_]]  # noqa: UP045
+                 for column, (kind_, required) in columns.items()}
+        name = kind.title().replace("_", "")
+        out.append(_record_dict(f"_{name}Record", kind, _typed_dict(f"_{name}Fields", items)))
+    return out
+
+
+AnyRecord = Annotated[Union[SessionRecord, StepRecord, EventRecord,  # noqa: UP007
+                            ExperimentRecord, MassSimRecord, ScoreRecord],
                       Field(discriminator="kind")]
 
 
@@ -150,8 +219,9 @@ class Batch(BaseModel):
     """Records to apply. Idempotent: each record is an upsert keyed by its id,
     so a retried batch never duplicates anything, and batches from several
     processes may arrive in any order. A session record creates or updates a
-    session of the key's project; every step and event must name a session of
-    that project (existing, or created in the same batch)."""
+    session of the key's project; every step, event and score must name a
+    session of that project (existing, or created in the same batch).
+    Experiment and mass simulation records create or update the project's."""
 
     model_config = ConfigDict(extra="forbid")
     records: list[AnyRecord] = Field(max_length=MAX_BATCH)
@@ -240,14 +310,16 @@ def _record_dict(name: str, kind: str, fields: Any) -> Any:
 
 
 def _batch_dict() -> Any:
-    records: Any = Union[  # noqa: UP007
+    shapes = (
         _record_dict("_SessionRecord", "session",
                      _fields_dict("_SessionFields", SESSION_COLUMNS, None)),
         _record_dict("_StepRecord", "step",
                      _fields_dict("_StepFields", STEP_COLUMNS, "session_id")),
         _record_dict("_EventRecord", "event",
                      _fields_dict("_EventFields", EVENT_COLUMNS, "session_id")),
-    ]
+        *_evaluation_dicts(),
+    )
+    records: Any = Union[shapes]  # noqa: UP007
     return _typed_dict("_BatchDict", {
         "records": Annotated[list[Annotated[records, Field(discriminator="kind")]],
                              Field(max_length=MAX_BATCH)]})

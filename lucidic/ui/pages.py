@@ -184,6 +184,7 @@ def _session_or_404(request: Request, reader: Reader, session_id: str,
 
 def _session_context(reader: Reader, session: dict[str, Any], loaded: int) -> dict[str, Any]:
     now = time.time()
+    session = reader.judgement(session, session.get("project"))
     outline = reader.outline(session, 0, max(loaded, TREE_WINDOW), now=now)
     colours = {w["key"]: w["index"] % 8 for w in outline.writers}
     return {"session": session, "outline": outline, "now": now, "colours": colours,
@@ -339,9 +340,12 @@ def install(app: Any) -> None:
             return Response(status_code=401, headers={"HX-Redirect": target})
         return RedirectResponse(target, status_code=303)
 
+    from .experiments import router as experiments_router
+
     app.add_exception_handler(SignInRequiredError, needs_sign_in)
     app.mount(PREFIX, StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(router)
+    app.include_router(experiments_router)
     if not hasattr(app.state, "ui_signin"):
         app.state.ui_signin = True
 

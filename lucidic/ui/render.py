@@ -114,13 +114,45 @@ def percent(value: Any) -> str:
     return "—" if value is None else f"{float(value) * 100:.1f}%"
 
 
+def score(value: Any) -> str:
+    """A score's value: pass/fail, three significant digits, or the label."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "pass" if value else "fail"
+    if isinstance(value, (int, float)):
+        return f"{float(value):.3g}"
+    return str(value)
+
+
+def signed(value: Any, unit: str = "") -> str:
+    """A delta with its sign: +0.25, -$0.0012, +1.2 s."""
+    if value is None:
+        return "—"
+    amount = float(value)
+    sign = "+" if amount >= 0 else "−"
+    if unit == "$":
+        return sign + money(abs(amount))
+    if unit == "s":
+        return sign + duration(abs(amount))
+    return f"{sign}{abs(amount):.3g}"
+
+
+def trend(value: Any, higher_is_better: bool = True) -> str:
+    """better, worse or same, for a delta's colour."""
+    if value is None or float(value) == 0:
+        return "same"
+    return "better" if (float(value) > 0) == higher_is_better else "worse"
+
+
 @lru_cache(maxsize=1)
 def environment() -> Environment:
     env = Environment(loader=PackageLoader("lucidic.ui", "templates"),
                       autoescape=select_autoescape(["html", "svg"], default=True),
                       trim_blocks=True, lstrip_blocks=True)
     env.filters.update(money=money, duration=duration, number=number, iso=iso, when=when,
-                       day=day, percent=percent, pretty=pretty, image_src=image_src)
+                       day=day, percent=percent, pretty=pretty, image_src=image_src,
+                       score=score, signed=signed, trend=trend)
     env.globals.update(status_of=status_of, conversation=conversation,
                        session_duration=session_duration, asset=assets.url, bar=bar,
                        node_span=node_span,

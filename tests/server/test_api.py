@@ -312,7 +312,11 @@ def test_fuzzing_the_api_from_its_openapi_spec_finds_no_server_error(
     server = start_server(sqlite_url)
     key = make_key(sqlite_url, "fuzz")
     sid = str(uuid.uuid4())
-    Api(server.url, key).records(_session(sid), _step("known-step", sid))
+    Api(server.url, key).records(
+        _session(sid, experiment_id="known-experiment", case_id="c", repeat=0),
+        _step("known-step", sid),
+        {"kind": "score", "id": "known-score", "ts": 1.0,
+         "fields": {"session_id": sid, "name": "exact", "kind": "bool", "value": 1.0}})
     result = subprocess.run(
         [str(Path(sys.executable).with_name("schemathesis")), "run",
          server.url + "/openapi.json", "--checks", "not_a_server_error",
@@ -332,4 +336,8 @@ def test_fuzzing_the_api_from_its_openapi_spec_finds_no_server_error(
     spec = requests.get(server.url + "/openapi.json", timeout=10).json()
     operations = sum(len(methods) for methods in spec["paths"].values())
     assert "/v1/traces" in spec["paths"] and "/api/initsession" in spec["paths"]
+    # ... and the evaluation routes: experiments, runs, claims, mass simulations.
+    assert {"/api/v1/experiments", "/api/v1/experiments/{experiment_id}/runs",
+            "/api/v1/evaluations/claim", "/api/v1/evaluations/complete", "/api/v1/runs",
+            "/api/v1/mass-sims/{mass_sim_id}"} <= set(spec["paths"])
     assert re.search(rf"Tested: {operations}\b", result.stdout), report

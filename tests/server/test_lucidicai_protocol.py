@@ -281,7 +281,6 @@ out = {}
 out["bad_key"] = attempt(lambda: lai.init(session_name="x", api_key="lk_not-a-key"))
 out["unknown"] = attempt(lambda: lai.continue_session("no-such-session"))
 lai.Client().clear()
-out["mass_sim"] = attempt(lambda: lai.init(session_name="x", mass_sim_id="no-such-sim"))
 lai.init(session_name="ok")
 out["prompt"] = attempt(lambda: lai.get_prompt("missing", cache_ttl=0))
 print(json.dumps(out))
@@ -296,8 +295,6 @@ def test_lucidicai_errors_carry_the_servers_reason(lai_server: ServerProcess,
     assert out["bad_key"][0] == "APIKeyVerificationError"
     kind, text = out["unknown"]
     assert kind == "InvalidOperationError" and "'no-such-session' was not found" in text
-    kind, text = out["mass_sim"]
-    assert kind == "InvalidOperationError" and "mass simulation 'no-such-sim'" in text
     kind, text = out["prompt"]
     assert kind == "InvalidOperationError" and "lucidic prompts set missing" in text
 
@@ -569,6 +566,8 @@ for n in range(2):
     lai.end_session(is_successful=n == 0)
 ids.append(lai.init(session_name="unrelated"))
 lai.end_session()
+# A mass simulation id made elsewhere (the hosted product, say) is created on first use.
+ids.append(lai.init(session_name="elsewhere", mass_sim_id="made-elsewhere"))
 print(json.dumps({"sim": sim, "sessions": ids}))
 """
 
@@ -584,11 +583,14 @@ def test_mass_simulations_are_recorded_and_group_their_sessions(
     run = next(s for s in grouped["sessions"] if s["id"] == out["sessions"][0])
     assert (run["mass_sim_id"], run["experiment_id"], run["rubrics"]) == (
         out["sim"], "exp-7", ["polite", "correct"])
-    (sim,) = api.get("/api/v1/mass-sims").json()["mass_sims"]
-    assert (sim["id"], sim["name"], sim["task"], sim["tags"], sim["total_num_sims"]) == (
+    sims = {m["id"]: m for m in api.get("/api/v1/mass-sims").json()["mass_sims"]}
+    assert sorted(sims) == sorted([out["sim"], "made-elsewhere"])
+    sim = sims[out["sim"]]
+    assert (sim["id"], sim["name"], sim["task"], sim["tags"], sim["total"]) == (
         out["sim"], "nightly", "book", ["nightly"], 2)
-    assert (sim["session_count"], sim["finished_count"], sim["successful_count"],
-            sim["failed_count"]) == (2, 2, 1, 1)
+    assert (sim["sessions"], sim["ended"], sim["successful"], sim["failed"]) == (2, 2, 1, 1)
+    assert (sims["made-elsewhere"]["sessions"], sims["made-elsewhere"]["ended"],
+            sims["made-elsewhere"]["total"]) == (1, 1, None)  # ended at exit
     listed = subprocess.run([sys.executable, "-m", "lucidic", "sessions", "list", "--mass-sim",
                              out["sim"]], capture_output=True, text=True, timeout=60,
                             env=child_env(tmp_path / "cli", sdk_env(lai_server, key)))

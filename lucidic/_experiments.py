@@ -1,0 +1,132 @@
+"""Experiments, mass simulations and scores: the records behind lucidic's
+evaluation layer that every program can make, evaluation layer or not.
+
+``create_mass_sim`` is the hosted SDK's; ``create_experiment`` makes an
+experiment from code; ``score`` puts a score on a session, step or event.
+They write through the same sinks as sessions (at once when the backend
+answers, else queued and spooled like every record), so they work on the
+embedded store and through a server alike.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from . import _scores
+from ._api import (
+    _Options,
+    _project_of,
+    _put,
+    _rubrics_arg,
+    _session_id_arg,
+    _tags_arg,
+    write_at_once,
+)
+from ._context import current_binding
+from ._records import text_field, to_jsonable
+from ._runtime import runtime
+from .errors import InvalidOperationError, LucidicNotInitializedError
+
+
+def _options(lucidic_api_key: str | None, api_key: str | None,
+             agent_id: str | None) -> _Options:
+    return _Options(lucidic_api_key=lucidic_api_key, api_key=api_key, agent_id=agent_id,
+                    providers=None, masking_function=None, auto_end=True)
+
+
+def _name_arg(what: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidOperationError(f"{what} must be a non-empty string, not {value!r:.80}")
+    return text_field(value) or ""
+
+
+def create_mass_sim(mass_sim_name: str, total_num_sessions: int,
+                    lucidic_api_key: str | None = None, agent_id: str | None = None,
+                    task: str | None = None, tags: Sequence[str] | None = None, *,
+                    api_key: str | None = None) -> str:
+    """Create a mass simulation (as lucidicai 1.x does) and return its id:
+    pass it to ``lai.init(mass_sim_id=...)`` in each of its sessions.
+    ``lucidic mass-sims show ID`` counts how many of them exist and ended."""
+    name = _name_arg("mass_sim_name", mass_sim_name)
+    if isinstance(total_num_sessions, bool) or not isinstance(total_num_sessions, int) \
+            or total_num_sessions < 0:
+        raise InvalidOperationError(f"total_num_sessions must be an int >= 0, not "
+                                    f"{total_num_sessions!r:.80}")
+    options = _options(lucidic_api_key, api_key, agent_id)
+    sink = options.sink()
+    mass_sim_id = str(uuid.uuid4())
+    now = time.time()
+    write_at_once(sink, runtime.pipeline_for(sink), ("mass_sim", mass_sim_id, now, {
+        "project": _project_of(sink), "name": name, "total_num_sims": total_num_sessions,
+        "task": text_field(task), "tags": _tags_arg(tags), "agent_id": options.agent_id,
+        "created_at": now}))
+    return mass_sim_id
+
+
+def create_experiment(name: str, *, rubrics: Sequence[Any] = (),
+                      metadata: Mapping[str, Any] | None = None,
+                      tags: Sequence[str] | None = None, lucidic_api_key: str | None = None,
+                      api_key: str | None = None, agent_id: str | None = None) -> str:
+    """Create an experiment from code and return its id. Its ``rubrics``
+    (names, or lucidic.evals rubrics) score each of its runs when the run's
+    session ends; runs name it with ``init(experiment_id=...)`` or
+    ``lucidic.evals.experiment_run``."""
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise InvalidOperationError(f"metadata must be a mapping, not {type(metadata).__name__}")
+    names = _rubrics_arg(list(rubrics)) or []
+    described = [item.describe() for item in rubrics
+                 if not isinstance(item, str) and callable(getattr(item, "describe", None))]
+    experiment_id = str(uuid.uuid4())
+    write_experiment(experiment_id, {
+        "name": _name_arg("name", name), "rubrics": names, "evaluators": described or None,
+        "metadata": None if metadata is None else to_jsonable(dict(metadata)),
+        "tags": _tags_arg(tags), "created_at": time.time()},
+        lucidic_api_key=lucidic_api_key, api_key=api_key, agent_id=agent_id)
+    return experiment_id
+
+
+def write_experiment(experiment_id: str, fields: dict[str, Any], *,
+                     lucidic_api_key: str | None = None, api_key: str | None = None,
+                     agent_id: str | None = None) -> None:
+    """Create (with ``created_at`` among the fields) or update an experiment's
+    record; fields left None keep their stored value."""
+    options = _options(lucidic_api_key, api_key, agent_id)
+    sink = options.sink()
+    now = time.time()
+    record_fields = {"project": _project_of(sink), **fields}
+    write_at_once(sink, runtime.pipeline_for(sink), ("experiment", experiment_id, now,
+                                                     record_fields))
+
+
+def score(name: str, value: float | bool | str, *, session_id: str | None = None,
+          step_id: str | None = None, event_id: str | None = None,
+          comment: str | None = None) -> str:
+    """Score the current session (or the session, step or event named) with a
+    number, a bool or a label; returns the score's id. A later score of the
+    same name on the same target replaces it."""
+    name = _scores.score_name(name)
+    stored = _scores.to_fields(_scores.score_value(name, value))
+    for what, target in (("step_id", step_id), ("event_id", event_id)):
+        if target is not None and (not isinstance(target, str) or not target):
+            raise InvalidOperationError(f"{what} must be an id string, not {target!r:.80}")
+    binding = current_binding()
+    if session_id is None:
+        if binding is None:
+            raise LucidicNotInitializedError(
+                "lai.score() scores the current session and there is none here: pass "
+                "session_id=..., or call it inside the session")
+        session_id = binding.session_id
+    session_id = _session_id_arg(session_id)
+    fields = {"session_id": session_id, "step_id": step_id, "event_id": event_id,
+              "name": name, **stored, "comment": text_field(comment), "source": "api",
+              "created_at": time.time()}
+    score_id = _scores.score_id(session_id, name, step_id, event_id)
+    if binding is not None and binding.session_id == session_id:
+        _put(binding, "score", score_id, fields)
+    else:
+        sink = _options(None, None, None).sink()
+        runtime.pipeline_for(sink).put(("score", score_id, time.time(), fields))
+    return score_id
