@@ -89,20 +89,16 @@ _RUN_COLUMNS = ("id", "project", "experiment_id", "case_id", "repeat", "input", 
 
 def experiment_runs(store: Store, experiment_id: str, project: str | None
                     ) -> list[dict[str, Any]]:
-    """The experiment's runs, by case (in the order they first ran) and repeat."""
+    """The experiment's runs, by case id and repeat.
+
+    Case ids are the stable key a run is compared by; the order runs started in
+    is not (an experiment runs its cases concurrently)."""
     ph = store.placeholder
     where, params = _scope(project, ph)
     sessions = store.query(f"SELECT {', '.join(_RUN_COLUMNS)} FROM sessions "
                             f"WHERE experiment_id = {ph}{where} "
                             "ORDER BY case_id, repeat, started_at, id",
                             [experiment_id, *params])
-    # Cases in the order the experiment ran them (its first run's start), then repeats.
-    first: dict[Any, float] = {}
-    for row in sessions:
-        started = row.get("started_at") or 0.0
-        first[row.get("case_id")] = min(first.get(row.get("case_id"), started), started)
-    sessions.sort(key=lambda r: (first[r.get("case_id")], str(r.get("case_id")),
-                                 r.get("repeat") or 0, r.get("started_at") or 0.0))
     return _runs(store, sessions)
 
 
