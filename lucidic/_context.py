@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from ._pipeline import Pipeline
+    from ._recording import Step
     from ._records import Mask
 
 
@@ -63,12 +64,6 @@ class Binding:
         state.bindings.append(self)
 
 
-class StepFrame(NamedTuple):
-    session_id: str
-    step_id: str
-    parent: StepFrame | None
-
-
 class EventRef(NamedTuple):
     session_id: str
     event_id: str
@@ -76,7 +71,9 @@ class EventRef(NamedTuple):
 
 scope_binding: contextvars.ContextVar[Binding | None] = contextvars.ContextVar(
     "lucidic_session", default=None)
-current_step: contextvars.ContextVar[StepFrame | None] = contextvars.ContextVar(
+#: The innermost open step of this context: a ``_recording.Step``, whose
+#: ``parent`` is the step it is nested in (an immutable stack of frames).
+current_step: contextvars.ContextVar[Step | None] = contextvars.ContextVar(
     "lucidic_step", default=None)
 last_event: contextvars.ContextVar[EventRef | None] = contextvars.ContextVar(
     "lucidic_event", default=None)
@@ -102,7 +99,7 @@ def current_binding() -> Binding | None:
     return None
 
 
-def step_in(session_id: str) -> StepFrame | None:
+def step_in(session_id: str) -> Step | None:
     """The innermost open step of this context, if it belongs to session_id."""
     frame = current_step.get()
     return frame if frame is not None and frame.session_id == session_id else None

@@ -20,8 +20,10 @@ import traceback
 from types import FrameType, TracebackType
 from typing import Any
 
-from . import _config
+from . import _config, _sessions
 from ._internal import record_internal_error
+from ._recording import record_error
+from ._runtime import runtime
 
 _installed = False
 _install_lock = threading.Lock()
@@ -117,29 +119,22 @@ def _excepthook(exc_type: type[BaseException], exc: BaseException,
 
 def _record_crash(exc_type: type[BaseException], exc: BaseException,
                   tb: TracebackType | None) -> None:
-    from ._api import record_error_event
-    from ._runtime import runtime
-
     summary = f"{exc_type.__name__}: {exc}"
     detail = "".join(traceback.format_exception(exc_type, exc, tb))
     for binding in list(runtime.auto_end):
         if binding.active:
             binding.state.failure = f"uncaught exception: {summary}"
-            record_error_event(binding, description=f"Uncaught exception: {summary}",
-                               error=detail)
+            record_error(binding, f"Uncaught exception: {summary}", detail)
 
 
 def end_sessions(failure: str | None = None) -> None:
     """End every auto_end session this process still holds."""
-    from ._api import end_binding
-    from ._runtime import runtime
-
     for binding in list(runtime.auto_end):
         if not binding.active:
             continue
         try:
             reason = failure or binding.state.failure
-            end_binding(binding, failure=reason)
+            _sessions.end(binding, failure=reason)
         except Exception as exc:  # noqa: BLE001
             record_internal_error("auto_end", exc)
 
@@ -149,8 +144,6 @@ def shutdown() -> None:
     if _finished:
         return
     _finished = True
-    from ._runtime import runtime
-
     runtime.shutdown_all(_config.flush_timeout())
 
 
@@ -163,3 +156,8 @@ def flush_at_exit() -> None:
 def _at_exit() -> None:
     end_sessions()
     shutdown()
+
+
+# Just before every fork (see before_fork); registered here, where it is done,
+# rather than called from the runtime's own fork hooks.
+os.register_at_fork(before=before_fork)

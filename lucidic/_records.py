@@ -79,6 +79,40 @@ def to_jsonable(value: Any, depth: int = 0) -> Any:
     return safe_repr(value)
 
 
+# -- a value as its column wants it ----------------------------------------------------
+
+_JSON_FIELDS = frozenset({"input", "output", "arguments", "attributes", "rubrics", "expected"})
+_TEXT_LIST_FIELDS = frozenset({"screenshots", "tags"})
+_INT_FIELDS = frozenset({"input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens",
+                         "reasoning_tokens", "writer_pid", "repeat"})
+_BOOL_FIELDS = frozenset({"tokens_estimated", "is_finished", "is_successful",
+                          "production_monitoring"})
+_REAL_FIELDS = frozenset({"cost", "duration", "time_to_first_token", "started_at", "ended_at",
+                          "eval_score", "session_eval"})
+
+
+def field_value(column: str, value: Any) -> Any:
+    """A value for a record's field, as its column's type wants it (None
+    stays None: the field is left as it is)."""
+    if value is None:
+        return None
+    if column in _JSON_FIELDS:
+        return to_jsonable(value)
+    if column in _TEXT_LIST_FIELDS and isinstance(value, (list, tuple)):
+        return [text_field(item) for item in value]
+    if column in _TEXT_LIST_FIELDS:
+        return to_jsonable(value)
+    if column in _INT_FIELDS:
+        return int(value)
+    if column in _BOOL_FIELDS:
+        return bool(value)
+    if column in _REAL_FIELDS:
+        return float(value)
+    return text_field(value)
+
+
+# -- masking ------------------------------------------------------------------------
+
 def mask_text(mask: Mask, text: str) -> str:
     try:
         masked = mask(text)
