@@ -25,8 +25,9 @@ import requests
 
 from ._internal import log_rate_limited, record_internal_error
 from ._sinks import SinkError
+from ._storable import clean_json
 from .errors import APIKeyVerificationError
-from .store import Record, clean_json
+from .store import Record
 
 __all__ = ["HttpReader", "HttpSink"]
 

@@ -108,7 +108,7 @@ def resolve_session_id(reader: Reader, given: str) -> str | None:
 # -- output -------------------------------------------------------------------------
 
 def _print_json(value: Any) -> None:
-    print(json.dumps(_render.with_iso_times(value), indent=2, ensure_ascii=False, default=str))
+    print(_render.json_document(value))
 
 
 def _print_lines(lines: list[_render.Line]) -> None:

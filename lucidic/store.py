@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import evalstore
+from ._storable import clean_json, clean_text, encodable
 
 __all__ = [
     "EVENT_COLUMNS",
@@ -328,51 +329,16 @@ def _upsert_sql(table: str, guard: str, columns: Sequence[str], placeholder: str
             f"WHERE {table}.{guard} = excluded.{guard}")
 
 
-def clean_text(value: str) -> str:
-    """Make a string storable everywhere: NUL bytes (refused by PostgreSQL) and
-    lone surrogates (not encodable as UTF-8) become U+FFFD."""
-    if "\x00" in value:
-        value = value.replace("\x00", "\ufffd")
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            value = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return value
-
-
-def clean_json(value: Any) -> Any:
-    """A copy of a JSON-safe value that every backend (and JSON itself) can
-    hold: strings cleaned as by clean_text, NaN and infinity as null."""
-    if isinstance(value, str):
-        return clean_text(value)
-    if isinstance(value, dict):
-        return {clean_text(str(k)): clean_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean_json(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def _json_param(value: Any) -> str:
     # The usual document needs no cleaning: serialise it as it is (in C) and
     # clean only what that refuses or what holds a NUL or a lone surrogate.
     try:
         text = json.dumps(value, ensure_ascii=False, allow_nan=False)
-        if "\\u0000" not in text and (text.isascii() or _encodable(text)):
+        if "\\u0000" not in text and (text.isascii() or encodable(text)):
             return text
     except (TypeError, ValueError):
         pass
     return json.dumps(clean_json(value), ensure_ascii=False, default=repr)
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _bool_param(value: Any) -> int:
