@@ -60,7 +60,7 @@ class _StepSpec:
         self.maskable = tuple(key for key, value in self.static.items() if type(value) is str)
 
     def enter(self, binding: Binding, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Step:
-        return open_step(binding, self.static.copy(), CURRENT, self.maskable)
+        return open_step(binding, self.static.copy(), CURRENT, self.maskable, merge_end=True)
 
     def exit(self, step: Step, result: Any, exc: BaseException | None) -> None:
         step.end(error=None if exc is None else _error_text(exc))
@@ -161,7 +161,31 @@ def wrap_by_kind(fn: Callable[..., Any], wrappers: Wrappers, using: Any) -> Call
 
 
 def _wrap_function(fn: Callable[..., Any], spec: Spec) -> Callable[..., Any]:
-    enter, exit_, sets_step = spec.enter, spec.exit, spec.sets_step
+    if isinstance(spec, _StepSpec):
+        return _wrap_step_function(fn, spec)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        binding = _active_binding()
+        if binding is None:
+            return fn(*args, **kwargs)
+        handle = _safe_enter(spec, binding, args, kwargs)
+        if handle is None:
+            return fn(*args, **kwargs)
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            _safe_exit(spec, handle, None, exc)
+            raise
+        _safe_exit(spec, handle, result, None)
+        return result
+    return wrapper
+
+
+def _wrap_step_function(fn: Callable[..., Any], spec: _StepSpec) -> Callable[..., Any]:
+    """The hot path: a plain function under @step. The same steps as the
+    generic wrappers, written out, since every call pays for them."""
+    static, maskable = spec.static, spec.maskable
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -171,27 +195,23 @@ def _wrap_function(fn: Callable[..., Any], spec: Spec) -> Callable[..., Any]:
         if binding is None or not binding.active:
             return fn(*args, **kwargs)
         try:
-            handle = enter(binding, args, kwargs)
+            step = open_step(binding, static.copy(), CURRENT, maskable, merge_end=True)
         except Exception as exc:  # noqa: BLE001 - never break the user's call
             record_internal_error("decorator_enter", exc)
             return fn(*args, **kwargs)
-        token = _step_set(handle) if sets_step else None
+        token = _step_set(step)
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
             _restore(token)
-            try:
-                exit_(handle, None, exc)
-            except Exception as error:  # noqa: BLE001
-                record_internal_error("decorator_exit", error)
+            _safe_exit(spec, step, None, exc)
             raise
-        if token is not None:
-            try:
-                _step_reset(token)
-            except ValueError:
-                pass  # see _restore
         try:
-            exit_(handle, result, None)
+            _step_reset(token)
+        except ValueError:
+            pass  # see _restore
+        try:
+            step.end()
         except Exception as error:  # noqa: BLE001
             record_internal_error("decorator_exit", error)
         return result

@@ -2,10 +2,16 @@
 
 The hot path (``put``) appends to a deque and, once a batch is waiting, wakes
 the worker; it never does I/O unless the queue is full, in which case the
-record goes straight to the on-disk spool rather than being dropped. The
+oldest records go straight to the on-disk spool rather than being dropped. The
 worker batches by size and time, delivers to the sink, spools a batch the sink
 refused, backs off (honouring the sink's ``retry_after``) and replays the spool
 as soon as the sink answers again.
+
+A record still last in the queue can be amended (``amend_last``): a step that
+ends before the worker has taken its start is queued as one record, not two,
+which is what the store would have made of them. Whoever takes records off
+the queue holds ``_taking`` meanwhile, so a record is amended only while no
+one else can have it.
 """
 
 from __future__ import annotations
@@ -57,6 +63,11 @@ class Pipeline:
 
     def _init_runtime(self) -> None:
         self._queue: deque[Any] = deque()
+        #: Held while records are taken off the queue (see amend_last).
+        self._taking = threading.Lock()
+        #: put() looks further only once the queue is this long: to wake the
+        #: worker for a full batch, or to spill when the queue is full.
+        self._crowded_at = self._batch_size
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -73,30 +84,38 @@ class Pipeline:
 
     def put(self, record: Record) -> None:
         queue = self._queue
-        if len(queue) >= self._max_queue:
-            self._overflow(record)
-            return
         queue.append(record)
-        if len(queue) >= self._batch_size and not self._wake.is_set():
-            self._wake.set()
+        if len(queue) >= self._crowded_at:
+            self._crowded()
 
-    def _overflow(self, record: Record) -> None:
-        """The queue is full (the sink is slower than the program): spool in
-        the caller's thread rather than drop or grow without bound. The oldest
-        part of the queue goes to disk with the record in one write, so the
-        next few thousand calls are back on the fast path."""
+    def _crowded(self) -> None:
+        """A batch is waiting: wake the worker (once: put() looks no further
+        until the worker has taken records); or the queue is full (the sink is
+        slower than the program): spool in the caller's thread rather than
+        drop or grow without bound."""
+        if len(self._queue) > self._max_queue:
+            self._overflow()
+        elif not self._wake.is_set():
+            self._wake.set()
+        self._crowded_at = self._max_queue + 1
+
+    def _overflow(self) -> None:
+        """The oldest part of the queue goes to disk in one write, so the next
+        few thousand calls are back on the fast path."""
         chunk: list[Record] = []
         queue = self._queue
-        try:
-            while len(chunk) < self._overflow_chunk:
-                item = queue.popleft()
-                if isinstance(item, _FlushRequest):
-                    queue.appendleft(item)  # keep its place: it still waits on what follows
-                    break
-                chunk.append(item)
-        except IndexError:
-            pass  # the worker drained it meanwhile
-        chunk.append(record)
+        with self._taking:
+            try:
+                while len(chunk) < self._overflow_chunk:
+                    item = queue.popleft()
+                    if isinstance(item, _FlushRequest):
+                        queue.appendleft(item)  # keep its place: it waits on what follows
+                        break
+                    chunk.append(item)
+            except IndexError:
+                pass  # the worker drained it meanwhile
+        if not chunk:
+            return
         try:
             self.spool.append(chunk)
             self._spool_dirty = True
@@ -104,6 +123,20 @@ class Pipeline:
         except Exception as exc:  # noqa: BLE001
             self.stats.lost += len(chunk)
             record_internal_error("spool_write", exc)
+
+    def amend_last(self, record: Record, fields: dict[str, Any], ts: float) -> bool:
+        """Merge ``fields`` (the newer values, at ``ts``) into ``record`` if it is
+        still the last thing queued: nothing was queued after it, in any thread,
+        and the worker has not taken it, so one record says what the two would
+        have. False (nothing changed) otherwise."""
+        queue = self._queue
+        with self._taking:
+            if not queue or queue[-1] is not record:
+                return False
+            merged = record[3]
+            merged.update(fields)
+            queue[-1] = (record[0], record[1], ts, merged)
+        return True
 
     # -- control --------------------------------------------------------------
 
@@ -162,16 +195,17 @@ class Pipeline:
         sink: spool the batch it holds and everything still queued. Records
         may end up both delivered and spooled; replays are idempotent."""
         pending: list[Record] = list(self._assembling)
-        while True:
-            try:
-                item = self._queue.popleft()
-            except IndexError:
-                break
-            if isinstance(item, _FlushRequest):
-                item.failed = True
-                item.done.set()
-            else:
-                pending.append(item)
+        with self._taking:
+            while True:
+                try:
+                    item = self._queue.popleft()
+                except IndexError:
+                    break
+                if isinstance(item, _FlushRequest):
+                    item.failed = True
+                    item.done.set()
+                else:
+                    pending.append(item)
         if pending:
             try:
                 self.spool.append(pending)
@@ -206,15 +240,14 @@ class Pipeline:
         while queue:
             batch = self._assembling = []
             request: _FlushRequest | None = None
-            while len(batch) < self._batch_size:
-                try:
+            with self._taking:
+                self._crowded_at = self._batch_size  # put() may wake us again
+                for _ in range(min(len(queue), self._batch_size)):
                     item = queue.popleft()
-                except IndexError:
-                    break
-                if isinstance(item, _FlushRequest):
-                    request = item
-                    break
-                batch.append(item)
+                    if isinstance(item, _FlushRequest):
+                        request = item
+                        break
+                    batch.append(item)
             if batch:
                 self._deliver(batch)
             self._assembling = []
@@ -301,6 +334,13 @@ class Pipeline:
 
     def before_fork(self) -> None:
         self.spool.before_fork()
+        with self._taking:
+            # Nothing queued before a fork is amended after it: the child may
+            # write to the same rows meanwhile, so each record keeps its own time.
+            queue = self._queue
+            if queue and not isinstance(queue[-1], _FlushRequest):
+                last = queue[-1]
+                queue[-1] = (last[0], last[1], last[2], last[3])
 
     def after_fork_in_parent(self) -> None:
         self.spool.after_fork_in_parent()

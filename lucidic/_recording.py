@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._context import Binding, EventRef, current_step, last_event
 from ._records import Mask, mask_fields, mask_text, mask_value, text_field
 from ._runtime import ids
+
+if TYPE_CHECKING:
+    from .store import Record
 
 _time = time.time
 _perf = time.perf_counter
@@ -71,13 +74,16 @@ class Step:
     amended by :meth:`update`, finished by :meth:`end`. ``parent`` is the
     enclosing step in the same context (a frame of the stack, not a record)."""
 
-    __slots__ = ("binding", "parent", "session_id", "step_id")
+    __slots__ = ("binding", "parent", "record", "session_id", "step_id")
 
     def __init__(self, binding: Binding, step_id: str, parent: Step | None = None) -> None:
         self.binding = binding
         self.session_id = binding.session_id
         self.step_id = step_id
         self.parent = parent
+        #: The record that opened the step, while its end may be merged into
+        #: it (see open_step's ``merge_end``).
+        self.record: Record | None = None
 
     def update(self, fields: dict[str, Any], maskable: Iterable[str] | None = None) -> None:
         """Amend the step (fields that are None leave what is stored alone)."""
@@ -87,20 +93,23 @@ class Step:
     def end(self, fields: dict[str, Any] | None = None, *, error: str | None = None) -> None:
         """Finish the step, with any last fields and the error that ended it."""
         now = _time()
-        maskable: tuple[str, ...] | None
         if fields is None:
+            # The usual end (a decorated call returning or raising).
             fields = {"session_id": self.session_id, "ended_at": now, "is_finished": True}
-            maskable = ()  # nothing of the user's in it
-        else:
-            fields["session_id"] = self.session_id
-            fields["ended_at"] = now
-            fields["is_finished"] = True
-            maskable = None
+            if error is not None:
+                fields["error"] = error
+                if self.binding.mask is not None:
+                    _mask(self.binding.mask, fields, ("error",))
+            record, self.record = self.record, None
+            if record is None or not self.binding.pipeline.amend_last(record, fields, now):
+                self.binding.pipeline.put(("step", self.step_id, now, fields))
+            return
+        fields["session_id"] = self.session_id
+        fields["ended_at"] = now
+        fields["is_finished"] = True
         if error is not None:
             fields["error"] = error
-            if maskable is not None:
-                maskable = ("error",)
-        put(self.binding, "step", self.step_id, fields, now, maskable)
+        put(self.binding, "step", self.step_id, fields, now)
 
     def reparented(self, parent: Step | None) -> Step:
         """The same step as a frame of another stack (see _api.end_step)."""
@@ -108,11 +117,19 @@ class Step:
 
 
 def open_step(binding: Binding, fields: dict[str, Any], parent: Any = CURRENT,
-              maskable: Iterable[str] | None = None, *, kind: type[Step] = Step) -> Step:
+              maskable: Iterable[str] | None = None, *, kind: type[Step] = Step,
+              merge_end: bool = False) -> Step:
     """Open a step in ``binding``'s session, nested in ``parent`` (by default
     the context's current step, if it is this session's): queue the record
     that creates it, stamped with its writer. Takes ownership of ``fields``.
-    ``kind``: the class of step to make (the plugin API's StepHandle is one)."""
+    ``kind``: the class of step to make (the plugin API's StepHandle is one).
+
+    ``merge_end``: if the step ends before anything else is queued after its
+    start, and before the worker takes it, its end is merged into this
+    record: one record to deliver and store instead of two, exactly what the
+    store makes of the two (a short decorated call, the common case). Only
+    for steps whose id nothing outside this process can know before they
+    end, so that no other writer's record can fall between the two."""
     session_id = binding.session_id
     if parent is CURRENT:
         parent = _step_get()
@@ -126,7 +143,10 @@ def open_step(binding: Binding, fields: dict[str, Any], parent: Any = CURRENT,
     if binding.mask is not None:
         _mask(binding.mask, fields, maskable)
     fields.update(binding.writer)  # the record that creates a row names its writer
-    binding.pipeline.put(("step", step.step_id, now, fields))
+    record = ("step", step.step_id, now, fields)
+    binding.pipeline.put(record)
+    if merge_end:
+        step.record = record
     return step
 
 
