@@ -17,8 +17,6 @@ from typing import Any, Protocol
 from ._internal import record_internal_error
 from .store import Record, Store, StoreError
 
-_abandoned_after_fork: list[Store] = []
-
 
 class SinkError(Exception):
     """A delivery failed; the records will be spooled and retried.
@@ -95,12 +93,8 @@ class LocalSink:
             raise SinkError(str(exc)) from exc
 
     def after_fork_in_child(self) -> None:
-        # SQLite connections must not cross fork(): the child opens its own and
-        # keeps the parent's alive but unused (closing it here could disturb
-        # the parent's locks).
-        if self._store is not None:
-            _abandoned_after_fork.append(self._store)
-        self._store = None
+        # The store makes itself safe across fork() (see Store._hold_for_fork);
+        # only this sink's own lock may have been copied held.
         self._lock = threading.Lock()
 
     def close(self) -> None:

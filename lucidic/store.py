@@ -23,10 +23,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import secrets
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -582,6 +584,12 @@ class Store:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.dialect = "sqlite"
         self._ph = "?"
+        self._sqlite = (path, busy_timeout)
+        self._open_sqlite()
+        _sqlite_stores.add(self)
+
+    def _open_sqlite(self) -> None:
+        path, busy_timeout = self._sqlite
         # isolation_level=None: we issue BEGIN ourselves, so a batch is one
         # transaction and nothing is left open between calls.
         self._conn: Any = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None,
@@ -617,7 +625,33 @@ class Store:
         with self._lock:
             if not self._closed:
                 self._closed = True
+                if self._conn is not None:
+                    self._conn.close()
+
+    # -- fork ----------------------------------------------------------------
+    # SQLite keeps, per process, what it knows of each file's locks, shared by
+    # every connection to that file. fork() copies that knowledge into the
+    # child: a connection of the parent caught inside a transaction leaves the
+    # child believing the file locked, for good ("database is locked" for the
+    # child's whole life). So the parent forks only between transactions (each
+    # store's lock held), and the child closes its copies of the idle
+    # connections, which leaves nothing copied behind (closing touches only
+    # the child's own locks, never the parent's), and reopens on first use.
+
+    def _hold_for_fork(self) -> bool:
+        return self._lock.acquire(timeout=self._sqlite[1] + _FORK_GRACE)
+
+    def _reset_in_child(self, idle: bool) -> None:
+        if self._conn is not None and not (idle and self._sqlite[0] == ":memory:"):
+            # (An idle in-memory database is the child's own copy: kept.)
+            if idle:
                 self._conn.close()
+            else:
+                # Busy at fork (a transaction that outlasted the wait): its
+                # state cannot be trusted, nor closed safely; keep it unused.
+                _unusable_after_fork.append(self._conn)
+            self._conn = None
+        self._lock = threading.Lock()
 
     # -- transactions --------------------------------------------------------
 
@@ -632,6 +666,8 @@ class Store:
         with self._lock:
             if self._closed:
                 raise StoreError("the store is closed")
+            if self._conn is None:
+                self._open_sqlite()  # first use in a forked child
             cur = self._conn.cursor()
             try:
                 self._begin(cur, exclusive=write)
@@ -991,3 +1027,36 @@ def _sqlite_path(url: str) -> str:
     if url.startswith("sqlite://"):
         return url[len("sqlite://"):] or ":memory:"
     return url
+
+
+# -- fork (see Store._hold_for_fork) -------------------------------------------
+
+#: Every SQLite store, so fork() can leave each usable in the child.
+_sqlite_stores: weakref.WeakSet[Store] = weakref.WeakSet()
+_held_for_fork: list[Store] = []
+_unusable_after_fork: list[Any] = []
+#: How much longer than its busy timeout a transaction may hold up a fork().
+_FORK_GRACE = 5.0
+
+
+def _before_fork() -> None:
+    for store in list(_sqlite_stores):
+        if store._hold_for_fork():
+            _held_for_fork.append(store)
+
+
+def _after_fork_in_parent() -> None:
+    for store in _held_for_fork:
+        store._lock.release()
+    _held_for_fork.clear()
+
+
+def _after_fork_in_child() -> None:
+    held = {id(store) for store in _held_for_fork}
+    for store in list(_sqlite_stores):
+        store._reset_in_child(idle=id(store) in held)
+    _held_for_fork.clear()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
