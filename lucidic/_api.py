@@ -29,8 +29,16 @@ from ._context import (
 )
 from ._internal import log_rate_limited, logger, swallow
 from ._pipeline import Pipeline
-from ._records import Mask, mask_fields, text_field, to_jsonable
-from ._runtime import new_id, runtime, writer
+from ._records import (
+    Mask,
+    as_float,
+    items_of,
+    mask_fields,
+    short_number_repr,
+    text_field,
+    to_jsonable,
+)
+from ._runtime import runtime, writer
 from ._sinks import Sink, SinkError
 from .errors import APIKeyVerificationError, InvalidOperationError, LucidicNotInitializedError
 from .store import Record
@@ -40,6 +48,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: The embedded store has no accounts; everything in it is one project.
 LOCAL_PROJECT = "default"
 _MAX_ID_LENGTH = 256
+#: The longest wait flush() and shutdown() take (longer ones overflow the clock).
+_MAX_TIMEOUT = 1e9
 
 
 # -- validation ------------------------------------------------------------------
@@ -62,9 +72,10 @@ def _number_arg(name: str, value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidOperationError(f"{name} must be a number, not {type(value).__name__} "
                                     f"{value!r:.80}")
-    number = float(value)
+    number = as_float(value)
     if not math.isfinite(number):
-        raise InvalidOperationError(f"{name} must be a finite number, not {value!r}")
+        raise InvalidOperationError(f"{name} must be a finite number, not "
+                                    f"{short_number_repr(value)}")
     return number
 
 
@@ -87,7 +98,7 @@ def _tags_arg(value: Any) -> list[str] | None:
         return None
     if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)):
         raise InvalidOperationError(f"tags must be a list of strings, not {type(value).__name__}")
-    return [text_field(tag) or "" for tag in value]
+    return [text_field(tag) or "" for tag in items_of(value)]
 
 
 def _id_arg(name: str, value: Any) -> str | None:
@@ -107,7 +118,7 @@ def _rubrics_arg(value: Any) -> list[str] | None:
     if isinstance(value, str) or not isinstance(value, (list, tuple)):
         raise InvalidOperationError(f"rubrics must be a list of rubric names, not {value!r:.80}")
     names = []
-    for item in value:
+    for item in items_of(value):
         name = item if isinstance(item, str) else getattr(item, "name", None)
         if not isinstance(name, str) or not name.strip():
             raise InvalidOperationError(f"rubrics must be a list of rubric names, not "
@@ -169,7 +180,7 @@ class _Options:
                                       or not isinstance(providers, (list, tuple))):
             raise InvalidOperationError(
                 f"providers must be a list of names such as ['openai'], not {providers!r:.80}")
-        self.providers = list(providers or ())
+        self.providers = list(items_of(providers or ()))
 
     def sink(self) -> Sink:
         sink = runtime.make_sink(self.base_url, self.api_key)
@@ -449,7 +460,7 @@ def flush(timeout: float | None = None) -> bool:
     process spooled) has reached the sink within ``timeout`` seconds."""
     timeout = _config.flush_timeout() if timeout is None else _number_arg("timeout", timeout)
     assert timeout is not None
-    return runtime.flush_all(timeout)
+    return runtime.flush_all(min(timeout, _MAX_TIMEOUT))
 
 
 def shutdown(timeout: float | None = None) -> bool:
@@ -458,7 +469,7 @@ def shutdown(timeout: float | None = None) -> bool:
     delivered by the next flush() or at exit."""
     timeout = _config.flush_timeout() if timeout is None else _number_arg("timeout", timeout)
     assert timeout is not None
-    return runtime.shutdown_all(timeout)
+    return runtime.shutdown_all(min(timeout, _MAX_TIMEOUT))
 
 
 # -- scoped sessions ---------------------------------------------------------------
@@ -647,7 +658,7 @@ def create_step(state: str | None = None, action: str | None = None, goal: str |
         return None
     session_id = binding.session_id
     parent = step_in(session_id)
-    step_id = new_id()
+    step_id = binding.state.ids.new()
     now = time.time()
     fields = _step_fields(state, action, goal, eval_score, eval_description, screenshot,
                           screenshot_path)
@@ -706,6 +717,10 @@ def _step_target(binding: Binding, step_id: Any, call: str) -> str:
     if step_id is not None:
         if not isinstance(step_id, str) or not step_id:
             raise InvalidOperationError(f"step_id must be a step id string, not {step_id!r:.80}")
+        state = binding.state
+        if step_id not in state.open_steps and not state.ids.made_here(step_id) \
+                and not _on_step_stack(binding.session_id, step_id):
+            raise InvalidOperationError(_not_made_here("step", step_id, binding, call))
         return step_id
     frame = step_in(binding.session_id)
     if frame is None:
@@ -713,6 +728,26 @@ def _step_target(binding: Binding, step_id: Any, call: str) -> str:
             f"lai.{call}() found no open step here; open one with lai.create_step() or pass "
             "step_id")
     return frame.step_id
+
+
+def _on_step_stack(session_id: str, step_id: str) -> bool:
+    """An open step of this context (a decorated function's, say)."""
+    frame = step_in(session_id)
+    while frame is not None:
+        if frame.step_id == step_id:
+            return True
+        frame = frame.parent
+    return False
+
+
+def _not_made_here(kind: str, record_id: str, binding: Binding, call: str) -> str:
+    # As the hosted SDK ("Step ID not found in session history"): an update
+    # only ever touches what this session made here; an unknown id would
+    # otherwise become a new, phantom record, or land in another session's.
+    return (f"lai.{call}(): no {kind} {record_id[:80]!r} was created in session "
+            f"{binding.session_id!r} by this process; pass an id that lai.create_{kind}() "
+            f"returned in this session (a {kind} of another session, or of another process, "
+            "can only be changed where it was created). Nothing was recorded.")
 
 
 def _pop_step(step_id: str) -> None:
@@ -749,6 +784,8 @@ def create_event(step_id: str | None = None, description: str | None = None,
     fields = _event_fields(description, result, cost_added, model, screenshots, function_name,
                            arguments)
     fields["type"] = text_field(type) or "generic"
+    if step_id is not None:
+        step_id = _step_target(binding, step_id, "create_event")
     return record_event(binding, fields, step_id=step_id)
 
 
@@ -760,7 +797,7 @@ def record_event(binding: Binding, fields: dict[str, Any], *, step_id: str | Non
     if step_id is None:
         frame = step_in(session_id)
         step_id = frame.step_id if frame is not None else None
-    event_id = event_id or new_id()
+    event_id = event_id or binding.state.ids.new()
     now = time.time()
     fields["session_id"] = session_id
     fields["step_id"] = step_id
@@ -811,7 +848,8 @@ def _event_fields(description: Any, result: Any, cost_added: Any, model: Any, sc
                                     f"{type(screenshots).__name__}")
     return {"description": text_field(description), "result": text_field(result),
             "cost": _number_arg("cost_added", cost_added), "model": text_field(model),
-            "screenshots": None if screenshots is None else [text_field(s) for s in screenshots],
+            "screenshots": None if screenshots is None
+            else [text_field(s) for s in items_of(screenshots)],
             "function_name": text_field(function_name),
             "arguments": None if arguments is None else to_jsonable(arguments)}
 
@@ -821,6 +859,8 @@ def _event_target(binding: Binding, event_id: Any, call: str) -> str:
         if not isinstance(event_id, str) or not event_id:
             raise InvalidOperationError(f"event_id must be an event id string, not "
                                         f"{event_id!r:.80}")
+        if not binding.state.ids.made_here(event_id):
+            raise InvalidOperationError(_not_made_here("event", event_id, binding, call))
         return event_id
     ref = last_event.get()
     if ref is None or ref.session_id != binding.session_id:

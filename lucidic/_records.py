@@ -45,6 +45,39 @@ def text_field(value: Any) -> str | None:
         return safe_repr(value)
 
 
+def as_float(value: int | float) -> float:
+    """An int or float as a float, converted as the built-in types convert
+    (a subclass's own ``__float__`` is not called); infinity for an int too
+    large for any float, so that callers refuse it as not finite."""
+    if isinstance(value, float):
+        return float.__float__(value)
+    try:
+        return int.__float__(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def short_number_repr(value: int | float) -> str:
+    """A number for an error message: a huge int is not written out in full."""
+    if isinstance(value, int):
+        digits = int.__repr__(value) if value.bit_length() < 4000 else "a huge int"
+        return digits if len(digits) <= 40 else f"{digits[:20]}… ({len(digits)} digits)"
+    return float.__repr__(value)
+
+
+def items_of(value: list[Any] | tuple[Any, ...] | set[Any] | frozenset[Any]
+             ) -> list[Any] | tuple[Any, ...] | set[Any]:
+    """The items of a list, tuple or set as the built-in type holds them: a
+    subclass's own ``__iter__`` (which may raise, or lie) is never called."""
+    if type(value) is list or type(value) is tuple:
+        return value
+    if isinstance(value, list):
+        return list.copy(value)
+    if isinstance(value, tuple):
+        return tuple.__getitem__(value, slice(None))
+    return set(value)  # copies a set or frozenset subclass without its __iter__
+
+
 def to_jsonable(value: Any, depth: int = 0) -> Any:
     """A JSON-safe copy of value; objects that JSON cannot hold become their repr."""
     if value is None or isinstance(value, (bool, int)):
@@ -62,7 +95,7 @@ def to_jsonable(value: Any, depth: int = 0) -> Any:
         except Exception:  # noqa: BLE001 - a mapping whose iteration fails
             return safe_repr(value)
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [to_jsonable(v, depth + 1) for v in value]
+        return [to_jsonable(v, depth + 1) for v in items_of(value)]
     if isinstance(value, (bytes, bytearray, memoryview)):
         return f"<{len(value)} bytes>"
     if dataclasses.is_dataclass(value) and not isinstance(value, type):

@@ -10,7 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+import lucidic as lai
 from helpers import run_python
+from lucidic.errors import InvalidOperationError
 from lucidic.store import Store
 
 # -- 5. a forked child delivers its own records --------------------------------------
@@ -52,3 +56,75 @@ def test_forked_children_deliver_their_own_records_while_the_parent_writes_a_bac
     # Counted as the children left, before anyone could replay their spools.
     assert len(out["child_rows"]) == len(expected) and set(out["child_rows"]) == expected
     assert store.count("events") == 10_000 + len(expected)
+
+
+# -- 8. bad input never escapes into user code ----------------------------------------
+
+class _Unlistable(list):  # type: ignore[type-arg]
+    """A list whose own iteration raises (its items are there all the same)."""
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        raise RuntimeError("iteration refused")
+
+
+class _Untuplable(tuple):  # type: ignore[type-arg]
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        raise RuntimeError("iteration refused")
+
+
+def test_containers_whose_iteration_raises_are_recorded_not_raised(store: Store) -> None:
+    sid = lai.init(tags=_Unlistable(["a", "b"]), providers=_Unlistable([]))
+    event = lai.create_event(description="e", arguments=_Unlistable([1, {"k": _Untuplable((2,))}]),
+                             screenshots=_Unlistable(["aGk="]))
+    assert event is not None
+    lai.update_event(event_id=event, arguments={"nested": _Unlistable(["x"])},
+                     screenshots=_Untuplable(("aGk=", "aG8=")))
+    lai.update_session(tags=_Untuplable(("c",)))
+    experiment = lai.create_experiment("x", rubrics=_Unlistable(["tone"]),
+                                       tags=_Unlistable(["t"]))
+    assert lai.flush(10)
+    assert store.query("SELECT rubrics FROM experiments WHERE id = ?",
+                       [experiment])[0]["rubrics"] == ["tone"]
+    row = store.get_event(event)
+    assert row["arguments"] == {"nested": ["x"]}
+    assert row["screenshots"] == ["aGk=", "aG8="]
+    assert store.get_session(sid)["tags"] == ["c"]
+
+
+@pytest.mark.parametrize("huge", [2 ** 1024, 10 ** 400, -(2 ** 2000)],
+                         ids=["2**1024", "10**400", "-2**2000"])
+def test_ints_no_float_can_hold_raise_the_documented_error(huge: int, store: Store) -> None:
+    sid = lai.init()
+    step = lai.create_step(action="a")
+    for call in (lambda: lai.create_event(cost_added=huge),
+                 lambda: lai.update_step(step_id=step, eval_score=huge),
+                 lambda: lai.create_step(eval_score=huge),
+                 lambda: lai.update_session(session_eval=huge),
+                 lambda: lai.end_session(session_eval=huge),
+                 lambda: lai.score("quality", huge)):
+        with pytest.raises(InvalidOperationError, match="must be a finite number"):
+            call()
+    # A wait longer than any clock can count is a long wait, not a crash.
+    assert lai.flush(timeout=2 ** 64) is True
+    lai.create_event(cost_added=2 ** 64)  # beyond 64 bits, yet a finite float
+    lai.end_session()
+    assert lai.flush(10)
+    assert store.session_tree(sid)["event_count"] == 1
+
+
+def test_updates_by_unknown_ids_raise_and_never_make_phantom_rows(store: Store) -> None:
+    sid = lai.init()
+    lai.create_step(action="real")
+    lai.create_event(description="real")
+    for call in (lambda: lai.update_step(step_id="nope", state="phantom"),
+                 lambda: lai.end_step(step_id="nope"),
+                 lambda: lai.update_event(event_id="zzz", result="phantom"),
+                 lambda: lai.end_event(event_id="zzz"),
+                 lambda: lai.create_event(step_id="nope", description="orphan")):
+        with pytest.raises(InvalidOperationError, match="was created in session"):
+            call()
+    lai.end_session()
+    assert lai.flush(10)
+    assert store.get_step("nope") is None and store.get_event("zzz") is None
+    tree = store.session_tree(sid)
+    assert (tree["step_count"], tree["event_count"]) == (1, 1)
