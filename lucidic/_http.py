@@ -228,8 +228,9 @@ class HttpSink:
         if status == 404:
             self._unknown_sessions(records, response)
             return
-        if status in (400, 413, 415, 422):
-            # The server will never take this as it is: retrying would block
+        if status in (400, 409, 413, 415, 422):
+            # The server will never take this as it is (409: an id this key
+            # may not write, see the server's ingest): retrying would block
             # everything behind it. Isolate the records it refuses, drop them.
             if len(records) > 1:
                 self._post_halves(records)

@@ -41,6 +41,7 @@ __all__ = [
     "STEP_COLUMNS",
     "Record",
     "Store",
+    "IdInUseError",
     "StoreError",
     "UnknownSessionError",
     "WRITER_COLUMNS",
@@ -103,6 +104,22 @@ class UnknownSessionError(StoreError):
         shown = ", ".join(repr(s) for s in self.session_ids[:5])
         more = f" and {len(self.session_ids) - 5} more" if len(self.session_ids) > 5 else ""
         super().__init__(f"session {shown}{more} was not found in this project")
+
+
+class IdInUseError(StoreError):
+    """A write named ids held by rows it may not touch: a session of another
+    project, a step or event of another session. Nothing was written, and no
+    retry will change that. The same words whoever holds the id (this
+    project's other session, or another project), so that a refusal tells
+    nothing about them."""
+
+    def __init__(self, records: Sequence[tuple[str, str]]) -> None:
+        self.records = list(records)
+        shown = ", ".join(f"{kind} {rid!r}" for kind, rid in self.records[:5])
+        more = f" and {len(self.records) - 5} more" if len(self.records) > 5 else ""
+        super().__init__(f"{shown}{more}: the id is already in use by another session or "
+                         "project, and a record can only create or change its own",
+                         transient=False)
 
 
 #: API keys: a fixed prefix (so a leaked key is recognisable) and 256 random bits.
@@ -751,12 +768,21 @@ class Store:
                 found.update((kind, row[0]) for row in cur.fetchall())
         return found
 
-    def _apply(self, cur: Any, groups: RowGroups, kinds: Sequence[str]) -> None:
+    def _apply(self, cur: Any, groups: RowGroups, kinds: Sequence[str], *,
+               records: Sequence[Record] | None = None, project: str | None = None) -> None:
+        """Upsert the rows of ``kinds``. With ``records`` (what the rows came
+        from), refuse rows the upserts' guards skipped, which would otherwise
+        be "written" without a trace: IdInUseError, and the caller's
+        transaction rolls back. Counting what the statements applied costs
+        nothing; the ids are looked up only when the count falls short."""
+        expected = applied = 0
         for shape, rows in groups.items():
             if shape[0] not in kinds:
                 continue
+            expected += len(rows)
             if self.dialect != "postgresql":
                 cur.executemany(self._upsert(shape), rows)
+                applied += cur.rowcount
                 continue
             for wave in _waves(rows):
                 document = _rows_json(wave)
@@ -764,6 +790,31 @@ class Store:
                     cur.executemany(self._upsert(shape), [list(row.values()) for row in wave])
                 else:
                     cur.execute(self._upsert(shape, rows_from_json=True), (document,))
+                applied += cur.rowcount
+        if records is not None and applied < expected:
+            refused = self._held_elsewhere(cur, [r for r in records if r[0] in kinds], project)
+            if refused:
+                raise IdInUseError(refused)
+
+    def _held_elsewhere(self, cur: Any, records: Sequence[Record],
+                        project: str | None) -> list[tuple[str, str]]:
+        """The records whose row exists under another guard (session of a
+        step or event, project of a session)."""
+        refused: list[tuple[str, str]] = []
+        for kind, (table, columns) in _TABLES.items():
+            guard = columns[0]
+            claims = [(rid, project if project is not None and kind == "session"
+                       else fields.get(guard)) for k, rid, _, fields in records if k == kind]
+            ids = sorted({rid for rid, _ in claims})
+            stored: dict[str, Any] = {}
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                cur.execute(f"SELECT id, {guard} FROM {table} WHERE id IN "
+                            f"({', '.join([self._ph] * len(chunk))})", tuple(chunk))
+                stored.update(cur.fetchall())
+            refused.extend((kind, rid) for rid, owner in claims
+                           if rid in stored and stored[rid] != owner)
+        return refused
 
     # -- for the server's protocol modules ---------------------------------------
 
@@ -792,10 +843,11 @@ class Store:
         self._apply_all(cur, records, repeated, project)
 
     def _apply_all(self, cur: Any, records: list[Record], repeated: set[tuple[str, str]],
-                   project: str | None) -> None:
+                   project: str | None, *, strict: bool = False) -> None:
         core, extra = _split(records)
         self._apply(cur, self._group(cur, core, repeated, project),
-                    ("session", "step", "event"))
+                    ("session", "step", "event"), records=core if strict else None,
+                    project=project)
         self._after_core(cur, core, extra, project)
 
     def _after_core(self, cur: Any, core: list[Record], extra: list[Record],
@@ -811,16 +863,21 @@ class Store:
     def write(self, records: Iterable[Record]) -> None:
         """Apply records idempotently, all in one transaction. A malformed
         record (unknown kind, no session or project) raises ValueError before
-        anything is written."""
+        anything is written; a record whose id another session (or, for a
+        session, another project) holds raises IdInUseError, and nothing is
+        written."""
         records = list(records)
         repeated = _check_records(records)
-        self._run(lambda cur: self._apply_all(cur, records, repeated, None), write=True)
+        self._run(lambda cur: self._apply_all(cur, records, repeated, None, strict=True),
+                  write=True)
 
     def write_for_project(self, records: Iterable[Record], project: str) -> None:
         """Apply records on behalf of ``project``, all or nothing: session
         records are stamped with the project, and every session the batch
         names must already be the project's or be created by this batch;
-        otherwise nothing is written and UnknownSessionError says which."""
+        otherwise nothing is written and UnknownSessionError says which. A
+        record whose id is held elsewhere (a session id of another project, a
+        step or event id of another session) raises IdInUseError."""
         records = list(records)
         repeated = _check_records(records, project)
         core, extra = _split(records)
@@ -831,7 +888,7 @@ class Store:
 
         def run(cur: Any) -> None:
             groups = self._group(cur, core, repeated, project)
-            self._apply(cur, groups, ("session",))
+            self._apply(cur, groups, ("session",), records=core, project=project)
             # After the session upserts (whose guard skips another project's
             # rows), in the same transaction: is every named session ours?
             wanted = sorted(referenced)
@@ -844,10 +901,34 @@ class Store:
             missing = [sid for sid in wanted if sid not in owned]
             if missing:
                 raise UnknownSessionError(missing)
-            self._apply(cur, groups, ("step", "event"))
+            self._apply(cur, groups, ("step", "event"), records=core, project=project)
             self._after_core(cur, core, extra, project)
 
         self._run(run, write=True)
+
+    def create_session(self, record: Record, project: str) -> bool:
+        """Create the session of ``record`` for ``project`` unless a session
+        with its id exists, in any project: False then. A repeated creation
+        (same project and start time: a retried request) counts as done."""
+        _check_records([record], project)
+        (shape, (row,)), = _group_rows([record], project).items()
+        names = ("id", *shape[1], "updated_at")
+        insert = (f"INSERT INTO sessions ({', '.join(names)}) VALUES "
+                  f"({', '.join([self._ph] * len(names))}) ON CONFLICT (id) DO NOTHING")
+
+        def run(cur: Any) -> bool:
+            cur.execute(insert, row)
+            if cur.rowcount == 1:
+                self._after_core(cur, [record], [], project)
+                return True
+            cur.execute(f"SELECT project, started_at FROM sessions WHERE id = {self._ph}",
+                        (record[1],))
+            stored = cur.fetchone()
+            started = record[3].get("started_at")
+            return bool(stored and stored[0] == project and started is not None
+                        and stored[1] == started)
+
+        return bool(self._run(run, write=True))
 
     # -- projects and API keys -------------------------------------------------
 

@@ -15,7 +15,7 @@ import pytest
 import lucidic as lai
 from helpers import run_python
 from lucidic.errors import InvalidOperationError
-from lucidic.store import Store
+from lucidic.store import IdInUseError, Store
 
 # -- 5. a forked child delivers its own records --------------------------------------
 
@@ -128,3 +128,26 @@ def test_updates_by_unknown_ids_raise_and_never_make_phantom_rows(store: Store) 
     assert store.get_step("nope") is None and store.get_event("zzz") is None
     tree = store.session_tree(sid)
     assert (tree["step_count"], tree["event_count"]) == (1, 1)
+
+
+def test_an_event_id_of_another_session_never_merges_into_it(store: Store) -> None:
+    first = lai.init(session_name="first")
+    event = lai.create_event(description="mine", result="kept")
+    step = lai.create_step(action="mine")
+    with lai.session("second"):
+        for call in (lambda: lai.update_event(event_id=event, result="overwritten"),
+                     lambda: lai.end_step(step_id=step, state="taken over")):
+            with pytest.raises(InvalidOperationError, match="was created in session"):
+                call()
+    lai.update_event(event_id=event, description="still mine")  # its own session may
+    lai.end_session()
+    assert lai.flush(10)
+    row = store.get_event(event)
+    assert (row["session_id"], row["result"], row["description"]) == (first, "kept",
+                                                                      "still mine")
+    assert store.get_step(step)["state"] is None
+    # The store itself refuses, rather than silently skips, a record whose id
+    # another session holds (what any other writer of the file might send).
+    with pytest.raises(IdInUseError, match="already in use"):
+        store.write([("event", event, 9e9, {"session_id": "elsewhere", "result": "x"})])
+    assert store.get_event(event)["result"] == "kept"

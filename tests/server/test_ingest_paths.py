@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from lucidic.server import models
-from lucidic.store import Store
+from lucidic.store import IdInUseError, Store
 
 
 def _by_model(body: bytes) -> list[tuple[str, str, float, dict[str, Any]]]:
@@ -62,16 +62,23 @@ def test_bodies_the_raw_road_cannot_vouch_for_are_judged_by_the_model() -> None:
 def test_postgresql_applies_a_repeated_id_in_order_and_stores_non_finite_numbers_as_null(
         pg_url: str) -> None:
     store = Store(pg_url)
+    records = [("session", "S", 1.0, {"project": "p", "name": "n"}),
+               # the same step id claimed by another session, then by its own
+               # again: one statement could not upsert it twice
+               ("step", "st", 2.0, {"session_id": "S", "state": "first"}),
+               ("step", "st", 3.0, {"session_id": "other", "state": "foreign"}),
+               ("step", "st", 4.0, {"session_id": "S", "state": "last"}),
+               ("event", "e", 2.0, {"session_id": "S", "cost": math.nan,
+                                    "description": "NaN, Infinity"}),
+               ("event", "f", 2.0, {"session_id": "S", "description": "a\"b\\c\n😀"})]
     try:
-        store.write([("session", "S", 1.0, {"project": "p", "name": "n"}),
-                     # the same step id claimed by another session, then by
-                     # its own again: one statement could not upsert it twice
-                     ("step", "st", 2.0, {"session_id": "S", "state": "first"}),
-                     ("step", "st", 3.0, {"session_id": "other", "state": "foreign"}),
-                     ("step", "st", 4.0, {"session_id": "S", "state": "last"}),
-                     ("event", "e", 2.0, {"session_id": "S", "cost": math.nan,
-                                          "description": "NaN, Infinity"}),
-                     ("event", "f", 2.0, {"session_id": "S", "description": "a\"b\\c\n😀"})])
+        # write() refuses the foreign claim, and with it the whole batch...
+        with pytest.raises(IdInUseError, match="step 'st'"):
+            store.write(records)
+        assert store.count("steps") == store.count("sessions") == 0
+        # ...which the protocol modules' apply() (whose callers made their own
+        # checks) takes, the foreign claim skipped by the guard.
+        store.transaction(lambda cur: store.apply(cur, records))
         step = store.get_step("st")
         assert step is not None and (step["session_id"], step["state"]) == ("S", "last")
         event = store.get_event("e")
