@@ -39,6 +39,7 @@ from .errors import (
     LucidicError,
     LucidicNotInitializedError,
     ReplayMissError,
+    ServerUnavailableError,
 )
 
 __version__ = "0.1.0"
@@ -49,6 +50,7 @@ __all__ = [
     "LucidicError",
     "LucidicNotInitializedError",
     "ReplayMissError",
+    "ServerUnavailableError",
     "__version__",
     "continue_session",
     "continued",

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from . import _config, _lifecycle
+from . import _config, _continuation, _lifecycle
 from ._context import (
     Binding,
     EventRef,
@@ -40,7 +40,12 @@ from ._records import (
 )
 from ._runtime import runtime, writer
 from ._sinks import Sink, SinkError
-from .errors import APIKeyVerificationError, InvalidOperationError, LucidicNotInitializedError
+from .errors import (
+    APIKeyVerificationError,
+    InvalidOperationError,
+    LucidicNotInitializedError,
+    ServerUnavailableError,
+)
 from .store import Record
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -184,9 +189,9 @@ class _Options:
 
     def sink(self) -> Sink:
         sink = runtime.make_sink(self.base_url, self.api_key)
-        verify = getattr(sink, "verify", None)
-        if verify is not None:
-            verify()  # raises APIKeyVerificationError for a bad key
+        require_key = getattr(sink, "require_key", None)
+        if require_key is not None:
+            require_key()  # no key at all: APIKeyVerificationError, without the network
         return sink
 
 
@@ -222,39 +227,63 @@ def _put(binding: Binding, kind: str, record_id: str, fields: dict[str, Any],
 
 
 def _create_session(options: _Options, session_id: str | None, fields: dict[str, Any]) -> Binding:
-    """Make a new session and bind it (the caller decides the scope)."""
+    """Make a new session and bind it (the caller decides the scope). With no
+    session_id nothing waits on the network; a given one is checked first."""
     _activate_providers(options.providers)
     sink = options.sink()
-    if session_id is None:
-        session_id = str(uuid.uuid4())
-    else:
-        session_id = _session_id_arg(session_id)
-        try:
-            if sink.lookup_session(session_id) is not None:
-                raise InvalidOperationError(
-                    f"a session with id {session_id!r} already exists; continue it with "
-                    "lai.continue_session() or pass another session_id")
-        except SinkError as exc:
-            log_rate_limited("lookup_failed", "lucidic: could not check session %s (%s); "
-                             "creating it", session_id, exc)
+    given = session_id is not None
+    session_id = _session_id_arg(session_id) if given else str(uuid.uuid4())
     pipeline = runtime.pipeline_for(sink)
     project = _project_of(sink)
-    binding = _bind(session_id, options, pipeline, project)
-    binding.state.evaluated = bool(fields.get("experiment_id") or fields.get("rubrics"))
     now = time.time()
     record_fields = {"project": project, "agent_id": options.agent_id, "started_at": now,
                      **fields}
-    if binding.mask is not None:
-        mask_fields(binding.mask, record_fields)
-    # Written at once, so another process can continue the session as soon
-    # as this call returns.
-    write_at_once(sink, pipeline, ("session", session_id, now, record_fields))
+    if options.mask is not None:
+        mask_fields(options.mask, record_fields)
+    record: Record = ("session", session_id, now, record_fields)
+    if given:
+        _claim(sink, pipeline, record)
+    else:
+        write_at_once(sink, pipeline, record)
+    binding = _bind(session_id, options, pipeline, project)
+    binding.state.evaluated = bool(fields.get("experiment_id") or fields.get("rubrics"))
     return binding
+
+
+def _claim(sink: Sink, pipeline: Pipeline, record: Record) -> None:
+    """Create a session under the id its caller chose, refusing an id that is
+    taken: InvalidOperationError, in the same words whoever holds it."""
+    session_id = record[1]
+    claim = getattr(sink, "claim_session", None)
+    if claim is not None:
+        # The server decides, atomically, within LUCIDIC_CONNECT_TIMEOUT.
+        try:
+            claim(record)
+        except ServerUnavailableError as exc:
+            log_rate_limited("claim_unanswered", "lucidic: could not check that session id "
+                             "%r is free (%s); the session is queued and created when the "
+                             "server answers (if the id is taken by then, its records are "
+                             "refused)", session_id, exc)
+            _deliver_soon(pipeline, record)
+        return
+    try:
+        taken = sink.lookup_session(session_id) is not None
+    except SinkError as exc:
+        log_rate_limited("lookup_failed", "lucidic: could not check session %s (%s); "
+                         "creating it", session_id, exc)
+        taken = False
+    if taken:
+        raise InvalidOperationError(_continuation.in_use_message(session_id))
+    write_at_once(sink, pipeline, record)
 
 
 def write_at_once(sink: Sink, pipeline: Pipeline, record: Record) -> None:
     """Store a record now (what others must find as soon as the call that
-    made it returns); if the backend cannot take it now, queue it."""
+    made it returns); if the backend cannot take it now, queue it. A remote
+    backend is never waited for: the record goes first in line instead."""
+    if getattr(sink, "remote", False):
+        _deliver_soon(pipeline, record)
+        return
     try:
         sink.write([record])
     except Exception as exc:  # noqa: BLE001
@@ -263,55 +292,59 @@ def write_at_once(sink: Sink, pipeline: Pipeline, record: Record) -> None:
         pipeline.put(record)
 
 
+def _deliver_soon(pipeline: Pipeline, record: Record) -> None:
+    pipeline.put(record)
+    pipeline.deliver_soon()
+
+
 def _check_continuable(sink: Sink, session_id: str,
                        agent_id: str | None) -> dict[str, Any] | None:
-    """Refuse to continue an unknown, finished or other agent's session;
-    returns the stored session when the backend was asked."""
+    """Refuse to continue an unknown, finished or other agent's session (the
+    rule of lucidic._continuation); returns the stored session when the
+    backend was asked."""
     state = runtime.states.get(session_id)
     if state is not None and state.finished:
-        raise InvalidOperationError(_finished_message(session_id))
+        raise InvalidOperationError(_continuation.finished_message(session_id))
     if state is not None and state.bindings:
         # This process holds it open right now: no need to ask the backend.
-        _check_agent(session_id, state.bindings[0].agent_id, agent_id)
+        refused = _continuation.refusal({"agent_id": state.bindings[0].agent_id}, session_id,
+                                        agent_id)
+        if refused:
+            raise InvalidOperationError(refused)
         return None
+    ask_server = getattr(sink, "check_continuable", None)
+    if ask_server is not None:
+        # The server applies the rule, within LUCIDIC_CONNECT_TIMEOUT; it
+        # raises what it answers (or ServerUnavailableError, naming the URL).
+        info: dict[str, Any] | None = ask_server(session_id, agent_id)
+        return info
     try:
         info = sink.lookup_session(session_id)
     except APIKeyVerificationError:
         raise
     except SinkError as exc:
+        # The embedded store is busy (another process holds its lock): the
+        # records wait in the queue and the spool until it is free.
         log_rate_limited("lookup_failed", "lucidic: could not check session %s (%s); "
-                         "continuing it, records will be delivered when the backend answers",
+                         "continuing it, records will be delivered when the store answers",
                          session_id, exc)
         return None
     if info is None:
-        raise InvalidOperationError(
-            f"session {session_id!r} does not exist (for this store or API key). Check the "
-            "id, or start a new session with lai.init().")
-    if info.get("is_finished"):
-        raise InvalidOperationError(_finished_message(session_id))
-    _check_agent(session_id, info.get("agent_id"), agent_id)
+        raise InvalidOperationError(_continuation.unknown_message(session_id))
+    refused = _continuation.refusal(info, session_id, agent_id)
+    if refused:
+        raise InvalidOperationError(refused)
     return info
-
-
-def _check_agent(session_id: str, owner: str | None, agent_id: str | None) -> None:
-    if agent_id and owner and owner != agent_id:
-        raise InvalidOperationError(
-            f"session {session_id!r} belongs to agent {owner!r}, not {agent_id!r}; continue "
-            "it with the agent id that created it.")
-
-
-def _finished_message(session_id: str) -> str:
-    return (f"session {session_id!r} has finished and a finished session cannot be "
-            "continued. To hand a session over to another process, detach it there with "
-            "lai.detach() (or leave its `with lai.continued()` block) instead of calling "
-            "lai.end_session().")
 
 
 def _continue(session_id: str, options: _Options) -> Binding:
     _activate_providers(options.providers)
     sink = options.sink()
     info = _check_continuable(sink, session_id, options.agent_id)
-    binding = _bind(session_id, options, runtime.pipeline_for(sink), _project_of(sink))
+    # Over the embedded store, a session written through a server sharing its
+    # file keeps its project: session records carry it, or they would not apply.
+    project = (info or {}).get("project") or _project_of(sink)
+    binding = _bind(session_id, options, runtime.pipeline_for(sink), project)
     if info is not None:
         binding.state.evaluated = bool(info.get("experiment_id") or info.get("rubrics"))
     return binding

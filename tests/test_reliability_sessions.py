@@ -8,6 +8,9 @@ tests/server/test_reliability_sessions_server.py."""
 from __future__ import annotations
 
 import json
+import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,78 @@ import lucidic as lai
 from helpers import run_python
 from lucidic.errors import InvalidOperationError
 from lucidic.store import IdInUseError, Store
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A real socket that accepts every connection and never answers."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            held.append(conn)  # kept open, never read from nor written to
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    listener.close()
+    for conn in held:
+        conn.close()
+
+
+# -- 3. init() never waits on the network; continuing waits a bounded time ---------
+
+SILENT_CHILD = """
+import json, os, time
+import lucidic as lai
+
+os.environ["LUCIDIC_CONNECT_TIMEOUT"] = "30"  # anything waiting on it would show
+began = time.monotonic()
+sid = lai.init(session_name="no answer needed")
+lai.create_step(action="work")
+lai.create_event(description="kept")
+init_took = time.monotonic() - began
+lai.detach()
+
+os.environ["LUCIDIC_CONNECT_TIMEOUT"] = "1"
+began = time.monotonic()
+try:
+    lai.continue_session(sid)
+    refused = None
+except Exception as exc:
+    refused = f"{type(exc).__name__}: {exc}"
+continue_took = time.monotonic() - began
+print(json.dumps({"init": init_took, "continue": continue_took, "refused": refused}))
+"""
+
+
+def test_init_returns_at_once_and_continue_fails_within_its_bound_on_a_silent_server(
+        silent_server: str, lucidic_home: Path) -> None:
+    done = run_python(SILENT_CHILD, home=lucidic_home, timeout=60,
+                      env={"LUCIDIC_BASE_URL": silent_server, "LUCIDIC_API_KEY": "lk_test",
+                           "LUCIDIC_FLUSH_TIMEOUT": "0.5"})
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    # Before: ~20 s (a key check, then a session write with a 15 s read timeout).
+    assert out["init"] < 3.0, out
+    # Continuing must ask, and gives up after LUCIDIC_CONNECT_TIMEOUT (1 s)
+    # with an error naming the server; generous slack for a loaded machine.
+    assert out["refused"] is not None, out
+    assert out["refused"].startswith("ServerUnavailableError") and silent_server in out["refused"]
+    assert "LUCIDIC_CONNECT_TIMEOUT" in out["refused"]
+    assert 0.9 <= out["continue"] < 6.0, out
+    # What init recorded was not dropped: the exit spooled it for later.
+    spooled = [p for p in (lucidic_home / "spool").rglob("*") if p.is_file()]
+    assert any("kept" in p.read_text(errors="replace") for p in spooled)
+
 
 # -- 5. a forked child delivers its own records --------------------------------------
 
@@ -56,6 +131,26 @@ def test_forked_children_deliver_their_own_records_while_the_parent_writes_a_bac
     # Counted as the children left, before anyone could replay their spools.
     assert len(out["child_rows"]) == len(expected) and set(out["child_rows"]) == expected
     assert store.count("events") == 10_000 + len(expected)
+
+
+# -- 6. a session id of another project, in the embedded store -----------------------
+
+def test_init_refuses_an_id_another_project_holds_in_the_embedded_store(
+        lucidic_home: Path, store: Store) -> None:
+    # A server serving the embedded store's file wrote project ops's session.
+    store.write_for_project([("session", "ops-session", 1.0, {"name": "theirs",
+                                                              "started_at": 1.0})], "ops")
+    with pytest.raises(InvalidOperationError, match="already in use"):
+        lai.init(session_id="ops-session", session_name="squatter")
+    assert store.get_session("ops-session")["name"] == "theirs"
+    # Continuing it from here (the embedded store has no accounts) keeps its
+    # project, so the session's own records apply instead of being skipped.
+    lai.continue_session("ops-session")
+    lai.update_session(task="continued locally")
+    lai.end_session(is_successful=True)
+    row = store.get_session("ops-session")
+    assert (row["project"], row["task"], row["is_finished"]) == ("ops", "continued locally",
+                                                                 True)
 
 
 # -- 8. bad input never escapes into user code ----------------------------------------

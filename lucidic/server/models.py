@@ -486,3 +486,21 @@ class Continuable(BaseModel):
     session_id: str
     continuable: Literal[True] = True
     agent_id: Optional[str] = None  # noqa: UP045
+    experiment_id: Optional[str] = None  # noqa: UP045
+    rubrics: Optional[list[str]] = None  # noqa: UP045
+
+
+class NewSession(SessionRecord):
+    """A session record to create under its id; refused if the id is taken."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        problem = check_json_text(data)
+        if problem:
+            raise ValueError(problem)
+        return data
+
+
+class Created(BaseModel):
+    session_id: str
