@@ -21,13 +21,8 @@ from pydantic import (
 )
 from typing_extensions import NotRequired, Required, TypedDict
 
-from ..store import (
-    BOOL_COLUMNS,
-    EVENT_COLUMNS,
-    JSON_COLUMNS,
-    SESSION_COLUMNS,
-    STEP_COLUMNS,
-)
+from ..columns import COLUMN_TYPES, JSON_COLUMNS, ColumnType
+from ..store import EVENT_COLUMNS, SESSION_COLUMNS, STEP_COLUMNS
 
 MAX_ID_LENGTH = 256
 MAX_BATCH = 10_000
@@ -79,29 +74,16 @@ def check_json_text(value: Any, path: str = "body", depth: int = 0) -> str | Non
     return None
 
 
-_FLOATS = {"started_at", "ended_at", "eval_score", "session_eval", "cost", "duration",
-           "time_to_first_token"}
-_INTS = {"input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens",
-         "reasoning_tokens", "writer_pid", "repeat"}
-_STRING_LISTS = {"tags", "screenshots"}
-_IDS = {"session_id", "parent_step_id", "step_id", "experiment_id", "mass_sim_id",
-        "replayed_from"}
+#: What the API takes and answers for each type of column (lucidic.columns).
+_API_TYPES: dict[ColumnType, Any] = {
+    ColumnType.TEXT: str, ColumnType.ID: Id, ColumnType.REAL: FiniteFloat,
+    ColumnType.INT: Int64, ColumnType.BOOL: bool, ColumnType.JSON: Any,
+    ColumnType.TEXT_LIST: list[str],
+}
 
 
 def _column_type(column: str) -> Any:
-    if column in _FLOATS:
-        return FiniteFloat
-    if column in _INTS:
-        return Int64
-    if column in BOOL_COLUMNS:
-        return bool
-    if column in _STRING_LISTS:
-        return list[str]
-    if column in JSON_COLUMNS:
-        return Any
-    if column in _IDS:
-        return Id
-    return str
+    return _API_TYPES[COLUMN_TYPES[column]]
 
 
 def _fields_model(name: str, columns: tuple[str, ...], required: str | None) -> Any:
