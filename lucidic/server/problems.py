@@ -101,7 +101,8 @@ def install_error_handlers(app: FastAPI) -> None:
                    "type": str(e.get("type", ""))} for e in exc.errors()[:20]]
         content_type = request.headers.get("content-type", "")
         if request.method == "POST" and "json" not in content_type.lower() and any(
-                e["loc"] == "body" and e["type"] == "model_attributes_type" for e in errors):
+                e["loc"] == "body" and e["type"] in ("model_attributes_type", "dict_type")
+                for e in errors):
             return problem(415, "the request body must be JSON, sent with "
                                 f"'Content-Type: application/json' (not {content_type!r})")
         if any(e["type"] == "json_invalid" for e in errors):
