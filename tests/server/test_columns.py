@@ -7,6 +7,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from pydantic import TypeAdapter
+
 import lucidic as lai
 from lucidic import plugins
 from lucidic.columns import COLUMN_TYPES, ColumnType
@@ -42,7 +44,7 @@ def test_the_schema_the_migrations_build_has_the_column_tables_types(db_url: str
 
 def test_the_servers_request_models_take_each_column_as_its_type() -> None:
     def field_schema(model: Any, column: str) -> Any:
-        prop = model.model_json_schema()["properties"][column]
+        prop = TypeAdapter(model).json_schema()["properties"][column]
         return next(p for p in prop.get("anyOf", [prop]) if p.get("type") != "null")
 
     expected = {ColumnType.TEXT: "string", ColumnType.ID: "string", ColumnType.REAL: "number",
