@@ -10,7 +10,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 from pydantic_core import PydanticSerializationError, to_json
 from typing_extensions import NotRequired, Required, TypedDict
 
-from ..columns import COLUMN_TYPES, JSON_COLUMNS, ColumnType
+from ..columns import COLUMN_TYPES, ColumnType
 from ..store import EVENT_COLUMNS, SESSION_COLUMNS, STEP_COLUMNS
 
 MAX_ID_LENGTH = 256
@@ -146,8 +146,6 @@ _EVALUATION_FIELDS: dict[str, dict[str, tuple[Any, bool]]] = {
 }
 
 
-
-
 def _evaluation_fields(kind: str) -> Any:
     return _shape(f"{kind.title().replace('_', '')}Fields", {
         column: Required[type_] if required else NotRequired[Optional[type_]]  # noqa: UP045
@@ -166,36 +164,35 @@ def _storable(batch: Any) -> Any:
     NUL character or an unpaired surrogate in any text, a number that is not
     finite, or nesting deeper than 64 levels. The typed fields have refused
     non-finite numbers already; this finds the rest. The usual batch is
-    cleared by a screen in Rust (serialising refuses unpaired surrogates,
-    and NUL or a non-finite number shows in the text); only a batch the
-    screen suspects is walked, which names where the problem sits."""
+    cleared by a screen (serialising it in Rust refuses unpaired surrogates;
+    a NUL or a non-finite number shows in the text; only nested values are
+    measured); only a batch the screen suspects is walked, which names where
+    the problem sits."""
     try:
         text = to_json(batch)
     except PydanticSerializationError:  # an unpaired surrogate
-        text = b"NaN"
-    suspect = (b"\\u0000" in text or b"NaN" in text or b"Infinity" in text
-               or any(_deep(record["fields"]) for record in batch["records"]))
-    if suspect:
+        suspect = True
+    else:
+        suspect = b"\\u0000" in text or b"NaN" in text or b"Infinity" in text
+    if suspect or _deeply_nested(batch["records"]):
         problem = check_json_text(batch)
         if problem:
             raise ValueError(problem)
     return batch
 
 
-#: Documents deeper than this are walked by check_json_text (which counts the
-#: levels of the batch above a document too: records, the record, its fields).
+#: Values nested deeper than this are walked by check_json_text (which counts
+#: the levels of the batch above a field's value too: records, the record,
+#: its fields).
 _SCREEN_DEPTH = _MAX_DEPTH - 8
 
 
-def _deep(fields: dict[str, Any]) -> bool:
-    for column in _DOCUMENTS:
-        value = fields.get(column)
-        if isinstance(value, (dict, list)) and _depth(value) > _SCREEN_DEPTH:
-            return True
+def _deeply_nested(records: list[dict[str, Any]]) -> bool:
+    for record in records:
+        for value in record["fields"].values():
+            if isinstance(value, (dict, list)) and _depth(value) > _SCREEN_DEPTH:
+                return True
     return False
-
-
-_DOCUMENTS = tuple(sorted(JSON_COLUMNS))
 
 
 def _depth(value: Any, level: int = 1) -> int:

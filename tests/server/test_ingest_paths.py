@@ -82,6 +82,11 @@ def test_the_schema_refuses_exactly_what_no_backend_can_store() -> None:
                        (math.nan, "finite"), (-math.inf, "finite")):
         problem = _refused(_nested_event(3, leaf))
         assert problem is not None and word in problem, (leaf, problem)
+    # Any nested value is measured, not only the events' documents.
+    metadata = _nested_event(100)["records"][0]["fields"]["arguments"]
+    problem = _refused({"records": [{"kind": "experiment", "id": "x", "ts": 1, "fields": {
+        "project": "p", "metadata": metadata}}]})
+    assert problem is not None and "nested more than 64 levels" in problem
     # Text that only looks like a problem is stored as it is.
     for text in ("NaN", "-Infinity", "\\u0000", "tab\tnewline\n"):
         assert _refused(_nested_event(3, text)) is None, text
