@@ -173,9 +173,7 @@ class _Options:
 
     def sink(self) -> Sink:
         sink = runtime.make_sink(self.base_url, self.api_key)
-        verify = getattr(sink, "verify", None)
-        if verify is not None:
-            verify()  # raises APIKeyVerificationError for a bad key
+        sink.verify()  # raises APIKeyVerificationError for a bad key
         return sink
 
 
@@ -197,7 +195,7 @@ def _bind(session_id: str, options: _Options, pipeline: Pipeline, project: str) 
 
 
 def _project_of(sink: Sink) -> str:
-    return getattr(sink, "project", None) or LOCAL_PROJECT
+    return sink.project or LOCAL_PROJECT
 
 
 def _put(binding: Binding, kind: str, record_id: str, fields: dict[str, Any],

@@ -25,7 +25,7 @@ import requests
 
 from . import _runtime
 from ._internal import log_rate_limited, record_internal_error
-from ._sinks import SinkError
+from ._sinks import Sink, SinkError
 from .errors import APIKeyVerificationError
 from .store import Record, clean_json
 
@@ -151,7 +151,7 @@ class _Client:
             session.close()
 
 
-class HttpSink:
+class HttpSink(Sink):
     """Delivers records to ``lucidic server``; see the module docstring."""
 
     def __init__(self, base_url: str, api_key: str | None) -> None:
@@ -266,6 +266,9 @@ class HttpSink:
         raise SinkError(f"the lucidic server does not know session(s) "
                         f"{', '.join(sorted(missing)[:3])} yet ({_detail(response)}); "
                         "retrying", retry_after=_UNKNOWN_SESSION_RETRY)
+
+    def server(self) -> tuple[str, str | None]:
+        return self.base_url, self._api_key
 
     def after_fork_in_child(self) -> None:
         self._client.reset_after_fork()

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from ._internal import record_internal_error
 from .store import Record, Store, StoreError
@@ -30,22 +31,51 @@ class SinkError(Exception):
         self.retry_after = retry_after
 
 
-class Sink(Protocol):
+class Sink(ABC):
+    """What the pipeline and the session calls need of a destination. Every
+    sink derives from this class, which declares all that its callers use:
+    ``write``, ``lookup_session`` and ``identity`` each sink must give; the
+    rest has defaults for a sink that has nothing to do there."""
+
     #: Names the destination; records spooled for one sink are only ever
     #: replayed into a sink with the same identity.
     identity: str
+    #: The project records land in, when the destination says (a server
+    #: tells the key's project on verify()); None means the local project.
+    project: str | None = None
 
-    def write(self, records: Sequence[Record]) -> None: ...
+    @abstractmethod
+    def write(self, records: Sequence[Record]) -> None:
+        """Apply a batch idempotently; raise SinkError when that cannot be done now."""
 
+    @abstractmethod
     def lookup_session(self, session_id: str) -> dict[str, Any] | None:
         """The stored session (at least ``is_finished`` and ``agent_id``), or
         None when unknown. Raises SinkError when the backend cannot tell."""
-        ...
 
-    def close(self) -> None: ...
+    def verify(self) -> None:  # noqa: B027 - a default: nothing to check
+        """Check the credentials before the first record (init and
+        continue_session call it): raise APIKeyVerificationError if they are
+        refused. Nothing to check by default."""
+
+    def after_fork_in_child(self) -> None:  # noqa: B027 - a default: nothing to drop
+        """Drop what must not cross fork() (connections); the child opens its own."""
+
+    def local_store(self) -> Store | None:
+        """The embedded store this sink writes, for readers in this process
+        (lucidic.evals reads runs back from it); None for other sinks."""
+        return None
+
+    def server(self) -> tuple[str, str | None] | None:
+        """The lucidic server this sink delivers to, as (base URL, API key);
+        None for other sinks."""
+        return None
+
+    def close(self) -> None:  # noqa: B027 - a default: nothing to release
+        """Release connections; the sink may be used again afterwards."""
 
 
-class LocalSink:
+class LocalSink(Sink):
     """The embedded store: one SQLite file shared by every process of the user."""
 
     def __init__(self, path: Path, busy_timeout: float = 2.0) -> None:
@@ -87,6 +117,9 @@ class LocalSink:
                 if isinstance(error, StoreError) and error.transient:
                     raise SinkError(str(error)) from error
                 self._write_apart(half, error)
+
+    def local_store(self) -> Store:
+        return self._get_store()
 
     def lookup_session(self, session_id: str) -> dict[str, Any] | None:
         try:
