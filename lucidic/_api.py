@@ -28,20 +28,12 @@ from ._context import (
     step_in,
 )
 from ._internal import log_rate_limited, logger, swallow
+from ._numbers import as_float, short_number_repr
 from ._pipeline import Pipeline
-from ._records import (
-    Mask,
-    as_float,
-    items_of,
-    mask_fields,
-    short_number_repr,
-    text_field,
-    to_jsonable,
-)
+from ._records import Mask, items_of, mask_fields, text_field, to_jsonable
 from ._runtime import runtime, writer
 from ._sinks import Sink, SinkError
 from .errors import (
-    APIKeyVerificationError,
     InvalidOperationError,
     LucidicNotInitializedError,
     ServerUnavailableError,
@@ -189,9 +181,7 @@ class _Options:
 
     def sink(self) -> Sink:
         sink = runtime.make_sink(self.base_url, self.api_key)
-        require_key = getattr(sink, "require_key", None)
-        if require_key is not None:
-            require_key()  # no key at all: APIKeyVerificationError, without the network
+        sink.verify()  # no key at all: APIKeyVerificationError, without the network
         return sink
 
 
@@ -213,7 +203,7 @@ def _bind(session_id: str, options: _Options, pipeline: Pipeline, project: str) 
 
 
 def _project_of(sink: Sink) -> str:
-    return getattr(sink, "project", None) or LOCAL_PROJECT
+    return sink.project or LOCAL_PROJECT
 
 
 def _put(binding: Binding, kind: str, record_id: str, fields: dict[str, Any],
@@ -253,35 +243,22 @@ def _create_session(options: _Options, session_id: str | None, fields: dict[str,
 def _claim(sink: Sink, pipeline: Pipeline, record: Record) -> None:
     """Create a session under the id its caller chose, refusing an id that is
     taken: InvalidOperationError, in the same words whoever holds it."""
-    session_id = record[1]
-    claim = getattr(sink, "claim_session", None)
-    if claim is not None:
-        # The server decides, atomically, within LUCIDIC_CONNECT_TIMEOUT.
-        try:
-            claim(record)
-        except ServerUnavailableError as exc:
-            log_rate_limited("claim_unanswered", "lucidic: could not check that session id "
-                             "%r is free (%s); the session is queued and created when the "
-                             "server answers (if the id is taken by then, its records are "
-                             "refused)", session_id, exc)
-            _deliver_soon(pipeline, record)
-        return
     try:
-        taken = sink.lookup_session(session_id) is not None
-    except SinkError as exc:
-        log_rate_limited("lookup_failed", "lucidic: could not check session %s (%s); "
-                         "creating it", session_id, exc)
-        taken = False
-    if taken:
-        raise InvalidOperationError(_continuation.in_use_message(session_id))
-    write_at_once(sink, pipeline, record)
+        # A server decides atomically, within LUCIDIC_CONNECT_TIMEOUT.
+        sink.claim_session(record)
+    except (SinkError, ServerUnavailableError) as exc:
+        log_rate_limited("claim_unanswered", "lucidic: could not check that session id %r is "
+                         "free (%s); the session is queued and created when the store or "
+                         "server answers (if the id is taken by then, its records are "
+                         "refused)", record[1], exc)
+        _deliver_soon(pipeline, record)
 
 
 def write_at_once(sink: Sink, pipeline: Pipeline, record: Record) -> None:
     """Store a record now (what others must find as soon as the call that
     made it returns); if the backend cannot take it now, queue it. A remote
     backend is never waited for: the record goes first in line instead."""
-    if getattr(sink, "remote", False):
+    if sink.remote:
         _deliver_soon(pipeline, record)
         return
     try:
@@ -312,16 +289,10 @@ def _check_continuable(sink: Sink, session_id: str,
         if refused:
             raise InvalidOperationError(refused)
         return None
-    ask_server = getattr(sink, "check_continuable", None)
-    if ask_server is not None:
-        # The server applies the rule, within LUCIDIC_CONNECT_TIMEOUT; it
-        # raises what it answers (or ServerUnavailableError, naming the URL).
-        info: dict[str, Any] | None = ask_server(session_id, agent_id)
-        return info
     try:
-        info = sink.lookup_session(session_id)
-    except APIKeyVerificationError:
-        raise
+        # A server applies the rule itself, within LUCIDIC_CONNECT_TIMEOUT,
+        # and raises what it answers (or ServerUnavailableError, naming it).
+        return sink.check_continuable(session_id, agent_id)
     except SinkError as exc:
         # The embedded store is busy (another process holds its lock): the
         # records wait in the queue and the spool until it is free.
@@ -329,12 +300,6 @@ def _check_continuable(sink: Sink, session_id: str,
                          "continuing it, records will be delivered when the store answers",
                          session_id, exc)
         return None
-    if info is None:
-        raise InvalidOperationError(_continuation.unknown_message(session_id))
-    refused = _continuation.refusal(info, session_id, agent_id)
-    if refused:
-        raise InvalidOperationError(refused)
-    return info
 
 
 def _continue(session_id: str, options: _Options) -> Binding:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 #: Seconds that flush() and the exit path wait for the sink before spooling.
@@ -19,17 +18,16 @@ def env(name: str) -> str | None:
 
 
 def data_home() -> Path:
-    """LUCIDIC_HOME, else the per-user data directory of the platform."""
+    """LUCIDIC_HOME, else the per-user data directory of the platform, as
+    platformdirs knows it: ``$XDG_DATA_HOME/lucidic`` (by default
+    ``~/.local/share/lucidic``) on Linux, ``~/Library/Application
+    Support/lucidic`` on macOS."""
     explicit = env("LUCIDIC_HOME")
     if explicit:
         return Path(explicit).expanduser()
-    if sys.platform == "win32":
-        base = env("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
-        return Path(base) / "lucidic"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Application Support" / "lucidic"
-    base = env("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "lucidic"
+    from platformdirs import user_data_path  # only when no LUCIDIC_HOME is set
+
+    return user_data_path("lucidic", appauthor=False)
 
 
 def base_url() -> str | None:

@@ -26,7 +26,7 @@ import requests
 
 from . import _config, _continuation, _runtime
 from ._internal import log_visible, record_internal_error
-from ._sinks import SinkError
+from ._sinks import Sink, SinkError
 from .errors import APIKeyVerificationError, InvalidOperationError, ServerUnavailableError
 from .store import Record, clean_json
 
@@ -163,8 +163,10 @@ class _Client:
             session.close()
 
 
-class HttpSink:
+class HttpSink(Sink):
     """Delivers records to ``lucidic server``; see the module docstring."""
+
+    remote = True
 
     def __init__(self, base_url: str, api_key: str | None) -> None:
         self.base_url = base_url.rstrip("/")
@@ -182,12 +184,9 @@ class HttpSink:
     # within LUCIDIC_CONNECT_TIMEOUT: continuing a session, and starting one
     # with an id the caller chose.
 
-    #: Records reach this sink over the network: nothing on the caller's
-    #: thread may wait for it (see lucidic._api.write_at_once).
-    remote = True
-
-    def require_key(self) -> None:
-        """A key must be given (checked here, without the network)."""
+    def verify(self) -> None:
+        """A key must be given (checked here, without the network: the first
+        delivery is the server's check)."""
         if not self._api_key:
             raise APIKeyVerificationError(
                 f"LUCIDIC_BASE_URL is set ({self.base_url}) but no API key was given: pass "
@@ -325,6 +324,9 @@ class HttpSink:
         raise SinkError(f"the lucidic server does not know session(s) "
                         f"{', '.join(sorted(missing)[:3])} yet ({_detail(response)}); "
                         "retrying", retry_after=_UNKNOWN_SESSION_RETRY)
+
+    def server(self) -> tuple[str, str | None]:
+        return self.base_url, self._api_key
 
     def after_fork_in_child(self) -> None:
         self._client.reset_after_fork()

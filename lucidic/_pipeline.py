@@ -315,9 +315,7 @@ class Pipeline:
         to deliver. It gets its own worker, spool segments and connection."""
         was_running = self._thread is not None
         self.spool.after_fork_in_child()
-        after_fork = getattr(self.sink, "after_fork_in_child", None)
-        if after_fork is not None:
-            after_fork()
+        self.sink.after_fork_in_child()
         self._init_runtime()
         self.stats = PipelineStats()
         if was_running:

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Union
 
-from ._records import as_float, short_number_repr
+from ._numbers import as_float, short_number_repr
 from .errors import InvalidOperationError
 
 ScoreValue = Union[float, bool, str]  # noqa: UP007 - a runtime alias on Python 3.10

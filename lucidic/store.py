@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import evalstore
+from .columns import BOOL_COLUMNS, JSON_COLUMNS, sql_type
 
 __all__ = [
     "EVENT_COLUMNS",
@@ -183,33 +184,15 @@ EVENT_COLUMNS = (*_EVENT_COLUMNS_1, *_EVENT_ACCOUNTING_COLUMNS, *WRITER_COLUMNS,
 #: referenced from a step's ``screenshot`` or an event's ``screenshots`` by this
 #: path and its object key; GET on it serves the image (see lucidic.server.uploads).
 SCREENSHOT_PATH = "/api/v1/screenshots/"
-#: Columns holding JSON documents (stored as text on both backends).
-JSON_COLUMNS = frozenset({"tags", "input", "output", "arguments", "screenshots", "rubrics",
-                          "attributes", *evalstore.JSON_COLUMNS})
-BOOL_COLUMNS = frozenset({"is_finished", "is_successful", "tokens_estimated",
-                          *evalstore.BOOL_COLUMNS})
 
 _TABLES = {"session": ("sessions", SESSION_COLUMNS), "step": ("steps", STEP_COLUMNS),
            "event": ("events", EVENT_COLUMNS)}
 #: Every kind of record a store takes.
 RECORD_KINDS = frozenset({*_TABLES, *evalstore.KINDS})
 
-# Type names both SQLite (by affinity) and PostgreSQL understand.
-_TYPES = {
-    "started_at": "DOUBLE PRECISION", "ended_at": "DOUBLE PRECISION",
-    "eval_score": "DOUBLE PRECISION", "session_eval": "DOUBLE PRECISION",
-    "cost": "DOUBLE PRECISION", "duration": "DOUBLE PRECISION",
-    "time_to_first_token": "DOUBLE PRECISION",
-    "input_tokens": "BIGINT", "output_tokens": "BIGINT", "cached_tokens": "BIGINT",
-    "reasoning_tokens": "BIGINT", "is_finished": "SMALLINT", "is_successful": "SMALLINT",
-    "updated_at": "DOUBLE PRECISION", "cache_write_tokens": "BIGINT",
-    "tokens_estimated": "SMALLINT", "writer_pid": "BIGINT", "repeat": "BIGINT",
-    "production_monitoring": "SMALLINT",
-}
-
 
 def _create_table(table: str, columns: Sequence[str]) -> str:
-    cols = ",\n  ".join(f"{c} {_TYPES.get(c, 'TEXT')}" for c in columns)
+    cols = ",\n  ".join(f"{c} {sql_type(c)}" for c in columns)
     guard = columns[0]
     return (f"CREATE TABLE IF NOT EXISTS {table} (\n  id TEXT PRIMARY KEY,\n  {cols},\n"
             f"  updated_at DOUBLE PRECISION NOT NULL\n)").replace(
@@ -244,12 +227,12 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "ON CONFLICT (name) DO NOTHING",
     ]),
     # LLM accounting: cache-write tokens, and token counts marked as estimated.
-    (3, [f"ALTER TABLE events ADD COLUMN {column} {_TYPES[column]}"
+    (3, [f"ALTER TABLE events ADD COLUMN {column} {sql_type(column)}"
          for column in _EVENT_ACCOUNTING_COLUMNS]),
     # The writer of each step and event (host, pid, agent), for the hand-over
     # view; rows written before this migration have none.
     (4, [
-        *(f"ALTER TABLE {table} ADD COLUMN {column} {_TYPES.get(column, 'TEXT')}"
+        *(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type(column)}"
           for table in ("steps", "events") for column in WRITER_COLUMNS),
     ]),
     # Web UI sign-in: a browser trades an API key for a random token kept in
@@ -331,7 +314,7 @@ def _upsert_sql(table: str, guard: str, columns: Sequence[str], placeholder: str
     array of objects keyed by column."""
     names = ("id", *columns, "updated_at")
     if rows_from_json:
-        types = ", ".join(f"{c} {_TYPES.get(c, 'TEXT')}" for c in names)
+        types = ", ".join(f"{c} {sql_type(c)}" for c in names)
         source = f"SELECT * FROM json_to_recordset({placeholder}::json) AS r ({types})"
     else:
         source = f"VALUES ({', '.join([placeholder] * len(names))})"
