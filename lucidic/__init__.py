@@ -47,6 +47,7 @@ from .errors import (
     LucidicError,
     LucidicNotInitializedError,
     ReplayMissError,
+    ServerUnavailableError,
 )
 
 __version__ = "0.1.0"
@@ -57,6 +58,7 @@ __all__ = [
     "LucidicError",
     "LucidicNotInitializedError",
     "ReplayMissError",
+    "ServerUnavailableError",
     "__version__",
     "continue_session",
     "continued",

@@ -105,6 +105,11 @@ class Pipeline:
             self.stats.lost += len(chunk)
             record_internal_error("spool_write", exc)
 
+    def deliver_soon(self) -> None:
+        """Wake the worker now rather than at its next interval (a session
+        record others may look for at once)."""
+        self._wake.set()
+
     # -- control --------------------------------------------------------------
 
     def start(self) -> None:

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import _continuation
 from ._internal import record_internal_error
+from .errors import InvalidOperationError
 from .store import Record, Store, StoreError
-
-_abandoned_after_fork: list[Store] = []
 
 
 class SinkError(Exception):
@@ -40,9 +40,12 @@ class Sink(ABC):
     #: Names the destination; records spooled for one sink are only ever
     #: replayed into a sink with the same identity.
     identity: str
-    #: The project records land in, when the destination says (a server
-    #: tells the key's project on verify()); None means the local project.
+    #: The project records land in, when the destination says; None means
+    #: the local project (a server stamps its key's project on what it takes).
     project: str | None = None
+    #: Records reach this destination over the network: nothing on a
+    #: caller's thread may wait for a write to it (see _api.write_at_once).
+    remote: bool = False
 
     @abstractmethod
     def write(self, records: Sequence[Record]) -> None:
@@ -54,9 +57,33 @@ class Sink(ABC):
         None when unknown. Raises SinkError when the backend cannot tell."""
 
     def verify(self) -> None:  # noqa: B027 - a default: nothing to check
-        """Check the credentials before the first record (init and
-        continue_session call it): raise APIKeyVerificationError if they are
-        refused. Nothing to check by default."""
+        """Check, without waiting on the network, what can be checked of the
+        credentials before the first record (init and continue_session call
+        it): raise APIKeyVerificationError if they are refused. Nothing to
+        check by default."""
+
+    def check_continuable(self, session_id: str, agent_id: str | None) -> dict[str, Any]:
+        """The stored session, if ``agent_id`` may continue it; otherwise
+        InvalidOperationError saying why (the rule of lucidic._continuation).
+        Raises SinkError when the backend cannot tell now. A server applies
+        the rule itself."""
+        stored = self.lookup_session(session_id)
+        if stored is None:
+            raise InvalidOperationError(_continuation.unknown_message(session_id))
+        refused = _continuation.refusal(stored, session_id, agent_id)
+        if refused:
+            raise InvalidOperationError(refused)
+        return stored
+
+    def claim_session(self, record: Record) -> None:
+        """Create the session of ``record`` under the id it names, unless a
+        session holds that id (in any project): InvalidOperationError then, in
+        the same words whoever holds it. Raises SinkError when the backend
+        cannot tell now (the caller queues the record). A server decides
+        atomically; this default looks, then writes."""
+        if self.lookup_session(record[1]) is not None:
+            raise InvalidOperationError(_continuation.in_use_message(record[1]))
+        self.write([record])
 
     def after_fork_in_child(self) -> None:  # noqa: B027 - a default: nothing to drop
         """Drop what must not cross fork() (connections); the child opens its own."""
@@ -128,12 +155,8 @@ class LocalSink(Sink):
             raise SinkError(str(exc)) from exc
 
     def after_fork_in_child(self) -> None:
-        # SQLite connections must not cross fork(): the child opens its own and
-        # keeps the parent's alive but unused (closing it here could disturb
-        # the parent's locks).
-        if self._store is not None:
-            _abandoned_after_fork.append(self._store)
-        self._store = None
+        # The store makes itself safe across fork() (see Store._hold_for_fork);
+        # only this sink's own lock may have been copied held.
         self._lock = threading.Lock()
 
     def close(self) -> None:

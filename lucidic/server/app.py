@@ -11,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from .. import _config
+from .. import _config, _continuation
 from ..reading import MAX_LIMIT, SORTS, InvalidQueryError, Reader, SessionQuery
 from ..reading.search import MAX_QUERY_CHARS as MAX_SEARCH
 from ..store import Store
@@ -205,8 +205,9 @@ def session_tree(session_id: str, who: Auth, db: Db,
             response_model=models.Continuable,
             responses={409: {"model": models.Problem,
                              "description": "finished, or another agent's"}},
-            summary="The check behind continue_session: the session exists in this "
-                    "project, is not finished, and belongs to the agent given (if any)")
+            summary="The check behind continue_session (the SDK asks it): the session "
+                    "exists in this project, is not finished, and belongs to the agent "
+                    "given (if any)")
 def continuable(session_id: str, who: Auth, db: Db,
                 agent_id: Annotated[Optional[str],  # noqa: UP045
                                     Query(max_length=256)] = None) -> JSONOut:
@@ -214,19 +215,34 @@ def continuable(session_id: str, who: Auth, db: Db,
     if row is None:
         raise not_found("session", session_id)
     check_continuable(row, session_id, agent_id)
-    return JSONOut({"session_id": session_id, "continuable": True, "agent_id": row.get("agent_id")})
+    return JSONOut({"session_id": session_id, "continuable": True,
+                    "agent_id": row.get("agent_id"), "experiment_id": row.get("experiment_id"),
+                    "rubrics": row.get("rubrics")})
 
 
 def check_continuable(row: dict[str, Any], session_id: str, agent_id: str | None) -> None:
-    """Refuse (409) continuing a finished session, or another agent's."""
-    if row.get("is_finished"):
-        raise ApiError(409, f"session {session_id!r} has finished and a finished session "
-                            "cannot be continued; hand a session over with lai.detach() "
-                            "instead of ending it")
-    owner = row.get("agent_id")
-    if agent_id and owner and owner != agent_id:
-        raise ApiError(409, f"session {session_id!r} belongs to agent {owner!r}, not "
-                            f"{agent_id!r}")
+    """Refuse (409) continuing a finished session, or another agent's: the
+    rule of lucidic._continuation, which the SDK applies over the embedded store."""
+    refused = _continuation.refusal(row, session_id, agent_id)
+    if refused:
+        raise ApiError(409, refused)
+
+
+@router.post("/api/v1/sessions", tags=["ingest"], status_code=201,
+             response_model=models.Created,
+             responses={409: {"model": models.Problem,
+                              "description": "a session with this id already exists "
+                                             "(whichever project holds it)"},
+                        422: {"model": models.Problem, "description": "invalid record"}},
+             summary="Create a session under the id given, unless the id is taken "
+                     "(what lai.init(session_id=...) asks)")
+def create_session(record: models.NewSession, who: Auth,  # type: ignore[valid-type]
+                   db: Db) -> JSONOut:
+    session_id = record["id"]
+    if not db.create_session(("session", session_id, record["ts"], record["fields"]),
+                             who.project):
+        raise ApiError(409, _continuation.in_use_message(session_id))
+    return JSONOut({"session_id": session_id}, status_code=201)
 
 
 @router.get("/api/v1/sessions/{session_id:path}", tags=["read"], response_model=models.Session,

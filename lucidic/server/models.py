@@ -293,3 +293,18 @@ class Continuable(BaseModel):
     session_id: str
     continuable: Literal[True] = True
     agent_id: Optional[str] = None  # noqa: UP045
+    experiment_id: Optional[str] = None  # noqa: UP045
+    rubrics: Optional[list[str]] = None  # noqa: UP045
+
+
+def _storable_record(record: Any) -> Any:
+    _storable({"records": [record]})
+    return record
+
+
+#: One session record, to create under its id (``POST /api/v1/sessions``).
+NewSession: Any = Annotated[_RECORD_SHAPES[0], AfterValidator(_storable_record)]
+
+
+class Created(BaseModel):
+    session_id: str

@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..store import StoreError, UnknownSessionError, clean_json
+from ..store import IdInUseError, StoreError, UnknownSessionError, clean_json
 
 logger = logging.getLogger("lucidic.server")
 
@@ -117,6 +117,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem(404, f"{exc}; nothing was written. A step or event must name a "
                             "session of this API key's project, created earlier or in the "
                             "same batch.", session_ids=exc.session_ids[:100])
+
+    @app.exception_handler(IdInUseError)
+    async def _id_in_use(request: Request, exc: IdInUseError) -> Response:
+        # Definite: no retry will change it (a client drops these records).
+        return problem(409, f"{exc}; nothing was written.",
+                       records=[{"kind": kind, "id": rid} for kind, rid in exc.records[:100]])
 
     @app.exception_handler(StoreError)
     async def _store_error(request: Request, exc: StoreError) -> Response:

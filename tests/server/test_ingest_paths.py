@@ -8,12 +8,13 @@ import json
 import math
 from typing import Any
 
+import pytest
 from pydantic import TypeAdapter, ValidationError
 from server_support import Api, make_key
 
 from lucidic.columns import COLUMN_TYPES, ColumnType
 from lucidic.server import models
-from lucidic.store import Store
+from lucidic.store import IdInUseError, Store
 
 _BATCH: TypeAdapter[Any] = TypeAdapter(models.Batch)
 
@@ -110,16 +111,23 @@ def test_the_server_takes_any_json_encoding_fastapi_reads(sqlite_url: str,
 def test_postgresql_applies_a_repeated_id_in_order_and_stores_non_finite_numbers_as_null(
         pg_url: str) -> None:
     store = Store(pg_url)
+    records = [("session", "S", 1.0, {"project": "p", "name": "n"}),
+               # the same step id claimed by another session, then by its own
+               # again: one statement could not upsert it twice
+               ("step", "st", 2.0, {"session_id": "S", "state": "first"}),
+               ("step", "st", 3.0, {"session_id": "other", "state": "foreign"}),
+               ("step", "st", 4.0, {"session_id": "S", "state": "last"}),
+               ("event", "e", 2.0, {"session_id": "S", "cost": math.nan,
+                                    "description": "NaN, Infinity"}),
+               ("event", "f", 2.0, {"session_id": "S", "description": "a\"b\\c\n😀"})]
     try:
-        store.write([("session", "S", 1.0, {"project": "p", "name": "n"}),
-                     # the same step id claimed by another session, then by
-                     # its own again: one statement could not upsert it twice
-                     ("step", "st", 2.0, {"session_id": "S", "state": "first"}),
-                     ("step", "st", 3.0, {"session_id": "other", "state": "foreign"}),
-                     ("step", "st", 4.0, {"session_id": "S", "state": "last"}),
-                     ("event", "e", 2.0, {"session_id": "S", "cost": math.nan,
-                                          "description": "NaN, Infinity"}),
-                     ("event", "f", 2.0, {"session_id": "S", "description": "a\"b\\c\n😀"})])
+        # write() refuses the foreign claim, and with it the whole batch...
+        with pytest.raises(IdInUseError, match="step 'st'"):
+            store.write(records)
+        assert store.count("steps") == store.count("sessions") == 0
+        # ...which the protocol modules' apply() (whose callers made their own
+        # checks) takes, the foreign claim skipped by the guard.
+        store.transaction(lambda cur: store.apply(cur, records))
         step = store.get_step("st")
         assert step is not None and (step["session_id"], step["state"]) == ("S", "last")
         event = store.get_event("e")
