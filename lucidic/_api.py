@@ -442,13 +442,38 @@ def end_step(step_id: str | None = None, state: str | None = None, action: str |
 
 def _step_target(binding: Binding, step_id: Any, call: str) -> Step:
     if step_id is not None:
-        return Step(binding, record_id_arg("step_id", step_id, "a step"))
+        given = record_id_arg("step_id", step_id, "a step")
+        state = binding.state
+        if given not in state.open_steps and not state.ids.made_here(given) \
+                and not _on_step_stack(binding, given):
+            raise InvalidOperationError(_not_made_here("step", given, binding, call))
+        return Step(binding, given)
     step = current_step_of(binding)
     if step is None:
         raise InvalidOperationError(
             f"lai.{call}() found no open step here; open one with lai.create_step() or pass "
             "step_id")
     return step
+
+
+def _on_step_stack(binding: Binding, step_id: str) -> bool:
+    """An open step of this context (a decorated function's, say)."""
+    step = current_step_of(binding)
+    while step is not None:
+        if step.step_id == step_id:
+            return True
+        step = step.parent
+    return False
+
+
+def _not_made_here(kind: str, record_id: str, binding: Binding, call: str) -> str:
+    # As the hosted SDK ("Step ID not found in session history"): an update
+    # only ever touches what this session made here; an unknown id would
+    # otherwise become a new, phantom record, or land in another session's.
+    return (f"lai.{call}(): no {kind} {record_id[:80]!r} was created in session "
+            f"{binding.session_id!r} by this process; pass an id that lai.create_{kind}() "
+            f"returned in this session (a {kind} of another session, or of another process, "
+            "can only be changed where it was created). Nothing was recorded.")
 
 
 def _pop_step(step_id: str) -> None:
@@ -492,7 +517,8 @@ def create_event(step_id: str | None = None, description: str | None = None,
     fields["type"] = text_field(type) or "generic"
     if step_id is None:
         return record_event(binding, fields)
-    return record_event(binding, fields, step_id=step_id)
+    return record_event(binding, fields, step_id=_step_target(binding, step_id,
+                                                              "create_event").step_id)
 
 
 def update_event(event_id: str | None = None, description: str | None = None,
@@ -525,7 +551,10 @@ def end_event(event_id: str | None = None, description: str | None = None,
 
 def _event_target(binding: Binding, event_id: Any, call: str) -> str:
     if event_id is not None:
-        return record_id_arg("event_id", event_id, "an event")
+        given = record_id_arg("event_id", event_id, "an event")
+        if not binding.state.ids.made_here(given):
+            raise InvalidOperationError(_not_made_here("event", given, binding, call))
+        return given
     ref = last_event.get()
     if ref is None or ref.session_id != binding.session_id:
         raise InvalidOperationError(f"lai.{call}() found no event created here; pass event_id")

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from . import _config
-from ._records import Mask, text_field
+from ._numbers import as_float, short_number_repr
+from ._records import Mask, items_of, text_field
 from .errors import InvalidOperationError
 
 _MAX_ID_LENGTH = 256
@@ -39,9 +40,10 @@ def number_arg(name: str, value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidOperationError(f"{name} must be a number, not {type(value).__name__} "
                                     f"{value!r:.80}")
-    number = float(value)
+    number = as_float(value)
     if not math.isfinite(number):
-        raise InvalidOperationError(f"{name} must be a finite number, not {value!r}")
+        raise InvalidOperationError(f"{name} must be a finite number, not "
+                                    f"{short_number_repr(value)}")
     return number
 
 
@@ -64,7 +66,7 @@ def tags_arg(value: Any) -> list[str] | None:
         return None
     if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)):
         raise InvalidOperationError(f"tags must be a list of strings, not {type(value).__name__}")
-    return [text_field(tag) or "" for tag in value]
+    return [text_field(tag) or "" for tag in items_of(value)]
 
 
 def id_arg(name: str, value: Any) -> str | None:
@@ -84,7 +86,7 @@ def rubrics_arg(value: Any) -> list[str] | None:
     if isinstance(value, str) or not isinstance(value, (list, tuple)):
         raise InvalidOperationError(f"rubrics must be a list of rubric names, not {value!r:.80}")
     names = []
-    for item in value:
+    for item in items_of(value):
         name = item if isinstance(item, str) else getattr(item, "name", None)
         if not isinstance(name, str) or not name.strip():
             raise InvalidOperationError(f"rubrics must be a list of rubric names, not "
@@ -131,11 +133,15 @@ def record_id_arg(name: str, value: Any, what: str) -> str:
     return value
 
 
+#: The longest wait flush() and shutdown() take (longer ones overflow the clock).
+_MAX_TIMEOUT = 1e9
+
+
 def timeout_arg(value: Any) -> float:
     """flush(timeout) and friends: seconds, by default the flush bound."""
     timeout = _config.flush_timeout() if value is None else number_arg("timeout", value)
     assert timeout is not None
-    return timeout
+    return min(timeout, _MAX_TIMEOUT)
 
 
 class Options:
@@ -160,4 +166,4 @@ class Options:
                                       or not isinstance(providers, (list, tuple))):
             raise InvalidOperationError(
                 f"providers must be a list of names such as ['openai'], not {providers!r:.80}")
-        self.providers = list(providers or ())
+        self.providers = list(items_of(providers or ()))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import threading
 import time
@@ -23,10 +24,11 @@ from urllib.parse import quote
 
 import requests
 
-from ._internal import log_rate_limited, record_internal_error
-from ._sinks import SinkError
+from . import _config, _continuation
+from ._internal import log_visible, record_internal_error
+from ._sinks import Sink, SinkError
 from ._storable import clean_json
-from .errors import APIKeyVerificationError
+from .errors import APIKeyVerificationError, InvalidOperationError, ServerUnavailableError
 from .store import Record
 
 __all__ = ["HttpReader", "HttpSink"]
@@ -67,6 +69,17 @@ def _detail(response: requests.Response) -> str:
     if isinstance(body, dict) and isinstance(body.get("detail"), str):
         return f"HTTP {response.status_code}: {body['detail']}"
     return f"HTTP {response.status_code}"
+
+
+def _problem_text(response: requests.Response) -> str:
+    """The server's own words for a refusal (its ``detail``)."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("detail"), str):
+        return str(body["detail"])
+    return f"the lucidic server refused the request (HTTP {response.status_code})"
 
 
 def refused_key_message(base_url: str, response: requests.Response) -> str:
@@ -151,57 +164,92 @@ class _Client:
             session.close()
 
 
-class HttpSink:
+class HttpSink(Sink):
     """Delivers records to ``lucidic server``; see the module docstring."""
+
+    remote = True
 
     def __init__(self, base_url: str, api_key: str | None) -> None:
         self.base_url = base_url.rstrip("/")
         self.identity = "http-" + hashlib.sha256(
             f"{self.base_url}\n{api_key or ''}".encode("utf-8", "surrogatepass")).hexdigest()[:16]
-        #: The key's project, known once verify() has reached the server.
-        self.project: str | None = None
         self._api_key = api_key
         self._client = _Client(self.base_url, api_key)
+        self._key_refusal_logged = False
 
     # -- called by init() / continue_session() ---------------------------------
+    # A new session needs no answer from the server: its record is queued like
+    # any other, and the first delivery is the key check (a refused key is
+    # logged once, and the records stay in the spool until a valid key is
+    # used). Only the calls that cannot go on without an answer ask, each
+    # within LUCIDIC_CONNECT_TIMEOUT: continuing a session, and starting one
+    # with an id the caller chose.
 
     def verify(self) -> None:
-        """Check the API key with the server. A missing, unknown or revoked key
-        raises APIKeyVerificationError; a server that cannot be reached only
-        logs (records are spooled until it answers)."""
+        """A key must be given (checked here, without the network: the first
+        delivery is the server's check)."""
         if not self._api_key:
             raise APIKeyVerificationError(
                 f"LUCIDIC_BASE_URL is set ({self.base_url}) but no API key was given: pass "
                 "lucidic_api_key=... or set LUCIDIC_API_KEY (make a key with "
                 "`lucidic keys create --project NAME` where the server runs)")
+
+    def _ask(self, method: str, path: str, what: str, **kwargs: Any) -> requests.Response:
+        """One request that the caller waits for, within the connect bound;
+        ServerUnavailableError when the server does not answer in time."""
+        bound = _config.connect_timeout()
         try:
-            response = self._client.request("GET", "/api/v1/auth", timeout=(3.05, 5.0))
+            response = self._client.request(method, path, timeout=(bound, bound), **kwargs)
         except SinkError as exc:
-            log_rate_limited("verify_unreachable", "lucidic: could not verify the API key "
-                             "(%s); records will be spooled until the server answers", exc)
-            return
+            raise ServerUnavailableError(
+                f"the lucidic server at {self.base_url} did not answer within {bound:g}s "
+                f"(LUCIDIC_CONNECT_TIMEOUT) while {what}: {exc.__cause__ or exc}. Nothing "
+                "was recorded; retry when the server answers.") from exc
         if response.status_code in (401, 403):
             raise APIKeyVerificationError(refused_key_message(self.base_url, response))
-        if response.status_code != 200:
-            log_rate_limited("verify_failed", "lucidic: could not verify the API key (%s)",
-                             _detail(response))
-            return
-        project = response.json().get("project")
-        if isinstance(project, str):
-            self.project = project
+        if response.status_code in (429,) or response.status_code >= 500:
+            raise ServerUnavailableError(
+                f"the lucidic server at {self.base_url} could not answer while {what} "
+                f"({_detail(response)}); nothing was recorded, retry later.")
+        return response
+
+    def check_continuable(self, session_id: str, agent_id: str | None) -> dict[str, Any]:
+        """The server's answer to "may this key (and agent) continue the
+        session?": the session's fields when it may; otherwise
+        InvalidOperationError saying why (the server's words, see
+        lucidic._continuation), APIKeyVerificationError, or
+        ServerUnavailableError."""
+        response = self._ask("GET", f"/api/v1/sessions/{quote(session_id, safe='')}/continuable",
+                             f"checking session {session_id!r}",
+                             params={"agent_id": agent_id} if agent_id else None)
+        if response.status_code == 200:
+            body: dict[str, Any] = response.json()
+            return body
+        if response.status_code == 404:
+            raise InvalidOperationError(_continuation.unknown_message(session_id))
+        raise InvalidOperationError(_problem_text(response))
+
+    def claim_session(self, record: Record) -> None:
+        """Create the session of ``record`` under the id it names, which must
+        not be taken (in any project): InvalidOperationError if it is."""
+        kind, session_id, ts, fields = record
+        response = self._ask("POST", "/api/v1/sessions", f"creating session {session_id!r}",
+                             json=clean_json({"kind": kind, "id": session_id, "ts": ts,
+                                              "fields": fields}))
+        if response.status_code not in (200, 201):
+            raise InvalidOperationError(_problem_text(response))
 
     def lookup_session(self, session_id: str) -> dict[str, Any] | None:
+        bound = _config.connect_timeout()
         response = self._client.request("GET", "/api/v1/sessions/" + quote(session_id, safe=""),
-                                        timeout=(3.05, 5.0))
+                                        timeout=(bound, bound))
+        if response.status_code in (401, 403):
+            raise APIKeyVerificationError(refused_key_message(self.base_url, response))
         if response.status_code == 200:
             body: dict[str, Any] = response.json()
             return body
         if response.status_code == 404:
             return None
-        if response.status_code in (401, 403):
-            raise APIKeyVerificationError(
-                f"the lucidic server at {self.base_url} refused the API key "
-                f"({_detail(response)})")
         raise SinkError(f"the lucidic server could not look up session {session_id!r}: "
                         f"{_detail(response)}", retry_after=_retry_after(response))
 
@@ -221,6 +269,7 @@ class HttpSink:
             headers={"Content-Type": "application/json"})
         status = response.status_code
         if 200 <= status < 300:
+            self._key_refusal_logged = False
             return
         if status == 413 and len(records) > 1:
             self._post_halves(records)
@@ -228,8 +277,9 @@ class HttpSink:
         if status == 404:
             self._unknown_sessions(records, response)
             return
-        if status in (400, 413, 415, 422):
-            # The server will never take this as it is: retrying would block
+        if status in (400, 409, 413, 415, 422):
+            # The server will never take this as it is (409: an id this key
+            # may not write, see the server's ingest): retrying would block
             # everything behind it. Isolate the records it refuses, drop them.
             if len(records) > 1:
                 self._post_halves(records)
@@ -239,6 +289,15 @@ class HttpSink:
                 "it was dropped"))
             return
         if status in (401, 403):
+            if not self._key_refusal_logged:
+                # init() did not wait for the key check: this is where a bad
+                # key shows, once, as an error (the pipeline's own warning
+                # about the spooled batch is rate-limited).
+                self._key_refusal_logged = True
+                log_visible(logging.ERROR, "lucidic: %s. Records made with this key are kept "
+                            "in the spool, and delivered if the server accepts the key later "
+                            "(say, once it serves the database the key was made in).",
+                            refused_key_message(self.base_url, response))
             raise SinkError(f"the lucidic server refused the API key ({_detail(response)}); "
                             "records are spooled until a valid key is used",
                             retry_after=_retry_after(response) or 30.0)
@@ -266,6 +325,9 @@ class HttpSink:
         raise SinkError(f"the lucidic server does not know session(s) "
                         f"{', '.join(sorted(missing)[:3])} yet ({_detail(response)}); "
                         "retrying", retry_after=_UNKNOWN_SESSION_RETRY)
+
+    def server(self) -> tuple[str, str | None]:
+        return self.base_url, self._api_key
 
     def after_fork_in_child(self) -> None:
         self._client.reset_after_fork()

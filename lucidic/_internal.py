@@ -37,6 +37,29 @@ def log_rate_limited(kind: str, message: str, *args: object, level: int = loggin
     logger.log(level, message, *args, exc_info=exc_info)
 
 
+def log_visible(level: int, message: str, *args: object) -> None:
+    """Log on the lucidic logger, and, when the program configured no logging
+    at all, on stderr too (as Python's last-resort handler would, were it not
+    for our NullHandler): for what the user must learn without asking, such
+    as a refused API key."""
+    logger.log(level, message, *args)
+    last_resort = logging.lastResort
+    if level >= logging.WARNING and last_resort is not None and logger.isEnabledFor(level) \
+            and not _heard():
+        last_resort.handle(logger.makeRecord(logger.name, level, __file__, 0, message, args,
+                                             None))
+
+
+def _heard() -> bool:
+    """Whether a handler of the program's would take a lucidic record."""
+    current: logging.Logger | None = logger
+    while current is not None:
+        if any(not isinstance(handler, logging.NullHandler) for handler in current.handlers):
+            return True
+        current = current.parent if current.propagate else None
+    return False
+
+
 def record_internal_error(kind: str, exc: BaseException | None = None) -> None:
     internal_errors[kind] += 1
     log_rate_limited(kind, "lucidic: internal error (%s), swallowed: %r", kind, exc,

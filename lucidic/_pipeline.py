@@ -138,6 +138,11 @@ class Pipeline:
             queue[-1] = (record[0], record[1], ts, merged)
         return True
 
+    def deliver_soon(self) -> None:
+        """Wake the worker now rather than at its next interval (a session
+        record others may look for at once)."""
+        self._wake.set()
+
     # -- control --------------------------------------------------------------
 
     def start(self) -> None:
@@ -350,9 +355,7 @@ class Pipeline:
         to deliver. It gets its own worker, spool segments and connection."""
         was_running = self._thread is not None
         self.spool.after_fork_in_child()
-        after_fork = getattr(self.sink, "after_fork_in_child", None)
-        if after_fork is not None:
-            after_fork()
+        self.sink.after_fork_in_child()
         self._init_runtime()
         self.stats = PipelineStats()
         if was_running:

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 
 from ._context import Binding, EventRef, current_step, last_event
 from ._records import Mask, mask_fields, mask_text, mask_value, text_field
-from ._runtime import ids
 
 if TYPE_CHECKING:
     from .store import Record
@@ -58,11 +57,6 @@ def _mask(mask: Mask, fields: dict[str, Any], maskable: Iterable[str] | None) ->
             fields[key] = mask_text(mask, value)
         elif value is not None:
             fields[key] = mask_value(mask, value)
-
-
-def new_id() -> str:
-    """A step or event id: this process's random prefix and a counter."""
-    return f"{ids.prefix}{next(ids.counter):x}"
 
 
 # -- steps --------------------------------------------------------------------------
@@ -135,6 +129,7 @@ def open_step(binding: Binding, fields: dict[str, Any], parent: Any = CURRENT,
         parent = _step_get()
         if parent is not None and parent.session_id != session_id:
             parent = None
+    ids = binding.state.ids  # the session's, so updates can tell its ids (made_here)
     step = kind(binding, f"{ids.prefix}{next(ids.counter):x}", parent)
     now = _time()
     fields["session_id"] = session_id
@@ -189,7 +184,10 @@ class Event:
         self.done = True
         binding = self.binding
         session_id = binding.session_id
-        event_id = self.event_id = event_id or f"{ids.prefix}{next(ids.counter):x}"
+        if event_id is None:
+            ids = binding.state.ids
+            event_id = f"{ids.prefix}{next(ids.counter):x}"
+        self.event_id = event_id
         now = _time()
         if self.started_at is not None:
             elapsed = _perf() - self.started

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._internal import log_rate_limited
+from .columns import COLUMN_TYPES, ColumnType
 
 #: Longest text kept per field; longer text is cut and says so.
 MAX_TEXT_CHARS = 4 * 1024 * 1024
@@ -45,6 +46,19 @@ def text_field(value: Any) -> str | None:
         return safe_repr(value)
 
 
+def items_of(value: list[Any] | tuple[Any, ...] | set[Any] | frozenset[Any]
+             ) -> list[Any] | tuple[Any, ...] | set[Any]:
+    """The items of a list, tuple or set as the built-in type holds them: a
+    subclass's own ``__iter__`` (which may raise, or lie) is never called."""
+    if type(value) is list or type(value) is tuple:
+        return value
+    if isinstance(value, list):
+        return list.copy(value)
+    if isinstance(value, tuple):
+        return tuple.__getitem__(value, slice(None))
+    return set(value)  # copies a set or frozenset subclass without its __iter__
+
+
 def to_jsonable(value: Any, depth: int = 0) -> Any:
     """A JSON-safe copy of value; objects that JSON cannot hold become their repr."""
     if value is None or isinstance(value, (bool, int)):
@@ -62,7 +76,7 @@ def to_jsonable(value: Any, depth: int = 0) -> Any:
         except Exception:  # noqa: BLE001 - a mapping whose iteration fails
             return safe_repr(value)
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [to_jsonable(v, depth + 1) for v in value]
+        return [to_jsonable(v, depth + 1) for v in items_of(value)]
     if isinstance(value, (bytes, bytearray, memoryview)):
         return f"<{len(value)} bytes>"
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -81,32 +95,21 @@ def to_jsonable(value: Any, depth: int = 0) -> Any:
 
 # -- a value as its column wants it ----------------------------------------------------
 
-_JSON_FIELDS = frozenset({"input", "output", "arguments", "attributes", "rubrics", "expected"})
-_TEXT_LIST_FIELDS = frozenset({"screenshots", "tags"})
-_INT_FIELDS = frozenset({"input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens",
-                         "reasoning_tokens", "writer_pid", "repeat"})
-_BOOL_FIELDS = frozenset({"tokens_estimated", "is_finished", "is_successful",
-                          "production_monitoring"})
-_REAL_FIELDS = frozenset({"cost", "duration", "time_to_first_token", "started_at", "ended_at",
-                          "eval_score", "session_eval"})
-
-
 def field_value(column: str, value: Any) -> Any:
-    """A value for a record's field, as its column's type wants it (None
-    stays None: the field is left as it is)."""
+    """A value for a record's field, as its column's type wants it (see
+    lucidic.columns); None stays None: the field is left as it is."""
     if value is None:
         return None
-    if column in _JSON_FIELDS:
+    kind = COLUMN_TYPES[column]
+    if kind is ColumnType.TEXT_LIST and isinstance(value, (list, tuple, set, frozenset)):
+        return [text_field(item) for item in items_of(value)]
+    if kind.is_json:
         return to_jsonable(value)
-    if column in _TEXT_LIST_FIELDS and isinstance(value, (list, tuple)):
-        return [text_field(item) for item in value]
-    if column in _TEXT_LIST_FIELDS:
-        return to_jsonable(value)
-    if column in _INT_FIELDS:
+    if kind is ColumnType.INT:
         return int(value)
-    if column in _BOOL_FIELDS:
+    if kind is ColumnType.BOOL:
         return bool(value)
-    if column in _REAL_FIELDS:
+    if kind is ColumnType.REAL:
         return float(value)
     return text_field(value)
 

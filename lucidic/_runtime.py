@@ -3,9 +3,7 @@ this process must end at exit, and what happens across fork()."""
 
 from __future__ import annotations
 
-import itertools
 import os
-import secrets
 import socket
 import threading
 import time
@@ -17,28 +15,6 @@ from ._internal import record_internal_error
 from ._pipeline import Pipeline
 from ._sinks import LocalSink, Sink
 from ._spool import Spool
-
-# -- ids ----------------------------------------------------------------------
-# Step and event ids: a random per-process prefix and a counter. Unique across
-# processes, and far cheaper than uuid4() on the hot path. Session ids are
-# uuid4 (random, unguessable); see _sessions.
-
-
-class _IdSource:
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.prefix = secrets.token_hex(8)
-        self.counter = itertools.count(1)
-
-
-ids = _IdSource()
-
-
-def new_id() -> str:
-    return f"{ids.prefix}{next(ids.counter):x}"
-
 
 # -- writer identity ------------------------------------------------------------
 # Every step and event records which process wrote it (host, pid) and for
@@ -176,9 +152,9 @@ class Runtime:
 
     def after_fork_in_child(self) -> None:
         self.lock = threading.RLock()
-        ids.reset()
         writer.reset()
         for state in self.states.values():
+            state.ids.reset()  # the parent goes on counting with the same prefix
             for binding in state.bindings:
                 binding.writer = writer.fields(binding.agent_id)
         for pipeline in self.pipelines.values():

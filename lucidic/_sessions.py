@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from . import _config
+from . import _config, _continuation
 from ._context import Binding, install_context_propagation
 from ._internal import log_rate_limited, swallow
 from ._pipeline import Pipeline
@@ -24,7 +24,7 @@ from ._recording import Step, put_session
 from ._records import Mask, mask_fields
 from ._runtime import runtime, writer
 from ._sinks import Sink, SinkError
-from .errors import APIKeyVerificationError, InvalidOperationError
+from .errors import InvalidOperationError, ServerUnavailableError
 from .store import Record
 
 #: The embedded store has no accounts; everything in it is one project.
@@ -37,53 +37,47 @@ session_end_hooks: list[Callable[[Binding], None]] = []
 
 
 def sink_for(base_url: str | None, api_key: str | None) -> Sink:
-    """Where this process's records for these credentials go, its key checked."""
+    """Where this process's records for these credentials go."""
     sink = runtime.make_sink(base_url, api_key)
-    verify = getattr(sink, "verify", None)
-    if verify is not None:
-        verify()  # raises APIKeyVerificationError for a bad key
+    sink.verify()  # no key at all: APIKeyVerificationError, without the network
     return sink
 
 
 def project_of(sink: Sink) -> str:
-    return getattr(sink, "project", None) or LOCAL_PROJECT
+    return sink.project or LOCAL_PROJECT
 
 
-def _bind(session_id: str, sink: Sink, *, mask: Mask | None, auto_end: bool,
-          agent_id: str | None) -> Binding:
+def _bind(session_id: str, pipeline: Pipeline, project: str, *, mask: Mask | None,
+          auto_end: bool, agent_id: str | None) -> Binding:
     install_context_propagation()
-    binding = Binding(runtime.state(session_id), runtime.pipeline_for(sink), mask=mask,
-                      auto_end=auto_end, agent_id=agent_id, project=project_of(sink),
-                      writer=writer.fields(agent_id))
+    binding = Binding(runtime.state(session_id), pipeline, mask=mask, auto_end=auto_end,
+                      agent_id=agent_id, project=project, writer=writer.fields(agent_id))
     runtime.register(binding)
     return binding
 
 
 def create(sink: Sink, session_id: str | None, fields: dict[str, Any], *, mask: Mask | None,
            auto_end: bool, agent_id: str | None) -> Binding:
-    """Make a new session (a UUID4 unless ``session_id`` is given, which must
-    be new) and bind it; the caller decides the scope."""
+    """Make a new session and bind it; the caller decides the scope. With no
+    ``session_id`` (a UUID4 is made) nothing waits on the network; a given
+    one is claimed first, and refused if it is taken."""
+    given = session_id is not None
     if session_id is None:
         session_id = str(uuid.uuid4())
-    else:
-        try:
-            if sink.lookup_session(session_id) is not None:
-                raise InvalidOperationError(
-                    f"a session with id {session_id!r} already exists; continue it with "
-                    "lai.continue_session() or pass another session_id")
-        except SinkError as exc:
-            log_rate_limited("lookup_failed", "lucidic: could not check session %s (%s); "
-                             "creating it", session_id, exc)
-    binding = _bind(session_id, sink, mask=mask, auto_end=auto_end, agent_id=agent_id)
-    binding.state.evaluated = bool(fields.get("experiment_id") or fields.get("rubrics"))
+    pipeline = runtime.pipeline_for(sink)
+    project = project_of(sink)
     now = time.time()
-    record_fields = {"project": binding.project, "agent_id": agent_id, "started_at": now,
-                     **fields}
+    record_fields = {"project": project, "agent_id": agent_id, "started_at": now, **fields}
     if mask is not None:
         mask_fields(mask, record_fields)
-    # Written at once, so another process can continue the session as soon
-    # as this call returns.
-    write_at_once(sink, binding.pipeline, ("session", session_id, now, record_fields))
+    record: Record = ("session", session_id, now, record_fields)
+    if given:
+        _claim(sink, pipeline, record)
+    else:
+        write_at_once(sink, pipeline, record)
+    binding = _bind(session_id, pipeline, project, mask=mask, auto_end=auto_end,
+                    agent_id=agent_id)
+    binding.state.evaluated = bool(fields.get("experiment_id") or fields.get("rubrics"))
     return binding
 
 
@@ -92,15 +86,37 @@ def resume(sink: Sink, session_id: str, *, mask: Mask | None, auto_end: bool,
     """Continue an existing, unfinished session of these credentials and
     bind it; InvalidOperationError says why it cannot be continued."""
     info = check_continuable(sink, session_id, agent_id)
-    binding = _bind(session_id, sink, mask=mask, auto_end=auto_end, agent_id=agent_id)
+    # Over the embedded store, a session written through a server sharing its
+    # file keeps its project: session records carry it, or they would not apply.
+    project = (info or {}).get("project") or project_of(sink)
+    binding = _bind(session_id, runtime.pipeline_for(sink), project, mask=mask,
+                    auto_end=auto_end, agent_id=agent_id)
     if info is not None:
         binding.state.evaluated = bool(info.get("experiment_id") or info.get("rubrics"))
     return binding
 
 
+def _claim(sink: Sink, pipeline: Pipeline, record: Record) -> None:
+    """Create a session under the id its caller chose, refusing an id that is
+    taken: InvalidOperationError, in the same words whoever holds it."""
+    try:
+        # A server decides atomically, within LUCIDIC_CONNECT_TIMEOUT.
+        sink.claim_session(record)
+    except (SinkError, ServerUnavailableError) as exc:
+        log_rate_limited("claim_unanswered", "lucidic: could not check that session id %r is "
+                         "free (%s); the session is queued and created when the store or "
+                         "server answers (if the id is taken by then, its records are "
+                         "refused)", record[1], exc)
+        _deliver_soon(pipeline, record)
+
+
 def write_at_once(sink: Sink, pipeline: Pipeline, record: Record) -> None:
     """Store a record now (what others must find as soon as the call that
-    made it returns); if the backend cannot take it now, queue it."""
+    made it returns); if the backend cannot take it now, queue it. A remote
+    backend is never waited for: the record goes first in line instead."""
+    if sink.remote:
+        _deliver_soon(pipeline, record)
+        return
     try:
         sink.write([record])
     except Exception as exc:  # noqa: BLE001
@@ -109,48 +125,37 @@ def write_at_once(sink: Sink, pipeline: Pipeline, record: Record) -> None:
         pipeline.put(record)
 
 
+def _deliver_soon(pipeline: Pipeline, record: Record) -> None:
+    pipeline.put(record)
+    pipeline.deliver_soon()
+
+
 def check_continuable(sink: Sink, session_id: str,
                       agent_id: str | None) -> dict[str, Any] | None:
-    """Refuse to continue an unknown, finished or other agent's session;
-    returns the stored session when the backend was asked."""
+    """Refuse to continue an unknown, finished or other agent's session (the
+    rule of lucidic._continuation); returns the stored session when the
+    backend was asked."""
     state = runtime.states.get(session_id)
     if state is not None and state.finished:
-        raise InvalidOperationError(_finished_message(session_id))
+        raise InvalidOperationError(_continuation.finished_message(session_id))
     if state is not None and state.bindings:
         # This process holds it open right now: no need to ask the backend.
-        _check_agent(session_id, state.bindings[0].agent_id, agent_id)
+        refused = _continuation.refusal({"agent_id": state.bindings[0].agent_id}, session_id,
+                                        agent_id)
+        if refused:
+            raise InvalidOperationError(refused)
         return None
     try:
-        info = sink.lookup_session(session_id)
-    except APIKeyVerificationError:
-        raise
+        # A server applies the rule itself, within LUCIDIC_CONNECT_TIMEOUT,
+        # and raises what it answers (or ServerUnavailableError, naming it).
+        return sink.check_continuable(session_id, agent_id)
     except SinkError as exc:
+        # The embedded store is busy (another process holds its lock): the
+        # records wait in the queue and the spool until it is free.
         log_rate_limited("lookup_failed", "lucidic: could not check session %s (%s); "
-                         "continuing it, records will be delivered when the backend answers",
+                         "continuing it, records will be delivered when the store answers",
                          session_id, exc)
         return None
-    if info is None:
-        raise InvalidOperationError(
-            f"session {session_id!r} does not exist (for this store or API key). Check the "
-            "id, or start a new session with lai.init().")
-    if info.get("is_finished"):
-        raise InvalidOperationError(_finished_message(session_id))
-    _check_agent(session_id, info.get("agent_id"), agent_id)
-    return info
-
-
-def _check_agent(session_id: str, owner: str | None, agent_id: str | None) -> None:
-    if agent_id and owner and owner != agent_id:
-        raise InvalidOperationError(
-            f"session {session_id!r} belongs to agent {owner!r}, not {agent_id!r}; continue "
-            "it with the agent id that created it.")
-
-
-def _finished_message(session_id: str) -> str:
-    return (f"session {session_id!r} has finished and a finished session cannot be "
-            "continued. To hand a session over to another process, detach it there with "
-            "lai.detach() (or leave its `with lai.continued()` block) instead of calling "
-            "lai.end_session().")
 
 
 # -- amending and ending ---------------------------------------------------------------

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 import lucidic as lai
-from helpers import ROOT, child_env, run_python
+from helpers import ROOT, ReadableStore, child_env, run_python
 from lucidic._pipeline import Pipeline
 from lucidic._sinks import SinkError
 from lucidic._spool import Spool
-from lucidic.store import Record, Store
+from lucidic.store import IdInUseError, Record, Store
 from lucidic.testing import MemorySink, capture
 
 
@@ -219,7 +219,7 @@ def test_a_process_whose_store_is_locked_exits_within_its_bound_and_a_later_one_
 
     run_python("import lucidic as lai; lai.init(session_name='later'); lai.flush()",
                home=lucidic_home)
-    store = Store(lucidic_home / "lucidic.db")
+    store = ReadableStore(lucidic_home / "lucidic.db")
     tree = store.session_tree(sid)
     descriptions = [e["description"] for e in tree["events"]]
     assert len(descriptions) == n and len(set(descriptions)) == n  # each exactly once
@@ -246,7 +246,7 @@ def test_an_unwritable_spool_is_counted_as_lost_never_silently(tmp_path):
 
 
 def test_records_from_two_processes_merge_in_any_order(tmp_path):
-    store = Store(tmp_path / "db.sqlite")
+    store = ReadableStore(tmp_path / "db.sqlite")
     newer = ("step", "s1", 20.0, {"session_id": "x", "state": "newer", "is_finished": True,
                                   "ended_at": 20.0})
     older = ("step", "s1", 10.0, {"session_id": "x", "state": "older", "goal": "g",
@@ -258,8 +258,10 @@ def test_records_from_two_processes_merge_in_any_order(tmp_path):
     assert (row["state"], row["goal"], row["is_finished"]) == ("newer", "g", True)
     assert (row["started_at"], row["ended_at"]) == (10.0, 20.0)
     assert store.count("steps") == 1
-    # A record cannot move a step into another session.
-    store.write([("step", "s1", 30.0, {"session_id": "intruder", "state": "hijacked"})])
+    # A record cannot move a step into another session: it is refused, not
+    # silently skipped.
+    with pytest.raises(IdInUseError):
+        store.write([("step", "s1", 30.0, {"session_id": "intruder", "state": "hijacked"})])
     assert store.get_step("s1")["session_id"] == "x" and store.get_step("s1")["state"] == "newer"
 
 
@@ -276,7 +278,7 @@ def test_the_store_survives_many_processes_writing_at_once(lucidic_home):
     procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), str(n)],
                               env=child_env(lucidic_home), cwd=ROOT) for n in range(4)]
     assert all(p.wait(timeout=60) == 0 for p in procs)
-    tree = Store(lucidic_home / "lucidic.db").session_tree(sid)
+    tree = ReadableStore(lucidic_home / "lucidic.db").session_tree(sid)
     assert tree["event_count"] == 1200
 
 
@@ -295,7 +297,7 @@ def test_spool_path_is_per_destination(lucidic_home):
 def test_merging_a_rows_records_within_a_batch_never_lets_an_older_field_win(tmp_path):
     """A step's start and end replayed together from the spool, after an
     update made between them was already delivered: the update must stand."""
-    store = Store(tmp_path / "db.sqlite")
+    store = ReadableStore(tmp_path / "db.sqlite")
     start = ("step", "s1", 10.0, {"session_id": "x", "state": "planning", "action": "plan",
                                   "started_at": 10.0})
     update = ("step", "s1", 20.0, {"session_id": "x", "state": "revised"})
@@ -341,7 +343,7 @@ def test_what_the_fast_spool_encoding_refuses_still_spools_and_replays(tmp_path)
     delivered: list[Record] = []
     assert Spool(tmp_path / "spool").replay(delivered.extend, 100) is True
     assert [r[1] for r in delivered] == ["surrogate", "huge", "nan", "plain"]
-    store = Store(tmp_path / "db.sqlite")
+    store = ReadableStore(tmp_path / "db.sqlite")
     store.write(delivered)
     assert store.get_event("surrogate")["description"] == "bad \ufffd text"
     assert store.get_event("huge")["input_tokens"] is None

@@ -1,4 +1,5 @@
-"""A small pool of store connections shared by the request threads."""
+"""A small pool of store connections shared by the request threads of both web
+apps: `lucidic ui` and `lucidic server` (which serves the same pages, above it)."""
 
 from __future__ import annotations
 
@@ -41,8 +42,10 @@ class StorePool:
             yield store
         except UnknownSessionError:
             raise
-        except StoreError:
-            healthy = False
+        except StoreError as exc:
+            # Refused data (IdInUseError, say) leaves the connection as good
+            # as it was; a failed database does not.
+            healthy = not exc.transient
             raise
         finally:
             if healthy and not self._closed:
