@@ -60,7 +60,7 @@ class _StepSpec:
         self.maskable = tuple(key for key, value in self.static.items() if type(value) is str)
 
     def enter(self, binding: Binding, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Step:
-        return open_step(binding, self.static.copy(), CURRENT, self.maskable, merge_end=True)
+        return open_step(binding, self.static.copy(), CURRENT, self.maskable, True)
 
     def exit(self, step: Step, result: Any, exc: BaseException | None) -> None:
         step.end(error=None if exc is None else _error_text(exc))
@@ -195,7 +195,7 @@ def _wrap_step_function(fn: Callable[..., Any], spec: _StepSpec) -> Callable[...
         if binding is None or not binding.active:
             return fn(*args, **kwargs)
         try:
-            step = open_step(binding, static.copy(), CURRENT, maskable, merge_end=True)
+            step = open_step(binding, static.copy(), CURRENT, maskable, True)
         except Exception as exc:  # noqa: BLE001 - never break the user's call
             record_internal_error("decorator_enter", exc)
             return fn(*args, **kwargs)

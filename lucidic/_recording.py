@@ -70,14 +70,15 @@ class Step:
 
     __slots__ = ("binding", "parent", "record", "session_id", "step_id")
 
-    def __init__(self, binding: Binding, step_id: str, parent: Step | None = None) -> None:
+    def __init__(self, binding: Binding, step_id: str, parent: Step | None = None,
+                 record: Record | None = None) -> None:
         self.binding = binding
         self.session_id = binding.session_id
         self.step_id = step_id
         self.parent = parent
         #: The record that opened the step, while its end may be merged into
         #: it (see open_step's ``merge_end``).
-        self.record: Record | None = None
+        self.record = record
 
     def update(self, fields: dict[str, Any], maskable: Iterable[str] | None = None) -> None:
         """Amend the step (fields that are None leave what is stored alone)."""
@@ -111,8 +112,8 @@ class Step:
 
 
 def open_step(binding: Binding, fields: dict[str, Any], parent: Any = CURRENT,
-              maskable: Iterable[str] | None = None, *, kind: type[Step] = Step,
-              merge_end: bool = False) -> Step:
+              maskable: Iterable[str] | None = None, merge_end: bool = False,
+              kind: type[Step] = Step) -> Step:
     """Open a step in ``binding``'s session, nested in ``parent`` (by default
     the context's current step, if it is this session's): queue the record
     that creates it, stamped with its writer. Takes ownership of ``fields``.
@@ -130,7 +131,7 @@ def open_step(binding: Binding, fields: dict[str, Any], parent: Any = CURRENT,
         if parent is not None and parent.session_id != session_id:
             parent = None
     ids = binding.state.ids  # the session's, so updates can tell its ids (made_here)
-    step = kind(binding, f"{ids.prefix}{next(ids.counter):x}", parent)
+    step_id = f"{ids.prefix}{next(ids.counter):x}"
     now = _time()
     fields["session_id"] = session_id
     fields["parent_step_id"] = parent.step_id if parent is not None else None
@@ -138,11 +139,9 @@ def open_step(binding: Binding, fields: dict[str, Any], parent: Any = CURRENT,
     if binding.mask is not None:
         _mask(binding.mask, fields, maskable)
     fields.update(binding.writer)  # the record that creates a row names its writer
-    record = ("step", step.step_id, now, fields)
+    record = ("step", step_id, now, fields)
     binding.pipeline.put(record)
-    if merge_end:
-        step.record = record
-    return step
+    return kind(binding, step_id, parent, record if merge_end else None)
 
 
 def current_step_of(binding: Binding) -> Step | None:

@@ -33,7 +33,7 @@ from ._recording import record_event as _record_event
 from ._records import field_value, text_field
 from .errors import InvalidOperationError
 from .pricing import cost_of
-from .store import EVENT_COLUMNS
+from .store import EVENT_COLUMNS, Record
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -535,8 +535,9 @@ class StepHandle(Step):
 
     __slots__ = ("_done", "_token")
 
-    def __init__(self, binding: Binding, step_id: str, parent: Step | None = None) -> None:
-        super().__init__(binding, step_id, parent)
+    def __init__(self, binding: Binding, step_id: str, parent: Step | None = None,
+                 record: Record | None = None) -> None:
+        super().__init__(binding, step_id, parent, record)
         self._token: contextvars.Token[Step | None] | None = None
         self._done = False
 
