@@ -130,12 +130,16 @@ class Pipeline:
         and the worker has not taken it, so one record says what the two would
         have. False (nothing changed) otherwise."""
         queue = self._queue
-        with self._taking:
+        taking = self._taking
+        taking.acquire()  # (not `with`: half the cost, and this is the hot path)
+        try:
             if not queue or queue[-1] is not record:
                 return False
             merged = record[3]
             merged.update(fields)
             queue[-1] = (record[0], record[1], ts, merged)
+        finally:
+            taking.release()
         return True
 
     def deliver_soon(self) -> None:
