@@ -389,10 +389,12 @@ def _end_scope(binding: Binding, exc: BaseException | None) -> None:
 def _step_fields(state: Any, action: Any, goal: Any, eval_score: Any, eval_description: Any,
                  screenshot: Any, screenshot_path: Any) -> dict[str, Any]:
     shot, shot_path = screenshot_args(screenshot, screenshot_path)
-    return {"state": text_field(state), "action": text_field(action), "goal": text_field(goal),
-            "eval_score": number_arg("eval_score", eval_score),
-            "eval_description": text_field(eval_description), "screenshot": shot,
-            "screenshot_path": shot_path}
+    values = {"state": text_field(state), "action": text_field(action), "goal": text_field(goal),
+              "eval_score": number_arg("eval_score", eval_score),
+              "eval_description": text_field(eval_description), "screenshot": shot,
+              "screenshot_path": shot_path}
+    # A field not given is left out: the store leaves it as it is.
+    return {key: value for key, value in values.items() if value is not None}
 
 
 def create_step(state: str | None = None, action: str | None = None, goal: str | None = None,
@@ -499,7 +501,8 @@ def _event_fields(description: Any, result: Any, cost_added: Any, model: Any, sc
               "cost": number_arg("cost_added", cost_added), "model": model,
               "screenshots": screenshots_arg(screenshots), "function_name": function_name,
               "arguments": arguments}
-    return {key: field_value(key, value) for key, value in values.items()}
+    # A field not given is left out: the store leaves it as it is.
+    return {key: field_value(key, value) for key, value in values.items() if value is not None}
 
 
 def create_event(step_id: str | None = None, description: str | None = None,

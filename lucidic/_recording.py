@@ -156,61 +156,73 @@ class Event:
     """An event being recorded: begun when what it records starts (a decorated
     call, an LLM request), ended once with the one record that stores it.
     ``step_id`` is the step it belongs to: the one current when it began,
-    unless named."""
+    unless named. (An event that has already happened, ``create_event``'s,
+    is recorded by :func:`record_event` without an object to keep.)"""
 
     __slots__ = ("binding", "done", "event_id", "started", "started_at", "step_id")
 
-    def __init__(self, binding: Binding, step_id: Any = CURRENT, *, timed: bool = True) -> None:
+    def __init__(self, binding: Binding, step_id: Any = CURRENT) -> None:
         self.binding = binding
-        if step_id is CURRENT:
-            step = _step_get()
-            step_id = step.step_id if step is not None \
-                and step.session_id == binding.session_id else None
-        self.step_id: str | None = step_id
+        self.step_id: str | None = _step_of(binding) if step_id is CURRENT else step_id
         self.event_id: str | None = None
-        # An event that is not timed happens at once, when it is ended.
-        self.started_at = _time() if timed else None
-        self.started = _perf() if timed else 0.0
+        self.started_at = _time()
+        self.started = _perf()
         self.done = False
 
     def end(self, fields: dict[str, Any], *, event_id: str | None = None,
             maskable: Iterable[str] | None = None) -> str:
-        """Record the event (once: later calls only return its id). A timed
-        event's start, end and duration are those of this object's life
-        (fields already holding them win)."""
+        """Record the event (once: later calls only return its id). Its start,
+        end and duration are those of this object's life (fields already
+        holding them win)."""
         if self.done:
             return self.event_id or ""
         self.done = True
-        binding = self.binding
-        session_id = binding.session_id
-        if event_id is None:
-            ids = binding.state.ids
-            event_id = f"{ids.prefix}{next(ids.counter):x}"
-        self.event_id = event_id
-        now = _time()
-        if self.started_at is not None:
-            elapsed = _perf() - self.started
-            fields.setdefault("started_at", self.started_at)
-            fields.setdefault("ended_at", self.started_at + elapsed)
-            fields.setdefault("duration", elapsed)
-        else:
-            fields.setdefault("started_at", now)
-            fields.setdefault("ended_at", now)
-        fields["session_id"] = session_id
-        fields["step_id"] = self.step_id
-        fields["is_finished"] = True
-        if binding.mask is not None:
-            _mask(binding.mask, fields, maskable)
-        fields.update(binding.writer)  # the record that creates a row names its writer
-        binding.pipeline.put(("event", event_id, now, fields))
-        last_event.set(EventRef(session_id, event_id))
-        return event_id
+        elapsed = _perf() - self.started
+        fields.setdefault("started_at", self.started_at)
+        fields.setdefault("ended_at", self.started_at + elapsed)
+        fields.setdefault("duration", elapsed)
+        self.event_id = _queue_event(self.binding, self.step_id, event_id, fields, _time(),
+                                     maskable)
+        return self.event_id
 
 
 def record_event(binding: Binding, fields: dict[str, Any], *, step_id: Any = CURRENT,
                  event_id: str | None = None) -> str:
     """Record one event that has already happened (begun and ended now)."""
-    return Event(binding, step_id, timed=False).end(fields, event_id=event_id)
+    now = _time()
+    fields.setdefault("started_at", now)
+    fields.setdefault("ended_at", now)
+    return _queue_event(binding, _step_of(binding) if step_id is CURRENT else step_id,
+                        event_id, fields, now, None)
+
+
+def _step_of(binding: Binding) -> str | None:
+    step = _step_get()
+    return step.step_id if step is not None and step.session_id == binding.session_id else None
+
+
+def _queue_event(binding: Binding, step_id: str | None, event_id: str | None,
+                 fields: dict[str, Any], ts: float, maskable: Iterable[str] | None) -> str:
+    """The one place an event's record is built and queued: its id (the
+    session's prefix and a counter), session and step, masking, writer; and
+    it becomes the context's last event (update_event's default)."""
+    session_id = binding.session_id
+    if event_id is None:
+        ids = binding.state.ids
+        event_id = f"{ids.prefix}{next(ids.counter):x}"
+    fields["session_id"] = session_id
+    fields["step_id"] = step_id
+    fields["is_finished"] = True
+    if binding.mask is not None:
+        _mask(binding.mask, fields, maskable)
+    fields.update(binding.writer)  # the record that creates a row names its writer
+    binding.pipeline.put(("event", event_id, ts, fields))
+    last_event.set(_new_ref(EventRef, (session_id, event_id)))
+    return event_id
+
+
+#: EventRef made in C (a NamedTuple's own __new__ is Python): the hot path.
+_new_ref = tuple.__new__
 
 
 def amend_event(binding: Binding, event_id: str, fields: dict[str, Any], *,

@@ -100,18 +100,26 @@ def field_value(column: str, value: Any) -> Any:
     lucidic.columns); None stays None: the field is left as it is."""
     if value is None:
         return None
-    kind = COLUMN_TYPES[column]
-    if kind is ColumnType.TEXT_LIST and isinstance(value, (list, tuple, set, frozenset)):
+    return _COERCE[column](value)
+
+
+def _text_list(value: Any) -> Any:
+    if isinstance(value, (list, tuple, set, frozenset)):
         return [text_field(item) for item in items_of(value)]
+    return to_jsonable(value)
+
+
+def _coercer(kind: ColumnType) -> Callable[[Any], Any]:
+    if kind is ColumnType.TEXT_LIST:
+        return _text_list
     if kind.is_json:
-        return to_jsonable(value)
-    if kind is ColumnType.INT:
-        return int(value)
-    if kind is ColumnType.BOOL:
-        return bool(value)
-    if kind is ColumnType.REAL:
-        return float(value)
-    return text_field(value)
+        return to_jsonable
+    return {ColumnType.INT: int, ColumnType.BOOL: bool,
+            ColumnType.REAL: float}.get(kind, text_field)
+
+
+#: How a value becomes each column's type, worked out once per column.
+_COERCE = {column: _coercer(kind) for column, kind in COLUMN_TYPES.items()}
 
 
 # -- masking ------------------------------------------------------------------------
