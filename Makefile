@@ -37,8 +37,10 @@ browser:
 demo: $(VENV)/.installed
 	$(PY) examples/run_all.py
 
+# Two workers: most tests wait on child processes and servers, so two halve the
+# suite's time even on a two-core machine (each test has its own store, schema and port).
 test: $(VENV)/.installed browser
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2
 
 bench: $(VENV)/.installed
 	$(PY) bench/run_all.py

@@ -18,6 +18,10 @@ Two parts:
    median of interleaved rounds. The worker delivers (or spools) in the
    background; the caller's cost must not change.
 
+The server's own CPU time per event is printed too (on Linux): the
+throughput is shared with the SDK processes on the same cores, the server's
+CPU is its cost alone.
+
 Figures are printed next to the target of DESIGN.md section 7 (at least
 20,000 events/s through the server). Exit status 0 whatever the figures
 (``--strict``: 1 when a target is missed).
@@ -107,6 +111,15 @@ print(start, time.time(), loop, ok, sid)
 """
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """User and system CPU time of a live process so far (Linux's /proc), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def ingest(db_url: str, label: str, procs: int, events: int, workdir: Path) -> float:
     from lucidic.store import Store
 
@@ -114,6 +127,7 @@ def ingest(db_url: str, label: str, procs: int, events: int, workdir: Path) -> f
     key = store.create_api_key("bench")[1]
     store.close()
     server, url = start_server(db_url, workdir)
+    server_cpu = _cpu_seconds(server.pid)
     try:
         children = [subprocess.Popen([sys.executable, "-c", PRODUCER, str(events)],
                                      env=child_env(workdir / f"sdk-{label}-{i}",
@@ -126,6 +140,9 @@ def ingest(db_url: str, label: str, procs: int, events: int, workdir: Path) -> f
             out, _ = child.communicate(timeout=600)
             start, end, loop, ok, sid = out.split()
             results.append((float(start), float(end), float(loop), ok == "True"))
+        cpu_after = _cpu_seconds(server.pid)
+        server_cpu = (cpu_after - server_cpu
+                      if server_cpu is not None and cpu_after is not None else None)
     finally:
         stop(server)
     store = Store(db_url)
@@ -139,6 +156,9 @@ def ingest(db_url: str, label: str, procs: int, events: int, workdir: Path) -> f
           f"through the server (wall {wall:.2f} s; all flushed: "
           f"{all(r[3] for r in results)}; stored {stored:,}/{total:,}; "
           f"hot loops {loops} events/s)")
+    if server_cpu is not None:
+        print(f"  {'':<10} the server's CPU: {server_cpu * 1e6 / total:.1f} µs an event "
+              "(validating, storing, answering)")
     if stored != total:
         print(f"  !! {total - stored} events missing")
         return 0.0

@@ -13,6 +13,14 @@ Sessions can be continued in another thread, task, process or machine with
 
 from __future__ import annotations
 
+try:
+    import fcntl  # noqa: F401 - what the spool locks its files with
+except ImportError:  # Windows
+    raise ImportError(
+        "lucidic runs on POSIX systems only (Linux, macOS): its spool locks files with "
+        "flock() and its pipelines start again in a child after fork(), neither of which "
+        "Windows has. On Windows, run your agent under WSL.") from None
+
 from . import errors
 from ._api import (
     continue_session,
@@ -40,6 +48,7 @@ from .errors import (
     LucidicError,
     LucidicNotInitializedError,
     ReplayMissError,
+    ServerUnavailableError,
 )
 
 __version__ = "0.1.0"
@@ -50,6 +59,7 @@ __all__ = [
     "LucidicError",
     "LucidicNotInitializedError",
     "ReplayMissError",
+    "ServerUnavailableError",
     "__version__",
     "continue_session",
     "continued",

@@ -14,7 +14,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from . import _config, _lifecycle
+from . import _config, _continuation, _lifecycle
 from ._context import (
     Binding,
     EventRef,
@@ -28,11 +28,16 @@ from ._context import (
     step_in,
 )
 from ._internal import log_rate_limited, logger, swallow
+from ._numbers import as_float, short_number_repr
 from ._pipeline import Pipeline
-from ._records import Mask, mask_fields, text_field, to_jsonable
-from ._runtime import new_id, runtime, writer
+from ._records import Mask, items_of, mask_fields, text_field, to_jsonable
+from ._runtime import runtime, writer
 from ._sinks import Sink, SinkError
-from .errors import APIKeyVerificationError, InvalidOperationError, LucidicNotInitializedError
+from .errors import (
+    InvalidOperationError,
+    LucidicNotInitializedError,
+    ServerUnavailableError,
+)
 from .limits import MAX_ID_LENGTH
 from .store import Record
 
@@ -40,6 +45,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: The embedded store has no accounts; everything in it is one project.
 LOCAL_PROJECT = "default"
+#: The longest wait flush() and shutdown() take (longer ones overflow the clock).
+_MAX_TIMEOUT = 1e9
 
 
 # -- validation ------------------------------------------------------------------
@@ -62,9 +69,10 @@ def _number_arg(name: str, value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidOperationError(f"{name} must be a number, not {type(value).__name__} "
                                     f"{value!r:.80}")
-    number = float(value)
+    number = as_float(value)
     if not math.isfinite(number):
-        raise InvalidOperationError(f"{name} must be a finite number, not {value!r}")
+        raise InvalidOperationError(f"{name} must be a finite number, not "
+                                    f"{short_number_repr(value)}")
     return number
 
 
@@ -87,7 +95,7 @@ def _tags_arg(value: Any) -> list[str] | None:
         return None
     if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)):
         raise InvalidOperationError(f"tags must be a list of strings, not {type(value).__name__}")
-    return [text_field(tag) or "" for tag in value]
+    return [text_field(tag) or "" for tag in items_of(value)]
 
 
 def _id_arg(name: str, value: Any) -> str | None:
@@ -107,7 +115,7 @@ def _rubrics_arg(value: Any) -> list[str] | None:
     if isinstance(value, str) or not isinstance(value, (list, tuple)):
         raise InvalidOperationError(f"rubrics must be a list of rubric names, not {value!r:.80}")
     names = []
-    for item in value:
+    for item in items_of(value):
         name = item if isinstance(item, str) else getattr(item, "name", None)
         if not isinstance(name, str) or not name.strip():
             raise InvalidOperationError(f"rubrics must be a list of rubric names, not "
@@ -169,13 +177,11 @@ class _Options:
                                       or not isinstance(providers, (list, tuple))):
             raise InvalidOperationError(
                 f"providers must be a list of names such as ['openai'], not {providers!r:.80}")
-        self.providers = list(providers or ())
+        self.providers = list(items_of(providers or ()))
 
     def sink(self) -> Sink:
         sink = runtime.make_sink(self.base_url, self.api_key)
-        verify = getattr(sink, "verify", None)
-        if verify is not None:
-            verify()  # raises APIKeyVerificationError for a bad key
+        sink.verify()  # no key at all: APIKeyVerificationError, without the network
         return sink
 
 
@@ -197,7 +203,7 @@ def _bind(session_id: str, options: _Options, pipeline: Pipeline, project: str) 
 
 
 def _project_of(sink: Sink) -> str:
-    return getattr(sink, "project", None) or LOCAL_PROJECT
+    return sink.project or LOCAL_PROJECT
 
 
 def _put(binding: Binding, kind: str, record_id: str, fields: dict[str, Any],
@@ -211,39 +217,50 @@ def _put(binding: Binding, kind: str, record_id: str, fields: dict[str, Any],
 
 
 def _create_session(options: _Options, session_id: str | None, fields: dict[str, Any]) -> Binding:
-    """Make a new session and bind it (the caller decides the scope)."""
+    """Make a new session and bind it (the caller decides the scope). With no
+    session_id nothing waits on the network; a given one is checked first."""
     _activate_providers(options.providers)
     sink = options.sink()
-    if session_id is None:
-        session_id = str(uuid.uuid4())
-    else:
-        session_id = _session_id_arg(session_id)
-        try:
-            if sink.lookup_session(session_id) is not None:
-                raise InvalidOperationError(
-                    f"a session with id {session_id!r} already exists; continue it with "
-                    "lai.continue_session() or pass another session_id")
-        except SinkError as exc:
-            log_rate_limited("lookup_failed", "lucidic: could not check session %s (%s); "
-                             "creating it", session_id, exc)
+    given = session_id is not None
+    session_id = _session_id_arg(session_id) if given else str(uuid.uuid4())
     pipeline = runtime.pipeline_for(sink)
     project = _project_of(sink)
-    binding = _bind(session_id, options, pipeline, project)
-    binding.state.evaluated = bool(fields.get("experiment_id") or fields.get("rubrics"))
     now = time.time()
     record_fields = {"project": project, "agent_id": options.agent_id, "started_at": now,
                      **fields}
-    if binding.mask is not None:
-        mask_fields(binding.mask, record_fields)
-    # Written at once, so another process can continue the session as soon
-    # as this call returns.
-    write_at_once(sink, pipeline, ("session", session_id, now, record_fields))
+    if options.mask is not None:
+        mask_fields(options.mask, record_fields)
+    record: Record = ("session", session_id, now, record_fields)
+    if given:
+        _claim(sink, pipeline, record)
+    else:
+        write_at_once(sink, pipeline, record)
+    binding = _bind(session_id, options, pipeline, project)
+    binding.state.evaluated = bool(fields.get("experiment_id") or fields.get("rubrics"))
     return binding
+
+
+def _claim(sink: Sink, pipeline: Pipeline, record: Record) -> None:
+    """Create a session under the id its caller chose, refusing an id that is
+    taken: InvalidOperationError, in the same words whoever holds it."""
+    try:
+        # A server decides atomically, within LUCIDIC_CONNECT_TIMEOUT.
+        sink.claim_session(record)
+    except (SinkError, ServerUnavailableError) as exc:
+        log_rate_limited("claim_unanswered", "lucidic: could not check that session id %r is "
+                         "free (%s); the session is queued and created when the store or "
+                         "server answers (if the id is taken by then, its records are "
+                         "refused)", record[1], exc)
+        _deliver_soon(pipeline, record)
 
 
 def write_at_once(sink: Sink, pipeline: Pipeline, record: Record) -> None:
     """Store a record now (what others must find as soon as the call that
-    made it returns); if the backend cannot take it now, queue it."""
+    made it returns); if the backend cannot take it now, queue it. A remote
+    backend is never waited for: the record goes first in line instead."""
+    if sink.remote:
+        _deliver_soon(pipeline, record)
+        return
     try:
         sink.write([record])
     except Exception as exc:  # noqa: BLE001
@@ -252,55 +269,47 @@ def write_at_once(sink: Sink, pipeline: Pipeline, record: Record) -> None:
         pipeline.put(record)
 
 
+def _deliver_soon(pipeline: Pipeline, record: Record) -> None:
+    pipeline.put(record)
+    pipeline.deliver_soon()
+
+
 def _check_continuable(sink: Sink, session_id: str,
                        agent_id: str | None) -> dict[str, Any] | None:
-    """Refuse to continue an unknown, finished or other agent's session;
-    returns the stored session when the backend was asked."""
+    """Refuse to continue an unknown, finished or other agent's session (the
+    rule of lucidic._continuation); returns the stored session when the
+    backend was asked."""
     state = runtime.states.get(session_id)
     if state is not None and state.finished:
-        raise InvalidOperationError(_finished_message(session_id))
+        raise InvalidOperationError(_continuation.finished_message(session_id))
     if state is not None and state.bindings:
         # This process holds it open right now: no need to ask the backend.
-        _check_agent(session_id, state.bindings[0].agent_id, agent_id)
+        refused = _continuation.refusal({"agent_id": state.bindings[0].agent_id}, session_id,
+                                        agent_id)
+        if refused:
+            raise InvalidOperationError(refused)
         return None
     try:
-        info = sink.lookup_session(session_id)
-    except APIKeyVerificationError:
-        raise
+        # A server applies the rule itself, within LUCIDIC_CONNECT_TIMEOUT,
+        # and raises what it answers (or ServerUnavailableError, naming it).
+        return sink.check_continuable(session_id, agent_id)
     except SinkError as exc:
+        # The embedded store is busy (another process holds its lock): the
+        # records wait in the queue and the spool until it is free.
         log_rate_limited("lookup_failed", "lucidic: could not check session %s (%s); "
-                         "continuing it, records will be delivered when the backend answers",
+                         "continuing it, records will be delivered when the store answers",
                          session_id, exc)
         return None
-    if info is None:
-        raise InvalidOperationError(
-            f"session {session_id!r} does not exist (for this store or API key). Check the "
-            "id, or start a new session with lai.init().")
-    if info.get("is_finished"):
-        raise InvalidOperationError(_finished_message(session_id))
-    _check_agent(session_id, info.get("agent_id"), agent_id)
-    return info
-
-
-def _check_agent(session_id: str, owner: str | None, agent_id: str | None) -> None:
-    if agent_id and owner and owner != agent_id:
-        raise InvalidOperationError(
-            f"session {session_id!r} belongs to agent {owner!r}, not {agent_id!r}; continue "
-            "it with the agent id that created it.")
-
-
-def _finished_message(session_id: str) -> str:
-    return (f"session {session_id!r} has finished and a finished session cannot be "
-            "continued. To hand a session over to another process, detach it there with "
-            "lai.detach() (or leave its `with lai.continued()` block) instead of calling "
-            "lai.end_session().")
 
 
 def _continue(session_id: str, options: _Options) -> Binding:
     _activate_providers(options.providers)
     sink = options.sink()
     info = _check_continuable(sink, session_id, options.agent_id)
-    binding = _bind(session_id, options, runtime.pipeline_for(sink), _project_of(sink))
+    # Over the embedded store, a session written through a server sharing its
+    # file keeps its project: session records carry it, or they would not apply.
+    project = (info or {}).get("project") or _project_of(sink)
+    binding = _bind(session_id, options, runtime.pipeline_for(sink), project)
     if info is not None:
         binding.state.evaluated = bool(info.get("experiment_id") or info.get("rubrics"))
     return binding
@@ -452,7 +461,7 @@ def flush(timeout: float | None = None) -> bool:
     process spooled) has reached the sink within ``timeout`` seconds."""
     timeout = _config.flush_timeout() if timeout is None else _number_arg("timeout", timeout)
     assert timeout is not None
-    return runtime.flush_all(timeout)
+    return runtime.flush_all(min(timeout, _MAX_TIMEOUT))
 
 
 def shutdown(timeout: float | None = None) -> bool:
@@ -461,7 +470,7 @@ def shutdown(timeout: float | None = None) -> bool:
     delivered by the next flush() or at exit."""
     timeout = _config.flush_timeout() if timeout is None else _number_arg("timeout", timeout)
     assert timeout is not None
-    return runtime.shutdown_all(timeout)
+    return runtime.shutdown_all(min(timeout, _MAX_TIMEOUT))
 
 
 def delivery_stats() -> dict[str, int]:
@@ -664,7 +673,7 @@ def create_step(state: str | None = None, action: str | None = None, goal: str |
         return None
     session_id = binding.session_id
     parent = step_in(session_id)
-    step_id = new_id()
+    step_id = binding.state.ids.new()
     now = time.time()
     fields = _step_fields(state, action, goal, eval_score, eval_description, screenshot,
                           screenshot_path)
@@ -723,6 +732,10 @@ def _step_target(binding: Binding, step_id: Any, call: str) -> str:
     if step_id is not None:
         if not isinstance(step_id, str) or not step_id:
             raise InvalidOperationError(f"step_id must be a step id string, not {step_id!r:.80}")
+        state = binding.state
+        if step_id not in state.open_steps and not state.ids.made_here(step_id) \
+                and not _on_step_stack(binding.session_id, step_id):
+            raise InvalidOperationError(_not_made_here("step", step_id, binding, call))
         return step_id
     frame = step_in(binding.session_id)
     if frame is None:
@@ -730,6 +743,26 @@ def _step_target(binding: Binding, step_id: Any, call: str) -> str:
             f"lai.{call}() found no open step here; open one with lai.create_step() or pass "
             "step_id")
     return frame.step_id
+
+
+def _on_step_stack(session_id: str, step_id: str) -> bool:
+    """An open step of this context (a decorated function's, say)."""
+    frame = step_in(session_id)
+    while frame is not None:
+        if frame.step_id == step_id:
+            return True
+        frame = frame.parent
+    return False
+
+
+def _not_made_here(kind: str, record_id: str, binding: Binding, call: str) -> str:
+    # As the hosted SDK ("Step ID not found in session history"): an update
+    # only ever touches what this session made here; an unknown id would
+    # otherwise become a new, phantom record, or land in another session's.
+    return (f"lai.{call}(): no {kind} {record_id[:80]!r} was created in session "
+            f"{binding.session_id!r} by this process; pass an id that lai.create_{kind}() "
+            f"returned in this session (a {kind} of another session, or of another process, "
+            "can only be changed where it was created). Nothing was recorded.")
 
 
 def _pop_step(step_id: str) -> None:
@@ -766,6 +799,8 @@ def create_event(step_id: str | None = None, description: str | None = None,
     fields = _event_fields(description, result, cost_added, model, screenshots, function_name,
                            arguments)
     fields["type"] = text_field(type) or "generic"
+    if step_id is not None:
+        step_id = _step_target(binding, step_id, "create_event")
     return record_event(binding, fields, step_id=step_id)
 
 
@@ -777,7 +812,7 @@ def record_event(binding: Binding, fields: dict[str, Any], *, step_id: str | Non
     if step_id is None:
         frame = step_in(session_id)
         step_id = frame.step_id if frame is not None else None
-    event_id = event_id or new_id()
+    event_id = event_id or binding.state.ids.new()
     now = time.time()
     fields["session_id"] = session_id
     fields["step_id"] = step_id
@@ -828,7 +863,8 @@ def _event_fields(description: Any, result: Any, cost_added: Any, model: Any, sc
                                     f"{type(screenshots).__name__}")
     return {"description": text_field(description), "result": text_field(result),
             "cost": _number_arg("cost_added", cost_added), "model": text_field(model),
-            "screenshots": None if screenshots is None else [text_field(s) for s in screenshots],
+            "screenshots": None if screenshots is None
+            else [text_field(s) for s in items_of(screenshots)],
             "function_name": text_field(function_name),
             "arguments": None if arguments is None else to_jsonable(arguments)}
 
@@ -838,6 +874,8 @@ def _event_target(binding: Binding, event_id: Any, call: str) -> str:
         if not isinstance(event_id, str) or not event_id:
             raise InvalidOperationError(f"event_id must be an event id string, not "
                                         f"{event_id!r:.80}")
+        if not binding.state.ids.made_here(event_id):
+            raise InvalidOperationError(_not_made_here("event", event_id, binding, call))
         return event_id
     ref = last_event.get()
     if ref is None or ref.session_id != binding.session_id:

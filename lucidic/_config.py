@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 #: Seconds that flush() and the exit path wait for the sink before spooling.
 DEFAULT_FLUSH_TIMEOUT = 5.0
+#: Seconds that a call needing the server's answer (continuing a session,
+#: claiming a given session id) waits to connect, and again for the answer.
+DEFAULT_CONNECT_TIMEOUT = 3.0
 
 
 def env(name: str) -> str | None:
@@ -16,17 +18,16 @@ def env(name: str) -> str | None:
 
 
 def data_home() -> Path:
-    """LUCIDIC_HOME, else the per-user data directory of the platform."""
+    """LUCIDIC_HOME, else the per-user data directory of the platform, as
+    platformdirs knows it: ``$XDG_DATA_HOME/lucidic`` (by default
+    ``~/.local/share/lucidic``) on Linux, ``~/Library/Application
+    Support/lucidic`` on macOS."""
     explicit = env("LUCIDIC_HOME")
     if explicit:
         return Path(explicit).expanduser()
-    if sys.platform == "win32":
-        base = env("LOCALAPPDATA") or str(Path.home() / "AppData" / "Local")
-        return Path(base) / "lucidic"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Application Support" / "lucidic"
-    base = env("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "lucidic"
+    from platformdirs import user_data_path  # only when no LUCIDIC_HOME is set
+
+    return user_data_path("lucidic", appauthor=False)
 
 
 def base_url() -> str | None:
@@ -35,14 +36,24 @@ def base_url() -> str | None:
 
 
 def flush_timeout() -> float:
-    raw = env("LUCIDIC_FLUSH_TIMEOUT")
+    return _seconds("LUCIDIC_FLUSH_TIMEOUT", DEFAULT_FLUSH_TIMEOUT)
+
+
+def connect_timeout() -> float:
+    """LUCIDIC_CONNECT_TIMEOUT: the bound on the few calls that wait for the
+    server (continue_session, init with a session_id); never zero."""
+    return _seconds("LUCIDIC_CONNECT_TIMEOUT", DEFAULT_CONNECT_TIMEOUT) or DEFAULT_CONNECT_TIMEOUT
+
+
+def _seconds(name: str, default: float) -> float:
+    raw = env(name)
     if raw is None:
-        return DEFAULT_FLUSH_TIMEOUT
+        return default
     try:
         value = float(raw)
     except ValueError:
-        return DEFAULT_FLUSH_TIMEOUT
-    return value if value >= 0 else DEFAULT_FLUSH_TIMEOUT
+        return default
+    return value if 0 <= value < 1e6 else default
 
 
 #: Records held in memory before the oldest are written to the spool.

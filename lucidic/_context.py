@@ -10,6 +10,8 @@ so nesting follows the call stack in every thread and task.
 from __future__ import annotations
 
 import contextvars
+import itertools
+import secrets
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -19,14 +21,48 @@ if TYPE_CHECKING:
     from ._records import Mask
 
 
+class SessionIds:
+    """Ids of the steps and events one session gets in this process: a random
+    prefix and a counter, as cheap as the process-wide ids, and enough to tell
+    an id given back to update_step() or end_event() from one this session
+    never made here, without keeping a list of them."""
+
+    __slots__ = ("_counter", "prefix")
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """New prefix and counter (a forked child must not repeat the parent's)."""
+        self.prefix = secrets.token_hex(8)
+        self._counter = itertools.count(1)
+
+    def new(self) -> str:
+        return f"{self.prefix}{next(self._counter):x}"
+
+    def made_here(self, record_id: str) -> bool:
+        if not record_id.startswith(self.prefix):
+            return False
+        digits = record_id[len(self.prefix):]
+        try:
+            number = int(digits, 16)
+        except ValueError:
+            return False
+        # Canonical digits only, and a number already handed out (peeking at
+        # the counter spends one number, which costs nothing).
+        return f"{number:x}" == digits and 0 < number < next(self._counter)
+
+
 class SessionState:
     """What this process knows of one session, shared by all its bindings."""
 
-    __slots__ = ("bindings", "evaluated", "failure", "finished", "id", "open_steps",
+    __slots__ = ("bindings", "evaluated", "failure", "finished", "id", "ids", "open_steps",
                  "outcome_set")
 
     def __init__(self, session_id: str) -> None:
         self.id = session_id
+        #: Where create_step() and the events of this session get their ids.
+        self.ids = SessionIds()
         self.finished = False
         #: Steps opened with create_step() here and not ended yet: ending the
         #: session ends them too.

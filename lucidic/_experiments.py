@@ -26,7 +26,7 @@ from ._api import (
     write_at_once,
 )
 from ._context import current_binding
-from ._records import text_field, to_jsonable
+from ._records import items_of, text_field, to_jsonable
 from ._runtime import runtime
 from .errors import InvalidOperationError, LucidicNotInitializedError
 
@@ -76,8 +76,11 @@ def create_experiment(name: str, *, rubrics: Sequence[Any] = (),
     ``lucidic.evals.experiment_run``."""
     if metadata is not None and not isinstance(metadata, Mapping):
         raise InvalidOperationError(f"metadata must be a mapping, not {type(metadata).__name__}")
-    names = _rubrics_arg(list(rubrics)) or []
-    described = [item.describe() for item in rubrics
+    # Read once, as the built-in type holds them (see items_of).
+    given = list(items_of(rubrics) if isinstance(rubrics, (list, tuple, set, frozenset))
+                 else rubrics)
+    names = _rubrics_arg(given) or []
+    described = [item.describe() for item in given
                  if not isinstance(item, str) and callable(getattr(item, "describe", None))]
     experiment_id = str(uuid.uuid4())
     write_experiment(experiment_id, {

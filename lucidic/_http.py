@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import threading
 import time
@@ -30,11 +31,11 @@ from urllib.parse import quote
 
 import requests
 
-from . import _runtime
-from ._internal import log_rate_limited
+from . import _config, _continuation, _runtime
+from ._internal import log_rate_limited, log_visible
 from ._records import shrink_record
-from ._sinks import RecordsRefusedError, SinkError
-from .errors import APIKeyVerificationError
+from ._sinks import RecordsRefusedError, Sink, SinkError
+from .errors import APIKeyVerificationError, InvalidOperationError, ServerUnavailableError
 from .limits import MAX_BATCH_RECORDS, MAX_RECORD_BYTES, MAX_REQUEST_BYTES
 from .store import Record, clean_json
 
@@ -48,7 +49,7 @@ _INLINE_RETRY_LIMIT = 1.0
 _ATTEMPTS = 3
 #: Answers that refuse how a request was made, never what a record holds:
 #: retried like an outage rather than blamed on the records.
-_NOT_THE_RECORDS = (401, 405, 408, 415, 429)
+_NOT_THE_RECORDS = (401, 403, 405, 408, 415, 429)
 
 
 def _retry_after(response: requests.Response) -> float | None:
@@ -91,6 +92,17 @@ def _problem_field(response: requests.Response, name: str) -> Any:
 
 def _session_of(record: Record) -> Any:
     return record[1] if record[0] == "session" else record[3].get("session_id")
+
+
+def _problem_text(response: requests.Response) -> str:
+    """The server's own words for a refusal (its ``detail``)."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("detail"), str):
+        return str(body["detail"])
+    return f"the lucidic server refused the request (HTTP {response.status_code})"
 
 
 def refused_key_message(base_url: str, response: requests.Response) -> str:
@@ -177,57 +189,92 @@ class _Client:
             session.close()
 
 
-class HttpSink:
+class HttpSink(Sink):
     """Delivers records to ``lucidic server``; see the module docstring."""
+
+    remote = True
 
     def __init__(self, base_url: str, api_key: str | None) -> None:
         self.base_url = base_url.rstrip("/")
         self.identity = "http-" + hashlib.sha256(
             f"{self.base_url}\n{api_key or ''}".encode("utf-8", "surrogatepass")).hexdigest()[:16]
-        #: The key's project, known once verify() has reached the server.
-        self.project: str | None = None
         self._api_key = api_key
         self._client = _Client(self.base_url, api_key)
+        self._key_refusal_logged = False
 
     # -- called by init() / continue_session() ---------------------------------
+    # A new session needs no answer from the server: its record is queued like
+    # any other, and the first delivery is the key check (a refused key is
+    # logged once, and the records stay in the spool until a valid key is
+    # used). Only the calls that cannot go on without an answer ask, each
+    # within LUCIDIC_CONNECT_TIMEOUT: continuing a session, and starting one
+    # with an id the caller chose.
 
     def verify(self) -> None:
-        """Check the API key with the server. A missing, unknown or revoked key
-        raises APIKeyVerificationError; a server that cannot be reached only
-        logs (records are spooled until it answers)."""
+        """A key must be given (checked here, without the network: the first
+        delivery is the server's check)."""
         if not self._api_key:
             raise APIKeyVerificationError(
                 f"LUCIDIC_BASE_URL is set ({self.base_url}) but no API key was given: pass "
                 "lucidic_api_key=... or set LUCIDIC_API_KEY (make a key with "
                 "`lucidic keys create --project NAME` where the server runs)")
+
+    def _ask(self, method: str, path: str, what: str, **kwargs: Any) -> requests.Response:
+        """One request that the caller waits for, within the connect bound;
+        ServerUnavailableError when the server does not answer in time."""
+        bound = _config.connect_timeout()
         try:
-            response = self._client.request("GET", "/api/v1/auth", timeout=(3.05, 5.0))
+            response = self._client.request(method, path, timeout=(bound, bound), **kwargs)
         except SinkError as exc:
-            log_rate_limited("verify_unreachable", "lucidic: could not verify the API key "
-                             "(%s); records will be spooled until the server answers", exc)
-            return
+            raise ServerUnavailableError(
+                f"the lucidic server at {self.base_url} did not answer within {bound:g}s "
+                f"(LUCIDIC_CONNECT_TIMEOUT) while {what}: {exc.__cause__ or exc}. Nothing "
+                "was recorded; retry when the server answers.") from exc
         if response.status_code in (401, 403):
             raise APIKeyVerificationError(refused_key_message(self.base_url, response))
-        if response.status_code != 200:
-            log_rate_limited("verify_failed", "lucidic: could not verify the API key (%s)",
-                             _detail(response))
-            return
-        project = response.json().get("project")
-        if isinstance(project, str):
-            self.project = project
+        if response.status_code in (429,) or response.status_code >= 500:
+            raise ServerUnavailableError(
+                f"the lucidic server at {self.base_url} could not answer while {what} "
+                f"({_detail(response)}); nothing was recorded, retry later.")
+        return response
+
+    def check_continuable(self, session_id: str, agent_id: str | None) -> dict[str, Any]:
+        """The server's answer to "may this key (and agent) continue the
+        session?": the session's fields when it may; otherwise
+        InvalidOperationError saying why (the server's words, see
+        lucidic._continuation), APIKeyVerificationError, or
+        ServerUnavailableError."""
+        response = self._ask("GET", f"/api/v1/sessions/{quote(session_id, safe='')}/continuable",
+                             f"checking session {session_id!r}",
+                             params={"agent_id": agent_id} if agent_id else None)
+        if response.status_code == 200:
+            body: dict[str, Any] = response.json()
+            return body
+        if response.status_code == 404:
+            raise InvalidOperationError(_continuation.unknown_message(session_id))
+        raise InvalidOperationError(_problem_text(response))
+
+    def claim_session(self, record: Record) -> None:
+        """Create the session of ``record`` under the id it names, which must
+        not be taken (in any project): InvalidOperationError if it is."""
+        kind, session_id, ts, fields = record
+        response = self._ask("POST", "/api/v1/sessions", f"creating session {session_id!r}",
+                             json=clean_json({"kind": kind, "id": session_id, "ts": ts,
+                                              "fields": fields}))
+        if response.status_code not in (200, 201):
+            raise InvalidOperationError(_problem_text(response))
 
     def lookup_session(self, session_id: str) -> dict[str, Any] | None:
+        bound = _config.connect_timeout()
         response = self._client.request("GET", "/api/v1/sessions/" + quote(session_id, safe=""),
-                                        timeout=(3.05, 5.0))
+                                        timeout=(bound, bound))
+        if response.status_code in (401, 403):
+            raise APIKeyVerificationError(refused_key_message(self.base_url, response))
         if response.status_code == 200:
             body: dict[str, Any] = response.json()
             return body
         if response.status_code == 404:
             return None
-        if response.status_code in (401, 403):
-            raise APIKeyVerificationError(
-                f"the lucidic server at {self.base_url} refused the API key "
-                f"({_detail(response)})")
         raise SinkError(f"the lucidic server could not look up session {session_id!r}: "
                         f"{_detail(response)}", retry_after=_retry_after(response))
 
@@ -264,6 +311,7 @@ class HttpSink:
             headers={"Content-Type": "application/json"})
         status = response.status_code
         if 200 <= status < 300:
+            self._key_refusal_logged = False
             return
         if status in _NOT_THE_RECORDS or status >= 500 or not _is_problem(response):
             self._refused_as_a_whole(response)
@@ -304,7 +352,16 @@ class HttpSink:
         """An answer about the request (the key, the rate, the server
         itself), not about records: the whole batch waits and is retried."""
         status = response.status_code
-        if status == 401:
+        if status in (401, 403):
+            if not self._key_refusal_logged:
+                # init() did not wait for the key check: this is where a bad
+                # key shows, once, as an error (the pipeline's own warning
+                # about the spooled batch is rate-limited).
+                self._key_refusal_logged = True
+                log_visible(logging.ERROR, "lucidic: %s. Records made with this key are kept "
+                            "in the spool, and delivered if the server accepts the key later "
+                            "(say, once it serves the database the key was made in).",
+                            refused_key_message(self.base_url, response))
             raise SinkError(f"the lucidic server refused the API key ({_detail(response)}); "
                             "records are spooled until a valid key is used",
                             retry_after=_retry_after(response) or 30.0)
@@ -329,6 +386,9 @@ class HttpSink:
         later.extend(waiting)
         if len(waiting) < len(records):
             self._post([r for r in records if _session_of(r) not in unknown], later, refused)
+
+    def server(self) -> tuple[str, str | None]:
+        return self.base_url, self._api_key
 
     def after_fork_in_child(self) -> None:
         self._client.reset_after_fork()

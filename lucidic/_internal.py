@@ -41,21 +41,13 @@ _warned: set[str] = set()
 
 
 def warn_once(kind: str, message: str, *args: object) -> None:
-    """A warning the user must see even when their program configured no
-    logging (records are at risk): logged on the ``lucidic`` logger, and
-    written to stderr (by logging's last-resort handler) when no handler
-    would show it. Once per kind, until ``rearm(kind)``."""
+    """A warning the user must see (records are at risk), through
+    ``log_visible``: once per kind, until ``rearm(kind)``."""
     with _lock:
         if kind in _warned:
             return
         _warned.add(kind)
-    if not logger.isEnabledFor(logging.WARNING):
-        return
-    if _has_handler(logger) or logging.lastResort is None:
-        logger.warning(message, *args)
-        return
-    record = logger.makeRecord(logger.name, logging.WARNING, __file__, 0, message, args, None)
-    logging.lastResort.handle(record)
+    log_visible(logging.WARNING, message, *args)
 
 
 def rearm(kind: str) -> None:
@@ -71,15 +63,26 @@ def reset_warnings() -> None:
         _last_logged.clear()
 
 
-def _has_handler(start: logging.Logger) -> bool:
-    """Whether a handler other than a NullHandler would see our records."""
-    current: logging.Logger | None = start
+def log_visible(level: int, message: str, *args: object) -> None:
+    """Log on the lucidic logger, and, when the program configured no logging
+    at all, on stderr too (as Python's last-resort handler would, were it not
+    for our NullHandler): for what the user must learn without asking, such
+    as a refused API key."""
+    logger.log(level, message, *args)
+    last_resort = logging.lastResort
+    if level >= logging.WARNING and last_resort is not None and logger.isEnabledFor(level) \
+            and not _heard():
+        last_resort.handle(logger.makeRecord(logger.name, level, __file__, 0, message, args,
+                                             None))
+
+
+def _heard() -> bool:
+    """Whether a handler of the program's would take a lucidic record."""
+    current: logging.Logger | None = logger
     while current is not None:
-        if any(not isinstance(h, logging.NullHandler) for h in current.handlers):
+        if any(not isinstance(handler, logging.NullHandler) for handler in current.handlers):
             return True
-        if not current.propagate:
-            return False
-        current = current.parent  # type: ignore[assignment]
+        current = current.parent if current.propagate else None
     return False
 
 

@@ -201,6 +201,11 @@ class Pipeline:
         if self._durable_unsent >= self._batch_size and not self._wake.is_set():
             self._wake.set()
 
+    def deliver_soon(self) -> None:
+        """Wake the worker now rather than at its next interval (a session
+        record others may look for at once)."""
+        self._wake.set()
+
     # -- control --------------------------------------------------------------
 
     def start(self) -> None:
@@ -686,9 +691,7 @@ class Pipeline:
         to deliver. It gets its own worker, spool segments and connection."""
         was_running = self._thread is not None
         self.spool.after_fork_in_child()
-        after_fork = getattr(self.sink, "after_fork_in_child", None)
-        if after_fork is not None:
-            after_fork()
+        self.sink.after_fork_in_child()
         self._init_runtime()
         self.stats = PipelineStats()
         if was_running:

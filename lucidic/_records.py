@@ -44,6 +44,19 @@ def text_field(value: Any) -> str | None:
         return safe_repr(value)
 
 
+def items_of(value: list[Any] | tuple[Any, ...] | set[Any] | frozenset[Any]
+             ) -> list[Any] | tuple[Any, ...] | set[Any]:
+    """The items of a list, tuple or set as the built-in type holds them: a
+    subclass's own ``__iter__`` (which may raise, or lie) is never called."""
+    if type(value) is list or type(value) is tuple:
+        return value
+    if isinstance(value, list):
+        return list.copy(value)
+    if isinstance(value, tuple):
+        return tuple.__getitem__(value, slice(None))
+    return set(value)  # copies a set or frozenset subclass without its __iter__
+
+
 def to_jsonable(value: Any, depth: int = 0) -> Any:
     """A JSON-safe copy of value; objects that JSON cannot hold become their repr."""
     if value is None or isinstance(value, bool):
@@ -63,7 +76,7 @@ def to_jsonable(value: Any, depth: int = 0) -> Any:
         except Exception:  # noqa: BLE001 - a mapping whose iteration fails
             return safe_repr(value)
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [to_jsonable(v, depth + 1) for v in value]
+        return [to_jsonable(v, depth + 1) for v in items_of(value)]
     if isinstance(value, (bytes, bytearray, memoryview)):
         return f"<{len(value)} bytes>"
     if dataclasses.is_dataclass(value) and not isinstance(value, type):

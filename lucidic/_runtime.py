@@ -189,6 +189,7 @@ class Runtime:
         ids.reset()
         writer.reset()
         for state in self.states.values():
+            state.ids.reset()  # the parent goes on counting with the same prefix
             for binding in state.bindings:
                 binding.writer = writer.fields(binding.agent_id)
         for pipeline in self.pipelines.values():

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Union
 
+from ._numbers import as_float, short_number_repr
 from .errors import InvalidOperationError
 
 ScoreValue = Union[float, bool, str]  # noqa: UP007 - a runtime alias on Python 3.10
@@ -56,9 +57,10 @@ def score_value(name: str, value: Any) -> ScoreValue:
     if isinstance(value, bool):
         return value
     if isinstance(value, (int, float)):
-        number = float(value)
+        number = as_float(value)
         if not math.isfinite(number):
-            raise InvalidOperationError(f"score {name!r} must be a finite number, not {value!r}")
+            raise InvalidOperationError(f"score {name!r} must be a finite number, not "
+                                        f"{short_number_repr(value)}")
         return number
     if isinstance(value, str):
         if len(value) > _MAX_LABEL:

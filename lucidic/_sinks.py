@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from . import _continuation
+from .errors import InvalidOperationError
 from .store import Record, Store, StoreError
-
-_abandoned_after_fork: list[Store] = []
 
 
 class SinkError(Exception):
@@ -49,22 +50,78 @@ class RecordsRefusedError(Exception):
         self.refused = list(refused)
 
 
-class Sink(Protocol):
+class Sink(ABC):
+    """What the pipeline and the session calls need of a destination. Every
+    sink derives from this class, which declares all that its callers use:
+    ``write``, ``lookup_session`` and ``identity`` each sink must give; the
+    rest has defaults for a sink that has nothing to do there."""
+
     #: Names the destination; records spooled for one sink are only ever
     #: replayed into a sink with the same identity.
     identity: str
+    #: The project records land in, when the destination says; None means
+    #: the local project (a server stamps its key's project on what it takes).
+    project: str | None = None
+    #: Records reach this destination over the network: nothing on a
+    #: caller's thread may wait for a write to it (see _api.write_at_once).
+    remote: bool = False
 
-    def write(self, records: Sequence[Record]) -> None: ...
+    @abstractmethod
+    def write(self, records: Sequence[Record]) -> None:
+        """Apply a batch idempotently; raise SinkError when that cannot be done now."""
 
+    @abstractmethod
     def lookup_session(self, session_id: str) -> dict[str, Any] | None:
         """The stored session (at least ``is_finished`` and ``agent_id``), or
         None when unknown. Raises SinkError when the backend cannot tell."""
-        ...
 
-    def close(self) -> None: ...
+    def verify(self) -> None:  # noqa: B027 - a default: nothing to check
+        """Check, without waiting on the network, what can be checked of the
+        credentials before the first record (init and continue_session call
+        it): raise APIKeyVerificationError if they are refused. Nothing to
+        check by default."""
+
+    def check_continuable(self, session_id: str, agent_id: str | None) -> dict[str, Any]:
+        """The stored session, if ``agent_id`` may continue it; otherwise
+        InvalidOperationError saying why (the rule of lucidic._continuation).
+        Raises SinkError when the backend cannot tell now. A server applies
+        the rule itself."""
+        stored = self.lookup_session(session_id)
+        if stored is None:
+            raise InvalidOperationError(_continuation.unknown_message(session_id))
+        refused = _continuation.refusal(stored, session_id, agent_id)
+        if refused:
+            raise InvalidOperationError(refused)
+        return stored
+
+    def claim_session(self, record: Record) -> None:
+        """Create the session of ``record`` under the id it names, unless a
+        session holds that id (in any project): InvalidOperationError then, in
+        the same words whoever holds it. Raises SinkError when the backend
+        cannot tell now (the caller queues the record). A server decides
+        atomically; this default looks, then writes."""
+        if self.lookup_session(record[1]) is not None:
+            raise InvalidOperationError(_continuation.in_use_message(record[1]))
+        self.write([record])
+
+    def after_fork_in_child(self) -> None:  # noqa: B027 - a default: nothing to drop
+        """Drop what must not cross fork() (connections); the child opens its own."""
+
+    def local_store(self) -> Store | None:
+        """The embedded store this sink writes, for readers in this process
+        (lucidic.evals reads runs back from it); None for other sinks."""
+        return None
+
+    def server(self) -> tuple[str, str | None] | None:
+        """The lucidic server this sink delivers to, as (base URL, API key);
+        None for other sinks."""
+        return None
+
+    def close(self) -> None:  # noqa: B027 - a default: nothing to release
+        """Release connections; the sink may be used again afterwards."""
 
 
-class LocalSink:
+class LocalSink(Sink):
     """The embedded store: one SQLite file shared by every process of the user."""
 
     def __init__(self, path: Path, busy_timeout: float = 2.0) -> None:
@@ -107,6 +164,9 @@ class LocalSink:
         self._write_apart(records[:middle], refused)
         self._write_apart(records[middle:], refused)
 
+    def local_store(self) -> Store:
+        return self._get_store()
+
     def lookup_session(self, session_id: str) -> dict[str, Any] | None:
         try:
             return self._get_store().get_session(session_id)
@@ -114,12 +174,8 @@ class LocalSink:
             raise SinkError(str(exc)) from exc
 
     def after_fork_in_child(self) -> None:
-        # SQLite connections must not cross fork(): the child opens its own and
-        # keeps the parent's alive but unused (closing it here could disturb
-        # the parent's locks).
-        if self._store is not None:
-            _abandoned_after_fork.append(self._store)
-        self._store = None
+        # The store makes itself safe across fork() (see Store._hold_for_fork);
+        # only this sink's own lock may have been copied held.
         self._lock = threading.Lock()
 
     def close(self) -> None:

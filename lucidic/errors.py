@@ -12,6 +12,7 @@ __all__ = [
     "LucidicError",
     "LucidicNotInitializedError",
     "ReplayMissError",
+    "ServerUnavailableError",
 ]
 
 
@@ -26,6 +27,13 @@ class APIKeyVerificationError(LucidicError):
 class InvalidOperationError(LucidicError):
     """The call cannot be carried out in the current state (unknown or finished
     session, another session already current, bad argument, ...)."""
+
+
+class ServerUnavailableError(InvalidOperationError):
+    """A call that needs the lucidic server's answer (continuing a session,
+    starting one with a given id) got none within LUCIDIC_CONNECT_TIMEOUT:
+    the server is down, unreachable or not answering. Retrying later may
+    succeed; nothing was recorded."""
 
 
 class LucidicNotInitializedError(LucidicError):

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._scores import score_id
+from .columns import ColumnType, sql_type
 
 if TYPE_CHECKING:
     from .store import Record, Store
@@ -34,15 +35,15 @@ KINDS = frozenset({"experiment", "mass_sim", "score"})
 REQUIRED = {"experiment": "project", "mass_sim": "project", "score": "session_id"}
 
 #: Column types both SQLite (by affinity) and PostgreSQL understand.
-_REAL, _INT, _TEXT, _BOOL = "DOUBLE PRECISION", "BIGINT", "TEXT", "SMALLINT"
+_REAL, _INT, _TEXT, _BOOL = (ColumnType.REAL.sql, ColumnType.INT.sql, ColumnType.TEXT.sql,
+                             ColumnType.BOOL.sql)
 
 #: Columns added to existing tables (migration): a run's case and outcome on
 #: its session; on an event, the recorded event a replayed answer came from.
-SESSION_RUN_COLUMNS = {"case_id": _TEXT, "repeat": _INT, "input": _TEXT, "expected": _TEXT,
-                       "output": _TEXT, "error": _TEXT, "production_monitoring": _BOOL}
-EVENT_REPLAY_COLUMNS = {"replayed_from": _TEXT}
-JSON_COLUMNS = frozenset({"input", "expected", "output"})
-BOOL_COLUMNS = frozenset({"production_monitoring"})
+#: Their types are in lucidic.columns.
+SESSION_RUN_COLUMNS = ("case_id", "repeat", "input", "expected", "output", "error",
+                       "production_monitoring")
+EVENT_REPLAY_COLUMNS = ("replayed_from",)
 
 EXPERIMENT_COLUMNS = {
     "name": _TEXT, "rubrics": _TEXT, "evaluators": _TEXT, "summary_evaluators": _TEXT,
@@ -66,10 +67,10 @@ def _columns(columns: Mapping[str, str]) -> str:
 
 
 MIGRATION = [
-    *(f"ALTER TABLE sessions ADD COLUMN {name} {kind}"
-      for name, kind in SESSION_RUN_COLUMNS.items()),
-    *(f"ALTER TABLE events ADD COLUMN {name} {kind}"
-      for name, kind in EVENT_REPLAY_COLUMNS.items()),
+    *(f"ALTER TABLE sessions ADD COLUMN {name} {sql_type(name)}"
+      for name in SESSION_RUN_COLUMNS),
+    *(f"ALTER TABLE events ADD COLUMN {name} {sql_type(name)}"
+      for name in EVENT_REPLAY_COLUMNS),
     "CREATE TABLE IF NOT EXISTS experiments (\n  project TEXT NOT NULL,\n  id TEXT NOT NULL,\n"
     + _columns(EXPERIMENT_COLUMNS)
     + "  updated_at DOUBLE PRECISION NOT NULL,\n  PRIMARY KEY (project, id)\n)",

@@ -31,6 +31,7 @@ from ._context import StepFrame, current_binding, current_step, step_in
 from ._internal import logger, record_internal_error, swallow
 from ._records import text_field, to_jsonable
 from ._runtime import new_id
+from .columns import COLUMN_TYPES, ColumnType
 from .errors import InvalidOperationError
 from .pricing import cost_of
 from .store import EVENT_COLUMNS
@@ -339,16 +340,17 @@ def _llm_fields(provider: str, request_model: str | None, input: Any,  # noqa: A
 
 
 def _field_value(key: str, value: Any) -> Any:
+    """A field given to record_event, as its column's type wants it."""
     if value is None:
         return None
-    if key in ("input", "output", "arguments", "screenshots"):
+    kind = COLUMN_TYPES[key]
+    if kind.is_json:
         return to_jsonable(value)
-    if key in ("input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens",
-               "reasoning_tokens"):
+    if kind is ColumnType.INT:
         return int(value)
-    if key == "tokens_estimated":
+    if kind is ColumnType.BOOL:
         return bool(value)
-    if key in ("cost", "duration", "time_to_first_token", "started_at", "ended_at"):
+    if kind is ColumnType.REAL:
         return float(value)
     return text_field(value)
 

@@ -23,15 +23,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import secrets
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from . import evalstore
+from .columns import BOOL_COLUMNS, JSON_COLUMNS, sql_type
 from .limits import INT_MAX, INT_MIN, MAX_DOCUMENT_INT_BITS
 
 __all__ = [
@@ -40,6 +43,7 @@ __all__ = [
     "STEP_COLUMNS",
     "Record",
     "Store",
+    "IdInUseError",
     "StoreError",
     "UnknownSessionError",
     "WRITER_COLUMNS",
@@ -104,6 +108,22 @@ class UnknownSessionError(StoreError):
         super().__init__(f"session {shown}{more} was not found in this project")
 
 
+class IdInUseError(StoreError):
+    """A write named ids held by rows it may not touch: a session of another
+    project, a step or event of another session. Nothing was written, and no
+    retry will change that. The same words whoever holds the id (this
+    project's other session, or another project), so that a refusal tells
+    nothing about them."""
+
+    def __init__(self, records: Sequence[tuple[str, str]]) -> None:
+        self.records = list(records)
+        shown = ", ".join(f"{kind} {rid!r}" for kind, rid in self.records[:5])
+        more = f" and {len(self.records) - 5} more" if len(self.records) > 5 else ""
+        super().__init__(f"{shown}{more}: the id is already in use by another session or "
+                         "project, and a record can only create or change its own",
+                         transient=False)
+
+
 #: API keys: a fixed prefix (so a leaked key is recognisable) and 256 random bits.
 API_KEY_PREFIX = "lk_"
 
@@ -165,33 +185,15 @@ EVENT_COLUMNS = (*_EVENT_COLUMNS_1, *_EVENT_ACCOUNTING_COLUMNS, *WRITER_COLUMNS,
 #: referenced from a step's ``screenshot`` or an event's ``screenshots`` by this
 #: path and its object key; GET on it serves the image (see lucidic.server.uploads).
 SCREENSHOT_PATH = "/api/v1/screenshots/"
-#: Columns holding JSON documents (stored as text on both backends).
-JSON_COLUMNS = frozenset({"tags", "input", "output", "arguments", "screenshots", "rubrics",
-                          "attributes", *evalstore.JSON_COLUMNS})
-BOOL_COLUMNS = frozenset({"is_finished", "is_successful", "tokens_estimated",
-                          *evalstore.BOOL_COLUMNS})
 
 _TABLES = {"session": ("sessions", SESSION_COLUMNS), "step": ("steps", STEP_COLUMNS),
            "event": ("events", EVENT_COLUMNS)}
 #: Every kind of record a store takes.
 RECORD_KINDS = frozenset({*_TABLES, *evalstore.KINDS})
 
-# Type names both SQLite (by affinity) and PostgreSQL understand.
-_TYPES = {
-    "started_at": "DOUBLE PRECISION", "ended_at": "DOUBLE PRECISION",
-    "eval_score": "DOUBLE PRECISION", "session_eval": "DOUBLE PRECISION",
-    "cost": "DOUBLE PRECISION", "duration": "DOUBLE PRECISION",
-    "time_to_first_token": "DOUBLE PRECISION",
-    "input_tokens": "BIGINT", "output_tokens": "BIGINT", "cached_tokens": "BIGINT",
-    "reasoning_tokens": "BIGINT", "is_finished": "SMALLINT", "is_successful": "SMALLINT",
-    "updated_at": "DOUBLE PRECISION", "cache_write_tokens": "BIGINT",
-    "tokens_estimated": "SMALLINT", "writer_pid": "BIGINT", "repeat": "BIGINT",
-    "production_monitoring": "SMALLINT",
-}
-
 
 def _create_table(table: str, columns: Sequence[str]) -> str:
-    cols = ",\n  ".join(f"{c} {_TYPES.get(c, 'TEXT')}" for c in columns)
+    cols = ",\n  ".join(f"{c} {sql_type(c)}" for c in columns)
     guard = columns[0]
     return (f"CREATE TABLE IF NOT EXISTS {table} (\n  id TEXT PRIMARY KEY,\n  {cols},\n"
             f"  updated_at DOUBLE PRECISION NOT NULL\n)").replace(
@@ -226,12 +228,12 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "ON CONFLICT (name) DO NOTHING",
     ]),
     # LLM accounting: cache-write tokens, and token counts marked as estimated.
-    (3, [f"ALTER TABLE events ADD COLUMN {column} {_TYPES[column]}"
+    (3, [f"ALTER TABLE events ADD COLUMN {column} {sql_type(column)}"
          for column in _EVENT_ACCOUNTING_COLUMNS]),
     # The writer of each step and event (host, pid, agent), for the hand-over
     # view; rows written before this migration have none.
     (4, [
-        *(f"ALTER TABLE {table} ADD COLUMN {column} {_TYPES.get(column, 'TEXT')}"
+        *(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type(column)}"
           for table in ("steps", "events") for column in WRITER_COLUMNS),
     ]),
     # Web UI sign-in: a browser trades an API key for a random token kept in
@@ -313,7 +315,7 @@ def _upsert_sql(table: str, guard: str, columns: Sequence[str], placeholder: str
     array of objects keyed by column."""
     names = ("id", *columns, "updated_at")
     if rows_from_json:
-        types = ", ".join(f"{c} {_TYPES.get(c, 'TEXT')}" for c in names)
+        types = ", ".join(f"{c} {sql_type(c)}" for c in names)
         source = f"SELECT * FROM json_to_recordset({placeholder}::json) AS r ({types})"
     else:
         source = f"VALUES ({', '.join([placeholder] * len(names))})"
@@ -583,6 +585,12 @@ class Store:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.dialect = "sqlite"
         self._ph = "?"
+        self._sqlite = (path, busy_timeout)
+        self._open_sqlite()
+        _sqlite_stores.add(self)
+
+    def _open_sqlite(self) -> None:
+        path, busy_timeout = self._sqlite
         # isolation_level=None: we issue BEGIN ourselves, so a batch is one
         # transaction and nothing is left open between calls.
         self._conn: Any = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None,
@@ -618,7 +626,33 @@ class Store:
         with self._lock:
             if not self._closed:
                 self._closed = True
+                if self._conn is not None:
+                    self._conn.close()
+
+    # -- fork ----------------------------------------------------------------
+    # SQLite keeps, per process, what it knows of each file's locks, shared by
+    # every connection to that file. fork() copies that knowledge into the
+    # child: a connection of the parent caught inside a transaction leaves the
+    # child believing the file locked, for good ("database is locked" for the
+    # child's whole life). So the parent forks only between transactions (each
+    # store's lock held), and the child closes its copies of the idle
+    # connections, which leaves nothing copied behind (closing touches only
+    # the child's own locks, never the parent's), and reopens on first use.
+
+    def _hold_for_fork(self) -> bool:
+        return self._lock.acquire(timeout=self._sqlite[1] + _FORK_GRACE)
+
+    def _reset_in_child(self, idle: bool) -> None:
+        if self._conn is not None and not (idle and self._sqlite[0] == ":memory:"):
+            # (An idle in-memory database is the child's own copy: kept.)
+            if idle:
                 self._conn.close()
+            else:
+                # Busy at fork (a transaction that outlasted the wait): its
+                # state cannot be trusted, nor closed safely; keep it unused.
+                _unusable_after_fork.append(self._conn)
+            self._conn = None
+        self._lock = threading.Lock()
 
     # -- transactions --------------------------------------------------------
 
@@ -633,6 +667,8 @@ class Store:
         with self._lock:
             if self._closed:
                 raise StoreError("the store is closed")
+            if self._conn is None:
+                self._open_sqlite()  # first use in a forked child
             cur = self._conn.cursor()
             try:
                 self._begin(cur, exclusive=write)
@@ -716,12 +752,21 @@ class Store:
                 found.update((kind, row[0]) for row in cur.fetchall())
         return found
 
-    def _apply(self, cur: Any, groups: RowGroups, kinds: Sequence[str]) -> None:
+    def _apply(self, cur: Any, groups: RowGroups, kinds: Sequence[str], *,
+               records: Sequence[Record] | None = None, project: str | None = None) -> None:
+        """Upsert the rows of ``kinds``. With ``records`` (what the rows came
+        from), refuse rows the upserts' guards skipped, which would otherwise
+        be "written" without a trace: IdInUseError, and the caller's
+        transaction rolls back. Counting what the statements applied costs
+        nothing; the ids are looked up only when the count falls short."""
+        expected = applied = 0
         for shape, rows in groups.items():
             if shape[0] not in kinds:
                 continue
+            expected += len(rows)
             if self.dialect != "postgresql":
                 cur.executemany(self._upsert(shape), rows)
+                applied += cur.rowcount
                 continue
             for wave in _waves(rows):
                 document = _rows_json(wave)
@@ -729,6 +774,31 @@ class Store:
                     cur.executemany(self._upsert(shape), [list(row.values()) for row in wave])
                 else:
                     cur.execute(self._upsert(shape, rows_from_json=True), (document,))
+                applied += cur.rowcount
+        if records is not None and applied < expected:
+            refused = self._held_elsewhere(cur, [r for r in records if r[0] in kinds], project)
+            if refused:
+                raise IdInUseError(refused)
+
+    def _held_elsewhere(self, cur: Any, records: Sequence[Record],
+                        project: str | None) -> list[tuple[str, str]]:
+        """The records whose row exists under another guard (session of a
+        step or event, project of a session)."""
+        refused: list[tuple[str, str]] = []
+        for kind, (table, columns) in _TABLES.items():
+            guard = columns[0]
+            claims = [(rid, project if project is not None and kind == "session"
+                       else fields.get(guard)) for k, rid, _, fields in records if k == kind]
+            ids = sorted({rid for rid, _ in claims})
+            stored: dict[str, Any] = {}
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                cur.execute(f"SELECT id, {guard} FROM {table} WHERE id IN "
+                            f"({', '.join([self._ph] * len(chunk))})", tuple(chunk))
+                stored.update(cur.fetchall())
+            refused.extend((kind, rid) for rid, owner in claims
+                           if rid in stored and stored[rid] != owner)
+        return refused
 
     # -- for the server's protocol modules ---------------------------------------
 
@@ -757,10 +827,11 @@ class Store:
         self._apply_all(cur, records, repeated, project)
 
     def _apply_all(self, cur: Any, records: list[Record], repeated: set[tuple[str, str]],
-                   project: str | None) -> None:
+                   project: str | None, *, strict: bool = False) -> None:
         core, extra = _split(records)
         self._apply(cur, self._group(cur, core, repeated, project),
-                    ("session", "step", "event"))
+                    ("session", "step", "event"), records=core if strict else None,
+                    project=project)
         self._after_core(cur, core, extra, project)
 
     def _after_core(self, cur: Any, core: list[Record], extra: list[Record],
@@ -776,16 +847,21 @@ class Store:
     def write(self, records: Iterable[Record]) -> None:
         """Apply records idempotently, all in one transaction. A malformed
         record (unknown kind, no session or project) raises ValueError before
-        anything is written."""
+        anything is written; a record whose id another session (or, for a
+        session, another project) holds raises IdInUseError, and nothing is
+        written."""
         records = list(records)
         repeated = _check_records(records)
-        self._run(lambda cur: self._apply_all(cur, records, repeated, None), write=True)
+        self._run(lambda cur: self._apply_all(cur, records, repeated, None, strict=True),
+                  write=True)
 
     def write_for_project(self, records: Iterable[Record], project: str) -> None:
         """Apply records on behalf of ``project``, all or nothing: session
         records are stamped with the project, and every session the batch
         names must already be the project's or be created by this batch;
-        otherwise nothing is written and UnknownSessionError says which."""
+        otherwise nothing is written and UnknownSessionError says which. A
+        record whose id is held elsewhere (a session id of another project, a
+        step or event id of another session) raises IdInUseError."""
         records = list(records)
         repeated = _check_records(records, project)
         core, extra = _split(records)
@@ -796,7 +872,7 @@ class Store:
 
         def run(cur: Any) -> None:
             groups = self._group(cur, core, repeated, project)
-            self._apply(cur, groups, ("session",))
+            self._apply(cur, groups, ("session",), records=core, project=project)
             # After the session upserts (whose guard skips another project's
             # rows), in the same transaction: is every named session ours?
             wanted = sorted(referenced)
@@ -809,10 +885,34 @@ class Store:
             missing = [sid for sid in wanted if sid not in owned]
             if missing:
                 raise UnknownSessionError(missing)
-            self._apply(cur, groups, ("step", "event"))
+            self._apply(cur, groups, ("step", "event"), records=core, project=project)
             self._after_core(cur, core, extra, project)
 
         self._run(run, write=True)
+
+    def create_session(self, record: Record, project: str) -> bool:
+        """Create the session of ``record`` for ``project`` unless a session
+        with its id exists, in any project: False then. A repeated creation
+        (same project and start time: a retried request) counts as done."""
+        _check_records([record], project)
+        (shape, (row,)), = _group_rows([record], project).items()
+        names = ("id", *shape[1], "updated_at")
+        insert = (f"INSERT INTO sessions ({', '.join(names)}) VALUES "
+                  f"({', '.join([self._ph] * len(names))}) ON CONFLICT (id) DO NOTHING")
+
+        def run(cur: Any) -> bool:
+            cur.execute(insert, row)
+            if cur.rowcount == 1:
+                self._after_core(cur, [record], [], project)
+                return True
+            cur.execute(f"SELECT project, started_at FROM sessions WHERE id = {self._ph}",
+                        (record[1],))
+            stored = cur.fetchone()
+            started = record[3].get("started_at")
+            return bool(stored and stored[0] == project and started is not None
+                        and stored[1] == started)
+
+        return bool(self._run(run, write=True))
 
     # -- projects and API keys -------------------------------------------------
 
@@ -992,3 +1092,36 @@ def _sqlite_path(url: str) -> str:
     if url.startswith("sqlite://"):
         return url[len("sqlite://"):] or ":memory:"
     return url
+
+
+# -- fork (see Store._hold_for_fork) -------------------------------------------
+
+#: Every SQLite store, so fork() can leave each usable in the child.
+_sqlite_stores: weakref.WeakSet[Store] = weakref.WeakSet()
+_held_for_fork: list[Store] = []
+_unusable_after_fork: list[Any] = []
+#: How much longer than its busy timeout a transaction may hold up a fork().
+_FORK_GRACE = 5.0
+
+
+def _before_fork() -> None:
+    for store in list(_sqlite_stores):
+        if store._hold_for_fork():
+            _held_for_fork.append(store)
+
+
+def _after_fork_in_parent() -> None:
+    for store in _held_for_fork:
+        store._lock.release()
+    _held_for_fork.clear()
+
+
+def _after_fork_in_child() -> None:
+    held = {id(store) for store in _held_for_fork}
+    for store in list(_sqlite_stores):
+        store._reset_in_child(idle=id(store) in held)
+    _held_for_fork.clear()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)

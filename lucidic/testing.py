@@ -31,7 +31,7 @@ from typing import Any
 from ._internal import internal_errors
 from ._pipeline import Pipeline
 from ._runtime import runtime
-from ._sinks import SinkError
+from ._sinks import Sink, SinkError
 from ._spool import Spool
 from .store import Record, Store
 
@@ -40,7 +40,7 @@ __all__ = ["Capture", "MemorySink", "capture", "internal_errors", "lucidic_captu
 _numbers = itertools.count(1)
 
 
-class MemorySink:
+class MemorySink(Sink):
     """A sink that keeps everything in memory: the raw records as delivered,
     and an in-memory store built from them, so trees read exactly as they
     would from the embedded store. Set ``failing = True`` to simulate an

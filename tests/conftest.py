@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from helpers import ENV_VARS, run_python  # noqa: F401 - re-exported for older imports
-from lucidic._context import process_slot
 from lucidic import _internal
+from lucidic._context import process_slot
 from lucidic._internal import internal_errors
 from lucidic._runtime import runtime
 from lucidic.store import Store

@@ -14,7 +14,7 @@ import lucidic as lai
 from lucidic._pipeline import Pipeline
 from lucidic._sinks import SinkError
 from lucidic._spool import Spool
-from lucidic.store import Record, Store
+from lucidic.store import IdInUseError, Record, Store
 from lucidic.testing import MemorySink, capture
 
 
@@ -207,8 +207,10 @@ def test_records_from_two_processes_merge_in_any_order(tmp_path):
     assert (row["state"], row["goal"], row["is_finished"]) == ("newer", "g", True)
     assert (row["started_at"], row["ended_at"]) == (10.0, 20.0)
     assert store.count("steps") == 1
-    # A record cannot move a step into another session.
-    store.write([("step", "s1", 30.0, {"session_id": "intruder", "state": "hijacked"})])
+    # A record cannot move a step into another session: it is refused, not
+    # silently skipped.
+    with pytest.raises(IdInUseError):
+        store.write([("step", "s1", 30.0, {"session_id": "intruder", "state": "hijacked"})])
     assert store.get_step("s1")["session_id"] == "x" and store.get_step("s1")["state"] == "newer"
 
 

@@ -10,10 +10,13 @@ import os
 import secrets
 import socket
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import _config
 from ..errors import APIKeyVerificationError, InvalidOperationError
+
+if TYPE_CHECKING:
+    from .._sinks import Sink
 
 
 class Backend(Protocol):
@@ -92,28 +95,25 @@ def open_backend(api_key: str | None = None) -> Backend:
     return LocalBackend(_config.store_path())
 
 
-def backend_for_sink(sink: Any) -> Backend | None:
+def backend_for_sink(sink: Sink) -> Backend | None:
     """The backend behind a session's sink (None for sinks that are neither
     the embedded store nor a server, such as lucidic.testing's)."""
-    from .._sinks import LocalSink
+    from .._sinks import SinkError
 
-    if isinstance(sink, LocalSink):
-        from .._sinks import SinkError
+    try:
+        # The sink's own connection: no second open (and schema check) per session.
+        store = sink.local_store()
+    except SinkError as exc:
         from ..errors import LucidicError
+
+        raise LucidicError(str(exc)) from exc
+    if store is not None:
         from ._local_backend import LocalBackend
 
-        opened = getattr(sink, "_get_store", None)
-        if opened is None:
-            return LocalBackend(sink.path)
-        try:
-            # The sink's own connection: no second open (and schema check) per session.
-            return LocalBackend(store=opened())
-        except SinkError as exc:
-            raise LucidicError(str(exc)) from exc
-    base_url = getattr(sink, "base_url", None)
-    api_key = getattr(sink, "_api_key", None)
-    if isinstance(base_url, str) and api_key:
+        return LocalBackend(store=store)
+    server = sink.server()
+    if server is not None and server[1]:
         from ._http_backend import HttpBackend
 
-        return HttpBackend(base_url, api_key)
+        return HttpBackend(server[0], server[1])
     return None

@@ -27,7 +27,8 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from ..store import JSON_COLUMNS, Store
+from ..columns import JSON_COLUMNS
+from ..store import Store
 
 #: The text a search looks through, by table. Session ids match by prefix.
 SESSION_TEXT = ("name", "task", "tags", "agent_id", "is_successful_reason",

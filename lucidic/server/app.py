@@ -11,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from .. import _config
+from .. import _config, _continuation
 from ..limits import MAX_BODY_BYTES
 from ..reading import MAX_LIMIT, SORTS, InvalidQueryError, Reader, SessionQuery
 from ..reading.search import MAX_QUERY_CHARS as MAX_SEARCH
@@ -118,21 +118,12 @@ def auth(who: Auth) -> models.Identity:
     return who
 
 
-async def _body(request: Request) -> bytes:
-    return await request.body()
-
-
 @router.post("/api/v1/records", tags=["ingest"], response_model=models.Accepted,
              responses={413: _PROBLEMS[404] | {"description": "the body is too large"},
                         422: {"model": models.Problem, "description": "invalid records"}},
-             openapi_extra={"requestBody": {"required": True, "content": {
-                 "application/json": {"schema": {"$ref": "#/components/schemas/Batch"}}}}},
              summary="Apply a batch of session, step and event records (idempotent)")
-def ingest(body: Annotated[bytes, Depends(_body)], request: Request, who: Auth,
-           db: Db) -> JSONOut:
-    # The body is a models.Batch (so the spec says), validated from its raw
-    # bytes by models.parse_batch: several times faster than a Batch parameter.
-    records = models.parse_batch(body, request.headers.get("content-type"))
+def ingest(batch: models.Batch, who: Auth, db: Db) -> JSONOut:  # type: ignore[valid-type]
+    records = [(r["kind"], r["id"], r["ts"], r["fields"]) for r in batch["records"]]
     if records:
         db.write_for_project(records, who.project)
     return JSONOut({"accepted": len(records)})
@@ -215,8 +206,9 @@ def session_tree(session_id: str, who: Auth, db: Db,
             response_model=models.Continuable,
             responses={409: {"model": models.Problem,
                              "description": "finished, or another agent's"}},
-            summary="The check behind continue_session: the session exists in this "
-                    "project, is not finished, and belongs to the agent given (if any)")
+            summary="The check behind continue_session (the SDK asks it): the session "
+                    "exists in this project, is not finished, and belongs to the agent "
+                    "given (if any)")
 def continuable(session_id: str, who: Auth, db: Db,
                 agent_id: Annotated[Optional[str],  # noqa: UP045
                                     Query(max_length=256)] = None) -> JSONOut:
@@ -224,19 +216,34 @@ def continuable(session_id: str, who: Auth, db: Db,
     if row is None:
         raise not_found("session", session_id)
     check_continuable(row, session_id, agent_id)
-    return JSONOut({"session_id": session_id, "continuable": True, "agent_id": row.get("agent_id")})
+    return JSONOut({"session_id": session_id, "continuable": True,
+                    "agent_id": row.get("agent_id"), "experiment_id": row.get("experiment_id"),
+                    "rubrics": row.get("rubrics")})
 
 
 def check_continuable(row: dict[str, Any], session_id: str, agent_id: str | None) -> None:
-    """Refuse (409) continuing a finished session, or another agent's."""
-    if row.get("is_finished"):
-        raise ApiError(409, f"session {session_id!r} has finished and a finished session "
-                            "cannot be continued; hand a session over with lai.detach() "
-                            "instead of ending it")
-    owner = row.get("agent_id")
-    if agent_id and owner and owner != agent_id:
-        raise ApiError(409, f"session {session_id!r} belongs to agent {owner!r}, not "
-                            f"{agent_id!r}")
+    """Refuse (409) continuing a finished session, or another agent's: the
+    rule of lucidic._continuation, which the SDK applies over the embedded store."""
+    refused = _continuation.refusal(row, session_id, agent_id)
+    if refused:
+        raise ApiError(409, refused)
+
+
+@router.post("/api/v1/sessions", tags=["ingest"], status_code=201,
+             response_model=models.Created,
+             responses={409: {"model": models.Problem,
+                              "description": "a session with this id already exists "
+                                             "(whichever project holds it)"},
+                        422: {"model": models.Problem, "description": "invalid record"}},
+             summary="Create a session under the id given, unless the id is taken "
+                     "(what lai.init(session_id=...) asks)")
+def create_session(record: models.NewSession, who: Auth,  # type: ignore[valid-type]
+                   db: Db) -> JSONOut:
+    session_id = record["id"]
+    if not db.create_session(("session", session_id, record["ts"], record["fields"]),
+                             who.project):
+        raise ApiError(409, _continuation.in_use_message(session_id))
+    return JSONOut({"session_id": session_id}, status_code=201)
 
 
 @router.get("/api/v1/sessions/{session_id:path}", tags=["read"], response_model=models.Session,
@@ -307,7 +314,6 @@ def create_app(database_url: str | None = None, *,
     app.state.uploads = uploads.UploadConfig(
         signing_key, max_bytes=max_upload_bytes or uploads.DEFAULT_MAX_UPLOAD_BYTES,
         ttl=upload_ttl or uploads.DEFAULT_UPLOAD_TTL)
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     install_error_handlers(app)
     for routes in (router, masssims.router, experiments.router, lucidicai.router,
@@ -319,28 +325,6 @@ def create_app(database_url: str | None = None, *,
     install_ui(app)
     app.add_middleware(SecurityMiddleware)
     return app
-
-
-def _batch_schema_holder(batch: models.Batch) -> None:
-    """Never served: it shows FastAPI the ingest body, so the spec documents it."""
-
-
-def _openapi(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's spec, with the ingest body's schemas (which FastAPI would not
-    see, as the endpoint reads the raw body) rendered by FastAPI itself."""
-    if app.openapi_schema is None:
-        from fastapi.openapi.utils import get_openapi
-        from fastapi.routing import APIRoute
-
-        holder = APIRoute("/_batch", _batch_schema_holder, methods=["POST"])
-        spec = get_openapi(title=app.title, version=app.version,
-                           openapi_version=app.openapi_version, description=app.description,
-                           routes=[*app.routes, holder], tags=app.openapi_tags,
-                           servers=app.servers,
-                           separate_input_output_schemas=app.separate_input_output_schemas)
-        del spec["paths"]["/_batch"]
-        app.openapi_schema = spec
-    return app.openapi_schema
 
 
 def run(database_url: str | None = None, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT,

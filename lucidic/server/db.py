@@ -41,8 +41,10 @@ class StorePool:
             yield store
         except UnknownSessionError:
             raise
-        except StoreError:
-            healthy = False
+        except StoreError as exc:
+            # Refused data (IdInUseError, say) leaves the connection as good
+            # as it was; a failed database does not.
+            healthy = not exc.transient
             raise
         finally:
             if healthy and not self._closed:

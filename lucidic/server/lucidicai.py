@@ -22,7 +22,7 @@ from typing import Annotated, Any, Optional
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .. import pricing
+from .. import _continuation, pricing
 from ..limits import MAX_TEXT_CHARS
 from ..prompts import get_prompt as stored_prompt
 from ..store import Record, Store
@@ -211,8 +211,7 @@ def init_session(body: InitSession, request: Request, who: Auth, db: Db) -> JSON
         existing = db.get_session(body.session_id)
         if existing is not None:
             if existing["project"] != who.project:
-                raise ApiError(409, f"session id {body.session_id!r} is already in use; pass "
-                                    "another session_id, or none to get a new one")
+                raise ApiError(409, _continuation.in_use_message(body.session_id))
             check_continuable(existing, body.session_id, _agent(request, body.agent_id))
             return JSONOut({"session_id": body.session_id})  # lucidicai's shared-id join
     session_id = body.session_id or str(uuid.uuid4())

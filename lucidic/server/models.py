@@ -1,34 +1,18 @@
-"""The API's request and response shapes, built from the store's columns so
-the schema is written once (in ``lucidic.store``)."""
+"""The API's request and response shapes, built from the store's column lists
+and the column table (``lucidic.columns``), so the schema is written once."""
 
 from __future__ import annotations
 
-import email.message
-import json
 import math
-from typing import Annotated, Any, Literal, Optional, Union, cast
+from typing import Annotated, Any, Literal, Optional, Union
 
-from fastapi import HTTPException
-from fastapi.exceptions import RequestValidationError
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    TypeAdapter,
-    ValidationError,
-    create_model,
-    model_validator,
-)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
+from pydantic_core import PydanticSerializationError, to_json
 from typing_extensions import NotRequired, Required, TypedDict
 
+from ..columns import COLUMN_TYPES, ColumnType
 from ..limits import INT_MAX, INT_MIN, MAX_BATCH_RECORDS, MAX_ID_LENGTH, MAX_TEXT_CHARS
-from ..store import (
-    BOOL_COLUMNS,
-    EVENT_COLUMNS,
-    JSON_COLUMNS,
-    SESSION_COLUMNS,
-    STEP_COLUMNS,
-)
+from ..store import EVENT_COLUMNS, SESSION_COLUMNS, STEP_COLUMNS
 
 MAX_BATCH = MAX_BATCH_RECORDS
 _MAX_DEPTH = 64
@@ -78,68 +62,59 @@ def check_json_text(value: Any, path: str = "body", depth: int = 0) -> str | Non
     return None
 
 
-_FLOATS = {"started_at", "ended_at", "eval_score", "session_eval", "cost", "duration",
-           "time_to_first_token"}
-_INTS = {"input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens",
-         "reasoning_tokens", "writer_pid", "repeat"}
-_STRING_LISTS = {"tags", "screenshots"}
-_IDS = {"session_id", "parent_step_id", "step_id", "experiment_id", "mass_sim_id",
-        "replayed_from"}
+#: What the API takes and answers for each type of column (lucidic.columns).
+_API_TYPES: dict[ColumnType, Any] = {
+    ColumnType.TEXT: str, ColumnType.ID: Id, ColumnType.REAL: FiniteFloat,
+    ColumnType.INT: Int64, ColumnType.BOOL: bool, ColumnType.JSON: Any,
+    ColumnType.TEXT_LIST: list[str],
+}
 
 
 def _column_type(column: str) -> Any:
-    if column in _FLOATS:
-        return FiniteFloat
-    if column in _INTS:
-        return Int64
-    if column in BOOL_COLUMNS:
-        return bool
-    if column in _STRING_LISTS:
-        return list[str]
-    if column in JSON_COLUMNS:
-        return Any
-    if column in _IDS:
-        return Id
-    return str
+    return _API_TYPES[COLUMN_TYPES[column]]
 
 
-def _fields_model(name: str, columns: tuple[str, ...], required: str | None) -> Any:
-    definitions: dict[str, Any] = {}
-    for column in columns:
-        kind = _column_type(column)
-        if column == required:
-            definitions[column] = (kind, ...)
-        else:
-            definitions[column] = (Optional[kind], None)  # noqa: UP045 - pydantic needs it
-    return create_model(name, __config__=ConfigDict(extra="forbid"), **definitions)
+# -- the ingest body -----------------------------------------------------------------
+#
+# One schema, which FastAPI validates (the ingest route takes a ``Batch``) and
+# documents. Its shapes are TypedDicts, not models: a validated batch is plain
+# dicts already, the records the store takes, with no model instances to
+# build and dump again (three times the cost per record).
+
+#: TypedDict, called with keys known only at run time (which type checkers
+#: cannot follow, hence Any).
+_make_typed_dict: Any = TypedDict
 
 
-SessionFields = _fields_model("SessionFields", SESSION_COLUMNS, None)
-StepFields = _fields_model("StepFields", STEP_COLUMNS, "session_id")
-EventFields = _fields_model("EventFields", EVENT_COLUMNS, "session_id")
+def _shape(name: str, items: dict[str, Any], doc: str | None = None) -> Any:
+    shape = _make_typed_dict(name, items)
+    shape.__pydantic_config__ = ConfigDict(extra="forbid")
+    if doc:
+        shape.__doc__ = doc
+    return shape
 
 
-class _RecordBase(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    id: Id
-    ts: FiniteFloat = Field(description="when the client made this version of the record "
-                                        "(seconds since the epoch); the newest value of "
-                                        "each field wins, whatever the arrival order")
+def _fields_shape(name: str, columns: tuple[str, ...], required: str | None) -> Any:
+    return _shape(name, {
+        column: Required[_column_type(column)] if column == required
+        else NotRequired[Optional[_column_type(column)]]  # noqa: UP045 - pydantic needs it
+        for column in columns})
 
 
-class SessionRecord(_RecordBase):
-    kind: Literal["session"]
-    fields: SessionFields  # type: ignore[valid-type]
+SessionFields = _fields_shape("SessionFields", SESSION_COLUMNS, None)
+StepFields = _fields_shape("StepFields", STEP_COLUMNS, "session_id")
+EventFields = _fields_shape("EventFields", EVENT_COLUMNS, "session_id")
+
+_Ts = Annotated[float, Field(allow_inf_nan=False,
+                             description="when the client made this version of the record "
+                                         "(seconds since the epoch); the newest value of "
+                                         "each field wins, whatever the arrival order")]
 
 
-class StepRecord(_RecordBase):
-    kind: Literal["step"]
-    fields: StepFields  # type: ignore[valid-type]
-
-
-class EventRecord(_RecordBase):
-    kind: Literal["event"]
-    fields: EventFields  # type: ignore[valid-type]
+def _record_shape(kind: str, fields: Any) -> Any:
+    name = kind.title().replace("_", "")
+    return _shape(f"{name}Record", {"kind": Literal[kind], "id": Id, "ts": _Ts,
+                                    "fields": fields})
 
 
 # -- evaluation records (lucidic.evalstore) ----------------------------------------
@@ -171,244 +146,76 @@ _EVALUATION_FIELDS: dict[str, dict[str, tuple[Any, bool]]] = {
 
 
 def _evaluation_fields(kind: str) -> Any:
-    fields: dict[str, Any] = {
-        column: (kind_, ...) if required else (Optional[kind_], None)  # noqa: UP045
-        for column, (kind_, required) in _EVALUATION_FIELDS[kind].items()}
-    return create_model(f"{kind.title().replace('_', '')}Fields",
-                        __config__=ConfigDict(extra="forbid"), **fields)
+    return _shape(f"{kind.title().replace('_', '')}Fields", {
+        column: Required[type_] if required else NotRequired[Optional[type_]]  # noqa: UP045
+        for column, (type_, required) in _EVALUATION_FIELDS[kind].items()})
 
 
-ExperimentFields = _evaluation_fields("experiment")
-MassSimFields = _evaluation_fields("mass_sim")
-ScoreFields = _evaluation_fields("score")
+_RECORD_SHAPES = (
+    _record_shape("session", SessionFields), _record_shape("step", StepFields),
+    _record_shape("event", EventFields),
+    *(_record_shape(kind, _evaluation_fields(kind)) for kind in _EVALUATION_FIELDS))
+AnyRecord: Any = Annotated[Union[_RECORD_SHAPES], Field(discriminator="kind")]  # noqa: UP007
 
 
-class ExperimentRecord(_RecordBase):
-    kind: Literal["experiment"]
-    fields: ExperimentFields  # type: ignore[valid-type]
-
-
-class MassSimRecord(_RecordBase):
-    kind: Literal["mass_sim"]
-    fields: MassSimFields  # type: ignore[valid-type]
-
-
-class ScoreRecord(_RecordBase):
-    kind: Literal["score"]
-    fields: ScoreFields  # type: ignore[valid-type]
-
-
-def _evaluation_dicts() -> list[Any]:
-    """The evaluation records for the raw-body road (see below)."""
-    out = []
-    for kind, columns in _EVALUATION_FIELDS.items():
-        items = {column: Required[kind_] if required else NotRequired[Optional[kind_]]  # noqa: UP045
-                 for column, (kind_, required) in columns.items()}
-        name = kind.title().replace("_", "")
-        out.append(_record_dict(f"_{name}Record", kind, _typed_dict(f"_{name}Fields", items)))
-    return out
-
-
-AnyRecord = Annotated[Union[SessionRecord, StepRecord, EventRecord,  # noqa: UP007
-                            ExperimentRecord, MassSimRecord, ScoreRecord],
-                      Field(discriminator="kind")]
-
-
-class Batch(BaseModel):
-    """Records to apply. Idempotent: each record is an upsert keyed by its id,
-    so a retried batch never duplicates anything, and batches from several
-    processes may arrive in any order. A session record creates or updates a
-    session of the key's project; every step, event and score must name a
-    session of that project (existing, or created in the same batch).
-    Experiment and mass simulation records create or update the project's."""
-
-    model_config = ConfigDict(extra="forbid")
-    records: list[AnyRecord] = Field(max_length=MAX_BATCH)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _storable(cls, data: Any) -> Any:
-        if not _clean_quickly(data):
-            problem = check_json_text(data)
-            if problem:
-                raise ValueError(problem)
-        return data
-
-
-def _clean_quickly(data: Any) -> bool:
-    """True when check_json_text would find nothing, found at C speed for the
-    usual batch: serialise it (refusing NaN), look for NUL and surrogates in
-    the text, and walk only the free-form JSON documents for their depth."""
+def _storable(batch: Any) -> Any:
+    """Refuse a batch holding what no backend can store (check_json_text): a
+    NUL character or an unpaired surrogate in any text, a number that is not
+    finite, or nesting deeper than 64 levels. The typed fields have refused
+    non-finite numbers already; this finds the rest. The usual batch is
+    cleared by a screen (serialising it in Rust refuses unpaired surrogates;
+    a NUL or a non-finite number shows in the text; only nested values are
+    measured); only a batch the screen suspects is walked, which names where
+    the problem sits."""
     try:
-        text = json.dumps(data, ensure_ascii=False, allow_nan=False)
-        text.encode("utf-8")
-    except (ValueError, TypeError):  # NaN/inf, lone surrogates, non-JSON input
-        return False
-    if "\\u0000" in text:
-        return False
-    records = data.get("records") if isinstance(data, dict) else None
-    if not isinstance(records, list):
-        return True
+        text = to_json(batch)
+    except PydanticSerializationError:  # an unpaired surrogate
+        suspect = True
+    else:
+        suspect = b"\\u0000" in text or b"NaN" in text or b"Infinity" in text
+    if suspect or _deeply_nested(batch["records"]):
+        problem = check_json_text(batch)
+        if problem:
+            raise ValueError(problem)
+    return batch
+
+
+#: Values nested deeper than this are walked by check_json_text (which counts
+#: the levels of the batch above a field's value too: records, the record,
+#: its fields).
+_SCREEN_DEPTH = _MAX_DEPTH - 8
+
+
+def _deeply_nested(records: list[dict[str, Any]]) -> bool:
     for record in records:
-        fields = record.get("fields") if isinstance(record, dict) else None
-        if isinstance(fields, dict):
-            for column in _DOCUMENTS:
-                value = fields.get(column)
-                if isinstance(value, (dict, list)) and _depth(value) > _MAX_DEPTH:
-                    return False
-    return True
-
-
-_DOCUMENTS = tuple(JSON_COLUMNS)
+        for value in record["fields"].values():
+            if isinstance(value, (dict, list)) and _depth(value) > _SCREEN_DEPTH:
+                return True
+    return False
 
 
 def _depth(value: Any, level: int = 1) -> int:
-    if level > _MAX_DEPTH:
+    if level > _SCREEN_DEPTH:
         return level
     items = value.values() if isinstance(value, dict) else value
     deepest = level
     for item in items:
         if isinstance(item, (dict, list)):
             deepest = max(deepest, _depth(item, level + 1))
-            if deepest > _MAX_DEPTH:
+            if deepest > _SCREEN_DEPTH:
                 break
     return deepest
 
 
-# -- the ingest path ------------------------------------------------------------
-#
-# ``Batch`` documents the body and reports its errors. Accepting a body takes
-# a faster road: the same rules as TypedDicts, validated by pydantic straight
-# from the raw bytes (no json.loads, no model instances, no model_dump), then
-# only the checks those rules cannot express. Whatever that road refuses (or
-# cannot vouch for) is judged again by ``Batch`` exactly as FastAPI would, so
-# every error reads as before.
-
-#: TypedDict, called with keys known only at run time (which type checkers
-#: cannot follow, hence Any).
-_make_typed_dict: Any = TypedDict
-
-
-def _typed_dict(name: str, items: dict[str, Any]) -> Any:
-    shape = _make_typed_dict(name, items)
-    shape.__pydantic_config__ = ConfigDict(extra="forbid")  # as the models
-    return shape
-
-
-def _fields_dict(name: str, columns: tuple[str, ...], required: str | None) -> Any:
-    items: dict[str, Any] = {}
-    for column in columns:
-        kind = _column_type(column)
-        items[column] = Required[kind] if column == required else NotRequired[Optional[kind]]  # noqa: UP045
-    return _typed_dict(name, items)
-
-
-def _record_dict(name: str, kind: str, fields: Any) -> Any:
-    return _typed_dict(name, {"kind": Literal[kind], "id": Id, "ts": FiniteFloat,
-                              "fields": fields})
-
-
-def _batch_dict() -> Any:
-    shapes = (
-        _record_dict("_SessionRecord", "session",
-                     _fields_dict("_SessionFields", SESSION_COLUMNS, None)),
-        _record_dict("_StepRecord", "step",
-                     _fields_dict("_StepFields", STEP_COLUMNS, "session_id")),
-        _record_dict("_EventRecord", "event",
-                     _fields_dict("_EventFields", EVENT_COLUMNS, "session_id")),
-        *_evaluation_dicts(),
-    )
-    records: Any = Union[shapes]  # noqa: UP007
-    return _typed_dict("_BatchDict", {
-        "records": Annotated[list[Annotated[records, Field(discriminator="kind")]],
-                             Field(max_length=MAX_BATCH)]})
-
-
-_FAST_BATCH: TypeAdapter[Any] = TypeAdapter(_batch_dict())
-
-#: (kind, id, ts, fields): lucidic.store.Record, as the ingest path hands it on.
-IngestRecord = tuple[str, str, float, dict[str, Any]]
-
-
-def parse_batch(body: bytes, content_type: str | None) -> list[IngestRecord]:
-    """The records of an ingest request body, or the error FastAPI would have
-    raised for a ``Batch`` body parameter (RequestValidationError, or an
-    HTTPException for a body that cannot be decoded at all)."""
-    if body and _is_json(content_type):
-        try:
-            records = _FAST_BATCH.validate_json(body)["records"]
-        except ValidationError:
-            pass
-        else:
-            if _storable(body, records):
-                return [(r["kind"], r["id"], r["ts"], r["fields"]) for r in records]
-    batch = _validate_as_fastapi_would(body, content_type)
-    return [(r.kind, r.id, r.ts, cast(Any, r.fields).model_dump(exclude_none=True))
-            for r in batch.records]
-
-
-def _is_json(content_type: str | None) -> bool:
-    """FastAPI's rule for parsing a body as JSON (strict: a Content-Type is required)."""
-    if not content_type:
-        return False
-    message = email.message.Message()
-    message["content-type"] = content_type
-    if message.get_content_maintype() != "application":
-        return False
-    subtype = message.get_content_subtype()
-    return subtype == "json" or subtype.endswith("+json")
-
-
-def _storable(body: bytes, records: list[dict[str, Any]]) -> bool:
-    """What ``Batch._storable`` checks, for a body the fast road accepted.
-    Its JSON parser already refuses raw control characters and unpaired
-    surrogates, and the typed fields refuse non-finite numbers, so what is
-    left is a NUL (only ever sent as the escape ``\\u0000``) anywhere, and
-    non-finite numbers or excessive depth inside the free-form documents."""
-    if b"\\u0000" in body:
-        return False
-    for record in records:
-        fields = record["fields"]
-        for column in _DOCUMENTS:
-            value = fields.get(column)
-            if value is None or isinstance(value, (str, bool, int)):
-                continue
-            if isinstance(value, float):
-                if not math.isfinite(value):
-                    return False
-                continue
-            try:
-                json.dumps(value, allow_nan=False)
-            except (ValueError, TypeError):
-                return False
-            if _depth(value) > _MAX_DEPTH:
-                return False
-    return True
-
-
-def _validate_as_fastapi_would(body: bytes, content_type: str | None) -> Batch:
-    """Validate ``body`` as FastAPI validates a ``Batch`` body parameter, with
-    the same errors (which the problem handlers turn into 400/415/422)."""
-    if not body:
-        raise RequestValidationError([{"type": "missing", "loc": ("body",),
-                                       "msg": "Field required", "input": None}])
-    data: Any = body
-    if _is_json(content_type):
-        try:
-            data = json.loads(body)
-        except json.JSONDecodeError as exc:
-            raise RequestValidationError([{"type": "json_invalid", "loc": ("body", exc.pos),
-                                           "msg": "JSON decode error", "input": {},
-                                           "ctx": {"error": exc.msg}}]) from exc
-        except Exception as exc:  # undecodable bytes, say
-            raise HTTPException(status_code=400,
-                                detail="There was an error parsing the body") from exc
-    try:
-        return Batch.model_validate(data, from_attributes=True)  # as FastAPI does
-    except ValidationError as exc:
-        raise RequestValidationError(
-            [{**error, "loc": ("body", *error["loc"])}
-             for error in exc.errors(include_url=False)]) from exc
+Batch: Any = Annotated[
+    _shape("Batch", {"records": Annotated[list[AnyRecord], Field(max_length=MAX_BATCH)]},
+           doc="Records to apply. Idempotent: each record is an upsert keyed by its id, "
+               "so a retried batch never duplicates anything, and batches from several "
+               "processes may arrive in any order. A session record creates or updates a "
+               "session of the key's project; every step, event and score must name a "
+               "session of that project (existing, or created in the same batch). "
+               "Experiment and mass simulation records create or update the project's."),
+    AfterValidator(_storable)]
 
 
 class Accepted(BaseModel):
@@ -485,3 +292,18 @@ class Continuable(BaseModel):
     session_id: str
     continuable: Literal[True] = True
     agent_id: Optional[str] = None  # noqa: UP045
+    experiment_id: Optional[str] = None  # noqa: UP045
+    rubrics: Optional[list[str]] = None  # noqa: UP045
+
+
+def _storable_record(record: Any) -> Any:
+    _storable({"records": [record]})
+    return record
+
+
+#: One session record, to create under its id (``POST /api/v1/sessions``).
+NewSession: Any = Annotated[_RECORD_SHAPES[0], AfterValidator(_storable_record)]
+
+
+class Created(BaseModel):
+    session_id: str

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from http import HTTPStatus
 from typing import Any
 
@@ -17,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ..store import StoreError, UnknownSessionError, clean_text
+from ..store import IdInUseError, StoreError, UnknownSessionError, clean_json
 
 logger = logging.getLogger("lucidic.server")
 
@@ -50,18 +49,6 @@ def problem(status: int, detail: str, *, headers: dict[str, str] | None = None,
     return JSONOut(body, status_code=status, headers=headers, media_type=PROBLEM)
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, str):
-        return clean_text(value)
-    if isinstance(value, dict):
-        return {_json_safe(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 class JSONOut(JSONResponse):
     """Compact JSON; a stored value JSON cannot carry (a NaN, say) becomes null
     rather than an error."""
@@ -71,7 +58,7 @@ class JSONOut(JSONResponse):
             return json.dumps(content, ensure_ascii=False, allow_nan=False,
                               separators=(",", ":")).encode("utf-8")
         except ValueError:  # includes UnicodeEncodeError
-            return json.dumps(_json_safe(content), ensure_ascii=False, allow_nan=False,
+            return json.dumps(clean_json(content), ensure_ascii=False, allow_nan=False,
                               separators=(",", ":"), default=str).encode("utf-8")
 
 
@@ -114,7 +101,8 @@ def install_error_handlers(app: FastAPI) -> None:
                    "type": str(e.get("type", ""))} for e in exc.errors()[:20]]
         content_type = request.headers.get("content-type", "")
         if request.method == "POST" and "json" not in content_type.lower() and any(
-                e["loc"] == "body" and e["type"] == "model_attributes_type" for e in errors):
+                e["loc"] == "body" and e["type"] in ("model_attributes_type", "dict_type")
+                for e in errors):
             return problem(415, "the request body must be JSON, sent with "
                                 f"'Content-Type: application/json' (not {content_type!r})")
         if any(e["type"] == "json_invalid" for e in errors):
@@ -129,6 +117,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem(404, f"{exc}; nothing was written. A step or event must name a "
                             "session of this API key's project, created earlier or in the "
                             "same batch.", session_ids=exc.session_ids[:100])
+
+    @app.exception_handler(IdInUseError)
+    async def _id_in_use(request: Request, exc: IdInUseError) -> Response:
+        # Definite: no retry will change it (a client drops these records).
+        return problem(409, f"{exc}; nothing was written.",
+                       records=[{"kind": kind, "id": rid} for kind, rid in exc.records[:100]])
 
     @app.exception_handler(StoreError)
     async def _store_error(request: Request, exc: StoreError) -> Response:

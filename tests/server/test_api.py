@@ -82,7 +82,10 @@ def test_a_key_of_one_project_can_neither_read_continue_nor_write_another_projec
         if probe is not None:
             _same_problem(refused, api_a.records(probe), sid_b, unknown)
         else:
-            assert refused.status_code == 404
+            # Refused for good (409), not "unknown" (404): nothing will ever
+            # make this id alpha's. The words do not say whose it is.
+            assert refused.status_code == 409 and "already in use" in refused.text
+            assert "beta" not in refused.text
     assert _snapshot(db_url) == before
     assert api_b.tree(sid_b)["name"] == "s"
 
@@ -138,11 +141,22 @@ def test_keys_are_made_by_the_cli_kept_hashed_and_refused_once_revoked(
         assert "revoked" in response.json()["detail"]
     assert Api(server.url, None).get("/api/v1/sessions").status_code == 401
     assert Api(server.url, "lk_guessed").get("/api/v1/sessions").status_code == 401
-    for code in ("import lucidic as lai\nlai.init(session_name='after')",
-                 "import sys, lucidic as lai\nlai.continue_session(sys.argv[1])"):
-        failed = run_python(code, home=tmp_path / "sdk", env=sdk_env(server, key),
-                            args=[sid], check=False)
-        assert "APIKeyVerificationError" in failed.stderr and "refused" in failed.stderr
+    # Continuing needs the server's answer, which refuses the key. A new
+    # session waits for none: init returns, and the refusal is told on stderr
+    # once (no logging configured), the records kept in the spool.
+    failed = run_python("import sys, lucidic as lai\nlai.continue_session(sys.argv[1])",
+                        home=tmp_path / "sdk", env=sdk_env(server, key), args=[sid],
+                        check=False)
+    assert "APIKeyVerificationError" in failed.stderr and "refused" in failed.stderr
+    started = run_python("import lucidic as lai\nprint(lai.init(session_name='after'))",
+                         home=tmp_path / "sdk",
+                         env=sdk_env(server, key, LUCIDIC_FLUSH_TIMEOUT="1"))
+    assert started.stderr.count("refused the API key") == 1, started.stderr
+    assert "kept in the spool" in started.stderr
+    kept = started.stdout.strip()
+    assert Api(server.url, second).get(f"/api/v1/sessions/{kept}").status_code == 404
+    assert any(kept in path.read_text() for path in (tmp_path / "sdk" / "spool").rglob("*")
+               if path.is_file())
     missing = run_python("import lucidic as lai\nlai.init(session_name='no key')",
                          home=tmp_path / "sdk", env={"LUCIDIC_BASE_URL": server.url},
                          check=False)

@@ -1,6 +1,6 @@
-"""The server's fast ingest roads agree with the plain ones they replace: the
-raw-body validation with the ``Batch`` model, and PostgreSQL's one-statement
-upserts (rows as one JSON document) with row-by-row binding."""
+"""The ingest body: one schema (``models.Batch``), validated by FastAPI as it
+validates any body, that hands the store its records as they are; and
+PostgreSQL's one-statement upserts (rows as one JSON document)."""
 
 from __future__ import annotations
 
@@ -9,25 +9,28 @@ import math
 from typing import Any
 
 import pytest
+from pydantic import TypeAdapter, ValidationError
+from server_support import Api, make_key
 
+from lucidic.columns import COLUMN_TYPES, ColumnType
 from lucidic.server import models
-from lucidic.store import Store
+from lucidic.store import IdInUseError, Store
+
+_BATCH: TypeAdapter[Any] = TypeAdapter(models.Batch)
+
+_PYTHON_TYPES = {ColumnType.TEXT: str, ColumnType.ID: str, ColumnType.REAL: float,
+                 ColumnType.INT: int, ColumnType.BOOL: bool, ColumnType.TEXT_LIST: list}
 
 
-def _by_model(body: bytes) -> list[tuple[str, str, float, dict[str, Any]]]:
-    batch = models.Batch.model_validate_json(body)
-    return [(r.kind, r.id, r.ts, r.fields.model_dump(exclude_none=True))
-            for r in batch.records]
+def _records(document: Any) -> list[tuple[str, str, float, dict[str, Any]]]:
+    """The records the ingest route hands the store, for a parsed JSON body."""
+    batch = _BATCH.validate_python(document)
+    return [(r["kind"], r["id"], r["ts"], r["fields"]) for r in batch["records"]]
 
 
-def _without_nulls(records: list[Any]) -> list[Any]:
-    return [(k, i, t, {c: v for c, v in f.items() if v is not None}) for k, i, t, f in records]
-
-
-VALID_BODIES = [
-    {"records": []},
-    {"records": [
-        {"kind": "session", "id": "s", "ts": 1.5,
+def test_a_batch_validates_into_the_stores_records_each_field_of_its_columns_type() -> None:
+    document = {"records": [
+        {"kind": "session", "id": "s", "ts": 1,
          "fields": {"name": "n", "tags": ["a", "é"], "is_finished": None, "session_eval": 1}},
         {"kind": "step", "id": "st", "ts": "2.5",
          "fields": {"session_id": "s", "eval_score": "4.5", "is_finished": "true"}},
@@ -35,43 +38,96 @@ VALID_BODIES = [
          "fields": {"session_id": "s", "input": [{"role": "user", "content": "hé 😀\t"}],
                     "output": {"a": [1, 2.5, None, True, {"x": "\\u0000 as text"}]},
                     "arguments": "plain", "input_tokens": 5.0, "cost": 3, "step_id": None}},
-    ]},
-]
+    ]}
+    records = _records(document)
+    assert [(kind, rid, ts) for kind, rid, ts, _ in records] == [
+        ("session", "s", 1.0), ("step", "st", 2.5), ("event", "e", 3.0)]
+    for _, _, ts, fields in records:
+        assert type(ts) is float
+        for column, value in fields.items():
+            kind = COLUMN_TYPES[column]
+            if value is not None and kind is not ColumnType.JSON:
+                assert type(value) is _PYTHON_TYPES[kind], (column, value)
+    session, step, event = (r[3] for r in records)
+    assert session["session_eval"] == 1.0 and session["tags"] == ["a", "é"]
+    assert step["is_finished"] is True and step["eval_score"] == 4.5
+    assert event["input_tokens"] == 5 and event["cost"] == 3.0
+    assert event["output"] == {"a": [1, 2.5, None, True, {"x": "\\u0000 as text"}]}
 
 
-@pytest.mark.parametrize("document", VALID_BODIES)
-def test_the_raw_body_road_yields_what_the_batch_model_yields(document: dict[str, Any]) -> None:
-    body = json.dumps(document, ensure_ascii=False).encode()
-    fast = models.parse_batch(body, "application/json")
-    assert _without_nulls(fast) == _by_model(body)
-    for (*_, mine), (*_, theirs) in zip(_without_nulls(fast), _by_model(body), strict=True):
-        assert {c: type(v) for c, v in mine.items()} == {c: type(v) for c, v in theirs.items()}
+def _nested_event(levels: int, leaf: Any = "bottom") -> dict[str, Any]:
+    value = leaf
+    for _ in range(levels):
+        value = [value]
+    return {"records": [{"kind": "event", "id": "e", "ts": 1,
+                         "fields": {"session_id": "s", "arguments": value}}]}
 
 
-def test_bodies_the_raw_road_cannot_vouch_for_are_judged_by_the_model() -> None:
-    # Accepted by the model although the fast road refuses them (another
-    # encoding, a byte-order mark), or cannot tell (an escaped backslash
-    # before "u0000" is text, not a NUL).
-    for body in ('{"records": []}'.encode("utf-16"), b'\xef\xbb\xbf{"records": []}'):
-        assert models.parse_batch(body, "application/json") == []
-    text = json.dumps({"records": [{"kind": "step", "id": "s", "ts": 1,
-                                    "fields": {"session_id": "x", "state": "\\u0000"}}]})
-    assert models.parse_batch(text.encode(), "application/json")[0][3]["state"] == "\\u0000"
+def _refused(document: Any) -> str | None:
+    try:
+        _BATCH.validate_python(document)
+    except ValidationError as exc:
+        return str(exc)
+    return None
+
+
+def test_the_schema_refuses_exactly_what_no_backend_can_store() -> None:
+    # Around the depth limit (where the quick screen hands over to the walk)
+    # the schema refuses exactly the documents check_json_text refuses.
+    verdicts = {levels: _refused(_nested_event(levels)) for levels in range(40, 70)}
+    assert {levels for levels, problem in verdicts.items() if problem} == {
+        levels for levels in verdicts if models.check_json_text(_nested_event(levels))}
+    assert any(verdicts.values()) and not all(verdicts.values())
+    assert "nested more than 64 levels" in next(p for p in verdicts.values() if p)
+    for leaf, word in (("a\x00b", "NUL"), ("lone \ud800", "surrogate"),
+                       (math.nan, "finite"), (-math.inf, "finite")):
+        problem = _refused(_nested_event(3, leaf))
+        assert problem is not None and word in problem, (leaf, problem)
+    # Any nested value is measured, not only the events' documents.
+    metadata = _nested_event(100)["records"][0]["fields"]["arguments"]
+    problem = _refused({"records": [{"kind": "experiment", "id": "x", "ts": 1, "fields": {
+        "project": "p", "metadata": metadata}}]})
+    assert problem is not None and "nested more than 64 levels" in problem
+    # Text that only looks like a problem is stored as it is.
+    for text in ("NaN", "-Infinity", "\\u0000", "tab\tnewline\n"):
+        assert _refused(_nested_event(3, text)) is None, text
+        assert _refused({"records": [{"kind": "step", "id": "s", "ts": 1, "fields": {
+            "session_id": "x", "state": text}}]}) is None, text
+
+
+def test_the_server_takes_any_json_encoding_fastapi_reads(sqlite_url: str,
+                                                           start_server) -> None:
+    server = start_server(sqlite_url)
+    api = Api(server.url, make_key(sqlite_url, "encodings"))
+    session = {"records": [{"kind": "session", "id": "enc", "ts": 1, "fields": {"name": "é"}}]}
+    text = json.dumps(session, ensure_ascii=False)
+    for body in (text.encode("utf-16"), b"\xef\xbb\xbf" + text.encode(), text.encode()):
+        response = api.post("/api/v1/records", data=body,
+                            headers={"Content-Type": "application/json"})
+        assert response.status_code == 200 and response.json() == {"accepted": 1}, body[:8]
+    assert api.tree("enc")["name"] == "é"
 
 
 def test_postgresql_applies_a_repeated_id_in_order_and_stores_non_finite_numbers_as_null(
         pg_url: str) -> None:
     store = Store(pg_url)
+    records = [("session", "S", 1.0, {"project": "p", "name": "n"}),
+               # the same step id claimed by another session, then by its own
+               # again: one statement could not upsert it twice
+               ("step", "st", 2.0, {"session_id": "S", "state": "first"}),
+               ("step", "st", 3.0, {"session_id": "other", "state": "foreign"}),
+               ("step", "st", 4.0, {"session_id": "S", "state": "last"}),
+               ("event", "e", 2.0, {"session_id": "S", "cost": math.nan,
+                                    "description": "NaN, Infinity"}),
+               ("event", "f", 2.0, {"session_id": "S", "description": "a\"b\\c\n😀"})]
     try:
-        store.write([("session", "S", 1.0, {"project": "p", "name": "n"}),
-                     # the same step id claimed by another session, then by
-                     # its own again: one statement could not upsert it twice
-                     ("step", "st", 2.0, {"session_id": "S", "state": "first"}),
-                     ("step", "st", 3.0, {"session_id": "other", "state": "foreign"}),
-                     ("step", "st", 4.0, {"session_id": "S", "state": "last"}),
-                     ("event", "e", 2.0, {"session_id": "S", "cost": math.nan,
-                                          "description": "NaN, Infinity"}),
-                     ("event", "f", 2.0, {"session_id": "S", "description": "a\"b\\c\n😀"})])
+        # write() refuses the foreign claim, and with it the whole batch...
+        with pytest.raises(IdInUseError, match="step 'st'"):
+            store.write(records)
+        assert store.count("steps") == store.count("sessions") == 0
+        # ...which the protocol modules' apply() (whose callers made their own
+        # checks) takes, the foreign claim skipped by the guard.
+        store.transaction(lambda cur: store.apply(cur, records))
         step = store.get_step("st")
         assert step is not None and (step["session_id"], step["state"]) == ("S", "last")
         event = store.get_event("e")

@@ -19,7 +19,7 @@ from uuid import UUID
 from langchain_core.callbacks import BaseCallbackHandler
 
 from lucidic import plugins
-from lucidic._internal import swallow
+from lucidic.plugins import swallow
 
 #: Model parameters worth keeping with an LLM event (never credentials).
 _ARGUMENT_KEYS = ("temperature", "max_tokens", "max_completion_tokens", "top_p", "n", "stop",

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lucidic import plugins
-from lucidic._internal import swallow
+from lucidic.plugins import swallow
 
 from ._adapter import requested_model
 

@@ -6,8 +6,7 @@ import functools
 from typing import Any
 
 from lucidic import plugins
-from lucidic._internal import swallow
-from lucidic.plugins import Adapter
+from lucidic.plugins import Adapter, swallow
 
 
 class PydanticAIAdapter(Adapter):

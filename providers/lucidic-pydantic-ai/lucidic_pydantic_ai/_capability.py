@@ -10,7 +10,7 @@ from typing import Any
 from pydantic_ai.capabilities import AbstractCapability
 
 from lucidic import plugins
-from lucidic._internal import swallow
+from lucidic.plugins import swallow
 from lucidic.streams import ABANDONED
 
 # The current run's suppression of provider adapters, switched on while one of

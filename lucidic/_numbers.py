@@ -1,0 +1,31 @@
+"""Numbers the user hands us, as we record them: converted as the built-in
+types convert, and shown briefly in error messages.
+
+Imports nothing of Lucidic: the public calls and the scores both use it.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["as_float", "short_number_repr"]
+
+
+def as_float(value: int | float) -> float:
+    """An int or float as a float, converted as the built-in types convert
+    (a subclass's own ``__float__`` is not called); infinity for an int too
+    large for any float, so that callers refuse it as not finite."""
+    if isinstance(value, float):
+        return float.__float__(value)
+    try:
+        return int.__float__(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def short_number_repr(value: int | float) -> str:
+    """A number for an error message: a huge int is not written out in full."""
+    if isinstance(value, int):
+        digits = int.__repr__(value) if value.bit_length() < 4000 else "a huge int"
+        return digits if len(digits) <= 40 else f"{digits[:20]}… ({len(digits)} digits)"
+    return float.__repr__(value)
