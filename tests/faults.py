@@ -5,20 +5,52 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
 import sqlite3
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from helpers import ROOT, child_env
-from lucidic.store import Store
+from lucidic._sinks import SinkError
+from lucidic.store import Record, Store
+from lucidic.testing import MemorySink
+
+
+def events(n: int, session: str = "s") -> list[Record]:
+    """n event records of one session, ids e0, e1, ..."""
+    return [("event", f"e{i}", float(i), {"session_id": session, "description": f"d{i}"})
+            for i in range(n)]
+
+
+class HangingSink(MemorySink):
+    """A backend that hangs: writes block until released."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def write(self, records: Sequence[Record]) -> None:
+        if not self.release.wait(30):
+            raise SinkError("hung")
+        super().write(records)
+
+
+def too_deep() -> dict[str, object]:
+    """A document nested deeper than any JSON encoder goes: a record holding
+    it cannot be written at all."""
+    root: dict[str, object] = {}
+    node = root
+    for _ in range(50_000):
+        child: dict[str, object] = {}
+        node["x"] = child
+        node = child
+    return root
 
 
 @contextlib.contextmanager
@@ -154,12 +186,6 @@ def spooled_files(home: Path) -> list[Path]:
     return sorted(spool.rglob("*.jsonl")) if spool.exists() else []
 
 
-def kill_group(proc: subprocess.Popen[str]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(10)
-
-
 def wait_until(condition: object, timeout: float, step: float = 0.02) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -169,5 +195,3 @@ def wait_until(condition: object, timeout: float, step: float = 0.02) -> bool:
     return bool(condition())  # type: ignore[operator]
 
 
-__all__ = ["Child", "FullDisk", "events_of", "kill_group", "locked_store", "numbered",
-           "spooled_files", "wait_until", "os"]

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from faults import HangingSink, events
 
 import lucidic as lai
 from lucidic._pipeline import Pipeline
@@ -16,11 +17,6 @@ from lucidic._sinks import SinkError
 from lucidic._spool import Spool
 from lucidic.store import IdInUseError, Record, Store
 from lucidic.testing import MemorySink, capture
-
-
-def _events(n: int, session: str = "s") -> list[Record]:
-    return [("event", f"e{i}", float(i), {"session_id": session, "description": f"d{i}"})
-            for i in range(n)]
 
 
 class _FlakySink(MemorySink):
@@ -39,25 +35,12 @@ class _FlakySink(MemorySink):
         super().write(records)
 
 
-class _HangingSink(MemorySink):
-    """A sink whose writes block until released: a backend that hangs."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.release = threading.Event()
-
-    def write(self, records: Sequence[Record]) -> None:
-        if not self.release.wait(30):
-            raise SinkError("hung")
-        super().write(records)
-
-
 def test_with_the_sink_down_records_spool_and_flush_reports_it_then_all_arrive_once(tmp_path):
     sink = _FlakySink()
     pipeline = Pipeline(sink, Spool(tmp_path / "spool"), batch_size=100)
     pipeline.start()
     sink.down.set()
-    for record in _events(1000):
+    for record in events(1000):
         pipeline.put(record)
     assert pipeline.flush(0.5) is False  # not delivered: flush says so
     assert pipeline.stats.spooled >= 1000 and list((tmp_path / "spool").glob("*.jsonl"))
@@ -69,10 +52,10 @@ def test_with_the_sink_down_records_spool_and_flush_reports_it_then_all_arrive_o
 
 
 def test_flush_honours_its_timeout_when_the_sink_hangs(tmp_path):
-    sink = _HangingSink()
+    sink = HangingSink()
     pipeline = Pipeline(sink, Spool(tmp_path / "spool"))
     pipeline.start()
-    pipeline.put(_events(1)[0])
+    pipeline.put(events(1)[0])
     started = time.monotonic()
     assert pipeline.flush(0.3) is False
     assert time.monotonic() - started < 5  # bounded (generously, for a loaded machine)
@@ -83,10 +66,10 @@ def test_flush_honours_its_timeout_when_the_sink_hangs(tmp_path):
 
 def test_shutdown_spools_what_a_hanging_sink_did_not_take_and_a_new_pipeline_delivers_it(
         tmp_path):
-    hanging = _HangingSink()
+    hanging = HangingSink()
     first = Pipeline(hanging, Spool(tmp_path / "spool"))
     first.start()
-    for record in _events(300):
+    for record in events(300):
         first.put(record)
     started = time.monotonic()
     assert first.shutdown(0.5) is False
@@ -109,7 +92,7 @@ def test_retry_after_from_the_backend_is_honoured(tmp_path):
     pipeline = Pipeline(sink, Spool(tmp_path / "spool"))
     pipeline.start()
     sink.down.set()
-    pipeline.put(_events(1)[0])
+    pipeline.put(events(1)[0])
     pipeline.flush(0.2)
     first_failure = sink.attempts[0]
     sink.down.clear()
@@ -122,7 +105,7 @@ def test_retry_after_from_the_backend_is_honoured(tmp_path):
 def test_a_partly_written_spool_line_is_skipped_and_the_rest_delivered(tmp_path):
     spool_dir = tmp_path / "spool"
     spool = Spool(spool_dir)
-    spool.append(_events(3))
+    spool.append(events(3))
     spool.close()
     (segment,) = spool_dir.glob("*.jsonl")
     with open(segment, "ab") as f:
@@ -140,7 +123,7 @@ def test_a_partly_written_spool_line_is_skipped_and_the_rest_delivered(tmp_path)
 
 def test_a_live_processs_segment_is_never_taken_by_another(tmp_path):
     writer = Spool(tmp_path / "spool")
-    writer.append(_events(5))  # open segment, locked by its writer
+    writer.append(events(5))  # open segment, locked by its writer
     delivered: list[Record] = []
     assert Spool(tmp_path / "spool").replay(lambda batch, _: delivered.extend(batch), 100) \
         is False
@@ -171,7 +154,7 @@ def test_with_the_spool_unwritable_records_wait_in_memory_and_the_newest_are_dro
     sink.down.set()
     pipeline = Pipeline(sink, Spool(blocker / "spool"), max_queue=100, batch_size=10)
     pipeline.start()
-    records = _events(1000)
+    records = events(1000)
     for record in records[:150]:
         pipeline.put(record)
     deadline = time.monotonic() + 10
@@ -246,7 +229,7 @@ def test_a_record_the_store_refuses_is_left_out_alone_and_named(store):
     from lucidic._sinks import LocalSink, RecordsRefusedError
 
     sink = LocalSink(Path(store.url))
-    good = _events(10, session="x")
+    good = events(10, session="x")
     bad = ("event", "bad", 1.0, {"session_id": "x", "description": object()})  # unbindable
     with pytest.raises(RecordsRefusedError) as refusal:
         sink.write([*good[:5], bad, *good[5:]])

@@ -12,39 +12,30 @@ import json
 import signal
 import threading
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from faults import Child, FullDisk, events_of, locked_store, numbered, spooled_files, wait_until
+from faults import (
+    Child,
+    FullDisk,
+    HangingSink,
+    events,
+    events_of,
+    locked_store,
+    numbered,
+    spooled_files,
+    too_deep,
+    wait_until,
+)
 
 import lucidic as lai
 from helpers import run_python
 from lucidic import _pipeline
 from lucidic._pipeline import Pipeline
-from lucidic._sinks import LocalSink, SinkError
+from lucidic._sinks import LocalSink
 from lucidic._spool import Spool
-from lucidic.store import Record, Store
+from lucidic.store import Store
 from lucidic.testing import MemorySink
-
-
-def _events(n: int, session: str = "s") -> list[Record]:
-    return [("event", f"e{i}", float(i), {"session_id": session, "description": f"d{i}"})
-            for i in range(n)]
-
-
-class _HangingSink(MemorySink):
-    """A backend that hangs: writes block until released."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.release = threading.Event()
-
-    def write(self, records: Sequence[Record]) -> None:
-        if not self.release.wait(30):
-            raise SinkError("hung")
-        super().write(records)
-
 
 DELIVER_LATER = "import lucidic as lai; lai.init(session_name='later'); print(lai.flush(30))"
 
@@ -156,10 +147,10 @@ def test_the_hot_path_never_writes_to_disk_and_never_waits_for_a_stuck_spill(
     spill_may_go_on = threading.Event()
     monkeypatch.setattr(_pipeline, "spill_checkpoint",
                         lambda written, total: spill_may_go_on.wait(30))
-    sink = _HangingSink()
+    sink = HangingSink()
     pipeline = Pipeline(sink, Spool(tmp_path / "spool"), max_queue=1000, batch_size=100)
     pipeline.start()
-    records = _events(20_000)
+    records = events(20_000)
     for record in records:
         pipeline.put(record)  # the sink hangs and the spill is stuck: puts go on
     assert wait_until(lambda: writers, 10)
@@ -190,18 +181,13 @@ def test_an_integer_of_five_thousand_digits_is_made_safe_and_its_neighbours_arri
 
 def test_a_record_no_encoder_can_write_is_set_aside_alone_and_flush_says_so(
         tmp_path: Path) -> None:
-    deep: dict[str, object] = {}
-    node = deep
-    for _ in range(50_000):  # deeper than any JSON encoder goes
-        node["x"] = {}
-        node = node["x"]  # type: ignore[assignment]
-    unwritable = ("event", "deep", 1.0, {"session_id": "s", "arguments": deep})
+    unwritable = ("event", "deep", 1.0, {"session_id": "s", "arguments": too_deep()})
     sink = MemorySink()
     sink.failing = True  # the batch goes through the spool first
     spool = Spool(tmp_path / "spool")
     pipeline = Pipeline(sink, spool, batch_size=10)
     pipeline.start()
-    for record in (_events(3)[0], unwritable, *_events(3)[1:]):
+    for record in (events(3)[0], unwritable, *events(3)[1:]):
         pipeline.put(record)
     assert wait_until(lambda: pipeline.stats.rejected == 1, 10)
     sink.failing = False
@@ -221,7 +207,7 @@ def test_a_record_the_store_refuses_for_good_never_blocks_the_others(
         tmp_path: Path, via: str) -> None:
     db = tmp_path / "db.sqlite"
     refused = ("step", "orphan", 1.0, {"state": "no session named"})  # lacks session_id
-    records = [*_events(5)[:2], refused, *_events(5)[2:]]
+    records = [*events(5)[:2], refused, *events(5)[2:]]
     spool = Spool(tmp_path / "spool")
     if via == "spool":  # a later process finds it in the spool, ahead of the rest
         spool.append(records)

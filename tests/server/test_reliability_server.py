@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from faults import Child, events_of, numbered, spooled_files, wait_until
+from faults import Child, events_of, numbered, spooled_files, too_deep, wait_until
 from server_support import ServerProcess, free_port, make_key, sdk_env
 
 import lucidic as lai
@@ -42,6 +42,14 @@ def _server_and_key(start_server, db_url: str, port: int | None = None,
                     **kwargs: object) -> tuple[ServerProcess, str]:
     server = start_server(db_url, port, **kwargs)
     return server, make_key(db_url, "reliability")
+
+
+def _sdk_to(monkeypatch: pytest.MonkeyPatch, start_server, db_url: str,
+            **kwargs: object) -> None:
+    """This process's SDK writes to a fresh server on db_url."""
+    server, key = _server_and_key(start_server, db_url, **kwargs)
+    monkeypatch.setenv("LUCIDIC_BASE_URL", server.url)
+    monkeypatch.setenv("LUCIDIC_API_KEY", key)
 
 
 # -- replay does not depend on the order records reached the spool -----------------
@@ -256,9 +264,7 @@ def test_sigkill_loses_at_most_the_documented_window_and_nothing_in_durable_mode
 
 def test_a_record_too_large_for_a_request_is_cut_to_fit_never_refused(
         sqlite_url: str, start_server, monkeypatch: pytest.MonkeyPatch) -> None:
-    server, key = _server_and_key(start_server, sqlite_url)
-    monkeypatch.setenv("LUCIDIC_BASE_URL", server.url)
-    monkeypatch.setenv("LUCIDIC_API_KEY", key)
+    _sdk_to(monkeypatch, start_server, sqlite_url)
     sid = lai.init(session_name="large", auto_end=False)
     cut = "x" * MAX_TEXT_CHARS  # the SDK's own cut for one field
     # Ten fields of that size in one record: 40 MiB, over the server's 32 MiB.
@@ -280,10 +286,7 @@ def test_a_record_too_large_for_a_request_is_cut_to_fit_never_refused(
 
 def test_a_server_with_a_smaller_body_limit_gets_records_cut_to_its_limit(
         sqlite_url: str, start_server, monkeypatch: pytest.MonkeyPatch) -> None:
-    server, key = _server_and_key(start_server, sqlite_url,
-                                  extra_args=["--max-body-mb", "0.2"])
-    monkeypatch.setenv("LUCIDIC_BASE_URL", server.url)
-    monkeypatch.setenv("LUCIDIC_API_KEY", key)
+    _sdk_to(monkeypatch, start_server, sqlite_url, extra_args=["--max-body-mb", "0.2"])
     sid = lai.init(session_name="small limit", auto_end=False)
     lai.create_event(description="y" * 500_000, result="large")
     lai.create_event(description="small", result="small")
@@ -298,19 +301,12 @@ def test_a_server_with_a_smaller_body_limit_gets_records_cut_to_its_limit(
 
 def test_a_record_no_encoder_can_write_is_set_aside_and_its_batch_delivered(
         sqlite_url: str, start_server, monkeypatch: pytest.MonkeyPatch) -> None:
-    server, key = _server_and_key(start_server, sqlite_url)
-    monkeypatch.setenv("LUCIDIC_BASE_URL", server.url)
-    monkeypatch.setenv("LUCIDIC_API_KEY", key)
+    _sdk_to(monkeypatch, start_server, sqlite_url)
     sid = lai.init(session_name="one bad record", auto_end=False)
     lai.create_event(description="before")
     lai.create_event(description="huge", arguments={"n": 10**5000})  # made safe
-    deep: dict[str, object] = {}
-    node = deep
-    for _ in range(50_000):
-        node["x"] = {}
-        node = node["x"]  # type: ignore[assignment]
     (pipeline,) = runtime.pipelines.values()
-    pipeline.put(("event", "deep", time.time(), {"session_id": sid, "arguments": deep}))
+    pipeline.put(("event", "deep", time.time(), {"session_id": sid, "arguments": too_deep()}))
     lai.create_event(description="after")
     assert lai.flush(10) is False  # one record could not be sent
     assert lai.flush(10) is True
