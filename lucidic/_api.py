@@ -38,13 +38,13 @@ from .errors import (
     LucidicNotInitializedError,
     ServerUnavailableError,
 )
+from .limits import MAX_ID_LENGTH
 from .store import Record
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: The embedded store has no accounts; everything in it is one project.
 LOCAL_PROJECT = "default"
-_MAX_ID_LENGTH = 256
 #: The longest wait flush() and shutdown() take (longer ones overflow the clock).
 _MAX_TIMEOUT = 1e9
 
@@ -56,9 +56,9 @@ def _session_id_arg(value: Any, name: str = "session_id") -> str:
         raise InvalidOperationError(
             f"{name} must be a string (the id returned by lai.init()), "
             f"not {type(value).__name__}")
-    if not value or len(value) > _MAX_ID_LENGTH or not value.isprintable():
+    if not value or len(value) > MAX_ID_LENGTH or not value.isprintable():
         raise InvalidOperationError(
-            f"{name} {value[:80]!r} is not a valid session id: use 1 to {_MAX_ID_LENGTH} "
+            f"{name} {value[:80]!r} is not a valid session id: use 1 to {MAX_ID_LENGTH} "
             "printable characters")
     return value
 
@@ -101,9 +101,9 @@ def _tags_arg(value: Any) -> list[str] | None:
 def _id_arg(name: str, value: Any) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not value or len(value) > _MAX_ID_LENGTH \
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH \
             or not value.isprintable():
-        raise InvalidOperationError(f"{name} must be an id string of 1 to {_MAX_ID_LENGTH} "
+        raise InvalidOperationError(f"{name} must be an id string of 1 to {MAX_ID_LENGTH} "
                                     f"printable characters, not {value!r:.80}")
     return value
 
@@ -413,7 +413,9 @@ session_end_hooks: list[Callable[[Binding], None]] = []
 def end_binding(binding: Binding, *, is_successful: bool | None = None,
                 is_successful_reason: str | None = None, session_eval: float | None = None,
                 session_eval_reason: str | None = None, failure: str | None = None,
-                wait: bool = True) -> None:
+                wait: bool = True, timeout: float | None = None) -> None:
+    """End the binding's session; with ``wait``, flush for ``timeout`` (the
+    flush bound by default) so that others see it finished at once."""
     fields = _session_result_fields(session_eval, session_eval_reason, is_successful,
                                     is_successful_reason, binding)
     if failure is not None and not binding.state.outcome_set and is_successful is None:
@@ -428,7 +430,8 @@ def end_binding(binding: Binding, *, is_successful: bool | None = None,
     runtime.finish_state(binding.state)
     if wait:
         # Let another process see the session as finished right away.
-        binding.pipeline.flush(_config.flush_timeout(), fail_fast=True)
+        binding.pipeline.flush(_config.flush_timeout() if timeout is None else timeout,
+                               fail_fast=True)
     for hook in session_end_hooks:
         with swallow("session_end_hook"):
             hook(binding)
@@ -468,6 +471,20 @@ def shutdown(timeout: float | None = None) -> bool:
     timeout = _config.flush_timeout() if timeout is None else _number_arg("timeout", timeout)
     assert timeout is not None
     return runtime.shutdown_all(min(timeout, _MAX_TIMEOUT))
+
+
+def delivery_stats() -> dict[str, int]:
+    """What this process's records became so far: ``delivered``, ``spooled``
+    (written to the spool; one may be written twice), ``dropped`` (lost: the
+    queue was full while neither the sink nor the disk took records),
+    ``rejected`` (refused for good by the sink, kept in the rejected file) and
+    ``delivery_failures``. Summed over every destination."""
+    totals = {"delivered": 0, "spooled": 0, "dropped": 0, "rejected": 0,
+              "delivery_failures": 0}
+    for pipeline in list(runtime.pipelines.values()):
+        for name in totals:
+            totals[name] += getattr(pipeline.stats, name)
+    return totals
 
 
 # -- scoped sessions ---------------------------------------------------------------

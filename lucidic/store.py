@@ -35,6 +35,7 @@ from typing import Any, TypeVar
 
 from . import evalstore
 from .columns import BOOL_COLUMNS, JSON_COLUMNS, sql_type
+from .limits import INT_MAX, INT_MIN, MAX_DOCUMENT_INT_BITS
 
 __all__ = [
     "EVENT_COLUMNS",
@@ -345,9 +346,12 @@ def clean_text(value: str) -> str:
 
 def clean_json(value: Any) -> Any:
     """A copy of a JSON-safe value that every backend (and JSON itself) can
-    hold: strings cleaned as by clean_text, NaN and infinity as null."""
+    hold: strings cleaned as by clean_text, NaN and infinity as null, an
+    integer of thousands of digits (which JSON encoders refuse) as a note."""
     if isinstance(value, str):
         return clean_text(value)
+    if isinstance(value, int) and value.bit_length() > MAX_DOCUMENT_INT_BITS:
+        return f"<integer of {value.bit_length()} bits, too large to record>"
     if isinstance(value, dict):
         return {clean_text(str(k)): clean_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -381,9 +385,6 @@ def _bool_param(value: Any) -> int:
     return 1 if value else 0
 
 
-_INT64 = 2**63
-
-
 def _scalar_param(value: Any) -> Any:
     if type(value) is str:
         # The common case (short ASCII, no NUL) costs two C calls.
@@ -392,7 +393,7 @@ def _scalar_param(value: Any) -> Any:
         return clean_text(str(value))
     if isinstance(value, float) and not math.isfinite(value):
         return None  # NULL on both backends (PostgreSQL would keep a NaN, SQLite not)
-    if isinstance(value, int) and not -_INT64 <= value < _INT64:
+    if isinstance(value, int) and not INT_MIN <= value <= INT_MAX:
         return None  # no backend stores it; keeping it would refuse the whole batch
     return value
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_VARS = ("LUCIDIC_API_KEY", "LUCIDIC_AGENT_ID", "LUCIDIC_BASE_URL", "LUCIDIC_FLUSH_TIMEOUT",
-            "LUCIDIC_PRICES", "LUCIDIC_CONNECT_TIMEOUT")
+            "LUCIDIC_PRICES", "LUCIDIC_CONNECT_TIMEOUT", "LUCIDIC_MAX_QUEUE",
+            "LUCIDIC_DURABLE")
 
 
 def child_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
