@@ -59,11 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     n, rounds = args.n, args.rounds
     os.environ["LUCIDIC_HOME"] = tempfile.mkdtemp(prefix="lucidic-profile-")
 
-    import lucidic as lai
     from bench_core import FloorRecorder
+
+    import lucidic as lai
     from lucidic._context import current_step, process_slot, scope_binding
     from lucidic._recording import CURRENT, open_step
-    from lucidic._runtime import runtime
     from lucidic.store import Store, _check_records, _group_rows
 
     def body(x: int) -> int:

@@ -198,6 +198,20 @@ def shutdown(timeout: float | None = None) -> bool:
     return runtime.shutdown_all(timeout_arg(timeout))
 
 
+def delivery_stats() -> dict[str, int]:
+    """What this process's records became so far: ``delivered``, ``spooled``
+    (written to the spool; one may be written twice), ``dropped`` (lost: the
+    queue was full while neither the sink nor the disk took records),
+    ``rejected`` (refused for good by the sink, kept in the rejected file) and
+    ``delivery_failures``. Summed over every destination."""
+    totals = {"delivered": 0, "spooled": 0, "dropped": 0, "rejected": 0,
+              "delivery_failures": 0}
+    for pipeline in list(runtime.pipelines.values()):
+        for name in totals:
+            totals[name] += getattr(pipeline.stats, name)
+    return totals
+
+
 # -- scoped sessions ---------------------------------------------------------------
 
 class _ScopeBase:

@@ -18,8 +18,7 @@ from . import _config
 from ._numbers import as_float, short_number_repr
 from ._records import Mask, items_of, text_field
 from .errors import InvalidOperationError
-
-_MAX_ID_LENGTH = 256
+from .limits import MAX_ID_LENGTH
 
 
 def session_id_arg(value: Any, name: str = "session_id") -> str:
@@ -27,9 +26,9 @@ def session_id_arg(value: Any, name: str = "session_id") -> str:
         raise InvalidOperationError(
             f"{name} must be a string (the id returned by lai.init()), "
             f"not {type(value).__name__}")
-    if not value or len(value) > _MAX_ID_LENGTH or not value.isprintable():
+    if not value or len(value) > MAX_ID_LENGTH or not value.isprintable():
         raise InvalidOperationError(
-            f"{name} {value[:80]!r} is not a valid session id: use 1 to {_MAX_ID_LENGTH} "
+            f"{name} {value[:80]!r} is not a valid session id: use 1 to {MAX_ID_LENGTH} "
             "printable characters")
     return value
 
@@ -72,9 +71,9 @@ def tags_arg(value: Any) -> list[str] | None:
 def id_arg(name: str, value: Any) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not value or len(value) > _MAX_ID_LENGTH \
+    if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH \
             or not value.isprintable():
-        raise InvalidOperationError(f"{name} must be an id string of 1 to {_MAX_ID_LENGTH} "
+        raise InvalidOperationError(f"{name} must be an id string of 1 to {MAX_ID_LENGTH} "
                                     f"printable characters, not {value!r:.80}")
     return value
 

@@ -56,6 +56,28 @@ def _seconds(name: str, default: float) -> float:
     return value if 0 <= value < 1e6 else default
 
 
+#: Records held in memory before the oldest are written to the spool.
+DEFAULT_MAX_QUEUE = 65536
+
+
+def max_queue() -> int:
+    """LUCIDIC_MAX_QUEUE: how many records wait in memory before the oldest
+    are written to the spool (at twice as many, with the spool unwritable
+    and the sink down, the newest are dropped)."""
+    raw = env("LUCIDIC_MAX_QUEUE")
+    try:
+        value = int(raw) if raw is not None else DEFAULT_MAX_QUEUE
+    except ValueError:
+        return DEFAULT_MAX_QUEUE
+    return value if value >= 2 else DEFAULT_MAX_QUEUE
+
+
+def durable() -> bool:
+    """LUCIDIC_DURABLE=1: every record is written to the spool before the
+    call that made it returns, so that even SIGKILL loses nothing."""
+    return (env("LUCIDIC_DURABLE") or "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def store_path() -> Path:
     """The embedded store's file."""
     return data_home() / "lucidic.db"

@@ -6,6 +6,13 @@ server or its dependencies. The sink runs in the pipeline's worker thread:
 whatever it raises as ``SinkError`` makes the pipeline spool the batch and
 retry it after ``retry_after`` (the server's ``Retry-After``) or its own
 backoff. Batches are idempotent on the server, so a retry never duplicates.
+
+It never sends what the server would refuse for its size (``lucidic.limits``):
+batches are split, and a record too large alone has its longest texts cut. A
+batch the server refuses for what some records hold is split down to those
+records, which are named to the pipeline (``RecordsRefusedError``): records of a
+session the server does not know yet wait for it, records refused for good
+are set aside, and the others are delivered.
 """
 
 from __future__ import annotations
@@ -25,26 +32,24 @@ from urllib.parse import quote
 import requests
 
 from . import _config, _continuation
-from ._internal import log_visible, record_internal_error
-from ._sinks import Sink, SinkError
-from ._storable import clean_json
+from ._internal import log_rate_limited, log_visible
+from ._records import shrink_record
+from ._sinks import RecordsRefusedError, Sink, SinkError
 from .errors import APIKeyVerificationError, InvalidOperationError, ServerUnavailableError
-from .store import Record
+from .limits import MAX_BATCH_RECORDS, MAX_RECORD_BYTES, MAX_REQUEST_BYTES
+from .store import Record, clean_json
 
 __all__ = ["HttpReader", "HttpSink"]
 
 #: (connect, read) timeouts for one request, in seconds.
 TIMEOUT = (3.05, 15.0)
-#: Split a batch whose JSON body would be larger than this (the server's
-#: default limit is 32 MiB).
-MAX_REQUEST_BYTES = 8 * 1024 * 1024
 #: Retry-After delays up to this long are waited out inside write(); longer
 #: ones are handed to the pipeline, which spools meanwhile.
 _INLINE_RETRY_LIMIT = 1.0
-#: When the server does not know a session yet (its creation is still in
-#: another process's spool), try the batch again after this long.
-_UNKNOWN_SESSION_RETRY = 5.0
 _ATTEMPTS = 3
+#: Answers that refuse how a request was made, never what a record holds:
+#: retried like an outage rather than blamed on the records.
+_NOT_THE_RECORDS = (401, 403, 405, 408, 415, 429)
 
 
 def _retry_after(response: requests.Response) -> float | None:
@@ -71,6 +76,24 @@ def _detail(response: requests.Response) -> str:
     return f"HTTP {response.status_code}"
 
 
+def _is_problem(response: requests.Response) -> bool:
+    """Whether the answer is a lucidic server's own problem document (a
+    proxy or another server answering 4xx says nothing about our records)."""
+    return response.headers.get("Content-Type", "").startswith("application/problem+json")
+
+
+def _problem_field(response: requests.Response, name: str) -> Any:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body.get(name) if isinstance(body, dict) else None
+
+
+def _session_of(record: Record) -> Any:
+    return record[1] if record[0] == "session" else record[3].get("session_id")
+
+
 def _problem_text(response: requests.Response) -> str:
     """The server's own words for a refusal (its ``detail``)."""
     try:
@@ -91,7 +114,9 @@ def refused_key_message(base_url: str, response: requests.Response) -> str:
 
 def encode_batch(records: Sequence[Record]) -> bytes:
     """The request body for records. The fast path serialises as is; only a
-    batch carrying text or numbers the server would refuse is cleaned."""
+    batch carrying text or numbers the server would refuse is cleaned.
+    Raises ValueError (or TypeError, RecursionError) if a record cannot be
+    written as JSON even cleaned."""
     payload = {"records": [{"kind": r[0], "id": r[1], "ts": r[2], "fields": r[3]}
                            for r in records]}
     try:
@@ -141,8 +166,8 @@ class _Client:
                 response = self.session().request(method, url, **kwargs)
             except requests.RequestException as exc:
                 if last or isinstance(exc, requests.Timeout):
-                    raise SinkError(f"cannot reach the lucidic server at {self.base_url}: "
-                                    f"{type(exc).__name__}") from exc
+                    raise SinkError(f"cannot reach the lucidic server at {self.base_url} "
+                                    f"({type(exc).__name__})", unreachable=True) from exc
                 time.sleep(0.05 * 4 ** attempt)
                 continue
             if response.status_code in (429, 503) and not last:
@@ -256,13 +281,30 @@ class HttpSink(Sink):
     # -- called by the worker ---------------------------------------------------------
 
     def write(self, records: Sequence[Record]) -> None:
-        if records:
-            self._post(records)
+        later: list[Record] = []
+        refused: list[tuple[Record, str]] = []
+        for start in range(0, len(records), MAX_BATCH_RECORDS):
+            self._post(records[start:start + MAX_BATCH_RECORDS], later, refused)
+        if later or refused:
+            raise RecordsRefusedError(later, refused)
 
-    def _post(self, records: Sequence[Record]) -> None:
-        body = encode_batch(records)
-        if len(body) > MAX_REQUEST_BYTES and len(records) > 1:
-            self._post_halves(records)
+    def _post(self, records: Sequence[Record], later: list[Record],
+              refused: list[tuple[Record, str]]) -> None:
+        """Send records, splitting them until the server takes each part or
+        names the records it refuses (added to ``later`` or ``refused``)."""
+        try:
+            body = encode_batch(records)
+        except (ValueError, TypeError, RecursionError) as exc:
+            if len(records) == 1:
+                refused.append((records[0], f"it cannot be written as JSON: {exc}"))
+            else:
+                self._post_halves(records, later, refused)
+            return
+        if len(records) > 1 and len(body) > MAX_REQUEST_BYTES:
+            self._post_halves(records, later, refused)
+            return
+        if len(body) > MAX_RECORD_BYTES:
+            self._post_cut(records[0], MAX_RECORD_BYTES, later, refused)
             return
         response = self._client.request(
             "POST", "/api/v1/records", data=body,
@@ -271,23 +313,45 @@ class HttpSink(Sink):
         if 200 <= status < 300:
             self._key_refusal_logged = False
             return
-        if status == 413 and len(records) > 1:
-            self._post_halves(records)
-            return
+        if status in _NOT_THE_RECORDS or status >= 500 or not _is_problem(response):
+            self._refused_as_a_whole(response)
         if status == 404:
-            self._unknown_sessions(records, response)
+            self._unknown_sessions(records, response, later, refused)
+        elif len(records) > 1:
+            self._post_halves(records, later, refused)
+        elif status == 413:
+            limit = _problem_field(response, "max_bytes")
+            target = (limit if isinstance(limit, int) else len(body) // 2) - 1024
+            if target < len(body) - 64:
+                self._post_cut(records[0], target, later, refused)
+            else:
+                refused.append((records[0], _detail(response)))
+        else:
+            refused.append((records[0], _detail(response)))
+
+    def _post_halves(self, records: Sequence[Record], later: list[Record],
+                     refused: list[tuple[Record, str]]) -> None:
+        middle = len(records) // 2
+        self._post(records[:middle], later, refused)
+        self._post(records[middle:], later, refused)
+
+    def _post_cut(self, record: Record, max_bytes: int, later: list[Record],
+                  refused: list[tuple[Record, str]]) -> None:
+        """One record too large to send: cut its longest texts to fit."""
+        cut = shrink_record(record, max_bytes, lambda r: len(encode_batch([r])))
+        if cut is None:
+            refused.append((record, f"it is larger than {max_bytes} bytes as JSON, and "
+                                    "cutting its texts cannot make it fit"))
             return
-        if status in (400, 409, 413, 415, 422):
-            # The server will never take this as it is (409: an id this key
-            # may not write, see the server's ingest): retrying would block
-            # everything behind it. Isolate the records it refuses, drop them.
-            if len(records) > 1:
-                self._post_halves(records)
-                return
-            record_internal_error("record_refused", SinkError(
-                f"the lucidic server refused a {records[0][0]} record ({_detail(response)}); "
-                "it was dropped"))
-            return
+        log_rate_limited("record_cut", "lucidic: a %s record was larger than a request may "
+                         "be (%d bytes); its longest texts were cut to fit", record[0],
+                         max_bytes)
+        self._post([cut], later, refused)
+
+    def _refused_as_a_whole(self, response: requests.Response) -> None:
+        """An answer about the request (the key, the rate, the server
+        itself), not about records: the whole batch waits and is retried."""
+        status = response.status_code
         if status in (401, 403):
             if not self._key_refusal_logged:
                 # init() did not wait for the key check: this is where a bad
@@ -301,30 +365,27 @@ class HttpSink(Sink):
             raise SinkError(f"the lucidic server refused the API key ({_detail(response)}); "
                             "records are spooled until a valid key is used",
                             retry_after=_retry_after(response) or 30.0)
+        if 400 <= status < 500 and status not in _NOT_THE_RECORDS:
+            raise SinkError(f"{self.base_url} answered {_detail(response)} without saying "
+                            "why: is LUCIDIC_BASE_URL a lucidic server? Records are spooled "
+                            "until it takes them", retry_after=30.0)
         raise SinkError(f"the lucidic server did not take the batch ({_detail(response)})",
                         retry_after=_retry_after(response))
 
-    def _post_halves(self, records: Sequence[Record]) -> None:
-        middle = len(records) // 2
-        self._post(records[:middle])
-        self._post(records[middle:])
-
-    def _unknown_sessions(self, records: Sequence[Record], response: requests.Response) -> None:
-        """Some records name sessions the server does not know yet (their
-        creation may still sit in another process's spool). Deliver the rest,
-        then have the pipeline spool the batch and retry it: replays are
-        idempotent, so the records already delivered are not duplicated."""
-        try:
-            missing = set(response.json().get("session_ids") or ())
-        except (ValueError, AttributeError):
-            missing = set()
-        known = [r for r in records
-                 if (r[1] if r[0] == "session" else r[3].get("session_id")) not in missing]
-        if missing and known and len(known) < len(records):
-            self._post(known)
-        raise SinkError(f"the lucidic server does not know session(s) "
-                        f"{', '.join(sorted(missing)[:3])} yet ({_detail(response)}); "
-                        "retrying", retry_after=_UNKNOWN_SESSION_RETRY)
+    def _unknown_sessions(self, records: Sequence[Record], response: requests.Response,
+                          later: list[Record], refused: list[tuple[Record, str]]) -> None:
+        """Some records name sessions the server does not know (yet: their
+        own record may still sit in a spool). They wait; the rest is sent."""
+        missing = _problem_field(response, "session_ids")
+        if not isinstance(missing, list) or not missing:
+            self._refused_as_a_whole(response)
+        unknown = set(missing)
+        waiting = [r for r in records if _session_of(r) in unknown]
+        if not waiting:  # the server named sessions this batch does not hold
+            self._refused_as_a_whole(response)
+        later.extend(waiting)
+        if len(waiting) < len(records):
+            self._post([r for r in records if _session_of(r) not in unknown], later, refused)
 
     def server(self) -> tuple[str, str | None]:
         return self.base_url, self._api_key

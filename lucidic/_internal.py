@@ -37,6 +37,32 @@ def log_rate_limited(kind: str, message: str, *args: object, level: int = loggin
     logger.log(level, message, *args, exc_info=exc_info)
 
 
+_warned: set[str] = set()
+
+
+def warn_once(kind: str, message: str, *args: object) -> None:
+    """A warning the user must see (records are at risk), through
+    ``log_visible``: once per kind, until ``rearm(kind)``."""
+    with _lock:
+        if kind in _warned:
+            return
+        _warned.add(kind)
+    log_visible(logging.WARNING, message, *args)
+
+
+def rearm(kind: str) -> None:
+    """The condition warned about has cleared: warn again if it returns."""
+    with _lock:
+        _warned.discard(kind)
+
+
+def reset_warnings() -> None:
+    """Forget every warn_once and rate limit (a test's fresh start)."""
+    with _lock:
+        _warned.clear()
+        _last_logged.clear()
+
+
 def log_visible(level: int, message: str, *args: object) -> None:
     """Log on the lucidic logger, and, when the program configured no logging
     at all, on stderr too (as Python's last-resort handler would, were it not

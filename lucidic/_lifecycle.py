@@ -4,7 +4,9 @@ At normal interpreter exit, on SIGTERM, and after an uncaught exception, the
 sessions this process started or continued (with ``auto_end``) and has not
 ended or detached are ended, and everything queued is flushed within the
 flush bound; what the sink did not take by then is spooled for the next
-process. Signal handlers are installed from the main thread only, chain the
+process. The flush bound (``LUCIDIC_FLUSH_TIMEOUT``) bounds that whole exit
+path, ending the sessions included, not each of its steps. Signal handlers
+are installed from the main thread only, chain the
 previous handler and keep the process's exit status. SIGINT is left alone:
 Ctrl-C still raises KeyboardInterrupt.
 """
@@ -16,6 +18,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from types import FrameType, TracebackType
 from typing import Any
@@ -100,8 +103,9 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
         previous(signum, frame)
         return
     terminating = True
-    end_sessions(failure="terminated by SIGTERM")
-    shutdown()
+    deadline = _exit_deadline()
+    end_sessions(failure="terminated by SIGTERM", deadline=deadline)
+    shutdown(deadline)
     # Die of the signal as we would have, so the exit status stays -SIGTERM.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)
@@ -127,24 +131,36 @@ def _record_crash(exc_type: type[BaseException], exc: BaseException,
             record_error(binding, f"Uncaught exception: {summary}", detail)
 
 
-def end_sessions(failure: str | None = None) -> None:
-    """End every auto_end session this process still holds."""
+def _exit_deadline() -> float:
+    return time.monotonic() + _config.flush_timeout()
+
+
+def end_sessions(failure: str | None = None, deadline: float | None = None) -> None:
+    """End every auto_end session this process still holds, waiting for
+    their delivery until ``deadline`` at most."""
+    if deadline is None:
+        deadline = _exit_deadline()
     for binding in list(runtime.auto_end):
         if not binding.active:
             continue
         try:
             reason = failure or binding.state.failure
-            _sessions.end(binding, failure=reason)
+            _sessions.end(binding, failure=reason,
+                          timeout=max(0.0, deadline - time.monotonic()))
         except Exception as exc:  # noqa: BLE001
             record_internal_error("auto_end", exc)
 
 
-def shutdown() -> None:
+def shutdown(deadline: float | None = None) -> None:
+    """Deliver what is queued until ``deadline`` (else the flush bound from
+    now); what is left by then is spooled for the next process."""
     global _finished
     if _finished:
         return
     _finished = True
-    runtime.shutdown_all(_config.flush_timeout())
+    if deadline is None:
+        deadline = _exit_deadline()
+    runtime.shutdown_all(max(0.0, deadline - time.monotonic()))
 
 
 def flush_at_exit() -> None:
@@ -154,8 +170,9 @@ def flush_at_exit() -> None:
 
 
 def _at_exit() -> None:
-    end_sessions()
-    shutdown()
+    deadline = _exit_deadline()
+    end_sessions(deadline=deadline)
+    shutdown(deadline)
 
 
 # Just before every fork (see before_fork); registered here, where it is done,

@@ -1,35 +1,87 @@
-"""Hot path → bounded queue → one background worker → sink.
+"""Hot path → bounded queue → background worker → sink, with a spill thread
+that keeps the queue's records safe on disk.
 
 The hot path (``put``) appends to a deque and, once a batch is waiting, wakes
-the worker; it never does I/O unless the queue is full, in which case the
-oldest records go straight to the on-disk spool rather than being dropped. The
-worker batches by size and time, delivers to the sink, spools a batch the sink
-refused, backs off (honouring the sink's ``retry_after``) and replays the spool
-as soon as the sink answers again.
+the worker. It never does I/O and never waits: when the queue is full it only
+wakes the spill thread. The worker batches by size and time, delivers to the
+sink, spools a batch the sink did not take, backs off (honouring the sink's
+``retry_after``) and replays the spool as soon as the sink answers again.
+
+The spill thread bounds what a SIGKILL can lose. Every ``SPILL_TICK`` it
+looks at the queue: once a record there has waited ``SPILL_AFTER`` (the worker
+is behind, or the sink is down), it writes everything queued to the spool.
+A batch the worker has held that long (the sink is slow or hung) it copies
+to a segment of its own, removed again if the batch is delivered. So a record
+leaves the
+process's memory for the kernel (the sink, or a ``write()`` to the spool)
+within about ``LOSS_WINDOW`` of being recorded, whatever the queue holds. In
+durable mode (``LUCIDIC_DURABLE=1``) ``put`` itself writes each record to the
+spool before returning, and the worker delivers from there: a SIGKILL loses
+nothing.
+
+A record is always in at least one of these places: the queue, the worker's
+hands (``_inflight``), or written down. The worker and the spill thread take
+records off the queue under one lock, and the spill thread removes what it
+spills only once it is written; so an exit that interrupts a spill midway
+finds every record still queued, and writes them itself.
 
 A record still last in the queue can be amended (``amend_last``): a step that
 ends before the worker has taken its start is queued as one record, not two,
-which is what the store would have made of them. Whoever takes records off
-the queue holds ``_taking`` meanwhile, so a record is amended only while no
-one else can have it.
+which is what the store would have made of them. It is amended only while it
+is in the queue and no one is taking records off it (the take lock is free):
+never once it is being written to the spool, in the worker's hands, written
+down in durable mode, or queued before a fork().
+
+When nothing can be written (the disk is full) and the sink does not take
+records either, the queue keeps the oldest records, up to twice its size, and
+the newest are dropped and counted (``stats.dropped``); session records are
+always kept. Records the sink refuses for good are set aside in the spool's
+rejected file (``stats.rejected``); records naming a session the sink does
+not know yet wait in a later segment until it does (``LATER_GRACE``).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
 from typing import Any
 
-from ._internal import log_rate_limited, logger, record_internal_error
-from ._sinks import Sink, SinkError
+from ._internal import log_rate_limited, logger, rearm, record_internal_error, warn_once
+from ._sinks import RecordsRefusedError, Sink, SinkError
 from ._spool import Spool
 from .store import Record
 
 _MAX_BACKOFF = 10.0
 _ORPHAN_SCAN_INTERVAL = 30.0
+#: How often the spill thread looks at the queue and the worker.
+SPILL_TICK = 0.025
+#: A record queued (or in the worker's hands) this long is written to the spool.
+SPILL_AFTER = 0.1
+#: What a SIGKILL can lose: the records of about this many seconds before it
+#: (records wait SPILL_AFTER at most in the queue and as much in the worker's
+#: hands, each noticed within a tick), plus the time to write them.
+LOSS_WINDOW = 2 * (SPILL_AFTER + SPILL_TICK)
+#: Records naming a session the sink does not know yet are retried this often...
+_LATER_RETRY = 5.0
+#: ...and set aside as refused once it has not known it for this long.
+LATER_GRACE = 600.0
+#: A spill is written in pieces of this many records.
+_SPILL_PIECE = 4096
+
+#: Test hook: the spill thread calls it after writing each piece of a spill,
+#: with (records written so far, records in the spill), before the spilled
+#: records leave the queue. Lets a test stop a spill midway.
+spill_checkpoint: Callable[[int, int], None] | None = None
+
+
+#: What became of a batch the worker took.
+_DELIVERED, _SPOOLED, _KEPT_NOWHERE = object(), object(), object()
 
 
 class _FlushRequest:
@@ -44,96 +96,132 @@ class _FlushRequest:
 @dataclass
 class PipelineStats:
     delivered: int = 0
+    #: Records written to the spool (one may be written twice: a copy of a
+    #: batch the sink was slow to take, then the batch it failed).
     spooled: int = 0
     delivery_failures: int = 0
-    lost: int = 0  # only when the spool itself cannot be written
+    #: Records lost: the queue was full while neither the sink nor the spool
+    #: could take anything (the newest are dropped, the oldest kept).
+    dropped: int = 0
+    #: Records the sink refused for good, set aside in ``spool.rejected_path``.
+    rejected: int = 0
 
 
 class Pipeline:
     def __init__(self, sink: Sink, spool: Spool, *, max_queue: int = 65536,
-                 batch_size: int = 2000, interval: float = 0.1) -> None:
+                 batch_size: int = 2000, interval: float = 0.05, durable: bool = False,
+                 later_grace: float = LATER_GRACE, later_retry: float = _LATER_RETRY) -> None:
         self.sink = sink
         self.spool = spool
         self.stats = PipelineStats()
-        self._max_queue = max_queue
-        self._overflow_chunk = max(1, max_queue // 8)
+        #: Every record is written to the spool before put() returns.
+        self.durable = durable
+        #: fork() calls so far (see amend_last).
+        self.forks = 0
+        self._max_queue = max(2, max_queue)
         self._batch_size = batch_size
+        self._busy = min(batch_size, self._max_queue)  # below it, put() only appends
         self._interval = interval
+        self._later_grace = later_grace
+        self._later_retry = later_retry
         self._init_runtime()
 
     def _init_runtime(self) -> None:
         self._queue: deque[Any] = deque()
-        #: Held while records are taken off the queue (see amend_last).
-        self._taking = threading.Lock()
-        #: put() looks further only once the queue is this long: to wake the
-        #: worker for a full batch, or to spill when the queue is full.
-        self._crowded_at = self._batch_size
         self._wake = threading.Event()
+        self._spill_wake = threading.Event()
         self._thread: threading.Thread | None = None
+        self._spiller: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._stats_lock = threading.Lock()
+        # Taking items off the queue (worker, spill thread, exit) happens
+        # under this lock; appending (the hot path) does not need it.
+        self._take_lock = threading.RLock()
+        self._taken = 0  # items ever taken off the queue
+        #: Items ever appended, as seen at each of the last ticks (oldest first).
+        self._marks: deque[int] = deque(maxlen=max(1, round(SPILL_AFTER / SPILL_TICK)))
+        self._inflight: list[Record] | None = None
+        self._inflight_since = 0.0
+        #: (batch, file): the copy of the worker's batch that the spill thread
+        #: wrote while the sink was slow; removed again if the batch arrives.
+        self._inflight_copy: tuple[list[Record], Path] | None = None
+        self._inflight_lock = threading.Lock()
+        self._passed: deque[_FlushRequest] = deque()  # flush requests the spill took past
         self._stopping = False
         self._healthy = True
         self._failures = 0
         self._retry_at = 0.0
         self._spool_dirty = True  # segments of dead processes may be waiting
+        self._later_waiting = True
+        self._next_later_retry = 0.0
         self._next_orphan_scan = 0.0
-        self._assembling: list[Record] = []
+        self._replayed_batches = 0
+        self._durable_unsent = 0
+        self._dropping = False
+        self._spool_failing = False
+        self._losses_reported = 0
         self._waiting: list[_FlushRequest] = []
 
     # -- hot path -------------------------------------------------------------
 
     def put(self, record: Record) -> None:
-        queue = self._queue
-        queue.append(record)
-        if len(queue) >= self._crowded_at:
-            self._crowded()
-
-    def _crowded(self) -> None:
-        """A batch is waiting: wake the worker (once: put() looks no further
-        until the worker has taken records); or the queue is full (the sink is
-        slower than the program): spool in the caller's thread rather than
-        drop or grow without bound."""
-        if len(self._queue) > self._max_queue:
-            self._overflow()
-        elif not self._wake.is_set():
-            self._wake.set()
-        self._crowded_at = self._max_queue + 1
-
-    def _overflow(self) -> None:
-        """The oldest part of the queue goes to disk in one write, so the next
-        few thousand calls are back on the fast path."""
-        chunk: list[Record] = []
-        queue = self._queue
-        with self._taking:
-            try:
-                while len(chunk) < self._overflow_chunk:
-                    item = queue.popleft()
-                    if isinstance(item, _FlushRequest):
-                        queue.appendleft(item)  # keep its place: it waits on what follows
-                        break
-                    chunk.append(item)
-            except IndexError:
-                pass  # the worker drained it meanwhile
-        if not chunk:
+        if self.durable:
+            self._put_durable(record)
             return
-        try:
-            self.spool.append(chunk)
-            self._spool_dirty = True
-            self.stats.spooled += len(chunk)
-        except Exception as exc:  # noqa: BLE001
-            self.stats.lost += len(chunk)
-            record_internal_error("spool_write", exc)
+        queue = self._queue
+        size = len(queue)
+        if size >= self._busy:
+            if size >= self._max_queue and self._crowded(record, size):
+                return
+            if size >= self._batch_size and not self._wake.is_set():
+                self._wake.set()
+        queue.append(record)
 
-    def amend_last(self, record: Record, fields: dict[str, Any], ts: float) -> bool:
+    def _crowded(self, record: Record, size: int) -> bool:
+        """The queue is full: wake the spill thread (never wait for it). When
+        the spool cannot be written either, keep the oldest records, twice
+        the queue's size, and drop this one (session records are always
+        kept). True if dropped. (A spool that can be written still gets a
+        hard bound, far above, in case the spill thread itself is stuck.)"""
+        if not self._spill_wake.is_set():
+            self._spill_wake.set()
+        limit = 2 * self._max_queue if self._spool_failing else 4 * self._max_queue + 16384
+        if size < limit or record[0] == "session":
+            return False
+        with self._stats_lock:
+            self.stats.dropped += 1
+        self._dropping = True
+        return True
+
+    def _put_durable(self, record: Record) -> None:
+        try:
+            if not self.spool.append_one(record):
+                self._reject([(record, "it cannot be written as JSON")])
+                return
+        except OSError as exc:
+            # The spool cannot take it: keep it in memory rather than lose it.
+            self._spool_unwritable(exc)
+            queue = self._queue
+            if len(queue) < self._max_queue or not self._crowded(record, len(queue)):
+                queue.append(record)
+            return
+        self._spool_dirty = True
+        self._durable_unsent += 1
+        if self._durable_unsent >= self._batch_size and not self._wake.is_set():
+            self._wake.set()
+
+    def amend_last(self, record: Record, fields: dict[str, Any], ts: float, forks: int) -> bool:
         """Merge ``fields`` (the newer values, at ``ts``) into ``record`` if it is
         still the last thing queued: nothing was queued after it, in any thread,
-        and the worker has not taken it, so one record says what the two would
-        have. False (nothing changed) otherwise, or when the queue is being
-        taken from right now: the hot path never waits."""
+        no one is taking records off the queue (the spill thread writes them
+        before it takes them), and no fork() happened since it was queued
+        (``forks``: the pipeline's count then; the child may have written to
+        the same row since). Then one record says what the two would have.
+        False (nothing changed) otherwise: the hot path never waits."""
         queue = self._queue
-        taking = self._taking
-        if not taking.acquire(blocking=False):
-            return False  # someone is taking records off the queue: never wait for them
+        take_lock = self._take_lock
+        if forks != self.forks or not take_lock.acquire(blocking=False):
+            return False
         try:
             if not queue or queue[-1] is not record:
                 return False
@@ -141,7 +229,7 @@ class Pipeline:
             merged.update(fields)
             queue[-1] = (record[0], record[1], ts, merged)
         finally:
-            taking.release()
+            take_lock.release()
         return True
 
     def deliver_soon(self) -> None:
@@ -152,82 +240,240 @@ class Pipeline:
     # -- control --------------------------------------------------------------
 
     def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
+        if self.running and self._spiller is not None and self._spiller.is_alive():
             return
         with self._start_lock:
+            self._stopping = False
             if self._thread is None or not self._thread.is_alive():
-                self._stopping = False
                 self._thread = threading.Thread(target=self._run, name="lucidic-worker",
                                                 daemon=True)
                 self._thread.start()
+            if self._spiller is None or not self._spiller.is_alive():
+                self._spiller = threading.Thread(target=self._spill_loop,
+                                                 name="lucidic-spill", daemon=True)
+                self._spiller.start()
 
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def _no_new_losses(self) -> bool:
+        """True unless records were dropped or refused since the last flush
+        said so (each loss makes one flush return False)."""
+        losses = self.stats.dropped + self.stats.rejected
+        unreported, self._losses_reported = losses != self._losses_reported, losses
+        return not unreported
+
     def flush(self, timeout: float, *, fail_fast: bool = False) -> bool:
         """Wait until everything queued before this call, and everything this
-        process spooled, has reached the sink. With ``fail_fast``, give up as
-        soon as a delivery fails instead of waiting for the sink to return."""
+        process spooled, has reached the sink. False if that did not happen
+        within ``timeout``, or if records were dropped or refused since the
+        last flush. With ``fail_fast``, give up as soon as a delivery fails
+        instead of waiting for the sink to return."""
         if not self.running:
             if not self._queue and not self.spool.has_own_pending():
-                return True
+                return self._no_new_losses()
             try:
                 self.start()
             except RuntimeError:
                 # No new threads at interpreter shutdown (Python 3.12+): deliver
                 # from this thread instead.
                 self._cycle()
-                return not self._queue and not self.spool.has_own_pending()
+                delivered = not self._queue and not self.spool.has_own_pending()
+                return self._no_new_losses() and delivered
         request = _FlushRequest(fail_fast)
         self._queue.append(request)
         self._wake.set()
-        return request.done.wait(max(timeout, 0.0)) and not request.failed
+        done = request.done.wait(max(timeout, 0.0))
+        return self._no_new_losses() and done and not request.failed
 
     def shutdown(self, timeout: float) -> bool:
         """Flush within ``timeout``; whatever could not be delivered by then is
         written to the spool, for this or a later process to deliver."""
         deadline = time.monotonic() + timeout
-        delivered = self.flush(timeout * 0.8)
+        # Keep a little of the bound for writing what is left to the spool.
+        delivered = self.flush(timeout - min(0.5, timeout * 0.2))
         self._stopping = True
         self._wake.set()
+        self._spill_wake.set()
         if not delivered:
-            self._rescue()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(max(0.0, deadline - time.monotonic()))
+            self._rescue(deadline)
+        for thread in (self._thread, self._spiller):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
         try:
             self.spool.close()
         except Exception as exc:  # noqa: BLE001
             record_internal_error("spool_close", exc)
         return delivered
 
-    def _rescue(self) -> None:
+    def _rescue(self, deadline: float) -> None:
         """Called from the exiting thread while the worker may be stuck in the
-        sink: spool the batch it holds and everything still queued. Records
-        may end up both delivered and spooled; replays are idempotent."""
-        pending: list[Record] = list(self._assembling)
-        with self._taking:
-            while True:
-                try:
-                    item = self._queue.popleft()
-                except IndexError:
-                    break
-                if isinstance(item, _FlushRequest):
-                    item.failed = True
-                    item.done.set()
-                else:
-                    pending.append(item)
-        if pending:
+        sink and the spill thread midway through a spill: write the batch the
+        worker holds and everything still queued to the spool. Records may end
+        up written twice (or delivered and spooled); replays are idempotent."""
+        # The worker holds the lock for microseconds; the spill thread for as
+        # long as a spill takes, or for ever if it is stuck.
+        wait = max(0.05, min(0.5, deadline - time.monotonic()))
+        items: list[Any]
+        if self._take_lock.acquire(timeout=wait):
             try:
-                self.spool.append(pending)
-                self.stats.spooled += len(pending)
-                self.spool.sync()
-            except Exception as exc:  # noqa: BLE001
-                self.stats.lost += len(pending)
-                record_internal_error("spool_write", exc)
-            log_rate_limited("exit_spooled", "lucidic: the sink did not take %d records in "
-                             "time; they were spooled to %s and will be delivered by the "
-                             "next process", len(pending), self.spool.directory)
+                items = []
+                while True:
+                    try:
+                        items.append(self._queue.popleft())
+                    except IndexError:
+                        break
+                self._taken += len(items)
+            finally:
+                self._take_lock.release()
+        else:
+            # The spill thread holds the queue and is not finishing: redo its
+            # part (its records leave the queue only once written).
+            items = list(self._queue.copy())
+        pending: list[Record] = []
+        inflight = self._inflight
+        if inflight is not None and self._copy_of(inflight) is None:
+            pending.extend(inflight)
+        for item in items:
+            if isinstance(item, _FlushRequest):
+                item.failed = True
+                item.done.set()
+            else:
+                pending.append(item)
+        if not pending:
+            return
+        try:
+            self._spool_write(pending)
+        except OSError as exc:
+            with self._stats_lock:
+                self.stats.dropped += len(pending)
+            self._spool_unwritable(exc)
+            return
+        self.stats.spooled += len(pending)
+        log_rate_limited("exit_spooled", "lucidic: the sink did not take %d records in "
+                         "time; they were spooled to %s and will be delivered by the "
+                         "next process", len(pending), self.spool.directory)
+
+    # -- the spill thread -------------------------------------------------------
+
+    def _spill_loop(self) -> None:
+        next_tick = time.monotonic()
+        while not self._stopping:
+            # Ticks keep their pace even when a spill took a while.
+            next_tick = max(next_tick + SPILL_TICK, time.monotonic())
+            self._spill_wake.wait(next_tick - time.monotonic())
+            self._spill_wake.clear()
+            if self._stopping:
+                return
+            try:
+                self._spill_tick()
+            except Exception as exc:  # noqa: BLE001 - the spill thread must survive anything
+                record_internal_error("spill", exc)
+
+    def _spill_tick(self) -> None:
+        self._spill_inflight()
+        with self._take_lock:
+            queued = len(self._queue)
+            marks = self._marks
+            # Items queued SPILL_AFTER ago (marks[0] had been appended by
+            # then) and still there: the worker is behind. Everything queued
+            # goes to disk, not only those, or the backlog would stay in
+            # memory tick after tick.
+            waited = marks[0] - self._taken if len(marks) == marks.maxlen else 0
+            if queued and (waited > 0 or queued >= self._max_queue):
+                self._spill_front(queued)
+            marks.append(self._taken + len(self._queue))
+        if self._dropping:
+            warn_once("records_dropped", "lucidic: records are being dropped: %d are held in "
+                      "memory and neither the sink nor the spool at %s takes more; the "
+                      "oldest are kept, newer ones dropped (the pipeline's stats.dropped "
+                      "counts them)", 2 * self._max_queue, self.spool.directory)
+
+    def _spill_inflight(self) -> None:
+        """The worker has held a batch for SPILL_AFTER (the sink is slow or
+        hung): copy it to a segment of its own, in case the process dies
+        before the sink answers. If the batch arrives, the copy is removed."""
+        batch = self._inflight
+        if (batch is None or self._copy_of(batch) is not None
+                or time.monotonic() - self._inflight_since < SPILL_AFTER):
+            return
+        try:
+            copy, unencodable = self.spool.write_aside(batch)
+        except OSError as exc:
+            self._spool_unwritable(exc)
+            return
+        if unencodable:
+            self._reject([(r, "it cannot be written as JSON") for r in unencodable])
+        with self._inflight_lock:
+            kept = self._inflight is batch
+            if kept and copy is not None:
+                self._inflight_copy = (batch, copy)
+        if not kept and copy is not None:
+            self.spool.discard(copy)  # the worker is done with it: delivered or spooled
+            return
+        self.stats.spooled += len(batch)
+        self._spool_dirty = True
+        self._spool_writable()
+
+    def _copy_of(self, batch: list[Record]) -> Path | None:
+        copy = self._inflight_copy
+        return copy[1] if copy is not None and copy[0] is batch else None
+
+    def _release_inflight(self, batch: list[Record], *, delivered: bool) -> None:
+        """The worker is done with its batch: if it was delivered, the copy
+        the spill thread made of it is not needed."""
+        with self._inflight_lock:
+            copy = self._copy_of(batch)
+            self._inflight = self._inflight_copy = None
+        if delivered and copy is not None:
+            self.spool.discard(copy)
+
+    def _spill_front(self, count: int) -> None:
+        """Write the oldest ``count`` queued items to the spool, then take
+        them off the queue (the caller holds the take lock)."""
+        items = list(islice(self._queue, count))  # one C call: no append interleaves
+        records = [i for i in items if not isinstance(i, _FlushRequest)]
+        try:
+            for start in range(0, len(records), _SPILL_PIECE):
+                self._spool_write(records[start:start + _SPILL_PIECE])
+                checkpoint = spill_checkpoint
+                if checkpoint is not None:
+                    checkpoint(min(start + _SPILL_PIECE, len(records)), len(records))
+        except OSError as exc:
+            self._spool_unwritable(exc)  # they stay queued
+            return
+        for _ in range(count):
+            self._queue.popleft()
+        self._taken += count
+        # A flush waiting on what came before them: those are in the spool
+        # now, and the worker settles it once the spool is delivered.
+        self._passed.extend(i for i in items if isinstance(i, _FlushRequest))
+        self.stats.spooled += len(records)
+        self._spool_dirty = True
+        self._spool_writable()
+
+    def _spool_write(self, records: Sequence[Record]) -> None:
+        """Append to the spool (OSError when the disk refuses); a record no
+        encoder can write is set aside alone."""
+        unencodable = self.spool.append(records)
+        if unencodable:
+            self._reject([(r, "it cannot be written as JSON") for r in unencodable])
+
+    def _spool_unwritable(self, exc: OSError) -> None:
+        self._spool_failing = True
+        warn_once("spool_unwritable", "lucidic: cannot write the spool at %s (%s); records "
+                  "are held in memory until it can be written or the sink takes them "
+                  "(beyond %d, newer records are dropped and counted)",
+                  self.spool.directory, exc, 2 * self._max_queue)
+
+    def _spool_writable(self) -> None:
+        if self._spool_failing:
+            self._spool_failing = False
+            self._dropping = False
+            logger.warning("lucidic: the spool at %s can be written again", self.spool.directory)
+            rearm("spool_unwritable")
+            rearm("records_dropped")
 
     # -- worker ---------------------------------------------------------------
 
@@ -247,69 +493,187 @@ class Pipeline:
 
     def _cycle(self) -> None:
         self._maybe_replay()
-        queue = self._queue
-        while queue:
-            batch = self._assembling = []
-            request: _FlushRequest | None = None
-            with self._taking:
-                self._crowded_at = self._batch_size  # put() may wake us again
-                for _ in range(min(len(queue), self._batch_size)):
-                    item = queue.popleft()
-                    if isinstance(item, _FlushRequest):
-                        request = item
-                        break
-                    batch.append(item)
+        while True:
+            with self._take_lock:
+                batch, request = self._take()
+            outcome = self._deliver(batch) if batch else _DELIVERED
+            if outcome is _KEPT_NOWHERE:
+                # Neither delivered nor spooled: back to the queue's front,
+                # with the flush that waits on it, until the next cycle.
+                if request is not None and request.fail_fast:
+                    request.failed = True
+                    request.done.set()
+                    request = None
+                back: list[Any] = [*batch, *([request] if request else [])]
+                with self._take_lock:
+                    self._queue.extendleft(reversed(back))
+                    self._taken -= len(back)
+                    self._release_inflight(batch, delivered=False)
+                break
             if batch:
-                self._deliver(batch)
-            self._assembling = []
+                self._release_inflight(batch, delivered=outcome is _DELIVERED)
             if request is not None:
-                self._waiting.append(request)
-        try:
-            self.spool.sync()
-        except Exception as exc:  # noqa: BLE001
-            record_internal_error("spool_sync", exc)
+                if request.fail_fast and not self._healthy:
+                    # Deliveries are failing (this batch was spooled): say so now.
+                    request.failed = True
+                    request.done.set()
+                else:
+                    self._waiting.append(request)
+            elif not batch:
+                break
+        while self._passed:
+            self._waiting.append(self._passed.popleft())
         self._settle_flushes()
 
-    def _deliver(self, batch: Sequence[Record]) -> None:
+    def _take(self) -> tuple[list[Record], _FlushRequest | None]:
+        """A batch off the queue, up to the next flush request (the caller
+        holds the take lock)."""
+        batch: list[Record] = []
+        request: _FlushRequest | None = None
+        queue = self._queue
+        while len(batch) < self._batch_size:
+            try:
+                item = queue.popleft()
+            except IndexError:
+                break
+            if isinstance(item, _FlushRequest):
+                request = item
+                break
+            batch.append(item)
+        self._taken += len(batch) + (request is not None)
+        if batch:
+            self._inflight, self._inflight_since = batch, time.monotonic()
+        return batch, request
+
+    def _deliver(self, batch: list[Record]) -> object:
+        """Deliver a batch (_DELIVERED), or spool it (_SPOOLED), or neither
+        (_KEPT_NOWHERE)."""
         if not self._healthy and time.monotonic() < self._retry_at:
-            self._spill(batch)
-            return
+            return self._spill(batch)
         try:
             self.sink.write(batch)
+        except RecordsRefusedError as refusal:
+            self.stats.delivered += len(batch) - len(refusal.later) - len(refusal.refused)
+            self._recovered()
+            try:
+                self._handle_refusal(refusal, None)
+            except OSError as exc:
+                # Nowhere to keep the records that wait for their session:
+                # they go back to the queue and are tried again later.
+                self._spool_unwritable(exc)
+                self._failed(exc)
+                with self._take_lock:
+                    self._queue.extendleft(reversed(refusal.later))
+                    self._taken -= len(refusal.later)
+            return _DELIVERED
         except Exception as exc:  # noqa: BLE001 - any sink failure means: spool, retry
             self._failed(exc)
-            self._spill(batch)
-            return
+            return self._spill(batch)
         self.stats.delivered += len(batch)
         self._recovered()
+        return _DELIVERED
 
-    def _spill(self, batch: Sequence[Record]) -> None:
+    def _spill(self, batch: list[Record]) -> object:
+        with self._inflight_lock:
+            if self._copy_of(batch) is not None:
+                return _SPOOLED  # the spill thread wrote a copy while the sink hung
         try:
-            self.spool.append(batch)
-            self._spool_dirty = True
-            self.stats.spooled += len(batch)
-        except Exception as exc:  # noqa: BLE001
-            self.stats.lost += len(batch)
-            record_internal_error("spool_write", exc)
+            self._spool_write(batch)
+        except OSError as exc:
+            self._spool_unwritable(exc)
+            return _KEPT_NOWHERE
+        self._spool_dirty = True
+        self.stats.spooled += len(batch)
+        self._spool_writable()
+        return _SPOOLED
+
+    def _handle_refusal(self, refusal: RecordsRefusedError, refused_since: float | None) -> None:
+        """Set aside what the sink refused for good; keep what waits for its
+        session in a later segment, until LATER_GRACE has passed since the
+        sink first refused it. Raises OSError when the spool cannot take them."""
+        refused = list(refusal.refused)
+        if refusal.later:
+            now = time.time()
+            first = now if refused_since is None else refused_since
+            if now - first >= self._later_grace:
+                refused.extend((r, f"the sink did not know its session for "
+                                   f"{self._later_grace:g} s") for r in refusal.later)
+            else:
+                unencodable = self.spool.defer(refusal.later, first)
+                refused.extend((r, "it cannot be written as JSON") for r in unencodable)
+                self._later_waiting = True
+                log_rate_limited("records_later", "lucidic: the sink does not know the "
+                                 "session of %d record(s) yet; they wait in %s and are sent "
+                                 "again once it does", len(refusal.later),
+                                 self.spool.directory, level=logging.INFO)
+        if refused:
+            self._reject(refused)
+
+    def _reject(self, entries: list[tuple[Record, str]]) -> None:
+        try:
+            self.spool.reject(entries)
+        except OSError as exc:
+            with self._stats_lock:
+                self.stats.dropped += len(entries)
+            self._spool_unwritable(exc)
+            return
+        with self._stats_lock:
+            self.stats.rejected += len(entries)
+        warn_once("records_rejected", "lucidic: the sink refused %d record(s) for good (%s); "
+                  "they were set aside in %s and will not be sent again (the pipeline's "
+                  "stats.rejected counts them)", len(entries), entries[0][1],
+                  self.spool.rejected_path)
 
     def _maybe_replay(self) -> None:
         now = time.monotonic()
         if not self._spool_dirty and now >= self._next_orphan_scan:
             self._next_orphan_scan = now + _ORPHAN_SCAN_INTERVAL
             self._spool_dirty = self.spool.has_any()
-        if not self._spool_dirty or (not self._healthy and now < self._retry_at):
+            self._later_waiting = self._later_waiting or self.spool.has_later()
+        if not self._healthy and now < self._retry_at:
+            return
+        retry_later = self._later_waiting and now >= self._next_later_retry
+        if not (self._spool_dirty or retry_later):
             return
         try:
-            complete = self.spool.replay(self._deliver_replayed, self._batch_size)
+            if self._spool_dirty:
+                replayed = self._replayed_batches
+                self._durable_unsent = 0
+                # Cleared first: a record spooled meanwhile (by another
+                # thread) sets it again, and is not forgotten.
+                self._spool_dirty = False
+                if not self.spool.replay(self._deliver_replayed, self._batch_size):
+                    self._spool_dirty = True
+                # What waits for its session is retried once the rest was
+                # delivered: the session's own record may have been in it.
+                retry_later = self._later_waiting and (
+                    retry_later or self._replayed_batches > replayed)
+            if retry_later:
+                self._next_later_retry = now + self._later_retry
+                self._later_waiting = False
+                complete = self.spool.replay(self._deliver_replayed, self._batch_size,
+                                             later=True)
+                self._later_waiting = self._later_waiting or not complete
+        except OSError as exc:
+            # The spool's fault, not the sink's: what is queued still goes.
+            self._spool_dirty = self._later_waiting = True
+            self._spool_unwritable(exc)
+            return
         except Exception as exc:  # noqa: BLE001
+            self._spool_dirty = self._later_waiting = True
             self._failed(exc)
             return
         self._recovered()
-        self._spool_dirty = not complete
 
-    def _deliver_replayed(self, batch: Sequence[Record]) -> None:
-        self.sink.write(batch)
-        self.stats.delivered += len(batch)
+    def _deliver_replayed(self, batch: Sequence[Record], refused_since: float | None) -> None:
+        try:
+            self.sink.write(batch)
+        except RecordsRefusedError as refusal:
+            self.stats.delivered += len(batch) - len(refusal.later) - len(refusal.refused)
+            self._handle_refusal(refusal, refused_since)
+        else:
+            self.stats.delivered += len(batch)
+        self._replayed_batches += 1
 
     def _failed(self, exc: BaseException) -> None:
         self.stats.delivery_failures += 1
@@ -320,6 +684,9 @@ class Pipeline:
         if isinstance(retry_after, (int, float)) and retry_after > 0:
             delay = min(float(retry_after), 300.0)
         self._retry_at = time.monotonic() + delay
+        if getattr(exc, "unreachable", False):
+            warn_once("sink_unreachable", "lucidic: %s; records wait in %s and are delivered "
+                      "as soon as it answers", exc, self.spool.directory)
         level_kind = "sink_down" if isinstance(exc, SinkError) else "sink_error"
         log_rate_limited(level_kind, "lucidic: the sink refused a batch (%s); records are "
                          "spooled to %s and retried in %.1fs", exc, self.spool.directory, delay)
@@ -332,6 +699,7 @@ class Pipeline:
     def _recovered(self) -> None:
         if not self._healthy:
             logger.info("lucidic: the sink accepts records again")
+            rearm("sink_unreachable")
         self._healthy = True
         self._failures = 0
 
@@ -344,14 +712,8 @@ class Pipeline:
     # -- fork -----------------------------------------------------------------
 
     def before_fork(self) -> None:
+        self.forks += 1  # nothing queued before a fork is amended after it
         self.spool.before_fork()
-        with self._taking:
-            # Nothing queued before a fork is amended after it: the child may
-            # write to the same rows meanwhile, so each record keeps its own time.
-            queue = self._queue
-            if queue and not isinstance(queue[-1], _FlushRequest):
-                last = queue[-1]
-                queue[-1] = (last[0], last[1], last[2], last[3])
 
     def after_fork_in_parent(self) -> None:
         self.spool.after_fork_in_parent()

@@ -68,7 +68,7 @@ class Step:
     amended by :meth:`update`, finished by :meth:`end`. ``parent`` is the
     enclosing step in the same context (a frame of the stack, not a record)."""
 
-    __slots__ = ("binding", "parent", "record", "session_id", "step_id")
+    __slots__ = ("binding", "forks", "parent", "record", "session_id", "step_id")
 
     def __init__(self, binding: Binding, step_id: str, parent: Step | None = None,
                  record: Record | None = None) -> None:
@@ -77,8 +77,9 @@ class Step:
         self.step_id = step_id
         self.parent = parent
         #: The record that opened the step, while its end may be merged into
-        #: it (see open_step's ``merge_end``).
+        #: it (see open_step's ``merge_end``), and the pipeline's fork count then.
         self.record = record
+        self.forks = binding.pipeline.forks
 
     def update(self, fields: dict[str, Any], maskable: Iterable[str] | None = None) -> None:
         """Amend the step (fields that are None leave what is stored alone)."""
@@ -96,7 +97,8 @@ class Step:
                 if self.binding.mask is not None:
                     _mask(self.binding.mask, fields, ("error",))
             record, self.record = self.record, None
-            if record is None or not self.binding.pipeline.amend_last(record, fields, now):
+            if record is None or not self.binding.pipeline.amend_last(record, fields, now,
+                                                                      self.forks):
                 self.binding.pipeline.put(("step", self.step_id, now, fields))
             return
         fields["session_id"] = self.session_id

@@ -10,9 +10,8 @@ from typing import Any
 
 from ._internal import log_rate_limited
 from .columns import COLUMN_TYPES, ColumnType
+from .limits import INT_MAX, INT_MIN, MAX_DOCUMENT_INT_BITS, MAX_TEXT_CHARS
 
-#: Longest text kept per field; longer text is cut and says so.
-MAX_TEXT_CHARS = 4 * 1024 * 1024
 #: What a string becomes when the masking function fails on it.
 REDACTED = "[REDACTED: masking function failed]"
 _MAX_DEPTH = 32
@@ -61,8 +60,10 @@ def items_of(value: list[Any] | tuple[Any, ...] | set[Any] | frozenset[Any]
 
 def to_jsonable(value: Any, depth: int = 0) -> Any:
     """A JSON-safe copy of value; objects that JSON cannot hold become their repr."""
-    if value is None or isinstance(value, (bool, int)):
+    if value is None or isinstance(value, bool):
         return value
+    if isinstance(value, int):
+        return value if INT_MIN <= value <= INT_MAX else _big_int(value)
     if isinstance(value, str):
         return bounded(value)
     if isinstance(value, float):
@@ -91,6 +92,85 @@ def to_jsonable(value: Any, depth: int = 0) -> Any:
         except Exception:  # noqa: BLE001
             return safe_repr(value)
     return safe_repr(value)
+
+
+def shrink_record(record: tuple[str, str, float, dict[str, Any]], max_bytes: int,
+                  measure: Callable[[Any], int]) -> Any:
+    """A copy of ``record`` whose size (as ``measure`` gives it) is at most
+    ``max_bytes``: its longest texts are cut to a common length, each saying
+    how much was cut. None when cutting texts cannot make it fit."""
+    kind, record_id, ts, fields = record
+    fields = _copy_containers(fields)
+    for _ in range(8):
+        size = measure((kind, record_id, ts, fields))
+        if size <= max_bytes:
+            return (kind, record_id, ts, fields)
+        texts = _long_texts(fields)
+        # Every character takes at least a byte, so cutting the excess in
+        # characters (and room for each note) is enough, unless escapes or
+        # multi-byte characters make the texts larger: then another round.
+        cap = _common_cap([len(t) for _, _, t in texts], size - max_bytes + 64 * len(texts))
+        if cap is None:
+            return None
+        for holder, key, text in texts:
+            if len(text) > cap:
+                holder[key] = text[:cap] + f"…[truncated {len(text) - cap} characters]"
+    return None
+
+
+_SHORTEST_CUT = 256
+
+
+def _common_cap(lengths: list[int], excess: int) -> int | None:
+    """The longest length to cut every text to that removes at least
+    ``excess`` characters; None if even the shortest cut is not enough."""
+    def removed(cap: int) -> int:
+        return sum(n - cap for n in lengths if n > cap)
+
+    if not lengths or removed(_SHORTEST_CUT) < excess:
+        return None
+    low, high = _SHORTEST_CUT, max(lengths)  # removed(low) >= excess > removed(high)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if removed(middle) >= excess:
+            low = middle
+        else:
+            high = middle
+    return low
+
+
+def _copy_containers(value: Any) -> Any:
+    if type(value) is dict:
+        return {k: _copy_containers(v) for k, v in value.items()}
+    if type(value) is list:
+        return [_copy_containers(v) for v in value]
+    return value
+
+
+def _long_texts(value: Any) -> list[tuple[Any, Any, str]]:
+    """(container, key, text) of every string inside value that could be cut."""
+    found: list[tuple[Any, Any, str]] = []
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        items = node.items() if type(node) is dict else enumerate(node)
+        for key, item in items:
+            if type(item) is str:
+                if len(item) > _SHORTEST_CUT:
+                    found.append((node, key, item))
+            elif type(item) in (dict, list):
+                stack.append(item)
+    return found
+
+
+def _big_int(value: int) -> Any:
+    """An integer beyond 64 bits is kept while JSON can carry it; one whose
+    decimal text would run to thousands of digits becomes a note (encoding
+    it would fail, and lose the record with it)."""
+    bits = value.bit_length()
+    if bits <= MAX_DOCUMENT_INT_BITS:
+        return int(value)  # a plain int, even from an int subclass
+    return f"<integer of {bits} bits, too large to record>"
 
 
 # -- a value as its column wants it ----------------------------------------------------

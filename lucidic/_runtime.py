@@ -69,8 +69,11 @@ class Runtime:
         with self.lock:
             pipeline = self.pipelines.get(sink.identity)
             if pipeline is None:
-                spool = Spool(_config.data_home() / "spool" / sink.identity)
-                pipeline = Pipeline(sink, spool)
+                home = _config.data_home()
+                spool = Spool(home / "spool" / sink.identity,
+                              rejected=home / "rejected" / f"{sink.identity}.jsonl")
+                pipeline = Pipeline(sink, spool, max_queue=_config.max_queue(),
+                                    durable=_config.durable())
                 self.pipelines[sink.identity] = pipeline
             pipeline.start()
             return pipeline

@@ -170,12 +170,13 @@ def update(binding: Binding, fields: dict[str, Any]) -> None:
 
 
 def end(binding: Binding, result: dict[str, Any] | None = None, *,
-        failure: str | None = None, wait: bool = True) -> None:
+        failure: str | None = None, wait: bool = True, timeout: float | None = None) -> None:
     """Finish the session for everyone: the steps opened with create_step and
     left open end with it; ``failure`` (why this process thinks it failed)
     marks it unsuccessful unless the user said otherwise. With ``wait``, its
-    records are delivered before this returns, so that another process sees
-    it finished at once."""
+    records are delivered before this returns (waiting ``timeout`` at most,
+    the flush bound by default), so that another process sees it finished at
+    once."""
     fields = dict(result or {})
     if fields.get("is_successful") is not None:
         binding.state.outcome_set = True
@@ -190,7 +191,8 @@ def end(binding: Binding, result: dict[str, Any] | None = None, *,
     put_session(binding, fields, now)
     runtime.finish_state(binding.state)
     if wait:
-        binding.pipeline.flush(_config.flush_timeout(), fail_fast=True)
+        binding.pipeline.flush(_config.flush_timeout() if timeout is None else timeout,
+                               fail_fast=True)
     for hook in session_end_hooks:
         with swallow("session_end_hook"):
             hook(binding)

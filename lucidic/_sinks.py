@@ -1,7 +1,9 @@
 """Sinks: where the worker delivers records.
 
 A sink takes batches of records and applies them idempotently (a batch may be
-delivered twice), raising ``SinkError`` when it cannot. The embedded SQLite
+delivered twice), raising ``SinkError`` when it cannot take the batch now,
+and ``RecordsRefusedError`` when it took all of it but some records (which it
+names, with the reason). The embedded SQLite
 store is the default; ``lucidic.testing`` adds an in-memory one, and the HTTP
 sink for ``lucidic server`` plugs in the same way.
 """
@@ -16,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from . import _continuation
-from ._internal import record_internal_error
 from .errors import InvalidOperationError
 from .store import Record, Store, StoreError
 
@@ -24,11 +25,29 @@ from .store import Record, Store, StoreError
 class SinkError(Exception):
     """A delivery failed; the records will be spooled and retried.
 
-    ``retry_after`` is the delay the backend asked for, if it named one."""
+    ``retry_after`` is the delay the backend asked for, if it named one;
+    ``unreachable`` says the backend could not be reached at all."""
 
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, retry_after: float | None = None, *,
+                 unreachable: bool = False) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+        self.unreachable = unreachable
+
+
+class RecordsRefusedError(Exception):
+    """The sink took the batch except some of its records. ``later`` name a
+    session the sink does not know yet (its own record may still be on its
+    way: deliver them again once it has arrived); ``refused`` pairs each
+    record refused for good with the reason. No retry changes a refusal, so
+    the pipeline sets those records aside instead of retrying them."""
+
+    def __init__(self, later: Sequence[Record] = (),
+                 refused: Sequence[tuple[Record, str]] = ()) -> None:
+        super().__init__(f"{len(later)} record(s) for unknown sessions, "
+                         f"{len(refused)} refused")
+        self.later = list(later)
+        self.refused = list(refused)
 
 
 class Sink(ABC):
@@ -122,28 +141,28 @@ class LocalSink(Sink):
             return self._store
 
     def write(self, records: Sequence[Record]) -> None:
+        refused: list[tuple[Record, str]] = []
+        self._write_apart(records, refused)
+        if refused:
+            raise RecordsRefusedError(refused=refused)
+
+    def _write_apart(self, records: Sequence[Record],
+                     refused: list[tuple[Record, str]]) -> None:
+        """Write records; when the store refuses them for what they hold
+        (which no retry would change), write them in halves, so that only the
+        records it refuses are left out, not everything queued with them."""
         try:
             self._get_store().write(records)
-        except (StoreError, ValueError) as exc:
+            return
+        except (StoreError, ValueError, TypeError, OverflowError) as exc:
             if isinstance(exc, StoreError) and exc.transient:
                 raise SinkError(str(exc)) from exc
-            self._write_apart(records, exc)
-
-    def _write_apart(self, records: Sequence[Record], exc: Exception) -> None:
-        """The store refused the batch for what it holds, which no retry would
-        change: write it in halves so that only the records it refuses are
-        left out (each logged and counted), not everything queued with them."""
-        if len(records) == 1:
-            record_internal_error("unstorable_record", exc)
-            return
+            if len(records) == 1:
+                refused.append((records[0], f"the store refused it: {exc}"))
+                return
         middle = len(records) // 2
-        for half in (records[:middle], records[middle:]):
-            try:
-                self._get_store().write(half)
-            except (StoreError, ValueError) as error:
-                if isinstance(error, StoreError) and error.transient:
-                    raise SinkError(str(error)) from error
-                self._write_apart(half, error)
+        self._write_apart(records[:middle], refused)
+        self._write_apart(records[middle:], refused)
 
     def local_store(self) -> Store:
         return self._get_store()

@@ -1,12 +1,29 @@
 """The on-disk spool: where records wait while the sink cannot take them.
 
-A spool is a directory of segment files, one JSON record per line. Each
+A spool is a directory of segment files of JSON lines, each line one record
+or a batch of records (a list of them, encoded in one call). Each
 process appends to segments of its own, holding an exclusive ``flock`` on the
 one it writes; a segment nobody holds a lock on can be replayed by any
 process, so what a dead process left behind is delivered by the next one.
 Replays may overlap with a delivery that already happened (the file is deleted
 only after every line was accepted), which is harmless: sinks apply records
 idempotently.
+
+Lines are written with one ``write()`` each call, unbuffered: once
+``append`` returns, the records are the kernel's and survive the process
+being killed. A write the disk cannot take (it is full) is cut back, so a
+segment never holds half a line followed by more records.
+
+Two more kinds of file live beside the segments:
+
+- *later* segments (``later-<when first refused>-...jsonl``) hold records the
+  sink refused because it does not know their session yet. Their names sort
+  after every ordinary segment, so a replay retries them only once everything
+  else, the session's own record among it, has been delivered: replay does
+  not depend on the order in which records reached the spool.
+- the *rejected* file (``<data dir>/rejected/<sink>.jsonl``) keeps records
+  the sink refused for good, each with the reason, for a human to read.
+  Nothing replays it.
 """
 
 from __future__ import annotations
@@ -14,74 +31,175 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import reprlib
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import orjson
 
 from ._internal import log_rate_limited, record_internal_error
-from .store import RECORD_KINDS, Record
+from .store import RECORD_KINDS, Record, clean_json
 
 _SEGMENT_BYTES = 16 * 1024 * 1024
+_LATER_PREFIX = "later-"
+
+#: deliver(batch, refused_since): refused_since is when the records of a
+#: later segment were first refused, None for an ordinary segment.
+Deliver = Callable[[Sequence[Record], "float | None"], None]
+
+
+class UnencodableRecordError(ValueError):
+    """No JSON encoder can write this record, even cleaned."""
 
 
 class Spool:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, rejected: Path | None = None) -> None:
         self.directory = directory
+        #: Where records refused for good are set aside (see the module doc).
+        self.rejected_path = rejected or directory.parent / "rejected" / f"{directory.name}.jsonl"
         # Reentrant: a SIGTERM handler may spool while the interrupted main
         # thread is inside append().
         self._lock = threading.RLock()
-        self._writer: IO[bytes] | None = None
-        self._writer_bytes = 0
+        self._fd: int | None = None
+        self._size = 0  # bytes of whole lines in the open segment
         self._own: set[Path] = set()
         self._tag = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._counter = 0
 
     # -- writing (any thread) -------------------------------------------------
 
-    def append(self, records: Iterable[Record]) -> int:
-        """Write records to this process's current segment; returns how many."""
-        lines = [_encode(r) for r in records]
-        if not lines:
-            return 0
-        data = b"".join(lines)
+    def append(self, records: Iterable[Record]) -> list[Record]:
+        """Write records to this process's current segment, in one write.
+        Returns the records no encoder could write (usually none), for the
+        caller to set aside. Raises OSError when the disk refuses the write;
+        then nothing of it stays in the segment."""
+        data, unencodable = _encode_batch(list(records))
+        if data:
+            self._write(data)
+        return unencodable
+
+    def append_one(self, record: Record) -> bool:
+        """append() for one record, at the least cost (durable mode's hot
+        path). False if no encoder can write it."""
+        try:
+            line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        except TypeError:
+            try:
+                line = _encode(record)
+            except UnencodableRecordError:
+                return False
+        self._write(line)
+        return True
+
+    def _write(self, data: bytes) -> None:
         with self._lock:
-            writer = self._writer or self._open_segment()
-            writer.write(data)
-            self._writer_bytes += len(data)
-            if self._writer_bytes >= _SEGMENT_BYTES:
+            fd = self._fd if self._fd is not None else self._open_segment()
+            try:
+                written = os.write(fd, data)
+                if written < len(data):  # rare: a signal, or a disk filling up
+                    view = memoryview(data)[written:]
+                    while view:
+                        view = view[os.write(fd, view):]
+            except OSError:
+                # A full disk may have taken part of it: cut it back to the
+                # last whole line, or the next write would glue onto it.
+                try:
+                    os.ftruncate(fd, self._size)
+                except OSError:
+                    self._close_writer()  # start afresh next time
+                raise
+            self._size += len(data)
+            if self._size >= _SEGMENT_BYTES:
                 self._close_writer()
-        return len(lines)
 
-    def sync(self) -> None:
-        """Hand buffered lines to the OS, so they survive the process dying."""
-        with self._lock:
-            if self._writer is not None:
-                self._writer.flush()
-
-    def _open_segment(self) -> IO[bytes]:
-        self.directory.mkdir(parents=True, exist_ok=True)
+    def _new_name(self, prefix: str, when_ns: int) -> Path:
         self._counter += 1
-        path = self.directory / f"{time.time_ns():020d}-{self._tag}-{self._counter}.jsonl"
-        writer = open(path, "ab")  # noqa: SIM115 - kept open across calls on purpose
-        fcntl.flock(writer.fileno(), fcntl.LOCK_EX)
-        self._writer, self._writer_bytes = writer, 0
+        return self.directory / f"{prefix}{when_ns:020d}-{self._tag}-{self._counter}.jsonl"
+
+    def _open_segment(self) -> int:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self._new_name("", time.time_ns())
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._fd, self._size = fd, 0
         self._own.add(path)
-        return writer
+        return fd
 
     def _close_writer(self) -> None:
-        if self._writer is not None:
-            self._writer.flush()
-            self._writer.close()  # releases the lock: the segment is now replayable
-            self._writer = None
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # releases the lock: the segment is now replayable
 
     def close(self) -> None:
         with self._lock:
             self._close_writer()
+
+    def defer(self, records: Sequence[Record], refused_since: float) -> list[Record]:
+        """Put records aside in a later segment, replayed after everything
+        else. Returns the unencodable records."""
+        return self._write_whole(records, _LATER_PREFIX, int(refused_since * 1e9))[1]
+
+    def write_aside(self, records: Sequence[Record]) -> tuple[Path | None, list[Record]]:
+        """Write records to a segment of their own (replayed like any other),
+        which ``discard`` removes if they are delivered meanwhile. Returns
+        its path (None if nothing could be encoded) and the unencodable
+        records."""
+        return self._write_whole(records, "", time.time_ns())
+
+    def discard(self, path: Path) -> None:
+        with self._lock:
+            path.unlink(missing_ok=True)
+            self._own.discard(path)
+
+    def _write_whole(self, records: Sequence[Record], prefix: str,
+                     when_ns: int) -> tuple[Path | None, list[Record]]:
+        """A new segment holding records, written under a temporary name and
+        then renamed, so that no replayer ever sees part of it."""
+        data, unencodable = _encode_batch(list(records))
+        if not data:
+            return None, unencodable
+        with self._lock:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            path = self._new_name(prefix, when_ns)
+            temporary = path.with_suffix(".tmp")
+            try:
+                _write_file(temporary, data)
+                os.replace(temporary, path)
+            except OSError:
+                temporary.unlink(missing_ok=True)
+                raise
+            self._own.add(path)
+        return path, unencodable
+
+    def reject(self, entries: Sequence[tuple[Record, str]]) -> None:
+        """Append records refused for good to the rejected file, each with
+        why. Raises OSError when it cannot be written."""
+        now = time.time()
+        lines = []
+        for record, reason in entries:
+            # Plain JSON lines, for people and tools to read (no marks).
+            try:
+                line = _encode({"rejected_at": now, "reason": reason, "record": list(record)},
+                               marked=False)
+            except UnencodableRecordError:
+                kind, record_id, ts, fields = record
+                line = _encode({"rejected_at": now, "reason": reason, "kind": kind,
+                                "id": record_id, "ts": ts, "fields_repr": _safe_repr(fields)},
+                               marked=False)
+            lines.append(line)
+        self.rejected_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.rejected_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                     0o600)
+        try:
+            view = memoryview(b"".join(lines))
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
 
     # -- reading (the worker) -------------------------------------------------
 
@@ -93,33 +211,41 @@ class Spool:
             return bool(self._own)
 
     def has_any(self) -> bool:
-        try:
-            return any(p.suffix == ".jsonl" for p in self.directory.iterdir())
-        except FileNotFoundError:
-            return False
+        """Whether an ordinary segment (not a later one) is waiting."""
+        return any(not name.startswith(_LATER_PREFIX) for name in self._names())
 
-    def replay(self, deliver: Callable[[Sequence[Record]], None], batch_size: int,
+    def has_later(self) -> bool:
+        return any(name.startswith(_LATER_PREFIX) for name in self._names())
+
+    def _names(self) -> list[str]:
+        try:
+            return [p.name for p in self.directory.iterdir() if p.suffix == ".jsonl"]
+        except OSError:  # not made yet, or not a directory it can read
+            return []
+
+    def replay(self, deliver: Deliver, batch_size: int, *, later: bool = False,
                include_orphans: bool = True) -> bool:
-        """Deliver spooled segments, oldest first, deleting each once all its
-        records were accepted. Stops at the first failed delivery (the error
-        propagates). Returns True if nothing replayable is left."""
+        """Deliver the ordinary segments (or, with ``later``, the later
+        ones), oldest first, deleting each once all its records were handled.
+        Stops at the first failed delivery (the error propagates). Returns
+        True if none of them is left."""
         with self._lock:
             self._close_writer()
             own = set(self._own)
-        try:
-            candidates = sorted(p for p in self.directory.iterdir() if p.suffix == ".jsonl")
-        except FileNotFoundError:
-            return True
         complete = True
-        for path in candidates:
+        for name in sorted(self._names()):
+            if name.startswith(_LATER_PREFIX) != later:
+                continue
+            path = self.directory / name
             if path not in own and not include_orphans:
                 continue
-            if not self._replay_segment(path, deliver, batch_size):
+            since = _refused_since(name) if later else None
+            if not self._replay_segment(path, deliver, batch_size, since):
                 complete = False
         return complete
 
-    def _replay_segment(self, path: Path, deliver: Callable[[Sequence[Record]], None],
-                        batch_size: int) -> bool:
+    def _replay_segment(self, path: Path, deliver: Deliver, batch_size: int,
+                        since: float | None) -> bool:
         try:
             handle = open(path, "rb")  # noqa: SIM115
         except FileNotFoundError:
@@ -133,26 +259,21 @@ class Spool:
                 return True  # replayed and removed while we waited
             batch: list[Record] = []
             for line_number, line in enumerate(handle, 1):
-                record = _parse_line(line, path, line_number)
-                if record is None:
-                    continue
-                batch.append(record)
-                if len(batch) >= batch_size:
-                    deliver(batch)
-                    batch = []
+                batch.extend(_parse_line(line, path, line_number))
+                while len(batch) >= batch_size:
+                    deliver(batch[:batch_size], since)
+                    del batch[:batch_size]
             if batch:
-                deliver(batch)
+                deliver(batch, since)
             path.unlink(missing_ok=True)
         return True
 
     # -- fork ------------------------------------------------------------------
 
     def before_fork(self) -> None:
-        """Hold the lock across fork() with the buffer empty, so the child
-        inherits no half-written line and nothing of the parent's to flush."""
+        """Hold the lock across fork(), so the child inherits no write in
+        progress."""
         self._lock.acquire()
-        if self._writer is not None:
-            self._writer.flush()
 
     def after_fork_in_parent(self) -> None:
         self._lock.release()
@@ -161,29 +282,88 @@ class Spool:
         """Forget the parent's segments and write new ones. Closing our copy of
         the descriptor keeps the parent's lock: flock belongs to the shared
         open file, released only when the parent closes it too."""
-        if self._writer is not None:
-            self._writer.close()
-        self._writer = None
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = None
         self._own = set()
         self._tag = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._counter = 0
         self._lock = threading.RLock()
 
 
+def _write_file(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+
+
+def _refused_since(name: str) -> float | None:
+    try:
+        return int(name[len(_LATER_PREFIX):].split("-", 1)[0]) / 1e9
+    except ValueError:
+        return None
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 8, 1000, 1000
+_REPR.maxdict = _REPR.maxlist = 50
+
+
+def _safe_repr(value: Any) -> str:
+    """A short, depth-limited repr (of what could not be encoded)."""
+    try:
+        return _REPR.repr(value)
+    except Exception:  # noqa: BLE001 - whatever the record holds
+        return "<unrepresentable>"
+
+
 #: Marks a line written by json rather than orjson, to be read back by json.
 _BY_JSON = b"J"
 
 
-def _encode(record: Record) -> bytes:
+def _encode_batch(records: list[Record]) -> tuple[bytes, list[Record]]:
+    """Records as spool lines: one line holding them all, encoded in one
+    call (three times faster than a line each), unless a record needs the
+    slower road; then a line each. Also returns the unencodable records."""
+    if len(records) > 1:
+        try:
+            return orjson.dumps(records) + b"\n", []
+        except TypeError:
+            pass
+    lines: list[bytes] = []
+    unencodable: list[Record] = []
+    for record in records:
+        try:
+            lines.append(_encode(record))
+        except UnencodableRecordError:
+            unencodable.append(record)
+    return b"".join(lines), unencodable
+
+
+def _encode(record: Any, *, marked: bool = True) -> bytes:
     # orjson is ten times faster than json here, and a spilled record is
     # encoded once and decoded once. It refuses a few things json takes (lone
     # surrogates, ints beyond 64 bits, odd objects): those lines are written by
     # json and marked, since orjson would read some of them back differently
-    # (a big int as a float).
+    # (a big int as a float). What json refuses too (an int of thousands of
+    # digits, nesting too deep) is cleaned first, or found unencodable.
     try:
         return orjson.dumps(record) + b"\n"
     except TypeError:
-        return _BY_JSON + json.dumps(record, default=repr).encode() + b"\n"
+        pass
+    mark = _BY_JSON if marked else b""
+    try:
+        return mark + json.dumps(record, default=repr).encode() + b"\n"
+    except (ValueError, TypeError, RecursionError):
+        pass
+    try:
+        return mark + json.dumps(clean_json(record), default=repr).encode() + b"\n"
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise UnencodableRecordError(f"the record cannot be written as JSON: {exc}") from exc
 
 
 def _decode(line: bytes) -> Any:
@@ -192,12 +372,14 @@ def _decode(line: bytes) -> Any:
     return orjson.loads(line)
 
 
-def _parse_line(line: bytes, path: Path, line_number: int) -> Record | None:
+def _parse_line(line: bytes, path: Path, line_number: int) -> list[Record]:
+    """The records of a line: one, or a batch of them."""
     try:
-        kind, rid, ts, fields = _decode(line)
-        if kind not in RECORD_KINDS or not isinstance(fields, dict):
+        value = _decode(line)
+        if not isinstance(value, list) or not value:
             raise ValueError("not a record")
-        return (kind, str(rid), float(ts), fields)
+        items = value if isinstance(value[0], list) else [value]
+        return [_record(item) for item in items]
     except (ValueError, TypeError) as exc:
         # A line cut short by a crash mid-write: the rest of the file is good.
         if line.endswith(b"\n"):
@@ -205,5 +387,11 @@ def _parse_line(line: bytes, path: Path, line_number: int) -> Record | None:
         else:
             log_rate_limited("spool_partial", "lucidic: skipped a partly written spool "
                              "line in %s:%d", path, line_number)
-        return None
+        return []
 
+
+def _record(item: Any) -> Record:
+    kind, rid, ts, fields = item
+    if kind not in RECORD_KINDS or not isinstance(fields, dict):
+        raise ValueError("not a record")
+    return (kind, str(rid), float(ts), fields)

@@ -1,11 +1,14 @@
 """Values every backend can hold: text without NUL bytes or lone
-surrogates, JSON without NaN. Used by the store, its evaluation tables and the
-HTTP sink alike, so it sits below all of them and imports nothing of Lucidic."""
+surrogates, JSON without NaN or integers too long to encode. Used by the
+store, its evaluation tables and the HTTP sink alike, so it sits below all of
+them (with nothing under it but lucidic.limits)."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
+
+from .limits import MAX_DOCUMENT_INT_BITS
 
 
 def clean_text(value: str) -> str:
@@ -23,9 +26,12 @@ def clean_text(value: str) -> str:
 
 def clean_json(value: Any) -> Any:
     """A copy of a JSON-safe value that every backend (and JSON itself) can
-    hold: strings cleaned as by clean_text, NaN and infinity as null."""
+    hold: strings cleaned as by clean_text, NaN and infinity as null, an
+    integer of thousands of digits (which JSON encoders refuse) as a note."""
     if isinstance(value, str):
         return clean_text(value)
+    if isinstance(value, int) and value.bit_length() > MAX_DOCUMENT_INT_BITS:
+        return f"<integer of {value.bit_length()} bits, too large to record>"
     if isinstance(value, dict):
         return {clean_text(str(k)): clean_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

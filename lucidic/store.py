@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 from . import evalstore
 from ._storable import clean_json, clean_text, encodable
 from .columns import BOOL_COLUMNS, COLUMN_TYPES, JSON_COLUMNS, ColumnType, sql_type
+from .limits import INT_MAX, INT_MIN
 
 __all__ = [
     "EVENT_COLUMNS",
@@ -350,7 +351,6 @@ def _upsert_sql(table: str, guard: str, columns: Sequence[str], placeholder: str
 # lone surrogate, a non-finite float, an int beyond 64 bits, a value of
 # another type than its column's) is converted value by value.
 
-_INT64 = 2**63
 
 
 def _json_param(value: Any) -> str:
@@ -377,7 +377,7 @@ def _scalar_param(value: Any) -> Any:
         return clean_text(str(value))
     if isinstance(value, float) and not math.isfinite(value):
         return None  # NULL on both backends (PostgreSQL would keep a NaN, SQLite not)
-    if isinstance(value, int) and not -_INT64 <= value < _INT64:
+    if isinstance(value, int) and not INT_MIN <= value <= INT_MAX:
         return None  # no backend stores it; keeping it would refuse the whole batch
     return value
 
@@ -466,8 +466,8 @@ def _values_clean(plan: _Plan, rows: list[Any]) -> bool:
                 return False
         if plan.numbers is not None:
             numbers = list(filter(None, chain.from_iterable(map(plan.numbers, rows))))
-            if numbers and (not math.isfinite(sum(numbers)) or min(numbers) < -_INT64
-                            or max(numbers) >= _INT64):
+            if numbers and (not math.isfinite(sum(numbers)) or min(numbers) < INT_MIN
+                            or max(numbers) > INT_MAX):
                 return False
     except (TypeError, ValueError, OverflowError):
         return False  # a value of another kind than its column's, or a huge int

@@ -142,7 +142,8 @@ def capture(directory: str | Path | None = None) -> Iterator[Capture]:
     sink = MemorySink()
     owned = directory is None
     home = Path(tempfile.mkdtemp(prefix="lucidic-capture-") if owned else str(directory))
-    pipeline = Pipeline(sink, Spool(home / "spool" / sink.identity))
+    pipeline = Pipeline(sink, Spool(home / "spool" / sink.identity,
+                                    rejected=home / "rejected" / f"{sink.identity}.jsonl"))
     with runtime.lock:
         # Registered before any session asks for it, so the pipeline that
         # serves the sink spools here and not under LUCIDIC_HOME.

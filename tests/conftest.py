@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from helpers import ENV_VARS, ReadableStore, run_python  # noqa: F401 - re-exported for older imports
+from lucidic import _internal
 from lucidic._context import process_slot
 from lucidic._internal import internal_errors
 from lucidic._runtime import runtime
@@ -23,6 +24,7 @@ SHARED_CASSETTES = Path(os.environ.get("LUCIDIC_SHARED_CASSETTES",
 def lucidic_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     home = tmp_path / "lucidic-home"
     monkeypatch.setenv("LUCIDIC_HOME", str(home))
+    _internal.reset_warnings()  # each test sees the warnings it causes
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     yield home

@@ -14,7 +14,8 @@ from lucidic.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_VARS = ("LUCIDIC_API_KEY", "LUCIDIC_AGENT_ID", "LUCIDIC_BASE_URL", "LUCIDIC_FLUSH_TIMEOUT",
-            "LUCIDIC_PRICES", "LUCIDIC_CONNECT_TIMEOUT")
+            "LUCIDIC_PRICES", "LUCIDIC_CONNECT_TIMEOUT", "LUCIDIC_MAX_QUEUE",
+            "LUCIDIC_DURABLE")
 
 
 class ReadableStore(Store):

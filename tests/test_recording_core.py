@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -119,11 +120,26 @@ def test_amend_last_merges_only_the_record_still_last_in_the_queue(tmp_path):
     end = {"session_id": "x", "ended_at": 2.0, "is_finished": True}
     pipeline.put(start)
     pipeline.put(other)
-    assert not pipeline.amend_last(start, dict(end), 2.0)  # something came after it
-    assert pipeline.amend_last(other, dict(end), 3.0)
+    assert not pipeline.amend_last(start, dict(end), 2.0, 0)  # something came after it
+    held, release = threading.Event(), threading.Event()
+
+    def take_records() -> None:  # the spill thread writing the queue to disk, say
+        with pipeline._take_lock:
+            held.set()
+            release.wait(10)
+
+    taker = threading.Thread(target=take_records)
+    taker.start()
+    assert held.wait(10)
+    assert not pipeline.amend_last(other, dict(end), 3.0, 0)  # never waits for it
+    release.set()
+    taker.join(10)
+    assert not pipeline.amend_last(other, dict(end), 3.0, 1)  # queued before a fork
+    assert other[3] == {"session_id": "x", "action": "b", "started_at": 1.5}  # untouched
+    assert pipeline.amend_last(other, dict(end), 3.0, 0)
     assert pipeline.flush(5)
     assert sink.records == [start, ("step", "s2", 3.0, {**other[3], **end})]
-    assert not pipeline.amend_last(other, dict(end), 4.0)  # the worker has taken it
+    assert not pipeline.amend_last(other, dict(end), 4.0, 0)  # the worker has taken it
     pipeline.shutdown(5)
 
 

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Respons
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from .. import _config, _continuation
+from ..limits import MAX_BODY_BYTES
 from ..reading import MAX_LIMIT, SORTS, InvalidQueryError, Reader, SessionQuery
 from ..reading.search import MAX_QUERY_CHARS as MAX_SEARCH
 from ..store import Store
@@ -24,7 +25,7 @@ from .problems import PROBLEM, ApiError, BodyLimit, JSONOut, install_error_handl
 logger = logging.getLogger("lucidic.server")
 
 #: Largest request body accepted, unless --max-body-mb says otherwise.
-DEFAULT_MAX_BODY_BYTES = 32 * 1024 * 1024
+DEFAULT_MAX_BODY_BYTES = MAX_BODY_BYTES
 DEFAULT_PORT = 8765
 
 

@@ -23,7 +23,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .. import _continuation, pricing
-from .._records import MAX_TEXT_CHARS
+from ..limits import MAX_TEXT_CHARS
 from ..prompts import get_prompt as stored_prompt
 from ..store import Record, Store
 from . import masssims, uploads

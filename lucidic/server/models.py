@@ -11,12 +11,11 @@ from pydantic_core import PydanticSerializationError, to_json
 from typing_extensions import NotRequired, Required, TypedDict
 
 from ..columns import COLUMN_TYPES, ColumnType
+from ..limits import INT_MAX, INT_MIN, MAX_BATCH_RECORDS, MAX_ID_LENGTH, MAX_TEXT_CHARS
 from ..store import EVENT_COLUMNS, SESSION_COLUMNS, STEP_COLUMNS
 
-MAX_ID_LENGTH = 256
-MAX_BATCH = 10_000
+MAX_BATCH = MAX_BATCH_RECORDS
 _MAX_DEPTH = 64
-_INT64 = 2 ** 63
 
 
 def valid_id(value: str) -> bool:
@@ -29,7 +28,7 @@ PRINTABLE = r"^(?:[^\p{C}\p{Z}]| )+$"
 Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=PRINTABLE,
                           description="a client-made id: 1 to 256 printable characters")]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
-Int64 = Annotated[int, Field(ge=-_INT64, le=_INT64 - 1)]
+Int64 = Annotated[int, Field(ge=INT_MIN, le=INT_MAX)]
 
 
 def check_json_text(value: Any, path: str = "body", depth: int = 0) -> str | None:
@@ -121,8 +120,8 @@ def _record_shape(kind: str, fields: Any) -> Any:
 # -- evaluation records (lucidic.evalstore) ----------------------------------------
 
 Name = Annotated[str, Field(min_length=1, max_length=200)]
-Text = Annotated[str, Field(max_length=4 * 1024 * 1024)]
-Count = Annotated[int, Field(ge=0, le=_INT64 - 1)]
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+Count = Annotated[int, Field(ge=0, le=INT_MAX)]
 
 #: Each evaluation kind's fields: (type, required).
 _EVALUATION_FIELDS: dict[str, dict[str, tuple[Any, bool]]] = {

@@ -29,7 +29,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 
 from .. import pricing
-from .._records import MAX_TEXT_CHARS
+from ..limits import MAX_TEXT_CHARS
 from .models import valid_id
 
 SESSION_KEYS = ("session.id", "gen_ai.conversation.id", "langfuse.session.id")

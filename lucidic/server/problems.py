@@ -159,7 +159,8 @@ class BodyLimit:
                                        "the Content-Length header is not a number")
                     return
                 if declared > self.max_bytes:
-                    await self._refuse(scope, receive, send, 413, self._too_large())
+                    await self._refuse(scope, receive, send, 413, self._too_large(),
+                                       max_bytes=self.max_bytes)
                     return
         chunks: list[bytes] = []
         size = 0
@@ -170,7 +171,8 @@ class BodyLimit:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await self._refuse(scope, receive, send, 413, self._too_large())
+                await self._refuse(scope, receive, send, 413, self._too_large(),
+                                   max_bytes=self.max_bytes)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -192,5 +194,7 @@ class BodyLimit:
                 "bytes; send fewer records per batch")
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int,
-                      detail: str) -> None:
-        await problem(status, detail, headers={"Connection": "close"})(scope, receive, send)
+                      detail: str, **extra: Any) -> None:
+        # A 413 names the limit, so that a client can cut a record to fit it.
+        await problem(status, detail, headers={"Connection": "close"}, **extra)(
+            scope, receive, send)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
+from ..limits import MAX_ID_LENGTH
 from ..reading import Reader
 from ..reading import summary as _summary
 from .pages import Db, Who, _page
@@ -17,7 +18,7 @@ LIST_SIZE = 100
 
 
 def _valid(ident: str) -> bool:
-    return 0 < len(ident) <= 256 and ident.isprintable()
+    return 0 < len(ident) <= MAX_ID_LENGTH and ident.isprintable()
 
 
 @router.get("/experiments", response_class=HTMLResponse)

@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, quote, urlencode
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from ..limits import MAX_ID_LENGTH
 from ..reading import MAX_LIMIT, SORTS, STATUSES, InvalidQueryError, Reader, SessionQuery
 from ..store import Store
 from . import auth
@@ -175,7 +176,8 @@ def sessions_fragment(request: Request, db: Db, who: Who) -> Response:
 
 def _session_or_404(request: Request, reader: Reader, session_id: str,
                     who: auth.Viewer) -> dict[str, Any] | HTMLResponse:
-    session = reader.session(session_id, who.project) if 0 < len(session_id) <= 256 else None
+    known = 0 < len(session_id) <= MAX_ID_LENGTH
+    session = reader.session(session_id, who.project) if known else None
     if session is None:
         return _page(request, "missing.html", status=404, viewer=who, what="session",
                      ident=session_id)
@@ -238,7 +240,7 @@ def _record_page(request: Request, kind: str, record_id: str, db: Store,
     detail pane (htmx), else a page of its own."""
     reader = Reader(db)
     find = reader.event if kind == "event" else reader.step
-    record = find(record_id, who.project) if 0 < len(record_id) <= 256 else None
+    record = find(record_id, who.project) if 0 < len(record_id) <= MAX_ID_LENGTH else None
     if record is None:
         return _page(request, "missing.html", status=404, viewer=who, what=kind,
                      ident=record_id)
