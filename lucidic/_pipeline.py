@@ -175,6 +175,9 @@ class Pipeline:
                 return
             if size >= self._batch_size and not self._wake.is_set():
                 self._wake.set()
+                # Woken: put() looks no further (but for a full queue) until
+                # the worker has taken a batch (_take lowers it again).
+                self._busy = self._max_queue
         queue.append(record)
 
     def _crowded(self, record: Record, size: int) -> bool:
@@ -220,7 +223,7 @@ class Pipeline:
         False (nothing changed) otherwise: the hot path never waits."""
         queue = self._queue
         take_lock = self._take_lock
-        if forks != self.forks or not take_lock.acquire(blocking=False):
+        if forks != self.forks or not take_lock.acquire(False):  # (never blocks)
             return False
         try:
             if not queue or queue[-1] is not record:
@@ -541,6 +544,7 @@ class Pipeline:
                 break
             batch.append(item)
         self._taken += len(batch) + (request is not None)
+        self._busy = min(self._batch_size, self._max_queue)  # put() may wake us again
         if batch:
             self._inflight, self._inflight_since = batch, time.monotonic()
         return batch, request

@@ -71,7 +71,7 @@ class Step:
     __slots__ = ("binding", "forks", "parent", "record", "session_id", "step_id")
 
     def __init__(self, binding: Binding, step_id: str, parent: Step | None = None,
-                 record: Record | None = None) -> None:
+                 record: Record | None = None, forks: int = 0) -> None:
         self.binding = binding
         self.session_id = binding.session_id
         self.step_id = step_id
@@ -79,7 +79,7 @@ class Step:
         #: The record that opened the step, while its end may be merged into
         #: it (see open_step's ``merge_end``), and the pipeline's fork count then.
         self.record = record
-        self.forks = binding.pipeline.forks
+        self.forks = forks
 
     def update(self, fields: dict[str, Any], maskable: Iterable[str] | None = None) -> None:
         """Amend the step (fields that are None leave what is stored alone)."""
@@ -142,8 +142,11 @@ def open_step(binding: Binding, fields: dict[str, Any], parent: Any = CURRENT,
         _mask(binding.mask, fields, maskable)
     fields.update(binding.writer)  # the record that creates a row names its writer
     record = ("step", step_id, now, fields)
-    binding.pipeline.put(record)
-    return kind(binding, step_id, parent, record if merge_end else None)
+    pipeline = binding.pipeline
+    pipeline.put(record)
+    if merge_end:
+        return kind(binding, step_id, parent, record, pipeline.forks)
+    return kind(binding, step_id, parent)
 
 
 def current_step_of(binding: Binding) -> Step | None:

@@ -536,8 +536,8 @@ class StepHandle(Step):
     __slots__ = ("_done", "_token")
 
     def __init__(self, binding: Binding, step_id: str, parent: Step | None = None,
-                 record: Record | None = None) -> None:
-        super().__init__(binding, step_id, parent, record)
+                 record: Record | None = None, forks: int = 0) -> None:
+        super().__init__(binding, step_id, parent, record, forks)
         self._token: contextvars.Token[Step | None] | None = None
         self._done = False
 
