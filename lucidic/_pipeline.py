@@ -120,7 +120,6 @@ class Pipeline:
         self.forks = 0
         self._max_queue = max(2, max_queue)
         self._batch_size = batch_size
-        self._busy = min(batch_size, self._max_queue)  # below it, put() only appends
         self._interval = interval
         self._later_grace = later_grace
         self._later_retry = later_retry
@@ -128,6 +127,7 @@ class Pipeline:
 
     def _init_runtime(self) -> None:
         self._queue: deque[Any] = deque()
+        self._busy = min(self._batch_size, self._max_queue)  # below it, put() only appends
         self._wake = threading.Event()
         self._spill_wake = threading.Event()
         self._thread: threading.Thread | None = None
