@@ -146,6 +146,7 @@ class Pipeline:
         #: wrote while the sink was slow; removed again if the batch arrives.
         self._inflight_copy: tuple[list[Record], Path] | None = None
         self._inflight_lock = threading.Lock()
+        self._inflight_spooled = False  # the worker wrote its batch to the spool itself
         self._passed: deque[_FlushRequest] = deque()  # flush requests the spill took past
         self._stopping = False
         self._healthy = True
@@ -396,25 +397,27 @@ class Pipeline:
     def _spill_inflight(self) -> None:
         """The worker has held a batch for SPILL_AFTER (the sink is slow or
         hung): copy it to a segment of its own, in case the process dies
-        before the sink answers. If the batch arrives, the copy is removed."""
+        before the sink answers. If the batch arrives, the copy is removed.
+        Under the in-flight lock, as the worker's own spill of the batch is:
+        a batch is written by one of them only, and a record no encoder can
+        write is set aside once."""
         batch = self._inflight
         if (batch is None or self._copy_of(batch) is not None
                 or time.monotonic() - self._inflight_since < SPILL_AFTER):
             return
-        try:
-            copy, unencodable = self.spool.write_aside(batch)
-        except OSError as exc:
-            self._spool_unwritable(exc)
-            return
+        with self._inflight_lock:
+            if (self._inflight is not batch or self._copy_of(batch) is not None
+                    or self._inflight_spooled):
+                return  # the worker is done with it, or wrote it itself
+            try:
+                copy, unencodable = self.spool.write_aside(batch)
+            except OSError as exc:
+                self._spool_unwritable(exc)
+                return
+            if copy is not None:
+                self._inflight_copy = (batch, copy)
         if unencodable:
             self._reject([(r, "it cannot be written as JSON") for r in unencodable])
-        with self._inflight_lock:
-            kept = self._inflight is batch
-            if kept and copy is not None:
-                self._inflight_copy = (batch, copy)
-        if not kept and copy is not None:
-            self.spool.discard(copy)  # the worker is done with it: delivered or spooled
-            return
         self.stats.spooled += len(batch)
         self._spool_dirty = True
         self._spool_writable()
@@ -547,6 +550,7 @@ class Pipeline:
         self._busy = min(self._batch_size, self._max_queue)  # put() may wake us again
         if batch:
             self._inflight, self._inflight_since = batch, time.monotonic()
+            self._inflight_spooled = False
         return batch, request
 
     def _deliver(self, batch: list[Record]) -> object:
@@ -581,11 +585,13 @@ class Pipeline:
         with self._inflight_lock:
             if self._copy_of(batch) is not None:
                 return _SPOOLED  # the spill thread wrote a copy while the sink hung
-        try:
-            self._spool_write(batch)
-        except OSError as exc:
-            self._spool_unwritable(exc)
-            return _KEPT_NOWHERE
+            try:
+                self._spool_write(batch)
+            except OSError as exc:
+                self._spool_unwritable(exc)
+                return _KEPT_NOWHERE
+            # Written: the spill thread must not write a copy of it as well.
+            self._inflight_spooled = self._inflight is batch
         self._spool_dirty = True
         self.stats.spooled += len(batch)
         self._spool_writable()
