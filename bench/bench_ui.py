@@ -127,12 +127,12 @@ def timed(http: requests.Session, url: str, rounds: int) -> float:
 
 def deep_cursor(db_url: str, project: str | None, pages: int) -> str:
     """The cursor the UI's "Next page" link carries on page PAGES - 1."""
-    from lucidic.reading import SessionQuery
+    from lucidic.reading import Reader, SessionQuery
     from lucidic.reading.sessions import encode_cursor
 
     store = Store(db_url)
     try:
-        last = store.reader().sessions(SessionQuery(project=project,
+        last = Reader(store).sessions(SessionQuery(project=project,
                                                     limit=(pages - 1) * 50)).sessions[-1]
     finally:
         store.close()

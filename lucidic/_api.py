@@ -1,151 +1,48 @@
-"""The public API: sessions, steps, events."""
+"""The public calls: sessions, steps, events.
+
+The thin public face of the recording core: each call checks its arguments
+(``_arguments``: a clear error for bad input), finds the current session, and
+hands over to the core — ``_sessions`` to open, continue, end and detach
+sessions, ``_recording`` to open and end steps and events.
+"""
 
 from __future__ import annotations
 
-import base64
 import functools
-import inspect
 import logging
-import math
-import time
-import uuid
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from . import _config, _continuation, _lifecycle
+from . import _lifecycle, _sessions
+from ._arguments import (
+    Options,
+    bool_arg,
+    evaluation_fields,
+    number_arg,
+    record_id_arg,
+    screenshot_args,
+    screenshots_arg,
+    session_id_arg,
+    tags_arg,
+    timeout_arg,
+)
 from ._context import (
     Binding,
-    EventRef,
-    StepFrame,
     current_binding,
     current_step,
-    install_context_propagation,
     last_event,
     process_slot,
     scope_binding,
-    step_in,
 )
-from ._internal import log_rate_limited, logger, swallow
-from ._numbers import as_float, short_number_repr
-from ._pipeline import Pipeline
-from ._records import Mask, items_of, mask_fields, text_field, to_jsonable
-from ._runtime import runtime, writer
-from ._sinks import Sink, SinkError
-from .errors import (
-    InvalidOperationError,
-    LucidicNotInitializedError,
-    ServerUnavailableError,
-)
-from .limits import MAX_ID_LENGTH
-from .store import Record
+from ._decorators import Wrappers, wrap_by_kind
+from ._internal import log_rate_limited, logger
+from ._recording import Step, amend_event, current_step_of, open_step, record_event
+from ._records import field_value, text_field
+from ._runtime import runtime
+from .errors import InvalidOperationError, LucidicNotInitializedError
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-#: The embedded store has no accounts; everything in it is one project.
-LOCAL_PROJECT = "default"
-#: The longest wait flush() and shutdown() take (longer ones overflow the clock).
-_MAX_TIMEOUT = 1e9
-
-
-# -- validation ------------------------------------------------------------------
-
-def _session_id_arg(value: Any, name: str = "session_id") -> str:
-    if not isinstance(value, str):
-        raise InvalidOperationError(
-            f"{name} must be a string (the id returned by lai.init()), "
-            f"not {type(value).__name__}")
-    if not value or len(value) > MAX_ID_LENGTH or not value.isprintable():
-        raise InvalidOperationError(
-            f"{name} {value[:80]!r} is not a valid session id: use 1 to {MAX_ID_LENGTH} "
-            "printable characters")
-    return value
-
-
-def _number_arg(name: str, value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InvalidOperationError(f"{name} must be a number, not {type(value).__name__} "
-                                    f"{value!r:.80}")
-    number = as_float(value)
-    if not math.isfinite(number):
-        raise InvalidOperationError(f"{name} must be a finite number, not "
-                                    f"{short_number_repr(value)}")
-    return number
-
-
-def _bool_arg(name: str, value: Any) -> bool | None:
-    if value is None or isinstance(value, bool):
-        return value
-    raise InvalidOperationError(f"{name} must be True, False or None, not {value!r:.80}")
-
-
-def _mask_arg(value: Any) -> Mask | None:
-    if value is None or callable(value):
-        return value  # type: ignore[no-any-return]
-    raise InvalidOperationError(
-        f"masking_function must be a callable taking and returning text, not "
-        f"{type(value).__name__}")
-
-
-def _tags_arg(value: Any) -> list[str] | None:
-    if value is None:
-        return None
-    if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)):
-        raise InvalidOperationError(f"tags must be a list of strings, not {type(value).__name__}")
-    return [text_field(tag) or "" for tag in items_of(value)]
-
-
-def _id_arg(name: str, value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH \
-            or not value.isprintable():
-        raise InvalidOperationError(f"{name} must be an id string of 1 to {MAX_ID_LENGTH} "
-                                    f"printable characters, not {value!r:.80}")
-    return value
-
-
-def _rubrics_arg(value: Any) -> list[str] | None:
-    """Rubric names (a rubric object stands for its name)."""
-    if value is None:
-        return None
-    if isinstance(value, str) or not isinstance(value, (list, tuple)):
-        raise InvalidOperationError(f"rubrics must be a list of rubric names, not {value!r:.80}")
-    names = []
-    for item in items_of(value):
-        name = item if isinstance(item, str) else getattr(item, "name", None)
-        if not isinstance(name, str) or not name.strip():
-            raise InvalidOperationError(f"rubrics must be a list of rubric names, not "
-                                        f"{item!r:.80}")
-        names.append(name)
-    return names
-
-
-def _evaluation_fields(production_monitoring: Any, mass_sim_id: Any, experiment_id: Any,
-                       rubrics: Any) -> dict[str, Any]:
-    """The hosted SDK's init() keywords, as session fields. An experiment or
-    mass simulation id not seen before is created when the session is stored."""
-    return {"production_monitoring": _bool_arg("production_monitoring",
-                                               production_monitoring) or None,
-            "mass_sim_id": _id_arg("mass_sim_id", mass_sim_id),
-            "experiment_id": _id_arg("experiment_id", experiment_id),
-            "rubrics": _rubrics_arg(rubrics)}
-
-
-def _screenshot(screenshot: Any, screenshot_path: Any) -> tuple[str | None, str | None]:
-    """A screenshot given inline (base64) or by path, which is read now."""
-    if screenshot is not None or screenshot_path is None:
-        return text_field(screenshot), text_field(screenshot_path)
-    path = Path(str(screenshot_path))
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InvalidOperationError(
-            f"cannot read screenshot_path {str(path)!r}: {exc.strerror or exc}") from exc
-    return base64.b64encode(data).decode("ascii"), str(path)
 
 
 def _no_session(call: str) -> None:
@@ -153,37 +50,16 @@ def _no_session(call: str) -> None:
                      "nothing recorded", call, level=logging.DEBUG)
 
 
-# -- options and bindings --------------------------------------------------------
+def _require_session(call: str) -> Binding:
+    binding = current_binding()
+    if binding is None:
+        raise LucidicNotInitializedError(
+            f"lai.{call}() needs a current session and there is none here. Start one with "
+            "lai.init(), lai.continue_session(id) or `with lai.continued(id):`.")
+    return binding
 
-class _Options:
-    """init/continue options resolved against the environment."""
 
-    __slots__ = ("agent_id", "api_key", "auto_end", "base_url", "mask", "providers")
-
-    def __init__(self, *, lucidic_api_key: str | None, api_key: str | None,
-                 agent_id: str | None, providers: Sequence[str] | None,
-                 masking_function: Any, auto_end: Any) -> None:
-        key = lucidic_api_key if lucidic_api_key is not None else api_key
-        self.api_key = key if key is not None else _config.env("LUCIDIC_API_KEY")
-        self.agent_id = agent_id if agent_id is not None else _config.env("LUCIDIC_AGENT_ID")
-        for name, value in (("api key", self.api_key), ("agent_id", self.agent_id)):
-            if value is not None and not isinstance(value, str):
-                raise InvalidOperationError(f"{name} must be a string, not {type(value).__name__}")
-        self.base_url = _config.base_url()
-        self.mask = _mask_arg(masking_function)
-        auto = _bool_arg("auto_end", auto_end)
-        self.auto_end = True if auto is None else auto
-        if providers is not None and (isinstance(providers, str)
-                                      or not isinstance(providers, (list, tuple))):
-            raise InvalidOperationError(
-                f"providers must be a list of names such as ['openai'], not {providers!r:.80}")
-        self.providers = list(items_of(providers or ()))
-
-    def sink(self) -> Sink:
-        sink = runtime.make_sink(self.base_url, self.api_key)
-        sink.verify()  # no key at all: APIKeyVerificationError, without the network
-        return sink
-
+# -- opening sessions --------------------------------------------------------------
 
 def _activate_providers(names: list[str]) -> None:
     if names:
@@ -192,127 +68,31 @@ def _activate_providers(names: list[str]) -> None:
         activate(names)
 
 
-def _bind(session_id: str, options: _Options, pipeline: Pipeline, project: str) -> Binding:
-    install_context_propagation()
-    binding = Binding(runtime.state(session_id), pipeline, mask=options.mask,
-                      auto_end=options.auto_end, agent_id=options.agent_id, project=project,
-                      writer=writer.fields(options.agent_id))
-    runtime.register(binding)
+def _create(options: Options, session_id: str | None, fields: dict[str, Any]) -> Binding:
+    """Make a new session and bind it (the caller decides the scope)."""
+    _activate_providers(options.providers)
+    sink = _sessions.sink_for(options.base_url, options.api_key)
+    if session_id is not None:
+        session_id = session_id_arg(session_id)
+    binding = _sessions.create(sink, session_id, fields, mask=options.mask,
+                               auto_end=options.auto_end, agent_id=options.agent_id)
     _lifecycle.install()  # flush at exit always; end the session only with auto_end
     return binding
 
 
-def _project_of(sink: Sink) -> str:
-    return sink.project or LOCAL_PROJECT
-
-
-def _put(binding: Binding, kind: str, record_id: str, fields: dict[str, Any],
-         ts: float | None = None) -> None:
-    if binding.mask is not None:
-        mask_fields(binding.mask, fields)
-    if "started_at" in fields and kind != "session":
-        # The record that creates a step or event names the process writing it.
-        fields.update(binding.writer)
-    binding.pipeline.put((kind, record_id, time.time() if ts is None else ts, fields))
-
-
-def _create_session(options: _Options, session_id: str | None, fields: dict[str, Any]) -> Binding:
-    """Make a new session and bind it (the caller decides the scope). With no
-    session_id nothing waits on the network; a given one is checked first."""
+def _continue(session_id: str, options: Options) -> Binding:
     _activate_providers(options.providers)
-    sink = options.sink()
-    given = session_id is not None
-    session_id = _session_id_arg(session_id) if given else str(uuid.uuid4())
-    pipeline = runtime.pipeline_for(sink)
-    project = _project_of(sink)
-    now = time.time()
-    record_fields = {"project": project, "agent_id": options.agent_id, "started_at": now,
-                     **fields}
-    if options.mask is not None:
-        mask_fields(options.mask, record_fields)
-    record: Record = ("session", session_id, now, record_fields)
-    if given:
-        _claim(sink, pipeline, record)
-    else:
-        write_at_once(sink, pipeline, record)
-    binding = _bind(session_id, options, pipeline, project)
-    binding.state.evaluated = bool(fields.get("experiment_id") or fields.get("rubrics"))
+    sink = _sessions.sink_for(options.base_url, options.api_key)
+    binding = _sessions.resume(sink, session_id, mask=options.mask,
+                               auto_end=options.auto_end, agent_id=options.agent_id)
+    _lifecycle.install()
     return binding
 
 
-def _claim(sink: Sink, pipeline: Pipeline, record: Record) -> None:
-    """Create a session under the id its caller chose, refusing an id that is
-    taken: InvalidOperationError, in the same words whoever holds it."""
-    try:
-        # A server decides atomically, within LUCIDIC_CONNECT_TIMEOUT.
-        sink.claim_session(record)
-    except (SinkError, ServerUnavailableError) as exc:
-        log_rate_limited("claim_unanswered", "lucidic: could not check that session id %r is "
-                         "free (%s); the session is queued and created when the store or "
-                         "server answers (if the id is taken by then, its records are "
-                         "refused)", record[1], exc)
-        _deliver_soon(pipeline, record)
-
-
-def write_at_once(sink: Sink, pipeline: Pipeline, record: Record) -> None:
-    """Store a record now (what others must find as soon as the call that
-    made it returns); if the backend cannot take it now, queue it. A remote
-    backend is never waited for: the record goes first in line instead."""
-    if sink.remote:
-        _deliver_soon(pipeline, record)
-        return
-    try:
-        sink.write([record])
-    except Exception as exc:  # noqa: BLE001
-        log_rate_limited(f"{record[0]}_create", "lucidic: could not store %s %s yet (%s); it "
-                         "is queued and will be delivered later", record[0], record[1], exc)
-        pipeline.put(record)
-
-
-def _deliver_soon(pipeline: Pipeline, record: Record) -> None:
-    pipeline.put(record)
-    pipeline.deliver_soon()
-
-
-def _check_continuable(sink: Sink, session_id: str,
-                       agent_id: str | None) -> dict[str, Any] | None:
-    """Refuse to continue an unknown, finished or other agent's session (the
-    rule of lucidic._continuation); returns the stored session when the
-    backend was asked."""
-    state = runtime.states.get(session_id)
-    if state is not None and state.finished:
-        raise InvalidOperationError(_continuation.finished_message(session_id))
-    if state is not None and state.bindings:
-        # This process holds it open right now: no need to ask the backend.
-        refused = _continuation.refusal({"agent_id": state.bindings[0].agent_id}, session_id,
-                                        agent_id)
-        if refused:
-            raise InvalidOperationError(refused)
-        return None
-    try:
-        # A server applies the rule itself, within LUCIDIC_CONNECT_TIMEOUT,
-        # and raises what it answers (or ServerUnavailableError, naming it).
-        return sink.check_continuable(session_id, agent_id)
-    except SinkError as exc:
-        # The embedded store is busy (another process holds its lock): the
-        # records wait in the queue and the spool until it is free.
-        log_rate_limited("lookup_failed", "lucidic: could not check session %s (%s); "
-                         "continuing it, records will be delivered when the store answers",
-                         session_id, exc)
-        return None
-
-
-def _continue(session_id: str, options: _Options) -> Binding:
-    _activate_providers(options.providers)
-    sink = options.sink()
-    info = _check_continuable(sink, session_id, options.agent_id)
-    # Over the embedded store, a session written through a server sharing its
-    # file keeps its project: session records carry it, or they would not apply.
-    project = (info or {}).get("project") or _project_of(sink)
-    binding = _bind(session_id, options, runtime.pipeline_for(sink), project)
-    if info is not None:
-        binding.state.evaluated = bool(info.get("experiment_id") or info.get("rubrics"))
-    return binding
+def _session_fields(session_name: Any, task: Any, tags: Any, production_monitoring: Any,
+                    mass_sim_id: Any, experiment_id: Any, rubrics: Any) -> dict[str, Any]:
+    return {"name": text_field(session_name), "task": text_field(task), "tags": tags_arg(tags),
+            **evaluation_fields(production_monitoring, mass_sim_id, experiment_id, rubrics)}
 
 
 # -- sessions ----------------------------------------------------------------------
@@ -330,13 +110,12 @@ def init(session_name: str | None = None, session_id: str | None = None,
     ``mass_sim_id``, ``experiment_id`` and ``rubrics`` (names) are recorded on
     the session, as the hosted SDK does; the named rubrics, and the
     experiment's evaluators, score the session when it ends."""
-    options = _Options(lucidic_api_key=lucidic_api_key, api_key=api_key, agent_id=agent_id,
-                       providers=providers, masking_function=masking_function,
-                       auto_end=auto_end)
-    fields = {"name": text_field(session_name), "task": text_field(task),
-              "tags": _tags_arg(tags),
-              **_evaluation_fields(production_monitoring, mass_sim_id, experiment_id, rubrics)}
-    binding = _create_session(options, session_id, fields)
+    options = Options(lucidic_api_key=lucidic_api_key, api_key=api_key, agent_id=agent_id,
+                      providers=providers, masking_function=masking_function,
+                      auto_end=auto_end)
+    fields = _session_fields(session_name, task, tags, production_monitoring, mass_sim_id,
+                             experiment_id, rubrics)
+    binding = _create(options, session_id, fields)
     previous = process_slot.binding
     if previous is not None and previous.active:
         logger.info("lucidic: session %s replaces %s as the process's current session; "
@@ -352,7 +131,7 @@ def continue_session(session_id: str, lucidic_api_key: str | None = None,
                      masking_function: Callable[[str], str] | None = None,
                      auto_end: bool = True, *, api_key: str | None = None) -> str:
     """Resume an existing, unfinished session as this process's current one."""
-    session_id = _session_id_arg(session_id)
+    session_id = session_id_arg(session_id)
     current = process_slot.binding
     if current is not None and current.active:
         if current.session_id == session_id:
@@ -361,9 +140,9 @@ def continue_session(session_id: str, lucidic_api_key: str | None = None,
             f"session {current.session_id!r} is already current in this process; call "
             "lai.detach() or lai.end_session() before continuing another, or use "
             "`with lai.continued(id):` to work on it in one thread or task.")
-    options = _Options(lucidic_api_key=lucidic_api_key, api_key=api_key, agent_id=agent_id,
-                       providers=providers, masking_function=masking_function,
-                       auto_end=auto_end)
+    options = Options(lucidic_api_key=lucidic_api_key, api_key=api_key, agent_id=agent_id,
+                      providers=providers, masking_function=masking_function,
+                      auto_end=auto_end)
     process_slot.binding = _continue(session_id, options)
     return session_id
 
@@ -375,13 +154,15 @@ def detach() -> None:
     if binding is None:
         raise LucidicNotInitializedError("lai.detach() needs a current session; there is none "
                                          "here (it may have ended or been detached already).")
-    detach_binding(binding)
+    _sessions.detach(binding)
 
 
-def detach_binding(binding: Binding, *, wait: bool = True) -> None:
-    if wait:
-        binding.pipeline.flush(_config.flush_timeout(), fail_fast=True)
-    runtime.release(binding)
+def _result_fields(session_eval: Any, session_eval_reason: Any, is_successful: Any,
+                   is_successful_reason: Any) -> dict[str, Any]:
+    return {"session_eval": number_arg("session_eval", session_eval),
+            "session_eval_reason": text_field(session_eval_reason),
+            "is_successful": bool_arg("is_successful", is_successful),
+            "is_successful_reason": text_field(is_successful_reason)}
 
 
 def update_session(task: str | None = None, session_eval: float | None = None,
@@ -389,10 +170,10 @@ def update_session(task: str | None = None, session_eval: float | None = None,
                    is_successful_reason: str | None = None, *,
                    tags: Sequence[str] | None = None, session_name: str | None = None) -> None:
     binding = _require_session("update_session")
-    fields = _session_result_fields(session_eval, session_eval_reason, is_successful,
-                                    is_successful_reason, binding)
-    fields.update(task=text_field(task), tags=_tags_arg(tags), name=text_field(session_name))
-    _put(binding, "session", binding.session_id, fields)
+    fields = _result_fields(session_eval, session_eval_reason, is_successful,
+                            is_successful_reason)
+    fields.update(task=text_field(task), tags=tags_arg(tags), name=text_field(session_name))
+    _sessions.update(binding, fields)
 
 
 def end_session(is_successful: bool | None = None, is_successful_reason: str | None = None,
@@ -400,77 +181,21 @@ def end_session(is_successful: bool | None = None, is_successful_reason: str | N
                 session_eval_reason: str | None = None) -> None:
     """Finish the current session for everyone."""
     binding = _require_session("end_session")
-    end_binding(binding, is_successful=is_successful, is_successful_reason=is_successful_reason,
-                session_eval=session_eval, session_eval_reason=session_eval_reason)
-
-
-#: Called with each binding whose session this process ends, once its records
-#: are delivered: lucidic.evals, when imported, scores the sessions that name
-#: an experiment or rubrics there.
-session_end_hooks: list[Callable[[Binding], None]] = []
-
-
-def end_binding(binding: Binding, *, is_successful: bool | None = None,
-                is_successful_reason: str | None = None, session_eval: float | None = None,
-                session_eval_reason: str | None = None, failure: str | None = None,
-                wait: bool = True, timeout: float | None = None) -> None:
-    """End the binding's session; with ``wait``, flush for ``timeout`` (the
-    flush bound by default) so that others see it finished at once."""
-    fields = _session_result_fields(session_eval, session_eval_reason, is_successful,
-                                    is_successful_reason, binding)
-    if failure is not None and not binding.state.outcome_set and is_successful is None:
-        fields.update(is_successful=False, is_successful_reason=failure)
-    now = time.time()
-    for step_id in list(binding.state.open_steps):
-        _put(binding, "step", step_id, {"session_id": binding.session_id, "ended_at": now,
-                                        "is_finished": True}, now)
-    binding.state.open_steps.clear()
-    fields.update(ended_at=now, is_finished=True)
-    _put(binding, "session", binding.session_id, fields, now)
-    runtime.finish_state(binding.state)
-    if wait:
-        # Let another process see the session as finished right away.
-        binding.pipeline.flush(_config.flush_timeout() if timeout is None else timeout,
-                               fail_fast=True)
-    for hook in session_end_hooks:
-        with swallow("session_end_hook"):
-            hook(binding)
-
-
-def _session_result_fields(session_eval: Any, session_eval_reason: Any, is_successful: Any,
-                           is_successful_reason: Any, binding: Binding) -> dict[str, Any]:
-    success = _bool_arg("is_successful", is_successful)
-    if success is not None:
-        binding.state.outcome_set = True
-    return {"project": binding.project, "session_eval": _number_arg("session_eval", session_eval),
-            "session_eval_reason": text_field(session_eval_reason), "is_successful": success,
-            "is_successful_reason": text_field(is_successful_reason)}
-
-
-def _require_session(call: str) -> Binding:
-    binding = current_binding()
-    if binding is None:
-        raise LucidicNotInitializedError(
-            f"lai.{call}() needs a current session and there is none here. Start one with "
-            "lai.init(), lai.continue_session(id) or `with lai.continued(id):`.")
-    return binding
+    _sessions.end(binding, _result_fields(session_eval, session_eval_reason, is_successful,
+                                          is_successful_reason))
 
 
 def flush(timeout: float | None = None) -> bool:
     """Deliver everything queued so far; True once all of it (and anything this
     process spooled) has reached the sink within ``timeout`` seconds."""
-    timeout = _config.flush_timeout() if timeout is None else _number_arg("timeout", timeout)
-    assert timeout is not None
-    return runtime.flush_all(min(timeout, _MAX_TIMEOUT))
+    return runtime.flush_all(timeout_arg(timeout))
 
 
 def shutdown(timeout: float | None = None) -> bool:
     """Flush and stop the background workers; what could not be delivered in
     time is spooled for the next process. What is recorded afterwards is
     delivered by the next flush() or at exit."""
-    timeout = _config.flush_timeout() if timeout is None else _number_arg("timeout", timeout)
-    assert timeout is not None
-    return runtime.shutdown_all(min(timeout, _MAX_TIMEOUT))
+    return runtime.shutdown_all(timeout_arg(timeout))
 
 
 def delivery_stats() -> dict[str, int]:
@@ -541,31 +266,44 @@ class _ScopeBase:
 
     def __call__(self, fn: F) -> F:
         """Use as a decorator: each call runs in its own scope."""
-        if inspect.isasyncgenfunction(fn):
-            @functools.wraps(fn)
-            async def agen_wrapper(*args: Any, **kwargs: Any) -> Any:
-                async with self._clone():
-                    async for item in fn(*args, **kwargs):
-                        yield item
-            return agen_wrapper  # type: ignore[return-value]
-        if inspect.iscoroutinefunction(fn):
-            @functools.wraps(fn)
-            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                async with self._clone():
-                    return await fn(*args, **kwargs)
-            return async_wrapper  # type: ignore[return-value]
-        if inspect.isgeneratorfunction(fn):
-            @functools.wraps(fn)
-            def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
-                with self._clone():
-                    return (yield from fn(*args, **kwargs))
-            return gen_wrapper  # type: ignore[return-value]
+        return wrap_by_kind(fn, _SCOPED, self)  # type: ignore[return-value]
 
-        @functools.wraps(fn)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            with self._clone():
-                return fn(*args, **kwargs)
-        return wrapper  # type: ignore[return-value]
+
+def _scoped_function(fn: Callable[..., Any], scope: _ScopeBase) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with scope._clone():
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def _scoped_coroutine(fn: Callable[..., Any], scope: _ScopeBase) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        async with scope._clone():
+            return await fn(*args, **kwargs)
+    return wrapper
+
+
+def _scoped_generator(fn: Callable[..., Any], scope: _ScopeBase) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with scope._clone():
+            return (yield from fn(*args, **kwargs))
+    return wrapper
+
+
+def _scoped_async_generator(fn: Callable[..., Any], scope: _ScopeBase) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        async with scope._clone():
+            async for item in fn(*args, **kwargs):
+                yield item
+    return wrapper
+
+
+_SCOPED = Wrappers(_scoped_function, _scoped_coroutine, _scoped_generator,
+                   _scoped_async_generator)
 
 
 class continued(_ScopeBase):  # noqa: N801 - used like a function: `with lai.continued(id):`
@@ -581,12 +319,12 @@ class continued(_ScopeBase):  # noqa: N801 - used like a function: `with lai.con
                  masking_function: Callable[[str], str] | None = None,
                  auto_end: bool = True) -> None:
         super().__init__()
-        self.session_id = _session_id_arg(session_id)
+        self.session_id = session_id_arg(session_id)
         self._end = bool(end)
         self._kwargs: dict[str, Any] = {
             "lucidic_api_key": lucidic_api_key, "api_key": api_key, "agent_id": agent_id,
             "providers": providers, "masking_function": masking_function, "auto_end": auto_end}
-        self._options = _Options(**self._kwargs)
+        self._options = Options(**self._kwargs)
 
     def _clone(self) -> continued:
         return continued(self.session_id, end=self._end, **self._kwargs)  # type: ignore[arg-type]
@@ -606,7 +344,7 @@ class continued(_ScopeBase):  # noqa: N801 - used like a function: `with lai.con
         if self._end:
             _end_scope(binding, exc)
         else:
-            detach_binding(binding)
+            _sessions.detach(binding)
 
 
 class session(_ScopeBase):  # noqa: N801
@@ -629,12 +367,12 @@ class session(_ScopeBase):  # noqa: N801
                         "auto_end": auto_end, "production_monitoring": production_monitoring,
                         "mass_sim_id": mass_sim_id, "experiment_id": experiment_id,
                         "rubrics": rubrics}
-        self._options = _Options(lucidic_api_key=lucidic_api_key, api_key=api_key,
-                                 agent_id=agent_id, providers=providers,
-                                 masking_function=masking_function, auto_end=auto_end)
-        self._fields: dict[str, Any] = {
-            "name": text_field(session_name), "task": text_field(task), "tags": _tags_arg(tags),
-            **_evaluation_fields(production_monitoring, mass_sim_id, experiment_id, rubrics)}
+        self._options = Options(lucidic_api_key=lucidic_api_key, api_key=api_key,
+                                agent_id=agent_id, providers=providers,
+                                masking_function=masking_function, auto_end=auto_end)
+        self._fields: dict[str, Any] = _session_fields(
+            session_name, task, tags, production_monitoring, mass_sim_id, experiment_id,
+            rubrics)
         self._session_id = session_id
         self.session_id: str | None = None
 
@@ -642,7 +380,7 @@ class session(_ScopeBase):  # noqa: N801
         return session(**self._kwargs)  # type: ignore[arg-type]
 
     def _open(self) -> Binding:
-        binding = _create_session(self._options, self._session_id, dict(self._fields))
+        binding = _create(self._options, self._session_id, dict(self._fields))
         self.session_id = binding.session_id
         return binding
 
@@ -655,12 +393,23 @@ def _end_scope(binding: Binding, exc: BaseException | None) -> None:
     """End a block's session: successful unless an exception escaped (or the
     code said otherwise with update_session/end_session)."""
     if exc is None:
-        end_binding(binding, is_successful=None if binding.state.outcome_set else True)
+        _sessions.end(binding, None if binding.state.outcome_set else {"is_successful": True})
     else:
-        end_binding(binding, failure=f"{type(exc).__name__}: {exc}")
+        _sessions.end(binding, failure=f"{type(exc).__name__}: {exc}")
 
 
 # -- steps ---------------------------------------------------------------------------
+
+def _step_fields(state: Any, action: Any, goal: Any, eval_score: Any, eval_description: Any,
+                 screenshot: Any, screenshot_path: Any) -> dict[str, Any]:
+    shot, shot_path = screenshot_args(screenshot, screenshot_path)
+    values = {"state": text_field(state), "action": text_field(action), "goal": text_field(goal),
+              "eval_score": number_arg("eval_score", eval_score),
+              "eval_description": text_field(eval_description), "screenshot": shot,
+              "screenshot_path": shot_path}
+    # A field not given is left out: the store leaves it as it is.
+    return {key: value for key, value in values.items() if value is not None}
+
 
 def create_step(state: str | None = None, action: str | None = None, goal: str | None = None,
                 eval_score: float | None = None, eval_description: str | None = None,
@@ -671,18 +420,11 @@ def create_step(state: str | None = None, action: str | None = None, goal: str |
     if binding is None:
         _no_session("create_step")
         return None
-    session_id = binding.session_id
-    parent = step_in(session_id)
-    step_id = binding.state.ids.new()
-    now = time.time()
-    fields = _step_fields(state, action, goal, eval_score, eval_description, screenshot,
-                          screenshot_path)
-    fields.update(session_id=session_id, parent_step_id=parent.step_id if parent else None,
-                  started_at=now)
-    _put(binding, "step", step_id, fields, now)
-    current_step.set(StepFrame(session_id, step_id, parent))
-    binding.state.open_steps.add(step_id)
-    return step_id
+    step = open_step(binding, _step_fields(state, action, goal, eval_score, eval_description,
+                                           screenshot, screenshot_path))
+    current_step.set(step)  # current until end_step(), not just for a block
+    binding.state.open_steps.add(step.step_id)
+    return step.step_id
 
 
 def update_step(step_id: str | None = None, state: str | None = None, action: str | None = None,
@@ -693,11 +435,9 @@ def update_step(step_id: str | None = None, state: str | None = None, action: st
     if binding is None:
         _no_session("update_step")
         return
-    step_id = _step_target(binding, step_id, "update_step")
-    fields = _step_fields(state, action, goal, eval_score, eval_description, screenshot,
-                          screenshot_path)
-    fields["session_id"] = binding.session_id
-    _put(binding, "step", step_id, fields)
+    step = _step_target(binding, step_id, "update_step")
+    step.update(_step_fields(state, action, goal, eval_score, eval_description, screenshot,
+                             screenshot_path))
 
 
 def end_step(step_id: str | None = None, state: str | None = None, action: str | None = None,
@@ -709,49 +449,36 @@ def end_step(step_id: str | None = None, state: str | None = None, action: str |
     if binding is None:
         _no_session("end_step")
         return
-    step_id = _step_target(binding, step_id, "end_step")
-    fields = _step_fields(state, action, goal, eval_score, eval_description, screenshot,
-                          screenshot_path)
-    now = time.time()
-    fields.update(session_id=binding.session_id, ended_at=now, is_finished=True)
-    _put(binding, "step", step_id, fields, now)
-    binding.state.open_steps.discard(step_id)
-    _pop_step(step_id)
+    step = _step_target(binding, step_id, "end_step")
+    step.end(_step_fields(state, action, goal, eval_score, eval_description, screenshot,
+                          screenshot_path))
+    binding.state.open_steps.discard(step.step_id)
+    _pop_step(step.step_id)
 
 
-def _step_fields(state: Any, action: Any, goal: Any, eval_score: Any, eval_description: Any,
-                 screenshot: Any, screenshot_path: Any) -> dict[str, Any]:
-    shot, shot_path = _screenshot(screenshot, screenshot_path)
-    return {"state": text_field(state), "action": text_field(action), "goal": text_field(goal),
-            "eval_score": _number_arg("eval_score", eval_score),
-            "eval_description": text_field(eval_description), "screenshot": shot,
-            "screenshot_path": shot_path}
-
-
-def _step_target(binding: Binding, step_id: Any, call: str) -> str:
+def _step_target(binding: Binding, step_id: Any, call: str) -> Step:
     if step_id is not None:
-        if not isinstance(step_id, str) or not step_id:
-            raise InvalidOperationError(f"step_id must be a step id string, not {step_id!r:.80}")
+        given = record_id_arg("step_id", step_id, "a step")
         state = binding.state
-        if step_id not in state.open_steps and not state.ids.made_here(step_id) \
-                and not _on_step_stack(binding.session_id, step_id):
-            raise InvalidOperationError(_not_made_here("step", step_id, binding, call))
-        return step_id
-    frame = step_in(binding.session_id)
-    if frame is None:
+        if given not in state.open_steps and not state.ids.made_here(given) \
+                and not _on_step_stack(binding, given):
+            raise InvalidOperationError(_not_made_here("step", given, binding, call))
+        return Step(binding, given)
+    step = current_step_of(binding)
+    if step is None:
         raise InvalidOperationError(
             f"lai.{call}() found no open step here; open one with lai.create_step() or pass "
             "step_id")
-    return frame.step_id
+    return step
 
 
-def _on_step_stack(session_id: str, step_id: str) -> bool:
+def _on_step_stack(binding: Binding, step_id: str) -> bool:
     """An open step of this context (a decorated function's, say)."""
-    frame = step_in(session_id)
-    while frame is not None:
-        if frame.step_id == step_id:
+    step = current_step_of(binding)
+    while step is not None:
+        if step.step_id == step_id:
             return True
-        frame = frame.parent
+        step = step.parent
     return False
 
 
@@ -767,23 +494,29 @@ def _not_made_here(kind: str, record_id: str, binding: Binding, call: str) -> st
 
 def _pop_step(step_id: str) -> None:
     """Take a finished step off this context's stack, wherever it is."""
-    frame = current_step.get()
-    above: list[StepFrame] = []
-    while frame is not None and frame.step_id != step_id:
-        above.append(frame)
-        frame = frame.parent
-    if frame is None:
+    step = current_step.get()
+    above: list[Step] = []
+    while step is not None and step.step_id != step_id:
+        above.append(step)
+        step = step.parent
+    if step is None:
         return  # not on this context's stack (ended from elsewhere)
-    rebuilt = frame.parent
+    rebuilt = step.parent
     for kept in reversed(above):
-        rebuilt = StepFrame(kept.session_id, kept.step_id, rebuilt)
+        rebuilt = kept.reparented(rebuilt)
     current_step.set(rebuilt)
 
 
 # -- events ------------------------------------------------------------------------
 
-_EVENT_ARGS = ("description", "result", "cost_added", "model", "screenshots", "function_name",
-               "arguments")
+def _event_fields(description: Any, result: Any, cost_added: Any, model: Any, screenshots: Any,
+                  function_name: Any, arguments: Any) -> dict[str, Any]:
+    values = {"description": description, "result": result,
+              "cost": number_arg("cost_added", cost_added), "model": model,
+              "screenshots": screenshots_arg(screenshots), "function_name": function_name,
+              "arguments": arguments}
+    # A field not given is left out: the store leaves it as it is.
+    return {key: field_value(key, value) for key, value in values.items() if value is not None}
 
 
 def create_event(step_id: str | None = None, description: str | None = None,
@@ -799,29 +532,10 @@ def create_event(step_id: str | None = None, description: str | None = None,
     fields = _event_fields(description, result, cost_added, model, screenshots, function_name,
                            arguments)
     fields["type"] = text_field(type) or "generic"
-    if step_id is not None:
-        step_id = _step_target(binding, step_id, "create_event")
-    return record_event(binding, fields, step_id=step_id)
-
-
-def record_event(binding: Binding, fields: dict[str, Any], *, step_id: str | None = None,
-                 event_id: str | None = None) -> str:
-    """Record one finished event for binding's session; the building block
-    create_event, @event and provider plugins share."""
-    session_id = binding.session_id
     if step_id is None:
-        frame = step_in(session_id)
-        step_id = frame.step_id if frame is not None else None
-    event_id = event_id or binding.state.ids.new()
-    now = time.time()
-    fields["session_id"] = session_id
-    fields["step_id"] = step_id
-    fields.setdefault("started_at", now)
-    fields.setdefault("ended_at", now)
-    fields["is_finished"] = True
-    _put(binding, "event", event_id, fields, now)
-    last_event.set(EventRef(session_id, event_id))
-    return event_id
+        return record_event(binding, fields)
+    return record_event(binding, fields, step_id=_step_target(binding, step_id,
+                                                              "create_event").step_id)
 
 
 def update_event(event_id: str | None = None, description: str | None = None,
@@ -834,8 +548,7 @@ def update_event(event_id: str | None = None, description: str | None = None,
         return
     fields = _event_fields(description, result, cost_added, model, screenshots, function_name,
                            arguments)
-    fields["session_id"] = binding.session_id
-    _put(binding, "event", _event_target(binding, event_id, "update_event"), fields)
+    amend_event(binding, _event_target(binding, event_id, "update_event"), fields)
 
 
 def end_event(event_id: str | None = None, description: str | None = None,
@@ -850,39 +563,16 @@ def end_event(event_id: str | None = None, description: str | None = None,
         return
     fields = _event_fields(description, result, cost_added, model, screenshots, function_name,
                            arguments)
-    now = time.time()
-    fields.update(session_id=binding.session_id, ended_at=now)
-    _put(binding, "event", _event_target(binding, event_id, "end_event"), fields, now)
-
-
-def _event_fields(description: Any, result: Any, cost_added: Any, model: Any, screenshots: Any,
-                  function_name: Any, arguments: Any) -> dict[str, Any]:
-    if screenshots is not None and (isinstance(screenshots, str)
-                                    or not isinstance(screenshots, (list, tuple))):
-        raise InvalidOperationError("screenshots must be a list of base64 strings, not "
-                                    f"{type(screenshots).__name__}")
-    return {"description": text_field(description), "result": text_field(result),
-            "cost": _number_arg("cost_added", cost_added), "model": text_field(model),
-            "screenshots": None if screenshots is None
-            else [text_field(s) for s in items_of(screenshots)],
-            "function_name": text_field(function_name),
-            "arguments": None if arguments is None else to_jsonable(arguments)}
+    amend_event(binding, _event_target(binding, event_id, "end_event"), fields, end=True)
 
 
 def _event_target(binding: Binding, event_id: Any, call: str) -> str:
     if event_id is not None:
-        if not isinstance(event_id, str) or not event_id:
-            raise InvalidOperationError(f"event_id must be an event id string, not "
-                                        f"{event_id!r:.80}")
-        if not binding.state.ids.made_here(event_id):
-            raise InvalidOperationError(_not_made_here("event", event_id, binding, call))
-        return event_id
+        given = record_id_arg("event_id", event_id, "an event")
+        if not binding.state.ids.made_here(given):
+            raise InvalidOperationError(_not_made_here("event", given, binding, call))
+        return given
     ref = last_event.get()
     if ref is None or ref.session_id != binding.session_id:
         raise InvalidOperationError(f"lai.{call}() found no event created here; pass event_id")
     return ref.event_id
-
-
-def record_error_event(binding: Binding, *, description: str, error: str) -> None:
-    record_event(binding, {"type": "error", "description": text_field(description),
-                           "error": text_field(error)})

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from . import _config
+from . import _config, _render
 from . import _render_experiments as show
 
 
@@ -67,9 +67,7 @@ def experiment_document(backend: Any, experiment_id: str) -> dict[str, Any]:
 
 
 def _print_json(value: Any) -> None:
-    from .cli import _print_json as print_json
-
-    print_json(value)
+    print(_render.json_document(value))
 
 
 def _listing(rows: list[dict[str, Any]], as_json: bool, empty: str,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from ._pipeline import Pipeline
+    from ._recording import Step
     from ._records import Mask
 
 
@@ -27,7 +28,7 @@ class SessionIds:
     an id given back to update_step() or end_event() from one this session
     never made here, without keeping a list of them."""
 
-    __slots__ = ("_counter", "prefix")
+    __slots__ = ("counter", "prefix")
 
     def __init__(self) -> None:
         self.reset()
@@ -35,10 +36,11 @@ class SessionIds:
     def reset(self) -> None:
         """New prefix and counter (a forked child must not repeat the parent's)."""
         self.prefix = secrets.token_hex(8)
-        self._counter = itertools.count(1)
+        self.counter = itertools.count(1)
 
     def new(self) -> str:
-        return f"{self.prefix}{next(self._counter):x}"
+        # (The recording core writes this out where it makes ids: the hot path.)
+        return f"{self.prefix}{next(self.counter):x}"
 
     def made_here(self, record_id: str) -> bool:
         if not record_id.startswith(self.prefix):
@@ -50,7 +52,7 @@ class SessionIds:
             return False
         # Canonical digits only, and a number already handed out (peeking at
         # the counter spends one number, which costs nothing).
-        return f"{number:x}" == digits and 0 < number < next(self._counter)
+        return f"{number:x}" == digits and 0 < number < next(self.counter)
 
 
 class SessionState:
@@ -99,12 +101,6 @@ class Binding:
         state.bindings.append(self)
 
 
-class StepFrame(NamedTuple):
-    session_id: str
-    step_id: str
-    parent: StepFrame | None
-
-
 class EventRef(NamedTuple):
     session_id: str
     event_id: str
@@ -112,7 +108,9 @@ class EventRef(NamedTuple):
 
 scope_binding: contextvars.ContextVar[Binding | None] = contextvars.ContextVar(
     "lucidic_session", default=None)
-current_step: contextvars.ContextVar[StepFrame | None] = contextvars.ContextVar(
+#: The innermost open step of this context: a ``_recording.Step``, whose
+#: ``parent`` is the step it is nested in (an immutable stack of frames).
+current_step: contextvars.ContextVar[Step | None] = contextvars.ContextVar(
     "lucidic_step", default=None)
 last_event: contextvars.ContextVar[EventRef | None] = contextvars.ContextVar(
     "lucidic_event", default=None)
@@ -138,7 +136,7 @@ def current_binding() -> Binding | None:
     return None
 
 
-def step_in(session_id: str) -> StepFrame | None:
+def step_in(session_id: str) -> Step | None:
     """The innermost open step of this context, if it belongs to session_id."""
     frame = current_step.get()
     return frame if frame is not None and frame.session_id == session_id else None

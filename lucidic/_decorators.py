@@ -12,20 +12,18 @@ from __future__ import annotations
 
 import functools
 import inspect
-import time
 from collections.abc import Callable
-from typing import Any, TypeVar, overload
+from typing import Any, NamedTuple, TypeVar, overload
 
-from ._api import _number_arg, _put, record_event
-from ._context import Binding, StepFrame, current_step, process_slot, scope_binding
+from ._arguments import number_arg
+from ._context import Binding, current_step, process_slot, scope_binding
 from ._internal import record_internal_error
+from ._recording import CURRENT, Event, Step, open_step
 from ._records import safe_repr, text_field, to_jsonable
-from ._runtime import new_id
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 _scope_get = scope_binding.get
-_step_get = current_step.get
 _step_set = current_step.set
 _step_reset = current_step.reset
 
@@ -35,43 +33,37 @@ def _error_text(exc: BaseException) -> str:
 
 
 # -- the two kinds of instrumentation -------------------------------------------------
+#
+# A spec says what a decorated call records: enter(binding, args, kwargs) begins
+# it and returns a handle (for a step, the Step, which becomes the current step
+# while the function's own code runs: ``sets_step``); exit(handle, result, exc)
+# ends it. Both run under the wrappers' guard: a failure of ours is logged and
+# counted, and the user's call goes on.
 
 class _StepSpec:
-    """What a @step records; enter() opens the step, exit() closes it."""
+    """What a @step records: a Step around each call."""
 
-    __slots__ = ("static",)
+    __slots__ = ("maskable", "static")
+    sets_step = True
 
     def __init__(self, fn: Callable[..., Any], state: Any, action: Any, goal: Any,
                  eval_score: Any, eval_description: Any) -> None:
-        self.static = {
+        fields = {
             "state": text_field(state), "action": text_field(action) or fn.__name__,
-            "goal": text_field(goal), "eval_score": _number_arg("eval_score", eval_score),
+            "goal": text_field(goal), "eval_score": number_arg("eval_score", eval_score),
             "eval_description": text_field(eval_description),
             "function_name": f"{fn.__module__}.{fn.__qualname__}",
         }
+        # Absent and None are the same to the store; absent is cheaper to copy.
+        self.static = {key: value for key, value in fields.items() if value is not None}
+        #: Only these fields hold text a masking function must see.
+        self.maskable = tuple(key for key, value in self.static.items() if type(value) is str)
 
-    def enter(self, binding: Binding, args: tuple[Any, ...], kwargs: dict[str, Any]
-              ) -> tuple[StepFrame, Any]:
-        session_id = binding.session_id
-        parent = _step_get()
-        if parent is not None and parent.session_id != session_id:
-            parent = None
-        step_id = new_id()
-        now = time.time()
-        fields = dict(self.static)
-        fields["session_id"] = session_id
-        fields["parent_step_id"] = parent.step_id if parent is not None else None
-        fields["started_at"] = now
-        _put(binding, "step", step_id, fields, now)
-        return StepFrame(session_id, step_id, parent), None
+    def enter(self, binding: Binding, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Step:
+        return open_step(binding, self.static.copy(), CURRENT, self.maskable, True)
 
-    def exit(self, binding: Binding, frame: StepFrame, handle: Any, result: Any,
-             exc: BaseException | None) -> None:
-        now = time.time()
-        fields = {"session_id": frame.session_id, "ended_at": now, "is_finished": True}
-        if exc is not None:
-            fields["error"] = _error_text(exc)
-        _put(binding, "step", frame.step_id, fields, now)
+    def exit(self, step: Step, result: Any, exc: BaseException | None) -> None:
+        step.end(error=None if exc is None else _error_text(exc))
 
 
 class _EventSpec:
@@ -79,6 +71,7 @@ class _EventSpec:
     or error, and duration."""
 
     __slots__ = ("description", "function_name", "signature")
+    sets_step = False
 
     def __init__(self, fn: Callable[..., Any], description: Any) -> None:
         self.description = text_field(description)
@@ -89,8 +82,9 @@ class _EventSpec:
             self.signature = None
 
     def enter(self, binding: Binding, args: tuple[Any, ...], kwargs: dict[str, Any]
-              ) -> tuple[None, Any]:
-        return None, (time.time(), self._arguments(args, kwargs))
+              ) -> tuple[Event, Any]:
+        # The arguments as they were passed: the call may change them.
+        return Event(binding), self._arguments(args, kwargs)
 
     def _arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         try:
@@ -101,19 +95,16 @@ class _EventSpec:
             pass  # the call itself will raise; record what was passed
         return to_jsonable({"args": list(args), "kwargs": kwargs})
 
-    def exit(self, binding: Binding, frame: None, handle: Any, result: Any,
-             exc: BaseException | None) -> None:
-        started, arguments = handle
-        now = time.time()
+    def exit(self, handle: tuple[Event, Any], result: Any, exc: BaseException | None) -> None:
+        event, arguments = handle
         fields = {"type": "function", "description": self.description,
-                  "function_name": self.function_name, "arguments": arguments,
-                  "started_at": started, "ended_at": now, "duration": now - started}
+                  "function_name": self.function_name, "arguments": arguments}
         if exc is not None:
             fields["error"] = _error_text(exc)
         else:
             fields["result"] = text_field(result) if isinstance(result, str) \
                 else safe_repr(result)
-        record_event(binding, fields)
+        event.end(fields)
 
 
 Spec = Any  # _StepSpec | _EventSpec
@@ -127,37 +118,75 @@ def _active_binding() -> Binding | None:
 
 
 def _safe_enter(spec: Spec, binding: Binding, args: tuple[Any, ...],
-                kwargs: dict[str, Any]) -> tuple[Any, Any] | None:
+                kwargs: dict[str, Any]) -> Any:
     try:
-        return spec.enter(binding, args, kwargs)  # type: ignore[no-any-return]
+        return spec.enter(binding, args, kwargs)
     except Exception as exc:  # noqa: BLE001 - never break the user's call
         record_internal_error("decorator_enter", exc)
         return None
 
 
-def _safe_exit(spec: Spec, binding: Binding, entered: tuple[Any, Any], result: Any,
-               exc: BaseException | None) -> None:
+def _safe_exit(spec: Spec, handle: Any, result: Any, exc: BaseException | None) -> None:
     try:
-        spec.exit(binding, entered[0], entered[1], result, exc)
+        spec.exit(handle, result, exc)
     except Exception as error:  # noqa: BLE001
         record_internal_error("decorator_exit", error)
 
 
 # -- wrappers, one per kind of callable -------------------------------------------------
 
-def _wrap(fn: Callable[..., Any], spec: Spec) -> Callable[..., Any]:
+class Wrappers(NamedTuple):
+    """How to wrap each kind of callable: each makes a wrapper from the
+    function and what the wrapper needs (a spec, a scope)."""
+
+    function: Callable[[Callable[..., Any], Any], Callable[..., Any]]
+    coroutine: Callable[[Callable[..., Any], Any], Callable[..., Any]]
+    generator: Callable[[Callable[..., Any], Any], Callable[..., Any]]
+    async_generator: Callable[[Callable[..., Any], Any], Callable[..., Any]]
+
+
+def wrap_by_kind(fn: Callable[..., Any], wrappers: Wrappers, using: Any) -> Callable[..., Any]:
+    """Wrap a function, coroutine function, generator or async generator
+    function (or a classmethod/staticmethod of one) with the matching wrapper,
+    so that set-up and tear-down happen inside the await or the iteration."""
     if isinstance(fn, (classmethod, staticmethod)):
-        return type(fn)(_wrap(fn.__func__, spec))  # type: ignore[arg-type]
+        return type(fn)(wrap_by_kind(fn.__func__, wrappers, using))  # type: ignore[arg-type]
     if inspect.isasyncgenfunction(fn):
-        return _wrap_async_generator(fn, spec)
+        return wrappers.async_generator(fn, using)
     if inspect.iscoroutinefunction(fn):
-        return _wrap_coroutine(fn, spec)
+        return wrappers.coroutine(fn, using)
     if inspect.isgeneratorfunction(fn):
-        return _wrap_generator(fn, spec)
-    return _wrap_function(fn, spec)
+        return wrappers.generator(fn, using)
+    return wrappers.function(fn, using)
 
 
 def _wrap_function(fn: Callable[..., Any], spec: Spec) -> Callable[..., Any]:
+    if isinstance(spec, _StepSpec):
+        return _wrap_step_function(fn, spec)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        binding = _active_binding()
+        if binding is None:
+            return fn(*args, **kwargs)
+        handle = _safe_enter(spec, binding, args, kwargs)
+        if handle is None:
+            return fn(*args, **kwargs)
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            _safe_exit(spec, handle, None, exc)
+            raise
+        _safe_exit(spec, handle, result, None)
+        return result
+    return wrapper
+
+
+def _wrap_step_function(fn: Callable[..., Any], spec: _StepSpec) -> Callable[..., Any]:
+    """The hot path: a plain function under @step. The same steps as the
+    generic wrappers, written out, since every call pays for them."""
+    static, maskable = spec.static, spec.maskable
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         binding = _scope_get()
@@ -165,19 +194,26 @@ def _wrap_function(fn: Callable[..., Any], spec: Spec) -> Callable[..., Any]:
             binding = process_slot.binding
         if binding is None or not binding.active:
             return fn(*args, **kwargs)
-        entered = _safe_enter(spec, binding, args, kwargs)
-        if entered is None:
+        try:
+            step = open_step(binding, static.copy(), CURRENT, maskable, True)
+        except Exception as exc:  # noqa: BLE001 - never break the user's call
+            record_internal_error("decorator_enter", exc)
             return fn(*args, **kwargs)
-        frame = entered[0]
-        token = _step_set(frame) if frame is not None else None
+        token = _step_set(step)
         try:
             result = fn(*args, **kwargs)
         except BaseException as exc:
             _restore(token)
-            _safe_exit(spec, binding, entered, None, exc)
+            _safe_exit(spec, step, None, exc)
             raise
-        _restore(token)
-        _safe_exit(spec, binding, entered, result, None)
+        try:
+            _step_reset(token)
+        except ValueError:
+            pass  # see _restore
+        try:
+            step.end()
+        except Exception as error:  # noqa: BLE001
+            record_internal_error("decorator_exit", error)
         return result
     return wrapper
 
@@ -188,19 +224,18 @@ def _wrap_coroutine(fn: Callable[..., Any], spec: Spec) -> Callable[..., Any]:
         binding = _active_binding()
         if binding is None:
             return await fn(*args, **kwargs)
-        entered = _safe_enter(spec, binding, args, kwargs)
-        if entered is None:
+        handle = _safe_enter(spec, binding, args, kwargs)
+        if handle is None:
             return await fn(*args, **kwargs)
-        frame = entered[0]
-        token = _step_set(frame) if frame is not None else None
+        token = _step_set(handle) if spec.sets_step else None
         try:
             result = await fn(*args, **kwargs)
         except BaseException as exc:
             _restore(token)
-            _safe_exit(spec, binding, entered, None, exc)
+            _safe_exit(spec, handle, None, exc)
             raise
         _restore(token)
-        _safe_exit(spec, binding, entered, result, None)
+        _safe_exit(spec, handle, result, None)
         return result
     return wrapper
 
@@ -209,10 +244,10 @@ def _wrap_generator(fn: Callable[..., Any], spec: Spec) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         binding = _active_binding()
-        entered = _safe_enter(spec, binding, args, kwargs) if binding is not None else None
-        if binding is None or entered is None:
+        handle = _safe_enter(spec, binding, args, kwargs) if binding is not None else None
+        if handle is None:
             return (yield from fn(*args, **kwargs))
-        frame = entered[0]
+        frame = handle if spec.sets_step else None
         generator = fn(*args, **kwargs)
 
         def resume(method: Callable[..., Any], value: Any) -> Any:
@@ -236,13 +271,13 @@ def _wrap_generator(fn: Callable[..., Any], spec: Spec) -> Callable[..., Any]:
                 else:
                     item = resume(generator.send, sent)
         except StopIteration as stop:
-            _safe_exit(spec, binding, entered, stop.value, None)
+            _safe_exit(spec, handle, stop.value, None)
             return stop.value
         except GeneratorExit:
-            _safe_exit(spec, binding, entered, None, None)  # abandoned by the consumer
+            _safe_exit(spec, handle, None, None)  # abandoned by the consumer
             raise
         except BaseException as exc:
-            _safe_exit(spec, binding, entered, None, exc)
+            _safe_exit(spec, handle, None, exc)
             raise
     return wrapper
 
@@ -251,14 +286,14 @@ def _wrap_async_generator(fn: Callable[..., Any], spec: Spec) -> Callable[..., A
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         binding = _active_binding()
-        entered = _safe_enter(spec, binding, args, kwargs) if binding is not None else None
+        handle = _safe_enter(spec, binding, args, kwargs) if binding is not None else None
         generator = fn(*args, **kwargs)
-        if binding is None or entered is None:
+        if handle is None:
             async with _aclosing(generator):
                 async for item in generator:
                     yield item
             return
-        frame = entered[0]
+        frame = handle if spec.sets_step else None
 
         async def resume(method: Callable[..., Any], value: Any) -> Any:
             token = _step_set(frame) if frame is not None else None
@@ -280,15 +315,22 @@ def _wrap_async_generator(fn: Callable[..., Any], spec: Spec) -> Callable[..., A
                 else:
                     item = await resume(generator.asend, sent)
         except StopAsyncIteration:
-            _safe_exit(spec, binding, entered, None, None)
+            _safe_exit(spec, handle, None, None)
             return
         except GeneratorExit:
-            _safe_exit(spec, binding, entered, None, None)
+            _safe_exit(spec, handle, None, None)
             raise
         except BaseException as exc:
-            _safe_exit(spec, binding, entered, None, exc)
+            _safe_exit(spec, handle, None, exc)
             raise
     return wrapper
+
+
+_RECORDED = Wrappers(_wrap_function, _wrap_coroutine, _wrap_generator, _wrap_async_generator)
+
+
+def _wrap(fn: Callable[..., Any], spec: Spec) -> Callable[..., Any]:
+    return wrap_by_kind(fn, _RECORDED, spec)
 
 
 class _aclosing:  # noqa: N801 - contextlib.aclosing, which 3.10 has, minus typing fuss
@@ -332,7 +374,7 @@ def step(state: Any = None, action: str | None = None, goal: str | None = None,
         fn = state
         return _wrap(fn, _StepSpec(_function_of(fn), None, None, None, None, None))
 
-    _number_arg("eval_score", eval_score)  # refuse a bad value now, not at the first call
+    number_arg("eval_score", eval_score)  # refuse a bad value now, not at the first call
 
     def decorate(fn: F) -> F:
         spec = _StepSpec(_function_of(fn), state, action, goal, eval_score, eval_description)

@@ -16,25 +16,22 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from . import _scores
-from ._api import (
-    _Options,
-    _project_of,
-    _put,
-    _rubrics_arg,
-    _session_id_arg,
-    _tags_arg,
-    write_at_once,
-)
+from ._arguments import Options, rubrics_arg, session_id_arg, tags_arg
 from ._context import current_binding
+from ._recording import put
 from ._records import items_of, text_field, to_jsonable
 from ._runtime import runtime
+from ._sessions import project_of, sink_for, write_at_once
+from ._sinks import Sink
 from .errors import InvalidOperationError, LucidicNotInitializedError
 
 
-def _options(lucidic_api_key: str | None, api_key: str | None,
-             agent_id: str | None) -> _Options:
-    return _Options(lucidic_api_key=lucidic_api_key, api_key=api_key, agent_id=agent_id,
-                    providers=None, masking_function=None, auto_end=True)
+def _sink(lucidic_api_key: str | None, api_key: str | None, agent_id: str | None
+          ) -> tuple[Sink, str | None]:
+    """Where these credentials' records go, and the agent id they name."""
+    options = Options(lucidic_api_key=lucidic_api_key, api_key=api_key, agent_id=agent_id,
+                      providers=None, masking_function=None, auto_end=True)
+    return sink_for(options.base_url, options.api_key), options.agent_id
 
 
 def _name_arg(what: str, value: Any) -> str:
@@ -55,13 +52,12 @@ def create_mass_sim(mass_sim_name: str, total_num_sessions: int,
             or total_num_sessions < 0:
         raise InvalidOperationError(f"total_num_sessions must be an int >= 0, not "
                                     f"{total_num_sessions!r:.80}")
-    options = _options(lucidic_api_key, api_key, agent_id)
-    sink = options.sink()
+    sink, agent_id = _sink(lucidic_api_key, api_key, agent_id)
     mass_sim_id = str(uuid.uuid4())
     now = time.time()
     write_at_once(sink, runtime.pipeline_for(sink), ("mass_sim", mass_sim_id, now, {
-        "project": _project_of(sink), "name": name, "total_num_sims": total_num_sessions,
-        "task": text_field(task), "tags": _tags_arg(tags), "agent_id": options.agent_id,
+        "project": project_of(sink), "name": name, "total_num_sims": total_num_sessions,
+        "task": text_field(task), "tags": tags_arg(tags), "agent_id": agent_id,
         "created_at": now}))
     return mass_sim_id
 
@@ -79,14 +75,14 @@ def create_experiment(name: str, *, rubrics: Sequence[Any] = (),
     # Read once, as the built-in type holds them (see items_of).
     given = list(items_of(rubrics) if isinstance(rubrics, (list, tuple, set, frozenset))
                  else rubrics)
-    names = _rubrics_arg(given) or []
+    names = rubrics_arg(given) or []
     described = [item.describe() for item in given
                  if not isinstance(item, str) and callable(getattr(item, "describe", None))]
     experiment_id = str(uuid.uuid4())
     write_experiment(experiment_id, {
         "name": _name_arg("name", name), "rubrics": names, "evaluators": described or None,
         "metadata": None if metadata is None else to_jsonable(dict(metadata)),
-        "tags": _tags_arg(tags), "created_at": time.time()},
+        "tags": tags_arg(tags), "created_at": time.time()},
         lucidic_api_key=lucidic_api_key, api_key=api_key, agent_id=agent_id)
     return experiment_id
 
@@ -96,10 +92,9 @@ def write_experiment(experiment_id: str, fields: dict[str, Any], *,
                      agent_id: str | None = None) -> None:
     """Create (with ``created_at`` among the fields) or update an experiment's
     record; fields left None keep their stored value."""
-    options = _options(lucidic_api_key, api_key, agent_id)
-    sink = options.sink()
+    sink, _ = _sink(lucidic_api_key, api_key, agent_id)
     now = time.time()
-    record_fields = {"project": _project_of(sink), **fields}
+    record_fields = {"project": project_of(sink), **fields}
     write_at_once(sink, runtime.pipeline_for(sink), ("experiment", experiment_id, now,
                                                      record_fields))
 
@@ -122,14 +117,14 @@ def score(name: str, value: float | bool | str, *, session_id: str | None = None
                 "lai.score() scores the current session and there is none here: pass "
                 "session_id=..., or call it inside the session")
         session_id = binding.session_id
-    session_id = _session_id_arg(session_id)
+    session_id = session_id_arg(session_id)
     fields = {"session_id": session_id, "step_id": step_id, "event_id": event_id,
               "name": name, **stored, "comment": text_field(comment), "source": "api",
               "created_at": time.time()}
     score_id = _scores.score_id(session_id, name, step_id, event_id)
     if binding is not None and binding.session_id == session_id:
-        _put(binding, "score", score_id, fields)
+        put(binding, "score", score_id, fields, time.time())
     else:
-        sink = _options(None, None, None).sink()
+        sink, _ = _sink(None, None, None)
         runtime.pipeline_for(sink).put(("score", score_id, time.time(), fields))
     return score_id

@@ -31,7 +31,7 @@ from urllib.parse import quote
 
 import requests
 
-from . import _config, _continuation, _runtime
+from . import _config, _continuation
 from ._internal import log_rate_limited, log_visible
 from ._records import shrink_record
 from ._sinks import RecordsRefusedError, Sink, SinkError
@@ -465,18 +465,15 @@ class HttpReader:
         self._client.close()
 
 
-# -- registration with the runtime --------------------------------------------------
+# -- one sink per server and key ---------------------------------------------------------
 
 _sinks: dict[str, HttpSink] = {}
 _sinks_lock = threading.Lock()
 
 
-def _factory(base_url: str, api_key: str | None) -> HttpSink:
+def shared_sink(base_url: str, api_key: str | None) -> HttpSink:
     """One sink per (server, key), so every init() reuses its pooled
     connections and the pipeline serving it."""
     sink = HttpSink(base_url, api_key)
     with _sinks_lock:
         return _sinks.setdefault(sink.identity, sink)
-
-
-_runtime.http_sink_factory = _factory

@@ -23,8 +23,10 @@ import traceback
 from types import FrameType, TracebackType
 from typing import Any
 
-from . import _config
+from . import _config, _sessions
 from ._internal import record_internal_error
+from ._recording import record_error
+from ._runtime import runtime
 
 _installed = False
 _install_lock = threading.Lock()
@@ -121,16 +123,12 @@ def _excepthook(exc_type: type[BaseException], exc: BaseException,
 
 def _record_crash(exc_type: type[BaseException], exc: BaseException,
                   tb: TracebackType | None) -> None:
-    from ._api import record_error_event
-    from ._runtime import runtime
-
     summary = f"{exc_type.__name__}: {exc}"
     detail = "".join(traceback.format_exception(exc_type, exc, tb))
     for binding in list(runtime.auto_end):
         if binding.active:
             binding.state.failure = f"uncaught exception: {summary}"
-            record_error_event(binding, description=f"Uncaught exception: {summary}",
-                               error=detail)
+            record_error(binding, f"Uncaught exception: {summary}", detail)
 
 
 def _exit_deadline() -> float:
@@ -140,9 +138,6 @@ def _exit_deadline() -> float:
 def end_sessions(failure: str | None = None, deadline: float | None = None) -> None:
     """End every auto_end session this process still holds, waiting for
     their delivery until ``deadline`` at most."""
-    from ._api import end_binding
-    from ._runtime import runtime
-
     if deadline is None:
         deadline = _exit_deadline()
     for binding in list(runtime.auto_end):
@@ -150,8 +145,8 @@ def end_sessions(failure: str | None = None, deadline: float | None = None) -> N
             continue
         try:
             reason = failure or binding.state.failure
-            end_binding(binding, failure=reason,
-                        timeout=max(0.0, deadline - time.monotonic()))
+            _sessions.end(binding, failure=reason,
+                          timeout=max(0.0, deadline - time.monotonic()))
         except Exception as exc:  # noqa: BLE001
             record_internal_error("auto_end", exc)
 
@@ -163,8 +158,6 @@ def shutdown(deadline: float | None = None) -> None:
     if _finished:
         return
     _finished = True
-    from ._runtime import runtime
-
     if deadline is None:
         deadline = _exit_deadline()
     runtime.shutdown_all(max(0.0, deadline - time.monotonic()))
@@ -180,3 +173,8 @@ def _at_exit() -> None:
     deadline = _exit_deadline()
     end_sessions(deadline=deadline)
     shutdown(deadline)
+
+
+# Just before every fork (see before_fork); registered here, where it is done,
+# rather than called from the runtime's own fork hooks.
+os.register_at_fork(before=before_fork)

@@ -25,6 +25,13 @@ records off the queue under one lock, and the spill thread removes what it
 spills only once it is written; so an exit that interrupts a spill midway
 finds every record still queued, and writes them itself.
 
+A record still last in the queue can be amended (``amend_last``): a step that
+ends before the worker has taken its start is queued as one record, not two,
+which is what the store would have made of them. It is amended only while it
+is in the queue and no one is taking records off it (the take lock is free):
+never once it is being written to the spool, in the worker's hands, written
+down in durable mode, or queued before a fork().
+
 When nothing can be written (the disk is full) and the sink does not take
 records either, the queue keeps the oldest records, up to twice its size, and
 the newest are dropped and counted (``stats.dropped``); session records are
@@ -109,9 +116,10 @@ class Pipeline:
         self.stats = PipelineStats()
         #: Every record is written to the spool before put() returns.
         self.durable = durable
+        #: fork() calls so far (see amend_last).
+        self.forks = 0
         self._max_queue = max(2, max_queue)
         self._batch_size = batch_size
-        self._busy = min(batch_size, self._max_queue)  # below it, put() only appends
         self._interval = interval
         self._later_grace = later_grace
         self._later_retry = later_retry
@@ -119,6 +127,7 @@ class Pipeline:
 
     def _init_runtime(self) -> None:
         self._queue: deque[Any] = deque()
+        self._busy = min(self._batch_size, self._max_queue)  # below it, put() only appends
         self._wake = threading.Event()
         self._spill_wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -137,6 +146,7 @@ class Pipeline:
         #: wrote while the sink was slow; removed again if the batch arrives.
         self._inflight_copy: tuple[list[Record], Path] | None = None
         self._inflight_lock = threading.Lock()
+        self._inflight_spooled = False  # the worker wrote its batch to the spool itself
         self._passed: deque[_FlushRequest] = deque()  # flush requests the spill took past
         self._stopping = False
         self._healthy = True
@@ -166,6 +176,9 @@ class Pipeline:
                 return
             if size >= self._batch_size and not self._wake.is_set():
                 self._wake.set()
+                # Woken: put() looks no further (but for a full queue) until
+                # the worker has taken a batch (_take lowers it again).
+                self._busy = self._max_queue
         queue.append(record)
 
     def _crowded(self, record: Record, size: int) -> bool:
@@ -200,6 +213,28 @@ class Pipeline:
         self._durable_unsent += 1
         if self._durable_unsent >= self._batch_size and not self._wake.is_set():
             self._wake.set()
+
+    def amend_last(self, record: Record, fields: dict[str, Any], ts: float, forks: int) -> bool:
+        """Merge ``fields`` (the newer values, at ``ts``) into ``record`` if it is
+        still the last thing queued: nothing was queued after it, in any thread,
+        no one is taking records off the queue (the spill thread writes them
+        before it takes them), and no fork() happened since it was queued
+        (``forks``: the pipeline's count then; the child may have written to
+        the same row since). Then one record says what the two would have.
+        False (nothing changed) otherwise: the hot path never waits."""
+        queue = self._queue
+        take_lock = self._take_lock
+        if forks != self.forks or not take_lock.acquire(False):  # (never blocks)
+            return False
+        try:
+            if not queue or queue[-1] is not record:
+                return False
+            merged = record[3]
+            merged.update(fields)
+            queue[-1] = (record[0], record[1], ts, merged)
+        finally:
+            take_lock.release()
+        return True
 
     def deliver_soon(self) -> None:
         """Wake the worker now rather than at its next interval (a session
@@ -362,25 +397,27 @@ class Pipeline:
     def _spill_inflight(self) -> None:
         """The worker has held a batch for SPILL_AFTER (the sink is slow or
         hung): copy it to a segment of its own, in case the process dies
-        before the sink answers. If the batch arrives, the copy is removed."""
+        before the sink answers. If the batch arrives, the copy is removed.
+        Under the in-flight lock, as the worker's own spill of the batch is:
+        a batch is written by one of them only, and a record no encoder can
+        write is set aside once."""
         batch = self._inflight
         if (batch is None or self._copy_of(batch) is not None
                 or time.monotonic() - self._inflight_since < SPILL_AFTER):
             return
-        try:
-            copy, unencodable = self.spool.write_aside(batch)
-        except OSError as exc:
-            self._spool_unwritable(exc)
-            return
+        with self._inflight_lock:
+            if (self._inflight is not batch or self._copy_of(batch) is not None
+                    or self._inflight_spooled):
+                return  # the worker is done with it, or wrote it itself
+            try:
+                copy, unencodable = self.spool.write_aside(batch)
+            except OSError as exc:
+                self._spool_unwritable(exc)
+                return
+            if copy is not None:
+                self._inflight_copy = (batch, copy)
         if unencodable:
             self._reject([(r, "it cannot be written as JSON") for r in unencodable])
-        with self._inflight_lock:
-            kept = self._inflight is batch
-            if kept and copy is not None:
-                self._inflight_copy = (batch, copy)
-        if not kept and copy is not None:
-            self.spool.discard(copy)  # the worker is done with it: delivered or spooled
-            return
         self.stats.spooled += len(batch)
         self._spool_dirty = True
         self._spool_writable()
@@ -510,8 +547,10 @@ class Pipeline:
                 break
             batch.append(item)
         self._taken += len(batch) + (request is not None)
+        self._busy = min(self._batch_size, self._max_queue)  # put() may wake us again
         if batch:
             self._inflight, self._inflight_since = batch, time.monotonic()
+            self._inflight_spooled = False
         return batch, request
 
     def _deliver(self, batch: list[Record]) -> object:
@@ -546,11 +585,13 @@ class Pipeline:
         with self._inflight_lock:
             if self._copy_of(batch) is not None:
                 return _SPOOLED  # the spill thread wrote a copy while the sink hung
-        try:
-            self._spool_write(batch)
-        except OSError as exc:
-            self._spool_unwritable(exc)
-            return _KEPT_NOWHERE
+            try:
+                self._spool_write(batch)
+            except OSError as exc:
+                self._spool_unwritable(exc)
+                return _KEPT_NOWHERE
+            # Written: the spill thread must not write a copy of it as well.
+            self._inflight_spooled = self._inflight is batch
         self._spool_dirty = True
         self.stats.spooled += len(batch)
         self._spool_writable()
@@ -681,6 +722,7 @@ class Pipeline:
     # -- fork -----------------------------------------------------------------
 
     def before_fork(self) -> None:
+        self.forks += 1  # nothing queued before a fork is amended after it
         self.spool.before_fork()
 
     def after_fork_in_parent(self) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._internal import log_rate_limited
+from .columns import COLUMN_TYPES, ColumnType
 from .limits import INT_MAX, INT_MIN, MAX_DOCUMENT_INT_BITS, MAX_TEXT_CHARS
 
 #: What a string becomes when the masking function fails on it.
@@ -171,6 +172,37 @@ def _big_int(value: int) -> Any:
         return int(value)  # a plain int, even from an int subclass
     return f"<integer of {bits} bits, too large to record>"
 
+
+# -- a value as its column wants it ----------------------------------------------------
+
+def field_value(column: str, value: Any) -> Any:
+    """A value for a record's field, as its column's type wants it (see
+    lucidic.columns); None stays None: the field is left as it is."""
+    if value is None:
+        return None
+    return _COERCE[column](value)
+
+
+def _text_list(value: Any) -> Any:
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [text_field(item) for item in items_of(value)]
+    return to_jsonable(value)
+
+
+def _coercer(kind: ColumnType) -> Callable[[Any], Any]:
+    if kind is ColumnType.TEXT_LIST:
+        return _text_list
+    if kind.is_json:
+        return to_jsonable
+    return {ColumnType.INT: int, ColumnType.BOOL: bool,
+            ColumnType.REAL: float}.get(kind, text_field)
+
+
+#: How a value becomes each column's type, worked out once per column.
+_COERCE = {column: _coercer(kind) for column, kind in COLUMN_TYPES.items()}
+
+
+# -- masking ------------------------------------------------------------------------
 
 def mask_text(mask: Mask, text: str) -> str:
     try:

@@ -537,6 +537,11 @@ def rich_renderable(tree: Layout) -> Any:
     return root
 
 
+def json_document(value: Any) -> str:
+    """Rows as ``--json`` prints them: epoch seconds with ISO 8601 beside them."""
+    return json.dumps(with_iso_times(value), indent=2, ensure_ascii=False, default=str)
+
+
 def with_iso_times(value: Any) -> Any:
     """A copy of a JSON value with ``<field>_iso`` (ISO 8601, UTC) beside
     every epoch time field, at every level."""

@@ -3,43 +3,18 @@ this process must end at exit, and what happens across fork()."""
 
 from __future__ import annotations
 
-import itertools
 import os
-import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
-from . import _config, _lifecycle
+from . import _config
 from ._context import Binding, SessionState, process_slot
 from ._internal import record_internal_error
 from ._pipeline import Pipeline
 from ._sinks import LocalSink, Sink
 from ._spool import Spool
-
-# -- ids ----------------------------------------------------------------------
-# Step and event ids: a random per-process prefix and a counter. Unique across
-# processes, and far cheaper than uuid4() on the hot path. Session ids are
-# uuid4 (random, unguessable); see _api.
-
-
-class _IdSource:
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.prefix = secrets.token_hex(8)
-        self.counter = itertools.count(1)
-
-
-ids = _IdSource()
-
-
-def new_id() -> str:
-    return f"{ids.prefix}{next(ids.counter):x}"
-
 
 # -- writer identity ------------------------------------------------------------
 # Every step and event records which process wrote it (host, pid) and for
@@ -69,12 +44,6 @@ writer = WriterIdentity()
 
 # -- sinks and pipelines --------------------------------------------------------
 
-#: Builds the HTTP sink when LUCIDIC_BASE_URL is set; registered by the HTTP
-#: transport module so the SDK core does not import it unless needed.
-HttpSinkFactory = Callable[[str, "str | None"], Sink]
-http_sink_factory: HttpSinkFactory | None = None
-
-
 class Runtime:
     def __init__(self) -> None:
         self.lock = threading.RLock()
@@ -88,10 +57,11 @@ class Runtime:
         if self.sink_override is not None:
             return self.sink_override
         if base_url:
-            if http_sink_factory is None:
-                from . import _http  # noqa: F401 - registers http_sink_factory
-            assert http_sink_factory is not None
-            return http_sink_factory(base_url, api_key)
+            # Imported when first needed: it loads requests, which a program
+            # recording into the embedded store never pays for.
+            from ._http import shared_sink
+
+            return shared_sink(base_url, api_key)
         return LocalSink(_config.store_path())
 
     def pipeline_for(self, sink: Sink) -> Pipeline:
@@ -174,7 +144,6 @@ class Runtime:
     # -- fork -----------------------------------------------------------------
 
     def before_fork(self) -> None:
-        _lifecycle.before_fork()
         self.lock.acquire()
         for pipeline in self.pipelines.values():
             pipeline.before_fork()
@@ -186,7 +155,6 @@ class Runtime:
 
     def after_fork_in_child(self) -> None:
         self.lock = threading.RLock()
-        ids.reset()
         writer.reset()
         for state in self.states.values():
             state.ids.reset()  # the parent goes on counting with the same prefix

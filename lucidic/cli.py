@@ -54,11 +54,13 @@ class LocalReader:
     """The embedded store, read through lucidic.reading as a server reads it."""
 
     def __init__(self, store: Any) -> None:
+        from .reading import Reader
+
         self._store = store
-        self._reader = store.reader()
+        self._reader = Reader(store)
 
     def list_sessions(self, **query: Any) -> list[dict[str, Any]]:
-        return list(self._store.list_sessions(**query))
+        return self._reader.session_list(**query)
 
     def session_tree(self, session_id: str) -> dict[str, Any] | None:
         tree: dict[str, Any] | None = self._reader.tree(session_id)
@@ -108,7 +110,7 @@ def resolve_session_id(reader: Reader, given: str) -> str | None:
 # -- output -------------------------------------------------------------------------
 
 def _print_json(value: Any) -> None:
-    print(json.dumps(_render.with_iso_times(value), indent=2, ensure_ascii=False, default=str))
+    print(_render.json_document(value))
 
 
 def _print_lines(lines: list[_render.Line]) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._scores import score_id
+from ._storable import clean_json
 from .columns import ColumnType, sql_type
 
 if TYPE_CHECKING:
@@ -96,8 +97,6 @@ MIGRATION = [
 def _json(value: Any) -> str | None:
     if value is None:
         return None
-    from .store import clean_json
-
     return json.dumps(clean_json(value), ensure_ascii=False, default=repr)
 
 

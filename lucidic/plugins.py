@@ -25,16 +25,15 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, ClassVar
 
-from ._api import _put
-from ._api import record_event as _record
-from ._context import StepFrame, current_binding, current_step, step_in
+from ._context import Binding, current_binding, current_step
 from ._internal import logger, record_internal_error, swallow
-from ._records import text_field, to_jsonable
-from ._runtime import new_id
-from .columns import COLUMN_TYPES, ColumnType
+from ._recording import CURRENT, Event, Step, current_step_of
+from ._recording import open_step as _open_step
+from ._recording import record_event as _record_event
+from ._records import field_value, text_field
 from .errors import InvalidOperationError
 from .pricing import cost_of
-from .store import EVENT_COLUMNS
+from .store import EVENT_COLUMNS, Record
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -318,7 +317,7 @@ def record_event(type: str, **fields: Any) -> str | None:  # noqa: A002
     binding = current_binding()
     if binding is None:
         return None
-    return _record(binding, _event_fields(type, fields))
+    return _record_event(binding, _event_fields(type, fields))
 
 
 def _event_fields(type: str, fields: dict[str, Any]) -> dict[str, Any]:  # noqa: A002
@@ -327,32 +326,16 @@ def _event_fields(type: str, fields: dict[str, Any]) -> dict[str, Any]:  # noqa:
         if key not in EVENT_COLUMNS:
             logger.warning("lucidic: record_event() ignores unknown field %r", key)
             continue
-        clean[key] = _field_value(key, value)
+        clean[key] = field_value(key, value)
     return clean
 
 
 def _llm_fields(provider: str, request_model: str | None, input: Any,  # noqa: A002
                 description: str | None, arguments: Any) -> dict[str, Any]:
     return {"type": "llm", "provider": text_field(provider),
-            "request_model": text_field(request_model), "input": to_jsonable(input),
+            "request_model": text_field(request_model), "input": field_value("input", input),
             "description": text_field(description),
-            "arguments": None if arguments is None else to_jsonable(arguments)}
-
-
-def _field_value(key: str, value: Any) -> Any:
-    """A field given to record_event, as its column's type wants it."""
-    if value is None:
-        return None
-    kind = COLUMN_TYPES[key]
-    if kind.is_json:
-        return to_jsonable(value)
-    if kind is ColumnType.INT:
-        return int(value)
-    if kind is ColumnType.BOOL:
-        return bool(value)
-    if kind is ColumnType.REAL:
-        return float(value)
-    return text_field(value)
+            "arguments": field_value("arguments", arguments)}
 
 
 #: The LLM call most recently started in this context, until it is recorded:
@@ -365,26 +348,22 @@ def mark_replayed(event_id: str) -> None:
     """The LLM call in flight in this context was answered from the recorded
     event ``event_id``, not by the provider: recorded as replayed, at no cost."""
     call = _open_call.get()
-    if call is not None and not call._done:
+    if call is not None and not call.done:
         call._replayed_from = event_id
 
 
-class LLMCall:
-    """One LLM call in flight. Adapters create it with :func:`start_llm_call`
-    before the request, then call ``finish()`` or ``fail()`` exactly once
-    (streams: when the stream ends, is abandoned or errors)."""
+class LLMCall(Event):
+    """One LLM call in flight: an event of the recording core, begun when the
+    request starts. Adapters create it with :func:`start_llm_call` before the
+    request, then call ``finish()`` or ``fail()`` exactly once (streams: when
+    the stream ends, is abandoned or errors)."""
 
-    __slots__ = ("_binding", "_done", "_fields", "_first_token_at", "_replayed_from",
-                 "_started", "_started_wall", "_step_id")
+    __slots__ = ("_fields", "_first_token_at", "_replayed_from")
 
-    def __init__(self, binding: Any, fields: dict[str, Any], step_id: str | None) -> None:
-        self._binding = binding
+    def __init__(self, binding: Binding, fields: dict[str, Any], step_id: str | None) -> None:
+        super().__init__(binding, step_id)
         self._fields = fields
-        self._step_id = step_id
-        self._started = time.perf_counter()
-        self._started_wall = time.time()
         self._first_token_at: float | None = None
-        self._done = False
         self._replayed_from: str | None = None
         _open_call.set(self)
 
@@ -394,12 +373,10 @@ class LLMCall:
         started (for example from a span's data at its end). None leaves a
         field as it is."""
         with swallow("llm_call_annotate"):
-            if request_model is not None:
-                self._fields["request_model"] = text_field(request_model)
-            if input is not None:
-                self._fields["input"] = to_jsonable(input)
-            if arguments is not None:
-                self._fields["arguments"] = to_jsonable(arguments)
+            for key, value in (("request_model", request_model), ("input", input),
+                               ("arguments", arguments)):
+                if value is not None:
+                    self._fields[key] = field_value(key, value)
 
     def first_token(self) -> None:
         """Mark the arrival of the first streamed chunk (once)."""
@@ -418,17 +395,16 @@ class LLMCall:
         higher); ``tokens_estimated`` marks counts Lucidic worked out itself
         because the API reported none. ``cost`` defaults to the price table's."""
         with swallow("llm_call_finish"):
-            if self._done:
+            if self.done:
                 return
-            self._done = True
             fields = self._fields
             fields.update(model=text_field(model) or fields.get("request_model"),
-                          output=to_jsonable(output), result=text_field(result))
+                          output=field_value("output", output), result=text_field(result))
             for key, value in (("input_tokens", input_tokens), ("output_tokens", output_tokens),
                                ("cached_tokens", cached_tokens),
                                ("cache_write_tokens", cache_write_tokens),
                                ("reasoning_tokens", reasoning_tokens)):
-                fields[key] = int(value) if value is not None else None
+                fields[key] = field_value(key, value)
             if tokens_estimated:
                 fields["tokens_estimated"] = True
             if self._replayed_from is not None:
@@ -442,9 +418,8 @@ class LLMCall:
 
     def fail(self, error: BaseException | str) -> None:
         with swallow("llm_call_fail"):
-            if self._done:
+            if self.done:
                 return
-            self._done = True
             self._fields["error"] = text_field(
                 error if isinstance(error, str) else f"{type(error).__name__}: {error}")
             self._record()
@@ -452,16 +427,12 @@ class LLMCall:
     def _record(self) -> None:
         if _open_call.get() is self:
             _open_call.set(None)
-        now = time.perf_counter()
         fields = self._fields
         if self._replayed_from is not None:
             fields["replayed_from"] = self._replayed_from
-        fields["started_at"] = self._started_wall
-        fields["ended_at"] = self._started_wall + (now - self._started)
-        fields["duration"] = now - self._started
         if self._first_token_at is not None:
-            fields["time_to_first_token"] = self._first_token_at - self._started
-        _record(self._binding, fields, step_id=self._step_id)
+            fields["time_to_first_token"] = self._first_token_at - self.started
+        self.end(fields)
 
 
 def start_llm_call(provider: str, *, request_model: str | None = None,
@@ -474,9 +445,9 @@ def start_llm_call(provider: str, *, request_model: str | None = None,
     if binding is None or _is_suppressed():
         return None
     try:
-        frame = step_in(binding.session_id)
+        step = current_step_of(binding)
         fields = _llm_fields(provider, request_model, input, description, arguments)
-        return LLMCall(binding, fields, frame.step_id if frame else None)
+        return LLMCall(binding, fields, step.step_id if step is not None else None)
     except Exception as exc:  # noqa: BLE001
         record_internal_error("start_llm_call", exc)
         return None
@@ -556,32 +527,35 @@ def begin_suppressing_llm_calls(by: str, *, active: bool = True) -> Suppression:
     return Suppression(by, active=active)
 
 
-class StepHandle:
-    """A step opened by :func:`open_step` and finished by :meth:`end`, for
-    frameworks whose run start and end arrive in separate callbacks (keyed by
-    the framework's run id). Events go into it explicitly through
-    :meth:`record_event` and :meth:`start_llm_call`."""
+class StepHandle(Step):
+    """A step of the recording core opened by :func:`open_step` and finished by
+    :meth:`end`, for frameworks whose run start and end arrive in separate
+    callbacks (keyed by the framework's run id). Events go into it explicitly
+    through :meth:`record_event` and :meth:`start_llm_call`."""
 
-    __slots__ = ("_done", "_token", "binding", "frame", "session_id", "step_id")
+    __slots__ = ("_done", "_token")
 
-    def __init__(self, binding: Any, frame: StepFrame) -> None:
-        self.binding = binding
-        self.session_id = binding.session_id
-        self.step_id = frame.step_id
-        self.frame = frame
-        self._token: contextvars.Token[StepFrame | None] | None = None
+    def __init__(self, binding: Binding, step_id: str, parent: Step | None = None,
+                 record: Record | None = None, forks: int = 0) -> None:
+        super().__init__(binding, step_id, parent, record, forks)
+        self._token: contextvars.Token[Step | None] | None = None
         self._done = False
+
+    @property
+    def frame(self) -> Step:
+        """This step as a frame of the context's stack of steps (itself)."""
+        return self
 
     def activate(self) -> None:
         """Make this step the calling context's current step until end() (for
         frameworks that end their runs in the context that started them)."""
         with swallow("step_handle_activate"):
             if self._token is None and not self._done:
-                self._token = current_step.set(self.frame)
+                self._token = current_step.set(self)
 
     def record_event(self, type: str, **fields: Any) -> str | None:  # noqa: A002
         """Record a finished event in this step (see :func:`record_event`)."""
-        return _record(self.binding, _event_fields(type, fields), step_id=self.step_id)
+        return _record_event(self.binding, _event_fields(type, fields), step_id=self.step_id)
 
     def start_llm_call(self, provider: str, *, request_model: str | None = None,
                        input: Any = None, description: str | None = None,  # noqa: A002
@@ -594,7 +568,8 @@ class StepHandle:
                        _llm_fields(provider, request_model, input, description, arguments),
                        self.step_id)
 
-    def end(self, *, state: str | None = None, error: BaseException | str | None = None) -> None:
+    def end(self, fields: dict[str, Any] | None = None, *,  # type: ignore[override]
+            state: str | None = None, error: BaseException | str | None = None) -> None:
         """Finish the step (once; later calls do nothing)."""
         if self._done:
             return
@@ -606,15 +581,10 @@ class StepHandle:
             except ValueError:
                 pass  # ended from another context, where it was never current
         with swallow("step_handle_end"):
-            now = time.time()
-            fields: dict[str, Any] = {"session_id": self.session_id, "ended_at": now,
-                                      "is_finished": True}
             if state is not None:
-                fields["state"] = text_field(state)
-            if error is not None:
-                fields["error"] = text_field(
-                    error if isinstance(error, str) else f"{type(error).__name__}: {error}")
-            _put(self.binding, "step", self.step_id, fields, now)
+                fields = {**(fields or {}), "state": text_field(state)}
+            super().end(fields, error=None if error is None else text_field(
+                error if isinstance(error, str) else f"{type(error).__name__}: {error}"))
 
 
 def open_step(*, action: str | None = None, state: str | None = None, goal: str | None = None,
@@ -623,23 +593,16 @@ def open_step(*, action: str | None = None, state: str | None = None, goal: str 
     """Open a step nested in ``parent`` (else in the calling context's current
     step); None with no session. Unlike :func:`step_scope` it does not become
     the current step unless :meth:`StepHandle.activate` is called."""
-    if parent is not None:
-        binding: Any = parent.binding
-        parent_frame: StepFrame | None = parent.frame
-    else:
-        binding = current_binding()
-        if binding is None:
-            return None
-        parent_frame = step_in(binding.session_id)
+    binding = parent.binding if parent is not None else current_binding()
+    if binding is None:
+        return None
     try:
-        frame = StepFrame(binding.session_id, new_id(), parent_frame)
-        now = time.time()
-        _put(binding, "step", frame.step_id, {
-            "session_id": binding.session_id,
-            "parent_step_id": parent_frame.step_id if parent_frame else None,
-            "action": text_field(action), "state": text_field(state), "goal": text_field(goal),
-            "function_name": text_field(function_name), "started_at": now}, now)
-        return StepHandle(binding, frame)
+        fields = {"action": text_field(action), "state": text_field(state),
+                  "goal": text_field(goal), "function_name": text_field(function_name)}
+        step = _open_step(binding, fields, CURRENT if parent is None else parent,
+                          kind=StepHandle)
+        assert isinstance(step, StepHandle)
+        return step
     except Exception as exc:  # noqa: BLE001
         record_internal_error("open_step", exc)
         return None

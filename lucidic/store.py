@@ -29,13 +29,17 @@ import sqlite3
 import threading
 import time
 import weakref
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from itertools import chain
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, TypeVar
 
 from . import evalstore
-from .columns import BOOL_COLUMNS, JSON_COLUMNS, sql_type
-from .limits import INT_MAX, INT_MIN, MAX_DOCUMENT_INT_BITS
+from ._storable import clean_json, clean_text, encodable
+from .columns import BOOL_COLUMNS, COLUMN_TYPES, JSON_COLUMNS, ColumnType, sql_type
+from .limits import INT_MAX, INT_MIN
 
 __all__ = [
     "EVENT_COLUMNS",
@@ -190,6 +194,9 @@ _TABLES = {"session": ("sessions", SESSION_COLUMNS), "step": ("steps", STEP_COLU
            "event": ("events", EVENT_COLUMNS)}
 #: Every kind of record a store takes.
 RECORD_KINDS = frozenset({*_TABLES, *evalstore.KINDS})
+_KIND_COLUMNS = {kind: frozenset(columns) for kind, (_, columns) in _TABLES.items()}
+#: The guard column of each kind's table (see _upsert_sql).
+_GUARDS = {kind: columns[0] for kind, (_, columns) in _TABLES.items()}
 
 
 def _create_table(table: str, columns: Sequence[str]) -> str:
@@ -305,12 +312,13 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
 def _upsert_sql(table: str, guard: str, columns: Sequence[str], placeholder: str,
-                rows_from_json: bool = False) -> str:
-    """The upsert for records carrying exactly ``columns`` (all non-null).
+                rows_from_json: bool = False, rows: int = 1) -> str:
+    """The upsert for records carrying ``columns`` (``rows`` of them at a time).
 
-    One statement per record shape: binding only the fields a record has is
-    several times faster than binding every column with NULLs, and a field a
-    record does not carry is simply not touched. With ``rows_from_json``
+    One statement per record shape (the fields a record carries): binding
+    only those is several times faster than binding every column. A NULL
+    bound for a field (a record's None) leaves the stored value alone, as a
+    field the record does not carry does. With ``rows_from_json``
     (PostgreSQL only) the statement takes every row at once, as one JSON
     array of objects keyed by column."""
     names = ("id", *columns, "updated_at")
@@ -318,9 +326,11 @@ def _upsert_sql(table: str, guard: str, columns: Sequence[str], placeholder: str
         types = ", ".join(f"{c} {sql_type(c)}" for c in names)
         source = f"SELECT * FROM json_to_recordset({placeholder}::json) AS r ({types})"
     else:
-        source = f"VALUES ({', '.join([placeholder] * len(names))})"
+        row = f"({', '.join([placeholder] * len(names))})"
+        source = f"VALUES {', '.join([row] * rows)}"
     sets = [
-        f"{c} = CASE WHEN {table}.{c} IS NULL OR excluded.updated_at >= {table}.updated_at "
+        f"{c} = CASE WHEN excluded.{c} IS NULL THEN {table}.{c} "
+        f"WHEN {table}.{c} IS NULL OR excluded.updated_at >= {table}.updated_at "
         f"THEN excluded.{c} ELSE {table}.{c} END"
         for c in columns if c != guard
     ]
@@ -331,34 +341,16 @@ def _upsert_sql(table: str, guard: str, columns: Sequence[str], placeholder: str
             f"WHERE {table}.{guard} = excluded.{guard}")
 
 
-def clean_text(value: str) -> str:
-    """Make a string storable everywhere: NUL bytes (refused by PostgreSQL) and
-    lone surrogates (not encodable as UTF-8) become U+FFFD."""
-    if "\x00" in value:
-        value = value.replace("\x00", "\ufffd")
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            value = value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return value
+# -- records into parameter rows ---------------------------------------------------------
+#
+# The write path's Python, per record, is the store's largest cost after
+# SQLite's own: it is kept to what cannot be done in C. Each record is turned
+# into a row by a plan made once per (kind, the fields it carries), and the
+# values are checked a whole group of rows at a time (one join, one sum, one
+# min and max per group, in C); only a group with something to clean (NUL, a
+# lone surrogate, a non-finite float, an int beyond 64 bits, a value of
+# another type than its column's) is converted value by value.
 
-
-def clean_json(value: Any) -> Any:
-    """A copy of a JSON-safe value that every backend (and JSON itself) can
-    hold: strings cleaned as by clean_text, NaN and infinity as null, an
-    integer of thousands of digits (which JSON encoders refuse) as a note."""
-    if isinstance(value, str):
-        return clean_text(value)
-    if isinstance(value, int) and value.bit_length() > MAX_DOCUMENT_INT_BITS:
-        return f"<integer of {value.bit_length()} bits, too large to record>"
-    if isinstance(value, dict):
-        return {clean_text(str(k)): clean_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [clean_json(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _json_param(value: Any) -> str:
@@ -366,23 +358,15 @@ def _json_param(value: Any) -> str:
     # clean only what that refuses or what holds a NUL or a lone surrogate.
     try:
         text = json.dumps(value, ensure_ascii=False, allow_nan=False)
-        if "\\u0000" not in text and (text.isascii() or _encodable(text)):
+        if "\\u0000" not in text and (text.isascii() or encodable(text)):
             return text
     except (TypeError, ValueError):
         pass
     return json.dumps(clean_json(value), ensure_ascii=False, default=repr)
 
 
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _bool_param(value: Any) -> int:
-    return 1 if value else 0
+def _bool_param(value: Any) -> int | None:
+    return None if value is None else 1 if value else 0
 
 
 def _scalar_param(value: Any) -> Any:
@@ -398,13 +382,118 @@ def _scalar_param(value: Any) -> Any:
     return value
 
 
-#: How each column's value becomes a parameter, by kind: the column set of a
-#: kind is this dict's keys, so unknown fields are dropped by the same lookup.
-_CONVERTERS = {
-    kind: {c: _json_param if c in JSON_COLUMNS else _bool_param if c in BOOL_COLUMNS
-           else _scalar_param for c in columns}
-    for kind, (_, columns) in _TABLES.items()
-}
+def _getter(positions: Sequence[Any]) -> Callable[[Any], tuple[Any, ...]] | None:
+    """A getter of ``positions`` (indexes or keys), always returning a tuple
+    (itemgetter, in C, unless there is only one)."""
+    if not positions:
+        return None
+    if len(positions) == 1:
+        only = positions[0]
+        return lambda row: (row[only],)
+    return itemgetter(*positions)
+
+
+class _Plan:
+    """How the records of one kind that carry one set of fields become rows
+    ``[id, value..., ts]``: which fields are columns (the others are
+    dropped), where the guard column sits, and which positions hold JSON,
+    flags, text, reals and ints."""
+
+    __slots__ = ("bools", "columns", "exact", "guard_at", "jsons", "numbers", "pick", "texts")
+
+    def __init__(self, kind: str, keys: tuple[str, ...]) -> None:
+        known = _KIND_COLUMNS[kind]
+        self.columns = tuple(key for key in keys if key in known)
+        #: The record's values in column order, as a tuple (in C).
+        self.pick = _getter(self.columns) or (lambda fields: ())
+        #: The record carries nothing but columns: another record of as many
+        #: fields from which ``pick`` finds every column carries the same ones.
+        self.exact = self.columns == keys
+        guard = _TABLES[kind][1][0]
+        self.guard_at = self.columns.index(guard) + 1 if guard in self.columns else 0
+        at = {column: i + 1 for i, column in enumerate(self.columns)}
+        kinds = {column: _column_kind(column) for column in self.columns}
+        self.jsons = tuple(at[c] for c in self.columns if kinds[c] == "json")
+        self.bools = tuple(at[c] for c in self.columns if kinds[c] == "bool")
+        self.texts = _getter([at[c] for c in self.columns if kinds[c] == "text"])
+        self.numbers = _getter([at[c] for c in self.columns if kinds[c] in ("real", "int")])
+
+    def scalar_positions(self) -> list[int]:
+        return [i + 1 for i, c in enumerate(self.columns) if _column_kind(c) not in
+                ("json", "bool")]
+
+
+_plans: dict[tuple[str, tuple[str, ...]], _Plan] = {}
+_MAX_PLANS = 4096
+#: Rows per SQLite upsert statement (a power of two), within the parameters
+#: a statement may bind (999 before SQLite 3.32).
+_ROWS_PER_STATEMENT = 2048
+_MAX_PARAMETERS = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
+
+
+def _plan(kind: str, keys: tuple[str, ...]) -> _Plan:
+    plan = _plans.get((kind, keys))
+    if plan is None:
+        if kind not in _TABLES:
+            raise ValueError(f"unknown record kind {kind!r}")
+        if len(_plans) >= _MAX_PLANS:
+            _plans.clear()  # records with ever new fields must not grow it without bound
+        plan = _plans[(kind, keys)] = _Plan(kind, keys)
+    return plan
+
+
+def _column_kind(column: str) -> str:
+    """json, bool, real, int or text: what a column's values must be."""
+    kind = COLUMN_TYPES[column]
+    if kind.is_json:
+        return "json"
+    return _KINDS.get(kind, "text")
+
+
+_KINDS = {ColumnType.BOOL: "bool", ColumnType.REAL: "real", ColumnType.INT: "int"}
+
+
+def _values_clean(plan: _Plan, rows: list[Any]) -> bool:
+    """Whether a group's text and number values can be bound as they are:
+    text holding no NUL and no lone surrogate, numbers finite and within 64
+    bits (a float beyond is rare enough to take the slow way), each of its
+    column's kind (or None). Checked in C, a whole group at once; False sends
+    the group through _scalar_param value by value."""
+    try:
+        if plan.texts is not None:
+            text = "".join(filter(None, chain.from_iterable(map(plan.texts, rows))))
+            if "\x00" in text or not (text.isascii() or encodable(text)):
+                return False
+        if plan.numbers is not None:
+            numbers = list(filter(None, chain.from_iterable(map(plan.numbers, rows))))
+            if numbers and (not math.isfinite(sum(numbers)) or min(numbers) < INT_MIN
+                            or max(numbers) > INT_MAX):
+                return False
+    except (TypeError, ValueError, OverflowError):
+        return False  # a value of another kind than its column's, or a huge int
+    return True
+
+
+def _finish_group(plan: _Plan, rows: list[Any], keyed: bool) -> None:
+    """Make a group's rows bindable, in place: JSON documents as text, flags
+    as 0/1, the rest checked a group at a time and cleaned value by value
+    only where needed."""
+    for i in plan.jsons:
+        for row in rows:
+            value = row[i]
+            if value is not None:
+                row[i] = _json_param(value)
+    for i in plan.bools:
+        # As ints: SQLite's driver binds a bool several times slower than an int.
+        for row in rows:
+            value = row[i]
+            if value is not None:
+                row[i] = 1 if value else 0
+    if not _values_clean(plan, rows):
+        positions = plan.scalar_positions()
+        for row in rows:
+            for i in positions:
+                row[i] = _scalar_param(row[i])
 
 
 #: Rows grouped by (kind, the columns they carry), in arrival order. A row is
@@ -418,22 +507,24 @@ def _check_records(records: Sequence[Record],
     """Refuse malformed records (ValueError, before anything is written) and
     return the rows named by more than one record of the batch. With
     ``project``, session records need not name one (it is stamped on them)."""
-    seen: set[tuple[str, str]] = set()
-    repeated: set[tuple[str, str]] = set()
     for kind, rid, _, fields in records:
-        table = _TABLES.get(kind)
-        if table is None:
+        guard = _GUARDS.get(kind)
+        if guard is None:
             if kind in evalstore.KINDS:
                 evalstore.check(kind, rid, fields, project)
                 continue
             raise ValueError(f"unknown record kind {kind!r}")
-        if fields.get(table[1][0]) is None and not (project is not None and kind == "session"):
-            raise ValueError(f"{kind} record {rid!r} lacks {table[1][0]!r}")
-        key = (kind, rid)
-        if key in seen:
-            repeated.add(key)
-        seen.add(key)
-    return repeated
+        if fields.get(guard) is None and not (project is not None and kind == "session"):
+            raise ValueError(f"{kind} record {rid!r} lacks {guard!r}")
+    ids = list(map(_record_id, records))
+    if len(set(ids)) == len(ids):
+        return set()  # the usual batch: every row named once (checked in C)
+    counts = Counter(zip(map(_record_kind, records), ids, strict=True))
+    return {key for key, count in counts.items() if count > 1}
+
+
+_record_kind = itemgetter(0)
+_record_id = itemgetter(1)
 
 
 def _split(records: list[Record]) -> tuple[list[Record], list[Record]]:
@@ -457,23 +548,24 @@ def _coalesce(records: list[Record], mergeable: set[tuple[str, str]]) -> list[Re
     position: dict[tuple[str, str], int] = {}
     for record in records:
         key = (record[0], record[1])
+        if key not in mergeable:
+            out.append(record)
+            continue
         index = position.get(key)
         if index is None:
-            if key in mergeable:
-                position[key] = len(out)
+            position[key] = len(out)
             out.append(record)
             continue
         earlier = out[index]
-        guard = _TABLES[record[0]][1][0]
+        guard = _GUARDS[record[0]]
         if earlier[3].get(guard) != record[3].get(guard):
             out.append(record)  # another session or project claims the id: the guard decides
             continue
         older, newer = (earlier, record) if record[2] >= earlier[2] else (record, earlier)
-        fields = dict(older[3])
-        for column, value in newer[3].items():
-            if value is not None:
-                fields[column] = value
-        out[index] = (record[0], record[1], newer[2], fields)
+        newer_fields = newer[3]
+        if None in newer_fields.values():
+            newer_fields = {k: v for k, v in newer_fields.items() if v is not None}
+        out[index] = (record[0], record[1], newer[2], {**older[3], **newer_fields})
     return out
 
 
@@ -481,39 +573,43 @@ def _group_rows(records: list[Record], project: str | None = None, *,
                 keyed: bool = False, mergeable: set[tuple[str, str]] | None = None) -> RowGroups:
     """Turn records into parameter rows, grouped by shape. ``project``, when
     given, overrides the project of session records (the server stamps the
-    key's project). Fields that are None or unknown are left out. ``keyed``
-    makes each row a dict keyed by column (for JSON) rather than a list."""
+    key's project). Unknown fields are left out; a None stands for a field
+    the record does not carry. ``keyed`` makes each row a dict keyed by
+    column (for JSON) rather than a list."""
     groups: RowGroups = {}
+    plans: dict[tuple[str, tuple[str, ...]], _Plan] = {}
+    plan: _Plan | None = None
+    last_kind, width = "", -1
+    group: list[Any] = []
     for kind, rid, ts, fields in _coalesce(records, mergeable or set()):
-        converters = _CONVERTERS.get(kind)
-        if converters is None:
-            raise ValueError(f"unknown record kind {kind!r}")
         if project is not None and kind == "session":
             fields = {**fields, "project": project}
-        row: Any
+        values = None
+        if kind == last_kind and len(fields) == width:
+            # Records in a row mostly carry the same fields: reuse the plan
+            # if it finds every one of its columns (one C call).
+            try:
+                values = plan.pick(fields)  # type: ignore[union-attr]
+            except KeyError:
+                pass
+        if values is None:
+            keys = tuple(fields)
+            plan = _plans.get((kind, keys)) or _plan(kind, keys)
+            shape = (kind, plan.columns)
+            group = groups.setdefault(shape, [])
+            plans[shape] = plan
+            last_kind, width = (kind, len(fields)) if plan.exact else ("", -1)
+            values = plan.pick(fields)
+        row = [rid, *values, ts]
+        if not plan.guard_at or row[plan.guard_at] is None:  # type: ignore[union-attr]
+            raise ValueError(f"{kind} record {rid!r} lacks {_GUARDS[kind]!r}")
+        group.append(row)
+    for shape, rows in groups.items():
+        plan = plans[shape]
+        _finish_group(plan, rows, keyed)
         if keyed:
-            row = {"id": rid}
-            for column, value in fields.items():
-                if value is not None:
-                    convert = converters.get(column)
-                    if convert is not None:
-                        row[column] = convert(value)
-            columns = tuple(row)[1:]
-            row["updated_at"] = ts
-        else:
-            names: list[str] = []
-            row = [rid]
-            for column, value in fields.items():
-                if value is not None:
-                    convert = converters.get(column)
-                    if convert is not None:
-                        names.append(column)
-                        row.append(convert(value))
-            columns = tuple(names)
-            row.append(ts)
-        if _TABLES[kind][1][0] not in columns:
-            raise ValueError(f"{kind} record {rid!r} lacks {_TABLES[kind][1][0]!r}")
-        groups.setdefault((kind, columns), []).append(row)
+            names = ("id", *plan.columns, "updated_at")
+            groups[shape] = [dict(zip(names, row, strict=True)) for row in rows]
     return groups
 
 
@@ -576,7 +672,7 @@ class Store:
             raise
         except Exception as exc:
             raise StoreError(f"cannot open the store at {self.url}: {exc}") from exc
-        self._upserts: dict[tuple[tuple[str, tuple[str, ...]], bool], str] = {}
+        self._upserts: dict[tuple[tuple[str, tuple[str, ...]], bool, int], str] = {}
 
     # -- connections --------------------------------------------------------
 
@@ -725,13 +821,39 @@ class Store:
 
     # -- writing -------------------------------------------------------------
 
-    def _upsert(self, shape: tuple[str, tuple[str, ...]], rows_from_json: bool = False) -> str:
-        sql = self._upserts.get((shape, rows_from_json))
+    def _upsert(self, shape: tuple[str, tuple[str, ...]], rows_from_json: bool = False,
+                rows: int = 1) -> str:
+        key = (shape, rows_from_json, rows)
+        sql = self._upserts.get(key)
         if sql is None:
             table, columns = _TABLES[shape[0]]
-            sql = self._upserts[(shape, rows_from_json)] = _upsert_sql(
-                table, columns[0], shape[1], self._ph, rows_from_json)
+            sql = self._upserts[key] = _upsert_sql(table, columns[0], shape[1], self._ph,
+                                                   rows_from_json, rows)
         return sql
+
+    def _execute_rows(self, cur: Any, shape: tuple[str, tuple[str, ...]],
+                      rows: list[Any]) -> int:
+        """Upsert rows of one shape, many to a statement (up to 256, then
+        halving for the rest): per row that costs SQLite and its driver a
+        quarter less than a statement each, and the driver lets go of the GIL
+        once a statement, so a batch of 2,000 takes about ten hand-overs to
+        the program's threads rather than 2,000 (each of which can keep the
+        worker waiting up to the interpreter's switch interval). Returns how
+        many rows the statements applied."""
+        size = _ROWS_PER_STATEMENT
+        while size > 1 and size * len(rows[0]) > _MAX_PARAMETERS:
+            size //= 2
+        applied = start = 0
+        while start < len(rows):
+            while size > len(rows) - start:
+                size //= 2
+            end = start + (len(rows) - start) // size * size
+            params = rows[start:end] if size == 1 else [
+                list(chain.from_iterable(rows[i:i + size])) for i in range(start, end, size)]
+            cur.executemany(self._upsert(shape, rows=size), params)
+            applied += cur.rowcount
+            start = end
+        return applied
 
     def _group(self, cur: Any, records: list[Record], repeated: set[tuple[str, str]],
                project: str | None = None) -> RowGroups:
@@ -765,8 +887,7 @@ class Store:
                 continue
             expected += len(rows)
             if self.dialect != "postgresql":
-                cur.executemany(self._upsert(shape), rows)
-                applied += cur.rowcount
+                applied += self._execute_rows(cur, shape, rows)
                 continue
             for wave in _waves(rows):
                 document = _rows_json(wave)
@@ -979,38 +1100,27 @@ class Store:
         rows = self._query(sql, params)
         return rows[0] if rows else None
 
-    # The reading layer (lucidic.reading) holds every other read query; these
-    # are its most used calls, kept here for the SDK's tests and tools.
-
-    def reader(self) -> Any:
-        """This store's lucidic.reading.Reader (imported on first use, so the
-        SDK's import does not pay for it)."""
-        from .reading import Reader
-
-        return Reader(self)
-
-    def list_sessions(self, **query: Any) -> list[dict[str, Any]]:
-        """Sessions with their totals; see lucidic.reading.SessionQuery."""
-        from .reading import SessionQuery
-
-        return list(self.reader().sessions(SessionQuery(**query)).sessions)
-
-    def session_summary(self, session_id: str,
-                        project: str | None = None) -> dict[str, Any] | None:
-        result: dict[str, Any] | None = self.reader().session(session_id, project)
-        return result
-
-    def session_tree(self, session_id: str, project: str | None = None) -> dict[str, Any] | None:
-        result: dict[str, Any] | None = self.reader().tree(session_id, project)
-        return result
+    # Everything else is read through the reading layer (lucidic.reading),
+    # which builds on these: Reader(store).tree(session_id) and the like.
 
     def get_step(self, step_id: str, project: str | None = None) -> dict[str, Any] | None:
-        result: dict[str, Any] | None = self.reader().step(step_id, project)
-        return result
+        """One step; with ``project``, only if its session is in that project."""
+        return self._child("steps", step_id, project)
 
     def get_event(self, event_id: str, project: str | None = None) -> dict[str, Any] | None:
-        result: dict[str, Any] | None = self.reader().event(event_id, project)
-        return result
+        """One event, every column; with ``project``, only if its session is
+        in that project."""
+        return self._child("events", event_id, project)
+
+    def _child(self, table: str, record_id: str, project: str | None) -> dict[str, Any] | None:
+        ph = self._ph
+        if project is None:
+            rows = self._query(f"SELECT * FROM {table} WHERE id = {ph}", [record_id])
+        else:
+            rows = self._query(
+                f"SELECT c.* FROM {table} c JOIN sessions s ON s.id = c.session_id "
+                f"WHERE c.id = {ph} AND s.project = {ph}", [record_id, project])
+        return rows[0] if rows else None
 
     def count(self, table: str) -> int:
         if table not in ("sessions", "steps", "events"):

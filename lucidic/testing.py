@@ -81,6 +81,12 @@ class Capture:
         #: The capture's own directory; records spool under ``spool/`` here.
         self.directory = directory
 
+    @property
+    def _reader(self) -> Any:
+        from .reading import Reader  # the pytest plugin's import stays light
+
+        return Reader(self.sink.store)
+
     def flush(self, timeout: float = 5.0) -> bool:
         pipeline = runtime.pipelines.get(self.sink.identity)
         if pipeline is None:
@@ -95,12 +101,12 @@ class Capture:
     def sessions(self) -> list[dict[str, Any]]:
         """Every session recorded, oldest first, as full trees."""
         self.flush()
-        listed = self.sink.store.list_sessions(limit=1_000_000)
+        listed = self._reader.session_list(limit=1_000_000)
         return [self.session(s["id"]) for s in reversed(listed)]
 
     def session(self, session_id: str) -> dict[str, Any]:
         self.flush()
-        tree = self.sink.store.session_tree(session_id)
+        tree: dict[str, Any] | None = self._reader.tree(session_id)
         if tree is None:
             raise KeyError(f"no session {session_id!r} was recorded")
         return tree

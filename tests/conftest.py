@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ENV_VARS, run_python  # noqa: F401 - re-exported for older imports
+from helpers import ENV_VARS, ReadableStore, run_python  # noqa: F401 - re-exported for older imports
 from lucidic import _internal
 from lucidic._context import process_slot
 from lucidic._internal import internal_errors
 from lucidic._runtime import runtime
-from lucidic.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_CASSETTES = Path(os.environ.get("LUCIDIC_SHARED_CASSETTES",
@@ -49,8 +48,8 @@ def fail_on_internal_errors(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 @pytest.fixture
-def store(lucidic_home: Path) -> Iterator[Store]:
+def store(lucidic_home: Path) -> Iterator[ReadableStore]:
     """The embedded store this test's code writes to (read it after lai.flush())."""
-    s = Store(lucidic_home / "lucidic.db")
+    s = ReadableStore(lucidic_home / "lucidic.db")
     yield s
     s.close()

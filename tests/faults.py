@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import ROOT, child_env
+from helpers import ROOT, ReadableStore, child_env
 from lucidic._sinks import SinkError
 from lucidic.store import Record, Store
 from lucidic.testing import MemorySink
@@ -167,7 +167,7 @@ class Child:
 
 def events_of(db_url_or_path: str | Path, session_id: str) -> list[str]:
     """The descriptions of a session's events, as stored."""
-    store = Store(db_url_or_path)
+    store = ReadableStore(db_url_or_path)
     try:
         tree = store.session_tree(session_id)
     finally:

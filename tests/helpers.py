@@ -1,4 +1,4 @@
-"""Helpers for tests that need real child processes."""
+"""Helpers for tests: real child processes, and a store read as the tools read it."""
 
 from __future__ import annotations
 
@@ -7,11 +7,33 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
+
+from lucidic.reading import Reader
+from lucidic.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_VARS = ("LUCIDIC_API_KEY", "LUCIDIC_AGENT_ID", "LUCIDIC_BASE_URL", "LUCIDIC_FLUSH_TIMEOUT",
             "LUCIDIC_PRICES", "LUCIDIC_CONNECT_TIMEOUT", "LUCIDIC_MAX_QUEUE",
             "LUCIDIC_DURABLE")
+
+
+class ReadableStore(Store):
+    """A store with the reading layer's everyday queries at hand, as the tests
+    read what the SDK wrote (lucidic.reading.Reader over the store)."""
+
+    def reader(self) -> Reader:
+        return Reader(self)
+
+    def session_tree(self, session_id: str, project: str | None = None) -> dict[str, Any] | None:
+        return self.reader().tree(session_id, project)
+
+    def session_summary(self, session_id: str,
+                        project: str | None = None) -> dict[str, Any] | None:
+        return self.reader().session(session_id, project)
+
+    def list_sessions(self, **query: Any) -> list[dict[str, Any]]:
+        return self.reader().session_list(**query)
 
 
 def child_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:

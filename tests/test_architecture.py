@@ -17,12 +17,12 @@ import pytest
 
 import lucidic
 import lucidic as lai
-from helpers import ROOT
+from helpers import ROOT, ReadableStore
 from lucidic._runtime import runtime
 from lucidic._sinks import Sink
 from lucidic.errors import APIKeyVerificationError
 from lucidic.evals._backend import backend_for_sink
-from lucidic.store import Record, Store
+from lucidic.store import Record
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+; CI runs 3.11
 
@@ -62,7 +62,7 @@ class _Minimal(Sink):
 
     def __init__(self) -> None:
         self.identity = "minimal-sink-for-tests"
-        self.store = Store(":memory:")
+        self.store = ReadableStore(":memory:")
 
     def write(self, records: Sequence[Record]) -> None:
         self.store.write(records)

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import ROOT, child_env
+from helpers import ROOT, ReadableStore, child_env
 from lucidic.store import Store
 
 EXAMPLES = ROOT / "examples"
@@ -31,7 +31,7 @@ def _only_session(store: Store, name: str) -> dict:
 def test_seed_basic_usage_continues_an_existing_session(lucidic_home, tmp_path):
     _run(lucidic_home, tmp_path, "create_existing_session.py")
     _run(lucidic_home, tmp_path, "seed_basic_usage.py")
-    tree = Store(lucidic_home / "lucidic.db").session_tree("existing-session-123")
+    tree = ReadableStore(lucidic_home / "lucidic.db").session_tree("existing-session-123")
     steps = {s["action"]: s for s in tree["steps"]}
     assert steps["Process additional data"]["state"] == "Continuing workflow"
     assert tree["is_finished"]  # auto_end at the example's exit
@@ -40,7 +40,7 @@ def test_seed_basic_usage_continues_an_existing_session(lucidic_home, tmp_path):
 def test_seed_distributed_example_hands_over_between_two_processes(lucidic_home, tmp_path):
     started = _run(lucidic_home, tmp_path, "seed_distributed_process1.py", "queue.txt")
     sid = started.split("Started session: ")[1].split()[0]
-    store = Store(lucidic_home / "lucidic.db")
+    store = ReadableStore(lucidic_home / "lucidic.db")
     assert store.get_session(sid)["is_finished"] is False  # detached, not ended
     finished = _run(lucidic_home, tmp_path, "seed_distributed_process2.py", "queue.txt")
     assert f"Finished session: {sid}" in finished
@@ -71,7 +71,7 @@ def test_seed_distributed_example_as_literally_written_explains_why_it_fails(
 def test_seed_error_recovery_continues_the_checkpointed_session(lucidic_home, tmp_path):
     out = _run(lucidic_home, tmp_path, "seed_error_recovery.py")
     sid = out.split("Recovered session: ")[1].split()[0]
-    tree = Store(lucidic_home / "lucidic.db").session_tree(sid)
+    tree = ReadableStore(lucidic_home / "lucidic.db").session_tree(sid)
     assert [s["action"] for s in tree["steps"]] == ["Load first rows", "Load the rest"]
     assert not (tmp_path / "checkpoint.pkl").exists()
 
@@ -83,7 +83,7 @@ def test_seed_error_handling_reports_an_unknown_session(lucidic_home, tmp_path):
 
 def test_thread_pool_example_records_every_worker_in_one_session(lucidic_home, tmp_path):
     _run(lucidic_home, tmp_path, "thread_pool.py")
-    tree = _only_session(Store(lucidic_home / "lucidic.db"), "Thread pool summaries")
+    tree = _only_session(ReadableStore(lucidic_home / "lucidic.db"), "Thread pool summaries")
     assert tree["step_count"] == 4 and tree["event_count"] == 4
     assert sorted(s["events"][0]["description"] for s in tree["steps"]) == [
         "read alpha", "read beta", "read delta", "read gamma"]
@@ -91,7 +91,7 @@ def test_thread_pool_example_records_every_worker_in_one_session(lucidic_home, t
 
 def test_asyncio_example_keeps_each_task_in_its_own_session(lucidic_home, tmp_path):
     _run(lucidic_home, tmp_path, "asyncio_tasks.py")
-    store = Store(lucidic_home / "lucidic.db")
+    store = ReadableStore(lucidic_home / "lucidic.db")
     for topic in ("tides", "volcanoes", "glaciers"):
         tree = _only_session(store, f"Research {topic}")
         (step,) = tree["steps"]
@@ -140,6 +140,6 @@ def test_the_quickstart_runs_with_the_core_alone_and_prints_what_to_run_next(luc
     out = _run(lucidic_home, tmp_path, "quickstart.py")
     sid = out.split("Recorded session ")[1].split(";")[0]
     assert out == f"Recorded session {sid}; see it with: lucidic sessions show {sid}\n"
-    tree = _only_session(Store(lucidic_home / "lucidic.db"), "Trip planner")
+    tree = _only_session(ReadableStore(lucidic_home / "lucidic.db"), "Trip planner")
     assert tree["id"] == sid and tree["is_successful"] is True
     assert [s["action"] for s in tree["steps"]] == ["Plan the trip"]

@@ -11,8 +11,7 @@ import textwrap
 import pytest
 
 import lucidic as lai
-from helpers import ROOT, child_env, run_python
-from lucidic.store import Store
+from helpers import ROOT, ReadableStore, child_env, run_python
 
 RECORD_SOME = """
 import lucidic as lai
@@ -30,7 +29,7 @@ def _child(extra: str, options: str = "") -> str:
 
 
 def _assert_all_recorded(home, sid: str) -> dict:
-    store = Store(home / "lucidic.db")
+    store = ReadableStore(home / "lucidic.db")
     tree = store.session_tree(sid)
     assert tree is not None
     (step,) = tree["steps"]
@@ -130,7 +129,7 @@ def test_a_forked_child_records_into_the_store_and_does_not_end_the_parents_sess
     """, home=lucidic_home)
     sid, after_child = result.stdout.splitlines()[:2]
     assert after_child == "finished after child: False"
-    tree = Store(lucidic_home / "lucidic.db").session_tree(sid)
+    tree = ReadableStore(lucidic_home / "lucidic.db").session_tree(sid)
     assert sorted(e["description"] for e in tree["events"]) == [
         "from the forked child", "parent after fork", "parent before fork"]
     assert tree["is_finished"] is True
@@ -155,7 +154,7 @@ def test_multiprocessing_fork_children_flush_on_their_way_out(lucidic_home):
             assert all(p.exitcode == 0 for p in procs)
     """, home=lucidic_home)
     sid = result.stdout.split()[0]
-    tree = Store(lucidic_home / "lucidic.db").session_tree(sid)
+    tree = ReadableStore(lucidic_home / "lucidic.db").session_tree(sid)
     assert tree["event_count"] == 150
 
 
@@ -169,7 +168,7 @@ def test_continue_in_a_child_process_after_the_parent_detached(lucidic_home):
         lai.create_event(description="child")
         lai.end_session(is_successful=True)
     """, home=lucidic_home)
-    tree = Store(lucidic_home / "lucidic.db").session_tree(sid)
+    tree = ReadableStore(lucidic_home / "lucidic.db").session_tree(sid)
     assert sorted(e["description"] for e in tree["events"]) == ["child", "parent"]
     assert tree["is_successful"] is True
     # Finished by the child: this process can no longer continue it.

@@ -9,8 +9,9 @@ import sqlite3
 
 import pytest
 
+from helpers import ReadableStore
 from lucidic.pricing import cost_of
-from lucidic.store import MIGRATIONS, SCHEMA_VERSION, Store
+from lucidic.store import MIGRATIONS, SCHEMA_VERSION
 
 SONNET = "claude-sonnet-4-20250514"  # input $3, reads $0.30, writes $3.75 / $6 per million
 
@@ -60,7 +61,7 @@ def test_a_version_2_store_gains_the_accounting_columns_and_keeps_its_events(tmp
                  "updated_at) VALUES ('old', 's', 'llm', 100, 20, 0.5, 1)")
     conn.close()
 
-    store = Store(path)
+    store = ReadableStore(path)
     assert store.schema_version() == SCHEMA_VERSION >= 3
     old = store.get_event("old")
     assert old["input_tokens"] == 100 and old["cached_tokens"] == 20
@@ -72,4 +73,4 @@ def test_a_version_2_store_gains_the_accounting_columns_and_keeps_its_events(tmp
     summary = store.session_summary("s")
     assert summary["cache_write_tokens"] == 30 and summary["cached_tokens"] == 20
     store.close()
-    assert json.loads(json.dumps(Store(path).session_tree("s")))["events"]  # reopens as is
+    assert json.loads(json.dumps(ReadableStore(path).session_tree("s")))["events"]  # reopens as is

@@ -20,7 +20,7 @@ Not imported by ``import lucidic``.
 
 from __future__ import annotations
 
-from .. import _api
+from .. import _sessions
 from .._scores import Score
 from ..errors import ReplayMissError
 from ._cases import Case
@@ -53,4 +53,4 @@ __all__ = [
 ]
 
 # Sessions that name an experiment or rubrics are scored where they end.
-install_hook(_api.session_end_hooks)
+install_hook(_sessions.session_end_hooks)

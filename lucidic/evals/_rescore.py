@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .. import _api, _config
+from .._arguments import id_arg, session_id_arg
 from .._internal import logger
 from ..errors import InvalidOperationError
 from ._backend import open_backend
@@ -36,13 +37,13 @@ def evaluate_sessions(evaluators: Sequence[Any], *, experiment_id: str | None = 
     backend = open_backend(lucidic_api_key)
     try:
         if experiment_id is not None:
-            if backend.experiment(_api._id_arg("experiment_id", experiment_id) or "") is None:
+            if backend.experiment(id_arg("experiment_id", experiment_id) or "") is None:
                 raise InvalidOperationError(f"experiment {experiment_id!r} was not found")
             ids = [row["session_id"] for row in backend.runs(experiment_id)]
         else:
             if isinstance(session_ids, str):
                 raise InvalidOperationError("session_ids must be a list of session ids")
-            ids = [_api._session_id_arg(s) for s in session_ids or ()]
+            ids = [session_id_arg(s) for s in session_ids or ()]
         rows = {row["session_id"]: row for row in backend.run_sessions(ids)}
         missing = [s for s in ids if s not in rows]
         if missing:

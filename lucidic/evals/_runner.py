@@ -19,7 +19,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from .. import _api, _config, _experiments
+from .. import _api, _config, _experiments, _sessions
+from .._arguments import id_arg, number_arg, tags_arg
 from .._context import Binding, current_binding
 from .._internal import logger
 from .._records import to_jsonable
@@ -60,19 +61,19 @@ class _Experiment:
                                    for s in summary_evaluators]
         self.repeats = _positive_int("repeats", repeats)
         self.max_concurrency = _positive_int("max_concurrency", max_concurrency)
-        self.timeout = _api._number_arg("timeout", timeout)
+        self.timeout = number_arg("timeout", timeout)
         if self.timeout is not None and self.timeout <= 0:
             raise InvalidOperationError(f"timeout must be a number of seconds > 0, not {timeout}")
         if replay_mode not in MODES:
             raise InvalidOperationError(f"replay_mode must be one of {MODES}, not "
                                         f"{replay_mode!r}")
-        self.replay = _api._id_arg("replay", replay)
+        self.replay = id_arg("replay", replay)
         self.replay_mode = replay_mode
         if metadata is not None and not isinstance(metadata, Mapping):
             raise InvalidOperationError(f"metadata must be a mapping, not "
                                         f"{type(metadata).__name__}")
         self.metadata = None if metadata is None else to_jsonable(dict(metadata))
-        self.tags = _api._tags_arg(tags)
+        self.tags = tags_arg(tags)
         self.options = options
         self.experiment_id = str(uuid.uuid4())
         self.stats = ReplayStats()
@@ -258,14 +259,14 @@ class _Deadline:
         if self._claim() and self.binding.active:
             error = TimeoutError(f"the task took longer than {timeout} s")
             record_error(self.binding, error)
-            _api.end_binding(self.binding, failure=f"TimeoutError: {error}")
+            _sessions.end(self.binding, failure=f"TimeoutError: {error}")
         if self._settled_event is not None:
             self._settled_event.set()  # ended and scored: the runner need not wait on
 
     def fail(self, exc: BaseException) -> None:
         if self._claim():
             record_error(self.binding, exc)
-            _api.end_binding(self.binding, failure=f"{type(exc).__name__}: {exc}")
+            _sessions.end(self.binding, failure=f"{type(exc).__name__}: {exc}")
 
     def succeed(self, output: Any, session_id: str, detached: list[str]) -> None:
         if not self._claim():

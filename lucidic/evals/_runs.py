@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
-from .. import _api, _config
+from .. import _api, _config, _recording
+from .._arguments import id_arg
 from .._context import Binding, current_binding
 from .._internal import log_rate_limited
 from .._records import to_jsonable
@@ -63,7 +64,7 @@ def set_output(value: Any) -> None:
 
 
 def put_run_fields(binding: Binding, fields: dict[str, Any]) -> None:
-    _api._put(binding, "session", binding.session_id, {"project": binding.project, **fields})
+    _recording.put_session(binding, dict(fields))
 
 
 def record_error(binding: Binding, exc: BaseException) -> None:
@@ -72,7 +73,7 @@ def record_error(binding: Binding, exc: BaseException) -> None:
     summary = f"{type(exc).__name__}: {exc}"
     put_run_fields(binding, {"error": summary})
     trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    _api.record_error_event(binding, description=f"The run failed: {summary}", error=trace)
+    _recording.record_error(binding, f"The run failed: {summary}", trace)
 
 
 class experiment_run:  # noqa: N801 - used like a function: `with experiment_run(...):`
@@ -86,7 +87,7 @@ class experiment_run:  # noqa: N801 - used like a function: `with experiment_run
     """
 
     def __init__(self, experiment_id: str, case: Any, repeat: int = 0, **options: Any) -> None:
-        self.experiment_id = _api._id_arg("experiment_id", experiment_id) or ""
+        self.experiment_id = id_arg("experiment_id", experiment_id) or ""
         if not self.experiment_id:
             raise InvalidOperationError("experiment_run needs an experiment id")
         self.case = case if isinstance(case, Case) else Case(case)

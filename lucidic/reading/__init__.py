@@ -59,6 +59,10 @@ class Reader:
         """A page of sessions with their totals (see SessionQuery)."""
         return list_sessions(self.store, query)
 
+    def session_list(self, **query: Any) -> list[dict[str, Any]]:
+        """The sessions of one page, as a list (``query``: SessionQuery's fields)."""
+        return list(self.sessions(SessionQuery(**query)).sessions)
+
     def session(self, session_id: str, project: str | None = None) -> dict[str, Any] | None:
         """The session's row with its totals, or None if unknown (or in another
         project, which callers must not be able to tell apart)."""
@@ -92,22 +96,12 @@ class Reader:
 
     def step(self, step_id: str, project: str | None = None) -> dict[str, Any] | None:
         """One step; with ``project``, only if its session is in that project."""
-        return self._child("steps", step_id, project)
+        return self.store.get_step(step_id, project)
 
     def event(self, event_id: str, project: str | None = None) -> dict[str, Any] | None:
         """One event, every column; with ``project``, only if its session is
         in that project."""
-        return self._child("events", event_id, project)
-
-    def _child(self, table: str, record_id: str, project: str | None) -> dict[str, Any] | None:
-        ph = self.store.placeholder
-        if project is None:
-            rows = self.store.query(f"SELECT * FROM {table} WHERE id = {ph}", [record_id])
-        else:
-            rows = self.store.query(
-                f"SELECT c.* FROM {table} c JOIN sessions s ON s.id = c.session_id "
-                f"WHERE c.id = {ph} AND s.project = {ph}", [record_id, project])
-        return rows[0] if rows else None
+        return self.store.get_event(event_id, project)
 
     # -- what changed ----------------------------------------------------------------
 

@@ -16,10 +16,10 @@ from ..limits import MAX_BODY_BYTES
 from ..reading import MAX_LIMIT, SORTS, InvalidQueryError, Reader, SessionQuery
 from ..reading.search import MAX_QUERY_CHARS as MAX_SEARCH
 from ..store import Store
+from ..ui.db import StorePool
 from ..ui.pages import install as install_ui
 from ..ui.security import SecurityMiddleware
 from . import models
-from .db import StorePool
 from .problems import PROBLEM, ApiError, BodyLimit, JSONOut, install_error_handlers
 
 logger = logging.getLogger("lucidic.server")

@@ -15,7 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from ..server.db import StorePool
+from .db import StorePool
 from .pages import install
 from .security import HostAllowList, SecurityMiddleware
 

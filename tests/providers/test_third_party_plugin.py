@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import ReadableStore
 from lucidic.plugins import describe
-from lucidic.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "third_party_plugin"
@@ -71,7 +71,7 @@ def test_installed_plugin_records_its_calls_through_init(installed_plugin, tmp_p
         print(session_id)
     """, site=installed_plugin, home=home, extra_env={"LUCIDIC_PRICES": str(prices)})
     session_id = out.stdout.strip()
-    store = Store(home / "lucidic.db")
+    store = ReadableStore(home / "lucidic.db")
     try:
         tree = store.session_tree(session_id)
     finally:

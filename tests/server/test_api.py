@@ -16,8 +16,7 @@ import pytest
 import requests
 from server_support import Api, make_key, sdk_env
 
-from helpers import child_env, run_python
-from lucidic.store import Store
+from helpers import ReadableStore, child_env, run_python
 
 
 def _session(sid: str, **fields: Any) -> dict[str, Any]:
@@ -37,7 +36,7 @@ def _event(event_id: str, sid: str, **fields: Any) -> dict[str, Any]:
 
 
 def _snapshot(db_url: str) -> dict[str, Any]:
-    store = Store(db_url)
+    store = ReadableStore(db_url)
     try:
         return {"counts": [store.count(t) for t in ("sessions", "steps", "events")],
                 "sessions": [store.session_tree(s["id"])
@@ -110,7 +109,7 @@ def test_keys_are_made_by_the_cli_kept_hashed_and_refused_once_revoked(
                             env=env, check=True).stdout.strip().splitlines()[-1]
     # Unguessable: 256 random bits each, never repeated; only the hash is stored.
     assert key.startswith("lk_") and len(key) >= 40 and key != second
-    store = Store(sqlite_url)
+    store = ReadableStore(sqlite_url)
     hashes = [row["key_hash"] for row in store._query("SELECT key_hash FROM api_keys", [])]
     store.close()
     assert hashlib.sha256(key.encode()).hexdigest() in hashes

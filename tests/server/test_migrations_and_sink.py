@@ -14,9 +14,10 @@ import pytest
 from server_support import Api, ServerProcess, free_port, make_key
 
 import lucidic as lai
+from helpers import ReadableStore
 from lucidic._http import HttpSink
 from lucidic._sinks import SinkError
-from lucidic.store import MIGRATIONS, SCHEMA_VERSION, Store
+from lucidic.store import MIGRATIONS, SCHEMA_VERSION
 
 
 def _make_version_1_database(db_url: str) -> None:
@@ -53,7 +54,7 @@ def _make_version_1_database(db_url: str) -> None:
 def test_a_version_1_database_upgrades_in_place_with_its_data_intact(
         db_url: str, start_server, tmp_path: Path) -> None:
     _make_version_1_database(db_url)
-    store = Store(db_url)  # migrates
+    store = ReadableStore(db_url)  # migrates
     try:
         assert store.schema_version() == SCHEMA_VERSION > 1
         tree = store.session_tree("old-session")
@@ -69,7 +70,7 @@ def test_a_version_1_database_upgrades_in_place_with_its_data_intact(
         assert new["cache_write_tokens"] == 7 and new["tokens_estimated"] is True
     finally:
         store.close()
-    Store(db_url).close()  # opening again is a no-op
+    ReadableStore(db_url).close()  # opening again is a no-op
 
     # Served as it is: a key for the project the old sessions are in reads them.
     server = start_server(db_url)

@@ -1,4 +1,5 @@
-"""A small pool of store connections shared by the request threads."""
+"""A small pool of store connections shared by the request threads of both web
+apps: `lucidic ui` and `lucidic server` (which serves the same pages, above it)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,219 @@
+"""Where each microsecond of one recorded step goes.
+
+    .venv/bin/python bench/profile_step.py            # about 20 seconds
+    .venv/bin/python bench/profile_step.py --n 50000  # steadier figures
+
+The hot path (``@lai.step`` around a function that returns at once, with a
+session current) piece by piece in the user's thread, and the worker's
+delivery of the same steps to the embedded store, phase by phase. Each piece
+is timed alone, N times in a loop, in process CPU time, best of R rounds (a
+profiler's own cost would swamp pieces this small); the pieces are then
+summed and set beside the whole, measured the same way, and beside the
+hand-written floor recorder of bench_core.py part 5. It reads Lucidic's
+internals (this is a profile), and changes nothing in them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve()
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parent.parent))  # run from a checkout without installing
+
+
+def best_of(rounds: int, n: int, run: Callable[[int], Any],
+            reset: Callable[[], Any] | None = None) -> float:
+    """Microseconds of CPU per call of run(n) / n, best of ``rounds``."""
+    best = float("inf")
+    for _ in range(rounds):
+        if reset is not None:
+            reset()
+        gc.collect()
+        start = time.process_time()
+        run(n)
+        best = min(best, time.process_time() - start)
+    return best / n * 1e6
+
+
+def loop(call: Callable[[], Any]) -> Callable[[int], None]:
+    def run(count: int) -> None:
+        for _ in range(count):
+            call()
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=20_000, help="calls per round")
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args(argv)
+    n, rounds = args.n, args.rounds
+    os.environ["LUCIDIC_HOME"] = tempfile.mkdtemp(prefix="lucidic-profile-")
+
+    from bench_core import FloorRecorder
+
+    import lucidic as lai
+    from lucidic._context import current_step, process_slot, scope_binding
+    from lucidic._recording import CURRENT, open_step
+    from lucidic.store import Store, _check_records, _group_rows
+
+    def body(x: int) -> int:
+        return x
+
+    stepped = lai.step(body)
+    floor = FloorRecorder()
+    floor_step = floor.step(body)
+    lai.init(session_name="profile")
+    binding = process_slot.binding
+    assert binding is not None
+    pipeline = binding.pipeline
+    lai.flush(30)
+    deliver, spill_tick = pipeline._cycle, pipeline._spill_tick
+    # The worker and the spill thread idle: the hot path is timed alone, and
+    # what it queues stays queued for the worker's phases to be timed on.
+    pipeline._cycle = lambda: None
+    pipeline._spill_tick = lambda: None
+    queue = pipeline._queue
+    spec_static = {"action": "body", "function_name": f"{__name__}.body"}
+    maskable = ("action", "function_name")
+
+    def plain_wrapper(*call_args: Any) -> Any:
+        return body(*call_args)
+
+    def find_session() -> Any:
+        found = scope_binding.get()
+        if found is None:
+            found = process_slot.binding
+        return found if found is not None and found.active else None
+
+    sample = open_step(binding, dict(spec_static), CURRENT, maskable)
+    record = ("step", "x", 1.0, {"session_id": binding.session_id})
+
+    def opened() -> Any:
+        return open_step(binding, spec_static.copy(), CURRENT, maskable, merge_end=True)
+
+    def open_and_end() -> None:
+        opened().end()
+
+    def build_only() -> Any:
+        # open_step's work but the queueing: id, time, fields, writer
+        ids = binding.state.ids
+        step_id = f"{ids.prefix}{next(ids.counter):x}"
+        now = time.time()
+        fields = spec_static.copy()
+        fields["session_id"] = binding.session_id
+        fields["parent_step_id"] = None
+        fields["started_at"] = now
+        fields.update(binding.writer)
+        return ("step", step_id, now, fields)
+
+    floor_token = floor.session.set("floor-session")
+    # What the timing loop itself costs a call (a lambda calling nothing):
+    # taken off every piece timed through loop().
+    idle = best_of(rounds, n, loop(lambda: None))
+    hot = {
+        "whole": best_of(rounds, n, loop(lambda: stepped(1)), queue.clear),
+        "floor": best_of(rounds, n, loop(lambda: floor_step(1)), floor.queue.clear),
+        "bare call": best_of(rounds, n, loop(lambda: body(1))),
+        "call through a wrapper": best_of(rounds, n, loop(lambda: plain_wrapper(1))),
+        "find the session": best_of(rounds, n, loop(find_session)),
+        "build the start record": best_of(rounds, n, loop(build_only)),
+        "queue it": best_of(rounds, n, loop(lambda: pipeline.put(record)), queue.clear),
+        "open the step": best_of(rounds, n, loop(opened), queue.clear),
+        "open and end": best_of(rounds, n, loop(open_and_end), queue.clear),
+        "current step set and reset": best_of(
+            rounds, n, loop(lambda: current_step.reset(current_step.set(sample)))),
+    }
+    floor.session.reset(floor_token)
+    hot = {key: value - idle for key, value in hot.items()}
+    hot["Step object and parent lookup"] = (hot["open the step"] - hot["build the start record"]
+                                            - hot["queue it"])
+    hot["end it (merged into its start)"] = hot["open and end"] - hot["open the step"]
+    hot["the wrapper's own"] = hot["call through a wrapper"] - hot["bare call"]
+    hot["guards (try, restore)"] = hot["whole"] - sum(hot[k] for k in (
+        "call through a wrapper", "find the session", "open and end",
+        "current step set and reset"))
+
+    # The worker: deliver the same steps to the embedded store, phase by phase.
+    queue.clear()
+    for i in range(n):
+        stepped(i)
+    records = list(queue)
+    queue.clear()
+    batches = [records[i:i + 2000] for i in range(0, len(records), 2000)]
+    store = Store(Path(os.environ["LUCIDIC_HOME"]) / "profile.db")
+    phases = {"check the batch": 0.0, "records into rows": 0.0, "SQLite upserts": 0.0,
+              "SQLite commit": 0.0}
+    worker_rounds = max(2, rounds // 2)
+    best: dict[str, float] = {}
+    for _ in range(worker_rounds):
+        for key in phases:
+            phases[key] = 0.0
+        for batch in batches:
+            t0 = time.process_time()
+            repeated = _check_records(batch)
+            t1 = time.process_time()
+            groups = _group_rows(batch, mergeable=repeated)
+            t2 = time.process_time()
+            cursor = store._conn.cursor()
+            cursor.execute("BEGIN IMMEDIATE")
+            store._apply(cursor, groups, ("session", "step", "event"))
+            t3 = time.process_time()
+            cursor.execute("COMMIT")
+            t4 = time.process_time()
+            phases["check the batch"] += t1 - t0
+            phases["records into rows"] += t2 - t1
+            phases["SQLite upserts"] += t3 - t2
+            phases["SQLite commit"] += t4 - t3
+        store.execute("DELETE FROM steps")
+        for key, seconds in phases.items():
+            best[key] = min(best.get(key, float("inf")), seconds / n * 1e6)
+
+    def worker_cycle() -> float:
+        for i in range(n):
+            stepped(i)
+        start = time.process_time()
+        deliver()
+        return (time.process_time() - start) / n * 1e6
+
+    best["whole delivery (worker cycle)"] = min(worker_cycle() for _ in range(worker_rounds))
+    pipeline._cycle, pipeline._spill_tick = deliver, spill_tick
+    lai.flush(60)
+    steps_per_record = n / len(records)
+
+    p = print
+    p(f"One @lai.step call with a session, µs of CPU per step (best of {rounds} rounds of "
+      f"{n:,}; this machine, Python {sys.version.split()[0]})")
+    p("")
+    p(f"hot path, in the user's thread          {hot['whole']:6.2f}   (floor recorder "
+      f"{hot['floor']:.2f}: {hot['whole'] / hot['floor']:.2f}x)")
+    for key in ("the wrapper's own", "find the session", "build the start record", "queue it",
+                "Step object and parent lookup", "current step set and reset",
+                "end it (merged into its start)", "guards (try, restore)"):
+        p(f"  {key:<38}{hot[key]:6.2f}")
+    p("")
+    total = best["whole delivery (worker cycle)"]
+    p(f"worker, delivering to the embedded store {total:6.2f}   ({len(records):,} records for "
+      f"{n:,} steps: {steps_per_record:.2f} steps a record)")
+    pieces = ("check the batch", "records into rows", "SQLite upserts", "SQLite commit")
+    for key in pieces:
+        p(f"  {key:<38}{best[key]:6.2f}")
+    p(f"  {'taking batches off the queue, the rest':<38}"
+      f"{total - sum(best[k] for k in pieces):6.2f}")
+    p("")
+    p(f"whole CPU per recorded step              {hot['whole'] + total:6.2f}")
+    lai.shutdown(5)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

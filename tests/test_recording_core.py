@@ -1,0 +1,231 @@
+"""The recording core: one Step and one Event for every path, a short step
+queued as one record, and the store's write path (rows many to a statement,
+values checked a group at a time) storing exactly what one-by-one writes
+would."""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+import lucidic as lai
+from helpers import ReadableStore
+from lucidic import plugins
+from lucidic._context import current_step
+from lucidic._pipeline import Pipeline
+from lucidic._recording import Event, Step
+from lucidic._spool import Spool
+from lucidic.store import Record
+from lucidic.testing import MemorySink, capture
+
+SECRET = "sk-SECRET-123"
+
+
+def test_every_path_makes_and_ends_the_cores_step_and_event(store):
+    sid = lai.init(session_name="one core")
+    seen: list[object] = []
+
+    @lai.step
+    def decorated() -> None:
+        seen.append(current_step.get())
+
+    decorated()
+    lai.create_step(action="imperative")
+    seen.append(current_step.get())
+    lai.end_step()
+    handle = plugins.open_step(action="plugin")
+    seen.append(handle)
+    assert handle is not None
+    handle.end()
+    with plugins.step_scope(action="scoped"):
+        seen.append(current_step.get())
+    call = plugins.start_llm_call("openai", request_model="m")
+    assert isinstance(call, Event)
+    call.finish(model="m", input_tokens=1, output_tokens=1)
+    assert all(type(step) in (Step, plugins.StepHandle) for step in seen)
+    assert all(isinstance(step, Step) for step in seen)
+    assert lai.flush()
+    steps = store.session_tree(sid)["steps"]
+    assert sorted(s["action"] for s in steps) == ["decorated", "imperative", "plugin", "scoped"]
+    # whichever path made it, a step names its writer and is finished
+    assert all(s["is_finished"] and s["writer_pid"] == os.getpid() for s in steps)
+
+
+def test_a_decorated_step_ending_before_delivery_is_one_record_and_reads_the_same():
+    @lai.step
+    def leaf() -> int:
+        return 1
+
+    @lai.step(state="outer")
+    def parent() -> int:
+        lai.create_event(description="inside")  # queued after the parent's start
+        return leaf()
+
+    with capture() as recorded:
+        sid = lai.init(session_name="merged", auto_end=False)
+        lai.shutdown()  # no worker takes anything until the next flush
+        leaf()
+        parent()
+        steps = [r for r in recorded.records if r[0] == "step"]
+        tree = recorded.session(sid)
+    by_id: dict[str, list[Record]] = {}
+    for record in steps:
+        by_id.setdefault(record[1], []).append(record)
+    counts = sorted(len(records) for records in by_id.values())
+    # each leaf: start and end in one record; the parent, whose start had an
+    # event queued after it: two
+    assert counts == [1, 1, 2]
+    for records in by_id.values():
+        if len(records) == 1:
+            (fields,) = [r[3] for r in records]
+            assert fields["is_finished"] is True
+            assert fields["started_at"] <= fields["ended_at"] == records[0][2]
+    top = sorted(tree["steps"], key=lambda s: s["action"])
+    assert [s["action"] for s in top] == ["leaf", "parent"]
+    assert all(s["is_finished"] and s["ended_at"] >= s["started_at"] for s in top)
+    assert [c["action"] for c in top[1]["steps"]] == ["leaf"]
+    assert top[1]["state"] == "outer"
+
+
+def test_a_step_open_across_a_fork_is_never_merged_in_the_parent():
+    @lai.step(state="forking")
+    def forks() -> int:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)  # the child: gone at once, recording nothing
+        os.waitpid(pid, 0)
+        return pid
+
+    with capture() as recorded:
+        lai.init(session_name="fork", auto_end=False)
+        lai.shutdown()  # nothing is taken off the queue meanwhile
+        forks()
+        steps = [r for r in recorded.records if r[0] == "step"]
+    # The start was last in the queue when the step ended, but a fork came in
+    # between: the child may have written to the same step since, so the
+    # parent's records keep their own times.
+    assert len(steps) == 2
+    assert "ended_at" not in steps[0][3] and steps[1][3]["is_finished"] is True
+
+
+def test_amend_last_merges_only_the_record_still_last_in_the_queue(tmp_path):
+    sink = MemorySink()
+    pipeline = Pipeline(sink, Spool(tmp_path / "spool"))  # no worker yet
+    start: Record = ("step", "s1", 1.0, {"session_id": "x", "action": "a", "started_at": 1.0})
+    other: Record = ("step", "s2", 1.5, {"session_id": "x", "action": "b", "started_at": 1.5})
+    end = {"session_id": "x", "ended_at": 2.0, "is_finished": True}
+    pipeline.put(start)
+    pipeline.put(other)
+    assert not pipeline.amend_last(start, dict(end), 2.0, 0)  # something came after it
+    held, release = threading.Event(), threading.Event()
+
+    def take_records() -> None:  # the spill thread writing the queue to disk, say
+        with pipeline._take_lock:
+            held.set()
+            release.wait(10)
+
+    taker = threading.Thread(target=take_records)
+    taker.start()
+    assert held.wait(10)
+    assert not pipeline.amend_last(other, dict(end), 3.0, 0)  # never waits for it
+    release.set()
+    taker.join(10)
+    assert not pipeline.amend_last(other, dict(end), 3.0, 1)  # queued before a fork
+    assert other[3] == {"session_id": "x", "action": "b", "started_at": 1.5}  # untouched
+    assert pipeline.amend_last(other, dict(end), 3.0, 0)
+    assert pipeline.flush(5)
+    assert sink.records == [start, ("step", "s2", 3.0, {**other[3], **end})]
+    assert not pipeline.amend_last(other, dict(end), 4.0, 0)  # the worker has taken it
+    pipeline.shutdown(5)
+
+
+def test_a_decorated_steps_error_and_a_plugin_steps_end_are_masked(store):
+    def mask(text: str) -> str:
+        return text.replace(SECRET, "<key>")
+
+    @lai.step
+    def fails() -> None:
+        raise ValueError(f"bad key {SECRET}")
+
+    sid = lai.init(session_name="masked errors", masking_function=mask)
+    with pytest.raises(ValueError, match=SECRET):
+        fails()
+    handle = plugins.open_step(action="plugin")
+    assert handle is not None
+    handle.end(state=f"state {SECRET}", error=RuntimeError(f"boom {SECRET}"))
+    assert lai.flush()
+    steps = {s["action"]: s for s in store.session_tree(sid)["steps"]}
+    assert steps["fails"]["error"] == "ValueError: bad key <key>"
+    assert (steps["plugin"]["state"], steps["plugin"]["error"]) == (
+        "state <key>", "RuntimeError: boom <key>")
+
+
+@pytest.mark.parametrize("nothing", [None, float("nan"), float("inf"), 2**70],
+                         ids=["None", "nan", "inf", "huge int"])
+def test_a_value_no_backend_holds_never_clears_a_stored_field(tmp_path, nothing):
+    store = ReadableStore(tmp_path / "db.sqlite")
+    store.write([("event", "e1", 1.0, {"session_id": "x", "cost": 1.5, "input_tokens": 7})])
+    store.write([("event", "e1", 2.0, {"session_id": "x", "cost": nothing,
+                                       "input_tokens": nothing, "description": "later"})])
+    row = store.get_event("e1")
+    assert (row["cost"], row["input_tokens"], row["description"]) == (1.5, 7, "later")
+
+
+def _mixed_batch() -> list[Record]:
+    """Records of many shapes, as the SDK and the server send them: steps with
+    and without a parent, merged and split, events with JSON and flags, a row
+    named twice, values to clean (NUL, a lone surrogate, NaN) among clean ones."""
+    records: list[Record] = [("session", "x", 0.5, {"project": "p", "name": "n",
+                                                    "started_at": 0.5, "tags": ["a"]})]
+    for i in range(150):
+        ts = 1.0 + i
+        start = {"action": f"step {i}", "session_id": "x",
+                 "parent_step_id": f"s{i - 1}" if i % 3 else None, "started_at": ts,
+                 "writer_host": "h", "writer_pid": 42, "writer_agent": None}
+        if i % 4 == 0:
+            records.append(("step", f"s{i}", ts + 0.5, {**start, "ended_at": ts + 0.5,
+                                                       "is_finished": True}))
+        else:
+            records.append(("step", f"s{i}", ts, start))
+        records.append(("event", f"e{i}", ts, {
+            "session_id": "x", "step_id": f"s{i}", "type": "llm" if i % 2 else "generic",
+            "description": "nul \x00 here" if i == 7 else "lone \ud800" if i == 9 else f"d{i}",
+            "input": [{"role": "user", "content": f"q{i}"}], "cost": math.nan if i == 11
+            else 0.25 * i, "tokens_estimated": bool(i % 2), "input_tokens": i}))
+        if i % 4:
+            records.append(("step", f"s{i}", ts + 0.5, {"session_id": "x", "ended_at": ts + 0.5,
+                                                        "is_finished": True}))
+    return records
+
+
+def test_a_batch_stores_exactly_what_its_records_one_by_one_would(tmp_path):
+    records = _mixed_batch()
+    batched, single = ReadableStore(tmp_path / "a.db"), ReadableStore(tmp_path / "b.db")
+    batched.write(records)
+    for record in records:
+        single.write([record])
+    for table in ("sessions", "steps", "events"):
+        query = f"SELECT * FROM {table} ORDER BY id"
+        a, b = batched.query(query), single.query(query)
+        assert len(a) == len(b) > 0
+        # updated_at: a merged row takes its newest record's time, as one by one
+        assert a == b
+    event = batched.get_event("e7")
+    assert event["description"] == "nul \ufffd here"
+    assert batched.get_event("e9")["description"] == "lone \ufffd"
+    assert batched.get_event("e11")["cost"] is None
+    assert batched.get_event("e3")["tokens_estimated"] is True
+
+
+def test_the_store_takes_more_rows_than_one_statement_holds(tmp_path: Path):
+    store = ReadableStore(tmp_path / "db.sqlite")
+    records: list[Record] = [("event", f"e{i}", float(i), {"session_id": "x", "type": "tool",
+                                                            "description": f"d{i}"})
+                             for i in range(1000)]
+    store.write(records)
+    assert store.count("events") == 1000
+    assert store.get_event("e999")["description"] == "d999"
