@@ -373,8 +373,10 @@ def child_deliver(timeout: float) -> None:
                       "left": len(spool_segments(home))}), flush=True)
 
 
-def run_child(args: list[str], env: dict[str, str], timeout: float) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, str(HERE), *args], env=env, capture_output=True,
+def run_child(args: list[str], env: dict[str, str], timeout: float, script: Path = HERE
+              ) -> dict[str, Any]:
+    """Run a bench script (this one unless told) as a child; its last line of JSON."""
+    proc = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True,
                           text=True, timeout=timeout)
     if proc.returncode != 0:
         raise SystemExit(f"child {args} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")

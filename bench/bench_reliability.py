@@ -40,6 +40,7 @@ ROOT = HERE.parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+import bench_core  # noqa: E402 - beside this file: its child-process runner
 
 # -- 1. cost per call ---------------------------------------------------------------------
 
@@ -74,11 +75,7 @@ def child_write_floor(n: int) -> None:
 
 
 def run_child(args: list[str], env: dict[str, str], timeout: float) -> dict[str, Any]:
-    proc = subprocess.run([sys.executable, str(HERE), *args], env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise SystemExit(f"child {args} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return bench_core.run_child(args, env, timeout, script=HERE)
 
 
 def part_costs(n: int) -> dict[str, Any]:
@@ -112,6 +109,7 @@ def child_record(steady: bool) -> None:
 
 
 def one_kill(steady: bool, durable: bool, run_seconds: float) -> dict[str, Any]:
+    from lucidic.reading import Reader
     from lucidic.store import Store
 
     home = Path(tempfile.mkdtemp(prefix="lucidic-bench-kill-"))
@@ -152,7 +150,8 @@ def one_kill(steady: bool, durable: bool, run_seconds: float) -> dict[str, Any]:
                            env={**os.environ, "LUCIDIC_HOME": str(home)}, timeout=300)
     assert later.returncode == 0
     store = Store(db)
-    numbers = sorted(int(e["description"]) for e in store.session_tree(sid)["events"])
+    tree = Reader(store).tree(sid, None)
+    numbers = sorted(int(e["description"]) for e in tree["events"])
     store.close()
     kept = len(numbers)
     assert numbers == list(range(kept)), "a gap: records lost in the middle"
