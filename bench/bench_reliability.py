@@ -109,7 +109,6 @@ def child_record(steady: bool) -> None:
 
 
 def one_kill(steady: bool, durable: bool, run_seconds: float) -> dict[str, Any]:
-    from lucidic.reading import Reader
     from lucidic.store import Store
 
     home = Path(tempfile.mkdtemp(prefix="lucidic-bench-kill-"))
@@ -149,10 +148,10 @@ def one_kill(steady: bool, durable: bool, run_seconds: float) -> dict[str, Any]:
                             "lai.init(session_name='later'); lai.flush(120)"],
                            env={**os.environ, "LUCIDIC_HOME": str(home)}, timeout=300)
     assert later.returncode == 0
-    store = Store(db)
-    tree = Reader(store).tree(sid, None)
-    numbers = sorted(int(e["description"]) for e in tree["events"])
-    store.close()
+    stored = sqlite3.connect(db)
+    numbers = sorted(int(d) for (d,) in stored.execute(
+        "SELECT description FROM events WHERE session_id = ?", (sid,)))
+    stored.close()
     kept = len(numbers)
     assert numbers == list(range(kept)), "a gap: records lost in the middle"
     recorded = max(c for c, _ in progress)
