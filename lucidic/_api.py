@@ -488,8 +488,9 @@ def _not_made_here(kind: str, record_id: str, binding: Binding, call: str) -> st
     # otherwise become a new, phantom record, or land in another session's.
     return (f"lai.{call}(): no {kind} {record_id[:80]!r} was created in session "
             f"{binding.session_id!r} by this process; pass an id that lai.create_{kind}() "
-            f"returned in this session (a {kind} of another session, or of another process, "
-            "can only be changed where it was created). Nothing was recorded.")
+            f"returned in this session ({'an' if kind == 'event' else 'a'} {kind} of another "
+            "session, or of another process, can only be changed where it was created). "
+            "Nothing was recorded.")
 
 
 def _pop_step(step_id: str) -> None:

@@ -24,9 +24,10 @@ if TYPE_CHECKING:
 
 class SessionIds:
     """Ids of the steps and events one session gets in this process: a random
-    prefix and a counter, as cheap as the process-wide ids, and enough to tell
+    prefix and a counter, cheap to make on the hot path, and enough to tell
     an id given back to update_step() or end_event() from one this session
-    never made here, without keeping a list of them."""
+    never made here, without keeping a list of them. They outlive a detach
+    (see Runtime.released_ids)."""
 
     __slots__ = ("counter", "prefix")
 
@@ -37,10 +38,6 @@ class SessionIds:
         """New prefix and counter (a forked child must not repeat the parent's)."""
         self.prefix = secrets.token_hex(8)
         self.counter = itertools.count(1)
-
-    def new(self) -> str:
-        # (The recording core writes this out where it makes ids: the hot path.)
-        return f"{self.prefix}{next(self.counter):x}"
 
     def made_here(self, record_id: str) -> bool:
         if not record_id.startswith(self.prefix):
@@ -61,10 +58,10 @@ class SessionState:
     __slots__ = ("bindings", "evaluated", "failure", "finished", "id", "ids", "open_steps",
                  "outcome_set")
 
-    def __init__(self, session_id: str) -> None:
+    def __init__(self, session_id: str, ids: SessionIds | None = None) -> None:
         self.id = session_id
         #: Where create_step() and the events of this session get their ids.
-        self.ids = SessionIds()
+        self.ids = ids if ids is not None else SessionIds()
         self.finished = False
         #: Steps opened with create_step() here and not ended yet: ending the
         #: session ends them too.
@@ -134,12 +131,6 @@ def current_binding() -> Binding | None:
     if binding is not None and binding.active:
         return binding
     return None
-
-
-def step_in(session_id: str) -> Step | None:
-    """The innermost open step of this context, if it belongs to session_id."""
-    frame = current_step.get()
-    return frame if frame is not None and frame.session_id == session_id else None
 
 
 # -- carrying the context into threads ---------------------------------------

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._internal import log_rate_limited
+from ._storable import int_note
 from .columns import COLUMN_TYPES, ColumnType
 from .limits import INT_MAX, INT_MIN, MAX_DOCUMENT_INT_BITS, MAX_TEXT_CHARS
 
@@ -167,10 +168,9 @@ def _big_int(value: int) -> Any:
     """An integer beyond 64 bits is kept while JSON can carry it; one whose
     decimal text would run to thousands of digits becomes a note (encoding
     it would fail, and lose the record with it)."""
-    bits = value.bit_length()
-    if bits <= MAX_DOCUMENT_INT_BITS:
+    if value.bit_length() <= MAX_DOCUMENT_INT_BITS:
         return int(value)  # a plain int, even from an int subclass
-    return f"<integer of {bits} bits, too large to record>"
+    return int_note(value)
 
 
 # -- a value as its column wants it ----------------------------------------------------

@@ -7,10 +7,11 @@ import os
 import socket
 import threading
 import time
+from collections import OrderedDict
 from typing import Any
 
 from . import _config
-from ._context import Binding, SessionState, process_slot
+from ._context import Binding, SessionIds, SessionState, process_slot
 from ._internal import record_internal_error
 from ._pipeline import Pipeline
 from ._sinks import LocalSink, Sink
@@ -44,12 +45,22 @@ writer = WriterIdentity()
 
 # -- sinks and pipelines --------------------------------------------------------
 
+#: How many let-go sessions' ids a process remembers (see Runtime.released_ids).
+RELEASED_IDS = 4096
+
+
 class Runtime:
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.pipelines: dict[str, Pipeline] = {}
         self.sink_override: Sink | None = None  # set by lucidic.testing
         self.states: dict[str, SessionState] = {}
+        #: The ids of sessions this process wrote and let go (detached): a
+        #: session continued here again gets them back, so that update_step()
+        #: and end_event() still know the ids it made before. The newest
+        #: RELEASED_IDS only: a process making sessions without end keeps
+        #: no more than that.
+        self.released_ids: OrderedDict[str, SessionIds] = OrderedDict()
         #: Bindings to end at exit (auto_end=True), in the order they were made.
         self.auto_end: list[Binding] = []
 
@@ -82,7 +93,8 @@ class Runtime:
         with self.lock:
             state = self.states.get(session_id)
             if state is None:
-                state = self.states[session_id] = SessionState(session_id)
+                ids = self.released_ids.pop(session_id, None) or SessionIds()
+                state = self.states[session_id] = SessionState(session_id, ids)
             return state
 
     def register(self, binding: Binding) -> None:
@@ -101,6 +113,10 @@ class Runtime:
                 state.bindings.remove(binding)
             if not state.bindings and self.states.get(state.id) is state:
                 del self.states[state.id]
+                if not state.finished:
+                    self.released_ids[state.id] = state.ids
+                    if len(self.released_ids) > RELEASED_IDS:
+                        self.released_ids.popitem(last=False)
             if process_slot.binding is binding:
                 process_slot.binding = None
 
@@ -156,6 +172,7 @@ class Runtime:
     def after_fork_in_child(self) -> None:
         self.lock = threading.RLock()
         writer.reset()
+        self.released_ids.clear()  # the parent goes on counting with their prefixes
         for state in self.states.values():
             state.ids.reset()  # the parent goes on counting with the same prefix
             for binding in state.bindings:

@@ -63,7 +63,7 @@ class Sink(ABC):
     #: the local project (a server stamps its key's project on what it takes).
     project: str | None = None
     #: Records reach this destination over the network: nothing on a
-    #: caller's thread may wait for a write to it (see _api.write_at_once).
+    #: caller's thread may wait for a write to it (see _sessions.write_at_once).
     remote: bool = False
 
     @abstractmethod

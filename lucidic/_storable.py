@@ -24,6 +24,11 @@ def clean_text(value: str) -> str:
     return value
 
 
+def int_note(value: int) -> str:
+    """What an integer of thousands of digits is recorded as (JSON encoders refuse it)."""
+    return f"<integer of {value.bit_length()} bits, too large to record>"
+
+
 def clean_json(value: Any) -> Any:
     """A copy of a JSON-safe value that every backend (and JSON itself) can
     hold: strings cleaned as by clean_text, NaN and infinity as null, an
@@ -31,7 +36,7 @@ def clean_json(value: Any) -> Any:
     if isinstance(value, str):
         return clean_text(value)
     if isinstance(value, int) and value.bit_length() > MAX_DOCUMENT_INT_BITS:
-        return f"<integer of {value.bit_length()} bits, too large to record>"
+        return int_note(value)
     if isinstance(value, dict):
         return {clean_text(str(k)): clean_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import sqlite3
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -153,7 +155,11 @@ class Child:
         self.proc.stdin.flush()
 
     def wait(self, timeout: float = 60) -> int:
-        code = self.proc.wait(timeout)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # never leave a child running after its test
+            raise
         time.sleep(0.05)  # let the readers drain
         return code
 
@@ -179,6 +185,16 @@ def events_of(db_url_or_path: str | Path, session_id: str) -> list[str]:
 def numbered(descriptions: list[str], prefix: str = "event ") -> list[int]:
     """The numbers of events described as ``<prefix><n>``, sorted."""
     return sorted(int(d[len(prefix):]) for d in descriptions if d.startswith(prefix))
+
+
+#: A later process of the same home: it delivers what the spool holds, and says
+#: whether everything went (flush's answer).
+DELIVER_LATER = "import lucidic as lai; lai.init(session_name='later'); print(lai.flush(30))"
+
+
+def rejected(spool: Any) -> list[dict[str, Any]]:
+    """The entries a spool set aside as refused for good (its rejected file)."""
+    return [json.loads(line) for line in spool.rejected_path.read_text().splitlines()]
 
 
 def spooled_files(home: Path) -> list[Path]:

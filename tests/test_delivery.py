@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from faults import HangingSink, events
+from faults import HangingSink, events, wait_until
 
 import lucidic as lai
 from lucidic._pipeline import Pipeline
@@ -78,9 +78,7 @@ def test_shutdown_spools_what_a_hanging_sink_did_not_take_and_a_new_pipeline_del
     second = Pipeline(healthy, Spool(tmp_path / "spool"))
     second.start()
     assert second.flush(10)
-    deadline = time.monotonic() + 10
-    while healthy.store.count("events") < 300 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: healthy.store.count("events") >= 300, 10)
     assert healthy.store.count("events") == 300
     hanging.release.set()
     second.shutdown(5)
@@ -114,9 +112,7 @@ def test_a_partly_written_spool_line_is_skipped_and_the_rest_delivered(tmp_path)
     pipeline = Pipeline(sink, Spool(spool_dir))
     pipeline.start()
     assert pipeline.flush(10)
-    deadline = time.monotonic() + 10
-    while sink.store.count("events") < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: sink.store.count("events") >= 3, 10)
     assert sink.store.count("events") == 3
     pipeline.shutdown(5)
 
@@ -157,9 +153,7 @@ def test_with_the_spool_unwritable_records_wait_in_memory_and_the_newest_are_dro
     records = events(1000)
     for record in records[:150]:
         pipeline.put(record)
-    deadline = time.monotonic() + 10
-    while not pipeline._spool_failing and time.monotonic() < deadline:
-        time.sleep(0.01)  # the spill thread found the spool unwritable
+    assert wait_until(lambda: pipeline._spool_failing, 10)  # the spill thread found it unwritable
     for record in records[150:]:
         pipeline.put(record)
     assert pipeline.flush(0.3) is False
@@ -167,10 +161,7 @@ def test_with_the_spool_unwritable_records_wait_in_memory_and_the_newest_are_dro
     # worker holds), the newest dropped, and every record is one or the other.
     assert 0 < pipeline.stats.dropped <= 1000 - 200
     sink.down.clear()
-    deadline = time.monotonic() + 15
-    while sink.store.count("events") + pipeline.stats.dropped < 1000 \
-            and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: sink.store.count("events") + pipeline.stats.dropped >= 1000, 15)
     stored = {r[1] for r in sink.records}
     assert len(stored) + pipeline.stats.dropped == 1000
     assert stored == {r[1] for r in records[:len(stored)]}  # the oldest, in order

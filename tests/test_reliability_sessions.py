@@ -225,6 +225,22 @@ def test_updates_by_unknown_ids_raise_and_never_make_phantom_rows(store: Store) 
     assert (tree["step_count"], tree["event_count"]) == (1, 1)
 
 
+def test_a_session_continued_again_here_still_knows_the_ids_it_made(store: Store) -> None:
+    """Detaching drops the process's state of the session; continuing it in
+    the same process must not forget which steps and events it made."""
+    sid = lai.init(session_name="handed back", auto_end=False)
+    step = lai.create_step(action="opened before the detach")
+    event = lai.create_event(description="made before the detach")
+    lai.detach()
+    with lai.continued(sid):
+        lai.end_event(event_id=event, result="ended after")
+        lai.end_step(step_id=step, state="ended after")
+        lai.end_session()
+    assert lai.flush(10)
+    assert store.get_event(event)["result"] == "ended after"
+    assert store.get_step(step)["state"] == "ended after"
+
+
 def test_an_event_id_of_another_session_never_merges_into_it(store: Store) -> None:
     first = lai.init(session_name="first")
     event = lai.create_event(description="mine", result="kept")

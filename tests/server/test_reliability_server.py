@@ -6,7 +6,6 @@ documented loss."""
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import time
@@ -14,7 +13,16 @@ import uuid
 from pathlib import Path
 
 import pytest
-from faults import Child, events_of, numbered, spooled_files, too_deep, wait_until
+from faults import (
+    DELIVER_LATER,
+    Child,
+    events_of,
+    numbered,
+    rejected,
+    spooled_files,
+    too_deep,
+    wait_until,
+)
 from server_support import ServerProcess, free_port, make_key, sdk_env
 
 import lucidic as lai
@@ -25,8 +33,6 @@ from lucidic._runtime import runtime
 from lucidic._spool import Spool
 from lucidic.limits import MAX_RECORD_BYTES, MAX_TEXT_CHARS
 from lucidic.store import Record, Store
-
-DELIVER_LATER = "import lucidic as lai; lai.init(session_name='later'); print(lai.flush(30))"
 
 
 def _session(sid: str) -> Record:
@@ -85,8 +91,7 @@ def test_events_spooled_ahead_of_their_session_and_a_refused_record_are_all_hand
     assert not list(spool_dir.glob("*.jsonl"))
     (pipeline,) = runtime.pipelines.values()
     assert pipeline.stats.rejected == 1
-    (line,) = pipeline.spool.rejected_path.read_text().splitlines()
-    entry = json.loads(line)
+    (entry,) = rejected(pipeline.spool)
     assert entry["record"][1] == "too-many-tokens" and "422" in entry["reason"]
     warnings = [r for r in caplog.records if "refused 1 record(s) for good" in r.getMessage()]
     assert len(warnings) == 1 and str(pipeline.spool.rejected_path) in warnings[0].getMessage()
@@ -110,11 +115,11 @@ def test_records_of_a_session_the_server_never_learns_of_wait_then_are_set_aside
     assert pipeline.flush(10) is False and pipeline.flush(10) is True
     assert numbered(events_of(sqlite_url, known)) == list(range(100))
     assert store.get_session(unknown) is None
-    rejected = [json.loads(line) for line in spool.rejected_path.read_text().splitlines()]
-    assert sorted(e["record"][1] for e in rejected) == sorted(f"{unknown}-e{n}"
+    set_aside = rejected(spool)
+    assert sorted(e["record"][1] for e in set_aside) == sorted(f"{unknown}-e{n}"
                                                              for n in range(100))
-    assert "did not know its session" in rejected[0]["reason"]
-    assert not list((tmp_path / "spool").glob("*.jsonl"))
+    assert "did not know its session" in set_aside[0]["reason"]
+    assert not spooled_files(tmp_path)
     pipeline.shutdown(5)
 
 
@@ -312,5 +317,5 @@ def test_a_record_no_encoder_can_write_is_set_aside_and_its_batch_delivered(
     assert lai.flush(10) is True
     assert sorted(events_of(sqlite_url, sid)) == ["after", "before", "huge"]
     assert pipeline.stats.rejected == 1
-    (line,) = pipeline.spool.rejected_path.read_text().splitlines()
-    assert json.loads(line)["id"] == "deep"
+    (entry,) = rejected(pipeline.spool)
+    assert entry["id"] == "deep"
