@@ -9,7 +9,9 @@ sink, spools a batch the sink did not take, backs off (honouring the sink's
 
 The spill thread bounds what a SIGKILL can lose. Every ``SPILL_TICK`` it
 looks at the queue: once a record there has waited ``SPILL_AFTER`` (the worker
-is behind, or the sink is down), it writes everything queued to the spool.
+is behind), it writes everything queued to the spool; while the worker cannot
+deliver (the sink is failing, or has held its batch that long), it writes
+what is queued at every tick.
 A batch the worker has held that long (the sink is slow or hung) it copies
 to a segment of its own, removed again if the batch is delivered. So a record
 leaves the
@@ -48,7 +50,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from itertools import islice
+from itertools import islice, repeat, starmap
 from pathlib import Path
 from typing import Any
 
@@ -71,14 +73,19 @@ LOSS_WINDOW = 2 * (SPILL_AFTER + SPILL_TICK)
 _LATER_RETRY = 5.0
 #: ...and set aside as refused once it has not known it for this long.
 LATER_GRACE = 600.0
-#: A spill is written in pieces of this many records.
-_SPILL_PIECE = 4096
+#: A spill is written in pieces of this many records: each piece is one
+#: write(), and each write() hands the interpreter to a busy user thread for
+#: a switch interval (5 ms) before the spill can go on.
+SPILL_PIECE = 16384
 
 #: Test hook: the spill thread calls it after writing each piece of a spill,
 #: with (records written so far, records in the spill), before the spilled
 #: records leave the queue. Lets a test stop a spill midway.
 spill_checkpoint: Callable[[int, int], None] | None = None
 
+
+#: Runs an iterator to its end in C, keeping nothing.
+_consume = deque(maxlen=0).extend
 
 #: What became of a batch the worker took.
 _DELIVERED, _SPOOLED, _KEPT_NOWHERE = object(), object(), object()
@@ -376,7 +383,18 @@ class Pipeline:
                 record_internal_error("spill", exc)
 
     def _spill_tick(self) -> None:
+        # The queue first: it holds the most, and is appended to the open
+        # segment, while a copy of the worker's batch makes a file of its own
+        # (a disk slow to create files delays only that batch).
+        self._spill_queue()
         self._spill_inflight()
+        if self._dropping:
+            warn_once("records_dropped", "lucidic: records are being dropped: %d are held in "
+                      "memory and neither the sink nor the spool at %s takes more; the "
+                      "oldest are kept, newer ones dropped (the pipeline's stats.dropped "
+                      "counts them)", 2 * self._max_queue, self.spool.directory)
+
+    def _spill_queue(self) -> None:
         with self._take_lock:
             queued = len(self._queue)
             marks = self._marks
@@ -385,14 +403,21 @@ class Pipeline:
             # goes to disk, not only those, or the backlog would stay in
             # memory tick after tick.
             waited = marks[0] - self._taken if len(marks) == marks.maxlen else 0
-            if queued and (waited > 0 or queued >= self._max_queue):
+            if queued and (waited > 0 or queued >= self._max_queue or self._worker_stuck()):
                 self._spill_front(queued)
             marks.append(self._taken + len(self._queue))
-        if self._dropping:
-            warn_once("records_dropped", "lucidic: records are being dropped: %d are held in "
-                      "memory and neither the sink nor the spool at %s takes more; the "
-                      "oldest are kept, newer ones dropped (the pipeline's stats.dropped "
-                      "counts them)", 2 * self._max_queue, self.spool.directory)
+
+    def _worker_stuck(self) -> bool:
+        """The worker will not take the queue soon: the sink is failing (the
+        worker would only spool it), or it has held a batch for SPILL_AFTER
+        (the sink is slow or hung). Then the spill thread writes whatever is
+        queued at every tick rather than waiting for records to age: small
+        spills, each done in a tick, keep the window a SIGKILL can lose short
+        even when a tight loop leaves the spill little of the interpreter."""
+        if not self._healthy:
+            return True
+        return (self._inflight is not None
+                and time.monotonic() - self._inflight_since >= SPILL_AFTER)
 
     def _spill_inflight(self) -> None:
         """The worker has held a batch for SPILL_AFTER (the sink is slow or
@@ -441,16 +466,18 @@ class Pipeline:
         items = list(islice(self._queue, count))  # one C call: no append interleaves
         records = [i for i in items if not isinstance(i, _FlushRequest)]
         try:
-            for start in range(0, len(records), _SPILL_PIECE):
-                self._spool_write(records[start:start + _SPILL_PIECE])
+            piece = SPILL_PIECE
+            for start in range(0, len(records), piece):
+                self._spool_write(records[start:start + piece])
                 checkpoint = spill_checkpoint
                 if checkpoint is not None:
-                    checkpoint(min(start + _SPILL_PIECE, len(records)), len(records))
+                    checkpoint(min(start + piece, len(records)), len(records))
         except OSError as exc:
             self._spool_unwritable(exc)  # they stay queued
             return
-        for _ in range(count):
-            self._queue.popleft()
+        # Taken off in one C call: a Python loop would hand the interpreter
+        # back to a busy user thread many times over.
+        _consume(starmap(self._queue.popleft, repeat((), count)))
         self._taken += count
         # A flush waiting on what came before them: those are in the spool
         # now, and the worker settles it once the spool is delivered.
