@@ -48,7 +48,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import islice, repeat, starmap
 from pathlib import Path
@@ -85,7 +85,10 @@ spill_checkpoint: Callable[[int, int], None] | None = None
 
 
 #: Runs an iterator to its end in C, keeping nothing.
-_consume = deque(maxlen=0).extend
+_consume: Callable[[Iterable[Any]], None] = deque(maxlen=0).extend
+
+#: Why a record is set aside when no encoder can write it.
+_UNENCODABLE = "it cannot be written as JSON"
 
 #: What became of a batch the worker took.
 _DELIVERED, _SPOOLED, _KEPT_NOWHERE = object(), object(), object()
@@ -207,7 +210,7 @@ class Pipeline:
     def _put_durable(self, record: Record) -> None:
         try:
             if not self.spool.append_one(record):
-                self._reject([(record, "it cannot be written as JSON")])
+                self._reject_unencodable([record])
                 return
         except OSError as exc:
             # The spool cannot take it: keep it in memory rather than lose it.
@@ -361,7 +364,7 @@ class Pipeline:
                 self.stats.dropped += len(pending)
             self._spool_unwritable(exc)
             return
-        self.stats.spooled += len(pending)
+        self._count_spooled(len(pending))
         log_rate_limited("exit_spooled", "lucidic: the sink did not take %d records in "
                          "time; they were spooled to %s and will be delivered by the "
                          "next process", len(pending), self.spool.directory)
@@ -442,8 +445,8 @@ class Pipeline:
             if copy is not None:
                 self._inflight_copy = (batch, copy)
         if unencodable:
-            self._reject([(r, "it cannot be written as JSON") for r in unencodable])
-        self.stats.spooled += len(batch)
+            self._reject_unencodable(unencodable)
+        self._count_spooled(len(batch))
         self._spool_dirty = True
         self._spool_writable()
 
@@ -482,7 +485,7 @@ class Pipeline:
         # A flush waiting on what came before them: those are in the spool
         # now, and the worker settles it once the spool is delivered.
         self._passed.extend(i for i in items if isinstance(i, _FlushRequest))
-        self.stats.spooled += len(records)
+        self._count_spooled(len(records))
         self._spool_dirty = True
         self._spool_writable()
 
@@ -491,7 +494,7 @@ class Pipeline:
         encoder can write is set aside alone."""
         unencodable = self.spool.append(records)
         if unencodable:
-            self._reject([(r, "it cannot be written as JSON") for r in unencodable])
+            self._reject_unencodable(unencodable)
 
     def _spool_unwritable(self, exc: OSError) -> None:
         self._spool_failing = True
@@ -620,7 +623,7 @@ class Pipeline:
             # Written: the spill thread must not write a copy of it as well.
             self._inflight_spooled = self._inflight is batch
         self._spool_dirty = True
-        self.stats.spooled += len(batch)
+        self._count_spooled(len(batch))
         self._spool_writable()
         return _SPOOLED
 
@@ -637,7 +640,7 @@ class Pipeline:
                                    f"{self._later_grace:g} s") for r in refusal.later)
             else:
                 unencodable = self.spool.defer(refusal.later, first)
-                refused.extend((r, "it cannot be written as JSON") for r in unencodable)
+                refused.extend((r, _UNENCODABLE) for r in unencodable)
                 self._later_waiting = True
                 log_rate_limited("records_later", "lucidic: the sink does not know the "
                                  "session of %d record(s) yet; they wait in %s and are sent "
@@ -645,6 +648,14 @@ class Pipeline:
                                  self.spool.directory, level=logging.INFO)
         if refused:
             self._reject(refused)
+
+    def _reject_unencodable(self, records: Sequence[Record]) -> None:
+        self._reject([(r, _UNENCODABLE) for r in records])
+
+    def _count_spooled(self, count: int) -> None:
+        # The worker, the spill thread and an exiting thread all spool.
+        with self._stats_lock:
+            self.stats.spooled += count
 
     def _reject(self, entries: list[tuple[Record, str]]) -> None:
         try:
