@@ -460,8 +460,8 @@ class Pipeline:
         with self._inflight_lock:
             copy = self._copy_of(batch)
             self._inflight = self._inflight_copy = None
-        if delivered and copy is not None:
-            self.spool.discard(copy)
+        if copy is not None:
+            self.spool.release_aside(copy, delivered=delivered)
 
     def _spill_front(self, count: int) -> None:
         """Write the oldest ``count`` queued items to the spool, then take
