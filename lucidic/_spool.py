@@ -3,8 +3,10 @@
 A spool is a directory of segment files of JSON lines, each line one record
 or a batch of records (a list of them, encoded in one call). Each
 process appends to segments of its own, holding an exclusive ``flock`` on the
-one it writes; a segment nobody holds a lock on can be replayed by any
-process, so what a dead process left behind is delivered by the next one.
+one it writes (and on a copy of a batch its worker may still deliver); a
+segment nobody holds a lock on can be replayed by any process, so what a dead
+process left behind is delivered by the next one, even a segment it died
+writing.
 Replays may overlap with a delivery that already happened (the file is deleted
 only after every line was accepted), which is harmless: sinks apply records
 idempotently.
@@ -124,13 +126,13 @@ class Spool:
         self._fd, self._size = fd, 0
         return fd
 
-    def _create_locked(self) -> tuple[Path, int]:
+    def _create_locked(self, prefix: str = "", when_ns: int | None = None) -> tuple[Path, int]:
         """A new segment of this process, open and locked: made under a
         temporary name, locked, then renamed, so that no replayer ever finds
         it unlocked (and takes it, empty, from under its writer). Once its
         writer dies, the lock is gone and anyone replays it."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        path = self._new_name("", time.time_ns())
+        path = self._new_name(prefix, time.time_ns() if when_ns is None else when_ns)
         temporary = path.with_suffix(".tmp")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
                      | os.O_CLOEXEC, 0o600)
@@ -159,7 +161,19 @@ class Spool:
     def defer(self, records: Sequence[Record], refused_since: float) -> list[Record]:
         """Put records aside in a later segment, replayed after everything
         else. Returns the unencodable records."""
-        return self._write_whole(records, _LATER_PREFIX, int(refused_since * 1e9))
+        data, unencodable = _encode_batch(list(records))
+        if data:
+            with self._lock:
+                path, fd = self._create_locked(_LATER_PREFIX, int(refused_since * 1e9))
+                try:
+                    _write_all(fd, data)
+                except OSError:
+                    path.unlink(missing_ok=True)
+                    self._own.discard(path)
+                    raise
+                finally:
+                    os.close(fd)  # whole: a replay may take it
+        return unencodable
 
     def write_aside(self, records: Sequence[Record]) -> tuple[Path | None, list[Record]]:
         """Write records to a segment of their own, held locked until
@@ -175,9 +189,9 @@ class Spool:
             try:
                 _write_all(fd, data)
             except OSError:
-                os.close(fd)
                 path.unlink(missing_ok=True)
                 self._own.discard(path)
+                os.close(fd)
                 raise
             self._aside[path] = fd
         return path, unencodable
@@ -192,27 +206,6 @@ class Spool:
                 self._own.discard(path)
             if fd is not None:
                 os.close(fd)  # after the unlink: no replayer sees it unlocked
-
-    def _write_whole(self, records: Sequence[Record], prefix: str,
-                     when_ns: int) -> list[Record]:
-        """A new segment holding records, written under a temporary name and
-        then renamed, so that no replayer ever sees part of it. Returns the
-        unencodable records."""
-        data, unencodable = _encode_batch(list(records))
-        if not data:
-            return unencodable
-        with self._lock:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            path = self._new_name(prefix, when_ns)
-            temporary = path.with_suffix(".tmp")
-            try:
-                _write_file(temporary, data)
-                os.replace(temporary, path)
-            except OSError:
-                temporary.unlink(missing_ok=True)
-                raise
-            self._own.add(path)
-        return unencodable
 
     def reject(self, entries: Sequence[tuple[Record, str]]) -> None:
         """Append records refused for good to the rejected file, each with
@@ -328,16 +321,6 @@ class Spool:
         self._tag = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._counter = 0
         self._lock = threading.RLock()
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    # A new name every time: nothing to truncate (which would make ext4
-    # flush the file on close).
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        _write_all(fd, data)
-    finally:
-        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
