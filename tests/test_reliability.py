@@ -23,7 +23,9 @@ from faults import (
     events,
     events_of,
     locked_store,
+    made_before,
     numbered,
+    recording_loop,
     rejected,
     spooled_files,
     too_deep,
@@ -136,43 +138,23 @@ def test_sigterm_in_the_middle_of_a_spill_redoes_it_and_loses_nothing(
 
 # -- SIGKILL in a tight loop ------------------------------------------------------------
 
-TIGHT_LOOP = """
-import time
-import lucidic as lai
-sid = lai.init(session_name="tight loop")
-print(sid, flush=True)
-i = 0
-while True:
-    for _ in range(1000):
-        lai.create_event(description=f"event {i}")
-        i += 1
-    print(i, time.time(), flush=True)  # every event before i has been recorded
-"""
-
-
 def test_sigkill_in_a_tight_loop_with_the_store_locked_loses_only_the_last_moments(
         lucidic_home: Path) -> None:
     from lucidic._pipeline import LOSS_WINDOW
 
-    def progress() -> list[tuple[int, float]]:
-        """(events recorded, when), as the child reported them (a line the
-        kill cut short says nothing)."""
-        words = [text.split() for _, text in child.lines[1:]]
-        return [(int(w[0]), float(w[1])) for w in words if len(w) == 2]
-
     with locked_store(lucidic_home / "lucidic.db"):
-        child = Child(TIGHT_LOOP, lucidic_home)
+        child = Child(recording_loop("tight loop", chunk=1000), lucidic_home)
         sid = child.line(0)
         # Far more than the in-memory queue holds (65,536), all of it kept
         # by the spool alone: the store takes nothing.
-        assert wait_until(lambda: progress() and progress()[-1][0] > 100_000, 60)
+        assert wait_until(lambda: made_before(child, time.time()) > 100_000, 60)
         time.sleep(1.0)
         killed_at = time.time()
         child.proc.kill()
         child.wait(10)
     assert run_python(DELIVER_LATER, home=lucidic_home).stdout.strip() == "True"
     assert not spooled_files(lucidic_home)
-    made_before = max(count for count, at in progress() if at <= killed_at - 0.5)
+    made = made_before(child, killed_at - 0.5)
     stored = numbered(events_of(lucidic_home / "lucidic.db", sid))
     assert stored == list(range(len(stored)))  # no gap, no duplicate
     # At most the last LOSS_WINDOW is lost (the assertion allows half a
@@ -180,7 +162,7 @@ def test_sigkill_in_a_tight_loop_with_the_store_locked_loses_only_the_last_momen
     # loop for the interpreter took so long that over a second was lost, at
     # times with the session's own record.
     assert LOSS_WINDOW <= 0.3
-    assert len(stored) >= made_before > 65_536
+    assert len(stored) >= made > 65_536
     assert Store(lucidic_home / "lucidic.db").get_session(sid)["name"] == "tight loop"
 
 
