@@ -73,6 +73,8 @@ LOSS_WINDOW = 2 * (SPILL_AFTER + SPILL_TICK)
 _LATER_RETRY = 5.0
 #: ...and set aside as refused once it has not known it for this long.
 LATER_GRACE = 600.0
+#: While the spool cannot be written, the spill thread tries again this often.
+_SPOOL_RETRY = 1.0
 #: A spill is written in pieces of this many records: each piece is one
 #: write(), and each write() hands the interpreter to a busy user thread for
 #: a switch interval (5 ms) before the spill can go on.
@@ -170,6 +172,7 @@ class Pipeline:
         self._durable_unsent = 0
         self._dropping = False
         self._spool_failing = False
+        self._spool_retry_at = 0.0  # while it fails, the spill thread tries again from then
         self._losses_reported = 0
         self._waiting: list[_FlushRequest] = []
 
@@ -386,16 +389,20 @@ class Pipeline:
                 record_internal_error("spill", exc)
 
     def _spill_tick(self) -> None:
-        # The queue first: it holds the most, and is appended to the open
-        # segment, while a copy of the worker's batch makes a file of its own
-        # (a disk slow to create files delays only that batch).
-        self._spill_queue()
-        self._spill_inflight()
         if self._dropping:
             warn_once("records_dropped", "lucidic: records are being dropped: %d are held in "
                       "memory and neither the sink nor the spool at %s takes more; the "
                       "oldest are kept, newer ones dropped (the pipeline's stats.dropped "
                       "counts them)", 2 * self._max_queue, self.spool.directory)
+        if self._spool_failing and time.monotonic() < self._spool_retry_at:
+            # The disk refused the last write (it is full): encoding the
+            # whole queue every tick only to be refused again would burn a core.
+            return
+        # The queue first: it holds the most, and is appended to the open
+        # segment, while a copy of the worker's batch makes a file of its own
+        # (a disk slow to create files delays only that batch).
+        self._spill_queue()
+        self._spill_inflight()
 
     def _spill_queue(self) -> None:
         with self._take_lock:
@@ -498,6 +505,7 @@ class Pipeline:
 
     def _spool_unwritable(self, exc: OSError) -> None:
         self._spool_failing = True
+        self._spool_retry_at = time.monotonic() + _SPOOL_RETRY
         warn_once("spool_unwritable", "lucidic: cannot write the spool at %s (%s); records "
                   "are held in memory until it can be written or the sink takes them "
                   "(beyond %d, newer records are dropped and counted)",

@@ -67,6 +67,7 @@ class Spool:
         # thread is inside append().
         self._lock = threading.RLock()
         self._fd: int | None = None
+        self._path = directory  # the open segment's, while _fd is set
         self._size = 0  # bytes of whole lines in the open segment
         self._own: set[Path] = set()
         #: Segments written aside (write_aside), each held open and locked,
@@ -106,6 +107,11 @@ class Spool:
             try:
                 _write_all(fd, data)
             except OSError:
+                if self._size == 0:
+                    # Nothing in it: no segment at all, rather than an empty
+                    # one that flush() would wait on to be replayed.
+                    self._drop_writer()
+                    raise
                 # A full disk may have taken part of it: cut it back to the
                 # last whole line, or the next write would glue onto it.
                 try:
@@ -122,9 +128,15 @@ class Spool:
         return self.directory / f"{prefix}{when_ns:020d}-{self._tag}-{self._counter}.jsonl"
 
     def _open_segment(self) -> int:
-        path, fd = self._create_locked()
+        self._path, fd = self._create_locked()
         self._fd, self._size = fd, 0
         return fd
+
+    def _drop_writer(self) -> None:
+        """Remove the open segment (still empty), then close it."""
+        self._path.unlink(missing_ok=True)
+        self._own.discard(self._path)
+        self._close_writer()
 
     def _create_locked(self, prefix: str = "", when_ns: int | None = None) -> tuple[Path, int]:
         """A new segment of this process, open and locked: made under a

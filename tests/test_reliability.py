@@ -314,6 +314,40 @@ def test_a_full_disk_with_the_store_locked_warns_once_drops_the_newest_counted_a
     assert (outcome["first"], outcome["second"]) == (False, True)
 
 
+def test_while_the_disk_is_full_the_spill_thread_tries_again_now_and_then_not_every_tick(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    attempts: list[str] = []
+    append = Spool.append
+
+    def counting_append(self: Spool, records):  # type: ignore[no-untyped-def]
+        attempts.append(threading.current_thread().name)
+        return append(self, records)
+
+    monkeypatch.setattr(Spool, "append", counting_append)
+    with FullDisk(tmp_path / "disk") as disk:
+        spool_dir = disk.path / "spool"
+        disk.fill()
+        sink = MemorySink()
+        sink.failing = True
+        pipeline = Pipeline(sink, Spool(spool_dir), max_queue=1000, batch_size=100)
+        pipeline.start()
+        for record in events(1500):
+            pipeline.put(record)
+        time.sleep(1.5)  # 60 ticks of the spill thread
+        spill_attempts = attempts.count("lucidic-spill")
+        # Each attempt encodes everything queued, to be refused again: the
+        # thread tries once a second, not at every tick.
+        assert 1 <= spill_attempts <= 3, spill_attempts
+        # A segment the disk refused its first write leaves no empty file
+        # behind (flush would wait for it to be replayed).
+        assert not list(spool_dir.glob("*.jsonl"))
+        disk.free()
+        sink.failing = False
+        assert pipeline.flush(10) is True
+        assert sink.store.count("events") == 1500  # all held in memory meanwhile
+        pipeline.shutdown(5)
+
+
 # -- regressions ----------------------------------------------------------------------
 
 def test_eight_processes_writing_one_session_store_every_event_once(lucidic_home: Path) -> None:
