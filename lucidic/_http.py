@@ -123,12 +123,9 @@ _RETRIES = _Retries(
 
 
 def _detail(response: requests.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return f"HTTP {response.status_code}"
-    if isinstance(body, dict) and isinstance(body.get("detail"), str):
-        return f"HTTP {response.status_code}: {body['detail']}"
+    detail = _problem_field(response, "detail")
+    if isinstance(detail, str):
+        return f"HTTP {response.status_code}: {detail}"
     return f"HTTP {response.status_code}"
 
 
@@ -139,6 +136,7 @@ def _is_problem(response: requests.Response) -> bool:
 
 
 def _problem_field(response: requests.Response, name: str) -> Any:
+    """A field of the answer's JSON body; None if it has no such field."""
     try:
         body = response.json()
     except ValueError:
@@ -152,12 +150,9 @@ def _session_of(record: Record) -> Any:
 
 def _problem_text(response: requests.Response) -> str:
     """The server's own words for a refusal (its ``detail``)."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("detail"), str):
-        return str(body["detail"])
+    detail = _problem_field(response, "detail")
+    if isinstance(detail, str):
+        return detail
     return f"the lucidic server refused the request (HTTP {response.status_code})"
 
 
