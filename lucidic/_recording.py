@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._context import Binding, EventRef, current_step, last_event
-from ._records import Mask, mask_fields, mask_text, mask_value, text_field
+from ._records import Mask, mask_fields, mask_keys, text_field
 
 if TYPE_CHECKING:
     from .store import Record
@@ -50,13 +50,8 @@ def put(binding: Binding, kind: str, record_id: str, fields: dict[str, Any], ts:
 def _mask(mask: Mask, fields: dict[str, Any], maskable: Iterable[str] | None) -> None:
     if maskable is None:
         mask_fields(mask, fields)
-        return
-    for key in maskable:
-        value = fields.get(key)
-        if type(value) is str:
-            fields[key] = mask_text(mask, value)
-        elif value is not None:
-            fields[key] = mask_value(mask, value)
+    else:
+        mask_keys(mask, fields, maskable)
 
 
 # -- steps --------------------------------------------------------------------------

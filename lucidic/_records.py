@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ._internal import log_rate_limited
@@ -208,14 +208,21 @@ def mask_text(mask: Mask, text: str) -> str:
     try:
         masked = mask(text)
     except Exception as exc:  # noqa: BLE001 - the user's function may raise anything
-        _masking_failed(f"raised {exc!r}", exc_info=True)
-        return REDACTED
-    if type(masked) is not str:
-        # A masking function must return text; anything else could carry the
-        # original through, so it is treated as a failure.
-        _masking_failed(f"returned {type(masked).__name__}, not str", exc_info=False)
-        return REDACTED
-    return masked
+        return masking_raised(exc)
+    return masked if type(masked) is str else masking_returned(masked)
+
+
+def masking_raised(exc: Exception) -> str:
+    """What a text becomes when the masking function raised on it."""
+    _masking_failed(f"raised {exc!r}", exc_info=True)
+    return REDACTED
+
+
+def masking_returned(masked: Any) -> str:
+    """What a text becomes when the masking function returned something else
+    than text: that could carry the original through, so it is a failure."""
+    _masking_failed(f"returned {type(masked).__name__}, not str", exc_info=False)
+    return REDACTED
 
 
 def _masking_failed(what: str, *, exc_info: bool) -> None:
@@ -243,6 +250,24 @@ UNMASKED_FIELDS = frozenset({
     "session_id", "step_id", "parent_step_id", "project", "type", "is_finished",
     "is_successful", "started_at", "ended_at",
 })
+
+
+def mask_keys(mask: Mask, fields: dict[str, Any], keys: Iterable[str]) -> None:
+    """Mask, in place, the values of ``keys`` (the only fields that can hold
+    user text, as the caller knows)."""
+    for key in keys:
+        value = fields.get(key)
+        if type(value) is str:
+            # mask_text, written out: this runs for every step and event of
+            # a masked session, and a call less per text is most of what
+            # masking costs beyond the masking function's own calls.
+            try:
+                masked = mask(value)
+            except Exception as exc:  # noqa: BLE001 - the user's function may raise anything
+                masked = masking_raised(exc)
+            fields[key] = masked if type(masked) is str else masking_returned(masked)
+        elif value is not None:
+            fields[key] = mask_value(mask, value)
 
 
 def mask_fields(mask: Mask, fields: dict[str, Any]) -> dict[str, Any]:
