@@ -85,16 +85,20 @@ class Step:
         """Finish the step, with any last fields and the error that ended it."""
         now = _time()
         if fields is None:
-            # The usual end (a decorated call returning or raising).
-            fields = {"session_id": self.session_id, "ended_at": now, "is_finished": True}
+            # The usual end (a decorated call returning or raising), merged
+            # into the record that opened the step if that is still possible.
+            fields = {"ended_at": now, "is_finished": True}
             if error is not None:
                 fields["error"] = error
                 if self.binding.mask is not None:
                     _mask(self.binding.mask, fields, ("error",))
-            record, self.record = self.record, None
-            if record is None or not self.binding.pipeline.amend_last(record, fields, now,
-                                                                      self.forks):
-                self.binding.pipeline.put(("step", self.step_id, now, fields))
+            record = self.record
+            if record is not None:
+                self.record = None
+                if self.binding.pipeline.amend_last(record, fields, now, self.forks):
+                    return
+            fields["session_id"] = self.session_id
+            self.binding.pipeline.put(("step", self.step_id, now, fields))
             return
         fields["session_id"] = self.session_id
         fields["ended_at"] = now
@@ -131,7 +135,8 @@ def open_step(binding: Binding, fields: dict[str, Any], parent: Any = CURRENT,
     step_id = f"{ids.prefix}{next(ids.counter):x}"
     now = _time()
     fields["session_id"] = session_id
-    fields["parent_step_id"] = parent.step_id if parent is not None else None
+    if parent is not None:  # (a step with no parent leaves it out: one value less to bind)
+        fields["parent_step_id"] = parent.step_id
     fields["started_at"] = now
     if binding.mask is not None:
         _mask(binding.mask, fields, maskable)
@@ -211,7 +216,10 @@ def _queue_event(binding: Binding, step_id: str | None, event_id: str | None,
         ids = binding.state.ids
         event_id = f"{ids.prefix}{next(ids.counter):x}"
     fields["session_id"] = session_id
-    fields["step_id"] = step_id
+    if step_id is not None:
+        fields["step_id"] = step_id
+    elif "step_id" in fields:
+        del fields["step_id"]  # the event's step is the one given or current, never a field
     fields["is_finished"] = True
     if binding.mask is not None:
         _mask(binding.mask, fields, maskable)

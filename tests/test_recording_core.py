@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import threading
 from pathlib import Path
 
@@ -228,3 +229,16 @@ def test_the_store_takes_more_rows_than_one_statement_holds(tmp_path: Path):
     store.write(records)
     assert store.count("events") == 1000
     assert store.get_event("e999")["description"] == "d999"
+
+
+def test_a_plugins_event_cannot_name_its_writer_or_step(store):
+    # Lucidic stamps who wrote an event and which step it belongs to; a
+    # session with no agent and no current step records neither.
+    sid = lai.init(session_name="stamped")
+    plugins.record_event("tool", description="d", writer_agent="someone",
+                         writer_host="elsewhere", writer_pid=1, step_id="not-a-step")
+    assert lai.flush()
+    (event,) = store.session_tree(sid)["events"]
+    assert (event["writer_agent"], event["writer_host"], event["writer_pid"],
+            event["step_id"]) == (None, socket.gethostname(), os.getpid(), None)
+
