@@ -242,3 +242,18 @@ def test_a_plugins_event_cannot_name_its_writer_or_step(store):
     assert (event["writer_agent"], event["writer_host"], event["writer_pid"],
             event["step_id"]) == (None, socket.gethostname(), os.getpid(), None)
 
+
+def test_a_new_store_file_gets_16_kib_pages_and_an_existing_one_keeps_its_own(tmp_path):
+    import sqlite3
+
+    new = ReadableStore(tmp_path / "new.db")
+    assert new.query("PRAGMA page_size") == [{"page_size": 16384}]
+    with sqlite3.connect(tmp_path / "old.db") as old_file:
+        old_file.execute("PRAGMA page_size=4096")
+        old_file.execute("CREATE TABLE made_before (x)")
+    old = ReadableStore(tmp_path / "old.db")
+    assert old.query("PRAGMA page_size") == [{"page_size": 4096}]
+    old.write([("step", "s", 1.0, {"session_id": "x", "action": "a"})])
+    assert old.get_step("s")["action"] == "a"
+    new.close()
+    old.close()
