@@ -355,11 +355,13 @@ def _upsert_sql(table: str, guard: str, columns: Sequence[str], placeholder: str
 #
 # The write path's Python, per record, is the store's largest cost after
 # SQLite's own: it is kept to what cannot be done in C. Each record is turned
-# into a row by a plan made once per (kind, the fields it carries), and the
-# values are checked a whole group of rows at a time (one join, one sum, one
-# min and max per group, in C); only a group with something to clean (NUL, a
-# lone surrogate, a non-finite float, an int beyond 64 bits, a value of
-# another type than its column's) is converted value by value.
+# into a row by a plan made once per (kind, the fields it carries); a group's
+# rows are one flat list, whose columns are slices (``rows[i::width]``), so
+# that values are checked a whole column at a time (one join, one sum, one
+# min and max per group, in C) and statements take their parameters as
+# slices; only a group with something to clean (NUL, a lone surrogate, a
+# non-finite float, an int beyond 64 bits, a value of another type than its
+# column's) is converted value by value.
 
 
 
@@ -392,30 +394,30 @@ def _scalar_param(value: Any) -> Any:
     return value
 
 
-def _getter(positions: Sequence[Any]) -> Callable[[Any], tuple[Any, ...]] | None:
-    """A getter of ``positions`` (indexes or keys), always returning a tuple
-    (itemgetter, in C, unless there is only one)."""
-    if not positions:
-        return None
-    if len(positions) == 1:
-        only = positions[0]
-        return lambda row: (row[only],)
-    return itemgetter(*positions)
+def _getter(keys: Sequence[str]) -> Callable[[Any], tuple[Any, ...]]:
+    """A getter of ``keys``, always returning a tuple (itemgetter, in C,
+    unless there is only one)."""
+    if len(keys) == 1:
+        only = keys[0]
+        return lambda fields: (fields[only],)
+    return itemgetter(*keys) if keys else lambda fields: ()
 
 
 class _Plan:
     """How the records of one kind that carry one set of fields become rows
-    ``[id, value..., ts]``: which fields are columns (the others are
+    ``id, value..., ts``: which fields are columns (the others are
     dropped), where the guard column sits, and which positions hold JSON,
     flags, text, reals and ints."""
 
-    __slots__ = ("bools", "columns", "exact", "guard_at", "jsons", "numbers", "pick", "texts")
+    __slots__ = ("bools", "columns", "exact", "guard_at", "jsons", "numbers", "pick", "texts",
+                 "width")
 
     def __init__(self, kind: str, keys: tuple[str, ...]) -> None:
         known = _KIND_COLUMNS[kind]
         self.columns = tuple(key for key in keys if key in known)
+        self.width = len(self.columns) + 2
         #: The record's values in column order, as a tuple (in C).
-        self.pick = _getter(self.columns) or (lambda fields: ())
+        self.pick = _getter(self.columns)
         #: The record carries nothing but columns: another record of as many
         #: fields from which ``pick`` finds every column carries the same ones.
         self.exact = self.columns == keys
@@ -425,8 +427,8 @@ class _Plan:
         kinds = {column: _column_kind(column) for column in self.columns}
         self.jsons = tuple(at[c] for c in self.columns if kinds[c] == "json")
         self.bools = tuple(at[c] for c in self.columns if kinds[c] == "bool")
-        self.texts = _getter([at[c] for c in self.columns if kinds[c] == "text"])
-        self.numbers = _getter([at[c] for c in self.columns if kinds[c] in ("real", "int")])
+        self.texts = tuple(at[c] for c in self.columns if kinds[c] == "text")
+        self.numbers = tuple(at[c] for c in self.columns if kinds[c] in ("real", "int"))
 
     def scalar_positions(self) -> list[int]:
         return [i + 1 for i, c in enumerate(self.columns) if _column_kind(c) not in
@@ -471,13 +473,15 @@ def _values_clean(plan: _Plan, rows: list[Any]) -> bool:
     bits (a float beyond is rare enough to take the slow way), each of its
     column's kind (or None). Checked in C, a whole group at once; False sends
     the group through _scalar_param value by value."""
+    width = plan.width
     try:
-        if plan.texts is not None:
-            text = "".join(filter(None, chain.from_iterable(map(plan.texts, rows))))
+        if plan.texts:
+            text = "".join(filter(None, chain.from_iterable(rows[i::width] for i in plan.texts)))
             if "\x00" in text or not (text.isascii() or encodable(text)):
                 return False
-        if plan.numbers is not None:
-            numbers = list(filter(None, chain.from_iterable(map(plan.numbers, rows))))
+        if plan.numbers:
+            numbers = list(filter(None, chain.from_iterable(rows[i::width]
+                                                            for i in plan.numbers)))
             if numbers and (not math.isfinite(sum(numbers)) or min(numbers) < INT_MIN
                             or max(numbers) > INT_MAX):
                 return False
@@ -486,42 +490,43 @@ def _values_clean(plan: _Plan, rows: list[Any]) -> bool:
     return True
 
 
-def _finish_group(plan: _Plan, rows: list[Any], keyed: bool) -> None:
+def _finish_group(plan: _Plan, rows: list[Any]) -> None:
     """Make a group's rows bindable, in place: JSON documents as text, flags
     as 0/1, the rest checked a group at a time and cleaned value by value
     only where needed."""
+    width = plan.width
     for i in plan.jsons:
-        for row in rows:
-            value = row[i]
-            if value is not None:
-                row[i] = _json_param(value)
+        rows[i::width] = [None if value is None else _json_param(value)
+                          for value in rows[i::width]]
     for i in plan.bools:
         # As ints: SQLite's driver binds a bool several times slower than an int.
-        for row in rows:
-            value = row[i]
-            if value is not None:
-                row[i] = 1 if value else 0
+        rows[i::width] = [None if value is None else 1 if value else 0
+                          for value in rows[i::width]]
     if not _values_clean(plan, rows):
-        positions = plan.scalar_positions()
-        for row in rows:
-            for i in positions:
-                row[i] = _scalar_param(row[i])
+        for i in plan.scalar_positions():
+            rows[i::width] = list(map(_scalar_param, rows[i::width]))
 
 
-def _same_texts(rows: list[Any]) -> tuple[int, ...]:
+def _same_texts(rows: list[Any], width: int) -> tuple[int, ...]:
     """The positions of the texts that every row of a group has alike (not
     the id); none for a group of one row."""
-    first = rows[0]
-    if len(rows) < 2:
+    count = len(rows) // width
+    if count < 2:
         return ()
-    return tuple(i for i in range(1, len(first) - 1) if type(first[i]) is str
-                 and [row[i] for row in rows].count(first[i]) == len(rows))
+    return tuple(i for i in range(1, width - 1) if type(rows[i]) is str
+                 and rows[i::width].count(rows[i]) == count)
 
 
-#: Rows grouped by (kind, the columns they carry), in arrival order. A row is
-#: a list (id, values in column order, ts), or the same keyed by column name
-#: (``id`` ... ``updated_at``) when grouped for JSON.
+#: Rows grouped by (kind, the columns they carry), in arrival order: one flat
+#: list of every row's values in turn (id, values in column order, ts; the
+#: group's width is its number of columns and two), of which a column is a
+#: slice (``rows[i::width]``) and a statement's rows another; or, grouped
+#: for JSON, a list of rows keyed by column name (``id`` ... ``updated_at``).
 RowGroups = dict[tuple[str, tuple[str, ...]], list[Any]]
+
+
+def _width(shape: tuple[str, tuple[str, ...]]) -> int:
+    return len(shape[1]) + 2
 
 
 def _check_records(records: Sequence[Record],
@@ -593,11 +598,11 @@ def _coalesce(records: list[Record], mergeable: set[tuple[str, str]]) -> list[Re
 
 def _group_rows(records: list[Record], project: str | None = None, *,
                 keyed: bool = False, mergeable: set[tuple[str, str]] | None = None) -> RowGroups:
-    """Turn records into parameter rows, grouped by shape. ``project``, when
-    given, overrides the project of session records (the server stamps the
-    key's project). Unknown fields are left out; a None stands for a field
-    the record does not carry. ``keyed`` makes each row a dict keyed by
-    column (for JSON) rather than a list."""
+    """Turn records into parameter rows, grouped by shape (see RowGroups).
+    ``project``, when given, overrides the project of session records (the
+    server stamps the key's project). Unknown fields are left out; a None
+    stands for a field the record does not carry. ``keyed`` makes each row a
+    dict keyed by column (for JSON)."""
     groups: RowGroups = {}
     plans: dict[tuple[str, tuple[str, ...]], _Plan] = {}
     plan: _Plan | None = None
@@ -622,18 +627,23 @@ def _group_rows(records: list[Record], project: str | None = None, *,
             plans[shape] = plan
             last_kind, width = (kind, len(fields)) if plan.exact else ("", -1)
             values = plan.pick(fields)
-        row = [rid, *values, ts]
-        if not plan.guard_at or row[plan.guard_at] is None:  # type: ignore[union-attr]
-            raise ValueError(f"{kind} record {rid!r} lacks {_GUARDS[kind]!r}")
-        group.append(row)
+        group.append(rid)
+        group.extend(values)
+        group.append(ts)
     finished: RowGroups = {}
     for shape, rows in groups.items():
         plan = plans[shape]
-        _finish_group(plan, rows, keyed)
+        guards = rows[plan.guard_at::plan.width] if plan.guard_at else [None]
+        if None in guards:
+            rid = rows[guards.index(None) * plan.width]
+            raise ValueError(f"{shape[0]} record {rid!r} lacks {_GUARDS[shape[0]]!r}")
+        _finish_group(plan, rows)
         columns = _drop_null_columns(plan.columns, rows)
         if keyed:
             names = ("id", *columns, "updated_at")
-            rows = [dict(zip(names, row, strict=True)) for row in rows]
+            width = len(names)
+            rows = [dict(zip(names, rows[at:at + width], strict=True))
+                    for at in range(0, len(rows), width)]
         bound = (shape[0], columns)
         if bound in finished:
             finished[bound].extend(rows)  # a shape with more columns, all of them None here
@@ -642,22 +652,28 @@ def _group_rows(records: list[Record], project: str | None = None, *,
     return finished
 
 
-def _drop_null_columns(columns: tuple[str, ...], rows: list[list[Any]]) -> tuple[str, ...]:
+def _drop_null_columns(columns: tuple[str, ...], rows: list[Any]) -> tuple[str, ...]:
     """Leave out of a group's rows, in place, the columns that are None in
     every row, and return the columns left. To the upsert a NULL means "leave
     the stored value alone", as a column left out does; but SQLite's driver
     binds a None several times slower than a value (it looks for an adapter
     first): a step's ``writer_agent``, None unless an agent is named, cost a
     tenth of its row's SQLite time."""
-    first = rows[0]
-    nulls = [i for i in range(len(first) - 2, 0, -1)  # the values (not id, ts), last first
-             if first[i] is None and [row[i] for row in rows].count(None) == len(rows)]
-    if not nulls:
-        return columns
-    for row in rows:
-        for i in nulls:
-            del row[i]
+    width = len(columns) + 2
+    count = len(rows) // width
+    nulls = [i for i in range(1, width - 1)  # the values (not id, ts)
+             if rows[i] is None and rows[i::width].count(None) == count]
+    _drop_columns(rows, width, nulls)
     return tuple(column for i, column in enumerate(columns, 1) if i not in nulls)
+
+
+def _drop_columns(rows: list[Any], width: int, positions: Sequence[int]) -> int:
+    """Delete the columns at ``positions`` (in increasing order) from a
+    group's rows, in place; returns the width left."""
+    for i in reversed(positions):  # the last first: those before it stay where they are
+        del rows[i::width]
+        width -= 1
+    return width
 
 
 def _waves(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -895,30 +911,28 @@ class Store:
         row has alike (the session, the function, the host) is bound once a
         statement, not once a row: SQLite copies each text bound. Returns how
         many rows the statements applied."""
-        shared = _same_texts(rows)
-        if shared:
-            first = rows[0]
-            shared_values = [first[i] for i in shared]
-            varying = itemgetter(*(i for i in range(len(first)) if i not in shared))
-        width = len(rows[0]) - len(shared)
+        width = _width(shape)
+        count = len(rows) // width
+        shared = _same_texts(rows, width)
+        shared_values = [rows[i] for i in shared]
+        varying = rows.copy()
+        varying_width = _drop_columns(varying, width, shared)
         size = _ROWS_PER_STATEMENT
-        while size > 1 and size * width + len(shared) > _MAX_PARAMETERS:
+        while size > 1 and size * varying_width + len(shared) > _MAX_PARAMETERS:
             size //= 2
         applied = start = 0
-        while start < len(rows):
-            while size > len(rows) - start:
+        while start < count:
+            while size > count - start:
                 size //= 2
-            end = start + (len(rows) - start) // size * size
+            end = start + (count - start) // size * size
             if size == 1:
-                params, sql = rows[start:end], self._upsert(shape)
-            elif shared:
-                params = [[*shared_values, *chain.from_iterable(map(varying, rows[i:i + size]))]
-                          for i in range(start, end, size)]
-                sql = self._upsert(shape, rows=size, shared=shared)
+                params = [rows[at:at + width] for at in range(start * width, end * width, width)]
+                sql = self._upsert(shape)
             else:
-                params = [list(chain.from_iterable(rows[i:i + size]))
-                          for i in range(start, end, size)]
-                sql = self._upsert(shape, rows=size)
+                step = size * varying_width
+                params = [shared_values + varying[at:at + step]
+                          for at in range(start * varying_width, end * varying_width, step)]
+                sql = self._upsert(shape, rows=size, shared=shared)
             cur.executemany(sql, params)
             applied += cur.rowcount
             start = end
@@ -954,10 +968,11 @@ class Store:
         for shape, rows in groups.items():
             if shape[0] not in kinds:
                 continue
-            expected += len(rows)
             if self.dialect != "postgresql":
+                expected += len(rows) // _width(shape)
                 applied += self._execute_rows(cur, shape, rows)
                 continue
+            expected += len(rows)
             for wave in _waves(rows):
                 document = _rows_json(wave)
                 if document is None:
@@ -1085,7 +1100,7 @@ class Store:
         with its id exists, in any project: False then. A repeated creation
         (same project and start time: a retried request) counts as done."""
         _check_records([record], project)
-        (shape, (row,)), = _group_rows([record], project).items()
+        (shape, row), = _group_rows([record], project).items()  # (one row)
         names = ("id", *shape[1], "updated_at")
         insert = (f"INSERT INTO sessions ({', '.join(names)}) VALUES "
                   f"({', '.join([self._ph] * len(names))}) ON CONFLICT (id) DO NOTHING")
