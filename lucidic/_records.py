@@ -256,9 +256,7 @@ def mask_texts(mask: Mask, fields: dict[str, Any], keys: Iterable[str]) -> None:
     """Mask, in place, the texts under ``keys`` (each of them a str: the
     caller knows these are the only fields that hold the user's text)."""
     for key in keys:
-        # mask_text, written out: this runs for every decorated step of a
-        # masked session, and a call of ours around each of the masking
-        # function's was most of what masking cost beyond its own calls.
+        # mask_text, written out: a call less for each text.
         try:
             masked = mask(fields[key])
         except Exception as exc:  # noqa: BLE001 - the user's function may raise anything
