@@ -657,8 +657,8 @@ def _drop_null_columns(columns: tuple[str, ...], rows: list[Any]) -> tuple[str, 
     every row, and return the columns left. To the upsert a NULL means "leave
     the stored value alone", as a column left out does; but SQLite's driver
     binds a None several times slower than a value (it looks for an adapter
-    first): a step's ``writer_agent``, None unless an agent is named, cost a
-    tenth of its row's SQLite time."""
+    first), and records from other writers than the SDK (the server's
+    clients, OTLP spans) name many fields they leave empty."""
     width = len(columns) + 2
     count = len(rows) // width
     nulls = [i for i in range(1, width - 1)  # the values (not id, ts)
@@ -915,8 +915,10 @@ class Store:
         count = len(rows) // width
         shared = _same_texts(rows, width)
         shared_values = [rows[i] for i in shared]
-        varying = rows.copy()
-        varying_width = _drop_columns(varying, width, shared)
+        varying, varying_width = rows, width  # the rows without the shared values
+        if shared:
+            varying = rows.copy()
+            varying_width = _drop_columns(varying, width, shared)
         size = _ROWS_PER_STATEMENT
         while size > 1 and size * varying_width + len(shared) > _MAX_PARAMETERS:
             size //= 2
