@@ -68,6 +68,7 @@ class Step:
 
     def __init__(self, binding: Binding, step_id: str, parent: Step | None = None,
                  record: Record | None = None, forks: int = 0) -> None:
+        # (open_step makes a decorated call's Step without calling this: the two alike)
         self.binding = binding
         self.session_id = binding.session_id
         self.step_id = step_id
@@ -159,9 +160,20 @@ def open_step(binding: Binding, fields: dict[str, Any], parent: Any = CURRENT,
     record = ("step", step_id, now, fields)
     pipeline = binding.pipeline
     pipeline.put(record)
+    if merge_end and kind is Step:
+        # Step(binding, step_id, parent, record, pipeline.forks), made here:
+        # on Python 3.11 a class call's own call of __init__ costs more than
+        # setting the six attributes (3% of a decorated step).
+        step = _new_object(Step)
+        step.binding, step.session_id, step.step_id = binding, session_id, step_id
+        step.parent, step.record, step.forks = parent, record, pipeline.forks
+        return step
     if merge_end:
         return kind(binding, step_id, parent, record, pipeline.forks)
     return kind(binding, step_id, parent)
+
+
+_new_object = object.__new__
 
 
 def current_step_of(binding: Binding) -> Step | None:
