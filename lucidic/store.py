@@ -409,8 +409,8 @@ class _Plan:
     dropped), where the guard column sits, and which positions hold JSON,
     flags, text, reals and ints."""
 
-    __slots__ = ("bools", "columns", "exact", "guard_at", "jsons", "numbers", "pick", "texts",
-                 "width")
+    __slots__ = ("bools", "columns", "exact", "guard_at", "ints", "jsons", "pick", "reals",
+                 "texts", "width")
 
     def __init__(self, kind: str, keys: tuple[str, ...]) -> None:
         known = _KIND_COLUMNS[kind]
@@ -428,7 +428,8 @@ class _Plan:
         self.jsons = tuple(at[c] for c in self.columns if kinds[c] == "json")
         self.bools = tuple(at[c] for c in self.columns if kinds[c] == "bool")
         self.texts = tuple(at[c] for c in self.columns if kinds[c] == "text")
-        self.numbers = tuple(at[c] for c in self.columns if kinds[c] in ("real", "int"))
+        self.reals = tuple(at[c] for c in self.columns if kinds[c] == "real")
+        self.ints = tuple(at[c] for c in self.columns if kinds[c] == "int")
 
     def scalar_positions(self) -> list[int]:
         return [i + 1 for i, c in enumerate(self.columns) if _column_kind(c) not in
@@ -479,9 +480,8 @@ def _values_clean(plan: _Plan, rows: list[Any]) -> bool:
             text = "".join(filter(None, chain.from_iterable(rows[i::width] for i in plan.texts)))
             if "\x00" in text or not (text.isascii() or encodable(text)):
                 return False
-        if plan.numbers:
-            numbers = list(filter(None, chain.from_iterable(rows[i::width]
-                                                            for i in plan.numbers)))
+        for positions in (plan.reals, plan.ints):  # apart: a float and an int compare slowly
+            numbers = list(filter(None, chain.from_iterable(rows[i::width] for i in positions)))
             if numbers and (not math.isfinite(sum(numbers)) or min(numbers) < INT_MIN
                             or max(numbers) > INT_MAX):
                 return False
