@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._context import Binding, EventRef, current_step, last_event
-from ._records import Mask, mask_fields, mask_texts, masking_raised, masking_returned, text_field
+from ._records import mask_fields, mask_text, masking_raised, masking_returned, text_field
 
 if TYPE_CHECKING:
     from .store import Record
@@ -37,22 +37,12 @@ _step_get = current_step.get
 CURRENT: Any = object()
 
 
-def put(binding: Binding, kind: str, record_id: str, fields: dict[str, Any], ts: float,
-        maskable: Iterable[str] | None = None) -> None:
-    """Mask a record's text and queue it. ``maskable`` names the only fields
-    that hold user text, each a str, when the caller knows (None: look at
-    every field)."""
+def put(binding: Binding, kind: str, record_id: str, fields: dict[str, Any], ts: float) -> None:
+    """Mask a record's text and queue it."""
     mask = binding.mask
     if mask is not None:
-        _mask(mask, fields, maskable)
-    binding.pipeline.put((kind, record_id, ts, fields))
-
-
-def _mask(mask: Mask, fields: dict[str, Any], maskable: Iterable[str] | None) -> None:
-    if maskable is None:
         mask_fields(mask, fields)
-    else:
-        mask_texts(mask, fields, maskable)
+    binding.pipeline.put((kind, record_id, ts, fields))
 
 
 # -- steps --------------------------------------------------------------------------
@@ -78,10 +68,10 @@ class Step:
         self.record = record
         self.forks = forks
 
-    def update(self, fields: dict[str, Any], maskable: Iterable[str] | None = None) -> None:
+    def update(self, fields: dict[str, Any]) -> None:
         """Amend the step (fields that are None leave what is stored alone)."""
         fields["session_id"] = self.session_id
-        put(self.binding, "step", self.step_id, fields, _time(), maskable)
+        put(self.binding, "step", self.step_id, fields, _time())
 
     def end(self, fields: dict[str, Any] | None = None, *, error: str | None = None) -> None:
         """Finish the step, with any last fields and the error that ended it."""
@@ -91,9 +81,8 @@ class Step:
             # into the record that opened the step if that is still possible.
             fields = {"ended_at": now, "is_finished": True}
             if error is not None:
-                fields["error"] = error
-                if self.binding.mask is not None:
-                    _mask(self.binding.mask, fields, ("error",))
+                mask = self.binding.mask
+                fields["error"] = error if mask is None else mask_text(mask, error)
             record = self.record
             if record is not None:
                 self.record = None
@@ -121,6 +110,8 @@ def open_step(binding: Binding, fields: dict[str, Any], parent: Any = CURRENT,
     the context's current step, if it is this session's): queue the record
     that creates it, stamped with its writer. Takes ownership of ``fields``.
     ``kind``: the class of step to make (the plugin API's StepHandle is one).
+    ``maskable``: the only fields that hold the user's text, each a str, when
+    the caller knows (a decorator's, made once); else every field is looked at.
 
     ``merge_end``: if the step ends before anything else is queued after its
     start, and before the worker takes it, its end is merged into this
@@ -147,9 +138,9 @@ def open_step(binding: Binding, fields: dict[str, Any], parent: Any = CURRENT,
         if maskable is None:
             mask_fields(mask, fields)
         else:
-            # _records.mask_texts, written out: every decorated step of a
-            # masked session runs it, and the call it saves was a fifth of
-            # what masking cost beyond the masking function's own calls.
+            # (mask_text, written out: every decorated step of a masked
+            # session runs this, and the calls it saves were half of what
+            # masking cost beyond the masking function's own calls)
             for key in maskable:
                 try:
                     masked = mask(fields[key])
@@ -201,8 +192,7 @@ class Event:
         self.started = _perf()
         self.done = False
 
-    def end(self, fields: dict[str, Any], *, event_id: str | None = None,
-            maskable: Iterable[str] | None = None) -> str:
+    def end(self, fields: dict[str, Any], *, event_id: str | None = None) -> str:
         """Record the event (once: later calls only return its id). Its start,
         end and duration are those of this object's life (fields already
         holding them win)."""
@@ -213,8 +203,7 @@ class Event:
         fields.setdefault("started_at", self.started_at)
         fields.setdefault("ended_at", self.started_at + elapsed)
         fields.setdefault("duration", elapsed)
-        self.event_id = _queue_event(self.binding, self.step_id, event_id, fields, _time(),
-                                     maskable)
+        self.event_id = _queue_event(self.binding, self.step_id, event_id, fields, _time())
         return self.event_id
 
 
@@ -225,7 +214,7 @@ def record_event(binding: Binding, fields: dict[str, Any], *, step_id: Any = CUR
     fields.setdefault("started_at", now)
     fields.setdefault("ended_at", now)
     return _queue_event(binding, _step_of(binding) if step_id is CURRENT else step_id,
-                        event_id, fields, now, None)
+                        event_id, fields, now)
 
 
 def _step_of(binding: Binding) -> str | None:
@@ -234,7 +223,7 @@ def _step_of(binding: Binding) -> str | None:
 
 
 def _queue_event(binding: Binding, step_id: str | None, event_id: str | None,
-                 fields: dict[str, Any], ts: float, maskable: Iterable[str] | None) -> str:
+                 fields: dict[str, Any], ts: float) -> str:
     """The one place an event's record is built and queued: its id (the
     session's prefix and a counter), session and step, masking, writer; and
     it becomes the context's last event (update_event's default)."""
@@ -249,7 +238,7 @@ def _queue_event(binding: Binding, step_id: str | None, event_id: str | None,
         del fields["step_id"]  # the event's step is the one given or current, never a field
     fields["is_finished"] = True
     if binding.mask is not None:
-        _mask(binding.mask, fields, maskable)
+        mask_fields(binding.mask, fields)
     fields.update(binding.writer)  # the record that creates a row names its writer
     binding.pipeline.put(("event", event_id, ts, fields))
     last_event.set(_new_ref(EventRef, (session_id, event_id)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._internal import log_rate_limited
@@ -250,18 +250,6 @@ UNMASKED_FIELDS = frozenset({
     "session_id", "step_id", "parent_step_id", "project", "type", "is_finished",
     "is_successful", "started_at", "ended_at",
 })
-
-
-def mask_texts(mask: Mask, fields: dict[str, Any], keys: Iterable[str]) -> None:
-    """Mask, in place, the texts under ``keys`` (each of them a str: the
-    caller knows these are the only fields that hold the user's text)."""
-    for key in keys:
-        # mask_text, written out: a call less for each text.
-        try:
-            masked = mask(fields[key])
-        except Exception as exc:  # noqa: BLE001 - the user's function may raise anything
-            masked = masking_raised(exc)
-        fields[key] = masked if type(masked) is str else masking_returned(masked)
 
 
 def mask_fields(mask: Mask, fields: dict[str, Any]) -> dict[str, Any]:
