@@ -6,6 +6,8 @@ server or its dependencies. The sink runs in the pipeline's worker thread:
 whatever it raises as ``SinkError`` makes the pipeline spool the batch and
 retry it after ``retry_after`` (the server's ``Retry-After``) or its own
 backoff. Batches are idempotent on the server, so a retry never duplicates.
+Within one request, urllib3's ``Retry`` (configured in ``_Retries``) asks
+again only when the server said to come back soon; see there.
 
 It never sends what the server would refuse for its size (``lucidic.limits``):
 batches are split, and a record too large alone has its longest texts cut. A
@@ -20,16 +22,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import threading
-import time
 import weakref
 from collections.abc import Sequence
-from email.utils import parsedate_to_datetime
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import InvalidHeader, MaxRetryError, ResponseError
+from urllib3.util.retry import Retry
 
 from . import _config, _continuation
 from ._internal import log_rate_limited, log_visible
@@ -39,40 +42,90 @@ from .errors import APIKeyVerificationError, InvalidOperationError, ServerUnavai
 from .limits import MAX_BATCH_RECORDS, MAX_RECORD_BYTES, MAX_REQUEST_BYTES
 from .store import Record, clean_json
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+    from urllib3.connectionpool import ConnectionPool
+    from urllib3.response import BaseHTTPResponse
+
 __all__ = ["HttpReader", "HttpSink"]
 
 #: (connect, read) timeouts for one request, in seconds.
 TIMEOUT = (3.05, 15.0)
-#: Retry-After delays up to this long are waited out inside write(); longer
-#: ones are handed to the pipeline, which spools meanwhile.
+#: Retry-After delays up to this long are waited out inside one request;
+#: longer ones are handed to the pipeline, which spools meanwhile.
 _INLINE_RETRY_LIMIT = 1.0
-_ATTEMPTS = 3
 #: Answers that refuse how a request was made, never what a record holds:
 #: retried like an outage rather than blamed on the records.
 _NOT_THE_RECORDS = (401, 403, 405, 408, 415, 429)
 
 
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError):
+class _Retries(Retry):
+    """urllib3's retries, told what a request may wait for in its caller's
+    thread (the pipeline's worker, or a user's continue_session()).
+
+    Asked again, at most twice: an answer that says nothing was done and to
+    come back (429, 503), after its Retry-After when that is at most
+    _INLINE_RETRY_LIMIT, or else after a short backoff. An answer asking for a
+    longer wait comes back at once, unwaited for: the sink hands its
+    Retry-After to the pipeline (``SinkError.retry_after``), which spools and
+    waits instead of the worker thread. Never asked again: a server that
+    cannot be reached, breaks the connection or is too slow to answer. The
+    pipeline spools the batch at once and sends it again later, and the calls
+    bounded by LUCIDIC_CONNECT_TIMEOUT keep to it."""
+
+    # Not urllib3's default, which also retries a 413 that names a Retry-After.
+    RETRY_AFTER_STATUS_CODES = frozenset({429, 503})
+
+    def get_retry_after(self, response: BaseHTTPResponse | requests.Response) -> float | None:
+        """The one reading of an answer's Retry-After, in seconds (RFC 9110:
+        whole seconds or an HTTP date): None when it names no wait, or names
+        it in another form, which is logged, and whoever retries backs off on
+        its own instead of failing on the header."""
+        value = response.headers.get("Retry-After")
+        if not value:
             return None
-    return max(0.0, seconds) if math.isfinite(seconds) else None
+        try:
+            return self.parse_retry_after(value)
+        except InvalidHeader:
+            log_rate_limited("bad_retry_after", "lucidic: the server asked to retry after "
+                             "%r, which is neither whole seconds nor an HTTP date; backing "
+                             "off on our own instead", value)
+            return None
+
+    def increment(self, method: str | None = None, url: str | None = None,
+                  response: BaseHTTPResponse | None = None, error: Exception | None = None,
+                  _pool: ConnectionPool | None = None,
+                  _stacktrace: TracebackType | None = None) -> Self:
+        if response is not None and (self.get_retry_after(response) or 0) > _INLINE_RETRY_LIMIT:
+            # Retries "exhausted": with raise_on_status=False, urllib3 returns
+            # this answer to the caller without sleeping.
+            raise MaxRetryError(_pool, url or "", ResponseError(  # type: ignore[arg-type]
+                f"the server asked to retry after more than {_INLINE_RETRY_LIMIT:g}s"))
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
+_RETRIES = _Retries(
+    total=2,            # three attempts at most
+    connect=0,          # refused or timed out: the pipeline's to wait for, not ours
+    read=False,         # broken or too slow once sent: raised as is (requests' own default)
+    other=0,
+    status_forcelist=(429, 503),
+    # Both methods the client uses. POST too: POST /api/v1/records is
+    # idempotent (a batch replayed duplicates nothing), and a 429 or 503 means
+    # nothing was written ("nothing was written, retry later" is the server's
+    # 503), so creating a session under a chosen id cannot find the id taken
+    # by its own first attempt.
+    allowed_methods=frozenset({"GET", "POST"}),
+    backoff_factor=0.1,  # with no usable Retry-After: again at once, then after 0.2 s
+    respect_retry_after_header=True,
+    raise_on_status=False,  # the last answer goes back to the caller, who reads it
+)
 
 
 def _detail(response: requests.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return f"HTTP {response.status_code}"
-    if isinstance(body, dict) and isinstance(body.get("detail"), str):
-        return f"HTTP {response.status_code}: {body['detail']}"
+    detail = _problem_field(response, "detail")
+    if isinstance(detail, str):
+        return f"HTTP {response.status_code}: {detail}"
     return f"HTTP {response.status_code}"
 
 
@@ -83,6 +136,7 @@ def _is_problem(response: requests.Response) -> bool:
 
 
 def _problem_field(response: requests.Response, name: str) -> Any:
+    """A field of the answer's JSON body; None if it has no such field."""
     try:
         body = response.json()
     except ValueError:
@@ -96,12 +150,9 @@ def _session_of(record: Record) -> Any:
 
 def _problem_text(response: requests.Response) -> str:
     """The server's own words for a refusal (its ``detail``)."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and isinstance(body.get("detail"), str):
-        return str(body["detail"])
+    detail = _problem_field(response, "detail")
+    if isinstance(detail, str):
+        return detail
     return f"the lucidic server refused the request (HTTP {response.status_code})"
 
 
@@ -144,7 +195,7 @@ class _Client:
         session: requests.Session | None = getattr(self._local, "session", None)
         if session is None:
             session = requests.Session()
-            adapter = requests.adapters.HTTPAdapter(pool_connections=1, pool_maxsize=2)
+            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=2, max_retries=_RETRIES)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             session.headers["User-Agent"] = "lucidic-python"
@@ -155,28 +206,14 @@ class _Client:
         return session
 
     def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        """One request, retried briefly when the connection fails (a pooled
-        connection the server closed, a server restarting) or the server asks
-        for a short wait. Raises SinkError when the server cannot be reached."""
+        """One request, asked again as ``_Retries`` says. Raises SinkError
+        when the server cannot be reached or does not answer in time."""
         kwargs.setdefault("timeout", TIMEOUT)
-        url = self.base_url + path
-        for attempt in range(_ATTEMPTS):
-            last = attempt == _ATTEMPTS - 1
-            try:
-                response = self.session().request(method, url, **kwargs)
-            except requests.RequestException as exc:
-                if last or isinstance(exc, requests.Timeout):
-                    raise SinkError(f"cannot reach the lucidic server at {self.base_url} "
-                                    f"({type(exc).__name__})", unreachable=True) from exc
-                time.sleep(0.05 * 4 ** attempt)
-                continue
-            if response.status_code in (429, 503) and not last:
-                delay = _retry_after(response)
-                if delay is not None and delay <= _INLINE_RETRY_LIMIT:
-                    time.sleep(delay)
-                    continue
-            return response
-        raise AssertionError("unreachable")  # pragma: no cover
+        try:
+            return self.session().request(method, self.base_url + path, **kwargs)
+        except requests.RequestException as exc:
+            raise SinkError(f"cannot reach the lucidic server at {self.base_url} "
+                            f"({type(exc).__name__})", unreachable=True) from exc
 
     def reset_after_fork(self) -> None:
         # Connections must not be shared with the parent: start afresh, and
@@ -276,7 +313,7 @@ class HttpSink(Sink):
         if response.status_code == 404:
             return None
         raise SinkError(f"the lucidic server could not look up session {session_id!r}: "
-                        f"{_detail(response)}", retry_after=_retry_after(response))
+                        f"{_detail(response)}", retry_after=_RETRIES.get_retry_after(response))
 
     # -- called by the worker ---------------------------------------------------------
 
@@ -364,13 +401,13 @@ class HttpSink(Sink):
                             refused_key_message(self.base_url, response))
             raise SinkError(f"the lucidic server refused the API key ({_detail(response)}); "
                             "records are spooled until a valid key is used",
-                            retry_after=_retry_after(response) or 30.0)
+                            retry_after=_RETRIES.get_retry_after(response) or 30.0)
         if 400 <= status < 500 and status not in _NOT_THE_RECORDS:
             raise SinkError(f"{self.base_url} answered {_detail(response)} without saying "
                             "why: is LUCIDIC_BASE_URL a lucidic server? Records are spooled "
                             "until it takes them", retry_after=30.0)
         raise SinkError(f"the lucidic server did not take the batch ({_detail(response)})",
-                        retry_after=_retry_after(response))
+                        retry_after=_RETRIES.get_retry_after(response))
 
     def _unknown_sessions(self, records: Sequence[Record], response: requests.Response,
                           later: list[Record], refused: list[tuple[Record, str]]) -> None:

@@ -9,7 +9,9 @@ sink, spools a batch the sink did not take, backs off (honouring the sink's
 
 The spill thread bounds what a SIGKILL can lose. Every ``SPILL_TICK`` it
 looks at the queue: once a record there has waited ``SPILL_AFTER`` (the worker
-is behind, or the sink is down), it writes everything queued to the spool.
+is behind), it writes everything queued to the spool; while the worker cannot
+deliver (the sink is failing, or has held its batch that long), it writes
+what is queued at every tick.
 A batch the worker has held that long (the sink is slow or hung) it copies
 to a segment of its own, removed again if the batch is delivered. So a record
 leaves the
@@ -46,9 +48,9 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from itertools import islice
+from itertools import islice, repeat, starmap
 from pathlib import Path
 from typing import Any
 
@@ -71,14 +73,24 @@ LOSS_WINDOW = 2 * (SPILL_AFTER + SPILL_TICK)
 _LATER_RETRY = 5.0
 #: ...and set aside as refused once it has not known it for this long.
 LATER_GRACE = 600.0
-#: A spill is written in pieces of this many records.
-_SPILL_PIECE = 4096
+#: While the spool cannot be written, the spill thread tries again this often.
+_SPOOL_RETRY = 1.0
+#: A spill is written in pieces of this many records: each piece is one
+#: write(), and each write() hands the interpreter to a busy user thread for
+#: a switch interval (5 ms) before the spill can go on.
+SPILL_PIECE = 16384
 
 #: Test hook: the spill thread calls it after writing each piece of a spill,
 #: with (records written so far, records in the spill), before the spilled
 #: records leave the queue. Lets a test stop a spill midway.
 spill_checkpoint: Callable[[int, int], None] | None = None
 
+
+#: Runs an iterator to its end in C, keeping nothing.
+_consume: Callable[[Iterable[Any]], None] = deque(maxlen=0).extend
+
+#: Why a record is set aside when no encoder can write it.
+_UNENCODABLE = "it cannot be written as JSON"
 
 #: What became of a batch the worker took.
 _DELIVERED, _SPOOLED, _KEPT_NOWHERE = object(), object(), object()
@@ -160,6 +172,7 @@ class Pipeline:
         self._durable_unsent = 0
         self._dropping = False
         self._spool_failing = False
+        self._spool_retry_at = 0.0  # while it fails, the spill thread tries again from then
         self._losses_reported = 0
         self._waiting: list[_FlushRequest] = []
 
@@ -200,7 +213,7 @@ class Pipeline:
     def _put_durable(self, record: Record) -> None:
         try:
             if not self.spool.append_one(record):
-                self._reject([(record, "it cannot be written as JSON")])
+                self._reject_unencodable([record])
                 return
         except OSError as exc:
             # The spool cannot take it: keep it in memory rather than lose it.
@@ -354,7 +367,7 @@ class Pipeline:
                 self.stats.dropped += len(pending)
             self._spool_unwritable(exc)
             return
-        self.stats.spooled += len(pending)
+        self._count_spooled(len(pending))
         log_rate_limited("exit_spooled", "lucidic: the sink did not take %d records in "
                          "time; they were spooled to %s and will be delivered by the "
                          "next process", len(pending), self.spool.directory)
@@ -376,7 +389,22 @@ class Pipeline:
                 record_internal_error("spill", exc)
 
     def _spill_tick(self) -> None:
+        if self._dropping:
+            warn_once("records_dropped", "lucidic: records are being dropped: %d are held in "
+                      "memory and neither the sink nor the spool at %s takes more; the "
+                      "oldest are kept, newer ones dropped (the pipeline's stats.dropped "
+                      "counts them)", 2 * self._max_queue, self.spool.directory)
+        if self._spool_failing and time.monotonic() < self._spool_retry_at:
+            # The disk refused the last write (it is full): encoding the
+            # whole queue every tick only to be refused again would burn a core.
+            return
+        # The queue first: it holds the most, and is appended to the open
+        # segment, while a copy of the worker's batch makes a file of its own
+        # (a disk slow to create files delays only that batch).
+        self._spill_queue()
         self._spill_inflight()
+
+    def _spill_queue(self) -> None:
         with self._take_lock:
             queued = len(self._queue)
             marks = self._marks
@@ -385,14 +413,21 @@ class Pipeline:
             # goes to disk, not only those, or the backlog would stay in
             # memory tick after tick.
             waited = marks[0] - self._taken if len(marks) == marks.maxlen else 0
-            if queued and (waited > 0 or queued >= self._max_queue):
+            if queued and (waited > 0 or queued >= self._max_queue or self._worker_stuck()):
                 self._spill_front(queued)
             marks.append(self._taken + len(self._queue))
-        if self._dropping:
-            warn_once("records_dropped", "lucidic: records are being dropped: %d are held in "
-                      "memory and neither the sink nor the spool at %s takes more; the "
-                      "oldest are kept, newer ones dropped (the pipeline's stats.dropped "
-                      "counts them)", 2 * self._max_queue, self.spool.directory)
+
+    def _worker_stuck(self) -> bool:
+        """The worker will not take the queue soon: the sink is failing (the
+        worker would only spool it), or it has held a batch for SPILL_AFTER
+        (the sink is slow or hung). Then the spill thread writes whatever is
+        queued at every tick rather than waiting for records to age: small
+        spills, each done in a tick, keep the window a SIGKILL can lose short
+        even when a tight loop leaves the spill little of the interpreter."""
+        if not self._healthy:
+            return True
+        return (self._inflight is not None
+                and time.monotonic() - self._inflight_since >= SPILL_AFTER)
 
     def _spill_inflight(self) -> None:
         """The worker has held a batch for SPILL_AFTER (the sink is slow or
@@ -417,8 +452,8 @@ class Pipeline:
             if copy is not None:
                 self._inflight_copy = (batch, copy)
         if unencodable:
-            self._reject([(r, "it cannot be written as JSON") for r in unencodable])
-        self.stats.spooled += len(batch)
+            self._reject_unencodable(unencodable)
+        self._count_spooled(len(batch))
         self._spool_dirty = True
         self._spool_writable()
 
@@ -432,8 +467,8 @@ class Pipeline:
         with self._inflight_lock:
             copy = self._copy_of(batch)
             self._inflight = self._inflight_copy = None
-        if delivered and copy is not None:
-            self.spool.discard(copy)
+        if copy is not None:
+            self.spool.release_aside(copy, delivered=delivered)
 
     def _spill_front(self, count: int) -> None:
         """Write the oldest ``count`` queued items to the spool, then take
@@ -441,21 +476,23 @@ class Pipeline:
         items = list(islice(self._queue, count))  # one C call: no append interleaves
         records = [i for i in items if not isinstance(i, _FlushRequest)]
         try:
-            for start in range(0, len(records), _SPILL_PIECE):
-                self._spool_write(records[start:start + _SPILL_PIECE])
+            piece = SPILL_PIECE
+            for start in range(0, len(records), piece):
+                self._spool_write(records[start:start + piece])
                 checkpoint = spill_checkpoint
                 if checkpoint is not None:
-                    checkpoint(min(start + _SPILL_PIECE, len(records)), len(records))
+                    checkpoint(min(start + piece, len(records)), len(records))
         except OSError as exc:
             self._spool_unwritable(exc)  # they stay queued
             return
-        for _ in range(count):
-            self._queue.popleft()
+        # Taken off in one C call: a Python loop would hand the interpreter
+        # back to a busy user thread many times over.
+        _consume(starmap(self._queue.popleft, repeat((), count)))
         self._taken += count
         # A flush waiting on what came before them: those are in the spool
         # now, and the worker settles it once the spool is delivered.
         self._passed.extend(i for i in items if isinstance(i, _FlushRequest))
-        self.stats.spooled += len(records)
+        self._count_spooled(len(records))
         self._spool_dirty = True
         self._spool_writable()
 
@@ -464,10 +501,11 @@ class Pipeline:
         encoder can write is set aside alone."""
         unencodable = self.spool.append(records)
         if unencodable:
-            self._reject([(r, "it cannot be written as JSON") for r in unencodable])
+            self._reject_unencodable(unencodable)
 
     def _spool_unwritable(self, exc: OSError) -> None:
         self._spool_failing = True
+        self._spool_retry_at = time.monotonic() + _SPOOL_RETRY
         warn_once("spool_unwritable", "lucidic: cannot write the spool at %s (%s); records "
                   "are held in memory until it can be written or the sink takes them "
                   "(beyond %d, newer records are dropped and counted)",
@@ -593,7 +631,7 @@ class Pipeline:
             # Written: the spill thread must not write a copy of it as well.
             self._inflight_spooled = self._inflight is batch
         self._spool_dirty = True
-        self.stats.spooled += len(batch)
+        self._count_spooled(len(batch))
         self._spool_writable()
         return _SPOOLED
 
@@ -610,7 +648,7 @@ class Pipeline:
                                    f"{self._later_grace:g} s") for r in refusal.later)
             else:
                 unencodable = self.spool.defer(refusal.later, first)
-                refused.extend((r, "it cannot be written as JSON") for r in unencodable)
+                refused.extend((r, _UNENCODABLE) for r in unencodable)
                 self._later_waiting = True
                 log_rate_limited("records_later", "lucidic: the sink does not know the "
                                  "session of %d record(s) yet; they wait in %s and are sent "
@@ -618,6 +656,14 @@ class Pipeline:
                                  self.spool.directory, level=logging.INFO)
         if refused:
             self._reject(refused)
+
+    def _reject_unencodable(self, records: Sequence[Record]) -> None:
+        self._reject([(r, _UNENCODABLE) for r in records])
+
+    def _count_spooled(self, count: int) -> None:
+        # The worker, the spill thread and an exiting thread all spool.
+        with self._stats_lock:
+            self.stats.spooled += count
 
     def _reject(self, entries: list[tuple[Record, str]]) -> None:
         try:

@@ -3,8 +3,10 @@
 A spool is a directory of segment files of JSON lines, each line one record
 or a batch of records (a list of them, encoded in one call). Each
 process appends to segments of its own, holding an exclusive ``flock`` on the
-one it writes; a segment nobody holds a lock on can be replayed by any
-process, so what a dead process left behind is delivered by the next one.
+one it writes (and on a copy of a batch its worker may still deliver); a
+segment nobody holds a lock on can be replayed by any process, so what a dead
+process left behind is delivered by the next one, even a segment it died
+writing.
 Replays may overlap with a delivery that already happened (the file is deleted
 only after every line was accepted), which is harmless: sinks apply records
 idempotently.
@@ -65,8 +67,12 @@ class Spool:
         # thread is inside append().
         self._lock = threading.RLock()
         self._fd: int | None = None
+        self._path = directory  # the open segment's, while _fd is set
         self._size = 0  # bytes of whole lines in the open segment
         self._own: set[Path] = set()
+        #: Segments written aside (write_aside), each held open and locked,
+        #: so no replayer takes them while the records may still be delivered.
+        self._aside: dict[Path, int] = {}
         self._tag = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._counter = 0
 
@@ -99,12 +105,13 @@ class Spool:
         with self._lock:
             fd = self._fd if self._fd is not None else self._open_segment()
             try:
-                written = os.write(fd, data)
-                if written < len(data):  # rare: a signal, or a disk filling up
-                    view = memoryview(data)[written:]
-                    while view:
-                        view = view[os.write(fd, view):]
+                _write_all(fd, data)
             except OSError:
+                if self._size == 0:
+                    # Nothing in it: no segment at all, rather than an empty
+                    # one that flush() would wait on to be replayed.
+                    self._drop_writer()
+                    raise
                 # A full disk may have taken part of it: cut it back to the
                 # last whole line, or the next write would glue onto it.
                 try:
@@ -121,13 +128,35 @@ class Spool:
         return self.directory / f"{prefix}{when_ns:020d}-{self._tag}-{self._counter}.jsonl"
 
     def _open_segment(self) -> int:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = self._new_name("", time.time_ns())
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._path, fd = self._create_locked()
         self._fd, self._size = fd, 0
-        self._own.add(path)
         return fd
+
+    def _drop_writer(self) -> None:
+        """Remove the open segment (still empty), then close it."""
+        self._path.unlink(missing_ok=True)
+        self._own.discard(self._path)
+        self._close_writer()
+
+    def _create_locked(self, prefix: str = "", when_ns: int | None = None) -> tuple[Path, int]:
+        """A new segment of this process, open and locked: made under a
+        temporary name, locked, then renamed, so that no replayer ever finds
+        it unlocked (and takes it, empty, from under its writer). Once its
+        writer dies, the lock is gone and anyone replays it."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self._new_name(prefix, time.time_ns() if when_ns is None else when_ns)
+        temporary = path.with_suffix(".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND
+                     | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.rename(temporary, path)
+        except OSError:
+            os.close(fd)
+            temporary.unlink(missing_ok=True)
+            raise
+        self._own.add(path)
+        return path, fd
 
     def _close_writer(self) -> None:
         if self._fd is not None:
@@ -135,45 +164,60 @@ class Spool:
             os.close(fd)  # releases the lock: the segment is now replayable
 
     def close(self) -> None:
+        """Release every segment this process holds: they can be replayed."""
         with self._lock:
             self._close_writer()
+            for path in list(self._aside):
+                self.release_aside(path, delivered=False)
 
     def defer(self, records: Sequence[Record], refused_since: float) -> list[Record]:
         """Put records aside in a later segment, replayed after everything
         else. Returns the unencodable records."""
-        return self._write_whole(records, _LATER_PREFIX, int(refused_since * 1e9))[1]
+        data, unencodable = _encode_batch(list(records))
+        if data:
+            with self._lock:
+                path, fd = self._create_locked(_LATER_PREFIX, int(refused_since * 1e9))
+                try:
+                    _write_all(fd, data)
+                except OSError:
+                    path.unlink(missing_ok=True)
+                    self._own.discard(path)
+                    raise
+                finally:
+                    os.close(fd)  # whole: a replay may take it
+        return unencodable
 
     def write_aside(self, records: Sequence[Record]) -> tuple[Path | None, list[Record]]:
-        """Write records to a segment of their own (replayed like any other),
-        which ``discard`` removes if they are delivered meanwhile. Returns
-        its path (None if nothing could be encoded) and the unencodable
-        records."""
-        return self._write_whole(records, "", time.time_ns())
-
-    def discard(self, path: Path) -> None:
-        with self._lock:
-            path.unlink(missing_ok=True)
-            self._own.discard(path)
-
-    def _write_whole(self, records: Sequence[Record], prefix: str,
-                     when_ns: int) -> tuple[Path | None, list[Record]]:
-        """A new segment holding records, written under a temporary name and
-        then renamed, so that no replayer ever sees part of it."""
+        """Write records to a segment of their own, held locked until
+        ``release_aside``: removed then if they were delivered meanwhile,
+        else left to be replayed like any other segment (and so if this
+        process dies first, even midway through the write). Returns its path
+        (None if nothing could be encoded) and the unencodable records."""
         data, unencodable = _encode_batch(list(records))
         if not data:
             return None, unencodable
         with self._lock:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            path = self._new_name(prefix, when_ns)
-            temporary = path.with_suffix(".tmp")
+            path, fd = self._create_locked()
             try:
-                _write_file(temporary, data)
-                os.replace(temporary, path)
+                _write_all(fd, data)
             except OSError:
-                temporary.unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
+                self._own.discard(path)
+                os.close(fd)
                 raise
-            self._own.add(path)
+            self._aside[path] = fd
         return path, unencodable
+
+    def release_aside(self, path: Path, *, delivered: bool) -> None:
+        """Let go of a segment written aside: removed if its records were
+        delivered, else unlocked, for a replay to deliver."""
+        with self._lock:
+            fd = self._aside.pop(path, None)
+            if delivered:
+                path.unlink(missing_ok=True)
+                self._own.discard(path)
+            if fd is not None:
+                os.close(fd)  # after the unlink: no replayer sees it unlocked
 
     def reject(self, entries: Sequence[tuple[Record, str]]) -> None:
         """Append records refused for good to the rejected file, each with
@@ -195,9 +239,7 @@ class Spool:
         fd = os.open(self.rejected_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
                      0o600)
         try:
-            view = memoryview(b"".join(lines))
-            while view:
-                view = view[os.write(fd, view):]
+            _write_all(fd, b"".join(lines))
         finally:
             os.close(fd)
 
@@ -282,23 +324,24 @@ class Spool:
         """Forget the parent's segments and write new ones. Closing our copy of
         the descriptor keeps the parent's lock: flock belongs to the shared
         open file, released only when the parent closes it too."""
-        if self._fd is not None:
-            os.close(self._fd)
+        for fd in [self._fd, *self._aside.values()]:
+            if fd is not None:
+                os.close(fd)
         self._fd = None
+        self._aside = {}
         self._own = set()
         self._tag = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._counter = 0
         self._lock = threading.RLock()
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
+def _write_all(fd: int, data: bytes) -> None:
+    """All of data, in one write() but when a signal or a filling disk cuts it short."""
+    written = os.write(fd, data)
+    if written < len(data):
+        view = memoryview(data)[written:]
         while view:
             view = view[os.write(fd, view):]
-    finally:
-        os.close(fd)
 
 
 def _refused_since(name: str) -> float | None:

@@ -171,6 +171,34 @@ class Child:
         return "".join(self._stderr)
 
 
+def recording_loop(session_name: str, chunk: int, pause: float = 0.0) -> str:
+    """A child's code: it prints its session id, then records events
+    "event 0", "event 1", ... for ever, printing after each ``chunk`` of them
+    how many it has recorded and when (and sleeping ``pause`` seconds)."""
+    return f"""
+import time
+import lucidic as lai
+sid = lai.init(session_name={session_name!r})
+print(sid, flush=True)
+i = 0
+while True:
+    for _ in range({chunk}):
+        lai.create_event(description=f"event {{i}}")
+        i += 1
+    print(i, time.time(), flush=True)  # every event before i has been recorded
+    if {pause}:
+        time.sleep({pause})
+"""
+
+
+def made_before(child: Child, moment: float) -> int:
+    """How many events a recording_loop child had recorded by then, by its own
+    account (a line a kill cut short says nothing)."""
+    words = [text.split() for _, text in child.lines[1:]]
+    return max((int(w[0]) for w in words if len(w) == 2 and float(w[1]) <= moment),
+               default=0)
+
+
 def events_of(db_url_or_path: str | Path, session_id: str) -> list[str]:
     """The descriptions of a session's events, as stored."""
     store = ReadableStore(db_url_or_path)

@@ -12,6 +12,7 @@ import pytest
 from faults import HangingSink, events, wait_until
 
 import lucidic as lai
+from helpers import run_python
 from lucidic._pipeline import Pipeline
 from lucidic._sinks import SinkError
 from lucidic._spool import Spool
@@ -128,6 +129,46 @@ def test_a_live_processs_segment_is_never_taken_by_another(tmp_path):
     assert Spool(tmp_path / "spool").replay(lambda batch, _: delivered.extend(batch), 100) \
         is True
     assert len(delivered) == 5
+
+
+def test_a_copy_of_the_workers_batch_is_held_from_replay_until_released(tmp_path):
+    spool_dir = tmp_path / "spool"
+    writer = Spool(spool_dir)
+    delivered: list[Record] = []
+
+    def replay() -> bool:
+        return Spool(spool_dir).replay(lambda batch, _: delivered.extend(batch), 100)
+
+    kept, _ = writer.write_aside(events(3, session="kept"))
+    gone, _ = writer.write_aside(events(2, session="gone"))
+    assert kept is not None and gone is not None
+    # Held: the batch may still be delivered by its worker.
+    assert replay() is False and delivered == []
+    writer.release_aside(gone, delivered=True)
+    assert not gone.exists()
+    writer.release_aside(kept, delivered=False)  # the sink failed: replay it
+    assert replay() is True
+    assert sorted(r[3]["session_id"] for r in delivered) == ["kept"] * 3
+    assert not list(spool_dir.iterdir())
+
+
+def test_a_copy_written_aside_by_a_process_that_died_is_replayed(tmp_path):
+    spool_dir = tmp_path / "spool"
+    code = f"""
+        import os, signal
+        from pathlib import Path
+        from lucidic._spool import Spool
+        from faults import events
+        Spool(Path({str(spool_dir)!r})).write_aside(events(4))
+        os.kill(os.getpid(), signal.SIGKILL)  # before the worker let go of it
+    """
+    result = run_python(code, home=tmp_path / "home", check=False,
+                        env={"PYTHONPATH": str(Path(__file__).parent)})
+    assert result.returncode == -9, result.stderr
+    assert [p.suffix for p in spool_dir.iterdir()] == [".jsonl"]
+    delivered: list[Record] = []
+    assert Spool(spool_dir).replay(lambda batch, _: delivered.extend(batch), 100) is True
+    assert sorted(r[1] for r in delivered) == ["e0", "e1", "e2", "e3"]
 
 
 def test_the_sdk_keeps_recording_while_the_sink_is_down_and_flush_delivers_later():

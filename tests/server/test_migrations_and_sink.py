@@ -1,12 +1,10 @@
-"""Schema migrations in place, and the HTTP sink's delivery rules."""
+"""Schema migrations in place, and the HTTP sink's delivery rules against a real
+server (what one request asks again: tests/test_http_retries.py)."""
 
 from __future__ import annotations
 
-import http.server
-import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +13,6 @@ from server_support import Api, ServerProcess, free_port, make_key
 
 import lucidic as lai
 from helpers import ReadableStore
-from lucidic._http import HttpSink
-from lucidic._sinks import SinkError
 from lucidic.store import MIGRATIONS, SCHEMA_VERSION
 
 
@@ -80,69 +76,6 @@ def test_a_version_1_database_upgrades_in_place_with_its_data_intact(
     assert old["steps"][0]["action"] == "plan"
     other = Api(server.url, make_key(db_url, "newcomers"))
     assert other.get("/api/v1/sessions/old-session").status_code == 404
-
-
-class _Stub(http.server.BaseHTTPRequestHandler):
-    """A backend that answers every request with a fixed status and headers."""
-
-    status = 429
-    headers_out: dict[str, str] = {}
-    hits: list[str] = []
-
-    def do_POST(self) -> None:  # noqa: N802 - the http.server API
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        type(self).hits.append(self.path)
-        self.send_response(self.status)
-        for name, value in self.headers_out.items():
-            self.send_header(name, value)
-        body = b'{"detail": "slow down"}'
-        self.send_header("Content-Type", "application/problem+json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def stub() -> Iterator[tuple[str, type[_Stub]]]:
-    handler = type("Handler", (_Stub,), {"hits": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", handler
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.mark.parametrize(("status", "retry_after", "expected"),
-                         [(429, "30", 30.0), (503, "120", 120.0), (503, None, None),
-                          (500, None, None)])
-def test_the_sink_hands_the_servers_retry_after_to_the_pipeline(
-        stub: tuple[str, type[_Stub]], status: int, retry_after: str | None,
-        expected: float | None) -> None:
-    url, handler = stub
-    handler.status = status
-    handler.headers_out = {"Retry-After": retry_after} if retry_after else {}
-    sink = HttpSink(url, "lk_test")
-    with pytest.raises(SinkError) as raised:
-        sink.write([("session", "s", 1.0, {"name": "x"})])
-    assert raised.value.retry_after == expected
-    assert "slow down" in str(raised.value) or status == 500
-    sink.close()
-
-
-def test_a_short_retry_after_is_waited_out_inside_one_write(
-        stub: tuple[str, type[_Stub]]) -> None:
-    url, handler = stub
-    handler.status, handler.headers_out = 429, {"Retry-After": "0.2"}
-    sink = HttpSink(url, "lk_test")
-    started = time.monotonic()
-    with pytest.raises(SinkError):
-        sink.write([("session", "s", 1.0, {})])
-    assert len(handler.hits) == 3 and time.monotonic() - started >= 0.4
-    sink.close()
 
 
 def test_flush_is_true_only_once_the_server_accepted_everything(

@@ -17,7 +17,9 @@ from faults import (
     DELIVER_LATER,
     Child,
     events_of,
+    made_before,
     numbered,
+    recording_loop,
     rejected,
     spooled_files,
     too_deep,
@@ -208,21 +210,6 @@ def test_with_the_server_stopped_exit_and_sigterm_take_one_flush_bound_and_lose_
     assert store.get_session(sids[1])["is_successful_reason"] == "terminated by SIGTERM"
 
 
-STEADY = """
-import time
-import lucidic as lai
-sid = lai.init(session_name="steady")
-print(sid, flush=True)
-i = 0
-while True:
-    for _ in range(100):
-        lai.create_event(description=f"event {i}")
-        i += 1
-    print(i, time.time(), flush=True)  # every event before i has been recorded
-    time.sleep(0.01)
-"""
-
-
 def test_sigkill_loses_at_most_the_documented_window_and_nothing_in_durable_mode(
         sqlite_url: str, start_server, tmp_path: Path) -> None:
     from lucidic._pipeline import LOSS_WINDOW
@@ -230,8 +217,9 @@ def test_sigkill_loses_at_most_the_documented_window_and_nothing_in_durable_mode
     server, key = _server_and_key(start_server, sqlite_url)
     home = tmp_path / "sdk-home"
     env = sdk_env(server, key)
-    default = Child(STEADY, home, env)
-    durable = Child(STEADY, home, {**env, "LUCIDIC_DURABLE": "1"})
+    steady = recording_loop("steady", chunk=100, pause=0.01)
+    default = Child(steady, home, env)
+    durable = Child(steady, home, {**env, "LUCIDIC_DURABLE": "1"})
     sids = [default.line(0), durable.line(0)]
     default.line(1), durable.line(1)
     assert server.proc is not None
@@ -246,12 +234,6 @@ def test_sigkill_loses_at_most_the_documented_window_and_nothing_in_durable_mode
     finally:
         server.proc.send_signal(signal.SIGCONT)
     assert run_python(DELIVER_LATER, home=home, env=env).stdout.strip() == "True"
-
-    def made_before(child: Child, moment: float) -> int:
-        """How many events the child had recorded by then, by its own account."""
-        counts = [int(text.split()[0]) for at, text in child.lines[1:]
-                  if text and float(text.split()[1]) <= moment]
-        return max(counts, default=0)
 
     stored = [numbered(events_of(sqlite_url, sid)) for sid in sids]
     for numbers in stored:
