@@ -110,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         step_id = f"{ids.prefix}{next(ids.counter):x}"
         now = time.time()
         fields = spec_static.copy()
-        fields["session_id"] = binding.session_id
-        fields["parent_step_id"] = None
+        fields["session_id"] = binding.session_id  # (no parent: no parent_step_id)
         fields["started_at"] = now
         fields.update(binding.writer)
         return ("step", step_id, now, fields)

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from ._context import Binding, EventRef, current_step, last_event
-from ._records import Mask, mask_fields, mask_text, mask_value, text_field
+from ._records import mask_fields, mask_text, masking_raised, masking_returned, text_field
 
 if TYPE_CHECKING:
     from .store import Record
@@ -37,26 +37,12 @@ _step_get = current_step.get
 CURRENT: Any = object()
 
 
-def put(binding: Binding, kind: str, record_id: str, fields: dict[str, Any], ts: float,
-        maskable: Iterable[str] | None = None) -> None:
-    """Mask a record's text and queue it. ``maskable`` names the only fields
-    that can hold user text, when the caller knows (None: look at every field)."""
+def put(binding: Binding, kind: str, record_id: str, fields: dict[str, Any], ts: float) -> None:
+    """Mask a record's text and queue it."""
     mask = binding.mask
     if mask is not None:
-        _mask(mask, fields, maskable)
-    binding.pipeline.put((kind, record_id, ts, fields))
-
-
-def _mask(mask: Mask, fields: dict[str, Any], maskable: Iterable[str] | None) -> None:
-    if maskable is None:
         mask_fields(mask, fields)
-        return
-    for key in maskable:
-        value = fields.get(key)
-        if type(value) is str:
-            fields[key] = mask_text(mask, value)
-        elif value is not None:
-            fields[key] = mask_value(mask, value)
+    binding.pipeline.put((kind, record_id, ts, fields))
 
 
 # -- steps --------------------------------------------------------------------------
@@ -72,6 +58,7 @@ class Step:
 
     def __init__(self, binding: Binding, step_id: str, parent: Step | None = None,
                  record: Record | None = None, forks: int = 0) -> None:
+        # (open_step makes a decorated call's Step without calling this: the two alike)
         self.binding = binding
         self.session_id = binding.session_id
         self.step_id = step_id
@@ -81,25 +68,28 @@ class Step:
         self.record = record
         self.forks = forks
 
-    def update(self, fields: dict[str, Any], maskable: Iterable[str] | None = None) -> None:
+    def update(self, fields: dict[str, Any]) -> None:
         """Amend the step (fields that are None leave what is stored alone)."""
         fields["session_id"] = self.session_id
-        put(self.binding, "step", self.step_id, fields, _time(), maskable)
+        put(self.binding, "step", self.step_id, fields, _time())
 
     def end(self, fields: dict[str, Any] | None = None, *, error: str | None = None) -> None:
         """Finish the step, with any last fields and the error that ended it."""
         now = _time()
         if fields is None:
-            # The usual end (a decorated call returning or raising).
-            fields = {"session_id": self.session_id, "ended_at": now, "is_finished": True}
+            # The usual end (a decorated call returning or raising), merged
+            # into the record that opened the step if that is still possible.
+            fields = {"ended_at": now, "is_finished": True}
             if error is not None:
-                fields["error"] = error
-                if self.binding.mask is not None:
-                    _mask(self.binding.mask, fields, ("error",))
-            record, self.record = self.record, None
-            if record is None or not self.binding.pipeline.amend_last(record, fields, now,
-                                                                      self.forks):
-                self.binding.pipeline.put(("step", self.step_id, now, fields))
+                mask = self.binding.mask
+                fields["error"] = error if mask is None else mask_text(mask, error)
+            record = self.record
+            if record is not None:
+                self.record = None
+                if self.binding.pipeline.amend_last(record, fields, now, self.forks):
+                    return
+            fields["session_id"] = self.session_id
+            self.binding.pipeline.put(("step", self.step_id, now, fields))
             return
         fields["session_id"] = self.session_id
         fields["ended_at"] = now
@@ -120,6 +110,8 @@ def open_step(binding: Binding, fields: dict[str, Any], parent: Any = CURRENT,
     the context's current step, if it is this session's): queue the record
     that creates it, stamped with its writer. Takes ownership of ``fields``.
     ``kind``: the class of step to make (the plugin API's StepHandle is one).
+    ``maskable``: the only fields that hold the user's text, each a str, when
+    the caller knows (a decorator's, made once); else every field is looked at.
 
     ``merge_end``: if the step ends before anything else is queued after its
     start, and before the worker takes it, its end is merged into this
@@ -136,17 +128,43 @@ def open_step(binding: Binding, fields: dict[str, Any], parent: Any = CURRENT,
     step_id = f"{ids.prefix}{next(ids.counter):x}"
     now = _time()
     fields["session_id"] = session_id
-    fields["parent_step_id"] = parent.step_id if parent is not None else None
+    if parent is not None:
+        # (None is left out, which is the same to every store and costs
+        # SQLite's driver less than binding a None among values)
+        fields["parent_step_id"] = parent.step_id
     fields["started_at"] = now
-    if binding.mask is not None:
-        _mask(binding.mask, fields, maskable)
+    mask = binding.mask
+    if mask is not None:
+        if maskable is None:
+            mask_fields(mask, fields)
+        else:
+            # (mask_text, written out: every decorated step of a masked
+            # session runs this, and the calls it saves were half of what
+            # masking cost beyond the masking function's own calls)
+            for key in maskable:
+                try:
+                    masked = mask(fields[key])
+                except Exception as exc:  # noqa: BLE001 - the user's function may raise anything
+                    masked = masking_raised(exc)
+                fields[key] = masked if type(masked) is str else masking_returned(masked)
     fields.update(binding.writer)  # the record that creates a row names its writer
     record = ("step", step_id, now, fields)
     pipeline = binding.pipeline
     pipeline.put(record)
+    if merge_end and kind is Step:
+        # Step(binding, step_id, parent, record, pipeline.forks), made here:
+        # on Python 3.11 a class call's own call of __init__ costs more than
+        # setting the six attributes (3% of a decorated step).
+        step = _new_object(Step)
+        step.binding, step.session_id, step.step_id = binding, session_id, step_id
+        step.parent, step.record, step.forks = parent, record, pipeline.forks
+        return step
     if merge_end:
         return kind(binding, step_id, parent, record, pipeline.forks)
     return kind(binding, step_id, parent)
+
+
+_new_object = object.__new__
 
 
 def current_step_of(binding: Binding) -> Step | None:
@@ -174,8 +192,7 @@ class Event:
         self.started = _perf()
         self.done = False
 
-    def end(self, fields: dict[str, Any], *, event_id: str | None = None,
-            maskable: Iterable[str] | None = None) -> str:
+    def end(self, fields: dict[str, Any], *, event_id: str | None = None) -> str:
         """Record the event (once: later calls only return its id). Its start,
         end and duration are those of this object's life (fields already
         holding them win)."""
@@ -186,8 +203,7 @@ class Event:
         fields.setdefault("started_at", self.started_at)
         fields.setdefault("ended_at", self.started_at + elapsed)
         fields.setdefault("duration", elapsed)
-        self.event_id = _queue_event(self.binding, self.step_id, event_id, fields, _time(),
-                                     maskable)
+        self.event_id = _queue_event(self.binding, self.step_id, event_id, fields, _time())
         return self.event_id
 
 
@@ -198,7 +214,7 @@ def record_event(binding: Binding, fields: dict[str, Any], *, step_id: Any = CUR
     fields.setdefault("started_at", now)
     fields.setdefault("ended_at", now)
     return _queue_event(binding, _step_of(binding) if step_id is CURRENT else step_id,
-                        event_id, fields, now, None)
+                        event_id, fields, now)
 
 
 def _step_of(binding: Binding) -> str | None:
@@ -207,7 +223,7 @@ def _step_of(binding: Binding) -> str | None:
 
 
 def _queue_event(binding: Binding, step_id: str | None, event_id: str | None,
-                 fields: dict[str, Any], ts: float, maskable: Iterable[str] | None) -> str:
+                 fields: dict[str, Any], ts: float) -> str:
     """The one place an event's record is built and queued: its id (the
     session's prefix and a counter), session and step, masking, writer; and
     it becomes the context's last event (update_event's default)."""
@@ -216,10 +232,13 @@ def _queue_event(binding: Binding, step_id: str | None, event_id: str | None,
         ids = binding.state.ids
         event_id = f"{ids.prefix}{next(ids.counter):x}"
     fields["session_id"] = session_id
-    fields["step_id"] = step_id
+    if step_id is not None:
+        fields["step_id"] = step_id
+    elif "step_id" in fields:
+        del fields["step_id"]  # the event's step is the one given or current, never a field
     fields["is_finished"] = True
     if binding.mask is not None:
-        _mask(binding.mask, fields, maskable)
+        mask_fields(binding.mask, fields)
     fields.update(binding.writer)  # the record that creates a row names its writer
     binding.pipeline.put(("event", event_id, ts, fields))
     last_event.set(_new_ref(EventRef, (session_id, event_id)))

@@ -208,14 +208,21 @@ def mask_text(mask: Mask, text: str) -> str:
     try:
         masked = mask(text)
     except Exception as exc:  # noqa: BLE001 - the user's function may raise anything
-        _masking_failed(f"raised {exc!r}", exc_info=True)
-        return REDACTED
-    if type(masked) is not str:
-        # A masking function must return text; anything else could carry the
-        # original through, so it is treated as a failure.
-        _masking_failed(f"returned {type(masked).__name__}, not str", exc_info=False)
-        return REDACTED
-    return masked
+        return masking_raised(exc)
+    return masked if type(masked) is str else masking_returned(masked)
+
+
+def masking_raised(exc: Exception) -> str:
+    """What a text becomes when the masking function raised on it."""
+    _masking_failed(f"raised {exc!r}", exc_info=True)
+    return REDACTED
+
+
+def masking_returned(masked: Any) -> str:
+    """What a text becomes when the masking function returned something else
+    than text: that could carry the original through, so it is a failure."""
+    _masking_failed(f"returned {type(masked).__name__}, not str", exc_info=False)
+    return REDACTED
 
 
 def _masking_failed(what: str, *, exc_info: bool) -> None:

@@ -36,7 +36,11 @@ class WriterIdentity:
         self.pid = os.getpid()
 
     def fields(self, agent_id: str | None) -> dict[str, Any]:
-        """The writer columns for records made on behalf of ``agent_id``."""
+        """The writer columns for records made on behalf of ``agent_id`` (with
+        no agent, none: a None leaves a column as it is, as an absent field does,
+        and costs the store more to bind)."""
+        if agent_id is None:
+            return {"writer_host": self.host, "writer_pid": self.pid}
         return {"writer_host": self.host, "writer_pid": self.pid, "writer_agent": agent_id}
 
 

@@ -33,7 +33,7 @@ from ._recording import record_event as _record_event
 from ._records import field_value, text_field
 from .errors import InvalidOperationError
 from .pricing import cost_of
-from .store import EVENT_COLUMNS, Record
+from .store import EVENT_COLUMNS, WRITER_COLUMNS, Record
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -326,6 +326,8 @@ def _event_fields(type: str, fields: dict[str, Any]) -> dict[str, Any]:  # noqa:
         if key not in EVENT_COLUMNS:
             logger.warning("lucidic: record_event() ignores unknown field %r", key)
             continue
+        if key in WRITER_COLUMNS:
+            continue  # Lucidic stamps who wrote the event (see _recording._queue_event)
         clean[key] = field_value(key, value)
     return clean
 

@@ -120,3 +120,19 @@ def test_masking_happens_before_records_are_queued_or_spooled(tmp_path):
         assert b"<key>" in spooled
         captured.sink.failing = False
         assert captured.flush(10)
+
+
+def test_a_masking_function_returning_non_text_redacts_a_decorated_steps_texts(
+        store, caplog, fresh_log_limits):
+    @lai.step(action=SECRET, goal=SECRET)
+    def decorated() -> None:
+        pass
+
+    sid = lai.init(masking_function=lambda text: None)
+    decorated()
+    recorded = _everything_recorded(store, sid)
+    assert SECRET not in recorded
+    (step,) = store.session_tree(sid)["steps"]
+    assert (step["action"], step["goal"]) == (REDACTED, REDACTED)
+    assert any(r.getMessage().startswith("lucidic: masking_function returned NoneType, not str")
+               for r in caplog.records)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import threading
 from pathlib import Path
 
@@ -228,3 +229,31 @@ def test_the_store_takes_more_rows_than_one_statement_holds(tmp_path: Path):
     store.write(records)
     assert store.count("events") == 1000
     assert store.get_event("e999")["description"] == "d999"
+
+
+def test_a_plugins_event_cannot_name_its_writer_or_step(store):
+    # Lucidic stamps who wrote an event and which step it belongs to; a
+    # session with no agent and no current step records neither.
+    sid = lai.init(session_name="stamped")
+    plugins.record_event("tool", description="d", writer_agent="someone",
+                         writer_host="elsewhere", writer_pid=1, step_id="not-a-step")
+    assert lai.flush()
+    (event,) = store.session_tree(sid)["events"]
+    assert (event["writer_agent"], event["writer_host"], event["writer_pid"],
+            event["step_id"]) == (None, socket.gethostname(), os.getpid(), None)
+
+
+def test_a_new_store_file_gets_16_kib_pages_and_an_existing_one_keeps_its_own(tmp_path):
+    import sqlite3
+
+    new = ReadableStore(tmp_path / "new.db")
+    assert new.query("PRAGMA page_size") == [{"page_size": 16384}]
+    with sqlite3.connect(tmp_path / "old.db") as old_file:
+        old_file.execute("PRAGMA page_size=4096")
+        old_file.execute("CREATE TABLE made_before (x)")
+    old = ReadableStore(tmp_path / "old.db")
+    assert old.query("PRAGMA page_size") == [{"page_size": 4096}]
+    old.write([("step", "s", 1.0, {"session_id": "x", "action": "a"})])
+    assert old.get_step("s")["action"] == "a"
+    new.close()
+    old.close()

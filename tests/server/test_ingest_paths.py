@@ -137,3 +137,34 @@ def test_postgresql_applies_a_repeated_id_in_order_and_stores_non_finite_numbers
         assert other is not None and other["description"] == "a\"b\\c\n😀"
     finally:
         store.close()
+
+
+def test_a_column_none_in_every_row_and_a_text_every_row_shares_store_as_written(
+        db_url: str) -> None:
+    # The store leaves out of a statement a column None in every row of a
+    # batch, and binds once a text every row has alike: what is stored must
+    # be what each record says, whichever rows had stored values before.
+    store = Store(db_url)
+    try:
+        store.write([("step", f"s{i}", 1.0, {"session_id": "x", "action": "first",
+                                             "goal": f"goal {i}", "writer_agent": "agent"})
+                     for i in range(150)])
+        batch = [("step", f"s{i}", 2.0 + i, {
+            "session_id": "x", "action": "other" if i == 700 else "same", "goal": None,
+            "writer_agent": None, "writer_host": "h", "state": f"state {i}",
+            "function_name": "g" if i == 1099 else "f",
+            "eval_description": "e0" if i == 0 else "e"}) for i in range(1100)]
+        store.write(batch)
+        rows = {row["id"]: row for row in store.query(
+            "SELECT id, session_id, action, goal, writer_agent, writer_host, state, "
+            "function_name, eval_description, updated_at FROM steps")}
+        assert len(rows) == 1100
+        for i in range(1100):
+            assert rows[f"s{i}"] == {
+                "id": f"s{i}", "session_id": "x", "action": "other" if i == 700 else "same",
+                "goal": f"goal {i}" if i < 150 else None,
+                "writer_agent": "agent" if i < 150 else None, "writer_host": "h",
+                "state": f"state {i}", "function_name": "g" if i == 1099 else "f",
+                "eval_description": "e0" if i == 0 else "e", "updated_at": 2.0 + i}
+    finally:
+        store.close()
