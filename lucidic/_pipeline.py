@@ -8,15 +8,14 @@ sink, spools a batch the sink did not take, backs off (honouring the sink's
 ``retry_after``) and replays the spool as soon as the sink answers again.
 
 The spill thread bounds what a SIGKILL can lose. Every ``SPILL_TICK`` it
-looks at the queue: once a record there has waited ``SPILL_AFTER`` (the worker
-is behind), it writes everything queued to the spool; while the worker cannot
-deliver (the sink is failing, or has held its batch that long), it writes
-what is queued at every tick.
-A batch the worker has held that long (the sink is slow or hung) it copies
-to a segment of its own, removed again if the batch is delivered. So a record
-leaves the
-process's memory for the kernel (the sink, or a ``write()`` to the spool)
-within about ``LOSS_WINDOW`` of being recorded, whatever the queue holds. In
+looks at the queue: the records that have waited ``SPILL_AFTER`` there (the
+worker is behind) it writes to the spool; while the worker cannot deliver
+(the sink is failing, or has held its batch that long), or the queue is
+full, it writes all that is queued. A batch the worker has held that long
+(the sink is slow or hung) it copies to a segment of its own, removed again
+if the batch is delivered. So a record leaves the process's memory for the
+kernel (the sink, or a ``write()`` to the spool) within about
+``LOSS_WINDOW`` of being recorded, whatever the queue holds. In
 durable mode (``LUCIDIC_DURABLE=1``) ``put`` itself writes each record to the
 spool before returning, and the worker delivers from there: a SIGKILL loses
 nothing.
@@ -409,12 +408,17 @@ class Pipeline:
             queued = len(self._queue)
             marks = self._marks
             # Items queued SPILL_AFTER ago (marks[0] had been appended by
-            # then) and still there: the worker is behind. Everything queued
-            # goes to disk, not only those, or the backlog would stay in
-            # memory tick after tick.
+            # then) and still there: the worker is behind. Only those go to
+            # disk: the younger ones may yet be delivered from memory (a round
+            # trip through the spool costs several times their delivery), and
+            # what is left of them is written at a later tick if not. All of
+            # the queue goes when it is full, or when the worker cannot
+            # deliver it at all.
             waited = marks[0] - self._taken if len(marks) == marks.maxlen else 0
-            if queued and (waited > 0 or queued >= self._max_queue or self._worker_stuck()):
+            if queued and (queued >= self._max_queue or self._worker_stuck()):
                 self._spill_front(queued)
+            elif waited > 0:
+                self._spill_front(min(waited, queued))
             marks.append(self._taken + len(self._queue))
 
     def _worker_stuck(self) -> bool:
