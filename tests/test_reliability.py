@@ -38,7 +38,7 @@ from lucidic import _pipeline
 from lucidic._pipeline import Pipeline
 from lucidic._sinks import LocalSink
 from lucidic._spool import Spool
-from lucidic.store import Store
+from lucidic.store import Record, Store
 from lucidic.testing import MemorySink
 
 # -- the exit path is bounded by the flush bound, as a whole --------------------------
@@ -167,6 +167,28 @@ def test_sigkill_in_a_tight_loop_with_the_store_locked_loses_only_the_last_momen
 
 
 # -- the hot path ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("worker", ["behind", "failing"])
+def test_a_worker_behind_has_only_what_waited_spilled_a_failing_one_everything(
+        worker: str, tmp_path: Path) -> None:
+    # The spill thread's rule at one tick, the threads not started: ten
+    # records queued, the first four SPILL_AFTER ago (as its marks say).
+    pipeline = Pipeline(MemorySink(), Spool(tmp_path / "spool"), batch_size=100)
+    for record in events(10):
+        pipeline.put(record)
+    pipeline._marks.extend([4] * pipeline._marks.maxlen)
+    pipeline._healthy = worker == "behind"
+    pipeline._spill_queue()
+    spooled: list[Record] = []
+    pipeline.spool.replay(lambda batch, _: spooled.extend(batch), 100)
+    if worker == "behind":
+        # The six younger ones stay, for the worker to deliver from memory.
+        assert [r[1] for r in spooled] == ["e0", "e1", "e2", "e3"]
+        assert [r[1] for r in pipeline._queue] == [f"e{i}" for i in range(4, 10)]
+    else:
+        assert [r[1] for r in spooled] == [f"e{i}" for i in range(10)]
+        assert not pipeline._queue
+
 
 def test_the_hot_path_never_writes_to_disk_and_never_waits_for_a_stuck_spill(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
