@@ -67,7 +67,7 @@ class Spool:
         # thread is inside append().
         self._lock = threading.RLock()
         self._fd: int | None = None
-        self._path = directory  # the open segment's, while _fd is set
+        self._path: Path | None = None  # the open segment's, while _fd is set
         self._size = 0  # bytes of whole lines in the open segment
         self._own: set[Path] = set()
         #: Segments written aside (write_aside), each held open and locked,
@@ -134,8 +134,9 @@ class Spool:
 
     def _drop_writer(self) -> None:
         """Remove the open segment (still empty), then close it."""
-        self._path.unlink(missing_ok=True)
-        self._own.discard(self._path)
+        if self._path is not None:
+            self._path.unlink(missing_ok=True)
+            self._own.discard(self._path)
         self._close_writer()
 
     def _create_locked(self, prefix: str = "", when_ns: int | None = None) -> tuple[Path, int]:
@@ -160,7 +161,7 @@ class Spool:
 
     def _close_writer(self) -> None:
         if self._fd is not None:
-            fd, self._fd = self._fd, None
+            fd, self._fd, self._path = self._fd, None, None
             os.close(fd)  # releases the lock: the segment is now replayable
 
     def close(self) -> None:
@@ -336,7 +337,7 @@ class Spool:
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    """All of data, in one write() but when a signal or a filling disk cuts it short."""
+    """Write all of data: one write(), unless a signal or a filling disk cuts it short."""
     written = os.write(fd, data)
     if written < len(data):
         view = memoryview(data)[written:]

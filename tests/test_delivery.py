@@ -152,15 +152,18 @@ def test_a_copy_of_the_workers_batch_is_held_from_replay_until_released(tmp_path
     assert not list(spool_dir.iterdir())
 
 
-def test_a_copy_written_aside_by_a_process_that_died_is_replayed(tmp_path):
+def test_a_copy_written_aside_by_a_process_killed_midway_is_replayed(tmp_path):
     spool_dir = tmp_path / "spool"
     code = f"""
         import os, signal
         from pathlib import Path
         from lucidic._spool import Spool
         from faults import events
-        Spool(Path({str(spool_dir)!r})).write_aside(events(4))
-        os.kill(os.getpid(), signal.SIGKILL)  # before the worker let go of it
+        spool = Spool(Path({str(spool_dir)!r}))
+        path, _ = spool.write_aside(events(4))
+        # Killed midway through more of it, before the worker let go of it.
+        os.write(spool._aside[path], b'["event", "e9", 9.0, {{"session_')
+        os.kill(os.getpid(), signal.SIGKILL)
     """
     result = run_python(code, home=tmp_path / "home", check=False,
                         env={"PYTHONPATH": str(Path(__file__).parent)})
