@@ -9,13 +9,15 @@ sink, spools a batch the sink did not take, backs off (honouring the sink's
 
 The spill thread bounds what a SIGKILL can lose. Every ``SPILL_TICK`` it
 looks at the queue: the records that have waited ``SPILL_AFTER`` there (the
-worker is behind) it writes to the spool; while the worker cannot deliver
-(the sink is failing, or has held its batch that long), or the queue is
-full, it writes all that is queued. A batch the worker has held that long
-(the sink is slow or hung) it copies to a segment of its own, removed again
-if the batch is delivered. So a record leaves the process's memory for the
-kernel (the sink, or a ``write()`` to the spool) within about
-``LOSS_WINDOW`` of being recorded, whatever the queue holds. In
+worker is behind) it copies to a segment of their own and leaves queued, for
+the worker to deliver from memory (the copy is removed once they are
+delivered: reading records back from disk costs several times their
+delivery); while the worker cannot deliver (the sink is failing, or has held
+its batch that long), or the queue is full, it takes all that is queued off
+to the spool (what a copy holds already is not written again). A batch the
+worker has held that long (the sink is slow or hung) it copies too. So a
+record reaches the kernel (the sink, or a ``write()`` to the spool) within
+about ``LOSS_WINDOW`` of being recorded, whatever the queue holds. In
 durable mode (``LUCIDIC_DURABLE=1``) ``put`` itself writes each record to the
 spool before returning, and the worker delivers from there: a SIGKILL loses
 nothing.
@@ -29,9 +31,10 @@ finds every record still queued, and writes them itself.
 A record still last in the queue can be amended (``amend_last``): a step that
 ends before the worker has taken its start is queued as one record, not two,
 which is what the store would have made of them. It is amended only while it
-is in the queue and no one is taking records off it (the take lock is free):
-never once it is being written to the spool, in the worker's hands, written
-down in durable mode, or queued before a fork().
+is the last thing queued: never once it is being written to the spool (or
+copied there), in the worker's hands, written down in durable mode, or queued
+before a fork(). The hot path takes no lock for it: the queued record is
+replaced in one step no other thread can run inside.
 
 When nothing can be written (the disk is full) and the sink does not take
 records either, the queue keeps the oldest records, up to twice its size, and
@@ -158,6 +161,20 @@ class Pipeline:
         self._inflight_copy: tuple[list[Record], Path] | None = None
         self._inflight_lock = threading.Lock()
         self._inflight_spooled = False  # the worker wrote its batch to the spool itself
+        self._inflight_copied = False  # copies of queued records hold all of the batch
+        #: Queue positions (counted as _taken counts) below this one have been
+        #: copied to disk: those still queued are in a copy (_copies) or were
+        #: written to the spool with it. The spill thread alone moves it, under
+        #: the take lock, before it writes the copy.
+        self._copied_upto = 0
+        #: (end, file): the copies the spill thread wrote of queued records,
+        #: oldest first, each of the positions up to ``end``; removed once the
+        #: worker has delivered past ``end`` (under the in-flight lock).
+        self._copies: deque[tuple[int, Path]] = deque()
+        #: Every position below this one has been delivered or spooled by the worker.
+        self._done_upto = 0
+        #: The last queued item the spill thread chose to write to disk (see _freeze).
+        self._frozen_last: Any = None
         self._passed: deque[_FlushRequest] = deque()  # flush requests the spill took past
         self._stopping = False
         self._healthy = True
@@ -229,24 +246,25 @@ class Pipeline:
     def amend_last(self, record: Record, fields: dict[str, Any], ts: float, forks: int) -> bool:
         """Merge ``fields`` (the newer values, at ``ts``) into ``record`` if it is
         still the last thing queued: nothing was queued after it, in any thread,
-        no one is taking records off the queue (the spill thread writes them
-        before it takes them), and no fork() happened since it was queued
-        (``forks``: the pipeline's count then; the child may have written to
-        the same row since). Then one record says what the two would have.
-        False (nothing changed) otherwise: the hot path never waits."""
-        queue = self._queue
-        take_lock = self._take_lock
-        if forks != self.forks or not take_lock.acquire(False):  # (never blocks)
+        nothing took it off the queue, it is not being written to disk (the
+        spill thread's copy or spill of the queue ended with it), and no
+        fork() happened since it was queued (``forks``: the pipeline's count
+        then; the child may have written to the same row since). Then one
+        record says what the two would have. False (nothing changed)
+        otherwise: the hot path never waits."""
+        if forks != self.forks:
             return False
-        try:
-            if not queue or queue[-1] is not record:
-                return False
-            merged = record[3]
-            merged.update(fields)
-            queue[-1] = (record[0], record[1], ts, merged)
-        finally:
-            take_lock.release()
-        return True
+        queue = self._queue
+        amended = (record[0], record[1], ts, {**record[3], **fields})
+        # From the look to the assignment there is no call, and the
+        # interpreter switches threads only at calls and loops: a record
+        # another thread appends, or a take off the queue, falls before the
+        # look or after the assignment. The queued record is replaced, never
+        # changed: whoever took it a moment before has it as it was.
+        if queue and queue[-1] is record and record is not self._frozen_last:
+            queue[-1] = amended
+            return True
+        return False
 
     def deliver_soon(self) -> None:
         """Wake the worker now rather than at its next interval (a session
@@ -408,18 +426,89 @@ class Pipeline:
             queued = len(self._queue)
             marks = self._marks
             # Items queued SPILL_AFTER ago (marks[0] had been appended by
-            # then) and still there: the worker is behind. Only those go to
-            # disk: the younger ones may yet be delivered from memory (a round
-            # trip through the spool costs several times their delivery), and
-            # what is left of them is written at a later tick if not. All of
-            # the queue goes when it is full, or when the worker cannot
-            # deliver it at all.
-            waited = marks[0] - self._taken if len(marks) == marks.maxlen else 0
+            # then) and still there: the worker is behind. Those are copied
+            # to disk and stay queued: the worker delivers them from memory
+            # (a round trip through the spool costs several times their
+            # delivery), the younger ones are copied at a later tick if they
+            # wait as long. All of the queue goes to the spool when it is
+            # full, or when the worker cannot deliver it at all.
+            waited_upto = marks[0] if len(marks) == marks.maxlen else 0
             if queued and (queued >= self._max_queue or self._worker_stuck()):
                 self._spill_front(queued)
-            elif waited > 0:
-                self._spill_front(min(waited, queued))
             marks.append(self._taken + len(self._queue))
+        if waited_upto > max(self._copied_upto, self._taken):
+            self._copy_waited(waited_upto)
+
+    def _copy_waited(self, upto: int) -> None:
+        """Copy the queued items before position ``upto`` not copied yet to
+        a segment of their own, leaving them queued. Written outside the take
+        lock (the worker goes on taking batches meanwhile): nothing but this
+        thread writes or trusts copies, and amend_last leaves the copied
+        records alone from the moment they are chosen."""
+        with self._take_lock:
+            start = max(self._copied_upto, self._taken)
+            items = self._freeze(upto - self._taken, start - self._taken)
+            if not items:
+                return
+            end = self._copied_upto = start + len(items)
+        records = [i for i in items if not isinstance(i, _FlushRequest)]
+        try:
+            copy, unencodable = self.spool.write_aside(records)
+        except OSError as exc:
+            with self._take_lock:
+                self._copied_upto = start  # not on disk after all
+            self._spool_unwritable(exc)
+            return
+        if unencodable:
+            self._reject_unencodable(unencodable)
+        if copy is not None:
+            with self._inflight_lock:
+                delivered = self._done_upto >= end  # while it was being written
+                if not delivered:
+                    self._copies.append((end, copy))
+            if delivered:
+                self.spool.release_aside(copy, delivered=True)
+        self._count_spooled(len(records))
+        self._spool_writable()
+
+    def _freeze(self, stop: int, start: int = 0) -> list[Any]:
+        """The queued items from ``start`` to ``stop`` (counted from the
+        queue's front), about to be written to disk: from now on amend_last
+        leaves them alone. (The caller holds the take lock: nothing takes
+        them meanwhile.)"""
+        queue = self._queue
+        items = list(islice(queue, start, stop))  # one C call: no append interleaves
+        if items:
+            self._frozen_last = items[-1]
+            # An amend_last between these two lines replaced the last of them:
+            # write it as amended (a record is amended once at most).
+            if queue[start + len(items) - 1] is not items[-1]:
+                items[-1] = self._frozen_last = queue[start + len(items) - 1]
+        return items
+
+    def _release_copies(self, upto: int) -> None:
+        """The worker has delivered (or spooled) every position below
+        ``upto``: the copies of those records are not needed any more."""
+        with self._inflight_lock:
+            self._done_upto = max(self._done_upto, upto)
+            done = []
+            while self._copies and self._copies[0][0] <= upto:
+                done.append(self._copies.popleft()[1])
+        for copy in done:
+            self.spool.release_aside(copy, delivered=True)
+
+    def _hand_copies_to_replay(self, after: int) -> None:
+        """The records of the copies reaching past position ``after`` have
+        left the queue without being written again: those copies become
+        ordinary segments, for the worker (or a later process) to replay."""
+        with self._inflight_lock:
+            kept = deque(c for c in self._copies if c[0] <= after)
+            handed = [path for end, path in self._copies if end > after]
+            self._copies = kept
+        for copy in handed:
+            self.spool.release_aside(copy, delivered=False)
+        if handed:
+            self._spool_dirty = True
 
     def _worker_stuck(self) -> bool:
         """The worker will not take the queue soon: the sink is failing (the
@@ -441,7 +530,7 @@ class Pipeline:
         a batch is written by one of them only, and a record no encoder can
         write is set aside once."""
         batch = self._inflight
-        if (batch is None or self._copy_of(batch) is not None
+        if (batch is None or self._copy_of(batch) is not None or self._inflight_copied
                 or time.monotonic() - self._inflight_since < SPILL_AFTER):
             return
         with self._inflight_lock:
@@ -476,9 +565,11 @@ class Pipeline:
 
     def _spill_front(self, count: int) -> None:
         """Write the oldest ``count`` queued items to the spool, then take
-        them off the queue (the caller holds the take lock)."""
-        items = list(islice(self._queue, count))  # one C call: no append interleaves
-        records = [i for i in items if not isinstance(i, _FlushRequest)]
+        them off the queue (the caller holds the take lock). Those a copy
+        holds already are not written again: the copy is replayed instead."""
+        items = self._freeze(count)
+        copied = max(0, min(count, self._copied_upto - self._taken))
+        records = [i for i in items[copied:] if not isinstance(i, _FlushRequest)]
         try:
             piece = SPILL_PIECE
             for start in range(0, len(records), piece):
@@ -492,7 +583,9 @@ class Pipeline:
         # Taken off in one C call: a Python loop would hand the interpreter
         # back to a busy user thread many times over.
         _consume(starmap(self._queue.popleft, repeat((), count)))
-        self._taken += count
+        taken_before, self._taken = self._taken, self._taken + count
+        if copied:
+            self._hand_copies_to_replay(taken_before)
         # A flush waiting on what came before them: those are in the spool
         # now, and the worker settles it once the spool is delivered.
         self._passed.extend(i for i in items if isinstance(i, _FlushRequest))
@@ -544,6 +637,7 @@ class Pipeline:
         while True:
             with self._take_lock:
                 batch, request = self._take()
+                end = self._taken  # the position after the batch (and its flush)
             outcome = self._deliver(batch) if batch else _DELIVERED
             if outcome is _KEPT_NOWHERE:
                 # Neither delivered nor spooled: back to the queue's front,
@@ -560,6 +654,8 @@ class Pipeline:
                 break
             if batch:
                 self._release_inflight(batch, delivered=outcome is _DELIVERED)
+            if self._copies:
+                self._release_copies(end)
             if request is not None:
                 if request.fail_fast and not self._healthy:
                     # Deliveries are failing (this batch was spooled): say so now.
@@ -576,23 +672,23 @@ class Pipeline:
     def _take(self) -> tuple[list[Record], _FlushRequest | None]:
         """A batch off the queue, up to the next flush request (the caller
         holds the take lock)."""
-        batch: list[Record] = []
-        request: _FlushRequest | None = None
         queue = self._queue
-        while len(batch) < self._batch_size:
-            try:
-                item = queue.popleft()
-            except IndexError:
-                break
-            if isinstance(item, _FlushRequest):
-                request = item
-                break
-            batch.append(item)
+        # Taken in one C call, as the spill thread does: a Python loop of a
+        # batch's length would hand the interpreter to a busy user thread,
+        # and wait for it back, many times over.
+        batch = list(starmap(queue.popleft, repeat((), min(len(queue), self._batch_size))))
+        request: _FlushRequest | None = None
+        if _FlushRequest in set(map(type, batch)):  # (rare: a flush is waiting)
+            at = next(i for i, item in enumerate(batch) if type(item) is _FlushRequest)
+            request = batch[at]
+            queue.extendleft(reversed(batch[at + 1:]))
+            del batch[at:]
         self._taken += len(batch) + (request is not None)
         self._busy = min(self._batch_size, self._max_queue)  # put() may wake us again
         if batch:
             self._inflight, self._inflight_since = batch, time.monotonic()
             self._inflight_spooled = False
+            self._inflight_copied = self._taken <= self._copied_upto
         return batch, request
 
     def _deliver(self, batch: list[Record]) -> object:

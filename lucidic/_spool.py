@@ -248,10 +248,11 @@ class Spool:
 
     def has_own_pending(self) -> bool:
         """True while a segment this process wrote still exists (another
-        process may have replayed and removed it, which counts as delivered)."""
+        process may have replayed and removed it, which counts as delivered),
+        not counting those written aside: their records are still in memory."""
         with self._lock:
             self._own = {p for p in self._own if p.exists()}
-            return bool(self._own)
+            return bool(self._own.difference(self._aside))
 
     def has_any(self) -> bool:
         """Whether an ordinary segment (not a later one) is waiting."""
@@ -275,13 +276,14 @@ class Spool:
         with self._lock:
             self._close_writer()
             own = set(self._own)
+            aside = set(self._aside)
         complete = True
         for name in sorted(self._names()):
             if name.startswith(_LATER_PREFIX) != later:
                 continue
             path = self.directory / name
-            if path not in own and not include_orphans:
-                continue
+            if path in aside or (path not in own and not include_orphans):
+                continue  # (written aside: its records are still in memory)
             since = _refused_since(name) if later else None
             if not self._replay_segment(path, deliver, batch_size, since):
                 complete = False

@@ -168,26 +168,108 @@ def test_sigkill_in_a_tight_loop_with_the_store_locked_loses_only_the_last_momen
 
 # -- the hot path ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("worker", ["behind", "failing"])
-def test_a_worker_behind_has_only_what_waited_spilled_a_failing_one_everything(
-        worker: str, tmp_path: Path) -> None:
-    # The spill thread's rule at one tick, the threads not started: ten
-    # records queued, the first four SPILL_AFTER ago (as its marks say).
+def behind(pipeline: Pipeline, waited: int) -> None:
+    """Make the spill thread's marks say the first ``waited`` queue positions
+    were queued SPILL_AFTER ago (the threads are not started: one tick is
+    run by hand)."""
+    pipeline._marks.extend([waited] * pipeline._marks.maxlen)
+
+
+def replayed_by_another_process(spool_dir: Path) -> list[Record] | None:
+    """What another process's replay of the spool delivers; None when a
+    segment it found was held (locked by its writer)."""
+    delivered: list[Record] = []
+    complete = Spool(spool_dir).replay(lambda batch, _: delivered.extend(batch), 100)
+    return delivered if complete else None
+
+
+def test_records_that_waited_are_copied_to_disk_and_delivered_from_memory(
+        tmp_path: Path) -> None:
+    sink = MemorySink()
+    pipeline = Pipeline(sink, Spool(tmp_path / "spool"), batch_size=100)
+    for record in events(10):
+        pipeline.put(record)
+    behind(pipeline, 4)
+    pipeline._spill_queue()
+    # The four that waited are on disk, in a segment held by this process (a
+    # SIGKILL now would leave it to the next one); all ten stay queued.
+    assert [r[1] for r in pipeline._queue] == [f"e{i}" for i in range(10)]
+    assert [len(f.read_bytes().splitlines()) for f in spooled_files(tmp_path)] == [1]
+    assert replayed_by_another_process(tmp_path / "spool") is None
+    assert pipeline.stats.spooled == 4
+    # Delivered from memory, once each; the copy is not needed any more.
+    assert pipeline.flush(10) is True
+    assert [r[1] for r in sink.records] == [f"e{i}" for i in range(10)]
+    assert not spooled_files(tmp_path)
+    pipeline.shutdown(5)
+
+
+def test_a_failing_worker_has_everything_queued_spooled(tmp_path: Path) -> None:
     pipeline = Pipeline(MemorySink(), Spool(tmp_path / "spool"), batch_size=100)
     for record in events(10):
         pipeline.put(record)
-    pipeline._marks.extend([4] * pipeline._marks.maxlen)
-    pipeline._healthy = worker == "behind"
+    behind(pipeline, 4)
+    pipeline._healthy = False
     pipeline._spill_queue()
-    spooled: list[Record] = []
-    pipeline.spool.replay(lambda batch, _: spooled.extend(batch), 100)
-    if worker == "behind":
-        # The six younger ones stay, for the worker to deliver from memory.
-        assert [r[1] for r in spooled] == ["e0", "e1", "e2", "e3"]
-        assert [r[1] for r in pipeline._queue] == [f"e{i}" for i in range(4, 10)]
-    else:
-        assert [r[1] for r in spooled] == [f"e{i}" for i in range(10)]
-        assert not pipeline._queue
+    assert not pipeline._queue
+    pipeline.spool.close()  # (as at exit: the open segment is let go of)
+    spooled = replayed_by_another_process(tmp_path / "spool")
+    assert spooled is not None and [r[1] for r in spooled] == [f"e{i}" for i in range(10)]
+
+
+def test_copied_records_leave_a_full_queue_without_being_written_again(
+        tmp_path: Path) -> None:
+    pipeline = Pipeline(MemorySink(), Spool(tmp_path / "spool"), max_queue=10,
+                        batch_size=100)
+    for record in events(8):
+        pipeline.put(record)
+    behind(pipeline, 4)
+    pipeline._spill_queue()  # e0-e3 copied
+    for record in events(10)[8:]:
+        pipeline.put(record)
+    pipeline._spill_queue()  # the queue is full: all of it to disk
+    assert not pipeline._queue
+    # Ten records on disk, each written once: the copy became a segment like
+    # any other, for a replay (of this process or another) to deliver.
+    assert pipeline.stats.spooled == 10
+    assert not pipeline.spool._aside  # the copy is held no more
+    pipeline.spool.close()  # (as at exit: the open segment is let go of)
+    spooled = replayed_by_another_process(tmp_path / "spool")
+    assert spooled is not None and sorted(r[1] for r in spooled) == [f"e{i}" for i in range(10)]
+
+
+def test_a_step_copied_to_disk_is_not_amended_in_memory(tmp_path: Path) -> None:
+    sink = MemorySink()
+    pipeline = Pipeline(sink, Spool(tmp_path / "spool"), batch_size=100)
+    start: Record = ("step", "s1", 1.0, {"session_id": "x", "started_at": 1.0})
+    pipeline.put(start)
+    behind(pipeline, 1)
+    pipeline._spill_queue()
+    # Merged now, the copy on disk would say the step never ended: should the
+    # queue then fill, or the process die, its end would be lost.
+    end = {"session_id": "x", "ended_at": 2.0, "is_finished": True}
+    assert pipeline.amend_last(start, dict(end), 2.0, 0) is False
+    assert start[3] == {"session_id": "x", "started_at": 1.0}
+
+
+def test_sigkill_in_a_tight_loop_with_the_worker_behind_loses_only_the_last_moments(
+        lucidic_home: Path) -> None:
+    # The store takes records, slower than the loop makes them; the queue may
+    # hold millions, so only the copies of what waited bound the loss.
+    child = Child(recording_loop("worker behind", chunk=1000), lucidic_home,
+                  {"LUCIDIC_MAX_QUEUE": "10000000"})
+    sid = child.line(0)
+    assert wait_until(lambda: made_before(child, time.time()) > 100_000, 60)
+    time.sleep(1.0)
+    killed_at = time.time()
+    child.proc.kill()
+    child.wait(10)
+    assert run_python(DELIVER_LATER, home=lucidic_home).stdout.strip() == "True"
+    assert not spooled_files(lucidic_home)
+    made = made_before(child, killed_at - 0.5)
+    stored = numbered(events_of(lucidic_home / "lucidic.db", sid))
+    assert stored == list(range(len(stored)))  # no gap, no duplicate
+    assert len(stored) >= made > 100_000
 
 
 def test_the_hot_path_never_writes_to_disk_and_never_waits_for_a_stuck_spill(
