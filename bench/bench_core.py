@@ -503,7 +503,7 @@ def part_hot_path(rounds: int, n: int) -> dict[str, Any]:
     pipeline = next(p for p in runtime.pipelines.values()
                     if str(home) in str(p.spool.directory))
     samples: dict[str, list[float]] = {"floor": [], "step": [], "step_masked": [],
-                                       "cpu_per_step": []}
+                                       "masking_added": [], "cpu_per_step": []}
     delivered_during: list[float] = []
 
     def floor_round() -> None:
@@ -526,11 +526,25 @@ def part_hot_path(rounds: int, n: int) -> dict[str, Any]:
             samples["cpu_per_step"].append((time.process_time() - cpu) / n)
 
     def masked_round() -> None:
-        # A binding's masking function is its own: continued() takes it again.
-        with lai.continued(masked_sid, masking_function=identity):
-            samples["step_masked"].append(timed_loop(stepped, n) / n)
-            if not lai.flush(timeout=120):
-                raise SystemExit("lai.flush() did not deliver the masked round")
+        # Chunks of masked and unmasked steps in turn, each timed: what masking
+        # adds is their difference a few milliseconds apart, steadier on a
+        # noisy machine than the difference of two rounds' medians. (A
+        # binding's masking function is its own: continued() takes it again.)
+        chunk = min(n, 2000)
+        masked = unmasked = 0.0
+        for j in range(n // chunk):
+            for mask in ((identity, None) if j % 2 else (None, identity)):
+                if mask is None:
+                    with lai.continued(sid):
+                        unmasked += timed_loop(stepped, chunk)
+                else:
+                    with lai.continued(masked_sid, masking_function=mask):
+                        masked += timed_loop(stepped, chunk)
+        steps = n // chunk * chunk
+        samples["step_masked"].append(masked / steps)
+        samples["masking_added"].append((masked - unmasked) / steps)
+        if not lai.flush(timeout=120):
+            raise SystemExit("lai.flush() did not deliver the masked round")
 
     # How many times a step calls the masking function, and what those calls cost alone.
     counted_sid = lai.init(session_name="bench: masking calls")
@@ -560,36 +574,57 @@ def part_hot_path(rounds: int, n: int) -> dict[str, Any]:
             "home": home}
 
 
+#: Where issue 11 set its timed targets the floor recorder took about 1 µs a
+#: step (0.93-0.99); this machine's speed moves 2-3x from day to day, so each
+#: target is also shown as that many floors of the same run.
+TARGET_FLOOR_US = 1.0
+
+
 def report_hot_path(hot: dict[str, Any]) -> tuple[list[str], list[str]]:
     """Part 5's lines, and the targets it missed."""
     med, best = hot["median_us"], hot["min_us"]
-    ratio = med["step"] / med["floor"]
-    masking_extra = med["step_masked"] - med["step"] - hot["mask_calls_per_step"] * \
-        hot["identity_us"]
+    floor = med["floor"]
+    ratio = med["step"] / floor
+    masking_extra = med["masking_added"] - hot["mask_calls_per_step"] * hot["identity_us"]
+    cpu_floors = med["cpu_per_step"] / floor
+    masking_floors = masking_extra / floor
+    cpu_target, masking_target = 6.0, 0.3
+    cpu_floors_target = cpu_target / TARGET_FLOOR_US
+    masking_floors_target = masking_target / TARGET_FLOOR_US
     lines = [
         "",
         f"5. The hot path against its floor ({hot['rounds']} interleaved rounds of "
         f"{hot['n']:,} calls; median [best round]), the worker delivering meanwhile "
         f"({hot['delivered_during']:.2f} records delivered inside a round per step it records)",
-        f"   {'floor recorder (hand-written, see FloorRecorder)':<52}{med['floor']:>7.3f}  "
+        f"   {'floor recorder (hand-written, see FloorRecorder)':<52}{floor:>7.3f}  "
         f"[{best['floor']:.3f}]",
         f"   {'@lai.step, session, worker delivering':<52}{med['step']:>7.3f}  "
         f"[{best['step']:.3f}]   {ratio:.2f}x floor   target <= 2.5x   "
         f"{verdict(ratio <= 2.5)}",
         f"   {'whole CPU per recorded step (delivery included)':<52}"
         f"{med['cpu_per_step']:>7.3f}  [{best['cpu_per_step']:.3f}]   target <= 6 µs   "
-        f"{verdict(med['cpu_per_step'] <= 6)}",
+        f"{verdict(med['cpu_per_step'] <= cpu_target)}",
+        f"   {'':<52}{cpu_floors:>7.2f}x floor   target <= {cpu_floors_target:.1f}x "
+        f"(6 µs at a {TARGET_FLOOR_US:g} µs floor)   {verdict(cpu_floors <= cpu_floors_target)}",
         f"   {'masking_function (identity) adds beyond its calls':<52}{masking_extra:>7.3f}"
-        f"   ({hot['mask_calls_per_step']:.0f} calls/step at {hot['identity_us']:.3f} µs)   "
-        f"target <= 0.3 µs   {verdict(masking_extra <= 0.3)}",
+        f"   ({hot['mask_calls_per_step']:.0f} calls/step at {hot['identity_us']:.3f} µs; "
+        f"chunks of 2,000 masked and unmasked in turn)   target <= 0.3 µs   "
+        f"{verdict(masking_extra <= masking_target)}",
+        f"   {'':<52}{masking_floors:>7.2f}x floor   target <= {masking_floors_target:.1f}x "
+        f"(0.3 µs at a {TARGET_FLOOR_US:g} µs floor)   "
+        f"{verdict(masking_floors <= masking_floors_target)}",
     ]
     missed = []
     if ratio > 2.5:
         missed.append(f"hot path {ratio:.2f}x its floor")
-    if med["cpu_per_step"] > 6:
-        missed.append(f"{med['cpu_per_step']:.1f} µs CPU per step")
-    if masking_extra > 0.3:
-        missed.append(f"masking adds {masking_extra:.2f} µs")
+    if med["cpu_per_step"] > cpu_target:
+        missed.append(f"{med['cpu_per_step']:.1f} µs CPU per step (absolute)")
+    if cpu_floors > cpu_floors_target:
+        missed.append(f"{cpu_floors:.1f} floors of CPU per step")
+    if masking_extra > masking_target:
+        missed.append(f"masking adds {masking_extra:.2f} µs (absolute)")
+    if masking_floors > masking_floors_target:
+        missed.append(f"masking adds {masking_floors:.2f} floors")
     return lines, missed
 
 
