@@ -38,6 +38,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -371,13 +372,25 @@ def _safe_repr(value: Any) -> str:
 _BY_JSON = b"J"
 
 
+#: Records a spool line holds at most (see _encode_batch).
+_LINE_RECORDS = 2048
+_dumps_line = partial(orjson.dumps, option=orjson.OPT_APPEND_NEWLINE)
+
+
 def _encode_batch(records: list[Record]) -> tuple[bytes, list[Record]]:
-    """Records as spool lines: one line holding them all, encoded in one
-    call (three times faster than a line each), unless a record needs the
-    slower road; then a line each. Also returns the unencodable records."""
+    """Records as spool lines: lines of up to _LINE_RECORDS records, each
+    encoded in one call (three times faster than a line each, and read back
+    a third faster than one line of many thousands), unless a record needs
+    the slower road; then a line each. Also returns the unencodable records."""
     if len(records) > 1:
         try:
-            return orjson.dumps(records) + b"\n", []
+            # In C from end to end: a Python loop here would hand the
+            # interpreter to a busy user thread (and wait for it back) at
+            # every turn, and a spill must not lag behind a tight loop.
+            ends = range(_LINE_RECORDS, len(records) + _LINE_RECORDS, _LINE_RECORDS)
+            pieces = map(records.__getitem__, map(slice, range(0, len(records), _LINE_RECORDS),
+                                                  ends))
+            return b"".join(map(_dumps_line, pieces)), []
         except TypeError:
             pass
     lines: list[bytes] = []
