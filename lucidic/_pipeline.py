@@ -77,10 +77,11 @@ _LATER_RETRY = 5.0
 LATER_GRACE = 600.0
 #: While the spool cannot be written, the spill thread tries again this often.
 _SPOOL_RETRY = 1.0
-#: A spill is written in pieces of this many records: each piece is one
-#: write(), and each write() hands the interpreter to a busy user thread for
-#: a switch interval (5 ms) before the spill can go on.
-SPILL_PIECE = 16384
+#: A spill is written in pieces of this many records (a full queue is one):
+#: each piece is one write(), and after each write() the spill thread must
+#: win the interpreter back from a busy user thread, which can take far
+#: longer than a switch interval (5 ms) when other threads want it too.
+SPILL_PIECE = 65536
 
 #: Test hook: the spill thread calls it after writing each piece of a spill,
 #: with (records written so far, records in the spill), before the spilled
@@ -105,6 +106,15 @@ class _FlushRequest:
         self.done = threading.Event()
         self.fail_fast = fail_fast
         self.failed = False
+
+
+def _requests_in(items: list[Any]) -> list[_FlushRequest]:
+    """The flush requests among queued items, in order: looked for in C (the
+    usual answer is none), since a Python loop over a queue's worth of items
+    would hand the interpreter to a busy user thread many times over."""
+    if _FlushRequest not in set(map(type, items)):
+        return []
+    return [item for item in items if type(item) is _FlushRequest]
 
 
 @dataclass
@@ -451,7 +461,9 @@ class Pipeline:
             if not items:
                 return
             end = self._copied_upto = start + len(items)
-        records = [i for i in items if not isinstance(i, _FlushRequest)]
+        records = items
+        if _requests_in(items):
+            records = [i for i in items if type(i) is not _FlushRequest]
         try:
             copy, unencodable = self.spool.write_aside(records)
         except OSError as exc:
@@ -569,7 +581,10 @@ class Pipeline:
         holds already are not written again: the copy is replayed instead."""
         items = self._freeze(count)
         copied = max(0, min(count, self._copied_upto - self._taken))
-        records = [i for i in items[copied:] if not isinstance(i, _FlushRequest)]
+        requests = _requests_in(items)
+        records = items[copied:]
+        if requests:
+            records = [i for i in records if type(i) is not _FlushRequest]
         try:
             piece = SPILL_PIECE
             for start in range(0, len(records), piece):
@@ -588,7 +603,7 @@ class Pipeline:
             self._hand_copies_to_replay(taken_before)
         # A flush waiting on what came before them: those are in the spool
         # now, and the worker settles it once the spool is delivered.
-        self._passed.extend(i for i in items if isinstance(i, _FlushRequest))
+        self._passed.extend(requests)
         self._count_spooled(len(records))
         self._spool_dirty = True
         self._spool_writable()
@@ -678,9 +693,10 @@ class Pipeline:
         # and wait for it back, many times over.
         batch = list(starmap(queue.popleft, repeat((), min(len(queue), self._batch_size))))
         request: _FlushRequest | None = None
-        if _FlushRequest in set(map(type, batch)):  # (rare: a flush is waiting)
-            at = next(i for i, item in enumerate(batch) if type(item) is _FlushRequest)
-            request = batch[at]
+        requests = _requests_in(batch)
+        if requests:
+            request = requests[0]
+            at = batch.index(request)
             queue.extendleft(reversed(batch[at + 1:]))
             del batch[at:]
         self._taken += len(batch) + (request is not None)
