@@ -138,25 +138,40 @@ def test_sigterm_in_the_middle_of_a_spill_redoes_it_and_loses_nothing(
 
 # -- SIGKILL in a tight loop ------------------------------------------------------------
 
+def kill_a_tight_loop(home: Path, name: str, env: dict[str, str] | None = None
+                      ) -> tuple[str, int]:
+    """SIGKILL a child recording events in a tight loop, once it has made
+    100,000 and a second more: its session, and how many events it had made
+    half a second before the kill."""
+    child = Child(recording_loop(name, chunk=1000), home, env)
+    sid = child.line(0)
+    assert wait_until(lambda: made_before(child, time.time()) > 100_000, 60)
+    time.sleep(1.0)
+    killed_at = time.time()
+    child.proc.kill()
+    child.wait(10)
+    return sid, made_before(child, killed_at - 0.5)
+
+
+def stored_by_a_later_process(home: Path, sid: str) -> list[int]:
+    """A later process delivers the spool: the numbers of the session's
+    events stored, checked to have no gap and no duplicate."""
+    assert run_python(DELIVER_LATER, home=home).stdout.strip() == "True"
+    assert not spooled_files(home)
+    stored = numbered(events_of(home / "lucidic.db", sid))
+    assert stored == list(range(len(stored)))
+    return stored
+
+
 def test_sigkill_in_a_tight_loop_with_the_store_locked_loses_only_the_last_moments(
         lucidic_home: Path) -> None:
     from lucidic._pipeline import LOSS_WINDOW
 
     with locked_store(lucidic_home / "lucidic.db"):
-        child = Child(recording_loop("tight loop", chunk=1000), lucidic_home)
-        sid = child.line(0)
         # Far more than the in-memory queue holds (65,536), all of it kept
         # by the spool alone: the store takes nothing.
-        assert wait_until(lambda: made_before(child, time.time()) > 100_000, 60)
-        time.sleep(1.0)
-        killed_at = time.time()
-        child.proc.kill()
-        child.wait(10)
-    assert run_python(DELIVER_LATER, home=lucidic_home).stdout.strip() == "True"
-    assert not spooled_files(lucidic_home)
-    made = made_before(child, killed_at - 0.5)
-    stored = numbered(events_of(lucidic_home / "lucidic.db", sid))
-    assert stored == list(range(len(stored)))  # no gap, no duplicate
+        sid, made = kill_a_tight_loop(lucidic_home, "tight loop")
+    stored = stored_by_a_later_process(lucidic_home, sid)
     # At most the last LOSS_WINDOW is lost (the assertion allows half a
     # second, for a loaded machine). Before, a spill that competed with the
     # loop for the interpreter took so long that over a second was lost, at
@@ -164,6 +179,15 @@ def test_sigkill_in_a_tight_loop_with_the_store_locked_loses_only_the_last_momen
     assert LOSS_WINDOW <= 0.3
     assert len(stored) >= made > 65_536
     assert Store(lucidic_home / "lucidic.db").get_session(sid)["name"] == "tight loop"
+
+
+def test_sigkill_in_a_tight_loop_with_the_worker_behind_loses_only_the_last_moments(
+        lucidic_home: Path) -> None:
+    # The store takes records, slower than the loop makes them; the queue may
+    # hold millions, so only the copies of what waited bound the loss.
+    sid, made = kill_a_tight_loop(lucidic_home, "worker behind",
+                                  {"LUCIDIC_MAX_QUEUE": "10000000"})
+    assert len(stored_by_a_later_process(lucidic_home, sid)) >= made > 100_000
 
 
 # -- the hot path ---------------------------------------------------------------------
@@ -250,26 +274,6 @@ def test_a_step_copied_to_disk_is_not_amended_in_memory(tmp_path: Path) -> None:
     end = {"session_id": "x", "ended_at": 2.0, "is_finished": True}
     assert pipeline.amend_last(start, dict(end), 2.0, 0) is False
     assert start[3] == {"session_id": "x", "started_at": 1.0}
-
-
-def test_sigkill_in_a_tight_loop_with_the_worker_behind_loses_only_the_last_moments(
-        lucidic_home: Path) -> None:
-    # The store takes records, slower than the loop makes them; the queue may
-    # hold millions, so only the copies of what waited bound the loss.
-    child = Child(recording_loop("worker behind", chunk=1000), lucidic_home,
-                  {"LUCIDIC_MAX_QUEUE": "10000000"})
-    sid = child.line(0)
-    assert wait_until(lambda: made_before(child, time.time()) > 100_000, 60)
-    time.sleep(1.0)
-    killed_at = time.time()
-    child.proc.kill()
-    child.wait(10)
-    assert run_python(DELIVER_LATER, home=lucidic_home).stdout.strip() == "True"
-    assert not spooled_files(lucidic_home)
-    made = made_before(child, killed_at - 0.5)
-    stored = numbered(events_of(lucidic_home / "lucidic.db", sid))
-    assert stored == list(range(len(stored)))  # no gap, no duplicate
-    assert len(stored) >= made > 100_000
 
 
 def test_the_hot_path_never_writes_to_disk_and_never_waits_for_a_stuck_spill(
