@@ -603,7 +603,9 @@ class Pipeline:
             self._hand_copies_to_replay(taken_before)
         # A flush waiting on what came before them: those are in the spool
         # now, and the worker settles it once the spool is delivered.
-        self._passed.extend(requests)
+        if requests:
+            self._passed.extend(requests)
+            self._wake.set()
         self._count_spooled(len(records))
         self._spool_dirty = True
         self._spool_writable()
@@ -649,7 +651,7 @@ class Pipeline:
 
     def _cycle(self) -> None:
         self._maybe_replay()
-        while True:
+        while not self._waiting_to_retry():
             with self._take_lock:
                 batch, request = self._take()
                 end = self._taken  # the position after the batch (and its flush)
@@ -681,8 +683,22 @@ class Pipeline:
             elif not batch:
                 break
         while self._passed:
-            self._waiting.append(self._passed.popleft())
+            request = self._passed.popleft()
+            if request.fail_fast and not self._healthy:
+                request.failed = True
+                request.done.set()
+            else:
+                self._waiting.append(request)
         self._settle_flushes()
+
+    def _waiting_to_retry(self) -> bool:
+        """The sink failed and its retry is not due: the spill thread writes
+        the queue to the spool at every tick meanwhile, and the worker
+        leaves it to it. Taking batches to spool them as well would only
+        compete with it for the interpreter, while a busy user thread holds
+        it (and a spill kept waiting is what a SIGKILL would lose)."""
+        return (not self._healthy and not self._stopping
+                and time.monotonic() < self._retry_at)
 
     def _take(self) -> tuple[list[Record], _FlushRequest | None]:
         """A batch off the queue, up to the next flush request (the caller

@@ -276,6 +276,44 @@ def test_a_step_copied_to_disk_is_not_amended_in_memory(tmp_path: Path) -> None:
     assert start[3] == {"session_id": "x", "started_at": 1.0}
 
 
+def test_while_the_sink_waits_to_be_retried_only_the_spill_thread_writes_the_queue(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The worker once took batches off the queue to spool them itself while
+    # the spill thread wrote the same queue: two threads competing with a busy
+    # user thread for the interpreter, which kept the spill waiting (and what a
+    # spill waits for is what a SIGKILL loses).
+    writers: list[str] = []
+    write = Spool._write
+
+    def recording_write(self: Spool, data: bytes) -> None:
+        writers.append(threading.current_thread().name)
+        write(self, data)
+
+    monkeypatch.setattr(Spool, "_write", recording_write)
+    monkeypatch.setattr(MemorySink, "RETRY_AFTER", 60.0)  # not retried in this test
+    sink = MemorySink()
+    sink.failing = True
+    pipeline = Pipeline(sink, Spool(tmp_path / "spool"), batch_size=100)
+    pipeline.start()
+    records = events(5_000)
+    pipeline.put(records[0])
+    assert wait_until(lambda: pipeline.stats.delivery_failures, 10)
+    writers.clear()
+    for record in records[1:]:
+        pipeline.put(record)
+    assert wait_until(lambda: pipeline.stats.spooled >= len(records), 10)
+    assert set(writers) == {"lucidic-spill"}
+    # A flush that asks to hear of a failure at once is still told promptly.
+    started = time.monotonic()
+    assert pipeline.flush(10, fail_fast=True) is False
+    assert time.monotonic() - started < 2
+    sink.failing = False
+    pipeline._retry_at = 0.0  # (the retry is due now, not in a minute)
+    assert pipeline.flush(10) is True
+    assert sorted(r[1] for r in sink.records) == sorted(r[1] for r in records)
+    pipeline.shutdown(5)
+
+
 def test_the_hot_path_never_writes_to_disk_and_never_waits_for_a_stuck_spill(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     writers: set[str] = set()
