@@ -47,6 +47,7 @@ not know yet wait in a later segment until it does (``LATER_GRACE``).
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import deque
@@ -88,6 +89,10 @@ SPILL_PIECE = 65536
 #: records leave the queue. Lets a test stop a spill midway.
 spill_checkpoint: Callable[[int, int], None] | None = None
 
+
+#: Whether one thread runs Python at a time, switching only at calls and
+#: loops, which amend_last relies on (a free-threaded build never amends).
+_GIL: bool = getattr(sys, "_is_gil_enabled", lambda: True)()
 
 #: Runs an iterator to its end in C, keeping nothing.
 _consume: Callable[[Iterable[Any]], None] = deque(maxlen=0).extend
@@ -262,7 +267,7 @@ class Pipeline:
         then; the child may have written to the same row since). Then one
         record says what the two would have. False (nothing changed)
         otherwise: the hot path never waits."""
-        if forks != self.forks:
+        if forks != self.forks or not _GIL:
             return False
         queue = self._queue
         amended = (record[0], record[1], ts, {**record[3], **fields})
