@@ -2,8 +2,10 @@
 that keeps the queue's records safe on disk.
 
 The hot path (``put``) appends to a deque and, once a batch is waiting, wakes
-the worker. It never does I/O and never waits: when the queue is full it only
-wakes the spill thread. The worker batches by size and time, delivers to the
+the worker. It never does I/O and never waits for another thread: when the
+queue is full it only wakes the spill thread; when the spill thread is
+overdue it gives the interpreter up for a moment, once a tick at most
+(``_look_in_on_the_spill``). The worker batches by size and time, delivers to the
 sink, spools a batch the sink did not take, backs off (honouring the sink's
 ``retry_after``) and replays the spool as soon as the sink answers again.
 
@@ -84,6 +86,13 @@ _SPOOL_RETRY = 1.0
 #: longer than a switch interval (5 ms) when other threads want it too.
 SPILL_PIECE = 65536
 
+#: The hot path looks in on the spill thread every this many records queued
+#: since it last ran (see Pipeline._look_in_on_the_spill)...
+SPILL_LOOK = 1024
+#: ...and, while it is overdue, gives the interpreter up this long, once a
+#: tick at most.
+SPILL_YIELD = 0.0002
+
 #: Test hook: the spill thread calls it after writing each piece of a spill,
 #: with (records written so far, records in the spill), before the spilled
 #: records leave the queue. Lets a test stop a spill midway.
@@ -156,7 +165,12 @@ class Pipeline:
 
     def _init_runtime(self) -> None:
         self._queue: deque[Any] = deque()
-        self._busy = min(self._batch_size, self._max_queue)  # below it, put() only appends
+        #: Queue size at which put() next looks in on the spill thread.
+        self._look_at = SPILL_LOOK
+        self._spill_ran = time.monotonic()  # when the spill thread last finished a tick
+        self._next_yield = 0.0
+        # Below it, put() only appends.
+        self._busy = min(self._batch_size, self._max_queue, self._look_at)
         self._wake = threading.Event()
         self._spill_wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -220,10 +234,30 @@ class Pipeline:
                 return
             if size >= self._batch_size and not self._wake.is_set():
                 self._wake.set()
-                # Woken: put() looks no further (but for a full queue) until
-                # the worker has taken a batch (_take lowers it again).
-                self._busy = self._max_queue
+            if size >= self._look_at:
+                self._look_in_on_the_spill(size)
+            # Once the worker is woken put() looks no further (but for a full
+            # queue, or to look in on the spill thread) until it has taken a
+            # batch (_take lowers it again).
+            self._busy = min(self._max_queue if self._wake.is_set() else self._batch_size,
+                             self._look_at)
         queue.append(record)
+
+    def _look_in_on_the_spill(self, size: int) -> None:
+        """The queue grew by SPILL_LOOK records since the spill thread last
+        ran. If that was two ticks ago or more, it is most likely waiting for
+        the interpreter that this thread holds: CPython lets a waiting thread
+        force a switch only when no other switch happened meanwhile, so while
+        a busy user thread and the worker hand it to each other the spill
+        thread can wait far longer than a switch interval, and what it waits
+        to write is what a SIGKILL would lose. Then give the interpreter up
+        for a moment, once a tick at most (never waiting for the spill thread
+        itself: it may be stuck on a slow disk)."""
+        self._look_at = size + SPILL_LOOK
+        now = time.monotonic()
+        if now - self._spill_ran >= 2 * SPILL_TICK and now >= self._next_yield:
+            self._next_yield = now + SPILL_TICK
+            time.sleep(SPILL_YIELD)
 
     def _crowded(self, record: Record, size: int) -> bool:
         """The queue is full: wake the spill thread (never wait for it). When
@@ -419,6 +453,9 @@ class Pipeline:
                 self._spill_tick()
             except Exception as exc:  # noqa: BLE001 - the spill thread must survive anything
                 record_internal_error("spill", exc)
+            self._spill_ran = time.monotonic()
+            self._look_at = len(self._queue) + SPILL_LOOK
+            self._busy = min(self._busy, self._look_at)
 
     def _spill_tick(self) -> None:
         if self._dropping:
@@ -721,7 +758,8 @@ class Pipeline:
             queue.extendleft(reversed(batch[at + 1:]))
             del batch[at:]
         self._taken += len(batch) + (request is not None)
-        self._busy = min(self._batch_size, self._max_queue)  # put() may wake us again
+        # put() may wake us again
+        self._busy = min(self._batch_size, self._max_queue, self._look_at)
         if batch:
             self._inflight, self._inflight_since = batch, time.monotonic()
             self._inflight_spooled = False

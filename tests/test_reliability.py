@@ -314,6 +314,29 @@ def test_while_the_sink_waits_to_be_retried_only_the_spill_thread_writes_the_que
     pipeline.shutdown(5)
 
 
+def test_the_hot_path_gives_an_overdue_spill_thread_the_interpreter_once_a_tick(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The rule at one moment, the threads not started. A spill thread kept
+    # waiting for the interpreter by a busy user thread (and the worker) is
+    # what made a SIGKILL in a tight loop lose most of a second on a slow day.
+    yields: list[float] = []
+    monkeypatch.setattr(_pipeline.time, "sleep", yields.append)
+    pipeline = Pipeline(MemorySink(), Spool(tmp_path / "spool"), max_queue=10**6,
+                        batch_size=10**6)
+    pipeline._spill_ran = time.monotonic() + 60  # it has just run, as far as put() knows
+    for record in events(5_000):
+        pipeline.put(record)
+    assert yields == []
+    pipeline._spill_ran = time.monotonic() - 1  # it last ran a second ago
+    for record in events(10_000):
+        pipeline.put(record)
+    assert yields == [_pipeline.SPILL_YIELD]  # once a tick at most
+    pipeline._next_yield = 0.0  # (a tick later)
+    for record in events(_pipeline.SPILL_LOOK):
+        pipeline.put(record)
+    assert yields == [_pipeline.SPILL_YIELD] * 2
+
+
 def test_the_hot_path_never_writes_to_disk_and_never_waits_for_a_stuck_spill(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     writers: set[str] = set()
