@@ -681,7 +681,8 @@ def report(calls: dict[str, Any], ingest: dict[str, Any], memory: dict[str, Any]
     # start, else two.)
     p(f"   worker delivered {calls['delivered_during_timing']:,} records inside the timed "
       f"loops of {calls['steps_during_timing']:,} steps and {calls['events_during_timing']:,} "
-      f"events (spooled by overflow: {calls['spooled_during_timing']:,}); after flush: steps "
+      f"events (written to the spool meanwhile: {calls['spooled_during_timing']:,}); after "
+      f"flush: steps "
       f"{calls['steps_stored']:,}/{calls['steps_sent']:,}, events "
       f"{calls['events_stored']:,}/{calls['events_sent']:,} stored  {verdict(stored_ok)}")
     p(f"   OTel: {calls['otel_ended']:,} spans ended, {calls['otel_exported']:,} exported, "
@@ -701,9 +702,9 @@ def report(calls: dict[str, Any], ingest: dict[str, Any], memory: dict[str, Any]
       f"(loop {ingest['loop_seconds']:.2f} s + flush {ingest['flush_seconds']:.2f} s)   "
       f"stored/sent {ingest['stored']:,}/{ingest['n']:,}   target >= 50,000/s, all stored"
       f"   {verdict(ok3)}")
-    p(f"     worker delivered {ingest['delivered']:,} records, the hot path spilled "
-      f"{ingest['spooled']:,} to the spool on queue overflow (replayed before flush "
-      f"returned {ingest['flushed']})")
+    p(f"     worker delivered {ingest['delivered']:,} records; the spill thread wrote "
+      f"{ingest['spooled']:,} to the spool (copies of what waited 0.1 s, and what "
+      f"overflowed the queue); flush returned {ingest['flushed']}")
     for key, label in (("otel", "counting exporter"),
                        ("otel_slow", f"exporter taking {OTEL_SLOW_EXPORT * 1000:.0f} ms/batch")):
         p(f"   OTel BatchSpanProcessor (default settings), {label}: "
