@@ -512,12 +512,15 @@ def _pop_step(step_id: str) -> None:
 
 def _event_fields(description: Any, result: Any, cost_added: Any, model: Any, screenshots: Any,
                   function_name: Any, arguments: Any) -> dict[str, Any]:
-    values = {"description": description, "result": result,
-              "cost": number_arg("cost_added", cost_added), "model": model,
+    cost = number_arg("cost_added", cost_added)  # checked and made a float once, here
+    values = {"description": description, "result": result, "model": model,
               "screenshots": screenshots_arg(screenshots), "function_name": function_name,
               "arguments": arguments}
     # A field not given is left out: the store leaves it as it is.
-    return {key: field_value(key, value) for key, value in values.items() if value is not None}
+    fields = {key: field_value(key, value) for key, value in values.items() if value is not None}
+    if cost is not None:
+        fields["cost"] = cost
+    return fields
 
 
 def create_event(step_id: str | None = None, description: str | None = None,

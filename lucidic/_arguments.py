@@ -9,13 +9,12 @@ checked here.
 from __future__ import annotations
 
 import base64
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from . import _config
-from ._numbers import as_float, short_number_repr
+from ._numbers import finite_float, short_number_repr
 from ._records import Mask, items_of, text_field
 from .errors import InvalidOperationError
 from .limits import MAX_ID_LENGTH
@@ -26,11 +25,16 @@ def session_id_arg(value: Any, name: str = "session_id") -> str:
         raise InvalidOperationError(
             f"{name} must be a string (the id returned by lai.init()), "
             f"not {type(value).__name__}")
-    if not value or len(value) > MAX_ID_LENGTH or not value.isprintable():
+    if not _is_id(value):
         raise InvalidOperationError(
             f"{name} {value[:80]!r} is not a valid session id: use 1 to {MAX_ID_LENGTH} "
             "printable characters")
     return value
+
+
+def _is_id(value: str) -> bool:
+    """What an id may be: 1 to MAX_ID_LENGTH printable characters."""
+    return bool(value) and len(value) <= MAX_ID_LENGTH and value.isprintable()
 
 
 def number_arg(name: str, value: Any) -> float | None:
@@ -39,8 +43,8 @@ def number_arg(name: str, value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidOperationError(f"{name} must be a number, not {type(value).__name__} "
                                     f"{value!r:.80}")
-    number = as_float(value)
-    if not math.isfinite(number):
+    number = finite_float(value)
+    if number is None:
         raise InvalidOperationError(f"{name} must be a finite number, not "
                                     f"{short_number_repr(value)}")
     return number
@@ -71,8 +75,7 @@ def tags_arg(value: Any) -> list[str] | None:
 def id_arg(name: str, value: Any) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not value or len(value) > MAX_ID_LENGTH \
-            or not value.isprintable():
+    if not isinstance(value, str) or not _is_id(value):
         raise InvalidOperationError(f"{name} must be an id string of 1 to {MAX_ID_LENGTH} "
                                     f"printable characters, not {value!r:.80}")
     return value

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["as_float", "short_number_repr"]
+__all__ = ["as_float", "finite_float", "short_number_repr"]
 
 
 def as_float(value: int | float) -> float:
@@ -21,6 +21,13 @@ def as_float(value: int | float) -> float:
         return int.__float__(value)
     except OverflowError:
         return math.inf if value > 0 else -math.inf
+
+
+def finite_float(value: int | float) -> float | None:
+    """``as_float(value)``, or None when that is not finite (an infinity, a
+    NaN, an int too large for any float): for the caller to refuse."""
+    number = as_float(value)
+    return number if math.isfinite(number) else None
 
 
 def short_number_repr(value: int | float) -> str:

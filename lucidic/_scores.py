@@ -8,11 +8,10 @@ through this module, so the three kinds mean the same everywhere.
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 from typing import Any, Union
 
-from ._numbers import as_float, short_number_repr
+from ._numbers import finite_float, short_number_repr
 from .errors import InvalidOperationError
 
 ScoreValue = Union[float, bool, str]  # noqa: UP007 - a runtime alias on Python 3.10
@@ -57,8 +56,8 @@ def score_value(name: str, value: Any) -> ScoreValue:
     if isinstance(value, bool):
         return value
     if isinstance(value, (int, float)):
-        number = as_float(value)
-        if not math.isfinite(number):
+        number = finite_float(value)
+        if number is None:
             raise InvalidOperationError(f"score {name!r} must be a finite number, not "
                                         f"{short_number_repr(value)}")
         return number
