@@ -121,6 +121,10 @@ class _FlushRequest:
         self.fail_fast = fail_fast
         self.failed = False
 
+    def fail(self) -> None:
+        self.failed = True
+        self.done.set()
+
 
 def _requests_in(items: list[Any]) -> list[_FlushRequest]:
     """The flush requests among queued items, in order: looked for in C (the
@@ -129,6 +133,14 @@ def _requests_in(items: list[Any]) -> list[_FlushRequest]:
     if _FlushRequest not in set(map(type, items)):
         return []
     return [item for item in items if type(item) is _FlushRequest]
+
+
+def _records_in(items: list[Any]) -> list[Record]:
+    """The records among queued items (the items themselves when no flush
+    request is among them, as usual)."""
+    if _FlushRequest not in set(map(type, items)):
+        return items
+    return [item for item in items if type(item) is not _FlushRequest]
 
 
 @dataclass
@@ -189,8 +201,9 @@ class Pipeline:
         #: wrote while the sink was slow; removed again if the batch arrives.
         self._inflight_copy: tuple[list[Record], Path] | None = None
         self._inflight_lock = threading.Lock()
-        self._inflight_spooled = False  # the worker wrote its batch to the spool itself
-        self._inflight_copied = False  # copies of queued records hold all of the batch
+        #: The worker's batch is on disk already: it spooled the batch itself,
+        #: or copies of the queue held all of it when it was taken.
+        self._inflight_on_disk = False
         #: Queue positions (counted as _taken counts) below this one have been
         #: copied to disk: those still queued are in a copy (_copies) or were
         #: written to the spool with it. The spill thread alone moves it, under
@@ -420,8 +433,7 @@ class Pipeline:
             pending.extend(inflight)
         for item in items:
             if isinstance(item, _FlushRequest):
-                item.failed = True
-                item.done.set()
+                item.fail()
             else:
                 pending.append(item)
         if not pending:
@@ -503,9 +515,7 @@ class Pipeline:
             if not items:
                 return
             end = self._copied_upto = start + len(items)
-        records = items
-        if _requests_in(items):
-            records = [i for i in items if type(i) is not _FlushRequest]
+        records = _records_in(items)
         try:
             copy, unencodable = self.spool.write_aside(records)
         except OSError as exc:
@@ -554,15 +564,14 @@ class Pipeline:
     def _hand_copies_to_replay(self, after: int) -> None:
         """The records of the copies reaching past position ``after`` have
         left the queue without being written again: those copies become
-        ordinary segments, for the worker (or a later process) to replay."""
+        ordinary segments, for the worker (or a later process) to replay
+        (the caller marks the spool as having something to replay)."""
         with self._inflight_lock:
             kept = deque(c for c in self._copies if c[0] <= after)
             handed = [path for end, path in self._copies if end > after]
             self._copies = kept
         for copy in handed:
             self.spool.release_aside(copy, delivered=False)
-        if handed:
-            self._spool_dirty = True
 
     def _worker_stuck(self) -> bool:
         """The worker will not take the queue soon: the sink is failing (the
@@ -584,12 +593,12 @@ class Pipeline:
         a batch is written by one of them only, and a record no encoder can
         write is set aside once."""
         batch = self._inflight
-        if (batch is None or self._copy_of(batch) is not None or self._inflight_copied
+        if (batch is None or self._copy_of(batch) is not None or self._inflight_on_disk
                 or time.monotonic() - self._inflight_since < SPILL_AFTER):
             return
         with self._inflight_lock:
             if (self._inflight is not batch or self._copy_of(batch) is not None
-                    or self._inflight_spooled):
+                    or self._inflight_on_disk):
                 return  # the worker is done with it, or wrote it itself
             try:
                 copy, unencodable = self.spool.write_aside(batch)
@@ -624,9 +633,7 @@ class Pipeline:
         items = self._freeze(count)
         copied = max(0, min(count, self._copied_upto - self._taken))
         requests = _requests_in(items)
-        records = items[copied:]
-        if requests:
-            records = [i for i in records if type(i) is not _FlushRequest]
+        records = _records_in(items[copied:])
         try:
             piece = SPILL_PIECE
             for start in range(0, len(records), piece):
@@ -702,8 +709,7 @@ class Pipeline:
                 # Neither delivered nor spooled: back to the queue's front,
                 # with the flush that waits on it, until the next cycle.
                 if request is not None and request.fail_fast:
-                    request.failed = True
-                    request.done.set()
+                    request.fail()
                     request = None
                 back: list[Any] = [*batch, *([request] if request else [])]
                 with self._take_lock:
@@ -716,22 +722,21 @@ class Pipeline:
             if self._copies:
                 self._release_copies(end)
             if request is not None:
-                if request.fail_fast and not self._healthy:
-                    # Deliveries are failing (this batch was spooled): say so now.
-                    request.failed = True
-                    request.done.set()
-                else:
-                    self._waiting.append(request)
+                self._hold(request)
             elif not batch:
                 break
         while self._passed:
-            request = self._passed.popleft()
-            if request.fail_fast and not self._healthy:
-                request.failed = True
-                request.done.set()
-            else:
-                self._waiting.append(request)
+            self._hold(self._passed.popleft())
         self._settle_flushes()
+
+    def _hold(self, request: _FlushRequest) -> None:
+        """A flush request whose records are delivered or spooled: it waits
+        for the spool to be delivered, unless it asked to hear of a failure
+        at once and deliveries are failing (those records were spooled)."""
+        if request.fail_fast and not self._healthy:
+            request.fail()
+        else:
+            self._waiting.append(request)
 
     def _waiting_to_retry(self) -> bool:
         """The sink failed and its retry is not due: the spill thread writes
@@ -762,8 +767,7 @@ class Pipeline:
         self._busy = min(self._batch_size, self._max_queue, self._look_at)
         if batch:
             self._inflight, self._inflight_since = batch, time.monotonic()
-            self._inflight_spooled = False
-            self._inflight_copied = self._taken <= self._copied_upto
+            self._inflight_on_disk = self._taken <= self._copied_upto
         return batch, request
 
     def _deliver(self, batch: list[Record]) -> object:
@@ -804,7 +808,7 @@ class Pipeline:
                 self._spool_unwritable(exc)
                 return _KEPT_NOWHERE
             # Written: the spill thread must not write a copy of it as well.
-            self._inflight_spooled = self._inflight is batch
+            self._inflight_on_disk = self._inflight is batch
         self._spool_dirty = True
         self._count_spooled(len(batch))
         self._spool_writable()
@@ -923,8 +927,7 @@ class Pipeline:
                          "spooled to %s and retried in %.1fs", exc, self.spool.directory, delay)
         for request in self._waiting:
             if request.fail_fast:
-                request.failed = True
-                request.done.set()
+                request.fail()
         self._waiting = [r for r in self._waiting if not r.fail_fast]
 
     def _recovered(self) -> None:

@@ -93,7 +93,7 @@ class Spool:
         """append() for one record, at the least cost (durable mode's hot
         path). False if no encoder can write it."""
         try:
-            line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+            line = _dumps_line(record)
         except TypeError:
             try:
                 line = _encode(record)
@@ -178,15 +178,8 @@ class Spool:
         data, unencodable = _encode_batch(list(records))
         if data:
             with self._lock:
-                path, fd = self._create_locked(_LATER_PREFIX, int(refused_since * 1e9))
-                try:
-                    _write_all(fd, data)
-                except OSError:
-                    path.unlink(missing_ok=True)
-                    self._own.discard(path)
-                    raise
-                finally:
-                    os.close(fd)  # whole: a replay may take it
+                _, fd = self._write_new(data, _LATER_PREFIX, int(refused_since * 1e9))
+                os.close(fd)  # whole: a replay may take it
         return unencodable
 
     def write_aside(self, records: Sequence[Record]) -> tuple[Path | None, list[Record]]:
@@ -199,16 +192,23 @@ class Spool:
         if not data:
             return None, unencodable
         with self._lock:
-            path, fd = self._create_locked()
-            try:
-                _write_all(fd, data)
-            except OSError:
-                path.unlink(missing_ok=True)
-                self._own.discard(path)
-                os.close(fd)
-                raise
+            path, fd = self._write_new(data)
             self._aside[path] = fd
         return path, unencodable
+
+    def _write_new(self, data: bytes, prefix: str = "",
+                   when_ns: int | None = None) -> tuple[Path, int]:
+        """A new segment of this process holding ``data``, still open and
+        locked; on a failed write, no segment at all (the caller holds the lock)."""
+        path, fd = self._create_locked(prefix, when_ns)
+        try:
+            _write_all(fd, data)
+        except OSError:
+            path.unlink(missing_ok=True)
+            self._own.discard(path)
+            os.close(fd)
+            raise
+        return path, fd
 
     def release_aside(self, path: Path, *, delivered: bool) -> None:
         """Let go of a segment written aside: removed if its records were
