@@ -14,12 +14,14 @@ looks at the queue: the records that have waited ``SPILL_AFTER`` there (the
 worker is behind) it copies to a segment of their own and leaves queued, for
 the worker to deliver from memory (the copy is removed once they are
 delivered: reading records back from disk costs several times their
-delivery); while the worker cannot deliver (the sink is failing, or has held
-its batch that long), or the queue is full, it takes all that is queued off
-to the spool (what a copy holds already is not written again). A batch the
-worker has held that long (the sink is slow or hung) it copies too. So a
-record reaches the kernel (the sink, or a ``write()`` to the spool) within
-about ``LOSS_WINDOW`` of being recorded, whatever the queue holds. In
+delivery); while the worker has held its batch that long (the sink is slow
+or hung, or a busy user thread leaves the worker little of the interpreter)
+it copies all that is queued, and that batch too. Records leave the queue
+for the spool only when memory cannot hold them: all of them while the sink
+is failing, the oldest half when the queue is full (what a copy holds
+already is not written again). So a record reaches the kernel (the sink,
+or a ``write()`` to the spool) within about ``LOSS_WINDOW`` of being
+recorded, whatever the queue holds. In
 durable mode (``LUCIDIC_DURABLE=1``) ``put`` itself writes each record to the
 spool before returning, and the worker delivers from there: a SIGKILL loses
 nothing.
@@ -494,14 +496,36 @@ class Pipeline:
             # to disk and stay queued: the worker delivers them from memory
             # (a round trip through the spool costs several times their
             # delivery), the younger ones are copied at a later tick if they
-            # wait as long. All of the queue goes to the spool when it is
-            # full, or when the worker cannot deliver it at all.
+            # wait as long. Only what memory cannot hold leaves the queue for
+            # the spool: all of it while the sink is failing (the worker
+            # would only spool it), the oldest half when it is full.
             waited_upto = marks[0] if len(marks) == marks.maxlen else 0
-            if queued and (queued >= self._max_queue or self._worker_stuck()):
+            if queued and not self._healthy:
                 self._spill_front(queued)
+            elif queued >= self._max_queue:
+                self._spill_front(self._oldest_half(queued))
             marks.append(self._taken + len(self._queue))
+            if self._worker_slow():
+                # Each tick copies what came since the last: small writes,
+                # each done in a tick, keep what a SIGKILL can lose short
+                # even when a tight loop leaves the spill little of the
+                # interpreter.
+                waited_upto = self._taken + len(self._queue)
         if waited_upto > max(self._copied_upto, self._taken):
             self._copy_waited(waited_upto)
+
+    def _oldest_half(self, queued: int) -> int:
+        """How many of a full queue's oldest items go to the spool: enough to
+        leave it half full, and on to the end of the copy that holds the
+        last of them (a copy is replayed whole: cut, the rest of it would be
+        delivered twice). The other half stays to be delivered from memory:
+        each record read back from disk costs the worker more than its
+        delivery. (The caller holds the take lock.)"""
+        count = queued - self._max_queue // 2
+        upto = self._taken + count
+        with self._inflight_lock:
+            ends = [end for end, _ in self._copies if end >= upto]
+        return min(queued, ends[0] - self._taken) if ends else count
 
     def _copy_waited(self, upto: int) -> None:
         """Copy the queued items before position ``upto`` not copied yet to
@@ -561,27 +585,22 @@ class Pipeline:
         for copy in done:
             self.spool.release_aside(copy, delivered=True)
 
-    def _hand_copies_to_replay(self, after: int) -> None:
-        """The records of the copies reaching past position ``after`` have
-        left the queue without being written again: those copies become
-        ordinary segments, for the worker (or a later process) to replay
-        (the caller marks the spool as having something to replay)."""
+    def _hand_copies_to_replay(self, after: int, upto: int) -> None:
+        """The records of the copies ending past position ``after`` and at
+        ``upto`` at most have left the queue without being written again:
+        those copies become ordinary segments, for the worker (or a later
+        process) to replay (the caller marks the spool as having something
+        to replay). No copy reaches past ``upto`` with a record before it."""
         with self._inflight_lock:
-            kept = deque(c for c in self._copies if c[0] <= after)
-            handed = [path for end, path in self._copies if end > after]
-            self._copies = kept
+            handed = [path for end, path in self._copies if after < end <= upto]
+            self._copies = deque(c for c in self._copies if not after < c[0] <= upto)
         for copy in handed:
             self.spool.release_aside(copy, delivered=False)
 
-    def _worker_stuck(self) -> bool:
-        """The worker will not take the queue soon: the sink is failing (the
-        worker would only spool it), or it has held a batch for SPILL_AFTER
-        (the sink is slow or hung). Then the spill thread writes whatever is
-        queued at every tick rather than waiting for records to age: small
-        spills, each done in a tick, keep the window a SIGKILL can lose short
-        even when a tight loop leaves the spill little of the interpreter."""
-        if not self._healthy:
-            return True
+    def _worker_slow(self) -> bool:
+        """The worker has held a batch for SPILL_AFTER: the sink is slow or
+        hung, or a busy user thread leaves the worker little of the
+        interpreter. What is queued will not be taken soon."""
         return (self._inflight is not None
                 and time.monotonic() - self._inflight_since >= SPILL_AFTER)
 
@@ -649,7 +668,7 @@ class Pipeline:
         _consume(starmap(self._queue.popleft, repeat((), count)))
         taken_before, self._taken = self._taken, self._taken + count
         if copied:
-            self._hand_copies_to_replay(taken_before)
+            self._hand_copies_to_replay(taken_before, self._taken)
         # A flush waiting on what came before them: those are in the spool
         # now, and the worker settles it once the spool is delivered.
         if requests:

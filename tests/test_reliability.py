@@ -241,25 +241,93 @@ def test_a_failing_worker_has_everything_queued_spooled(tmp_path: Path) -> None:
     assert spooled is not None and [r[1] for r in spooled] == [f"e{i}" for i in range(10)]
 
 
-def test_copied_records_leave_a_full_queue_without_being_written_again(
+def copy_waited(pipeline: Pipeline, upto: int) -> None:
+    """One spill tick at which the queue positions before ``upto`` have
+    waited SPILL_AFTER (the threads are not started)."""
+    behind(pipeline, upto)
+    pipeline._spill_queue()
+
+
+def test_a_full_queue_sends_its_oldest_half_to_the_spool_each_record_written_once(
         tmp_path: Path) -> None:
-    pipeline = Pipeline(MemorySink(), Spool(tmp_path / "spool"), max_queue=10,
-                        batch_size=100)
+    sink = MemorySink()
+    pipeline = Pipeline(sink, Spool(tmp_path / "spool"), max_queue=10, batch_size=100)
     for record in events(8):
         pipeline.put(record)
-    behind(pipeline, 4)
-    pipeline._spill_queue()  # e0-e3 copied
+    copy_waited(pipeline, 4)  # e0-e3 copied
     for record in events(10)[8:]:
         pipeline.put(record)
-    pipeline._spill_queue()  # the queue is full: all of it to disk
-    assert not pipeline._queue
-    # Ten records on disk, each written once: the copy became a segment like
-    # any other, for a replay (of this process or another) to deliver.
-    assert pipeline.stats.spooled == 10
+    pipeline._spill_queue()  # the queue is full
+    # The oldest half left it: e0-e3 by their copy, which became a segment
+    # like any other, e4 written now; the rest stays, to be delivered from
+    # memory (reading records back from disk costs more than delivering them).
+    assert [r[1] for r in pipeline._queue] == [f"e{i}" for i in range(5, 10)]
+    assert pipeline.stats.spooled == 5
     assert not pipeline.spool._aside  # the copy is held no more
-    pipeline.spool.close()  # (as at exit: the open segment is let go of)
-    spooled = replayed_by_another_process(tmp_path / "spool")
-    assert spooled is not None and sorted(r[1] for r in spooled) == [f"e{i}" for i in range(10)]
+    assert pipeline.flush(10) is True
+    assert sorted(r[1] for r in sink.records) == sorted(f"e{i}" for i in range(10))
+    assert not spooled_files(tmp_path)
+    pipeline.shutdown(5)
+
+
+def test_a_full_queue_never_cuts_a_copy_in_two(tmp_path: Path) -> None:
+    # A copy is replayed whole: cut in two, the half still queued would be
+    # delivered twice (once from memory, once replayed).
+    sink = MemorySink()
+    pipeline = Pipeline(sink, Spool(tmp_path / "spool"), max_queue=10, batch_size=100)
+    for record in events(7):
+        pipeline.put(record)
+    copy_waited(pipeline, 7)  # e0-e6 copied in one piece
+    for record in events(10)[7:]:
+        pipeline.put(record)
+    pipeline._spill_queue()  # the queue is full
+    # Half of it (five) would end inside the copy: the copy's seven leave.
+    assert [r[1] for r in pipeline._queue] == ["e7", "e8", "e9"]
+    assert pipeline.stats.spooled == 7
+    assert pipeline.flush(10) is True
+    assert sorted(r[1] for r in sink.records) == sorted(f"e{i}" for i in range(10))
+    pipeline.shutdown(5)
+
+
+def test_copies_of_what_stays_queued_stay_copies_when_a_full_queue_is_cut(
+        tmp_path: Path) -> None:
+    sink = MemorySink()
+    pipeline = Pipeline(sink, Spool(tmp_path / "spool"), max_queue=10, batch_size=100)
+    for record in events(9):
+        pipeline.put(record)
+    for upto in (2, 5, 8):  # three copies: e0-e1, e2-e4, e5-e7
+        copy_waited(pipeline, upto)
+    pipeline.put(events(10)[9])
+    pipeline._spill_queue()  # full: e0-e4 leave, with the first two copies
+    assert [r[1] for r in pipeline._queue] == [f"e{i}" for i in range(5, 10)]
+    assert len(pipeline.spool._aside) == 1  # e5-e7's copy, its records still queued
+    # Each record delivered once: e0-e4 replayed, e5-e9 from memory.
+    assert pipeline.flush(10) is True
+    assert sorted(r[1] for r in sink.records) == sorted(f"e{i}" for i in range(10))
+    assert not spooled_files(tmp_path)
+    pipeline.shutdown(5)
+
+
+def test_a_slow_worker_has_all_that_is_queued_copied_and_delivers_it_from_memory(
+        tmp_path: Path) -> None:
+    sink = MemorySink()
+    pipeline = Pipeline(sink, Spool(tmp_path / "spool"), batch_size=100)
+    for record in events(10):
+        pipeline.put(record)
+    # The worker has held a batch for SPILL_AFTER (a slow sink, or a busy
+    # user thread leaving it little of the interpreter): every record queued
+    # is copied at once, none waits to age, and all stay queued.
+    held = [("event", "held", 0.0, {"session_id": "s"})]
+    pipeline._inflight, pipeline._inflight_since = held, time.monotonic() - 1
+    pipeline._spill_queue()
+    assert len(pipeline._queue) == 10
+    assert pipeline.stats.spooled == 10
+    assert replayed_by_another_process(tmp_path / "spool") is None  # held by this process
+    pipeline._inflight = None
+    assert pipeline.flush(10) is True
+    assert [r[1] for r in sink.records] == [f"e{i}" for i in range(10)]
+    assert not spooled_files(tmp_path)
+    pipeline.shutdown(5)
 
 
 def test_a_step_copied_to_disk_is_not_amended_in_memory(tmp_path: Path) -> None:
