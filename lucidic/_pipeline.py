@@ -63,7 +63,7 @@ from typing import Any
 
 from ._internal import log_rate_limited, logger, rearm, record_internal_error, warn_once
 from ._sinks import RecordsRefusedError, Sink, SinkError
-from ._spool import Spool
+from ._spool import Spool, encode_batch
 from .store import Record
 
 _MAX_BACKOFF = 10.0
@@ -195,8 +195,10 @@ class Pipeline:
         # under this lock; appending (the hot path) does not need it.
         self._take_lock = threading.RLock()
         self._taken = 0  # items ever taken off the queue
-        #: Items ever appended, as seen at each of the last ticks (oldest first).
-        self._marks: deque[int] = deque(maxlen=max(1, round(SPILL_AFTER / SPILL_TICK)))
+        #: (when, items ever appended by then), seen at the ticks of the last
+        #: SPILL_AFTER, oldest first: by time, not by a count of ticks, since
+        #: a busy user thread can keep a tick waiting several ticks' time.
+        self._marks: deque[tuple[float, int]] = deque()
         self._inflight: list[Record] | None = None
         self._inflight_since = 0.0
         #: (batch, file): the copy of the worker's batch that the spill thread
@@ -491,20 +493,23 @@ class Pipeline:
         with self._take_lock:
             queued = len(self._queue)
             marks = self._marks
-            # Items queued SPILL_AFTER ago (marks[0] had been appended by
-            # then) and still there: the worker is behind. Those are copied
+            # Items queued SPILL_AFTER ago (appended by the newest mark that
+            # old) and still there: the worker is behind. Those are copied
             # to disk and stay queued: the worker delivers them from memory
             # (a round trip through the spool costs several times their
             # delivery), the younger ones are copied at a later tick if they
             # wait as long. Only what memory cannot hold leaves the queue for
             # the spool: all of it while the sink is failing (the worker
             # would only spool it), the oldest half when it is full.
-            waited_upto = marks[0] if len(marks) == marks.maxlen else 0
+            now = time.monotonic()
+            waited_upto = 0
+            while marks and now - marks[0][0] >= SPILL_AFTER:
+                waited_upto = marks.popleft()[1]
             if queued and not self._healthy:
                 self._spill_front(queued)
             elif queued >= self._max_queue:
                 self._spill_front(self._oldest_half(queued))
-            marks.append(self._taken + len(self._queue))
+            marks.append((now, self._taken + len(self._queue)))
             if self._worker_slow():
                 # Each tick copies what came since the last: small writes,
                 # each done in a tick, keep what a SIGKILL can lose short
@@ -529,9 +534,9 @@ class Pipeline:
 
     def _copy_waited(self, upto: int) -> None:
         """Copy the queued items before position ``upto`` not copied yet to
-        a segment of their own, leaving them queued. Written outside the take
-        lock (the worker goes on taking batches meanwhile): nothing but this
-        thread writes or trusts copies, and amend_last leaves the copied
+        the spool's copy segment, leaving them queued. Written outside the
+        take lock (the worker goes on taking batches meanwhile): nothing but
+        this thread writes or trusts copies, and amend_last leaves the copied
         records alone from the moment they are chosen."""
         with self._take_lock:
             start = max(self._copied_upto, self._taken)
@@ -540,24 +545,38 @@ class Pipeline:
                 return
             end = self._copied_upto = start + len(items)
         records = _records_in(items)
+        data, unencodable = encode_batch(records)
+        if unencodable:
+            self._reject_unencodable(unencodable)
         try:
-            copy, unencodable = self.spool.write_aside(records)
+            self._append_copy(data, end)
         except OSError as exc:
             with self._take_lock:
                 self._copied_upto = start  # not on disk after all
             self._spool_unwritable(exc)
             return
-        if unencodable:
-            self._reject_unencodable(unencodable)
-        if copy is not None:
-            with self._inflight_lock:
-                delivered = self._done_upto >= end  # while it was being written
-                if not delivered:
-                    self._copies.append((end, copy))
-            if delivered:
-                self.spool.release_aside(copy, delivered=True)
         self._count_spooled(len(records))
         self._spool_writable()
+
+    def _append_copy(self, data: bytes, end: int) -> None:
+        """Append copies of queued records, the last at position ``end``, to
+        the copy segment. The segment is registered as holding them up to
+        ``end`` before they are written, under the lock the worker lets go
+        of copies under: so the worker never removes a segment between the
+        choice of it and the write (it would take the new copies with it),
+        and a segment it let go of first is not written to (another is
+        made)."""
+        while data:
+            path = self.spool.copy_segment()
+            with self._inflight_lock:
+                if self._done_upto >= end:
+                    return  # the worker delivered them all meanwhile
+                if self._copies and self._copies[-1][1] == path:
+                    self._copies[-1] = (end, path)
+                else:
+                    self._copies.append((end, path))
+            if self.spool.append_copy(path, data):
+                return
 
     def _freeze(self, stop: int, start: int = 0) -> list[Any]:
         """The queued items from ``start`` to ``stop`` (counted from the
@@ -576,14 +595,12 @@ class Pipeline:
 
     def _release_copies(self, upto: int) -> None:
         """The worker has delivered (or spooled) every position below
-        ``upto``: the copies of those records are not needed any more."""
+        ``upto``: the copy segments holding only those records are not
+        needed any more. (Removed under the in-flight lock: see _append_copy.)"""
         with self._inflight_lock:
             self._done_upto = max(self._done_upto, upto)
-            done = []
             while self._copies and self._copies[0][0] <= upto:
-                done.append(self._copies.popleft()[1])
-        for copy in done:
-            self.spool.release_aside(copy, delivered=True)
+                self.spool.release_aside(self._copies.popleft()[1], delivered=True)
 
     def _hand_copies_to_replay(self, after: int, upto: int) -> None:
         """The records of the copies ending past position ``after`` and at

@@ -34,7 +34,7 @@ from faults import (
 
 import lucidic as lai
 from helpers import run_python
-from lucidic import _pipeline
+from lucidic import _pipeline, _spool
 from lucidic._pipeline import Pipeline
 from lucidic._sinks import LocalSink
 from lucidic._spool import Spool
@@ -196,7 +196,8 @@ def behind(pipeline: Pipeline, waited: int) -> None:
     """Make the spill thread's marks say the first ``waited`` queue positions
     were queued SPILL_AFTER ago (the threads are not started: one tick is
     run by hand)."""
-    pipeline._marks.extend([waited] * pipeline._marks.maxlen)
+    pipeline._marks.clear()
+    pipeline._marks.append((time.monotonic() - _pipeline.SPILL_AFTER, waited))
 
 
 def replayed_by_another_process(spool_dir: Path) -> list[Record] | None:
@@ -225,6 +226,27 @@ def test_records_that_waited_are_copied_to_disk_and_delivered_from_memory(
     assert pipeline.flush(10) is True
     assert [r[1] for r in sink.records] == [f"e{i}" for i in range(10)]
     assert not spooled_files(tmp_path)
+    pipeline.shutdown(5)
+
+
+def test_what_waited_is_copied_by_its_age_however_few_ticks_came_meanwhile(
+        tmp_path: Path) -> None:
+    # A busy user thread can keep the spill thread's ticks waiting several
+    # ticks' time: counted in ticks (four), a record waited several tenths
+    # of a second before it was copied, and a SIGKILL lost that much.
+    pipeline = Pipeline(MemorySink(), Spool(tmp_path / "spool"), batch_size=100)
+    for record in events(5):
+        pipeline.put(record)
+    pipeline._spill_queue()  # a tick: nothing has waited yet
+    assert pipeline.stats.spooled == 0
+    for record in events(8)[5:]:
+        pipeline.put(record)
+    time.sleep(_pipeline.SPILL_AFTER)
+    pipeline._spill_queue()  # the next tick, late
+    # e0-e4 were queued before the first tick, so SPILL_AFTER ago at least;
+    # of e5-e7 the marks know only that they came after it.
+    assert pipeline.stats.spooled == 5
+    assert len(pipeline._queue) == 8
     pipeline.shutdown(5)
 
 
@@ -271,7 +293,7 @@ def test_a_full_queue_sends_its_oldest_half_to_the_spool_each_record_written_onc
 
 
 def test_a_full_queue_never_cuts_a_copy_in_two(tmp_path: Path) -> None:
-    # A copy is replayed whole: cut in two, the half still queued would be
+    # A copy segment is replayed whole: cut in two, the half still queued would be
     # delivered twice (once from memory, once replayed).
     sink = MemorySink()
     pipeline = Pipeline(sink, Spool(tmp_path / "spool"), max_queue=10, batch_size=100)
@@ -289,18 +311,55 @@ def test_a_full_queue_never_cuts_a_copy_in_two(tmp_path: Path) -> None:
     pipeline.shutdown(5)
 
 
-def test_copies_of_what_stays_queued_stay_copies_when_a_full_queue_is_cut(
+def test_copies_of_successive_ticks_share_one_segment_removed_once_all_are_delivered(
         tmp_path: Path) -> None:
+    sink = MemorySink()
+    pipeline = Pipeline(sink, Spool(tmp_path / "spool"), batch_size=100)
+    for record in events(9):
+        pipeline.put(record)
+    for upto in (2, 5, 8):
+        copy_waited(pipeline, upto)
+    # One segment, appended to at each tick (a segment each cost five system
+    # calls, each a hand-over of the interpreter to a busy user thread).
+    assert [len(f.read_bytes().splitlines()) for f in spooled_files(tmp_path)] == [3]
+    assert pipeline.stats.spooled == 8
+    assert replayed_by_another_process(tmp_path / "spool") is None  # held by this process
+    assert pipeline.flush(10) is True
+    assert [r[1] for r in sink.records] == [f"e{i}" for i in range(9)]
+    assert not spooled_files(tmp_path)
+    pipeline.shutdown(5)
+
+
+def test_a_copy_segment_the_worker_let_go_of_is_not_written_to(tmp_path: Path) -> None:
+    # The worker removes a copy segment once it has delivered all it holds:
+    # a copy appended to it after that would be removed with it.
+    spool = Spool(tmp_path / "spool")
+    segment = spool.copy_segment()
+    assert spool.append_copy(segment, b"") is True
+    spool.release_aside(segment, delivered=True)
+    line = _spool.encode_batch(events(2))[0]
+    assert spool.append_copy(segment, line) is False
+    assert not segment.exists()
+    fresh = spool.copy_segment()
+    assert fresh != segment and spool.append_copy(fresh, line) is True
+    spool.close()
+    replayed = replayed_by_another_process(tmp_path / "spool")
+    assert replayed is not None and [r[1] for r in replayed] == ["e0", "e1"]
+
+
+def test_copies_of_what_stays_queued_stay_copies_when_a_full_queue_is_cut(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_spool, "COPY_SEGMENT_BYTES", 1)  # a segment for each copy
     sink = MemorySink()
     pipeline = Pipeline(sink, Spool(tmp_path / "spool"), max_queue=10, batch_size=100)
     for record in events(9):
         pipeline.put(record)
-    for upto in (2, 5, 8):  # three copies: e0-e1, e2-e4, e5-e7
+    for upto in (2, 5, 8):  # three copy segments: e0-e1, e2-e4, e5-e7
         copy_waited(pipeline, upto)
     pipeline.put(events(10)[9])
     pipeline._spill_queue()  # full: e0-e4 leave, with the first two copies
     assert [r[1] for r in pipeline._queue] == [f"e{i}" for i in range(5, 10)]
-    assert len(pipeline.spool._aside) == 1  # e5-e7's copy, its records still queued
+    assert len(pipeline.spool._aside) == 1  # e5-e7's copy segment, its records still queued
     # Each record delivered once: e0-e4 replayed, e5-e9 from memory.
     assert pipeline.flush(10) is True
     assert sorted(r[1] for r in sink.records) == sorted(f"e{i}" for i in range(10))
