@@ -14,12 +14,14 @@ looks at the queue: the records that have waited ``SPILL_AFTER`` there (the
 worker is behind) it copies to a segment of their own and leaves queued, for
 the worker to deliver from memory (the copy is removed once they are
 delivered: reading records back from disk costs several times their
-delivery); while the worker has held its batch that long (the sink is slow
-or hung, or a busy user thread leaves the worker little of the interpreter)
-it copies all that is queued, and that batch too. Records leave the queue
-for the spool only when memory cannot hold them: all of them while the sink
-is failing, the oldest half when the queue is full (what a copy holds
-already is not written again). So a record reaches the kernel (the sink,
+delivery); while the worker is behind (two batches are queued, or it has
+held its batch that long: the sink is slow, or a busy user thread leaves
+the worker little of the interpreter) it copies all that is queued at every
+tick, and a batch held that long too. Records leave the queue for
+the spool only when memory should not hold them: all of them while the
+worker is stuck (the sink is failing, or has held a batch ``STUCK_AFTER``),
+the oldest half when the queue is full (what a copy holds already is not
+written again). So a record reaches the kernel (the sink,
 or a ``write()`` to the spool) within about ``LOSS_WINDOW`` of being
 recorded, whatever the queue holds. In
 durable mode (``LUCIDIC_DURABLE=1``) ``put`` itself writes each record to the
@@ -72,6 +74,13 @@ _ORPHAN_SCAN_INTERVAL = 30.0
 SPILL_TICK = 0.025
 #: A record queued (or in the worker's hands) this long is written to the spool.
 SPILL_AFTER = 0.1
+#: A worker that has held a batch this long is waiting on its sink (a locked
+#: store, a hung server), not only on the interpreter a busy user thread
+#: keeps (that takes a batch 0.3 s at most): the spill thread then writes all
+#: that is queued to the spool at every tick, in one write, rather than copy
+#: it and keep it in memory. (Copying as well, two writes a tick, doubled what
+#: a SIGKILL lost in a tight loop with the store locked.)
+STUCK_AFTER = 0.5
 #: What a SIGKILL can lose: the records of about this many seconds before it
 #: (records wait SPILL_AFTER at most in the queue and as much in the worker's
 #: hands, each noticed within a tick), plus the time to write them.
@@ -498,24 +507,28 @@ class Pipeline:
             # to disk and stay queued: the worker delivers them from memory
             # (a round trip through the spool costs several times their
             # delivery), the younger ones are copied at a later tick if they
-            # wait as long. Only what memory cannot hold leaves the queue for
-            # the spool: all of it while the sink is failing (the worker
-            # would only spool it), the oldest half when it is full.
+            # wait as long; all of them while the worker is slow. Only what
+            # memory should not hold leaves the queue for the spool: all of
+            # it while the worker is stuck (it would only spool it, or it
+            # will not take it soon), the oldest half when it is full.
             now = time.monotonic()
             waited_upto = 0
             while marks and now - marks[0][0] >= SPILL_AFTER:
                 waited_upto = marks.popleft()[1]
-            if queued and not self._healthy:
+            held = now - self._inflight_since if self._inflight is not None else 0.0
+            if queued and (not self._healthy or held >= STUCK_AFTER):
                 self._spill_front(queued)
-            elif queued >= self._max_queue:
-                self._spill_front(self._oldest_half(queued))
+            else:
+                if queued >= self._max_queue:
+                    self._spill_front(self._oldest_half(queued))
+                if held >= SPILL_AFTER or queued >= 2 * self._batch_size:
+                    # The worker is behind: each tick copies what came since
+                    # the last, without waiting for it to age. Small writes,
+                    # each done in a tick, keep what a SIGKILL can lose
+                    # short even when a tight loop leaves the spill little
+                    # of the interpreter.
+                    waited_upto = self._taken + len(self._queue)
             marks.append((now, self._taken + len(self._queue)))
-            if self._worker_slow():
-                # Each tick copies what came since the last: small writes,
-                # each done in a tick, keep what a SIGKILL can lose short
-                # even when a tight loop leaves the spill little of the
-                # interpreter.
-                waited_upto = self._taken + len(self._queue)
         if waited_upto > max(self._copied_upto, self._taken):
             self._copy_waited(waited_upto)
 
@@ -613,13 +626,6 @@ class Pipeline:
             self._copies = deque(c for c in self._copies if not after < c[0] <= upto)
         for copy in handed:
             self.spool.release_aside(copy, delivered=False)
-
-    def _worker_slow(self) -> bool:
-        """The worker has held a batch for SPILL_AFTER: the sink is slow or
-        hung, or a busy user thread leaves the worker little of the
-        interpreter. What is queued will not be taken soon."""
-        return (self._inflight is not None
-                and time.monotonic() - self._inflight_since >= SPILL_AFTER)
 
     def _spill_inflight(self) -> None:
         """The worker has held a batch for SPILL_AFTER (the sink is slow or

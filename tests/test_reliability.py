@@ -270,6 +270,53 @@ def copy_waited(pipeline: Pipeline, upto: int) -> None:
     pipeline._spill_queue()
 
 
+def test_a_queue_of_two_batches_is_copied_at_once_without_waiting_to_age(
+        tmp_path: Path) -> None:
+    # More queued than the worker takes at once: it is behind, and what it
+    # has not taken is what a SIGKILL would lose. Waiting for those records
+    # to age before copying them made the loss several tenths of a second
+    # in a tight loop.
+    pipeline = Pipeline(MemorySink(), Spool(tmp_path / "spool"), batch_size=10)
+    for record in events(19):
+        pipeline.put(record)
+    pipeline._spill_queue()
+    assert pipeline.stats.spooled == 0  # less than two batches: young, not copied
+    pipeline.put(events(20)[19])
+    pipeline._spill_queue()
+    assert pipeline.stats.spooled == 20
+    assert len(pipeline._queue) == 20
+    pipeline.shutdown(5)
+
+
+def test_a_stuck_worker_has_all_that_is_queued_spooled_in_one_write(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A worker that has held its batch STUCK_AFTER waits on its sink (a
+    # locked store, a hung server): what is queued is written once and leaves
+    # memory. Copied and kept as well, the spill wrote twice a tick, and a
+    # SIGKILL in a tight loop with the store locked lost twice as much.
+    writes: list[int] = []
+    write = _spool._write_all
+
+    def counted_write(fd: int, data: bytes) -> None:
+        writes.append(len(data.splitlines()))
+        write(fd, data)
+
+    monkeypatch.setattr(_spool, "_write_all", counted_write)
+    pipeline = Pipeline(MemorySink(), Spool(tmp_path / "spool"), batch_size=100)
+    for record in events(10):
+        pipeline.put(record)
+    pipeline._inflight = [("event", "held", 0.0, {"session_id": "s"})]
+    pipeline._inflight_since = time.monotonic() - _pipeline.STUCK_AFTER
+    pipeline._spill_queue()
+    assert not pipeline._queue
+    assert writes == [1]  # one line of ten records, one write()
+    assert not pipeline.spool._aside
+    pipeline._inflight = None
+    pipeline.spool.close()  # (as at exit: the open segment is let go of)
+    spooled = replayed_by_another_process(tmp_path / "spool")
+    assert spooled is not None and [r[1] for r in spooled] == [f"e{i}" for i in range(10)]
+
+
 def test_a_full_queue_sends_its_oldest_half_to_the_spool_each_record_written_once(
         tmp_path: Path) -> None:
     sink = MemorySink()
@@ -377,7 +424,8 @@ def test_a_slow_worker_has_all_that_is_queued_copied_and_delivers_it_from_memory
     # user thread leaving it little of the interpreter): every record queued
     # is copied at once, none waits to age, and all stay queued.
     held = [("event", "held", 0.0, {"session_id": "s"})]
-    pipeline._inflight, pipeline._inflight_since = held, time.monotonic() - 1
+    pipeline._inflight = held
+    pipeline._inflight_since = time.monotonic() - _pipeline.SPILL_AFTER
     pipeline._spill_queue()
     assert len(pipeline._queue) == 10
     assert pipeline.stats.spooled == 10
