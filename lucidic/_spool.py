@@ -250,6 +250,13 @@ class Spool:
             try:
                 _write_all(fd, data)
             except OSError:
+                if self._copy_size == 0:
+                    # Nothing in it: no segment at all (see _write).
+                    self._copy_path = None
+                    path.unlink(missing_ok=True)
+                    self._own.discard(path)
+                    os.close(self._aside.pop(path))
+                    raise
                 try:
                     os.ftruncate(fd, self._copy_size)  # (see _write)
                 except OSError:

@@ -658,6 +658,25 @@ def test_a_full_disk_with_the_store_locked_warns_once_drops_the_newest_counted_a
     assert (outcome["first"], outcome["second"]) == (False, True)
 
 
+def test_a_copy_segment_the_full_disk_refused_its_first_write_leaves_no_file(
+        tmp_path: Path) -> None:
+    # An empty segment left behind would be released at exit as one to
+    # replay, and flush would wait for it.
+    with FullDisk(tmp_path / "disk") as disk:
+        spool = Spool(disk.path / "spool")
+        segment = spool.copy_segment()
+        disk.fill()
+        with pytest.raises(OSError):
+            spool.append_copy(segment, _spool.encode_batch(events(100))[0])
+        assert not list((disk.path / "spool").iterdir())
+        assert not spool._aside and not spool.has_own_pending()
+        disk.free()
+        fresh = spool.copy_segment()
+        assert fresh != segment
+        assert spool.append_copy(fresh, _spool.encode_batch(events(2))[0]) is True
+        spool.close()
+
+
 def test_while_the_disk_is_full_the_spill_thread_tries_again_now_and_then_not_every_tick(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     attempts: list[str] = []
