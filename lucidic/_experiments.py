@@ -21,7 +21,7 @@ from ._context import current_binding
 from ._recording import put
 from ._records import items_of, text_field, to_jsonable
 from ._runtime import runtime
-from ._sessions import project_of, sink_for, write_at_once
+from ._sessions import LOCAL_PROJECT, sink_for, write_at_once
 from ._sinks import Sink
 from .errors import InvalidOperationError, LucidicNotInitializedError
 
@@ -56,7 +56,7 @@ def create_mass_sim(mass_sim_name: str, total_num_sessions: int,
     mass_sim_id = str(uuid.uuid4())
     now = time.time()
     write_at_once(sink, runtime.pipeline_for(sink), ("mass_sim", mass_sim_id, now, {
-        "project": project_of(sink), "name": name, "total_num_sims": total_num_sessions,
+        "project": LOCAL_PROJECT, "name": name, "total_num_sims": total_num_sessions,
         "task": text_field(task), "tags": tags_arg(tags), "agent_id": agent_id,
         "created_at": now}))
     return mass_sim_id
@@ -94,7 +94,7 @@ def write_experiment(experiment_id: str, fields: dict[str, Any], *,
     record; fields left None keep their stored value."""
     sink, _ = _sink(lucidic_api_key, api_key, agent_id)
     now = time.time()
-    record_fields = {"project": project_of(sink), **fields}
+    record_fields = {"project": LOCAL_PROJECT, **fields}
     write_at_once(sink, runtime.pipeline_for(sink), ("experiment", experiment_id, now,
                                                      record_fields))
 

@@ -27,7 +27,9 @@ from ._sinks import Sink, SinkError
 from .errors import InvalidOperationError, ServerUnavailableError
 from .store import Record
 
-#: The embedded store has no accounts; everything in it is one project.
+#: The project the SDK names on session (and experiment) records. The
+#: embedded store has no accounts, so everything in it is one project; a
+#: server stamps its API key's project on what it takes instead.
 LOCAL_PROJECT = "default"
 
 #: Called with each binding whose session this process ends, once its records
@@ -41,10 +43,6 @@ def sink_for(base_url: str | None, api_key: str | None) -> Sink:
     sink = runtime.make_sink(base_url, api_key)
     sink.verify()  # no key at all: APIKeyVerificationError, without the network
     return sink
-
-
-def project_of(sink: Sink) -> str:
-    return sink.project or LOCAL_PROJECT
 
 
 def _bind(session_id: str, pipeline: Pipeline, project: str, *, mask: Mask | None,
@@ -65,7 +63,7 @@ def create(sink: Sink, session_id: str | None, fields: dict[str, Any], *, mask: 
     if session_id is None:
         session_id = str(uuid.uuid4())
     pipeline = runtime.pipeline_for(sink)
-    project = project_of(sink)
+    project = LOCAL_PROJECT
     now = time.time()
     record_fields = {"project": project, "agent_id": agent_id, "started_at": now, **fields}
     if mask is not None:
@@ -88,7 +86,7 @@ def resume(sink: Sink, session_id: str, *, mask: Mask | None, auto_end: bool,
     info = check_continuable(sink, session_id, agent_id)
     # Over the embedded store, a session written through a server sharing its
     # file keeps its project: session records carry it, or they would not apply.
-    project = (info or {}).get("project") or project_of(sink)
+    project = (info or {}).get("project") or LOCAL_PROJECT
     binding = _bind(session_id, runtime.pipeline_for(sink), project, mask=mask,
                     auto_end=auto_end, agent_id=agent_id)
     if info is not None:

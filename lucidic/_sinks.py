@@ -59,9 +59,6 @@ class Sink(ABC):
     #: Names the destination; records spooled for one sink are only ever
     #: replayed into a sink with the same identity.
     identity: str
-    #: The project records land in, when the destination says; None means
-    #: the local project (a server stamps its key's project on what it takes).
-    project: str | None = None
     #: Records reach this destination over the network: nothing on a
     #: caller's thread may wait for a write to it (see _sessions.write_at_once).
     remote: bool = False
