@@ -82,7 +82,10 @@ def _judge(run: Run, name: str, rubric_text: str, model: str, provider: str,
                               description=f"judge {name}")
         with suppress_llm_calls("lucidic.evals.llm_judge"):
             try:
-                text, fields = _ask(provider, client, model, messages)
+                create, arguments = _endpoint(provider, client)
+                if call is not None:
+                    call.annotate(arguments=arguments)
+                text, fields = _ask(provider, create, model, messages, arguments)
             except BaseException as exc:
                 if call is not None:
                     call.fail(exc)
@@ -93,26 +96,35 @@ def _judge(run: Run, name: str, rubric_text: str, model: str, provider: str,
     return Score(name, value, reason, evaluator_session_id=judge_session)
 
 
-def _ask(provider: str, client: Any, model: str,
-         messages: list[dict[str, str]]) -> tuple[str, dict[str, Any]]:
+def _endpoint(provider: str, client: Any) -> tuple[Any, dict[str, Any]]:
+    """The provider's create call (on ``client``, or a client made from the
+    environment), and the arguments the judge passes it beside the model and
+    the messages: recorded on the judge's event, as a plugin records a call's."""
     if provider == "anthropic":
         if client is None:
             import anthropic
 
             client = anthropic.Anthropic()
         create = client.messages.create
-        message = create(model=model, max_tokens=512, system=messages[0]["content"],
-                         messages=messages[1:], **_steady(create))
-        text = "".join(getattr(b, "text", "") for b in message.content or ())
-        usage = message.usage
-        return text, {"model": message.model, "input_tokens": usage.input_tokens,
-                      "output_tokens": usage.output_tokens}
+        return create, {"max_tokens": 512, **_steady(create)}
     if client is None:
         import openai
 
         client = openai.OpenAI()
     create = client.chat.completions.create
-    completion = create(model=model, messages=messages, **_steady(create))
+    return create, _steady(create)
+
+
+def _ask(provider: str, create: Any, model: str, messages: list[dict[str, str]],
+         arguments: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    if provider == "anthropic":
+        message = create(model=model, system=messages[0]["content"], messages=messages[1:],
+                         **arguments)
+        text = "".join(getattr(b, "text", "") for b in message.content or ())
+        usage = message.usage
+        return text, {"model": message.model, "input_tokens": usage.input_tokens,
+                      "output_tokens": usage.output_tokens}
+    completion = create(model=model, messages=messages, **arguments)
     text = completion.choices[0].message.content or ""
     usage = completion.usage
     return text, {"model": completion.model,

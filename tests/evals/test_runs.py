@@ -333,6 +333,7 @@ def test_an_llm_judge_records_its_own_call_in_a_session_linked_to_the_run(
     assert (call["type"], call["provider"], call["model"]) == (
         "llm", "openai", "gpt-4o-mini-2024-07-18")
     assert "Output:\nfine" in call["input"][-1]["content"]
+    assert call["arguments"] == {"temperature": 0}  # what the judge asked with
     assert call["output"]["content"] == '{"score": 0.9, "reason": "judged 0.9"}'
     # The run's own session holds none of the judge's call.
     assert run_tree["events"] == []
@@ -398,6 +399,7 @@ def test_an_anthropic_judge_and_an_async_run_block(provider: ProviderStub, store
     (call,) = judge_tree["events"]
     assert (call["provider"], call["model"]) == ("anthropic", "claude-3-5-haiku-latest")
     assert call["input"][0]["role"] == "system"
+    assert call["arguments"]["max_tokens"] == 512
 
 
 def test_a_session_ended_by_sigterm_is_left_to_be_scored_later(
