@@ -56,6 +56,9 @@ _SEGMENT_BYTES = 16 * 1024 * 1024
 #: keep that cut near the half it aims at.
 COPY_SEGMENT_BYTES = 4 * 1024 * 1024
 _LATER_PREFIX = "later-"
+#: A segment's temporary file this old was left by a process killed while
+#: making it (see Spool._remove_stale_temporaries).
+_STALE_TEMPORARY = 60.0
 
 #: deliver(batch, refused_since): refused_since is when the records of a
 #: later segment were first refused, None for an ordinary segment.
@@ -347,7 +350,27 @@ class Spool:
             since = _refused_since(name) if later else None
             if not self._replay_segment(path, deliver, batch_size, since):
                 complete = False
+        if include_orphans and not later:
+            self._remove_stale_temporaries()
         return complete
+
+    def _remove_stale_temporaries(self) -> None:
+        """Remove what a process killed while making a segment left behind:
+        the empty temporary file it had not renamed yet (a live writer holds
+        its lock, and renames it within microseconds of making it)."""
+        try:
+            temporaries = [p for p in self.directory.iterdir() if p.suffix == ".tmp"]
+        except OSError:
+            return
+        for path in temporaries:
+            try:
+                if time.time() - path.stat().st_mtime < _STALE_TEMPORARY:
+                    continue
+                with open(path, "rb") as handle:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    path.unlink()
+            except OSError:  # held (BlockingIOError), or gone already
+                continue
 
     def _replay_segment(self, path: Path, deliver: Deliver, batch_size: int,
                         since: float | None) -> bool:

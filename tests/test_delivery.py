@@ -3,6 +3,8 @@ the queue is full; flush and the exit path honour their time bound."""
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 import time
 from collections.abc import Sequence
@@ -172,6 +174,35 @@ def test_a_copy_written_aside_by_a_process_killed_midway_is_replayed(tmp_path):
     delivered: list[Record] = []
     assert Spool(spool_dir).replay(lambda batch, _: delivered.extend(batch), 100) is True
     assert sorted(r[1] for r in delivered) == ["e0", "e1", "e2", "e3"]
+
+
+def test_a_process_killed_while_making_a_segment_leaves_no_file_behind_for_good(tmp_path):
+    spool_dir = tmp_path / "spool"
+    code = f"""
+        import os, signal
+        from pathlib import Path
+        from lucidic._spool import Spool
+        from faults import events
+        # Killed between making the segment's temporary file and renaming it.
+        os.rename = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
+        Spool(Path({str(spool_dir)!r})).append(events(3))
+    """
+    result = run_python(code, home=tmp_path / "home", check=False,
+                        env={"PYTHONPATH": str(Path(__file__).parent)})
+    assert result.returncode == -9, result.stderr
+    (left,) = spool_dir.iterdir()
+    assert left.suffix == ".tmp" and left.stat().st_size == 0
+    replay = Spool(spool_dir).replay
+    assert replay(lambda batch, _: None, 100) is True
+    assert left.exists()  # young: it could be a live writer's, a moment from its rename
+    old = time.time() - 120
+    os.utime(left, (old, old))
+    with open(left, "rb") as held:  # a live writer holds its lock: kept
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        assert replay(lambda batch, _: None, 100) is True
+        assert left.exists()
+    assert replay(lambda batch, _: None, 100) is True
+    assert not left.exists()
 
 
 def test_the_sdk_keeps_recording_while_the_sink_is_down_and_flush_delivers_later():
