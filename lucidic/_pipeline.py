@@ -11,22 +11,20 @@ sink, spools a batch the sink did not take, backs off (honouring the sink's
 
 The spill thread bounds what a SIGKILL can lose. Every ``SPILL_TICK`` it
 looks at the queue: the records that have waited ``SPILL_AFTER`` there (the
-worker is behind) it copies to a segment of their own and leaves queued, for
-the worker to deliver from memory (the copy is removed once they are
+worker is behind) it appends to a copy segment and leaves queued, for the
+worker to deliver from memory (the segment is removed once they are
 delivered: reading records back from disk costs several times their
-delivery); while the worker is behind (two batches are queued, or it has
-held its batch that long: the sink is slow, or a busy user thread leaves
-the worker little of the interpreter) it copies all that is queued at every
-tick, and a batch held that long too. Records leave the queue for
-the spool only when memory should not hold them: all of them while the
-worker is stuck (the sink is failing, or has held a batch ``STUCK_AFTER``),
-the oldest half when the queue is full (what a copy holds already is not
-written again). So a record reaches the kernel (the sink,
-or a ``write()`` to the spool) within about ``LOSS_WINDOW`` of being
-recorded, whatever the queue holds. In
-durable mode (``LUCIDIC_DURABLE=1``) ``put`` itself writes each record to the
-spool before returning, and the worker delivers from there: a SIGKILL loses
-nothing.
+delivery); while the worker has held its batch that long (the sink is slow,
+or a busy user thread leaves the worker little of the interpreter) it copies
+all that is queued at every tick, and the held batch too. Records leave the
+queue for the spool only when memory should not hold them: all of them while
+the worker is stuck (the sink is failing, or has held a batch
+``STUCK_AFTER``), the oldest half when the queue is full (what a copy holds
+already is not written again). So a record reaches the kernel (the sink, or
+a ``write()`` to the spool) within about ``LOSS_WINDOW`` of being recorded,
+whatever the queue holds. In durable mode (``LUCIDIC_DURABLE=1``) ``put``
+itself writes each record to the spool before returning, and the worker
+delivers from there: a SIGKILL loses nothing.
 
 A record is always in at least one of these places: the queue, the worker's
 hands (``_inflight``), or written down. The worker and the spill thread take
@@ -521,8 +519,8 @@ class Pipeline:
             else:
                 if queued >= self._max_queue:
                     self._spill_front(self._oldest_half(queued))
-                if held >= SPILL_AFTER or queued >= 2 * self._batch_size:
-                    # The worker is behind: each tick copies what came since
+                if held >= SPILL_AFTER:
+                    # The worker is slow: each tick copies what came since
                     # the last, without waiting for it to age. Small writes,
                     # each done in a tick, keep what a SIGKILL can lose
                     # short even when a tight loop leaves the spill little
@@ -534,9 +532,9 @@ class Pipeline:
 
     def _oldest_half(self, queued: int) -> int:
         """How many of a full queue's oldest items go to the spool: enough to
-        leave it half full, and on to the end of the copy that holds the
-        last of them (a copy is replayed whole: cut, the rest of it would be
-        delivered twice). The other half stays to be delivered from memory:
+        leave it half full, and on to the end of the copy segment that holds
+        the last of them (a segment is replayed whole: cut, the rest of it
+        would be delivered twice). The other half stays to be delivered from memory:
         each record read back from disk costs the worker more than its
         delivery. (The caller holds the take lock.)"""
         count = queued - self._max_queue // 2
@@ -616,11 +614,12 @@ class Pipeline:
                 self.spool.release_aside(self._copies.popleft()[1], delivered=True)
 
     def _hand_copies_to_replay(self, after: int, upto: int) -> None:
-        """The records of the copies ending past position ``after`` and at
-        ``upto`` at most have left the queue without being written again:
-        those copies become ordinary segments, for the worker (or a later
-        process) to replay (the caller marks the spool as having something
-        to replay). No copy reaches past ``upto`` with a record before it."""
+        """The records of the copy segments ending past position ``after``
+        and at ``upto`` at most have left the queue without being written
+        again: those segments become ordinary ones, for the worker (or a
+        later process) to replay (the caller marks the spool as having
+        something to replay). The caller cuts the queue at a segment's end
+        (see _oldest_half), or takes all of it."""
         with self._inflight_lock:
             handed = [path for end, path in self._copies if after < end <= upto]
             self._copies = deque(c for c in self._copies if not after < c[0] <= upto)

@@ -270,24 +270,6 @@ def copy_waited(pipeline: Pipeline, upto: int) -> None:
     pipeline._spill_queue()
 
 
-def test_a_queue_of_two_batches_is_copied_at_once_without_waiting_to_age(
-        tmp_path: Path) -> None:
-    # More queued than the worker takes at once: it is behind, and what it
-    # has not taken is what a SIGKILL would lose. Waiting for those records
-    # to age before copying them made the loss several tenths of a second
-    # in a tight loop.
-    pipeline = Pipeline(MemorySink(), Spool(tmp_path / "spool"), batch_size=10)
-    for record in events(19):
-        pipeline.put(record)
-    pipeline._spill_queue()
-    assert pipeline.stats.spooled == 0  # less than two batches: young, not copied
-    pipeline.put(events(20)[19])
-    pipeline._spill_queue()
-    assert pipeline.stats.spooled == 20
-    assert len(pipeline._queue) == 20
-    pipeline.shutdown(5)
-
-
 def test_a_stuck_worker_has_all_that_is_queued_spooled_in_one_write(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A worker that has held its batch STUCK_AFTER waits on its sink (a
