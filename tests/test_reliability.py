@@ -200,6 +200,17 @@ def behind(pipeline: Pipeline, waited: int) -> None:
     pipeline._marks.append((time.monotonic() - _pipeline.SPILL_AFTER, waited))
 
 
+def queued(tmp_path: Path, count: int, *, max_queue: int = 65536
+           ) -> tuple[MemorySink, Pipeline]:
+    """A pipeline into a MemorySink (its threads not started: ticks are run
+    by hand), events e0, e1, ... queued."""
+    sink = MemorySink()
+    pipeline = Pipeline(sink, Spool(tmp_path / "spool"), max_queue=max_queue, batch_size=100)
+    for record in events(count):
+        pipeline.put(record)
+    return sink, pipeline
+
+
 def replayed_by_another_process(spool_dir: Path) -> list[Record] | None:
     """What another process's replay of the spool delivers; None when a
     segment it found was held (locked by its writer)."""
@@ -210,10 +221,7 @@ def replayed_by_another_process(spool_dir: Path) -> list[Record] | None:
 
 def test_records_that_waited_are_copied_to_disk_and_delivered_from_memory(
         tmp_path: Path) -> None:
-    sink = MemorySink()
-    pipeline = Pipeline(sink, Spool(tmp_path / "spool"), batch_size=100)
-    for record in events(10):
-        pipeline.put(record)
+    sink, pipeline = queued(tmp_path, 10)
     behind(pipeline, 4)
     pipeline._spill_queue()
     # The four that waited are on disk, in a segment held by this process (a
@@ -234,9 +242,7 @@ def test_what_waited_is_copied_by_its_age_however_few_ticks_came_meanwhile(
     # A busy user thread can keep the spill thread's ticks waiting several
     # ticks' time: counted in ticks (four), a record waited several tenths
     # of a second before it was copied, and a SIGKILL lost that much.
-    pipeline = Pipeline(MemorySink(), Spool(tmp_path / "spool"), batch_size=100)
-    for record in events(5):
-        pipeline.put(record)
+    _, pipeline = queued(tmp_path, 5)
     pipeline._spill_queue()  # a tick: nothing has waited yet
     assert pipeline.stats.spooled == 0
     for record in events(8)[5:]:
@@ -251,9 +257,7 @@ def test_what_waited_is_copied_by_its_age_however_few_ticks_came_meanwhile(
 
 
 def test_a_failing_worker_has_everything_queued_spooled(tmp_path: Path) -> None:
-    pipeline = Pipeline(MemorySink(), Spool(tmp_path / "spool"), batch_size=100)
-    for record in events(10):
-        pipeline.put(record)
+    _, pipeline = queued(tmp_path, 10)
     behind(pipeline, 4)
     pipeline._healthy = False
     pipeline._spill_queue()
@@ -284,9 +288,7 @@ def test_a_stuck_worker_has_all_that_is_queued_spooled_in_one_write(
         write(fd, data)
 
     monkeypatch.setattr(_spool, "_write_all", counted_write)
-    pipeline = Pipeline(MemorySink(), Spool(tmp_path / "spool"), batch_size=100)
-    for record in events(10):
-        pipeline.put(record)
+    _, pipeline = queued(tmp_path, 10)
     pipeline._inflight = [("event", "held", 0.0, {"session_id": "s"})]
     pipeline._inflight_since = time.monotonic() - _pipeline.STUCK_AFTER
     pipeline._spill_queue()
@@ -301,10 +303,7 @@ def test_a_stuck_worker_has_all_that_is_queued_spooled_in_one_write(
 
 def test_a_full_queue_sends_its_oldest_half_to_the_spool_each_record_written_once(
         tmp_path: Path) -> None:
-    sink = MemorySink()
-    pipeline = Pipeline(sink, Spool(tmp_path / "spool"), max_queue=10, batch_size=100)
-    for record in events(8):
-        pipeline.put(record)
+    sink, pipeline = queued(tmp_path, 8, max_queue=10)
     copy_waited(pipeline, 4)  # e0-e3 copied
     for record in events(10)[8:]:
         pipeline.put(record)
@@ -324,10 +323,7 @@ def test_a_full_queue_sends_its_oldest_half_to_the_spool_each_record_written_onc
 def test_a_full_queue_never_cuts_a_copy_in_two(tmp_path: Path) -> None:
     # A copy segment is replayed whole: cut in two, the half still queued would be
     # delivered twice (once from memory, once replayed).
-    sink = MemorySink()
-    pipeline = Pipeline(sink, Spool(tmp_path / "spool"), max_queue=10, batch_size=100)
-    for record in events(7):
-        pipeline.put(record)
+    sink, pipeline = queued(tmp_path, 7, max_queue=10)
     copy_waited(pipeline, 7)  # e0-e6 copied in one piece
     for record in events(10)[7:]:
         pipeline.put(record)
@@ -342,10 +338,7 @@ def test_a_full_queue_never_cuts_a_copy_in_two(tmp_path: Path) -> None:
 
 def test_copies_of_successive_ticks_share_one_segment_removed_once_all_are_delivered(
         tmp_path: Path) -> None:
-    sink = MemorySink()
-    pipeline = Pipeline(sink, Spool(tmp_path / "spool"), batch_size=100)
-    for record in events(9):
-        pipeline.put(record)
+    sink, pipeline = queued(tmp_path, 9)
     for upto in (2, 5, 8):
         copy_waited(pipeline, upto)
     # One segment, appended to at each tick (a segment each cost five system
@@ -379,10 +372,7 @@ def test_a_copy_segment_the_worker_let_go_of_is_not_written_to(tmp_path: Path) -
 def test_copies_of_what_stays_queued_stay_copies_when_a_full_queue_is_cut(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_spool, "COPY_SEGMENT_BYTES", 1)  # a segment for each copy
-    sink = MemorySink()
-    pipeline = Pipeline(sink, Spool(tmp_path / "spool"), max_queue=10, batch_size=100)
-    for record in events(9):
-        pipeline.put(record)
+    sink, pipeline = queued(tmp_path, 9, max_queue=10)
     for upto in (2, 5, 8):  # three copy segments: e0-e1, e2-e4, e5-e7
         copy_waited(pipeline, upto)
     pipeline.put(events(10)[9])
@@ -398,10 +388,7 @@ def test_copies_of_what_stays_queued_stay_copies_when_a_full_queue_is_cut(
 
 def test_a_slow_worker_has_all_that_is_queued_copied_and_delivers_it_from_memory(
         tmp_path: Path) -> None:
-    sink = MemorySink()
-    pipeline = Pipeline(sink, Spool(tmp_path / "spool"), batch_size=100)
-    for record in events(10):
-        pipeline.put(record)
+    sink, pipeline = queued(tmp_path, 10)
     # The worker has held a batch for SPILL_AFTER (a slow sink, or a busy
     # user thread leaving it little of the interpreter): every record queued
     # is copied at once, none waits to age, and all stay queued.
