@@ -148,10 +148,19 @@ class Spool:
 
     def _drop_writer(self) -> None:
         """Remove the open segment (still empty), then close it."""
-        if self._path is not None:
-            self._path.unlink(missing_ok=True)
-            self._own.discard(self._path)
-        self._close_writer()
+        fd, path, self._fd, self._path = self._fd, self._path, None, None
+        if fd is not None and path is not None:
+            self._remove_unwritten(path, fd)
+        elif fd is not None:
+            os.close(fd)
+
+    def _remove_unwritten(self, path: Path, fd: int) -> None:
+        """Remove a segment this process made and nothing was written to,
+        then close it (in that order: no replayer ever sees it unlocked).
+        Left behind, it would count as pending, and flush would wait for it."""
+        path.unlink(missing_ok=True)
+        self._own.discard(path)
+        os.close(fd)
 
     def _create_locked(self, prefix: str = "", when_ns: int | None = None) -> tuple[Path, int]:
         """A new segment of this process, open and locked: made under a
@@ -223,9 +232,7 @@ class Spool:
         try:
             _write_all(fd, data)
         except OSError:
-            path.unlink(missing_ok=True)
-            self._own.discard(path)
-            os.close(fd)
+            self._remove_unwritten(path, fd)
             raise
         return path, fd
 
@@ -254,11 +261,8 @@ class Spool:
                 _write_all(fd, data)
             except OSError:
                 if self._copy_size == 0:
-                    # Nothing in it: no segment at all (see _write).
                     self._copy_path = None
-                    path.unlink(missing_ok=True)
-                    self._own.discard(path)
-                    os.close(self._aside.pop(path))
+                    self._remove_unwritten(path, self._aside.pop(path))
                     raise
                 try:
                     os.ftruncate(fd, self._copy_size)  # (see _write)
