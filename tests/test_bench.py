@@ -1,0 +1,76 @@
+"""The benchmark scripts still run: each of the quick ones, at a tiny size.
+
+The README's figures come from ``bench/``, and several scripts read
+Lucidic's internals (a profile must): a change that renames one would
+otherwise break a benchmark nobody runs until the next measurement. These
+tests assert that each script runs to the end and reports its figures, never
+what the figures are (timings belong to the benchmarks, not to the suite).
+The UI, server and protocol benchmarks are left out: they build stores of
+tens of thousands of sessions, far beyond a smoke test's time.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import ROOT, child_env, run_python
+
+BENCH = ROOT / "bench"
+
+
+def run_bench(home: Path, script: str, *args: str, timeout: float = 120) -> str:
+    result = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True,
+                            text=True, timeout=timeout, env=child_env(home), cwd=str(ROOT))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_profile_step_reports_every_piece_of_a_step(tmp_path: Path) -> None:
+    out = run_bench(tmp_path, "profile_step.py", "--n", "1000", "--rounds", "1")
+    for piece in ("hot path, in the user's thread", "end it (merged into its start)",
+                  "worker, delivering to the embedded store", "SQLite upserts",
+                  "whole CPU per recorded step"):
+        assert piece in out
+
+
+def test_bench_core_hot_path_part_reports_against_its_floor(tmp_path: Path) -> None:
+    code = f"""
+        import sys
+        sys.path.insert(0, {str(BENCH)!r})
+        import bench_core
+        hot = bench_core.part_hot_path(1, 2000)
+        lines, missed = bench_core.report_hot_path(hot)
+        print("\\n".join(lines))
+    """
+    out = run_python(code, home=tmp_path, timeout=120).stdout
+    for line in ("floor recorder", "@lai.step, session, worker delivering",
+                 "whole CPU per recorded step", "masking_function (identity) adds"):
+        assert line in out
+
+
+def test_bench_reliability_measures_durable_mode_and_a_sigkill(tmp_path: Path) -> None:
+    code = f"""
+        import sys
+        sys.path.insert(0, {str(BENCH)!r})
+        import bench_reliability
+        costs = bench_reliability.part_costs(2000)
+        # (one_kill itself checks that what survived has no gap)
+        kill = bench_reliability.one_kill(True, False, 0.5)
+        print(sorted(costs), kill["kept"] > 0, kill["window_s"] >= 0)
+    """
+    out = run_python(code, home=tmp_path, timeout=180).stdout
+    assert out.strip().endswith("True True")
+
+
+@pytest.mark.parametrize(("script", "args", "reported"), [
+    ("bench_providers.py", ("--calls", "5", "--rounds", "1"), "recorded"),
+    ("bench_evals.py", ("--cases", "5", "--rounds", "1", "--quick"), "replayed"),
+    ("bench_cli.py", ("--rounds", "1"), "lucidic providers:"),
+])
+def test_a_quick_benchmark_runs_to_its_report(tmp_path: Path, script: str,
+                                              args: tuple[str, ...], reported: str) -> None:
+    assert reported in run_bench(tmp_path, script, *args)
