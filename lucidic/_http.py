@@ -31,7 +31,7 @@ from urllib.parse import quote
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.exceptions import InvalidHeader, MaxRetryError, ResponseError
+from urllib3.exceptions import InvalidHeader, MaxRetryError, ProtocolError, ResponseError
 from urllib3.util.retry import Retry
 
 from . import _config, _continuation
@@ -68,10 +68,13 @@ class _Retries(Retry):
     _INLINE_RETRY_LIMIT, or else after a short backoff. An answer asking for a
     longer wait comes back at once, unwaited for: the sink hands its
     Retry-After to the pipeline (``SinkError.retry_after``), which spools and
-    waits instead of the worker thread. Never asked again: a server that
-    cannot be reached, breaks the connection or is too slow to answer. The
-    pipeline spools the batch at once and sends it again later, and the calls
-    bounded by LUCIDIC_CONNECT_TIMEOUT keep to it."""
+    waits instead of the worker thread. Never asked again here: a server
+    that cannot be reached, breaks the connection or is too slow to answer.
+    The pipeline spools the batch at once and sends it again later, and the
+    calls bounded by LUCIDIC_CONNECT_TIMEOUT keep to it. (A connection closed
+    under a request that may be repeated is asked once more, on a new
+    connection, by _Client.request: most often a pooled connection whose
+    keep-alive ran out as the request went out.)"""
 
     # Not urllib3's default, which also retries a 413 that names a Retry-After.
     RETRY_AFTER_STATUS_CODES = frozenset({429, 503})
@@ -181,6 +184,18 @@ def encode_batch(records: Sequence[Record]) -> bytes:
                       separators=(",", ":"), default=repr).encode("utf-8")
 
 
+#: POSTs that may be sent twice: a batch of records applied twice changes
+#: nothing. (Creating a session under a chosen id may not: a second attempt
+#: would find the id taken by the first.)
+_REPEATABLE_POSTS = frozenset({"/api/v1/records"})
+
+
+def _dropped(exc: requests.ConnectionError) -> bool:
+    """The connection closed under a request already sent, with no answer
+    (not a connection that could not be made: that is MaxRetryError)."""
+    return bool(exc.args) and isinstance(exc.args[0], (ProtocolError, ConnectionResetError))
+
+
 class _Client:
     """One pooled ``requests.Session`` per thread (sessions are not meant to
     be shared across threads), all closed together."""
@@ -206,11 +221,23 @@ class _Client:
         return session
 
     def request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        """One request, asked again as ``_Retries`` says. Raises SinkError
-        when the server cannot be reached or does not answer in time."""
+        """One request, asked again as ``_Retries`` says, and once more on
+        a new connection when the connection was dropped under a request
+        that may be repeated. Raises SinkError when the server cannot be
+        reached or does not answer in time."""
         kwargs.setdefault("timeout", TIMEOUT)
+        url = self.base_url + path
         try:
-            return self.session().request(method, self.base_url + path, **kwargs)
+            try:
+                return self.session().request(method, url, **kwargs)
+            except requests.ConnectionError as exc:
+                if not (_dropped(exc) and (method == "GET" or path in _REPEATABLE_POSTS)):
+                    raise
+                # Most often a pooled connection the server closed as this
+                # request went out (its keep-alive ran out): urllib3 cannot
+                # tell that from a server that died midway, so it does not
+                # ask again (read=False); a request that may be repeated is.
+                return self.session().request(method, url, **kwargs)
         except requests.RequestException as exc:
             raise SinkError(f"cannot reach the lucidic server at {self.base_url} "
                             f"({type(exc).__name__})", unreachable=True) from exc
