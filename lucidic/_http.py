@@ -185,9 +185,10 @@ def encode_batch(records: Sequence[Record]) -> bytes:
 
 
 #: POSTs that may be sent twice: a batch of records applied twice changes
-#: nothing. (Creating a session under a chosen id may not: a second attempt
-#: would find the id taken by the first.)
-_REPEATABLE_POSTS = frozenset({"/api/v1/records"})
+#: nothing, and the server counts a session created again under the same id,
+#: project and start time as created (Store.create_session), not as an id
+#: taken by another.
+_REPEATABLE_POSTS = frozenset({"/api/v1/records", "/api/v1/sessions"})
 
 
 def _dropped(exc: requests.ConnectionError) -> bool:
