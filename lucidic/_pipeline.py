@@ -534,9 +534,9 @@ class Pipeline:
         """How many of a full queue's oldest items go to the spool: enough to
         leave it half full, and on to the end of the copy segment that holds
         the last of them (a segment is replayed whole: cut, the rest of it
-        would be delivered twice). The other half stays to be delivered from memory:
-        each record read back from disk costs the worker more than its
-        delivery. (The caller holds the take lock.)"""
+        would be delivered twice). The other half stays to be delivered
+        from memory: each record read back from disk costs the worker more
+        than its delivery. (The caller holds the take lock.)"""
         count = queued - self._max_queue // 2
         upto = self._taken + count
         with self._inflight_lock:
