@@ -560,34 +560,37 @@ class Pipeline:
         if unencodable:
             self._reject_unencodable(unencodable)
         try:
-            self._append_copy(data, end)
+            written = self._append_copy(data, end)
         except OSError as exc:
             with self._take_lock:
                 self._copied_upto = start  # not on disk after all
             self._spool_unwritable(exc)
             return
-        self._count_spooled(len(records))
+        if written:
+            self._count_spooled(len(records))
         self._spool_writable()
 
-    def _append_copy(self, data: bytes, end: int) -> None:
+    def _append_copy(self, data: bytes, end: int) -> bool:
         """Append copies of queued records, the last at position ``end``, to
-        the copy segment. The segment is registered as holding them up to
-        ``end`` before they are written, under the lock the worker lets go
-        of copies under: so the worker never removes a segment between the
-        choice of it and the write (it would take the new copies with it),
-        and a segment it let go of first is not written to (another is
-        made)."""
-        while data:
+        the copy segment; False if there was nothing to write, or the worker
+        delivered them all meanwhile. The segment is registered as holding
+        them up to ``end`` before they are written, under the lock the
+        worker lets go of copies under: so the worker never removes a
+        segment between the choice of it and the write (it would take the
+        new copies with it), and a segment it let go of first is not written
+        to (another is made)."""
+        while data and not self._done_upto >= end:  # (no segment made for nothing)
             path = self.spool.copy_segment()
             with self._inflight_lock:
                 if self._done_upto >= end:
-                    return  # the worker delivered them all meanwhile
+                    return False
                 if self._copies and self._copies[-1][1] == path:
                     self._copies[-1] = (end, path)
                 else:
                     self._copies.append((end, path))
             if self.spool.append_copy(path, data):
-                return
+                return True
+        return False
 
     def _freeze(self, stop: int, start: int = 0) -> list[Any]:
         """The queued items from ``start`` to ``stop`` (counted from the

@@ -12,7 +12,9 @@ import json
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from faults import (
@@ -383,6 +385,49 @@ def test_copies_of_what_stays_queued_stay_copies_when_a_full_queue_is_cut(
     assert pipeline.flush(10) is True
     assert sorted(r[1] for r in sink.records) == sorted(f"e{i}" for i in range(10))
     assert not spooled_files(tmp_path)
+    pipeline.shutdown(5)
+
+
+def test_records_the_worker_delivered_while_their_copy_was_encoded_are_not_written(
+        tmp_path: Path) -> None:
+    # The race at one moment: the spill thread has chosen e0-e3 and encoded
+    # them; meanwhile the worker took and delivered them. Written now, the
+    # copy would wait on disk for a release that already happened.
+    _, pipeline = queued(tmp_path, 10)
+    data = _spool.encode_batch(list(pipeline._queue)[:4])[0]
+    pipeline._release_copies(4)  # (what the worker does once it delivered e0-e3)
+    assert pipeline._append_copy(data, 4) is False
+    assert not spooled_files(tmp_path) and not pipeline._copies
+    assert pipeline._append_copy(_spool.encode_batch(list(pipeline._queue)[4:6])[0], 6)
+    assert [end for end, _ in pipeline._copies] == [6]
+    pipeline.shutdown(5)
+
+
+def test_a_step_ended_just_as_the_spill_thread_snapshots_the_queue_is_copied_ended(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The race at one moment: the user's thread ends the step (amend_last)
+    # between the spill thread's snapshot of the queue and its freeze mark.
+    # The copy must hold the ended step, and the queued record stay frozen.
+    pipeline = Pipeline(MemorySink(), Spool(tmp_path / "spool"), batch_size=100)
+    start: Record = ("step", "s1", 1.0, {"session_id": "x", "started_at": 1.0})
+    pipeline.put(start)
+    snapshot = _pipeline.islice
+    ended = {"ended_at": 2.0, "is_finished": True}
+
+    def ended_meanwhile(*args: Any) -> Iterator[Any]:
+        items = list(snapshot(*args))
+        assert pipeline.amend_last(start, dict(ended), 2.0, 0) is True
+        return iter(items)
+
+    monkeypatch.setattr(_pipeline, "islice", ended_meanwhile)
+    copy_waited(pipeline, 1)
+    monkeypatch.setattr(_pipeline, "islice", snapshot)
+    (segment,) = spooled_files(tmp_path)
+    (copied,) = _spool._parse_line(segment.read_bytes(), segment, 1)
+    assert copied[3] == {**start[3], **ended}
+    queued_now = pipeline._queue[-1]
+    assert queued_now[3] == copied[3]
+    assert pipeline.amend_last(queued_now, {"error": "late"}, 3.0, 0) is False
     pipeline.shutdown(5)
 
 
