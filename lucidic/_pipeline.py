@@ -63,7 +63,7 @@ from typing import Any
 
 from ._internal import log_rate_limited, logger, rearm, record_internal_error, warn_once
 from ._sinks import RecordsRefusedError, Sink, SinkError
-from ._spool import Spool, encode_batch
+from ._spool import Spool, encode_lines
 from .store import Record
 
 _MAX_BACKOFF = 10.0
@@ -556,7 +556,7 @@ class Pipeline:
                 return
             end = self._copied_upto = start + len(items)
         records = _records_in(items)
-        data, unencodable = encode_batch(records)
+        data, unencodable = encode_lines(records)
         if unencodable:
             self._reject_unencodable(unencodable)
         try:
@@ -579,7 +579,7 @@ class Pipeline:
         segment between the choice of it and the write (it would take the
         new copies with it), and a segment it let go of first is not written
         to (another is made)."""
-        while data and not self._done_upto >= end:  # (no segment made for nothing)
+        while data and self._done_upto < end:  # (no segment made for nothing)
             path = self.spool.copy_segment()
             with self._inflight_lock:
                 if self._done_upto >= end:

@@ -97,7 +97,7 @@ class Spool:
         Returns the records no encoder could write (usually none), for the
         caller to set aside. Raises OSError when the disk refuses the write;
         then nothing of it stays in the segment."""
-        data, unencodable = encode_batch(list(records))
+        data, unencodable = encode_lines(list(records))
         if data:
             self._write(data)
         return unencodable
@@ -125,12 +125,7 @@ class Spool:
                     # Nothing in it: no segment at all, rather than an empty
                     # one that flush() would wait on to be replayed.
                     self._drop_writer()
-                    raise
-                # A full disk may have taken part of it: cut it back to the
-                # last whole line, or the next write would glue onto it.
-                try:
-                    os.ftruncate(fd, self._size)
-                except OSError:
+                elif not _cut_back(fd, self._size):
                     self._close_writer()  # start afresh next time
                 raise
             self._size += len(data)
@@ -149,10 +144,8 @@ class Spool:
     def _drop_writer(self) -> None:
         """Remove the open segment (still empty), then close it."""
         fd, path, self._fd, self._path = self._fd, self._path, None, None
-        if fd is not None and path is not None:
+        if fd is not None and path is not None:  # (set together by _open_segment)
             self._remove_unwritten(path, fd)
-        elif fd is not None:
-            os.close(fd)
 
     def _remove_unwritten(self, path: Path, fd: int) -> None:
         """Remove a segment this process made and nothing was written to,
@@ -203,7 +196,7 @@ class Spool:
     def defer(self, records: Sequence[Record], refused_since: float) -> list[Record]:
         """Put records aside in a later segment, replayed after everything
         else. Returns the unencodable records."""
-        data, unencodable = encode_batch(list(records))
+        data, unencodable = encode_lines(list(records))
         if data:
             with self._lock:
                 _, fd = self._write_new(data, _LATER_PREFIX, int(refused_since * 1e9))
@@ -216,7 +209,7 @@ class Spool:
         else left to be replayed like any other segment (and so if this
         process dies first, even midway through the write). Returns its path
         (None if nothing could be encoded) and the unencodable records."""
-        data, unencodable = encode_batch(list(records))
+        data, unencodable = encode_lines(list(records))
         if not data:
             return None, unencodable
         with self._lock:
@@ -260,14 +253,11 @@ class Spool:
             try:
                 _write_all(fd, data)
             except OSError:
-                if self._copy_size == 0:
+                if self._copy_size == 0:  # (see _write)
                     self._copy_path = None
                     self._remove_unwritten(path, self._aside.pop(path))
-                    raise
-                try:
-                    os.ftruncate(fd, self._copy_size)  # (see _write)
-                except OSError:
-                    self._copy_path = None
+                elif not _cut_back(fd, self._copy_size):
+                    self._copy_path = None  # the next copy starts another
                 raise
             self._copy_size += len(data)
             if self._copy_size >= COPY_SEGMENT_BYTES:
@@ -328,9 +318,14 @@ class Spool:
     def has_later(self) -> bool:
         return any(name.startswith(_LATER_PREFIX) for name in self._names())
 
-    def _names(self) -> list[str]:
+    def _names(self, listing: list[Path] | None = None) -> list[str]:
+        """The segments' names, of ``listing`` (else of the directory now)."""
+        return [p.name for p in (self._listing() if listing is None else listing)
+                if p.suffix == ".jsonl"]
+
+    def _listing(self) -> list[Path]:
         try:
-            return [p.name for p in self.directory.iterdir() if p.suffix == ".jsonl"]
+            return list(self.directory.iterdir())
         except OSError:  # not made yet, or not a directory it can read
             return []
 
@@ -345,7 +340,8 @@ class Spool:
             own = set(self._own)
             aside = set(self._aside)
         complete = True
-        for name in sorted(self._names()):
+        listing = self._listing()
+        for name in sorted(self._names(listing)):
             if name.startswith(_LATER_PREFIX) != later:
                 continue
             path = self.directory / name
@@ -355,17 +351,13 @@ class Spool:
             if not self._replay_segment(path, deliver, batch_size, since):
                 complete = False
         if include_orphans and not later:
-            self._remove_stale_temporaries()
+            self._remove_stale_temporaries([p for p in listing if p.suffix == ".tmp"])
         return complete
 
-    def _remove_stale_temporaries(self) -> None:
+    def _remove_stale_temporaries(self, temporaries: list[Path]) -> None:
         """Remove what a process killed while making a segment left behind:
         the empty temporary file it had not renamed yet (a live writer holds
         its lock, and renames it within microseconds of making it)."""
-        try:
-            temporaries = [p for p in self.directory.iterdir() if p.suffix == ".tmp"]
-        except OSError:
-            return
         for path in temporaries:
             try:
                 if time.time() - path.stat().st_mtime < _STALE_TEMPORARY:
@@ -426,6 +418,17 @@ class Spool:
         self._lock = threading.RLock()
 
 
+def _cut_back(fd: int, size: int) -> bool:
+    """After a refused write, cut a segment back to its ``size`` bytes of
+    whole lines: a full disk may have taken part of the write, and the next
+    one would glue onto it. False when even that fails: write no more to it."""
+    try:
+        os.ftruncate(fd, size)
+    except OSError:
+        return False
+    return True
+
+
 def _write_all(fd: int, data: bytes) -> None:
     """Write all of data: one write(), unless a signal or a filling disk cuts it short."""
     written = os.write(fd, data)
@@ -459,12 +462,12 @@ def _safe_repr(value: Any) -> str:
 _BY_JSON = b"J"
 
 
-#: Records a spool line holds at most (see encode_batch).
+#: Records a spool line holds at most (see encode_lines).
 _LINE_RECORDS = 2048
 _dumps_line = partial(orjson.dumps, option=orjson.OPT_APPEND_NEWLINE)
 
 
-def encode_batch(records: list[Record]) -> tuple[bytes, list[Record]]:
+def encode_lines(records: list[Record]) -> tuple[bytes, list[Record]]:
     """Records as spool lines: lines of up to _LINE_RECORDS records, each
     encoded in one call (three times faster than a line each, and read back
     a third faster than one line of many thousands), unless a record needs

@@ -60,10 +60,11 @@ def test_bench_reliability_measures_durable_mode_and_a_sigkill(tmp_path: Path) -
         costs = bench_reliability.part_costs(2000)
         # (one_kill itself checks that what survived has no gap)
         kill = bench_reliability.one_kill(True, False, 0.5)
-        print(sorted(costs), kill["kept"] > 0, kill["window_s"] >= 0)
+        print(" ".join(sorted(costs)), kill["kept"])
     """
-    out = run_python(code, home=tmp_path, timeout=180).stdout
-    assert out.strip().endswith("True True")
+    *modes, kept = run_python(code, home=tmp_path, timeout=180).stdout.split()
+    assert modes == ["default", "durable", "write_floor"]
+    assert int(kept) > 0  # the session's events survived the kill
 
 
 @pytest.mark.parametrize(("script", "args", "reported"), [

@@ -361,7 +361,7 @@ def test_a_copy_segment_the_worker_let_go_of_is_not_written_to(tmp_path: Path) -
     segment = spool.copy_segment()
     assert spool.append_copy(segment, b"") is True
     spool.release_aside(segment, delivered=True)
-    line = _spool.encode_batch(events(2))[0]
+    line = _spool.encode_lines(events(2))[0]
     assert spool.append_copy(segment, line) is False
     assert not segment.exists()
     fresh = spool.copy_segment()
@@ -394,11 +394,11 @@ def test_records_the_worker_delivered_while_their_copy_was_encoded_are_not_writt
     # them; meanwhile the worker took and delivered them. Written now, the
     # copy would wait on disk for a release that already happened.
     _, pipeline = queued(tmp_path, 10)
-    data = _spool.encode_batch(list(pipeline._queue)[:4])[0]
+    data = _spool.encode_lines(list(pipeline._queue)[:4])[0]
     pipeline._release_copies(4)  # (what the worker does once it delivered e0-e3)
     assert pipeline._append_copy(data, 4) is False
     assert not spooled_files(tmp_path) and not pipeline._copies
-    assert pipeline._append_copy(_spool.encode_batch(list(pipeline._queue)[4:6])[0], 6)
+    assert pipeline._append_copy(_spool.encode_lines(list(pipeline._queue)[4:6])[0], 6)
     assert [end for end, _ in pipeline._copies] == [6]
     pipeline.shutdown(5)
 
@@ -681,13 +681,13 @@ def test_a_copy_segment_the_full_disk_refused_its_first_write_leaves_no_file(
         segment = spool.copy_segment()
         disk.fill()
         with pytest.raises(OSError):
-            spool.append_copy(segment, _spool.encode_batch(events(100))[0])
+            spool.append_copy(segment, _spool.encode_lines(events(100))[0])
         assert not list((disk.path / "spool").iterdir())
         assert not spool._aside and not spool.has_own_pending()
         disk.free()
         fresh = spool.copy_segment()
         assert fresh != segment
-        assert spool.append_copy(fresh, _spool.encode_batch(events(2))[0]) is True
+        assert spool.append_copy(fresh, _spool.encode_lines(events(2))[0]) is True
         spool.close()
 
 
