@@ -63,7 +63,7 @@ from typing import Any
 
 from ._internal import log_rate_limited, logger, rearm, record_internal_error, warn_once
 from ._sinks import RecordsRefusedError, Sink, SinkError
-from ._spool import Spool, encode_lines
+from ._spool import Lines, Spool, encode_lines
 from .store import Record
 
 _MAX_BACKOFF = 10.0
@@ -556,11 +556,11 @@ class Pipeline:
                 return
             end = self._copied_upto = start + len(items)
         records = _records_in(items)
-        data, unencodable = encode_lines(records)
+        lines, unencodable = encode_lines(records)
         if unencodable:
             self._reject_unencodable(unencodable)
         try:
-            written = self._append_copy(data, end)
+            written = self._append_copy(lines, end)
         except OSError as exc:
             with self._take_lock:
                 self._copied_upto = start  # not on disk after all
@@ -570,7 +570,7 @@ class Pipeline:
             self._count_spooled(len(records))
         self._spool_writable()
 
-    def _append_copy(self, data: bytes, end: int) -> bool:
+    def _append_copy(self, lines: Lines, end: int) -> bool:
         """Append copies of queued records, the last at position ``end``, to
         the copy segment; False if there was nothing to write, or the worker
         delivered them all meanwhile. The segment is registered as holding
@@ -579,7 +579,7 @@ class Pipeline:
         segment between the choice of it and the write (it would take the
         new copies with it), and a segment it let go of first is not written
         to (another is made)."""
-        while data and self._done_upto < end:  # (no segment made for nothing)
+        while lines and self._done_upto < end:  # (no segment made for nothing)
             path = self.spool.copy_segment()
             with self._inflight_lock:
                 if self._done_upto >= end:
@@ -588,7 +588,7 @@ class Pipeline:
                     self._copies[-1] = (end, path)
                 else:
                     self._copies.append((end, path))
-            if self.spool.append_copy(path, data):
+            if self.spool.append_copy(path, lines):
                 return True
         return False
 

@@ -285,9 +285,9 @@ def test_a_stuck_worker_has_all_that_is_queued_spooled_in_one_write(
     writes: list[int] = []
     write = _spool._write_all
 
-    def counted_write(fd: int, data: bytes) -> None:
-        writes.append(len(data.splitlines()))
-        write(fd, data)
+    def counted_write(fd: int, lines: list[bytes]) -> None:
+        writes.append(len(lines))
+        write(fd, lines)
 
     monkeypatch.setattr(_spool, "_write_all", counted_write)
     _, pipeline = queued(tmp_path, 10)
@@ -359,7 +359,7 @@ def test_a_copy_segment_the_worker_let_go_of_is_not_written_to(tmp_path: Path) -
     # a copy appended to it after that would be removed with it.
     spool = Spool(tmp_path / "spool")
     segment = spool.copy_segment()
-    assert spool.append_copy(segment, b"") is True
+    assert spool.append_copy(segment, []) is True
     spool.release_aside(segment, delivered=True)
     line = _spool.encode_lines(events(2))[0]
     assert spool.append_copy(segment, line) is False
@@ -369,6 +369,37 @@ def test_a_copy_segment_the_worker_let_go_of_is_not_written_to(tmp_path: Path) -
     spool.close()
     replayed = replayed_by_another_process(tmp_path / "spool")
     assert replayed is not None and [r[1] for r in replayed] == ["e0", "e1"]
+
+
+def test_spool_lines_are_written_whole_and_in_order_by_writev(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A spill's lines go to the kernel as they are (joined first, they cost
+    # a copy of it all in freshly faulted memory), IOV_MAX lines a call; a
+    # writev() a signal cuts short mid-line is finished, nothing doubled.
+    monkeypatch.setattr(_spool, "_IOV_MAX", 3)
+    lines, _ = _spool.encode_lines(events(7))
+    lines += [_spool._encode(record) for record in events(5)]  # 1 line of 7, 5 of 1
+    calls: list[int] = []
+    real_writev = _spool.os.writev
+
+    def interrupted_once(fd: int, buffers: list[bytes]) -> int:
+        calls.append(len(buffers))
+        if len(calls) == 2:  # the second call: stopped 10 bytes into its second line
+            return _spool.os.write(fd, buffers[0] + buffers[1][:10])
+        return real_writev(fd, buffers)
+
+    monkeypatch.setattr(_spool.os, "writev", interrupted_once)
+    path = tmp_path / "lines"
+    fd = _spool.os.open(path, _spool.os.O_WRONLY | _spool.os.O_CREAT)
+    try:
+        _spool._write_all(fd, lines)
+    finally:
+        _spool.os.close(fd)
+    assert calls == [3, 3]  # six lines, three a call
+    assert path.read_bytes() == b"".join(lines)
+    parsed = [record for number, line in enumerate(path.read_bytes().splitlines(True), 1)
+              for record in _spool._parse_line(line, path, number)]
+    assert [r[1] for r in parsed] == [f"e{i}" for i in range(7)] + [f"e{i}" for i in range(5)]
 
 
 def test_copies_of_what_stays_queued_stay_copies_when_a_full_queue_is_cut(
