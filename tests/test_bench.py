@@ -5,12 +5,14 @@ Lucidic's internals (a profile must): a change that renames one would
 otherwise break a benchmark nobody runs until the next measurement. These
 tests assert that each script runs to the end and reports its figures, never
 what the figures are (timings belong to the benchmarks, not to the suite).
-The UI, server and protocol benchmarks are left out: they build stores of
-tens of thousands of sessions, far beyond a smoke test's time.
+The UI, server and protocol benchmarks run in their ``--quick`` form on
+SQLite only (10 to 15 seconds each); what they count as stored must be all
+that was sent.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -75,3 +77,19 @@ def test_bench_reliability_measures_durable_mode_and_a_sigkill(tmp_path: Path) -
 def test_a_quick_benchmark_runs_to_its_report(tmp_path: Path, script: str,
                                               args: tuple[str, ...], reported: str) -> None:
     assert reported in run_bench(tmp_path, script, *args)
+
+
+@pytest.mark.parametrize(("script", "reported", "stored_lines"), [
+    ("bench_server.py", ("all flushed: True", "lai.create_event, server down"), 1),
+    ("bench_protocols.py", ("OTLP/protobuf", "lucidicai 1.3.5:"), 2),
+    ("bench_ui.py", ("sessions list, page 200 (keyset)", "session of 10,000 events",
+                     "dashboard, 30 days", "browser first paint, sessions list"), 0),
+])
+def test_a_server_or_ui_benchmark_runs_quick_and_stores_all_it_sent(
+        tmp_path: Path, script: str, reported: tuple[str, ...], stored_lines: int) -> None:
+    out = run_bench(tmp_path, script, "--quick", "--pg", "", timeout=240)
+    for line in reported:
+        assert line in out
+    stored = re.findall(r"stored ([\d,]+)/([\d,]+)", out)  # "stored 600/600"
+    assert len(stored) == stored_lines
+    assert all(kept == sent for kept, sent in stored), stored
