@@ -1,6 +1,6 @@
 """Where each microsecond of one recorded step goes.
 
-    .venv/bin/python bench/profile_step.py            # about 20 seconds
+    .venv/bin/python bench/profile_step.py            # about 30 seconds
     .venv/bin/python bench/profile_step.py --n 50000  # steadier figures
 
 The hot path (``@lai.step`` around a function that returns at once, with a
@@ -9,8 +9,17 @@ delivery of the same steps to the embedded store, phase by phase. Each piece
 is timed alone, N times in a loop, in process CPU time, best of R rounds (a
 profiler's own cost would swamp pieces this small); the pieces are then
 summed and set beside the whole, measured the same way, and beside the
-hand-written floor recorder of bench_core.py part 5. It reads Lucidic's
-internals (this is a profile), and changes nothing in them.
+hand-written floor recorder of bench_core.py part 5.
+
+Then a long loop (``--long`` steps, as bench_core.py part 5 times them: the
+worker and the spill thread running): where the CPU of a step goes by thread,
+what the cyclic garbage collector and the kernel's page faults take, and how
+many records the worker read back from the spool. Timed alone, the pieces
+above leave out what a long loop adds: records pile up while the loop holds
+the interpreter, and the worker delivers them long after they were made.
+
+It reads Lucidic's internals (this is a profile), and changes nothing in
+them but to count the records replayed.
 """
 
 from __future__ import annotations
@@ -18,8 +27,10 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,10 +62,123 @@ def loop(call: Callable[[], Any]) -> Callable[[int], None]:
     return run
 
 
+def thread_cpu(thread: threading.Thread | None) -> float:
+    """Seconds of CPU the thread has used (nan where the platform cannot say)."""
+    if thread is None or thread.ident is None or not hasattr(time, "pthread_getcpuclockid"):
+        return float("nan")
+    try:
+        return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+    except OSError:  # it has ended
+        return float("nan")
+
+
+def minor_faults(thread: threading.Thread | None) -> float:
+    """The thread's minor page faults so far (Linux; nan elsewhere)."""
+    if thread is None or thread.native_id is None:
+        return float("nan")
+    try:
+        with open(f"/proc/self/task/{thread.native_id}/stat") as stat:
+            return float(stat.read().rsplit(")", 1)[1].split()[7])
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+class CollectorTime:
+    """Seconds the cyclic garbage collector runs, by generation, in any thread."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self._started: dict[int, float] = {}
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started[threading.get_ident()] = time.perf_counter()
+        else:
+            started = self._started.pop(threading.get_ident(), None)
+            if started is not None:
+                self.seconds[info["generation"]] += time.perf_counter() - started
+
+
+def long_loop(stepped: Callable[[int], Any], pipeline: Any, n: int, rounds: int
+              ) -> dict[str, float]:
+    """µs a step (median of ``rounds``) of each part of a tight loop of n
+    steps and the flush that delivers them, the worker delivering meanwhile."""
+    import lucidic as lai
+
+    replayed = 0
+    deliver_replayed = pipeline._deliver_replayed
+
+    def counted(batch: Any, refused_since: Any) -> None:
+        nonlocal replayed
+        replayed += len(batch)
+        deliver_replayed(batch, refused_since)
+
+    pipeline._deliver_replayed = counted
+    threads = dict(zip(THREADS, (threading.current_thread(), pipeline._thread,
+                                 pipeline._spiller), strict=True))
+    collector = CollectorTime()
+    samples: dict[str, list[float]] = {}
+    run = loop(lambda: stepped(1))
+    run(20_000)  # warm-up
+    lai.flush(60)
+    gc.callbacks.append(collector)
+    try:
+        for _ in range(rounds):
+            gc.collect()
+            collector.seconds = [0.0, 0.0, 0.0]
+            replayed = 0
+            faults = sum(minor_faults(thread) for thread in threads.values())
+            # (the threads' clocks read inside the process clock's reading)
+            whole = time.process_time()
+            cpu = {name: thread_cpu(thread) for name, thread in threads.items()}
+            run(n)
+            if not lai.flush(120):
+                raise SystemExit("lai.flush() did not deliver the long loop")
+            sample = {name: thread_cpu(thread) - cpu[name] for name, thread in threads.items()}
+            sample["whole"] = time.process_time() - whole
+            sample["the rest (other threads)"] = sample["whole"] - sum(sample[k] for k in THREADS)
+            sample.update({
+                "page faults": sum(minor_faults(thread) for thread in threads.values()) - faults,
+                "garbage collector, youngest generations": sum(collector.seconds[:2]),
+                "garbage collector, full collections": collector.seconds[2],
+                "records read back from the spool": replayed})
+            for key, value in sample.items():
+                samples.setdefault(key, []).append(value / n)
+    finally:
+        gc.callbacks.remove(collector)
+        del pipeline._deliver_replayed  # the class's again
+    counts = ("page faults", "records read back from the spool")
+    return {key: statistics.median(values) * (1 if key in counts else 1e6)
+            for key, values in samples.items()}
+
+
+THREADS = ("user's thread", "worker", "spill thread")
+
+
+def report_long_loop(long: dict[str, float], n: int, rounds: int) -> None:
+    p = print
+    p("")
+    p(f"In a tight loop of {n:,} steps and the flush that delivers them, the worker and "
+      f"the spill thread running (median of {rounds} rounds), µs of CPU per step")
+    p("")
+    p(f"whole CPU per recorded step              {long['whole']:6.2f}")
+    for key in (*THREADS, "the rest (other threads)"):
+        p(f"  {key:<38}{long[key]:6.2f}")
+    p("of which, in any of them:")
+    for key in ("garbage collector, youngest generations", "garbage collector, full collections"):
+        p(f"  {key:<38}{long[key]:6.2f}")
+    p(f"page faults a step                       {long['page faults']:6.3f}")
+    p(f"records read back from the spool a step  "
+      f"{long['records read back from the spool']:6.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=20_000, help="calls per round")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--long", type=int, default=100_000,
+                        help="steps of the long loop (0: leave it out)")
+    parser.add_argument("--long-rounds", type=int, default=3)
     args = parser.parse_args(argv)
     n, rounds = args.n, args.rounds
     os.environ["LUCIDIC_HOME"] = tempfile.mkdtemp(prefix="lucidic-profile-")
@@ -210,6 +334,9 @@ def main(argv: list[str] | None = None) -> int:
       f"{total - sum(best[k] for k in pieces):6.2f}")
     p("")
     p(f"whole CPU per recorded step              {hot['whole'] + total:6.2f}")
+    if args.long:
+        report_long_loop(long_loop(stepped, pipeline, args.long, args.long_rounds),
+                         args.long, args.long_rounds)
     lai.shutdown(5)
     return 0
 
