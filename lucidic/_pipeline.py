@@ -32,6 +32,14 @@ records off the queue under one lock, and the spill thread removes what it
 spills only once it is written; so an exit that interrupts a spill midway
 finds every record still queued, and writes them itself.
 
+The queue holds each record as its four parts, one after another (kind, id,
+time, fields), not as the record's tuple: a tuple holding a dict is never
+untracked by CPython's cyclic garbage collector, so while records pile up
+(a tight loop holding the interpreter from the worker) every collection
+walked each of them, where its parts (strings, a float, a dict of plain
+values) are not tracked at all. Whoever takes records off makes them
+records again (``_items``); positions count records, not slots.
+
 A record still last in the queue can be amended (``amend_last``): a step that
 ends before the worker has taken its start is queued as one record, not two,
 which is what the store would have made of them. It is amended only while it
@@ -63,7 +71,7 @@ from typing import Any
 
 from ._internal import log_rate_limited, logger, rearm, record_internal_error, warn_once
 from ._sinks import RecordsRefusedError, Sink, SinkError
-from ._spool import Lines, Spool, encode_lines
+from ._spool import LINE_RECORDS, Lines, Spool, encode_lines
 from .store import Record
 
 _MAX_BACKOFF = 10.0
@@ -152,6 +160,68 @@ def _records_in(items: list[Any]) -> list[Record]:
     return [item for item in items if type(item) is not _FlushRequest]
 
 
+#: Queue slots an item takes: a record's four parts, or a flush request and
+#: three Nones.
+_SLOTS = 4
+_REQUEST_PAD = (None,) * (_SLOTS - 1)
+
+
+def _items(slots: list[Any]) -> list[Any]:
+    """The queued items (records, flush requests) that ``slots`` hold: made
+    in C (a Python loop would hand the interpreter to a busy user thread
+    many times over), requests looked for only when there are any."""
+    part = iter(slots)
+    items: list[Any] = list(zip(*(part,) * _SLOTS, strict=True))
+    if _holds_requests(slots):
+        items = [item[0] if type(item[0]) is _FlushRequest else item for item in items]
+    return items
+
+
+def _holds_requests(slots: list[Any]) -> bool:
+    """Whether queue ``slots`` hold a flush request (looked for in C: the
+    usual answer is no)."""
+    return _FlushRequest in set(map(type, slots[::_SLOTS]))
+
+
+def _requests_among(slots: list[Any]) -> list[_FlushRequest]:
+    """The flush requests that queue ``slots`` hold, in order."""
+    if not _holds_requests(slots):
+        return []
+    return [head for head in slots[::_SLOTS] if type(head) is _FlushRequest]
+
+
+def _encode_slots(slots: list[Any]) -> tuple[Lines, list[Record], int]:
+    """The spool lines of the records that queue ``slots`` hold (flush
+    requests left out), the records no encoder could write, and how many
+    records there were. A line's records are made from their slots, encoded
+    and let go of before the next line's are made: made all at once, tens
+    of thousands of tuples holding a dict sat in the cyclic collector's
+    young generations, walked by each of its collections (measured: that
+    more than doubled what encoding 100,000 records cost)."""
+    lines: Lines = []
+    unencodable: list[Record] = []
+    count = 0
+    step = LINE_RECORDS * _SLOTS
+    requests = _holds_requests(slots)
+    for start in range(0, len(slots), step):
+        part = iter(slots[start:start + step])
+        records: list[Any] = list(zip(*(part,) * _SLOTS, strict=True))
+        if requests:
+            records = [record for record in records if type(record[0]) is not _FlushRequest]
+        count += len(records)
+        encoded, refused = encode_lines(records)
+        lines += encoded
+        unencodable += refused
+        del records  # before the next line's are made
+    return lines, unencodable, count
+
+
+def _slots(items: Iterable[Any]) -> list[Any]:
+    """The queue slots of ``items`` (records, flush requests)."""
+    return [part for item in items
+            for part in ((item, *_REQUEST_PAD) if type(item) is _FlushRequest else item)]
+
+
 @dataclass
 class PipelineStats:
     delivered: int = 0
@@ -185,13 +255,14 @@ class Pipeline:
         self._init_runtime()
 
     def _init_runtime(self) -> None:
+        #: Items queued, each in _SLOTS slots (see the module's docstring).
         self._queue: deque[Any] = deque()
-        #: Queue size at which put() next looks in on the spill thread.
-        self._look_at = SPILL_LOOK
+        #: Queue slots at which put() next looks in on the spill thread.
+        self._look_at = SPILL_LOOK * _SLOTS
         self._spill_ran = time.monotonic()  # when the spill thread last finished a tick
         self._next_yield = 0.0
-        # Below it, put() only appends.
-        self._busy = min(self._batch_size, self._max_queue, self._look_at)
+        # Queue slots below which put() only appends.
+        self._busy = self._calm_busy()
         self._wake = threading.Event()
         self._spill_wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -245,6 +316,14 @@ class Pipeline:
         self._losses_reported = 0
         self._waiting: list[_FlushRequest] = []
 
+    def _calm_busy(self) -> int:
+        """put()'s threshold (in slots) while the worker is not woken."""
+        return min(self._batch_size * _SLOTS, self._max_queue * _SLOTS, self._look_at)
+
+    def queued(self) -> list[Any]:
+        """What is queued now, oldest first: records, and flush requests."""
+        return _items(list(self._queue))
+
     # -- hot path -------------------------------------------------------------
 
     def put(self, record: Record) -> None:
@@ -252,23 +331,25 @@ class Pipeline:
             self._put_durable(record)
             return
         queue = self._queue
-        size = len(queue)
+        size = len(queue)  # slots
         if size >= self._busy:
-            if size >= self._max_queue and self._crowded(record, size):
+            queued = size // _SLOTS
+            if queued >= self._max_queue and self._crowded(record, queued):
                 return
-            if size >= self._batch_size and not self._wake.is_set():
+            if queued >= self._batch_size and not self._wake.is_set():
                 self._wake.set()
             if size >= self._look_at:
                 self._look_in_on_the_spill(size)
             # Once the worker is woken put() looks no further (but for a full
             # queue, or to look in on the spill thread) until it has taken a
             # batch (_take lowers it again).
-            self._busy = min(self._max_queue if self._wake.is_set() else self._batch_size,
-                             self._look_at)
-        queue.append(record)
+            self._busy = min((self._max_queue if self._wake.is_set() else self._batch_size)
+                             * _SLOTS, self._look_at)
+        queue.extend(record)  # one C call: its four parts are never apart
 
     def _look_in_on_the_spill(self, size: int) -> None:
-        """The queue grew by SPILL_LOOK records since the spill thread last
+        """The queue grew by SPILL_LOOK records (``size``: its slots now)
+        since the spill thread last
         ran. If that was two ticks ago or more, it is most likely waiting for
         the interpreter that this thread holds: CPython lets a waiting thread
         force a switch only when no other switch happened meanwhile, so while
@@ -277,7 +358,7 @@ class Pipeline:
         to write is what a SIGKILL would lose. Then give the interpreter up
         for a moment, once a tick at most (never waiting for the spill thread
         itself: it may be stuck on a slow disk)."""
-        self._look_at = size + SPILL_LOOK
+        self._look_at = size + SPILL_LOOK * _SLOTS
         now = time.monotonic()
         if now - self._spill_ran >= 2 * SPILL_TICK and now >= self._next_yield:
             self._next_yield = now + SPILL_TICK
@@ -307,9 +388,9 @@ class Pipeline:
         except OSError as exc:
             # The spool cannot take it: keep it in memory rather than lose it.
             self._spool_unwritable(exc)
-            queue = self._queue
-            if len(queue) < self._max_queue or not self._crowded(record, len(queue)):
-                queue.append(record)
+            queued = len(self._queue) // _SLOTS
+            if queued < self._max_queue or not self._crowded(record, queued):
+                self._queue.extend(record)
             return
         self._spool_dirty = True
         self._durable_unsent += 1
@@ -328,14 +409,16 @@ class Pipeline:
         if forks != self.forks or not _GIL:
             return False
         queue = self._queue
-        amended = (record[0], record[1], ts, {**record[3], **fields})
-        # From the look to the assignment there is no call, and the
+        queued_fields = record[3]  # the last slot while the record is last
+        merged = {**queued_fields, **fields}
+        # From the look to the assignments there is no call, and the
         # interpreter switches threads only at calls and loops: a record
         # another thread appends, or a take off the queue, falls before the
-        # look or after the assignment. The queued record is replaced, never
-        # changed: whoever took it a moment before has it as it was.
-        if queue and queue[-1] is record and record is not self._frozen_last:
-            queue[-1] = amended
+        # look or after the assignments. The queued parts are replaced,
+        # never changed: whoever took them a moment before has them as they were.
+        if queue and queue[-1] is queued_fields and queued_fields is not self._frozen_last:
+            queue[-2] = ts
+            queue[-1] = merged
             return True
         return False
 
@@ -389,7 +472,7 @@ class Pipeline:
                 delivered = not self._queue and not self.spool.has_own_pending()
                 return self._no_new_losses() and delivered
         request = _FlushRequest(fail_fast)
-        self._queue.append(request)
+        self._queue.extend((request, *_REQUEST_PAD))
         self._wake.set()
         done = request.done.wait(max(timeout, 0.0))
         return self._no_new_losses() and done and not request.failed
@@ -422,22 +505,23 @@ class Pipeline:
         # The worker holds the lock for microseconds; the spill thread for as
         # long as a spill takes, or for ever if it is stuck.
         wait = max(0.05, min(0.5, deadline - time.monotonic()))
-        items: list[Any]
+        slots: list[Any]
         if self._take_lock.acquire(timeout=wait):
             try:
-                items = []
-                while True:
+                slots = []
+                while True:  # (put() appends a record's slots in one call)
                     try:
-                        items.append(self._queue.popleft())
+                        slots.append(self._queue.popleft())
                     except IndexError:
                         break
+                items = _items(slots)
                 self._taken += len(items)
             finally:
                 self._take_lock.release()
         else:
             # The spill thread holds the queue and is not finishing: redo its
             # part (its records leave the queue only once written).
-            items = list(self._queue.copy())
+            items = _items(list(self._queue.copy()))
         pending: list[Record] = []
         inflight = self._inflight
         if inflight is not None and self._copy_of(inflight) is None:
@@ -477,7 +561,7 @@ class Pipeline:
             except Exception as exc:  # noqa: BLE001 - the spill thread must survive anything
                 record_internal_error("spill", exc)
             self._spill_ran = time.monotonic()
-            self._look_at = len(self._queue) + SPILL_LOOK
+            self._look_at = len(self._queue) + SPILL_LOOK * _SLOTS
             self._busy = min(self._busy, self._look_at)
 
     def _spill_tick(self) -> None:
@@ -498,7 +582,7 @@ class Pipeline:
 
     def _spill_queue(self) -> None:
         with self._take_lock:
-            queued = len(self._queue)
+            queued = len(self._queue) // _SLOTS
             marks = self._marks
             # Items queued SPILL_AFTER ago (appended by the newest mark that
             # old) and still there: the worker is behind. Those are copied
@@ -525,8 +609,8 @@ class Pipeline:
                     # each done in a tick, keep what a SIGKILL can lose
                     # short even when a tight loop leaves the spill little
                     # of the interpreter.
-                    waited_upto = self._taken + len(self._queue)
-            marks.append((now, self._taken + len(self._queue)))
+                    waited_upto = self._taken + len(self._queue) // _SLOTS
+            marks.append((now, self._taken + len(self._queue) // _SLOTS))
         if waited_upto > max(self._copied_upto, self._taken):
             self._copy_waited(waited_upto)
 
@@ -551,12 +635,11 @@ class Pipeline:
         records alone from the moment they are chosen."""
         with self._take_lock:
             start = max(self._copied_upto, self._taken)
-            items = self._freeze(upto - self._taken, start - self._taken)
-            if not items:
+            slots = self._freeze(upto - self._taken, start - self._taken)
+            if not slots:
                 return
-            end = self._copied_upto = start + len(items)
-        records = _records_in(items)
-        lines, unencodable = encode_lines(records)
+            end = self._copied_upto = start + len(slots) // _SLOTS
+        lines, unencodable, count = _encode_slots(slots)
         if unencodable:
             self._reject_unencodable(unencodable)
         try:
@@ -567,7 +650,7 @@ class Pipeline:
             self._spool_unwritable(exc)
             return
         if written:
-            self._count_spooled(len(records))
+            self._count_spooled(count)
         self._spool_writable()
 
     def _append_copy(self, lines: Lines, end: int) -> bool:
@@ -593,19 +676,36 @@ class Pipeline:
         return False
 
     def _freeze(self, stop: int, start: int = 0) -> list[Any]:
-        """The queued items from ``start`` to ``stop`` (counted from the
-        queue's front), about to be written to disk: from now on amend_last
-        leaves them alone. (The caller holds the take lock: nothing takes
-        them meanwhile.)"""
+        """The slots of the queued items from ``start`` to ``stop`` (counted
+        from the queue's front), about to be written to disk: from now on
+        amend_last leaves them alone. (The caller holds the take lock:
+        nothing takes them meanwhile.)"""
         queue = self._queue
-        items = list(islice(queue, start, stop))  # one C call: no append interleaves
-        if items:
-            self._frozen_last = items[-1]
-            # An amend_last between these two lines replaced the last of them:
-            # write it as amended (a record is amended once at most).
-            if queue[start + len(items) - 1] is not items[-1]:
-                items[-1] = self._frozen_last = queue[start + len(items) - 1]
-        return items
+        first, end = start * _SLOTS, stop * _SLOTS
+        while True:
+            size = len(queue)
+            if first <= size - first:
+                # One C call: appends land after it, and leave what it
+                # counts from the front where it was.
+                slots = list(islice(queue, first, end))
+                break
+            # Nearer the newest end (the newest records, after many copied
+            # ones): walked from there, the shorter way, but an append
+            # between the two calls would shift what it counts: then again.
+            newest = list(islice(reversed(queue), size - first))
+            if len(queue) == size:
+                slots = newest[size - end:][::-1]
+                break
+        if slots:
+            last = first + len(slots) - 1
+            self._frozen_last = slots[-1]
+            # An amend_last between these two lines replaced the last of them
+            # (its time and fields): write it as amended (a record is
+            # amended once at most).
+            if queue[last] is not slots[-1]:
+                slots[-2] = queue[last - 1]
+                slots[-1] = self._frozen_last = queue[last]
+        return slots
 
     def _release_copies(self, upto: int) -> None:
         """The worker has delivered (or spooled) every position below
@@ -674,23 +774,29 @@ class Pipeline:
         """Write the oldest ``count`` queued items to the spool, then take
         them off the queue (the caller holds the take lock). Those a copy
         holds already are not written again: the copy is replayed instead."""
-        items = self._freeze(count)
+        slots = self._freeze(count)
         copied = max(0, min(count, self._copied_upto - self._taken))
-        requests = _requests_in(items)
-        records = _records_in(items[copied:])
+        requests = _requests_among(slots)
+        rest = slots[copied * _SLOTS:]
+        total = len(rest) // _SLOTS - len(_requests_among(rest) if requests else ())
+        spooled = 0
         try:
-            piece = SPILL_PIECE
-            for start in range(0, len(records), piece):
-                self._spool_write(records[start:start + piece])
+            piece = SPILL_PIECE * _SLOTS
+            for start in range(0, len(rest), piece):
+                lines, unencodable, written = _encode_slots(rest[start:start + piece])
+                self.spool.append_lines(lines)
+                if unencodable:
+                    self._reject_unencodable(unencodable)
+                spooled += written
                 checkpoint = spill_checkpoint
                 if checkpoint is not None:
-                    checkpoint(min(start + piece, len(records)), len(records))
+                    checkpoint(spooled, total)
         except OSError as exc:
             self._spool_unwritable(exc)  # they stay queued
             return
         # Taken off in one C call: a Python loop would hand the interpreter
         # back to a busy user thread many times over.
-        _consume(starmap(self._queue.popleft, repeat((), count)))
+        _consume(starmap(self._queue.popleft, repeat((), count * _SLOTS)))
         taken_before, self._taken = self._taken, self._taken + count
         if copied:
             self._hand_copies_to_replay(taken_before, self._taken)
@@ -699,7 +805,7 @@ class Pipeline:
         if requests:
             self._passed.extend(requests)
             self._wake.set()
-        self._count_spooled(len(records))
+        self._count_spooled(spooled)
         self._spool_dirty = True
         self._spool_writable()
 
@@ -757,7 +863,7 @@ class Pipeline:
                     request = None
                 back: list[Any] = [*batch, *([request] if request else [])]
                 with self._take_lock:
-                    self._queue.extendleft(reversed(back))
+                    self._queue.extendleft(reversed(_slots(back)))
                     self._taken -= len(back)
                     self._release_inflight(batch, delivered=False)
                 break
@@ -798,17 +904,19 @@ class Pipeline:
         # Taken in one C call, as the spill thread does: a Python loop of a
         # batch's length would hand the interpreter to a busy user thread,
         # and wait for it back, many times over.
-        batch = list(starmap(queue.popleft, repeat((), min(len(queue), self._batch_size))))
+        slots = list(starmap(queue.popleft,
+                             repeat((), min(len(queue), self._batch_size * _SLOTS))))
+        batch = _items(slots)
         request: _FlushRequest | None = None
         requests = _requests_in(batch)
         if requests:
             request = requests[0]
             at = batch.index(request)
-            queue.extendleft(reversed(batch[at + 1:]))
+            queue.extendleft(reversed(slots[(at + 1) * _SLOTS:]))
             del batch[at:]
         self._taken += len(batch) + (request is not None)
         # put() may wake us again
-        self._busy = min(self._batch_size, self._max_queue, self._look_at)
+        self._busy = self._calm_busy()
         if batch:
             self._inflight, self._inflight_since = batch, time.monotonic()
             self._inflight_on_disk = self._taken <= self._copied_upto
@@ -832,7 +940,7 @@ class Pipeline:
                 self._spool_unwritable(exc)
                 self._failed(exc)
                 with self._take_lock:
-                    self._queue.extendleft(reversed(refusal.later))
+                    self._queue.extendleft(reversed(_slots(refusal.later)))
                     self._taken -= len(refusal.later)
             return _DELIVERED
         except Exception as exc:  # noqa: BLE001 - any sink failure means: spool, retry

@@ -103,9 +103,13 @@ class Spool:
         caller to set aside. Raises OSError when the disk refuses the write;
         then nothing of it stays in the segment."""
         lines, unencodable = encode_lines(list(records))
+        self.append_lines(lines)
+        return unencodable
+
+    def append_lines(self, lines: Lines) -> None:
+        """append() for records already encoded (encode_lines')."""
         if lines:
             self._write(lines)
-        return unencodable
 
     def append_one(self, record: Record) -> bool:
         """append() for one record, at the least cost (durable mode's hot
@@ -481,12 +485,12 @@ _BY_JSON = b"J"
 
 
 #: Records a spool line holds at most (see encode_lines).
-_LINE_RECORDS = 2048
+LINE_RECORDS = 2048
 _dumps_line = partial(orjson.dumps, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def encode_lines(records: list[Record]) -> tuple[Lines, list[Record]]:
-    """Records as spool lines: lines of up to _LINE_RECORDS records, each
+    """Records as spool lines: lines of up to LINE_RECORDS records, each
     encoded in one call (three times faster than a line each, and read back
     a third faster than one line of many thousands), unless a record needs
     the slower road; then a line each. Also returns the unencodable records.
@@ -498,8 +502,8 @@ def encode_lines(records: list[Record]) -> tuple[Lines, list[Record]]:
             # In C from end to end: a Python loop here would hand the
             # interpreter to a busy user thread (and wait for it back) at
             # every turn, and a spill must not lag behind a tight loop.
-            ends = range(_LINE_RECORDS, len(records) + _LINE_RECORDS, _LINE_RECORDS)
-            pieces = map(records.__getitem__, map(slice, range(0, len(records), _LINE_RECORDS),
+            ends = range(LINE_RECORDS, len(records) + LINE_RECORDS, LINE_RECORDS)
+            pieces = map(records.__getitem__, map(slice, range(0, len(records), LINE_RECORDS),
                                                   ends))
             return list(map(_dumps_line, pieces)), []
         except TypeError:

@@ -228,7 +228,7 @@ def test_records_that_waited_are_copied_to_disk_and_delivered_from_memory(
     pipeline._spill_queue()
     # The four that waited are on disk, in a segment held by this process (a
     # SIGKILL now would leave it to the next one); all ten stay queued.
-    assert [r[1] for r in pipeline._queue] == [f"e{i}" for i in range(10)]
+    assert [r[1] for r in pipeline.queued()] == [f"e{i}" for i in range(10)]
     assert [len(f.read_bytes().splitlines()) for f in spooled_files(tmp_path)] == [1]
     assert replayed_by_another_process(tmp_path / "spool") is None
     assert pipeline.stats.spooled == 4
@@ -254,7 +254,7 @@ def test_what_waited_is_copied_by_its_age_however_few_ticks_came_meanwhile(
     # e0-e4 were queued before the first tick, so SPILL_AFTER ago at least;
     # of e5-e7 the marks know only that they came after it.
     assert pipeline.stats.spooled == 5
-    assert len(pipeline._queue) == 8
+    assert len(pipeline.queued()) == 8
     pipeline.shutdown(5)
 
 
@@ -313,7 +313,7 @@ def test_a_full_queue_sends_its_oldest_half_to_the_spool_each_record_written_onc
     # The oldest half left it: e0-e3 by their copy, which became a segment
     # like any other, e4 written now; the rest stays, to be delivered from
     # memory (reading records back from disk costs more than delivering them).
-    assert [r[1] for r in pipeline._queue] == [f"e{i}" for i in range(5, 10)]
+    assert [r[1] for r in pipeline.queued()] == [f"e{i}" for i in range(5, 10)]
     assert pipeline.stats.spooled == 5
     assert not pipeline.spool._aside  # the copy is held no more
     assert pipeline.flush(10) is True
@@ -331,7 +331,7 @@ def test_a_full_queue_never_cuts_a_copy_in_two(tmp_path: Path) -> None:
         pipeline.put(record)
     pipeline._spill_queue()  # the queue is full
     # Half of it (five) would end inside the copy: the copy's seven leave.
-    assert [r[1] for r in pipeline._queue] == ["e7", "e8", "e9"]
+    assert [r[1] for r in pipeline.queued()] == ["e7", "e8", "e9"]
     assert pipeline.stats.spooled == 7
     assert pipeline.flush(10) is True
     assert sorted(r[1] for r in sink.records) == sorted(f"e{i}" for i in range(10))
@@ -351,6 +351,34 @@ def test_copies_of_successive_ticks_share_one_segment_removed_once_all_are_deliv
     assert pipeline.flush(10) is True
     assert [r[1] for r in sink.records] == [f"e{i}" for i in range(9)]
     assert not spooled_files(tmp_path)
+    pipeline.shutdown(5)
+
+
+def test_a_copy_walked_back_from_the_newest_end_is_not_shifted_by_an_append_meanwhile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The newest records, after many copied ones, are found walking back
+    # from the queue's newest end (the shorter way): a record appended
+    # between counting the queue and that walk would shift it by one. It is
+    # walked again: the copy holds exactly the records chosen.
+    _, pipeline = queued(tmp_path, 10)
+    copy_waited(pipeline, 8)  # e0-e7 copied, still queued
+    walks = []
+
+    def appended_just_before(sequence: Any) -> Iterator[Any]:
+        walks.append(len(walks))
+        if len(walks) == 1:
+            pipeline.put(("event", "late", 2.0, {"session_id": "s"}))
+        return iter(list(sequence)[::-1])
+
+    monkeypatch.setattr(_pipeline, "reversed", appended_just_before, raising=False)
+    copy_waited(pipeline, 10)  # e8-e9
+    monkeypatch.undo()
+    (segment,) = spooled_files(tmp_path)
+    copied = [r[1] for number, line in enumerate(segment.read_bytes().splitlines(True), 1)
+              for r in _spool._parse_line(line, segment, number)]
+    assert copied == [f"e{i}" for i in range(10)]
+    assert [r[1] for r in pipeline.queued()] == [*copied, "late"]
+    assert walks == [0, 1]
     pipeline.shutdown(5)
 
 
@@ -410,7 +438,7 @@ def test_copies_of_what_stays_queued_stay_copies_when_a_full_queue_is_cut(
         copy_waited(pipeline, upto)
     pipeline.put(events(10)[9])
     pipeline._spill_queue()  # full: e0-e4 leave, with the first two copies
-    assert [r[1] for r in pipeline._queue] == [f"e{i}" for i in range(5, 10)]
+    assert [r[1] for r in pipeline.queued()] == [f"e{i}" for i in range(5, 10)]
     assert len(pipeline.spool._aside) == 1  # e5-e7's copy segment, its records still queued
     # Each record delivered once: e0-e4 replayed, e5-e9 from memory.
     assert pipeline.flush(10) is True
@@ -425,11 +453,11 @@ def test_records_the_worker_delivered_while_their_copy_was_encoded_are_not_writt
     # them; meanwhile the worker took and delivered them. Written now, the
     # copy would wait on disk for a release that already happened.
     _, pipeline = queued(tmp_path, 10)
-    data = _spool.encode_lines(list(pipeline._queue)[:4])[0]
+    data = _spool.encode_lines(pipeline.queued()[:4])[0]
     pipeline._release_copies(4)  # (what the worker does once it delivered e0-e3)
     assert pipeline._append_copy(data, 4) is False
     assert not spooled_files(tmp_path) and not pipeline._copies
-    assert pipeline._append_copy(_spool.encode_lines(list(pipeline._queue)[4:6])[0], 6)
+    assert pipeline._append_copy(_spool.encode_lines(pipeline.queued()[4:6])[0], 6)
     assert [end for end, _ in pipeline._copies] == [6]
     pipeline.shutdown(5)
 
@@ -456,7 +484,7 @@ def test_a_step_ended_just_as_the_spill_thread_snapshots_the_queue_is_copied_end
     (segment,) = spooled_files(tmp_path)
     (copied,) = _spool._parse_line(segment.read_bytes(), segment, 1)
     assert copied[3] == {**start[3], **ended}
-    queued_now = pipeline._queue[-1]
+    queued_now = pipeline.queued()[-1]
     assert queued_now[3] == copied[3]
     assert pipeline.amend_last(queued_now, {"error": "late"}, 3.0, 0) is False
     pipeline.shutdown(5)
@@ -472,7 +500,7 @@ def test_a_slow_worker_has_all_that_is_queued_copied_and_delivers_it_from_memory
     pipeline._inflight = held
     pipeline._inflight_since = time.monotonic() - _pipeline.SPILL_AFTER
     pipeline._spill_queue()
-    assert len(pipeline._queue) == 10
+    assert len(pipeline.queued()) == 10
     assert pipeline.stats.spooled == 10
     assert replayed_by_another_process(tmp_path / "spool") is None  # held by this process
     pipeline._inflight = None
