@@ -71,7 +71,7 @@ from typing import Any
 
 from ._internal import log_rate_limited, logger, rearm, record_internal_error, warn_once
 from ._sinks import RecordsRefusedError, Sink, SinkError
-from ._spool import LINE_RECORDS, Lines, Spool, encode_lines
+from ._spool import Lines, Spool, encode_lines, encode_parts
 from .store import Record
 
 _MAX_BACKOFF = 10.0
@@ -193,27 +193,14 @@ def _requests_among(slots: list[Any]) -> list[_FlushRequest]:
 def _encode_slots(slots: list[Any]) -> tuple[Lines, list[Record], int]:
     """The spool lines of the records that queue ``slots`` hold (flush
     requests left out), the records no encoder could write, and how many
-    records there were. A line's records are made from their slots, encoded
-    and let go of before the next line's are made: made all at once, tens
-    of thousands of tuples holding a dict sat in the cyclic collector's
-    young generations, walked by each of its collections (measured: that
-    more than doubled what encoding 100,000 records cost)."""
-    lines: Lines = []
-    unencodable: list[Record] = []
-    count = 0
-    step = LINE_RECORDS * _SLOTS
-    requests = _holds_requests(slots)
-    for start in range(0, len(slots), step):
-        part = iter(slots[start:start + step])
-        records: list[Any] = list(zip(*(part,) * _SLOTS, strict=True))
-        if requests:
-            records = [record for record in records if type(record[0]) is not _FlushRequest]
-        count += len(records)
-        encoded, refused = encode_lines(records)
-        lines += encoded
-        unencodable += refused
-        del records  # before the next line's are made
-    return lines, unencodable, count
+    records there were (see _spool.encode_parts)."""
+    if not _holds_requests(slots):
+        lines = encode_parts(slots)
+        if lines is not None:
+            return lines, [], len(slots) // _SLOTS
+    records = _records_in(_items(slots))  # (rare: a flush request, or an odd record)
+    lines, unencodable = encode_lines(records)
+    return lines, unencodable, len(records)
 
 
 def _slots(items: Iterable[Any]) -> list[Any]:

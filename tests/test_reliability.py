@@ -399,6 +399,22 @@ def test_a_copy_segment_the_worker_let_go_of_is_not_written_to(tmp_path: Path) -
     assert replayed is not None and [r[1] for r in replayed] == ["e0", "e1"]
 
 
+def test_records_given_as_their_parts_encode_to_the_lines_their_tuples_do(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The queue holds a record's four parts (see _pipeline): encoded from
+    # them, a line's records made at a time, the lines are those of the
+    # records themselves; a record orjson refuses sends the caller the
+    # slower road (encode_lines).
+    monkeypatch.setattr(_spool, "LINE_RECORDS", 3)
+    records = events(7)
+    parts = [part for record in records for part in record]
+    assert _spool.encode_parts(parts) == _spool.encode_lines(records)[0]
+    assert len(_spool.encode_lines(records)[0]) == 3  # lines of 3, 3 and 1
+    assert _spool.encode_parts([]) == []
+    odd = ("event", "big", 1.0, {"session_id": "s", "tokens": 2**70})  # beyond orjson's ints
+    assert _spool.encode_parts([*parts, *odd]) is None
+
+
 def test_spool_lines_are_written_whole_and_in_order_by_writev(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A spill's lines go to the kernel as they are (joined first, they cost
