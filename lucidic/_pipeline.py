@@ -65,7 +65,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from itertools import islice, repeat, starmap
+from itertools import chain, islice, repeat, starmap
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -143,15 +144,6 @@ class _FlushRequest:
         self.done.set()
 
 
-def _requests_in(items: list[Any]) -> list[_FlushRequest]:
-    """The flush requests among queued items, in order: looked for in C (the
-    usual answer is none), since a Python loop over a queue's worth of items
-    would hand the interpreter to a busy user thread many times over."""
-    if _FlushRequest not in set(map(type, items)):
-        return []
-    return [item for item in items if type(item) is _FlushRequest]
-
-
 def _records_in(items: list[Any]) -> list[Record]:
     """The records among queued items (the items themselves when no flush
     request is among them, as usual)."""
@@ -164,6 +156,8 @@ def _records_in(items: list[Any]) -> list[Record]:
 #: three Nones.
 _SLOTS = 4
 _REQUEST_PAD = (None,) * (_SLOTS - 1)
+#: An item's first slot: a record's kind, or a flush request.
+_HEAD = itemgetter(0)
 
 
 def _items(slots: list[Any]) -> list[Any]:
@@ -888,18 +882,16 @@ class Pipeline:
         """A batch off the queue, up to the next flush request (the caller
         holds the take lock)."""
         queue = self._queue
-        # Taken in one C call, as the spill thread does: a Python loop of a
-        # batch's length would hand the interpreter to a busy user thread,
-        # and wait for it back, many times over.
-        slots = list(starmap(queue.popleft,
-                             repeat((), min(len(queue), self._batch_size * _SLOTS))))
-        batch = _items(slots)
+        # Taken and made records in one C call, as the spill thread does: a
+        # Python loop of a batch's length would hand the interpreter to a
+        # busy user thread, and wait for it back, many times over.
+        part = starmap(queue.popleft, repeat((), min(len(queue), self._batch_size * _SLOTS)))
+        batch: list[Any] = list(zip(*(part,) * _SLOTS, strict=True))
         request: _FlushRequest | None = None
-        requests = _requests_in(batch)
-        if requests:
-            request = requests[0]
-            at = batch.index(request)
-            queue.extendleft(reversed(slots[(at + 1) * _SLOTS:]))
+        if _FlushRequest in set(map(type, map(_HEAD, batch))):
+            at = next(i for i, item in enumerate(batch) if type(item[0]) is _FlushRequest)
+            request = batch[at][0]
+            queue.extendleft(reversed(list(chain.from_iterable(batch[at + 1:]))))
             del batch[at:]
         self._taken += len(batch) + (request is not None)
         # put() may wake us again

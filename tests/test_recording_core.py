@@ -17,7 +17,7 @@ import pytest
 
 import lucidic as lai
 from helpers import ReadableStore
-from lucidic import plugins
+from lucidic import _pipeline, plugins
 from lucidic._context import current_step
 from lucidic._pipeline import Pipeline
 from lucidic._recording import Event, Step
@@ -156,6 +156,26 @@ def test_queued_records_are_nothing_the_cyclic_garbage_collector_walks(tmp_path)
     assert pipeline.queued() == [*events, ("step", "s1", 2.0, {**start[3], "ended_at": 2.0,
                                                                 "is_finished": True})]
     pipeline.shutdown(5)
+
+
+def test_the_worker_takes_records_up_to_a_flush_and_leaves_the_rest_whole(tmp_path):
+    # A batch ends at a flush request (the flush waits on what came before
+    # it); what follows stays queued, each record's parts together.
+    pipeline = Pipeline(MemorySink(), Spool(tmp_path / "spool"))  # no worker: taken by hand
+    records = [("event", f"e{i}", 1.0, {"session_id": "x"}) for i in range(5)]
+    for record in records[:2]:
+        pipeline.put(record)
+    flush = _pipeline._FlushRequest(fail_fast=False)
+    pipeline._queue.extend((flush, *_pipeline._REQUEST_PAD))  # as flush() queues it
+    for record in records[2:]:
+        pipeline.put(record)
+    with pipeline._take_lock:
+        batch, request = pipeline._take()
+    assert batch == records[:2] and request is flush
+    assert pipeline.queued() == records[2:]
+    with pipeline._take_lock:
+        assert pipeline._take() == (records[2:], None)
+    assert not pipeline._queue
 
 
 def test_a_step_ending_never_overwrites_what_another_thread_queued_meanwhile(tmp_path):
