@@ -308,6 +308,10 @@ class Pipeline:
     # -- hot path -------------------------------------------------------------
 
     def put(self, record: Record) -> None:
+        """Queue a record: a (kind, id, ts, fields) tuple, always of four (its
+        parts are queued one after another: a record of another length would
+        put every record after it out of step; the type checker holds every
+        caller to it, and takers check it with zip(strict=True))."""
         if self.durable:
             self._put_durable(record)
             return

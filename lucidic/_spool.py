@@ -514,6 +514,7 @@ def encode_lines(records: list[Record]) -> tuple[Lines, list[Record]]:
 
 #: Each picks one of a record's four parts from a list of records' parts.
 _PART = tuple(itemgetter(slice(part, None, 4)) for part in range(4))
+_zip_strict = partial(zip, strict=True)
 
 
 def encode_parts(parts: list[Any]) -> Lines | None:
@@ -532,8 +533,8 @@ def encode_parts(parts: list[Any]) -> Lines | None:
     pieces = list(map(parts.__getitem__, map(slice, range(0, len(parts), step),
                                              range(step, len(parts) + step, step))))
     try:
-        return list(map(_dumps_line, map(list, map(zip, *(map(part, pieces)
-                                                           for part in _PART)))))
+        return list(map(_dumps_line, map(list, map(_zip_strict, *(map(part, pieces)
+                                                                   for part in _PART)))))
     except TypeError:
         return None
 
