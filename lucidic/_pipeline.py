@@ -62,7 +62,7 @@ import logging
 import sys
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import chain, islice, repeat, starmap
@@ -123,6 +123,10 @@ _GIL: bool = getattr(sys, "_is_gil_enabled", lambda: True)()
 
 #: Runs an iterator to its end in C, keeping nothing.
 _consume: Callable[[Iterable[Any]], None] = deque(maxlen=0).extend
+
+#: How many set-aside records Pipeline._reject remembers, not to set one
+#: aside twice.
+_SET_ASIDE_KEPT = 1024
 
 #: Why a record is set aside when no encoder can write it.
 _UNENCODABLE = "it cannot be written as JSON"
@@ -250,6 +254,12 @@ class Pipeline:
         self._spiller: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self._stats_lock = threading.Lock()
+        #: The fields of the records set aside lately, by their id(): a record
+        #: the spill thread could not encode when it copied it is set aside
+        #: then, and stays queued; the sink refuses the same record when the
+        #: worker delivers it, and it is not set aside twice. (The fields are
+        #: kept, so that no other object takes their id meanwhile.)
+        self._set_aside: OrderedDict[int, dict[str, Any]] = OrderedDict()
         # Taking items off the queue (worker, spill thread, exit) happens
         # under this lock; appending (the hot path) does not need it.
         self._take_lock = threading.RLock()
@@ -980,6 +990,15 @@ class Pipeline:
             self.stats.spooled += count
 
     def _reject(self, entries: list[tuple[Record, str]]) -> None:
+        with self._stats_lock:
+            entries = [(record, why) for record, why in entries
+                       if self._set_aside.get(id(record[3])) is not record[3]]
+            for record, _ in entries:
+                self._set_aside[id(record[3])] = record[3]
+            while len(self._set_aside) > _SET_ASIDE_KEPT:
+                self._set_aside.popitem(last=False)
+        if not entries:
+            return
         try:
             self.spool.reject(entries)
         except OSError as exc:

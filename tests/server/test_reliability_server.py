@@ -29,6 +29,7 @@ from server_support import ServerProcess, free_port, make_key, sdk_env
 
 import lucidic as lai
 from helpers import run_python
+from lucidic import _pipeline
 from lucidic._http import HttpSink
 from lucidic._pipeline import Pipeline
 from lucidic._runtime import runtime
@@ -284,6 +285,32 @@ def test_a_server_with_a_smaller_body_limit_gets_records_cut_to_its_limit(
     large = rows["large"]["description"]
     assert large.startswith("y" * 1000) and large.endswith("characters]")
     assert len(large) < 0.2 * 1024 * 1024
+
+
+def test_a_record_the_spill_could_not_copy_is_set_aside_once_when_delivered(
+        sqlite_url: str, start_server, lucidic_home: Path) -> None:
+    # The spill thread copies what has waited in the queue: a record no
+    # encoder can write is set aside then, and stays queued. When the worker
+    # hands it to the sink, the sink refuses it too: it was set aside twice
+    # (a full run caught it once, when a loaded machine let the copy come
+    # before the delivery).
+    server, key = _server_and_key(start_server, sqlite_url)
+    sid = str(uuid.uuid4())
+    pipeline = Pipeline(HttpSink(server.url, key), Spool(lucidic_home / "spool"))
+    for record in (_session(sid), ("event", "deep", 2.0, {"session_id": sid,
+                                                         "arguments": too_deep()}),
+                   _event(sid, 1)):
+        pipeline.put(record)  # (its threads not started: nothing delivers yet)
+    pipeline._marks.append((time.monotonic() - _pipeline.SPILL_AFTER, 3))  # all waited
+    pipeline._spill_queue()
+    assert pipeline.stats.rejected == 1 and len(pipeline.queued()) == 3
+    assert pipeline.flush(30) is False  # the refusal, said once
+    assert pipeline.flush(30) is True
+    assert pipeline.stats.rejected == 1
+    (entry,) = rejected(pipeline.spool)
+    assert entry["id"] == "deep"
+    assert events_of(sqlite_url, sid) == ["event 1"]
+    pipeline.shutdown(5)
 
 
 def test_a_record_no_encoder_can_write_is_set_aside_and_its_batch_delivered(
