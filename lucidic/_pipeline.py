@@ -73,7 +73,7 @@ from typing import Any
 from ._internal import log_rate_limited, logger, rearm, record_internal_error, warn_once
 from ._sinks import RecordsRefusedError, Sink, SinkError
 from ._spool import Lines, Spool, encode_lines, encode_parts
-from .store import Record
+from .store import RECORD_PARTS, Record
 
 _MAX_BACKOFF = 10.0
 _ORPHAN_SCAN_INTERVAL = 30.0
@@ -156,9 +156,8 @@ def _records_in(items: list[Any]) -> list[Record]:
     return [item for item in items if type(item) is not _FlushRequest]
 
 
-#: Queue slots an item takes: a record's four parts, or a flush request and
-#: three Nones.
-_SLOTS = 4
+#: Queue slots an item takes: a record's parts, or a flush request and Nones.
+_SLOTS = RECORD_PARTS
 _REQUEST_PAD = (None,) * (_SLOTS - 1)
 #: An item's first slot: a record's kind, or a flush request.
 _HEAD = itemgetter(0)
@@ -311,6 +310,10 @@ class Pipeline:
         """put()'s threshold (in slots) while the worker is not woken."""
         return min(self._batch_size * _SLOTS, self._max_queue * _SLOTS, self._look_at)
 
+    def _queued_count(self) -> int:
+        """How many items are queued."""
+        return len(self._queue) // _SLOTS
+
     def queued(self) -> list[Any]:
         """What is queued now, oldest first: records, and flush requests."""
         return _items(list(self._queue))
@@ -383,7 +386,7 @@ class Pipeline:
         except OSError as exc:
             # The spool cannot take it: keep it in memory rather than lose it.
             self._spool_unwritable(exc)
-            queued = len(self._queue) // _SLOTS
+            queued = self._queued_count()
             if queued < self._max_queue or not self._crowded(record, queued):
                 self._queue.extend(record)
             return
@@ -577,7 +580,7 @@ class Pipeline:
 
     def _spill_queue(self) -> None:
         with self._take_lock:
-            queued = len(self._queue) // _SLOTS
+            queued = self._queued_count()
             marks = self._marks
             # Items queued SPILL_AFTER ago (appended by the newest mark that
             # old) and still there: the worker is behind. Those are copied
@@ -593,19 +596,19 @@ class Pipeline:
             while marks and now - marks[0][0] >= SPILL_AFTER:
                 waited_upto = marks.popleft()[1]
             held = now - self._inflight_since if self._inflight is not None else 0.0
-            if queued and (not self._healthy or held >= STUCK_AFTER):
+            stuck = queued and (not self._healthy or held >= STUCK_AFTER)
+            if stuck:
                 self._spill_front(queued)
-            else:
-                if queued >= self._max_queue:
-                    self._spill_front(self._oldest_half(queued))
-                if held >= SPILL_AFTER:
-                    # The worker is slow: each tick copies what came since
-                    # the last, without waiting for it to age. Small writes,
-                    # each done in a tick, keep what a SIGKILL can lose
-                    # short even when a tight loop leaves the spill little
-                    # of the interpreter.
-                    waited_upto = self._taken + len(self._queue) // _SLOTS
-            marks.append((now, self._taken + len(self._queue) // _SLOTS))
+            elif queued >= self._max_queue:
+                self._spill_front(self._oldest_half(queued))
+            appended = self._taken + self._queued_count()
+            if not stuck and held >= SPILL_AFTER:
+                # The worker is slow: each tick copies what came since the
+                # last, without waiting for it to age. Small writes, each
+                # done in a tick, keep what a SIGKILL can lose short even
+                # when a tight loop leaves the spill little of the interpreter.
+                waited_upto = appended
+            marks.append((now, appended))
         if waited_upto > max(self._copied_upto, self._taken):
             self._copy_waited(waited_upto)
 

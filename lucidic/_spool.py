@@ -46,7 +46,7 @@ from typing import Any
 import orjson
 
 from ._internal import log_rate_limited, record_internal_error
-from .store import RECORD_KINDS, Record, clean_json
+from .store import RECORD_KINDS, RECORD_PARTS, Record, clean_json
 
 _SEGMENT_BYTES = 16 * 1024 * 1024
 #: Copies of queued records go to one segment, appended to until it holds
@@ -63,8 +63,11 @@ _STALE_TEMPORARY = 60.0
 
 #: Spool lines, each ending in a newline, written together by one writev().
 Lines = list[bytes]
-#: The most lines one writev() takes.
-_IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024
+#: The most lines one writev() takes (sysconf's -1: no limit it knows of;
+#: _write_all steps through the lines by it, so it must be positive).
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else -1
+if _IOV_MAX <= 0:
+    _IOV_MAX = 1024
 
 #: deliver(batch, refused_since): refused_since is when the records of a
 #: later segment were first refused, None for an ordinary segment.
@@ -503,17 +506,20 @@ def encode_lines(records: list[Record]) -> tuple[Lines, list[Record]]:
             # In C from end to end: a Python loop here would hand the
             # interpreter to a busy user thread (and wait for it back) at
             # every turn, and a spill must not lag behind a tight loop.
-            ends = range(LINE_RECORDS, len(records) + LINE_RECORDS, LINE_RECORDS)
-            pieces = map(records.__getitem__, map(slice, range(0, len(records), LINE_RECORDS),
-                                                  ends))
-            return list(map(_dumps_line, pieces)), []
+            return list(map(_dumps_line, _pieces(records, LINE_RECORDS))), []
         except TypeError:
             pass
     return _encode_each(records)
 
 
-#: Each picks one of a record's four parts from a list of records' parts.
-_PART = tuple(itemgetter(slice(part, None, 4)) for part in range(4))
+def _pieces(items: list[Any], size: int) -> list[list[Any]]:
+    """``items`` cut into lists of ``size`` (the last shorter), in C."""
+    return list(map(items.__getitem__, map(slice, range(0, len(items), size),
+                                           range(size, len(items) + size, size))))
+
+
+#: Each picks one of the records' parts from a list of records' parts.
+_PART = tuple(itemgetter(slice(part, None, RECORD_PARTS)) for part in range(RECORD_PARTS))
 _zip_strict = partial(zip, strict=True)
 
 
@@ -529,9 +535,7 @@ def encode_parts(parts: list[Any]) -> Lines | None:
     loop, each turn would hand the interpreter to a busy user thread (and
     wait for it back: a spill written that way lagged a tight loop by half
     a second)."""
-    step = LINE_RECORDS * 4
-    pieces = list(map(parts.__getitem__, map(slice, range(0, len(parts), step),
-                                             range(step, len(parts) + step, step))))
+    pieces = _pieces(parts, LINE_RECORDS * RECORD_PARTS)
     try:
         return list(map(_dumps_line, map(list, map(_zip_strict, *(map(part, pieces)
                                                                    for part in _PART)))))

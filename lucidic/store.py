@@ -58,6 +58,9 @@ __all__ = [
 
 #: (kind, id, ts, fields) — the unit that flows from the hot path to a store.
 Record = tuple[str, str, float, dict[str, Any]]
+#: How many parts a record has (the pipeline's queue and the spool's
+#: encoder take records apart and make them again).
+RECORD_PARTS = 4
 T = TypeVar("T")
 
 

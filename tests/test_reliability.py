@@ -413,6 +413,8 @@ def test_records_given_as_their_parts_encode_to_the_lines_their_tuples_do(
     assert _spool.encode_parts([]) == []
     odd = ("event", "big", 1.0, {"session_id": "s", "tokens": 2**70})  # beyond orjson's ints
     assert _spool.encode_parts([*parts, *odd]) is None
+    with pytest.raises(ValueError):  # parts out of step: never written as records
+        _spool.encode_parts(parts[:-1])
 
 
 def test_spool_lines_are_written_whole_and_in_order_by_writev(
