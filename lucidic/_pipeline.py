@@ -73,7 +73,7 @@ from typing import Any
 from ._internal import log_rate_limited, logger, rearm, record_internal_error, warn_once
 from ._sinks import RecordsRefusedError, Sink, SinkError
 from ._spool import Lines, Spool, encode_lines, encode_parts
-from .store import RECORD_PARTS, Record
+from .store import RECORD_PARTS, ROWS_PER_STATEMENT, Record
 
 _MAX_BACKOFF = 10.0
 _ORPHAN_SCAN_INTERVAL = 30.0
@@ -222,8 +222,9 @@ class PipelineStats:
 
 class Pipeline:
     def __init__(self, sink: Sink, spool: Spool, *, max_queue: int = 65536,
-                 batch_size: int = 2000, interval: float = 0.05, durable: bool = False,
-                 later_grace: float = LATER_GRACE, later_retry: float = _LATER_RETRY) -> None:
+                 batch_size: int = ROWS_PER_STATEMENT, interval: float = 0.05,
+                 durable: bool = False, later_grace: float = LATER_GRACE,
+                 later_retry: float = _LATER_RETRY) -> None:
         self.sink = sink
         self.spool = spool
         self.stats = PipelineStats()

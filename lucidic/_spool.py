@@ -46,7 +46,7 @@ from typing import Any
 import orjson
 
 from ._internal import log_rate_limited, record_internal_error
-from .store import RECORD_KINDS, RECORD_PARTS, Record, clean_json
+from .store import RECORD_KINDS, RECORD_PARTS, ROWS_PER_STATEMENT, Record, clean_json
 
 _SEGMENT_BYTES = 16 * 1024 * 1024
 #: Copies of queued records go to one segment, appended to until it holds
@@ -488,8 +488,9 @@ def _safe_repr(value: Any) -> str:
 _BY_JSON = b"J"
 
 
-#: Records a spool line holds at most (see encode_lines).
-LINE_RECORDS = 2048
+#: Records a spool line holds at most (see encode_lines): a line replayed
+#: is one batch, and one statement of the embedded store.
+LINE_RECORDS = ROWS_PER_STATEMENT
 _dumps_line = partial(orjson.dumps, option=orjson.OPT_APPEND_NEWLINE)
 
 

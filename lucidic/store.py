@@ -61,6 +61,13 @@ Record = tuple[str, str, float, dict[str, Any]]
 #: How many parts a record has (the pipeline's queue and the spool's
 #: encoder take records apart and make them again).
 RECORD_PARTS = 4
+#: Rows of one shape an SQLite upsert statement takes at most (a power of
+#: two; fewer when a row's values would pass the parameters a statement may
+#: bind). The pipeline's batches and the spool's lines hold as many records,
+#: so a full batch of alike records is one statement: the driver lets go of
+#: the interpreter once a statement, and while a busy user thread holds it,
+#: the worker waits up to a switch interval (5 ms) to get it back each time.
+ROWS_PER_STATEMENT = 2048
 T = TypeVar("T")
 
 
@@ -441,9 +448,7 @@ class _Plan:
 
 _plans: dict[tuple[str, tuple[str, ...]], _Plan] = {}
 _MAX_PLANS = 4096
-#: Rows per SQLite upsert statement (a power of two), within the parameters
-#: a statement may bind (999 before SQLite 3.32).
-_ROWS_PER_STATEMENT = 2048
+#: The parameters a statement may bind (999 before SQLite 3.32).
 _MAX_PARAMETERS = 32766 if sqlite3.sqlite_version_info >= (3, 32, 0) else 999
 #: The page size of a new SQLite file (see Store._open_sqlite).
 _PAGE_SIZE = 16384
@@ -905,12 +910,13 @@ class Store:
 
     def _execute_rows(self, cur: Any, shape: tuple[str, tuple[str, ...]],
                       rows: list[Any]) -> int:
-        """Upsert rows of one shape, many to a statement (up to 2,048, then
-        halving for the rest): per row that costs SQLite and its driver a
-        quarter less than a statement each, and the driver lets go of the GIL
-        once a statement, so a batch of 2,000 takes about ten hand-overs to
-        the program's threads rather than 2,000 (each of which can keep the
-        worker waiting up to the interpreter's switch interval). A text every
+        """Upsert rows of one shape, many to a statement (up to
+        ROWS_PER_STATEMENT, then halving for the rest): per row that costs
+        SQLite and its driver a quarter less than a statement each, and the
+        driver lets go of the GIL once a statement, so a full batch takes one
+        hand-over to the program's threads rather than one a row (each of
+        which can keep the worker waiting up to the interpreter's switch
+        interval). A text every
         row has alike (the session, the function, the host) is bound once a
         statement, not once a row: SQLite copies each text bound. Returns how
         many rows the statements applied."""
@@ -922,7 +928,7 @@ class Store:
         if shared:
             varying = rows.copy()
             varying_width = _drop_columns(varying, width, shared)
-        size = _ROWS_PER_STATEMENT
+        size = ROWS_PER_STATEMENT
         while size > 1 and size * varying_width + len(shared) > _MAX_PARAMETERS:
             size //= 2
         applied = start = 0

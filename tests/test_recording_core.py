@@ -22,7 +22,7 @@ from lucidic._context import current_step
 from lucidic._pipeline import Pipeline
 from lucidic._recording import Event, Step
 from lucidic._spool import Spool
-from lucidic.store import Record
+from lucidic.store import ROWS_PER_STATEMENT, Record
 from lucidic.testing import MemorySink, capture
 
 SECRET = "sk-SECRET-123"
@@ -303,6 +303,32 @@ def test_the_store_takes_more_rows_than_one_statement_holds(tmp_path: Path):
     store.write(records)
     assert store.count("events") == 1000
     assert store.get_event("e999")["description"] == "d999"
+
+
+def test_a_tight_loops_full_batches_reach_the_store_one_statement_each(tmp_path: Path):
+    # The driver lets go of the interpreter once a statement, and a busy user
+    # thread keeps the worker waiting up to a switch interval to get it back:
+    # a full batch of alike records must be one statement, not one per power
+    # of two in its size (a batch of 2,000 took six).
+    from lucidic._sessions import LOCAL_PROJECT
+    from lucidic._sinks import LocalSink
+
+    sink = LocalSink(tmp_path / "db.sqlite")
+    statements: list[str] = []
+    sink._get_store()._conn.set_trace_callback(statements.append)
+    sink.write([("session", "x", 1.0, {"project": LOCAL_PROJECT, "name": "loop",
+                                       "started_at": 1.0})])
+    statements.clear()
+    pipeline = Pipeline(sink, Spool(tmp_path / "spool"))
+    batches = 3
+    for i in range(batches * ROWS_PER_STATEMENT):  # all queued before the worker starts
+        pipeline.put(("step", f"s{i}", 2.0 + i, {"session_id": "x", "action": "a",
+                                                 "started_at": 2.0 + i, "ended_at": 2.5 + i}))
+    assert pipeline.flush(timeout=30)  # starts the worker
+    pipeline.shutdown(timeout=5)
+    upserts = [s for s in statements if s.startswith("INSERT INTO steps")]
+    assert len(upserts) == batches
+    assert sink._get_store().count("steps") == batches * ROWS_PER_STATEMENT
 
 
 def test_a_plugins_event_cannot_name_its_writer_or_step(store):
