@@ -131,7 +131,9 @@ def long_loop(stepped: Callable[[int], Any], pipeline: Any, n: int, rounds: int
             # (the threads' clocks read inside the process clock's reading)
             whole = time.process_time()
             cpu = {name: thread_cpu(thread) for name, thread in threads.items()}
+            delivered = pipeline.stats.delivered
             run(n)
+            delivered_during = pipeline.stats.delivered - delivered
             if not lai.flush(120):
                 raise SystemExit("lai.flush() did not deliver the long loop")
             sample = {name: thread_cpu(thread) - cpu[name] for name, thread in threads.items()}
@@ -141,13 +143,15 @@ def long_loop(stepped: Callable[[int], Any], pipeline: Any, n: int, rounds: int
                 "page faults": sum(minor_faults(thread) for thread in threads.values()) - faults,
                 "garbage collector, youngest generations": sum(collector.seconds[:2]),
                 "garbage collector, full collections": collector.seconds[2],
+                "records delivered during the loop": delivered_during,
                 "records read back from the spool": replayed})
             for key, value in sample.items():
                 samples.setdefault(key, []).append(value / n)
     finally:
         gc.callbacks.remove(collector)
         del pipeline._deliver_replayed  # the class's again
-    counts = ("page faults", "records read back from the spool")
+    counts = ("page faults", "records delivered during the loop",
+              "records read back from the spool")
     return {key: statistics.median(values) * (1 if key in counts else 1e6)
             for key, values in samples.items()}
 
@@ -168,6 +172,8 @@ def report_long_loop(long: dict[str, float], n: int, rounds: int) -> None:
     for key in ("garbage collector, youngest generations", "garbage collector, full collections"):
         p(f"  {key:<38}{long[key]:6.2f}")
     p(f"page faults a step                       {long['page faults']:6.3f}")
+    p(f"records delivered during the loop a step "
+      f"{long['records delivered during the loop']:6.3f}")
     p(f"records read back from the spool a step  "
       f"{long['records read back from the spool']:6.3f}")
 
@@ -188,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     import lucidic as lai
     from lucidic._context import current_step, process_slot, scope_binding
     from lucidic._recording import CURRENT, open_step
-    from lucidic.store import Store, _check_records, _group_rows
+    from lucidic.store import ROWS_PER_STATEMENT, Store, _check_records, _group_rows
 
     def body(x: int) -> int:
         return x
@@ -277,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         stepped(i)
     records = pipeline.queued()
     queue.clear()
-    batches = [records[i:i + 2000] for i in range(0, len(records), 2000)]
+    batches = [records[i:i + ROWS_PER_STATEMENT]
+               for i in range(0, len(records), ROWS_PER_STATEMENT)]  # as the worker takes them
     store = Store(Path(os.environ["LUCIDIC_HOME"]) / "profile.db")
     phases = {"check the batch": 0.0, "records into rows": 0.0, "SQLite upserts": 0.0,
               "SQLite commit": 0.0}
