@@ -680,20 +680,24 @@ class Pipeline:
         amend_last leaves them alone. (The caller holds the take lock:
         nothing takes them meanwhile.)"""
         queue = self._queue
-        first, end = start * _SLOTS, stop * _SLOTS
+        first = start * _SLOTS
         while True:
             size = len(queue)
-            if first <= size - first:
+            end = min(stop * _SLOTS, size)
+            # A deque is walked, not indexed: from whichever end has fewer
+            # slots to pass over before the wanted ones (those are passed
+            # over, not kept).
+            if first <= size - end:
                 # One C call: appends land after it, and leave what it
                 # counts from the front where it was.
                 slots = list(islice(queue, first, end))
                 break
             # Nearer the newest end (the newest records, after many copied
-            # ones): walked from there, the shorter way, but an append
-            # between the two calls would shift what it counts: then again.
-            newest = list(islice(reversed(queue), size - first))
+            # ones), but an append between counting the queue and the walk
+            # would shift what is counted from that end: then again.
+            slots = list(islice(reversed(queue), size - end, size - first))
             if len(queue) == size:
-                slots = newest[size - end:][::-1]
+                slots.reverse()
                 break
         if slots:
             last = first + len(slots) - 1
