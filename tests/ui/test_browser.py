@@ -164,6 +164,39 @@ def test_pages_follow_other_processes_writing_the_store(ui, agent, page) -> None
     _only_own_origin(page, ui.url)
 
 
+def test_a_click_held_while_a_live_update_arrives_is_not_lost(ui, agent, page) -> None:
+    # Live updates replace the tree (and the list). One that arrived between
+    # a mouse-down and its mouse-up took the row from under the click, and
+    # the click was lost: an update waits until the button is let go.
+    running = agent("trip")
+    p = page.page
+    p.goto(f"{ui.url}/sessions/{running}")
+    row = p.get_by_role("treeitem").first
+    row.locator("a.label").hover()
+    p.mouse.down()
+    with p.expect_response(lambda r: "/live?" in r.url and r.status == 200, timeout=LIVE):
+        agent("step", running, "Compare ryokan prices")  # another process adds a step
+    p.wait_for_timeout(300)  # time enough for a swap
+    p.mouse.up()
+    p.locator("#detail .record").wait_for()  # the click opened the row's details
+    assert row.get_attribute("aria-selected") == "true"
+    # and the update comes with the next poll
+    p.get_by_role("treeitem").filter(has_text="Compare ryokan prices").first.wait_for(timeout=LIVE)
+
+    p.goto(ui.url + "/")  # the list, as another session starts
+    p.locator(f'a[href="/sessions/{running}"]').hover()
+    p.mouse.down()
+    with p.expect_response(lambda r: "/ui/sessions?" in r.url and r.status == 200,
+                           timeout=LIVE):
+        agent("new", "Quarterly report")
+    p.wait_for_timeout(300)
+    p.mouse.up()
+    p.wait_for_url(re.compile(r"/sessions/"))
+    p.go_back()
+    p.locator("tbody tr").filter(has_text="Quarterly report").wait_for(timeout=LIVE)
+    _only_own_origin(page, ui.url)
+
+
 def test_markup_in_recorded_text_shows_as_text(ui, agent, page) -> None:
     sid = agent("html")
     p = page.page

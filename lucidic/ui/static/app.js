@@ -1,7 +1,8 @@
 // Lucidic web UI: the little that needs a script. Pages are rendered by the
-// server and updated by htmx; this file localises times, and makes the
+// server and updated by htmx; this file localises times, makes the
 // session tree a keyboard-usable tree (collapse, expand, select) whose state
-// survives the live updates that replace its rows.
+// survives the live updates that replace its rows, and holds those updates
+// back while a mouse button is down.
 (function () {
   "use strict";
 
@@ -142,6 +143,30 @@
     });
     applyTreeState();
   }
+
+  // -- live updates wait for a held button -------------------------------------------
+  // A poll's answer replaces the list or the tree. Swapped in between a
+  // mouse-down and its mouse-up, it takes the element from under the click,
+  // which is lost; so while a button is held a poll's answer is dropped (the
+  // page keeps its version, and the next poll brings the change).
+  var buttonHeld = false;
+
+  function letGo() { buttonHeld = false; }
+
+  document.addEventListener("pointerdown", function () { buttonHeld = true; }, true);
+  document.addEventListener("pointerup", letGo, true);
+  document.addEventListener("pointercancel", letGo, true);
+  document.addEventListener("pointermove", function (event) {
+    if (!event.buttons) letGo();  // let go outside the window
+  }, true);
+  window.addEventListener("blur", letGo);
+
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    var elt = event.detail.elt;
+    if (buttonHeld && elt && elt.hasAttribute && elt.hasAttribute("data-live")) {
+      event.detail.shouldSwap = false;
+    }
+  });
 
   // -- wiring ------------------------------------------------------------------------
   var focusedKey = null;
