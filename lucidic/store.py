@@ -916,10 +916,9 @@ class Store:
         driver lets go of the GIL once a statement, so a full batch takes one
         hand-over to the program's threads rather than one a row (each of
         which can keep the worker waiting up to the interpreter's switch
-        interval). A text every
-        row has alike (the session, the function, the host) is bound once a
-        statement, not once a row: SQLite copies each text bound. Returns how
-        many rows the statements applied."""
+        interval). A text every row has alike (the session, the function,
+        the host) is bound once a statement, not once a row: SQLite copies
+        each text bound. Returns how many rows the statements applied."""
         width = _width(shape)
         count = len(rows) // width
         shared = _same_texts(rows, width)
