@@ -106,13 +106,16 @@ def test_filters_narrow_the_list_and_a_result_clicked_after_typing_opens(ui, age
     expect(rows).to_have_count(2)
     p.get_by_label("Search").fill("Quarterly")
     expect(rows).to_have_count(1)
-    asked = len([u for u in page.requests if "q=Quarterly" in u])
+    def searches() -> int:  # the list fetched for the search (not its live poll)
+        return len([u for u in page.requests if u.startswith(f"{ui.url}/?q=Quarterly")])
+
+    asked = searches()
     # The search box losing focus on the mouse-down must not fetch the list
     # again: the list swapped in took the link from under the mouse-up.
     _click_as_a_person(p, rows.first.get_by_role("link"))
     p.wait_for_url(re.compile(r"/sessions/"))
     assert p.get_by_role("heading", level=1).inner_text() == "Quarterly report"
-    assert len([u for u in page.requests if "q=Quarterly" in u]) == asked
+    assert searches() == asked >= 1
 
 
 def test_the_tree_works_from_the_keyboard(ui, agent, page) -> None:
