@@ -17,9 +17,13 @@ what the cyclic garbage collector and the kernel's page faults take, and how
 many records the worker read back from the spool. Timed alone, the pieces
 above leave out what a long loop adds: records pile up while the loop holds
 the interpreter, and the worker delivers them long after they were made.
+Last, the loop's own thread with neither, one or both of the worker and the
+spill thread running beside it: what each costs it, in its own CPU and in
+wall time.
 
 It reads Lucidic's internals (this is a profile), and changes nothing in
-them but to count the records replayed.
+them but to count the records replayed and, for the last section, to hold
+the worker or the spill thread still and lift the queue's bound.
 """
 
 from __future__ import annotations
@@ -158,6 +162,57 @@ def long_loop(stepped: Callable[[int], Any], pipeline: Any, n: int, rounds: int
 
 THREADS = ("user's thread", "worker", "spill thread")
 
+#: Which of the worker and the spill thread run during a loop (see shares()).
+SHARE_MODES = {"neither (both held still)": (False, False), "the spill thread": (False, True),
+               "the worker": (True, False), "both": (True, True)}
+
+
+def shares(stepped: Callable[[int], Any], pipeline: Any, n: int, rounds: int
+           ) -> dict[str, tuple[float, float]]:
+    """The loop's own thread, µs of its CPU and of wall time a step (medians
+    of ``rounds``, the modes in turn), while neither, one or both of the
+    worker and the spill thread run; held still, one does nothing at its
+    turns, and what it left is delivered between rounds. The queue's bound is
+    lifted meanwhile, so that no mode meets a full queue."""
+    import lucidic as lai
+
+    deliver, spill_tick = pipeline._cycle, pipeline._spill_tick
+    max_queue = pipeline._max_queue
+    samples: dict[str, list[tuple[float, float]]] = {mode: [] for mode in SHARE_MODES}
+    run = loop(lambda: stepped(1))
+    pipeline._max_queue = 10 ** 9
+    try:
+        for _ in range(rounds):
+            for mode, (worker, spill) in SHARE_MODES.items():
+                pipeline._cycle = deliver if worker else (lambda: None)
+                pipeline._spill_tick = spill_tick if spill else (lambda: None)
+                gc.collect()
+                wall = time.perf_counter()
+                cpu = time.thread_time()
+                run(n)
+                samples[mode].append(((time.thread_time() - cpu) / n,
+                                      (time.perf_counter() - wall) / n))
+                pipeline._cycle, pipeline._spill_tick = deliver, spill_tick
+                if not lai.flush(120):
+                    raise SystemExit("lai.flush() did not deliver a shares round")
+    finally:
+        pipeline._cycle, pipeline._spill_tick = deliver, spill_tick
+        pipeline._max_queue = max_queue
+    return {mode: (statistics.median(c for c, _ in values) * 1e6,
+                   statistics.median(w for _, w in values) * 1e6)
+            for mode, values in samples.items()}
+
+
+def report_shares(found: dict[str, tuple[float, float]], n: int, rounds: int) -> None:
+    p = print
+    p("")
+    p(f"The loop's own thread in a tight loop of {n:,} steps, with these running beside it "
+      f"(median of {rounds} rounds), µs a step")
+    p("")
+    p(f"  {'running beside it':<38}{'its CPU':>8}{'wall':>8}")
+    for mode, (cpu, wall) in found.items():
+        p(f"  {mode:<38}{cpu:8.2f}{wall:8.2f}")
+
 
 def report_long_loop(long: dict[str, float], n: int, rounds: int) -> None:
     p = print
@@ -185,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--long", type=int, default=100_000,
                         help="steps of the long loop (0: leave it out)")
     parser.add_argument("--long-rounds", type=int, default=3)
+    parser.add_argument("--shares-rounds", type=int, default=3,
+                        help="rounds of each mode of the last section (0: leave it out)")
     args = parser.parse_args(argv)
     n, rounds = args.n, args.rounds
     os.environ["LUCIDIC_HOME"] = tempfile.mkdtemp(prefix="lucidic-profile-")
@@ -349,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.long:
         report_long_loop(long_loop(stepped, pipeline, args.long, args.long_rounds),
                          args.long, args.long_rounds)
+    if args.long and args.shares_rounds:
+        report_shares(shares(stepped, pipeline, args.long, args.shares_rounds),
+                      args.long, args.shares_rounds)
     lai.shutdown(5)
     return 0
 

@@ -33,12 +33,14 @@ def run_bench(home: Path, script: str, *args: str, timeout: float = 120) -> str:
 
 def test_profile_step_reports_every_piece_of_a_step(tmp_path: Path) -> None:
     out = run_bench(tmp_path, "profile_step.py", "--n", "1000", "--rounds", "1",
-                    "--long", "5000", "--long-rounds", "1")
+                    "--long", "5000", "--long-rounds", "1", "--shares-rounds", "1")
     for piece in ("hot path, in the user's thread", "end it (merged into its start)",
                   "worker, delivering to the embedded store", "SQLite upserts",
                   "whole CPU per recorded step", "In a tight loop of 5,000 steps",
                   "spill thread", "garbage collector, full collections",
-                  "records read back from the spool"):
+                  "records delivered during the loop", "records read back from the spool",
+                  "The loop's own thread", "neither (both held still)", "the spill thread",
+                  "the worker", "both"):
         assert piece in out
 
 
