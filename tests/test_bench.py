@@ -38,10 +38,12 @@ def test_profile_step_reports_every_piece_of_a_step(tmp_path: Path) -> None:
                   "worker, delivering to the embedded store", "SQLite upserts",
                   "whole CPU per recorded step", "In a tight loop of 5,000 steps",
                   "spill thread", "garbage collector, full collections",
-                  "records delivered during the loop", "records read back from the spool",
-                  "The loop's own thread", "neither (both held still)", "the spill thread",
-                  "the worker", "both"):
+                  "records delivered during the loop", "records read back from the spool"):
         assert piece in out
+    # the last section: a row of figures for each mode of what runs beside the loop
+    shares = out.split("The loop's own thread", 1)[1]
+    for mode in ("neither (both held still)", "the spill thread", "the worker", "both"):
+        assert re.search(rf"^  {re.escape(mode)} +[\d.]+ +[\d.]+$", shares, re.M), mode
 
 
 def test_bench_core_hot_path_part_reports_against_its_floor(tmp_path: Path) -> None:

@@ -197,6 +197,15 @@ def test_a_click_held_while_a_live_update_arrives_is_not_lost(ui, agent, page) -
     p.wait_for_url(re.compile(r"/sessions/"))
     p.go_back()
     p.locator("tbody tr").filter(has_text="Quarterly report").wait_for(timeout=LIVE)
+
+    # A button let go outside the window sends the page no mouse-up: the
+    # window losing focus counts as letting go, or updates would wait for ever.
+    p.get_by_role("heading", level=1).hover()
+    p.mouse.down()
+    p.evaluate("window.dispatchEvent(new Event('blur'))")
+    agent("new", "Weekly digest")
+    p.locator("tbody tr").filter(has_text="Weekly digest").wait_for(timeout=LIVE)
+    p.mouse.up()
     _only_own_origin(page, ui.url)
 
 
