@@ -19,8 +19,8 @@ or a busy user thread leaves the worker little of the interpreter) it copies
 all that is queued at every tick, and the held batch too. Records leave the
 queue for the spool only when memory should not hold them: all of them while
 the worker is stuck (the sink is failing, or has held a batch
-``STUCK_AFTER``), the oldest half when the queue is full (what a copy holds
-already is not written again). So a record reaches the kernel (the sink, or
+``STUCK_AFTER``), the oldest eighth when the queue is full (what a copy
+holds already is not written again). So a record reaches the kernel (the sink, or
 a ``write()`` to the spool) within about ``LOSS_WINDOW`` of being recorded,
 whatever the queue holds. In durable mode (``LUCIDIC_DURABLE=1``) ``put``
 itself writes each record to the spool before returning, and the worker
@@ -591,7 +591,7 @@ class Pipeline:
             # wait as long; all of them while the worker is slow. Only what
             # memory should not hold leaves the queue for the spool: all of
             # it while the worker is stuck (it would only spool it, or it
-            # will not take it soon), the oldest half when it is full.
+            # will not take it soon), the oldest eighth when it is full.
             now = time.monotonic()
             waited_upto = 0
             while marks and now - marks[0][0] >= SPILL_AFTER:
@@ -601,7 +601,7 @@ class Pipeline:
             if stuck:
                 self._spill_front(queued)
             elif queued >= self._max_queue:
-                self._spill_front(self._oldest_half(queued))
+                self._spill_front(self._oldest_eighth(queued))
             appended = self._taken + self._queued_count()
             if not stuck and held >= SPILL_AFTER:
                 # The worker is slow: each tick copies what came since the
@@ -613,14 +613,16 @@ class Pipeline:
         if waited_upto > max(self._copied_upto, self._taken):
             self._copy_waited(waited_upto)
 
-    def _oldest_half(self, queued: int) -> int:
+    def _oldest_eighth(self, queued: int) -> int:
         """How many of a full queue's oldest items go to the spool: enough to
-        leave it half full, and on to the end of the copy segment that holds
-        the last of them (a segment is replayed whole: cut, the rest of it
-        would be delivered twice). The other half stays to be delivered
-        from memory: each record read back from disk costs the worker more
-        than its delivery. (The caller holds the take lock.)"""
-        count = queued - self._max_queue // 2
+        leave it seven eighths full, and on to the end of the copy segment
+        that holds the last of them (a segment is replayed whole: cut, the
+        rest of it would be delivered twice). The rest stays to be delivered
+        from memory: a record read back from disk costs the worker more than
+        one delivered from memory, so a queue that overflows (a tight loop
+        outrunning the worker) sends no more than it must, which is most
+        often its oldest copy segment. (The caller holds the take lock.)"""
+        count = queued - self._max_queue * 7 // 8
         upto = self._taken + count
         with self._inflight_lock:
             ends = [end for end, _ in self._copies if end >= upto]
@@ -725,7 +727,7 @@ class Pipeline:
         again: those segments become ordinary ones, for the worker (or a
         later process) to replay (the caller marks the spool as having
         something to replay). The caller cuts the queue at a segment's end
-        (see _oldest_half), or takes all of it."""
+        (see _oldest_eighth), or takes all of it."""
         with self._inflight_lock:
             handed = [path for end, path in self._copies if after < end <= upto]
             self._copies = deque(c for c in self._copies if not after < c[0] <= upto)

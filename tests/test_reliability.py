@@ -303,38 +303,38 @@ def test_a_stuck_worker_has_all_that_is_queued_spooled_in_one_write(
     assert spooled is not None and [r[1] for r in spooled] == [f"e{i}" for i in range(10)]
 
 
-def test_a_full_queue_sends_its_oldest_half_to_the_spool_each_record_written_once(
+def test_a_full_queue_sends_its_oldest_eighth_to_the_spool_each_record_written_once(
         tmp_path: Path) -> None:
-    sink, pipeline = queued(tmp_path, 8, max_queue=10)
-    copy_waited(pipeline, 4)  # e0-e3 copied
-    for record in events(10)[8:]:
+    sink, pipeline = queued(tmp_path, 14, max_queue=16)
+    copy_waited(pipeline, 1)  # e0 copied
+    for record in events(16)[14:]:
         pipeline.put(record)
     pipeline._spill_queue()  # the queue is full
-    # The oldest half left it: e0-e3 by their copy, which became a segment
-    # like any other, e4 written now; the rest stays, to be delivered from
-    # memory (reading records back from disk costs more than delivering them).
-    assert [r[1] for r in pipeline.queued()] == [f"e{i}" for i in range(5, 10)]
-    assert pipeline.stats.spooled == 5
+    # The oldest eighth left it: e0 by its copy, which became a segment like
+    # any other, e1 written now; the rest stays, to be delivered from memory
+    # (reading records back from disk costs more than delivering them).
+    assert [r[1] for r in pipeline.queued()] == [f"e{i}" for i in range(2, 16)]
+    assert pipeline.stats.spooled == 2
     assert not pipeline.spool._aside  # the copy is held no more
     assert pipeline.flush(10) is True
-    assert sorted(r[1] for r in sink.records) == sorted(f"e{i}" for i in range(10))
+    assert sorted(r[1] for r in sink.records) == sorted(f"e{i}" for i in range(16))
     assert not spooled_files(tmp_path)
     pipeline.shutdown(5)
 
 
 def test_a_full_queue_never_cuts_a_copy_in_two(tmp_path: Path) -> None:
-    # A copy segment is replayed whole: cut in two, the half still queued would be
+    # A copy segment is replayed whole: cut in two, the part still queued would be
     # delivered twice (once from memory, once replayed).
-    sink, pipeline = queued(tmp_path, 7, max_queue=10)
+    sink, pipeline = queued(tmp_path, 7, max_queue=16)
     copy_waited(pipeline, 7)  # e0-e6 copied in one piece
-    for record in events(10)[7:]:
+    for record in events(16)[7:]:
         pipeline.put(record)
     pipeline._spill_queue()  # the queue is full
-    # Half of it (five) would end inside the copy: the copy's seven leave.
-    assert [r[1] for r in pipeline.queued()] == ["e7", "e8", "e9"]
+    # An eighth of it (two) would end inside the copy: the copy's seven leave.
+    assert [r[1] for r in pipeline.queued()] == [f"e{i}" for i in range(7, 16)]
     assert pipeline.stats.spooled == 7
     assert pipeline.flush(10) is True
-    assert sorted(r[1] for r in sink.records) == sorted(f"e{i}" for i in range(10))
+    assert sorted(r[1] for r in sink.records) == sorted(f"e{i}" for i in range(16))
     pipeline.shutdown(5)
 
 
@@ -451,16 +451,18 @@ def test_spool_lines_are_written_whole_and_in_order_by_writev(
 def test_copies_of_what_stays_queued_stay_copies_when_a_full_queue_is_cut(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_spool, "COPY_SEGMENT_BYTES", 1)  # a segment for each copy
-    sink, pipeline = queued(tmp_path, 9, max_queue=10)
+    sink, pipeline = queued(tmp_path, 23, max_queue=24)
     for upto in (2, 5, 8):  # three copy segments: e0-e1, e2-e4, e5-e7
         copy_waited(pipeline, upto)
-    pipeline.put(events(10)[9])
-    pipeline._spill_queue()  # full: e0-e4 leave, with the first two copies
-    assert [r[1] for r in pipeline.queued()] == [f"e{i}" for i in range(5, 10)]
+    pipeline.put(events(24)[23])
+    # Full: an eighth (three) ends inside the second copy, so e0-e4 leave,
+    # with the first two copies.
+    pipeline._spill_queue()
+    assert [r[1] for r in pipeline.queued()] == [f"e{i}" for i in range(5, 24)]
     assert len(pipeline.spool._aside) == 1  # e5-e7's copy segment, its records still queued
-    # Each record delivered once: e0-e4 replayed, e5-e9 from memory.
+    # Each record delivered once: e0-e4 replayed, e5-e23 from memory.
     assert pipeline.flush(10) is True
-    assert sorted(r[1] for r in sink.records) == sorted(f"e{i}" for i in range(10))
+    assert sorted(r[1] for r in sink.records) == sorted(f"e{i}" for i in range(24))
     assert not spooled_files(tmp_path)
     pipeline.shutdown(5)
 
