@@ -13,6 +13,7 @@ that was sent.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,29 @@ def test_bench_reliability_measures_durable_mode_and_a_sigkill(tmp_path: Path) -
     *modes, kept = run_python(code, home=tmp_path, timeout=180).stdout.split()
     assert modes == ["default", "durable", "write_floor"]
     assert int(kept) > 0  # the session's events survived the kill
+
+
+@pytest.mark.parametrize("kind", ["floor", "hot", "masked", "whole", "identity", "loop"])
+def test_instructions_step_children_run_each_kind(tmp_path: Path, kind: str) -> None:
+    # Natively (valgrind only counts what they do): each reaches its end.
+    run_bench(tmp_path, "instructions_step.py", "--child", kind, "2048")
+
+
+def test_instructions_step_counts_with_callgrind_and_refuses_a_partial_batch(
+        tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(BENCH / "instructions_step.py"), "--n", "1000"],
+                            capture_output=True, text=True, timeout=60,
+                            env=child_env(tmp_path), cwd=str(ROOT))
+    assert result.returncode == 2 and "multiple of 2,048" in result.stderr
+    if shutil.which("valgrind") is None:
+        pytest.skip("valgrind is not installed")
+    code = f"""
+        import sys
+        sys.path.insert(0, {str(BENCH)!r})
+        import instructions_step
+        print(instructions_step.instructions("loop", 10))
+    """
+    assert int(run_python(code, home=tmp_path, timeout=120).stdout) > 1_000_000
 
 
 @pytest.mark.parametrize(("script", "args", "reported"), [
