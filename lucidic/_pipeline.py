@@ -70,6 +70,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
+from ._config import DEFAULT_MAX_QUEUE
 from ._internal import log_rate_limited, logger, rearm, record_internal_error, warn_once
 from ._sinks import RecordsRefusedError, Sink, SinkError
 from ._spool import Lines, Spool, encode_lines, encode_parts
@@ -221,7 +222,7 @@ class PipelineStats:
 
 
 class Pipeline:
-    def __init__(self, sink: Sink, spool: Spool, *, max_queue: int = 65536,
+    def __init__(self, sink: Sink, spool: Spool, *, max_queue: int = DEFAULT_MAX_QUEUE,
                  batch_size: int = ROWS_PER_STATEMENT, interval: float = 0.05,
                  durable: bool = False, later_grace: float = LATER_GRACE,
                  later_retry: float = _LATER_RETRY) -> None:
