@@ -515,14 +515,19 @@ def _finish_group(plan: _Plan, rows: list[Any]) -> None:
             rows[i::width] = list(map(_scalar_param, rows[i::width]))
 
 
-def _same_texts(rows: list[Any], width: int) -> tuple[int, ...]:
-    """The positions of the texts that every row of a group has alike (not
-    the id); none for a group of one row."""
+def _same_values(rows: list[Any], width: int) -> tuple[int, ...]:
+    """The positions of the texts and integers that every row of a group
+    has alike (not the id); none for a group of one row. (An integer may
+    stand for another row's equal float or flag: each column's affinity
+    stores them alike.)"""
     count = len(rows) // width
     if count < 2:
         return ()
-    return tuple(i for i in range(1, width - 1) if type(rows[i]) is str
+    return tuple(i for i in range(1, width - 1) if type(rows[i]) in _SHAREABLE
                  and rows[i::width].count(rows[i]) == count)
+
+
+_SHAREABLE = frozenset((str, int))
 
 
 #: Rows grouped by (kind, the columns they carry), in arrival order: one flat
@@ -916,12 +921,14 @@ class Store:
         driver lets go of the GIL once a statement, so a full batch takes one
         hand-over to the program's threads rather than one a row (each of
         which can keep the worker waiting up to the interpreter's switch
-        interval). A text every row has alike (the session, the function,
-        the host) is bound once a statement, not once a row: SQLite copies
-        each text bound. Returns how many rows the statements applied."""
+        interval). A text or integer every row has alike (the session, the
+        function, the host and pid, a step's end flag) is bound once a
+        statement, not once a row: each binding is a call into the driver
+        and SQLite, and SQLite copies each text bound. Returns how many rows
+        the statements applied."""
         width = _width(shape)
         count = len(rows) // width
-        shared = _same_texts(rows, width)
+        shared = _same_values(rows, width)
         shared_values = [rows[i] for i in shared]
         varying, varying_width = rows, width  # the rows without the shared values
         if shared:

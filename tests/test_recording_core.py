@@ -295,6 +295,32 @@ def test_a_batch_stores_exactly_what_its_records_one_by_one_would(tmp_path):
     assert batched.get_event("e3")["tokens_estimated"] is True
 
 
+def test_numbers_every_row_has_alike_are_stored_as_each_record_says(tmp_path: Path):
+    # The store binds once a statement a text or integer every row has
+    # alike; an int standing for another row's equal float or flag must
+    # store what that row would have stored alone (each column's affinity).
+    records: list[Record] = [("step", f"s{i}", 1.0 + i, {
+        "session_id": "x", "writer_pid": 42, "is_finished": True,
+        "eval_score": (1, 1.0, True)[i % 3], "started_at": 5 if i % 2 else 5.0})
+        for i in range(300)]
+    batched, single = ReadableStore(tmp_path / "a.db"), ReadableStore(tmp_path / "b.db")
+    batched.write(records)
+    for record in records:
+        single.write([record])
+    query = ("SELECT id, writer_pid, typeof(writer_pid), is_finished, typeof(is_finished), "
+             "eval_score, typeof(eval_score), started_at, typeof(started_at) "
+             "FROM steps ORDER BY id")
+    assert batched.query(query) == single.query(query)
+    assert batched.get_step("s7")["writer_pid"] == 42
+    # (and the pid and the flag were bound once a statement, as the session was)
+    many = [(columns, shared) for (kind, columns), _, rows, shared in batched._upserts
+            if kind == "step" and rows > 1]
+    assert many
+    for columns, shared in many:
+        at = {column: i for i, column in enumerate(columns, 1)}
+        assert {at["session_id"], at["writer_pid"], at["is_finished"]} <= set(shared)
+
+
 def test_the_store_takes_more_rows_than_one_statement_holds(tmp_path: Path):
     store = ReadableStore(tmp_path / "db.sqlite")
     records: list[Record] = [("event", f"e{i}", float(i), {"session_id": "x", "type": "tool",
