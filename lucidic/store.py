@@ -485,17 +485,28 @@ def _values_clean(plan: _Plan, rows: list[Any]) -> bool:
     width = plan.width
     try:
         if plan.texts:
-            text = "".join(filter(None, chain.from_iterable(rows[i::width] for i in plan.texts)))
+            text = "".join(filter(None, chain.from_iterable(
+                _distinct(rows, i, width) for i in plan.texts)))
             if "\x00" in text or not (text.isascii() or encodable(text)):
                 return False
         for positions in (plan.reals, plan.ints):  # apart: a float and an int compare slowly
-            numbers = list(filter(None, chain.from_iterable(rows[i::width] for i in positions)))
+            numbers = list(filter(None, chain.from_iterable(
+                _distinct(rows, i, width) for i in positions)))
             if numbers and (not math.isfinite(sum(numbers)) or min(numbers) < INT_MIN
                             or max(numbers) > INT_MAX):
                 return False
     except (TypeError, ValueError, OverflowError):
         return False  # a value of another kind than its column's, or a huge int
     return True
+
+
+def _distinct(rows: list[Any], at: int, width: int) -> list[Any]:
+    """A group's column at ``at``, or only its first value when every row
+    has that value (the session, the host, a pid: checked once, not once a
+    row)."""
+    column = rows[at::width]
+    first = column[0]
+    return [first] if column.count(first) == len(column) else column
 
 
 def _finish_group(plan: _Plan, rows: list[Any]) -> None:
@@ -508,8 +519,11 @@ def _finish_group(plan: _Plan, rows: list[Any]) -> None:
                           for value in rows[i::width]]
     for i in plan.bools:
         # As ints: SQLite's driver binds a bool several times slower than an int.
-        rows[i::width] = [None if value is None else 1 if value else 0
-                          for value in rows[i::width]]
+        column = rows[i::width]
+        if column.count(True) == len(column):  # every row's flag set (steps that ended)
+            rows[i::width] = [1] * len(column)
+        else:
+            rows[i::width] = [None if value is None else 1 if value else 0 for value in column]
     if not _values_clean(plan, rows):
         for i in plan.scalar_positions():
             rows[i::width] = list(map(_scalar_param, rows[i::width]))

@@ -295,26 +295,42 @@ def test_a_batch_stores_exactly_what_its_records_one_by_one_would(tmp_path):
     assert batched.get_event("e3")["tokens_estimated"] is True
 
 
-def test_numbers_every_row_has_alike_are_stored_as_each_record_says(tmp_path: Path):
-    # The store binds once a statement a text or integer every row has
-    # alike; an int standing for another row's equal float or flag must
-    # store what that row would have stored alone (each column's affinity).
+def test_values_every_row_has_alike_are_stored_as_each_record_says(tmp_path: Path):
+    # The store checks once a value every row of a column has alike, and
+    # binds it once a statement if it is a text or integer: an int standing
+    # for another row's equal float or flag must store what that row would
+    # have stored alone (each column's affinity), a NUL alike in every row
+    # be cleaned as in one, and a column alike but for one row be checked
+    # whole.
     records: list[Record] = [("step", f"s{i}", 1.0 + i, {
         "session_id": "x", "writer_pid": 42, "is_finished": True,
-        "eval_score": (1, 1.0, True)[i % 3], "started_at": 5 if i % 2 else 5.0})
+        "eval_score": (1, 1.0, True)[i % 3], "started_at": 5 if i % 2 else 5.0,
+        "action": "lone \ud800" if i == 150 else "same", "goal": "g",
+        "ended_at": float("nan") if i == 299 else 2.0})
         for i in range(300)]
+    # (other shapes: groups of their own, each checked apart)
+    records += [("step", f"n{i}", 1.0 + i, {"session_id": "x", "state": "nul \x00 alike"})
+                for i in range(100)]
+    records += [("step", f"t{i}", 1.0 + i, {"session_id": "x",
+                                            "is_finished": (True, False, None, 1)[i % 4]})
+                for i in range(100)]
     batched, single = ReadableStore(tmp_path / "a.db"), ReadableStore(tmp_path / "b.db")
     batched.write(records)
     for record in records:
         single.write([record])
     query = ("SELECT id, writer_pid, typeof(writer_pid), is_finished, typeof(is_finished), "
-             "eval_score, typeof(eval_score), started_at, typeof(started_at) "
-             "FROM steps ORDER BY id")
+             "eval_score, typeof(eval_score), started_at, typeof(started_at), state, action, "
+             "goal, ended_at FROM steps ORDER BY id")
     assert batched.query(query) == single.query(query)
+    assert batched.get_step("n1")["state"] == "nul \ufffd alike"
+    assert batched.get_step("s150")["action"] == "lone \ufffd"
+    # (an unset flag reads as False)
+    assert [batched.get_step(f"t{i}")["is_finished"] for i in range(4)] == [
+        True, False, False, True]
     assert batched.get_step("s7")["writer_pid"] == 42
     # (and the pid and the flag were bound once a statement, as the session was)
     many = [(columns, shared) for (kind, columns), _, rows, shared in batched._upserts
-            if kind == "step" and rows > 1]
+            if kind == "step" and rows > 1 and "writer_pid" in columns]
     assert many
     for columns, shared in many:
         at = {column: i for i, column in enumerate(columns, 1)}
