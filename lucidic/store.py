@@ -505,8 +505,12 @@ def _distinct(rows: list[Any], at: int, width: int) -> list[Any]:
     has that value (the session, the host, a pid: checked once, not once a
     row)."""
     column = rows[at::width]
-    first = column[0]
-    return [first] if column.count(first) == len(column) else column
+    return column[:1] if _all_alike(column) else column
+
+
+def _all_alike(column: list[Any]) -> bool:
+    """Whether every value of a (non-empty) column equals its first: one C pass."""
+    return column.count(column[0]) == len(column)
 
 
 def _finish_group(plan: _Plan, rows: list[Any]) -> None:
@@ -534,11 +538,10 @@ def _same_values(rows: list[Any], width: int) -> tuple[int, ...]:
     has alike (not the id); none for a group of one row. (An integer may
     stand for another row's equal float or flag: each column's affinity
     stores them alike.)"""
-    count = len(rows) // width
-    if count < 2:
+    if len(rows) < 2 * width:
         return ()
     return tuple(i for i in range(1, width - 1) if type(rows[i]) in _SHAREABLE
-                 and rows[i::width].count(rows[i]) == count)
+                 and _all_alike(rows[i::width]))
 
 
 _SHAREABLE = frozenset((str, int))
