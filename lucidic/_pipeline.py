@@ -20,9 +20,9 @@ all that is queued at every tick, and the held batch too. Records leave the
 queue for the spool only when memory should not hold them: all of them while
 the worker is stuck (the sink is failing, or has held a batch
 ``STUCK_AFTER``), the oldest eighth when the queue is full (what a copy
-holds already is not written again). So a record reaches the kernel (the sink, or
-a ``write()`` to the spool) within about ``LOSS_WINDOW`` of being recorded,
-whatever the queue holds. In durable mode (``LUCIDIC_DURABLE=1``) ``put``
+holds already is not written again). So a record reaches the kernel (the
+sink, or a ``write()`` to the spool) within about ``LOSS_WINDOW`` of being
+recorded, whatever the queue holds. In durable mode (``LUCIDIC_DURABLE=1``) ``put``
 itself writes each record to the spool before returning, and the worker
 delivers from there: a SIGKILL loses nothing.
 
