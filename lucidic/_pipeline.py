@@ -22,9 +22,9 @@ the worker is stuck (the sink is failing, or has held a batch
 ``STUCK_AFTER``), the oldest eighth when the queue is full (what a copy
 holds already is not written again). So a record reaches the kernel (the
 sink, or a ``write()`` to the spool) within about ``LOSS_WINDOW`` of being
-recorded, whatever the queue holds. In durable mode (``LUCIDIC_DURABLE=1``) ``put``
-itself writes each record to the spool before returning, and the worker
-delivers from there: a SIGKILL loses nothing.
+recorded, whatever the queue holds. In durable mode (``LUCIDIC_DURABLE=1``)
+``put`` itself writes each record to the spool before returning, and the
+worker delivers from there: a SIGKILL loses nothing.
 
 A record is always in at least one of these places: the queue, the worker's
 hands (``_inflight``), or written down. The worker and the spill thread take

@@ -533,6 +533,10 @@ def _finish_group(plan: _Plan, rows: list[Any]) -> None:
             rows[i::width] = list(map(_scalar_param, rows[i::width]))
 
 
+#: The types of value a statement may bind once for every row that has it.
+_SHAREABLE = frozenset((str, int))
+
+
 def _same_values(rows: list[Any], width: int) -> tuple[int, ...]:
     """The positions of the texts and integers that every row of a group
     has alike (not the id); none for a group of one row. (An integer may
@@ -542,9 +546,6 @@ def _same_values(rows: list[Any], width: int) -> tuple[int, ...]:
         return ()
     return tuple(i for i in range(1, width - 1) if type(rows[i]) in _SHAREABLE
                  and _all_alike(rows[i::width]))
-
-
-_SHAREABLE = frozenset((str, int))
 
 
 #: Rows grouped by (kind, the columns they carry), in arrival order: one flat

@@ -167,6 +167,17 @@ def test_pages_follow_other_processes_writing_the_store(ui, agent, page) -> None
     _only_own_origin(page, ui.url)
 
 
+def _next_poll_answered(p, path: str) -> None:
+    """Wait for the page's next live poll of ``path`` to be sent and
+    answered, and time enough to swap its answer in: sent after what the
+    caller wrote, it brings the change (a poll already on its way may not)."""
+    with p.expect_request(lambda r: path in r.url, timeout=LIVE) as asked:
+        pass
+    response = asked.value.response()
+    assert response is not None and response.status == 200
+    p.wait_for_timeout(300)
+
+
 def test_a_click_held_while_a_live_update_arrives_is_not_lost(ui, agent, page) -> None:
     # Live updates replace the tree (and the list). One that arrived between
     # a mouse-down and its mouse-up took the row from under the click, and
@@ -177,9 +188,8 @@ def test_a_click_held_while_a_live_update_arrives_is_not_lost(ui, agent, page) -
     row = p.get_by_role("treeitem").first
     row.locator("a.label").hover()
     p.mouse.down()
-    with p.expect_response(lambda r: "/live?" in r.url and r.status == 200, timeout=LIVE):
-        agent("step", running, "Compare ryokan prices")  # another process adds a step
-    p.wait_for_timeout(300)  # time enough for a swap
+    agent("step", running, "Compare ryokan prices")  # another process adds a step
+    _next_poll_answered(p, "/live?")
     p.mouse.up()
     p.locator("#detail .record").wait_for()  # the click opened the row's details
     assert row.get_attribute("aria-selected") == "true"
@@ -189,10 +199,8 @@ def test_a_click_held_while_a_live_update_arrives_is_not_lost(ui, agent, page) -
     p.goto(ui.url + "/")  # the list, as another session starts
     p.locator(f'a[href="/sessions/{running}"]').hover()
     p.mouse.down()
-    with p.expect_response(lambda r: "/ui/sessions?" in r.url and r.status == 200,
-                           timeout=LIVE):
-        agent("new", "Quarterly report")
-    p.wait_for_timeout(300)
+    agent("new", "Quarterly report")
+    _next_poll_answered(p, "/ui/sessions?")
     p.mouse.up()
     p.wait_for_url(re.compile(r"/sessions/"))
     p.go_back()
