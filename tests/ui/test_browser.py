@@ -118,6 +118,42 @@ def test_filters_narrow_the_list_and_a_result_clicked_after_typing_opens(ui, age
     assert searches() == asked >= 1
 
 
+def test_a_search_answered_during_a_held_click_waits_for_the_button(ui, agent, page) -> None:
+    # The search box asks for the list 350 ms after the last key: a result
+    # clicked within that time lost its link to the list swapped in between
+    # the mouse-down and the mouse-up. The answer waits for the button.
+    agent("new", "Quarterly report")
+    agent("new", "Weekly digest")
+    p = page.page
+    p.goto(ui.url + "/")
+    rows = p.get_by_role("table").locator("tbody tr")
+    expect(rows).to_have_count(2)
+    with p.expect_response(lambda r: r.url.startswith(f"{ui.url}/?q=Quarterly"), timeout=LIVE):
+        p.get_by_label("Search").fill("Quarterly")
+        rows.filter(has_text="Quarterly report").get_by_role("link").hover()
+        p.mouse.down()
+    p.wait_for_timeout(300)  # time enough to swap the answer in
+    p.mouse.up()
+    p.wait_for_url(re.compile(r"/sessions/"))
+    assert p.get_by_role("heading", level=1).inner_text() == "Quarterly report"
+
+    # Held anywhere else, the search's answer is asked for again once let go:
+    # the list follows what was typed, and the address too.
+    p.goto(ui.url + "/")
+    expect(rows).to_have_count(2)
+    with p.expect_response(lambda r: r.url.startswith(f"{ui.url}/?q=Weekly"), timeout=LIVE):
+        p.get_by_label("Search").fill("Weekly")
+        p.get_by_role("heading", level=1).hover()
+        p.mouse.down()
+    p.wait_for_timeout(300)
+    assert rows.count() == 2  # not while the button is held
+    p.mouse.up()
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("Weekly digest")
+    assert "q=Weekly" in p.url
+    _only_own_origin(page, ui.url)
+
+
 def test_the_tree_works_from_the_keyboard(ui, agent, page) -> None:
     trip = agent("trip", str(llm_cassette()))
     p = page.page
@@ -205,6 +241,13 @@ def test_a_click_held_while_a_live_update_arrives_is_not_lost(ui, agent, page) -
     p.wait_for_url(re.compile(r"/sessions/"))
     p.go_back()
     p.locator("tbody tr").filter(has_text="Quarterly report").wait_for(timeout=LIVE)
+
+    # The right button opens a menu, not the link: updates go on while it is held.
+    p.locator(f'a[href="/sessions/{running}"]').hover()
+    p.mouse.down(button="right")
+    agent("new", "Monthly summary")
+    p.locator("tbody tr").filter(has_text="Monthly summary").wait_for(timeout=LIVE)
+    p.mouse.up(button="right")
 
     # A button let go outside the window sends the page no mouse-up: the
     # window losing focus counts as letting go, or updates would wait for ever.

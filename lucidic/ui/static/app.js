@@ -1,8 +1,8 @@
 // Lucidic web UI: the little that needs a script. Pages are rendered by the
 // server and updated by htmx; this file localises times, makes the
 // session tree a keyboard-usable tree (collapse, expand, select) whose state
-// survives the live updates that replace its rows, and holds those updates
-// back while a mouse button is down.
+// survives the live updates that replace its rows, and holds updates back
+// while a mouse button is down.
 (function () {
   "use strict";
 
@@ -144,26 +144,47 @@
     applyTreeState();
   }
 
-  // -- live updates wait for a held button -------------------------------------------
-  // A poll's answer replaces the list or the tree. Swapped in between a
-  // mouse-down and its mouse-up, it takes the element from under the click,
-  // which is lost; so while a button is held a poll's answer is dropped (the
-  // page keeps its version, and the next poll brings the change).
+  // -- updates wait for a held button ----------------------------------------------
+  // A poll's answer replaces the list or the tree; so does the search's, 350 ms
+  // after the last key. Swapped in between a mouse-down and its mouse-up, it
+  // takes the element from under the click, which is lost. So while a button
+  // that clicks is held, a poll's answer is dropped (the page keeps its
+  // version, and the next poll brings the change), and the search's or a
+  // filter's is dropped and asked for again once the button is let go, after
+  // the click has landed (its event is the element's data-ask-again).
   var buttonHeld = false;
+  var askAgain = null;
 
-  function letGo() { buttonHeld = false; }
+  function letGo() {
+    buttonHeld = false;
+    var elt = askAgain;
+    askAgain = null;
+    if (elt && window.htmx) {
+      setTimeout(function () { window.htmx.trigger(elt, elt.dataset.askAgain); }, 0);
+    }
+  }
 
-  document.addEventListener("pointerdown", function () { buttonHeld = true; }, true);
+  document.addEventListener("pointerdown", function (event) {
+    // The primary button clicks and the middle one opens a link; the right
+    // one opens a menu, whose release the page may never be told of.
+    if (event.button === 0 || event.button === 1) buttonHeld = true;
+  }, true);
   document.addEventListener("pointerup", letGo, true);
   document.addEventListener("pointercancel", letGo, true);
+  document.addEventListener("contextmenu", letGo, true);  // a long press that opened a menu
   document.addEventListener("pointermove", function (event) {
     if (!event.buttons) letGo();  // let go outside the window
   }, true);
   window.addEventListener("blur", letGo);
 
   document.addEventListener("htmx:beforeSwap", function (event) {
-    var elt = event.detail.elt;
-    if (buttonHeld && elt && elt.hasAttribute && elt.hasAttribute("data-live")) {
+    if (!buttonHeld) return;
+    var asker = event.detail.requestConfig && event.detail.requestConfig.elt;
+    var target = event.detail.elt;  // what the answer would replace
+    if (asker && asker.dataset && asker.dataset.askAgain) {
+      event.detail.shouldSwap = false;
+      askAgain = asker;
+    } else if (target && target.hasAttribute && target.hasAttribute("data-live")) {
       event.detail.shouldSwap = false;
     }
   });
