@@ -1,5 +1,7 @@
 # The two commands of the README: `make demo` and `make test`. Both build the
-# local virtual environment from the project's own files first.
+# local virtual environment from the project's own files first. Another
+# Python, beside the first: `make test PYTHON=python3.13 VENV=.venv-3.13`.
+PYTHON := python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PROVIDERS := $(sort $(wildcard providers/*/pyproject.toml))
@@ -10,7 +12,7 @@ PROVIDERS := $(sort $(wildcard providers/*/pyproject.toml))
 RETIRED := lucidic $(foreach p,$(PROVIDERS),$(notdir $(patsubst %/,%,$(dir $(p)))))
 
 $(VENV)/.installed: pyproject.toml $(PROVIDERS)
-	python3 -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip uninstall --quiet --yes $(RETIRED) 2>/dev/null || true
 	$(PY) -m pip install --quiet -e '.[dev,server]' $(foreach p,$(PROVIDERS),-e '$(dir $(p))[test]')

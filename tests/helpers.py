@@ -12,6 +12,11 @@ from typing import Any
 from lucidic.reading import Reader
 from lucidic.store import Store
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the dev extra installs tomli, the parser that became tomllib, before 3.11
+    import tomli as tomllib  # noqa: F401 - for the tests that read pyproject.toml
+
 ROOT = Path(__file__).resolve().parent.parent
 ENV_VARS = ("LUCIDIC_API_KEY", "LUCIDIC_AGENT_ID", "LUCIDIC_BASE_URL", "LUCIDIC_FLUSH_TIMEOUT",
             "LUCIDIC_PRICES", "LUCIDIC_CONNECT_TIMEOUT", "LUCIDIC_MAX_QUEUE",

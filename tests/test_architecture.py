@@ -17,14 +17,12 @@ import pytest
 
 import lucidic
 import lucidic as lai
-from helpers import ROOT, ReadableStore
+from helpers import ROOT, ReadableStore, tomllib
 from lucidic._runtime import runtime
 from lucidic._sinks import Sink
 from lucidic.errors import APIKeyVerificationError
 from lucidic.evals._backend import backend_for_sink
 from lucidic.store import Record
-
-tomllib = pytest.importorskip("tomllib")  # Python 3.11+; CI runs 3.11
 
 
 def test_the_import_contracts_of_pyproject_hold() -> None:

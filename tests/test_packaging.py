@@ -20,9 +20,8 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from helpers import tomllib
 from lucidic import plugins
-
-tomllib = pytest.importorskip("tomllib")  # Python 3.11+; CI runs 3.11
 
 ROOT = Path(__file__).resolve().parent.parent
 PROJECTS = [ROOT, *sorted(p.parent for p in (ROOT / "providers").glob("*/pyproject.toml"))]

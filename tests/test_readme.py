@@ -1,5 +1,5 @@
 """The README's commands, run as they are written, in a copy of the checkout
-(the files a fresh clone holds, with this checkout's .venv): `make demo` and
+(the files a fresh clone holds, with the virtual environment running the tests): `make demo` and
 the command that reads its sessions, the quickstart and the CLI commands
 after it, and the shared-server walkthrough.
 
@@ -22,6 +22,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -58,7 +59,8 @@ def _commands(language: str, body: str) -> list[str]:
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The checkout's tracked files (as they are now) in a fresh directory,
-    with the checkout's virtual environment."""
+    with the virtual environment running these tests as its .venv (the
+    checkout's, or another Python's: `make test VENV=.venv-3.13 ...`)."""
     listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
                             check=True, timeout=60).stdout.decode().split("\0")
     target = tmp_path_factory.mktemp("clone") / "lucidic"
@@ -67,7 +69,7 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if source.is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)  # mtimes kept: make sees .venv up to date
-    (target / ".venv").symlink_to(ROOT / ".venv")
+    (target / ".venv").symlink_to(sys.prefix)
     fresh = subprocess.run(["make", "-q", ".venv/.installed"], cwd=target, timeout=60)
     if fresh.returncode != 0:
         pytest.fail("the .venv is older than the pyproject files: run `make install` first")

@@ -337,8 +337,9 @@ def test_fuzzing_the_api_from_its_openapi_spec_finds_no_server_error(
          "--header", f"Authorization: Bearer {key}",
          "--generation-allow-x00", "true", "--request-timeout", "20",
          "--suppress-health-check", "all", "--generation-database", "none"],
-        capture_output=True, text=True, timeout=120, env=child_env(tmp_path / "fuzz"),
-        cwd=tmp_path)
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env=child_env(tmp_path / "fuzz", {
+            "SCHEMATHESIS_HOOKS": str(Path(__file__).with_name("schemathesis_hooks.py"))}))
     report = result.stdout[-4000:] + result.stderr[-2000:]
     assert result.returncode == 0, report
     totals = re.search(r"(\d+) generated, (\d+) passed", result.stdout)
