@@ -80,6 +80,10 @@ def _env(clone: Path, tmp_path: Path, **extra: str) -> dict[str, str]:
     """A shell as a user of the clone has it: the venv's commands first on
     PATH, a data directory of the test's own, a temp directory to watch."""
     env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
+    for name in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL"):
+        # (under `make test VENV=...` the suite's own make would hand its
+        # variables to the README's `make demo`, which a user's shell does not)
+        env.pop(name, None)
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir(exist_ok=True)
     env.update(PATH=f"{clone / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}",

@@ -4,64 +4,18 @@ the OpenTelemetry SDK's own encoders."""
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-import socket
 import subprocess
-import tempfile
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from server_support import ROOT, ServerProcess
 
-from helpers import run_python
+from helpers import LUCIDICAI_PORT, run_python
 
-#: lucidicai 1.3.5 reads no base-URL variable: with LUCIDIC_DEBUG=True it
-#: talks to http://localhost:8000/api, so the server under test listens there.
-LUCIDICAI_PORT = 8000
-_PORT_LOCK = Path(tempfile.gettempdir()) / "lucidic-tests-port-8000.lock"
 SHARED_CASSETTES = Path(os.environ.get("LUCIDIC_SHARED_CASSETTES",
                                        ROOT.parent / "shared" / "cassettes"))
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-@contextmanager
-def port_8000(timeout: float = 60.0) -> Iterator[None]:
-    """Hold port 8000 for this test: test runs of other checkouts on this
-    machine wait for each other here rather than collide."""
-    with open(_PORT_LOCK, "w") as lock:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise AssertionError("another test run held port 8000 for too long") from None
-                time.sleep(0.2)
-        try:
-            while not _port_free(LUCIDICAI_PORT):
-                if time.monotonic() > deadline:
-                    raise AssertionError(
-                        f"port {LUCIDICAI_PORT} is taken by another program; lucidicai 1.3.5 "
-                        "can only talk to http://localhost:8000, so these tests need it")
-                time.sleep(0.2)
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def run_lucidicai(code: str, *, key: str, home: Path, agent_id: str = "agent-1",

@@ -20,13 +20,12 @@ from protocol_support import (
     SHARED_CASSETTES,
     count_rows,
     last_json,
-    port_8000,
     run_lucidicai,
     strip_volatile,
 )
 from server_support import Api, ServerProcess, make_key, sdk_env
 
-from helpers import child_env, run_python
+from helpers import child_env, port_8000, run_python
 
 HERE = Path(__file__).resolve().parent
 
