@@ -1,4 +1,5 @@
-"""Helpers for tests: real child processes, and a store read as the tools read it."""
+"""Helpers for tests: real child processes, a store read as the tools read it,
+port 8000 held for lucidicai's client, and tomllib on every Python."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The README's commands, run as they are written, in a copy of the checkout
-(the files a fresh clone holds, with the virtual environment running the tests): `make demo` and
-the command that reads its sessions, the quickstart and the CLI commands
-after it, and the shared-server walkthrough.
+(the files a fresh clone holds, with the virtual environment running the
+tests): `make demo` and the command that reads its sessions, the quickstart
+and the CLI commands after it, and the shared-server walkthrough.
 
 Every shell block the README marks `<!-- tested ... -->` runs here. The
 server walkthrough names a production machine, so on this one it runs with
@@ -32,6 +32,9 @@ import requests
 from helpers import ENV_VARS, ROOT
 
 README = (ROOT / "README.md").read_text("utf-8")
+#: What `make test VENV=...` hands its children; a user's shell has none of it
+#: (the README's `make demo` would build that VENV in the copy).
+_MAKE_VARIABLES = ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")
 _BLOCK = re.compile(r"<!-- (tested[^>]*|quickstart: [^>]*|the output of [^>]*) -->\n"
                     r"```(\w+)\n(.*?)```", re.S)
 
@@ -70,7 +73,8 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)  # mtimes kept: make sees .venv up to date
     (target / ".venv").symlink_to(sys.prefix)
-    fresh = subprocess.run(["make", "-q", ".venv/.installed"], cwd=target, timeout=60)
+    fresh = subprocess.run(["make", "-q", ".venv/.installed"], cwd=target, timeout=60,
+                           env={k: v for k, v in os.environ.items() if k not in _MAKE_VARIABLES})
     if fresh.returncode != 0:
         pytest.fail("the .venv is older than the pyproject files: run `make install` first")
     return target
@@ -79,11 +83,8 @@ def clone(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _env(clone: Path, tmp_path: Path, **extra: str) -> dict[str, str]:
     """A shell as a user of the clone has it: the venv's commands first on
     PATH, a data directory of the test's own, a temp directory to watch."""
-    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS}
-    for name in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL"):
-        # (under `make test VENV=...` the suite's own make would hand its
-        # variables to the README's `make demo`, which a user's shell does not)
-        env.pop(name, None)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ENV_VARS and k not in _MAKE_VARIABLES}
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir(exist_ok=True)
     env.update(PATH=f"{clone / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}",

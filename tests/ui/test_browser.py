@@ -119,9 +119,11 @@ def test_filters_narrow_the_list_and_a_result_clicked_after_typing_opens(ui, age
 
 
 def test_a_search_answered_during_a_held_click_waits_for_the_button(ui, agent, page) -> None:
-    # The search box asks for the list 350 ms after the last key: a result
-    # clicked within that time lost its link to the list swapped in between
-    # the mouse-down and the mouse-up. The answer waits for the button.
+    # The search box asks for the list 350 ms after the last key, so its
+    # answer can arrive while a result is being clicked: swapped in between
+    # the mouse-down and the mouse-up, it would take the link from under the
+    # click. It waits for the button (it was dropped, the list left on the
+    # old results: the second half).
     agent("new", "Quarterly report")
     agent("new", "Weekly digest")
     p = page.page
