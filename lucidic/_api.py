@@ -121,8 +121,7 @@ def init(session_name: str | None = None, session_id: str | None = None,
         logger.info("lucidic: session %s replaces %s as the process's current session; "
                     "the earlier one stays open", binding.session_id, previous.session_id)
     process_slot.binding = binding
-    if not capture_uncaught:
-        binding.state.outcome_set = True  # nothing will mark it failed on a crash
+    binding.state.capture_uncaught = capture_uncaught
     return binding.session_id
 
 

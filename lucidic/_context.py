@@ -55,8 +55,8 @@ class SessionIds:
 class SessionState:
     """What this process knows of one session, shared by all its bindings."""
 
-    __slots__ = ("bindings", "evaluated", "failure", "finished", "id", "ids", "open_steps",
-                 "outcome_set")
+    __slots__ = ("bindings", "capture_uncaught", "evaluated", "failure", "finished", "id",
+                 "ids", "open_steps", "outcome_set")
 
     def __init__(self, session_id: str, ids: SessionIds | None = None) -> None:
         self.id = session_id
@@ -68,6 +68,9 @@ class SessionState:
         self.open_steps: set[str] = set()
         self.outcome_set = False  # the user said whether it succeeded
         self.failure: str | None = None  # why the process thinks it failed
+        #: init(capture_uncaught=False): a crash or SIGTERM records no error
+        #: event and does not mark it failed (auto_end still ends it).
+        self.capture_uncaught = True
         self.bindings: list[Binding] = []
         #: It names an experiment or rubrics: ending it here scores it.
         self.evaluated = False

@@ -24,6 +24,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from . import _config, _sessions
+from ._context import current_step
 from ._internal import record_internal_error
 from ._recording import record_error
 from ._runtime import runtime
@@ -39,30 +40,43 @@ terminating = False
 
 
 def install() -> None:
+    """Called by every init/continue_session: the exit hooks once per
+    process; SIGTERM's handler as soon as a call comes from the main thread
+    (the first may come from another); and, in a multiprocessing child, the
+    finalizer that stands in for atexit there."""
     global _installed, _previous_excepthook
     with _install_lock:
-        if _installed:
-            return
-        _installed = True
-        atexit.register(_at_exit)
-        _previous_excepthook = sys.excepthook
-        sys.excepthook = _excepthook
-        _install_sigterm()
+        if not _installed:
+            _installed = True
+            atexit.register(_at_exit)
+            _previous_excepthook = sys.excepthook
+            sys.excepthook = _excepthook
+        if not _sigterm_decided:
+            _install_sigterm()
+        _finalize_as_multiprocessing_child()
 
 
 _multiprocessing_hooked = False
+#: The pid whose multiprocessing finalizer is registered (a forked child's
+#: own pid differs from its parent's, so each registers its own).
+_finalizer_pid: int | None = None
+#: SIGTERM's handler is installed, or the program's choice leaves it alone.
+_sigterm_decided = False
 
 
 def before_fork() -> None:
-    """multiprocessing's forked children leave through os._exit(), skipping
-    atexit; its own finalizers still run there. It clears finalizers at the
-    start of a child and then runs its after-fork hooks, so that is where a
-    flushing finalizer must be registered: called just before every fork,
-    by when multiprocessing (if it is the one forking) is loaded."""
+    """multiprocessing's children leave through os._exit(), skipping atexit;
+    its own finalizers still run there. It clears finalizers at the start of
+    a forked child and then runs its after-fork hooks, so that is where the
+    exit finalizer of a child that inherited our state is registered: hooked
+    just before every fork, by when multiprocessing (if it is the one
+    forking) is loaded. A child that starts Lucidic itself (spawn,
+    forkserver, or a fork by a parent that had not) registers it in
+    install()."""
     global _multiprocessing_hooked
     util = sys.modules.get("multiprocessing.util")
     if util is not None and not _multiprocessing_hooked:
-        util.register_after_fork(_hook_owner, _register_child_finalizer)
+        util.register_after_fork(_hook_owner, _after_multiprocessing_fork)
         _multiprocessing_hooked = True
 
 
@@ -74,16 +88,31 @@ class _HookOwner:
 _hook_owner = _HookOwner()
 
 
-def _register_child_finalizer(_: object) -> None:
+def _after_multiprocessing_fork(_: object) -> None:
+    _finalize_as_multiprocessing_child()
+
+
+def _finalize_as_multiprocessing_child() -> None:
+    """In a multiprocessing child, run the exit path (end the auto_end
+    sessions, deliver or spool) from multiprocessing's last finalizer, since
+    the child's atexit never runs."""
+    global _finalizer_pid
+    if _finalizer_pid == os.getpid():
+        return
+    process = sys.modules.get("multiprocessing.process")
+    if process is None or process.parent_process() is None:
+        return  # not a multiprocessing child: atexit runs as usual
     import multiprocessing.util
 
-    multiprocessing.util.Finalize(None, flush_at_exit, exitpriority=-100)
+    multiprocessing.util.Finalize(None, _at_exit, exitpriority=-100)
+    _finalizer_pid = os.getpid()
 
 
 def _install_sigterm() -> None:
-    global _previous_sigterm
+    global _previous_sigterm, _sigterm_decided
     if threading.current_thread() is not threading.main_thread():
-        return  # signal.signal only works there; atexit still covers normal exit
+        return  # signal.signal only works there: tried again on the next call
+    _sigterm_decided = True
     try:
         previous = signal.getsignal(signal.SIGTERM)
         if previous is signal.SIG_IGN or previous is None:
@@ -104,11 +133,26 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
         return
     terminating = True
     deadline = _exit_deadline()
+    _end_interrupted_steps("terminated by SIGTERM")
     end_sessions(failure="terminated by SIGTERM", deadline=deadline)
     shutdown(deadline)
     # Die of the signal as we would have, so the exit status stays -SIGTERM.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _end_interrupted_steps(error: str) -> None:
+    """End, as failed, the steps the signal interrupted: those open in the
+    main thread's context (the handler runs there), innermost first."""
+    step = current_step.get()
+    while step is not None:
+        try:
+            if step.binding.active:
+                step.binding.state.open_steps.discard(step.step_id)
+                step.end(error=error)
+        except Exception as exc:  # noqa: BLE001
+            record_internal_error("end_interrupted_step", exc)
+        step = step.parent
 
 
 def _excepthook(exc_type: type[BaseException], exc: BaseException,
@@ -126,7 +170,7 @@ def _record_crash(exc_type: type[BaseException], exc: BaseException,
     summary = f"{exc_type.__name__}: {exc}"
     detail = "".join(traceback.format_exception(exc_type, exc, tb))
     for binding in list(runtime.auto_end):
-        if binding.active:
+        if binding.active and binding.state.capture_uncaught:
             binding.state.failure = f"uncaught exception: {summary}"
             record_error(binding, f"Uncaught exception: {summary}", detail)
 
@@ -145,6 +189,8 @@ def end_sessions(failure: str | None = None, deadline: float | None = None) -> N
             continue
         try:
             reason = failure or binding.state.failure
+            if failure is not None and not binding.state.capture_uncaught:
+                reason = None  # the user asked that a crash not mark it failed
             _sessions.end(binding, failure=reason,
                           timeout=max(0.0, deadline - time.monotonic()))
         except Exception as exc:  # noqa: BLE001
@@ -161,12 +207,6 @@ def shutdown(deadline: float | None = None) -> None:
     if deadline is None:
         deadline = _exit_deadline()
     runtime.shutdown_all(max(0.0, deadline - time.monotonic()))
-
-
-def flush_at_exit() -> None:
-    """For processes that leave without atexit (forked multiprocessing
-    children): deliver or spool what is queued, end nothing."""
-    shutdown()
 
 
 def _at_exit() -> None:

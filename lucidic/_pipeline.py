@@ -471,11 +471,30 @@ class Pipeline:
                 self._cycle()
                 delivered = not self._queue and not self.spool.has_own_pending()
                 return self._no_new_losses() and delivered
+        if self._all_delivered():
+            return self._no_new_losses()  # nothing to wait for, even with no time to wait
         request = _FlushRequest(fail_fast)
         self._queue.extend((request, *_REQUEST_PAD))
         self._wake.set()
         done = request.done.wait(max(timeout, 0.0))
         return self._no_new_losses() and done and not request.failed
+
+    def _all_delivered(self) -> bool:
+        """Nothing queued, nothing in the worker's hands, nothing of this
+        process's in the spool. Looked at without waiting: a worker busy
+        taking a batch means there is something to wait for."""
+        if self._queue or not self._take_lock.acquire(blocking=False):
+            return False
+        try:
+            if self._queue or not self._inflight_lock.acquire(blocking=False):
+                return False
+            try:
+                idle = self._inflight is None
+            finally:
+                self._inflight_lock.release()
+        finally:
+            self._take_lock.release()
+        return idle and not self.spool.has_own_pending()
 
     def shutdown(self, timeout: float) -> bool:
         """Flush within ``timeout``; whatever could not be delivered by then is

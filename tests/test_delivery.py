@@ -330,3 +330,17 @@ def test_what_the_fast_spool_encoding_refuses_still_spools_and_replays(tmp_path)
     assert store.get_event("huge")["input_tokens"] is None
     assert store.get_event("nan")["cost"] is None
     assert store.get_event("plain")["description"] == "fine"
+
+
+def test_flush_with_no_time_to_wait_says_whether_everything_is_delivered(tmp_path):
+    # flush(0) and shutdown(0) cannot wait for the worker, but when nothing
+    # is left to deliver they must still say True rather than "timed out".
+    sink = HangingSink()
+    pipeline = Pipeline(sink, Spool(tmp_path / "spool"))
+    pipeline.start()
+    pipeline.put(events(1)[0])
+    assert pipeline.flush(0) is False  # the sink still holds the record
+    sink.release.set()
+    assert pipeline.flush(10) is True
+    assert pipeline.flush(0) is True
+    assert pipeline.shutdown(0) is True

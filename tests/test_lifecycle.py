@@ -174,3 +174,114 @@ def test_continue_in_a_child_process_after_the_parent_detached(lucidic_home):
     # Finished by the child: this process can no longer continue it.
     with pytest.raises(lai.InvalidOperationError, match="has finished"):
         lai.continue_session(sid)
+
+
+def test_capture_uncaught_false_records_no_crash_but_still_ends_the_session(lucidic_home):
+    result = run_python(_child("raise SystemError('agent crashed')",
+                               options=", capture_uncaught=False"),
+                        home=lucidic_home, check=False)
+    assert result.returncode == 1 and "SystemError: agent crashed" in result.stderr
+    tree = _assert_all_recorded(lucidic_home, result.stdout.split()[0])
+    assert tree["is_finished"] is True
+    assert tree["is_successful"] is None and tree["is_successful_reason"] is None
+    assert [e for e in tree["events"] if e["type"] == "error"] == []
+
+
+def test_sigterm_ends_the_steps_it_interrupted_as_failed(lucidic_home):
+    proc, sid = _start_and_wait_ready(textwrap.dedent("""
+        import time
+        import lucidic as lai
+        print(lai.init(session_name="interrupted"), flush=True)
+
+        @lai.step(action="inner")
+        def inner():
+            print("ready", flush=True)
+            time.sleep(60)
+
+        lai.create_step(action="outer")
+        inner()
+    """), lucidic_home)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGTERM
+    tree = ReadableStore(lucidic_home / "lucidic.db").session_tree(sid)
+    (outer,) = tree["steps"]
+    (inner,) = outer["steps"]
+    for step in (outer, inner):
+        assert step["is_finished"] is True, step
+        assert step["error"] == "terminated by SIGTERM", step
+    assert tree["is_successful_reason"] == "terminated by SIGTERM"
+
+
+def test_sigterm_is_handled_when_the_first_init_came_from_another_thread(lucidic_home):
+    # signal handlers can only be installed from the main thread: the first
+    # init made elsewhere must not settle it for good.
+    proc, sid = _start_and_wait_ready(textwrap.dedent("""
+        import threading, time
+        import lucidic as lai
+        worker = threading.Thread(target=lai.init, kwargs={"session_name": "from a thread"})
+        worker.start(); worker.join()
+        print(lai.init(session_name="from main"), flush=True)
+        lai.create_event(description="before the signal")
+        print("ready", flush=True)
+        time.sleep(60)
+    """), lucidic_home)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGTERM
+    store = ReadableStore(lucidic_home / "lucidic.db")
+    sessions = {s["name"]: s for s in store.list_sessions()}
+    assert set(sessions) == {"from a thread", "from main"}
+    for summary in sessions.values():
+        tree = store.session_tree(summary["id"])
+        assert tree["is_finished"] is True
+        assert tree["is_successful_reason"] == "terminated by SIGTERM"
+
+
+MULTIPROCESSING_CHILD_SESSIONS = """
+import multiprocessing as mp
+import sys
+import uuid
+{parent_import}
+
+def work(session_id):
+    import lucidic as lai
+    lai.init(session_name="child", session_id=session_id)
+    lai.create_step(action="work")
+    for i in range(50):
+        lai.create_event(description=f"event {{i}}")
+    lai.end_step()
+    # left open: auto_end must end it as the child leaves
+
+if __name__ == "__main__":
+    ids = [str(uuid.uuid4()) for _ in range(2)]
+    print(" ".join(ids), flush=True)
+    ctx = mp.get_context({method!r})
+    procs = [ctx.Process(target=work, args=(session_id,)) for session_id in ids]
+    for p in procs: p.start()
+    for p in procs: p.join()
+    sys.exit(max(p.exitcode for p in procs))
+"""
+
+
+@pytest.mark.parametrize("parent_imported", [True, False],
+                         ids=["parent-imported", "parent-did-not"])
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_sessions_started_in_multiprocessing_children_end_as_the_children_leave(
+        lucidic_home, tmp_path, method, parent_imported):
+    # multiprocessing's forked children leave through os._exit(), skipping
+    # atexit: their sessions must end all the same. (A file, so that spawn's
+    # children can import the target.)
+    script = tmp_path / "agent.py"
+    script.write_text(MULTIPROCESSING_CHILD_SESSIONS.format(
+        method=method, parent_import="import lucidic" if parent_imported else ""))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=120, env=child_env(lucidic_home), cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    store = ReadableStore(lucidic_home / "lucidic.db")
+    for session_id in result.stdout.split():
+        tree = store.session_tree(session_id)
+        assert tree is not None, session_id
+        (step,) = tree["steps"]
+        assert len(step["events"]) == 50 and step["is_finished"]
+        assert tree["is_finished"] is True
