@@ -16,6 +16,7 @@ from typing import Any
 
 from . import _config, _render
 from . import _render_experiments as show
+from ._cli_parsing import add_paging, add_parser, help_of
 
 
 @contextmanager
@@ -128,12 +129,14 @@ def _compare(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(document)
     else:
-        print(f"A: {a.get('name') or ''} {a['id']}\nB: {b.get('name') or ''} {b['id']}")
+        print(_render.visible(f"A: {a.get('name') or ''} {a['id']}\n"
+                              f"B: {b.get('name') or ''} {b['id']}"))
         print(show.compare_table(comparison))
     for name, rows in failed.items():
         cases = ", ".join(f"{r['case_id']} ({show.value(r['a'])} → {show.value(r['b'])})"
                           for r in rows)
-        print(f"lucidic: {name} regressed in {len(rows)} case(s): {cases}", file=sys.stderr)
+        print(_render.visible(f"lucidic: {name} regressed in {len(rows)} case(s): {cases}"),
+              file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -206,15 +209,13 @@ def _mass_sims_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_commands(commands: Any, add_parser: Callable[..., argparse.ArgumentParser],
-                 help_of: Callable[[argparse.ArgumentParser], Any]) -> None:
+def add_commands(commands: Any) -> None:
     experiments = add_parser(commands, "experiments",
                              help="experiments: their runs and scores, compared, rescored")
     experiments.set_defaults(handler=help_of(experiments))
     sub = experiments.add_subparsers(dest="experiments_command", metavar="COMMAND")
     listing = add_parser(sub, "list", help="experiments, newest first")
-    listing.add_argument("--limit", type=int, default=50, help="at most this many")
-    listing.add_argument("--offset", type=int, default=0, help="skip this many first")
+    add_paging(listing)
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(handler=_list)
     showing = add_parser(sub, "show", help="an experiment's runs, scores and summary")
@@ -243,8 +244,7 @@ def add_commands(commands: Any, add_parser: Callable[..., argparse.ArgumentParse
     sims.set_defaults(handler=help_of(sims))
     sims_sub = sims.add_subparsers(dest="mass_sims_command", metavar="COMMAND")
     sims_list = add_parser(sims_sub, "list", help="mass simulations, newest first")
-    sims_list.add_argument("--limit", type=int, default=50, help="at most this many")
-    sims_list.add_argument("--offset", type=int, default=0, help="skip this many first")
+    add_paging(sims_list)
     sims_list.add_argument("--json", action="store_true", help="print JSON")
     sims_list.set_defaults(handler=_mass_sims_list)
     sims_show = add_parser(sims_sub, "show", help="one mass simulation: total, sessions, ended")

@@ -102,6 +102,22 @@ def text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
+#: What a terminal would obey rather than show: C0 and C1 controls (which
+#: move the cursor, recolour, retitle or clear it; tab and newline excepted)
+#: and the marks that reorder the text after them. Recorded text (a session
+#: name, an LLM's answer) may hold any of them.
+_INVISIBLE = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7f, 0xa0))
+              if code not in (0x09, 0x0a)}
+_INVISIBLE.update({code: f"\\u{code:04x}" for code in (
+    0x061c, 0x200e, 0x200f, *range(0x202a, 0x202f), *range(0x2066, 0x206a))})
+
+
+def visible(value: str) -> str:
+    """Text safe to write to a terminal: what it would obey is shown as an
+    escape instead (idempotent: an escape holds no control character)."""
+    return value.translate(_INVISIBLE)
+
+
 def short(value: Any, width: int = _SHORT) -> str:
     flat = " ".join(text(value).split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
@@ -484,7 +500,7 @@ def _fields(item: dict[str, Any], shown: set[str], indent: str) -> list[Line]:
 # -- output --------------------------------------------------------------------------
 
 def plain_lines(line: Line) -> str:
-    return "".join(t for t, _ in line)
+    return visible("".join(t for t, _ in line))
 
 
 def plain(tree: Layout) -> str:
@@ -514,7 +530,7 @@ def rich_text(lines: Iterable[Line]) -> Any:
         if number:
             result.append("\n")
         for chunk, style in line:
-            result.append(chunk, style=STYLES.get(style, ""))
+            result.append(visible(chunk), style=STYLES.get(style, ""))
     return result
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ._render import duration, money, short, when
+from ._render import duration, money, short, visible, when
 from .reading.summary import score_names
 
 
@@ -33,6 +33,8 @@ def signed(delta: float | None, unit: str = "") -> str:
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    header = [visible(h) for h in header]
+    rows = [[visible(cell) for cell in row] for row in rows]
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(header)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
@@ -86,7 +88,7 @@ def experiment_head(experiment: Mapping[str, Any], runs: Sequence[Mapping[str, A
     failed = sum(1 for r in runs if r.get("status") == "failed")
     running = sum(1 for r in runs if r.get("status") == "running")
     cost = sum(float(r.get("cost") or 0.0) for r in runs)
-    head = (f"{experiment.get('name') or 'experiment'}  {experiment['id']}\n"
+    head = (f"{visible(experiment.get('name') or 'experiment')}  {experiment['id']}\n"
             f"  {len(runs)} runs, {failed} failed"
             + (f", {running} running" if running else "") + f", cost {money(cost)}")
     if experiment.get("replay_of"):

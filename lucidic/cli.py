@@ -34,6 +34,7 @@ from contextlib import closing
 from typing import Any, Protocol
 
 from . import _config, _render
+from ._cli_parsing import HelpFormatter, add_paging, add_parser, help_of
 
 
 class Reader(Protocol):
@@ -416,37 +417,10 @@ def _prompts_show(args: argparse.Namespace) -> int:
 
 # -- the parser ---------------------------------------------------------------------
 
-class _HelpFormatter(argparse.HelpFormatter):
-    """--help shows each option's default, where it has one worth saying."""
-
-    def add_argument(self, action: argparse.Action) -> None:
-        super().add_argument(action)
-        # argparse measures subcommands one indent short of where it prints
-        # them, so the longest one's help would wrap onto a line of its own.
-        for sub in getattr(action, "_get_subactions", list)():
-            width = (len(self._format_action_invocation(sub)) + self._current_indent
-                     + 2 * self._indent_increment)
-            self._action_max_length = max(self._action_max_length, width)
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        help_text = action.help or ""
-        default = action.default
-        if (default not in (None, False, argparse.SUPPRESS) and "%(default)" not in help_text
-                and (action.option_strings or action.nargs in ("?", "*"))):
-            help_text += " (default: %(default)s)"
-        return help_text
-
-
-def _add_parser(commands: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = commands.add_parser(
-        name, formatter_class=_HelpFormatter, **kwargs)
-    return parser
-
-
 def _add_server_commands(commands: Any) -> None:
     db_help = ("sqlite:///PATH or postgresql://USER@HOST/DB (default: LUCIDIC_DATABASE_URL, "
                "else the embedded store's file)")
-    server = _add_parser(commands, "server",
+    server = add_parser(commands, "server",
                          help="run the shared server (needs lucidic-toolkit[server])")
     server.add_argument("--db", help=db_help)
     server.add_argument("--host", default="127.0.0.1",
@@ -464,7 +438,7 @@ def _add_server_commands(commands: Any) -> None:
                         help="the server's log level")
     server.set_defaults(handler=_server)
 
-    ui = _add_parser(commands, "ui",
+    ui = add_parser(commands, "ui",
                      help="open the sessions in a browser (needs lucidic-toolkit[server])",
                      description="Serve the web UI over the embedded store on this machine: "
                                  "no server, no key. Runs until Ctrl-C.")
@@ -480,23 +454,23 @@ def _add_server_commands(commands: Any) -> None:
                     help="the UI server's log level")
     ui.set_defaults(handler=_ui)
 
-    keys = _add_parser(commands, "keys", help="the server's API keys",
+    keys = add_parser(commands, "keys", help="the server's API keys",
                        description="API keys live in the server's database: give it with --db "
                                    "or LUCIDIC_DATABASE_URL, as to `lucidic server`.")
     keys_commands = keys.add_subparsers(dest="keys_command", metavar="COMMAND")
-    keys.set_defaults(handler=_help_of(keys))
-    create = _add_parser(keys_commands, "create", help="make a key for a project (created if "
+    keys.set_defaults(handler=help_of(keys))
+    create = add_parser(keys_commands, "create", help="make a key for a project (created if "
                                                         "need be); prints it once, last line")
     create.add_argument("--project", required=True, help="the project the key reads and writes")
     create.add_argument("--label", help="a note to tell keys apart")
     create.add_argument("--db", help=db_help)
     create.set_defaults(handler=_keys_create)
-    listing = _add_parser(keys_commands, "list", help="keys (never the keys themselves)")
+    listing = add_parser(keys_commands, "list", help="keys (never the keys themselves)")
     listing.add_argument("--project", help="only this project's keys")
     listing.add_argument("--db", help=db_help)
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(handler=_keys_list)
-    revoke = _add_parser(keys_commands, "revoke", help="refuse a key from now on")
+    revoke = add_parser(keys_commands, "revoke", help="refuse a key from now on")
     revoke.add_argument("key_id", help="the key's id, as `lucidic keys list` shows it, or "
                                        "the start of it")
     revoke.add_argument("--db", help=db_help)
@@ -505,12 +479,12 @@ def _add_server_commands(commands: Any) -> None:
 
 
 def _add_prompt_commands(commands: Any, db_help: str) -> None:
-    prompts = _add_parser(commands, "prompts", help="the prompt store (lai.get_prompt)",
+    prompts = add_parser(commands, "prompts", help="the prompt store (lai.get_prompt)",
                           description="Prompts live in the server's database: give it with "
                                       "--db or LUCIDIC_DATABASE_URL, as to `lucidic server`.")
     prompt_commands = prompts.add_subparsers(dest="prompts_command", metavar="COMMAND")
-    prompts.set_defaults(handler=_help_of(prompts))
-    setting = _add_parser(prompt_commands, "set", help="keep FILE as the next version of NAME")
+    prompts.set_defaults(handler=help_of(prompts))
+    setting = add_parser(prompt_commands, "set", help="keep FILE as the next version of NAME")
     setting.add_argument("name", help="the prompt's name")
     setting.add_argument("file", help="a UTF-8 text file: the prompt, {{variables}} and all")
     setting.add_argument("--project", required=True, help="the project the prompt is for")
@@ -519,12 +493,12 @@ def _add_prompt_commands(commands: Any, db_help: str) -> None:
                               "repeatable")
     setting.add_argument("--db", help=db_help)
     setting.set_defaults(handler=_prompts_set)
-    listing = _add_parser(prompt_commands, "list", help="prompts, their versions and labels")
+    listing = add_parser(prompt_commands, "list", help="prompts, their versions and labels")
     listing.add_argument("--project", help="only this project's prompts")
     listing.add_argument("--db", help=db_help)
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(handler=_prompts_list)
-    show = _add_parser(prompt_commands, "show", help="a prompt's content (the newest version, "
+    show = add_parser(prompt_commands, "show", help="a prompt's content (the newest version, "
                                                      "or --label / --version)")
     show.add_argument("name", help="the prompt's name")
     show.add_argument("--project", required=True, help="the project the prompt is for")
@@ -536,42 +510,24 @@ def _add_prompt_commands(commands: Any, db_help: str) -> None:
     show.set_defaults(handler=_prompts_show)
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text!r}")
-    return value
-
-
-def _help_of(parser: argparse.ArgumentParser) -> Any:
-    """A handler for a command given without its subcommand: its help."""
-    def show(args: argparse.Namespace) -> int:
-        parser.print_help()
-        return 0
-    return show
-
-
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(
-        prog="lucidic", formatter_class=_HelpFormatter,
+        prog="lucidic", formatter_class=HelpFormatter,
         description="Read what Lucidic recorded, and run its server.",
         epilog="Sessions are read from the embedded store (LUCIDIC_HOME), or from the server "
                "at LUCIDIC_BASE_URL (with LUCIDIC_API_KEY) when that is set.")
     parser.add_argument("--version", action="version",
                         version=f"lucidic {__version__} (lucidic-toolkit, Python "
                                 f"{sys.version.split()[0]})")
-    parser.set_defaults(handler=_help_of(parser))
+    parser.set_defaults(handler=help_of(parser))
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    sessions = _add_parser(commands, "sessions", help="list sessions or show one")
-    sessions.set_defaults(handler=_help_of(sessions))
+    sessions = add_parser(commands, "sessions", help="list sessions or show one")
+    sessions.set_defaults(handler=help_of(sessions))
     sessions_commands = sessions.add_subparsers(dest="sessions_command", metavar="COMMAND")
-    listing = _add_parser(sessions_commands, "list", help="sessions, newest first")
+    listing = add_parser(sessions_commands, "list", help="sessions, newest first")
     listing.add_argument("--agent", help="only this agent's sessions")
     listing.add_argument("--status", choices=["running", "successful", "failed", "finished"],
                          help="running, or ended as successful, failed, or finished (ended "
@@ -581,11 +537,10 @@ def build_parser() -> argparse.ArgumentParser:
                               "messages, models, errors) hold TEXT, in any case")
     listing.add_argument("--mass-sim", metavar="ID",
                          help="only the sessions of this mass simulation")
-    listing.add_argument("--limit", type=_positive_int, default=50, help="at most this many")
-    listing.add_argument("--offset", type=int, default=0, help="skip this many first")
+    add_paging(listing)
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(handler=_sessions_list)
-    show = _add_parser(sessions_commands, "show", help="a session's tree of steps and events")
+    show = add_parser(sessions_commands, "show", help="a session's tree of steps and events")
     show.add_argument("session_id", help="the session's id, or the start of it")
     show.add_argument("--follow", "-f", action="store_true",
                       help="keep printing the steps and events that arrive, until the "
@@ -599,8 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from ._cli_experiments import add_commands
 
-    add_commands(commands, _add_parser, _help_of)
-    providers = _add_parser(commands, "providers", help="installed provider plugins")
+    add_commands(commands)
+    providers = add_parser(commands, "providers", help="installed provider plugins")
     providers.add_argument("--json", action="store_true", help="print JSON")
     providers.set_defaults(handler=_providers)
     _add_server_commands(commands)

@@ -341,3 +341,75 @@ def test_a_database_password_is_never_printed():
     assert _shown_url("postgresql://lucidic:s3cret@db.internal:5432/lucidic") == \
         "postgresql://lucidic:***@db.internal:5432/lucidic"
     assert _shown_url("sqlite:////var/lib/lucidic.db") == "sqlite:////var/lib/lucidic.db"
+
+
+def _read_terminal(args: list[str], home: Path) -> str:
+    """What the CLI writes to a terminal (a pty), escape sequences and all."""
+    controller, terminal = pty.openpty()
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "lucidic", *args], stdout=terminal,
+                                   stderr=subprocess.PIPE, env=child_env(home, {"TZ": "UTC"}),
+                                   cwd=str(ROOT))
+        os.close(terminal)
+        terminal = -1
+        output = b""
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # the child closed its end
+                break
+            if not chunk:
+                break
+            output += chunk
+        assert process.wait(timeout=60) == 0
+    finally:
+        os.close(controller)
+        if terminal != -1:
+            os.close(terminal)
+    return output.decode()
+
+
+def test_recorded_text_cannot_drive_the_terminal(lucidic_home):
+    # A name or an LLM answer may hold escape sequences (retitle, clear,
+    # recolour the terminal) or bidi marks: shown as escapes, never obeyed.
+    sid = lai.init(session_name="\x1b]0;pwned\x07name \x1b[2Jcleared")
+    lai.create_event(description="answer \u202eevil\rback \x9b31m")
+    lai.end_session()
+    for args in (["sessions", "list"], ["sessions", "show", sid],
+                 ["sessions", "show", sid, "--full"]):
+        piped = _cli(lucidic_home, *args).stdout
+        on_terminal = _read_terminal(args, lucidic_home)
+        for out in (piped, on_terminal):
+            assert "\\x1b]0;pwned\\x07name \\x1b[2Jcleared" in out
+            assert "\x1b]" not in out and "\x07" not in out and "\x1b[2J" not in out
+        assert "\u202e" not in piped + on_terminal and "\x9b" not in piped + on_terminal
+    shown = _cli(lucidic_home, "sessions", "show", sid).stdout
+    assert "answer \\u202eevil back \\x9b31m" in shown  # (a carriage return is whitespace)
+    assert "\x1b[" in _read_terminal(["sessions", "show", sid], lucidic_home)  # still coloured
+
+
+@pytest.mark.parametrize("args", [
+    ["sessions", "list", "--limit", "99999999999999999999"],
+    ["sessions", "list", "--offset", "-1"],
+    ["sessions", "list", "--offset", "99999999999999999999"],
+    ["experiments", "list", "--limit", "0"],
+    ["experiments", "list", "--offset", "99999999999999999999"],
+    ["mass-sims", "list", "--limit", "-3"],
+    ["mass-sims", "list", "--offset", "x"],
+])
+def test_paging_beyond_what_a_database_can_count_is_a_usage_error(lucidic_home, args):
+    lai.init(session_name="one")
+    lai.end_session()
+    result = _cli(lucidic_home, *args)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"argument {args[2]}: must be a whole number from" in result.stderr
+
+
+def test_paging_at_the_bounds_reads_what_is_there(lucidic_home):
+    lai.init(session_name="one")
+    lai.end_session()
+    result = _cli(lucidic_home, "sessions", "list", "--limit", str(2**63 - 1))
+    assert result.returncode == 0 and "one" in result.stdout
+    result = _cli(lucidic_home, "sessions", "list", "--offset", str(2**63 - 1))
+    assert result.returncode == 0 and result.stdout.startswith("no sessions in")

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..limits import INT_MAX
 from ..store import Store
 from .search import TextMatch
 
@@ -171,7 +172,7 @@ def list_sessions(store: Store, query: SessionQuery) -> SessionPage:
     if keyset:
         # A row comparison: the database walks its index from the cursor on.
         where = [*where, f"({key}, s.id) {'<' if query.descending else '>'} ({ph}, {ph})"]
-    limit = int(query.limit)
+    limit = min(int(query.limit), INT_MAX - 1)  # (one more is read: are there more?)
     sql = (f"SELECT s.*, {key} AS sort_key FROM sessions s {' '.join(joins)} "
            f"WHERE {' AND '.join(where)} ORDER BY {key} {order}, s.id {order} LIMIT {ph}"
            + (f" OFFSET {ph}" if query.cursor is None and query.offset else ""))
