@@ -308,6 +308,8 @@ def arrivals(session: dict[str, Any], seen: set[str]) -> list[Line]:
 
 
 def _elapsed(item: dict[str, Any]) -> Line:
+    if item.get("never_ended"):
+        return [("did not end", "failed")]
     if not item.get("is_finished") and item.get("ended_at") is None:
         return [("running", "running")]
     seconds = item.get("duration")

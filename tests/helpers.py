@@ -170,3 +170,24 @@ class FollowingCli:
     def stderr(self) -> str:
         return self.proc.stderr.read() if self.proc.stderr and self.proc.poll() is not None \
             else ""
+
+
+#: A session that ends (at exit, by auto_end) while a step and an LLM-like
+#: event it holds are still open in a daemon thread nobody waited for.
+OUTLIVED_STEP = """
+import threading, time
+import lucidic as lai
+print(lai.init(session_name="outlived"), flush=True)
+started = threading.Event()
+
+@lai.step(action="background poll")
+def poll():
+    lai.create_event(description="finished event")
+    started.set()
+    time.sleep(600)
+
+threading.Thread(target=poll, daemon=True).start()
+started.wait()
+lai.create_step(action="main work")
+lai.end_step()
+"""

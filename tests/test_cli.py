@@ -413,3 +413,16 @@ def test_paging_at_the_bounds_reads_what_is_there(lucidic_home):
     assert result.returncode == 0 and "one" in result.stdout
     result = _cli(lucidic_home, "sessions", "list", "--offset", str(2**63 - 1))
     assert result.returncode == 0 and result.stdout.startswith("no sessions in")
+
+
+def test_a_step_its_session_outlived_reads_as_did_not_end_not_running(lucidic_home):
+    from helpers import OUTLIVED_STEP
+
+    sid = run_python(OUTLIVED_STEP, home=lucidic_home).stdout.split()[0]
+    shown = _cli(lucidic_home, "sessions", "show", sid).stdout
+    assert "step background poll  did not end" in shown
+    assert "running" not in shown and "  status   finished\n" in shown
+    tree = json.loads(_cli(lucidic_home, "sessions", "show", sid, "--json").stdout)
+    poll, work = sorted(tree["steps"], key=lambda s: s["action"])
+    assert poll["never_ended"] is True and work["never_ended"] is False
+    assert poll["events"][0]["never_ended"] is False

@@ -24,11 +24,22 @@ _EVENT_COLUMNS = ("id", "step_id", "type", "model", "request_model", "provider",
                   "writer_pid", "writer_agent")
 
 
+def never_ended(node: dict[str, Any], session: dict[str, Any] | None) -> bool:
+    """A step or event its session outlived: the session ended while it had
+    not (its process was killed, or it ran in a thread nobody waited for).
+    It is not running, and never will be."""
+    return (session is not None and bool(session.get("is_finished"))
+            and not node.get("is_finished") and node.get("ended_at") is None)
+
+
 def build_tree(session: dict[str, Any], steps: list[dict[str, Any]],
                events: list[dict[str, Any]]) -> dict[str, Any]:
     """Nest steps under their parents and events under their steps. A step
     whose parent is unknown (not delivered yet) stays at the top level, and
-    so does a step caught in a cycle of parents (ids are the client's)."""
+    so does a step caught in a cycle of parents (ids are the client's).
+    Every node says whether it ``never_ended``."""
+    for node in (*steps, *events):
+        node["never_ended"] = never_ended(node, session)
     by_id = {s["id"]: {**s, "steps": [], "events": []} for s in steps}
     top_steps: list[dict[str, Any]] = []
     for step in by_id.values():
@@ -124,6 +135,7 @@ def outline(store: Store, session: dict[str, Any], offset: int = 0, limit: int =
         node["label"] = node_label(node)
         node["writer"] = writer_key(node)
         node["handover_from"] = arrivals.get((node["kind"], node["id"]))
+        node["never_ended"] = never_ended(node, session)
     return Outline(rows=[n for _, n in window], offset=offset, total=len(order),
                    step_count=len(steps), event_count=len(events), start=start, end=end,
                    writers=_writers(steps, events), handovers=handovers)

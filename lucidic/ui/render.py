@@ -15,6 +15,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from .. import __version__
 from ..reading import status_of
+from ..reading.tree import never_ended
 from . import assets
 from .messages import conversation, image_src, pretty
 
@@ -92,6 +93,8 @@ def node_span(node: dict[str, Any], now: float) -> tuple[float | None, float | N
         return started, float(node["duration"])
     if node.get("ended_at") is not None:
         return started, node["ended_at"] - started
+    if node.get("never_ended"):
+        return started, None  # no length to show: its session ended, it did not
     return started, (now - started) if not node.get("is_finished") else 0.0
 
 
@@ -155,7 +158,7 @@ def environment() -> Environment:
                        score=score, signed=signed, trend=trend)
     env.globals.update(status_of=status_of, conversation=conversation,
                        session_duration=session_duration, asset=assets.url, bar=bar,
-                       node_span=node_span,
+                       node_span=node_span, never_ended=never_ended,
                        version=__version__)
     return env
 

@@ -213,3 +213,17 @@ def test_screenshots_show_as_images_and_nothing_else_becomes_one(ui, lucidic_hom
     assert event.count("<img") == 1 and f'src="data:image/png;base64,{PIXEL}"' in event
     assert "javascript:" not in event.split("<img")[1].split(">")[0]
     assert "is not an image this page can show" in event
+
+
+def test_a_step_its_session_outlived_shows_as_did_not_end(ui, lucidic_home) -> None:
+    from helpers import OUTLIVED_STEP
+
+    sid = run_python(OUTLIVED_STEP, home=lucidic_home).stdout.split()[0]
+    page = requests.get(f"{ui.url}/sessions/{sid}", timeout=10).text
+    row = re.search(r'<div class="node kind-step[^"]*"[^>]*>(?:(?!<div class="node).)*'
+                    r'background poll(?:(?!<div class="node).)*', page, re.S)
+    assert row is not None
+    assert "did not end" in row.group(0) and "…" not in row.group(0)
+    step_id = re.search(r'href="/steps/([^"]+)"[^>]*>background poll', page).group(1)  # type: ignore[union-attr]
+    detail = requests.get(f"{ui.url}/steps/{step_id}", timeout=10).text
+    assert "did not end: its session ended first" in detail and "running" not in detail
