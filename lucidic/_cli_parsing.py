@@ -52,10 +52,11 @@ def whole_number(minimum: int) -> Callable[[str], int]:
         try:
             value = int(text)
         except ValueError:
-            value = minimum - 1
-        if not minimum <= value <= INT_MAX:
-            raise argparse.ArgumentTypeError(
-                f"must be a whole number from {minimum} to {INT_MAX}, not {text!r}")
+            raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {text!r}")
+        if value > INT_MAX:
+            raise argparse.ArgumentTypeError(f"must be at most {INT_MAX}, not {text!r}")
         return value
     return parse
 
