@@ -98,6 +98,8 @@ def _show(args: argparse.Namespace) -> int:
     stats = dict(document["stats"])
     stats.update({k: {"value": v} for k, v in document["summary"].items() if k not in stats})
     print(show.stats_line(stats))
+    if errors := show.evaluation_errors(document["runs"]):
+        print(errors)
     return 0
 
 
@@ -120,6 +122,13 @@ def _compare(args: argparse.Namespace) -> int:
         a = _experiment(backend, args.a)
         b = _experiment(backend, args.b)
         comparison = _summary.compare(backend.runs(args.a), backend.runs(args.b))
+    unknown = [name for name, _ in checks if name not in comparison["summary"]]
+    if unknown:
+        # A misspelt gate would pass every time: refuse it.
+        known = ", ".join(comparison["summary"]) or "none"
+        raise SystemExit(_render.visible(
+            f"lucidic: --fail-on-regression names no score of either experiment: "
+            f"{', '.join(unknown)} (their scores: {known})"))
     regressions = {name: _summary.regressions(comparison, name, tolerance)
                    for name, tolerance in checks}
     document = {"a": {"id": a["id"], "name": a.get("name")},
@@ -183,6 +192,8 @@ def _rescore(args: argparse.Namespace) -> int:
         print(f"rescored {len(runs)} runs of {args.experiment_id}")
         print(show.runs_table(document["runs"]))
         print(show.stats_line(document["stats"]))
+        if errors := show.evaluation_errors(document["runs"]):
+            print(errors)
     return 0
 
 

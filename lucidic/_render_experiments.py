@@ -41,10 +41,16 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def _score_cell(run: Mapping[str, Any], name: str) -> str:
+    if name in (run.get("evaluation_errors") or {}):
+        return "error"
+    return value((run.get("scores") or {}).get(name))
+
+
 def runs_table(runs: Sequence[Mapping[str, Any]]) -> str:
     names = score_names(runs)
     rows = [[str(r.get("case_id")), str(r.get("repeat")),
-             *(value((r.get("scores") or {}).get(n)) for n in names),
+             *(_score_cell(r, n) for n in names),
              money(r.get("cost") or 0.0), duration(r.get("duration")) or "-",
              short(r.get("error"), 50) if r.get("error") else
              ("running" if r.get("status") == "running" else "")] for r in runs]
@@ -64,8 +70,22 @@ def stats_line(stats: Mapping[str, Mapping[str, Any]]) -> str:
             bits.append(f"spread {entry['spread']:.3g}")
         if entry.get("missing"):
             bits.append(f"{entry['missing']} missing")
+        if entry.get("errors"):
+            bits.append(f"{entry['errors']} evaluator error{'s' if entry['errors'] > 1 else ''}")
         parts.append(f"{name} " + ", ".join(bits))
     return "summary  " + (" | ".join(parts) if parts else "(no scores)")
+
+
+def evaluation_errors(runs: Sequence[Mapping[str, Any]], shown: int = 10) -> str:
+    """The evaluators that failed, a line each (the first ``shown``): which
+    run, which evaluator, and its error. Empty when none failed."""
+    failures = [(r, name, error) for r in runs
+                for name, error in (r.get("evaluation_errors") or {}).items()]
+    lines = [visible(f"  case {r.get('case_id')} repeat {r.get('repeat')}, {name}: "
+                     f"{short(error, 100)}") for r, name, error in failures[:shown]]
+    if len(failures) > shown:
+        lines.append(f"  and {len(failures) - shown} more")
+    return "\n".join(["evaluator errors", *lines]) if lines else ""
 
 
 def _pair(pair: Mapping[str, Any]) -> str:

@@ -46,7 +46,8 @@ class RunResult:
     def as_row(self) -> dict[str, Any]:
         return {"session_id": self.session_id, "case_id": self.case_id, "repeat": self.repeat,
                 "output": self.output, "error": self.error, "scores": dict(self.scores),
-                "passed": dict(self.passed), "cost": self.cost, "duration": self.duration}
+                "passed": dict(self.passed), "evaluation_errors": dict(self.evaluation_errors),
+                "cost": self.cost, "duration": self.duration}
 
 
 @dataclass
@@ -82,7 +83,9 @@ class ExperimentResult:
             head += (f"\n  {self.replayed} LLM calls replayed, {self.replay_misses} not "
                      "recorded")
         if baseline is None:
-            return "\n".join([head, show.runs_table(runs), show.stats_line(self.summary())])
+            return "\n".join(part for part in (head, show.runs_table(runs),
+                                                show.stats_line(self.summary()),
+                                                show.evaluation_errors(runs)) if part)
         base = [r.as_row() for r in baseline.runs]
         head += (f"\n  compared with {baseline.name or 'experiment'} {baseline.experiment_id} "
                  "(A: the baseline, B: this one)")

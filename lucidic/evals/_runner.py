@@ -52,7 +52,8 @@ class _Experiment:
             raise InvalidOperationError(f"task must be a function of a case's input, not "
                                         f"{task!r:.80}")
         if not isinstance(name, str) or not name.strip():
-            raise InvalidOperationError("run_experiment needs name=, the experiment's name")
+            raise InvalidOperationError(f"name must be the experiment's name, a string with "
+                                        f"more than blanks, not {name!r:.80}")
         self.task = task
         self.name = name
         self.cases = as_cases(cases)

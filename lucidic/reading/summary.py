@@ -37,9 +37,11 @@ def _typical(values: Sequence[Any], *, agreeing_bool: bool = False) -> Any:
 
 
 def score_names(runs: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The scores' names in the order first met, with those of evaluators
+    that failed (which gave no score, but must show)."""
     names: dict[str, None] = {}
     for run in runs:
-        for name in run.get("scores") or {}:
+        for name in [*(run.get("scores") or {}), *(run.get("evaluation_errors") or {})]:
             names.setdefault(name, None)
     return list(names)
 
@@ -50,13 +52,16 @@ def stats(runs: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     threshold; a run's ``passed`` {name: verdict} says), ``spread`` (the mean,
     over cases, of the standard deviation across a case's repeats: 0 when
     every repeat agrees), ``count`` (runs scored) and ``missing`` (runs
-    without that score), and for labels the ``labels`` counted."""
+    without that score; ``errors`` of them because its evaluator failed), and
+    for labels the ``labels`` counted."""
     out: dict[str, dict[str, Any]] = {}
     for name in score_names(runs):
         values = [(run.get("case_id"), (run.get("scores") or {}).get(name)) for run in runs]
         present = [v for _, v in values if v is not None]
         numbers = _numbers(present)
         entry: dict[str, Any] = {"count": len(present), "missing": len(values) - len(present),
+                                 "errors": sum(name in (run.get("evaluation_errors") or {})
+                                               for run in runs),
                                  "mean": statistics.fmean(numbers) if numbers else None,
                                  "pass_rate": None, "spread": None}
         decided = [v for v in (_verdict(run, name) for run in runs) if v is not None]

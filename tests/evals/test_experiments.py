@@ -231,6 +231,35 @@ def test_an_evaluator_that_raises_fails_only_its_own_score() -> None:
     assert cd.evaluation_errors == {"brittle": "KeyError: 'missing field'"}
     assert cd.scores == {"exact": False}
     assert result.summary()["brittle"]["missing"] == 1
+    assert result.summary()["brittle"]["errors"] == 1
+    printed = str(result)
+    assert next(line for line in printed.splitlines() if line.startswith("cd ")).split()[2] \
+        == "error"
+    assert "brittle mean 1, 1 missing, 1 evaluator error" in printed
+    assert printed.endswith(
+        "evaluator errors\n  case cd repeat 0, brittle: KeyError: 'missing field'")
+
+
+def test_an_evaluator_that_fails_every_run_is_shown_not_hidden(lucidic_home: Path) -> None:
+    def broken(run: Any) -> float:
+        raise ValueError(f"no rubric for {run.case_id}")
+
+    result = run_experiment(support.shout, CASES, name="broken",
+                            evaluators=[support.exact, broken])
+    assert result.summary()["broken"] == {"count": 0, "missing": 3, "errors": 3, "mean": None,
+                                          "pass_rate": None, "spread": None}
+    for printed in (str(result),
+                    _cli(lucidic_home, "experiments", "show", result.experiment_id).stdout):
+        lines = printed.splitlines()
+        header = next(line for line in lines if line.startswith("case "))
+        assert header.split()[:4] == ["case", "repeat", "exact", "broken"]
+        assert [line.split()[3] for line in lines if line.startswith(("ab ", "cd ", "efgh "))
+                ] == ["error"] * 3
+        assert "broken mean -, 3 missing, 3 evaluator errors" in printed
+        assert "  case efgh repeat 0, broken: ValueError: no rubric for efgh" in lines
+    many = run_experiment(support.shout, [Case(f"c{i}", name=f"c{i:02}") for i in range(12)],
+                          name="many", evaluators=[broken])
+    assert str(many).endswith("broken: ValueError: no rubric for c09\n  and 2 more")
 
 
 def test_evaluators_return_bools_numbers_labels_and_lists_of_scores() -> None:
@@ -278,8 +307,10 @@ def test_bad_arguments_are_refused_before_anything_runs(store: Store) -> None:
     for kwargs, message in bad:
         with pytest.raises(lai.InvalidOperationError, match=message):
             run_experiment(task, name="bad", **kwargs)
-    with pytest.raises(lai.InvalidOperationError, match="needs name="):
-        run_experiment(task, CASES, name="")
+    for name in ("", "  ", 5, None):
+        with pytest.raises(lai.InvalidOperationError,
+                           match=rf"name must be the experiment's name, .* not {name!r}$"):
+            run_experiment(task, CASES, name=name)
     assert ran == []
     with pytest.raises(lai.InvalidOperationError, match="criterion 'x': weight"):
         rubric("r", [Criterion("x", support.exact, weight=-1)])
@@ -347,6 +378,11 @@ def test_the_cli_reads_experiments_back_with_stable_keys(lucidic_home: Path) -> 
     bad = _cli(lucidic_home, "experiments", "compare", first.experiment_id,
                second.experiment_id, "--fail-on-regression", "exact:lots")
     assert bad.returncode != 0 and "is not a number" in bad.stderr
+    misspelt = _cli(lucidic_home, "experiments", "compare", first.experiment_id,
+                    third.experiment_id, "--fail-on-regression", "exatc")
+    assert misspelt.returncode == 1 and misspelt.stdout == ""
+    assert ("--fail-on-regression names no score of either experiment: exatc "
+            "(their scores: exact)") in misspelt.stderr
 
 
 def test_result_prints_its_runs_and_a_comparison_with_a_baseline(capsys: Any) -> None:

@@ -25,8 +25,11 @@ EXPERIMENTS = """
     import evals_support as support
     from lucidic.evals import Case, run_experiment
     cases = [Case("ab", expected="AB", name="ab"), Case("cd", expected="CX", name="cd")]
+    def broken(run):
+        raise ValueError("no rubric <here>")
     first = run_experiment(support.shout, cases, name="baseline <b>v1</b>", repeats=2,
-                           evaluators=[support.exact, support.closeness, support.polite])
+                           evaluators=[support.exact, support.closeness, support.polite,
+                                       broken])
     def worse(text):
         return "??" if text == "ab" else text.upper()
     second = run_experiment(worse, cases, name="candidate", repeats=2,
@@ -60,6 +63,9 @@ def test_experiment_pages_show_runs_summaries_and_comparisons(ui: Any, lucidic_h
     # The summary: exact passes in half the runs; closeness 0.75 on average.
     assert "exact 0.5 pass 50.0% · 4 scored" in text
     assert "closeness 0.75 pass 100.0% · 4 scored" in text
+    # An evaluator that failed every run has its column and says so.
+    assert "broken — 0 scored, 4 missing, 4 failed to score" in text
+    assert page.text.count('title="ValueError: no rubric &lt;here&gt;">error</span>') == 4
     # Runs by case and repeat, each linking its session.
     assert re.search(r'rowspan="2" class="col-case">ab', page.text)
     assert text.count("#0") == 2 and text.count("#1") == 2
