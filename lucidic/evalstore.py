@@ -254,20 +254,29 @@ def complete(store: Store, project: str, session_id: str, name: str, owner: str,
         row = cur.fetchone()
         if not force and (row is None or row[0] != owner or row[1] != "running"):
             return False
+        failure, kept = error, scores
+        taken = None if force else _given_by_another(cur, ph, project, session_id, name,
+                                                     [str(item["name"]) for item in scores])
+        if taken is not None:
+            # One score name per session: storing it would replace the other's
+            # (a re-score, forced, replaces it on purpose).
+            failure = (f"its score {taken[0]!r} is also given by evaluator {taken[1]!r}; "
+                       "give the scores distinct names")
+            kept = ()
         cur.execute(f"DELETE FROM scores WHERE project = {ph} AND session_id = {ph} AND "
                     f"evaluator = {ph}", (project, session_id, name))
-        for item in scores:
+        for item in kept:
             fields = {**item, "session_id": session_id, "created_at": now}
             _upsert_score(cur, ph, project, score_id(session_id, str(item["name"])), now, fields)
-        if criteria or error is None:
+        if criteria or failure is None:
             cur.execute(f"DELETE FROM rubric_results WHERE project = {ph} AND session_id = {ph} "
                         f"AND rubric = {ph}", (project, session_id, name))
-        for item in criteria:
+        for item in criteria if failure is None else ():
             cur.execute("INSERT INTO rubric_results (project, session_id, rubric, criterion, "
                         f"weight, value, comment, updated_at) VALUES ({_marks(ph, 8)})",
                         (project, session_id, name, item["criterion"], item["weight"],
                          item["value"], item.get("comment"), now))
-        status = "failed" if error is not None else "done"
+        status = "failed" if failure is not None else "done"
         cur.execute(
             "INSERT INTO evaluations (project, session_id, name, status, owner, claimed_at, "
             f"finished_at, error, evaluator_session_id, updated_at) VALUES ({_marks(ph, 10)}) "
@@ -275,8 +284,22 @@ def complete(store: Store, project: str, session_id: str, name: str, owner: str,
             "owner = excluded.owner, finished_at = excluded.finished_at, "
             "error = excluded.error, evaluator_session_id = excluded.evaluator_session_id, "
             "updated_at = excluded.updated_at",
-            (project, session_id, name, status, owner, now, now, error, evaluator_session_id,
+            (project, session_id, name, status, owner, now, now, failure, evaluator_session_id,
              now))
         return True
 
     return bool(store.transaction(run))
+
+
+def _given_by_another(cur: Any, ph: str, project: str, session_id: str, evaluator: str,
+                      names: Sequence[str]) -> tuple[str, str] | None:
+    """The first of ``names`` a session score of another evaluator already
+    has, with that evaluator's name."""
+    if not names:
+        return None
+    cur.execute(f"SELECT name, evaluator FROM scores WHERE project = {ph} AND session_id = {ph} "
+                f"AND step_id IS NULL AND event_id IS NULL AND evaluator IS NOT NULL AND "
+                f"evaluator <> {ph} AND name IN ({_marks(ph, len(names))})",
+                (project, session_id, evaluator, *names))
+    found = dict(cur.fetchall())
+    return next(((n, str(found[n])) for n in names if n in found), None)

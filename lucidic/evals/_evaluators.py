@@ -129,6 +129,12 @@ def scores_from(name: str, result: Any) -> list[Score]:
     if isinstance(result, (bool, int, float, str)):
         return [Score(name, result)]
     if isinstance(result, (list, tuple)) and all(isinstance(s, Score) for s in result):
+        names = [s.name for s in result]
+        twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if twice is not None:
+            # Stored by name, the second would replace the first without a word.
+            raise InvalidOperationError(f"evaluator {name!r} returned two scores named "
+                                        f"{twice!r}; give each score its own name")
         return list(result)
     raise InvalidOperationError(
         f"evaluator {name!r} returned {type(result).__name__} {result!r:.80}; return a bool, a "

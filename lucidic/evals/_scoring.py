@@ -20,6 +20,7 @@ from typing import Any
 
 from .._internal import logger
 from .._scores import Score, passed, to_fields
+from ..errors import InvalidOperationError
 from ._backend import Backend, owner_id
 from ._evaluators import Evaluator, Rubric, Run, resolve
 
@@ -108,12 +109,14 @@ def score_session(backend: Backend, session_id: str, *,
     for name in mine:
         item = wanted[name]
         assert item is not None
-        outcomes.append(_evaluate(backend, run, item, owner, force))
+        outcomes.append(_evaluate(backend, run, item, owner, force, set(wanted) - {name}))
     return outcomes
 
 
 def _evaluate(backend: Backend, run: Run, item: Evaluator | Rubric, owner: str,
-              force: bool) -> Outcome:
+              force: bool, others: set[str]) -> Outcome:
+    """Run one evaluation and store its outcome. ``others``: the names of
+    the session's other evaluations, which its scores may not take."""
     criteria: list[dict[str, Any]] = []
     try:
         if isinstance(item, Rubric):
@@ -123,6 +126,11 @@ def _evaluate(backend: Backend, run: Run, item: Evaluator | Rubric, owner: str,
                          "comment": r.comment} for r in results]
         else:
             scores = item(run)
+        taken = next((s.name for s in scores if s.name in others), None)
+        if taken is not None:
+            raise InvalidOperationError(f"evaluator {item.name!r} returned a score named "
+                                        f"{taken!r}, the name of another evaluator's score; "
+                                        "give it another name")
     except Exception as exc:  # noqa: BLE001 - the user's evaluator failed: recorded
         error = f"{type(exc).__name__}: {exc}"
         logger.warning("lucidic: evaluator %r failed on session %s: %s", item.name,

@@ -22,6 +22,7 @@ from lucidic.evals import (
     Criterion,
     Score,
     arun_experiment,
+    evaluate_sessions,
     evaluator,
     rubric,
     run_experiment,
@@ -272,6 +273,38 @@ def test_evaluators_return_bools_numbers_labels_and_lists_of_scores() -> None:
     (run,) = result.runs
     assert dict(run.scores) == {"chars": 2.0, "shape": "caps", "<lambda>": True}
     assert run.comments == {"chars": "how long"}
+
+
+def test_a_score_name_given_twice_fails_the_evaluation_that_repeats_it() -> None:
+    # Scores are stored by name: a second of the same name would replace the
+    # first without a word, so the evaluation that repeats one fails instead.
+    def twice(run: Any) -> list[Score]:
+        return [Score("tone", 1.0), Score("tone", 0.0)]
+
+    def steals(run: Any) -> list[Score]:  # the name of the evaluator "exact"
+        return [Score("exact", 0.25)]
+
+    def first(run: Any) -> list[Score]:
+        return [Score("overall", 1.0)]
+
+    def second(run: Any) -> list[Score]:
+        return [Score("overall", 0.0), Score("length", 2.0)]
+
+    result = run_experiment(support.shout, CASES[:1], name="clashes", max_concurrency=1,
+                            evaluators=[twice, steals, support.exact, first, second])
+    (run,) = result.runs
+    assert dict(run.scores) == {"exact": True, "overall": 1.0}
+    assert run.evaluation_errors == {
+        "twice": "InvalidOperationError: evaluator 'twice' returned two scores named 'tone'; "
+                 "give each score its own name",
+        "steals": "InvalidOperationError: evaluator 'steals' returned a score named 'exact', "
+                  "the name of another evaluator's score; give it another name",
+        "second": "its score 'overall' is also given by evaluator 'first'; give the scores "
+                  "distinct names"}
+    # A re-score replaces a score of the same name on purpose, whoever gave it.
+    (rescored,) = evaluate_sessions([second], experiment_id=result.experiment_id)
+    assert dict(rescored.scores) == {"exact": True, "overall": 0.0, "length": 2.0}
+    assert "second" not in rescored.evaluation_errors
 
 
 def test_summary_evaluators_see_every_run() -> None:

@@ -89,6 +89,31 @@ def test_an_experiment_through_the_server_gives_what_the_embedded_store_gives(
     assert [(e["id"], e["name"], e["run_count"]) for e in listed] == [(remote["id"], "same", 6)]
 
 
+CLASHING_SCORES = """
+    import json
+    from lucidic.evals import Case, Score, run_experiment
+    def first(run):
+        return [Score("overall", 1.0)]
+    def second(run):
+        return [Score("overall", 0.0)]
+    result = run_experiment(str.upper, [Case("ab", name="ab")], name="clash",
+                            evaluators=[first, second], max_concurrency=1)
+    (run,) = result.runs
+    print(json.dumps([dict(run.scores), dict(run.evaluation_errors)]))
+"""
+
+
+def test_a_score_name_two_evaluators_give_is_refused_by_the_server_store(
+        db_url: str, start_server: Any, tmp_path: Path) -> None:
+    server = start_server(db_url)
+    key = make_key(db_url, "evals")
+    scores, errors = _last_json(run_python(CLASHING_SCORES, home=tmp_path,
+                                           env=_env(server, key)).stdout)
+    assert scores == {"overall": 1.0}
+    assert errors == {"second": "its score 'overall' is also given by evaluator 'first'; "
+                                "give the scores distinct names"}
+
+
 def test_a_run_handed_over_through_the_server_is_scored_once_by_claims(
         db_url: str, start_server: Any, tmp_path: Path) -> None:
     server = start_server(db_url)
