@@ -50,12 +50,19 @@ def set_prompt(store: Store, project: str, name: str, content: str,
     def run(cur: Any) -> int:
         cur.execute(f"INSERT INTO projects (name, created_at) VALUES ({ph}, {ph}) "
                     "ON CONFLICT (name) DO NOTHING", (project, now))
-        cur.execute(f"SELECT COALESCE(MAX(version), 0) FROM prompts WHERE project = {ph} "
-                    f"AND name = {ph}", (project, name))
-        version = int(cur.fetchone()[0]) + 1
-        cur.execute("INSERT INTO prompts (project, name, version, content, created_at) "
-                    f"VALUES ({ph}, {ph}, {ph}, {ph}, {ph})",
-                    (project, name, version, content, now))
+        while True:
+            # Two writers can read the same newest version; the second's insert
+            # then does nothing (PostgreSQL waits for the first to commit) and
+            # it reads again, so each gets a version of its own.
+            cur.execute(f"SELECT COALESCE(MAX(version), 0) FROM prompts WHERE project = {ph} "
+                        f"AND name = {ph}", (project, name))
+            version = int(cur.fetchone()[0]) + 1
+            cur.execute("INSERT INTO prompts (project, name, version, content, created_at) "
+                        f"VALUES ({ph}, {ph}, {ph}, {ph}, {ph}) "
+                        "ON CONFLICT (project, name, version) DO NOTHING",
+                        (project, name, version, content, now))
+            if cur.rowcount == 1:
+                break
         for label in dict.fromkeys(labels):
             cur.execute("INSERT INTO prompt_labels (project, name, label, version, updated_at) "
                         f"VALUES ({ph}, {ph}, {ph}, {ph}, {ph}) "

@@ -550,6 +550,44 @@ def test_the_prompt_store_is_set_by_the_cli_and_served_to_get_prompt(
     assert refused.status_code == 404
 
 
+def test_prompt_versions_set_at_once_each_get_their_own(db_url: str) -> None:
+    # Each writer reads the newest version and adds one: two at once read the
+    # same, and on PostgreSQL the second's insert broke its primary key.
+    import threading
+
+    from lucidic import prompts
+    from lucidic.store import Store
+
+    name = f"race-{uuid.uuid4().hex[:8]}"
+    start, failures = threading.Barrier(4), []
+
+    def write(writer: int) -> None:
+        store = Store(db_url)
+        try:
+            start.wait()
+            for n in range(10):
+                prompts.set_prompt(store, "prompts", name, f"{writer}-{n}", ["production"])
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            failures.append(repr(exc))
+        finally:
+            store.close()
+
+    writers = [threading.Thread(target=write, args=(w,)) for w in range(4)]
+    for thread in writers:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    assert failures == []
+    store = Store(db_url)
+    try:
+        contents = [prompts.get_prompt(store, "prompts", name, version=v)["content"]
+                    for v in range(1, 41)]
+        assert sorted(contents) == sorted(f"{w}-{n}" for w in range(4) for n in range(10))
+        assert prompts.get_prompt(store, "prompts", name, label="production")["version"] == 40
+    finally:
+        store.close()
+
+
 MASS_SIM = """
 import json, os
 import lucidicai as lai
