@@ -757,8 +757,9 @@ class Store:
         self._lock = threading.Lock()
         self._closed = False
         try:
-            if self.url.startswith(("postgresql://", "postgres://")):
-                self._connect_postgresql(self.url)
+            if self.url.lower().startswith(("postgresql://", "postgres://")):
+                # libpq knows the scheme in lower case only.
+                self._connect_postgresql("postgresql://" + self.url.partition("://")[2])
             else:
                 self._connect_sqlite(_sqlite_path(self.url), busy_timeout)
             self._migrate()
@@ -1316,11 +1317,16 @@ def _contains(needle: Any, *texts: Any) -> int:
 
 
 def _sqlite_path(url: str) -> str:
-    if url.startswith("sqlite:///"):
-        return url[len("sqlite:///"):] or ":memory:"
-    if url.startswith("sqlite://"):
-        return url[len("sqlite://"):] or ":memory:"
-    return url
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return url
+    if scheme.lower() != "sqlite":
+        # Taken for a path, "mysql://host/db" would quietly become a SQLite
+        # file in a directory named "mysql:".
+        raise StoreError(f"cannot open the store at {url}: {scheme}:// is not a database "
+                         "Lucidic stores in; use a file path, sqlite:///PATH or "
+                         "postgresql://...")
+    return rest.removeprefix("/") or ":memory:"
 
 
 # -- fork (see Store._hold_for_fork) -------------------------------------------

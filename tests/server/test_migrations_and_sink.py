@@ -116,3 +116,28 @@ def test_records_with_text_no_database_takes_are_cleaned_before_sending(
     assert tree["name"] == "nul\ufffdname"
     (event,) = tree["events"]
     assert event["description"] == "lone \ufffd surrogate"
+
+
+def test_a_database_url_of_another_kind_is_refused_and_creates_nothing(
+        db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+
+    from helpers import child_env
+    from lucidic.store import Store, StoreError
+
+    monkeypatch.chdir(tmp_path)
+    # The scheme is read in any case, as URLs' schemes are.
+    scheme, rest = db_url.split("://", 1)
+    Store(f"{scheme.upper()}://{rest}").close()
+    for url in ("mysql://user@host/db", "postgresq://typo@127.0.0.1/test", "s3://bucket/x"):
+        with pytest.raises(StoreError, match=rf"^cannot open the store at {url}: "
+                                             rf"{url.split(':')[0]}:// is not a database"):
+            Store(url)
+    # Taken for a path it became a SQLite file under a directory "mysql:".
+    served = subprocess.run([sys.executable, "-m", "lucidic", "server", "--db",
+                             "mysql://user@host/db"], capture_output=True, text=True,
+                            timeout=60, env=child_env(tmp_path / "home"), cwd=tmp_path)
+    assert served.returncode == 1
+    assert "mysql:// is not a database Lucidic stores in" in served.stderr
+    assert [p.name for p in tmp_path.iterdir() if p.name not in ("home", "server.db")] == []
