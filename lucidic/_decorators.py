@@ -48,11 +48,12 @@ class _StepSpec:
 
     def __init__(self, fn: Callable[..., Any], state: Any, action: Any, goal: Any,
                  eval_score: Any, eval_description: Any) -> None:
+        name, function_name = _names(fn)
         fields = {
-            "state": text_field(state), "action": text_field(action) or fn.__name__,
+            "state": text_field(state), "action": text_field(action) or name,
             "goal": text_field(goal), "eval_score": number_arg("eval_score", eval_score),
             "eval_description": text_field(eval_description),
-            "function_name": f"{fn.__module__}.{fn.__qualname__}",
+            "function_name": function_name,
         }
         # Absent and None are the same to the store; absent is cheaper to copy.
         self.static = {key: value for key, value in fields.items() if value is not None}
@@ -75,10 +76,11 @@ class _EventSpec:
 
     def __init__(self, fn: Callable[..., Any], description: Any) -> None:
         self.description = text_field(description)
-        self.function_name = f"{fn.__module__}.{fn.__qualname__}"
+        self.function_name = _names(fn)[1]
         try:
-            self.signature: inspect.Signature | None = inspect.signature(fn)
-        except (TypeError, ValueError):
+            self.signature: inspect.Signature | None = inspect.signature(
+                fn.__func__ if isinstance(fn, (classmethod, staticmethod)) else fn)
+        except Exception:  # noqa: BLE001 - none to be had (a builtin, an odd callable)
             self.signature = None
 
     def enter(self, binding: Binding, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -108,6 +110,48 @@ class _EventSpec:
 
 
 Spec = Any  # _StepSpec | _EventSpec
+
+
+def _target(fn: Any) -> Any:
+    """What a callable stands for, to name its records after: a partial's
+    function, a classmethod's or staticmethod's, a callable object's class;
+    a function or a class is itself."""
+    for _ in range(100):  # partials of partials
+        if isinstance(fn, functools.partial):
+            fn = fn.func
+        elif isinstance(fn, (classmethod, staticmethod)):
+            fn = fn.__func__
+        else:
+            break
+    return fn if inspect.isroutine(fn) or inspect.isclass(fn) else type(fn)
+
+
+def _names(fn: Any) -> tuple[str, str]:
+    """The name and the dotted name (module.qualname) of what ``fn`` stands
+    for. Never raises: decorating must not break the user's program."""
+    try:
+        target = _target(fn)
+        name = target.__name__
+        qualname = getattr(target, "__qualname__", name)
+        module = getattr(target, "__module__", None)
+        if isinstance(name, str) and isinstance(qualname, str):
+            return name, f"{module}.{qualname}" if isinstance(module, str) else qualname
+    except Exception:  # noqa: BLE001 - an odd callable: named after its type below
+        pass
+    name = type(fn).__name__
+    return name, f"{type(fn).__module__}.{type(fn).__qualname__}"
+
+
+def wraps(fn: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """functools.wraps, which never raises (an object whose attributes raise
+    leaves the wrapper as it is, but for ``__wrapped__``)."""
+    def update(wrapper: Callable[..., Any]) -> Callable[..., Any]:
+        try:
+            return functools.update_wrapper(wrapper, fn)
+        except Exception:  # noqa: BLE001 - never break decoration
+            wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
+            return wrapper
+    return update
 
 
 def _active_binding() -> Binding | None:
@@ -151,20 +195,32 @@ def wrap_by_kind(fn: Callable[..., Any], wrappers: Wrappers, using: Any) -> Call
     so that set-up and tear-down happen inside the await or the iteration."""
     if isinstance(fn, (classmethod, staticmethod)):
         return type(fn)(wrap_by_kind(fn.__func__, wrappers, using))  # type: ignore[arg-type]
-    if inspect.isasyncgenfunction(fn):
-        return wrappers.async_generator(fn, using)
-    if inspect.iscoroutinefunction(fn):
-        return wrappers.coroutine(fn, using)
-    if inspect.isgeneratorfunction(fn):
-        return wrappers.generator(fn, using)
-    return wrappers.function(fn, using)
+    return getattr(wrappers, _kind(fn))(fn, using)  # type: ignore[no-any-return]
+
+
+def _kind(fn: Any) -> str:
+    """Which of the Wrappers a callable needs. A partial is of the kind of its
+    function (inspect sees through it); a callable object of its __call__'s."""
+    try:
+        if not (inspect.isroutine(fn) or inspect.isclass(fn)
+                or isinstance(fn, functools.partial)):
+            fn = type(fn).__call__
+        if inspect.isasyncgenfunction(fn):
+            return "async_generator"
+        if inspect.iscoroutinefunction(fn):
+            return "coroutine"
+        if inspect.isgeneratorfunction(fn):
+            return "generator"
+    except Exception:  # noqa: BLE001 - an odd callable: wrapped as a plain function
+        pass
+    return "function"
 
 
 def _wrap_function(fn: Callable[..., Any], spec: Spec) -> Callable[..., Any]:
     if isinstance(spec, _StepSpec):
         return _wrap_step_function(fn, spec)
 
-    @functools.wraps(fn)
+    @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         binding = _active_binding()
         if binding is None:
@@ -187,7 +243,7 @@ def _wrap_step_function(fn: Callable[..., Any], spec: _StepSpec) -> Callable[...
     generic wrappers, written out, since every call pays for them."""
     static, maskable = spec.static, spec.maskable
 
-    @functools.wraps(fn)
+    @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         binding = _scope_get()
         if binding is None:
@@ -219,7 +275,7 @@ def _wrap_step_function(fn: Callable[..., Any], spec: _StepSpec) -> Callable[...
 
 
 def _wrap_coroutine(fn: Callable[..., Any], spec: Spec) -> Callable[..., Any]:
-    @functools.wraps(fn)
+    @wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         binding = _active_binding()
         if binding is None:
@@ -241,7 +297,7 @@ def _wrap_coroutine(fn: Callable[..., Any], spec: Spec) -> Callable[..., Any]:
 
 
 def _wrap_generator(fn: Callable[..., Any], spec: Spec) -> Callable[..., Any]:
-    @functools.wraps(fn)
+    @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         binding = _active_binding()
         handle = _safe_enter(spec, binding, args, kwargs) if binding is not None else None
@@ -283,7 +339,7 @@ def _wrap_generator(fn: Callable[..., Any], spec: Spec) -> Callable[..., Any]:
 
 
 def _wrap_async_generator(fn: Callable[..., Any], spec: Spec) -> Callable[..., Any]:
-    @functools.wraps(fn)
+    @wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         binding = _active_binding()
         handle = _safe_enter(spec, binding, args, kwargs) if binding is not None else None
@@ -369,15 +425,15 @@ def step(state: Any = None, action: str | None = None, goal: str | None = None,
     """Record a step around each call of the decorated function; steps opened
     inside it are its children. ``@lai.step`` and ``@lai.step(...)`` both work;
     ``action`` defaults to the function's name."""
-    if callable(state) and action is None and goal is None and eval_score is None \
+    if _is_function(state) and action is None and goal is None and eval_score is None \
             and eval_description is None:
         fn = state
-        return _wrap(fn, _StepSpec(_function_of(fn), None, None, None, None, None))
+        return _wrap(fn, _StepSpec(fn, None, None, None, None, None))
 
     number_arg("eval_score", eval_score)  # refuse a bad value now, not at the first call
 
     def decorate(fn: F) -> F:
-        spec = _StepSpec(_function_of(fn), state, action, goal, eval_score, eval_description)
+        spec = _StepSpec(fn, state, action, goal, eval_score, eval_description)
         return _wrap(fn, spec)  # type: ignore[return-value]
     return decorate
 
@@ -390,14 +446,16 @@ def event(description: str | None = None) -> Callable[[F], F]: ...
 
 def event(description: Any = None) -> Any:
     """Record one event per call: arguments, result or error, duration."""
-    if callable(description):
+    if _is_function(description):
         fn = description
-        return _wrap(fn, _EventSpec(_function_of(fn), None))
+        return _wrap(fn, _EventSpec(fn, None))
 
     def decorate(fn: F) -> F:
-        return _wrap(fn, _EventSpec(_function_of(fn), description))  # type: ignore[return-value]
+        return _wrap(fn, _EventSpec(fn, description))  # type: ignore[return-value]
     return decorate
 
 
-def _function_of(fn: Any) -> Callable[..., Any]:
-    return fn.__func__ if isinstance(fn, (classmethod, staticmethod)) else fn
+def _is_function(value: Any) -> bool:
+    """Used bare (``@lai.step``), the decorator is given the function itself:
+    a callable, or a classmethod (which is not callable before Python 3.13)."""
+    return callable(value) or isinstance(value, (classmethod, staticmethod))

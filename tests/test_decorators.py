@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 
 import pytest
@@ -265,3 +266,87 @@ def test_event_decorator_records_arguments_result_error_and_duration(store):
 def test_decorator_arguments_are_validated_at_decoration_time():
     with pytest.raises(lai.InvalidOperationError, match="eval_score must be a number"):
         lai.step(eval_score="high")
+
+
+def _named_target(a, b):
+    return a + b
+
+
+class _Adder:
+    def __init__(self, base):
+        self.base = base
+
+    def __call__(self, x):
+        return self.base + x
+
+
+class _AsyncAdder:
+    async def __call__(self, x):
+        await asyncio.sleep(0)
+        lai.create_event(description="inside the awaited call")
+        return x + 1
+
+
+def test_partials_and_callable_objects_are_named_after_their_target(store):
+    sid = lai.init()
+    add_one = lai.step(functools.partial(_named_target, 1))
+    nested = functools.partial(functools.partial(_named_target), 2)
+    add_two = lai.step(action=None, goal="g")(nested)
+    adder = lai.step(_Adder(10))
+    logged = lai.event(functools.partial(_named_target, 5))
+    logged_object = lai.event(description="obj")(_Adder(1))
+
+    assert add_one(2) == 3 and add_two(3) == 5 and adder(1) == 11
+    assert logged(1) == 6 and logged_object(1) == 2
+    steps = _steps(store, sid)
+    assert [s["action"] for s in steps] == ["_named_target", "_named_target", "_Adder"]
+    assert steps[0]["function_name"] == f"{__name__}._named_target"
+    assert steps[2]["function_name"] == f"{__name__}._Adder"
+    names = sorted(e["function_name"] for e in store.session_tree(sid)["events"])
+    assert names == [f"{__name__}._Adder", f"{__name__}._named_target"]
+
+
+def test_a_callable_object_with_an_async_call_is_recorded_around_its_await(store):
+    sid = lai.init()
+    adder = lai.step(_AsyncAdder())
+    assert asyncio.run(adder(1)) == 2
+    (step,) = _steps(store, sid)
+    assert step["action"] == "_AsyncAdder"
+    # the event made inside the awaited __call__ belongs to the step
+    assert [e["description"] for e in step["events"]] == ["inside the awaited call"]
+
+
+def test_decorating_odd_callables_never_raises():
+    class NoNames:
+        __call__ = staticmethod(lambda: "ok")
+
+        def __getattr__(self, name):
+            raise RuntimeError(name)
+
+    lai.init()
+    for decorate in (lai.step, lai.event, lai.step(goal="x"), lai.event(description="d")):
+        assert decorate(NoNames())() == "ok"
+        assert decorate(functools.partial(len))([1]) == 1
+        assert decorate(print) is not None  # a builtin
+
+
+def test_bare_decorators_over_classmethods_record_and_return_the_result(store):
+    sid = lai.init()
+
+    class Agent:
+        @lai.step
+        @classmethod
+        def build(cls, name):
+            return f"{cls.__name__}:{name}"
+
+        @lai.event
+        @classmethod
+        def lookup(cls, key, default=None):
+            return key
+
+    assert Agent.build("a") == "Agent:a" and Agent.lookup("k") == "k"
+    (step,) = _steps(store, sid)
+    assert step["action"] == "build" and step["function_name"].endswith("Agent.build")
+    (event,) = store.session_tree(sid)["events"]
+    assert event["function_name"].endswith("Agent.lookup")
+    assert event["arguments"]["key"] == "k"  # named from the method's signature
