@@ -9,7 +9,6 @@ sessions, ``_recording`` to open and end steps and events.
 from __future__ import annotations
 
 import contextvars
-import functools
 import logging
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -36,7 +35,14 @@ from ._context import (
     process_slot,
     scope_binding,
 )
-from ._decorators import Wrappers, wrap_by_kind
+from ._decorators import (
+    Begun,
+    Wrappers,
+    delegating_async_generator,
+    delegating_generator,
+    wrap_by_kind,
+    wraps,
+)
 from ._internal import log_rate_limited, logger
 from ._recording import Step, amend_event, current_step_of, open_step, record_event
 from ._records import field_value, text_field
@@ -298,7 +304,7 @@ class _ScopeBase:
 
 
 def _scoped_function(fn: Callable[..., Any], scope: _ScopeBase) -> Callable[..., Any]:
-    @functools.wraps(fn)
+    @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         with scope._clone():
             return fn(*args, **kwargs)
@@ -306,28 +312,45 @@ def _scoped_function(fn: Callable[..., Any], scope: _ScopeBase) -> Callable[...,
 
 
 def _scoped_coroutine(fn: Callable[..., Any], scope: _ScopeBase) -> Callable[..., Any]:
-    @functools.wraps(fn)
+    @wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         async with scope._clone():
             return await fn(*args, **kwargs)
     return wrapper
 
 
+# A generator's scope opens at its first next() and ends (or detaches) when it
+# finishes: successful when it returned or its consumer closed it early,
+# failed when it raised. Its session is current only while its own code runs,
+# not in the consumer's code between items.
+
 def _scoped_generator(fn: Callable[..., Any], scope: _ScopeBase) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with scope._clone():
-            return (yield from fn(*args, **kwargs))
-    return wrapper
+    def begin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Begun:
+        block = scope._clone()
+        binding = block._open()
+        return scope_binding, binding, (block, binding)
+
+    def end(handle: tuple[_ScopeBase, Binding], result: Any, exc: BaseException | None) -> None:
+        block, binding = handle
+        block._close(binding, exc)
+
+    return delegating_generator(fn, begin, end)
 
 
 def _scoped_async_generator(fn: Callable[..., Any], scope: _ScopeBase) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        async with scope._clone():
-            async for item in fn(*args, **kwargs):
-                yield item
-    return wrapper
+    import asyncio
+
+    async def begin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Begun:
+        block = scope._clone()
+        binding = await asyncio.to_thread(block._open)  # off the event loop, as __aenter__
+        return scope_binding, binding, (block, binding)
+
+    async def end(handle: tuple[_ScopeBase, Binding], result: Any,
+                  exc: BaseException | None) -> None:
+        block, binding = handle
+        await asyncio.to_thread(block._close, binding, exc)
+
+    return delegating_async_generator(fn, begin, end)
 
 
 _SCOPED = Wrappers(_scoped_function, _scoped_coroutine, _scoped_generator,

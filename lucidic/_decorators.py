@@ -10,9 +10,10 @@ finishes, raises or is closed.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, TypeVar, overload
 
 from ._arguments import number_arg
@@ -297,89 +298,168 @@ def _wrap_coroutine(fn: Callable[..., Any], spec: Spec) -> Callable[..., Any]:
 
 
 def _wrap_generator(fn: Callable[..., Any], spec: Spec) -> Callable[..., Any]:
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    var = current_step if spec.sets_step else None
+
+    def begin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Begun | None:
         binding = _active_binding()
         handle = _safe_enter(spec, binding, args, kwargs) if binding is not None else None
-        if handle is None:
-            return (yield from fn(*args, **kwargs))
-        frame = handle if spec.sets_step else None
-        generator = fn(*args, **kwargs)
+        return None if handle is None else (var, handle, handle)
 
-        def resume(method: Callable[..., Any], value: Any) -> Any:
-            # The step is current only while the generator's own code runs.
-            token = _step_set(frame) if frame is not None else None
-            try:
-                return method(value)
-            finally:
-                _restore(token)
+    def end(handle: Any, result: Any, exc: BaseException | None) -> None:
+        _safe_exit(spec, handle, result, exc)
 
-        try:
-            item = resume(generator.send, None)
-            while True:
-                try:
-                    sent = yield item
-                except GeneratorExit:
-                    generator.close()
-                    raise
-                except BaseException as thrown:  # noqa: BLE001 - forwarded, like yield from
-                    item = resume(generator.throw, thrown)
-                else:
-                    item = resume(generator.send, sent)
-        except StopIteration as stop:
-            _safe_exit(spec, handle, stop.value, None)
-            return stop.value
-        except GeneratorExit:
-            _safe_exit(spec, handle, None, None)  # abandoned by the consumer
-            raise
-        except BaseException as exc:
-            _safe_exit(spec, handle, None, exc)
-            raise
-    return wrapper
+    return delegating_generator(fn, begin, end)
 
 
 def _wrap_async_generator(fn: Callable[..., Any], spec: Spec) -> Callable[..., Any]:
-    @wraps(fn)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+    var = current_step if spec.sets_step else None
+
+    async def begin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Begun | None:
         binding = _active_binding()
         handle = _safe_enter(spec, binding, args, kwargs) if binding is not None else None
-        generator = fn(*args, **kwargs)
-        if handle is None:
-            async with _aclosing(generator):
-                async for item in generator:
-                    yield item
-            return
-        frame = handle if spec.sets_step else None
+        return None if handle is None else (var, handle, handle)
 
-        async def resume(method: Callable[..., Any], value: Any) -> Any:
-            token = _step_set(frame) if frame is not None else None
-            try:
-                return await method(value)
-            finally:
-                _restore(token)
+    async def end(handle: Any, result: Any, exc: BaseException | None) -> None:
+        _safe_exit(spec, handle, result, exc)
 
+    return delegating_async_generator(fn, begin, end)
+
+
+# -- generators: one delegation for every decorator ------------------------------------
+#
+# @step, @event, and continued()/session() used as decorators all run the
+# user's generator the same way: as ``yield from`` would (what the consumer
+# sends reaches it, an exception thrown in is raised where it waits, and if it
+# catches it, it goes on; close() runs its finally), with a context variable
+# bound only while its own code runs (the step, or the scope's session: the
+# consumer's code between items never sees it), and a hook called once when
+# it finishes.
+
+#: What ``begin`` returns to run a generator bound: the context variable to
+#: set (None: none), its value while the generator's own code runs, and the
+#: handle given back to ``end``.
+Begun = tuple["contextvars.ContextVar[Any] | None", Any, Any]
+
+
+def delegating_generator(
+        fn: Callable[..., Any], begin: Callable[[tuple[Any, ...], dict[str, Any]], Begun | None],
+        end: Callable[[Any, Any, BaseException | None], None]) -> Callable[..., Any]:
+    """A generator function running ``fn``'s generators. At the first
+    ``next()``, ``begin(args, kwargs)``: None runs the generator untouched
+    (``yield from``), else ``(var, value, handle)``: ``var`` is set to
+    ``value`` while the generator's own code runs (each resumption, and its
+    close), and ``end(handle, result, exc)`` is called once it finishes:
+    ``exc`` is None when it returned or its consumer closed it (closing
+    early is the consumer's choice, not a failure), else what it raised."""
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        begun = begin(args, kwargs)
+        if begun is None:
+            return (yield from fn(*args, **kwargs))
+        var, value, handle = begun
         try:
-            item = await resume(generator.asend, None)
+            generator = fn(*args, **kwargs)
+            method, sent = generator.send, None
             while True:
                 try:
+                    item = _bound(var, value, method, sent)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+                try:
                     sent = yield item
+                    method = generator.send
                 except GeneratorExit:
-                    await generator.aclose()
+                    _bound(var, value, generator.close)
                     raise
-                except BaseException as thrown:  # noqa: BLE001
-                    item = await resume(generator.athrow, thrown)
-                else:
-                    item = await resume(generator.asend, sent)
-        except StopAsyncIteration:
-            _safe_exit(spec, handle, None, None)
-            return
+                except BaseException as thrown:  # noqa: BLE001 - handed on, as yield from does
+                    method, sent = generator.throw, thrown
         except GeneratorExit:
-            _safe_exit(spec, handle, None, None)
+            end(handle, None, None)
             raise
         except BaseException as exc:
-            _safe_exit(spec, handle, None, exc)
+            end(handle, None, exc)
             raise
+        end(handle, result, None)
+        return result
     return wrapper
+
+
+def delegating_async_generator(
+        fn: Callable[..., Any],
+        begin: Callable[[tuple[Any, ...], dict[str, Any]], Awaitable[Begun | None]],
+        end: Callable[[Any, Any, BaseException | None], Awaitable[None]]
+        ) -> Callable[..., Any]:
+    """delegating_generator for async generators (``asend``, ``athrow``,
+    ``aclose``); ``begin`` and ``end`` are awaited (a scope's may wait on the
+    store, off the event loop), and ``end`` gets no result."""
+    @wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        begun = await begin(args, kwargs)
+        var, value, handle = (None, None, None) if begun is None else begun
+        try:
+            generator = fn(*args, **kwargs)
+            method, sent = generator.asend, None
+            while True:
+                try:
+                    if var is None:  # (no session: no coroutine of ours per item)
+                        item = await method(sent)
+                    else:
+                        item = await _bound_async(var, value, method, sent)
+                except StopAsyncIteration:
+                    break
+                try:
+                    sent = yield item
+                    method = generator.asend
+                except GeneratorExit:
+                    await _bound_async(var, value, generator.aclose)
+                    raise
+                except BaseException as thrown:  # noqa: BLE001 - handed on
+                    method, sent = generator.athrow, thrown
+        except GeneratorExit:
+            if begun is not None:
+                await end(handle, None, None)
+            raise
+        except BaseException as exc:
+            if begun is not None:
+                await end(handle, None, exc)
+            raise
+        if begun is not None:
+            await end(handle, None, None)
+    return wrapper
+
+
+def _bound(var: contextvars.ContextVar[Any] | None, value: Any,
+           method: Callable[..., Any], *args: Any) -> Any:
+    """``method(*args)`` (a resumption of the generator) with ``var`` set to
+    ``value`` while it runs."""
+    if var is None:
+        return method(*args)
+    token = var.set(value)
+    try:
+        return method(*args)
+    finally:
+        _reset(var, token)
+
+
+async def _bound_async(var: contextvars.ContextVar[Any] | None, value: Any,
+                       method: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    if var is None:
+        return await method(*args)
+    token = var.set(value)
+    try:
+        return await method(*args)
+    finally:
+        _reset(var, token)
+
+
+def _reset(var: contextvars.ContextVar[Any], token: contextvars.Token[Any]) -> None:
+    try:
+        var.reset(token)
+    except ValueError:
+        # Set in another context than this (the user's code moved between
+        # contexts while it ran): leave this context's value as it is.
+        pass
 
 
 _RECORDED = Wrappers(_wrap_function, _wrap_coroutine, _wrap_generator, _wrap_async_generator)
@@ -387,17 +467,6 @@ _RECORDED = Wrappers(_wrap_function, _wrap_coroutine, _wrap_generator, _wrap_asy
 
 def _wrap(fn: Callable[..., Any], spec: Spec) -> Callable[..., Any]:
     return wrap_by_kind(fn, _RECORDED, spec)
-
-
-class _aclosing:  # noqa: N801 - contextlib.aclosing, which 3.10 has, minus typing fuss
-    def __init__(self, generator: Any) -> None:
-        self.generator = generator
-
-    async def __aenter__(self) -> Any:
-        return self.generator
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.generator.aclose()
 
 
 def _restore(token: Any) -> None:
