@@ -5,7 +5,10 @@ Plain closures (functools.wraps), not wrapt: with no session current the
 wrapper costs one context-variable read over a bare call. Generators keep
 their laziness: the step opens at the first ``next()``, the step is current
 only while the generator's own code runs, and it closes when the generator
-finishes, raises or is closed.
+finishes, raises or is closed. The generator delegation (what is sent,
+thrown and closed reaches the user's generator) is written once, here, and
+serves continued()/session() used as decorators too. A functools.partial or a
+callable object is recorded under its function's or its class's name.
 """
 
 from __future__ import annotations
