@@ -8,7 +8,7 @@ sessions, ``_recording`` to open and end steps and events.
 
 from __future__ import annotations
 
-import functools
+import contextvars
 import logging
 from collections.abc import Callable, Sequence
 from types import TracebackType
@@ -35,7 +35,14 @@ from ._context import (
     process_slot,
     scope_binding,
 )
-from ._decorators import Wrappers, wrap_by_kind
+from ._decorators import (
+    Begun,
+    Wrappers,
+    delegating_async_generator,
+    delegating_generator,
+    wrap_by_kind,
+    wraps,
+)
 from ._internal import log_rate_limited, logger
 from ._recording import Step, amend_event, current_step_of, open_step, record_event
 from ._records import field_value, text_field
@@ -213,12 +220,26 @@ def delivery_stats() -> dict[str, int]:
 
 # -- scoped sessions ---------------------------------------------------------------
 
+#: A block of continued()/session() entered here: the scope object, the
+#: binding it made and the token that undoes its binding.
+_Entry = tuple["_ScopeBase", Binding, "contextvars.Token[Binding | None]"]
+
+#: The blocks entered in this thread or task and not left yet, innermost
+#: last. One scope object may be entered in several threads or tasks at once
+#: (``shared = lai.continued(id)``, then ``with shared:`` in each): each
+#: leaves its own block, however they interleave.
+_open_blocks: contextvars.ContextVar[tuple[_Entry, ...]] = contextvars.ContextVar(
+    "lucidic_open_blocks", default=())
+
+
 class _ScopeBase:
     """Shared by continued() and session(): a context manager (sync and async)
     binding a session to the current thread or task, usable as a decorator."""
 
     def __init__(self) -> None:
-        self._entries: list[tuple[Binding, Any]] = []
+        #: Every block of this object not left yet, in any context (for a
+        #: block left in another context than it was entered in).
+        self._entries: list[_Entry] = []
 
     def _open(self) -> Binding:
         raise NotImplementedError
@@ -230,12 +251,28 @@ class _ScopeBase:
         raise NotImplementedError
 
     def __enter__(self) -> str:
-        binding = self._open()
-        self._entries.append((binding, scope_binding.set(binding)))
+        return self._bind(self._open())
+
+    def _bind(self, binding: Binding) -> str:
+        entry: _Entry = (self, binding, scope_binding.set(binding))
+        _open_blocks.set((*_open_blocks.get(), entry))
+        self._entries.append(entry)
         return binding.session_id
 
     def _unbind(self) -> Binding:
-        binding, token = self._entries.pop()
+        """Leave this context's innermost block of this object."""
+        blocks = _open_blocks.get()
+        for index in range(len(blocks) - 1, -1, -1):
+            if blocks[index][0] is self:
+                entry = blocks[index]
+                _open_blocks.set(blocks[:index] + blocks[index + 1:])
+                break
+        else:
+            # Left in another context than it was entered in (an async
+            # generator finished by another task): its latest block.
+            entry = self._entries[-1]
+        self._entries.remove(entry)
+        _, binding, token = entry
         try:
             scope_binding.reset(token)
         except ValueError:  # exited in another context than entered: undo by hand
@@ -252,9 +289,7 @@ class _ScopeBase:
         # Checking or creating the session may wait on the store or the
         # server: do it off the event loop (to_thread carries our context, so
         # the scope checks see this task's), then bind in this task.
-        binding = await asyncio.to_thread(self._open)
-        self._entries.append((binding, scope_binding.set(binding)))
-        return binding.session_id
+        return self._bind(await asyncio.to_thread(self._open))
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
@@ -269,7 +304,7 @@ class _ScopeBase:
 
 
 def _scoped_function(fn: Callable[..., Any], scope: _ScopeBase) -> Callable[..., Any]:
-    @functools.wraps(fn)
+    @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         with scope._clone():
             return fn(*args, **kwargs)
@@ -277,28 +312,45 @@ def _scoped_function(fn: Callable[..., Any], scope: _ScopeBase) -> Callable[...,
 
 
 def _scoped_coroutine(fn: Callable[..., Any], scope: _ScopeBase) -> Callable[..., Any]:
-    @functools.wraps(fn)
+    @wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         async with scope._clone():
             return await fn(*args, **kwargs)
     return wrapper
 
 
+# A generator's scope opens at its first next() and ends (or detaches) when it
+# finishes: successful when it returned or its consumer closed it early,
+# failed when it raised. Its session is current only while its own code runs,
+# not in the consumer's code between items.
+
 def _scoped_generator(fn: Callable[..., Any], scope: _ScopeBase) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        with scope._clone():
-            return (yield from fn(*args, **kwargs))
-    return wrapper
+    def begin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Begun:
+        block = scope._clone()
+        binding = block._open()
+        return scope_binding, binding, (block, binding)
+
+    def end(handle: tuple[_ScopeBase, Binding], result: Any, exc: BaseException | None) -> None:
+        block, binding = handle
+        block._close(binding, exc)
+
+    return delegating_generator(fn, begin, end)
 
 
 def _scoped_async_generator(fn: Callable[..., Any], scope: _ScopeBase) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        async with scope._clone():
-            async for item in fn(*args, **kwargs):
-                yield item
-    return wrapper
+    import asyncio
+
+    async def begin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Begun:
+        block = scope._clone()
+        binding = await asyncio.to_thread(block._open)  # off the event loop, as __aenter__
+        return scope_binding, binding, (block, binding)
+
+    async def end(handle: tuple[_ScopeBase, Binding], result: Any,
+                  exc: BaseException | None) -> None:
+        block, binding = handle
+        await asyncio.to_thread(block._close, binding, exc)
+
+    return delegating_async_generator(fn, begin, end)
 
 
 _SCOPED = Wrappers(_scoped_function, _scoped_coroutine, _scoped_generator,

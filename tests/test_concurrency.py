@@ -194,3 +194,97 @@ def test_async_continued_checks_the_session_off_the_event_loop(store, monkeypatc
     assert check_threads and check_threads[0] != loop_threads[0]
     assert lai.flush()
     assert [e["description"] for e in store.session_tree(sid)["events"]] == ["in task"]
+
+
+def _in_two_threads_interleaved(shared, record):
+    """Thread A enters ``shared``, then B; A leaves while B is still inside,
+    then B records and leaves. Returns what each thread's block returned and
+    what B recorded after A left."""
+    entered_a, entered_b, left_a = threading.Event(), threading.Event(), threading.Event()
+    results: dict[str, object] = {}
+    errors: list[BaseException] = []
+
+    def thread_a() -> None:
+        try:
+            with shared as sid:
+                results["a"] = sid
+                entered_a.set()
+                assert entered_b.wait(10)
+            left_a.set()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+            left_a.set()
+
+    def thread_b() -> None:
+        try:
+            assert entered_a.wait(10)
+            with shared as sid:
+                results["b"] = sid
+                entered_b.set()
+                assert left_a.wait(10)
+                results["recorded"] = record()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+            entered_b.set()
+
+    threads = [threading.Thread(target=thread_a), threading.Thread(target=thread_b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    return results
+
+
+def test_one_continued_object_entered_in_two_threads_keeps_each_threads_entry(store):
+    sid = lai.init()
+    lai.detach()
+    shared = lai.continued(sid)
+    results = _in_two_threads_interleaved(
+        shared, lambda: lai.create_event(description="b after a left"))
+    # A leaving did not detach B's binding: B still records into the session
+    assert results["recorded"] is not None
+    assert lai.flush()
+    assert [e["description"] for e in store.session_tree(sid)["events"]] == ["b after a left"]
+
+
+def test_one_session_object_entered_in_two_threads_ends_each_threads_own_session(store):
+    shared = lai.session("shared")
+    results = _in_two_threads_interleaved(
+        shared, lambda: lai.create_event(description="b after a left"))
+    a, b = results["a"], results["b"]
+    assert a != b and results["recorded"] is not None
+    assert lai.flush()
+    tree_a, tree_b = store.session_tree(a), store.session_tree(b)
+    assert tree_a["is_finished"] and tree_a["is_successful"] and not tree_a["events"]
+    assert tree_b["is_finished"] and tree_b["is_successful"]
+    assert [e["description"] for e in tree_b["events"]] == ["b after a left"]
+
+
+def test_one_continued_object_entered_in_two_asyncio_tasks_keeps_each_tasks_entry(store):
+    sid = lai.init()
+    lai.detach()
+    shared = lai.continued(sid)
+
+    async def main():
+        entered_a, entered_b, left_a = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+        async def task_a():
+            async with shared:
+                entered_a.set()
+                await entered_b.wait()
+            left_a.set()
+
+        async def task_b():
+            await entered_a.wait()
+            async with shared:
+                entered_b.set()
+                await left_a.wait()
+                return lai.create_event(description="b after a left")
+
+        _, recorded = await asyncio.gather(task_a(), task_b())
+        return recorded
+
+    assert asyncio.run(main()) is not None
+    assert lai.flush()
+    assert [e["description"] for e in store.session_tree(sid)["events"]] == ["b after a left"]

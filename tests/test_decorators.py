@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 
 import pytest
@@ -265,3 +266,246 @@ def test_event_decorator_records_arguments_result_error_and_duration(store):
 def test_decorator_arguments_are_validated_at_decoration_time():
     with pytest.raises(lai.InvalidOperationError, match="eval_score must be a number"):
         lai.step(eval_score="high")
+
+
+def _named_target(a, b):
+    return a + b
+
+
+class _Adder:
+    def __init__(self, base):
+        self.base = base
+
+    def __call__(self, x):
+        return self.base + x
+
+
+class _AsyncAdder:
+    async def __call__(self, x):
+        await asyncio.sleep(0)
+        lai.create_event(description="inside the awaited call")
+        return x + 1
+
+
+def test_partials_and_callable_objects_are_named_after_their_target(store):
+    sid = lai.init()
+    add_one = lai.step(functools.partial(_named_target, 1))
+    nested = functools.partial(functools.partial(_named_target), 2)
+    add_two = lai.step(action=None, goal="g")(nested)
+    adder = lai.step(_Adder(10))
+    logged = lai.event(functools.partial(_named_target, 5))
+    logged_object = lai.event(description="obj")(_Adder(1))
+
+    assert add_one(2) == 3 and add_two(3) == 5 and adder(1) == 11
+    assert logged(1) == 6 and logged_object(1) == 2
+    steps = _steps(store, sid)
+    assert [s["action"] for s in steps] == ["_named_target", "_named_target", "_Adder"]
+    assert steps[0]["function_name"] == f"{__name__}._named_target"
+    assert steps[2]["function_name"] == f"{__name__}._Adder"
+    names = sorted(e["function_name"] for e in store.session_tree(sid)["events"])
+    assert names == [f"{__name__}._Adder", f"{__name__}._named_target"]
+
+
+def test_a_callable_object_with_an_async_call_is_recorded_around_its_await(store):
+    sid = lai.init()
+    adder = lai.step(_AsyncAdder())
+    assert asyncio.run(adder(1)) == 2
+    (step,) = _steps(store, sid)
+    assert step["action"] == "_AsyncAdder"
+    # the event made inside the awaited __call__ belongs to the step
+    assert [e["description"] for e in step["events"]] == ["inside the awaited call"]
+
+
+def test_decorating_odd_callables_never_raises():
+    class NoNames:
+        __call__ = staticmethod(lambda: "ok")
+
+        def __getattr__(self, name):
+            raise RuntimeError(name)
+
+    lai.init()
+    for decorate in (lai.step, lai.event, lai.step(goal="x"), lai.event(description="d")):
+        assert decorate(NoNames())() == "ok"
+        assert decorate(functools.partial(len))([1]) == 1
+        assert decorate(print) is not None  # a builtin
+
+
+def test_bare_decorators_over_classmethods_record_and_return_the_result(store):
+    sid = lai.init()
+
+    class Agent:
+        @lai.step
+        @classmethod
+        def build(cls, name):
+            return f"{cls.__name__}:{name}"
+
+        @lai.event
+        @classmethod
+        def lookup(cls, key, default=None):
+            return key
+
+    assert Agent.build("a") == "Agent:a" and Agent.lookup("k") == "k"
+    (step,) = _steps(store, sid)
+    assert step["action"] == "build" and step["function_name"].endswith("Agent.build")
+    (event,) = store.session_tree(sid)["events"]
+    assert event["function_name"].endswith("Agent.lookup")
+    assert event["arguments"]["key"] == "k"  # named from the method's signature
+
+
+# -- generators: what the consumer sends, throws and closes reaches the user's code ----
+
+def _decorators():
+    """Every decorator a generator function can get, by name: each makes a
+    fresh decorator (a session for the scopes to continue is made here)."""
+    def continued():
+        sid = lai.init()
+        lai.detach()
+        return lai.continued(sid)
+
+    return {
+        "step without a session": lambda: lai.step,
+        "step": lambda: (lai.init(), lai.step)[1],
+        "event": lambda: (lai.init(), lai.event(description="gen"))[1],
+        "session": lambda: lai.session("gen"),
+        "continued": continued,
+        "continued end=True": lambda: lai.continued(lai.init(), end=True),
+    }
+
+
+DECORATORS = list(_decorators())
+
+
+@pytest.mark.parametrize("kind", DECORATORS)
+def test_a_decorated_generator_gets_what_is_sent_thrown_and_closed(kind):
+    decorate = _decorators()[kind]()
+    log = []
+
+    @decorate
+    def echo():
+        try:
+            while True:
+                try:
+                    value = yield len(log)
+                    log.append(("sent", value))
+                except KeyError as exc:
+                    log.append(("caught", exc.args[0]))
+        finally:
+            log.append("finally")
+
+    gen = echo()
+    assert next(gen) == 0
+    assert gen.send("a") == 1
+    assert gen.throw(KeyError("k")) == 2  # caught by the user's code, which goes on
+    assert gen.send("b") == 3
+    gen.close()
+    assert log == [("sent", "a"), ("caught", "k"), ("sent", "b"), "finally"]
+
+
+@pytest.mark.parametrize("kind", DECORATORS)
+def test_a_decorated_generator_returns_its_value_and_passes_what_it_does_not_catch(kind):
+    def sums():
+        total = 0
+        while (value := (yield total)) is not None:
+            total += value
+        return total
+
+    gen = _decorators()[kind]()(sums)()
+    next(gen)
+    gen.send(2)
+    gen.send(3)
+    with pytest.raises(StopIteration) as stop:
+        gen.send(None)
+    assert stop.value.value == 5
+
+    uncaught = _decorators()[kind]()(sums)()  # (a session that ended is not continued)
+    next(uncaught)
+    with pytest.raises(KeyError, match="nobody"):
+        uncaught.throw(KeyError("nobody"))
+    with pytest.raises(StopIteration):
+        next(uncaught)  # finished by the exception
+
+
+@pytest.mark.parametrize("kind", DECORATORS)
+def test_a_decorated_async_generator_gets_what_is_sent_thrown_and_closed(kind):
+    decorate = _decorators()[kind]()
+    log = []
+
+    @decorate
+    async def echo():
+        try:
+            while True:
+                try:
+                    value = yield len(log)
+                    log.append(("sent", value))
+                except KeyError as exc:
+                    log.append(("caught", exc.args[0]))
+                await asyncio.sleep(0)
+        finally:
+            await asyncio.sleep(0)
+            log.append("finally")
+
+    async def consume():
+        gen = echo()
+        assert await gen.asend(None) == 0
+        assert await gen.asend("a") == 1
+        assert await gen.athrow(KeyError("k")) == 2
+        assert await gen.asend("b") == 3
+        await gen.aclose()
+
+    asyncio.run(consume())
+    assert log == [("sent", "a"), ("caught", "k"), ("sent", "b"), "finally"]
+
+
+@pytest.mark.parametrize("kind", DECORATORS)
+def test_a_decorated_async_generator_passes_what_it_does_not_catch(kind):
+    decorate = _decorators()[kind]()
+
+    @decorate
+    async def items():
+        yield 1
+        yield 2
+
+    async def consume():
+        gen = items()
+        assert await gen.asend(None) == 1
+        with pytest.raises(KeyError, match="nobody"):
+            await gen.athrow(KeyError("nobody"))
+        with pytest.raises(StopAsyncIteration):
+            await gen.asend(None)
+
+    asyncio.run(consume())
+
+
+def test_a_closed_generator_steps_finally_runs_inside_its_step(store):
+    sid = lai.init()
+
+    @lai.step(action="producer")
+    def producer():
+        try:
+            yield 1
+            yield 2
+        finally:
+            lai.create_event(description="cleanup")
+
+    @lai.step(action="stream")
+    async def stream():
+        try:
+            yield 1
+            yield 2
+        finally:
+            lai.create_event(description="async cleanup")
+
+    async def consume():
+        gen = stream()
+        await gen.asend(None)
+        await gen.aclose()
+
+    gen = producer()
+    next(gen)
+    gen.close()
+    asyncio.run(consume())
+    steps = {s["action"]: s for s in _steps(store, sid)}
+    assert [e["description"] for e in steps["producer"]["events"]] == ["cleanup"]
+    assert [e["description"] for e in steps["stream"]["events"]] == ["async cleanup"]
+    assert all(s["is_finished"] and s["error"] is None for s in steps.values())
+    assert not store.session_tree(sid)["events"]  # none landed outside the steps

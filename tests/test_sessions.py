@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 import lucidic as lai
+from lucidic._context import current_binding
 from lucidic.errors import InvalidOperationError, LucidicError, LucidicNotInitializedError
 
 
@@ -256,3 +257,166 @@ def test_shutdown_stops_the_workers_and_a_later_flush_still_delivers(store):
     lai.create_event(description="after shutdown")
     assert lai.flush(timeout=5)
     assert store.session_tree(sid)["event_count"] == 1
+
+
+# -- scoped generators ----------------------------------------------------------------
+
+def _current_session_or_none():
+    """The current session here, as lai's calls see it: none when
+    update_session refuses (LucidicNotInitializedError), else its id."""
+    try:
+        lai.update_session()
+    except LucidicNotInitializedError:
+        assert current_binding() is None
+        return None
+    return current_binding().session_id
+
+
+def test_a_session_generator_is_current_only_while_its_own_code_runs(store):
+    seen_inside = []
+    producer = lai.session("producer")
+
+    @producer
+    def produce():
+        seen_inside.append(_current_session_or_none())
+        lai.create_event(description="item 1")
+        yield 1
+        seen_inside.append(_current_session_or_none())
+        lai.create_event(description="item 2")
+        yield 2
+
+    gen = produce()
+    assert next(gen) == 1
+    # the consumer's code between items is not in the producer's session
+    assert _current_session_or_none() is None
+    assert lai.create_event(description="consumer") is None
+    assert next(gen) == 2
+    assert _current_session_or_none() is None
+    assert list(gen) == []
+    (sid,) = set(seen_inside)
+    assert sid is not None
+    assert [e["description"] for e in store.session_tree(sid)["events"]] == [
+        "item 1", "item 2"]
+
+
+def test_a_session_generator_does_not_take_over_the_consumers_session(store):
+    @lai.session("producer")
+    def produce():
+        lai.create_event(description="produced")
+        yield 1
+
+    @lai.session("async producer")
+    async def aproduce():
+        lai.create_event(description="produced async")
+        yield 1
+
+    async def consume_async():
+        async for _ in aproduce():
+            lai.create_event(description="consumed async")
+
+    with lai.session("consumer") as consumer:
+        for _ in produce():
+            lai.create_event(description="consumed")
+        asyncio.run(consume_async())
+    assert lai.flush()
+    assert sorted(e["description"] for e in store.session_tree(consumer)["events"]) == [
+        "consumed", "consumed async"]
+
+
+def test_a_continued_generator_binds_its_session_only_while_it_runs(store):
+    sid = lai.init()
+    lai.detach()
+
+    @lai.continued(sid)
+    def produce():
+        lai.create_event(description="inside")
+        yield 1
+        lai.create_event(description="inside again")
+        yield 2
+
+    @lai.continued(sid)
+    async def aproduce():
+        lai.create_event(description="inside async")
+        yield 1
+
+    async def consume_async():
+        async for _ in aproduce():
+            assert _current_session_or_none() is None
+            assert lai.create_event(description="consumer async") is None
+
+    for _ in produce():
+        assert _current_session_or_none() is None
+        assert lai.create_event(description="consumer") is None
+    asyncio.run(consume_async())
+    assert lai.flush()
+    assert sorted(e["description"] for e in store.session_tree(sid)["events"]) == [
+        "inside", "inside again", "inside async"]
+
+
+def _sessions_named(store, name):
+    assert lai.flush()
+    rows = store.query("SELECT id FROM sessions WHERE name = ? ORDER BY started_at", (name,))
+    return [store.get_session(row["id"]) for row in rows]
+
+
+def test_a_session_generator_closed_early_by_its_consumer_ends_successful(store):
+    @lai.session("gen")
+    def endless():
+        while True:
+            lai.create_event(description="item")
+            yield 1
+
+    for _ in endless():
+        break  # the consumer has had enough
+    gen = endless()
+    next(gen)
+    gen.close()
+    rows = _sessions_named(store, "gen")
+    assert len(rows) == 2
+    for row in rows:
+        assert row["is_finished"] and row["is_successful"] is True, row
+
+
+def test_an_async_session_generator_closed_early_ends_successful(store):
+    @lai.session("gen")
+    async def endless():
+        while True:
+            yield 1
+
+    async def consume():
+        gen = endless()
+        await gen.asend(None)
+        await gen.aclose()
+
+    asyncio.run(consume())
+    (row,) = _sessions_named(store, "gen")
+    assert row["is_finished"] and row["is_successful"] is True
+
+
+def test_a_session_generator_that_raises_ends_failed(store):
+    @lai.session("gen")
+    def broken():
+        yield 1
+        raise ValueError("bad item")
+
+    with pytest.raises(ValueError, match="bad item"):
+        list(broken())
+    (row,) = _sessions_named(store, "gen")
+    assert row["is_finished"] and row["is_successful"] is False
+    assert "ValueError: bad item" in row["is_successful_reason"]
+
+
+def test_a_continued_end_true_generator_closed_early_ends_successful(store):
+    sid = lai.init(session_name="gen")
+    lai.detach()
+
+    @lai.continued(sid, end=True)
+    def endless():
+        while True:
+            yield 1
+
+    for _ in endless():
+        break
+    assert lai.flush()
+    row = store.get_session(sid)
+    assert row["is_finished"] and row["is_successful"] is True
