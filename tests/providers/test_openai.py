@@ -5,6 +5,7 @@ model, tokens and cost the recording implies."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
 import inspect
 import json
@@ -281,7 +282,14 @@ def test_embeddings_are_recorded_with_input_tokens_and_cost():
     assert event["model"] == recorded["model"]
     assert event["input"] == body["input"]
     assert event["input_tokens"] == recorded["usage"]["prompt_tokens"] == 8
-    assert event["output"] == {"embeddings": 1, "dimensions": len(result.data[0].embedding)}
+    # encoding_format="base64": the client hands back the vector as base64 of
+    # little-endian float32s; its dimension is the decoded bytes / 4 (1536 for
+    # ada-002), not the length of the base64 text
+    vector = result.data[0].embedding
+    assert isinstance(vector, str)
+    dimensions = len(base64.b64decode(vector)) // 4
+    assert dimensions == 1536
+    assert event["output"] == {"embeddings": 1, "dimensions": dimensions}
     assert event["cost"] == pytest.approx(expected_cost("openai", recorded["model"], 8))
 
 

@@ -242,10 +242,20 @@ class ResponseEvents:
 
 # -- embeddings ----------------------------------------------------------------------
 
+def _dimensions(vector: Any) -> int | None:
+    """How many numbers an embedding holds: a list of floats, or (asked with
+    ``encoding_format="base64"``) base64 of little-endian float32s, 4 bytes each."""
+    if isinstance(vector, str):
+        # Its decoded size, without decoding: 3 bytes a 4 characters, less the padding.
+        text = vector.rstrip("=")
+        return (len(text) * 3 // 4) // 4 or None
+    return len(vector) if vector else None
+
+
 def embeddings_result(response: Any) -> dict[str, Any]:
     data = response.data or []
-    first = data[0].embedding if data else None
     usage = response.usage
     return {"model": response.model,
-            "output": {"embeddings": len(data), "dimensions": len(first) if first else None},
+            "output": {"embeddings": len(data),
+                       "dimensions": _dimensions(data[0].embedding) if data else None},
             "input_tokens": getattr(usage, "prompt_tokens", None)}
