@@ -97,6 +97,27 @@ def test_lcel_stream_records_the_streamed_output_when_the_stream_ends():
     assert steps_by_action(captured)["RunnableSequence"]["is_finished"]
 
 
+def socks_messages():
+    return [("user", "write 10 lines of random text about $colorful socks")]
+
+
+def test_a_streamed_model_answer_is_recorded_with_the_assistant_role():
+    # model.stream() hands the callbacks AIMessageChunks, whose type is
+    # "AIMessageChunk": the role recorded is still the assistant's
+    path = shared_path("langchain/lcel_stream_openai.yaml")
+    from langchain_openai import ChatOpenAI
+
+    with capture() as captured:
+        lai.init("stream role", providers=["langchain"])
+        with replay(path):
+            model = ChatOpenAI(model="gpt-4", temperature=0, api_key="sk-test", max_retries=0)
+            text = "".join(chunk.content for chunk in model.stream(socks_messages()))
+    assert text == streamed_text(path)
+    event = only(captured.events("llm"))
+    assert event["output"] == {"role": "assistant", "content": text}
+    assert event["error"] is None
+
+
 def test_chat_anthropic_records_tokens_and_the_cost_the_price_table_gives(tmp_path,
                                                                            monkeypatch):
     from langchain_anthropic import ChatAnthropic

@@ -26,7 +26,11 @@ _ARGUMENT_KEYS = ("temperature", "max_tokens", "max_completion_tokens", "top_p",
                   "stream", "tools", "tool_choice", "response_format", "reasoning_effort",
                   "seed", "frequency_penalty", "presence_penalty", "thinking")
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool",
-          "function": "function", "chat": "user", "developer": "developer"}
+          "function": "function", "chat": "user", "developer": "developer",
+          # a streamed message's chunks carry their class name as their type
+          "HumanMessageChunk": "user", "AIMessageChunk": "assistant",
+          "SystemMessageChunk": "system", "ToolMessageChunk": "tool",
+          "FunctionMessageChunk": "function", "ChatMessageChunk": "user"}
 
 
 @dataclass
