@@ -3,6 +3,7 @@ model and token counts from responses and from stream chunks."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 #: Request keywords that are not model parameters (or are recorded elsewhere).
@@ -93,7 +94,8 @@ def chat_result(completion: Any) -> dict[str, Any]:
 class ChatChunks:
     """Accumulates chat.completion.chunk objects into the message they spell.
     With an ``estimate``, a stream that reports no usage gets its tokens
-    counted from the request and what the stream spelled."""
+    counted from the request and what the stream spelled (on Lucidic's
+    background thread, once the call is recorded)."""
 
     __slots__ = ("choices", "estimate", "finished", "model", "usage")
 
@@ -157,7 +159,9 @@ class ChatChunks:
                 "finish_reason": state["finish_reason"]}))
         output = _one_or_many(messages) if messages else None
         if self.usage is None and self.estimate is not None:
-            return {"model": self.model, "output": output, **self.estimate.count(output)}
+            # counted later, off the caller's thread (LLMCall.finish's estimate)
+            return {"model": self.model, "output": output,
+                    "estimate": partial(self.estimate.count, output)}
         return {"model": self.model, "output": output, **chat_usage(self.usage)}
 
 
