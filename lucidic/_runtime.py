@@ -12,6 +12,7 @@ from typing import Any
 
 from . import _config
 from ._context import Binding, SessionIds, SessionState, process_slot
+from ._deferred import deferred
 from ._internal import record_internal_error
 from ._pipeline import Pipeline
 from ._sinks import LocalSink, Sink
@@ -131,7 +132,11 @@ class Runtime:
             self.release(binding)
 
     def forget_pipeline(self, pipeline: Pipeline, timeout: float) -> None:
-        """Stop a pipeline and release every binding that writes through it."""
+        """Stop a pipeline and release every binding that writes through it
+        (once the deferred jobs, which may write through it, have run)."""
+        deadline = time.monotonic() + timeout
+        deferred.wait(timeout)
+        timeout = max(0.0, deadline - time.monotonic())
         with self.lock:
             for state in list(self.states.values()):
                 for binding in list(state.bindings):
@@ -143,7 +148,7 @@ class Runtime:
 
     def flush_all(self, timeout: float, *, fail_fast: bool = False) -> bool:
         deadline = time.monotonic() + timeout
-        ok = True
+        ok = deferred.wait(timeout)  # what the deferred jobs record is flushed too
         for pipeline in list(self.pipelines.values()):
             remaining = max(0.0, deadline - time.monotonic())
             ok = pipeline.flush(remaining, fail_fast=fail_fast) and ok
@@ -151,7 +156,7 @@ class Runtime:
 
     def shutdown_all(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        ok = True
+        ok = deferred.wait(timeout)
         for pipeline in list(self.pipelines.values()):
             remaining = max(0.0, deadline - time.monotonic())
             try:
@@ -194,3 +199,11 @@ runtime = Runtime()
 os.register_at_fork(before=lambda: runtime.before_fork(),
                     after_in_parent=lambda: runtime.after_fork_in_parent(),
                     after_in_child=lambda: runtime.after_fork_in_child())
+
+
+def flush_pipeline(pipeline: Pipeline, timeout: float, *, fail_fast: bool = False) -> bool:
+    """Flush one pipeline, after the deferred jobs submitted so far (whose
+    records may go through it), within ``timeout`` in all."""
+    deadline = time.monotonic() + timeout
+    ok = deferred.wait(timeout)
+    return pipeline.flush(max(0.0, deadline - time.monotonic()), fail_fast=fail_fast) and ok

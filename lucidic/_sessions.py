@@ -22,7 +22,7 @@ from ._internal import log_rate_limited, swallow
 from ._pipeline import Pipeline
 from ._recording import Step, put_session
 from ._records import Mask, mask_fields
-from ._runtime import runtime, writer
+from ._runtime import flush_pipeline, runtime, writer
 from ._sinks import Sink, SinkError
 from .errors import InvalidOperationError, ServerUnavailableError
 from .store import Record
@@ -189,8 +189,8 @@ def end(binding: Binding, result: dict[str, Any] | None = None, *,
     put_session(binding, fields, now)
     runtime.finish_state(binding.state)
     if wait:
-        binding.pipeline.flush(_config.flush_timeout() if timeout is None else timeout,
-                               fail_fast=True)
+        flush_pipeline(binding.pipeline,
+                       _config.flush_timeout() if timeout is None else timeout, fail_fast=True)
     for hook in session_end_hooks:
         with swallow("session_end_hook"):
             hook(binding)
@@ -200,5 +200,5 @@ def detach(binding: Binding, *, wait: bool = True) -> None:
     """Stop this binding writing to its session without finishing it, after
     delivering what it recorded (with ``wait``)."""
     if wait:
-        binding.pipeline.flush(_config.flush_timeout(), fail_fast=True)
+        flush_pipeline(binding.pipeline, _config.flush_timeout(), fail_fast=True)
     runtime.release(binding)

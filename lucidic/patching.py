@@ -21,8 +21,9 @@ class MethodPatches:
 
     ``apply()`` is all or nothing: if one patch fails, those already made are
     undone before the error propagates. ``restore()`` puts back the very
-    function objects that were there, in reverse order. Methods a library
-    version does not have are skipped (older releases lack newer endpoints).
+    function objects that were there, in reverse order. Methods and modules a
+    library version does not have are skipped (older releases lack newer
+    endpoints; newer ones drop old modules).
     """
 
     def __init__(self) -> None:
@@ -32,7 +33,14 @@ class MethodPatches:
         applied: list[tuple[type, str, Any]] = []
         try:
             for module_name, class_name, method, wrapper in patches:
-                owner = getattr(importlib.import_module(module_name), class_name, None)
+                try:
+                    module = importlib.import_module(module_name)
+                except ModuleNotFoundError as exc:
+                    missing = exc.name or ""
+                    if not (module_name == missing or module_name.startswith(missing + ".")):
+                        raise  # the module is there, but something it imports is not
+                    continue
+                owner = getattr(module, class_name, None)
                 if owner is None or method not in vars(owner):
                     continue
                 original = vars(owner)[method]

@@ -19,15 +19,17 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from importlib import metadata
 from typing import Any, ClassVar
 
 from ._context import Binding, current_binding, current_step
+from ._deferred import deferred
 from ._internal import logger, record_internal_error, swallow
-from ._recording import CURRENT, Event, Step, current_step_of
+from ._recording import CURRENT, Event, Step, amend_event, current_step_of
 from ._recording import open_step as _open_step
 from ._recording import record_event as _record_event
 from ._records import field_value, text_field
@@ -354,6 +356,11 @@ def mark_replayed(event_id: str) -> None:
         call._replayed_from = event_id
 
 
+#: What an estimate may amend.
+_ESTIMATED = frozenset({"input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens",
+                        "cache_write_tokens", "cache_write_1h_tokens"})
+
+
 class LLMCall(Event):
     """One LLM call in flight: an event of the recording core, begun when the
     request starts. Adapters create it with :func:`start_llm_call` before the
@@ -390,12 +397,20 @@ class LLMCall(Event):
                cached_tokens: int | None = None, reasoning_tokens: int | None = None,
                cache_write_tokens: int | None = None, cache_write_1h_tokens: int | None = None,
                tokens_estimated: bool = False, cost: float | None = None,
-               result: str | None = None) -> None:
+               result: str | None = None,
+               estimate: Callable[[], dict[str, Any]] | None = None) -> None:
         """Complete the call. ``input_tokens`` include the cache reads
         (``cached_tokens``) and the prompt-cache writes (``cache_write_tokens``,
         of which ``cache_write_1h_tokens`` went to a 1-hour cache, priced
         higher); ``tokens_estimated`` marks counts Lucidic worked out itself
-        because the API reported none. ``cost`` defaults to the price table's."""
+        because the API reported none. ``cost`` defaults to the price table's.
+
+        ``estimate``: for counts the API did not report and that take a while
+        to work out (a tokenizer). The call is recorded now, its duration its
+        own; ``estimate()`` then runs on Lucidic's background thread, never
+        the caller's, and the token counts it returns (``input_tokens``,
+        ``output_tokens``, ...) amend the recorded event, with their cost,
+        marked ``tokens_estimated``. ``flush()`` waits for it."""
         with swallow("llm_call_finish"):
             if self.done:
                 return
@@ -416,7 +431,26 @@ class LLMCall(Event):
                                output_tokens, cached_tokens, cache_write_tokens,
                                cache_write_1h_tokens)
             fields["cost"] = cost
+            priced_as = (fields.get("provider"), fields["model"])  # before masking
             self._record()
+            if estimate is not None:
+                deferred.submit(partial(self._amend_with, estimate, *priced_as))
+
+    def _amend_with(self, estimate: Callable[[], dict[str, Any]], provider: str | None,
+                    model: str | None) -> None:
+        """(On the deferred thread, once the call is recorded.)"""
+        counts = {key: value for key, value in estimate().items()
+                  if key in _ESTIMATED and value is not None}
+        if self.event_id is None or not counts:
+            return
+        fields: dict[str, Any] = {key: field_value(key, value) for key, value in counts.items()
+                                  if key != "cache_write_1h_tokens"}  # a part of the writes
+        fields["tokens_estimated"] = True
+        fields["cost"] = 0.0 if self._replayed_from is not None else cost_of(
+            provider, model, counts.get("input_tokens"), counts.get("output_tokens"),
+            counts.get("cached_tokens"), counts.get("cache_write_tokens"),
+            counts.get("cache_write_1h_tokens"))
+        amend_event(self.binding, self.event_id, fields)
 
     def fail(self, error: BaseException | str) -> None:
         with swallow("llm_call_fail"):

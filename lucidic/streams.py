@@ -1,7 +1,8 @@
 """Stream proxies for provider plugins: the caller iterates exactly what the
 library yields (the proxy is still an instance of the library's stream type),
 and the LLM call is completed once, when the stream ends, fails, is closed, or
-is dropped unfinished (garbage collected).
+is dropped unfinished (garbage collected). :class:`ResponseReads` does the same
+for a raw response whose body the caller reads after the call returned.
 
 A plugin supplies an :class:`Accumulator` that reads its library's chunks;
 ``RecordedStream(stream, call, accumulator)`` does the rest. Imported by
@@ -9,6 +10,7 @@ plugins only, so ``import lucidic`` does not load wrapt."""
 
 from __future__ import annotations
 
+import threading
 import weakref
 from typing import Any, Protocol
 
@@ -165,3 +167,147 @@ class RecordedAsyncStream(wrapt.ObjectProxy):  # type: ignore[misc, type-arg]
             await self.__wrapped__.close()
         finally:
             self._self_state.end(ABANDONED)
+
+
+# -- responses read after the call returns --------------------------------------------
+
+
+class ResponseReader(Protocol):
+    """What a plugin knows of one raw response it tracks (see ResponseReads)."""
+
+    def parsed(self, call: LLMCall, response: Any, parsed: Any) -> Any:
+        """The caller's ``parse()`` returned ``parsed``: complete ``call`` from it,
+        or wrap a stream it returned (a RecordedStream), and return what the
+        caller gets."""
+
+    def closed(self, call: LLMCall, response: Any) -> None:
+        """The response was closed without being parsed: complete ``call``
+        from the body, if the caller read it otherwise (``read()``, ``json()``)."""
+
+
+class _Awaiting:
+    __slots__ = ("call", "finalizer", "reader")
+
+    def __init__(self, call: LLMCall, reader: ResponseReader,
+                 finalizer: weakref.finalize[Any, Any]) -> None:
+        self.call = call
+        self.reader = reader
+        self.finalizer = finalizer
+
+
+def _dropped(call: LLMCall) -> None:
+    call.finish(result=ABANDONED)
+
+
+class ResponseReads:
+    """Raw responses returned before their body is read (openai's and
+    anthropic's ``with_raw_response``/``with_streaming_response``: the caller
+    parses the body later, or iterates the stream that parse returns). Their
+    LLM calls complete when the caller reads the body, with what the plain
+    call would have recorded.
+
+    A plugin ``track()``s each such response with its call and a
+    :class:`ResponseReader`, and patches the response classes' ``parse`` and
+    ``close`` with :meth:`parse_wrapper` and :meth:`close_wrapper`. The
+    response is held weakly and never wrapped or changed: the caller gets the
+    library's own object. One dropped unread completes its call as
+    closed before its end."""
+
+    def __init__(self) -> None:
+        self._awaiting: weakref.WeakKeyDictionary[Any, _Awaiting] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def track(self, response: Any, call: LLMCall, reader: ResponseReader) -> bool:
+        """Complete ``call`` when ``response`` is read; False if it cannot be
+        tracked (the call is then the caller's to complete)."""
+        try:
+            finalizer = weakref.finalize(response, _dropped, call)
+            finalizer.atexit = False
+            with self._lock:
+                self._awaiting[response] = _Awaiting(call, reader, finalizer)
+        except Exception as exc:  # noqa: BLE001
+            record_internal_error("response_track", exc)
+            return False
+        return True
+
+    def _take(self, response: Any) -> _Awaiting | None:
+        if not self._awaiting:  # the usual case: every parse() of a plain call
+            return None
+        try:
+            with self._lock:
+                entry = self._awaiting.pop(response, None)
+        except TypeError:  # not weakly referenceable: never tracked
+            return None
+        if entry is not None:
+            entry.finalizer.detach()
+        return entry
+
+    @staticmethod
+    def _parsed(entry: _Awaiting, response: Any, parsed: Any) -> Any:
+        try:
+            return entry.reader.parsed(entry.call, response, parsed)
+        except Exception as exc:  # noqa: BLE001 - never let recording break the caller
+            record_internal_error("response_parsed", exc)
+            entry.call.finish()
+            return parsed
+
+    @staticmethod
+    def _closed(entry: _Awaiting, response: Any) -> None:
+        try:
+            entry.reader.closed(entry.call, response)
+        except Exception as exc:  # noqa: BLE001
+            record_internal_error("response_closed", exc)
+        entry.call.finish(result=ABANDONED)  # nothing, if the reader completed it
+
+    def parse_wrapper(self, *, asynchronous: bool) -> Any:
+        """A wrapt wrapper for the response class's ``parse`` (async: ``await``-ed)."""
+        if asynchronous:
+            async def async_parse(wrapped: Any, instance: Any, args: tuple[Any, ...],
+                                  kwargs: dict[str, Any]) -> Any:
+                entry = self._take(instance)
+                if entry is None:
+                    return await wrapped(*args, **kwargs)
+                try:
+                    parsed = await wrapped(*args, **kwargs)
+                except BaseException as exc:
+                    entry.call.fail(exc)
+                    raise
+                return self._parsed(entry, instance, parsed)
+            return async_parse
+
+        def parse(wrapped: Any, instance: Any, args: tuple[Any, ...],
+                  kwargs: dict[str, Any]) -> Any:
+            entry = self._take(instance)
+            if entry is None:
+                return wrapped(*args, **kwargs)
+            try:
+                parsed = wrapped(*args, **kwargs)
+            except BaseException as exc:
+                entry.call.fail(exc)
+                raise
+            return self._parsed(entry, instance, parsed)
+        return parse
+
+    def close_wrapper(self, *, asynchronous: bool) -> Any:
+        """A wrapt wrapper for the response class's ``close`` (what leaving a
+        ``with_streaming_response`` block calls)."""
+        if asynchronous:
+            async def async_close(wrapped: Any, instance: Any, args: tuple[Any, ...],
+                                  kwargs: dict[str, Any]) -> Any:
+                try:
+                    return await wrapped(*args, **kwargs)
+                finally:
+                    entry = self._take(instance)
+                    if entry is not None:
+                        self._closed(entry, instance)
+            return async_close
+
+        def close(wrapped: Any, instance: Any, args: tuple[Any, ...],
+                  kwargs: dict[str, Any]) -> Any:
+            try:
+                return wrapped(*args, **kwargs)
+            finally:
+                entry = self._take(instance)
+                if entry is not None:
+                    self._closed(entry, instance)
+        return close

@@ -30,7 +30,7 @@ from typing import Any
 
 from ._internal import internal_errors
 from ._pipeline import Pipeline
-from ._runtime import runtime
+from ._runtime import flush_pipeline, runtime
 from ._sinks import Sink, SinkError
 from ._spool import Spool
 from .store import Record, Store
@@ -91,7 +91,7 @@ class Capture:
         pipeline = runtime.pipelines.get(self.sink.identity)
         if pipeline is None:
             return True
-        return pipeline.flush(timeout, fail_fast=self.sink.failing)
+        return flush_pipeline(pipeline, timeout, fail_fast=self.sink.failing)
 
     @property
     def records(self) -> list[Record]:

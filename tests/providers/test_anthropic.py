@@ -239,6 +239,114 @@ def test_abandoned_stream_completes_when_garbage_collected():
     assert event["result"] == "stream closed before its end"
 
 
+# -- with_raw_response / with_streaming_response ------------------------------------------
+#
+# The caller gets the library's own response object and reads the body later
+# (.parse(), or iterating the stream .parse() returns): the call is recorded
+# with what the plain call would record.
+
+def test_raw_and_streaming_responses_record_the_output_tokens_and_cost_of_the_plain_call():
+    path = shared_path("anthropic/messages_create.yaml")
+    body = request_body(path)
+    recorded = response_json(path)
+    with capture() as captured, replay(path, allow_repeats=True):
+        lai.init(providers=["anthropic"])
+        raw = client().messages.with_raw_response.create(**body)
+        assert type(raw) is anthropic._response.APIResponse
+        messages = [raw.parse()]
+        assert raw.parse() is messages[0]  # the library's own cache, as it was
+        with client().messages.with_streaming_response.create(**body) as response:
+            assert type(response) is anthropic._response.APIResponse
+            messages.append(response.parse())
+    for message in messages:
+        assert type(message) is anthropic.types.Message
+        assert message.content[0].text == recorded["content"][0]["text"]
+    events = captured.events("llm")
+    assert len(events) == 2
+    for event in events:
+        assert_usage(event, recorded)
+        assert event["output"] == {"role": "assistant", "finish_reason": "end_turn",
+                                   "content": recorded["content"][0]["text"]}
+
+
+def test_async_raw_and_streaming_responses_record_the_plain_calls_fields():
+    path = shared_path("anthropic/messages_create_async.yaml")
+    body = request_body(path)
+    recorded = response_json(path)
+
+    async def main():
+        lai.init(providers=["anthropic"])
+        raw = await async_client().messages.with_raw_response.create(**body)
+        assert type(raw) is anthropic._response.AsyncAPIResponse
+        first = await raw.parse()
+        async with async_client().messages.with_streaming_response.create(**body) as response:
+            second = await response.parse()
+        return first, second
+
+    with capture() as captured, replay(path, allow_repeats=True):
+        messages = asyncio.run(main())
+    assert all(type(m) is anthropic.types.Message for m in messages)
+    events = captured.events("llm")
+    assert len(events) == 2
+    for event in events:
+        assert_usage(event, recorded)
+
+
+@pytest.mark.parametrize("way", ["with_raw_response", "with_streaming_response"])
+def test_a_raw_stream_is_recorded_as_it_is_iterated(way):
+    path = shared_path("anthropic/messages_streaming.yaml")
+    body = request_body(path)
+    events, _, _, _ = _streamed(path)
+    with capture() as captured, replay(path):
+        lai.init(providers=["anthropic"])
+        if way == "with_raw_response":
+            raw = client().messages.with_raw_response.create(**body)
+            assert type(raw) is anthropic._response.APIResponse
+            assert not captured.events("llm")  # the body is still to be read
+            received = [e.type for e in raw.parse()]
+        else:
+            with client().messages.with_streaming_response.create(**body) as response:
+                stream = response.parse()
+                assert isinstance(stream, anthropic.Stream)
+                received = [e.type for e in stream]
+    assert received == [e["type"] for e in events]
+    assert_streamed_event(only_llm_event(captured), path)
+
+
+@pytest.mark.parametrize("way", ["with_raw_response", "with_streaming_response"])
+def test_an_async_raw_stream_is_recorded_as_it_is_iterated(way):
+    path = shared_path("anthropic/messages_streaming.yaml")
+    body = request_body(path)
+
+    async def main():
+        lai.init(providers=["anthropic"])
+        if way == "with_raw_response":
+            raw = await async_client().messages.with_raw_response.create(**body)
+            return [e async for e in await raw.parse()]
+        async with async_client().messages.with_streaming_response.create(**body) as response:
+            stream = await response.parse()
+            assert isinstance(stream, anthropic.AsyncStream)
+            return [e async for e in stream]
+
+    with capture() as captured, replay(path):
+        asyncio.run(main())
+    assert_streamed_event(only_llm_event(captured), path)
+
+
+def test_a_raw_stream_dropped_unread_is_recorded_as_closed_before_its_end():
+    path = shared_path("anthropic/messages_streaming.yaml")
+    body = request_body(path)
+    with capture() as captured, replay(path):
+        lai.init(providers=["anthropic"])
+        raw = client().messages.with_raw_response.create(**body)
+        raw.http_response.close()
+        del raw
+        gc.collect()
+        event = only_llm_event(captured)
+    assert event["result"] == "stream closed before its end"
+    assert event["output"] is None and event["error"] is None
+
+
 def test_api_error_is_raised_unchanged_and_recorded():
     path = own_path("anthropic/messages_error_400.yaml")
     with capture() as captured, replay(path):

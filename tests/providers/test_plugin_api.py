@@ -5,6 +5,7 @@ command, and patches that are idempotent and undone exactly."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 from importlib import metadata
 
@@ -22,7 +23,10 @@ def patched_attributes(adapter_name: str) -> dict[tuple[type, str], object]:
     """What every attribute the adapter patches holds right now."""
     module = importlib.import_module(f"lucidic_{adapter_name}._adapter")
     found = {}
-    for module_name, class_name, method, *_ in module.PATCHES:
+    for module_name, class_name, method, *_ in (*module.PATCHES,
+                                                *getattr(module, "RESPONSE_PATCHES", ())):
+        if importlib.util.find_spec(module_name) is None:
+            continue  # a module this version of the library does not have
         owner = getattr(importlib.import_module(module_name), class_name)
         found[(owner, method)] = vars(owner)[method]
     return found

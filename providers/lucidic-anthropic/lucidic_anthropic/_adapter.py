@@ -5,12 +5,13 @@ Lucidic session becomes one "llm" event."""
 from __future__ import annotations
 
 import contextvars
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from lucidic.patching import MethodPatches, llm_call_wrapper
 from lucidic.plugins import Adapter, LLMCall, in_session, record_internal_error, start_llm_call
-from lucidic.streams import RecordedAsyncStream, RecordedStream
+from lucidic.streams import RecordedAsyncStream, RecordedStream, ResponseReads
 
 from . import _extract
 
@@ -40,14 +41,15 @@ def _outcome(call: LLMCall, result: Any, asynchronous: bool,
              kwargs: dict[str, Any] | None = None) -> Any:
     try:
         from anthropic import AsyncStream, Stream
-        from anthropic.types import Message
-        from anthropic.types.beta import BetaMessage
 
         if isinstance(result, (Stream, AsyncStream)):
             proxy = RecordedAsyncStream if asynchronous else RecordedStream
             return proxy(result, call, _extract.MessageEvents())
-        if not isinstance(result, (Message, BetaMessage)):
-            call.finish()  # a raw or streaming response wrapper: not read here
+        if not _is_message(result):
+            if _is_raw_response(result):
+                _raw_response(call, result)
+            else:
+                call.finish()  # a response shape this adapter does not read
             return result
         fields = _extract.message_result(result)
     except Exception as exc:  # noqa: BLE001
@@ -56,6 +58,94 @@ def _outcome(call: LLMCall, result: Any, asynchronous: bool,
         return result
     call.finish(**fields)
     return result
+
+
+def _is_message(result: Any) -> bool:
+    from anthropic.types import Message
+    from anthropic.types.beta import BetaMessage
+
+    return isinstance(result, (Message, BetaMessage))
+
+
+# -- with_raw_response, with_streaming_response -----------------------------------------
+#
+# These return the library's response object, whose body the caller reads
+# later with parse() (a stream, for stream=True). The call completes then,
+# through the patches of parse and close below; the response object is the
+# library's own, never wrapped.
+
+_RESPONSES = ResponseReads()
+#: Where the library keeps its response classes (_legacy_response: older releases).
+_RESPONSE_MODULES = ("anthropic._response", "anthropic._legacy_response")
+
+
+def _is_raw_response(result: Any) -> bool:
+    for name in _RESPONSE_MODULES:
+        module = sys.modules.get(name)
+        base = getattr(module, "BaseAPIResponse", None) or getattr(module, "LegacyAPIResponse",
+                                                                   None)
+        if base is not None and isinstance(result, base):
+            return True
+    return False
+
+
+def _is_sse(response: Any) -> bool:
+    return bool(getattr(response, "_is_sse_stream", getattr(response, "_stream", False)))
+
+
+def _body_read(response: Any) -> bool:
+    try:
+        response.http_response.content  # noqa: B018 - raises until the body has been read
+    except Exception:  # noqa: BLE001 - httpx's ResponseNotRead
+        return False
+    return True
+
+
+def _finish_from_body(call: LLMCall, response: Any) -> None:
+    """Complete from a body already read, parsed into an object of the
+    adapter's own: the response's cache (what the caller's parse() returns)
+    is left alone."""
+    parsed = response._parse()
+    if _is_message(parsed):
+        call.finish(**_extract.message_result(parsed))
+    else:
+        call.finish()
+
+
+def _raw_response(call: LLMCall, response: Any) -> None:
+    if not _is_sse(response) and _body_read(response):
+        _finish_from_body(call, response)  # with_raw_response read the body already
+    elif not _RESPONSES.track(response, call, _RawRead()):
+        call.finish()
+
+
+class _RawRead:
+    """A tracked raw response's call, completed from what the caller reads."""
+
+    __slots__ = ()
+
+    def parsed(self, call: LLMCall, response: Any, parsed: Any) -> Any:
+        from anthropic import AsyncStream, Stream
+
+        if isinstance(parsed, (Stream, AsyncStream)):
+            proxy_type = RecordedAsyncStream if isinstance(parsed, AsyncStream) else RecordedStream
+            proxy = proxy_type(parsed, call, _extract.MessageEvents())
+            # A later parse() returns the library's cached object: the proxy, then.
+            cache = getattr(response, "_parsed_by_type", None)
+            if isinstance(cache, dict):
+                for key, value in list(cache.items()):
+                    if value is parsed:
+                        cache[key] = proxy
+            return proxy
+        if _is_message(parsed):
+            call.finish(**_extract.message_result(parsed))
+        else:
+            _finish_from_body(call, response)  # parse(to=dict): the body is read by now
+        return parsed
+
+    def closed(self, call: LLMCall, response: Any) -> None:
+        if not _is_sse(response) and _body_read(response):  # read with read() or json()
+            _finish_from_body(call, response)
 
 
 def _create(description: str, asynchronous: bool = False) -> Callable[..., Any]:
@@ -159,10 +249,24 @@ PATCHES: tuple[tuple[str, str, str, Callable[..., Any]], ...] = (
 )
 
 
+#: The responses with_raw_response and with_streaming_response return.
+RESPONSE_PATCHES: tuple[tuple[str, str, str, Callable[..., Any]], ...] = (
+    ("anthropic._response", "APIResponse", "parse", _RESPONSES.parse_wrapper(asynchronous=False)),
+    ("anthropic._response", "APIResponse", "close", _RESPONSES.close_wrapper(asynchronous=False)),
+    ("anthropic._response", "AsyncAPIResponse", "parse",
+     _RESPONSES.parse_wrapper(asynchronous=True)),
+    ("anthropic._response", "AsyncAPIResponse", "close",
+     _RESPONSES.close_wrapper(asynchronous=True)),
+    ("anthropic._legacy_response", "LegacyAPIResponse", "parse",
+     _RESPONSES.parse_wrapper(asynchronous=False)),
+)
+
+
 class AnthropicAdapter(Adapter):
     """Records messages.create (sync, async, stream=True), the messages.stream()
     helper and messages.parse, including tool use and extended thinking, and
-    the same methods of beta.messages."""
+    the same methods of beta.messages; called plainly or through
+    with_raw_response / with_streaming_response."""
 
     name = "anthropic"
     library = "anthropic"
@@ -173,7 +277,7 @@ class AnthropicAdapter(Adapter):
         self._patches = MethodPatches()
 
     def _instrument(self) -> None:
-        self._patches.apply(PATCHES)
+        self._patches.apply((*PATCHES, *RESPONSE_PATCHES))
 
     def _uninstrument(self) -> None:
         self._patches.restore()

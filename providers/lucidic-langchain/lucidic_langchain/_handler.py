@@ -20,13 +20,18 @@ from langchain_core.callbacks import BaseCallbackHandler
 
 from lucidic import plugins
 from lucidic.plugins import swallow
+from lucidic.streams import ABANDONED
 
 #: Model parameters worth keeping with an LLM event (never credentials).
 _ARGUMENT_KEYS = ("temperature", "max_tokens", "max_completion_tokens", "top_p", "n", "stop",
                   "stream", "tools", "tool_choice", "response_format", "reasoning_effort",
                   "seed", "frequency_penalty", "presence_penalty", "thinking")
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool",
-          "function": "function", "chat": "user", "developer": "developer"}
+          "function": "function", "chat": "user", "developer": "developer",
+          # a streamed message's chunks carry their class name as their type
+          "HumanMessageChunk": "user", "AIMessageChunk": "assistant",
+          "SystemMessageChunk": "system", "ToolMessageChunk": "tool",
+          "FunctionMessageChunk": "function", "ChatMessageChunk": "user"}
 
 
 @dataclass
@@ -244,12 +249,20 @@ class LucidicCallbackHandler(BaseCallbackHandler):
             if run.suppression is not None:
                 run.suppression.end()
 
-    def on_llm_error(self, error: BaseException, *, run_id: UUID, **kwargs: Any) -> None:
+    def on_llm_error(self, error: BaseException, *, run_id: UUID, response: Any = None,
+                     **kwargs: Any) -> None:
         run = self._pop(run_id)
         if run is None or run.call is None:
             return
         try:
-            run.call.fail(error)
+            if isinstance(error, GeneratorExit):
+                # The caller stopped reading a stream (a break out of
+                # model.stream(), aclose()): no error. What arrived so far
+                # comes as ``response`` (langchain-core passes it since 0.2).
+                with swallow("langchain_llm_closed"):
+                    fields = _llm_result(response) if response is not None else {}
+                    run.call.finish(**fields, result=ABANDONED)
+            run.call.fail(error)  # does nothing once finished
         finally:
             if run.suppression is not None:
                 run.suppression.end()
@@ -344,7 +357,7 @@ def _llm_result(response: Any) -> dict[str, Any]:
             _add_tokens(tokens, "output_tokens",
                         usage.get("completion_tokens", usage.get("output_tokens")))
     model = model or llm_output.get("model_name") or llm_output.get("model")
-    output = outputs[0] if len(outputs) == 1 else outputs
+    output = outputs[0] if len(outputs) == 1 else outputs or None
     return {"model": model, "output": output, **tokens}
 
 

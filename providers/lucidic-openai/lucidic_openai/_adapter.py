@@ -9,7 +9,7 @@ from typing import Any
 
 from lucidic.patching import MethodPatches, llm_call_wrapper
 from lucidic.plugins import Adapter, LLMCall, record_internal_error, start_llm_call
-from lucidic.streams import RecordedAsyncStream, RecordedStream
+from lucidic.streams import RecordedAsyncStream, RecordedStream, ResponseReads
 
 from . import _extract, _tokens
 
@@ -69,17 +69,11 @@ def _outcome(kind: _Kind, call: LLMCall, result: Any, asynchronous: bool,
         if kind.chunks is not None and isinstance(result, (Stream, AsyncStream)):
             proxy = RecordedAsyncStream if asynchronous else RecordedStream
             return proxy(result, call, kind.chunks(kwargs))
-        expected = kind.expected()
-        if not isinstance(result, expected):
-            # with_raw_response: the legacy wrapper has read the body already.
-            from openai._legacy_response import LegacyAPIResponse
-
-            if isinstance(result, LegacyAPIResponse) and not result._stream:
-                result_object = result.parse()
-                if isinstance(result_object, expected):
-                    call.finish(**kind.result(result_object))
-                    return result
-            call.finish()  # a response shape this adapter does not read
+        if not isinstance(result, kind.expected()):
+            if _is_raw_response(result):
+                _raw_response(kind, call, result, kwargs)
+            else:
+                call.finish()  # a response shape this adapter does not read
             return result
         fields = kind.result(result)
     except Exception as exc:  # noqa: BLE001
@@ -88,6 +82,93 @@ def _outcome(kind: _Kind, call: LLMCall, result: Any, asynchronous: bool,
         return result
     call.finish(**fields)
     return result
+
+
+# -- with_raw_response, with_streaming_response -----------------------------------------
+#
+# These return the library's response object, whose body the caller reads
+# later with parse() (a stream, for stream=True). The call completes then,
+# through the patches of parse and close below; the response object is the
+# library's own, never wrapped.
+
+_RESPONSES = ResponseReads()
+
+
+def _is_raw_response(result: Any) -> bool:
+    from openai._legacy_response import LegacyAPIResponse
+    from openai._response import BaseAPIResponse
+
+    return isinstance(result, (LegacyAPIResponse, BaseAPIResponse))
+
+
+def _is_sse(response: Any) -> bool:
+    return bool(getattr(response, "_is_sse_stream", getattr(response, "_stream", False)))
+
+
+def _body_read(response: Any) -> bool:
+    try:
+        response.http_response.content  # noqa: B018 - raises until the body has been read
+    except Exception:  # noqa: BLE001 - httpx's ResponseNotRead
+        return False
+    return True
+
+
+def _parse_apart(response: Any) -> Any:
+    """A response body already read, parsed into an object of the adapter's
+    own: the response's cache (what the caller's parse() returns) is left alone."""
+    return response._parse()
+
+
+def _raw_response(kind: _Kind, call: LLMCall, response: Any, kwargs: dict[str, Any]) -> None:
+    if not _is_sse(response) and _body_read(response):
+        # with_raw_response read the body already: complete as a plain call would
+        _finish_from(kind, call, _parse_apart(response))
+    elif not _RESPONSES.track(response, call, _RawRead(kind, kwargs)):
+        call.finish()
+
+
+def _finish_from(kind: _Kind, call: LLMCall, parsed: Any) -> None:
+    if isinstance(parsed, kind.expected()):
+        call.finish(**kind.result(parsed))
+    else:
+        call.finish()
+
+
+class _RawRead:
+    """A tracked raw response's call, completed from what the caller reads."""
+
+    __slots__ = ("kind", "kwargs")
+
+    def __init__(self, kind: _Kind, kwargs: dict[str, Any]) -> None:
+        self.kind = kind
+        self.kwargs = kwargs
+
+    def parsed(self, call: LLMCall, response: Any, parsed: Any) -> Any:
+        from openai import AsyncStream, Stream
+
+        if isinstance(parsed, (Stream, AsyncStream)):
+            if self.kind.chunks is None:
+                call.finish()
+                return parsed
+            proxy_type = RecordedAsyncStream if isinstance(parsed, AsyncStream) else RecordedStream
+            proxy = proxy_type(parsed, call, self.kind.chunks(self.kwargs))
+            # A later parse() returns the library's cached object: the proxy, then.
+            cache = getattr(response, "_parsed_by_type", None)
+            if isinstance(cache, dict):
+                for key, value in list(cache.items()):
+                    if value is parsed:
+                        cache[key] = proxy
+            return proxy
+        if not isinstance(parsed, self.kind.expected()):
+            parsed_here = _parse_apart(response)  # parse(to=dict): the body is read by now
+            _finish_from(self.kind, call, parsed_here)
+            return parsed
+        call.finish(**self.kind.result(parsed))
+        return parsed
+
+    def closed(self, call: LLMCall, response: Any) -> None:
+        if not _is_sse(response) and _body_read(response):  # read with read() or json()
+            _finish_from(self.kind, call, _parse_apart(response))
 
 
 def _wrapper(kind: _Kind, asynchronous: bool) -> Callable[..., Any]:
@@ -112,10 +193,23 @@ PATCHES: tuple[tuple[str, str, str, _Kind, bool], ...] = (
     ("openai.resources.embeddings", "AsyncEmbeddings", "create", EMBEDDINGS, True),
 )
 
+#: The responses with_raw_response and with_streaming_response return.
+RESPONSE_PATCHES: tuple[tuple[str, str, str, Callable[..., Any]], ...] = (
+    ("openai._legacy_response", "LegacyAPIResponse", "parse",
+     _RESPONSES.parse_wrapper(asynchronous=False)),
+    ("openai._response", "APIResponse", "parse", _RESPONSES.parse_wrapper(asynchronous=False)),
+    ("openai._response", "APIResponse", "close", _RESPONSES.close_wrapper(asynchronous=False)),
+    ("openai._response", "AsyncAPIResponse", "parse",
+     _RESPONSES.parse_wrapper(asynchronous=True)),
+    ("openai._response", "AsyncAPIResponse", "close",
+     _RESPONSES.close_wrapper(asynchronous=True)),
+)
+
 
 class OpenAIAdapter(Adapter):
     """Records chat completions (plain, streamed, tool calls, parse), the
-    Responses API (plain, streamed, parse) and embeddings, sync and async."""
+    Responses API (plain, streamed, parse) and embeddings, sync and async,
+    called plainly or through with_raw_response / with_streaming_response."""
 
     name = "openai"
     library = "openai"
@@ -126,9 +220,10 @@ class OpenAIAdapter(Adapter):
         self._patches = MethodPatches()
 
     def _instrument(self) -> None:
-        self._patches.apply(
-            (module, owner, method, _wrapper(kind, asynchronous))
-            for module, owner, method, kind, asynchronous in PATCHES)
+        self._patches.apply((
+            *((module, owner, method, _wrapper(kind, asynchronous))
+              for module, owner, method, kind, asynchronous in PATCHES),
+            *RESPONSE_PATCHES))
 
     def _uninstrument(self) -> None:
         self._patches.restore()

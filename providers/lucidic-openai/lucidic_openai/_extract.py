@@ -3,6 +3,7 @@ model and token counts from responses and from stream chunks."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 #: Request keywords that are not model parameters (or are recorded elsewhere).
@@ -93,7 +94,8 @@ def chat_result(completion: Any) -> dict[str, Any]:
 class ChatChunks:
     """Accumulates chat.completion.chunk objects into the message they spell.
     With an ``estimate``, a stream that reports no usage gets its tokens
-    counted from the request and what the stream spelled."""
+    counted from the request and what the stream spelled (on Lucidic's
+    background thread, once the call is recorded)."""
 
     __slots__ = ("choices", "estimate", "finished", "model", "usage")
 
@@ -157,7 +159,9 @@ class ChatChunks:
                 "finish_reason": state["finish_reason"]}))
         output = _one_or_many(messages) if messages else None
         if self.usage is None and self.estimate is not None:
-            return {"model": self.model, "output": output, **self.estimate.count(output)}
+            # counted later, off the caller's thread (LLMCall.finish's estimate)
+            return {"model": self.model, "output": output,
+                    "estimate": partial(self.estimate.count, output)}
         return {"model": self.model, "output": output, **chat_usage(self.usage)}
 
 
@@ -242,10 +246,20 @@ class ResponseEvents:
 
 # -- embeddings ----------------------------------------------------------------------
 
+def _dimensions(vector: Any) -> int | None:
+    """How many numbers an embedding holds: a list of floats, or (asked with
+    ``encoding_format="base64"``) base64 of little-endian float32s, 4 bytes each."""
+    if isinstance(vector, str):
+        # Its decoded size, without decoding: 3 bytes a 4 characters, less the padding.
+        text = vector.rstrip("=")
+        return (len(text) * 3 // 4) // 4 or None
+    return len(vector) if vector else None
+
+
 def embeddings_result(response: Any) -> dict[str, Any]:
     data = response.data or []
-    first = data[0].embedding if data else None
     usage = response.usage
     return {"model": response.model,
-            "output": {"embeddings": len(data), "dimensions": len(first) if first else None},
+            "output": {"embeddings": len(data),
+                       "dimensions": _dimensions(data[0].embedding) if data else None},
             "input_tokens": getattr(usage, "prompt_tokens", None)}

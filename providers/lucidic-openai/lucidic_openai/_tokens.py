@@ -17,8 +17,11 @@ the API for plain text messages; tool definitions, tool calls and images are
 approximated, so every such count is recorded with ``tokens_estimated``.
 
 A vocabulary takes about a second to load: it loads once per process, in a
-background thread started when the first such stream is requested, so the
-stream's own duration usually covers it.
+background thread started when the first such stream is requested. The
+counting itself (``Estimate.count``) runs on Lucidic's background thread
+after the call is recorded (``LLMCall.finish(estimate=...)``), never on the
+caller's: the stream ends, and is recorded as ending, when its last chunk
+arrives, whether or not the vocabulary is loaded by then.
 """
 
 from __future__ import annotations
