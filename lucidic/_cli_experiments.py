@@ -67,14 +67,10 @@ def experiment_document(backend: Any, experiment_id: str) -> dict[str, Any]:
             "stats": _summary.stats(runs), "runs": runs}
 
 
-def _print_json(value: Any) -> None:
-    print(_render.json_document(value))
-
-
 def _listing(rows: list[dict[str, Any]], as_json: bool, empty: str,
              table: Callable[[list[dict[str, Any]]], str]) -> int:
     if as_json:
-        _print_json(rows)
+        _render.print_json(rows)
     else:
         print(table(rows) if rows else empty)
     return 0
@@ -91,7 +87,7 @@ def _show(args: argparse.Namespace) -> int:
     with _backend() as backend:
         document = experiment_document(backend, args.experiment_id)
     if args.json:
-        _print_json(document)
+        _render.print_json(document)
         return 0
     print(show.experiment_head(document, document["runs"]))
     print(show.runs_table(document["runs"]))
@@ -136,7 +132,7 @@ def _compare(args: argparse.Namespace) -> int:
                 "regressions": regressions}
     failed = {name: rows for name, rows in regressions.items() if rows}
     if args.json:
-        _print_json(document)
+        _render.print_json(document)
     else:
         print(_render.visible(f"A: {a.get('name') or ''} {a['id']}\n"
                               f"B: {b.get('name') or ''} {b['id']}"))
@@ -187,7 +183,7 @@ def _rescore(args: argparse.Namespace) -> int:
     with _backend() as backend:
         document = experiment_document(backend, args.experiment_id)
     if args.json:
-        _print_json(document)
+        _render.print_json(document)
     else:
         print(f"rescored {len(runs)} runs of {args.experiment_id}")
         print(show.runs_table(document["runs"]))
@@ -213,7 +209,7 @@ def _mass_sims_show(args: argparse.Namespace) -> int:
         return 1
     (sim,) = sims
     if args.json:
-        _print_json(sim)
+        _render.print_json(sim)
         return 0
     print(show.mass_sims_table([sim]))
     print(f"its sessions: lucidic sessions list --mass-sim {sim['id']}")

@@ -560,6 +560,11 @@ def json_document(value: Any) -> str:
     return json.dumps(with_iso_times(value), indent=2, ensure_ascii=False, default=str)
 
 
+def print_json(value: Any) -> None:
+    """What every command's ``--json`` prints."""
+    print(json_document(value))
+
+
 def with_iso_times(value: Any) -> Any:
     """A copy of a JSON value with ``<field>_iso`` (ISO 8601, UTC) beside
     every epoch time field, at every level."""

@@ -110,10 +110,6 @@ def resolve_session_id(reader: Reader, given: str) -> str | None:
 
 # -- output -------------------------------------------------------------------------
 
-def _print_json(value: Any) -> None:
-    print(_render.json_document(value))
-
-
 def _print_lines(lines: list[_render.Line]) -> None:
     if sys.stdout.isatty():
         from rich.console import Console
@@ -148,7 +144,7 @@ def _sessions_list(args: argparse.Namespace) -> int:
                                            search=args.search, limit=args.limit,
                                            offset=args.offset, mass_sim_id=args.mass_sim)
     if args.json:
-        _print_json(sessions)
+        _render.print_json(sessions)
     elif not sessions:
         print(f"no sessions in {_source()}")
     else:
@@ -168,7 +164,7 @@ def _sessions_show(args: argparse.Namespace) -> int:
               "(`lucidic sessions list` shows the recorded ones)", file=sys.stderr)
         return 1
     if args.json:
-        _print_json(tree)
+        _render.print_json(tree)
     else:
         _print_tree(_render.layout(tree, full=args.full))
     if args.follow:
@@ -326,7 +322,7 @@ def _keys_list(args: argparse.Namespace) -> int:
     with closing(_open_accounts(args)) as store:
         keys = store.list_api_keys(args.project)
     if args.json:
-        _print_json(keys)
+        _render.print_json(keys)
         return 0
     if not keys:
         which = f" for project {args.project!r}" if args.project else ""
@@ -382,7 +378,7 @@ def _prompts_list(args: argparse.Namespace) -> int:
     with closing(_open_accounts(args)) as store:
         prompts = list_prompts(store, args.project)
     if args.json:
-        _print_json(prompts)
+        _render.print_json(prompts)
         return 0
     if not prompts:
         print(f"no prompts in {_where(args)}; keep one with `lucidic prompts set NAME FILE "
@@ -407,7 +403,7 @@ def _prompts_show(args: argparse.Namespace) -> int:
               f"in {_where(args)}", file=sys.stderr)
         return 1
     if args.json:
-        _print_json(prompt)
+        _render.print_json(prompt)
         return 0
     print(f"# {prompt['name']} v{prompt['version']} ({', '.join(prompt['labels'])}), "
           f"{_render.when(prompt['created_at'])}")
