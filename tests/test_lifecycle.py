@@ -285,3 +285,35 @@ def test_sessions_started_in_multiprocessing_children_end_as_the_children_leave(
         (step,) = tree["steps"]
         assert len(step["events"]) == 50 and step["is_finished"]
         assert tree["is_finished"] is True
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork()")
+def test_a_forked_child_neither_runs_nor_waits_for_the_parents_deferred_jobs() -> None:
+    # Jobs that complete records off the caller's thread (token counts): the
+    # parent runs its own; a child forked while one waits starts with none
+    # and a thread of its own for what it submits.
+    import os
+    import threading
+
+    from lucidic._deferred import deferred
+
+    release, ran_in = threading.Event(), []
+    deferred.submit(lambda: (release.wait(30), ran_in.append(os.getpid())))
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            nothing_pending = deferred.wait(0.5)
+            deferred.submit(lambda: ran_in.append(os.getpid()))
+            own_ran = deferred.wait(5)
+            os.write(writer, f"{nothing_pending} {own_ran} {ran_in == [os.getpid()]}".encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader) as answer:
+        child_said = answer.read()
+    os.waitpid(pid, 0)
+    assert child_said == "True True True"
+    assert not deferred.wait(0.05)  # the parent's job still waits...
+    release.set()
+    assert deferred.wait(10) and ran_in == [os.getpid()]  # ...and runs in the parent alone

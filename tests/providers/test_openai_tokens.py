@@ -205,3 +205,39 @@ def test_without_the_tokens_extra_the_counts_stay_unknown_and_it_says_how_to_get
     assert event["cost"] is None and not event["tokens_estimated"]
     assert any("pip install 'lucidic-toolkit-openai[tokens]'" in r.getMessage()
                for r in caplog.records)
+
+
+@pytest.mark.parametrize("ending", ["exit", "end_session", "sigterm"])
+def test_counts_made_after_the_stream_are_not_lost_when_the_program_ends_at_once(
+        tmp_path, ending):
+    # The counting runs on a thread of its own after the call is recorded:
+    # however the program ends right after the stream, the counts arrive.
+    from helpers import run_python
+    from lucidic.store import Store
+
+    path = shared_path("openai/chat_async_streaming.yaml")
+    result = run_python(f"""
+        import json, os, signal, sys
+        sys.path.insert(0, {str(tmp_path.parent)!r})
+        import openai, vcr
+        import lucidic as lai
+        body = json.loads({json.dumps(json.dumps(request_body(path)))})
+        with vcr.VCR(record_mode="none").use_cassette({str(path)!r}):
+            lai.init(session_name="tokens", providers=["openai"])
+            client = openai.OpenAI(api_key="sk-test", max_retries=0)
+            text = "".join(c.choices[0].delta.content or ""
+                           for c in client.chat.completions.create(**body))
+        print(len(text), flush=True)
+        if {ending!r} == "end_session":
+            lai.end_session()
+        elif {ending!r} == "sigterm":
+            os.kill(os.getpid(), signal.SIGTERM)
+        """, home=tmp_path, check=False)
+    assert result.returncode in (0, -15, 143), result.stderr
+    store = Store(tmp_path / "lucidic.db")
+    try:
+        (event,) = store.query("SELECT * FROM events WHERE type = 'llm'")
+    finally:
+        store.close()
+    assert event["tokens_estimated"] and event["input_tokens"] == 15
+    assert event["output_tokens"] > 0 and event["cost"] > 0
