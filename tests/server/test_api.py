@@ -415,3 +415,24 @@ def test_a_database_refusal_no_retry_can_mend_is_a_4xx_not_retry_later(
     assert response.headers["content-type"] == "application/problem+json"
     assert "retry" in response.json()["detail"]  # says a retry will not help
     assert api.get("/api/v1/sessions").status_code == 200
+
+
+def test_a_session_whose_token_sum_passes_64_bits_reads_saturated(
+        db_url: str, start_server) -> None:
+    # Each count is valid (at most 2**63-1); their sum is not. The session,
+    # its tree and the listing sorted by tokens failed on both databases.
+    server = start_server(db_url)
+    api = Api(server.url, make_key(db_url, "p"))
+    sid = str(uuid.uuid4())
+    limit = 2 ** 63 - 1
+    assert api.records(_session(sid), *(_event(f"e{i}", sid, input_tokens=limit,
+                                               output_tokens=limit, cached_tokens=limit)
+                                        for i in range(3))).status_code == 200
+    for path in (f"/api/v1/sessions/{sid}", f"/api/v1/sessions/{sid}/tree"):
+        response = api.get(path)
+        assert response.status_code == 200, (path, response.text)
+        assert (response.json()["input_tokens"], response.json()["cached_tokens"]) == (
+            limit, limit)
+    listing = api.get("/api/v1/sessions", params={"sort": "tokens"})
+    assert listing.status_code == 200, listing.text
+    assert listing.json()["sessions"][0]["output_tokens"] == limit
