@@ -13,7 +13,7 @@ from typing import Any
 
 from ..limits import INT_MAX, INT_MIN
 from ..store import Store
-from .totals import int_sum
+from .totals import cost_sum, int_sum
 
 DAY = 86400.0
 
@@ -56,14 +56,15 @@ def dashboard(store: Store, project: str | None, since: float, until: float) -> 
     model = "COALESCE(e.model, e.request_model, '(no model)')"
     tokens = (f"COALESCE({int_sum(store, 'e.input_tokens')}, 0) AS input_tokens, "
               f"COALESCE({int_sum(store, 'e.output_tokens')}, 0) AS output_tokens, ")
+    cost = f"COALESCE({cost_sum('e.cost')}, 0)"
     per_day, per_model, latency, ttft, sessions = store.query_many([
-        (f"SELECT {day} AS day, COALESCE(SUM(e.cost), 0) AS cost, {tokens}"
+        (f"SELECT {day} AS day, {cost} AS cost, {tokens}"
          "SUM(CASE WHEN e.type = 'llm' THEN 1 ELSE 0 END) AS llm_calls, "
          "SUM(CASE WHEN e.type = 'llm' AND e.error IS NOT NULL THEN 1 ELSE 0 END) AS llm_errors, "
          "COUNT(*) AS events, "
          "SUM(CASE WHEN e.error IS NOT NULL OR e.type = 'error' THEN 1 ELSE 0 END) AS errors "
          f"{events} GROUP BY {day} ORDER BY day", base),
-        (f"SELECT {model} AS model, COUNT(*) AS calls, COALESCE(SUM(e.cost), 0) AS cost, "
+        (f"SELECT {model} AS model, COUNT(*) AS calls, {cost} AS cost, "
          f"{tokens}"
          "SUM(CASE WHEN e.error IS NOT NULL THEN 1 ELSE 0 END) AS errors "
          f"{events} AND e.type = 'llm' GROUP BY {model} ORDER BY cost DESC, calls DESC", base),

@@ -18,7 +18,7 @@ from typing import Any
 from ..limits import INT_MAX
 from ..store import Store
 from .search import TextMatch
-from .totals import int_sum, saturated
+from .totals import cost_sum, int_sum, saturated
 
 #: A session's status, as a word: exactly one of these holds for each session.
 STATUSES = ("running", "successful", "failed", "finished")
@@ -53,7 +53,7 @@ SORTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "started": ("s.started_at", ()),
     "name": ("COALESCE(s.name, '')", ()),
     "duration": ("(COALESCE(s.ended_at, {now}) - s.started_at)", ()),
-    "cost": ("COALESCE(agg_events.v, 0)", (_per_session("events", "SUM(cost)"),)),
+    "cost": ("COALESCE(agg_events.v, 0)", (_per_session("events", cost_sum("cost")),)),
     "tokens": ("COALESCE(agg_events.v, 0)", (_per_session("events", "{tokens}"),)),
     "events": ("COALESCE(agg_events.v, 0)", (_per_session("events", "COUNT(*)"),)),
     "errors": ("(COALESCE(agg_events.v, 0) + COALESCE(agg_steps.v, 0))", (
@@ -220,7 +220,7 @@ def add_totals(store: Store, sessions: list[dict[str, Any]]) -> None:
         "reasoning_tokens"))
     events, steps = store.query_many([
         ("SELECT session_id, COUNT(*) AS event_count, "
-         f"COALESCE(SUM(cost), 0) AS total_cost, {tokens}"
+         f"COALESCE({cost_sum('cost')}, 0) AS total_cost, {tokens}"
          "SUM(CASE WHEN error IS NOT NULL OR type = 'error' THEN 1 ELSE 0 END) AS error_count "
          f"FROM events WHERE session_id IN ({marks}) GROUP BY session_id", ids),
         ("SELECT session_id, COUNT(*) AS step_count, "

@@ -23,12 +23,12 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .. import _continuation, pricing
-from ..limits import MAX_TEXT_CHARS
+from ..limits import MAX_COST, MAX_TEXT_CHARS
 from ..prompts import get_prompt as stored_prompt
 from ..store import Record, Store
 from . import masssims, uploads
 from .app import Auth, Db, check_continuable, not_found
-from .models import FiniteFloat, Id, check_json_text
+from .models import Cost, FiniteFloat, Id, check_json_text
 from .problems import ApiError, JSONOut
 
 router = APIRouter(prefix="/api", tags=["lucidicai"])
@@ -108,7 +108,7 @@ class _EventFields(_Body):
     description: Optional[Text] = None  # noqa: UP045
     result: Optional[Text] = None  # noqa: UP045
     is_finished: Optional[bool] = None  # noqa: UP045
-    cost_added: Optional[FiniteFloat] = None  # noqa: UP045
+    cost_added: Optional[Cost] = None  # noqa: UP045
     model: Optional[Name] = None  # noqa: UP045
     nscreenshots: Optional[Count] = None  # noqa: UP045
     duration: Optional[FiniteFloat] = None  # noqa: UP045
@@ -348,6 +348,12 @@ def _number(value: Any) -> float | None:
     return float(value)
 
 
+def _cost(value: Any) -> float | None:
+    """A payload's cost, or None beyond MAX_COST (as tokens beyond their range)."""
+    number = _number(value)
+    return number if number is not None and abs(number) <= MAX_COST else None
+
+
 def _tokens(value: Any) -> int | None:
     number = _number(value)
     return int(number) if number is not None and 0 <= number < 2**62 else None
@@ -374,7 +380,7 @@ def typed_event_fields(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
                       input=request.pop("messages", None), output=response.pop("output", None),
                       input_tokens=_tokens(usage.pop("input_tokens", None)),
                       output_tokens=_tokens(usage.pop("output_tokens", None)),
-                      cost=_number(usage.pop("cost", None)))
+                      cost=_cost(usage.pop("cost", None)))
         cache = usage.pop("cache", None)
         fields["cached_tokens"] = _tokens(cache.get("read") if isinstance(cache, dict)
                                           else cache)

@@ -193,6 +193,8 @@ def _bad_requests(sid: str) -> list[tuple[str, dict[str, Any], str]]:
         ("cost is text", records(_event("e1", sid, cost="a lot")), "cost"),
         ("tokens beyond 64 bits", records(_event("e1", sid, input_tokens=2 ** 70)),
          "input_tokens"),
+        # finite, but three of them sum beyond any float
+        ("cost beyond any real call", records(_event("e1", sid, cost=1e300)), "cost"),
         ("is_finished is a word", records(step | {"fields": step["fields"] |
                                                    {"is_finished": "maybe"}}), "is_finished"),
         ("tags not a list", records(_session(sid) | {"fields": {"tags": "a,b"}}), "tags"),

@@ -26,6 +26,7 @@ from protocol_support import (
 from server_support import Api, ServerProcess, make_key, sdk_env
 
 from helpers import child_env, port_8000, run_python
+from lucidic.pricing import cost_of
 
 HERE = Path(__file__).resolve().parent
 
@@ -642,6 +643,8 @@ def test_bad_lucidicai_requests_get_a_clear_4xx_and_change_nothing(
         (http, "POST", "initevent", {"json": {"session_id": sid, "current_time": "yesterday"}},
          422, "current_time"),
         (http, "POST", "initevent", {"json": {"description": "orphan"}}, 422, "step_id"),
+        (http, "PUT", "updateevent", {"json": {"event_id": event, "cost_added": 1e300}}, 422,
+         "cost_added"),
         (http, "PUT", "updatesession", {"json": {"session_id": finished, "is_finished": False}},
          409, "cannot be reopened"),
         (http, "POST", "initstep", {"json": {"session_id": finished}}, 409, "has finished"),
@@ -685,6 +688,27 @@ def test_bad_lucidicai_requests_get_a_clear_4xx_and_change_nothing(
     # The key works as Bearer and as Api-Key on every route; a wrong one is a 401.
     assert http.get(server.url + "/api/v1/sessions").status_code == 200
     assert _lucidicai_http(server, "lk_nope").get(base + "verifyapikey").status_code == 401
+
+
+def test_numbers_beyond_range_in_a_typed_events_payload_are_dropped_as_tokens_are(
+        db_url: str, start_server: Any) -> None:
+    # The newest release's payloads are free-form JSON: a usage number beyond
+    # what its column holds is dropped (the price table's cost stands in for
+    # a cost), never a refusal of the whole event, never a server error.
+    server = start_server(db_url)
+    key = make_key(db_url, "numbers")
+    http = _lucidicai_http(server, key)
+    sid = http.post(server.url + "/api/initsession", json={"session_name": "n"}).json()[
+        "session_id"]
+    usages = {"dear": {"input_tokens": 1000, "output_tokens": 10, "cost": 1e300}}
+    for name, usage in usages.items():
+        answer = http.post(server.url + "/api/events", json={
+            "session_id": sid, "client_event_id": name, "type": "llm_generation",
+            "payload": {"request": {"provider": "openai", "model": "gpt-4o-mini"},
+                        "usage": usage}})
+        assert answer.status_code == 200, (name, answer.text)
+    events = {e["id"]: e for e in Api(server.url, key).tree(sid)["events"]}
+    assert events["dear"]["cost"] == pytest.approx(cost_of("openai", "gpt-4o-mini", 1000, 10))
 
 
 def _replay(server: ServerProcess, key: str, recording: dict[str, Any]) -> list[Any]:

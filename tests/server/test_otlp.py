@@ -488,6 +488,33 @@ def test_bad_otlp_requests_get_a_clear_4xx_and_change_nothing(
     assert Api(server.url, key).tree("fine")["step_count"] == 3
 
 
+def odd_shapes(tracer: Tracer) -> None:
+    """Attributes of shapes no convention names, which a span may still carry."""
+    with tracer.start_as_current_span("odd agent") as root:
+        root.set_attribute("session.id", "odd")
+        with tracer.start_as_current_span("chat priced beyond reason") as llm:
+            for key, value in {
+                    "gen_ai.operation.name": "chat", "gen_ai.system": "openai",
+                    "gen_ai.request.model": "gpt-4o-mini", "gen_ai.usage.input_tokens": 1000,
+                    "gen_ai.usage.output_tokens": 10, "gen_ai.usage.cost": 1e300}.items():
+                llm.set_attribute(key, value)
+
+
+def test_odd_attribute_shapes_are_stored_sensibly_never_a_server_error(
+        db_url: str, start_server: Any) -> None:
+    server = start_server(db_url)
+    key = make_key(db_url, "odd")
+    response = post(server, key, body(make_spans(odd_shapes)))
+    assert response.status_code == 200, response.content[:300]
+    assert partial(response) == (0, "")
+    (root,) = Api(server.url, key).tree("odd")["steps"]
+    events = {e["description"]: e for e in root["events"]}
+    # A cost beyond any real call is dropped, as tokens beyond their range
+    # are: the price table's cost stands in.
+    priced = events["chat priced beyond reason"]
+    assert priced["cost"] == pytest.approx(cost_of("openai", "gpt-4o-mini", 1000, 10))
+
+
 def test_some_spans_refused_is_a_partial_success_naming_why(
         sqlite_url: str, start_server: Any) -> None:
     server = start_server(sqlite_url)

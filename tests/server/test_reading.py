@@ -5,6 +5,8 @@ SQLite-and-PostgreSQL fixtures.)"""
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -273,3 +275,24 @@ def test_token_totals_saturate_at_the_64_bit_limit_rather_than_fail(store: Store
     assert board.days[0]["input_tokens"] == 1
     assert {m["model"]: m["output_tokens"] for m in board.models} == {"m": INT_MAX}
 
+
+def test_cost_totals_stay_finite_whatever_costs_are_stored(store: Store) -> None:
+    # What a server took before costs were bounded at ingest: each finite,
+    # their sum not (inf or NaN on SQLite, which JSON cannot carry; an
+    # "out of range" error on PostgreSQL).
+    day0 = (T0 // 86400) * 86400
+    records = [_session("dear", at=day0 + 10), _session("cheap", at=day0 + 20)]
+    records += [_event(f"d{i}", "dear", at=day0 + 11 + i, type="llm", model="m",
+                       cost=1e308) for i in range(3)]
+    records += [_event("minus", "dear", at=day0 + 15, cost=-1e308)]
+    records += [_event("c0", "cheap", at=day0 + 21, cost=0.25)]
+    store.write(records)
+    reader = Reader(store)
+    dear = reader.session("dear") or {}
+    assert math.isfinite(dear["total_cost"]) and dear["total_cost"] >= 1e15
+    assert (reader.session("cheap") or {})["total_cost"] == 0.25
+    page = reader.sessions(SessionQuery(sort="cost"))
+    assert [s["id"] for s in page.sessions] == ["dear", "cheap"]
+    board = reader.dashboard(None, day0, day0 + 86400)
+    assert math.isfinite(board.total_cost)
+    json.dumps([page.sessions, board.days, board.models], allow_nan=False)  # no inf, no NaN
