@@ -186,7 +186,7 @@ def _unflatten(attributes: dict[str, Any], prefix: str, used: set[str]) -> list[
         if not key.startswith(start):
             continue
         parts = key[len(start):].split(".")
-        if not parts[0].isdigit():
+        if not _is_index(parts[0]):
             continue
         used.add(key)
         node = root
@@ -199,11 +199,17 @@ def _unflatten(attributes: dict[str, Any], prefix: str, used: set[str]) -> list[
     return _listify(root) if root else []
 
 
+def _is_index(part: str) -> bool:
+    """A flattened key's list index: ASCII digits only (str.isdigit takes
+    '²' too, which int() cannot read)."""
+    return part.isascii() and part.isdigit()
+
+
 def _listify(node: Any) -> Any:
     if not isinstance(node, dict):
         return node
     items = {k: _listify(v) for k, v in node.items()}
-    if items and all(k.isdigit() for k in items):
+    if items and all(_is_index(k) for k in items):
         return [items[k] for k in sorted(items, key=int)]
     return items
 

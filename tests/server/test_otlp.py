@@ -498,6 +498,14 @@ def odd_shapes(tracer: Tracer) -> None:
                     "gen_ai.request.model": "gpt-4o-mini", "gen_ai.usage.input_tokens": 1000,
                     "gen_ai.usage.output_tokens": 10, "gen_ai.usage.cost": 1e300}.items():
                 llm.set_attribute(key, value)
+        with tracer.start_as_current_span("chat with odd digits") as llm:
+            # '²' and '¹' are digits to str.isdigit, but no int() reads them.
+            for key, value in {
+                    "gen_ai.operation.name": "chat", "gen_ai.prompt.0.role": "user",
+                    "gen_ai.prompt.0.content": "hi", "gen_ai.prompt.².content": "squared",
+                    "gen_ai.completion.0.role": "assistant",
+                    "gen_ai.completion.0.tool_calls.¹.name": "superscript"}.items():
+                llm.set_attribute(key, value)
 
 
 def test_odd_attribute_shapes_are_stored_sensibly_never_a_server_error(
@@ -513,6 +521,10 @@ def test_odd_attribute_shapes_are_stored_sensibly_never_a_server_error(
     # are: the price table's cost stands in.
     priced = events["chat priced beyond reason"]
     assert priced["cost"] == pytest.approx(cost_of("openai", "gpt-4o-mini", 1000, 10))
+    # Only ASCII digits index a flattened list; another key is kept as it is.
+    digits = events["chat with odd digits"]
+    assert digits["input"] == [{"role": "user", "content": "hi"}]
+    assert digits["attributes"]["gen_ai.prompt.².content"] == "squared"
 
 
 def test_some_spans_refused_is_a_partial_success_naming_why(
