@@ -83,6 +83,8 @@ def classify(attributes: dict[str, Any]) -> str:
     oi_kind = attributes.get("openinference.span.kind")
     if isinstance(oi_kind, str) and oi_kind.upper() in _OI_KINDS:
         return _OI_KINDS[oi_kind.upper()]
+    if not isinstance(operation, str):
+        operation = None if operation is None else ""  # a list, say: names no operation
     if operation in _LLM_OPERATIONS:
         return "llm"
     if operation == "execute_tool":
@@ -219,12 +221,26 @@ def _clean(message: dict[str, Any]) -> dict[str, Any]:
 
 
 def _tool_call(call: Any) -> Any:
+    """One tool call as {id, name, arguments}; one given in another shape
+    (text, say) is kept as it is."""
     if not isinstance(call, dict):
-        return call
+        return _json(call)
     inner = call.get("tool_call", call)
-    function = inner.get("function") if isinstance(inner.get("function"), dict) else {}
-    return _clean({"id": inner.get("id"), "name": inner.get("name") or function.get("name"),
+    if not isinstance(inner, dict):
+        return _json(inner)
+    function = inner.get("function")
+    named = function if isinstance(function, str) else None  # the function's name alone
+    function = function if isinstance(function, dict) else {}
+    return _clean({"id": inner.get("id"),
+                   "name": inner.get("name") or function.get("name") or named,
                    "arguments": _json(inner.get("arguments", function.get("arguments")))})
+
+
+def _tool_calls(calls: Any) -> Any:
+    """A message's tool calls: a list of them, or what was given instead
+    (text, or a JSON text of the list, say) as it is."""
+    calls = _json(calls)
+    return [_tool_call(c) for c in calls] if isinstance(calls, list) else calls
 
 
 def _from_indexed(message: Any) -> Any:
@@ -240,10 +256,8 @@ def _from_indexed(message: Any) -> Any:
         texts = [c.get("message_content", c).get("text") for c in contents
                  if isinstance(c, dict) and isinstance(c.get("message_content", c), dict)]
         content = "\n".join(t for t in texts if isinstance(t, str)) or contents
-    calls = inner.get("tool_calls")
     return _clean({"role": inner.get("role"), "content": _json(content),
-                   "tool_calls": [_tool_call(c) for c in calls] if isinstance(calls, list)
-                   else None,
+                   "tool_calls": _tool_calls(inner.get("tool_calls")),
                    "tool_call_id": inner.get("tool_call_id"), "name": inner.get("name"),
                    "finish_reason": inner.get("finish_reason")})
 
@@ -291,7 +305,9 @@ def _messages(attributes: dict[str, Any], used: set[str]) -> tuple[Any, Any]:
             text = (system if isinstance(system, str)
                     else _from_parts({"role": "system", "parts": system}).get("content", system)
                     if isinstance(system, list) else system)
-            inputs = [{"role": "system", "content": text}, *(inputs or [])]
+            given_inputs = inputs if isinstance(inputs, list) else [] if inputs is None \
+                else [inputs]
+            inputs = [{"role": "system", "content": text}, *given_inputs]
         produced = _json(take("gen_ai.output.messages"))
         outputs = [_from_parts(m) for m in produced] if isinstance(produced, list) else produced
         return inputs, _one_or_many(outputs)

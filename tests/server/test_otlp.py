@@ -506,6 +506,27 @@ def odd_shapes(tracer: Tracer) -> None:
                     "gen_ai.completion.0.role": "assistant",
                     "gen_ai.completion.0.tool_calls.¹.name": "superscript"}.items():
                 llm.set_attribute(key, value)
+        with tracer.start_as_current_span("tool calls as text") as llm:
+            for key, value in {
+                    "openinference.span.kind": "LLM",
+                    "llm.output_messages.0.message.role": "assistant",
+                    "llm.output_messages.0.message.tool_calls.0.tool_call": "weather(city='Oslo')",
+                    "llm.output_messages.0.message.tool_calls.1.tool_call.function":
+                        "get_time",
+                    "llm.output_messages.1.message.role": "assistant",
+                    "llm.output_messages.1.message.tool_calls": "call the weather tool",
+                    "llm.output_messages.2.message.role": "assistant",
+                    "llm.output_messages.2.message.tool_calls": json.dumps([{
+                        "id": "c1", "function": {"name": "weather",
+                                                 "arguments": '{"city": "Oslo"}'}}]),
+                    }.items():
+                llm.set_attribute(key, value)
+        with tracer.start_as_current_span("operation as a list") as odd:
+            odd.set_attribute("gen_ai.operation.name", ["chat", "embeddings"])
+        with tracer.start_as_current_span("messages as a number") as llm:
+            llm.set_attribute("gen_ai.operation.name", "chat")
+            llm.set_attribute("gen_ai.system_instructions", "be kind")
+            llm.set_attribute("gen_ai.input.messages", 5)
 
 
 def test_odd_attribute_shapes_are_stored_sensibly_never_a_server_error(
@@ -525,6 +546,19 @@ def test_odd_attribute_shapes_are_stored_sensibly_never_a_server_error(
     digits = events["chat with odd digits"]
     assert digits["input"] == [{"role": "user", "content": "hi"}]
     assert digits["attributes"]["gen_ai.prompt.².content"] == "squared"
+    assert digits["output"] == {"role": "assistant",
+                                "tool_calls": {"¹": {"name": "superscript"}}}
+    # Tool calls given as text are kept as text (or as the JSON they hold).
+    assert events["tool calls as text"]["output"] == [
+        {"role": "assistant", "tool_calls": ["weather(city='Oslo')", {"name": "get_time"}]},
+        {"role": "assistant", "tool_calls": "call the weather tool"},
+        {"role": "assistant", "tool_calls": [{"id": "c1", "name": "weather",
+                                              "arguments": {"city": "Oslo"}}]}]
+    # An operation that is not one word names none: the span is a step.
+    (listed,) = root["steps"]
+    assert listed["attributes"]["gen_ai.operation.name"] == ["chat", "embeddings"]
+    assert events["messages as a number"]["input"] == [
+        {"role": "system", "content": "be kind"}, 5]
 
 
 def test_some_spans_refused_is_a_partial_success_naming_why(
