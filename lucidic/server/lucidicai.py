@@ -23,6 +23,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .. import _continuation, pricing
+from .._numbers import finite_float
 from ..limits import MAX_COST, MAX_TEXT_CHARS
 from ..prompts import get_prompt as stored_prompt
 from ..store import Record, Store
@@ -343,9 +344,11 @@ def _text(value: Any) -> str | None:
 
 
 def _number(value: Any) -> float | None:
+    """A payload's number as a float; None for anything else, and for a
+    number no float holds (10**400 is valid JSON)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    return finite_float(value)
 
 
 def _cost(value: Any) -> float | None:

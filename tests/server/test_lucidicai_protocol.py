@@ -700,7 +700,10 @@ def test_numbers_beyond_range_in_a_typed_events_payload_are_dropped_as_tokens_ar
     http = _lucidicai_http(server, key)
     sid = http.post(server.url + "/api/initsession", json={"session_name": "n"}).json()[
         "session_id"]
-    usages = {"dear": {"input_tokens": 1000, "output_tokens": 10, "cost": 1e300}}
+    usages = {"dear": {"input_tokens": 1000, "output_tokens": 10, "cost": 1e300},
+              # valid JSON, an int in Python, and no float holds it
+              "huge": {"input_tokens": 10 ** 400, "output_tokens": 10, "cost": -(10 ** 400),
+                       "cache": {"read": 10 ** 400}}}
     for name, usage in usages.items():
         answer = http.post(server.url + "/api/events", json={
             "session_id": sid, "client_event_id": name, "type": "llm_generation",
@@ -709,6 +712,22 @@ def test_numbers_beyond_range_in_a_typed_events_payload_are_dropped_as_tokens_ar
         assert answer.status_code == 200, (name, answer.text)
     events = {e["id"]: e for e in Api(server.url, key).tree(sid)["events"]}
     assert events["dear"]["cost"] == pytest.approx(cost_of("openai", "gpt-4o-mini", 1000, 10))
+    huge = events["huge"]
+    assert (huge["input_tokens"], huge["output_tokens"], huge["cached_tokens"]) == (
+        None, 10, None)
+    assert huge["cost"] == pytest.approx(cost_of("openai", "gpt-4o-mini", None, 10))
+    # Where a payload's number is kept as it is (text, attributes), it stays exact.
+    answer = http.post(server.url + "/api/events", json={
+        "session_id": sid, "client_event_id": "kept", "type": "generic",
+        "payload": {"details": 10 ** 400, "extra": -(10 ** 400)}})
+    assert answer.status_code == 200, answer.text
+    kept = Api(server.url, key).get("/api/v1/events/kept").json()
+    assert kept["description"] == str(10 ** 400) and kept["attributes"]["extra"] == -(10 ** 400)
+    # Beyond what a JSON reader takes (4,300 digits): refused, not a server error.
+    answer = http.post(server.url + "/api/events", data=(
+        f'{{"session_id": "{sid}", "payload": {{"details": {"9" * 5000}}}}}'),
+        headers={"Content-Type": "application/json"})
+    assert answer.status_code == 400 and "parsing the body" in answer.json()["detail"]
 
 
 def _replay(server: ServerProcess, key: str, recording: dict[str, Any]) -> list[Any]:
