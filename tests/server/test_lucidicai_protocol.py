@@ -5,6 +5,7 @@ and a replay of what the newest lucidicai release sends."""
 from __future__ import annotations
 
 import base64
+import gzip
 import io
 import json
 import subprocess
@@ -728,6 +729,41 @@ def test_numbers_beyond_range_in_a_typed_events_payload_are_dropped_as_tokens_ar
         f'{{"session_id": "{sid}", "payload": {{"details": {"9" * 5000}}}}}'),
         headers={"Content-Type": "application/json"})
     assert answer.status_code == 400 and "parsing the body" in answer.json()["detail"]
+
+
+def _blob_event(server: ServerProcess, http: requests.Session, sid: str, event_id: str,
+                payload: dict[str, Any], kind: str = "llm_generation") -> str:
+    """A typed event whose payload follows to its blob_url, as the newest
+    release sends one over 64 KB: the preview now; the blob_url returned."""
+    answer = http.post(server.url + "/api/events", json={
+        "session_id": sid, "client_event_id": event_id, "type": kind, "payload": payload,
+        "needs_blob": True})
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["blob_url"])
+
+
+def test_a_payload_nested_beyond_any_reader_is_refused_and_the_server_stays_up(
+        sqlite_url: str, start_server: Any) -> None:
+    server = start_server(sqlite_url)
+    key = make_key(sqlite_url, "deep")
+    http = _lucidicai_http(server, key)
+    sid = http.post(server.url + "/api/initsession", json={"session_name": "d"}).json()[
+        "session_id"]
+    blob_url = _blob_event(server, http, sid, "deep", {"request": {"model": "m"}})
+    deep = b"[" * 100_000 + b"]" * 100_000  # json.loads raised RecursionError
+    for body, encoding in ((deep, None), (gzip.compress(deep), "gzip")):
+        headers = {"Content-Type": "application/json"}
+        if encoding:
+            headers["Content-Encoding"] = encoding
+        answer = requests.put(blob_url, data=body, headers=headers, timeout=30)
+        assert answer.status_code == 422, answer.text
+        assert "nested" in answer.json()["detail"]
+    assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
+    # Nothing was taken: the URL still takes the real payload.
+    answer = requests.put(blob_url, json={"request": {"model": "m", "messages": ["hi"]}},
+                          timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert Api(server.url, key).tree(sid)["events"][0]["input"] == ["hi"]
 
 
 def _replay(server: ServerProcess, key: str, recording: dict[str, Any]) -> list[Any]:
