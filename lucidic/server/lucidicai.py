@@ -463,7 +463,9 @@ def _apply_payload(store: Store, cur: Any, upload: dict[str, Any], payload: Any)
     kind = attributes.pop("type", None) or {v: k for k, v in _TYPES.items()}.get(found[0], "")
     attributes.pop("payload_pending", None)
     fields = typed_event_fields(kind, payload)
-    fields["attributes"] = {**attributes, **(fields.get("attributes") or {})} or None
+    # Empty is written as empty: None would leave the stored attributes (and
+    # their payload_pending) as they were.
+    fields["attributes"] = {**attributes, **(fields.get("attributes") or {})}
     # A millisecond newer than the preview: a retried preview (same time) then
     # cannot overwrite the full payload.
     store.apply(cur, [("event", upload["event_id"], float(found[2]) + 0.001,

@@ -766,6 +766,39 @@ def test_a_payload_nested_beyond_any_reader_is_refused_and_the_server_stays_up(
     assert Api(server.url, key).tree(sid)["events"][0]["input"] == ["hi"]
 
 
+def test_an_uploaded_payload_ends_the_wait_even_when_it_leaves_no_attributes(
+        db_url: str, start_server: Any) -> None:
+    # The event is created with payload_pending in its attributes; the blob
+    # replaces them. A payload whose every field has a column of its own
+    # left the attributes empty, and an empty set was written as "no
+    # change": the event read as waiting for its payload for ever.
+    server = start_server(db_url)
+    key = make_key(db_url, "pending")
+    http = _lucidicai_http(server, key)
+    sid = http.post(server.url + "/api/initsession", json={"session_name": "p"}).json()[
+        "session_id"]
+    full = {"llm": ("llm_generation", {
+                "request": {"provider": "openai", "model": "gpt-4o-mini",
+                            "messages": [{"role": "user", "content": "y" * 70_000}]},
+                "response": {"output": "a summary"},
+                "usage": {"input_tokens": 17_600, "output_tokens": 3}}),
+            "note": ("generic", {"details": "z" * 70_000})}
+    for event_id, (kind, payload) in full.items():
+        preview = {k: v for k, v in payload.items() if k != "response"}
+        blob_url = _blob_event(server, http, sid, event_id, preview, kind)
+        pending = Api(server.url, key).get(f"/api/v1/events/{event_id}").json()
+        assert pending["attributes"] == {"payload_pending": True}
+        answer = requests.put(blob_url, data=gzip.compress(json.dumps(payload).encode()),
+                              headers={"Content-Type": "application/json",
+                                       "Content-Encoding": "gzip"}, timeout=30)
+        assert answer.status_code == 200, answer.text
+    events = {e["id"]: e for e in Api(server.url, key).tree(sid)["events"]}
+    for event_id in full:
+        assert "payload_pending" not in (events[event_id]["attributes"] or {}), event_id
+    assert events["llm"]["output"] == "a summary" and events["llm"]["input_tokens"] == 17_600
+    assert events["note"]["description"] == "z" * 70_000
+
+
 def _replay(server: ServerProcess, key: str, recording: dict[str, Any]) -> list[Any]:
     answers: list[Any] = []
     blob_url = None
