@@ -18,6 +18,11 @@ MAX_TEXT_CHARS = 4 * 1024 * 1024
 INT_MIN = -(2**63)
 INT_MAX = 2**63 - 1
 
+#: Largest cost one event may carry, in US dollars, either sign: far beyond
+#: any real call (2**63-1 tokens at any listed price cost less), and small
+#: enough that a sum over any number of events stays a finite float.
+MAX_COST = 1e18
+
 #: An integer inside a JSON document (``arguments``, messages) with more bits
 #: than this is recorded as a short note instead: its decimal text would be
 #: thousands of digits, which JSON encoders and decoders refuse by default

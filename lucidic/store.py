@@ -83,10 +83,19 @@ class StoreError(Exception):
         self.transient = transient
 
 
+#: SQLite's primary result codes that say "not now": busy, locked, out of
+#: memory, read-only (for now), interrupted, I/O error, disk full, cannot
+#: open, lock protocol, schema changed under the statement. Anything else
+#: (SQLITE_ERROR: an integer overflow, say) is the statement's or the data's
+#: fault, although SQLite raises it as an OperationalError too.
+_SQLITE_TRANSIENT = frozenset({5, 6, 7, 8, 9, 10, 13, 14, 15, 17})
+
+
 def _is_transient(exc: BaseException) -> bool:
     """Driver errors that say "not now" rather than "not this"."""
     if isinstance(exc, sqlite3.OperationalError):
-        return True
+        code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+        return code is None or code & 0xFF in _SQLITE_TRANSIENT
     if isinstance(exc, (sqlite3.Error, ValueError, TypeError, OverflowError)):
         return False
     if type(exc).__module__.startswith("psycopg"):

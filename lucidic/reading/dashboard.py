@@ -11,7 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..limits import INT_MAX, INT_MIN
 from ..store import Store
+from .totals import cost_sum, int_sum
 
 DAY = 86400.0
 
@@ -52,18 +54,18 @@ def dashboard(store: Store, project: str | None, since: float, until: float) -> 
     base = [since, until, *scoped]
     day = _day_expr(store, "e.started_at")
     model = "COALESCE(e.model, e.request_model, '(no model)')"
+    tokens = (f"COALESCE({int_sum(store, 'e.input_tokens')}, 0) AS input_tokens, "
+              f"COALESCE({int_sum(store, 'e.output_tokens')}, 0) AS output_tokens, ")
+    cost = f"COALESCE({cost_sum('e.cost')}, 0)"
     per_day, per_model, latency, ttft, sessions = store.query_many([
-        (f"SELECT {day} AS day, COALESCE(SUM(e.cost), 0) AS cost, "
-         "COALESCE(SUM(e.input_tokens), 0) AS input_tokens, "
-         "COALESCE(SUM(e.output_tokens), 0) AS output_tokens, "
+        (f"SELECT {day} AS day, {cost} AS cost, {tokens}"
          "SUM(CASE WHEN e.type = 'llm' THEN 1 ELSE 0 END) AS llm_calls, "
          "SUM(CASE WHEN e.type = 'llm' AND e.error IS NOT NULL THEN 1 ELSE 0 END) AS llm_errors, "
          "COUNT(*) AS events, "
          "SUM(CASE WHEN e.error IS NOT NULL OR e.type = 'error' THEN 1 ELSE 0 END) AS errors "
          f"{events} GROUP BY {day} ORDER BY day", base),
-        (f"SELECT {model} AS model, COUNT(*) AS calls, COALESCE(SUM(e.cost), 0) AS cost, "
-         "COALESCE(SUM(e.input_tokens), 0) AS input_tokens, "
-         "COALESCE(SUM(e.output_tokens), 0) AS output_tokens, "
+        (f"SELECT {model} AS model, COUNT(*) AS calls, {cost} AS cost, "
+         f"{tokens}"
          "SUM(CASE WHEN e.error IS NOT NULL THEN 1 ELSE 0 END) AS errors "
          f"{events} AND e.type = 'llm' GROUP BY {model} ORDER BY cost DESC, calls DESC", base),
         (_percentiles_sql(events, model, "e.duration"), base),
@@ -92,7 +94,13 @@ def dashboard(store: Store, project: str | None, since: float, until: float) -> 
         llm_calls=sum(int(d["llm_calls"]) for d in days),
         llm_errors=sum(int(d["llm_errors"]) for d in days),
         total_cost=float(sum(d["cost"] for d in days)),
-        total_tokens=int(sum(d["input_tokens"] + d["output_tokens"] for d in days)))
+        total_tokens=_within_64_bits(sum(int(d["input_tokens"]) + int(d["output_tokens"])
+                                         for d in days)))
+
+
+def _within_64_bits(number: int) -> int:
+    """A total as the database's sums give it: saturated at the 64-bit limits."""
+    return max(INT_MIN, min(INT_MAX, number))
 
 
 def _percentiles_sql(events: str, model: str, column: str) -> str:

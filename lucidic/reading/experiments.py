@@ -18,6 +18,7 @@ from .._scores import from_row
 from ..evalstore import EXPERIMENT_JSON
 from ..store import Store
 from .sessions import status_of
+from .totals import cost_sum
 
 
 def _loads(value: Any) -> Any:
@@ -151,9 +152,9 @@ def _costs(store: Store, session_ids: list[str]) -> dict[str, float]:
     ph = store.placeholder
     costs: dict[str, float] = {}
     for chunk in _chunks(session_ids):
-        for row in store.query("SELECT session_id, COALESCE(SUM(cost), 0) AS cost FROM events "
-                                f"WHERE session_id IN ({_marks(ph, len(chunk))}) "
-                                "GROUP BY session_id", list(chunk)):
+        for row in store.query(f"SELECT session_id, COALESCE({cost_sum('cost')}, 0) AS cost "
+                               f"FROM events WHERE session_id IN ({_marks(ph, len(chunk))}) "
+                               "GROUP BY session_id", list(chunk)):
             costs[row["session_id"]] = float(row["cost"] or 0.0)
     return costs
 

@@ -18,6 +18,7 @@ from typing import Any
 from ..limits import INT_MAX
 from ..store import Store
 from .search import TextMatch
+from .totals import cost_sum, int_sum, saturated
 
 #: A session's status, as a word: exactly one of these holds for each session.
 STATUSES = ("running", "successful", "failed", "finished")
@@ -46,13 +47,14 @@ def _per_session(table: str, value: str, where: str = "") -> str:
 #: Sort keys: the SQL of each over the session row ``s``, and the joins it
 #: needs. Start time and name walk the row (start time down an index);
 #: totals are summed per session, all at once, before the page is cut.
+#: ``{now}`` is the listing's instant; ``{tokens}`` the database's saturating
+#: sum of a session's tokens (see _tokens_sum).
 SORTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "started": ("s.started_at", ()),
     "name": ("COALESCE(s.name, '')", ()),
     "duration": ("(COALESCE(s.ended_at, {now}) - s.started_at)", ()),
-    "cost": ("COALESCE(agg_events.v, 0)", (_per_session("events", "SUM(cost)"),)),
-    "tokens": ("COALESCE(agg_events.v, 0)", (_per_session(
-        "events", "SUM(COALESCE(input_tokens, 0) + COALESCE(output_tokens, 0))"),)),
+    "cost": ("COALESCE(agg_events.v, 0)", (_per_session("events", cost_sum("cost")),)),
+    "tokens": ("COALESCE(agg_events.v, 0)", (_per_session("events", "{tokens}"),)),
     "events": ("COALESCE(agg_events.v, 0)", (_per_session("events", "COUNT(*)"),)),
     "errors": ("(COALESCE(agg_events.v, 0) + COALESCE(agg_steps.v, 0))", (
         _per_session("events", "COUNT(*)", "WHERE error IS NOT NULL OR type = 'error'"),
@@ -169,6 +171,7 @@ def list_sessions(store: Store, query: SessionQuery) -> SessionPage:
         keyset = [value, last_id]
     expression, joins = SORTS[query.sort]
     key = expression.format(now=repr(float(now)))
+    joins = tuple(join.replace("{tokens}", _tokens_sum(store)) for join in joins)
     if keyset:
         # A row comparison: the database walks its index from the cursor on.
         where = [*where, f"({key}, s.id) {'<' if query.descending else '>'} ({ph}, {ph})"]
@@ -194,6 +197,12 @@ def list_sessions(store: Store, query: SessionQuery) -> SessionPage:
     return SessionPage(rows, next_cursor, total, query)
 
 
+def _tokens_sum(store: Store) -> str:
+    """A session's input and output tokens, saturated at INT_MAX."""
+    return saturated(store, f"COALESCE({int_sum(store, 'input_tokens')}, 0) + "
+                            f"COALESCE({int_sum(store, 'output_tokens')}, 0)")
+
+
 def empty_totals() -> dict[str, Any]:
     return {"step_count": 0, "event_count": 0, "error_count": 0, "total_cost": 0.0,
             "input_tokens": 0, "output_tokens": 0, "cached_tokens": 0, "cache_write_tokens": 0,
@@ -206,14 +215,12 @@ def add_totals(store: Store, sessions: list[dict[str, Any]]) -> None:
         return
     ids = [s["id"] for s in sessions]
     marks = ", ".join([store.placeholder] * len(ids))
+    tokens = "".join(f"COALESCE({int_sum(store, column)}, 0) AS {column}, " for column in (
+        "input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens",
+        "reasoning_tokens"))
     events, steps = store.query_many([
         ("SELECT session_id, COUNT(*) AS event_count, "
-         "COALESCE(SUM(cost), 0) AS total_cost, "
-         "COALESCE(SUM(input_tokens), 0) AS input_tokens, "
-         "COALESCE(SUM(output_tokens), 0) AS output_tokens, "
-         "COALESCE(SUM(cached_tokens), 0) AS cached_tokens, "
-         "COALESCE(SUM(cache_write_tokens), 0) AS cache_write_tokens, "
-         "COALESCE(SUM(reasoning_tokens), 0) AS reasoning_tokens, "
+         f"COALESCE({cost_sum('cost')}, 0) AS total_cost, {tokens}"
          "SUM(CASE WHEN error IS NOT NULL OR type = 'error' THEN 1 ELSE 0 END) AS error_count "
          f"FROM events WHERE session_id IN ({marks}) GROUP BY session_id", ids),
         ("SELECT session_id, COUNT(*) AS step_count, "

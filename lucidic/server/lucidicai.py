@@ -23,12 +23,13 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .. import _continuation, pricing
-from ..limits import MAX_TEXT_CHARS
+from .._numbers import finite_float
+from ..limits import MAX_COST, MAX_TEXT_CHARS
 from ..prompts import get_prompt as stored_prompt
 from ..store import Record, Store
 from . import masssims, uploads
 from .app import Auth, Db, check_continuable, not_found
-from .models import FiniteFloat, Id, check_json_text
+from .models import Cost, FiniteFloat, Id, check_json_text
 from .problems import ApiError, JSONOut
 
 router = APIRouter(prefix="/api", tags=["lucidicai"])
@@ -108,7 +109,7 @@ class _EventFields(_Body):
     description: Optional[Text] = None  # noqa: UP045
     result: Optional[Text] = None  # noqa: UP045
     is_finished: Optional[bool] = None  # noqa: UP045
-    cost_added: Optional[FiniteFloat] = None  # noqa: UP045
+    cost_added: Optional[Cost] = None  # noqa: UP045
     model: Optional[Name] = None  # noqa: UP045
     nscreenshots: Optional[Count] = None  # noqa: UP045
     duration: Optional[FiniteFloat] = None  # noqa: UP045
@@ -343,9 +344,17 @@ def _text(value: Any) -> str | None:
 
 
 def _number(value: Any) -> float | None:
+    """A payload's number as a float; None for anything else, and for a
+    number no float holds (10**400 is valid JSON)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    return finite_float(value)
+
+
+def _cost(value: Any) -> float | None:
+    """A payload's cost, or None beyond MAX_COST (as tokens beyond their range)."""
+    number = _number(value)
+    return number if number is not None and abs(number) <= MAX_COST else None
 
 
 def _tokens(value: Any) -> int | None:
@@ -374,7 +383,7 @@ def typed_event_fields(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
                       input=request.pop("messages", None), output=response.pop("output", None),
                       input_tokens=_tokens(usage.pop("input_tokens", None)),
                       output_tokens=_tokens(usage.pop("output_tokens", None)),
-                      cost=_number(usage.pop("cost", None)))
+                      cost=_cost(usage.pop("cost", None)))
         cache = usage.pop("cache", None)
         fields["cached_tokens"] = _tokens(cache.get("read") if isinstance(cache, dict)
                                           else cache)
@@ -454,7 +463,9 @@ def _apply_payload(store: Store, cur: Any, upload: dict[str, Any], payload: Any)
     kind = attributes.pop("type", None) or {v: k for k, v in _TYPES.items()}.get(found[0], "")
     attributes.pop("payload_pending", None)
     fields = typed_event_fields(kind, payload)
-    fields["attributes"] = {**attributes, **(fields.get("attributes") or {})} or None
+    # Empty is written as empty: None would leave the stored attributes (and
+    # their payload_pending) as they were.
+    fields["attributes"] = {**attributes, **(fields.get("attributes") or {})}
     # A millisecond newer than the preview: a retried preview (same time) then
     # cannot overwrite the full payload.
     store.apply(cur, [("event", upload["event_id"], float(found[2]) + 0.001,

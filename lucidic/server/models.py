@@ -11,7 +11,14 @@ from pydantic_core import PydanticSerializationError, to_json
 from typing_extensions import NotRequired, Required, TypedDict
 
 from ..columns import COLUMN_TYPES, ColumnType
-from ..limits import INT_MAX, INT_MIN, MAX_BATCH_RECORDS, MAX_ID_LENGTH, MAX_TEXT_CHARS
+from ..limits import (
+    INT_MAX,
+    INT_MIN,
+    MAX_BATCH_RECORDS,
+    MAX_COST,
+    MAX_ID_LENGTH,
+    MAX_TEXT_CHARS,
+)
 from ..store import EVENT_COLUMNS, SESSION_COLUMNS, STEP_COLUMNS
 
 MAX_BATCH = MAX_BATCH_RECORDS
@@ -29,6 +36,9 @@ Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=PRINTA
                           description="a client-made id: 1 to 256 printable characters")]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Int64 = Annotated[int, Field(ge=INT_MIN, le=INT_MAX)]
+#: An event's cost in US dollars: bounded (limits.MAX_COST), so that any sum
+#: of costs stays finite.
+Cost = Annotated[float, Field(allow_inf_nan=False, ge=-MAX_COST, le=MAX_COST)]
 
 
 def check_json_text(value: Any, path: str = "body", depth: int = 0) -> str | None:
@@ -74,6 +84,12 @@ def _column_type(column: str) -> Any:
     return _API_TYPES[COLUMN_TYPES[column]]
 
 
+def _input_type(column: str) -> Any:
+    """What a record may carry in ``column`` (a stored row may hold more:
+    costs from before they were bounded)."""
+    return Cost if column == "cost" else _column_type(column)
+
+
 # -- the ingest body -----------------------------------------------------------------
 #
 # One schema, which FastAPI validates (the ingest route takes a ``Batch``) and
@@ -96,8 +112,8 @@ def _shape(name: str, items: dict[str, Any], doc: str | None = None) -> Any:
 
 def _fields_shape(name: str, columns: tuple[str, ...], required: str | None) -> Any:
     return _shape(name, {
-        column: Required[_column_type(column)] if column == required
-        else NotRequired[Optional[_column_type(column)]]  # noqa: UP045 - pydantic needs it
+        column: Required[_input_type(column)] if column == required
+        else NotRequired[Optional[_input_type(column)]]  # noqa: UP045 - pydantic needs it
         for column in columns})
 
 

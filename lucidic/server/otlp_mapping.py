@@ -29,7 +29,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 
 from .. import pricing
-from ..limits import MAX_TEXT_CHARS
+from ..limits import MAX_COST, MAX_TEXT_CHARS
 from .models import valid_id
 
 SESSION_KEYS = ("session.id", "gen_ai.conversation.id", "langfuse.session.id")
@@ -83,6 +83,8 @@ def classify(attributes: dict[str, Any]) -> str:
     oi_kind = attributes.get("openinference.span.kind")
     if isinstance(oi_kind, str) and oi_kind.upper() in _OI_KINDS:
         return _OI_KINDS[oi_kind.upper()]
+    if not isinstance(operation, str):
+        operation = None if operation is None else ""  # a list, say: names no operation
     if operation in _LLM_OPERATIONS:
         return "llm"
     if operation == "execute_tool":
@@ -186,7 +188,7 @@ def _unflatten(attributes: dict[str, Any], prefix: str, used: set[str]) -> list[
         if not key.startswith(start):
             continue
         parts = key[len(start):].split(".")
-        if not parts[0].isdigit():
+        if not _is_index(parts[0]):
             continue
         used.add(key)
         node = root
@@ -199,11 +201,17 @@ def _unflatten(attributes: dict[str, Any], prefix: str, used: set[str]) -> list[
     return _listify(root) if root else []
 
 
+def _is_index(part: str) -> bool:
+    """A flattened key's list index: ASCII digits only (str.isdigit takes
+    '²' too, which int() cannot read)."""
+    return part.isascii() and part.isdigit()
+
+
 def _listify(node: Any) -> Any:
     if not isinstance(node, dict):
         return node
     items = {k: _listify(v) for k, v in node.items()}
-    if items and all(k.isdigit() for k in items):
+    if items and all(_is_index(k) for k in items):
         return [items[k] for k in sorted(items, key=int)]
     return items
 
@@ -213,12 +221,26 @@ def _clean(message: dict[str, Any]) -> dict[str, Any]:
 
 
 def _tool_call(call: Any) -> Any:
+    """One tool call as {id, name, arguments}; one given in another shape
+    (text, say) is kept as it is."""
     if not isinstance(call, dict):
-        return call
+        return _json(call)
     inner = call.get("tool_call", call)
-    function = inner.get("function") if isinstance(inner.get("function"), dict) else {}
-    return _clean({"id": inner.get("id"), "name": inner.get("name") or function.get("name"),
+    if not isinstance(inner, dict):
+        return _json(inner)
+    function = inner.get("function")
+    named = function if isinstance(function, str) else None  # the function's name alone
+    function = function if isinstance(function, dict) else {}
+    return _clean({"id": inner.get("id"),
+                   "name": inner.get("name") or function.get("name") or named,
                    "arguments": _json(inner.get("arguments", function.get("arguments")))})
+
+
+def _tool_calls(calls: Any) -> Any:
+    """A message's tool calls: a list of them, or what was given instead
+    (text, or a JSON text of the list, say) as it is."""
+    calls = _json(calls)
+    return [_tool_call(c) for c in calls] if isinstance(calls, list) else calls
 
 
 def _from_indexed(message: Any) -> Any:
@@ -234,10 +256,8 @@ def _from_indexed(message: Any) -> Any:
         texts = [c.get("message_content", c).get("text") for c in contents
                  if isinstance(c, dict) and isinstance(c.get("message_content", c), dict)]
         content = "\n".join(t for t in texts if isinstance(t, str)) or contents
-    calls = inner.get("tool_calls")
     return _clean({"role": inner.get("role"), "content": _json(content),
-                   "tool_calls": [_tool_call(c) for c in calls] if isinstance(calls, list)
-                   else None,
+                   "tool_calls": _tool_calls(inner.get("tool_calls")),
                    "tool_call_id": inner.get("tool_call_id"), "name": inner.get("name"),
                    "finish_reason": inner.get("finish_reason")})
 
@@ -285,7 +305,9 @@ def _messages(attributes: dict[str, Any], used: set[str]) -> tuple[Any, Any]:
             text = (system if isinstance(system, str)
                     else _from_parts({"role": "system", "parts": system}).get("content", system)
                     if isinstance(system, list) else system)
-            inputs = [{"role": "system", "content": text}, *(inputs or [])]
+            given_inputs = inputs if isinstance(inputs, list) else [] if inputs is None \
+                else [inputs]
+            inputs = [{"role": "system", "content": text}, *given_inputs]
         produced = _json(take("gen_ai.output.messages"))
         outputs = [_from_parts(m) for m in produced] if isinstance(produced, list) else produced
         return inputs, _one_or_many(outputs)
@@ -413,6 +435,8 @@ def llm_fields(span: SpanIn) -> dict[str, Any]:
                             "gen_ai.usage.reasoning_tokens",
                             "llm.token_count.completion_details.reasoning"))
     cost = _float(_first(attrs, used, "gen_ai.usage.cost", "llm.cost.total"))
+    if cost is not None and abs(cost) > MAX_COST:
+        cost = None  # as tokens beyond their range: the price table's cost, if any
     if cost is None:
         cost = pricing.cost_of(provider, str(model) if model is not None else None,
                                input_tokens, output_tokens, cached)

@@ -128,6 +128,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _store_error(request: Request, exc: StoreError) -> Response:
         logger.warning("lucidic server: database error on %s %s: %s", request.method,
                        request.url.path, exc)
+        if not exc.transient:
+            # The database refused what it was given (a number beyond its
+            # range, say): a retry would get the same. Its own words stay in
+            # the log: they may quote other rows' values.
+            return problem(422, "the database refused this request (a value beyond what it "
+                                "can hold or compute, say); nothing was written, and a "
+                                "retry will not help; the server's log has the details")
         return problem(503, "the database is unavailable or busy; nothing was written, "
                             "retry later", headers={"Retry-After": "1"})
 

@@ -205,6 +205,9 @@ def _accept(store: Store, object_key: str, data: bytes,
                 payload = json.loads(body)
             except ValueError as exc:
                 raise ApiError(400, f"the payload is not valid JSON ({exc})") from exc
+            except RecursionError as exc:  # thousands of levels: the reader gives up
+                raise ApiError(422, "the payload is nested too deeply to read (a stored "
+                                    "value may be nested at most 64 levels)") from exc
             payload_handlers[row["purpose"]](store, cur, row, payload)
         cur.execute(f"UPDATE uploads SET data = {ph}, size = {ph}, content_type = {ph}, "
                     f"uploaded_at = {ph} WHERE id = {ph}",

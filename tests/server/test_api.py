@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ import requests
 from server_support import Api, make_key, sdk_env
 
 from helpers import ReadableStore, child_env, run_python
+from lucidic.store import Store, StoreError
 
 
 def _session(sid: str, **fields: Any) -> dict[str, Any]:
@@ -190,6 +193,8 @@ def _bad_requests(sid: str) -> list[tuple[str, dict[str, Any], str]]:
         ("cost is text", records(_event("e1", sid, cost="a lot")), "cost"),
         ("tokens beyond 64 bits", records(_event("e1", sid, input_tokens=2 ** 70)),
          "input_tokens"),
+        # finite, but three of them sum beyond any float
+        ("cost beyond any real call", records(_event("e1", sid, cost=1e300)), "cost"),
         ("is_finished is a word", records(step | {"fields": step["fields"] |
                                                    {"is_finished": "maybe"}}), "is_finished"),
         ("tags not a list", records(_session(sid) | {"fields": {"tags": "a,b"}}), "tags"),
@@ -355,3 +360,81 @@ def test_fuzzing_the_api_from_its_openapi_spec_finds_no_server_error(
             "/api/v1/evaluations/claim", "/api/v1/evaluations/complete", "/api/v1/runs",
             "/api/v1/mass-sims/{mass_sim_id}"} <= set(spec["paths"])
     assert re.search(rf"Tested: {operations}\b", result.stdout), report
+
+
+def test_the_store_calls_transient_only_what_a_retry_can_mend(db_url: str) -> None:
+    # Real errors of each database. An integer overflow is the data's fault
+    # and no retry changes it; SQLite raises it as an OperationalError, the
+    # class of "database is locked" too, so the class alone cannot tell.
+    overflow = ("SELECT SUM(x) AS n FROM (SELECT 9223372036854775807 AS x "
+                "UNION ALL SELECT 1 AS x) t")
+    store = Store(db_url, busy_timeout=0.1)
+    try:
+        with pytest.raises(StoreError, match="overflow|out of range") as refused:
+            store.query(overflow.replace("SUM(x)", "SUM(x::bigint + 1)")
+                        if store.dialect == "postgresql" else overflow)
+        assert refused.value.transient is False
+        if store.dialect == "postgresql":
+            # The connection lost (the server ended the backend): transient.
+            import psycopg
+
+            pid = store.query("SELECT pg_backend_pid() AS pid")[0]["pid"]
+            with psycopg.connect(db_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            with pytest.raises(StoreError) as lost:
+                store.query("SELECT 1 AS one")
+        else:
+            # Another writer holding the file (WAL: readers still read): transient.
+            path = db_url.removeprefix("sqlite:///")
+            store.query("SELECT 1 AS one")  # made the file
+            holder = sqlite3.connect(path, isolation_level=None)
+            try:
+                holder.execute("BEGIN EXCLUSIVE")
+                with pytest.raises(StoreError, match="locked") as lost:
+                    store.execute("DELETE FROM sessions WHERE id = 'none'")
+            finally:
+                holder.close()
+        assert lost.value.transient is True
+    finally:
+        store.close()
+
+
+def test_a_database_refusal_no_retry_can_mend_is_a_4xx_not_retry_later(
+        sqlite_url: str, start_server) -> None:
+    # A page cursor is the client's to send; one whose sort value is beyond
+    # 64 bits reaches SQLite, which refuses to bind it (OverflowError). That
+    # was answered 503 "unavailable or busy, retry later", which a client
+    # retries for ever.
+    server = start_server(sqlite_url)
+    api = Api(server.url, make_key(sqlite_url, "p"))
+    sid = str(uuid.uuid4())
+    assert api.records(_session(sid)).status_code == 200
+    raw = json.dumps([2 ** 80, sid, time.time()]).encode()
+    cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    response = api.get("/api/v1/sessions", params={"sort": "events", "cursor": cursor})
+    assert 400 <= response.status_code < 500, response.text
+    assert "Retry-After" not in response.headers
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "retry" in response.json()["detail"]  # says a retry will not help
+    assert api.get("/api/v1/sessions").status_code == 200
+
+
+def test_a_session_whose_token_sum_passes_64_bits_reads_saturated(
+        db_url: str, start_server) -> None:
+    # Each count is valid (at most 2**63-1); their sum is not. The session,
+    # its tree and the listing sorted by tokens failed on both databases.
+    server = start_server(db_url)
+    api = Api(server.url, make_key(db_url, "p"))
+    sid = str(uuid.uuid4())
+    limit = 2 ** 63 - 1
+    assert api.records(_session(sid), *(_event(f"e{i}", sid, input_tokens=limit,
+                                               output_tokens=limit, cached_tokens=limit)
+                                        for i in range(3))).status_code == 200
+    for path in (f"/api/v1/sessions/{sid}", f"/api/v1/sessions/{sid}/tree"):
+        response = api.get(path)
+        assert response.status_code == 200, (path, response.text)
+        assert (response.json()["input_tokens"], response.json()["cached_tokens"]) == (
+            limit, limit)
+    listing = api.get("/api/v1/sessions", params={"sort": "tokens"})
+    assert listing.status_code == 200, listing.text
+    assert listing.json()["sessions"][0]["output_tokens"] == limit

@@ -5,6 +5,7 @@ and a replay of what the newest lucidicai release sends."""
 from __future__ import annotations
 
 import base64
+import gzip
 import io
 import json
 import subprocess
@@ -26,6 +27,7 @@ from protocol_support import (
 from server_support import Api, ServerProcess, make_key, sdk_env
 
 from helpers import child_env, port_8000, run_python
+from lucidic.pricing import cost_of
 
 HERE = Path(__file__).resolve().parent
 
@@ -680,6 +682,8 @@ def test_bad_lucidicai_requests_get_a_clear_4xx_and_change_nothing(
         (http, "POST", "initevent", {"json": {"session_id": sid, "current_time": "yesterday"}},
          422, "current_time"),
         (http, "POST", "initevent", {"json": {"description": "orphan"}}, 422, "step_id"),
+        (http, "PUT", "updateevent", {"json": {"event_id": event, "cost_added": 1e300}}, 422,
+         "cost_added"),
         (http, "PUT", "updatesession", {"json": {"session_id": finished, "is_finished": False}},
          409, "cannot be reopened"),
         (http, "POST", "initstep", {"json": {"session_id": finished}}, 409, "has finished"),
@@ -723,6 +727,114 @@ def test_bad_lucidicai_requests_get_a_clear_4xx_and_change_nothing(
     # The key works as Bearer and as Api-Key on every route; a wrong one is a 401.
     assert http.get(server.url + "/api/v1/sessions").status_code == 200
     assert _lucidicai_http(server, "lk_nope").get(base + "verifyapikey").status_code == 401
+
+
+def test_numbers_beyond_range_in_a_typed_events_payload_are_dropped_as_tokens_are(
+        db_url: str, start_server: Any) -> None:
+    # The newest release's payloads are free-form JSON: a usage number beyond
+    # what its column holds is dropped (the price table's cost stands in for
+    # a cost), never a refusal of the whole event, never a server error.
+    server = start_server(db_url)
+    key = make_key(db_url, "numbers")
+    http = _lucidicai_http(server, key)
+    sid = http.post(server.url + "/api/initsession", json={"session_name": "n"}).json()[
+        "session_id"]
+    usages = {"dear": {"input_tokens": 1000, "output_tokens": 10, "cost": 1e300},
+              # valid JSON, an int in Python, and no float holds it
+              "huge": {"input_tokens": 10 ** 400, "output_tokens": 10, "cost": -(10 ** 400),
+                       "cache": {"read": 10 ** 400}}}
+    for name, usage in usages.items():
+        answer = http.post(server.url + "/api/events", json={
+            "session_id": sid, "client_event_id": name, "type": "llm_generation",
+            "payload": {"request": {"provider": "openai", "model": "gpt-4o-mini"},
+                        "usage": usage}})
+        assert answer.status_code == 200, (name, answer.text)
+    events = {e["id"]: e for e in Api(server.url, key).tree(sid)["events"]}
+    assert events["dear"]["cost"] == pytest.approx(cost_of("openai", "gpt-4o-mini", 1000, 10))
+    huge = events["huge"]
+    assert (huge["input_tokens"], huge["output_tokens"], huge["cached_tokens"]) == (
+        None, 10, None)
+    assert huge["cost"] == pytest.approx(cost_of("openai", "gpt-4o-mini", None, 10))
+    # Where a payload's number is kept as it is (text, attributes), it stays exact.
+    answer = http.post(server.url + "/api/events", json={
+        "session_id": sid, "client_event_id": "kept", "type": "generic",
+        "payload": {"details": 10 ** 400, "extra": -(10 ** 400)}})
+    assert answer.status_code == 200, answer.text
+    kept = Api(server.url, key).get("/api/v1/events/kept").json()
+    assert kept["description"] == str(10 ** 400) and kept["attributes"]["extra"] == -(10 ** 400)
+    # Beyond what a JSON reader takes (4,300 digits): refused, not a server error.
+    answer = http.post(server.url + "/api/events", data=(
+        f'{{"session_id": "{sid}", "payload": {{"details": {"9" * 5000}}}}}'),
+        headers={"Content-Type": "application/json"})
+    assert answer.status_code == 400 and "parsing the body" in answer.json()["detail"]
+
+
+def _blob_event(server: ServerProcess, http: requests.Session, sid: str, event_id: str,
+                payload: dict[str, Any], kind: str = "llm_generation") -> str:
+    """A typed event whose payload follows to its blob_url, as the newest
+    release sends one over 64 KB: the preview now; the blob_url returned."""
+    answer = http.post(server.url + "/api/events", json={
+        "session_id": sid, "client_event_id": event_id, "type": kind, "payload": payload,
+        "needs_blob": True})
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["blob_url"])
+
+
+def test_a_payload_nested_beyond_any_reader_is_refused_and_the_server_stays_up(
+        sqlite_url: str, start_server: Any) -> None:
+    server = start_server(sqlite_url)
+    key = make_key(sqlite_url, "deep")
+    http = _lucidicai_http(server, key)
+    sid = http.post(server.url + "/api/initsession", json={"session_name": "d"}).json()[
+        "session_id"]
+    blob_url = _blob_event(server, http, sid, "deep", {"request": {"model": "m"}})
+    deep = b"[" * 100_000 + b"]" * 100_000  # json.loads raised RecursionError
+    for body, encoding in ((deep, None), (gzip.compress(deep), "gzip")):
+        headers = {"Content-Type": "application/json"}
+        if encoding:
+            headers["Content-Encoding"] = encoding
+        answer = requests.put(blob_url, data=body, headers=headers, timeout=30)
+        assert answer.status_code == 422, answer.text
+        assert "nested" in answer.json()["detail"]
+    assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
+    # Nothing was taken: the URL still takes the real payload.
+    answer = requests.put(blob_url, json={"request": {"model": "m", "messages": ["hi"]}},
+                          timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert Api(server.url, key).tree(sid)["events"][0]["input"] == ["hi"]
+
+
+def test_an_uploaded_payload_ends_the_wait_even_when_it_leaves_no_attributes(
+        db_url: str, start_server: Any) -> None:
+    # The event is created with payload_pending in its attributes; the blob
+    # replaces them. A payload whose every field has a column of its own
+    # left the attributes empty, and an empty set was written as "no
+    # change": the event read as waiting for its payload for ever.
+    server = start_server(db_url)
+    key = make_key(db_url, "pending")
+    http = _lucidicai_http(server, key)
+    sid = http.post(server.url + "/api/initsession", json={"session_name": "p"}).json()[
+        "session_id"]
+    full = {"llm": ("llm_generation", {
+                "request": {"provider": "openai", "model": "gpt-4o-mini",
+                            "messages": [{"role": "user", "content": "y" * 70_000}]},
+                "response": {"output": "a summary"},
+                "usage": {"input_tokens": 17_600, "output_tokens": 3}}),
+            "note": ("generic", {"details": "z" * 70_000})}
+    for event_id, (kind, payload) in full.items():
+        preview = {k: v for k, v in payload.items() if k != "response"}
+        blob_url = _blob_event(server, http, sid, event_id, preview, kind)
+        pending = Api(server.url, key).get(f"/api/v1/events/{event_id}").json()
+        assert pending["attributes"] == {"payload_pending": True}
+        answer = requests.put(blob_url, data=gzip.compress(json.dumps(payload).encode()),
+                              headers={"Content-Type": "application/json",
+                                       "Content-Encoding": "gzip"}, timeout=30)
+        assert answer.status_code == 200, answer.text
+    events = {e["id"]: e for e in Api(server.url, key).tree(sid)["events"]}
+    for event_id in full:
+        assert "payload_pending" not in (events[event_id]["attributes"] or {}), event_id
+    assert events["llm"]["output"] == "a summary" and events["llm"]["input_tokens"] == 17_600
+    assert events["note"]["description"] == "z" * 70_000
 
 
 def _replay(server: ServerProcess, key: str, recording: dict[str, Any]) -> list[Any]:

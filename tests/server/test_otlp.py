@@ -488,6 +488,79 @@ def test_bad_otlp_requests_get_a_clear_4xx_and_change_nothing(
     assert Api(server.url, key).tree("fine")["step_count"] == 3
 
 
+def odd_shapes(tracer: Tracer) -> None:
+    """Attributes of shapes no convention names, which a span may still carry."""
+    with tracer.start_as_current_span("odd agent") as root:
+        root.set_attribute("session.id", "odd")
+        with tracer.start_as_current_span("chat priced beyond reason") as llm:
+            for key, value in {
+                    "gen_ai.operation.name": "chat", "gen_ai.system": "openai",
+                    "gen_ai.request.model": "gpt-4o-mini", "gen_ai.usage.input_tokens": 1000,
+                    "gen_ai.usage.output_tokens": 10, "gen_ai.usage.cost": 1e300}.items():
+                llm.set_attribute(key, value)
+        with tracer.start_as_current_span("chat with odd digits") as llm:
+            # '²' and '¹' are digits to str.isdigit, but no int() reads them.
+            for key, value in {
+                    "gen_ai.operation.name": "chat", "gen_ai.prompt.0.role": "user",
+                    "gen_ai.prompt.0.content": "hi", "gen_ai.prompt.².content": "squared",
+                    "gen_ai.completion.0.role": "assistant",
+                    "gen_ai.completion.0.tool_calls.¹.name": "superscript"}.items():
+                llm.set_attribute(key, value)
+        with tracer.start_as_current_span("tool calls as text") as llm:
+            for key, value in {
+                    "openinference.span.kind": "LLM",
+                    "llm.output_messages.0.message.role": "assistant",
+                    "llm.output_messages.0.message.tool_calls.0.tool_call": "weather(city='Oslo')",
+                    "llm.output_messages.0.message.tool_calls.1.tool_call.function":
+                        "get_time",
+                    "llm.output_messages.1.message.role": "assistant",
+                    "llm.output_messages.1.message.tool_calls": "call the weather tool",
+                    "llm.output_messages.2.message.role": "assistant",
+                    "llm.output_messages.2.message.tool_calls": json.dumps([{
+                        "id": "c1", "function": {"name": "weather",
+                                                 "arguments": '{"city": "Oslo"}'}}]),
+                    }.items():
+                llm.set_attribute(key, value)
+        with tracer.start_as_current_span("operation as a list") as odd:
+            odd.set_attribute("gen_ai.operation.name", ["chat", "embeddings"])
+        with tracer.start_as_current_span("messages as a number") as llm:
+            llm.set_attribute("gen_ai.operation.name", "chat")
+            llm.set_attribute("gen_ai.system_instructions", "be kind")
+            llm.set_attribute("gen_ai.input.messages", 5)
+
+
+def test_odd_attribute_shapes_are_stored_sensibly_never_a_server_error(
+        db_url: str, start_server: Any) -> None:
+    server = start_server(db_url)
+    key = make_key(db_url, "odd")
+    response = post(server, key, body(make_spans(odd_shapes)))
+    assert response.status_code == 200, response.content[:300]
+    assert partial(response) == (0, "")
+    (root,) = Api(server.url, key).tree("odd")["steps"]
+    events = {e["description"]: e for e in root["events"]}
+    # A cost beyond any real call is dropped, as tokens beyond their range
+    # are: the price table's cost stands in.
+    priced = events["chat priced beyond reason"]
+    assert priced["cost"] == pytest.approx(cost_of("openai", "gpt-4o-mini", 1000, 10))
+    # Only ASCII digits index a flattened list; another key is kept as it is.
+    digits = events["chat with odd digits"]
+    assert digits["input"] == [{"role": "user", "content": "hi"}]
+    assert digits["attributes"]["gen_ai.prompt.².content"] == "squared"
+    assert digits["output"] == {"role": "assistant",
+                                "tool_calls": {"¹": {"name": "superscript"}}}
+    # Tool calls given as text are kept as text (or as the JSON they hold).
+    assert events["tool calls as text"]["output"] == [
+        {"role": "assistant", "tool_calls": ["weather(city='Oslo')", {"name": "get_time"}]},
+        {"role": "assistant", "tool_calls": "call the weather tool"},
+        {"role": "assistant", "tool_calls": [{"id": "c1", "name": "weather",
+                                              "arguments": {"city": "Oslo"}}]}]
+    # An operation that is not one word names none: the span is a step.
+    (listed,) = root["steps"]
+    assert listed["attributes"]["gen_ai.operation.name"] == ["chat", "embeddings"]
+    assert events["messages as a number"]["input"] == [
+        {"role": "system", "content": "be kind"}, 5]
+
+
 def test_some_spans_refused_is_a_partial_success_naming_why(
         sqlite_url: str, start_server: Any) -> None:
     server = start_server(sqlite_url)

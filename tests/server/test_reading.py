@@ -5,12 +5,15 @@ SQLite-and-PostgreSQL fixtures.)"""
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from lucidic.limits import INT_MAX, INT_MIN
 from lucidic.reading import InvalidQueryError, Reader, SessionQuery, status_of
 from lucidic.store import Store
 
@@ -229,3 +232,67 @@ def test_session_version_changes_when_anything_is_written(store: Store) -> None:
     assert second != first
     store.write([("step", "v1", time.time() + 1, {"session_id": "v", "is_finished": True})])
     assert reader.session_version("v") != second
+
+
+def test_token_totals_saturate_at_the_64_bit_limit_rather_than_fail(store: Store) -> None:
+    # Tokens near 2**63-1 are valid one by one; their sum is not. SQLite's
+    # SUM raised "integer overflow" and PostgreSQL's bigint addition (the
+    # tokens sort) "out of range": the listing, the session and the
+    # dashboard failed. They saturate at the limit instead, both ways.
+    day0 = (T0 // 86400) * 86400
+    records = [_session("big", at=day0 + 10), _session("negative", at=day0 + 20),
+               _session("small", at=day0 + 30)]
+    for i in range(3):
+        records.append(_event(f"big{i}", "big", at=day0 + 11 + i, type="llm", model="m",
+                              input_tokens=INT_MAX - i, output_tokens=INT_MAX,
+                              cached_tokens=INT_MAX, reasoning_tokens=INT_MAX))
+        records.append(_event(f"neg{i}", "negative", at=day0 + 21 + i, input_tokens=INT_MIN))
+    records.append(_event("s0", "small", at=day0 + 31, input_tokens=7, output_tokens=5))
+    store.write(records)
+    reader = Reader(store)
+    big = reader.session("big") or {}
+    assert (big["input_tokens"], big["output_tokens"], big["cached_tokens"],
+            big["reasoning_tokens"]) == (INT_MAX, INT_MAX, INT_MAX, INT_MAX)
+    assert (reader.session("negative") or {})["input_tokens"] == INT_MIN
+    assert (reader.session("small") or {})["input_tokens"] == 7  # exact below the limit
+    for descending in (True, False):
+        seen: list[str] = []
+        cursor = None
+        while True:  # one a page: every cursor carries a saturated sort value
+            page = reader.sessions(SessionQuery(sort="tokens", descending=descending,
+                                                limit=1, cursor=cursor))
+            seen += [s["id"] for s in page.sessions]
+            cursor = page.next_cursor
+            if cursor is None:
+                break
+        expected = ["big", "small", "negative"]
+        assert seen == (expected if descending else expected[::-1])
+    board = reader.dashboard(None, day0, day0 + 86400)
+    assert board.total_tokens == INT_MAX
+    assert board.days[0]["output_tokens"] == INT_MAX
+    # Exact within the range, however far out the rows' partial sums went:
+    # INT_MAX + (INT_MAX - 1) + (INT_MAX - 2) + 3 * INT_MIN + 7.
+    assert board.days[0]["input_tokens"] == 1
+    assert {m["model"]: m["output_tokens"] for m in board.models} == {"m": INT_MAX}
+
+
+def test_cost_totals_stay_finite_whatever_costs_are_stored(store: Store) -> None:
+    # What a server took before costs were bounded at ingest: each finite,
+    # their sum not (inf or NaN on SQLite, which JSON cannot carry; an
+    # "out of range" error on PostgreSQL).
+    day0 = (T0 // 86400) * 86400
+    records = [_session("dear", at=day0 + 10), _session("cheap", at=day0 + 20)]
+    records += [_event(f"d{i}", "dear", at=day0 + 11 + i, type="llm", model="m",
+                       cost=1e308) for i in range(3)]
+    records += [_event("minus", "dear", at=day0 + 15, cost=-1e308)]
+    records += [_event("c0", "cheap", at=day0 + 21, cost=0.25)]
+    store.write(records)
+    reader = Reader(store)
+    dear = reader.session("dear") or {}
+    assert math.isfinite(dear["total_cost"]) and dear["total_cost"] >= 1e15
+    assert (reader.session("cheap") or {})["total_cost"] == 0.25
+    page = reader.sessions(SessionQuery(sort="cost"))
+    assert [s["id"] for s in page.sessions] == ["dear", "cheap"]
+    board = reader.dashboard(None, day0, day0 + 86400)
+    assert math.isfinite(board.total_cost)
+    json.dumps([page.sessions, board.days, board.models], allow_nan=False)  # no inf, no NaN

@@ -1,0 +1,40 @@
+"""Sums over many rows that cannot fail: what one row may hold, a sum of
+rows may not (two token counts near 2**63-1; costs whose sum is beyond any
+float). Token sums saturate at the 64-bit limits, exact in between, and
+cost sums stay finite, on both databases."""
+
+from __future__ import annotations
+
+from ..limits import INT_MAX, INT_MIN, MAX_COST
+from ..store import Store
+
+
+def saturated(store: Store, expression: str) -> str:
+    """SQL of an integer ``expression`` (which may have overflowed) held
+    within INT_MIN..INT_MAX."""
+    if store.dialect == "postgresql":
+        return f"GREATEST(LEAST({expression}, {INT_MAX}), {INT_MIN})"
+    # SQLite's integer arithmetic turns REAL when it overflows, and CAST of
+    # a REAL beyond the 64-bit range gives the nearest limit.
+    return f"CAST({expression} AS INTEGER)"
+
+
+def int_sum(store: Store, expression: str) -> str:
+    """SQL of SUM(``expression``), an integer column, saturated at the
+    64-bit limits (NULL when no row has a value)."""
+    if store.dialect == "postgresql":
+        # SUM over BIGINT is NUMERIC there: it cannot overflow.
+        return saturated(store, f"SUM({expression})")
+    # SQLite's SUM raises "integer overflow". The high and the low 32 bits
+    # are summed apart, which cannot overflow before 2**31 rows, then joined.
+    return saturated(store, f"SUM(({expression}) >> 32) * 4294967296 "
+                            f"+ SUM(({expression}) & 4294967295)")
+
+
+def cost_sum(expression: str) -> str:
+    """SQL of SUM(``expression``), a cost column, each cost counted at most
+    MAX_COST either way: what ingest refuses now but a database may hold
+    from before (three costs of 1e308 summed to inf, or NaN, in SQLite and
+    failed "out of range" in PostgreSQL). NULL when no row has a value."""
+    return (f"SUM(CASE WHEN {expression} > {MAX_COST!r} THEN {MAX_COST!r} "
+            f"WHEN {expression} < {-MAX_COST!r} THEN {-MAX_COST!r} ELSE {expression} END)")
