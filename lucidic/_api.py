@@ -18,6 +18,7 @@ from . import _lifecycle, _sessions
 from ._arguments import (
     Options,
     bool_arg,
+    cost_arg,
     evaluation_fields,
     number_arg,
     record_id_arg,
@@ -563,7 +564,7 @@ def _pop_step(step_id: str) -> None:
 
 def _event_fields(description: Any, result: Any, cost_added: Any, model: Any, screenshots: Any,
                   function_name: Any, arguments: Any) -> dict[str, Any]:
-    cost = number_arg("cost_added", cost_added)  # checked and made a float once, here
+    cost = cost_arg("cost_added", cost_added)  # checked and made a float once, here
     values = {"description": description, "result": result, "model": model,
               "screenshots": screenshots_arg(screenshots), "function_name": function_name,
               "arguments": arguments}

@@ -17,7 +17,7 @@ from . import _config
 from ._numbers import finite_float, short_number_repr
 from ._records import Mask, items_of, text_field
 from .errors import InvalidOperationError
-from .limits import MAX_ID_LENGTH
+from .limits import MAX_COST, MAX_ID_LENGTH
 
 
 def session_id_arg(value: Any, name: str = "session_id") -> str:
@@ -48,6 +48,16 @@ def number_arg(name: str, value: Any) -> float | None:
         raise InvalidOperationError(f"{name} must be a finite number, not "
                                     f"{short_number_repr(value)}")
     return number
+
+
+def cost_arg(name: str, value: Any) -> float | None:
+    """A cost in dollars: a finite number within MAX_COST (the server's
+    bound, so that any sum of costs stays finite)."""
+    cost = number_arg(name, value)
+    if cost is not None and abs(cost) > MAX_COST:
+        raise InvalidOperationError(f"{name} must be within ±{MAX_COST:g} dollars, not "
+                                    f"{short_number_repr(value)}")
+    return cost
 
 
 def bool_arg(name: str, value: Any) -> bool | None:

@@ -430,7 +430,7 @@ class LLMCall(Event):
                 cost = cost_of(fields.get("provider"), fields["model"], input_tokens,
                                output_tokens, cached_tokens, cache_write_tokens,
                                cache_write_1h_tokens)
-            fields["cost"] = cost
+            fields["cost"] = field_value("cost", cost)
             priced_as = (fields.get("provider"), fields["model"])  # before masking
             self._record()
             if estimate is not None:

@@ -92,6 +92,8 @@ def test_nul_bytes_and_lone_surrogates_are_stored_safely(store):
     (lambda: lai.create_step(eval_score="high"), "eval_score must be a number"),
     (lambda: lai.create_event(cost_added="cheap"), "cost_added must be a number"),
     (lambda: lai.create_event(cost_added=float("inf")), "finite"),
+    (lambda: lai.create_event(cost_added=1e19), r"within ±1e\+18 dollars, not 1e\+19"),
+    (lambda: lai.update_event(cost_added=-(10**30)), r"within ±1e\+18 dollars, not -1000"),
     (lambda: lai.create_event(screenshots="one.png"), "screenshots must be a list"),
     (lambda: lai.update_session(is_successful="yes"), "is_successful must be True, False"),
     (lambda: lai.create_step(screenshot_path="/no/such/file.png"), "cannot read screenshot_path"),

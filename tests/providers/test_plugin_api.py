@@ -210,3 +210,15 @@ def test_an_outer_suppression_stays_in_force_inside_an_inner_one():
             assert plugins.start_llm_call("p") is None
         plugins.start_llm_call("p", request_model="after").finish()
     assert [e["request_model"] for e in captured.events("llm")] == ["after"]
+
+
+def test_a_cost_a_plugin_gives_is_a_finite_number_within_the_servers_bound():
+    # A plugin's cost is stored as a number the server takes: one it cannot
+    # (text, NaN, beyond 1e18 dollars) is left unknown and the call is kept.
+    with capture() as captured:
+        lai.init("costs")
+        for cost in (0.25, "0.5", "cheap", float("nan"), 1e19, -1e19, 10**30, 1e18):
+            plugins.start_llm_call("p", request_model=repr(cost)).finish(cost=cost)
+    assert [(e["request_model"], e.get("cost")) for e in captured.events("llm")] == [
+        ("0.25", 0.25), ("'0.5'", 0.5), ("'cheap'", None), ("nan", None), ("1e+19", None),
+        ("-1e+19", None), (repr(10**30), None), ("1e+18", 1e18)]
