@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -125,9 +126,16 @@ def decode_cursor(cursor: str) -> tuple[Any, str, float]:
     except (ValueError, TypeError, UnicodeDecodeError) as exc:
         raise InvalidQueryError("the page cursor is not one this server made") from exc
     if not isinstance(session_id, str) or not _plain_value(value) or not _plain_value(now) \
-            or isinstance(now, str):
+            or isinstance(now, str) or not _finite(now):
         raise InvalidQueryError("the page cursor is not one this server made")
     return value, session_id, float(now)
+
+
+def _finite(number: float) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an int no float holds
+        return False
 
 
 def _plain_value(value: Any) -> bool:

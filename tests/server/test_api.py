@@ -419,6 +419,20 @@ def test_a_database_refusal_no_retry_can_mend_is_a_4xx_not_retry_later(
     assert api.get("/api/v1/sessions").status_code == 200
 
 
+def test_a_page_cursor_the_server_did_not_make_is_a_clear_4xx(
+        sqlite_url: str, start_server) -> None:
+    # An instant no float holds reached float() and was a 500.
+    server = start_server(sqlite_url)
+    api = Api(server.url, make_key(sqlite_url, "p"))
+    for raw in (b'["a","s",1e999]', b'["a","s",NaN]', b'["a","s",Infinity]',
+                f'["a","s",{10 ** 400}]'.encode(), b'["a","s"]', b"[[],1,2]", b"not json",
+                b"\xff\xfe"):
+        cursor = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        response = api.get("/api/v1/sessions", params={"cursor": cursor})
+        assert 400 <= response.status_code < 500, (raw, response.text)
+        assert "the page cursor is not one this server made" in response.json()["detail"]
+
+
 def test_a_session_whose_token_sum_passes_64_bits_reads_saturated(
         db_url: str, start_server) -> None:
     # Each count is valid (at most 2**63-1); their sum is not. The session,
