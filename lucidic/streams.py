@@ -185,6 +185,20 @@ class ResponseReader(Protocol):
         from the body, if the caller read it otherwise (``read()``, ``json()``)."""
 
 
+def body_already_read(response: Any) -> bool:
+    """Whether a raw response (of the openai or anthropic client: both are
+    generated alike) holds a body already read whole, not a stream: one
+    ``with_raw_response`` returns, or one the caller read with ``read()`` or
+    ``json()``."""
+    if getattr(response, "_is_sse_stream", getattr(response, "_stream", False)):
+        return False
+    try:
+        response.http_response.content  # noqa: B018 - raises until the body has been read
+    except Exception:  # noqa: BLE001 - httpx's ResponseNotRead
+        return False
+    return True
+
+
 class _Awaiting:
     __slots__ = ("call", "finalizer", "reader")
 

@@ -11,7 +11,12 @@ from typing import Any
 
 from lucidic.patching import MethodPatches, llm_call_wrapper
 from lucidic.plugins import Adapter, LLMCall, in_session, record_internal_error, start_llm_call
-from lucidic.streams import RecordedAsyncStream, RecordedStream, ResponseReads
+from lucidic.streams import (
+    RecordedAsyncStream,
+    RecordedStream,
+    ResponseReads,
+    body_already_read,
+)
 
 from . import _extract
 
@@ -89,18 +94,6 @@ def _is_raw_response(result: Any) -> bool:
     return False
 
 
-def _is_sse(response: Any) -> bool:
-    return bool(getattr(response, "_is_sse_stream", getattr(response, "_stream", False)))
-
-
-def _body_read(response: Any) -> bool:
-    try:
-        response.http_response.content  # noqa: B018 - raises until the body has been read
-    except Exception:  # noqa: BLE001 - httpx's ResponseNotRead
-        return False
-    return True
-
-
 def _finish_from_body(call: LLMCall, response: Any) -> None:
     """Complete from a body already read, parsed into an object of the
     adapter's own: the response's cache (what the caller's parse() returns)
@@ -113,7 +106,7 @@ def _finish_from_body(call: LLMCall, response: Any) -> None:
 
 
 def _raw_response(call: LLMCall, response: Any) -> None:
-    if not _is_sse(response) and _body_read(response):
+    if body_already_read(response):
         _finish_from_body(call, response)  # with_raw_response read the body already
     elif not _RESPONSES.track(response, call, _RawRead()):
         call.finish()
@@ -144,7 +137,7 @@ class _RawRead:
         return parsed
 
     def closed(self, call: LLMCall, response: Any) -> None:
-        if not _is_sse(response) and _body_read(response):  # read with read() or json()
+        if body_already_read(response):  # read with read() or json()
             _finish_from_body(call, response)
 
 

@@ -9,7 +9,12 @@ from typing import Any
 
 from lucidic.patching import MethodPatches, llm_call_wrapper
 from lucidic.plugins import Adapter, LLMCall, record_internal_error, start_llm_call
-from lucidic.streams import RecordedAsyncStream, RecordedStream, ResponseReads
+from lucidic.streams import (
+    RecordedAsyncStream,
+    RecordedStream,
+    ResponseReads,
+    body_already_read,
+)
 
 from . import _extract, _tokens
 
@@ -101,18 +106,6 @@ def _is_raw_response(result: Any) -> bool:
     return isinstance(result, (LegacyAPIResponse, BaseAPIResponse))
 
 
-def _is_sse(response: Any) -> bool:
-    return bool(getattr(response, "_is_sse_stream", getattr(response, "_stream", False)))
-
-
-def _body_read(response: Any) -> bool:
-    try:
-        response.http_response.content  # noqa: B018 - raises until the body has been read
-    except Exception:  # noqa: BLE001 - httpx's ResponseNotRead
-        return False
-    return True
-
-
 def _parse_apart(response: Any) -> Any:
     """A response body already read, parsed into an object of the adapter's
     own: the response's cache (what the caller's parse() returns) is left alone."""
@@ -120,7 +113,7 @@ def _parse_apart(response: Any) -> Any:
 
 
 def _raw_response(kind: _Kind, call: LLMCall, response: Any, kwargs: dict[str, Any]) -> None:
-    if not _is_sse(response) and _body_read(response):
+    if body_already_read(response):
         # with_raw_response read the body already: complete as a plain call would
         _finish_from(kind, call, _parse_apart(response))
     elif not _RESPONSES.track(response, call, _RawRead(kind, kwargs)):
@@ -167,7 +160,7 @@ class _RawRead:
         return parsed
 
     def closed(self, call: LLMCall, response: Any) -> None:
-        if not _is_sse(response) and _body_read(response):  # read with read() or json()
+        if body_already_read(response):  # read with read() or json()
             _finish_from(self.kind, call, _parse_apart(response))
 
 
