@@ -199,6 +199,21 @@ def body_already_read(response: Any) -> bool:
     return True
 
 
+def recorded_parsed_stream(response: Any, stream: Any, asynchronous: bool, call: LLMCall,
+                           accumulator: Accumulator) -> Any:
+    """The stream a raw response's ``parse()`` returned, recorded as a plain
+    call's stream is; the response's cache of what it parsed then gives the
+    recorded stream to a later ``parse()`` too."""
+    proxy_type = RecordedAsyncStream if asynchronous else RecordedStream
+    proxy = proxy_type(stream, call, accumulator)
+    cache = getattr(response, "_parsed_by_type", None)
+    if isinstance(cache, dict):
+        for key, value in list(cache.items()):
+            if value is stream:
+                cache[key] = proxy
+    return proxy
+
+
 class _Awaiting:
     __slots__ = ("call", "finalizer", "reader")
 

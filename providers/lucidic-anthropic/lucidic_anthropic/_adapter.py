@@ -16,6 +16,7 @@ from lucidic.streams import (
     RecordedStream,
     ResponseReads,
     body_already_read,
+    recorded_parsed_stream,
 )
 
 from . import _extract
@@ -121,15 +122,8 @@ class _RawRead:
         from anthropic import AsyncStream, Stream
 
         if isinstance(parsed, (Stream, AsyncStream)):
-            proxy_type = RecordedAsyncStream if isinstance(parsed, AsyncStream) else RecordedStream
-            proxy = proxy_type(parsed, call, _extract.MessageEvents())
-            # A later parse() returns the library's cached object: the proxy, then.
-            cache = getattr(response, "_parsed_by_type", None)
-            if isinstance(cache, dict):
-                for key, value in list(cache.items()):
-                    if value is parsed:
-                        cache[key] = proxy
-            return proxy
+            return recorded_parsed_stream(response, parsed, isinstance(parsed, AsyncStream),
+                                          call, _extract.MessageEvents())
         if _is_message(parsed):
             call.finish(**_extract.message_result(parsed))
         else:

@@ -14,6 +14,7 @@ from lucidic.streams import (
     RecordedStream,
     ResponseReads,
     body_already_read,
+    recorded_parsed_stream,
 )
 
 from . import _extract, _tokens
@@ -143,15 +144,8 @@ class _RawRead:
             if self.kind.chunks is None:
                 call.finish()
                 return parsed
-            proxy_type = RecordedAsyncStream if isinstance(parsed, AsyncStream) else RecordedStream
-            proxy = proxy_type(parsed, call, self.kind.chunks(self.kwargs))
-            # A later parse() returns the library's cached object: the proxy, then.
-            cache = getattr(response, "_parsed_by_type", None)
-            if isinstance(cache, dict):
-                for key, value in list(cache.items()):
-                    if value is parsed:
-                        cache[key] = proxy
-            return proxy
+            return recorded_parsed_stream(response, parsed, isinstance(parsed, AsyncStream),
+                                          call, self.kind.chunks(self.kwargs))
         if not isinstance(parsed, self.kind.expected()):
             parsed_here = _parse_apart(response)  # parse(to=dict): the body is read by now
             _finish_from(self.kind, call, parsed_here)
