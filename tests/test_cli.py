@@ -185,29 +185,7 @@ def test_sessions_show_json_has_iso_times_beside_the_epoch_ones(recorded):
 
 
 def test_on_a_terminal_the_tree_is_drawn_in_colour(recorded):
-    controller, terminal = pty.openpty()
-    try:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "lucidic", "sessions", "show", SESSION], stdout=terminal,
-            stderr=subprocess.PIPE, env=child_env(recorded, {"TZ": "UTC", "COLUMNS": "200"}),
-            cwd=str(ROOT))
-        os.close(terminal)
-        terminal = -1
-        output = b""
-        while True:
-            try:
-                chunk = os.read(controller, 65536)
-            except OSError:  # the child closed its end
-                break
-            if not chunk:
-                break
-            output += chunk
-        assert process.wait(timeout=60) == 0
-    finally:
-        os.close(controller)
-        if terminal != -1:
-            os.close(terminal)
-    shown = output.decode()
+    shown = _read_terminal(["sessions", "show", SESSION], recorded, {"COLUMNS": "200"})
     assert "\x1b[" in shown  # coloured
     words = re.sub(r"\x1b\[[0-9;]*m", "", shown).replace("\r\n", "\n")
     assert "├── event looked up the order" in words  # rich's tree
@@ -343,12 +321,13 @@ def test_a_database_password_is_never_printed():
     assert _shown_url("sqlite:////var/lib/lucidic.db") == "sqlite:////var/lib/lucidic.db"
 
 
-def _read_terminal(args: list[str], home: Path) -> str:
+def _read_terminal(args: list[str], home: Path, env: dict[str, str] | None = None) -> str:
     """What the CLI writes to a terminal (a pty), escape sequences and all."""
     controller, terminal = pty.openpty()
     try:
         process = subprocess.Popen([sys.executable, "-m", "lucidic", *args], stdout=terminal,
-                                   stderr=subprocess.PIPE, env=child_env(home, {"TZ": "UTC"}),
+                                   stderr=subprocess.PIPE,
+                                   env=child_env(home, {"TZ": "UTC", **(env or {})}),
                                    cwd=str(ROOT))
         os.close(terminal)
         terminal = -1
