@@ -104,8 +104,10 @@ def llm_cassette() -> Path:
     return shared if shared.is_file() else ROOT / "cassettes" / "openai" / "chat_refusal.yaml"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    # Module-scoped: while Playwright's sync API is open, its event loop runs
+    # in this thread, and every later test's asyncio.run() would fail.
     if not Path(CHROMIUM).is_file() and not shutil.which(CHROMIUM):
         if os.environ.get("CI"):
             pytest.fail(NO_BROWSER)
