@@ -12,7 +12,7 @@ import pytest
 
 from helpers import ENV_VARS, ReadableStore, run_python  # noqa: F401 - re-exported for older imports
 from lucidic import _internal
-from lucidic._context import process_slot
+from lucidic._context import current_step, last_event, process_slot, scope_binding
 from lucidic._internal import internal_errors
 from lucidic._runtime import runtime
 
@@ -31,6 +31,10 @@ def lucidic_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     for pipeline in list(runtime.pipelines.values()):
         runtime.forget_pipeline(pipeline, timeout=5.0)
     process_slot.binding = None
+    # What a test left bound in this thread's context (a scope it never
+    # left, on code that failed) must not become the next test's session.
+    for var in (scope_binding, current_step, last_event):
+        var.set(None)
 
 
 @pytest.fixture(autouse=True)
