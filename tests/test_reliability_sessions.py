@@ -201,10 +201,13 @@ def test_ints_no_float_can_hold_raise_the_documented_error(huge: int, store: Sto
             call()
     # A wait longer than any clock can count is a long wait, not a crash.
     assert lai.flush(timeout=2 ** 64) is True
-    lai.create_event(cost_added=2 ** 64)  # beyond 64 bits, yet a finite float
+    big = lai.create_step(eval_score=2 ** 64)  # beyond 64 bits, yet a finite float
+    with pytest.raises(InvalidOperationError, match=r"cost_added must be within ±1e\+18"):
+        lai.create_event(cost_added=2 ** 64)  # finite, but beyond any cost a server takes
     lai.end_session()
     assert lai.flush(10)
-    assert store.session_tree(sid)["event_count"] == 1
+    assert store.get_step(big)["eval_score"] == 2.0 ** 64
+    assert store.session_tree(sid)["event_count"] == 0
 
 
 def test_updates_by_unknown_ids_raise_and_never_make_phantom_rows(store: Store) -> None:
