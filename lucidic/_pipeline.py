@@ -496,12 +496,13 @@ class Pipeline:
             self._take_lock.release()
         return idle and not self.spool.has_own_pending()
 
-    def shutdown(self, timeout: float) -> bool:
+    def shutdown(self, timeout: float, *, fail_fast: bool = False) -> bool:
         """Flush within ``timeout``; whatever could not be delivered by then is
-        written to the spool, for this or a later process to deliver."""
+        written to the spool, for this or a later process to deliver. With
+        ``fail_fast``, spool it as soon as a delivery fails."""
         deadline = time.monotonic() + timeout
         # Keep a little of the bound for writing what is left to the spool.
-        delivered = self.flush(timeout - min(0.5, timeout * 0.2))
+        delivered = self.flush(timeout - min(0.5, timeout * 0.2), fail_fast=fail_fast)
         self._stopping = True
         self._wake.set()
         self._spill_wake.set()

@@ -131,9 +131,11 @@ class Runtime:
         for binding in list(state.bindings):
             self.release(binding)
 
-    def forget_pipeline(self, pipeline: Pipeline, timeout: float) -> None:
+    def forget_pipeline(self, pipeline: Pipeline, timeout: float, *,
+                        fail_fast: bool = False) -> None:
         """Stop a pipeline and release every binding that writes through it
-        (once the deferred jobs, which may write through it, have run)."""
+        (once the deferred jobs, which may write through it, have run);
+        ``fail_fast``: spool what it holds once a delivery fails."""
         deadline = time.monotonic() + timeout
         deferred.wait(timeout)
         timeout = max(0.0, deadline - time.monotonic())
@@ -144,7 +146,7 @@ class Runtime:
                         self.release(binding)
             if self.pipelines.get(pipeline.sink.identity) is pipeline:
                 del self.pipelines[pipeline.sink.identity]
-        pipeline.shutdown(timeout)
+        pipeline.shutdown(timeout, fail_fast=fail_fast)
 
     def flush_all(self, timeout: float, *, fail_fast: bool = False) -> bool:
         deadline = time.monotonic() + timeout

@@ -183,13 +183,21 @@ def _upsert_mass_sim(cur: Any, ph: str, rid: str, fields: Mapping[str, Any],
 
 def _upsert_score(cur: Any, ph: str, project: str, rid: str, ts: float,
                   fields: Mapping[str, Any]) -> None:
+    # A score record is the whole score: a newer one replaces every field (a
+    # comment or a verdict it lacks included), an older one changes nothing.
     values: dict[str, Any] = {"session_id": fields["session_id"]}
     for column in SCORE_COLUMNS:
         value = fields.get(column)
-        if value is not None:
-            values[column] = (1 if value else 0) if column == "passed" else value
-    _merge_upsert(cur, ph, "scores", ("project", "id"), (project, rid), values, ts,
-                  guard="session_id")
+        values[column] = (1 if value else 0) if column == "passed" and value is not None \
+            else value
+    names = ["project", "id", *values, "updated_at"]
+    newer = "excluded.updated_at >= scores.updated_at"
+    sets = [f"{c} = CASE WHEN {newer} THEN excluded.{c} ELSE scores.{c} END"
+            for c in [*SCORE_COLUMNS, "updated_at"]]
+    cur.execute(f"INSERT INTO scores ({', '.join(names)}) VALUES ({_marks(ph, len(names))}) "
+                f"ON CONFLICT (project, id) DO UPDATE SET {', '.join(sets)} "
+                "WHERE scores.session_id = excluded.session_id",
+                (project, rid, *values.values(), ts))
 
 
 def note_references(store: Store, cur: Any, sessions: Sequence[Record],

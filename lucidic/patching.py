@@ -10,7 +10,7 @@ from typing import Any
 
 import wrapt
 
-from .plugins import LLMCall, in_session
+from .plugins import LLMCall, in_session, record_internal_error
 
 #: (module, class, method, wrapt wrapper(wrapped, instance, args, kwargs))
 Patch = tuple[str, str, str, Callable[..., Any]]
@@ -72,11 +72,14 @@ def llm_call_wrapper(start: Callable[[dict[str, Any]], LLMCall | None],
     ``outcome(call, result, asynchronous, kwargs)`` completes the call, or
     wraps a returned stream to complete it later, and returns what the
     caller gets.
-    With no session current the method is called straight away."""
+    With no session current the method is called straight away. If ``start``
+    or ``outcome`` raises (a bug in the plugin), the error is logged and
+    counted, and the caller gets what the method returned, as without the
+    plugin (the call is recorded without its outcome)."""
     if asynchronous:
         async def async_wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...],
                                 kwargs: dict[str, Any]) -> Any:
-            call = start(kwargs) if in_session() else None
+            call = _started(start, kwargs)
             if call is None:
                 return await wrapped(*args, **kwargs)
             try:
@@ -84,12 +87,12 @@ def llm_call_wrapper(start: Callable[[dict[str, Any]], LLMCall | None],
             except BaseException as exc:
                 call.fail(exc)
                 raise
-            return outcome(call, result, True, kwargs)
+            return _outcome(outcome, call, result, True, kwargs)
         return async_wrapper
 
     def wrapper(wrapped: Any, instance: Any, args: tuple[Any, ...],
                 kwargs: dict[str, Any]) -> Any:
-        call = start(kwargs) if in_session() else None
+        call = _started(start, kwargs)
         if call is None:
             return wrapped(*args, **kwargs)
         try:
@@ -97,5 +100,26 @@ def llm_call_wrapper(start: Callable[[dict[str, Any]], LLMCall | None],
         except BaseException as exc:
             call.fail(exc)
             raise
-        return outcome(call, result, False, kwargs)
+        return _outcome(outcome, call, result, False, kwargs)
     return wrapper
+
+
+def _started(start: Callable[[dict[str, Any]], LLMCall | None],
+             kwargs: dict[str, Any]) -> LLMCall | None:
+    if not in_session():
+        return None
+    try:
+        return start(kwargs)
+    except Exception as exc:  # noqa: BLE001 - the plugin's bug never reaches the caller
+        record_internal_error("plugin_llm_call_start", exc)
+        return None
+
+
+def _outcome(outcome: Callable[[LLMCall, Any, bool, dict[str, Any]], Any], call: LLMCall,
+             result: Any, asynchronous: bool, kwargs: dict[str, Any]) -> Any:
+    try:
+        return outcome(call, result, asynchronous, kwargs)
+    except Exception as exc:  # noqa: BLE001 - the plugin's bug never reaches the caller
+        record_internal_error("plugin_llm_call_outcome", exc)
+        call.finish()
+        return result

@@ -154,8 +154,10 @@ def capture(directory: str | Path | None = None) -> Iterator[Capture]:
         yield Capture(sink, home)
     finally:
         runtime.sink_override = previous
-        # What a failing sink holds cannot be delivered: do not wait for it.
-        runtime.forget_pipeline(pipeline, timeout=1.0 if sink.failing else 5.0)
+        # What a failing sink holds cannot be delivered: spool it, and do not
+        # keep retrying the sink until a deadline.
+        runtime.forget_pipeline(pipeline, timeout=1.0 if sink.failing else 5.0,
+                                fail_fast=sink.failing)
         if owned:
             shutil.rmtree(home, ignore_errors=True)
 

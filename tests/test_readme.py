@@ -220,3 +220,29 @@ def test_the_evaluation_walkthrough_runs_and_finds_the_regression(clone, tmp_pat
     assert failed.returncode == 1
     assert "exact regressed in 1 case(s): times (pass → fail)" in failed.stderr
     assert "no mass simulations yet" in _run(commands[4], clone, env).stdout
+
+
+def _plain_signature(fn) -> str:
+    """A function's signature as the README writes it: names and defaults, no
+    annotations."""
+    import inspect
+
+    parts, keyword_only = [], False
+    for parameter in inspect.signature(fn).parameters.values():
+        if parameter.kind is parameter.KEYWORD_ONLY and not keyword_only:
+            parts.append("*")
+            keyword_only = True
+        default = "" if parameter.default is parameter.empty else f"={parameter.default!r}"
+        parts.append(parameter.name + default)
+    return f"({', '.join(parts)})"
+
+
+def test_the_api_table_gives_each_calls_signature_as_the_code_has_it():
+    import lucidic as lai
+
+    section = README.split("## The API", 1)[1].split("\n### ", 1)[0]
+    rows = re.findall(r"^\| `(\w+)(\([^`]*\))(?: -> \w+)?`", section, re.M)
+    written = {name: args for name, args in rows if "**" not in args}
+    assert {"init", "continue_session", "update_session", "end_session", "score",
+            "create_mass_sim"} <= set(written)
+    assert {name: _plain_signature(getattr(lai, name)) for name in written} == written

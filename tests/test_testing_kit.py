@@ -74,6 +74,29 @@ def test_a_failing_sink_spools_inside_the_captures_own_directory_and_ends_fast(
     assert ended < DEFAULT_FLUSH_TIMEOUT * 0.6
 
 
+def test_leaving_a_capture_whose_sink_is_failing_does_not_keep_trying_it(tmp_path):
+    """What a failing sink cannot take goes to the capture's spool when the
+    block ends; the exit does not retry the sink until a deadline first."""
+    attempts = []
+    with capture(tmp_path / "kit") as recorded:
+        lai.init(session_name="outage")
+        recorded.sink.failing = True
+        _agent()
+        assert lai.flush(timeout=0.2) is False
+        write = recorded.sink.write
+
+        def counted(records):
+            attempts.append(len(records))
+            return write(records)
+
+        recorded.sink.write = counted  # type: ignore[method-assign]
+        lai.create_event(description="at the end")
+    # each retry comes 20 ms after the last: a second of them would be dozens
+    assert len(attempts) <= 3
+    spool = tmp_path / "kit" / "spool" / recorded.sink.identity
+    assert "at the end" in "".join(p.read_text() for p in spool.glob("*.jsonl"))
+
+
 def test_a_sink_back_from_failing_takes_the_spooled_records_at_once(tmp_path):
     with capture(tmp_path / "kit") as recorded:
         recorded.sink.failing = True

@@ -134,8 +134,10 @@ def _runs(store: Store, sessions: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "session_id": sid, "experiment_id": session.get("experiment_id"),
             "case_id": session.get("case_id"), "repeat": session.get("repeat"),
             "name": session.get("name"),
-            "input": _loads(session.get("input")), "expected": _loads(session.get("expected")),
-            "output": _loads(session.get("output")), "error": session.get("error"),
+            # decoded by the store's query already (JSON columns): a second
+            # json.loads would turn the text "4" into the number 4
+            "input": session.get("input"), "expected": session.get("expected"),
+            "output": session.get("output"), "error": session.get("error"),
             "status": status_of(session), "started_at": started, "ended_at": ended,
             "scores": {s["name"]: s["value"] for s in own},
             "passed": {s["name"]: s["passed"] for s in own},

@@ -162,7 +162,7 @@ def compare(runs_a: Sequence[Mapping[str, Any]],
 def regressions(comparison: Mapping[str, Any], name: str, tolerance: float = 0.0
                 ) -> list[dict[str, Any]]:
     """The cases where B's ``name`` is below A's by more than ``tolerance``, or
-    missing in B while A has it."""
+    missing in B while A has it (a label, which has no order, only then)."""
     worse = []
     for row in comparison["cases"]:
         pair = row["scores"].get(name)
@@ -170,9 +170,7 @@ def regressions(comparison: Mapping[str, Any], name: str, tolerance: float = 0.0
             continue
         a = numeric(pair["a"])
         b = numeric(pair["b"]) if pair["b"] is not None else None
-        if a is None:
-            continue
-        if b is None or b < a - tolerance:
+        if pair["b"] is None or (a is not None and b is not None and b < a - tolerance):
             worse.append({"case_id": row["case_id"], "a": pair["a"], "b": pair["b"],
                           "delta": pair["delta"]})
     return worse

@@ -418,6 +418,42 @@ def test_the_cli_reads_experiments_back_with_stable_keys(lucidic_home: Path) -> 
             "(their scores: exact)") in misspelt.stderr
 
 
+def test_a_gate_on_a_label_score_fails_where_b_lost_the_label(lucidic_home: Path) -> None:
+    """Labels have no order, so none is below another; but a case where B has
+    no label at all is a regression, as it is for a number."""
+    def labelled(run: Any) -> str | None:
+        return None if run.output == "?" else "friendly"
+
+    first = run_experiment(support.shout, CASES, name="labels", evaluators=[labelled])
+    second = run_experiment(lambda t: "?" if t == "ab" else t, CASES, name="lost",
+                            evaluators=[labelled])
+    gated = _cli(lucidic_home, "experiments", "compare", first.experiment_id,
+                 second.experiment_id, "--fail-on-regression", "labelled", "--json")
+    assert gated.returncode == 1
+    assert json.loads(gated.stdout)["regressions"] == {
+        "labelled": [{"case_id": "ab", "a": "friendly", "b": None, "delta": None}]}
+    assert "labelled regressed in 1 case(s): ab" in gated.stderr
+    same = _cli(lucidic_home, "experiments", "compare", first.experiment_id,
+                first.experiment_id, "--fail-on-regression", "labelled")
+    assert same.returncode == 0, same.stderr
+
+
+def test_a_run_reads_back_strings_that_look_like_json_as_the_strings_they_were(
+        lucidic_home: Path) -> None:
+    """A case's input, expected answer and output are read back as they were
+    stored: the text "4" stays "4" (not the number 4), "null" stays "null"."""
+    cases = [Case("2 + 2", expected="4", name="four"), Case("[1]", expected="null", name="null"),
+             Case({"n": "true"}, expected=["1"], name="doc")]
+    result = run_experiment(lambda value: "4", cases, name="texts", evaluators=[support.exact])
+    stored = [(r.input, r.expected, r.output) for r in result.runs]
+    assert stored == [("2 + 2", "4", "4"), ("[1]", "null", "4"), ({"n": "true"}, ["1"], "4")]
+    assert [r.scores["exact"] for r in result.runs] == [True, False, False]
+    shown = json.loads(_cli(lucidic_home, "experiments", "show", result.experiment_id,
+                            "--json").stdout)
+    assert {r["case_id"]: (r["input"], r["expected"], r["output"]) for r in shown["runs"]} == {
+        r.case_id: (r.input, r.expected, r.output) for r in result.runs}
+
+
 def test_result_prints_its_runs_and_a_comparison_with_a_baseline(capsys: Any) -> None:
     first = run_experiment(support.shout, CASES, name="base", evaluators=[support.exact])
     second = run_experiment(lambda t: t.upper() if t != "ab" else "?", CASES, name="next",

@@ -252,6 +252,27 @@ def test_scores_on_sessions_steps_and_events(store: Store) -> None:
     assert (quality["comment"], quality["source"]) == ("second look", "api")
 
 
+def test_a_later_score_of_the_same_name_replaces_all_of_the_earlier_one(store: Store) -> None:
+    """A score is replaced whole, not merged: a later score without a comment
+    has none, and one given with lai.score over an evaluator's has neither the
+    evaluator's verdict nor its name."""
+    result = run_experiment(support.shout, [Case("ab", expected="AB")], name="scored",
+                            evaluators=[support.closeness])
+    (run,) = result.runs
+    assert run.passed == {"closeness": True}
+    lai.score("closeness", 0.1, session_id=run.session_id)
+    sid = lai.init(session_name="rescored by hand")
+    lai.score("quality", 0.4, comment="first look")
+    lai.score("quality", 0.8)
+    lai.end_session()
+    lai.flush()
+    (quality,) = store.session_tree(sid)["score_details"]
+    assert (quality["value"], quality["comment"]) == (0.8, None)
+    (closeness,) = store.session_tree(run.session_id)["score_details"]
+    assert {k: closeness[k] for k in ("value", "passed", "source", "evaluator")} == {
+        "value": 0.1, "passed": None, "source": "api", "evaluator": None}
+
+
 def test_the_hosted_sdks_parameters_and_create_mass_sim_from_child_processes(
         lucidic_home: Path, store: Store) -> None:
     from helpers import child_env, run_python

@@ -222,3 +222,48 @@ def test_a_cost_a_plugin_gives_is_a_finite_number_within_the_servers_bound():
     assert [(e["request_model"], e.get("cost")) for e in captured.events("llm")] == [
         ("0.25", 0.25), ("'0.5'", 0.5), ("'cheap'", None), ("nan", None), ("1e+19", None),
         ("-1e+19", None), (repr(10**30), None), ("1e+18", 1e18)]
+
+
+@pytest.mark.allow_internal_errors
+def test_a_plugins_own_failure_around_a_wrapped_call_never_reaches_the_caller():
+    """llm_call_wrapper guards the plugin's start and outcome functions: one
+    that raises is logged and counted, and the caller gets what the library
+    returned (the call recorded without its outcome)."""
+    import asyncio
+
+    import wrapt
+
+    from lucidic._internal import internal_errors
+    from lucidic.patching import llm_call_wrapper
+    from lucidic.plugins import start_llm_call
+
+    def complete(prompt):
+        return prompt.upper()
+
+    async def acomplete(prompt):
+        return prompt.upper()
+
+    def start(kwargs):
+        return start_llm_call("mylib", request_model="m1", input=kwargs["prompt"])
+
+    def broken_start(kwargs):
+        raise KeyError("model")
+
+    def broken_outcome(call, reply, asynchronous):  # one argument short: a plugin's bug
+        return reply
+
+    before = sum(internal_errors.values())
+    with capture() as recorded:
+        lai.init("a plugin's bugs")
+        assert wrapt.FunctionWrapper(complete, llm_call_wrapper(broken_start, broken_outcome))(
+            prompt="hi") == "HI"
+        assert wrapt.FunctionWrapper(complete, llm_call_wrapper(start, broken_outcome))(
+            prompt="hi") == "HI"
+        wrapped = wrapt.FunctionWrapper(acomplete, llm_call_wrapper(start, broken_outcome,
+                                                                    asynchronous=True))
+        assert asyncio.run(wrapped(prompt="ho")) == "HO"
+        lai.end_session()
+    calls = recorded.events("llm")
+    assert [(e["input"], e["request_model"], e["error"]) for e in calls] == [
+        ("hi", "m1", None), ("ho", "m1", None)]
+    assert sum(internal_errors.values()) - before == 3

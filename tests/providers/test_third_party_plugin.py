@@ -99,3 +99,65 @@ def test_lucidic_providers_lists_the_installed_plugin(installed_plugin, tmp_path
 
 def test_the_plugin_is_not_installed_in_this_environment():
     assert "echo" not in {info.name for info in describe()}
+
+
+def test_the_plugin_written_in_the_providers_guide_records_a_call(tmp_path):
+    """docs/providers.md's plugin (its pyproject and its module, as written),
+    over a stand-in `mylib`, records one call through lai.init(providers=...)."""
+    import re
+
+    from helpers import tomllib
+
+    guide = (ROOT / "docs" / "providers.md").read_text("utf-8")
+    section = guide.split("## Writing a provider plugin", 1)[1]
+    toml_text = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
+    module = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    project = tomllib.loads(toml_text)["project"]
+    assert project["dependencies"][0].startswith("lucidic-toolkit")  # the core's distribution
+    ((name, target),) = project["entry-points"]["lucidic.providers"].items()
+    site = tmp_path / "site"
+    for path, text in {
+        "mylib/__init__.py": "",
+        "mylib/client.py": textwrap.dedent("""
+            from types import SimpleNamespace
+
+            class Client:
+                def complete(self, *, model, messages):
+                    return SimpleNamespace(model=model + "-0613", text="hi",
+                                           usage=SimpleNamespace(input=5, output=1))
+        """),
+        "mylib-2.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: mylib\nVersion: 2.0\n",
+        "lucidic_mylib/__init__.py": module,
+        "lucidic_mylib-0.1.dist-info/METADATA":
+            "Metadata-Version: 2.1\nName: lucidic-mylib\nVersion: 0.1\n",
+        "lucidic_mylib-0.1.dist-info/entry_points.txt":
+            f"[lucidic.providers]\n{name} = {target}\n",
+    }.items():
+        (site / path).parent.mkdir(parents=True, exist_ok=True)
+        (site / path).write_text(text, "utf-8")
+    code = textwrap.dedent(f"""
+        import json
+        import lucidic as lai
+        from lucidic._internal import internal_errors
+        from lucidic.testing import capture
+        from mylib.client import Client
+
+        with capture() as recorded:
+            lai.init("guide plugin", providers=[{name!r}])
+            Client().complete(model="my-model", messages=[{{"role": "user", "content": "yo"}}])
+            lai.end_session()
+        (call,) = recorded.events("llm")
+        print(json.dumps({{k: call[k] for k in ("provider", "request_model", "model", "output",
+                                                "input_tokens", "output_tokens")}}))
+        print(sum(internal_errors.values()))
+    """)
+    path = os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "PYTHONPATH": path,
+                                             "LUCIDIC_HOME": str(tmp_path / "home")})
+    assert result.returncode == 0, result.stderr
+    recorded, errors = result.stdout.splitlines()
+    assert json.loads(recorded) == {"provider": "mylib", "request_model": "my-model",
+                                    "model": "my-model-0613", "output": "hi",
+                                    "input_tokens": 5, "output_tokens": 1}
+    assert errors == "0"
