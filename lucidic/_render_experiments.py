@@ -63,7 +63,12 @@ def stats_line(stats: Mapping[str, Mapping[str, Any]]) -> str:
         if "value" in entry:
             parts.append(f"{name} {value(entry['value'])}")
             continue
-        bits = [f"mean {value(entry.get('mean'))}"]
+        labels = entry.get("labels") or {}
+        if entry.get("mean") is None and labels:  # label scores: each label counted
+            counted = [f"{value(label)} {count}" for label, count in list(labels.items())[:4]]
+            bits = [" ".join(counted) + (" …" if len(labels) > 4 else "")]
+        else:
+            bits = [f"mean {value(entry.get('mean'))}"]
         if entry.get("pass_rate") is not None:
             bits.append(f"pass {entry['pass_rate']:.0%}")
         if entry.get("spread"):

@@ -97,6 +97,8 @@ def test_spread_over_repeats_and_labels(store: Store) -> None:
     assert summary["exact"]["spread"] == pytest.approx(0.5)  # stdev of 1, 0, 1, 0
     assert summary["grade"]["labels"] == {"good": 2, "bad": 2}
     assert summary["grade"]["mean"] is None
+    # Printed, a label score counts its labels (it has no mean to show).
+    assert "| grade good 2 bad 2" in str(result)
 
 
 def test_sync_tasks_run_exactly_max_concurrency_at_once() -> None:
