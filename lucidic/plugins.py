@@ -214,7 +214,8 @@ def unknown_provider_message(name: str, installed: Sequence[str]) -> str:
         return (f"provider {name!r} is not installed: pip install {FIRST_PARTY[name]}. "
                 f"{listing}")
     known = sorted({*installed, *FIRST_PARTY, *_SERVED_BY})
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    # 0.75: a typo ("opnai") is close; a word sharing three letters ("nope") is not.
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
     if close:
         guess = _SERVED_BY[close[0]][0] if close[0] in _SERVED_BY else close[0]
         return (f"unknown provider {name!r}; did you mean {guess!r}?"

@@ -69,6 +69,7 @@ def test_unknown_provider_names_the_installed_ones_and_the_first_party_distribut
                     "underscores, as 'pydantic_ai'; use providers=['pydantic_ai']. "),
     ("langgraph", "unknown provider 'langgraph': LangGraph runs on langchain-core, whose "
                   "callbacks the 'langchain' plugin records; use providers=['langchain']. "),
+    ("nope", "unknown provider 'nope'. Installed providers: "),  # no far-fetched guess
 ])
 def test_a_mistyped_provider_name_suggests_the_closest_known_one(asked, expected):
     with pytest.raises(InvalidOperationError) as raised:
