@@ -317,6 +317,19 @@ class ResponseReads:
             return self._parsed(entry, instance, parsed)
         return parse
 
+    def patches(self, library: str) -> tuple[tuple[str, str, str, Any], ...]:
+        """The (module, class, method, wrapper) patches of ``library``'s
+        response classes (openai's and anthropic's are generated alike), for
+        a plugin's MethodPatches; a module a version lacks is skipped there."""
+        response, legacy = f"{library}._response", f"{library}._legacy_response"
+        return (
+            (response, "APIResponse", "parse", self.parse_wrapper(asynchronous=False)),
+            (response, "APIResponse", "close", self.close_wrapper(asynchronous=False)),
+            (response, "AsyncAPIResponse", "parse", self.parse_wrapper(asynchronous=True)),
+            (response, "AsyncAPIResponse", "close", self.close_wrapper(asynchronous=True)),
+            (legacy, "LegacyAPIResponse", "parse", self.parse_wrapper(asynchronous=False)),
+        )
+
     def close_wrapper(self, *, asynchronous: bool) -> Any:
         """A wrapt wrapper for the response class's ``close`` (what leaving a
         ``with_streaming_response`` block calls)."""

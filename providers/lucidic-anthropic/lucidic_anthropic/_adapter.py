@@ -237,16 +237,7 @@ PATCHES: tuple[tuple[str, str, str, Callable[..., Any]], ...] = (
 
 
 #: The responses with_raw_response and with_streaming_response return.
-RESPONSE_PATCHES: tuple[tuple[str, str, str, Callable[..., Any]], ...] = (
-    ("anthropic._response", "APIResponse", "parse", _RESPONSES.parse_wrapper(asynchronous=False)),
-    ("anthropic._response", "APIResponse", "close", _RESPONSES.close_wrapper(asynchronous=False)),
-    ("anthropic._response", "AsyncAPIResponse", "parse",
-     _RESPONSES.parse_wrapper(asynchronous=True)),
-    ("anthropic._response", "AsyncAPIResponse", "close",
-     _RESPONSES.close_wrapper(asynchronous=True)),
-    ("anthropic._legacy_response", "LegacyAPIResponse", "parse",
-     _RESPONSES.parse_wrapper(asynchronous=False)),
-)
+RESPONSE_PATCHES = _RESPONSES.patches("anthropic")
 
 
 class AnthropicAdapter(Adapter):

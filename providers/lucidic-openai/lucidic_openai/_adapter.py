@@ -181,16 +181,7 @@ PATCHES: tuple[tuple[str, str, str, _Kind, bool], ...] = (
 )
 
 #: The responses with_raw_response and with_streaming_response return.
-RESPONSE_PATCHES: tuple[tuple[str, str, str, Callable[..., Any]], ...] = (
-    ("openai._legacy_response", "LegacyAPIResponse", "parse",
-     _RESPONSES.parse_wrapper(asynchronous=False)),
-    ("openai._response", "APIResponse", "parse", _RESPONSES.parse_wrapper(asynchronous=False)),
-    ("openai._response", "APIResponse", "close", _RESPONSES.close_wrapper(asynchronous=False)),
-    ("openai._response", "AsyncAPIResponse", "parse",
-     _RESPONSES.parse_wrapper(asynchronous=True)),
-    ("openai._response", "AsyncAPIResponse", "close",
-     _RESPONSES.close_wrapper(asynchronous=True)),
-)
+RESPONSE_PATCHES = _RESPONSES.patches("openai")
 
 
 class OpenAIAdapter(Adapter):
