@@ -113,7 +113,8 @@ def test_a_quick_benchmark_runs_to_its_report(tmp_path: Path, script: str,
 
 @pytest.mark.parametrize(("script", "reported", "stored_lines"), [
     ("bench_server.py", ("all flushed: True", "lai.create_event, server down"), 1),
-    ("bench_protocols.py", ("OTLP/protobuf", "lucidicai 1.3.5:"), 2),
+    pytest.param("bench_protocols.py", ("OTLP/protobuf", "lucidicai 1.3.5:"), 2,
+                 marks=pytest.mark.xdist_group("port-8000")),  # with the protocol tests
     ("bench_ui.py", ("sessions list, page 200 (keyset)", "session of 10,000 events",
                      "dashboard, 30 days", "browser first paint, sessions list"), 0),
 ])

@@ -31,6 +31,12 @@ from lucidic.pricing import cost_of
 
 HERE = Path(__file__).resolve().parent
 
+#: lucidicai 1.3.5 talks to port 8000 only: under `make test` (xdist's
+#: loadgroup) the tests that hold it run on one worker, one after another,
+#: instead of one worker waiting idle for the other's (port_8000 still guards
+#: against other checkouts' runs).
+pytestmark = pytest.mark.xdist_group("port-8000")
+
 
 @pytest.fixture
 def lai_server(db_url: str, start_server: Any) -> Iterator[ServerProcess]:
