@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _config
-from ._numbers import finite_float, short_number_repr
+from ._numbers import bounded_cost, finite_float, short_number_repr
 from ._records import Mask, items_of, text_field
 from .errors import InvalidOperationError
 from .limits import MAX_COST, MAX_ID_LENGTH
@@ -54,7 +54,7 @@ def cost_arg(name: str, value: Any) -> float | None:
     """A cost in dollars: a finite number within MAX_COST (the server's
     bound, so that any sum of costs stays finite)."""
     cost = number_arg(name, value)
-    if cost is not None and abs(cost) > MAX_COST:
+    if cost is not None and bounded_cost(cost) is None:
         raise InvalidOperationError(f"{name} must be within ±{MAX_COST:g} dollars, not "
                                     f"{short_number_repr(value)}")
     return cost

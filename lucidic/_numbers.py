@@ -1,14 +1,17 @@
 """Numbers the user hands us, as we record them: converted as the built-in
 types convert, and shown briefly in error messages.
 
-Imports nothing of Lucidic: the public calls and the scores both use it.
+Imports nothing of Lucidic but its limits: the public calls, the scores, the
+records and the server use it.
 """
 
 from __future__ import annotations
 
 import math
 
-__all__ = ["as_float", "finite_float", "short_number_repr"]
+from .limits import MAX_COST
+
+__all__ = ["as_float", "bounded_cost", "finite_float", "short_number_repr"]
 
 
 def as_float(value: int | float) -> float:
@@ -28,6 +31,14 @@ def finite_float(value: int | float) -> float | None:
     NaN, an int too large for any float): for the caller to refuse."""
     number = as_float(value)
     return number if math.isfinite(number) else None
+
+
+def bounded_cost(value: int | float) -> float | None:
+    """A cost in dollars as recorded: ``finite_float(value)`` within
+    ±MAX_COST (the server's bound, so that any sum of costs stays finite),
+    else None."""
+    number = finite_float(value)
+    return number if number is not None and abs(number) <= MAX_COST else None
 
 
 def short_number_repr(value: int | float) -> str:

@@ -9,9 +9,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._internal import log_rate_limited
+from ._numbers import bounded_cost
 from ._storable import int_note
 from .columns import COLUMN_TYPES, ColumnType
-from .limits import INT_MAX, INT_MIN, MAX_COST, MAX_DOCUMENT_INT_BITS, MAX_TEXT_CHARS
+from .limits import INT_MAX, INT_MIN, MAX_DOCUMENT_INT_BITS, MAX_TEXT_CHARS
 
 #: What a string becomes when the masking function fails on it.
 REDACTED = "[REDACTED: masking function failed]"
@@ -200,13 +201,11 @@ def _coercer(kind: ColumnType) -> Callable[[Any], Any]:
 
 def _cost(value: Any) -> float | None:
     """A cost in dollars, or None (no cost known) for one that is not a
-    finite number within MAX_COST: the server refuses it, and a sum of costs
-    must stay finite."""
+    finite number within MAX_COST: the server refuses it."""
     try:
-        cost = float(value)
+        return bounded_cost(float(value))
     except (TypeError, ValueError, OverflowError):
         return None
-    return cost if math.isfinite(cost) and abs(cost) <= MAX_COST else None
 
 
 #: How a value becomes each column's type, worked out once per column.

@@ -23,8 +23,8 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .. import _continuation, pricing
-from .._numbers import finite_float
-from ..limits import MAX_COST, MAX_TEXT_CHARS
+from .._numbers import bounded_cost, finite_float
+from ..limits import MAX_TEXT_CHARS
 from ..prompts import get_prompt as stored_prompt
 from ..store import Record, Store
 from . import masssims, uploads
@@ -354,7 +354,7 @@ def _number(value: Any) -> float | None:
 def _cost(value: Any) -> float | None:
     """A payload's cost, or None beyond MAX_COST (as tokens beyond their range)."""
     number = _number(value)
-    return number if number is not None and abs(number) <= MAX_COST else None
+    return None if number is None else bounded_cost(number)
 
 
 def _tokens(value: Any) -> int | None:

@@ -29,7 +29,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 
 from .. import pricing
-from ..limits import MAX_COST, MAX_TEXT_CHARS
+from .._numbers import bounded_cost
+from ..limits import MAX_TEXT_CHARS
 from .models import valid_id
 
 SESSION_KEYS = ("session.id", "gen_ai.conversation.id", "langfuse.session.id")
@@ -435,8 +436,8 @@ def llm_fields(span: SpanIn) -> dict[str, Any]:
                             "gen_ai.usage.reasoning_tokens",
                             "llm.token_count.completion_details.reasoning"))
     cost = _float(_first(attrs, used, "gen_ai.usage.cost", "llm.cost.total"))
-    if cost is not None and abs(cost) > MAX_COST:
-        cost = None  # as tokens beyond their range: the price table's cost, if any
+    if cost is not None:
+        cost = bounded_cost(cost)  # beyond it, as tokens beyond their range: the price table's
     if cost is None:
         cost = pricing.cost_of(provider, str(model) if model is not None else None,
                                input_tokens, output_tokens, cached)
