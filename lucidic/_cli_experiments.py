@@ -90,12 +90,9 @@ def _show(args: argparse.Namespace) -> int:
         _render.print_json(document)
         return 0
     print(show.experiment_head(document, document["runs"]))
-    print(show.runs_table(document["runs"]))
     stats = dict(document["stats"])
     stats.update({k: {"value": v} for k, v in document["summary"].items() if k not in stats})
-    print(show.stats_line(stats))
-    if errors := show.evaluation_errors(document["runs"]):
-        print(errors)
+    print(show.runs_report(document["runs"], stats))
     return 0
 
 
@@ -186,10 +183,7 @@ def _rescore(args: argparse.Namespace) -> int:
         _render.print_json(document)
     else:
         print(f"rescored {len(runs)} runs of {args.experiment_id}")
-        print(show.runs_table(document["runs"]))
-        print(show.stats_line(document["stats"]))
-        if errors := show.evaluation_errors(document["runs"]):
-            print(errors)
+        print(show.runs_report(document["runs"], document["stats"]))
     return 0
 
 

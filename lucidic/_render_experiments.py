@@ -93,6 +93,14 @@ def evaluation_errors(runs: Sequence[Mapping[str, Any]], shown: int = 10) -> str
     return "\n".join(["evaluator errors", *lines]) if lines else ""
 
 
+def runs_report(runs: Sequence[Mapping[str, Any]], stats: Mapping[str, Mapping[str, Any]]
+                ) -> str:
+    """An experiment's runs as every command shows them: the table, the
+    summary line, and the evaluator errors, if any."""
+    return "\n".join(part for part in (runs_table(runs), stats_line(stats),
+                                        evaluation_errors(runs)) if part)
+
+
 def _pair(pair: Mapping[str, Any]) -> str:
     text = f"{value(pair.get('a'))} → {value(pair.get('b'))}"
     return text + (f" ({signed(pair['delta'])})" if pair.get("delta") is not None else "")

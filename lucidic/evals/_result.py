@@ -83,9 +83,7 @@ class ExperimentResult:
             head += (f"\n  {self.replayed} LLM calls replayed, {self.replay_misses} not "
                      "recorded")
         if baseline is None:
-            return "\n".join(part for part in (head, show.runs_table(runs),
-                                                show.stats_line(self.summary()),
-                                                show.evaluation_errors(runs)) if part)
+            return "\n".join([head, show.runs_report(runs, self.summary())])
         base = [r.as_row() for r in baseline.runs]
         head += (f"\n  compared with {baseline.name or 'experiment'} {baseline.experiment_id} "
                  "(A: the baseline, B: this one)")
