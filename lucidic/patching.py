@@ -10,6 +10,7 @@ from typing import Any
 
 import wrapt
 
+from ._internal import logger
 from .plugins import LLMCall, in_session, record_internal_error
 
 #: (module, class, method, wrapt wrapper(wrapped, instance, args, kwargs))
@@ -23,7 +24,9 @@ class MethodPatches:
     undone before the error propagates. ``restore()`` puts back the very
     function objects that were there, in reverse order. Methods and modules a
     library version does not have are skipped (older releases lack newer
-    endpoints; newer ones drop old modules).
+    endpoints; newer ones drop old modules): a module not installed is a
+    debug line of the ``lucidic`` logger, never an error; one installed that
+    fails to import raises.
     """
 
     def __init__(self) -> None:
@@ -39,6 +42,8 @@ class MethodPatches:
                     missing = exc.name or ""
                     if not (module_name == missing or module_name.startswith(missing + ".")):
                         raise  # the module is there, but something it imports is not
+                    logger.debug("lucidic: %s.%s.%s not patched: module %s is not installed",
+                                 module_name, class_name, method, missing)
                     continue
                 owner = getattr(module, class_name, None)
                 if owner is None or method not in vars(owner):

@@ -268,3 +268,92 @@ def test_a_plugins_own_failure_around_a_wrapped_call_never_reaches_the_caller():
     assert [(e["input"], e["request_model"], e["error"]) for e in calls] == [
         ("hi", "m1", None), ("ho", "m1", None)]
     assert sum(internal_errors.values()) - before == 3
+
+
+# -- MethodPatches: what a library version lacks is skipped, nothing else ---------------
+
+@pytest.fixture
+def toy_library(tmp_path, monkeypatch):
+    """A real installed module with a class to patch, and an installed module
+    whose own import fails (it needs a dependency that is not installed)."""
+    import sys
+
+    (tmp_path / "lucidic_toy_lib.py").write_text(
+        "class Client:\n"
+        "    def complete(self, prompt):\n"
+        "        return prompt.upper()\n", encoding="utf-8")
+    (tmp_path / "lucidic_toy_broken.py").write_text(
+        "import lucidic_toy_dependency_not_installed\n\n"
+        "class Client:\n"
+        "    def complete(self, prompt):\n"
+        "        return prompt\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield importlib.import_module("lucidic_toy_lib")
+    for name in ("lucidic_toy_lib", "lucidic_toy_broken"):
+        sys.modules.pop(name, None)
+
+
+def counting_wrapper(seen):
+    def wrapper(wrapped, instance, args, kwargs):
+        seen.append(args)
+        return wrapped(*args, **kwargs)
+    return wrapper
+
+
+def test_patches_of_modules_not_installed_are_skipped_and_the_others_applied(toy_library,
+                                                                              caplog):
+    """A plugin naming a module its library version lacks (or a package not
+    installed at all) neither raises nor stops the patches after it; the
+    skip is a debug line, not an internal error. A class or method the
+    version lacks is skipped alike."""
+    import logging
+    import sys
+
+    from lucidic._internal import internal_errors
+    from lucidic.patching import MethodPatches
+
+    client_class = toy_library.Client
+    original = vars(client_class)["complete"]
+    seen: list[tuple[object, ...]] = []
+    patches = MethodPatches()
+    errors_before = dict(internal_errors)
+    with caplog.at_level(logging.DEBUG, logger="lucidic"):
+        patches.apply([
+            ("lucidic_no_such_module", "Client", "complete", counting_wrapper(seen)),
+            ("lucidic_no_such_package.resources.chat", "Client", "complete",
+             counting_wrapper(seen)),
+            ("lucidic_toy_lib", "Client", "complete", counting_wrapper(seen)),
+            ("lucidic_toy_lib", "ClientOfANewerRelease", "complete", counting_wrapper(seen)),
+            ("lucidic_toy_lib", "Client", "method_of_a_newer_release", counting_wrapper(seen)),
+        ])
+    assert client_class().complete("hi") == "HI"
+    assert seen == [("hi",)]  # the patch after the missing modules was made
+    assert "lucidic_no_such_module" not in sys.modules
+    skipped = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert any("lucidic_no_such_module" in m and "not installed" in m for m in skipped)
+    assert any("lucidic_no_such_package.resources.chat" in m for m in skipped)
+    assert dict(internal_errors) == errors_before
+    patches.restore()
+    assert vars(client_class)["complete"] is original
+    assert client_class().complete("hi") == "HI" and seen == [("hi",)]
+
+
+def test_an_installed_module_that_fails_to_import_is_an_error_and_nothing_stays_patched(
+        toy_library):
+    """The skip is for a module that is not there: one that is there but
+    cannot import (a dependency missing) raises, and the patches already
+    made are undone."""
+    from lucidic.patching import MethodPatches
+
+    client_class = toy_library.Client
+    original = vars(client_class)["complete"]
+    patches = MethodPatches()
+    with pytest.raises(ModuleNotFoundError) as raised:
+        patches.apply([
+            ("lucidic_toy_lib", "Client", "complete", counting_wrapper([])),
+            ("lucidic_toy_broken", "Client", "complete", counting_wrapper([])),
+        ])
+    assert raised.value.name == "lucidic_toy_dependency_not_installed"
+    assert vars(client_class)["complete"] is original
+    patches.restore()  # nothing to undo
+    assert vars(client_class)["complete"] is original
