@@ -2,7 +2,8 @@
 library yields (the proxy is still an instance of the library's stream type),
 and the LLM call is completed once, when the stream ends, fails, is closed, or
 is dropped unfinished (garbage collected). :class:`ResponseReads` does the same
-for a raw response whose body the caller reads after the call returned.
+for a raw response whose body the caller reads after the call returned, parsed
+or by hand (a stream of server-sent events read as lines, bytes or text).
 
 A plugin supplies an :class:`Accumulator` that reads its library's chunks;
 ``RecordedStream(stream, call, accumulator)`` does the rest. Imported by
@@ -11,7 +12,9 @@ plugins only, so ``import lucidic`` does not load wrapt."""
 from __future__ import annotations
 
 import threading
+import typing
 import weakref
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import wrapt
@@ -76,6 +79,16 @@ class _StreamState:
         if self.finalizer is not None:
             self.finalizer.detach()
         self.call.fail(exc)
+
+    def release(self) -> bool:
+        """Leave the call to another recorder (the caller parses a body after
+        all); False if the call is complete already."""
+        if self.done:
+            return False
+        self.done = True
+        if self.finalizer is not None:
+            self.finalizer.detach()
+        return True
 
 
 def _arm(proxy: Any, state: _StreamState) -> None:
@@ -184,13 +197,46 @@ class ResponseReader(Protocol):
         """The response was closed without being parsed: complete ``call``
         from the body, if the caller read it otherwise (``read()``, ``json()``)."""
 
+    def events(self, response: Any) -> tuple[Accumulator, EventReader] | None:
+        """For a response whose body is a stream of server-sent events, which
+        the caller may read by hand instead of parsing it: the accumulator of
+        the plain call's stream, and the reader of one event. None: this body
+        is recorded only when parsed."""
+
+
+class EventReader(Protocol):
+    def __call__(self, event: str | None, data: str) -> Any:
+        """One server-sent event (its ``event:`` name, its ``data:`` lines
+        joined) as the library's stream gives it: its chunk, None for one the
+        stream skips (keep-alives, ``[DONE]``), or the exception the stream
+        would raise for an error event."""
+
+
+def is_event_stream(response: Any) -> bool:
+    """Whether a raw response (of the openai or anthropic client: both are
+    generated alike) was asked for a stream (``stream=True``): its body is
+    server-sent events."""
+    return bool(getattr(response, "_is_sse_stream", getattr(response, "_stream", False)))
+
+
+def chunk_maker(response: Any) -> Callable[[Any], Any] | None:
+    """How a raw stream's library (openai's, anthropic's: generated alike)
+    makes its chunk from one event's decoded JSON, as its ``Stream`` does
+    (the chunk type its stream class names, built by the client); None
+    when the response names no stream class."""
+    chunk_types = typing.get_args(getattr(response, "_stream_cls", None))
+    if not chunk_types:
+        return None
+    process, http_response = response._client._process_response_data, response.http_response
+    return lambda data: process(data=data, cast_to=chunk_types[0], response=http_response)
+
 
 def body_already_read(response: Any) -> bool:
     """Whether a raw response (of the openai or anthropic client: both are
     generated alike) holds a body already read whole, not a stream: one
     ``with_raw_response`` returns, or one the caller read with ``read()`` or
     ``json()``."""
-    if getattr(response, "_is_sse_stream", getattr(response, "_stream", False)):
+    if is_event_stream(response):
         return False
     try:
         response.http_response.content  # noqa: B018 - raises until the body has been read
@@ -214,14 +260,150 @@ def recorded_parsed_stream(response: Any, stream: Any, asynchronous: bool, call:
     return proxy
 
 
+# -- a stream of server-sent events read by hand ----------------------------------------
+
+
+class ServerSentEvents:
+    """The events in a body's bytes, as they arrive: each complete event's
+    name and data (https://html.spec.whatwg.org/multipage/server-sent-events.html),
+    never waiting for more bytes than were fed."""
+
+    __slots__ = ("_data", "_event", "_pending")
+
+    def __init__(self) -> None:
+        self._pending = b""  # a line whose end has not arrived yet
+        self._event: str | None = None
+        self._data: list[str] = []
+
+    def feed(self, chunk: bytes) -> list[tuple[str | None, str]]:
+        lines = (self._pending + chunk).splitlines(keepends=True)
+        # an unended last line, or one ended by a CR whose LF may come next, waits
+        self._pending = lines.pop() if lines and not lines[-1].endswith(b"\n") else b""
+        events = []
+        for line in lines:
+            event = self._line(line.rstrip(b"\r\n").decode("utf-8", "replace"))
+            if event is not None:
+                events.append(event)
+        return events
+
+    def _line(self, line: str) -> tuple[str | None, str] | None:
+        if not line:  # a blank line ends the event
+            if self._event is None and not self._data:
+                return None
+            event = (self._event, "\n".join(self._data))
+            self._event, self._data = None, []
+            return event
+        field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field == "event":
+            self._event = value
+        elif field == "data":
+            self._data.append(value)
+        return None  # a comment (":..."), "id", "retry", or a field unknown
+
+
+class _BodyTap:
+    """The events of the bytes a body's reader pulled, made the library's
+    chunks for the call's accumulator."""
+
+    __slots__ = ("events", "read_event", "state")
+
+    def __init__(self, state: _StreamState, read_event: EventReader) -> None:
+        self.state = state
+        self.read_event = read_event
+        self.events = ServerSentEvents()
+
+    def feed(self, chunk: bytes) -> None:
+        state = self.state
+        if state.done:  # parsed after all, or complete
+            return
+        try:
+            for event, data in self.events.feed(chunk):
+                item = self.read_event(event, data)
+                if isinstance(item, BaseException):
+                    state.error(item)  # the error the library's stream would raise
+                    return
+                if item is not None:
+                    state.chunk(item)
+        except Exception as exc:  # noqa: BLE001 - never let recording break the caller
+            record_internal_error("response_body_event", exc)
+
+
+class _TappedBody(wrapt.ObjectProxy):  # type: ignore[misc, type-arg]
+    """A raw response's body (the byte stream of its httpx response, which
+    every way of reading it draws from: ``iter_lines()``, ``iter_bytes()``,
+    ``read()``, the library's own ``parse()``), passing on every byte as it
+    was, and feeding them to the call's recording as they are pulled. Its
+    end completes the call; closed or dropped before, the call completes
+    with what arrived."""
+
+    def __init__(self, wrapped: Any, tap: _BodyTap) -> None:
+        super().__init__(wrapped)
+        self._self_tap = tap
+
+    def __iter__(self) -> Any:
+        tap = self._self_tap
+        try:
+            for chunk in self.__wrapped__:
+                tap.feed(chunk)
+                yield chunk
+        except GeneratorExit:  # the reader stopped: close() or the finalizer completes
+            raise
+        except BaseException as exc:
+            tap.state.error(exc)
+            raise
+        tap.state.end()
+
+    async def __aiter__(self) -> Any:
+        tap = self._self_tap
+        try:
+            async for chunk in self.__wrapped__:
+                tap.feed(chunk)
+                yield chunk
+        except GeneratorExit:
+            raise
+        except BaseException as exc:
+            tap.state.error(exc)
+            raise
+        tap.state.end()
+
+    def close(self) -> None:
+        try:
+            self.__wrapped__.close()
+        finally:
+            self._self_tap.state.end(ABANDONED)
+
+    async def aclose(self) -> None:
+        try:
+            await self.__wrapped__.aclose()
+        finally:
+            self._self_tap.state.end(ABANDONED)
+
+
+def _tap_body(response: Any, call: LLMCall, accumulator: Accumulator,
+              read_event: EventReader) -> _StreamState | None:
+    """Record ``call`` from the events of ``response``'s body as the caller
+    reads it; None if the body cannot be read here (compressed)."""
+    http_response = response.http_response
+    if http_response.headers.get("content-encoding", "").strip().lower() not in ("", "identity"):
+        return None  # its raw bytes are not the events (never so from these APIs)
+    state = _StreamState(call, accumulator)
+    body = _TappedBody(http_response.stream, _BodyTap(state, read_event))
+    _arm(body, state)  # the body, not the response object: it may outlive it
+    http_response.stream = body
+    return state
+
+
 class _Awaiting:
-    __slots__ = ("call", "finalizer", "reader")
+    __slots__ = ("call", "finalizer", "reader", "tap")
 
     def __init__(self, call: LLMCall, reader: ResponseReader,
-                 finalizer: weakref.finalize[Any, Any]) -> None:
+                 finalizer: weakref.finalize[Any, Any] | None,
+                 tap: _StreamState | None) -> None:
         self.call = call
         self.reader = reader
-        self.finalizer = finalizer
+        self.finalizer = finalizer  # the response's: completes the call if dropped unread
+        self.tap = tap  # a stream's body read by hand completes the call instead
 
 
 def _dropped(call: LLMCall) -> None:
@@ -238,9 +420,11 @@ class ResponseReads:
     A plugin ``track()``s each such response with its call and a
     :class:`ResponseReader`, and patches the response classes' ``parse`` and
     ``close`` with :meth:`parse_wrapper` and :meth:`close_wrapper`. The
-    response is held weakly and never wrapped or changed: the caller gets the
-    library's own object. One dropped unread completes its call as
-    closed before its end."""
+    response is held weakly and never wrapped: the caller gets the library's
+    own object. One dropped unread completes its call as closed before its
+    end. A stream's body (server-sent events) may be read by hand instead
+    of parsed: its byte stream is then proxied, and the call records the
+    events in the bytes read (see _TappedBody)."""
 
     def __init__(self) -> None:
         self._awaiting: weakref.WeakKeyDictionary[Any, _Awaiting] = weakref.WeakKeyDictionary()
@@ -249,11 +433,21 @@ class ResponseReads:
     def track(self, response: Any, call: LLMCall, reader: ResponseReader) -> bool:
         """Complete ``call`` when ``response`` is read; False if it cannot be
         tracked (the call is then the caller's to complete)."""
+        tap = None
+        if is_event_stream(response):
+            try:
+                by_hand = reader.events(response)
+                if by_hand is not None:
+                    tap = _tap_body(response, call, *by_hand)
+            except Exception as exc:  # noqa: BLE001 - then it is recorded if parsed
+                record_internal_error("response_tap", exc)
         try:
-            finalizer = weakref.finalize(response, _dropped, call)
-            finalizer.atexit = False
+            finalizer = None
+            if tap is None:
+                finalizer = weakref.finalize(response, _dropped, call)
+                finalizer.atexit = False
             with self._lock:
-                self._awaiting[response] = _Awaiting(call, reader, finalizer)
+                self._awaiting[response] = _Awaiting(call, reader, finalizer, tap)
         except Exception as exc:  # noqa: BLE001
             record_internal_error("response_track", exc)
             return False
@@ -267,8 +461,16 @@ class ResponseReads:
                 entry = self._awaiting.pop(response, None)
         except TypeError:  # not weakly referenceable: never tracked
             return None
-        if entry is not None:
+        if entry is not None and entry.finalizer is not None:
             entry.finalizer.detach()
+        return entry
+
+    def _take_to_parse(self, response: Any) -> _Awaiting | None:
+        """The entry whose call the caller's parse() completes, if any: not
+        one whose body was read by hand already."""
+        entry = self._take(response)
+        if entry is not None and entry.tap is not None and not entry.tap.release():
+            return None
         return entry
 
     @staticmethod
@@ -282,6 +484,9 @@ class ResponseReads:
 
     @staticmethod
     def _closed(entry: _Awaiting, response: Any) -> None:
+        if entry.tap is not None:
+            entry.tap.end(ABANDONED)  # what was read by hand (nothing, if complete)
+            return
         try:
             entry.reader.closed(entry.call, response)
         except Exception as exc:  # noqa: BLE001
@@ -293,7 +498,7 @@ class ResponseReads:
         if asynchronous:
             async def async_parse(wrapped: Any, instance: Any, args: tuple[Any, ...],
                                   kwargs: dict[str, Any]) -> Any:
-                entry = self._take(instance)
+                entry = self._take_to_parse(instance)
                 if entry is None:
                     return await wrapped(*args, **kwargs)
                 try:
@@ -306,7 +511,7 @@ class ResponseReads:
 
         def parse(wrapped: Any, instance: Any, args: tuple[Any, ...],
                   kwargs: dict[str, Any]) -> Any:
-            entry = self._take(instance)
+            entry = self._take_to_parse(instance)
             if entry is None:
                 return wrapped(*args, **kwargs)
             try:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +84,87 @@ def response_events(path: Path, index: int = 0) -> list[dict[str, Any]]:
         if line.startswith("data:") and line[5:].strip() not in ("", "[DONE]"):
             events.append(json.loads(line[5:]))
     return events
+
+
+@contextmanager
+def event_stream_in_steps(path: Path, *, first: int, index: int = 0) -> Iterator[str]:
+    """A loopback HTTP server answering each POST with the recorded
+    server-sent-events body of ``path``: its first ``first`` events at once,
+    the rest only when the block ends, so that a client that stops reading
+    early can have received those events and no more (a replayed cassette
+    arrives in one piece). Yields the server's base URL."""
+    events = [event + "\n\n" for event in response_text(path, index).split("\n\n") if event]
+    release = threading.Event()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.end_headers()  # no length: the body ends when the connection closes
+            try:
+                self.wfile.write("".join(events[:first]).encode("utf-8"))
+                self.wfile.flush()
+                release.wait()
+                self.wfile.write("".join(events[first:]).encode("utf-8"))
+            except OSError:
+                pass  # the client stopped reading and closed the connection
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def lines_of_events(lines: Iterator[str], count: int) -> list[str]:
+    """The lines of the next ``count`` server-sent events (each ends with a blank line)."""
+    read: list[str] = []
+    while count:
+        read.append(next(lines))
+        count -= read[-1] == ""
+    return read
+
+
+# -- a raw response's body read by hand (iter_lines(), iter_bytes(), read(), ...) ---------
+
+def read_by_hand(body: Any, how: str) -> str:
+    """Read a raw response's body (the library's response, or its httpx
+    response) by hand with its method ``how``; the text read, lines joined."""
+    return _joined(getattr(body, how)(), how)
+
+
+async def read_by_hand_async(body: Any, how: str) -> str:
+    """read_by_hand for an async body (``iter_lines`` of the library's async
+    response, ``aiter_lines`` of an httpx response, ...)."""
+    got = getattr(body, how)()
+    if hasattr(got, "__aiter__"):
+        return _joined([part async for part in got], how)
+    return _joined(await got, how)
+
+
+def _joined(got: Any, how: str) -> str:
+    if isinstance(got, bytes):
+        return got.decode("utf-8")
+    if isinstance(got, str):
+        return got
+    parts = list(got)
+    if how.endswith("lines"):
+        return "\n".join(parts)
+    return b"".join(parts).decode("utf-8") if how.endswith("bytes") else "".join(parts)
+
+
+def as_read(body_text: str, how: str) -> str:
+    """What read_by_hand gives for a body: the body, its lines joined for iter_lines."""
+    return "\n".join(body_text.splitlines()) if how.endswith("lines") else body_text
 
 
 def expected_cost(provider: str, model: str, input_tokens: int, output_tokens: int = 0,

@@ -12,12 +12,18 @@ from concurrent.futures import ThreadPoolExecutor
 import anthropic
 import pytest
 from _cassettes import (
+    as_read,
+    event_stream_in_steps,
     expected_cost,
+    lines_of_events,
     own_path,
+    read_by_hand,
+    read_by_hand_async,
     replay,
     request_body,
     response_events,
     response_json,
+    response_text,
     shared_path,
 )
 
@@ -27,12 +33,12 @@ from lucidic.testing import capture
 pytestmark = pytest.mark.usefixtures("restore_adapters")
 
 
-def client() -> anthropic.Anthropic:
-    return anthropic.Anthropic(api_key="sk-ant-test", max_retries=0)
+def client(base_url: str | None = None) -> anthropic.Anthropic:
+    return anthropic.Anthropic(api_key="sk-ant-test", max_retries=0, base_url=base_url)
 
 
-def async_client() -> anthropic.AsyncAnthropic:
-    return anthropic.AsyncAnthropic(api_key="sk-ant-test", max_retries=0)
+def async_client(base_url: str | None = None) -> anthropic.AsyncAnthropic:
+    return anthropic.AsyncAnthropic(api_key="sk-ant-test", max_retries=0, base_url=base_url)
 
 
 def only_llm_event(captured):
@@ -345,6 +351,86 @@ def test_a_raw_stream_dropped_unread_is_recorded_as_closed_before_its_end():
         event = only_llm_event(captured)
     assert event["result"] == "stream closed before its end"
     assert event["output"] is None and event["error"] is None
+
+
+# A raw stream read by hand (its lines, bytes or text, not .parse()): the
+# events in the bytes read are recorded as the parsed stream's would be; the
+# caller reads exactly what it would read without Lucidic.
+
+HAND_READS = ["iter_lines", "iter_bytes", "iter_text", "read", "text"]
+
+
+@pytest.mark.parametrize("how", HAND_READS)
+@pytest.mark.parametrize("way", ["with_raw_response", "with_streaming_response"])
+def test_a_raw_stream_read_by_hand_is_recorded_like_the_parsed_one(way, how):
+    path = shared_path("anthropic/messages_streaming.yaml")
+    body = request_body(path)
+    with capture() as captured, replay(path):
+        lai.init(providers=["anthropic"])
+        if way == "with_raw_response":
+            raw = client().messages.with_raw_response.create(**body)
+            read = read_by_hand(raw, how)
+        else:
+            with client().messages.with_streaming_response.create(**body) as response:
+                read = read_by_hand(response, how)
+    assert read == as_read(response_text(path), how)
+    assert_streamed_event(only_llm_event(captured), path)
+
+
+@pytest.mark.parametrize("how", HAND_READS)
+@pytest.mark.parametrize("way", ["with_raw_response", "with_streaming_response"])
+def test_an_async_raw_stream_read_by_hand_is_recorded_like_the_parsed_one(way, how):
+    path = shared_path("anthropic/messages_streaming.yaml")
+    body = request_body(path)
+
+    async def main():
+        lai.init(providers=["anthropic"])
+        if way == "with_raw_response":
+            raw = await async_client().messages.with_raw_response.create(**body)
+            return await read_by_hand_async(raw, how)
+        async with async_client().messages.with_streaming_response.create(**body) as response:
+            return await read_by_hand_async(response, how)
+
+    with capture() as captured, replay(path):
+        assert asyncio.run(main()) == as_read(response_text(path), how)
+    assert_streamed_event(only_llm_event(captured), path)
+
+
+def test_a_raw_stream_read_by_hand_in_part_then_closed_records_what_arrived():
+    path = shared_path("anthropic/messages_streaming.yaml")
+    body = request_body(path)
+    first = response_events(path)[:6]  # the library's keep-alive "ping" among them
+    text = "".join(e["delta"]["text"] for e in first if e["type"] == "content_block_delta")
+    with event_stream_in_steps(path, first=6) as url, capture() as captured:
+        lai.init(providers=["anthropic"])
+        with client(url).messages.with_streaming_response.create(**body) as response:
+            lines = response.iter_lines()  # (dropped, it would close the response)
+            read = lines_of_events(lines, 6)
+            assert not captured.events("llm")  # still open
+    assert read[0] == "event: message_start" and read[-1] == ""
+    event = only_llm_event(captured)
+    assert text and event["output"] == {"role": "assistant", "content": text}
+    assert event["model"] == "claude-3-haiku-20240307"
+    assert event["input_tokens"] == 17
+    assert event["result"] == "stream closed before its end"
+    assert event["error"] is None
+
+
+def test_an_error_event_in_a_raw_stream_read_by_hand_is_recorded_as_parsing_raises_it():
+    path = own_path("anthropic/messages_stream_error.yaml")
+    body = request_body(path)
+    with capture() as captured, replay(path, allow_repeats=True):
+        lai.init(providers=["anthropic"])
+        with client().messages.with_streaming_response.create(**body) as response:
+            with pytest.raises(anthropic.APIStatusError, match="Overloaded"):
+                list(response.parse())
+        with client().messages.with_streaming_response.create(**body) as response:
+            read = read_by_hand(response, "iter_lines")  # bytes: nothing raised
+    assert read == as_read(response_text(path), "iter_lines")
+    parsed, by_hand = captured.events("llm")
+    assert "Overloaded" in parsed["error"]
+    assert by_hand["error"] == parsed["error"]
+    assert by_hand["output"] is None
 
 
 def test_api_error_is_raised_unchanged_and_recorded():

@@ -15,12 +15,18 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 from _cassettes import (
+    as_read,
+    event_stream_in_steps,
     expected_cost,
+    lines_of_events,
     own_path,
+    read_by_hand,
+    read_by_hand_async,
     replay,
     request_body,
     response_events,
     response_json,
+    response_text,
     shared_path,
 )
 
@@ -30,12 +36,14 @@ from lucidic.testing import capture
 pytestmark = pytest.mark.usefixtures("restore_adapters")
 
 
-def client() -> openai.OpenAI:
-    return openai.OpenAI(api_key="sk-test", max_retries=0)
+def client(base_url: str | None = None) -> openai.OpenAI:
+    return openai.OpenAI(api_key="sk-test", max_retries=0,
+                         base_url=base_url and f"{base_url}/v1")
 
 
-def async_client() -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(api_key="sk-test", max_retries=0)
+def async_client(base_url: str | None = None) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(api_key="sk-test", max_retries=0,
+                              base_url=base_url and f"{base_url}/v1")
 
 
 def only_llm_event(captured):
@@ -309,7 +317,11 @@ def test_a_raw_stream_is_recorded_as_it_is_iterated(way):
                 assert not captured.events("llm")  # the body is still to be read
                 received = [chunk.id for chunk in response.parse()]
     assert received == [c["id"] for c in chunks]
-    event = only_llm_event(captured)
+    assert_streamed_tool_call(only_llm_event(captured), body, chunks)
+
+
+def assert_streamed_tool_call(event, body, chunks):
+    """The event of chat_tools_streaming.yaml's stream, read to its end."""
     (tool_call,) = event["output"]["tool_calls"]
     assert tool_call["name"] == "get_current_weather"
     assert json.loads(tool_call["arguments"]) == {"location": "San Francisco"}
@@ -344,6 +356,181 @@ def test_an_async_raw_stream_is_recorded_as_it_is_iterated(way):
     assert event["output"] == {"role": "assistant", "content": text, "finish_reason": "stop"}
     assert event["model"] == "gpt-3.5-turbo-0125"
     assert 0 < event["time_to_first_token"] <= event["duration"]
+
+
+# A raw stream read by hand (its lines, bytes or text, not .parse()): the
+# events in the bytes read are recorded as the parsed stream's chunks would
+# be; the caller reads exactly what it would read without Lucidic.
+
+@pytest.mark.parametrize(("way", "how"), [
+    ("with_streaming_response", "iter_lines"), ("with_streaming_response", "iter_bytes"),
+    ("with_streaming_response", "iter_text"), ("with_streaming_response", "read"),
+    ("with_streaming_response", "text"),
+    # with_raw_response's legacy response: the body is its httpx response
+    ("with_raw_response", "iter_lines"), ("with_raw_response", "iter_bytes"),
+    ("with_raw_response", "iter_text"), ("with_raw_response", "read")])
+def test_a_raw_stream_read_by_hand_is_recorded_like_the_parsed_one(way, how):
+    path = shared_path("openai/chat_tools_streaming.yaml")
+    body = request_body(path)
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        if way == "with_raw_response":
+            raw = raw_chat(client(), way).create(**body)
+            read = read_by_hand(raw.http_response, how)
+        else:
+            with raw_chat(client(), way).create(**body) as response:
+                read = read_by_hand(response, how)
+    assert read == as_read(response_text(path), how)
+    assert_streamed_tool_call(only_llm_event(captured), body, response_events(path))
+
+
+@pytest.mark.parametrize(("way", "how"), [
+    ("with_streaming_response", "iter_lines"), ("with_streaming_response", "iter_bytes"),
+    ("with_streaming_response", "iter_text"), ("with_streaming_response", "read"),
+    ("with_streaming_response", "text"),
+    ("with_raw_response", "aiter_lines"), ("with_raw_response", "aiter_bytes"),
+    ("with_raw_response", "aiter_text"), ("with_raw_response", "aread")])
+def test_an_async_raw_stream_read_by_hand_is_recorded_like_the_parsed_one(way, how):
+    path = shared_path("openai/chat_async_streaming.yaml")
+    body = request_body(path)
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in response_events(path))
+
+    async def main():
+        lai.init(providers=["openai"])
+        if way == "with_raw_response":
+            raw = await raw_chat(async_client(), way).create(**body)
+            return await read_by_hand_async(raw.http_response, how)
+        async with raw_chat(async_client(), way).create(**body) as response:
+            return await read_by_hand_async(response, how)
+
+    with capture() as captured, replay(path):
+        assert asyncio.run(main()) == as_read(response_text(path), how)
+    event = only_llm_event(captured)
+    assert event["output"] == {"role": "assistant", "content": text, "finish_reason": "stop"}
+    assert event["model"] == "gpt-3.5-turbo-0125"
+    assert event["tokens_estimated"] is True and event["cost"] > 0
+    assert 0 < event["time_to_first_token"] <= event["duration"]
+    assert event["result"] is None and event["error"] is None
+
+
+def test_a_raw_stream_read_whole_then_parsed_is_recorded_once():
+    path = shared_path("openai/chat_tools_streaming.yaml")
+    body = request_body(path)
+    chunks = response_events(path)
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        with raw_chat(client(), "with_streaming_response").create(**body) as response:
+            response.read()
+            received = [chunk.id for chunk in response.parse()]  # from the body read
+    assert received == [c["id"] for c in chunks]
+    assert_streamed_tool_call(only_llm_event(captured), body, chunks)
+
+
+def test_the_body_of_a_raw_response_dropped_at_once_is_recorded_as_it_is_read():
+    """create(...).http_response.iter_lines(): the library's response object is
+    gone before the body is read; the body's reading is what counts."""
+    path = shared_path("openai/chat_tools_streaming.yaml")
+    body = request_body(path)
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        lines = raw_chat(client(), "with_raw_response").create(**body).http_response.iter_lines()
+        gc.collect()
+        assert not captured.events("llm")
+        read = list(lines)
+    assert read == response_text(path).splitlines()
+    assert_streamed_tool_call(only_llm_event(captured), body, response_events(path))
+
+
+def test_a_raw_stream_read_by_hand_in_part_then_closed_records_what_arrived():
+    path = shared_path("openai/chat_async_streaming.yaml")
+    body = request_body(path)
+    first = [c["choices"][0]["delta"].get("content") or "" for c in response_events(path)[:4]]
+    with event_stream_in_steps(path, first=4) as url, capture() as captured:
+        lai.init(providers=["openai"])
+        with raw_chat(client(url), "with_streaming_response").create(**body) as response:
+            lines = response.iter_lines()  # (dropped, it would close the response)
+            read = lines_of_events(lines, 4)
+            assert not captured.events("llm")  # still open
+    assert len(read) == 8 and read[-1] == ""
+    event = only_llm_event(captured)
+    assert event["output"] == {"role": "assistant", "content": "".join(first)}
+    assert event["result"] == "stream closed before its end"
+    assert event["error"] is None
+    assert 0 < event["time_to_first_token"] <= event["duration"]
+
+
+def test_an_async_raw_stream_read_by_hand_in_part_then_closed_records_what_arrived():
+    path = shared_path("openai/chat_async_streaming.yaml")
+    body = request_body(path)
+    first = [c["choices"][0]["delta"].get("content") or "" for c in response_events(path)[:3]]
+
+    async def main(url):
+        lai.init(providers=["openai"])
+        raw = await raw_chat(async_client(url), "with_raw_response").create(**body)
+        lines, blank = [], 0
+        async for line in raw.http_response.aiter_lines():
+            lines.append(line)
+            blank += line == ""
+            if blank == 3:
+                break
+        await raw.http_response.aclose()
+        return lines
+
+    with event_stream_in_steps(path, first=3) as url, capture() as captured:
+        assert len(asyncio.run(main(url))) == 6
+    event = only_llm_event(captured)
+    assert event["output"] == {"role": "assistant", "content": "".join(first)}
+    assert event["result"] == "stream closed before its end"
+    assert event["error"] is None
+
+
+def test_a_raw_stream_read_by_hand_in_part_then_dropped_records_what_arrived():
+    path = shared_path("openai/chat_async_streaming.yaml")
+    body = request_body(path)
+    first = [c["choices"][0]["delta"].get("content") or "" for c in response_events(path)[:2]]
+    with event_stream_in_steps(path, first=2) as url, capture() as captured:
+        lai.init(providers=["openai"])
+        raw = raw_chat(client(url), "with_raw_response").create(**body)
+        lines = raw.http_response.iter_lines()
+        lines_of_events(lines, 2)
+        del raw, lines
+        gc.collect()
+        event = only_llm_event(captured)
+    assert event["output"] == {"role": "assistant", "content": "".join(first)}
+    assert event["result"] == "stream closed before its end"
+
+
+def test_an_error_in_a_raw_stream_read_by_hand_is_recorded_as_the_stream_would_raise_it():
+    path = own_path("openai/chat_stream_error.yaml")
+    body = request_body(path)
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        with raw_chat(client(), "with_streaming_response").create(**body) as response:
+            read = read_by_hand(response, "iter_lines")  # bytes: nothing raised
+    assert read == as_read(response_text(path), "iter_lines")
+    event = only_llm_event(captured)
+    assert event["error"] == "APIError: The server had an error while processing your " \
+                             "request. Sorry about that!"
+    assert event["output"] is None
+
+
+def test_a_streamed_response_read_by_hand_is_recorded_from_its_completed_event():
+    path = shared_path("openai/responses_streaming.yaml")
+    body = request_body(path)
+    (completed,) = [e for e in response_events(path) if e["type"] == "response.completed"]
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        with client().responses.with_streaming_response.create(**body) as response:
+            read = read_by_hand(response, "iter_lines")
+    assert read == as_read(response_text(path), "iter_lines")
+    event = only_llm_event(captured)
+    assert event["output"]["content"] == \
+        completed["response"]["output"][0]["content"][0]["text"]
+    assert event["model"] == completed["response"]["model"]
+    assert (event["input_tokens"], event["output_tokens"]) == (18, 79)
+    assert event["cost"] == pytest.approx(expected_cost("openai", "gpt-4.1-nano", 18, 79))
+    assert 0 < event["time_to_first_token"] <= event["duration"]
+    assert event["result"] is None and event["error"] is None
 
 
 def test_a_streaming_response_read_as_json_is_recorded_when_it_closes():
@@ -597,6 +784,39 @@ def test_a_failure_inside_the_adapter_never_breaks_the_call(monkeypatch):
     assert completion.choices[0].message.content
     assert sum(internal_errors.values()) > before
     assert captured.events("llm") == []  # start failed: nothing half-recorded
+
+
+@pytest.mark.allow_internal_errors
+@pytest.mark.parametrize("bug", ["reading an event", "setting up the reading"])
+def test_a_failure_recording_a_stream_read_by_hand_never_changes_what_the_caller_reads(
+        monkeypatch, bug):
+    import lucidic_openai._adapter as adapter
+
+    from lucidic._internal import internal_errors
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("adapter bug")
+
+    if bug == "reading an event":
+        monkeypatch.setattr(adapter, "_event_reader", lambda *args: broken)
+    else:
+        monkeypatch.setattr(adapter, "chunk_maker", broken)
+    path = shared_path("openai/chat_tools_streaming.yaml")
+    body = request_body(path)
+    before = dict(internal_errors)
+    with capture() as captured, replay(path, allow_repeats=True):
+        lai.init(providers=["openai"])
+        with raw_chat(client(), "with_streaming_response").create(**body) as response:
+            read = read_by_hand(response, "iter_lines")
+        with raw_chat(client(), "with_streaming_response").create(**body) as response:
+            parsed = [chunk.id for chunk in response.parse()]  # the parsed path unharmed
+    assert read == as_read(response_text(path), "iter_lines")
+    assert parsed == [c["id"] for c in response_events(path)]
+    kind = "response_body_event" if bug == "reading an event" else "response_tap"
+    assert internal_errors[kind] > before.get(kind, 0)
+    by_hand, parsed_event = captured.events("llm")
+    assert by_hand["error"] is None and by_hand["input"] == body["messages"]
+    assert_streamed_tool_call(parsed_event, body, response_events(path))
 
 
 def test_patched_methods_keep_their_signature_and_kind():

@@ -5,6 +5,7 @@ Lucidic session becomes one "llm" event."""
 from __future__ import annotations
 
 import contextvars
+import json
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -12,10 +13,13 @@ from typing import Any
 from lucidic.patching import MethodPatches, llm_call_wrapper
 from lucidic.plugins import Adapter, LLMCall, in_session, record_internal_error, start_llm_call
 from lucidic.streams import (
+    Accumulator,
+    EventReader,
     RecordedAsyncStream,
     RecordedStream,
     ResponseReads,
     body_already_read,
+    chunk_maker,
     recorded_parsed_stream,
 )
 
@@ -76,9 +80,10 @@ def _is_message(result: Any) -> bool:
 # -- with_raw_response, with_streaming_response -----------------------------------------
 #
 # These return the library's response object, whose body the caller reads
-# later with parse() (a stream, for stream=True). The call completes then,
-# through the patches of parse and close below; the response object is the
-# library's own, never wrapped.
+# later with parse() (a stream, for stream=True), or by hand (a stream's
+# lines, bytes or text). The call completes then, through the patches of
+# parse and close below, or from the events of the body read; the response
+# object is the library's own, never wrapped.
 
 _RESPONSES = ResponseReads()
 #: Where the library keeps its response classes (_legacy_response: older releases).
@@ -133,6 +138,35 @@ class _RawRead:
     def closed(self, call: LLMCall, response: Any) -> None:
         if body_already_read(response):  # read with read() or json()
             _finish_from_body(call, response)
+
+    def events(self, response: Any) -> tuple[Accumulator, EventReader] | None:
+        make_chunk = chunk_maker(response)
+        if make_chunk is None:
+            return None
+        return _extract.MessageEvents(), _event_reader(make_chunk, response)
+
+
+def _event_reader(make_chunk: Callable[[Any], Any], response: Any) -> EventReader:
+    """One event of a stream read by hand, as anthropic's Stream reads it:
+    keep-alives (``ping``) and events without a name or data carry nothing,
+    and an ``error`` event is the status error the stream raises."""
+    make_error, http_response = response._client._make_status_error, response.http_response
+
+    def read_event(event: str | None, data: str) -> Any:
+        if event is None or event == "ping":
+            return None
+        if event == "error":
+            try:
+                body: Any = json.loads(data)
+                message = f"{body}"
+            except ValueError:
+                body = data
+                message = data or f"Error code: {http_response.status_code}"
+            return make_error(message, body=body, response=http_response)
+        if not data:
+            return None
+        return make_chunk(json.loads(data))
+    return read_event
 
 
 def _create(description: str, asynchronous: bool = False) -> Callable[..., Any]:

@@ -168,8 +168,10 @@ class MessageEvents:
                 thinking.append(text)
             elif kind == "redacted_thinking":
                 thinking.append("[redacted thinking]")
-        fields: dict[str, Any] = {"model": self.model,
-                                  "output": _output(texts, tools, thinking, self.stop_reason)}
+        said = self.blocks or self.stop_reason  # else closed before the answer began
+        fields: dict[str, Any] = {
+            "model": self.model,
+            "output": _output(texts, tools, thinking, self.stop_reason) if said else None}
         if self.usage.seen():
             fields.update(usage_fields(self.usage))
         return fields

@@ -4,16 +4,20 @@ each call made with a current Lucidic session becomes one "llm" event."""
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Callable
 from typing import Any
 
 from lucidic.patching import MethodPatches, llm_call_wrapper
 from lucidic.plugins import Adapter, LLMCall, record_internal_error, start_llm_call
 from lucidic.streams import (
+    Accumulator,
+    EventReader,
     RecordedAsyncStream,
     RecordedStream,
     ResponseReads,
     body_already_read,
+    chunk_maker,
     recorded_parsed_stream,
 )
 
@@ -93,9 +97,10 @@ def _outcome(kind: _Kind, call: LLMCall, result: Any, asynchronous: bool,
 # -- with_raw_response, with_streaming_response -----------------------------------------
 #
 # These return the library's response object, whose body the caller reads
-# later with parse() (a stream, for stream=True). The call completes then,
-# through the patches of parse and close below; the response object is the
-# library's own, never wrapped.
+# later with parse() (a stream, for stream=True), or by hand (a stream's
+# lines, bytes or text). The call completes then, through the patches of
+# parse and close below, or from the events of the body read; the response
+# object is the library's own, never wrapped.
 
 _RESPONSES = ResponseReads()
 
@@ -156,6 +161,33 @@ class _RawRead:
     def closed(self, call: LLMCall, response: Any) -> None:
         if body_already_read(response):  # read with read() or json()
             _finish_from(self.kind, call, _parse_apart(response))
+
+    def events(self, response: Any) -> tuple[Accumulator, EventReader] | None:
+        make_chunk = chunk_maker(response)
+        if self.kind.chunks is None or make_chunk is None:
+            return None
+        return self.kind.chunks(self.kwargs), _event_reader(make_chunk,
+                                                            response.http_response.request)
+
+
+def _event_reader(make_chunk: Callable[[Any], Any], request: Any) -> EventReader:
+    """One event of a stream read by hand, as openai's Stream reads it:
+    ``[DONE]`` carries nothing, and a payload with an ``error`` is the
+    APIError the stream raises."""
+    def read_event(event: str | None, data: str) -> Any:
+        if data.startswith("[DONE]"):
+            return None
+        payload = json.loads(data)
+        if isinstance(payload, dict) and payload.get("error"):
+            from openai import APIError
+
+            error = payload["error"]
+            message = error.get("message") if isinstance(error, dict) else None
+            return APIError(message=message if isinstance(message, str) and message
+                            else "An error occurred during streaming",
+                            request=request, body=error)
+        return make_chunk(payload)
+    return read_event
 
 
 def _wrapper(kind: _Kind, asynchronous: bool) -> Callable[..., Any]:
