@@ -433,6 +433,63 @@ def test_an_error_event_in_a_raw_stream_read_by_hand_is_recorded_as_parsing_rais
     assert by_hand["output"] is None
 
 
+# -- methods bound before lai.init: recorded through the client's request method ------
+
+@pytest.mark.parametrize("way", ["with_raw_response", "with_streaming_response"])
+def test_a_raw_accessor_bound_before_init_is_recorded(way):
+    path = shared_path("anthropic/messages_create.yaml")
+    body = request_body(path)
+    recorded = response_json(path)
+    create = getattr(client().messages, way).create
+    beta_create = getattr(client().beta.messages, way).create
+    with capture() as captured, replay(path, allow_repeats=True):
+        lai.init(providers=["anthropic"])
+        if way == "with_raw_response":
+            messages = [create(**body).parse(), beta_create(**body).parse()]
+        else:
+            with create(**body) as response, beta_create(**body) as beta_response:
+                messages = [response.parse(), beta_response.parse()]
+    assert [type(m) for m in messages] == [anthropic.types.Message,
+                                           anthropic.types.beta.BetaMessage]
+    plain, beta = captured.events("llm")
+    assert (plain["description"], beta["description"]) == ("anthropic messages",
+                                                           "anthropic beta.messages")
+    for event in (plain, beta):
+        assert_usage(event, recorded)
+        assert event["input"] == body["messages"]
+        assert event["output"]["content"] == recorded["content"][0]["text"]
+
+
+@pytest.mark.parametrize("way", ["with_raw_response", "with_streaming_response"])
+def test_an_async_raw_stream_bound_before_init_is_recorded(way):
+    path = shared_path("anthropic/messages_streaming.yaml")
+    body = request_body(path)
+    create = getattr(async_client().messages, way).create
+
+    async def main():
+        lai.init(providers=["anthropic"])
+        if way == "with_raw_response":
+            return [e async for e in await (await create(**body)).parse()]
+        async with create(**body) as response:
+            return await read_by_hand_async(response, "iter_lines")
+
+    with capture() as captured, replay(path):
+        asyncio.run(main())
+    assert_streamed_event(only_llm_event(captured), path)
+
+
+def test_the_stream_helper_bound_before_init_is_recorded():
+    path = shared_path("anthropic/messages_streaming.yaml")
+    body = {k: v for k, v in request_body(path).items() if k != "stream"}
+    stream = client().messages.stream
+    with capture() as captured, replay(path):
+        lai.init(providers=["anthropic"])
+        with stream(**body) as message_stream:
+            text = "".join(message_stream.text_stream)
+    assert text == _streamed(path)[1]
+    assert_streamed_event(only_llm_event(captured), path)
+
+
 def test_api_error_is_raised_unchanged_and_recorded():
     path = own_path("anthropic/messages_error_400.yaml")
     with capture() as captured, replay(path):

@@ -571,6 +571,92 @@ def test_a_raw_stream_dropped_unparsed_is_recorded_as_closed_before_its_end():
     assert event["output"] is None and event["error"] is None
 
 
+# -- methods bound before lai.init -------------------------------------------------------
+#
+# with_raw_response and with_streaming_response build their wrapper the first
+# time they are accessed (a cached property), binding the method they wrap
+# then: accessed before init, they call the method init has not patched yet.
+# Every method calls through the client's request method, which init patches
+# too: calls that reach it without a patched method above are recorded there.
+
+@pytest.mark.parametrize("way", ["with_raw_response", "with_streaming_response"])
+def test_a_raw_accessor_bound_before_init_is_recorded(way):
+    path = shared_path("openai/chat.yaml")
+    body = request_body(path)
+    recorded = response_json(path)
+    create = raw_chat(client(), way).create
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        if way == "with_raw_response":
+            completion = create(**body).parse()
+        else:
+            with create(**body) as response:
+                completion = response.parse()
+    assert type(completion) is openai.types.chat.ChatCompletion
+    event = only_llm_event(captured)
+    assert_chat_usage(event, recorded)
+    assert event["description"] == "openai chat"
+    assert event["input"] == body["messages"]
+    assert event["output"] == {"role": "assistant", "finish_reason": "stop",
+                               "content": recorded["choices"][0]["message"]["content"]}
+
+
+def test_a_client_whose_raw_accessor_was_used_before_init_is_recorded_after_it():
+    path = shared_path("openai/chat.yaml")
+    body = request_body(path)
+    openai_client = client()
+    with replay(path, allow_repeats=True):
+        openai_client.chat.completions.with_raw_response.create(**body).parse()  # no session
+        with capture() as captured:
+            lai.init(providers=["openai"])
+            openai_client.chat.completions.with_raw_response.create(**body).parse()
+    assert_chat_usage(only_llm_event(captured), response_json(path))
+
+
+@pytest.mark.parametrize("way", ["with_raw_response", "with_streaming_response"])
+def test_an_async_raw_accessor_bound_before_init_is_recorded(way):
+    path = shared_path("openai/chat_async_streaming.yaml")
+    body = request_body(path)
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in response_events(path))
+    create = raw_chat(async_client(), way).create
+
+    async def main():
+        lai.init(providers=["openai"])
+        if way == "with_raw_response":
+            return "".join([c.choices[0].delta.content or "" async for c in
+                            (await create(**body)).parse()])
+        async with create(**body) as response:
+            return await read_by_hand_async(response, "iter_text")
+
+    with capture() as captured, replay(path):
+        asyncio.run(main())
+    event = only_llm_event(captured)
+    assert event["output"] == {"role": "assistant", "content": text, "finish_reason": "stop"}
+    assert 0 < event["time_to_first_token"] <= event["duration"]
+
+
+def test_methods_bound_before_init_are_recorded_streamed_or_not():
+    chat = shared_path("openai/chat.yaml")
+    streamed = shared_path("openai/chat_tools_streaming.yaml")
+    create = client().chat.completions.create
+    responses_create = client().responses.create
+    with capture() as captured:
+        lai.init(providers=["openai"])
+        with replay(chat):
+            create(**request_body(chat))
+        with replay(streamed):
+            stream = create(**request_body(streamed))
+            assert isinstance(stream, openai.Stream)
+            list(stream)
+        with replay(shared_path("openai/responses.yaml")):
+            responses_create(**request_body(shared_path("openai/responses.yaml")))
+    plain, tool_call, response = captured.events("llm")
+    assert_chat_usage(plain, response_json(chat))
+    assert_streamed_tool_call(tool_call, request_body(streamed), response_events(streamed))
+    assert response["description"] == "openai responses"
+    assert response["model"] == "gpt-4.1-nano-2025-04-14" and response["output_tokens"]
+
+
 # -- Responses API and embeddings --------------------------------------------------------
 
 def test_responses_create_is_recorded():

@@ -24,7 +24,8 @@ def patched_attributes(adapter_name: str) -> dict[tuple[type, str], object]:
     module = importlib.import_module(f"lucidic_{adapter_name}._adapter")
     found = {}
     for module_name, class_name, method, *_ in (*module.PATCHES,
-                                                *getattr(module, "RESPONSE_PATCHES", ())):
+                                                *getattr(module, "RESPONSE_PATCHES", ()),
+                                                *getattr(module, "REQUEST_PATCHES", ())):
         if importlib.util.find_spec(module_name) is None:
             continue  # a module this version of the library does not have
         owner = getattr(importlib.import_module(module_name), class_name)

@@ -10,7 +10,13 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from lucidic.patching import MethodPatches, llm_call_wrapper
+from lucidic.patching import (
+    MethodPatches,
+    generated_client_request,
+    llm_call_wrapper,
+    llm_request_wrapper,
+    recorded_above,
+)
 from lucidic.plugins import Adapter, LLMCall, in_session, record_internal_error, start_llm_call
 from lucidic.streams import (
     Accumulator,
@@ -197,7 +203,8 @@ def _recorded_request(api_request: Callable[[], Any], request: dict[str, Any],
         if call is None:
             return api_request()
         try:
-            raw = api_request()
+            with recorded_above():
+                raw = api_request()
         except BaseException as exc:
             call.fail(exc)
             raise
@@ -212,7 +219,8 @@ async def _recorded_async_request(api_request: Any, request: dict[str, Any],
     if call is None:
         return await api_request
     try:
-        raw = await api_request
+        with recorded_above():
+            raw = await api_request
     except BaseException as exc:
         call.fail(exc)
         raise
@@ -274,11 +282,49 @@ PATCHES: tuple[tuple[str, str, str, Callable[..., Any]], ...] = (
 RESPONSE_PATCHES = _RESPONSES.patches("anthropic")
 
 
+# -- methods bound before instrument() ---------------------------------------------------
+#
+# A method bound before the patches above were made calls the original: a
+# ``create`` or ``stream`` the caller kept, and the with_raw_response /
+# with_streaming_response wrappers, which bind the method they wrap when
+# first accessed (a cached property of the resource). Every method calls
+# through the client's request method, patched below, which records the
+# calls no patched method is recording (llm_request_wrapper).
+
+def _request_of(args: tuple[Any, ...], kwargs: dict[str, Any]
+                ) -> tuple[dict[str, Any], str] | None:
+    request = generated_client_request(args, kwargs)
+    if request is None:
+        return None
+    cast_to, method, url, body = request
+    if url != "/v1/messages" or method != "post" or not isinstance(body, dict):
+        return None
+    from anthropic.types.beta import BetaMessage
+
+    beta = isinstance(cast_to, type) and issubclass(cast_to, BetaMessage)
+    return ({key: value for key, value in body.items() if _extract.given(value)},
+            BETA_MESSAGES if beta else MESSAGES)
+
+
+def _request_wrapper(asynchronous: bool) -> Callable[..., Any]:
+    return llm_request_wrapper(
+        _request_of, lambda request: _start(*request),
+        lambda call, result, is_async, request: _outcome(call, result, is_async, request[0]),
+        asynchronous=asynchronous)
+
+
+REQUEST_PATCHES = (
+    ("anthropic._base_client", "SyncAPIClient", "request", _request_wrapper(False)),
+    ("anthropic._base_client", "AsyncAPIClient", "request", _request_wrapper(True)),
+)
+
+
 class AnthropicAdapter(Adapter):
     """Records messages.create (sync, async, stream=True), the messages.stream()
     helper and messages.parse, including tool use and extended thinking, and
     the same methods of beta.messages; called plainly or through
-    with_raw_response / with_streaming_response."""
+    with_raw_response / with_streaming_response, bound before instrument()
+    or after."""
 
     name = "anthropic"
     library = "anthropic"
@@ -289,7 +335,7 @@ class AnthropicAdapter(Adapter):
         self._patches = MethodPatches()
 
     def _instrument(self) -> None:
-        self._patches.apply((*PATCHES, *RESPONSE_PATCHES))
+        self._patches.apply((*PATCHES, *RESPONSE_PATCHES, *REQUEST_PATCHES))
 
     def _uninstrument(self) -> None:
         self._patches.restore()

@@ -8,7 +8,12 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-from lucidic.patching import MethodPatches, llm_call_wrapper
+from lucidic.patching import (
+    MethodPatches,
+    generated_client_request,
+    llm_call_wrapper,
+    llm_request_wrapper,
+)
 from lucidic.plugins import Adapter, LLMCall, record_internal_error, start_llm_call
 from lucidic.streams import (
     Accumulator,
@@ -216,10 +221,50 @@ PATCHES: tuple[tuple[str, str, str, _Kind, bool], ...] = (
 RESPONSE_PATCHES = _RESPONSES.patches("openai")
 
 
+# -- methods bound before instrument() ---------------------------------------------------
+#
+# A method bound before the patches above were made calls the original: a
+# ``create`` the caller kept, and the with_raw_response/with_streaming_response
+# wrappers, which bind the method they wrap when first accessed (a cached
+# property of the resource). Every method calls through the client's request
+# method, patched below, which records the calls no patched method is
+# recording (llm_request_wrapper).
+
+#: The kind of each endpoint posted to, as the resource methods name it.
+_ENDPOINTS = {"/chat/completions": CHAT, "/responses": RESPONSES, "/embeddings": EMBEDDINGS}
+
+
+def _request_of(args: tuple[Any, ...], kwargs: dict[str, Any]
+                ) -> tuple[_Kind, dict[str, Any]] | None:
+    request = generated_client_request(args, kwargs)
+    if request is None:
+        return None
+    _, method, url, body = request
+    kind = _ENDPOINTS.get(url)
+    if kind is None or method != "post" or not isinstance(body, dict):
+        return None
+    return kind, {key: value for key, value in body.items() if _extract.given(value)}
+
+
+def _request_wrapper(asynchronous: bool) -> Callable[..., Any]:
+    return llm_request_wrapper(
+        _request_of, lambda request: _start(*request),
+        lambda call, result, is_async, request: _outcome(request[0], call, result, is_async,
+                                                         request[1]),
+        asynchronous=asynchronous)
+
+
+REQUEST_PATCHES = (
+    ("openai._base_client", "SyncAPIClient", "request", _request_wrapper(False)),
+    ("openai._base_client", "AsyncAPIClient", "request", _request_wrapper(True)),
+)
+
+
 class OpenAIAdapter(Adapter):
     """Records chat completions (plain, streamed, tool calls, parse), the
     Responses API (plain, streamed, parse) and embeddings, sync and async,
-    called plainly or through with_raw_response / with_streaming_response."""
+    called plainly or through with_raw_response / with_streaming_response,
+    bound before instrument() or after."""
 
     name = "openai"
     library = "openai"
@@ -233,7 +278,7 @@ class OpenAIAdapter(Adapter):
         self._patches.apply((
             *((module, owner, method, _wrapper(kind, asynchronous))
               for module, owner, method, kind, asynchronous in PATCHES),
-            *RESPONSE_PATCHES))
+            *RESPONSE_PATCHES, *REQUEST_PATCHES))
 
     def _uninstrument(self) -> None:
         self._patches.restore()
