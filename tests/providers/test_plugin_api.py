@@ -358,3 +358,58 @@ def test_an_installed_module_that_fails_to_import_is_an_error_and_nothing_stays_
     assert vars(client_class)["complete"] is original
     patches.restore()  # nothing to undo
     assert vars(client_class)["complete"] is original
+
+
+@pytest.mark.allow_internal_errors
+def test_a_request_wrapper_records_only_the_calls_no_method_above_it_records():
+    """llm_request_wrapper, on the request method every client method calls
+    through, records a call that reaches it directly (a method bound before
+    the patches), never one a method patched with llm_call_wrapper records,
+    nor a request that is not an LLM call; its own bugs never reach the caller."""
+    import asyncio
+
+    import wrapt
+
+    from lucidic._internal import internal_errors
+    from lucidic.patching import llm_call_wrapper, llm_request_wrapper
+    from lucidic.plugins import start_llm_call
+
+    def request_of(args, kwargs):
+        endpoint, prompt = args
+        return prompt if endpoint == "/complete" else None
+
+    def start(prompt):
+        return start_llm_call("mylib", request_model="m1", input=prompt)
+
+    def outcome(call, reply, asynchronous, prompt):
+        call.finish(output=reply)
+        return reply
+
+    def send(endpoint, prompt):
+        return prompt.upper()
+
+    async def asend(endpoint, prompt):
+        return prompt.upper()
+
+    request = wrapt.FunctionWrapper(send, llm_request_wrapper(request_of, start, outcome))
+    arequest = wrapt.FunctionWrapper(asend, llm_request_wrapper(request_of, start, outcome,
+                                                                asynchronous=True))
+    complete = wrapt.FunctionWrapper(lambda prompt: request("/complete", prompt),
+                                     llm_call_wrapper(lambda kwargs: start(kwargs["prompt"]),
+                                                      outcome))
+    broken = wrapt.FunctionWrapper(send, llm_request_wrapper(
+        lambda args, kwargs: 1 / 0, start, outcome))
+    assert request("/complete", "no session") == "NO SESSION"
+    before = sum(internal_errors.values())
+    with capture() as recorded:
+        lai.init("a request wrapper")
+        assert complete(prompt="through the method") == "THROUGH THE METHOD"
+        assert request("/complete", "straight to the request") == "STRAIGHT TO THE REQUEST"
+        assert asyncio.run(arequest("/complete", "async")) == "ASYNC"
+        assert request("/models", "not an llm call") == "NOT AN LLM CALL"
+        assert broken("/complete", "a plugin bug") == "A PLUGIN BUG"
+        lai.end_session()
+    assert [(e["input"], e["output"]) for e in recorded.events("llm")] == [
+        ("through the method", "THROUGH THE METHOD"),
+        ("straight to the request", "STRAIGHT TO THE REQUEST"), ("async", "ASYNC")]
+    assert sum(internal_errors.values()) - before == 1
