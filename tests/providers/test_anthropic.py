@@ -33,12 +33,17 @@ from lucidic.testing import capture
 pytestmark = pytest.mark.usefixtures("restore_adapters")
 
 
+# base_url: a loopback server (event_stream_in_steps), whose stalls, if a
+# read went further than it may, fail the test instead of hanging it.
+
 def client(base_url: str | None = None) -> anthropic.Anthropic:
-    return anthropic.Anthropic(api_key="sk-ant-test", max_retries=0, base_url=base_url)
+    return anthropic.Anthropic(api_key="sk-ant-test", max_retries=0, timeout=60.0,
+                               base_url=base_url)
 
 
 def async_client(base_url: str | None = None) -> anthropic.AsyncAnthropic:
-    return anthropic.AsyncAnthropic(api_key="sk-ant-test", max_retries=0, base_url=base_url)
+    return anthropic.AsyncAnthropic(api_key="sk-ant-test", max_retries=0, timeout=60.0,
+                                    base_url=base_url)
 
 
 def only_llm_event(captured):

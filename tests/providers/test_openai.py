@@ -36,13 +36,16 @@ from lucidic.testing import capture
 pytestmark = pytest.mark.usefixtures("restore_adapters")
 
 
+# base_url: a loopback server (event_stream_in_steps), whose stalls, if a
+# read went further than it may, fail the test instead of hanging it.
+
 def client(base_url: str | None = None) -> openai.OpenAI:
-    return openai.OpenAI(api_key="sk-test", max_retries=0,
+    return openai.OpenAI(api_key="sk-test", max_retries=0, timeout=60.0,
                          base_url=base_url and f"{base_url}/v1")
 
 
 def async_client(base_url: str | None = None) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(api_key="sk-test", max_retries=0,
+    return openai.AsyncOpenAI(api_key="sk-test", max_retries=0, timeout=60.0,
                               base_url=base_url and f"{base_url}/v1")
 
 
