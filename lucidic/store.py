@@ -74,37 +74,76 @@ T = TypeVar("T")
 class StoreError(Exception):
     """The store could not be reached or refused a write.
 
-    ``transient`` tells the two apart: True when the database could not do
-    the work now (locked, unreachable, out of space) and a retry may succeed;
-    False when it refused what it was given, which no retry will change."""
+    ``transient`` tells the two apart: True when a retry may succeed (the
+    database locked or unreachable, or failing on its own side until someone
+    mends it); False when it refused what it was given, which no retry will
+    change. ``broken`` marks, among the transient, a database failing on its
+    own side: its schema broken (a table or column missing), a write it may
+    not make (no permission, read-only), no space left, a damaged file. No
+    record is at fault, but only an operator can mend it, so the server logs
+    the cause as an error."""
 
-    def __init__(self, message: str, *, transient: bool = True) -> None:
+    def __init__(self, message: str, *, transient: bool = True, broken: bool = False) -> None:
         super().__init__(message)
-        self.transient = transient
+        self.transient = transient or broken
+        self.broken = broken
 
 
 #: SQLite's primary result codes that say "not now": busy, locked, out of
-#: memory, read-only (for now), interrupted, I/O error, disk full, cannot
-#: open, lock protocol, schema changed under the statement. Anything else
-#: (SQLITE_ERROR: an integer overflow, say) is the statement's or the data's
-#: fault, although SQLite raises it as an OperationalError too.
-_SQLITE_TRANSIENT = frozenset({5, 6, 7, 8, 9, 10, 13, 14, 15, 17})
+#: memory, interrupted, lock protocol, schema changed under the statement.
+_SQLITE_BUSY = frozenset({5, 6, 7, 9, 15, 17})
+#: ... and those that say "not this": a value too big, a constraint, a
+#: datatype mismatch. Every other code is the database failing on its own
+#: side (read-only, I/O error, damaged, full, cannot open, no permission),
+#: and so is SQLITE_ERROR ("no such table", "no such column": the schema
+#: broken under us), but for the integer overflow of a sum, which SQLite
+#: raises as an SQLITE_ERROR too.
+_SQLITE_DATA = frozenset({18, 19, 20})
+#: PostgreSQL's SQLSTATE classes of the data's fault: data exceptions (a
+#: number out of range, a NUL in a text), integrity constraints, a value past
+#: a limit (an index row too large).
+_PG_DATA = frozenset({"22", "23", "54"})
+#: ... and of "not now": the connection lost, a transaction rolled back
+#: (serialisation, deadlock), resources short (but a full disk), a lock not
+#: available, an operator's intervention (a shutdown, a cancelled query).
+#: Every other class is the database failing on its own side: 42 (a table or
+#: column missing, permission denied), 25 (a read-only transaction: a
+#: standby), 58 (I/O), XX (damaged data)...
+_PG_BUSY = frozenset({"08", "40", "53", "55", "57"})
+_PG_DISK_FULL = "53100"
 
 
-def _is_transient(exc: BaseException) -> bool:
-    """Driver errors that say "not now" rather than "not this"."""
-    if isinstance(exc, sqlite3.OperationalError):
+def _fault(exc: BaseException) -> str:
+    """Whose fault a driver error is: "busy" (not now), "data" (not this),
+    or "broken" (the database, until someone mends it)."""
+    if isinstance(exc, sqlite3.Error):
         code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
-        return code is None or code & 0xFF in _SQLITE_TRANSIENT
-    if isinstance(exc, (sqlite3.Error, ValueError, TypeError, OverflowError)):
-        return False
+        if code is None:  # an older Python, or the sqlite3 module's own check
+            return "busy" if isinstance(exc, sqlite3.OperationalError) else "data"
+        code &= 0xFF
+        if code in _SQLITE_BUSY:
+            return "busy"
+        if code in _SQLITE_DATA or (code == 1 and "integer overflow" in str(exc)):
+            return "data"
+        return "broken"
+    if isinstance(exc, (ValueError, TypeError, OverflowError)):
+        return "data"
     if type(exc).__module__.startswith("psycopg"):
-        # OperationalError (connection lost, server shutting down, serialization
-        # failure...) is transient; DataError, IntegrityError and the like are
-        # the data's fault.
-        return any(c.__name__ in ("OperationalError", "InterfaceError")
-                   for c in type(exc).__mro__)
-    return True  # unknown: retrying loses nothing
+        sqlstate = getattr(exc, "sqlstate", None)
+        if not sqlstate:  # raised by psycopg itself, before or without the server
+            names = {c.__name__ for c in type(exc).__mro__}
+            if names & {"OperationalError", "InterfaceError"}:
+                return "busy"  # the connection lost or not made
+            return "data" if "DataError" in names else "broken"
+        if sqlstate[:2] in _PG_DATA:
+            return "data"
+        return "busy" if sqlstate[:2] in _PG_BUSY and sqlstate != _PG_DISK_FULL else "broken"
+    return "busy"  # unknown: retrying loses nothing
+
+
+def _store_error(message: str, exc: BaseException) -> StoreError:
+    fault = _fault(exc)
+    return StoreError(message, transient=fault != "data", broken=fault == "broken")
 
 
 class _PassthroughError(Exception):
@@ -775,7 +814,7 @@ class Store:
         except StoreError:
             raise
         except Exception as exc:
-            raise StoreError(f"cannot open the store at {self.url}: {exc}") from exc
+            raise _store_error(f"cannot open the store at {self.url}: {exc}", exc) from exc
         self._upserts: dict[tuple[tuple[str, tuple[str, ...]], bool, int, tuple[int, ...]],
                             str] = {}
 
@@ -889,8 +928,7 @@ class Store:
                 if isinstance(exc, _PassthroughError):
                     raise exc.error from None
                 if isinstance(exc, Exception) and not isinstance(exc, StoreError):
-                    raise StoreError(f"{type(exc).__name__}: {exc}",
-                                     transient=_is_transient(exc)) from exc
+                    raise _store_error(f"{type(exc).__name__}: {exc}", exc) from exc
                 raise
             finally:
                 cur.close()
@@ -909,7 +947,7 @@ class Store:
             if current > SCHEMA_VERSION:
                 raise StoreError(
                     f"the database at {self.url} has schema version {current}, newer than "
-                    f"this lucidic ({SCHEMA_VERSION}); upgrade lucidic to use it")
+                    f"this lucidic ({SCHEMA_VERSION}); upgrade lucidic to use it", broken=True)
             for version, statements in MIGRATIONS:
                 if version <= current:
                     continue

@@ -48,7 +48,9 @@ _PROBLEMS: dict[int | str, dict[str, Any]] = {
              "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
     for status, text in ((401, "missing, unknown or revoked API key"),
                          (404, "not found in this API key's project"),
-                         (503, "the database is unavailable; retry after Retry-After"))
+                         (503, "nothing was written: the database is busy or unreachable "
+                               "(retry after Retry-After), or failing on the server's side "
+                               "(retry later; the server's log says why)"))
 }
 
 

@@ -126,6 +126,17 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StoreError)
     async def _store_error(request: Request, exc: StoreError) -> Response:
+        if exc.broken:
+            # Not the request's fault, nor a passing one: the operator must
+            # mend the database. 503, not 422 (which a client takes for its
+            # records' fault, and drops them) nor 500 (which OTLP exporters do
+            # not retry): clients keep the records and send them again.
+            logger.error("lucidic server: the database failed on %s %s, and will until it "
+                         "is mended (clients keep what they send and retry): %s",
+                         request.method, request.url.path, exc)
+            return problem(503, "the server's database failed on its own side (a table "
+                                "missing, no permission or no space left, say: the server's "
+                                "log says which); nothing was written, retry later")
         logger.warning("lucidic server: database error on %s %s: %s", request.method,
                        request.url.path, exc)
         if not exc.transient:

@@ -373,7 +373,7 @@ def test_the_store_calls_transient_only_what_a_retry_can_mend(db_url: str) -> No
         with pytest.raises(StoreError, match="overflow|out of range") as refused:
             store.query(overflow.replace("SUM(x)", "SUM(x::bigint + 1)")
                         if store.dialect == "postgresql" else overflow)
-        assert refused.value.transient is False
+        assert refused.value.transient is False and refused.value.broken is False
         if store.dialect == "postgresql":
             # The connection lost (the server ended the backend): transient.
             import psycopg
@@ -394,7 +394,8 @@ def test_the_store_calls_transient_only_what_a_retry_can_mend(db_url: str) -> No
                     store.execute("DELETE FROM sessions WHERE id = 'none'")
             finally:
                 holder.close()
-        assert lost.value.transient is True
+        # ... and not the database broken (503 with a Retry-After, no error logged)
+        assert lost.value.transient is True and lost.value.broken is False
     finally:
         store.close()
 

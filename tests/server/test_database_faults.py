@@ -1,0 +1,174 @@
+"""The server's own database failing under a running `lucidic server`: a
+table dropped, the disk full, a permission revoked, the database gone
+read-only. None of these is the client's data's fault: the server answers
+503 (nothing written, retry later) and logs the real cause, the SDK keeps the
+records in its spool, and they arrive once the database is mended. (What is
+truly the data's fault stays a 422: tests/server/test_api.py.)"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from faults import FullDisk, events_of, numbered
+from server_support import PG_ENV, PG_SKIP, Api, make_key
+
+import lucidic as lai
+from lucidic._runtime import runtime
+
+
+class Fault:
+    """One way the server's database fails, with its mending, over the
+    database at ``url``; the server's log names it with ``cause``."""
+
+    def __init__(self, url: str, cause: str, fail: Callable[[], None],
+                 mend: Callable[[], None]) -> None:
+        self.url = url
+        self.cause = cause
+        self.fail = fail
+        self.mend = mend
+
+
+def _sqlite_table_dropped(tmp_path: Path) -> Iterator[Fault]:
+    path = tmp_path / "server.db"
+    backup: dict[str, list[Any]] = {}
+
+    def fail() -> None:
+        with contextlib.closing(sqlite3.connect(path, timeout=10, isolation_level=None)) as db:
+            # the table first, then its indexes; and its rows
+            backup["schema"] = [sql for (sql,) in db.execute(
+                "SELECT sql FROM sqlite_master WHERE tbl_name = 'events' AND sql IS NOT NULL "
+                "ORDER BY type = 'index', name")]
+            backup["rows"] = db.execute("SELECT * FROM events").fetchall()
+            db.execute("DROP TABLE events")
+
+    def mend() -> None:  # restored from the backup
+        with contextlib.closing(sqlite3.connect(path, timeout=10, isolation_level=None)) as db:
+            for sql in backup["schema"]:
+                db.execute(sql)
+            for row in backup["rows"]:
+                db.execute(f"INSERT INTO events VALUES ({', '.join('?' * len(row))})", row)
+
+    yield Fault(f"sqlite:///{path}", "no such table: events", fail, mend)
+
+
+def _sqlite_disk_full(tmp_path: Path) -> Iterator[Fault]:
+    with FullDisk(tmp_path / "disk", size="16m") as disk:
+        yield Fault(f"sqlite:///{disk.path / 'server.db'}", "database or disk is full",
+                    disk.fill, disk.free)
+
+
+@contextlib.contextmanager
+def _postgresql_role() -> Iterator[tuple[str, Callable[[str], None]]]:
+    """A schema owned by a role of its own, not a superuser (so that a
+    permission can be taken from it): the server's URL, and a way to run
+    statements as the database's administrator."""
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(PG_SKIP)
+    import psycopg
+
+    name = "lucidic_fault_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(base, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {name} LOGIN")
+        admin.execute(f"CREATE SCHEMA {name} AUTHORIZATION {name}")
+        host = psycopg.conninfo.conninfo_to_dict(base)
+        url = (f"postgresql://{name}@{host.get('host', '127.0.0.1')}:{host.get('port', 5432)}"
+               f"/{host['dbname']}?options=-csearch_path%3D{name}")
+
+        def as_admin(sql: str) -> None:
+            admin.execute(sql.replace("{schema}", name).replace("{role}", name))
+
+        try:
+            yield url, as_admin
+        finally:
+            admin.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          f"WHERE usename = '{name}'")
+            admin.execute(f"DROP SCHEMA {name} CASCADE")
+            admin.execute(f"DROP ROLE {name}")
+
+
+def _postgresql_table_dropped(tmp_path: Path) -> Iterator[Fault]:
+    with _postgresql_role() as (url, as_admin):
+        yield Fault(url, 'relation "events" does not exist',
+                    lambda: as_admin("CREATE TABLE {schema}.events_kept "
+                                     "(LIKE {schema}.events INCLUDING ALL); "
+                                     "INSERT INTO {schema}.events_kept "
+                                     "SELECT * FROM {schema}.events; "
+                                     "DROP TABLE {schema}.events"),
+                    lambda: as_admin("ALTER TABLE {schema}.events_kept RENAME TO events; "
+                                     "ALTER TABLE {schema}.events OWNER TO {role}"))
+
+
+def _postgresql_permission_revoked(tmp_path: Path) -> Iterator[Fault]:
+    with _postgresql_role() as (url, as_admin):
+        yield Fault(url, "permission denied for table events",
+                    lambda: as_admin("REVOKE INSERT, UPDATE ON {schema}.events FROM {role}"),
+                    lambda: as_admin("GRANT INSERT, UPDATE ON {schema}.events TO {role}"))
+
+
+def _postgresql_read_only(tmp_path: Path) -> Iterator[Fault]:
+    # What a fail-over to a read-only standby looks like to the server: its
+    # connections cut, and the new ones refuse every write.
+    with _postgresql_role() as (url, as_admin):
+        yield Fault(url, "read-only transaction",
+                    lambda: as_admin("ALTER ROLE {role} SET default_transaction_read_only = on; "
+                                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                     "WHERE usename = '{role}'"),
+                    lambda: as_admin("ALTER ROLE {role} RESET default_transaction_read_only"))
+
+
+FAULTS = {"sqlite, a table dropped": _sqlite_table_dropped,
+          "sqlite, the disk full": _sqlite_disk_full,
+          "postgresql, a table dropped": _postgresql_table_dropped,
+          "postgresql, a permission revoked": _postgresql_permission_revoked,
+          "postgresql, read-only": _postgresql_read_only}
+
+
+@pytest.fixture(params=list(FAULTS))
+def fault(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fault]:
+    yield from FAULTS[request.param](tmp_path)
+
+
+def test_a_database_failing_on_the_servers_side_keeps_the_records_until_it_is_mended(
+        fault: Fault, start_server, monkeypatch: pytest.MonkeyPatch) -> None:
+    # These were answered 422 "the database refused this request": the SDK
+    # took that for its records' fault and set them aside for good.
+    server = start_server(fault.url)
+    key = make_key(fault.url, "faults")
+    monkeypatch.setenv("LUCIDIC_BASE_URL", server.url)
+    monkeypatch.setenv("LUCIDIC_API_KEY", key)
+    sid = lai.init(session_name="the database fails", auto_end=False)
+    lai.create_event(description="event 0")
+    assert lai.flush(30) is True
+
+    fault.fail()
+    try:
+        for n in range(1, 200):
+            lai.create_event(description=f"event {n}")
+        assert lai.flush(2) is False  # not delivered: waiting, not refused
+        (pipeline,) = runtime.pipelines.values()
+        assert pipeline.stats.rejected == 0
+        answer = Api(server.url, key).records({"kind": "event", "id": "by hand", "ts": 3.0,
+                                               "fields": {"session_id": sid}})
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert "log" in answer.json()["detail"]
+        assert "Retry-After" not in answer.headers  # (which says: busy, back soon)
+        # The operator reads the real cause in the server's log, as an error.
+        (logged, *_) = [line for line in server.log_text().splitlines()
+                        if fault.cause in line]
+        assert "ERROR" in logged, server.log_text()
+    finally:
+        fault.mend()
+
+    assert lai.flush(60) is True, server.log_text()
+    assert pipeline.stats.rejected == 0
+    assert numbered(events_of(fault.url, sid)) == list(range(200))
+
