@@ -25,6 +25,7 @@ import json
 import math
 import os
 import secrets
+import select
 import sqlite3
 import threading
 import time
@@ -866,6 +867,23 @@ class Store:
         self._ph = "%s"
         self._conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
         self._conn.adapters.register_loader("numeric", _NumberLoader)
+
+    def connection_lost(self) -> bool:
+        """True when the database has ended this connection while it sat
+        idle: a PostgreSQL server that restarted, or ended the backend,
+        wrote so on its socket, which is looked at here without a round trip
+        (an idle connection is sent nothing else that matters). A network
+        gone quiet says nothing: the next statement finds out."""
+        if self.dialect != "postgresql":
+            return False
+        with self._lock:
+            if self._closed or self._conn.closed or self._conn.broken:
+                return True
+            try:
+                readable, _, _ = select.select([self._conn.fileno()], [], [], 0)
+            except (OSError, ValueError):
+                return True
+            return bool(readable)
 
     def close(self) -> None:
         with self._lock:

@@ -15,7 +15,8 @@ class StorePool:
     """Up to ``size`` Store connections, each used by one request at a time.
 
     A connection that failed (the database restarted, the network dropped) is
-    closed and replaced by a fresh one on the next request."""
+    closed and replaced by a fresh one on the next request; so is one the
+    database ended while it sat idle, found before a request uses it."""
 
     def __init__(self, url: str, size: int = 8, wait: float = 10.0) -> None:
         self.url = url
@@ -51,26 +52,40 @@ class StorePool:
             if healthy and not self._closed:
                 self._idle.put(store)
             else:
-                with self._lock:
-                    self._opened -= 1
-                try:
-                    store.close()
-                except Exception:  # noqa: BLE001 - it is being thrown away
-                    pass
+                self._discard(store)
+
+    def _discard(self, store: Store) -> None:
+        with self._lock:
+            self._opened -= 1
+        try:
+            store.close()
+        except Exception:  # noqa: BLE001 - it is being thrown away
+            pass
 
     def _checkout(self) -> Store:
-        try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            pass
+        while True:
+            try:
+                store = self._idle.get_nowait()
+            except queue.Empty:
+                break
+            if not store.connection_lost():
+                return store
+            # The database ended it while it sat idle (PostgreSQL restarted):
+            # the others most likely too, each found here rather than by a
+            # request that would fail on it.
+            self._discard(store)
         with self._lock:
             may_open = self._opened < self._size
         if may_open:
             return self._open()
         try:
-            return self._idle.get(timeout=self._wait)
+            store = self._idle.get(timeout=self._wait)
         except queue.Empty:
             raise StoreError("no database connection became free in time") from None
+        if not store.connection_lost():
+            return store
+        self._discard(store)
+        return self._open()
 
     def close(self) -> None:
         self._closed = True

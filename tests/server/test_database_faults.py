@@ -12,11 +12,12 @@ import os
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from faults import FullDisk, events_of, numbered
+from faults import FullDisk, events_of, numbered, wait_until
 from server_support import PG_ENV, PG_SKIP, Api, make_key
 
 import lucidic as lai
@@ -172,3 +173,37 @@ def test_a_database_failing_on_the_servers_side_keeps_the_records_until_it_is_me
     assert pipeline.stats.rejected == 0
     assert numbered(events_of(fault.url, sid)) == list(range(200))
 
+
+
+def _server_connections(admin: Any, application: str) -> int:
+    return int(admin.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name "
+                             "= %s", (application,)).fetchone()[0])
+
+
+def test_after_postgresql_restarts_the_servers_next_requests_are_answered(
+        pg_url: str, start_server) -> None:
+    # What a restart (or a fail-over) looks like to the server's pool: every
+    # idle connection ended. Each was found dead only by the request that
+    # used it next: as many requests in a row as the pool held connections
+    # answered 503, so that right after a restart `lucidic sessions list`,
+    # lai.continue_session() and the lucidicai client's calls failed (three
+    # attempts each) although PostgreSQL was back.
+    import psycopg
+
+    application = "lucidic_restart_" + uuid.uuid4().hex[:8]
+    server = start_server(f"{pg_url}&application_name={application}")
+    key = make_key(pg_url, "faults")
+    api = Api(server.url, key)
+    sid = str(uuid.uuid4())
+    assert api.records({"kind": "session", "id": sid, "ts": 1.0,
+                        "fields": {"started_at": 1.0}}).status_code == 200
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        with ThreadPoolExecutor(8) as pool:  # requests at once: the pool opens several
+            while _server_connections(admin, application) < 4:
+                assert set(pool.map(lambda _: api.get(f"/api/v1/sessions/{sid}").status_code,
+                                    range(64))) == {200}
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE application_name = %s", (application,))
+        assert wait_until(lambda: _server_connections(admin, application) == 0, 10)
+    answers = [api.get(f"/api/v1/sessions/{sid}").status_code for _ in range(10)]
+    assert answers == [200] * 10
