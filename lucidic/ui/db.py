@@ -3,8 +3,8 @@ apps: `lucidic ui` and `lucidic server` (which serves the same pages, above it).
 
 from __future__ import annotations
 
-import queue
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -22,18 +22,28 @@ class StorePool:
         self.url = url
         self._size = size
         self._wait = wait
-        self._idle: queue.LifoQueue[Store] = queue.LifoQueue()
-        self._opened = 0
-        self._lock = threading.Lock()
+        # Idle connections, the last returned on top; and how many exist,
+        # idle, in use or being opened (a slot is taken before opening, so
+        # that requests arriving at once never open more than ``size``).
+        self._idle: list[Store] = []
+        self._changed = threading.Condition()
         self._closed = False
         # Open one now: migrates the schema, and fails early on a bad URL.
-        self._idle.put(self._open())
+        self._opened = 1
+        self._idle.append(self._open())
 
     def _open(self) -> Store:
-        store = Store(self.url, busy_timeout=10.0)
-        with self._lock:
-            self._opened += 1
-        return store
+        """A new connection, in a slot already taken (given back if it fails)."""
+        try:
+            return Store(self.url, busy_timeout=10.0)
+        except BaseException:
+            self._release_slot()
+            raise
+
+    def _release_slot(self) -> None:
+        with self._changed:
+            self._opened -= 1
+            self._changed.notify()
 
     @contextmanager
     def store(self) -> Iterator[Store]:
@@ -49,48 +59,56 @@ class StorePool:
             healthy = not exc.transient
             raise
         finally:
-            if healthy and not self._closed:
-                self._idle.put(store)
-            else:
+            if not (healthy and self._give_back(store)):
                 self._discard(store)
 
+    def _give_back(self, store: Store) -> bool:
+        with self._changed:
+            if self._closed:
+                return False
+            self._idle.append(store)
+            self._changed.notify()
+            return True
+
     def _discard(self, store: Store) -> None:
-        with self._lock:
-            self._opened -= 1
+        self._release_slot()
         try:
             store.close()
         except Exception:  # noqa: BLE001 - it is being thrown away
             pass
 
     def _checkout(self) -> Store:
-        while True:
-            try:
-                store = self._idle.get_nowait()
-            except queue.Empty:
-                break
-            if not store.connection_lost():
-                return store
-            # The database ended it while it sat idle (PostgreSQL restarted):
-            # the others most likely too, each found here rather than by a
-            # request that would fail on it.
-            self._discard(store)
-        with self._lock:
-            may_open = self._opened < self._size
-        if may_open:
-            return self._open()
+        deadline = time.monotonic() + self._wait
+        ended: list[Store] = []
         try:
-            store = self._idle.get(timeout=self._wait)
-        except queue.Empty:
-            raise StoreError("no database connection became free in time") from None
-        if not store.connection_lost():
-            return store
-        self._discard(store)
+            with self._changed:
+                while True:
+                    while self._idle:
+                        store = self._idle.pop()
+                        if not store.connection_lost():
+                            return store
+                        # The database ended it while it sat idle (PostgreSQL
+                        # restarted): the others most likely too, each found
+                        # here rather than by a request that would fail on it.
+                        self._opened -= 1
+                        ended.append(store)
+                    if self._opened < self._size:
+                        self._opened += 1
+                        break
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise StoreError("no database connection became free in time")
+                    # Woken by a connection given back or a slot freed (one
+                    # that failed and was closed).
+                    self._changed.wait(left)
+        finally:
+            for store in ended:
+                store.close()
         return self._open()
 
     def close(self) -> None:
-        self._closed = True
-        while True:
-            try:
-                self._idle.get_nowait().close()
-            except queue.Empty:
-                return
+        with self._changed:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for store in idle:
+            store.close()

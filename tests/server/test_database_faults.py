@@ -207,3 +207,22 @@ def test_after_postgresql_restarts_the_servers_next_requests_are_answered(
         assert wait_until(lambda: _server_connections(admin, application) == 0, 10)
     answers = [api.get(f"/api/v1/sessions/{sid}").status_code for _ in range(10)]
     assert answers == [200] * 10
+
+
+def test_the_server_holds_no_more_connections_than_its_pool_however_many_requests_come(
+        pg_url: str, start_server) -> None:
+    # Requests that found no idle connection each opened one while fewer than
+    # the pool's size (8) were counted as open, and the count grew only once
+    # a connection was made: 16 requests at once held 14 connections, kept
+    # idle for good, from each replica toward PostgreSQL's max_connections.
+    import psycopg
+
+    application = "lucidic_pool_" + uuid.uuid4().hex[:8]
+    server = start_server(f"{pg_url}&application_name={application}")
+    api = Api(server.url, make_key(pg_url, "faults"))
+    with ThreadPoolExecutor(32) as pool:
+        for _ in range(5):
+            assert set(pool.map(lambda _: api.get("/api/v1/sessions").status_code,
+                                range(64))) == {200}
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        assert _server_connections(admin, application) <= 8
