@@ -248,6 +248,36 @@ def test_sigkill_loses_at_most_the_documented_window_and_nothing_in_durable_mode
     assert len(stored[1]) >= made_before(durable, killed_at) > 1000
 
 
+def test_a_server_killed_and_restarted_under_a_recording_process_loses_and_repeats_nothing(
+        sqlite_url: str, start_server, tmp_path: Path) -> None:
+    # SIGKILL cuts the requests in flight (perhaps after their commit): the
+    # client sends them again, spools what comes meanwhile, and delivers
+    # backlog and new records alike once the server is back, while it goes
+    # on recording.
+    server, key = _server_and_key(start_server, sqlite_url)
+    home = tmp_path / "sdk-home"
+    env = sdk_env(server, key)
+    child = Child(recording_loop("server killed", chunk=50, pause=0.01), home, env)
+    sid = child.line(0)
+    child.line(3)
+    store = Store(sqlite_url)
+    for _ in range(2):
+        server.kill()
+        time.sleep(2)  # records made meanwhile wait in the spool
+        made_while_down = made_before(child, time.time())
+        server.start()
+        # This process delivers its backlog, while it goes on recording.
+        assert wait_until(lambda made=made_while_down: store.count("events") >= made, 60,
+                          step=0.2)
+    child.proc.send_signal(signal.SIGTERM)
+    assert child.wait(30) == -signal.SIGTERM, child.stderr()
+    made = made_before(child, time.time())
+    assert run_python(DELIVER_LATER, home=home, env=env).stdout.strip() == "True"
+    stored = numbered(events_of(sqlite_url, sid))
+    assert stored == list(range(len(stored)))  # no gap, nothing twice
+    assert len(stored) >= made
+
+
 # -- what can and cannot be sent -------------------------------------------------------
 
 def test_a_record_too_large_for_a_request_is_cut_to_fit_never_refused(
