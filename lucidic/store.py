@@ -27,6 +27,7 @@ import os
 import secrets
 import select
 import sqlite3
+import sys
 import threading
 import time
 import weakref
@@ -113,13 +114,40 @@ _PG_DATA = frozenset({"22", "23", "54"})
 _PG_BUSY = frozenset({"08", "40", "53", "55", "57"})
 _PG_DISK_FULL = "53100"
 
+#: Python 3.10's sqlite3 errors carry no result code, only SQLite's message:
+#: the fixed texts of the codes that are not SQLITE_ERROR (sqlite3_errstr),
+#: which is the only code whose message is the statement's own.
+_SQLITE_CODE_OF_MESSAGE = {
+    "database is locked": 5, "database table is locked": 6, "out of memory": 7,
+    "attempt to write a readonly database": 8, "interrupted": 9, "disk I/O error": 10,
+    "database disk image is malformed": 11, "database or disk is full": 13,
+    "unable to open database file": 14, "locking protocol": 15,
+    "database schema has changed": 17, "string or blob too big": 18, "datatype mismatch": 20,
+    "authorization denied": 23, "not authorized": 23, "file is not a database": 26,
+}
+
+
+def _sqlite_code_from_message(exc: sqlite3.Error) -> int | None:
+    """An OperationalError's result code, read from its message (SQLITE_ERROR
+    for a text that is not one of the fixed ones); None for other errors,
+    the data's (IntegrityError, DataError) or the sqlite3 module's own."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return None
+    message = str(exc)
+    for text, code in _SQLITE_CODE_OF_MESSAGE.items():
+        if message.startswith(text):
+            return code
+    return 1
+
 
 def _fault(exc: BaseException) -> str:
     """Whose fault a driver error is: "busy" (not now), "data" (not this),
     or "broken" (the database, until someone mends it)."""
     if isinstance(exc, sqlite3.Error):
         code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
-        if code is None:  # an older Python, or the sqlite3 module's own check
+        if code is None and sys.version_info < (3, 11):
+            code = _sqlite_code_from_message(exc)
+        if code is None:  # the sqlite3 module's own check
             return "busy" if isinstance(exc, sqlite3.OperationalError) else "data"
         code &= 0xFF
         if code in _SQLITE_BUSY:

@@ -400,6 +400,44 @@ def test_the_store_calls_transient_only_what_a_retry_can_mend(db_url: str) -> No
         store.close()
 
 
+def test_python_3_10s_sqlite_errors_get_their_result_code_from_the_message(
+        tmp_path: Path) -> None:
+    # Python 3.10's sqlite3 errors carry no sqlite_errorcode: there the store
+    # reads the code from SQLite's message, so an integer overflow stays the
+    # data's fault (it was taken for "busy": 503, retried for ever) and a
+    # table gone is the database broken. Real errors of SQLite, each read
+    # both ways where the driver gives its code.
+    from lucidic.store import _fault, _sqlite_code_from_message
+
+    path = tmp_path / "codes.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE t (x INTEGER)")
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    waiter = sqlite3.connect(path, isolation_level=None, timeout=0.05)
+    cases = {
+        "overflow": (lambda: db.execute("SELECT SUM(x) FROM (SELECT 9223372036854775807 AS x "
+                                        "UNION ALL SELECT 1 AS x)").fetchall(), 1, "data"),
+        "no such table": (lambda: db.execute("SELECT * FROM gone").fetchall(), 1, "broken"),
+        "locked": (lambda: waiter.execute("INSERT INTO t VALUES (1)"), 5, "busy"),
+    }
+    try:
+        for name, (fail, code, fault) in cases.items():
+            with pytest.raises(sqlite3.OperationalError) as raised:
+                fail()
+            assert _sqlite_code_from_message(raised.value) == code, name
+            assert getattr(raised.value, "sqlite_errorcode", code) & 0xFF == code, name
+            assert _fault(raised.value) == fault, name
+    finally:
+        holder.close()
+        waiter.close()
+        db.close()
+    # Not an OperationalError: the data's (a constraint) or the module's own check.
+    assert _sqlite_code_from_message(sqlite3.IntegrityError("UNIQUE constraint failed")) is None
+    assert _fault(sqlite3.IntegrityError("UNIQUE constraint failed")) == "data"
+
+
 def test_a_database_refusal_no_retry_can_mend_is_a_4xx_not_retry_later(
         sqlite_url: str, start_server) -> None:
     # A page cursor is the client's to send; one whose sort value is beyond
