@@ -21,20 +21,20 @@ internal_errors: Counter[str] = Counter()
 
 _last_logged: dict[str, float] = {}
 _lock = threading.Lock()
-_RATE_LIMIT_SECONDS = 10.0
+RATE_LIMIT_SECONDS = 10.0
 
 
 def log_rate_limited(kind: str, message: str, *args: object, level: int = logging.WARNING,
-                     exc_info: bool = False) -> None:
+                     exc_info: bool = False, to: logging.Logger | None = None) -> None:
     """Log at most once per kind every few seconds, so a failing backend cannot
-    flood the host program's logs."""
+    flood the host program's logs (``to``: a logger other than lucidic's)."""
     now = time.monotonic()
     with _lock:
         last = _last_logged.get(kind)
-        if last is not None and now - last < _RATE_LIMIT_SECONDS:
+        if last is not None and now - last < RATE_LIMIT_SECONDS:
             return
         _last_logged[kind] = now
-    logger.log(level, message, *args, exc_info=exc_info)
+    (to or logger).log(level, message, *args, exc_info=exc_info)
 
 
 _warned: set[str] = set()

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .._internal import RATE_LIMIT_SECONDS, log_rate_limited
 from ..store import IdInUseError, StoreError, UnknownSessionError, clean_json
 
 logger = logging.getLogger("lucidic.server")
@@ -131,14 +132,20 @@ def install_error_handlers(app: FastAPI) -> None:
             # mend the database. 503, not 422 (which a client takes for its
             # records' fault, and drops them) nor 500 (which OTLP exporters do
             # not retry): clients keep the records and send them again.
-            logger.error("lucidic server: the database failed on %s %s, and will until it "
-                         "is mended (clients keep what they send and retry): %s",
-                         request.method, request.url.path, exc)
+            # Once every few seconds for each cause: while the database stays
+            # broken every client's every retry fails alike.
+            log_rate_limited(f"server_database_broken:{str(exc)[:200]}",
+                             "lucidic server: the database failed on %s %s, and will until "
+                             "it is mended (clients keep what they send and retry; the same "
+                             "failure is logged again after %d s): %s", request.method,
+                             request.url.path, RATE_LIMIT_SECONDS, exc, level=logging.ERROR,
+                             to=logger)
             return problem(503, "the server's database failed on its own side (a table "
                                 "missing, no permission or no space left, say: the server's "
                                 "log says which); nothing was written, retry later")
-        logger.warning("lucidic server: database error on %s %s: %s", request.method,
-                       request.url.path, exc)
+        log_rate_limited(f"server_database_error:{str(exc)[:200]}",
+                         "lucidic server: database error on %s %s: %s", request.method,
+                         request.url.path, exc, to=logger)
         if not exc.transient:
             # The database refused what it was given (a number beyond its
             # range, say): a retry would get the same. Its own words stay in

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from faults import FullDisk, events_of, numbered, wait_until
 from server_support import PG_ENV, PG_SKIP, Api, make_key
 
 import lucidic as lai
+from lucidic._internal import RATE_LIMIT_SECONDS
 from lucidic._runtime import runtime
 
 
@@ -156,8 +158,9 @@ def test_a_database_failing_on_the_servers_side_keeps_the_records_until_it_is_me
         assert lai.flush(2) is False  # not delivered: waiting, not refused
         (pipeline,) = runtime.pipelines.values()
         assert pipeline.stats.rejected == 0
-        answer = Api(server.url, key).records({"kind": "event", "id": "by hand", "ts": 3.0,
-                                               "fields": {"session_id": sid}})
+        api = Api(server.url, key)
+        answer = api.records({"kind": "event", "id": "by hand", "ts": 3.0,
+                              "fields": {"session_id": sid}})
         assert answer.status_code == 503, answer.text
         assert answer.headers["content-type"] == "application/problem+json"
         assert "log" in answer.json()["detail"]
@@ -166,6 +169,16 @@ def test_a_database_failing_on_the_servers_side_keeps_the_records_until_it_is_me
         (logged, *_) = [line for line in server.log_text().splitlines()
                         if fault.cause in line]
         assert "ERROR" in logged, server.log_text()
+        # ... once every few seconds, not once a request: while it stays
+        # broken every client's every retry fails alike.
+        def cause_lines() -> int:
+            return sum(fault.cause in line for line in server.log_text().splitlines())
+        before, started = cause_lines(), time.monotonic()
+        answers = [api.records({"kind": "event", "id": f"by hand {n}", "ts": 3.0,
+                                "fields": {"session_id": sid}}).status_code for n in range(20)]
+        assert answers == [503] * 20
+        windows = (time.monotonic() - started) // RATE_LIMIT_SECONDS
+        assert cause_lines() - before <= 1 + windows, server.log_text()
     finally:
         fault.mend()
 
