@@ -4,6 +4,7 @@ HTTP servers on loopback that answer as each test scripts them."""
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import http.server
 import json
@@ -210,6 +211,10 @@ def hanging_up() -> Iterator[tuple[str, list[socket.socket]]]:
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{listener.getsockname()[1]}", accepted
+    # shutdown() wakes the accept() the thread waits in (close() alone does
+    # not, and the join waited out its 5 s).
+    with contextlib.suppress(OSError):
+        listener.shutdown(socket.SHUT_RDWR)
     listener.close()
     thread.join(5)
 
