@@ -57,7 +57,10 @@ class _Scripted(http.server.BaseHTTPRequestHandler):
 def scripted() -> Iterator[tuple[str, type[_Scripted]]]:
     handler = type("Handler", (_Scripted,), {"answers": [(200, {})], "seen": []})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # (its loop looks for shutdown() every 0.05 s: the default 0.5 s made
+    # each test's teardown wait that long)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}", handler
     server.shutdown()
