@@ -28,8 +28,10 @@ def lucidic_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     yield home
+    # fail_fast: what a sink that is down (or was taken down by the test)
+    # refuses is spooled at once, not after waiting out the whole bound.
     for pipeline in list(runtime.pipelines.values()):
-        runtime.forget_pipeline(pipeline, timeout=5.0)
+        runtime.forget_pipeline(pipeline, timeout=5.0, fail_fast=True)
     process_slot.binding = None
     # What a test left bound in this thread's context (a scope it never
     # left, on code that failed) must not become the next test's session.
