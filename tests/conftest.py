@@ -28,8 +28,10 @@ def lucidic_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     for name in ENV_VARS:
         monkeypatch.delenv(name, raising=False)
     yield home
+    # fail_fast: what a sink that is down (or was taken down by the test)
+    # refuses is spooled at once, not after waiting out the whole bound.
     for pipeline in list(runtime.pipelines.values()):
-        runtime.forget_pipeline(pipeline, timeout=5.0)
+        runtime.forget_pipeline(pipeline, timeout=5.0, fail_fast=True)
     process_slot.binding = None
     # What a test left bound in this thread's context (a scope it never
     # left, on code that failed) must not become the next test's session.
@@ -57,3 +59,24 @@ def store(lucidic_home: Path) -> Iterator[ReadableStore]:
     s = ReadableStore(lucidic_home / "lucidic.db")
     yield s
     s.close()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`make test` runs `-n 2 --dist loadgroup`: each xdist worker appends the
+    test's xdist_group to its node id (``test_x.py::test_y@port-8000``) and
+    the scheduler sends a group's tests to one worker. pytest 9.2 reads a node
+    id from a structured id that pytest-xdist 3.8 leaves alone (it sets the
+    old ``_nodeid``; pytest-dev/pytest-xdist#1386), so the suffix was lost and
+    the groups were spread over both workers: the port-8000 tests waited for
+    each other's port, and module fixtures were made on both. The suffix is
+    added here where xdist's was lost."""
+    if not getattr(config.option, "loadgroup", False):
+        return  # not an xdist worker under --dist loadgroup
+    for item in items:
+        groups = sorted({str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+                         for mark in item.iter_markers("xdist_group")})
+        suffix = "@" + "_".join(groups)
+        structured = getattr(item, "_id", None)
+        if groups and not item.nodeid.endswith(suffix) and hasattr(structured, "parse"):
+            item._id = type(structured).parse(item.nodeid + suffix)

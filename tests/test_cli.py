@@ -122,6 +122,12 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
+#: The tests that read it run on one xdist worker, one after another: a module
+#: fixture is made once per worker, and recording it (a child importing openai
+#: and anthropic) costs more than any of these tests.
+reads_recorded = pytest.mark.xdist_group("cli-recorded")
+
+
 SHOWN = """\
 Support bot
   session  0d9f6c1e-cli-demo
@@ -150,6 +156,7 @@ Support bot
 """  # noqa: E501 - the output as printed
 
 
+@reads_recorded
 def test_sessions_show_reads_as_what_the_agent_did_and_what_it_cost(recorded):
     result = _cli(recorded, "sessions", "show", SESSION)
     assert result.returncode == 0, result.stderr
@@ -157,6 +164,7 @@ def test_sessions_show_reads_as_what_the_agent_did_and_what_it_cost(recorded):
     assert "\x1b[" not in result.stdout  # into a pipe: plain text, no colour codes
 
 
+@reads_recorded
 def test_sessions_show_full_shows_every_field_and_whole_messages(recorded):
     out = _cli(recorded, "sessions", "show", SESSION, "--full").stdout
     # the answer the default view cut, whole
@@ -174,6 +182,7 @@ def test_sessions_show_full_shows_every_field_and_whole_messages(recorded):
     assert "      │     arguments: {\n" in out  # structures as indented JSON, not repr
 
 
+@reads_recorded
 def test_sessions_show_json_has_iso_times_beside_the_epoch_ones(recorded):
     tree = json.loads(_cli(recorded, "sessions", "show", SESSION, "--json").stdout)
     assert tree["started_at"] == T0 and tree["started_at_iso"] == "2026-01-01T00:00:00+00:00"
@@ -184,6 +193,7 @@ def test_sessions_show_json_has_iso_times_beside_the_epoch_ones(recorded):
     assert llm["cache_write_tokens"] == 3072 and llm["input"][-1]["role"] == "user"
 
 
+@reads_recorded
 def test_on_a_terminal_the_tree_is_drawn_in_colour(recorded):
     shown = _read_terminal(["sessions", "show", SESSION], recorded, {"COLUMNS": "200"})
     assert "\x1b[" in shown  # coloured
@@ -204,6 +214,7 @@ def test_a_running_session_and_its_open_step_read_as_running(lucidic_home):
     assert listed.count("running") == 1
 
 
+@reads_recorded
 def test_sessions_list_reads_each_session_with_status_and_totals(recorded, lucidic_home):
     lucidic_home.mkdir()
     with sqlite3.connect(recorded / "lucidic.db") as source, \

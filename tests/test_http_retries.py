@@ -4,6 +4,7 @@ HTTP servers on loopback that answer as each test scripts them."""
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import http.server
 import json
@@ -56,7 +57,10 @@ class _Scripted(http.server.BaseHTTPRequestHandler):
 def scripted() -> Iterator[tuple[str, type[_Scripted]]]:
     handler = type("Handler", (_Scripted,), {"answers": [(200, {})], "seen": []})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # (its loop looks for shutdown() every 0.05 s: the default 0.5 s made
+    # each test's teardown wait that long)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}", handler
     server.shutdown()
@@ -210,6 +214,10 @@ def hanging_up() -> Iterator[tuple[str, list[socket.socket]]]:
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{listener.getsockname()[1]}", accepted
+    # shutdown() wakes the accept() the thread waits in (close() alone does
+    # not, and the join waited out its 5 s).
+    with contextlib.suppress(OSError):
+        listener.shutdown(socket.SHUT_RDWR)
     listener.close()
     thread.join(5)
 

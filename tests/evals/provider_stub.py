@@ -166,7 +166,10 @@ class ProviderStub:
         self.bodies: list[tuple[str, Any]] = []
         handler = type("Handler", (_Handler,), {"stub": self})
         self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # (its loop looks for shutdown() every 0.05 s: the default 0.5 s made
+        # each close() wait that long)
+        self.thread = threading.Thread(target=self.server.serve_forever,
+                                       kwargs={"poll_interval": 0.05}, daemon=True)
         self.thread.start()
 
     @property

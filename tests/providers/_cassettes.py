@@ -114,7 +114,10 @@ def event_stream_in_steps(path: Path, *, first: int, index: int = 0) -> Iterator
             pass
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # (its loop looks for shutdown() every 0.05 s: the default 0.5 s made
+    # each test's teardown wait that long)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"

@@ -20,6 +20,10 @@ from lucidic.plugins import describe
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "third_party_plugin"
 
+#: One xdist worker runs this module: a module fixture is made once per
+#: worker, and the pip install of the example costs more than the tests.
+pytestmark = pytest.mark.xdist_group("third-party-plugin")
+
 
 @pytest.fixture(scope="module")
 def installed_plugin(tmp_path_factory: pytest.TempPathFactory) -> Path:
