@@ -908,10 +908,13 @@ class Store:
             if self._closed or self._conn.closed or self._conn.broken:
                 return True
             try:
-                readable, _, _ = select.select([self._conn.fileno()], [], [], 0)
+                # (poll, not select: select refuses a descriptor above 1023,
+                # which a busy server's connections reach)
+                poller = select.poll()
+                poller.register(self._conn.fileno(), select.POLLIN)
+                return bool(poller.poll(0))
             except (OSError, ValueError):
                 return True
-            return bool(readable)
 
     def close(self) -> None:
         with self._lock:

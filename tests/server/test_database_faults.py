@@ -239,3 +239,32 @@ def test_the_server_holds_no_more_connections_than_its_pool_however_many_request
                                 range(64))) == {200}
     with psycopg.connect(pg_url, autocommit=True) as admin:
         assert _server_connections(admin, application) <= 8
+
+
+def test_a_connection_whose_descriptor_is_above_1023_is_not_taken_for_lost(
+        pg_url: str) -> None:
+    # The pool asks each idle connection whether PostgreSQL ended it. With
+    # select() a descriptor above 1023 (a busy server's, with many clients'
+    # sockets open) raised ValueError, taken for "lost": every connection was
+    # thrown away and opened again at every request.
+    import resource
+
+    from lucidic.store import Store
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.skip("the descriptor limit cannot reach 2048 here")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
+    fillers = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        store = Store(pg_url)
+        try:
+            store.query("SELECT 1 AS one")
+            assert store._conn.fileno() > 1023
+            assert store.connection_lost() is False
+        finally:
+            store.close()
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
