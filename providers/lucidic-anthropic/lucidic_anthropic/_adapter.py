@@ -297,7 +297,8 @@ def _request_of(args: tuple[Any, ...], kwargs: dict[str, Any]
     if request is None:
         return None
     cast_to, method, url, body = request
-    if url != "/v1/messages" or method != "post" or not isinstance(body, dict):
+    # (anthropic 1.x's beta resource posts to "/v1/messages?beta=true")
+    if url.partition("?")[0] != "/v1/messages" or method != "post" or not isinstance(body, dict):
         return None
     from anthropic.types.beta import BetaMessage
 
