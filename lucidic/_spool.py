@@ -283,9 +283,12 @@ class Spool:
 
     def release_aside(self, path: Path, *, delivered: bool) -> None:
         """Let go of a segment written aside: removed if its records were
-        delivered, else unlocked, for a replay to deliver."""
+        delivered (or it holds none: a copy segment made just as the worker
+        delivered what it was made for), else unlocked, for a replay to
+        deliver."""
         with self._lock:
             if path == self._copy_path:
+                delivered = delivered or self._copy_size == 0
                 self._copy_path = None
             fd = self._aside.pop(path, None)
             if delivered:

@@ -492,6 +492,30 @@ def test_records_the_worker_delivered_while_their_copy_was_encoded_are_not_writt
     pipeline.shutdown(5)
 
 
+def test_a_copy_segment_made_as_the_worker_delivered_its_records_is_not_left_behind(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The race a moment later than the one above: the spill thread has just
+    # made a fresh copy segment when the worker delivers e0-e3. Nothing is
+    # written to it; held empty until the process ends, it was then left in
+    # the spool for every later process to find (a loaded CI machine's
+    # SIGKILL test saw it after the delivering process had exited).
+    _, pipeline = queued(tmp_path, 10)
+    data = _spool.encode_lines(pipeline.queued()[:4])[0]
+    make_segment = pipeline.spool.copy_segment
+
+    def delivered_meanwhile() -> Path:
+        segment = make_segment()
+        pipeline._release_copies(4)  # (what the worker does once it delivered e0-e3)
+        return segment
+
+    monkeypatch.setattr(pipeline.spool, "copy_segment", delivered_meanwhile)
+    assert pipeline._append_copy(data, 4) is False
+    monkeypatch.undo()
+    assert not pipeline._copies
+    pipeline.shutdown(5)
+    assert not spooled_files(tmp_path)
+
+
 def test_a_step_ended_just_as_the_spill_thread_snapshots_the_queue_is_copied_ended(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The race at one moment: the user's thread ends the step (amend_last)
