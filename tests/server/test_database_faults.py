@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -127,11 +128,50 @@ def _postgresql_read_only(tmp_path: Path) -> Iterator[Fault]:
                     lambda: as_admin("ALTER ROLE {role} RESET default_transaction_read_only"))
 
 
+def _postgresql_disk_full(tmp_path: Path) -> Iterator[Fault]:
+    # The store's tables moved onto a tablespace on a small tmpfs, which is
+    # then filled: PostgreSQL's own "could not extend file" (SQLSTATE 53100),
+    # not a stand-in. Its WAL stays on its own disk, as on a server whose
+    # data volume filled up. The tmpfs is mounted outside tmp_path, which the
+    # database server's own user could not enter.
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(PG_SKIP)
+    import psycopg
+
+    mount = Path(tempfile.mkdtemp(prefix="lucidic-pg-disk-"))
+    mount.chmod(0o755)
+    name = "lucidic_fault_" + uuid.uuid4().hex[:12]
+    try:
+        with FullDisk(mount, size="16m") as disk, psycopg.connect(base, autocommit=True) as admin:
+            data = Path(str(admin.execute("SHOW data_directory").fetchone()[0]))
+            if not data.is_dir():
+                pytest.skip("filling PostgreSQL's disk needs it to run on this machine")
+            location = disk.path / "tablespace"
+            location.mkdir()
+            os.chown(location, data.stat().st_uid, data.stat().st_gid)
+            admin.execute(f"CREATE TABLESPACE {name} LOCATION '{location}'")
+            try:
+                with _postgresql_role() as (url, as_admin):
+                    def fail() -> None:  # the tables the server made at its start
+                        for kind in ("TABLE", "INDEX"):
+                            as_admin(f"ALTER {kind} ALL IN TABLESPACE pg_default "
+                                     f"OWNED BY {{role}} SET TABLESPACE {name}")
+                        disk.fill()
+
+                    yield Fault(url, "No space left on device", fail, disk.free)
+            finally:
+                admin.execute(f"DROP TABLESPACE {name}")
+    finally:
+        mount.rmdir()
+
+
 FAULTS = {"sqlite, a table dropped": _sqlite_table_dropped,
           "sqlite, the disk full": _sqlite_disk_full,
           "postgresql, a table dropped": _postgresql_table_dropped,
           "postgresql, a permission revoked": _postgresql_permission_revoked,
-          "postgresql, read-only": _postgresql_read_only}
+          "postgresql, read-only": _postgresql_read_only,
+          "postgresql, the disk full": _postgresql_disk_full}
 
 
 @pytest.fixture(params=list(FAULTS))
