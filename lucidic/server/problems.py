@@ -155,6 +155,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StoreError)
     async def _store_error(request: Request, exc: StoreError) -> Response:
+        # A connection cut after its COMMIT went out leaves the outcome
+        # unknown; a retry is safe either way: every write is idempotent.
+        written = ("the database may or may not have written it (the connection to it was "
+                   "lost while committing); sending it again is safe, as a record sent twice "
+                   "is stored once" if exc.may_have_written else "nothing was written")
         if exc.broken:
             # Not the request's fault, nor a passing one: the operator must
             # mend the database. 503, not 422 (which a client takes for its
@@ -170,8 +175,8 @@ def install_error_handlers(app: FastAPI) -> None:
                              to=logger)
             return error_response(request.scope, 503, "the server's database failed on its "
                                   "own side (a table missing, no permission or no space left, "
-                                  "say: the server's log says which); nothing was written, "
-                                  "retry later")
+                                  f"say: the server's log says which); {written}; retry "
+                                  "later")
         log_rate_limited(f"server_database_error:{str(exc)[:200]}",
                          "lucidic server: database error on %s %s: %s", request.method,
                          request.url.path, exc, to=logger)
@@ -184,7 +189,7 @@ def install_error_handlers(app: FastAPI) -> None:
                                   "written, and a retry will not help; the server's log has "
                                   "the details")
         return error_response(request.scope, 503, "the database is unavailable or busy; "
-                              "nothing was written, retry later", headers={"Retry-After": "1"})
+                              f"{written}; retry later", headers={"Retry-After": "1"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
