@@ -175,22 +175,31 @@ async def _raw_body(request: Request) -> bytes:
     return await request.body()
 
 
-_DOC = {"requestBody": {"required": True, "content": {
+_BODY = {"requestBody": {"required": True, "content": {
     PROTOBUF: {"schema": {"type": "string", "format": "binary"}},
     JSON: {"schema": {"type": "object", "properties": {
-        "resourceSpans": {"type": "array", "items": {"type": "object"}}}}}}},
-    "responses": {"200": {"description": "accepted (partial_success tells what was refused)",
-                          "content": {PROTOBUF: {}, JSON: {}}},
-                  "400": {"description": "malformed, or every span refused"},
-                  "401": {"description": "missing, unknown or revoked API key"},
-                  "413": {"description": "the body is larger than the server's limit"},
-                  "415": {"description": "not protobuf or JSON, or an unknown encoding"},
-                  "503": {"description": "the database is busy (Retry-After) or failing "
-                                         "on the server's side: retry later"}}}
+        "resourceSpans": {"type": "array", "items": {"type": "object"}}}}}}}}
+#: Every error is a google.rpc.Status, in the request's encoding (these
+#: replace the app's problem+json entries for this route).
+_STATUS = {PROTOBUF: {"schema": {"type": "string", "format": "binary"}},
+           JSON: {"schema": {"type": "object", "properties": {
+               "code": {"type": "integer"}, "message": {"type": "string"},
+               "details": {"type": "array", "items": {"type": "object"}}}}}}
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": text, "content": _STATUS} for status, text in (
+        (400, "malformed, or every span refused (not retried)"),
+        (401, "missing, unknown or revoked API key"),
+        (404, "not answered by this route"),
+        (413, "the body is larger than the server's limit (not retried)"),
+        (415, "not protobuf or JSON, or an unknown encoding"),
+        (503, "the database is busy (Retry-After) or failing on the server's side: "
+              "exporters retry"))}
+_RESPONSES[200] = {"description": "accepted (partial_success tells what was refused)",
+                   "content": {PROTOBUF: {}, JSON: {}}}
 
 
 @router.post(PATH, summary="OTLP/HTTP trace export (protobuf or JSON)",
-             response_class=Response, openapi_extra=_DOC)
+             response_class=Response, openapi_extra=_BODY, responses=_RESPONSES)
 def export_traces(request: Request, db: Db, body: Annotated[bytes, Depends(_raw_body)]
                   ) -> Response:
     # Errors are raised, and answered as a Status by the app's handlers.

@@ -701,6 +701,8 @@ def test_the_openapi_spec_documents_the_protocol_routes_for_the_fuzzer(
         assert path in paths, path
     content = paths["/v1/traces"]["post"]["requestBody"]["content"]
     assert set(content) == {PROTOBUF, JSON}
+    for status, answer in paths["/v1/traces"]["post"]["responses"].items():
+        assert set(answer["content"]) == {PROTOBUF, JSON}, status  # a Status, not a problem
     assert "mass_sim_id" in {p["name"] for p in paths["/api/v1/sessions"]["get"]["parameters"]}
 
 
