@@ -83,12 +83,17 @@ class StoreError(Exception):
     own side: its schema broken (a table or column missing), a write it may
     not make (no permission, read-only), no space left, a damaged file. No
     record is at fault, but only an operator can mend it, so the server logs
-    the cause as an error."""
+    the cause as an error.
+
+    ``may_have_written`` is True when the COMMIT went out but no answer came
+    back (the connection cut): the database may have committed it or not.
+    Otherwise a failed transaction wrote nothing."""
 
     def __init__(self, message: str, *, transient: bool = True, broken: bool = False) -> None:
         super().__init__(message)
         self.transient = transient or broken
         self.broken = broken
+        self.may_have_written = False
 
 
 #: SQLite's primary result codes that say "not now": busy, locked, out of
@@ -173,6 +178,13 @@ def _fault(exc: BaseException) -> str:
 def _store_error(message: str, exc: BaseException) -> StoreError:
     fault = _fault(exc)
     return StoreError(message, transient=fault != "data", broken=fault == "broken")
+
+
+def _unanswered(exc: BaseException) -> bool:
+    """Whether a statement that raised ``exc`` got no answer from the
+    database (a PostgreSQL connection lost on the way). An error the database
+    answered, or any of SQLite's, means a COMMIT did not happen."""
+    return type(exc).__module__.startswith("psycopg") and not getattr(exc, "sqlstate", None)
 
 
 class _PassthroughError(Exception):
@@ -964,9 +976,11 @@ class Store:
             if self._conn is None:
                 self._open_sqlite()  # first use in a forked child
             cur = self._conn.cursor()
+            committing = False
             try:
                 self._begin(cur, exclusive=write)
                 result = fn(cur)
+                committing = True
                 cur.execute("COMMIT")
                 return result
             except BaseException as exc:
@@ -977,7 +991,9 @@ class Store:
                 if isinstance(exc, _PassthroughError):
                     raise exc.error from None
                 if isinstance(exc, Exception) and not isinstance(exc, StoreError):
-                    raise _store_error(f"{type(exc).__name__}: {exc}", exc) from exc
+                    error = _store_error(f"{type(exc).__name__}: {exc}", exc)
+                    error.may_have_written = committing and _unanswered(exc)
+                    raise error from exc
                 raise
             finally:
                 cur.close()

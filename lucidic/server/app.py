@@ -48,9 +48,11 @@ _PROBLEMS: dict[int | str, dict[str, Any]] = {
              "content": {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
     for status, text in ((401, "missing, unknown or revoked API key"),
                          (404, "not found in this API key's project"),
-                         (503, "nothing was written: the database is busy or unreachable "
-                               "(retry after Retry-After), or failing on the server's side "
-                               "(retry later; the server's log says why)"))
+                         (503, "the database is busy or unreachable (retry after "
+                               "Retry-After), or failing on the server's side (retry later; "
+                               "the server's log says why); nothing was written, unless the "
+                               "connection was lost while committing, which the detail says: "
+                               "a retry is safe either way, as every write is idempotent"))
 }
 
 

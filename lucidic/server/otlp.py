@@ -9,7 +9,11 @@ decoded by the ``opentelemetry-proto`` package. As the OTLP specification
 asks, fields this server does not know are ignored, the answer is encoded
 like the request, a request whose spans were all refused is a 400, and one
 where only some were refused is a 200 whose ``partial_success`` says how many
-and why. Errors carry a ``google.rpc.Status`` with a readable message.
+and why. Every error, whatever raised it (a bad payload, an unknown key, the
+database busy or broken, the body limit), is a ``google.rpc.Status`` encoded
+like the request, with OTLP's status codes: 503 (with ``Retry-After`` when the
+database is only busy) is retried by exporters, a 4xx is not; a 400 carries a
+``google.rpc.BadRequest``.
 """
 
 from __future__ import annotations
@@ -20,31 +24,40 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from google.protobuf import json_format
+from google.protobuf.any_pb2 import Any as AnyMessage
 from google.protobuf.message import DecodeError, Message
+from google.rpc.error_details_pb2 import BadRequest
 from google.rpc.status_pb2 import Status
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTracePartialSuccess,
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+from starlette.datastructures import Headers
 from starlette.responses import Response
 
 from .app import Db, identity, project_key
 from .otlp_ingest import ingest
 from .otlp_mapping import SpanIn, SpanRefusedError, decode_attributes, decode_span
-from .problems import ApiError
+from .problems import ApiError, error_forms
 from .uploads import decompress
 
 router = APIRouter(tags=["opentelemetry"])
 
+PATH = "/v1/traces"
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
-#: gRPC status codes for the HTTP statuses this route answers with.
-_GRPC_CODES = {400: 3, 401: 16, 413: 8, 415: 3, 503: 14}
+#: gRPC status codes for the HTTP statuses this route answers with (OTLP/HTTP
+#: does not use them; a client may log them).
+_GRPC_CODES = {400: 3, 401: 16, 404: 5, 405: 12, 409: 6, 413: 8, 415: 3, 500: 13, 503: 14}
+
+
+def _media(headers: Headers) -> str:
+    return headers.get("content-type", "").split(";")[0].strip().lower()
 
 
 def _encoding(request: Request) -> str:
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    media = _media(request.headers)
     if media in (PROTOBUF, JSON):
         return media
     raise ApiError(415, f"an OTLP/HTTP body is {PROTOBUF} or {JSON}, not {media or 'untyped'!r}")
@@ -54,6 +67,27 @@ def _encode(message: Message, encoding: str) -> bytes:
     if encoding == JSON:
         return json_format.MessageToJson(message, indent=None).encode("utf-8")
     return message.SerializeToString()
+
+
+def _status(headers: Headers, status: int, detail: str,
+            sent_headers: dict[str, str] | None) -> Response:
+    """An error as OTLP/HTTP answers one: a google.rpc.Status, encoded as
+    the request was (binary protobuf when it was neither)."""
+    if status == 422:
+        # The database refused the data, for good: OTLP's "bad data" is 400.
+        status = 400
+    answer = Status(code=_GRPC_CODES.get(status, 2), message=detail)
+    if status == 400:
+        details = AnyMessage()
+        details.Pack(BadRequest(field_violations=[
+            BadRequest.FieldViolation(description=detail)]))
+        answer.details.append(details)
+    encoding = JSON if _media(headers) == JSON else PROTOBUF
+    return Response(_encode(answer, encoding), status_code=status, media_type=encoding,
+                    headers=sent_headers)
+
+
+error_forms[PATH] = _status
 
 
 def _hex_to_base64(container: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
@@ -141,38 +175,45 @@ async def _raw_body(request: Request) -> bytes:
     return await request.body()
 
 
-_DOC = {"requestBody": {"required": True, "content": {
+_BODY = {"requestBody": {"required": True, "content": {
     PROTOBUF: {"schema": {"type": "string", "format": "binary"}},
     JSON: {"schema": {"type": "object", "properties": {
-        "resourceSpans": {"type": "array", "items": {"type": "object"}}}}}}},
-    "responses": {"200": {"description": "accepted (partial_success tells what was refused)",
-                          "content": {PROTOBUF: {}, JSON: {}}},
-                  "400": {"description": "malformed, or every span refused"},
-                  "401": {"description": "missing, unknown or revoked API key"},
-                  "415": {"description": "not protobuf or JSON, or an unknown encoding"}}}
+        "resourceSpans": {"type": "array", "items": {"type": "object"}}}}}}}}
+#: Every error is a google.rpc.Status, in the request's encoding (these
+#: replace the app's problem+json entries for this route).
+_STATUS = {PROTOBUF: {"schema": {"type": "string", "format": "binary"}},
+           JSON: {"schema": {"type": "object", "properties": {
+               "code": {"type": "integer"}, "message": {"type": "string"},
+               "details": {"type": "array", "items": {"type": "object"}}}}}}
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": text, "content": _STATUS} for status, text in (
+        (400, "malformed, or every span refused (not retried)"),
+        (401, "missing, unknown or revoked API key"),
+        (404, "not answered by this route"),
+        (413, "the body is larger than the server's limit (not retried)"),
+        (415, "not protobuf or JSON, or an unknown encoding"),
+        (503, "the database is busy (Retry-After) or failing on the server's side: "
+              "exporters retry"))}
+_RESPONSES[200] = {"description": "accepted (partial_success tells what was refused)",
+                   "content": {PROTOBUF: {}, JSON: {}}}
 
 
-@router.post("/v1/traces", summary="OTLP/HTTP trace export (protobuf or JSON)",
-             response_class=Response, openapi_extra=_DOC)
+@router.post(PATH, summary="OTLP/HTTP trace export (protobuf or JSON)",
+             response_class=Response, openapi_extra=_BODY, responses=_RESPONSES)
 def export_traces(request: Request, db: Db, body: Annotated[bytes, Depends(_raw_body)]
                   ) -> Response:
-    encoding = PROTOBUF
-    try:
-        encoding = _encoding(request)
-        who = identity(project_key(request), db)
-        raw = decompress(body, request.headers.get("content-encoding"))
-        message = _from_json(raw) if encoding == JSON else _from_protobuf(raw)
-        spans, refused, reason = _spans(message)
-        outcome = ingest(db, who.project, spans) if spans else None
-        if outcome is not None:
-            refused += outcome.rejected
-            reason = reason or outcome.reason
-        if refused and (outcome is None or outcome.accepted == 0):
-            raise ApiError(400, f"all {refused} spans were refused: {reason}")
-    except ApiError as exc:
-        status = Status(code=_GRPC_CODES.get(exc.status, 2), message=exc.detail)
-        return Response(_encode(status, encoding), status_code=exc.status,
-                        media_type=encoding, headers=exc.headers)
+    # Errors are raised, and answered as a Status by the app's handlers.
+    encoding = _encoding(request)
+    who = identity(project_key(request), db)
+    raw = decompress(body, request.headers.get("content-encoding"))
+    message = _from_json(raw) if encoding == JSON else _from_protobuf(raw)
+    spans, refused, reason = _spans(message)
+    outcome = ingest(db, who.project, spans) if spans else None
+    if outcome is not None:
+        refused += outcome.rejected
+        reason = reason or outcome.reason
+    if refused and (outcome is None or outcome.accepted == 0):
+        raise ApiError(400, f"all {refused} spans were refused: {reason}")
     answer = ExportTraceServiceResponse()
     if refused:
         answer.partial_success.CopyFrom(ExportTracePartialSuccess(

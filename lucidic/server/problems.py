@@ -1,17 +1,22 @@
 """Errors as application/problem+json (RFC 9457), and the request body limit.
 
 No stack trace ever reaches a client: anything unexpected becomes a plain 500
-problem, and the details go to the server's log."""
+problem, and the details go to the server's log. A route whose protocol
+defines its own error body (OTLP's ``/v1/traces``: a ``google.rpc.Status``)
+registers it in ``error_forms``; every error on that route, from a
+dependency, the body limit or the route itself, takes that form."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -50,6 +55,24 @@ def problem(status: int, detail: str, *, headers: dict[str, str] | None = None,
     return JSONOut(body, status_code=status, headers=headers, media_type=PROBLEM)
 
 
+#: An error body of a route's own protocol, made from the request's headers,
+#: the status, the message and the headers to send.
+ErrorForm = Callable[[Headers, int, str, dict[str, str] | None], Response]
+#: The routes (by path) whose errors are not problem+json; set by the module
+#: that serves the route.
+error_forms: dict[str, ErrorForm] = {}
+
+
+def error_response(scope: Scope, status: int, detail: str, *,
+                   headers: dict[str, str] | None = None, **extra: Any) -> Response:
+    """The error as the route at ``scope``'s path answers errors: its own
+    form if it has one, else a problem."""
+    form = error_forms.get(scope.get("path", ""))
+    if form is not None:
+        return form(Headers(scope=scope), status, detail, headers)
+    return problem(status, detail, headers=headers, **extra)
+
+
 class JSONOut(JSONResponse):
     """Compact JSON; a stored value JSON cannot carry (a NaN, say) becomes null
     rather than an error."""
@@ -85,7 +108,8 @@ def _message(error: dict[str, Any]) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> Response:
-        return problem(exc.status, exc.detail, headers=exc.headers, **exc.extra)
+        return error_response(request.scope, exc.status, exc.detail, headers=exc.headers,
+                              **exc.extra)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -94,7 +118,8 @@ def install_error_handlers(app: FastAPI) -> None:
             detail = f"no such endpoint: {request.method} {request.url.path}; see /docs"
         elif exc.status_code == 405:
             detail = f"{request.method} is not allowed on {request.url.path}; see /docs"
-        return problem(exc.status_code, detail, headers=getattr(exc, "headers", None))
+        return error_response(request.scope, exc.status_code, detail,
+                              headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
@@ -104,29 +129,37 @@ def install_error_handlers(app: FastAPI) -> None:
         if request.method == "POST" and "json" not in content_type.lower() and any(
                 e["loc"] == "body" and e["type"] in ("model_attributes_type", "dict_type")
                 for e in errors):
-            return problem(415, "the request body must be JSON, sent with "
-                                f"'Content-Type: application/json' (not {content_type!r})")
+            return error_response(request.scope, 415, "the request body must be JSON, sent "
+                                  f"with 'Content-Type: application/json' (not {content_type!r})")
         if any(e["type"] == "json_invalid" for e in errors):
             reason = next(e["msg"] for e in errors if e["type"] == "json_invalid")
-            return problem(400, f"the request body is not valid JSON ({reason})")
+            return error_response(request.scope, 400,
+                                  f"the request body is not valid JSON ({reason})")
         shown = "; ".join(f"{e['loc']}: {e['msg']}" for e in errors[:5])
         more = f" (and {len(exc.errors()) - 5} more)" if len(exc.errors()) > 5 else ""
-        return problem(422, f"the request is not valid: {shown}{more}", errors=errors)
+        return error_response(request.scope, 422, f"the request is not valid: {shown}{more}",
+                              errors=errors)
 
     @app.exception_handler(UnknownSessionError)
     async def _unknown_session(request: Request, exc: UnknownSessionError) -> Response:
-        return problem(404, f"{exc}; nothing was written. A step or event must name a "
-                            "session of this API key's project, created earlier or in the "
-                            "same batch.", session_ids=exc.session_ids[:100])
+        return error_response(request.scope, 404, f"{exc}; nothing was written. A step or "
+                              "event must name a session of this API key's project, created "
+                              "earlier or in the same batch.", session_ids=exc.session_ids[:100])
 
     @app.exception_handler(IdInUseError)
     async def _id_in_use(request: Request, exc: IdInUseError) -> Response:
         # Definite: no retry will change it (a client drops these records).
-        return problem(409, f"{exc}; nothing was written.",
-                       records=[{"kind": kind, "id": rid} for kind, rid in exc.records[:100]])
+        return error_response(request.scope, 409, f"{exc}; nothing was written.",
+                              records=[{"kind": kind, "id": rid}
+                                       for kind, rid in exc.records[:100]])
 
     @app.exception_handler(StoreError)
     async def _store_error(request: Request, exc: StoreError) -> Response:
+        # A connection cut after its COMMIT went out leaves the outcome
+        # unknown; a retry is safe either way: every write is idempotent.
+        written = ("the database may or may not have written it (the connection to it was "
+                   "lost while committing); sending it again is safe, as a record sent twice "
+                   "is stored once" if exc.may_have_written else "nothing was written")
         if exc.broken:
             # Not the request's fault, nor a passing one: the operator must
             # mend the database. 503, not 422 (which a client takes for its
@@ -140,9 +173,10 @@ def install_error_handlers(app: FastAPI) -> None:
                              "failure is logged again after %d s): %s", request.method,
                              request.url.path, RATE_LIMIT_SECONDS, exc, level=logging.ERROR,
                              to=logger)
-            return problem(503, "the server's database failed on its own side (a table "
-                                "missing, no permission or no space left, say: the server's "
-                                "log says which); nothing was written, retry later")
+            return error_response(request.scope, 503, "the server's database failed on its "
+                                  "own side (a table missing, no permission or no space left, "
+                                  f"say: the server's log says which); {written}; retry "
+                                  "later")
         log_rate_limited(f"server_database_error:{str(exc)[:200]}",
                          "lucidic server: database error on %s %s: %s", request.method,
                          request.url.path, exc, to=logger)
@@ -150,17 +184,19 @@ def install_error_handlers(app: FastAPI) -> None:
             # The database refused what it was given (a number beyond its
             # range, say): a retry would get the same. Its own words stay in
             # the log: they may quote other rows' values.
-            return problem(422, "the database refused this request (a value beyond what it "
-                                "can hold or compute, say); nothing was written, and a "
-                                "retry will not help; the server's log has the details")
-        return problem(503, "the database is unavailable or busy; nothing was written, "
-                            "retry later", headers={"Retry-After": "1"})
+            return error_response(request.scope, 422, "the database refused this request (a "
+                                  "value beyond what it can hold or compute, say); nothing was "
+                                  "written, and a retry will not help; the server's log has "
+                                  "the details")
+        return error_response(request.scope, 503, "the database is unavailable or busy; "
+                              f"{written}; retry later", headers={"Retry-After": "1"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         logger.error("lucidic server: unexpected error on %s %s", request.method,
                      request.url.path, exc_info=exc)
-        return problem(500, "internal server error; the server's log has the details")
+        return error_response(request.scope, 500,
+                              "internal server error; the server's log has the details")
 
 
 class BodyLimit:
@@ -221,5 +257,5 @@ class BodyLimit:
     async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int,
                       detail: str, **extra: Any) -> None:
         # A 413 names the limit, so that a client can cut a record to fit it.
-        await problem(status, detail, headers={"Connection": "close"}, **extra)(
+        await error_response(scope, status, detail, headers={"Connection": "close"}, **extra)(
             scope, receive, send)

@@ -9,13 +9,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
+import socket
 import sqlite3
+import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from faults import FullDisk, events_of, numbered, wait_until
@@ -127,11 +132,50 @@ def _postgresql_read_only(tmp_path: Path) -> Iterator[Fault]:
                     lambda: as_admin("ALTER ROLE {role} RESET default_transaction_read_only"))
 
 
+def _postgresql_disk_full(tmp_path: Path) -> Iterator[Fault]:
+    # The store's tables moved onto a tablespace on a small tmpfs, which is
+    # then filled: PostgreSQL's own "could not extend file" (SQLSTATE 53100),
+    # not a stand-in. Its WAL stays on its own disk, as on a server whose
+    # data volume filled up. The tmpfs is mounted outside tmp_path, which the
+    # database server's own user could not enter.
+    base = os.environ.get(PG_ENV)
+    if not base:
+        pytest.skip(PG_SKIP)
+    import psycopg
+
+    mount = Path(tempfile.mkdtemp(prefix="lucidic-pg-disk-"))
+    mount.chmod(0o755)
+    name = "lucidic_fault_" + uuid.uuid4().hex[:12]
+    try:
+        with FullDisk(mount, size="16m") as disk, psycopg.connect(base, autocommit=True) as admin:
+            data = Path(str(admin.execute("SHOW data_directory").fetchone()[0]))
+            if not data.is_dir():
+                pytest.skip("filling PostgreSQL's disk needs it to run on this machine")
+            location = disk.path / "tablespace"
+            location.mkdir()
+            os.chown(location, data.stat().st_uid, data.stat().st_gid)
+            admin.execute(f"CREATE TABLESPACE {name} LOCATION '{location}'")
+            try:
+                with _postgresql_role() as (url, as_admin):
+                    def fail() -> None:  # the tables the server made at its start
+                        for kind in ("TABLE", "INDEX"):
+                            as_admin(f"ALTER {kind} ALL IN TABLESPACE pg_default "
+                                     f"OWNED BY {{role}} SET TABLESPACE {name}")
+                        disk.fill()
+
+                    yield Fault(url, "No space left on device", fail, disk.free)
+            finally:
+                admin.execute(f"DROP TABLESPACE {name}")
+    finally:
+        mount.rmdir()
+
+
 FAULTS = {"sqlite, a table dropped": _sqlite_table_dropped,
           "sqlite, the disk full": _sqlite_disk_full,
           "postgresql, a table dropped": _postgresql_table_dropped,
           "postgresql, a permission revoked": _postgresql_permission_revoked,
-          "postgresql, read-only": _postgresql_read_only}
+          "postgresql, read-only": _postgresql_read_only,
+          "postgresql, the disk full": _postgresql_disk_full}
 
 
 @pytest.fixture(params=list(FAULTS))
@@ -268,3 +312,77 @@ def test_a_connection_whose_descriptor_is_above_1023_is_not_taken_for_lost(
         for fd in fillers:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+class CommitCutter:
+    """A TCP relay in front of PostgreSQL that, once armed, cuts the next
+    writing transaction's connection (one that sent an INSERT) right after
+    PostgreSQL has answered its COMMIT, before the answer reaches the client:
+    the transaction is committed, and the client cannot know it."""
+
+    def __init__(self, database_url: str) -> None:
+        parts = urlsplit(database_url)
+        self.upstream = (parts.hostname or "127.0.0.1", parts.port or 5432)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        port = self.listener.getsockname()[1]
+        user = parts.netloc.rpartition("@")[0]
+        self.url = urlunsplit(parts._replace(netloc=f"{user}@127.0.0.1:{port}".lstrip("@")))
+        self.armed = threading.Event()
+        self.cut = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            upstream = socket.create_connection(self.upstream)
+            threading.Thread(target=self._relay, args=(client, upstream), daemon=True).start()
+
+    def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
+        wrote = cutting = False
+        with client, upstream:
+            while True:
+                for side in select.select([client, upstream], [], [])[0]:
+                    data = side.recv(65536)
+                    if not data:
+                        return
+                    if side is client:
+                        wrote = wrote or b"INSERT" in data
+                        if b"COMMIT" in data:
+                            cutting, wrote = wrote and self.armed.is_set(), False
+                        upstream.sendall(data)
+                    elif cutting and b"COMMIT\0" in data:  # PostgreSQL's "committed"
+                        self.armed.clear()
+                        self.cut.set()
+                        return
+                    else:
+                        client.sendall(data)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_connection_cut_while_committing_is_a_503_saying_a_retry_is_safe(
+        pg_url: str, start_server) -> None:
+    # The answer said "nothing was written", although the commit had gone
+    # through: a client believing it could not tell a retry was harmless.
+    cutter = CommitCutter(pg_url)
+    server = start_server(cutter.url)
+    api = Api(server.url, make_key(pg_url, "faults"))
+    sid = str(uuid.uuid4())
+    records = ({"kind": "session", "id": sid, "ts": 1.0, "fields": {"started_at": 1.0}},
+               {"kind": "event", "id": "cut", "ts": 2.0,
+                "fields": {"session_id": sid, "description": "sent while the line was cut"}})
+    cutter.armed.set()
+    answer = api.records(*records)
+    assert cutter.cut.is_set()
+    assert answer.status_code == 503, answer.text
+    detail = answer.json()["detail"]
+    assert "nothing was written" not in detail
+    assert "may or may not have written it" in detail and "sending it again is safe" in detail
+    assert events_of(pg_url, sid) == ["sent while the line was cut"]  # it was written
+    assert api.records(*records).status_code == 200  # ... and the retry changes nothing
+    assert events_of(pg_url, sid) == ["sent while the line was cut"]
+    cutter.close()

@@ -5,16 +5,22 @@ the conventions Phoenix and Langfuse accept, and bad input."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+import logging
 import random
+import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from faults import locked_store, wait_until
+from google.protobuf import json_format
+from google.rpc.error_details_pb2 import BadRequest
 from google.rpc.status_pb2 import Status
 from opentelemetry.exporter.otlp.json.common.trace_encoder import (
     encode_spans as encode_json,
@@ -27,7 +33,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Status as SpanStatus
 from opentelemetry.trace import StatusCode, Tracer
@@ -488,6 +494,112 @@ def test_bad_otlp_requests_get_a_clear_4xx_and_change_nothing(
     assert Api(server.url, key).tree("fine")["step_count"] == 3
 
 
+#: What OTLP/HTTP exporters send again (the specification's "retryable
+#: response codes"); every other 4xx or 5xx they drop.
+RETRYABLE = {429, 502, 503, 504}
+
+
+def otlp_status(response: requests.Response, encoding: str) -> Status:
+    """The body of an OTLP error: a google.rpc.Status, encoded as the request was."""
+    assert response.headers["content-type"] == encoding, response.content[:300]
+    if encoding == JSON:
+        return json_format.Parse(response.content, Status())
+    return Status.FromString(response.content)
+
+
+@contextlib.contextmanager
+def otlp_tables_gone(db: Path) -> Iterator[None]:
+    """The server's SQLite database broken under it (a table its OTLP ingest
+    needs renamed away), until the block ends."""
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as admin:
+        admin.execute("ALTER TABLE otlp_traces RENAME TO otlp_traces_kept")
+        try:
+            yield
+        finally:
+            admin.execute("ALTER TABLE otlp_traces_kept RENAME TO otlp_traces")
+
+
+@pytest.mark.parametrize("encoding", [PROTOBUF, JSON])
+def test_every_otlp_error_is_a_status_encoded_like_the_request_with_otlps_status_codes(
+        encoding: str, tmp_path: Path, start_server: Any) -> None:
+    # The database's failures and the body limit were answered as
+    # application/problem+json, which no OTLP client decodes.
+    db = tmp_path / "server.db"
+    server = start_server(f"sqlite:///{db}", extra_args=["--max-body-mb", "1"])
+    key = make_key(f"sqlite:///{db}", "errors")
+    good = body(make_spans(agent_trace("errors")), encoding)
+    bad = b"\x0a\xff\xff\xff\xff\x0f" if encoding == PROTOBUF else b'{"resourceSpans": ['
+
+    unauthenticated = post(server, None, good, encoding)
+    assert unauthenticated.status_code == 401
+    assert "API key" in otlp_status(unauthenticated, encoding).message
+
+    malformed = post(server, key, bad, encoding)
+    assert malformed.status_code == 400  # bad data: not retried
+    status = otlp_status(malformed, encoding)
+    assert "not" in status.message
+    (details,) = status.details
+    violations = BadRequest()
+    assert details.Unpack(violations)
+    assert violations.field_violations[0].description == status.message
+
+    too_big = post(server, key, b"\0" * (2 * 2**20), encoding)
+    assert too_big.status_code == 413  # not retried, as the specification asks
+    assert "limit" in otlp_status(too_big, encoding).message
+
+    with otlp_tables_gone(db):
+        broken = post(server, key, good, encoding)
+    assert broken.status_code == 503 and broken.status_code in RETRYABLE
+    assert "Retry-After" not in broken.headers  # broken: back off, no promise
+    assert "log" in otlp_status(broken, encoding).message
+
+    with locked_store(db):
+        busy = post(server, key, good, encoding)
+    assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
+    assert "busy" in otlp_status(busy, encoding).message
+
+    assert post(server, key, good, encoding).status_code == 200
+    assert Api(server.url, key).tree("errors")["step_count"] == 3
+
+
+@pytest.mark.parametrize("encoding", [PROTOBUF, JSON])
+def test_the_sdks_otlp_exporter_retries_through_a_broken_then_busy_database_and_delivers_once(
+        encoding: str, tmp_path: Path, start_server: Any,
+        caplog: pytest.LogCaptureFixture) -> None:
+    if encoding == PROTOBUF:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    else:
+        from opentelemetry.exporter.otlp.json.http.trace_exporter import (  # type: ignore[assignment]
+            OTLPSpanExporter,
+        )
+    db = tmp_path / "server.db"
+    server = start_server(f"sqlite:///{db}")
+    key = make_key(f"sqlite:///{db}", "exporter")
+    exporter = OTLPSpanExporter(endpoint=server.url + "/v1/traces", timeout=120,
+                                headers={"Authorization": f"Bearer {key}"})
+    caplog.set_level(logging.WARNING, logger="opentelemetry")
+
+    def retries() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "retrying in" in r.getMessage()]
+
+    results: list[SpanExportResult] = []
+    for fault, conversation in ((otlp_tables_gone, "broken"), (locked_store, "busy")):
+        caplog.clear()
+        spans = make_spans(agent_trace(conversation))
+        with fault(db):
+            sender = threading.Thread(target=lambda batch: results.append(exporter.export(batch)),
+                                      args=(spans,))
+            sender.start()
+            assert wait_until(lambda: retries(), 60), caplog.text
+        sender.join(120)
+        assert results.pop() is SpanExportResult.SUCCESS, caplog.text
+        assert Api(server.url, key).tree(conversation)["step_count"] == 3
+        if fault is locked_store:  # the server's Retry-After, not the exporter's backoff
+            assert "retrying in 1.00s" in retries()[0], retries()
+    exporter.shutdown()
+    assert "Failed to export" not in caplog.text
+
+
 def odd_shapes(tracer: Tracer) -> None:
     """Attributes of shapes no convention names, which a span may still carry."""
     with tracer.start_as_current_span("odd agent") as root:
@@ -589,6 +701,8 @@ def test_the_openapi_spec_documents_the_protocol_routes_for_the_fuzzer(
         assert path in paths, path
     content = paths["/v1/traces"]["post"]["requestBody"]["content"]
     assert set(content) == {PROTOBUF, JSON}
+    for status, answer in paths["/v1/traces"]["post"]["responses"].items():
+        assert set(answer["content"]) == {PROTOBUF, JSON}, status  # a Status, not a problem
     assert "mass_sim_id" in {p["name"] for p in paths["/api/v1/sessions"]["get"]["parameters"]}
 
 
