@@ -170,6 +170,18 @@ def as_read(body_text: str, how: str) -> str:
     return "\n".join(body_text.splitlines()) if how.endswith("lines") else body_text
 
 
+#: What the event of an LLM call records from the answer.
+ANSWER_FIELDS = ("model", "output", "input_tokens", "output_tokens", "cached_tokens",
+                 "cache_write_tokens", "reasoning_tokens", "cost", "result", "error")
+
+
+def assert_recorded_alike(event: dict[str, Any], parsed_event: dict[str, Any]) -> None:
+    """``event`` records the answer as ``parsed_event`` (of the same call,
+    its response parsed by the library) does, and that one has an answer."""
+    assert parsed_event["output"] and parsed_event["output_tokens"] and parsed_event["cost"]
+    assert {f: event[f] for f in ANSWER_FIELDS} == {f: parsed_event[f] for f in ANSWER_FIELDS}
+
+
 def expected_cost(provider: str, model: str, input_tokens: int, output_tokens: int = 0,
                   cached_tokens: int = 0) -> float:
     """tokens × price, from the price table read here (longest matching prefix)."""

@@ -16,6 +16,7 @@ import openai
 import pytest
 from _cassettes import (
     as_read,
+    assert_recorded_alike,
     event_stream_in_steps,
     expected_cost,
     lines_of_events,
@@ -546,6 +547,71 @@ def test_a_streaming_response_read_as_json_is_recorded_when_it_closes():
             data = response.json()
     assert data["choices"][0]["message"]["content"] == recorded["choices"][0]["message"]["content"]
     assert_chat_usage(only_llm_event(captured), recorded)
+
+
+# A response that is not a stream, read by hand (its bytes, text or lines, not
+# .parse(), .json() or .read()): once its body has been read to its end, the
+# call is recorded as the parsed response is.
+
+def resource_of(openai_client, cassette):
+    return (openai_client.responses if "responses" in cassette
+            else openai_client.chat.completions)
+
+
+@pytest.mark.parametrize("of", ["response", "http_response"])
+@pytest.mark.parametrize("how", ["iter_bytes", "iter_text", "iter_lines"])
+@pytest.mark.parametrize("cassette", ["openai/chat.yaml", "openai/responses.yaml"])
+def test_a_response_read_by_hand_is_recorded_like_the_parsed_one(cassette, how, of):
+    path = shared_path(cassette)
+    body = request_body(path)
+    with capture() as captured, replay(path, allow_repeats=True):
+        lai.init(providers=["openai"])
+        with resource_of(client(), cassette).with_streaming_response.create(**body) as response:
+            response.parse()
+        with resource_of(client(), cassette).with_streaming_response.create(**body) as response:
+            read = read_by_hand(getattr(response, of) if of == "http_response" else response,
+                                how)
+            assert len(captured.events("llm")) == 2  # at the end of the body, still open
+    assert read == as_read(response_text(path), how)
+    parsed, by_hand = captured.events("llm")
+    assert_recorded_alike(by_hand, parsed)
+
+
+@pytest.mark.parametrize("how", ["iter_bytes", "iter_text", "iter_lines"])
+@pytest.mark.parametrize("of", ["response", "http_response"])
+def test_an_async_response_read_by_hand_is_recorded_like_the_parsed_one(of, how):
+    path = shared_path("openai/chat.yaml")
+    body = request_body(path)
+
+    async def main():
+        lai.init(providers=["openai"])
+        chat = async_client().chat.completions.with_streaming_response
+        async with chat.create(**body) as response:
+            await response.parse()
+        async with chat.create(**body) as response:
+            if of == "http_response":
+                return await read_by_hand_async(response.http_response, f"a{how}")
+            return await read_by_hand_async(response, how)
+
+    with capture() as captured, replay(path, allow_repeats=True):
+        assert asyncio.run(main()) == as_read(response_text(path), how)
+    parsed, by_hand = captured.events("llm")
+    assert_recorded_alike(by_hand, parsed)
+
+
+def test_a_response_read_by_hand_in_part_is_recorded_as_closed_before_its_end():
+    path = shared_path("openai/chat.yaml")
+    body = request_body(path)
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        with raw_chat(client(), "with_streaming_response").create(**body) as response:
+            chunks = response.iter_bytes(chunk_size=16)
+            assert next(chunks) == response_text(path)[:16].encode()
+            assert not captured.events("llm")  # still open
+    event = only_llm_event(captured)
+    assert event["result"] == "stream closed before its end"
+    assert event["output"] is None and event["output_tokens"] is None
+    assert event["error"] is None
 
 
 def test_a_streaming_response_left_unread_is_recorded_as_closed_before_its_end():

@@ -132,10 +132,11 @@ def _raw_response(kind: _Kind, call: LLMCall, response: Any, kwargs: dict[str, A
 
 
 def _finish_from(kind: _Kind, call: LLMCall, parsed: Any) -> None:
-    if isinstance(parsed, kind.expected()):
-        call.finish(**kind.result(parsed))
-    else:
-        call.finish()
+    call.finish(**_fields(kind, parsed))
+
+
+def _fields(kind: _Kind, parsed: Any) -> dict[str, Any]:
+    return kind.result(parsed) if isinstance(parsed, kind.expected()) else {}
 
 
 class _RawRead:
@@ -166,6 +167,9 @@ class _RawRead:
     def closed(self, call: LLMCall, response: Any) -> None:
         if body_already_read(response):  # read with read() or json()
             _finish_from(self.kind, call, _parse_apart(response))
+
+    def fields(self, parsed: Any) -> dict[str, Any]:
+        return _fields(self.kind, parsed)
 
     def events(self, response: Any) -> tuple[Accumulator, EventReader] | None:
         make_chunk = chunk_maker(response)
