@@ -166,6 +166,39 @@ def test_breaking_out_of_an_async_stream_early_records_what_arrived():
     assert event["result"] == "stream closed before its end"
 
 
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_stream_cut_early_records_the_model_the_provider_named_in_its_chunks(asynchronous):
+    """langchain-openai passes the answering model on in the stream's last
+    chunk only; the chunks that did arrive named it."""
+    path = shared_path("langchain/lcel_stream_openai.yaml")
+    from _cassettes import response_events
+    from langchain_openai import ChatOpenAI
+
+    def cut(model):
+        for received, _ in enumerate(model.stream(socks_messages()), 1):
+            if received == 5:
+                return
+
+    async def cut_async(model):
+        stream = model.astream(socks_messages())
+        received = 0
+        async for _ in stream:
+            received += 1
+            if received == 5:
+                break
+        await stream.aclose()
+
+    with capture() as captured:
+        lai.init("stream cut", providers=["langchain"])
+        with replay(path):
+            model = ChatOpenAI(model="gpt-4", temperature=0, api_key="sk-test", max_retries=0)
+            asyncio.run(cut_async(model)) if asynchronous else cut(model)
+    event = only(captured.events("llm"))
+    assert event["result"] == "stream closed before its end"
+    assert event["request_model"] == "gpt-4"
+    assert event["model"] == response_events(path)[0]["model"] == "gpt-4-0613"
+
+
 def test_chat_anthropic_records_tokens_and_the_cost_the_price_table_gives(tmp_path,
                                                                            monkeypatch):
     from langchain_anthropic import ChatAnthropic
@@ -419,6 +452,24 @@ def test_uninstrument_restores_langchain_exactly():
         lai.init("after")
         assert fake_chain("x").invoke({"q": "y"}) == "x"
     assert captured.events() == [] and captured.steps() == []
+
+
+def test_uninstrument_restores_langchain_openais_chunk_reader_exactly():
+    """The chunk reader patched when a langchain-openai model first runs."""
+    from langchain_openai.chat_models.base import BaseChatOpenAI
+
+    original = vars(BaseChatOpenAI)["_convert_chunk_to_generation_chunk"]
+    path = shared_path("langchain/lcel_stream_openai.yaml")
+    with capture():
+        lai.init("patched", providers=["langchain"])
+        with replay(path):
+            from langchain_openai import ChatOpenAI
+
+            model = ChatOpenAI(model="gpt-4", api_key="sk-test", max_retries=0)
+            list(model.stream(socks_messages()))
+    assert vars(BaseChatOpenAI)["_convert_chunk_to_generation_chunk"] is not original
+    plugins.get_adapter("langchain").uninstrument()
+    assert vars(BaseChatOpenAI)["_convert_chunk_to_generation_chunk"] is original
 
 
 def test_chat_anthropic_prompt_cache_writes_are_recorded_and_priced_by_lifetime():
