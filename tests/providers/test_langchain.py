@@ -9,9 +9,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
-from _cassettes import expected_cost, replay, request_body, response_json, shared_path
+from _cassettes import (
+    expected_cost,
+    own_path,
+    replay,
+    request_body,
+    response_json,
+    shared_path,
+)
 from _framework_helpers import chain_of_actions, only, price_file, steps_by_action
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from langchain_core.messages import HumanMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda
@@ -197,6 +205,26 @@ def test_a_stream_cut_early_records_the_model_the_provider_named_in_its_chunks(a
     assert event["result"] == "stream closed before its end"
     assert event["request_model"] == "gpt-4"
     assert event["model"] == response_events(path)[0]["model"] == "gpt-4-0613"
+
+
+def test_a_call_asking_for_several_choices_counts_its_tokens_once():
+    """langchain-openai puts the response's one usage on every choice's message."""
+    from langchain_openai import ChatOpenAI
+
+    path = own_path("openai/chat_two_choices.yaml")
+    usage = response_json(path)["usage"]
+    with capture() as captured:
+        lai.init("two choices", providers=["langchain"])
+        with replay(path):
+            model = ChatOpenAI(model="gpt-4o-mini", n=2, api_key="sk-test", max_retries=0)
+            result = model.generate([[HumanMessage("Name a colour.")]])
+    assert [g.text for g in result.generations[0]] == ["Blue.", "Green."]
+    event = only(captured.events("llm"))
+    assert [o["content"] for o in event["output"]] == ["Blue.", "Green."]
+    assert (event["input_tokens"], event["output_tokens"]) == \
+        (usage["prompt_tokens"], usage["completion_tokens"])
+    assert event["cost"] == pytest.approx(expected_cost(
+        "openai", "gpt-4o-mini-2024-07-18", usage["prompt_tokens"], usage["completion_tokens"]))
 
 
 def test_chat_anthropic_records_tokens_and_the_cost_the_price_table_gives(tmp_path,

@@ -363,7 +363,9 @@ def _llm_result(response: Any, run: _Run) -> dict[str, Any]:
         metadata = getattr(message, "response_metadata", None) or {}
         model = model or metadata.get("model_name") or metadata.get("model")
         usage = getattr(message, "usage_metadata", None)
-        if usage:
+        # The generations of one run are the choices of one response (n > 1),
+        # each message carrying that response's usage (langchain-openai): once.
+        if usage and not tokens:
             _add_tokens(tokens, "input_tokens", usage.get("input_tokens"))
             _add_tokens(tokens, "output_tokens", usage.get("output_tokens"))
             details = usage.get("input_token_details") or {}
