@@ -207,6 +207,26 @@ def test_a_stream_cut_early_records_the_model_the_provider_named_in_its_chunks(a
     assert event["model"] == response_events(path)[0]["model"] == "gpt-4-0613"
 
 
+def test_a_chat_anthropic_stream_cut_early_records_the_model_its_first_event_named():
+    """langchain-anthropic passes message_start's model on in its first chunk."""
+    path = shared_path("anthropic/messages_streaming.yaml")
+    from _cassettes import response_events
+    from langchain_anthropic import ChatAnthropic
+
+    with capture() as captured:
+        lai.init("stream cut", providers=["langchain"])
+        with replay(path):
+            model = ChatAnthropic(model="claude-3-haiku", api_key="sk-test", max_retries=0)
+            for received, _ in enumerate(model.stream(socks_messages()), 1):
+                if received == 4:
+                    break
+    event = only(captured.events("llm"))
+    assert event["result"] == "stream closed before its end"
+    assert event["request_model"] == "claude-3-haiku"
+    assert event["model"] == response_events(path)[0]["message"]["model"] \
+        == "claude-3-haiku-20240307"
+
+
 def test_a_call_asking_for_several_choices_counts_its_tokens_once():
     """langchain-openai puts the response's one usage on every choice's message."""
     from langchain_openai import ChatOpenAI
