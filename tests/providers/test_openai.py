@@ -185,6 +185,33 @@ def test_partially_read_stream_closed_early_records_what_was_read():
     assert event["error"] is None
 
 
+def test_a_stream_of_several_choices_closed_after_the_first_ended_is_recorded_as_cut():
+    """n=2: the first choice's finish_reason is not the stream's end."""
+    path = own_path("openai/chat_two_choices_streaming.yaml")
+    body = request_body(path)
+    with event_stream_in_steps(path, first=5) as url, capture() as captured:
+        lai.init(providers=["openai"])
+        stream = client(url).chat.completions.create(**body)
+        chunks = [next(stream) for _ in range(5)]
+        assert chunks[-1].choices[0].finish_reason == "stop"  # the first choice's
+        stream.close()
+    event = only_llm_event(captured)
+    assert event["result"] == "stream closed before its end"
+    assert event["output"] == [
+        {"role": "assistant", "content": "Blue.", "finish_reason": "stop"},
+        {"role": "assistant", "content": "Green"}]
+
+
+def test_a_stream_of_several_choices_read_to_its_end_is_complete():
+    path = own_path("openai/chat_two_choices_streaming.yaml")
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        list(client().chat.completions.create(**request_body(path)))
+    event = only_llm_event(captured)
+    assert event["result"] is None and event["model"] == "gpt-4o-mini-2024-07-18"
+    assert [o["content"] for o in event["output"]] == ["Blue.", "Green."]
+
+
 def test_stream_used_as_context_manager_completes_on_exit():
     path = shared_path("openai/chat_async_streaming.yaml")
     body = request_body(path)

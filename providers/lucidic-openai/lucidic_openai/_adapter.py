@@ -57,7 +57,8 @@ class _Kind:
 
 CHAT = _Kind("chat", _extract.chat_input, _extract.chat_result,
              ("openai.types.chat", "ChatCompletion"),
-             lambda kwargs: _extract.ChatChunks(_tokens.Estimate.start(kwargs)))
+             lambda kwargs: _extract.ChatChunks(_tokens.Estimate.start(kwargs),
+                                               choices=kwargs.get("n")))
 RESPONSES = _Kind("responses", _extract.responses_input, _extract.responses_result,
                   ("openai.types.responses", "Response"), lambda kwargs: _extract.ResponseEvents())
 EMBEDDINGS = _Kind("embeddings", _extract.embeddings_input, _extract.embeddings_result,
