@@ -165,6 +165,34 @@ def _joined(got: Any, how: str) -> str:
     return b"".join(parts).decode("utf-8") if how.endswith("bytes") else "".join(parts)
 
 
+def parse_then_read_by_hand(accessor: Any, body: dict[str, Any], of: str, how: str,
+                            while_open: Any = None) -> str:
+    """Make the call ``body`` twice through ``accessor`` (a resource's
+    ``with_streaming_response``): parse the first response, and read the
+    second's body by hand with ``how``, of the response or (``of`` is
+    "http_response") of its httpx response; ``while_open()`` runs after that
+    read, before the response is closed."""
+    with accessor.create(**body) as response:
+        response.parse()
+    with accessor.create(**body) as response:
+        read = read_by_hand(response.http_response if of == "http_response" else response, how)
+        if while_open is not None:
+            while_open()
+    return read
+
+
+async def parse_then_read_by_hand_async(accessor: Any, body: dict[str, Any], of: str,
+                                        how: str) -> str:
+    """parse_then_read_by_hand for an async client (``aiter_bytes`` and so
+    on of the httpx response)."""
+    async with accessor.create(**body) as response:
+        await response.parse()
+    async with accessor.create(**body) as response:
+        if of == "http_response":
+            return await read_by_hand_async(response.http_response, f"a{how}")
+        return await read_by_hand_async(response, how)
+
+
 def as_read(body_text: str, how: str) -> str:
     """What read_by_hand gives for a body: the body, its lines joined for iter_lines."""
     return "\n".join(body_text.splitlines()) if how.endswith("lines") else body_text

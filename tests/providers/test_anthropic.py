@@ -18,6 +18,8 @@ from _cassettes import (
     expected_cost,
     lines_of_events,
     own_path,
+    parse_then_read_by_hand,
+    parse_then_read_by_hand_async,
     read_by_hand,
     read_by_hand_async,
     replay,
@@ -413,11 +415,7 @@ def test_a_message_read_by_hand_is_recorded_like_the_parsed_one(of, how):
     body = request_body(path)
     with capture() as captured, replay(path, allow_repeats=True):
         lai.init(providers=["anthropic"])
-        with client().messages.with_streaming_response.create(**body) as response:
-            response.parse()
-        with client().messages.with_streaming_response.create(**body) as response:
-            read = read_by_hand(response.http_response if of == "http_response" else response,
-                                how)
+        read = parse_then_read_by_hand(client().messages.with_streaming_response, body, of, how)
     assert read == as_read(response_text(path), how)
     parsed, by_hand = captured.events("llm")
     assert_recorded_alike(by_hand, parsed)
@@ -431,13 +429,8 @@ def test_an_async_message_read_by_hand_is_recorded_like_the_parsed_one(of, how):
 
     async def main():
         lai.init(providers=["anthropic"])
-        messages = async_client().messages.with_streaming_response
-        async with messages.create(**body) as response:
-            await response.parse()
-        async with messages.create(**body) as response:
-            if of == "http_response":
-                return await read_by_hand_async(response.http_response, f"a{how}")
-            return await read_by_hand_async(response, how)
+        return await parse_then_read_by_hand_async(
+            async_client().messages.with_streaming_response, body, of, how)
 
     with capture() as captured, replay(path, allow_repeats=True):
         assert asyncio.run(main()) == as_read(response_text(path), how)

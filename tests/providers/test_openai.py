@@ -21,6 +21,8 @@ from _cassettes import (
     expected_cost,
     lines_of_events,
     own_path,
+    parse_then_read_by_hand,
+    parse_then_read_by_hand_async,
     read_by_hand,
     read_by_hand_async,
     replay,
@@ -593,12 +595,12 @@ def test_a_response_read_by_hand_is_recorded_like_the_parsed_one(cassette, how, 
     body = request_body(path)
     with capture() as captured, replay(path, allow_repeats=True):
         lai.init(providers=["openai"])
-        with resource_of(client(), cassette).with_streaming_response.create(**body) as response:
-            response.parse()
-        with resource_of(client(), cassette).with_streaming_response.create(**body) as response:
-            read = read_by_hand(getattr(response, of) if of == "http_response" else response,
-                                how)
-            assert len(captured.events("llm")) == 2  # at the end of the body, still open
+
+        def recorded_at_the_bodys_end():
+            assert len(captured.events("llm")) == 2
+
+        read = parse_then_read_by_hand(resource_of(client(), cassette).with_streaming_response,
+                                       body, of, how, while_open=recorded_at_the_bodys_end)
     assert read == as_read(response_text(path), how)
     parsed, by_hand = captured.events("llm")
     assert_recorded_alike(by_hand, parsed)
@@ -612,13 +614,8 @@ def test_an_async_response_read_by_hand_is_recorded_like_the_parsed_one(of, how)
 
     async def main():
         lai.init(providers=["openai"])
-        chat = async_client().chat.completions.with_streaming_response
-        async with chat.create(**body) as response:
-            await response.parse()
-        async with chat.create(**body) as response:
-            if of == "http_response":
-                return await read_by_hand_async(response.http_response, f"a{how}")
-            return await read_by_hand_async(response, how)
+        return await parse_then_read_by_hand_async(
+            async_client().chat.completions.with_streaming_response, body, of, how)
 
     with capture() as captured, replay(path, allow_repeats=True):
         assert asyncio.run(main()) == as_read(response_text(path), how)
