@@ -3,7 +3,8 @@ library yields (the proxy is still an instance of the library's stream type),
 and the LLM call is completed once, when the stream ends, fails, is closed, or
 is dropped unfinished (garbage collected). :class:`ResponseReads` does the same
 for a raw response whose body the caller reads after the call returned, parsed
-or by hand (a stream of server-sent events read as lines, bytes or text).
+or by hand (as lines, bytes or text: a stream of server-sent events, or one
+JSON document).
 
 A plugin supplies an :class:`Accumulator` that reads its library's chunks;
 ``RecordedStream(stream, call, accumulator)`` does the rest. Imported by
@@ -11,6 +12,7 @@ plugins only, so ``import lucidic`` does not load wrapt."""
 
 from __future__ import annotations
 
+import json
 import threading
 import typing
 import weakref
@@ -197,6 +199,11 @@ class ResponseReader(Protocol):
         """The response was closed without being parsed: complete ``call``
         from the body, if the caller read it otherwise (``read()``, ``json()``)."""
 
+    def fields(self, parsed: Any) -> dict[str, Any]:
+        """The ``LLMCall.finish()`` fields of a non-streamed body parsed into
+        the library's result object (a JSON body read by hand); {} for an
+        object this reader does not read."""
+
     def events(self, response: Any) -> tuple[Accumulator, EventReader] | None:
         """For a response whose body is a stream of server-sent events, which
         the caller may read by hand instead of parsing it: the accumulator of
@@ -243,6 +250,51 @@ def body_already_read(response: Any) -> bool:
     except Exception:  # noqa: BLE001 - httpx's ResponseNotRead
         return False
     return True
+
+
+def _is_json(response: Any) -> bool:
+    content_type = response.http_response.headers.get("content-type", "")
+    return bool(content_type.partition(";")[0].strip().lower().endswith("json"))
+
+
+def _parse_whole_body(response: Any) -> Callable[[bytes], Any]:
+    """How a raw response's library (openai's, anthropic's: generated alike)
+    parses its JSON body, applied to the body's bytes as they came off the
+    connection (still compressed, if the server compressed them): its
+    result object, as the response's ``parse()`` makes it."""
+    http_response = response.http_response
+    process, cast_to = response._client._process_response_data, response._cast_to
+
+    def parse(raw: bytes) -> Any:
+        # a response of the same class, to undo the Content-Encoding as the caller's read did
+        body = type(http_response)(http_response.status_code, headers=http_response.headers,
+                                   content=raw).content
+        return process(data=json.loads(body), cast_to=cast_to, response=http_response)
+    return parse
+
+
+class _WholeBody:
+    """The accumulator of a non-streamed (JSON) body read by hand: its bytes;
+    once all have arrived (``finished``), the fields of the result object
+    parsed from them, as the parsed response's."""
+
+    __slots__ = ("_fields", "_parse", "_parts", "finished")
+
+    def __init__(self, parse: Callable[[bytes], Any],
+                 fields: Callable[[Any], dict[str, Any]]) -> None:
+        self._parse = parse
+        self._fields = fields
+        self._parts: list[bytes] = []
+        self.finished = False
+
+    def add(self, chunk: Any) -> bool:
+        self._parts.append(chunk)
+        return False  # no content before the whole document is there
+
+    def result(self) -> dict[str, Any]:
+        if not self.finished:
+            return {}  # part of a document says nothing reliable
+        return self._fields(self._parse(b"".join(self._parts)))
 
 
 def recorded_parsed_stream(response: Any, stream: Any, asynchronous: bool, call: LLMCall,
@@ -303,12 +355,14 @@ class ServerSentEvents:
 
 
 class _BodyTap:
-    """The events of the bytes a body's reader pulled, made the library's
-    chunks for the call's accumulator."""
+    """The bytes a body's reader pulled, given to the call's accumulator: the
+    library's chunks made of the events in them (``read_event``), or, for a
+    body that is one JSON document (no ``read_event``), the bytes as they
+    are."""
 
     __slots__ = ("events", "read_event", "state")
 
-    def __init__(self, state: _StreamState, read_event: EventReader) -> None:
+    def __init__(self, state: _StreamState, read_event: EventReader | None) -> None:
         self.state = state
         self.read_event = read_event
         self.events = ServerSentEvents()
@@ -316,6 +370,9 @@ class _BodyTap:
     def feed(self, chunk: bytes) -> None:
         state = self.state
         if state.done:  # parsed after all, or complete
+            return
+        if self.read_event is None:
+            state.chunk(chunk)
             return
         try:
             for event, data in self.events.feed(chunk):
@@ -328,6 +385,12 @@ class _BodyTap:
         except Exception as exc:  # noqa: BLE001 - never let recording break the caller
             record_internal_error("response_body_event", exc)
 
+    def ended(self) -> None:
+        """The body was read to its end."""
+        if self.read_event is None and not self.state.done:
+            self.state.accumulator.finished = True  # the whole document arrived
+        self.state.end()
+
 
 class _TappedBody(wrapt.ObjectProxy):  # type: ignore[misc, type-arg]
     """A raw response's body (the byte stream of its httpx response, which
@@ -335,7 +398,7 @@ class _TappedBody(wrapt.ObjectProxy):  # type: ignore[misc, type-arg]
     ``read()``, the library's own ``parse()``), passing on every byte as it
     was, and feeding them to the call's recording as they are pulled. Its
     end completes the call; closed or dropped before, the call completes
-    with what arrived."""
+    with what arrived (of a JSON document: nothing)."""
 
     def __init__(self, wrapped: Any, tap: _BodyTap) -> None:
         super().__init__(wrapped)
@@ -352,7 +415,7 @@ class _TappedBody(wrapt.ObjectProxy):  # type: ignore[misc, type-arg]
         except BaseException as exc:
             tap.state.error(exc)
             raise
-        tap.state.end()
+        tap.ended()
 
     async def __aiter__(self) -> Any:
         tap = self._self_tap
@@ -365,7 +428,7 @@ class _TappedBody(wrapt.ObjectProxy):  # type: ignore[misc, type-arg]
         except BaseException as exc:
             tap.state.error(exc)
             raise
-        tap.state.end()
+        tap.ended()
 
     def close(self) -> None:
         try:
@@ -381,11 +444,13 @@ class _TappedBody(wrapt.ObjectProxy):  # type: ignore[misc, type-arg]
 
 
 def _tap_body(response: Any, call: LLMCall, accumulator: Accumulator,
-              read_event: EventReader) -> _StreamState | None:
-    """Record ``call`` from the events of ``response``'s body as the caller
-    reads it; None if the body cannot be read here (compressed)."""
+              read_event: EventReader | None) -> _StreamState | None:
+    """Record ``call`` from ``response``'s body as the caller reads it: from
+    its events, or (no ``read_event``) from the whole body once read; None if
+    the events cannot be read here (compressed)."""
     http_response = response.http_response
-    if http_response.headers.get("content-encoding", "").strip().lower() not in ("", "identity"):
+    if read_event is not None and http_response.headers.get(
+            "content-encoding", "").strip().lower() not in ("", "identity"):
         return None  # its raw bytes are not the events (never so from these APIs)
     state = _StreamState(call, accumulator)
     body = _TappedBody(http_response.stream, _BodyTap(state, read_event))
@@ -422,9 +487,10 @@ class ResponseReads:
     ``close`` with :meth:`parse_wrapper` and :meth:`close_wrapper`. The
     response is held weakly and never wrapped: the caller gets the library's
     own object. One dropped unread completes its call as closed before its
-    end. A stream's body (server-sent events) may be read by hand instead
-    of parsed: its byte stream is then proxied, and the call records the
-    events in the bytes read (see _TappedBody)."""
+    end. The body may be read by hand instead of parsed: its byte stream is
+    then proxied (see _TappedBody), and the call records the events in the
+    bytes read (a stream's server-sent events), or, once the whole body has
+    been read, the JSON document it is, parsed as ``parse()`` would."""
 
     def __init__(self) -> None:
         self._awaiting: weakref.WeakKeyDictionary[Any, _Awaiting] = weakref.WeakKeyDictionary()
@@ -434,13 +500,16 @@ class ResponseReads:
         """Complete ``call`` when ``response`` is read; False if it cannot be
         tracked (the call is then the caller's to complete)."""
         tap = None
-        if is_event_stream(response):
-            try:
+        try:
+            if is_event_stream(response):
                 by_hand = reader.events(response)
                 if by_hand is not None:
                     tap = _tap_body(response, call, *by_hand)
-            except Exception as exc:  # noqa: BLE001 - then it is recorded if parsed
-                record_internal_error("response_tap", exc)
+            elif _is_json(response):
+                whole_body = _WholeBody(_parse_whole_body(response), reader.fields)
+                tap = _tap_body(response, call, whole_body, None)
+        except Exception as exc:  # noqa: BLE001 - then it is recorded if parsed
+            record_internal_error("response_tap", exc)
         try:
             finalizer = None
             if tap is None:

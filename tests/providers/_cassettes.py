@@ -165,9 +165,49 @@ def _joined(got: Any, how: str) -> str:
     return b"".join(parts).decode("utf-8") if how.endswith("bytes") else "".join(parts)
 
 
+def parse_then_read_by_hand(accessor: Any, body: dict[str, Any], of: str, how: str,
+                            while_open: Any = None) -> str:
+    """Make the call ``body`` twice through ``accessor`` (a resource's
+    ``with_streaming_response``): parse the first response, and read the
+    second's body by hand with ``how``, of the response or (``of`` is
+    "http_response") of its httpx response; ``while_open()`` runs after that
+    read, before the response is closed."""
+    with accessor.create(**body) as response:
+        response.parse()
+    with accessor.create(**body) as response:
+        read = read_by_hand(response.http_response if of == "http_response" else response, how)
+        if while_open is not None:
+            while_open()
+    return read
+
+
+async def parse_then_read_by_hand_async(accessor: Any, body: dict[str, Any], of: str,
+                                        how: str) -> str:
+    """parse_then_read_by_hand for an async client (``aiter_bytes`` and so
+    on of the httpx response)."""
+    async with accessor.create(**body) as response:
+        await response.parse()
+    async with accessor.create(**body) as response:
+        if of == "http_response":
+            return await read_by_hand_async(response.http_response, f"a{how}")
+        return await read_by_hand_async(response, how)
+
+
 def as_read(body_text: str, how: str) -> str:
     """What read_by_hand gives for a body: the body, its lines joined for iter_lines."""
     return "\n".join(body_text.splitlines()) if how.endswith("lines") else body_text
+
+
+#: What the event of an LLM call records from the answer.
+ANSWER_FIELDS = ("model", "output", "input_tokens", "output_tokens", "cached_tokens",
+                 "cache_write_tokens", "reasoning_tokens", "cost", "result", "error")
+
+
+def assert_recorded_alike(event: dict[str, Any], parsed_event: dict[str, Any]) -> None:
+    """``event`` records the answer as ``parsed_event`` (of the same call,
+    its response parsed by the library) does, and that one has an answer."""
+    assert parsed_event["output"] and parsed_event["output_tokens"] and parsed_event["cost"]
+    assert {f: event[f] for f in ANSWER_FIELDS} == {f: parsed_event[f] for f in ANSWER_FIELDS}
 
 
 def expected_cost(provider: str, model: str, input_tokens: int, output_tokens: int = 0,

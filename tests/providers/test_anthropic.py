@@ -13,10 +13,13 @@ import anthropic
 import pytest
 from _cassettes import (
     as_read,
+    assert_recorded_alike,
     event_stream_in_steps,
     expected_cost,
     lines_of_events,
     own_path,
+    parse_then_read_by_hand,
+    parse_then_read_by_hand_async,
     read_by_hand,
     read_by_hand_async,
     replay,
@@ -399,6 +402,40 @@ def test_an_async_raw_stream_read_by_hand_is_recorded_like_the_parsed_one(way, h
     with capture() as captured, replay(path):
         assert asyncio.run(main()) == as_read(response_text(path), how)
     assert_streamed_event(only_llm_event(captured), path)
+
+
+# A message that is not streamed, read by hand (its bytes, text or lines, not
+# .parse(), .json() or .read()): once its body has been read to its end, the
+# call is recorded as the parsed message is.
+
+@pytest.mark.parametrize("how", ["iter_bytes", "iter_text", "iter_lines"])
+@pytest.mark.parametrize("of", ["response", "http_response"])
+def test_a_message_read_by_hand_is_recorded_like_the_parsed_one(of, how):
+    path = shared_path("anthropic/messages_create.yaml")
+    body = request_body(path)
+    with capture() as captured, replay(path, allow_repeats=True):
+        lai.init(providers=["anthropic"])
+        read = parse_then_read_by_hand(client().messages.with_streaming_response, body, of, how)
+    assert read == as_read(response_text(path), how)
+    parsed, by_hand = captured.events("llm")
+    assert_recorded_alike(by_hand, parsed)
+
+
+@pytest.mark.parametrize("how", ["iter_bytes", "iter_text", "iter_lines"])
+@pytest.mark.parametrize("of", ["response", "http_response"])
+def test_an_async_message_read_by_hand_is_recorded_like_the_parsed_one(of, how):
+    path = shared_path("anthropic/messages_create_async.yaml")
+    body = request_body(path)
+
+    async def main():
+        lai.init(providers=["anthropic"])
+        return await parse_then_read_by_hand_async(
+            async_client().messages.with_streaming_response, body, of, how)
+
+    with capture() as captured, replay(path, allow_repeats=True):
+        assert asyncio.run(main()) == as_read(response_text(path), how)
+    parsed, by_hand = captured.events("llm")
+    assert_recorded_alike(by_hand, parsed)
 
 
 def test_a_raw_stream_read_by_hand_in_part_then_closed_records_what_arrived():

@@ -9,9 +9,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
-from _cassettes import expected_cost, replay, request_body, response_json, shared_path
+from _cassettes import (
+    expected_cost,
+    own_path,
+    replay,
+    request_body,
+    response_json,
+    shared_path,
+)
 from _framework_helpers import chain_of_actions, only, price_file, steps_by_action
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from langchain_core.messages import HumanMessage
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda
@@ -164,6 +172,79 @@ def test_breaking_out_of_an_async_stream_early_records_what_arrived():
     assert event["error"] is None
     assert event["output"] == {"role": "assistant", "content": partial}
     assert event["result"] == "stream closed before its end"
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_stream_cut_early_records_the_model_the_provider_named_in_its_chunks(asynchronous):
+    """langchain-openai passes the answering model on in the stream's last
+    chunk only; the chunks that did arrive named it."""
+    path = shared_path("langchain/lcel_stream_openai.yaml")
+    from _cassettes import response_events
+    from langchain_openai import ChatOpenAI
+
+    def cut(model):
+        for received, _ in enumerate(model.stream(socks_messages()), 1):
+            if received == 5:
+                return
+
+    async def cut_async(model):
+        stream = model.astream(socks_messages())
+        received = 0
+        async for _ in stream:
+            received += 1
+            if received == 5:
+                break
+        await stream.aclose()
+
+    with capture() as captured:
+        lai.init("stream cut", providers=["langchain"])
+        with replay(path):
+            model = ChatOpenAI(model="gpt-4", temperature=0, api_key="sk-test", max_retries=0)
+            asyncio.run(cut_async(model)) if asynchronous else cut(model)
+    event = only(captured.events("llm"))
+    assert event["result"] == "stream closed before its end"
+    assert event["request_model"] == "gpt-4"
+    assert event["model"] == response_events(path)[0]["model"] == "gpt-4-0613"
+
+
+def test_a_chat_anthropic_stream_cut_early_records_the_model_its_first_event_named():
+    """langchain-anthropic passes message_start's model on in its first chunk."""
+    path = shared_path("anthropic/messages_streaming.yaml")
+    from _cassettes import response_events
+    from langchain_anthropic import ChatAnthropic
+
+    with capture() as captured:
+        lai.init("stream cut", providers=["langchain"])
+        with replay(path):
+            model = ChatAnthropic(model="claude-3-haiku", api_key="sk-test", max_retries=0)
+            for received, _ in enumerate(model.stream(socks_messages()), 1):
+                if received == 4:
+                    break
+    event = only(captured.events("llm"))
+    assert event["result"] == "stream closed before its end"
+    assert event["request_model"] == "claude-3-haiku"
+    assert event["model"] == response_events(path)[0]["message"]["model"] \
+        == "claude-3-haiku-20240307"
+
+
+def test_a_call_asking_for_several_choices_counts_its_tokens_once():
+    """langchain-openai puts the response's one usage on every choice's message."""
+    from langchain_openai import ChatOpenAI
+
+    path = own_path("openai/chat_two_choices.yaml")
+    usage = response_json(path)["usage"]
+    with capture() as captured:
+        lai.init("two choices", providers=["langchain"])
+        with replay(path):
+            model = ChatOpenAI(model="gpt-4o-mini", n=2, api_key="sk-test", max_retries=0)
+            result = model.generate([[HumanMessage("Name a colour.")]])
+    assert [g.text for g in result.generations[0]] == ["Blue.", "Green."]
+    event = only(captured.events("llm"))
+    assert [o["content"] for o in event["output"]] == ["Blue.", "Green."]
+    assert (event["input_tokens"], event["output_tokens"]) == \
+        (usage["prompt_tokens"], usage["completion_tokens"])
+    assert event["cost"] == pytest.approx(expected_cost(
+        "openai", "gpt-4o-mini-2024-07-18", usage["prompt_tokens"], usage["completion_tokens"]))
 
 
 def test_chat_anthropic_records_tokens_and_the_cost_the_price_table_gives(tmp_path,
@@ -419,6 +500,24 @@ def test_uninstrument_restores_langchain_exactly():
         lai.init("after")
         assert fake_chain("x").invoke({"q": "y"}) == "x"
     assert captured.events() == [] and captured.steps() == []
+
+
+def test_uninstrument_restores_langchain_openais_chunk_reader_exactly():
+    """The chunk reader patched when a langchain-openai model first runs."""
+    from langchain_openai.chat_models.base import BaseChatOpenAI
+
+    original = vars(BaseChatOpenAI)["_convert_chunk_to_generation_chunk"]
+    path = shared_path("langchain/lcel_stream_openai.yaml")
+    with capture():
+        lai.init("patched", providers=["langchain"])
+        with replay(path):
+            from langchain_openai import ChatOpenAI
+
+            model = ChatOpenAI(model="gpt-4", api_key="sk-test", max_retries=0)
+            list(model.stream(socks_messages()))
+    assert vars(BaseChatOpenAI)["_convert_chunk_to_generation_chunk"] is not original
+    plugins.get_adapter("langchain").uninstrument()
+    assert vars(BaseChatOpenAI)["_convert_chunk_to_generation_chunk"] is original
 
 
 def test_chat_anthropic_prompt_cache_writes_are_recorded_and_priced_by_lifetime():

@@ -16,10 +16,13 @@ import openai
 import pytest
 from _cassettes import (
     as_read,
+    assert_recorded_alike,
     event_stream_in_steps,
     expected_cost,
     lines_of_events,
     own_path,
+    parse_then_read_by_hand,
+    parse_then_read_by_hand_async,
     read_by_hand,
     read_by_hand_async,
     replay,
@@ -182,6 +185,33 @@ def test_partially_read_stream_closed_early_records_what_was_read():
     assert event["output"]["content"] == "".join(first)
     assert event["result"] == "stream closed before its end"
     assert event["error"] is None
+
+
+def test_a_stream_of_several_choices_closed_after_the_first_ended_is_recorded_as_cut():
+    """n=2: the first choice's finish_reason is not the stream's end."""
+    path = own_path("openai/chat_two_choices_streaming.yaml")
+    body = request_body(path)
+    with event_stream_in_steps(path, first=5) as url, capture() as captured:
+        lai.init(providers=["openai"])
+        stream = client(url).chat.completions.create(**body)
+        chunks = [next(stream) for _ in range(5)]
+        assert chunks[-1].choices[0].finish_reason == "stop"  # the first choice's
+        stream.close()
+    event = only_llm_event(captured)
+    assert event["result"] == "stream closed before its end"
+    assert event["output"] == [
+        {"role": "assistant", "content": "Blue.", "finish_reason": "stop"},
+        {"role": "assistant", "content": "Green"}]
+
+
+def test_a_stream_of_several_choices_read_to_its_end_is_complete():
+    path = own_path("openai/chat_two_choices_streaming.yaml")
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        list(client().chat.completions.create(**request_body(path)))
+    event = only_llm_event(captured)
+    assert event["result"] is None and event["model"] == "gpt-4o-mini-2024-07-18"
+    assert [o["content"] for o in event["output"]] == ["Blue.", "Green."]
 
 
 def test_stream_used_as_context_manager_completes_on_exit():
@@ -546,6 +576,66 @@ def test_a_streaming_response_read_as_json_is_recorded_when_it_closes():
             data = response.json()
     assert data["choices"][0]["message"]["content"] == recorded["choices"][0]["message"]["content"]
     assert_chat_usage(only_llm_event(captured), recorded)
+
+
+# A response that is not a stream, read by hand (its bytes, text or lines, not
+# .parse(), .json() or .read()): once its body has been read to its end, the
+# call is recorded as the parsed response is.
+
+def resource_of(openai_client, cassette):
+    return (openai_client.responses if "responses" in cassette
+            else openai_client.chat.completions)
+
+
+@pytest.mark.parametrize("of", ["response", "http_response"])
+@pytest.mark.parametrize("how", ["iter_bytes", "iter_text", "iter_lines"])
+@pytest.mark.parametrize("cassette", ["openai/chat.yaml", "openai/responses.yaml"])
+def test_a_response_read_by_hand_is_recorded_like_the_parsed_one(cassette, how, of):
+    path = shared_path(cassette)
+    body = request_body(path)
+    with capture() as captured, replay(path, allow_repeats=True):
+        lai.init(providers=["openai"])
+
+        def recorded_at_the_bodys_end():
+            assert len(captured.events("llm")) == 2
+
+        read = parse_then_read_by_hand(resource_of(client(), cassette).with_streaming_response,
+                                       body, of, how, while_open=recorded_at_the_bodys_end)
+    assert read == as_read(response_text(path), how)
+    parsed, by_hand = captured.events("llm")
+    assert_recorded_alike(by_hand, parsed)
+
+
+@pytest.mark.parametrize("how", ["iter_bytes", "iter_text", "iter_lines"])
+@pytest.mark.parametrize("of", ["response", "http_response"])
+def test_an_async_response_read_by_hand_is_recorded_like_the_parsed_one(of, how):
+    path = shared_path("openai/chat.yaml")
+    body = request_body(path)
+
+    async def main():
+        lai.init(providers=["openai"])
+        return await parse_then_read_by_hand_async(
+            async_client().chat.completions.with_streaming_response, body, of, how)
+
+    with capture() as captured, replay(path, allow_repeats=True):
+        assert asyncio.run(main()) == as_read(response_text(path), how)
+    parsed, by_hand = captured.events("llm")
+    assert_recorded_alike(by_hand, parsed)
+
+
+def test_a_response_read_by_hand_in_part_is_recorded_as_closed_before_its_end():
+    path = shared_path("openai/chat.yaml")
+    body = request_body(path)
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        with raw_chat(client(), "with_streaming_response").create(**body) as response:
+            chunks = response.iter_bytes(chunk_size=16)
+            assert next(chunks) == response_text(path)[:16].encode()
+            assert not captured.events("llm")  # still open
+    event = only_llm_event(captured)
+    assert event["result"] == "stream closed before its end"
+    assert event["output"] is None and event["output_tokens"] is None
+    assert event["error"] is None
 
 
 def test_a_streaming_response_left_unread_is_recorded_as_closed_before_its_end():

@@ -110,11 +110,11 @@ def _finish_from_body(call: LLMCall, response: Any) -> None:
     """Complete from a body already read, parsed into an object of the
     adapter's own: the response's cache (what the caller's parse() returns)
     is left alone."""
-    parsed = response._parse()
-    if _is_message(parsed):
-        call.finish(**_extract.message_result(parsed))
-    else:
-        call.finish()
+    call.finish(**_fields(response._parse()))
+
+
+def _fields(parsed: Any) -> dict[str, Any]:
+    return _extract.message_result(parsed) if _is_message(parsed) else {}
 
 
 def _raw_response(call: LLMCall, response: Any) -> None:
@@ -144,6 +144,9 @@ class _RawRead:
     def closed(self, call: LLMCall, response: Any) -> None:
         if body_already_read(response):  # read with read() or json()
             _finish_from_body(call, response)
+
+    def fields(self, parsed: Any) -> dict[str, Any]:
+        return _fields(parsed)
 
     def events(self, response: Any) -> tuple[Accumulator, EventReader] | None:
         make_chunk = chunk_maker(response)

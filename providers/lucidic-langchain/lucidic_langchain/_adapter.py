@@ -3,12 +3,34 @@
 from __future__ import annotations
 
 import contextvars
+import sys
+import threading
 from typing import TYPE_CHECKING, Any
 
-from lucidic.plugins import Adapter
+from lucidic.patching import MethodPatches
+from lucidic.plugins import Adapter, swallow
 
 if TYPE_CHECKING:
     from ._handler import LucidicCallbackHandler
+
+#: Where langchain-openai turns each chunk of a streamed chat completion (a
+#: dict naming the answering model) into langchain's chunk, which names it
+#: in the stream's last chunk only: read here so that a stream cut early is
+#: recorded with the model that answered (see _handler.note_reported_model).
+_OPENAI_CHUNKS = ("langchain_openai.chat_models.base", "BaseChatOpenAI",
+                  "_convert_chunk_to_generation_chunk")
+
+
+def _read_chunk_model(wrapped: Any, instance: Any, args: tuple[Any, ...],
+                      kwargs: dict[str, Any]) -> Any:
+    converted = wrapped(*args, **kwargs)
+    with swallow("langchain_openai_chunk"):
+        from ._handler import note_reported_model
+
+        chunk = kwargs.get("chunk", args[0] if args else None)
+        if isinstance(chunk, dict):
+            note_reported_model(chunk.get("model"))
+    return converted
 
 
 class LangChainAdapter(Adapter):
@@ -20,13 +42,16 @@ class LangChainAdapter(Adapter):
         super().__init__()
         self._hook: tuple[Any, ...] | None = None
         self.handler: LucidicCallbackHandler | None = None
+        self._chunk_patches = MethodPatches()
+        self._chunks_patched = False
+        self._chunks_lock = threading.Lock()
 
     def _instrument(self) -> None:
         from langchain_core.tracers import context as tracer_context
 
         from ._handler import LucidicCallbackHandler
 
-        handler = LucidicCallbackHandler()
+        handler = LucidicCallbackHandler(on_model_start=self._patch_chunk_readers)
         # A ContextVar whose default is the handler: every callback manager
         # langchain-core configures, in any thread or task, adds it beside the
         # user's own callbacks (inheritable, so child runs report to it too).
@@ -35,6 +60,19 @@ class LangChainAdapter(Adapter):
         tracer_context.register_configure_hook(var, True)
         self._hook = tracer_context._configure_hooks[-1]
         self.handler = handler
+
+    def _patch_chunk_readers(self) -> None:
+        """Patch langchain-openai's chunk reader once its module is imported
+        (by the time one of its models runs): never imported here, which
+        would cost seconds at init to those who do not use it."""
+        if self._chunks_patched or _OPENAI_CHUNKS[0] not in sys.modules:
+            return
+        with self._chunks_lock:
+            if self._chunks_patched or self.handler is None:  # (or uninstrumented meanwhile)
+                return
+            self._chunks_patched = True
+            with swallow("langchain_patch_chunk_readers"):
+                self._chunk_patches.apply([(*_OPENAI_CHUNKS, _read_chunk_model)])
 
     def _uninstrument(self) -> None:
         from langchain_core.tracers import context as tracer_context
@@ -47,3 +85,6 @@ class LangChainAdapter(Adapter):
                     break
         self._hook = None
         self.handler = None
+        with self._chunks_lock:
+            self._chunk_patches.restore()
+            self._chunks_patched = False

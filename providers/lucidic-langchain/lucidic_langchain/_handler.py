@@ -9,9 +9,10 @@ adapters are held off with a suppression that can be ended from any context.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -45,6 +46,25 @@ class _Run:
     arguments: Any = None
     call: plugins.LLMCall | None = None
     suppression: plugins.Suppression | None = None
+    #: The answering model, as the provider named it in a streamed chunk.
+    reported_model: str | None = None
+
+
+#: The model run started last in this context (its callbacks run inline, in
+#: the context that reads its stream): the provider chunks a model
+#: integration reads here are its answer (see note_reported_model).
+_model_run: contextvars.ContextVar[_Run | None] = contextvars.ContextVar(
+    "lucidic_langchain_model_run", default=None)
+
+
+def note_reported_model(model: Any) -> None:
+    """A chunk of the stream being read in this context names the answering
+    ``model``: the model run keeps it for its event, in case the stream ends
+    before the integration passes it on (langchain-openai does so in the
+    stream's last chunk only)."""
+    run = _model_run.get()
+    if run is not None and run.reported_model is None and isinstance(model, str) and model:
+        run.reported_model = model
 
 
 class LucidicCallbackHandler(BaseCallbackHandler):
@@ -56,10 +76,13 @@ class LucidicCallbackHandler(BaseCallbackHandler):
     run_inline = True
     raise_error = False
 
-    def __init__(self) -> None:
+    def __init__(self, on_model_start: Callable[[], None] | None = None) -> None:
         super().__init__()
         self._runs: dict[UUID, _Run] = {}
         self._lock = threading.Lock()
+        #: Called as each recorded model run starts (the adapter patches the
+        #: chunk readers of the integrations imported by then).
+        self._on_model_start = on_model_start
 
     # -- bookkeeping -------------------------------------------------------------------
 
@@ -189,6 +212,7 @@ class LucidicCallbackHandler(BaseCallbackHandler):
     def _start_llm(self, run_id: UUID, parent_run_id: UUID | None,
                    serialized: dict[str, Any] | None, metadata: dict[str, Any] | None,
                    kwargs: dict[str, Any], messages: Any) -> None:
+        _model_run.set(None)  # the chunks read from here on are this run's
         known, parent = self._parent_step(parent_run_id)
         if known and parent is None:
             return
@@ -212,7 +236,11 @@ class LucidicCallbackHandler(BaseCallbackHandler):
             return
         # This adapter records the call: the provider adapter below stays quiet.
         suppression = plugins.begin_suppressing_llm_calls("langchain")
-        self._add(run_id, _Run("llm", parent, call=call, suppression=suppression))
+        run = _Run("llm", parent, call=call, suppression=suppression)
+        self._add(run_id, run)
+        _model_run.set(run)
+        if self._on_model_start is not None:
+            self._on_model_start()
 
     def on_chat_model_start(self, serialized: dict[str, Any] | None,
                             messages: list[list[Any]], *, run_id: UUID,
@@ -244,7 +272,7 @@ class LucidicCallbackHandler(BaseCallbackHandler):
             return
         try:
             with swallow("langchain_llm_end"):
-                run.call.finish(**_llm_result(response))
+                run.call.finish(**_llm_result(response, run))
         finally:
             if run.suppression is not None:
                 run.suppression.end()
@@ -260,8 +288,7 @@ class LucidicCallbackHandler(BaseCallbackHandler):
                 # model.stream(), aclose()): no error. What arrived so far
                 # comes as ``response`` (langchain-core passes it since 0.2).
                 with swallow("langchain_llm_closed"):
-                    fields = _llm_result(response) if response is not None else {}
-                    run.call.finish(**fields, result=ABANDONED)
+                    run.call.finish(**_llm_result(response, run), result=ABANDONED)
             run.call.fail(error)  # does nothing once finished
         finally:
             if run.suppression is not None:
@@ -319,8 +346,9 @@ def _tool_output(output: Any) -> Any:
     return content if content is not None else output
 
 
-def _llm_result(response: Any) -> dict[str, Any]:
-    """finish() arguments from an LLMResult: returned model, output, tokens."""
+def _llm_result(response: Any, run: _Run) -> dict[str, Any]:
+    """finish() arguments from an LLMResult (None: nothing arrived): returned
+    model (else the one the provider's chunks named), output, tokens."""
     generations = [g for group in (getattr(response, "generations", None) or []) for g in group]
     llm_output = getattr(response, "llm_output", None) or {}
     outputs: list[Any] = []
@@ -335,7 +363,9 @@ def _llm_result(response: Any) -> dict[str, Any]:
         metadata = getattr(message, "response_metadata", None) or {}
         model = model or metadata.get("model_name") or metadata.get("model")
         usage = getattr(message, "usage_metadata", None)
-        if usage:
+        # The generations of one run are the choices of one response (n > 1),
+        # each message carrying that response's usage (langchain-openai): once.
+        if usage and not tokens:
             _add_tokens(tokens, "input_tokens", usage.get("input_tokens"))
             _add_tokens(tokens, "output_tokens", usage.get("output_tokens"))
             details = usage.get("input_token_details") or {}
@@ -356,7 +386,7 @@ def _llm_result(response: Any) -> dict[str, Any]:
                         usage.get("prompt_tokens", usage.get("input_tokens")))
             _add_tokens(tokens, "output_tokens",
                         usage.get("completion_tokens", usage.get("output_tokens")))
-    model = model or llm_output.get("model_name") or llm_output.get("model")
+    model = model or llm_output.get("model_name") or llm_output.get("model") or run.reported_model
     output = outputs[0] if len(outputs) == 1 else outputs or None
     return {"model": model, "output": output, **tokens}
 

@@ -57,7 +57,8 @@ class _Kind:
 
 CHAT = _Kind("chat", _extract.chat_input, _extract.chat_result,
              ("openai.types.chat", "ChatCompletion"),
-             lambda kwargs: _extract.ChatChunks(_tokens.Estimate.start(kwargs)))
+             lambda kwargs: _extract.ChatChunks(_tokens.Estimate.start(kwargs),
+                                               choices=kwargs.get("n")))
 RESPONSES = _Kind("responses", _extract.responses_input, _extract.responses_result,
                   ("openai.types.responses", "Response"), lambda kwargs: _extract.ResponseEvents())
 EMBEDDINGS = _Kind("embeddings", _extract.embeddings_input, _extract.embeddings_result,
@@ -132,10 +133,11 @@ def _raw_response(kind: _Kind, call: LLMCall, response: Any, kwargs: dict[str, A
 
 
 def _finish_from(kind: _Kind, call: LLMCall, parsed: Any) -> None:
-    if isinstance(parsed, kind.expected()):
-        call.finish(**kind.result(parsed))
-    else:
-        call.finish()
+    call.finish(**_fields(kind, parsed))
+
+
+def _fields(kind: _Kind, parsed: Any) -> dict[str, Any]:
+    return kind.result(parsed) if isinstance(parsed, kind.expected()) else {}
 
 
 class _RawRead:
@@ -166,6 +168,9 @@ class _RawRead:
     def closed(self, call: LLMCall, response: Any) -> None:
         if body_already_read(response):  # read with read() or json()
             _finish_from(self.kind, call, _parse_apart(response))
+
+    def fields(self, parsed: Any) -> dict[str, Any]:
+        return _fields(self.kind, parsed)
 
     def events(self, response: Any) -> tuple[Accumulator, EventReader] | None:
         make_chunk = chunk_maker(response)

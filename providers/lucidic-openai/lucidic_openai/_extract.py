@@ -97,13 +97,15 @@ class ChatChunks:
     counted from the request and what the stream spelled (on Lucidic's
     background thread, once the call is recorded)."""
 
-    __slots__ = ("choices", "estimate", "finished", "model", "usage")
+    __slots__ = ("choices", "estimate", "expected_choices", "finished", "model", "usage")
 
-    def __init__(self, estimate: Any = None) -> None:
+    def __init__(self, estimate: Any = None, *, choices: Any = None) -> None:
         self.estimate = estimate
         self.model: str | None = None
         self.usage: Any = None
         self.choices: dict[int, dict[str, Any]] = {}
+        #: The request's ``n``: the stream is whole once that many choices ended.
+        self.expected_choices = choices if isinstance(choices, int) and choices > 1 else 1
         self.finished = False
 
     def add(self, chunk: Any) -> bool:
@@ -143,7 +145,8 @@ class ChatChunks:
                     content = True
             if choice.finish_reason:
                 state["finish_reason"] = choice.finish_reason
-                self.finished = True
+                self.finished = len(self.choices) >= self.expected_choices and all(
+                    other["finish_reason"] for other in self.choices.values())
         return content
 
     def result(self) -> dict[str, Any]:
