@@ -394,6 +394,18 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     # Evaluations: a run's case and outcome on its session, replayed events,
     # experiments, scores, rubric results and evaluation claims.
     (8, list(evalstore.MIGRATION)),
+    # Derived data (lucidic.reading.derived): every write notes the sessions
+    # it touched in changed_sessions, in its own transaction; a refresher in
+    # `lucidic ui` and `lucidic server` rebuilds what pages read in place of
+    # every row, and removes the notes. Every session stored before this
+    # migration is noted, so an upgraded store reads exact at once.
+    (9, [
+        "CREATE TABLE IF NOT EXISTS changed_sessions (\n  session_id TEXT PRIMARY KEY,\n"
+        "  noted_at DOUBLE PRECISION NOT NULL,\n  version BIGINT NOT NULL\n)",
+        "INSERT INTO changed_sessions (session_id, noted_at, version) "
+        "SELECT id, 0, 1 FROM sessions UNION SELECT session_id, 0, 1 FROM steps "
+        "UNION SELECT session_id, 0, 1 FROM events",
+    ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -660,6 +672,12 @@ def _check_records(records: Sequence[Record],
 
 _record_kind = itemgetter(0)
 _record_id = itemgetter(1)
+
+
+def _sessions_named(records: list[Record]) -> set[str]:
+    """The sessions that session, step and event records touch."""
+    return {rid if kind == "session" else fields["session_id"]
+            for kind, rid, _, fields in records}
 
 
 def _split(records: list[Record]) -> tuple[list[Record], list[Record]]:
@@ -1170,6 +1188,27 @@ class Store:
                     ("session", "step", "event"), records=core if strict else None,
                     project=project)
         self._after_core(cur, core, extra, project)
+        self.note_changed(cur, _sessions_named(core))
+
+    def note_changed(self, cur: Any, session_ids: Iterable[str]) -> None:
+        """Note, inside the writing transaction, that these sessions' rows
+        changed: what lucidic.reading.derived keeps for them is stale until
+        it is rebuilt, and pages read their rows instead. Every write to
+        sessions, steps or events calls this (a note renewed bumps its
+        version, so a refresher that read an older one leaves it). Ids in
+        order, so that concurrent writers lock notes in one order."""
+        ids = sorted(set(session_ids))
+        if not ids:
+            return
+        now = time.time()
+        ph = self._ph
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            rows = ", ".join([f"({ph}, {ph}, 1)"] * len(chunk))
+            cur.execute(f"INSERT INTO changed_sessions (session_id, noted_at, version) "
+                        f"VALUES {rows} ON CONFLICT (session_id) DO UPDATE SET "
+                        "noted_at = excluded.noted_at, version = changed_sessions.version + 1",
+                        [value for sid in chunk for value in (sid, now)])
 
     def _after_core(self, cur: Any, core: list[Record], extra: list[Record],
                     project: str | None) -> None:
@@ -1202,8 +1241,8 @@ class Store:
         records = list(records)
         repeated = _check_records(records, project)
         core, extra = _split(records)
-        referenced = {rid if kind == "session" else fields["session_id"]
-                      for kind, rid, _, fields in core}
+        touched = _sessions_named(core)
+        referenced = set(touched)
         referenced.update(sid for kind, _, _, fields in extra
                           if (sid := evalstore.referenced_session(kind, fields)) is not None)
 
@@ -1224,6 +1263,7 @@ class Store:
                 raise UnknownSessionError(missing)
             self._apply(cur, groups, ("step", "event"), records=core, project=project)
             self._after_core(cur, core, extra, project)
+            self.note_changed(cur, touched)
 
         self._run(run, write=True)
 
@@ -1241,6 +1281,7 @@ class Store:
             cur.execute(insert, row)
             if cur.rowcount == 1:
                 self._after_core(cur, [record], [], project)
+                self.note_changed(cur, [record[1]])
                 return True
             cur.execute(f"SELECT project, started_at FROM sessions WHERE id = {self._ph}",
                         (record[1],))
