@@ -13,7 +13,9 @@ def saturated(store: Store, expression: str) -> str:
     """SQL of an integer ``expression`` (which may have overflowed) held
     within INT_MIN..INT_MAX."""
     if store.dialect == "postgresql":
-        return f"GREATEST(LEAST({expression}, {INT_MAX}), {INT_MIN})"
+        # Not GREATEST/LEAST: they skip a NULL, which would come out INT_MAX.
+        return (f"CASE WHEN {expression} > {INT_MAX} THEN {INT_MAX} WHEN {expression} < "
+                f"{INT_MIN} THEN {INT_MIN} ELSE {expression} END")
     # SQLite's integer arithmetic turns REAL when it overflows, and CAST of
     # a REAL beyond the 64-bit range gives the nearest limit.
     return f"CAST({expression} AS INTEGER)"

@@ -222,6 +222,20 @@ def test_dashboard_sums_per_day_and_model_with_nearest_rank_percentiles(store: S
         Reader(store).dashboard(None, day0, day0)
 
 
+def test_events_without_token_counts_add_no_tokens(store: Store) -> None:
+    # On PostgreSQL the saturating sum was GREATEST(LEAST(SUM(...), max), min),
+    # and GREATEST and LEAST skip a NULL: a day (or a session) whose events
+    # carried no token counts showed 9,223,372,036,854,775,807 tokens.
+    day0 = (T0 // 86400) * 86400
+    store.write([_session("none", at=day0 + 10), _event("n", "none", at=day0 + 11),
+                 _session("some", at=day0 + 20),
+                 _event("s", "some", at=day0 + 21, input_tokens=3)])
+    board = Reader(store).dashboard(None, day0, day0 + 86400)
+    assert (board.days[0]["input_tokens"], board.days[0]["output_tokens"]) == (3, 0)
+    assert board.total_tokens == 3
+    assert _ids(store, sort="tokens") == ["some", "none"]
+
+
 def test_session_version_changes_when_anything_is_written(store: Store) -> None:
     store.write([_session("v", at=time.time())])
     reader = Reader(store)
