@@ -405,6 +405,33 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "INSERT INTO changed_sessions (session_id, noted_at, version) "
         "SELECT id, 0, 1 FROM sessions UNION SELECT session_id, 0, 1 FROM steps "
         "UNION SELECT session_id, 0, 1 FROM events",
+        # What the sessions list sorts by (see reading.sessions.SORTS).
+        "CREATE TABLE IF NOT EXISTS session_totals (\n  session_id TEXT PRIMARY KEY,\n"
+        "  cost DOUBLE PRECISION NOT NULL,\n  tokens BIGINT NOT NULL,\n"
+        "  events BIGINT NOT NULL,\n  errors BIGINT NOT NULL\n)",
+        # The session's, its steps' and its events' searchable text, each
+        # column case-folded as search folds it, one per line.
+        "CREATE TABLE IF NOT EXISTS session_text (\n  session_id TEXT PRIMARY KEY,\n"
+        "  folded TEXT NOT NULL\n)",
+        # The dashboard's sums: a session's events by day, hour, model and
+        # whether they are LLM calls, with the first and last start time of
+        # each group; token sums in their high and low 32 bits (summed apart,
+        # as reading.totals.int_sum does, so sums of them are exact).
+        "CREATE TABLE IF NOT EXISTS session_activity (\n  session_id TEXT NOT NULL,\n"
+        "  project TEXT,\n  day BIGINT NOT NULL,\n  hour BIGINT NOT NULL,\n"
+        "  model TEXT NOT NULL,\n  is_llm SMALLINT NOT NULL,\n"
+        "  first_at DOUBLE PRECISION NOT NULL,\n  last_at DOUBLE PRECISION NOT NULL,\n"
+        "  events BIGINT NOT NULL,\n  errors BIGINT NOT NULL,\n  failed BIGINT NOT NULL,\n"
+        "  cost DOUBLE PRECISION,\n  input_hi BIGINT,\n  input_lo BIGINT,\n"
+        "  output_hi BIGINT,\n  output_lo BIGINT\n)",
+        "CREATE INDEX IF NOT EXISTS session_activity_session ON session_activity (session_id)",
+        "CREATE INDEX IF NOT EXISTS session_activity_hour ON session_activity (hour)",
+        # Each LLM call's timings, for the dashboard's percentiles.
+        "CREATE TABLE IF NOT EXISTS llm_timings (\n  session_id TEXT NOT NULL,\n"
+        "  project TEXT,\n  started_at DOUBLE PRECISION NOT NULL,\n  model TEXT NOT NULL,\n"
+        "  duration DOUBLE PRECISION,\n  time_to_first_token DOUBLE PRECISION\n)",
+        "CREATE INDEX IF NOT EXISTS llm_timings_session ON llm_timings (session_id)",
+        "CREATE INDEX IF NOT EXISTS llm_timings_started ON llm_timings (started_at)",
     ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -892,6 +919,7 @@ class Store:
         # Unicode-aware case-insensitive search (SQLite's own LIKE folds ASCII
         # only); used by lucidic.reading for queries in other scripts.
         self._conn.create_function("lucidic_contains", -1, _contains, deterministic=True)
+        self._conn.create_function("lucidic_fold", -1, _fold, deterministic=True)
 
     def _connect_postgresql(self, url: str) -> None:
         try:
@@ -1451,6 +1479,11 @@ def _contains(needle: Any, *texts: Any) -> int:
         if isinstance(text, str) and needle in text.casefold():
             return 1
     return 0
+
+
+def _fold(*texts: Any) -> str:
+    """The texts given, case-folded as ``_contains`` folds them, one a line."""
+    return "\n".join(text.casefold() for text in texts if isinstance(text, str))
 
 
 def _sqlite_path(url: str) -> str:

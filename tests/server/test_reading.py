@@ -8,21 +8,48 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
 
 from lucidic.limits import INT_MAX, INT_MIN
 from lucidic.reading import InvalidQueryError, Reader, SessionQuery, status_of
+from lucidic.reading.derived import refresh
 from lucidic.store import Store
 
 T0 = 1_700_000_000.0  # a fixed past instant, so days and ranges are exact
 
 
-@pytest.fixture
-def store(db_url: str) -> Iterator[Store]:
-    s = Store(db_url)
+class RefreshedStore(Store):
+    """A store whose derived data (lucidic.reading.derived) is rebuilt before
+    every read: pages then read it, where a plain store's read every row."""
+
+    _refreshing = False
+
+    def _refreshed(self) -> None:
+        if not self._refreshing:
+            self._refreshing = True
+            try:
+                while refresh(self, quiet=-60, limit=1000):
+                    pass
+            finally:
+                self._refreshing = False
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        self._refreshed()
+        return super().query(sql, params)
+
+    def query_many(self, statements: Sequence[tuple[str, Sequence[Any]]]
+                   ) -> list[list[dict[str, Any]]]:
+        self._refreshed()
+        return super().query_many(statements)
+
+
+@pytest.fixture(params=["rows", "derived"])
+def store(db_url: str, request: pytest.FixtureRequest) -> Iterator[Store]:
+    """Each test reads from every row, and from derived data rebuilt first."""
+    s = Store(db_url) if request.param == "rows" else RefreshedStore(db_url)
     yield s
     s.close()
 

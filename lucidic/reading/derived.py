@@ -1,0 +1,256 @@
+"""Derived data: what the pages that would read every row read instead.
+
+Sorting the sessions list by a total, searching, and the dashboard would
+sum or scan every step and event. Instead, for each session, the store keeps
+
+- ``session_totals``: what the list sorts by (cost, tokens, events, errors);
+- ``session_text``: its searchable text, each column case-folded as search
+  folds it (see lucidic.reading.search);
+- ``session_activity``: its events' sums by day, hour, model and kind, with
+  each group's first and last start time;
+- ``llm_timings``: its LLM calls' durations and times to first token.
+
+Every write notes the sessions it touched in ``changed_sessions``, in the
+same transaction (``Store.note_changed``). A refresher thread in `lucidic ui`
+and `lucidic server` (not in the SDK, not in the CLI) rebuilds the derived
+rows of sessions that have been quiet for QUIET_SECONDS and removes their
+notes (only notes not renewed since it read them). A page reads the derived
+rows of sessions that are not noted and, in the same statement, the raw rows
+of those that are: it shows exactly what summing every row would, whether
+the refresher has run or not. (The one difference: the dashboard's costs
+are sums of sums, which may differ from one sum in the last binary digit.)
+
+Each derived value is computed by the same SQL as the raw value a page
+reads for a noted session (the templates below, over a session id), so the
+two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from .._internal import log_rate_limited
+from ..store import Store
+from .search import EVENT_TEXT, SESSION_TEXT, STEP_TEXT, TextMatch, fold_sql
+from .totals import cost_sum, int_parts, int_sum, saturated
+
+logger = logging.getLogger("lucidic")
+
+#: A session is refreshed once nothing has been written to it for this long
+#: (a running session is read from its rows until then).
+QUIET_SECONDS = 2.0
+#: Sessions refreshed in one transaction (short: SQLite writers wait for it).
+BATCH = 200
+#: Every table the refresher keeps, each keyed by session_id.
+TABLES = ("session_totals", "session_text", "session_activity", "llm_timings")
+#: A session noted as changed, over the session row ``s`` (SQL).
+NOTED = "EXISTS (SELECT 1 FROM changed_sessions n WHERE n.session_id = {sid})"
+NOTED_IDS = "SELECT session_id FROM changed_sessions"
+#: The model a dashboard groups an event under.
+MODEL = "COALESCE(e.model, e.request_model, '(no model)')"
+
+
+def tokens_sum(store: Store, alias: str = "") -> str:
+    """SQL of a session's input and output tokens, saturated at INT_MAX."""
+    return saturated(store, f"COALESCE({int_sum(store, alias + 'input_tokens')}, 0) + "
+                            f"COALESCE({int_sum(store, alias + 'output_tokens')}, 0)")
+
+
+#: The totals the sessions list sorts by, each a column of session_totals.
+TOTALS = ("cost", "tokens", "events", "errors")
+
+
+def session_totals(store: Store) -> dict[str, str]:
+    """Each of TOTALS as SQL over the rows of the session ``{sid}``."""
+    events = "FROM events e WHERE e.session_id = {sid}"
+    return {
+        "cost": f"COALESCE((SELECT {cost_sum('e.cost')} {events}), 0)",
+        "tokens": f"(SELECT {tokens_sum(store, 'e.')} {events})",
+        "events": f"(SELECT COUNT(*) {events})",
+        "errors": (f"((SELECT COUNT(*) {events} AND (e.error IS NOT NULL OR e.type = 'error')) "
+                   "+ (SELECT COUNT(*) FROM steps st WHERE st.session_id = {sid} "
+                   "AND st.error IS NOT NULL))"),
+    }
+
+
+def total_sql(store: Store, total: str, session_id: str, derived: str) -> str:
+    """SQL of one of TOTALS for the session ``session_id`` (SQL): from its
+    ``derived`` row (session_totals, joined), or its rows when it is noted."""
+    rows = session_totals(store)[total].format(sid=session_id)
+    return (f"(CASE WHEN {NOTED.format(sid=session_id)} THEN {rows} "
+            f"ELSE COALESCE({derived}.{total}, 0) END)")
+
+
+def search_sql(match: TextMatch, alias: str = "s") -> tuple[str, list[Any]]:
+    """True for a session (row ``alias``) that ``match`` finds: tested on its
+    folded text, confirmed on its rows where that test is not exact (see
+    TextMatch.folded); on its rows when it is noted."""
+    prefix, prefix_params = match.id_prefix(alias)
+    rows, row_params = match.rows(alias)
+    folded, folded_params, exact = match.folded("t.folded")
+    derived = (f"EXISTS (SELECT 1 FROM session_text t WHERE t.session_id = {alias}.id "
+               f"AND ({folded}))")
+    derived_params = folded_params
+    if not exact:
+        derived, derived_params = f"({derived} AND {rows})", [*folded_params, *row_params]
+    noted = NOTED.format(sid=f"{alias}.id")
+    return (f"({prefix} OR CASE WHEN {noted} THEN {rows} ELSE {derived} END)",
+            [*prefix_params, *row_params, *derived_params])
+
+
+def bucket(store: Store, column: str, seconds: int) -> str:
+    """Whole ``seconds`` since the epoch at ``column`` (days, hours), as the
+    dashboard has always numbered days."""
+    if store.dialect == "postgresql":
+        return f"CAST(floor({column} / {seconds}) AS BIGINT)"
+    return f"CAST({column} / {seconds} AS INTEGER)"
+
+
+def activity_columns(store: Store) -> dict[str, str]:
+    """session_activity's sums over events ``e`` of one group (SQL)."""
+    return {
+        "first_at": "MIN(e.started_at)", "last_at": "MAX(e.started_at)",
+        "events": "COUNT(*)",
+        "errors": "SUM(CASE WHEN e.error IS NOT NULL OR e.type = 'error' THEN 1 ELSE 0 END)",
+        "failed": "SUM(CASE WHEN e.error IS NOT NULL THEN 1 ELSE 0 END)",
+        "cost": cost_sum("e.cost"),
+        **{f"{name}_{part}": f"SUM({sql})" for name in ("input", "output")
+           for part, sql in zip(("hi", "lo"), int_parts(f"e.{name}_tokens"), strict=True)},
+    }
+
+
+def activity_groups(store: Store) -> dict[str, str]:
+    """session_activity's grouping columns over events ``e`` (SQL)."""
+    return {"day": bucket(store, "e.started_at", 86400),
+            "hour": bucket(store, "e.started_at", 3600), "model": MODEL,
+            "is_llm": "CASE WHEN e.type = 'llm' THEN 1 ELSE 0 END"}
+
+
+def _batch(store: Store, count: int) -> str:
+    rows = ", ".join([f"({store.placeholder})"] * count)
+    return f"WITH batch (session_id) AS (VALUES {rows}) "
+
+
+def refresh(store: Store, *, quiet: float = QUIET_SECONDS, limit: int = BATCH,
+            now: float | None = None) -> int:
+    """Rebuild the derived rows of up to ``limit`` noted sessions on which
+    nothing was written for ``quiet`` seconds, and remove their notes (a
+    note renewed meanwhile stays). How many sessions it rebuilt."""
+    import time
+
+    ph = store.placeholder
+    cutoff = (time.time() if now is None else now) - quiet
+    texts = _texts(store)  # (which may ask PostgreSQL how it folds: not in the transaction)
+
+    def run(cur: Any) -> int:
+        if store.dialect == "postgresql":
+            # One refresher at a time (server replicas each run one).
+            cur.execute("SELECT pg_try_advisory_xact_lock(7514204)")
+            if not cur.fetchone()[0]:
+                return 0
+        cur.execute(f"SELECT session_id, version FROM changed_sessions WHERE noted_at <= {ph} "
+                    f"ORDER BY noted_at LIMIT {ph}", (cutoff, limit))
+        notes = cur.fetchall()
+        if not notes:
+            return 0
+        ids = [row[0] for row in notes]
+        marks = ", ".join([ph] * len(ids))
+        for table in TABLES:
+            cur.execute(f"DELETE FROM {table} WHERE session_id IN ({marks})", ids)
+        for sql in rebuild_sql(store, len(ids), texts):
+            cur.execute(sql, ids)
+        cur.executemany(f"DELETE FROM changed_sessions WHERE session_id = {ph} "
+                        f"AND version = {ph}", [tuple(row) for row in notes])
+        return len(notes)
+
+    return int(store.transaction(run))
+
+
+def _texts(store: Store) -> tuple[str, str, str]:
+    """The folded text of a session's row ``s``, a step ``st``, an event ``ev``."""
+    return (fold_sql(store, "s", SESSION_TEXT), fold_sql(store, "st", STEP_TEXT),
+            fold_sql(store, "ev", EVENT_TEXT))
+
+
+def rebuild_sql(store: Store, count: int, texts: tuple[str, str, str]) -> list[str]:
+    """The statements that insert the derived rows of ``count`` sessions,
+    each taking their ids as its parameters."""
+    batch = _batch(store, count)
+    totals = session_totals(store)
+    sums = activity_columns(store)
+    groups = activity_groups(store)
+    session_text, step_text, event_text = texts
+    joined = ("string_agg(piece, E'\\n')" if store.dialect == "postgresql"
+              else "group_concat(piece, char(10))")
+    return [
+        f"{batch}INSERT INTO session_totals (session_id, {', '.join(totals)}) "
+        f"SELECT b.session_id, {', '.join(v.format(sid='b.session_id') for v in totals.values())}"
+        " FROM batch b",
+        f"{batch}INSERT INTO session_text (session_id, folded) "
+        f"SELECT session_id, {joined} FROM ("
+        f"SELECT s.id AS session_id, {session_text} AS piece FROM sessions s "
+        "WHERE s.id IN (SELECT session_id FROM batch) "
+        f"UNION ALL SELECT st.session_id, {step_text} FROM steps st "
+        "WHERE st.session_id IN (SELECT session_id FROM batch) "
+        f"UNION ALL SELECT ev.session_id, {event_text} FROM events ev "
+        "WHERE ev.session_id IN (SELECT session_id FROM batch)) pieces GROUP BY session_id",
+        f"{batch}INSERT INTO session_activity (session_id, project, {', '.join(groups)}, "
+        f"{', '.join(sums)}) SELECT e.session_id, s.project, {', '.join(groups.values())}, "
+        f"{', '.join(sums.values())} FROM events e LEFT JOIN sessions s ON s.id = e.session_id "
+        "WHERE e.session_id IN (SELECT session_id FROM batch) AND e.started_at IS NOT NULL "
+        f"GROUP BY e.session_id, s.project, {', '.join(groups.values())}",
+        f"{batch}INSERT INTO llm_timings (session_id, project, started_at, model, duration, "
+        f"time_to_first_token) SELECT e.session_id, s.project, e.started_at, {MODEL}, "
+        "e.duration, e.time_to_first_token FROM events e LEFT JOIN sessions s "
+        "ON s.id = e.session_id WHERE e.session_id IN (SELECT session_id FROM batch) "
+        "AND e.type = 'llm' AND e.started_at IS NOT NULL "
+        "AND (e.duration IS NOT NULL OR e.time_to_first_token IS NOT NULL)",
+    ]
+
+
+def pending(store: Store) -> int:
+    """How many sessions are noted as changed (read from their rows)."""
+    return int(store.query("SELECT COUNT(*) AS n FROM changed_sessions")[0]["n"])
+
+
+class Refresher:
+    """Refreshes derived data in a daemon thread, on its own connection, until
+    stopped; a failure is logged (rate-limited) and the next round tries again:
+    pages stay exact meanwhile, only slower."""
+
+    def __init__(self, database_url: str, *, interval: float = 1.0) -> None:
+        self.url = database_url
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="lucidic-refresher",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        store: Store | None = None
+        try:
+            while not self._stop.is_set():
+                try:
+                    store = store or Store(self.url, busy_timeout=10.0)
+                    while refresh(store) and not self._stop.is_set():
+                        pass
+                except Exception as exc:  # noqa: BLE001 - pages read the rows meanwhile
+                    log_rate_limited("refresher", "lucidic: refreshing derived data failed "
+                                     "(pages read every row meanwhile): %r", exc)
+                    if store is not None:
+                        store.close()
+                    store = None
+                self._stop.wait(self.interval)
+        finally:
+            if store is not None:
+                store.close()
