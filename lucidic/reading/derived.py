@@ -96,8 +96,10 @@ def search_sql(match: TextMatch, alias: str = "s") -> tuple[str, list[Any]]:
     if not exact:
         derived, derived_params = f"({derived} AND {rows})", [*folded_params, *row_params]
     noted = NOTED.format(sid=f"{alias}.id")
-    return (f"({prefix} OR CASE WHEN {noted} THEN {rows} ELSE {derived} END)",
-            [*prefix_params, *row_params, *derived_params])
+    # (Not a CASE: SQLite evaluates both sides of an AND or OR in one; in a
+    # WHERE clause it stops at the first that decides.)
+    return (f"({prefix} OR (NOT {noted} AND {derived}) OR ({noted} AND {rows}))",
+            [*prefix_params, *derived_params, *row_params])
 
 
 def bucket(store: Store, column: str, seconds: int) -> str:
@@ -150,6 +152,7 @@ def refresh(store: Store, *, quiet: float = QUIET_SECONDS, limit: int = BATCH,
             cur.execute("SELECT pg_try_advisory_xact_lock(7514204)")
             if not cur.fetchone()[0]:
                 return 0
+            cur.execute("SET LOCAL jit = off")  # (compiling took longer than running)
         cur.execute(f"SELECT session_id, version FROM changed_sessions WHERE noted_at <= {ph} "
                     f"ORDER BY noted_at LIMIT {ph}", (cutoff, limit))
         notes = cur.fetchall()

@@ -132,10 +132,15 @@ class TextMatch:
         own, params = self.columns(alias, SESSION_TEXT)
         steps, step_params = self.columns("st", STEP_TEXT)
         events, event_params = self.columns("ev", EVENT_TEXT)
+        # PostgreSQL would read every step and event once, into a hash, for
+        # what is asked of a few sessions (those derived data does not
+        # answer for): OFFSET 0 keeps each a lookup by its session's id.
+        per_session = " OFFSET 0" if self._dialect == "postgresql" else ""
         sql = (f"({own} "
-               f"OR EXISTS (SELECT 1 FROM steps st WHERE st.session_id = {alias}.id AND {steps}) "
+               f"OR EXISTS (SELECT 1 FROM steps st WHERE st.session_id = {alias}.id AND {steps}"
+               f"{per_session}) "
                f"OR EXISTS (SELECT 1 FROM events ev WHERE ev.session_id = {alias}.id "
-               f"AND {events}))")
+               f"AND {events}{per_session}))")
         return sql, [*params, *step_params, *event_params]
 
     def folded(self, column: str) -> tuple[str, list[Any], bool]:
