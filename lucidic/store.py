@@ -405,6 +405,8 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "INSERT INTO changed_sessions (session_id, noted_at, version) "
         "SELECT id, 0, 1 FROM sessions UNION SELECT session_id, 0, 1 FROM steps "
         "UNION SELECT session_id, 0, 1 FROM events",
+        # the refresher takes the quiet ones, oldest first
+        "CREATE INDEX IF NOT EXISTS changed_sessions_noted ON changed_sessions (noted_at)",
         # What the sessions list sorts by (see reading.sessions.SORTS).
         "CREATE TABLE IF NOT EXISTS session_totals (\n  session_id TEXT PRIMARY KEY,\n"
         "  cost DOUBLE PRECISION NOT NULL,\n  tokens BIGINT NOT NULL,\n"
@@ -701,12 +703,6 @@ _record_kind = itemgetter(0)
 _record_id = itemgetter(1)
 
 
-def _sessions_named(records: list[Record]) -> set[str]:
-    """The sessions that session, step and event records touch."""
-    return {rid if kind == "session" else fields["session_id"]
-            for kind, rid, _, fields in records}
-
-
 def _split(records: list[Record]) -> tuple[list[Record], list[Record]]:
     """Sessions, steps and events apart from the evaluation records."""
     if _TABLES.keys() >= set(map(_record_kind, records)):  # (in C: the usual batch)
@@ -803,6 +799,22 @@ def _group_rows(records: list[Record], project: str | None = None, *,
         else:
             finished[bound] = rows
     return finished
+
+
+def _sessions_grouped(groups: RowGroups) -> set[str]:
+    """The sessions that grouped rows touch: taken from the rows a column at
+    a time, in C (this runs on the write path of every recorded step)."""
+    named: set[str] = set()
+    for (kind, columns), rows in groups.items():
+        column = "id" if kind == "session" else "session_id"
+        if rows and isinstance(rows[0], dict):  # keyed rows (PostgreSQL)
+            named.update(map(itemgetter(column), rows))
+        else:
+            at = 0 if kind == "session" else 1 + columns.index(column)
+            ids = rows[at::len(columns) + 2]
+            # (A batch of one session's steps, the usual one: counted, not hashed.)
+            named.update(ids[:1] if ids.count(ids[0]) == len(ids) else ids)
+    return named
 
 
 def _drop_null_columns(columns: tuple[str, ...], rows: list[Any]) -> tuple[str, ...]:
@@ -1212,19 +1224,23 @@ class Store:
     def _apply_all(self, cur: Any, records: list[Record], repeated: set[tuple[str, str]],
                    project: str | None, *, strict: bool = False) -> None:
         core, extra = _split(records)
-        self._apply(cur, self._group(cur, core, repeated, project),
-                    ("session", "step", "event"), records=core if strict else None,
-                    project=project)
+        groups = self._group(cur, core, repeated, project)
+        self._apply(cur, groups, ("session", "step", "event"),
+                    records=core if strict else None, project=project)
         self._after_core(cur, core, extra, project)
-        self.note_changed(cur, _sessions_named(core))
+        self.note_changed(cur, _sessions_grouped(groups))
 
     def note_changed(self, cur: Any, session_ids: Iterable[str]) -> None:
         """Note, inside the writing transaction, that these sessions' rows
         changed: what lucidic.reading.derived keeps for them is stale until
         it is rebuilt, and pages read their rows instead. Every write to
-        sessions, steps or events calls this (a note renewed bumps its
-        version, so a refresher that read an older one leaves it). Ids in
-        order, so that concurrent writers lock notes in one order."""
+        sessions, steps or events calls this. A note that exists needs no
+        renewal to stay exact: the refresher removes only notes it locked
+        (PostgreSQL: a writer's note waits for its commit, then is made
+        again) or read in a transaction no write interleaves (SQLite); its
+        time says when the session was last written (to a second), so that
+        only quiet sessions are rebuilt. Ids in order, so that concurrent
+        writers lock notes in one order."""
         ids = sorted(set(session_ids))
         if not ids:
             return
@@ -1233,9 +1249,12 @@ class Store:
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
             rows = ", ".join([f"({ph}, {ph}, 1)"] * len(chunk))
+            # A note is renewed once a second at most: rewriting it at every
+            # batch of a running session would cost the write path a page.
             cur.execute(f"INSERT INTO changed_sessions (session_id, noted_at, version) "
                         f"VALUES {rows} ON CONFLICT (session_id) DO UPDATE SET "
-                        "noted_at = excluded.noted_at, version = changed_sessions.version + 1",
+                        "noted_at = excluded.noted_at, version = changed_sessions.version + 1 "
+                        "WHERE changed_sessions.noted_at < excluded.noted_at - 1",
                         [value for sid in chunk for value in (sid, now)])
 
     def _after_core(self, cur: Any, core: list[Record], extra: list[Record],
@@ -1269,8 +1288,8 @@ class Store:
         records = list(records)
         repeated = _check_records(records, project)
         core, extra = _split(records)
-        touched = _sessions_named(core)
-        referenced = set(touched)
+        referenced = {rid if kind == "session" else fields["session_id"]
+                      for kind, rid, _, fields in core}
         referenced.update(sid for kind, _, _, fields in extra
                           if (sid := evalstore.referenced_session(kind, fields)) is not None)
 
@@ -1291,7 +1310,7 @@ class Store:
                 raise UnknownSessionError(missing)
             self._apply(cur, groups, ("step", "event"), records=core, project=project)
             self._after_core(cur, core, extra, project)
-            self.note_changed(cur, touched)
+            self.note_changed(cur, _sessions_grouped(groups))
 
         self._run(run, write=True)
 

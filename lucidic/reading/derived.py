@@ -14,7 +14,8 @@ Every write notes the sessions it touched in ``changed_sessions``, in the
 same transaction (``Store.note_changed``). A refresher thread in `lucidic ui`
 and `lucidic server` (not in the SDK, not in the CLI) rebuilds the derived
 rows of sessions that have been quiet for QUIET_SECONDS and removes their
-notes (only notes not renewed since it read them). A page reads the derived
+notes, which no write can renew meanwhile (they are locked; a note renewed
+all the same, its version bumped, would stay). A page reads the derived
 rows of sessions that are not noted and, in the same statement, the raw rows
 of those that are: it shows exactly what summing every row would, whether
 the refresher has run or not. (The one difference: the dashboard's costs
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 from .._internal import log_rate_limited
@@ -140,8 +142,6 @@ def refresh(store: Store, *, quiet: float = QUIET_SECONDS, limit: int = BATCH,
     """Rebuild the derived rows of up to ``limit`` noted sessions on which
     nothing was written for ``quiet`` seconds, and remove their notes (a
     note renewed meanwhile stays). How many sessions it rebuilt."""
-    import time
-
     ph = store.placeholder
     cutoff = (time.time() if now is None else now) - quiet
     texts = _texts(store)  # (which may ask PostgreSQL how it folds: not in the transaction)
@@ -153,8 +153,12 @@ def refresh(store: Store, *, quiet: float = QUIET_SECONDS, limit: int = BATCH,
             if not cur.fetchone()[0]:
                 return 0
             cur.execute("SET LOCAL jit = off")  # (compiling took longer than running)
+        # Locked (PostgreSQL; SQLite's write transaction holds the file): a
+        # writer's note for one of them waits until these are rebuilt and
+        # removed, then is made again. One being written is left for later.
+        lock = " FOR UPDATE SKIP LOCKED" if store.dialect == "postgresql" else ""
         cur.execute(f"SELECT session_id, version FROM changed_sessions WHERE noted_at <= {ph} "
-                    f"ORDER BY noted_at LIMIT {ph}", (cutoff, limit))
+                    f"ORDER BY noted_at LIMIT {ph}{lock}", (cutoff, limit))
         notes = cur.fetchall()
         if not notes:
             return 0
@@ -245,8 +249,14 @@ class Refresher:
             while not self._stop.is_set():
                 try:
                     store = store or Store(self.url, busy_timeout=10.0)
-                    while refresh(store) and not self._stop.is_set():
-                        pass
+                    while not self._stop.is_set():
+                        started = time.monotonic()
+                        if not refresh(store):
+                            break
+                        if store.dialect == "sqlite":
+                            # Writers wait while a batch is rebuilt (SQLite
+                            # locks the file): as long again is theirs.
+                            self._stop.wait(time.monotonic() - started)
                 except Exception as exc:  # noqa: BLE001 - pages read the rows meanwhile
                     log_rate_limited("refresher", "lucidic: refreshing derived data failed "
                                      "(pages read every row meanwhile): %r", exc)

@@ -56,7 +56,14 @@ def test_every_write_notes_the_sessions_it_touched_in_its_own_transaction(
                  ("step", "b-s", T0, {"session_id": "b", "started_at": T0})])
     # (b has no session row yet: its step is noted all the same)
     assert _notes(store) == {"a": 1, "b": 1}
-    store.write([_event("a-e", "a", T0 + 1, cost=0.5)])  # an amended event
+    # An amended event renews a's note if it is older than a second (its
+    # time says when the session was last written, to a second).
+    store.execute("UPDATE changed_sessions SET noted_at = 0 WHERE session_id = 'a'")
+    store.write([_event("a-e", "a", T0 + 1, cost=0.5)])
+    assert _notes(store) == {"a": 2, "b": 1}
+    assert store.query("SELECT noted_at FROM changed_sessions WHERE session_id = 'a'"
+                       )[0]["noted_at"] > time.time() - 60
+    store.write([_event("a-e", "a", T0 + 2, cost=0.6)])  # within a second: left as it is
     assert _notes(store) == {"a": 2, "b": 1}
 
     _forget_notes(store)
@@ -330,6 +337,57 @@ def test_pages_read_from_derived_data_are_exactly_what_every_row_says(store: Sto
         pass
     assert _notes(store)
     _assert_pages_exact(store)                 # some from derived data, some from rows
+    _refresh_all(store)
+    _assert_pages_exact(store)
+
+
+def test_pages_stay_exact_with_writers_busy_while_the_refresher_works(
+        store: Store, db_url: str) -> None:
+    """Writers on their own connections keep writing to the same sessions
+    while a refresher rebuilds them (every note counted as quiet): when they
+    stop, before any further refresh, every page is what every row says."""
+    store.write(_world(random.Random(3), 12))
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def write(seed: int) -> None:
+        rng = random.Random(seed)
+        writer = Store(db_url, busy_timeout=30.0)
+        try:
+            for n in range(40):
+                sid = f"s{rng.randrange(12)}"
+                writer.write([_event(f"w{seed}-{n}", sid, BASE + rng.uniform(0, 3 * DAY),
+                                     type="llm", model=rng.choice(MODELS), cost=0.125,
+                                     input_tokens=n, duration=rng.random(),
+                                     description=rng.choice(WORDS)),
+                              ("event", f"s{seed}-ev0", BASE + 5 * DAY + n,
+                               {"session_id": f"s{seed}", "cost": n / 8})])
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+        finally:
+            writer.close()
+
+    def refresher() -> None:
+        other = Store(db_url, busy_timeout=30.0)
+        try:
+            while not stop.is_set():
+                refresh(other, quiet=-60, limit=3)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+        finally:
+            other.close()
+
+    threads = [threading.Thread(target=write, args=(seed,)) for seed in (1, 2)]
+    rebuilding = threading.Thread(target=refresher)
+    rebuilding.start()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stop.set()
+    rebuilding.join()
+    assert not failures, failures
+    _assert_pages_exact(store)
     _refresh_all(store)
     _assert_pages_exact(store)
 
