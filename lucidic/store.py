@@ -808,12 +808,12 @@ def _sessions_grouped(groups: RowGroups) -> set[str]:
     for (kind, columns), rows in groups.items():
         column = "id" if kind == "session" else "session_id"
         if rows and isinstance(rows[0], dict):  # keyed rows (PostgreSQL)
-            named.update(map(itemgetter(column), rows))
+            ids = list(map(itemgetter(column), rows))
         else:
             at = 0 if kind == "session" else 1 + columns.index(column)
             ids = rows[at::len(columns) + 2]
-            # (A batch of one session's steps, the usual one: counted, not hashed.)
-            named.update(ids[:1] if ids.count(ids[0]) == len(ids) else ids)
+        # (A batch of one session's steps, the usual one: counted, not hashed.)
+        named.update(ids[:1] if ids.count(ids[0]) == len(ids) else ids)
     return named
 
 
