@@ -47,7 +47,7 @@ QUIET_SECONDS = 2.0
 BATCH = 200
 #: Every table the refresher keeps, each keyed by session_id.
 TABLES = ("session_totals", "session_text", "session_activity", "llm_timings")
-#: A session noted as changed, over the session row ``s`` (SQL).
+#: A session noted as changed (SQL, over its id ``{sid}``).
 NOTED = "EXISTS (SELECT 1 FROM changed_sessions n WHERE n.session_id = {sid})"
 NOTED_IDS = "SELECT session_id FROM changed_sessions"
 #: The model a dashboard groups an event under.
@@ -64,25 +64,32 @@ def tokens_sum(store: Store, alias: str = "") -> str:
 TOTALS = ("cost", "tokens", "events", "errors")
 
 
-def session_totals(store: Store) -> dict[str, str]:
-    """Each of TOTALS as SQL over the rows of the session ``{sid}``."""
-    events = "FROM events e WHERE e.session_id = {sid}"
-    return {
-        "cost": f"COALESCE((SELECT {cost_sum('e.cost')} {events}), 0)",
-        "tokens": f"(SELECT {tokens_sum(store, 'e.')} {events})",
-        "events": f"(SELECT COUNT(*) {events})",
-        "errors": (f"((SELECT COUNT(*) {events} AND (e.error IS NOT NULL OR e.type = 'error')) "
-                   "+ (SELECT COUNT(*) FROM steps st WHERE st.session_id = {sid} "
-                   "AND st.error IS NOT NULL))"),
-    }
+def totals_sql(store: Store, ids: str, session_id: str) -> tuple[dict[str, str], str]:
+    """Each of TOTALS as SQL, and the joins it needs, summed from the rows of
+    the sessions ``ids`` (SQL of their ids) for the session ``session_id``
+    (SQL): as the list always summed them, for only those sessions."""
+    errors = "SUM(CASE WHEN e.error IS NOT NULL OR e.type = 'error' THEN 1 ELSE 0 END)"
+    joins = (f"LEFT JOIN (SELECT e.session_id, {cost_sum('e.cost')} AS cost, "
+             f"{tokens_sum(store, 'e.')} AS tokens, COUNT(*) AS events, {errors} AS errors "
+             f"FROM events e WHERE e.session_id IN ({ids}) GROUP BY e.session_id) ev "
+             f"ON ev.session_id = {session_id} "
+             "LEFT JOIN (SELECT st.session_id, COUNT(*) AS errors FROM steps st "
+             f"WHERE st.session_id IN ({ids}) AND st.error IS NOT NULL "
+             f"GROUP BY st.session_id) se ON se.session_id = {session_id}")
+    values = {"cost": "COALESCE(ev.cost, 0)", "tokens": "COALESCE(ev.tokens, 0)",
+              "events": "COALESCE(ev.events, 0)",
+              "errors": "(COALESCE(ev.errors, 0) + COALESCE(se.errors, 0))"}
+    return values, joins
 
 
-def total_sql(store: Store, total: str, session_id: str, derived: str) -> str:
-    """SQL of one of TOTALS for the session ``session_id`` (SQL): from its
-    ``derived`` row (session_totals, joined), or its rows when it is noted."""
-    rows = session_totals(store)[total].format(sid=session_id)
-    return (f"(CASE WHEN {NOTED.format(sid=session_id)} THEN {rows} "
-            f"ELSE COALESCE({derived}.{total}, 0) END)")
+def total_sql(store: Store, total: str) -> tuple[str, str]:
+    """SQL of one of TOTALS for the session row ``s``, and the joins it
+    needs: its session_totals row, or, when it is noted, its rows."""
+    values, joins = totals_sql(store, NOTED_IDS, "s.id")
+    return (f"(CASE WHEN n.session_id IS NULL THEN COALESCE(t.{total}, 0) "
+            f"ELSE {values[total]} END)",
+            "LEFT JOIN session_totals t ON t.session_id = s.id "
+            f"LEFT JOIN changed_sessions n ON n.session_id = s.id {joins}")
 
 
 def search_sql(match: TextMatch, alias: str = "s") -> tuple[str, list[Any]]:
@@ -185,7 +192,7 @@ def rebuild_sql(store: Store, count: int, texts: tuple[str, str, str]) -> list[s
     """The statements that insert the derived rows of ``count`` sessions,
     each taking their ids as its parameters."""
     batch = _batch(store, count)
-    totals = session_totals(store)
+    totals, totals_joins = totals_sql(store, "SELECT session_id FROM batch", "b.session_id")
     sums = activity_columns(store)
     groups = activity_groups(store)
     session_text, step_text, event_text = texts
@@ -193,8 +200,7 @@ def rebuild_sql(store: Store, count: int, texts: tuple[str, str, str]) -> list[s
               else "group_concat(piece, char(10))")
     return [
         f"{batch}INSERT INTO session_totals (session_id, {', '.join(totals)}) "
-        f"SELECT b.session_id, {', '.join(v.format(sid='b.session_id') for v in totals.values())}"
-        " FROM batch b",
+        f"SELECT b.session_id, {', '.join(totals.values())} FROM batch b {totals_joins}",
         f"{batch}INSERT INTO session_text (session_id, folded) "
         f"SELECT session_id, {joined} FROM ("
         f"SELECT s.id AS session_id, {session_text} AS piece FROM sessions s "

@@ -171,8 +171,7 @@ def list_sessions(store: Store, query: SessionQuery) -> SessionPage:
     if query.sort in _ROW_SORTS:
         key = _ROW_SORTS[query.sort].format(now=repr(float(now)))
     else:
-        key = total_sql(store, query.sort, "s.id", "t")
-        joins = "LEFT JOIN session_totals t ON t.session_id = s.id"
+        key, joins = total_sql(store, query.sort)
     if keyset:
         # A row comparison: the database walks its index from the cursor on.
         where = [*where, f"({key}, s.id) {'<' if query.descending else '>'} ({ph}, {ph})"]
