@@ -18,17 +18,17 @@ notes, which no write can renew meanwhile (they are locked; a note renewed
 all the same, its version bumped, would stay). A page reads the derived
 rows of sessions that are not noted and, in the same statement, the raw rows
 of those that are: it shows exactly what summing every row would, whether
-the refresher has run or not. (The one difference: the dashboard's costs
-are sums of sums, which may differ from one sum in the last binary digit.)
+the refresher has run or not. (Costs are floating-point sums, whose last
+binary digit depends on the order they are added in, as it always did; the
+dashboard's are sums of sums.)
 
 Each derived value is computed by the same SQL as the raw value a page
-reads for a noted session (the templates below, over a session id), so the
-two cannot drift apart.
+reads for a noted session (the functions below), so the two cannot drift
+apart.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from typing import Any
@@ -37,8 +37,6 @@ from .._internal import log_rate_limited
 from ..store import Store
 from .search import EVENT_TEXT, SESSION_TEXT, STEP_TEXT, TextMatch, fold_sql
 from .totals import cost_sum, int_parts, int_sum, saturated
-
-logger = logging.getLogger("lucidic")
 
 #: A session is refreshed once nothing has been written to it for this long
 #: (a running session is read from its rows until then).

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from server_support import raw_connection
 from test_otlp import agent_trace, encode_protobuf, make_spans
 
 from lucidic.reading import Reader, SessionQuery
@@ -102,16 +103,7 @@ def test_an_upgraded_store_notes_every_session_it_holds(db_url: str) -> None:
     """From schema version 8 (the one before derived data): every session,
     and every session that only steps or events name, is noted at once."""
     before = [(v, s) for v, s in MIGRATIONS if v <= 8]
-    if db_url.startswith("postgresql"):
-        import psycopg
-
-        conn: Any = psycopg.connect(db_url, autocommit=True)
-        ph = "%s"
-    else:
-        import sqlite3
-
-        conn = sqlite3.connect(db_url[len("sqlite:///"):], isolation_level=None)
-        ph = "?"
+    conn, ph = raw_connection(db_url)
     conn.execute("CREATE TABLE lucidic_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
     for _, statements in before:
         for statement in statements:
@@ -125,6 +117,10 @@ def test_an_upgraded_store_notes_every_session_it_holds(db_url: str) -> None:
     upgraded = Store(db_url)
     try:
         assert set(_notes(upgraded)) == {"s1", "s2", "orphan"}
+        _assert_pages_exact(upgraded)      # read from rows
+        _refresh_all(upgraded)
+        assert _notes(upgraded) == {}
+        _assert_pages_exact(upgraded)      # read from derived data
     finally:
         upgraded.close()
 
