@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from .._internal import log_rate_limited
@@ -227,12 +229,15 @@ def pending(store: Store) -> int:
 
 
 class Refresher:
-    """Refreshes derived data in a daemon thread, on its own connection, until
-    stopped; a failure is logged (rate-limited) and the next round tries again:
-    pages stay exact meanwhile, only slower."""
+    """Refreshes derived data in a daemon thread until stopped, a batch at a
+    time on a connection taken from ``connection`` (a callable giving a
+    context manager that lends a Store: the app's pool, which thus bounds
+    the connections the app holds). A failure is logged (rate-limited) and
+    the next round tries again: pages stay exact meanwhile, only slower."""
 
-    def __init__(self, database_url: str, *, interval: float = 1.0) -> None:
-        self.url = database_url
+    def __init__(self, connection: Callable[[], AbstractContextManager[Store]], *,
+                 interval: float = 1.0) -> None:
+        self._connection = connection
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -248,26 +253,19 @@ class Refresher:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        store: Store | None = None
-        try:
-            while not self._stop.is_set():
-                try:
-                    store = store or Store(self.url, busy_timeout=10.0)
-                    while not self._stop.is_set():
-                        started = time.monotonic()
+        while not self._stop.is_set():
+            try:
+                while not self._stop.is_set():
+                    started = time.monotonic()
+                    with self._connection() as store:
                         if not refresh(store):
                             break
-                        if store.dialect == "sqlite":
-                            # Writers wait while a batch is rebuilt (SQLite
-                            # locks the file): as long again is theirs.
-                            self._stop.wait(time.monotonic() - started)
-                except Exception as exc:  # noqa: BLE001 - pages read the rows meanwhile
-                    log_rate_limited("refresher", "lucidic: refreshing derived data failed "
-                                     "(pages read every row meanwhile): %r", exc)
-                    if store is not None:
-                        store.close()
-                    store = None
-                self._stop.wait(self.interval)
-        finally:
-            if store is not None:
-                store.close()
+                        sqlite = store.dialect == "sqlite"
+                    if sqlite:
+                        # Writers wait while a batch is rebuilt (SQLite locks
+                        # the file): as long again is theirs.
+                        self._stop.wait(time.monotonic() - started)
+            except Exception as exc:  # noqa: BLE001 - pages read the rows meanwhile
+                log_rate_limited("refresher", "lucidic: refreshing derived data failed "
+                                 "(pages read every row meanwhile): %r", exc)
+            self._stop.wait(self.interval)

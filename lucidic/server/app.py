@@ -290,7 +290,7 @@ def create_app(database_url: str | None = None, *,
     with pool.store() as store:
         signing_key = uploads.signing_key(store)
 
-    refresher = Refresher(url)
+    refresher = Refresher(pool.store)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:

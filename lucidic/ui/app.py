@@ -31,7 +31,7 @@ def create_ui_app(database_url: str, *, bind_host: str = "127.0.0.1",
     """The UI app over ``database_url`` with no sign-in, answering only the
     hosts ``bind_host`` and ``allow_hosts`` name (and loopback)."""
     pool = StorePool(database_url, size=pool_size)
-    refresher = Refresher(database_url)
+    refresher = Refresher(pool.store)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:

@@ -9,6 +9,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -485,7 +486,11 @@ def test_a_refresher_failure_is_logged_and_pages_stay_exact(
     else:
         store.execute("CREATE TRIGGER refuse BEFORE INSERT ON session_text "
                       "BEGIN SELECT RAISE(ABORT, 'refused'); END")
-    refresher = Refresher(store.url, interval=0.05)
+    @contextmanager
+    def connection() -> Iterator[Store]:
+        yield store
+
+    refresher = Refresher(connection, interval=0.05)
     with caplog.at_level(logging.WARNING, logger="lucidic"):
         refresher.start()
         try:
