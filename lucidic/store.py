@@ -406,6 +406,47 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     # Evaluations: a run's case and outcome on its session, replayed events,
     # experiments, scores, rubric results and evaluation claims.
     (8, list(evalstore.MIGRATION)),
+    # Derived data (lucidic.reading.derived): every write notes the sessions
+    # it touched in changed_sessions, in its own transaction; a refresher in
+    # `lucidic ui` and `lucidic server` rebuilds what pages read in place of
+    # every row, and removes the notes. Every session stored before this
+    # migration is noted, so an upgraded store reads exact at once.
+    (9, [
+        "CREATE TABLE IF NOT EXISTS changed_sessions (\n  session_id TEXT PRIMARY KEY,\n"
+        "  noted_at DOUBLE PRECISION NOT NULL,\n  version BIGINT NOT NULL\n)",
+        "INSERT INTO changed_sessions (session_id, noted_at, version) "
+        "SELECT id, 0, 1 FROM sessions UNION SELECT session_id, 0, 1 FROM steps "
+        "UNION SELECT session_id, 0, 1 FROM events",
+        # the refresher takes the quiet ones, oldest first
+        "CREATE INDEX IF NOT EXISTS changed_sessions_noted ON changed_sessions (noted_at)",
+        # What the sessions list sorts by (see reading.sessions.SORTS).
+        "CREATE TABLE IF NOT EXISTS session_totals (\n  session_id TEXT PRIMARY KEY,\n"
+        "  cost DOUBLE PRECISION NOT NULL,\n  tokens BIGINT NOT NULL,\n"
+        "  events BIGINT NOT NULL,\n  errors BIGINT NOT NULL\n)",
+        # The session's, its steps' and its events' searchable text, each
+        # column case-folded as search folds it, one per line.
+        "CREATE TABLE IF NOT EXISTS session_text (\n  session_id TEXT PRIMARY KEY,\n"
+        "  folded TEXT NOT NULL\n)",
+        # The dashboard's sums: a session's events by day, hour, model and
+        # whether they are LLM calls, with the first and last start time of
+        # each group; token sums in their high and low 32 bits (summed apart,
+        # as reading.totals.int_sum does, so sums of them are exact).
+        "CREATE TABLE IF NOT EXISTS session_activity (\n  session_id TEXT NOT NULL,\n"
+        "  project TEXT,\n  day BIGINT NOT NULL,\n  hour BIGINT NOT NULL,\n"
+        "  model TEXT NOT NULL,\n  is_llm SMALLINT NOT NULL,\n"
+        "  first_at DOUBLE PRECISION NOT NULL,\n  last_at DOUBLE PRECISION NOT NULL,\n"
+        "  events BIGINT NOT NULL,\n  errors BIGINT NOT NULL,\n  failed BIGINT NOT NULL,\n"
+        "  cost DOUBLE PRECISION,\n  input_hi BIGINT,\n  input_lo BIGINT,\n"
+        "  output_hi BIGINT,\n  output_lo BIGINT\n)",
+        "CREATE INDEX IF NOT EXISTS session_activity_session ON session_activity (session_id)",
+        "CREATE INDEX IF NOT EXISTS session_activity_hour ON session_activity (hour)",
+        # Each LLM call's timings, for the dashboard's percentiles.
+        "CREATE TABLE IF NOT EXISTS llm_timings (\n  session_id TEXT NOT NULL,\n"
+        "  project TEXT,\n  started_at DOUBLE PRECISION NOT NULL,\n  model TEXT NOT NULL,\n"
+        "  duration DOUBLE PRECISION,\n  time_to_first_token DOUBLE PRECISION\n)",
+        "CREATE INDEX IF NOT EXISTS llm_timings_session ON llm_timings (session_id)",
+        "CREATE INDEX IF NOT EXISTS llm_timings_started ON llm_timings (started_at)",
+    ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -772,6 +813,22 @@ def _group_rows(records: list[Record], project: str | None = None, *,
     return finished
 
 
+def _sessions_grouped(groups: RowGroups) -> set[str]:
+    """The sessions that grouped rows touch: taken from the rows a column at
+    a time, in C (this runs on the write path of every recorded step)."""
+    named: set[str] = set()
+    for (kind, columns), rows in groups.items():
+        column = "id" if kind == "session" else "session_id"
+        if rows and isinstance(rows[0], dict):  # keyed rows (PostgreSQL)
+            ids = list(map(itemgetter(column), rows))
+        else:
+            at = 0 if kind == "session" else 1 + columns.index(column)
+            ids = rows[at::len(columns) + 2]
+        # (A batch of one session's steps, the usual one: counted, not hashed.)
+        named.update(ids[:1] if ids.count(ids[0]) == len(ids) else ids)
+    return named
+
+
 def _drop_null_columns(columns: tuple[str, ...], rows: list[Any]) -> tuple[str, ...]:
     """Leave out of a group's rows, in place, the columns that are None in
     every row, and return the columns left. To the upsert a NULL means "leave
@@ -886,6 +943,7 @@ class Store:
         # Unicode-aware case-insensitive search (SQLite's own LIKE folds ASCII
         # only); used by lucidic.reading for queries in other scripts.
         self._conn.create_function("lucidic_contains", -1, _contains, deterministic=True)
+        self._conn.create_function("lucidic_fold", -1, _fold, deterministic=True)
 
     def _connect_postgresql(self, url: str) -> None:
         try:
@@ -1182,10 +1240,38 @@ class Store:
     def _apply_all(self, cur: Any, records: list[Record], repeated: set[tuple[str, str]],
                    project: str | None, *, strict: bool = False) -> None:
         core, extra = _split(records)
-        self._apply(cur, self._group(cur, core, repeated, project),
-                    ("session", "step", "event"), records=core if strict else None,
-                    project=project)
+        groups = self._group(cur, core, repeated, project)
+        self._apply(cur, groups, ("session", "step", "event"),
+                    records=core if strict else None, project=project)
         self._after_core(cur, core, extra, project)
+        self.note_changed(cur, _sessions_grouped(groups))
+
+    def note_changed(self, cur: Any, session_ids: Iterable[str]) -> None:
+        """Note, inside the writing transaction, that these sessions' rows
+        changed: what lucidic.reading.derived keeps for them is stale until
+        it is rebuilt, and pages read their rows instead. Every write to
+        sessions, steps or events calls this. A note that exists needs no
+        renewal to stay exact: the refresher removes only notes it locked
+        (PostgreSQL: a writer's note waits for its commit, then is made
+        again) or read in a transaction no write interleaves (SQLite); its
+        time says when the session was last written (to a second), so that
+        only quiet sessions are rebuilt. Ids in order, so that concurrent
+        writers lock notes in one order."""
+        ids = sorted(set(session_ids))
+        if not ids:
+            return
+        now = time.time()
+        ph = self._ph
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            rows = ", ".join([f"({ph}, {ph}, 1)"] * len(chunk))
+            # A note is renewed once a second at most: rewriting it at every
+            # batch of a running session would cost the write path a page.
+            cur.execute(f"INSERT INTO changed_sessions (session_id, noted_at, version) "
+                        f"VALUES {rows} ON CONFLICT (session_id) DO UPDATE SET "
+                        "noted_at = excluded.noted_at, version = changed_sessions.version + 1 "
+                        "WHERE changed_sessions.noted_at < excluded.noted_at - 1",
+                        [value for sid in chunk for value in (sid, now)])
 
     def _after_core(self, cur: Any, core: list[Record], extra: list[Record],
                     project: str | None) -> None:
@@ -1240,6 +1326,7 @@ class Store:
                 raise UnknownSessionError(missing)
             self._apply(cur, groups, ("step", "event"), records=core, project=project)
             self._after_core(cur, core, extra, project)
+            self.note_changed(cur, _sessions_grouped(groups))
 
         self._run(run, write=True)
 
@@ -1257,6 +1344,7 @@ class Store:
             cur.execute(insert, row)
             if cur.rowcount == 1:
                 self._after_core(cur, [record], [], project)
+                self.note_changed(cur, [record[1]])
                 return True
             cur.execute(f"SELECT project, started_at FROM sessions WHERE id = {self._ph}",
                         (record[1],))
@@ -1426,6 +1514,11 @@ def _contains(needle: Any, *texts: Any) -> int:
         if isinstance(text, str) and needle in text.casefold():
             return 1
     return 0
+
+
+def _fold(*texts: Any) -> str:
+    """The texts given, case-folded as ``_contains`` folds them, one a line."""
+    return "\n".join(text.casefold() for text in texts if isinstance(text, str))
 
 
 def _sqlite_path(url: str) -> str:

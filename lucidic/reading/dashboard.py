@@ -3,7 +3,10 @@ latency and time to first token per model (p50, p95), and error rates.
 
 Everything is computed by the database in a handful of statements, the same
 SQL on SQLite and PostgreSQL; percentiles are nearest-rank, picked with
-window functions so that no call's duration travels to Python.
+window functions so that no call's duration travels to Python. The sums and
+timings are read from what lucidic.reading.derived keeps per session, and
+from the events of sessions changed since (exact either way; costs are
+sums of sums, which may differ from one sum in the last binary digit).
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from typing import Any
 
 from ..limits import INT_MAX, INT_MIN
 from ..store import Store
-from .totals import cost_sum, int_sum
+from .derived import MODEL, NOTED_IDS, activity_groups, bucket
+from .totals import clamped_cost, int_parts, parts_sum
 
 DAY = 86400.0
 
@@ -35,41 +39,28 @@ class Dashboard:
         return self.llm_errors / self.llm_calls if self.llm_calls else None
 
 
-def _day_expr(store: Store, column: str) -> str:
-    # Whole UTC days since the epoch (PostgreSQL's CAST rounds, so floor first).
-    if store.dialect == "postgresql":
-        return f"CAST(floor({column} / 86400) AS BIGINT)"
-    return f"CAST({column} / 86400 AS INTEGER)"
-
-
 def dashboard(store: Store, project: str | None, since: float, until: float) -> Dashboard:
     if not until > since:
         raise ValueError("the dashboard's range must end after it starts")
     ph = store.placeholder
-    scope = f" AND s.project = {ph}" if project is not None else ""
     scoped = [project] if project is not None else []
-    # Events carry no project: join their sessions only when scoping by one.
-    join = "JOIN sessions s ON s.id = e.session_id " if project is not None else ""
-    events = f"FROM events e {join}WHERE e.started_at >= {ph} AND e.started_at < {ph}{scope}"
-    base = [since, until, *scoped]
-    day = _day_expr(store, "e.started_at")
-    model = "COALESCE(e.model, e.request_model, '(no model)')"
-    tokens = (f"COALESCE({int_sum(store, 'e.input_tokens')}, 0) AS input_tokens, "
-              f"COALESCE({int_sum(store, 'e.output_tokens')}, 0) AS output_tokens, ")
-    cost = f"COALESCE({cost_sum('e.cost')}, 0)"
+    facts, fact_params = _facts(store, project, since, until)
+    tokens = "".join(
+        f"COALESCE({parts_sum(store, f'{name}_hi', f'{name}_lo')}, 0) AS {name}_tokens, "
+        for name in ("input", "output"))
+    cost = "COALESCE(SUM(cost), 0) AS cost"
+    timings = {column: _timings(store, project, since, until, column)
+               for column in ("duration", "time_to_first_token")}
     per_day, per_model, latency, ttft, sessions = store.query_many([
-        (f"SELECT {day} AS day, {cost} AS cost, {tokens}"
-         "SUM(CASE WHEN e.type = 'llm' THEN 1 ELSE 0 END) AS llm_calls, "
-         "SUM(CASE WHEN e.type = 'llm' AND e.error IS NOT NULL THEN 1 ELSE 0 END) AS llm_errors, "
-         "COUNT(*) AS events, "
-         "SUM(CASE WHEN e.error IS NOT NULL OR e.type = 'error' THEN 1 ELSE 0 END) AS errors "
-         f"{events} GROUP BY {day} ORDER BY day", base),
-        (f"SELECT {model} AS model, COUNT(*) AS calls, {cost} AS cost, "
-         f"{tokens}"
-         "SUM(CASE WHEN e.error IS NOT NULL THEN 1 ELSE 0 END) AS errors "
-         f"{events} AND e.type = 'llm' GROUP BY {model} ORDER BY cost DESC, calls DESC", base),
-        (_percentiles_sql(events, model, "e.duration"), base),
-        (_percentiles_sql(events, model, "e.time_to_first_token"), base),
+        (f"SELECT day, {cost}, {tokens}"
+         "SUM(CASE WHEN is_llm = 1 THEN events ELSE 0 END) AS llm_calls, "
+         "SUM(CASE WHEN is_llm = 1 THEN failed ELSE 0 END) AS llm_errors, "
+         "SUM(events) AS events, SUM(errors) AS errors "
+         f"FROM ({facts}) f GROUP BY day ORDER BY day", fact_params),
+        (f"SELECT model, SUM(events) AS calls, {cost}, {tokens}SUM(failed) AS errors "
+         f"FROM ({facts}) f WHERE is_llm = 1 GROUP BY model ORDER BY cost DESC, calls DESC",
+         fact_params),
+        *((_percentiles_sql(sql), params) for sql, params in timings.values()),
         ("SELECT "
          f"SUM(CASE WHEN s.is_finished = 1 AND s.is_successful = 0 THEN 1 ELSE 0 END) AS failed, "
          f"SUM(CASE WHEN s.is_finished = 1 AND s.is_successful = 1 THEN 1 ELSE 0 END) "
@@ -78,7 +69,7 @@ def dashboard(store: Store, project: str | None, since: float, until: float) -> 
          "AS finished, "
          "SUM(CASE WHEN s.is_finished IS NULL OR s.is_finished = 0 THEN 1 ELSE 0 END) AS running, "
          f"COUNT(*) AS total FROM sessions s WHERE s.started_at >= {ph} AND s.started_at < {ph}"
-         f"{scope}", base),
+         + (f" AND s.project = {ph}" if project is not None else ""), [since, until, *scoped]),
     ])
     percentiles = {"duration": _by_model(latency), "ttft": _by_model(ttft)}
     for row in per_model:
@@ -98,21 +89,81 @@ def dashboard(store: Store, project: str | None, since: float, until: float) -> 
                                          for d in days)))
 
 
+def _raw_events(store: Store, project: str | None, since: float,
+                until: float) -> tuple[str, list[Any]]:
+    """FROM and WHERE of the events in range (of ``project``)."""
+    ph = store.placeholder
+    if project is None:
+        return f"FROM events e WHERE e.started_at >= {ph} AND e.started_at < {ph}", [since, until]
+    # Events carry no project: their sessions say.
+    return (f"FROM events e JOIN sessions s ON s.id = e.session_id WHERE e.started_at >= {ph} "
+            f"AND e.started_at < {ph} AND s.project = {ph}", [since, until, project])
+
+
+def _derived(store: Store, table: str, first: str, last: str, project: str | None,
+             since: float, until: float) -> tuple[str, list[Any]]:
+    """FROM and WHERE of a derived table's rows that lie in range (of ``project``)."""
+    ph = store.placeholder
+    scope = f" AND d.project = {ph}" if project is not None else ""
+    return (f"FROM {table} d WHERE d.{first} >= {ph} AND d.{last} < {ph}{scope}",
+            [since, until, *([project] if project is not None else [])])
+
+
+def _facts(store: Store, project: str | None, since: float,
+           until: float) -> tuple[str, list[Any]]:
+    """Rows of (day, model, is_llm, events, errors, failed, cost, token parts)
+    that sum to the events in range: session_activity's groups that lie in
+    it, but those of sessions noted as changed or with a group across an end
+    of the range, whose events in range are read one by one instead. (A
+    group across an end is in the hour of that end: all its events are.)"""
+    ph = store.placeholder
+    hour = bucket(store, f"CAST({ph} AS DOUBLE PRECISION)", 3600)
+    read_raw = (f"{NOTED_IDS} UNION SELECT session_id FROM session_activity "
+                f"WHERE hour IN ({hour}, {hour}) AND ((first_at < {ph} AND last_at >= {ph}) "
+                f"OR (first_at < {ph} AND last_at >= {ph}))")
+    raw_params = [since, until, since, since, until, until]
+    derived, derived_params = _derived(store, "session_activity", "first_at", "last_at",
+                                       project, since, until)
+    events, event_params = _raw_events(store, project, since, until)
+    groups = activity_groups(store)
+    parts = [sql for name in ("input", "output") for sql in int_parts(f"e.{name}_tokens")]
+    sql = (f"SELECT d.day, d.model, d.is_llm, d.events, d.errors, d.failed, d.cost, "
+           f"d.input_hi, d.input_lo, d.output_hi, d.output_lo {derived} "
+           f"AND d.session_id NOT IN ({read_raw}) UNION ALL "
+           f"SELECT {groups['day']}, {groups['model']}, {groups['is_llm']}, 1, "
+           "CASE WHEN e.error IS NOT NULL OR e.type = 'error' THEN 1 ELSE 0 END, "
+           f"CASE WHEN e.error IS NOT NULL THEN 1 ELSE 0 END, {clamped_cost('e.cost')}, "
+           f"{', '.join(parts)} {events} AND e.session_id IN ({read_raw})")
+    return sql, [*derived_params, *raw_params, *event_params, *raw_params]
+
+
+def _timings(store: Store, project: str | None, since: float, until: float,
+             column: str) -> tuple[str, list[Any]]:
+    """(model, value) of ``column`` for each LLM call in range: from
+    llm_timings, but for sessions noted as changed, from their events."""
+    derived, derived_params = _derived(store, "llm_timings", "started_at", "started_at",
+                                       project, since, until)
+    events, event_params = _raw_events(store, project, since, until)
+    sql = (f"SELECT d.model, d.{column} AS value {derived} AND d.{column} IS NOT NULL "
+           f"AND d.session_id NOT IN ({NOTED_IDS}) UNION ALL "
+           f"SELECT {MODEL}, e.{column} {events} AND e.type = 'llm' AND e.{column} IS NOT NULL "
+           f"AND e.session_id IN ({NOTED_IDS})")
+    return sql, [*derived_params, *event_params]
+
+
 def _within_64_bits(number: int) -> int:
     """A total as the database's sums give it: saturated at the 64-bit limits."""
     return max(INT_MIN, min(INT_MAX, number))
 
 
-def _percentiles_sql(events: str, model: str, column: str) -> str:
-    """p50 and p95 of ``column`` per model, nearest rank: the value at rank
-    ceil(p * n), found by numbering each model's values in order."""
-    sql = ("SELECT model, rn, n, value FROM ("
-           f"SELECT {model} AS model, {column} AS value, "
-           f"ROW_NUMBER() OVER (PARTITION BY {model} ORDER BY {column}) AS rn, "
-           f"COUNT(*) OVER (PARTITION BY {model}) AS n "
-           f"{events} AND e.type = 'llm' AND {column} IS NOT NULL) ranked "
-           "WHERE rn = (n * 50 + 99) / 100 OR rn = (n * 95 + 99) / 100")
-    return sql
+def _percentiles_sql(values: str) -> str:
+    """p50 and p95 per model of ``values`` (SQL of (model, value) rows),
+    nearest rank: the value at rank ceil(p * n), found by numbering each
+    model's values in order."""
+    return ("SELECT model, rn, n, value FROM ("
+            "SELECT model, value, ROW_NUMBER() OVER (PARTITION BY model ORDER BY value) AS rn, "
+            f"COUNT(*) OVER (PARTITION BY model) AS n FROM ({values}) v) ranked "
+            "WHERE rn = (n * 50 + 99) / 100 OR rn = (n * 95 + 99) / 100")
 
 
 def _by_model(rows: list[dict[str, Any]]) -> dict[str, tuple[float | None, float | None]]:

@@ -122,15 +122,66 @@ class TextMatch:
                     params.append(needle.lower())
         return "(" + " OR ".join(parts) + ")", params
 
-    def sessions(self, alias: str = "s") -> tuple[str, list[Any]]:
+    def id_prefix(self, alias: str = "s") -> tuple[str, list[Any]]:
+        """True for a session whose id starts with the query."""
+        return f"{alias}.id LIKE {self._ph} ESCAPE '\\'", [_like_escape(self.query) + "%"]
+
+    def rows(self, alias: str = "s") -> tuple[str, list[Any]]:
         """True for a session whose own text, or any of its steps' or events'
-        text, contains the query; or whose id starts with it."""
-        ph = self._ph
+        text, contains the query (read from every row)."""
         own, params = self.columns(alias, SESSION_TEXT)
         steps, step_params = self.columns("st", STEP_TEXT)
         events, event_params = self.columns("ev", EVENT_TEXT)
-        sql = (f"({alias}.id LIKE {ph} ESCAPE '\\' OR {own} "
-               f"OR EXISTS (SELECT 1 FROM steps st WHERE st.session_id = {alias}.id AND {steps}) "
+        # PostgreSQL would read every step and event once, into a hash, for
+        # what is asked of a few sessions (those derived data does not
+        # answer for): OFFSET 0 keeps each a lookup by its session's id.
+        per_session = " OFFSET 0" if self._dialect == "postgresql" else ""
+        sql = (f"({own} "
+               f"OR EXISTS (SELECT 1 FROM steps st WHERE st.session_id = {alias}.id AND {steps}"
+               f"{per_session}) "
                f"OR EXISTS (SELECT 1 FROM events ev WHERE ev.session_id = {alias}.id "
-               f"AND {events}))")
-        return sql, [_like_escape(self.query) + "%", *params, *step_params, *event_params]
+               f"AND {events}{per_session}))")
+        return sql, [*params, *step_params, *event_params]
+
+    def folded(self, column: str) -> tuple[str, list[Any], bool]:
+        """A test of ``column``, text folded by fold_sql, for the query; and
+        whether it is exact (else it may hold where ``rows`` does not, never
+        the other way round, and ``rows`` must confirm it).
+
+        Exact for a query with cased letters that is looked for in one form
+        only: fold_sql folds each column as ``columns`` folds it for such a
+        query (SQLite: Unicode case folds, but for an ASCII query, which
+        LIKE folds in ASCII only; PostgreSQL: its ``lower``). Otherwise
+        (a query without cased letters is looked for unfolded; an ASCII one
+        on SQLite; a JSON-escaped form, which only JSON columns may hold) a
+        match in a column is also one in its folded text (folding changes
+        only cased letters, one at a time), checked for that."""
+        ph = self._ph
+        forms = {form for c in (*SESSION_TEXT, *STEP_TEXT, *EVENT_TEXT)
+                 for form in _needles(self.query, c)}
+        exact = self._cased and len(forms) == 1 and (
+            self._dialect == "postgresql" or not self.query.isascii())
+        if self._dialect == "sqlite":
+            needles = sorted({form.casefold() for form in forms})
+            return (" OR ".join([f"instr({column}, {ph}) > 0"] * len(needles)), needles,
+                    exact)
+        if not self._cased:
+            # Looked for unfolded; found in the folded text too when lower
+            # leaves every letter of it as it is (not so for, say, Cherokee
+            # capitals, which Python's casefold leaves alone): else every
+            # session is a candidate.
+            lower = _postgres_lower(self.store).format(f"{ph}::text")
+            needles = sorted(forms)
+            tests = [f"({lower} <> {ph} OR strpos({column}, {ph}) > 0)" for _ in needles]
+            return " OR ".join(tests), [v for n in needles for v in (n, n, n)], False
+        needles = sorted({form.lower() for form in forms})
+        return " OR ".join([f"strpos({column}, {ph}) > 0"] * len(needles)), needles, exact
+
+
+def fold_sql(store: Store, alias: str, columns: Sequence[str]) -> str:
+    """SQL of ``alias``'s ``columns`` case-folded as a search for a query
+    with cased letters folds them, one a line (see TextMatch.folded)."""
+    if store.dialect == "sqlite":
+        return f"lucidic_fold({', '.join(f'CAST({alias}.{c} AS TEXT)' for c in columns)})"
+    lower = _postgres_lower(store)
+    return f"concat_ws(E'\\n', {', '.join(lower.format(f'{alias}.{c}') for c in columns)})"

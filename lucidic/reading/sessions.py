@@ -4,7 +4,8 @@ A page is found by walking the sort order from a cursor (the last row's sort
 value and id), never by OFFSET, so the thousandth page costs what the first
 does; sorting by start time walks the (project, started_at) index and stops
 after one page. Totals (steps, events, errors, tokens, cost) are summed for
-the page's sessions only.
+the page's sessions only; sorting by one, and searching, read what
+lucidic.reading.derived keeps per session (exact, as every row would say).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from typing import Any
 
 from ..limits import INT_MAX
 from ..store import Store
+from .derived import TOTALS, search_sql, total_sql
 from .search import TextMatch
-from .totals import cost_sum, int_sum, saturated
+from .totals import cost_sum, int_sum
 
 #: A session's status, as a word: exactly one of these holds for each session.
 STATUSES = ("running", "successful", "failed", "finished")
@@ -39,28 +41,16 @@ def status_of(session: dict[str, Any]) -> str:
     return "finished" if outcome is None else ("successful" if outcome else "failed")
 
 
-def _per_session(table: str, value: str, where: str = "") -> str:
-    """A join adding one aggregate per session as ``agg_<table>.v``."""
-    return (f"LEFT JOIN (SELECT session_id, {value} AS v FROM {table} {where} "
-            f"GROUP BY session_id) agg_{table} ON agg_{table}.session_id = s.id")
-
-
-#: Sort keys: the SQL of each over the session row ``s``, and the joins it
-#: needs. Start time and name walk the row (start time down an index);
-#: totals are summed per session, all at once, before the page is cut.
-#: ``{now}`` is the listing's instant; ``{tokens}`` the database's saturating
-#: sum of a session's tokens (see _tokens_sum).
-SORTS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "started": ("s.started_at", ()),
-    "name": ("COALESCE(s.name, '')", ()),
-    "duration": ("(COALESCE(s.ended_at, {now}) - s.started_at)", ()),
-    "cost": ("COALESCE(agg_events.v, 0)", (_per_session("events", cost_sum("cost")),)),
-    "tokens": ("COALESCE(agg_events.v, 0)", (_per_session("events", "{tokens}"),)),
-    "events": ("COALESCE(agg_events.v, 0)", (_per_session("events", "COUNT(*)"),)),
-    "errors": ("(COALESCE(agg_events.v, 0) + COALESCE(agg_steps.v, 0))", (
-        _per_session("events", "COUNT(*)", "WHERE error IS NOT NULL OR type = 'error'"),
-        _per_session("steps", "COUNT(*)", "WHERE error IS NOT NULL"))),
+#: Sort keys over the session row ``s``: start time and name walk the row
+#: (start time down an index); ``{now}`` is the listing's instant.
+_ROW_SORTS = {
+    "started": "s.started_at",
+    "name": "COALESCE(s.name, '')",
+    "duration": "(COALESCE(s.ended_at, {now}) - s.started_at)",
 }
+#: Every sort key: the row's, then the totals (lucidic.reading.derived keeps
+#: them per session; a session changed since is summed from its rows).
+SORTS = (*_ROW_SORTS, *TOTALS)
 #: The largest page the API and the UI hand out.
 MAX_LIMIT = 500
 
@@ -162,7 +152,7 @@ def _filters(store: Store, query: SessionQuery) -> tuple[list[str], list[Any]]:
         where.append(f"substr(s.id, 1, {len(query.id_prefix)}) = {ph}")
         params.append(query.id_prefix)
     if query.search and query.search.strip():
-        sql, search_params = TextMatch(store, query.search).sessions("s")
+        sql, search_params = search_sql(TextMatch(store, query.search), "s")
         where.append(sql)
         params.extend(search_params)
     return where, params
@@ -177,14 +167,16 @@ def list_sessions(store: Store, query: SessionQuery) -> SessionPage:
     if query.cursor is not None:
         value, last_id, now = decode_cursor(query.cursor)
         keyset = [value, last_id]
-    expression, joins = SORTS[query.sort]
-    key = expression.format(now=repr(float(now)))
-    joins = tuple(join.replace("{tokens}", _tokens_sum(store)) for join in joins)
+    joins = ""
+    if query.sort in _ROW_SORTS:
+        key = _ROW_SORTS[query.sort].format(now=repr(float(now)))
+    else:
+        key, joins = total_sql(store, query.sort)
     if keyset:
         # A row comparison: the database walks its index from the cursor on.
         where = [*where, f"({key}, s.id) {'<' if query.descending else '>'} ({ph}, {ph})"]
     limit = min(int(query.limit), INT_MAX - 1)  # (one more is read: are there more?)
-    sql = (f"SELECT s.*, {key} AS sort_key FROM sessions s {' '.join(joins)} "
+    sql = (f"SELECT s.*, {key} AS sort_key FROM sessions s {joins} "
            f"WHERE {' AND '.join(where)} ORDER BY {key} {order}, s.id {order} LIMIT {ph}"
            + (f" OFFSET {ph}" if query.cursor is None and query.offset else ""))
     all_params = [*params, *keyset, limit + 1]
@@ -203,12 +195,6 @@ def list_sessions(store: Store, query: SessionQuery) -> SessionPage:
         total = int(store.query(f"SELECT COUNT(*) AS n FROM sessions s WHERE "
                                 f"{' AND '.join(filters)}", params)[0]["n"])
     return SessionPage(rows, next_cursor, total, query)
-
-
-def _tokens_sum(store: Store) -> str:
-    """A session's input and output tokens, saturated at INT_MAX."""
-    return saturated(store, f"COALESCE({int_sum(store, 'input_tokens')}, 0) + "
-                            f"COALESCE({int_sum(store, 'output_tokens')}, 0)")
 
 
 def empty_totals() -> dict[str, Any]:

@@ -14,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from .. import _config, _continuation
 from ..limits import MAX_BODY_BYTES
 from ..reading import MAX_LIMIT, SORTS, InvalidQueryError, Reader, SessionQuery
+from ..reading.derived import Refresher
 from ..reading.search import MAX_QUERY_CHARS as MAX_SEARCH
 from ..store import Store
 from ..ui.db import StorePool
@@ -291,9 +292,13 @@ def create_app(database_url: str | None = None, *,
     with pool.store() as store:
         signing_key = uploads.signing_key(store)
 
+    refresher = Refresher(pool.store)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
+        refresher.start()
         yield
+        refresher.stop()
         pool.close()
 
     from .. import __version__

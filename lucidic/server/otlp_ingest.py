@@ -238,6 +238,7 @@ def _move(store: Store, cur: Any, project: str, trace_id: str,
         for table in ("steps", "events"):
             cur.execute(f"UPDATE {table} SET session_id = {ph} WHERE session_id = {ph} "
                         f"AND id IN ({marks})", (session_id, stored.session_id, *chunk))
+    store.note_changed(cur, (stored.session_id, session_id))
     if stored.is_placeholder:
         cur.execute(f"DELETE FROM sessions WHERE id = {ph} AND project = {ph} "
                     f"AND NOT EXISTS (SELECT 1 FROM steps WHERE session_id = {ph}) "

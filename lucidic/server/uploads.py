@@ -230,6 +230,7 @@ def _attach_screenshot(store: Store, cur: Any, row: dict[str, Any]) -> None:
                     (row["step_id"], row["id"]))
         cur.execute(f"UPDATE steps SET screenshot = {ph} WHERE id = {ph}",
                     (SCREENSHOT_PATH + row["id"], row["step_id"]))
+        store.note_changed(cur, [row["session_id"]] if row["session_id"] else [])
         return
     cur.execute(f"DELETE FROM uploads WHERE event_id = {ph} AND nth = {ph} "
                 f"AND purpose = 'screenshot' AND id <> {ph} AND uploaded_at IS NOT NULL",
@@ -239,6 +240,7 @@ def _attach_screenshot(store: Store, cur: Any, row: dict[str, Any]) -> None:
     paths = [SCREENSHOT_PATH + found[0] for found in cur.fetchall()]
     cur.execute(f"UPDATE events SET screenshots = {ph} WHERE id = {ph}",
                 (json.dumps(paths), row["event_id"]))
+    store.note_changed(cur, [row["session_id"]] if row["session_id"] else [])
 
 
 def read_screenshot(store: Store, object_key: str, project: str) -> tuple[str, bytes] | None:

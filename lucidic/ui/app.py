@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from ..reading.derived import Refresher
 from .db import StorePool
 from .pages import install
 from .security import HostAllowList, SecurityMiddleware
@@ -30,10 +31,13 @@ def create_ui_app(database_url: str, *, bind_host: str = "127.0.0.1",
     """The UI app over ``database_url`` with no sign-in, answering only the
     hosts ``bind_host`` and ``allow_hosts`` name (and loopback)."""
     pool = StorePool(database_url, size=pool_size)
+    refresher = Refresher(pool.store)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
+        refresher.start()
         yield
+        refresher.stop()
         pool.close()
 
     app = FastAPI(title="Lucidic", docs_url=None, redoc_url=None, openapi_url=None,

@@ -79,6 +79,18 @@ class ServerProcess:
         return self.log.read_text(errors="replace")
 
 
+def raw_connection(db_url: str) -> tuple[Any, str]:
+    """A plain autocommit connection to the database (no Store, no
+    migrations), and its parameter placeholder."""
+    if db_url.startswith("postgresql"):
+        import psycopg
+
+        return psycopg.connect(db_url, autocommit=True), "%s"
+    import sqlite3
+
+    return sqlite3.connect(db_url[len("sqlite:///"):], isolation_level=None), "?"
+
+
 def make_key(db_url: str, project: str) -> str:
     store = Store(db_url)
     try:

@@ -6,10 +6,9 @@ from __future__ import annotations
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
-from server_support import Api, ServerProcess, free_port, make_key
+from server_support import Api, ServerProcess, free_port, make_key, raw_connection
 
 import lucidic as lai
 from helpers import ReadableStore
@@ -18,16 +17,7 @@ from lucidic.store import MIGRATIONS, SCHEMA_VERSION
 
 def _make_version_1_database(db_url: str) -> None:
     """What lucidic 0.1's embedded store wrote: schema version 1, with data."""
-    if db_url.startswith("postgresql"):
-        import psycopg
-
-        conn: Any = psycopg.connect(db_url, autocommit=True)
-        ph = "%s"
-    else:
-        import sqlite3
-
-        conn = sqlite3.connect(db_url[len("sqlite:///"):], isolation_level=None)
-        ph = "?"
+    conn, ph = raw_connection(db_url)
     version, statements = MIGRATIONS[0]
     assert version == 1
     for statement in statements:

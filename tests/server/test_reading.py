@@ -8,21 +8,48 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
 
 from lucidic.limits import INT_MAX, INT_MIN
 from lucidic.reading import InvalidQueryError, Reader, SessionQuery, status_of
+from lucidic.reading.derived import refresh
 from lucidic.store import Store
 
 T0 = 1_700_000_000.0  # a fixed past instant, so days and ranges are exact
 
 
-@pytest.fixture
-def store(db_url: str) -> Iterator[Store]:
-    s = Store(db_url)
+class RefreshedStore(Store):
+    """A store whose derived data (lucidic.reading.derived) is rebuilt before
+    every read: pages then read it, where a plain store's read every row."""
+
+    _refreshing = False
+
+    def _refreshed(self) -> None:
+        if not self._refreshing:
+            self._refreshing = True
+            try:
+                while refresh(self, quiet=-60, limit=1000):
+                    pass
+            finally:
+                self._refreshing = False
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        self._refreshed()
+        return super().query(sql, params)
+
+    def query_many(self, statements: Sequence[tuple[str, Sequence[Any]]]
+                   ) -> list[list[dict[str, Any]]]:
+        self._refreshed()
+        return super().query_many(statements)
+
+
+@pytest.fixture(params=["rows", "derived"])
+def store(db_url: str, request: pytest.FixtureRequest) -> Iterator[Store]:
+    """Each test reads from every row, and from derived data rebuilt first."""
+    s = Store(db_url) if request.param == "rows" else RefreshedStore(db_url)
     yield s
     s.close()
 
@@ -220,6 +247,20 @@ def test_dashboard_sums_per_day_and_model_with_nearest_rank_percentiles(store: S
     assert outside.llm_calls == 0 and outside.models == []
     with pytest.raises(ValueError, match="end after"):
         Reader(store).dashboard(None, day0, day0)
+
+
+def test_events_without_token_counts_add_no_tokens(store: Store) -> None:
+    # On PostgreSQL the saturating sum was GREATEST(LEAST(SUM(...), max), min),
+    # and GREATEST and LEAST skip a NULL: a day (or a session) whose events
+    # carried no token counts showed 9,223,372,036,854,775,807 tokens.
+    day0 = (T0 // 86400) * 86400
+    store.write([_session("none", at=day0 + 10), _event("n", "none", at=day0 + 11),
+                 _session("some", at=day0 + 20),
+                 _event("s", "some", at=day0 + 21, input_tokens=3)])
+    board = Reader(store).dashboard(None, day0, day0 + 86400)
+    assert (board.days[0]["input_tokens"], board.days[0]["output_tokens"]) == (3, 0)
+    assert board.total_tokens == 3
+    assert _ids(store, sort="tokens") == ["some", "none"]
 
 
 def test_session_version_changes_when_anything_is_written(store: Store) -> None:

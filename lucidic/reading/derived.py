@@ -1,0 +1,271 @@
+"""Derived data: what the pages that would read every row read instead.
+
+Sorting the sessions list by a total, searching, and the dashboard would
+sum or scan every step and event. Instead, for each session, the store keeps
+
+- ``session_totals``: what the list sorts by (cost, tokens, events, errors);
+- ``session_text``: its searchable text, each column case-folded as search
+  folds it (see lucidic.reading.search);
+- ``session_activity``: its events' sums by day, hour, model and kind, with
+  each group's first and last start time;
+- ``llm_timings``: its LLM calls' durations and times to first token.
+
+Every write notes the sessions it touched in ``changed_sessions``, in the
+same transaction (``Store.note_changed``). A refresher thread in `lucidic ui`
+and `lucidic server` (not in the SDK, not in the CLI) rebuilds the derived
+rows of sessions that have been quiet for QUIET_SECONDS and removes their
+notes, which no write can renew meanwhile (they are locked; a note renewed
+all the same, its version bumped, would stay). A page reads the derived
+rows of sessions that are not noted and, in the same statement, the raw rows
+of those that are: it shows exactly what summing every row would, whether
+the refresher has run or not. (Costs are floating-point sums, whose last
+binary digit depends on the order they are added in, as it always did; the
+dashboard's are sums of sums.)
+
+Each derived value is computed by the same SQL as the raw value a page
+reads for a noted session (the functions below), so the two cannot drift
+apart.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+from .._internal import log_rate_limited
+from ..store import Store
+from .search import EVENT_TEXT, SESSION_TEXT, STEP_TEXT, TextMatch, fold_sql
+from .totals import cost_sum, int_parts, int_sum, saturated
+
+#: A session is refreshed once nothing has been written to it for this long
+#: (a running session is read from its rows until then).
+QUIET_SECONDS = 2.0
+#: Sessions refreshed in one transaction (short: SQLite writers wait for it).
+BATCH = 200
+#: Every table the refresher keeps, each keyed by session_id.
+TABLES = ("session_totals", "session_text", "session_activity", "llm_timings")
+#: A session noted as changed (SQL, over its id ``{sid}``).
+NOTED = "EXISTS (SELECT 1 FROM changed_sessions n WHERE n.session_id = {sid})"
+NOTED_IDS = "SELECT session_id FROM changed_sessions"
+#: The model a dashboard groups an event under.
+MODEL = "COALESCE(e.model, e.request_model, '(no model)')"
+
+
+def tokens_sum(store: Store, alias: str = "") -> str:
+    """SQL of a session's input and output tokens, saturated at INT_MAX."""
+    return saturated(store, f"COALESCE({int_sum(store, alias + 'input_tokens')}, 0) + "
+                            f"COALESCE({int_sum(store, alias + 'output_tokens')}, 0)")
+
+
+#: The totals the sessions list sorts by, each a column of session_totals.
+TOTALS = ("cost", "tokens", "events", "errors")
+
+
+def totals_sql(store: Store, ids: str, session_id: str) -> tuple[dict[str, str], str]:
+    """Each of TOTALS as SQL, and the joins it needs, summed from the rows of
+    the sessions ``ids`` (SQL of their ids) for the session ``session_id``
+    (SQL): as the list always summed them, for only those sessions."""
+    errors = "SUM(CASE WHEN e.error IS NOT NULL OR e.type = 'error' THEN 1 ELSE 0 END)"
+    joins = (f"LEFT JOIN (SELECT e.session_id, {cost_sum('e.cost')} AS cost, "
+             f"{tokens_sum(store, 'e.')} AS tokens, COUNT(*) AS events, {errors} AS errors "
+             f"FROM events e WHERE e.session_id IN ({ids}) GROUP BY e.session_id) ev "
+             f"ON ev.session_id = {session_id} "
+             "LEFT JOIN (SELECT st.session_id, COUNT(*) AS errors FROM steps st "
+             f"WHERE st.session_id IN ({ids}) AND st.error IS NOT NULL "
+             f"GROUP BY st.session_id) se ON se.session_id = {session_id}")
+    values = {"cost": "COALESCE(ev.cost, 0)", "tokens": "COALESCE(ev.tokens, 0)",
+              "events": "COALESCE(ev.events, 0)",
+              "errors": "(COALESCE(ev.errors, 0) + COALESCE(se.errors, 0))"}
+    return values, joins
+
+
+def total_sql(store: Store, total: str) -> tuple[str, str]:
+    """SQL of one of TOTALS for the session row ``s``, and the joins it
+    needs: its session_totals row, or, when it is noted, its rows."""
+    values, joins = totals_sql(store, NOTED_IDS, "s.id")
+    return (f"(CASE WHEN n.session_id IS NULL THEN COALESCE(t.{total}, 0) "
+            f"ELSE {values[total]} END)",
+            "LEFT JOIN session_totals t ON t.session_id = s.id "
+            f"LEFT JOIN changed_sessions n ON n.session_id = s.id {joins}")
+
+
+def search_sql(match: TextMatch, alias: str = "s") -> tuple[str, list[Any]]:
+    """True for a session (row ``alias``) that ``match`` finds: tested on its
+    folded text, confirmed on its rows where that test is not exact (see
+    TextMatch.folded); on its rows when it is noted."""
+    prefix, prefix_params = match.id_prefix(alias)
+    rows, row_params = match.rows(alias)
+    folded, folded_params, exact = match.folded("t.folded")
+    derived = (f"EXISTS (SELECT 1 FROM session_text t WHERE t.session_id = {alias}.id "
+               f"AND ({folded}))")
+    derived_params = folded_params
+    if not exact:
+        derived, derived_params = f"({derived} AND {rows})", [*folded_params, *row_params]
+    noted = NOTED.format(sid=f"{alias}.id")
+    # (Not a CASE: SQLite evaluates both sides of an AND or OR in one; in a
+    # WHERE clause it stops at the first that decides.)
+    return (f"({prefix} OR (NOT {noted} AND {derived}) OR ({noted} AND {rows}))",
+            [*prefix_params, *derived_params, *row_params])
+
+
+def bucket(store: Store, column: str, seconds: int) -> str:
+    """Whole ``seconds`` since the epoch at ``column`` (days, hours), as the
+    dashboard has always numbered days."""
+    if store.dialect == "postgresql":
+        return f"CAST(floor({column} / {seconds}) AS BIGINT)"
+    return f"CAST({column} / {seconds} AS INTEGER)"
+
+
+def activity_columns(store: Store) -> dict[str, str]:
+    """session_activity's sums over events ``e`` of one group (SQL)."""
+    return {
+        "first_at": "MIN(e.started_at)", "last_at": "MAX(e.started_at)",
+        "events": "COUNT(*)",
+        "errors": "SUM(CASE WHEN e.error IS NOT NULL OR e.type = 'error' THEN 1 ELSE 0 END)",
+        "failed": "SUM(CASE WHEN e.error IS NOT NULL THEN 1 ELSE 0 END)",
+        "cost": cost_sum("e.cost"),
+        **{f"{name}_{part}": f"SUM({sql})" for name in ("input", "output")
+           for part, sql in zip(("hi", "lo"), int_parts(f"e.{name}_tokens"), strict=True)},
+    }
+
+
+def activity_groups(store: Store) -> dict[str, str]:
+    """session_activity's grouping columns over events ``e`` (SQL)."""
+    return {"day": bucket(store, "e.started_at", 86400),
+            "hour": bucket(store, "e.started_at", 3600), "model": MODEL,
+            "is_llm": "CASE WHEN e.type = 'llm' THEN 1 ELSE 0 END"}
+
+
+def _batch(store: Store, count: int) -> str:
+    rows = ", ".join([f"({store.placeholder})"] * count)
+    return f"WITH batch (session_id) AS (VALUES {rows}) "
+
+
+def refresh(store: Store, *, quiet: float = QUIET_SECONDS, limit: int = BATCH,
+            now: float | None = None) -> int:
+    """Rebuild the derived rows of up to ``limit`` noted sessions on which
+    nothing was written for ``quiet`` seconds, and remove their notes (a
+    note renewed meanwhile stays). How many sessions it rebuilt."""
+    ph = store.placeholder
+    cutoff = (time.time() if now is None else now) - quiet
+    texts = _texts(store)  # (which may ask PostgreSQL how it folds: not in the transaction)
+
+    def run(cur: Any) -> int:
+        if store.dialect == "postgresql":
+            # One refresher at a time (server replicas each run one).
+            cur.execute("SELECT pg_try_advisory_xact_lock(7514204)")
+            if not cur.fetchone()[0]:
+                return 0
+            cur.execute("SET LOCAL jit = off")  # (compiling took longer than running)
+        # Locked (PostgreSQL; SQLite's write transaction holds the file): a
+        # writer's note for one of them waits until these are rebuilt and
+        # removed, then is made again. One being written is left for later.
+        lock = " FOR UPDATE SKIP LOCKED" if store.dialect == "postgresql" else ""
+        cur.execute(f"SELECT session_id, version FROM changed_sessions WHERE noted_at <= {ph} "
+                    f"ORDER BY noted_at LIMIT {ph}{lock}", (cutoff, limit))
+        notes = cur.fetchall()
+        if not notes:
+            return 0
+        ids = [row[0] for row in notes]
+        marks = ", ".join([ph] * len(ids))
+        for table in TABLES:
+            cur.execute(f"DELETE FROM {table} WHERE session_id IN ({marks})", ids)
+        for sql in rebuild_sql(store, len(ids), texts):
+            cur.execute(sql, ids)
+        cur.executemany(f"DELETE FROM changed_sessions WHERE session_id = {ph} "
+                        f"AND version = {ph}", [tuple(row) for row in notes])
+        return len(notes)
+
+    return int(store.transaction(run))
+
+
+def _texts(store: Store) -> tuple[str, str, str]:
+    """The folded text of a session's row ``s``, a step ``st``, an event ``ev``."""
+    return (fold_sql(store, "s", SESSION_TEXT), fold_sql(store, "st", STEP_TEXT),
+            fold_sql(store, "ev", EVENT_TEXT))
+
+
+def rebuild_sql(store: Store, count: int, texts: tuple[str, str, str]) -> list[str]:
+    """The statements that insert the derived rows of ``count`` sessions,
+    each taking their ids as its parameters."""
+    batch = _batch(store, count)
+    totals, totals_joins = totals_sql(store, "SELECT session_id FROM batch", "b.session_id")
+    sums = activity_columns(store)
+    groups = activity_groups(store)
+    session_text, step_text, event_text = texts
+    joined = ("string_agg(piece, E'\\n')" if store.dialect == "postgresql"
+              else "group_concat(piece, char(10))")
+    return [
+        f"{batch}INSERT INTO session_totals (session_id, {', '.join(totals)}) "
+        f"SELECT b.session_id, {', '.join(totals.values())} FROM batch b {totals_joins}",
+        f"{batch}INSERT INTO session_text (session_id, folded) "
+        f"SELECT session_id, {joined} FROM ("
+        f"SELECT s.id AS session_id, {session_text} AS piece FROM sessions s "
+        "WHERE s.id IN (SELECT session_id FROM batch) "
+        f"UNION ALL SELECT st.session_id, {step_text} FROM steps st "
+        "WHERE st.session_id IN (SELECT session_id FROM batch) "
+        f"UNION ALL SELECT ev.session_id, {event_text} FROM events ev "
+        "WHERE ev.session_id IN (SELECT session_id FROM batch)) pieces GROUP BY session_id",
+        f"{batch}INSERT INTO session_activity (session_id, project, {', '.join(groups)}, "
+        f"{', '.join(sums)}) SELECT e.session_id, s.project, {', '.join(groups.values())}, "
+        f"{', '.join(sums.values())} FROM events e LEFT JOIN sessions s ON s.id = e.session_id "
+        "WHERE e.session_id IN (SELECT session_id FROM batch) AND e.started_at IS NOT NULL "
+        f"GROUP BY e.session_id, s.project, {', '.join(groups.values())}",
+        f"{batch}INSERT INTO llm_timings (session_id, project, started_at, model, duration, "
+        f"time_to_first_token) SELECT e.session_id, s.project, e.started_at, {MODEL}, "
+        "e.duration, e.time_to_first_token FROM events e LEFT JOIN sessions s "
+        "ON s.id = e.session_id WHERE e.session_id IN (SELECT session_id FROM batch) "
+        "AND e.type = 'llm' AND e.started_at IS NOT NULL "
+        "AND (e.duration IS NOT NULL OR e.time_to_first_token IS NOT NULL)",
+    ]
+
+
+def pending(store: Store) -> int:
+    """How many sessions are noted as changed (read from their rows)."""
+    return int(store.query("SELECT COUNT(*) AS n FROM changed_sessions")[0]["n"])
+
+
+class Refresher:
+    """Refreshes derived data in a daemon thread until stopped, a batch at a
+    time on a connection taken from ``connection`` (a callable giving a
+    context manager that lends a Store: the app's pool, which thus bounds
+    the connections the app holds). A failure is logged (rate-limited) and
+    the next round tries again: pages stay exact meanwhile, only slower."""
+
+    def __init__(self, connection: Callable[[], AbstractContextManager[Store]], *,
+                 interval: float = 1.0) -> None:
+        self._connection = connection
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="lucidic-refresher",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                while not self._stop.is_set():
+                    started = time.monotonic()
+                    with self._connection() as store:
+                        if not refresh(store):
+                            break
+                        sqlite = store.dialect == "sqlite"
+                    if sqlite:
+                        # Writers wait while a batch is rebuilt (SQLite locks
+                        # the file): as long again is theirs.
+                        self._stop.wait(time.monotonic() - started)
+            except Exception as exc:  # noqa: BLE001 - pages read the rows meanwhile
+                log_rate_limited("refresher", "lucidic: refreshing derived data failed "
+                                 "(pages read every row meanwhile): %r", exc)
+            self._stop.wait(self.interval)

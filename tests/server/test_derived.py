@@ -1,0 +1,503 @@
+"""Derived data (lucidic.reading.derived) on both databases: every write notes
+the sessions it touched, and an upgraded store notes every session it holds.
+(Here beside the server tests for their SQLite-and-PostgreSQL fixtures.)"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from server_support import raw_connection
+from test_otlp import agent_trace, encode_protobuf, make_spans
+
+from lucidic.reading import Reader, SessionQuery
+from lucidic.reading.derived import TOTALS, refresh
+from lucidic.reading.search import TextMatch
+from lucidic.reading.totals import cost_sum, int_sum, saturated
+from lucidic.server.otlp import _spans
+from lucidic.server.otlp_ingest import ingest
+from lucidic.store import MIGRATIONS, IdInUseError, Store
+
+T0 = 1_700_000_000.0
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    s = Store(db_url)
+    yield s
+    s.close()
+
+
+def _notes(store: Store) -> dict[str, int]:
+    """The noted sessions and their notes' versions."""
+    return {r["session_id"]: int(r["version"])
+            for r in store.query("SELECT session_id, version FROM changed_sessions")}
+
+
+def _forget_notes(store: Store) -> None:
+    store.execute("DELETE FROM changed_sessions")
+
+
+def _session(sid: str, at: float = T0, **fields: Any) -> tuple:
+    return ("session", sid, at, {"project": "p", "started_at": at, **fields})
+
+
+def _event(eid: str, sid: str, at: float = T0, **fields: Any) -> tuple:
+    return ("event", eid, at, {"session_id": sid, "started_at": at, **fields})
+
+
+def test_every_write_notes_the_sessions_it_touched_in_its_own_transaction(
+        store: Store) -> None:
+    store.write([_session("a"), _event("a-e", "a"),
+                 ("step", "b-s", T0, {"session_id": "b", "started_at": T0})])
+    # (b has no session row yet: its step is noted all the same)
+    assert _notes(store) == {"a": 1, "b": 1}
+    # An amended event renews a's note if it is older than a second (its
+    # time says when the session was last written, to a second).
+    store.execute("UPDATE changed_sessions SET noted_at = 0 WHERE session_id = 'a'")
+    store.write([_event("a-e", "a", T0 + 1, cost=0.5)])
+    assert _notes(store) == {"a": 2, "b": 1}
+    assert store.query("SELECT noted_at FROM changed_sessions WHERE session_id = 'a'"
+                       )[0]["noted_at"] > time.time() - 60
+    store.write([_event("a-e", "a", T0 + 2, cost=0.6)])  # within a second: left as it is
+    assert _notes(store) == {"a": 2, "b": 1}
+
+    _forget_notes(store)
+    store.write_for_project([_session("c", project="q"), _event("c-e", "c")], "q")
+    assert _notes(store) == {"c": 1}
+
+    _forget_notes(store)
+    assert store.create_session(_session("d"), "p")
+    assert _notes(store) == {"d": 1}
+
+    _forget_notes(store)
+    store.transaction(lambda cur: store.apply(cur, [_event("e-e", "a", cost=1.0)], "p"))
+    assert _notes(store) == {"a": 1}
+
+    # A write refused (here: an id another session holds) notes nothing.
+    _forget_notes(store)
+    with pytest.raises(IdInUseError):
+        store.write([_event("a-e", "other")])
+    assert _notes(store) == {}
+
+
+def test_an_otlp_trace_moved_out_of_its_placeholder_session_notes_both(store: Store) -> None:
+    spans = make_spans(agent_trace("conv"))
+    root = next(s for s in spans if s.parent is None)
+    for span in spans:
+        if span is not root:
+            ingest(store, "p", _spans(encode_protobuf([span]))[0])
+    (placeholder,) = [r["session_id"] for r in store.query("SELECT session_id FROM otlp_traces")]
+    assert placeholder != "conv"
+    _forget_notes(store)
+    ingest(store, "p", _spans(encode_protobuf([root]))[0])  # names the session: rows move
+    assert set(_notes(store)) == {placeholder, "conv"}
+
+
+def test_an_upgraded_store_notes_every_session_it_holds(db_url: str) -> None:
+    """From schema version 8 (the one before derived data): every session,
+    and every session that only steps or events name, is noted at once."""
+    before = [(v, s) for v, s in MIGRATIONS if v <= 8]
+    conn, ph = raw_connection(db_url)
+    conn.execute("CREATE TABLE lucidic_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    for _, statements in before:
+        for statement in statements:
+            conn.execute(statement)
+    conn.execute("INSERT INTO lucidic_meta VALUES ('schema_version', '8')")
+    conn.execute(f"INSERT INTO sessions (id, project, started_at, updated_at) "
+                 f"VALUES ({ph}, 'p', 1, 1), ({ph}, 'p', 2, 2)", ("s1", "s2"))
+    conn.execute(f"INSERT INTO events (id, session_id, updated_at) VALUES ({ph}, {ph}, 1)",
+                 ("e", "orphan"))
+    conn.close()
+    upgraded = Store(db_url)
+    try:
+        assert set(_notes(upgraded)) == {"s1", "s2", "orphan"}
+        _assert_pages_exact(upgraded)      # read from rows
+        _refresh_all(upgraded)
+        assert _notes(upgraded) == {}
+        _assert_pages_exact(upgraded)      # read from derived data
+    finally:
+        upgraded.close()
+
+
+# -- pages read from derived data are exactly what every row says -----------------------
+
+DAY = 86400.0
+BASE = (T0 // DAY) * DAY
+WORDS = ("plan", "Straße", "STRASSE", "İstanbul", "ΣΊΣΥΦΟΣ", "Ꭰ", "Kelvin K", "你好",
+         "naïve", "quote \"q\"", "back\\slash", "100%", "under_score", "ﬀ", "Ǆ", "émoji 🙂",
+         "TAB", "a b", "xyz")
+SEARCHES = ("plan", "PLAN", "straße", "strasse", "STRASSE", "istanbul", "İstanbul", "i̇",
+            "σίσυφος", "ΣΊΣΥΦΟΣ", "Ꭰ", "ꭰ", "k", "K", "kelvin", "你好", "你", "naïve",
+            "NAÏVE", '"q"', 'quote "q', "\\", "back\\s", "100%", "%", "_", "under_",
+            "ff", "ﬀ", "ǆ", "Ǆ", "🙂", "a b", "xyz", "XYZ", "role", '"role"', "s0",
+            "nothing at all", "1", "0.5", "gpt", "m-2")
+MODELS = (None, "m-1", "m-2", "gpt")
+
+
+def _world(rng: Any, sessions: int, prefix: str = "s") -> list[tuple]:
+    """Sessions in two projects with steps and events of every kind, text in
+    several scripts, some of it in JSON columns; events cross hour and day
+    boundaries; one session's rows arrive before its session record."""
+    records: list[tuple] = []
+    for i in range(sessions):
+        sid = f"{prefix}{i}"
+        at = BASE + rng.choice((0, 1, 2)) * DAY + rng.uniform(-4000, 90000)
+        if i != 3:  # s3: no session row (its events still count on the dashboard)
+            records.append(("session", sid, at, {
+                "project": "p" if i % 3 else "q", "started_at": at,
+                "name": f"{rng.choice(WORDS)} #{i}", "tags": [rng.choice(WORDS)],
+                "is_finished": i % 2 == 0, "is_successful": [None, True, False][i % 3]}))
+        for j in range(rng.randrange(3)):
+            records.append(("step", f"{sid}-st{j}", at + j, {
+                "session_id": sid, "started_at": at + j, "action": rng.choice(WORDS),
+                "error": "boom" if rng.random() < 0.2 else None}))
+        for j in range(rng.randrange(5)):
+            started = at + rng.uniform(0, 7200)
+            llm = rng.random() < 0.5
+            fields: dict[str, Any] = {
+                "session_id": sid, "started_at": started, "type": "llm" if llm else "tool",
+                "description": rng.choice(WORDS), "cost": rng.choice((None, 0.1, 0.25, 1e-7)),
+                "input_tokens": rng.choice((None, 3, 1000)), "output_tokens": rng.choice(
+                    (None, 7)), "error": "failed" if rng.random() < 0.2 else None}
+            if llm:
+                fields.update(model=rng.choice(MODELS), request_model=rng.choice(MODELS),
+                              duration=rng.choice((None, 0.5, 1.5, rng.random())),
+                              time_to_first_token=rng.choice((None, 0.1, rng.random())),
+                              input=[{"role": "user", "content": rng.choice(WORDS)}])
+            else:
+                fields["arguments"] = {"q": rng.choice(WORDS)}
+            records.append(("event", f"{sid}-ev{j}", started, fields))
+    # LLM calls of one model in one hour on either side of a range's end
+    # (RANGES[1]): a group of session_activity across it.
+    for n, at in enumerate((BASE + 1000, BASE + 1500, BASE + DAY + 3600.1,
+                            BASE + DAY + 3600.5)):
+        records.append(("event", f"{prefix}-edge{n}", at, {
+            "session_id": f"{prefix}1", "started_at": at, "type": "llm", "model": "m-1",
+            "cost": 0.5, "input_tokens": 10, "duration": n / 10}))
+    return records
+
+
+def _plain_search(store: Store, query: str) -> set[str]:
+    match = TextMatch(store, query)
+    prefix, prefix_params = match.id_prefix("s")
+    rows, params = match.rows("s")
+    return {r["id"] for r in store.query(f"SELECT s.id FROM sessions s WHERE {prefix} OR {rows}",
+                                         [*prefix_params, *params])}
+
+
+def _plain_totals(store: Store) -> dict[str, dict[str, Any]]:
+    """Each session's sort keys, summed from every row as the list always did."""
+    tokens = saturated(store, f"COALESCE({int_sum(store, 'input_tokens')}, 0) + "
+                              f"COALESCE({int_sum(store, 'output_tokens')}, 0)")
+    rows = store.query(
+        "SELECT s.id, COALESCE(ev.cost, 0) AS cost, COALESCE(ev.tokens, 0) AS tokens, "
+        "COALESCE(ev.events, 0) AS events, "
+        "COALESCE(ev.errors, 0) + COALESCE(st.errors, 0) AS errors FROM sessions s "
+        f"LEFT JOIN (SELECT session_id, {cost_sum('cost')} AS cost, {tokens} AS tokens, "
+        "COUNT(*) AS events, SUM(CASE WHEN error IS NOT NULL OR type = 'error' THEN 1 ELSE 0 "
+        "END) AS errors FROM events GROUP BY session_id) ev ON ev.session_id = s.id "
+        "LEFT JOIN (SELECT session_id, COUNT(*) AS errors FROM steps WHERE error IS NOT NULL "
+        "GROUP BY session_id) st ON st.session_id = s.id")
+    return {r.pop("id"): r for r in rows}
+
+
+def _plain_dashboard(store: Store, project: str | None, since: float,
+                     until: float) -> dict[str, Any]:
+    """The dashboard's figures from the events themselves, summed in Python."""
+    events = store.query("SELECT e.*, s.project FROM events e LEFT JOIN sessions s "
+                         "ON s.id = e.session_id")
+    days: dict[int, dict[str, Any]] = {}
+    models: dict[str, dict[str, Any]] = {}
+    for e in events:
+        if e["started_at"] is None or not since <= e["started_at"] < until:
+            continue
+        if project is not None and e["project"] != project:
+            continue
+        day = days.setdefault(int(e["started_at"] // DAY), {
+            "cost": 0.0, "input_tokens": 0, "output_tokens": 0, "llm_calls": 0,
+            "llm_errors": 0, "events": 0, "errors": 0})
+        day["cost"] += e["cost"] or 0.0
+        day["input_tokens"] += e["input_tokens"] or 0
+        day["output_tokens"] += e["output_tokens"] or 0
+        day["events"] += 1
+        day["errors"] += e["error"] is not None or e["type"] == "error"
+        if e["type"] == "llm":
+            day["llm_calls"] += 1
+            day["llm_errors"] += e["error"] is not None
+            model = models.setdefault(e["model"] or e["request_model"] or "(no model)", {
+                "calls": 0, "cost": 0.0, "input_tokens": 0, "output_tokens": 0, "errors": 0,
+                "durations": [], "ttfts": []})
+            model["calls"] += 1
+            model["cost"] += e["cost"] or 0.0
+            model["input_tokens"] += e["input_tokens"] or 0
+            model["output_tokens"] += e["output_tokens"] or 0
+            model["errors"] += e["error"] is not None
+            for key, column in (("durations", "duration"), ("ttfts", "time_to_first_token")):
+                if e[column] is not None:
+                    model[key].append(e[column])
+    for model in models.values():
+        for key, name in (("durations", "duration"), ("ttfts", "ttft")):
+            values = sorted(model.pop(key))
+            for p in (50, 95):
+                model[f"{name}_p{p}"] = (values[(len(values) * p + 99) // 100 - 1]
+                                         if values else None)
+    return {"days": days, "models": models}
+
+
+def _assert_dashboard_exact(store: Store, project: str | None, since: float,
+                            until: float) -> None:
+    board = Reader(store).dashboard(project, since, until)
+    plain = _plain_dashboard(store, project, since, until)
+    found_days = {int(d["day"]): d for d in board.days if d["events"]}
+    assert set(found_days) == set(plain["days"]), (project, since, until)
+    for number, expected in plain["days"].items():
+        found = found_days[number]
+        # costs are sums of sums: equal up to the last binary digits
+        assert found["cost"] == pytest.approx(expected["cost"], rel=1e-12, abs=1e-15)
+        assert {k: int(found[k]) for k in expected if k != "cost"} == \
+            {k: v for k, v in expected.items() if k != "cost"}, (project, since, until)
+    found_models = {m["model"]: m for m in board.models}
+    assert set(found_models) == set(plain["models"])
+    for name, expected in plain["models"].items():
+        found = found_models[name]
+        assert found["cost"] == pytest.approx(expected["cost"], rel=1e-12, abs=1e-15)
+        assert {k: found[k] for k in expected if k != "cost"} == \
+            {k: v for k, v in expected.items() if k != "cost"}, (name, project, since, until)
+
+
+RANGES = ((BASE - DAY, BASE + 4 * DAY), (BASE + 1234.5, BASE + DAY + 3600.25),
+          (BASE + DAY, BASE + 2 * DAY), (BASE + 7200, BASE + 7200.5))
+
+
+def _assert_pages_exact(store: Store) -> None:
+    """Every sort (walked page by page with the keyset cursor), every
+    search and the dashboard over several ranges, against every row."""
+    reader = Reader(store)
+    totals = _plain_totals(store)
+    for sort in TOTALS:
+        for descending in (True, False):
+            for project in (None, "p"):
+                seen: list[str] = []
+                cursor = None
+                while True:
+                    page = reader.sessions(SessionQuery(project=project, sort=sort, limit=7,
+                                                        descending=descending, cursor=cursor))
+                    seen.extend(s["id"] for s in page.sessions)
+                    cursor = page.next_cursor
+                    if cursor is None:
+                        break
+                ids = [sid for sid in totals if project is None
+                       or store.get_session(sid, project) is not None]
+                expected = sorted(ids, key=lambda sid: (totals[sid][sort], sid),
+                                  reverse=descending)
+                if sort != "cost":
+                    assert seen == expected, (sort, descending, project)
+                    continue
+                # A session's cost is a float sum, whose last binary digit
+                # depends on the order the database adds its events in (any
+                # plan's, as ever): equal costs may then be told apart.
+                assert sorted(seen) == sorted(expected)
+                costs = [totals[sid]["cost"] for sid in seen]
+                assert costs == pytest.approx(sorted(costs, reverse=descending),
+                                              rel=1e-12, abs=1e-15), (sort, descending)
+    for query in SEARCHES:
+        found = {s["id"] for s in reader.sessions(SessionQuery(search=query, limit=500)).sessions}
+        assert found == _plain_search(store, query), query
+    for project in (None, "p"):
+        for since, until in RANGES:
+            _assert_dashboard_exact(store, project, since, until)
+
+
+def _refresh_all(store: Store) -> None:
+    while refresh(store, quiet=-60, limit=7):
+        pass
+
+
+def test_pages_read_from_derived_data_are_exactly_what_every_row_says(store: Store) -> None:
+    rng = random.Random(11)
+    store.write(_world(rng, 60))
+    _assert_pages_exact(store)                 # every session noted: read from rows
+    _refresh_all(store)
+    assert _notes(store) == {}
+    _assert_pages_exact(store)                 # every session from derived data
+    # Changes after a refresh: re-deliveries, amended steps and events, late
+    # events (in the past, across hours), an event moved to another session
+    # by an OTLP-like update, new sessions; half of them refreshed again.
+    store.write(_world(random.Random(11), 60)[:40])              # delivered again
+    store.write([("event", "s5-ev0", T0 + 1e6, {"session_id": "s5", "cost": 5.0,
+                                                "description": "amended naïve"}),
+                 ("step", "s7-st0", T0 + 1e6, {"session_id": "s7", "error": "late"}),
+                 ("event", "s9-late", BASE - 5, {"session_id": "s9", "started_at": BASE - 5,
+                                                 "type": "llm", "model": "m-2",
+                                                 "duration": 9.0, "cost": 0.3})])
+    store.write(_world(random.Random(12), 20, prefix="n"))
+    _assert_pages_exact(store)
+    while refresh(store, quiet=-60, limit=3) and len(_notes(store)) > 15:
+        pass
+    assert _notes(store)
+    _assert_pages_exact(store)                 # some from derived data, some from rows
+    _refresh_all(store)
+    _assert_pages_exact(store)
+
+
+def test_pages_stay_exact_with_writers_busy_while_the_refresher_works(
+        store: Store, db_url: str) -> None:
+    """Writers on their own connections keep writing to the same sessions
+    while a refresher rebuilds them (every note counted as quiet): when they
+    stop, before any further refresh, every page is what every row says."""
+    store.write(_world(random.Random(3), 12))
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def write(seed: int) -> None:
+        rng = random.Random(seed)
+        writer = Store(db_url, busy_timeout=30.0)
+        try:
+            for n in range(40):
+                sid = f"s{rng.randrange(12)}"
+                writer.write([_event(f"w{seed}-{n}", sid, BASE + rng.uniform(0, 3 * DAY),
+                                     type="llm", model=rng.choice(MODELS), cost=0.125,
+                                     input_tokens=n, duration=rng.random(),
+                                     description=rng.choice(WORDS)),
+                              ("event", f"s{seed}-ev0", BASE + 5 * DAY + n,
+                               {"session_id": f"s{seed}", "cost": n / 8})])
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+        finally:
+            writer.close()
+
+    def refresher() -> None:
+        other = Store(db_url, busy_timeout=30.0)
+        try:
+            while not stop.is_set():
+                refresh(other, quiet=-60, limit=3)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            failures.append(exc)
+        finally:
+            other.close()
+
+    threads = [threading.Thread(target=write, args=(seed,)) for seed in (1, 2)]
+    rebuilding = threading.Thread(target=refresher)
+    rebuilding.start()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stop.set()
+    rebuilding.join()
+    assert not failures, failures
+    _assert_pages_exact(store)
+    _refresh_all(store)
+    _assert_pages_exact(store)
+
+
+def test_a_note_renewed_while_the_refresher_worked_stays(store: Store) -> None:
+    store.write([_session("a"), _event("a-e", "a", cost=1.0)])
+    original = Store.transaction
+
+    class Cursor:
+        """The refresher's cursor; a writer renews the note just before the
+        refresher removes the notes it read (as another connection's write,
+        committed in between, would on PostgreSQL)."""
+
+        def __init__(self, cur: Any) -> None:
+            self.cur = cur
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.cur, name)
+
+        def executemany(self, sql: str, params: Any) -> Any:
+            if sql.startswith("DELETE FROM changed_sessions"):
+                self.cur.execute("UPDATE changed_sessions SET version = version + 1")
+            return self.cur.executemany(sql, params)
+
+    def write_meanwhile(self: Store, fn: Any, *, write: bool = True) -> Any:
+        return original(self, lambda cur: fn(Cursor(cur)), write=write)
+
+    Store.transaction = write_meanwhile  # type: ignore[method-assign]
+    try:
+        refresh(store, quiet=-60)
+    finally:
+        Store.transaction = original  # type: ignore[method-assign]
+    assert _notes(store) == {"a": 2}
+
+
+# -- the refresher ------------------------------------------------------------------------
+
+def _wait_until(condition: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def _refreshers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "lucidic-refresher"]
+
+
+def test_the_ui_app_refreshes_derived_data_while_it_runs(db_url: str) -> None:
+    from fastapi.testclient import TestClient
+
+    from lucidic.ui.app import create_ui_app
+
+    writer = Store(db_url)
+    try:
+        writer.write([_session("a"), _event("a-e", "a", cost=2.0)])
+        before = len(_refreshers())
+        with TestClient(create_ui_app(db_url), base_url="http://127.0.0.1"):
+            assert len(_refreshers()) == before + 1
+            _wait_until(lambda: _notes(writer) == {})  # quiet 2 s, then refreshed
+            assert writer.query("SELECT session_id, cost FROM session_totals") == [
+                {"session_id": "a", "cost": 2.0}]
+        assert len(_refreshers()) == before     # stopped with the app
+    finally:
+        writer.close()
+
+
+def test_the_server_process_refreshes_derived_data(db_url: str, start_server: Any) -> None:
+    writer = Store(db_url)
+    try:
+        writer.write([_session("a"), _event("a-e", "a", cost=2.0)])
+        start_server(db_url)
+        _wait_until(lambda: _notes(writer) == {})
+        assert [r["session_id"] for r in writer.query("SELECT session_id FROM session_text")] \
+            == ["a"]
+    finally:
+        writer.close()
+
+
+def test_a_refresher_failure_is_logged_and_pages_stay_exact(
+        store: Store, caplog: pytest.LogCaptureFixture) -> None:
+    from lucidic.reading.derived import Refresher
+
+    store.write(_world(random.Random(5), 20))
+    if store.dialect == "postgresql":
+        store.execute("CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN "
+                      "RAISE EXCEPTION 'refused'; END $$ LANGUAGE plpgsql")
+        store.execute("CREATE TRIGGER refuse BEFORE INSERT ON session_text "
+                      "FOR EACH ROW EXECUTE FUNCTION refuse()")
+    else:
+        store.execute("CREATE TRIGGER refuse BEFORE INSERT ON session_text "
+                      "BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    @contextmanager
+    def connection() -> Iterator[Store]:
+        yield store
+
+    refresher = Refresher(connection, interval=0.05)
+    with caplog.at_level(logging.WARNING, logger="lucidic"):
+        refresher.start()
+        try:
+            _wait_until(lambda: "refreshing derived data failed" in caplog.text)
+        finally:
+            refresher.stop()
+    assert "refused" in caplog.text
+    assert len(_notes(store)) == 20  # nothing refreshed: every session read from its rows
+    assert store.query("SELECT COUNT(*) AS n FROM session_totals")[0]["n"] == 0
+    _assert_pages_exact(store)
