@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import select
 import socket
 import sqlite3
@@ -342,6 +343,10 @@ class CommitCutter:
 
     def _relay(self, client: socket.socket, upstream: socket.socket) -> None:
         wrote = cutting = False
+        # psycopg prepares a statement it has run a few times (the server's
+        # refresher runs many on the pool's connections): from then on only
+        # its name is sent (a Bind), not its text.
+        prepared: dict[bytes, bytes] = {}
         with client, upstream:
             while True:
                 for side in select.select([client, upstream], [], [])[0]:
@@ -349,8 +354,11 @@ class CommitCutter:
                     if not data:
                         return
                     if side is client:
-                        wrote = wrote or b"INSERT" in data
-                        if b"COMMIT" in data:
+                        prepared.update(re.findall(rb"(_pg3_\d+)\x00(INSERT|COMMIT)\b", data))
+                        bound = {prepared.get(name) for name in
+                                 re.findall(rb"B.{4}\x00(_pg3_\d+)\x00", data, re.DOTALL)}
+                        wrote = wrote or b"INSERT" in data or b"INSERT" in bound
+                        if b"COMMIT" in data or b"COMMIT" in bound:
                             cutting, wrote = wrote and self.armed.is_set(), False
                         upstream.sendall(data)
                     elif cutting and b"COMMIT\0" in data:  # PostgreSQL's "committed"
