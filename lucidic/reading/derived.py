@@ -50,6 +50,9 @@ TABLES = ("session_totals", "session_text", "session_activity", "llm_timings")
 #: A session noted as changed (SQL, over its id ``{sid}``).
 NOTED = "EXISTS (SELECT 1 FROM changed_sessions n WHERE n.session_id = {sid})"
 NOTED_IDS = "SELECT session_id FROM changed_sessions"
+#: PostgreSQL's advisory lock key of the refresher of the store in the
+#: connection's schema (an advisory lock is the whole database's).
+REFRESHER_LOCK = "hashtextextended(current_schema(), 7514204)"
 #: The model a dashboard groups an event under.
 MODEL = "COALESCE(e.model, e.request_model, '(no model)')"
 
@@ -155,8 +158,9 @@ def refresh(store: Store, *, quiet: float = QUIET_SECONDS, limit: int = BATCH,
 
     def run(cur: Any) -> int:
         if store.dialect == "postgresql":
-            # One refresher at a time (server replicas each run one).
-            cur.execute("SELECT pg_try_advisory_xact_lock(7514204)")
+            # One refresher at a time for this store (server replicas each
+            # run one); a store in another schema of the database has its own.
+            cur.execute(f"SELECT pg_try_advisory_xact_lock({REFRESHER_LOCK})")
             if not cur.fetchone()[0]:
                 return 0
             cur.execute("SET LOCAL jit = off")  # (compiling took longer than running)

@@ -8,6 +8,7 @@ import logging
 import random
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -17,7 +18,7 @@ from server_support import raw_connection
 from test_otlp import agent_trace, encode_protobuf, make_spans
 
 from lucidic.reading import Reader, SessionQuery
-from lucidic.reading.derived import TOTALS, refresh
+from lucidic.reading.derived import REFRESHER_LOCK, TOTALS, refresh
 from lucidic.reading.search import TextMatch
 from lucidic.reading.totals import cost_sum, int_sum, saturated
 from lucidic.server.otlp import _spans
@@ -345,6 +346,31 @@ def test_pages_read_from_derived_data_are_exactly_what_every_row_says(store: Sto
     _assert_pages_exact(store)                 # some from derived data, some from rows
     _refresh_all(store)
     _assert_pages_exact(store)
+
+
+def test_one_refresher_at_a_time_per_store_not_per_database(pg_url: str) -> None:
+    # An advisory lock is the whole database's: keyed by a constant, the
+    # refresher of a store in another schema (another server, or another
+    # test running beside this one) held this store's off.
+    store = Store(pg_url)
+    conn, _ = raw_connection(pg_url)  # (its search path is the store's schema)
+    other = "lucidic_test_other_" + uuid.uuid4().hex[:12]
+    try:
+        store.write(_world(random.Random(5), 4))
+        noted = len(_notes(store))
+        conn.execute(f"CREATE SCHEMA {other}")
+        for schema, rebuilt in ((None, 0), (other, noted)):
+            if schema is not None:
+                conn.execute(f"SET search_path TO {schema}")
+            conn.execute("BEGIN")
+            conn.execute(f"SELECT pg_advisory_xact_lock({REFRESHER_LOCK})")  # mid-rebuild
+            assert refresh(store, quiet=-60) == rebuilt
+            conn.execute("ROLLBACK")
+        assert _notes(store) == {}
+    finally:
+        conn.execute(f"DROP SCHEMA IF EXISTS {other} CASCADE")
+        conn.close()
+        store.close()
 
 
 def test_pages_stay_exact_with_writers_busy_while_the_refresher_works(
