@@ -16,7 +16,7 @@ from typing import Any
 
 from ..limits import INT_MAX, INT_MIN
 from ..store import Store
-from .derived import MODEL, NOTED_IDS, activity_groups, bucket
+from .derived import ERROR_EVENT, MODEL, NOTED_IDS, activity_groups, bucket
 from .totals import clamped_cost, int_parts, parts_sum
 
 DAY = 86400.0
@@ -131,7 +131,7 @@ def _facts(store: Store, project: str | None, since: float,
            f"d.input_hi, d.input_lo, d.output_hi, d.output_lo {derived} "
            f"AND d.session_id NOT IN ({read_raw}) UNION ALL "
            f"SELECT {groups['day']}, {groups['model']}, {groups['is_llm']}, 1, "
-           "CASE WHEN e.error IS NOT NULL OR e.type = 'error' THEN 1 ELSE 0 END, "
+           f"CASE WHEN {ERROR_EVENT} THEN 1 ELSE 0 END, "
            f"CASE WHEN e.error IS NOT NULL THEN 1 ELSE 0 END, {clamped_cost('e.cost')}, "
            f"{', '.join(parts)} {events} AND e.session_id IN ({read_raw})")
     return sql, [*derived_params, *raw_params, *event_params, *raw_params]

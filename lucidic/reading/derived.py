@@ -53,6 +53,8 @@ NOTED_IDS = "SELECT session_id FROM changed_sessions"
 #: PostgreSQL's advisory lock key of the refresher of the store in the
 #: connection's schema (an advisory lock is the whole database's).
 REFRESHER_LOCK = "hashtextextended(current_schema(), 7514204)"
+#: An event that counts as an error, over events ``e`` (SQL).
+ERROR_EVENT = "(e.error IS NOT NULL OR e.type = 'error')"
 #: The model a dashboard groups an event under.
 MODEL = "COALESCE(e.model, e.request_model, '(no model)')"
 
@@ -71,7 +73,7 @@ def totals_sql(store: Store, ids: str, session_id: str) -> tuple[dict[str, str],
     """Each of TOTALS as SQL, and the joins it needs, summed from the rows of
     the sessions ``ids`` (SQL of their ids) for the session ``session_id``
     (SQL): as the list always summed them, for only those sessions."""
-    errors = "SUM(CASE WHEN e.error IS NOT NULL OR e.type = 'error' THEN 1 ELSE 0 END)"
+    errors = f"SUM(CASE WHEN {ERROR_EVENT} THEN 1 ELSE 0 END)"
     joins = (f"LEFT JOIN (SELECT e.session_id, {cost_sum('e.cost')} AS cost, "
              f"{tokens_sum(store, 'e.')} AS tokens, COUNT(*) AS events, {errors} AS errors "
              f"FROM events e WHERE e.session_id IN ({ids}) GROUP BY e.session_id) ev "
@@ -127,7 +129,7 @@ def activity_columns(store: Store) -> dict[str, str]:
     return {
         "first_at": "MIN(e.started_at)", "last_at": "MAX(e.started_at)",
         "events": "COUNT(*)",
-        "errors": "SUM(CASE WHEN e.error IS NOT NULL OR e.type = 'error' THEN 1 ELSE 0 END)",
+        "errors": f"SUM(CASE WHEN {ERROR_EVENT} THEN 1 ELSE 0 END)",
         "failed": "SUM(CASE WHEN e.error IS NOT NULL THEN 1 ELSE 0 END)",
         "cost": cost_sum("e.cost"),
         **{f"{name}_{part}": f"SUM({sql})" for name in ("input", "output")

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..limits import INT_MAX
 from ..store import Store
-from .derived import TOTALS, search_sql, total_sql
+from .derived import ERROR_EVENT, TOTALS, search_sql, total_sql
 from .search import TextMatch
 from .totals import cost_sum, int_sum
 
@@ -215,8 +215,8 @@ def add_totals(store: Store, sessions: list[dict[str, Any]]) -> None:
     events, steps = store.query_many([
         ("SELECT session_id, COUNT(*) AS event_count, "
          f"COALESCE({cost_sum('cost')}, 0) AS total_cost, {tokens}"
-         "SUM(CASE WHEN error IS NOT NULL OR type = 'error' THEN 1 ELSE 0 END) AS error_count "
-         f"FROM events WHERE session_id IN ({marks}) GROUP BY session_id", ids),
+         f"SUM(CASE WHEN {ERROR_EVENT} THEN 1 ELSE 0 END) AS error_count "
+         f"FROM events e WHERE session_id IN ({marks}) GROUP BY session_id", ids),
         ("SELECT session_id, COUNT(*) AS step_count, "
          "SUM(CASE WHEN error IS NOT NULL THEN 1 ELSE 0 END) AS failed_steps "
          f"FROM steps WHERE session_id IN ({marks}) GROUP BY session_id", ids),
