@@ -268,9 +268,23 @@ def _parse_whole_body(response: Any) -> Callable[[bytes], Any]:
     def parse(raw: bytes) -> Any:
         # a response of the same class, to undo the Content-Encoding as the caller's read did
         body = type(http_response)(http_response.status_code, headers=http_response.headers,
-                                   content=raw).content
-        return process(data=json.loads(body), cast_to=cast_to, response=http_response)
+                                   content=raw)
+        try:
+            data = json.loads(body.content)
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError: what was sent is bad
+            raise _BodyNotJSON(body.text, exc) from exc
+        return process(data=data, cast_to=cast_to, response=http_response)
     return parse
+
+
+class _BodyNotJSON(ValueError):
+    """A body said to be JSON that is not: what the provider sent is
+    recorded (its text) with an error saying so, not taken for a fault of
+    the recording."""
+
+    def __init__(self, text: str, cause: ValueError) -> None:
+        super().__init__(f"the response body is not JSON ({cause})")
+        self.text = text
 
 
 class _WholeBody:
@@ -294,7 +308,11 @@ class _WholeBody:
     def result(self) -> dict[str, Any]:
         if not self.finished:
             return {}  # part of a document says nothing reliable
-        return self._fields(self._parse(b"".join(self._parts)))
+        try:
+            parsed = self._parse(b"".join(self._parts))
+        except _BodyNotJSON as exc:
+            return {"output": exc.text, "error": str(exc)}
+        return self._fields(parsed)
 
 
 def recorded_parsed_stream(response: Any, stream: Any, asynchronous: bool, call: LLMCall,
