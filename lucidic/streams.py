@@ -286,6 +286,25 @@ class _BodyNotJSON(ValueError):
         super().__init__(f"the response body is not JSON ({cause})")
         self.text = text
 
+    def fields(self) -> dict[str, Any]:
+        """The ``LLMCall.finish()`` fields of the call answered with this body."""
+        return {"output": self.text, "error": str(self)}
+
+
+def fields_of_read_body(response: Any, fields: Callable[[Any], dict[str, Any]]
+                        ) -> dict[str, Any]:
+    """The ``LLMCall.finish()`` fields of a raw response (openai's,
+    anthropic's) whose non-streamed body has been read: the body parsed
+    apart into the library's result object (the response's cache, what the
+    caller's ``parse()`` returns, is left alone) and read by ``fields``; for
+    a body that is not the JSON it claims to be, what was sent and an error
+    saying so."""
+    try:
+        parsed = response._parse()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # as response.json() raises
+        return _BodyNotJSON(response.http_response.text, exc).fields()
+    return fields(parsed)
+
 
 class _WholeBody:
     """The accumulator of a non-streamed (JSON) body read by hand: its bytes;
@@ -311,7 +330,7 @@ class _WholeBody:
         try:
             parsed = self._parse(b"".join(self._parts))
         except _BodyNotJSON as exc:
-            return {"output": exc.text, "error": str(exc)}
+            return exc.fields()
         return self._fields(parsed)
 
 

@@ -474,6 +474,28 @@ def test_an_async_message_body_read_by_hand_that_is_not_json_is_recorded_as_sent
     assert_recorded_as_not_json(only_llm_event(captured), response_text(path))
 
 
+def test_a_raw_message_whose_body_is_not_json_is_recorded_as_sent_with_an_error():
+    path = own_path("anthropic/messages_body_not_json.yaml")
+    with capture() as captured, replay(path):
+        lai.init(providers=["anthropic"])
+        raw = client().messages.with_raw_response.create(**request_body(path))
+        assert raw.text() == response_text(path)
+    assert_recorded_as_not_json(only_llm_event(captured), response_text(path))
+
+
+def test_an_async_raw_message_whose_body_is_not_json_is_recorded_as_sent_with_an_error():
+    path = own_path("anthropic/messages_body_not_json.yaml")
+
+    async def main():
+        lai.init(providers=["anthropic"])
+        raw = await async_client().messages.with_raw_response.create(**request_body(path))
+        return await raw.text()
+
+    with capture() as captured, replay(path):
+        assert asyncio.run(main()) == response_text(path)
+    assert_recorded_as_not_json(only_llm_event(captured), response_text(path))
+
+
 def test_a_raw_stream_read_by_hand_in_part_then_closed_records_what_arrived():
     path = shared_path("anthropic/messages_streaming.yaml")
     body = request_body(path)

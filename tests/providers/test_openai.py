@@ -664,6 +664,31 @@ def test_an_async_body_read_by_hand_that_is_not_json_is_recorded_as_sent_with_an
     assert_recorded_as_not_json(only_llm_event(captured), response_text(path))
 
 
+@pytest.mark.parametrize("cassette", ["openai/chat_body_not_json.yaml",
+                                      "openai/responses_body_not_json.yaml"])
+def test_a_raw_response_whose_body_is_not_json_is_recorded_as_sent_with_an_error(cassette):
+    path = own_path(cassette)
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        raw = resource_of(client(), cassette).with_raw_response.create(**request_body(path))
+        assert raw.text == response_text(path)  # read at once, by the library
+    assert_recorded_as_not_json(only_llm_event(captured), response_text(path))
+
+
+def test_an_async_raw_response_whose_body_is_not_json_is_recorded_as_sent_with_an_error():
+    path = own_path("openai/chat_body_not_json.yaml")
+
+    async def main():
+        lai.init(providers=["openai"])
+        raw = await async_client().chat.completions.with_raw_response.create(
+            **request_body(path))
+        return raw.text
+
+    with capture() as captured, replay(path):
+        assert asyncio.run(main()) == response_text(path)
+    assert_recorded_as_not_json(only_llm_event(captured), response_text(path))
+
+
 def test_a_response_read_by_hand_in_part_is_recorded_as_closed_before_its_end():
     path = shared_path("openai/chat.yaml")
     body = request_body(path)
