@@ -207,6 +207,45 @@ def test_a_stream_cut_early_records_the_model_the_provider_named_in_its_chunks(a
     assert event["model"] == response_events(path)[0]["model"] == "gpt-4-0613"
 
 
+@pytest.mark.parametrize("asynchronous", [False, True])
+@pytest.mark.parametrize("responses_api", [{"use_responses_api": True},
+                                           {"output_version": "responses/v1"}])
+def test_a_responses_api_stream_cut_early_records_the_model_its_first_event_named(
+        responses_api, asynchronous):
+    """Over the Responses API langchain-openai passes the answering model on
+    in the stream's last chunk only; response.created named it."""
+    path = shared_path("openai/responses_streaming.yaml")
+    from _cassettes import response_events
+    from langchain_openai import ChatOpenAI
+
+    model = ChatOpenAI(model="gpt-4.1-nano", api_key="sk-test", max_retries=0, **responses_api)
+    question = request_body(path)["input"]
+
+    def cut():
+        for received, _ in enumerate(model.stream(question), 1):
+            if received == 5:
+                return
+
+    async def cut_async():
+        stream = model.astream(question)
+        received = 0
+        async for _ in stream:
+            received += 1
+            if received == 5:
+                break
+        await stream.aclose()
+
+    with capture() as captured:
+        lai.init("stream cut", providers=["langchain"])
+        with replay(path):
+            asyncio.run(cut_async()) if asynchronous else cut()
+    event = only(captured.events("llm"))
+    assert event["result"] == "stream closed before its end"
+    assert event["request_model"] == "gpt-4.1-nano"
+    assert event["model"] == response_events(path)[0]["response"]["model"] \
+        == "gpt-4.1-nano-2025-04-14"
+
+
 def test_a_chat_anthropic_stream_cut_early_records_the_model_its_first_event_named():
     """langchain-anthropic passes message_start's model on in its first chunk."""
     path = shared_path("anthropic/messages_streaming.yaml")
@@ -502,11 +541,13 @@ def test_uninstrument_restores_langchain_exactly():
     assert captured.events() == [] and captured.steps() == []
 
 
-def test_uninstrument_restores_langchain_openais_chunk_reader_exactly():
-    """The chunk reader patched when a langchain-openai model first runs."""
+def test_uninstrument_restores_langchain_openais_chunk_readers_exactly():
+    """The chunk readers patched when a langchain-openai model first runs."""
+    from langchain_openai.chat_models import base
     from langchain_openai.chat_models.base import BaseChatOpenAI
 
     original = vars(BaseChatOpenAI)["_convert_chunk_to_generation_chunk"]
+    original_responses = vars(base)["_convert_responses_chunk_to_generation_chunk"]
     path = shared_path("langchain/lcel_stream_openai.yaml")
     with capture():
         lai.init("patched", providers=["langchain"])
@@ -516,8 +557,10 @@ def test_uninstrument_restores_langchain_openais_chunk_reader_exactly():
             model = ChatOpenAI(model="gpt-4", api_key="sk-test", max_retries=0)
             list(model.stream(socks_messages()))
     assert vars(BaseChatOpenAI)["_convert_chunk_to_generation_chunk"] is not original
+    assert vars(base)["_convert_responses_chunk_to_generation_chunk"] is not original_responses
     plugins.get_adapter("langchain").uninstrument()
     assert vars(BaseChatOpenAI)["_convert_chunk_to_generation_chunk"] is original
+    assert vars(base)["_convert_responses_chunk_to_generation_chunk"] is original_responses
 
 
 def test_chat_anthropic_prompt_cache_writes_are_recorded_and_priced_by_lifetime():
