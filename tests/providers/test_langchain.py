@@ -246,6 +246,60 @@ def test_a_responses_api_stream_cut_early_records_the_model_its_first_event_name
         == "gpt-4.1-nano-2025-04-14"
 
 
+def read_two_streams_in_turn(asynchronous):
+    """Two model streams read in turn in one thread (or one task), with the
+    openai plugin active too, then closed before their ends:
+    langchain-openai's, and Azure's through
+    AzureChatOpenAI, whose first chunk names no model (only the prompt's
+    filter results). The events captured, and the text read of each stream,
+    by the request model of its model."""
+    from _cassettes import event_stream_in_steps
+    from langchain_openai import AzureChatOpenAI, ChatOpenAI
+
+    order = ["gpt-4", "gpt-4o", "gpt-4", "gpt-4o", "gpt-4o"]
+    read = {"gpt-4": "", "gpt-4o": ""}
+
+    async def read_in_turn_async(streams):
+        for name in order:
+            read[name] += (await anext(streams[name])).content
+        for stream in streams.values():
+            await stream.aclose()
+
+    with capture() as captured, \
+            event_stream_in_steps(shared_path("langchain/lcel_stream_openai.yaml"),
+                                  first=8) as openai_url, \
+            event_stream_in_steps(own_path("openai/azure_chat_streaming.yaml"),
+                                  first=6) as azure_url:
+        lai.init("two streams", providers=["langchain", "openai"])
+        models = {"gpt-4": ChatOpenAI(model="gpt-4", api_key="sk-test", max_retries=0,
+                                      base_url=f"{openai_url}/v1"),
+                  "gpt-4o": AzureChatOpenAI(model="gpt-4o", azure_endpoint=azure_url,
+                                            azure_deployment="gpt-4o",
+                                            api_version="2024-10-21", api_key="sk-test",
+                                            max_retries=0)}
+        if asynchronous:
+            asyncio.run(read_in_turn_async(
+                {name: model.astream(socks_messages()) for name, model in models.items()}))
+        else:
+            streams = {name: model.stream(socks_messages()) for name, model in models.items()}
+            for name in order:
+                read[name] += next(streams[name]).content
+            for stream in streams.values():
+                stream.close()
+    return captured.events("llm"), read
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_two_streams_read_in_turn_in_one_thread_are_each_recorded_with_what_they_read(
+        asynchronous):
+    events, read = read_two_streams_in_turn(asynchronous)
+    assert all(read.values())
+    assert len(events) == 2  # by the langchain plugin, not again by the openai one
+    assert {event["request_model"]: event["output"] for event in events} == {
+        name: {"role": "assistant", "content": text} for name, text in read.items()}
+    assert [event["result"] for event in events] == ["stream closed before its end"] * 2
+
+
 def test_a_chat_anthropic_stream_cut_early_records_the_model_its_first_event_named():
     """langchain-anthropic passes message_start's model on in its first chunk."""
     path = shared_path("anthropic/messages_streaming.yaml")

@@ -265,6 +265,11 @@ class LucidicCallbackHandler(BaseCallbackHandler):
                 run = self._runs.get(run_id)
             if run is not None and run.call is not None:
                 run.call.first_token()
+                if run.suppression is not None:
+                    # Its request has been made (and held from the provider
+                    # adapters); code run between its chunks (another model's
+                    # stream read in turn, a call per chunk) is not this call.
+                    run.suppression.active = False
 
     def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:
         run = self._pop(run_id)
