@@ -300,6 +300,21 @@ def test_two_streams_read_in_turn_in_one_thread_are_each_recorded_with_what_they
     assert [event["result"] for event in events] == ["stream closed before its end"] * 2
 
 
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_two_streams_read_in_turn_in_one_thread_each_record_the_model_that_answered_it(
+        asynchronous):
+    """The model a chunk names is its stream's, not that of the model run
+    started last: the Azure stream started after the other one's first
+    chunk, and its own first chunk named no model."""
+    from _cassettes import response_events
+
+    events, _ = read_two_streams_in_turn(asynchronous)
+    assert {event["request_model"]: event["model"] for event in events} == {
+        "gpt-4": response_events(shared_path("langchain/lcel_stream_openai.yaml"))[0]["model"],
+        "gpt-4o": response_events(own_path("openai/azure_chat_streaming.yaml"))[1]["model"]}
+    assert {event["model"] for event in events} == {"gpt-4-0613", "gpt-4o-2024-08-06"}
+
+
 def test_a_chat_anthropic_stream_cut_early_records_the_model_its_first_event_named():
     """langchain-anthropic passes message_start's model on in its first chunk."""
     path = shared_path("anthropic/messages_streaming.yaml")
