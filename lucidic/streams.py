@@ -272,12 +272,12 @@ def _parse_whole_body(response: Any) -> Callable[[bytes], Any]:
         try:
             data = json.loads(body.content)
         except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError: what was sent is bad
-            raise _BodyNotJSON(body.text, exc) from exc
+            raise _BodyNotJSONError(body.text, exc) from exc
         return process(data=data, cast_to=cast_to, response=http_response)
     return parse
 
 
-class _BodyNotJSON(ValueError):
+class _BodyNotJSONError(ValueError):
     """A body said to be JSON that is not: what the provider sent is
     recorded (its text) with an error saying so, not taken for a fault of
     the recording."""
@@ -302,7 +302,7 @@ def fields_of_read_body(response: Any, fields: Callable[[Any], dict[str, Any]]
     try:
         parsed = response._parse()
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # as response.json() raises
-        return _BodyNotJSON(response.http_response.text, exc).fields()
+        return _BodyNotJSONError(response.http_response.text, exc).fields()
     return fields(parsed)
 
 
@@ -329,7 +329,7 @@ class _WholeBody:
             return {}  # part of a document says nothing reliable
         try:
             parsed = self._parse(b"".join(self._parts))
-        except _BodyNotJSON as exc:
+        except _BodyNotJSONError as exc:
             return exc.fields()
         return self._fields(parsed)
 

@@ -174,6 +174,26 @@ def test_breaking_out_of_an_async_stream_early_records_what_arrived():
     assert event["result"] == "stream closed before its end"
 
 
+def read_five_chunks_then_stop(model, question, asynchronous):
+    """Stream the model's answer, and stop reading after five chunks (async:
+    closing the stream, as ``async with aclosing(...)`` does)."""
+    async def read_async():
+        stream = model.astream(question)
+        received = 0
+        async for _ in stream:
+            received += 1
+            if received == 5:
+                break
+        await stream.aclose()
+
+    if asynchronous:
+        asyncio.run(read_async())
+        return
+    for received, _ in enumerate(model.stream(question), 1):
+        if received == 5:
+            return
+
+
 @pytest.mark.parametrize("asynchronous", [False, True])
 def test_a_stream_cut_early_records_the_model_the_provider_named_in_its_chunks(asynchronous):
     """langchain-openai passes the answering model on in the stream's last
@@ -182,25 +202,11 @@ def test_a_stream_cut_early_records_the_model_the_provider_named_in_its_chunks(a
     from _cassettes import response_events
     from langchain_openai import ChatOpenAI
 
-    def cut(model):
-        for received, _ in enumerate(model.stream(socks_messages()), 1):
-            if received == 5:
-                return
-
-    async def cut_async(model):
-        stream = model.astream(socks_messages())
-        received = 0
-        async for _ in stream:
-            received += 1
-            if received == 5:
-                break
-        await stream.aclose()
-
     with capture() as captured:
         lai.init("stream cut", providers=["langchain"])
         with replay(path):
             model = ChatOpenAI(model="gpt-4", temperature=0, api_key="sk-test", max_retries=0)
-            asyncio.run(cut_async(model)) if asynchronous else cut(model)
+            read_five_chunks_then_stop(model, socks_messages(), asynchronous)
     event = only(captured.events("llm"))
     assert event["result"] == "stream closed before its end"
     assert event["request_model"] == "gpt-4"
@@ -219,26 +225,10 @@ def test_a_responses_api_stream_cut_early_records_the_model_its_first_event_name
     from langchain_openai import ChatOpenAI
 
     model = ChatOpenAI(model="gpt-4.1-nano", api_key="sk-test", max_retries=0, **responses_api)
-    question = request_body(path)["input"]
-
-    def cut():
-        for received, _ in enumerate(model.stream(question), 1):
-            if received == 5:
-                return
-
-    async def cut_async():
-        stream = model.astream(question)
-        received = 0
-        async for _ in stream:
-            received += 1
-            if received == 5:
-                break
-        await stream.aclose()
-
     with capture() as captured:
         lai.init("stream cut", providers=["langchain"])
         with replay(path):
-            asyncio.run(cut_async()) if asynchronous else cut()
+            read_five_chunks_then_stop(model, request_body(path)["input"], asynchronous)
     event = only(captured.events("llm"))
     assert event["result"] == "stream closed before its end"
     assert event["request_model"] == "gpt-4.1-nano"
