@@ -170,6 +170,11 @@ def totals(session: dict[str, Any]) -> Line:
         line += [("  ·  ", "dim"), (tokens, "")]
     if session.get("total_cost"):
         line += [("  ·  ", "dim"), (money(session["total_cost"]), "cost")]
+    # LLM calls left out of those sums: the totals are not all that was used
+    for key, what in (("llm_calls_without_tokens", "no token counts"),
+                      ("llm_calls_without_cost", "no cost")):
+        if session.get(key):
+            line += [("  ·  ", "dim"), (f"{what} for {plural(session[key], 'LLM call')}", "dim")]
     return line
 
 

@@ -398,13 +398,16 @@ class LLMCall(Event):
                cached_tokens: int | None = None, reasoning_tokens: int | None = None,
                cache_write_tokens: int | None = None, cache_write_1h_tokens: int | None = None,
                tokens_estimated: bool = False, cost: float | None = None,
-               result: str | None = None,
+               result: str | None = None, error: str | None = None,
                estimate: Callable[[], dict[str, Any]] | None = None) -> None:
         """Complete the call. ``input_tokens`` include the cache reads
         (``cached_tokens``) and the prompt-cache writes (``cache_write_tokens``,
         of which ``cache_write_1h_tokens`` went to a 1-hour cache, priced
         higher); ``tokens_estimated`` marks counts Lucidic worked out itself
         because the API reported none. ``cost`` defaults to the price table's.
+        ``error``: the call was answered, but its answer is unusable (a body
+        that is not the JSON it claims to be): recorded beside ``output``,
+        which then holds what arrived; ``fail()`` is for a call that raised.
 
         ``estimate``: for counts the API did not report and that take a while
         to work out (a tokenizer). The call is recorded now, its duration its
@@ -425,6 +428,8 @@ class LLMCall(Event):
                 fields[key] = field_value(key, value)
             if tokens_estimated:
                 fields["tokens_estimated"] = True
+            if error is not None:
+                fields["error"] = text_field(error)
             if self._replayed_from is not None:
                 cost = 0.0  # answered from a recording: nothing was spent
             elif cost is None:

@@ -268,9 +268,42 @@ def _parse_whole_body(response: Any) -> Callable[[bytes], Any]:
     def parse(raw: bytes) -> Any:
         # a response of the same class, to undo the Content-Encoding as the caller's read did
         body = type(http_response)(http_response.status_code, headers=http_response.headers,
-                                   content=raw).content
-        return process(data=json.loads(body), cast_to=cast_to, response=http_response)
+                                   content=raw)
+        try:
+            data = json.loads(body.content)
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError: what was sent is bad
+            raise _BodyNotJSONError(body.text, exc) from exc
+        return process(data=data, cast_to=cast_to, response=http_response)
     return parse
+
+
+class _BodyNotJSONError(ValueError):
+    """A body said to be JSON that is not: what the provider sent is
+    recorded (its text) with an error saying so, not taken for a fault of
+    the recording."""
+
+    def __init__(self, text: str, cause: ValueError) -> None:
+        super().__init__(f"the response body is not JSON ({cause})")
+        self.text = text
+
+    def fields(self) -> dict[str, Any]:
+        """The ``LLMCall.finish()`` fields of the call answered with this body."""
+        return {"output": self.text, "error": str(self)}
+
+
+def fields_of_read_body(response: Any, fields: Callable[[Any], dict[str, Any]]
+                        ) -> dict[str, Any]:
+    """The ``LLMCall.finish()`` fields of a raw response (openai's,
+    anthropic's) whose non-streamed body has been read: the body parsed
+    apart into the library's result object (the response's cache, what the
+    caller's ``parse()`` returns, is left alone) and read by ``fields``; for
+    a body that is not the JSON it claims to be, what was sent and an error
+    saying so."""
+    try:
+        parsed = response._parse()
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # as response.json() raises
+        return _BodyNotJSONError(response.http_response.text, exc).fields()
+    return fields(parsed)
 
 
 class _WholeBody:
@@ -294,7 +327,11 @@ class _WholeBody:
     def result(self) -> dict[str, Any]:
         if not self.finished:
             return {}  # part of a document says nothing reliable
-        return self._fields(self._parse(b"".join(self._parts)))
+        try:
+            parsed = self._parse(b"".join(self._parts))
+        except _BodyNotJSONError as exc:
+            return exc.fields()
+        return self._fields(parsed)
 
 
 def recorded_parsed_stream(response: Any, stream: Any, asynchronous: bool, call: LLMCall,

@@ -174,6 +174,27 @@ class FollowingCli:
 
 #: A session that ends (at exit, by auto_end) while a step and an LLM-like
 #: event it holds are still open in a daemon thread nobody waited for.
+#: A session whose one LLM call is a LangChain stream cut early (replayed from
+#: the shared recordings: argv[1] is tests/providers): langchain-openai reports
+#: usage in the stream's last chunk only, so the call has no token counts and
+#: no cost. Prints the session id.
+CUT_STREAM = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from _cassettes import replay, shared_path
+from langchain_openai import ChatOpenAI
+import lucidic as lai
+
+print(lai.init(session_name="cut short", providers=["langchain"]), flush=True)
+with replay(shared_path("langchain/lcel_stream_openai.yaml")):
+    model = ChatOpenAI(model="gpt-4", api_key="sk-test", max_retries=0)
+    for received, _ in enumerate(model.stream("write 10 lines about socks"), 1):
+        if received == 5:
+            break
+lai.end_session()
+assert lai.flush()
+"""
+
 OUTLIVED_STEP = """
 import threading, time
 import lucidic as lai

@@ -202,6 +202,24 @@ def test_on_a_terminal_the_tree_is_drawn_in_colour(recorded):
     assert "FAILED ValueError: too curt" in words and "$0.0025" in words
 
 
+def test_a_session_whose_llm_call_reported_no_usage_says_so_not_zero(lucidic_home):
+    from helpers import CUT_STREAM
+
+    sid = run_python(CUT_STREAM, home=lucidic_home,
+                     args=[str(ROOT / "tests" / "providers")]).stdout.split()[0]
+    out = _cli(lucidic_home, "sessions", "show", sid).stdout
+    totals = next(line for line in out.splitlines() if line.startswith("  totals"))
+    assert totals == ("  totals   0 steps, 1 event  ·  no token counts for 1 LLM call  ·  "
+                      "no cost for 1 LLM call")
+    assert "tokens" not in out.replace("no token counts", "")  # no 0 shown as measured
+    assert "$" not in out
+    listed = _cli(lucidic_home, "sessions", "list").stdout
+    assert "no token counts for 1 LLM call" in listed
+    shown = json.loads(_cli(lucidic_home, "sessions", "show", sid, "--json").stdout)
+    assert (shown["input_tokens"], shown["total_cost"]) == (0, 0.0)  # sums of what is known
+    assert (shown["llm_calls_without_tokens"], shown["llm_calls_without_cost"]) == (1, 1)
+
+
 def test_a_running_session_and_its_open_step_read_as_running(lucidic_home):
     sid = lai.init(session_name="still going")
     lai.create_step(action="thinking")

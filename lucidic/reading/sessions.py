@@ -200,11 +200,21 @@ def list_sessions(store: Store, query: SessionQuery) -> SessionPage:
 def empty_totals() -> dict[str, Any]:
     return {"step_count": 0, "event_count": 0, "error_count": 0, "total_cost": 0.0,
             "input_tokens": 0, "output_tokens": 0, "cached_tokens": 0, "cache_write_tokens": 0,
-            "reasoning_tokens": 0}
+            "reasoning_tokens": 0, "llm_calls_without_tokens": 0, "llm_calls_without_cost": 0}
+
+
+#: An LLM call answered (no error) whose API reported no token counts (a
+#: stream cut before its usage came), over events ``e`` (SQL): the sums
+#: leave it out, so a total of 0 is not a measured 0.
+_CALL_WITHOUT_TOKENS = ("(e.type = 'llm' AND e.error IS NULL AND e.input_tokens IS NULL "
+                        "AND e.output_tokens IS NULL)")
+#: One with no cost (no tokens, or a model the price table lacks).
+_CALL_WITHOUT_COST = "(e.type = 'llm' AND e.error IS NULL AND e.cost IS NULL)"
 
 
 def add_totals(store: Store, sessions: list[dict[str, Any]]) -> None:
-    """Add each session's totals (counts, tokens, cost) to its row, in place."""
+    """Add each session's totals (counts, tokens, cost) to its row, in place,
+    with the LLM calls the token and cost sums could not include."""
     if not sessions:
         return
     ids = [s["id"] for s in sessions]
@@ -215,6 +225,8 @@ def add_totals(store: Store, sessions: list[dict[str, Any]]) -> None:
     events, steps = store.query_many([
         ("SELECT session_id, COUNT(*) AS event_count, "
          f"COALESCE({cost_sum('cost')}, 0) AS total_cost, {tokens}"
+         f"SUM(CASE WHEN {_CALL_WITHOUT_TOKENS} THEN 1 ELSE 0 END) AS llm_calls_without_tokens, "
+         f"SUM(CASE WHEN {_CALL_WITHOUT_COST} THEN 1 ELSE 0 END) AS llm_calls_without_cost, "
          f"SUM(CASE WHEN {ERROR_EVENT} THEN 1 ELSE 0 END) AS error_count "
          f"FROM events e WHERE session_id IN ({marks}) GROUP BY session_id", ids),
         ("SELECT session_id, COUNT(*) AS step_count, "

@@ -263,6 +263,9 @@ class Totals(BaseModel):
     cached_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    #: LLM calls answered without token counts, or without a cost: not in the sums.
+    llm_calls_without_tokens: int = 0
+    llm_calls_without_cost: int = 0
 
 
 def _row_model(name: str, columns: tuple[str, ...], base: type[BaseModel]) -> Any:

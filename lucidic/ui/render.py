@@ -14,6 +14,7 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, select_autoescape
 
 from .. import __version__
+from .._render import plural
 from ..reading import status_of
 from ..reading.tree import never_ended
 from . import assets
@@ -155,7 +156,7 @@ def environment() -> Environment:
                       trim_blocks=True, lstrip_blocks=True)
     env.filters.update(money=money, duration=duration, number=number, iso=iso, when=when,
                        day=day, percent=percent, pretty=pretty, image_src=image_src,
-                       score=score, signed=signed, trend=trend)
+                       score=score, signed=signed, trend=trend, plural=plural)
     env.globals.update(status_of=status_of, conversation=conversation,
                        session_duration=session_duration, asset=assets.url, bar=bar,
                        node_span=node_span, never_ended=never_ended,

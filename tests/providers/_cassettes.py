@@ -193,6 +193,33 @@ async def parse_then_read_by_hand_async(accessor: Any, body: dict[str, Any], of:
         return await read_by_hand_async(response, how)
 
 
+def read_once_by_hand(accessor: Any, body: dict[str, Any], of: str, how: str) -> str:
+    """Make the call ``body`` through ``accessor`` (a resource's
+    ``with_streaming_response``) and read its body by hand with ``how``, of
+    the response or (``of`` is "http_response") of its httpx response."""
+    with accessor.create(**body) as response:
+        return read_by_hand(response.http_response if of == "http_response" else response, how)
+
+
+async def read_once_by_hand_async(accessor: Any, body: dict[str, Any], of: str,
+                                  how: str) -> str:
+    """read_once_by_hand for an async client."""
+    async with accessor.create(**body) as response:
+        if of == "http_response":
+            return await read_by_hand_async(response.http_response, f"a{how}")
+        return await read_by_hand_async(response, how)
+
+
+def assert_recorded_as_not_json(event: dict[str, Any], body_text: str) -> None:
+    """``event`` records a call answered with ``body_text``, a body that is
+    not the JSON it claims to be: what was sent, and an error saying so."""
+    assert event["output"] == body_text
+    assert event["error"].startswith("the response body is not JSON (")
+    assert event["model"] == event["request_model"]  # nothing more is known
+    assert event["input_tokens"] is None and event["output_tokens"] is None
+    assert event["cost"] is None and event["result"] is None
+
+
 def as_read(body_text: str, how: str) -> str:
     """What read_by_hand gives for a body: the body, its lines joined for iter_lines."""
     return "\n".join(body_text.splitlines()) if how.endswith("lines") else body_text

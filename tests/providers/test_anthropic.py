@@ -14,6 +14,7 @@ import pytest
 from _cassettes import (
     as_read,
     assert_recorded_alike,
+    assert_recorded_as_not_json,
     event_stream_in_steps,
     expected_cost,
     lines_of_events,
@@ -22,6 +23,8 @@ from _cassettes import (
     parse_then_read_by_hand_async,
     read_by_hand,
     read_by_hand_async,
+    read_once_by_hand,
+    read_once_by_hand_async,
     replay,
     request_body,
     response_events,
@@ -436,6 +439,61 @@ def test_an_async_message_read_by_hand_is_recorded_like_the_parsed_one(of, how):
         assert asyncio.run(main()) == as_read(response_text(path), how)
     parsed, by_hand = captured.events("llm")
     assert_recorded_alike(by_hand, parsed)
+
+
+# A message body that is not the JSON it claims to be (cut short on its way):
+# the caller gets the bytes as sent, and the call records them, with an error
+# saying the body is not JSON (not a fault of the recording).
+
+@pytest.mark.parametrize("how", ["iter_bytes", "iter_text", "iter_lines", "read"])
+@pytest.mark.parametrize("of", ["response", "http_response"])
+def test_a_message_body_read_by_hand_that_is_not_json_is_recorded_as_sent_with_an_error(
+        of, how):
+    path = own_path("anthropic/messages_body_not_json.yaml")
+    with capture() as captured, replay(path):
+        lai.init(providers=["anthropic"])
+        read = read_once_by_hand(client().messages.with_streaming_response, request_body(path),
+                                 of, how)
+    assert read == as_read(response_text(path), how)
+    assert_recorded_as_not_json(only_llm_event(captured), response_text(path))
+
+
+@pytest.mark.parametrize("how", ["iter_bytes", "iter_text", "iter_lines"])
+@pytest.mark.parametrize("of", ["response", "http_response"])
+def test_an_async_message_body_read_by_hand_that_is_not_json_is_recorded_as_sent_with_an_error(
+        of, how):
+    path = own_path("anthropic/messages_body_not_json.yaml")
+
+    async def main():
+        lai.init(providers=["anthropic"])
+        return await read_once_by_hand_async(async_client().messages.with_streaming_response,
+                                             request_body(path), of, how)
+
+    with capture() as captured, replay(path):
+        assert asyncio.run(main()) == as_read(response_text(path), how)
+    assert_recorded_as_not_json(only_llm_event(captured), response_text(path))
+
+
+def test_a_raw_message_whose_body_is_not_json_is_recorded_as_sent_with_an_error():
+    path = own_path("anthropic/messages_body_not_json.yaml")
+    with capture() as captured, replay(path):
+        lai.init(providers=["anthropic"])
+        raw = client().messages.with_raw_response.create(**request_body(path))
+        assert raw.text() == response_text(path)
+    assert_recorded_as_not_json(only_llm_event(captured), response_text(path))
+
+
+def test_an_async_raw_message_whose_body_is_not_json_is_recorded_as_sent_with_an_error():
+    path = own_path("anthropic/messages_body_not_json.yaml")
+
+    async def main():
+        lai.init(providers=["anthropic"])
+        raw = await async_client().messages.with_raw_response.create(**request_body(path))
+        return await raw.text()
+
+    with capture() as captured, replay(path):
+        assert asyncio.run(main()) == response_text(path)
+    assert_recorded_as_not_json(only_llm_event(captured), response_text(path))
 
 
 def test_a_raw_stream_read_by_hand_in_part_then_closed_records_what_arrived():

@@ -174,6 +174,26 @@ def test_breaking_out_of_an_async_stream_early_records_what_arrived():
     assert event["result"] == "stream closed before its end"
 
 
+def read_five_chunks_then_stop(model, question, asynchronous):
+    """Stream the model's answer, and stop reading after five chunks (async:
+    closing the stream, as ``async with aclosing(...)`` does)."""
+    async def read_async():
+        stream = model.astream(question)
+        received = 0
+        async for _ in stream:
+            received += 1
+            if received == 5:
+                break
+        await stream.aclose()
+
+    if asynchronous:
+        asyncio.run(read_async())
+        return
+    for received, _ in enumerate(model.stream(question), 1):
+        if received == 5:
+            return
+
+
 @pytest.mark.parametrize("asynchronous", [False, True])
 def test_a_stream_cut_early_records_the_model_the_provider_named_in_its_chunks(asynchronous):
     """langchain-openai passes the answering model on in the stream's last
@@ -182,29 +202,107 @@ def test_a_stream_cut_early_records_the_model_the_provider_named_in_its_chunks(a
     from _cassettes import response_events
     from langchain_openai import ChatOpenAI
 
-    def cut(model):
-        for received, _ in enumerate(model.stream(socks_messages()), 1):
-            if received == 5:
-                return
-
-    async def cut_async(model):
-        stream = model.astream(socks_messages())
-        received = 0
-        async for _ in stream:
-            received += 1
-            if received == 5:
-                break
-        await stream.aclose()
-
     with capture() as captured:
         lai.init("stream cut", providers=["langchain"])
         with replay(path):
             model = ChatOpenAI(model="gpt-4", temperature=0, api_key="sk-test", max_retries=0)
-            asyncio.run(cut_async(model)) if asynchronous else cut(model)
+            read_five_chunks_then_stop(model, socks_messages(), asynchronous)
     event = only(captured.events("llm"))
     assert event["result"] == "stream closed before its end"
     assert event["request_model"] == "gpt-4"
     assert event["model"] == response_events(path)[0]["model"] == "gpt-4-0613"
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+@pytest.mark.parametrize("responses_api", [{"use_responses_api": True},
+                                           {"output_version": "responses/v1"}])
+def test_a_responses_api_stream_cut_early_records_the_model_its_first_event_named(
+        responses_api, asynchronous):
+    """Over the Responses API langchain-openai passes the answering model on
+    in the stream's last chunk only; response.created named it."""
+    path = shared_path("openai/responses_streaming.yaml")
+    from _cassettes import response_events
+    from langchain_openai import ChatOpenAI
+
+    model = ChatOpenAI(model="gpt-4.1-nano", api_key="sk-test", max_retries=0, **responses_api)
+    with capture() as captured:
+        lai.init("stream cut", providers=["langchain"])
+        with replay(path):
+            read_five_chunks_then_stop(model, request_body(path)["input"], asynchronous)
+    event = only(captured.events("llm"))
+    assert event["result"] == "stream closed before its end"
+    assert event["request_model"] == "gpt-4.1-nano"
+    assert event["model"] == response_events(path)[0]["response"]["model"] \
+        == "gpt-4.1-nano-2025-04-14"
+
+
+def read_two_streams_in_turn(asynchronous):
+    """Two model streams read in turn in one thread (or one task), with the
+    openai plugin active too, then closed before their ends:
+    langchain-openai's, and Azure's through
+    AzureChatOpenAI, whose first chunk names no model (only the prompt's
+    filter results). The events captured, and the text read of each stream,
+    by the request model of its model."""
+    from _cassettes import event_stream_in_steps
+    from langchain_openai import AzureChatOpenAI, ChatOpenAI
+
+    order = ["gpt-4", "gpt-4o", "gpt-4", "gpt-4o", "gpt-4o"]
+    read = {"gpt-4": "", "gpt-4o": ""}
+
+    async def read_in_turn_async(streams):
+        for name in order:
+            read[name] += (await anext(streams[name])).content
+        for stream in streams.values():
+            await stream.aclose()
+
+    with capture() as captured, \
+            event_stream_in_steps(shared_path("langchain/lcel_stream_openai.yaml"),
+                                  first=8) as openai_url, \
+            event_stream_in_steps(own_path("openai/azure_chat_streaming.yaml"),
+                                  first=6) as azure_url:
+        lai.init("two streams", providers=["langchain", "openai"])
+        models = {"gpt-4": ChatOpenAI(model="gpt-4", api_key="sk-test", max_retries=0,
+                                      base_url=f"{openai_url}/v1"),
+                  "gpt-4o": AzureChatOpenAI(model="gpt-4o", azure_endpoint=azure_url,
+                                            azure_deployment="gpt-4o",
+                                            api_version="2024-10-21", api_key="sk-test",
+                                            max_retries=0)}
+        if asynchronous:
+            asyncio.run(read_in_turn_async(
+                {name: model.astream(socks_messages()) for name, model in models.items()}))
+        else:
+            streams = {name: model.stream(socks_messages()) for name, model in models.items()}
+            for name in order:
+                read[name] += next(streams[name]).content
+            for stream in streams.values():
+                stream.close()
+    return captured.events("llm"), read
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_two_streams_read_in_turn_in_one_thread_are_each_recorded_with_what_they_read(
+        asynchronous):
+    events, read = read_two_streams_in_turn(asynchronous)
+    assert all(read.values())
+    assert len(events) == 2  # by the langchain plugin, not again by the openai one
+    assert {event["request_model"]: event["output"] for event in events} == {
+        name: {"role": "assistant", "content": text} for name, text in read.items()}
+    assert [event["result"] for event in events] == ["stream closed before its end"] * 2
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_two_streams_read_in_turn_in_one_thread_each_record_the_model_that_answered_it(
+        asynchronous):
+    """The model a chunk names is its stream's, not that of the model run
+    started last: the Azure stream started after the other one's first
+    chunk, and its own first chunk named no model."""
+    from _cassettes import response_events
+
+    events, _ = read_two_streams_in_turn(asynchronous)
+    assert {event["request_model"]: event["model"] for event in events} == {
+        "gpt-4": response_events(shared_path("langchain/lcel_stream_openai.yaml"))[0]["model"],
+        "gpt-4o": response_events(own_path("openai/azure_chat_streaming.yaml"))[1]["model"]}
+    assert {event["model"] for event in events} == {"gpt-4-0613", "gpt-4o-2024-08-06"}
 
 
 def test_a_chat_anthropic_stream_cut_early_records_the_model_its_first_event_named():
@@ -502,11 +600,13 @@ def test_uninstrument_restores_langchain_exactly():
     assert captured.events() == [] and captured.steps() == []
 
 
-def test_uninstrument_restores_langchain_openais_chunk_reader_exactly():
-    """The chunk reader patched when a langchain-openai model first runs."""
+def test_uninstrument_restores_langchain_openais_chunk_readers_exactly():
+    """The chunk readers patched when a langchain-openai model first runs."""
+    from langchain_openai.chat_models import base
     from langchain_openai.chat_models.base import BaseChatOpenAI
 
     original = vars(BaseChatOpenAI)["_convert_chunk_to_generation_chunk"]
+    original_responses = vars(base)["_convert_responses_chunk_to_generation_chunk"]
     path = shared_path("langchain/lcel_stream_openai.yaml")
     with capture():
         lai.init("patched", providers=["langchain"])
@@ -516,8 +616,10 @@ def test_uninstrument_restores_langchain_openais_chunk_reader_exactly():
             model = ChatOpenAI(model="gpt-4", api_key="sk-test", max_retries=0)
             list(model.stream(socks_messages()))
     assert vars(BaseChatOpenAI)["_convert_chunk_to_generation_chunk"] is not original
+    assert vars(base)["_convert_responses_chunk_to_generation_chunk"] is not original_responses
     plugins.get_adapter("langchain").uninstrument()
     assert vars(BaseChatOpenAI)["_convert_chunk_to_generation_chunk"] is original
+    assert vars(base)["_convert_responses_chunk_to_generation_chunk"] is original_responses
 
 
 def test_chat_anthropic_prompt_cache_writes_are_recorded_and_priced_by_lifetime():

@@ -17,6 +17,7 @@ import pytest
 from _cassettes import (
     as_read,
     assert_recorded_alike,
+    assert_recorded_as_not_json,
     event_stream_in_steps,
     expected_cost,
     lines_of_events,
@@ -25,6 +26,8 @@ from _cassettes import (
     parse_then_read_by_hand_async,
     read_by_hand,
     read_by_hand_async,
+    read_once_by_hand,
+    read_once_by_hand_async,
     replay,
     request_body,
     response_events,
@@ -621,6 +624,69 @@ def test_an_async_response_read_by_hand_is_recorded_like_the_parsed_one(of, how)
         assert asyncio.run(main()) == as_read(response_text(path), how)
     parsed, by_hand = captured.events("llm")
     assert_recorded_alike(by_hand, parsed)
+
+
+# A body that is not the JSON it claims to be (cut short on its way): the
+# caller gets the bytes as sent, and the call records them, with an error
+# saying the body is not JSON (not a fault of the recording).
+
+@pytest.mark.parametrize("of", ["response", "http_response"])
+@pytest.mark.parametrize("how", ["iter_bytes", "iter_text", "iter_lines", "read"])
+@pytest.mark.parametrize("cassette", ["openai/chat_body_not_json.yaml",
+                                      "openai/responses_body_not_json.yaml"])
+def test_a_body_read_by_hand_that_is_not_json_is_recorded_as_sent_with_an_error(
+        cassette, how, of):
+    path = own_path(cassette)
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        read = read_once_by_hand(resource_of(client(), cassette).with_streaming_response,
+                                 request_body(path), of, how)
+    assert read == as_read(response_text(path), how)
+    assert_recorded_as_not_json(only_llm_event(captured), response_text(path))
+
+
+@pytest.mark.parametrize("of", ["response", "http_response"])
+@pytest.mark.parametrize("how", ["iter_bytes", "iter_text", "iter_lines"])
+@pytest.mark.parametrize("cassette", ["openai/chat_body_not_json.yaml",
+                                      "openai/responses_body_not_json.yaml"])
+def test_an_async_body_read_by_hand_that_is_not_json_is_recorded_as_sent_with_an_error(
+        cassette, how, of):
+    path = own_path(cassette)
+
+    async def main():
+        lai.init(providers=["openai"])
+        return await read_once_by_hand_async(
+            resource_of(async_client(), cassette).with_streaming_response,
+            request_body(path), of, how)
+
+    with capture() as captured, replay(path):
+        assert asyncio.run(main()) == as_read(response_text(path), how)
+    assert_recorded_as_not_json(only_llm_event(captured), response_text(path))
+
+
+@pytest.mark.parametrize("cassette", ["openai/chat_body_not_json.yaml",
+                                      "openai/responses_body_not_json.yaml"])
+def test_a_raw_response_whose_body_is_not_json_is_recorded_as_sent_with_an_error(cassette):
+    path = own_path(cassette)
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        raw = resource_of(client(), cassette).with_raw_response.create(**request_body(path))
+        assert raw.text == response_text(path)  # read at once, by the library
+    assert_recorded_as_not_json(only_llm_event(captured), response_text(path))
+
+
+def test_an_async_raw_response_whose_body_is_not_json_is_recorded_as_sent_with_an_error():
+    path = own_path("openai/chat_body_not_json.yaml")
+
+    async def main():
+        lai.init(providers=["openai"])
+        raw = await async_client().chat.completions.with_raw_response.create(
+            **request_body(path))
+        return raw.text
+
+    with capture() as captured, replay(path):
+        assert asyncio.run(main()) == response_text(path)
+    assert_recorded_as_not_json(only_llm_event(captured), response_text(path))
 
 
 def test_a_response_read_by_hand_in_part_is_recorded_as_closed_before_its_end():

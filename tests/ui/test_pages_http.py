@@ -227,3 +227,22 @@ def test_a_step_its_session_outlived_shows_as_did_not_end(ui, lucidic_home) -> N
     step_id = re.search(r'href="/steps/([^"]+)"[^>]*>background poll', page).group(1)  # type: ignore[union-attr]
     detail = requests.get(f"{ui.url}/steps/{step_id}", timeout=10).text
     assert "did not end: its session ended first" in detail and "running" not in detail
+
+
+def test_a_session_whose_llm_call_reported_no_usage_shows_it_unknown_not_zero(
+        ui, lucidic_home) -> None:
+    from helpers import CUT_STREAM
+
+    sid = run_python(CUT_STREAM, home=lucidic_home,
+                     args=[str(ROOT / "tests" / "providers")]).stdout.split()[0]
+    page = requests.get(f"{ui.url}/sessions/{sid}", timeout=10).text
+    totals = re.search(r'<dl class="totals">.*?</dl>', page, re.S).group(0)  # type: ignore[union-attr]
+    assert "0 in" not in totals and "$0" not in totals
+    assert ("<dt>Tokens</dt><dd title=\"input, output\">unknown <span class=\"muted\">"
+            "(none reported for 1 LLM call)</span></dd>") in totals
+    assert ("<dt>Cost</dt><dd>unknown <span class=\"muted\">(not known for 1 LLM call)"
+            "</span></dd>") in totals
+    row = re.search(rf'<tr[^>]*>(?:(?!</tr>).)*/sessions/{sid}(?:(?!</tr>).)*</tr>',
+                    requests.get(ui.url + "/", timeout=10).text, re.S).group(0)  # type: ignore[union-attr]
+    cells = re.findall(r'<td class="num"[^>]*>([^<]*)</td>', row)
+    assert cells[-2:] == ["—", "—"]  # tokens, cost: unknown, not 0

@@ -26,6 +26,7 @@ from lucidic.streams import (
     ResponseReads,
     body_already_read,
     chunk_maker,
+    fields_of_read_body,
     recorded_parsed_stream,
 )
 
@@ -107,10 +108,8 @@ def _is_raw_response(result: Any) -> bool:
 
 
 def _finish_from_body(call: LLMCall, response: Any) -> None:
-    """Complete from a body already read, parsed into an object of the
-    adapter's own: the response's cache (what the caller's parse() returns)
-    is left alone."""
-    call.finish(**_fields(response._parse()))
+    """Complete from a body already read."""
+    call.finish(**fields_of_read_body(response, _fields))
 
 
 def _fields(parsed: Any) -> dict[str, Any]:

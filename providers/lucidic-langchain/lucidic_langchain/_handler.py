@@ -50,21 +50,31 @@ class _Run:
     reported_model: str | None = None
 
 
-#: The model run started last in this context (its callbacks run inline, in
-#: the context that reads its stream): the provider chunks a model
-#: integration reads here are its answer (see note_reported_model).
-_model_run: contextvars.ContextVar[_Run | None] = contextvars.ContextVar(
-    "lucidic_langchain_model_run", default=None)
+#: The answering model the provider chunk last converted in this context
+#: named, until the run whose chunk it is takes it: an integration converts
+#: each provider chunk, then reports langchain's chunk made of it to the
+#: run's on_llm_new_token (run id in hand), in the same context and the same
+#: step of the stream, with no other stream's code in between. A chunk that
+#: makes no langchain chunk (langchain-openai skips some) leaves its model
+#: for the run's next one.
+_reported_model: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "lucidic_langchain_reported_model", default=None)
 
 
 def note_reported_model(model: Any) -> None:
-    """A chunk of the stream being read in this context names the answering
-    ``model``: the model run keeps it for its event, in case the stream ends
-    before the integration passes it on (langchain-openai does so in the
-    stream's last chunk only)."""
-    run = _model_run.get()
-    if run is not None and run.reported_model is None and isinstance(model, str) and model:
-        run.reported_model = model
+    """A provider chunk being converted in this context names the answering
+    ``model``: the model run it belongs to keeps it for its event (see
+    _reported_model), in case the stream ends before the integration passes
+    it on (langchain-openai does so in the stream's last chunk only)."""
+    if isinstance(model, str) and model:
+        _reported_model.set(model)
+
+
+def _take_reported_model() -> str | None:
+    model = _reported_model.get()
+    if model is not None:
+        _reported_model.set(None)
+    return model
 
 
 class LucidicCallbackHandler(BaseCallbackHandler):
@@ -212,7 +222,7 @@ class LucidicCallbackHandler(BaseCallbackHandler):
     def _start_llm(self, run_id: UUID, parent_run_id: UUID | None,
                    serialized: dict[str, Any] | None, metadata: dict[str, Any] | None,
                    kwargs: dict[str, Any], messages: Any) -> None:
-        _model_run.set(None)  # the chunks read from here on are this run's
+        _take_reported_model()  # one left by a stream that ended is none of this run's
         known, parent = self._parent_step(parent_run_id)
         if known and parent is None:
             return
@@ -238,7 +248,6 @@ class LucidicCallbackHandler(BaseCallbackHandler):
         suppression = plugins.begin_suppressing_llm_calls("langchain")
         run = _Run("llm", parent, call=call, suppression=suppression)
         self._add(run_id, run)
-        _model_run.set(run)
         if self._on_model_start is not None:
             self._on_model_start()
 
@@ -261,10 +270,18 @@ class LucidicCallbackHandler(BaseCallbackHandler):
 
     def on_llm_new_token(self, token: Any, *, run_id: UUID, **kwargs: Any) -> None:
         with swallow("langchain_llm_new_token"):
+            reported_model = _take_reported_model()  # of the chunk this token was made of
             with self._lock:
                 run = self._runs.get(run_id)
             if run is not None and run.call is not None:
                 run.call.first_token()
+                if run.reported_model is None:
+                    run.reported_model = reported_model
+                if run.suppression is not None:
+                    # Its request has been made (and held from the provider
+                    # adapters); code run between its chunks (another model's
+                    # stream read in turn, a call per chunk) is not this call.
+                    run.suppression.active = False
 
     def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:
         run = self._pop(run_id)

@@ -23,6 +23,7 @@ from lucidic.streams import (
     ResponseReads,
     body_already_read,
     chunk_maker,
+    fields_of_read_body,
     recorded_parsed_stream,
 )
 
@@ -118,22 +119,17 @@ def _is_raw_response(result: Any) -> bool:
     return isinstance(result, (LegacyAPIResponse, BaseAPIResponse))
 
 
-def _parse_apart(response: Any) -> Any:
-    """A response body already read, parsed into an object of the adapter's
-    own: the response's cache (what the caller's parse() returns) is left alone."""
-    return response._parse()
-
-
 def _raw_response(kind: _Kind, call: LLMCall, response: Any, kwargs: dict[str, Any]) -> None:
     if body_already_read(response):
         # with_raw_response read the body already: complete as a plain call would
-        _finish_from(kind, call, _parse_apart(response))
+        _finish_from_body(kind, call, response)
     elif not _RESPONSES.track(response, call, _RawRead(kind, kwargs)):
         call.finish()
 
 
-def _finish_from(kind: _Kind, call: LLMCall, parsed: Any) -> None:
-    call.finish(**_fields(kind, parsed))
+def _finish_from_body(kind: _Kind, call: LLMCall, response: Any) -> None:
+    """Complete from a body already read."""
+    call.finish(**fields_of_read_body(response, lambda parsed: _fields(kind, parsed)))
 
 
 def _fields(kind: _Kind, parsed: Any) -> dict[str, Any]:
@@ -159,15 +155,14 @@ class _RawRead:
             return recorded_parsed_stream(response, parsed, isinstance(parsed, AsyncStream),
                                           call, self.kind.chunks(self.kwargs))
         if not isinstance(parsed, self.kind.expected()):
-            parsed_here = _parse_apart(response)  # parse(to=dict): the body is read by now
-            _finish_from(self.kind, call, parsed_here)
+            _finish_from_body(self.kind, call, response)  # parse(to=dict): the body is read
             return parsed
         call.finish(**self.kind.result(parsed))
         return parsed
 
     def closed(self, call: LLMCall, response: Any) -> None:
         if body_already_read(response):  # read with read() or json()
-            _finish_from(self.kind, call, _parse_apart(response))
+            _finish_from_body(self.kind, call, response)
 
     def fields(self, parsed: Any) -> dict[str, Any]:
         return _fields(self.kind, parsed)
