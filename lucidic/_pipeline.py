@@ -1107,6 +1107,10 @@ class Pipeline:
         if getattr(exc, "unreachable", False):
             warn_once("sink_unreachable", "lucidic: %s; records wait in %s and are delivered "
                       "as soon as it answers", exc, self.spool.directory)
+        elif getattr(exc, "broken", False):
+            # Only someone who mends it ends this: the user must hear of it.
+            warn_once("sink_broken", "lucidic: %s; records wait in %s and are delivered once "
+                      "it is mended (by this process or the next)", exc, self.spool.directory)
         level_kind = "sink_down" if isinstance(exc, SinkError) else "sink_error"
         log_rate_limited(level_kind, "lucidic: the sink refused a batch (%s); records are "
                          "spooled to %s and retried in %.1fs", exc, self.spool.directory, delay)
@@ -1119,6 +1123,7 @@ class Pipeline:
         if not self._healthy:
             logger.info("lucidic: the sink accepts records again")
             rearm("sink_unreachable")
+            rearm("sink_broken")
         self._healthy = True
         self._failures = 0
 

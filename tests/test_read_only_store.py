@@ -12,9 +12,25 @@ import subprocess
 import sys
 from pathlib import Path
 
-from faults import ReadOnlyDisk, recorded_session
+from faults import (
+    DELIVER_LATER,
+    ReadOnlyDisk,
+    events_of,
+    numbered,
+    read_only_file,
+    recorded_session,
+)
 
-from helpers import ROOT, child_env
+from helpers import ROOT, child_env, run_python
+
+RECORD_100 = """
+import lucidic as lai
+sid = lai.init(session_name="on read-only storage")
+for i in range(100):
+    lai.create_event(description=f"event {i}")
+print(sid, lai.flush(3), flush=True)
+print("the program went on", flush=True)
+"""
 
 
 def _cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -36,3 +52,25 @@ def test_the_cli_reads_a_store_on_a_read_only_filesystem(tmp_path: Path) -> None
     assert shown.returncode == 0, shown.stderr
     assert "event before" in shown.stdout
     assert "Traceback" not in listed.stderr + shown.stderr
+
+
+def test_a_store_file_that_cannot_be_written_keeps_the_records_spooled_and_says_so(
+        tmp_path: Path) -> None:
+    # The records were spooled, but the only word of it was a warning on
+    # lucidic's logger, which a program that configured no logging never shows.
+    home = tmp_path / "home"
+    recorded_session(home)
+    db = home / "lucidic.db"
+    with read_only_file(db):
+        child = run_python(RECORD_100, home=home)
+        sid, delivered = child.stdout.split()[:2]
+    assert delivered == "False"  # not delivered: waiting, not lost
+    assert "the program went on" in child.stdout
+    lines = [line for line in child.stderr.splitlines() if "cannot be written" in line]
+    assert len(lines) == 1, child.stderr  # visible, and once
+    assert str(db) in lines[0] and "readonly database" in lines[0]
+    assert str(home / "spool") in lines[0] and "mended" in lines[0]
+    # Mended: the next process delivers everything the first one recorded.
+    later = run_python(DELIVER_LATER, home=home)
+    assert later.stdout.strip() == "True", later.stderr
+    assert numbered(events_of(db, sid)) == list(range(100))
