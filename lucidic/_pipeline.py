@@ -71,7 +71,14 @@ from pathlib import Path
 from typing import Any
 
 from ._config import DEFAULT_MAX_QUEUE
-from ._internal import log_rate_limited, logger, rearm, record_internal_error, warn_once
+from ._internal import (
+    log_rate_limited,
+    log_visible,
+    logger,
+    rearm,
+    record_internal_error,
+    warn_once,
+)
 from ._sinks import RecordsRefusedError, Sink, SinkError
 from ._spool import Lines, Spool, encode_lines, encode_parts
 from .store import RECORD_PARTS, ROWS_PER_STATEMENT, Record
@@ -559,6 +566,12 @@ class Pipeline:
             with self._stats_lock:
                 self.stats.dropped += len(pending)
             self._spool_unwritable(exc)
+            # The warning above said records were held in memory: at shutdown
+            # that no longer holds, and nothing later will say they are gone.
+            log_visible(logging.WARNING, "lucidic: %d records were neither delivered nor "
+                        "written to the spool at %s (%s) before the pipeline shut down: they "
+                        "are lost (counted in stats.dropped)", len(pending),
+                        self.spool.directory, exc)
             return
         self._count_spooled(len(pending))
         log_rate_limited("exit_spooled", "lucidic: the sink did not take %d records in "

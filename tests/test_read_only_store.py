@@ -74,3 +74,19 @@ def test_a_store_file_that_cannot_be_written_keeps_the_records_spooled_and_says_
     later = run_python(DELIVER_LATER, home=home)
     assert later.stdout.strip() == "True", later.stderr
     assert numbered(events_of(db, sid)) == list(range(100))
+
+
+def test_records_lost_at_exit_on_a_read_only_home_are_said_to_be_lost(tmp_path: Path) -> None:
+    # Neither the store nor the spool can be written: the records are held in
+    # memory, as the spool's warning says, and at exit they were gone with no
+    # word that they were.
+    with ReadOnlyDisk(tmp_path / "disk") as disk:
+        home = disk.path / "home"
+        recorded_session(home)
+        disk.read_only()
+        child = run_python(RECORD_100, home=home)
+    assert "the program went on" in child.stdout  # the user's program is untouched
+    assert "cannot write the spool" in child.stderr
+    assert "its filesystem is read-only" in child.stderr  # why the store took none
+    (lost,) = [line for line in child.stderr.splitlines() if "they are lost" in line]
+    assert int(lost.split()[1]) >= 100, lost  # the 100 events, and the session's end
