@@ -172,8 +172,8 @@ class FollowingCli:
             else ""
 
 
-#: A session that ends (at exit, by auto_end) while a step and an LLM-like
-#: event it holds are still open in a daemon thread nobody waited for.
+#: A session that ends (at exit, by auto_end) while a step is still open in a
+#: daemon thread nobody waited for: the exit path ends it as interrupted.
 OUTLIVED_STEP = """
 import threading, time
 import lucidic as lai
@@ -190,4 +190,13 @@ threading.Thread(target=poll, daemon=True).start()
 started.wait()
 lai.create_step(action="main work")
 lai.end_step()
+"""
+
+#: A session ended while a step is still open in another thread, in a process
+#: that then dies without its exit path (as a SIGKILL would): the step never
+#: ends, and is never running again.
+STEP_NEVER_ENDED = OUTLIVED_STEP + """
+lai.end_session()
+import os
+os._exit(0)
 """

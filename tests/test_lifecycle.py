@@ -317,3 +317,58 @@ def test_a_forked_child_neither_runs_nor_waits_for_the_parents_deferred_jobs() -
     assert not deferred.wait(0.05)  # the parent's job still waits...
     release.set()
     assert deferred.wait(10) and ran_in == [os.getpid()]  # ...and runs in the parent alone
+
+
+def test_a_daemon_threads_steps_end_as_interrupted_when_the_process_exits(lucidic_home):
+    # The interpreter stops daemon threads at exit without unwinding them:
+    # their decorated steps never ended, and their session showed them so for
+    # good. Nested steps end, innermost too, at the moment of the exit.
+    sid = run_python("""
+        import threading, time
+        import lucidic as lai
+        print(lai.init(session_name="daemon at exit"), flush=True)
+        started = threading.Event()
+
+        @lai.step(action="inner poll")
+        def inner():
+            started.set()
+            time.sleep(600)
+
+        @lai.step(action="outer poll")
+        def outer():
+            inner()
+
+        threading.Thread(target=outer, name="poller", daemon=True).start()
+        started.wait()
+    """, home=lucidic_home).stdout.split()[0]
+    tree = ReadableStore(lucidic_home / "lucidic.db").session_tree(sid)
+    (outer,) = tree["steps"]
+    (inner,) = outer["steps"]
+    for step in (outer, inner):
+        assert step["is_finished"] is True and step["never_ended"] is False, step
+        assert step["error"] == ("interrupted at exit: the process ended while this step ran "
+                                 "(in thread 'poller')"), step
+        assert step["started_at"] <= step["ended_at"] <= tree["ended_at"]
+    assert tree["is_finished"] and tree["is_successful"] is None  # the session ended as usual
+
+
+def test_sigterm_ends_the_steps_of_other_threads_too(lucidic_home):
+    proc, sid = _start_and_wait_ready(textwrap.dedent("""
+        import threading, time
+        import lucidic as lai
+        print(lai.init(session_name="interrupted"), flush=True)
+
+        @lai.step(action="background")
+        def background():
+            print("ready", flush=True)
+            time.sleep(60)
+
+        threading.Thread(target=background, name="worker", daemon=True).start()
+        time.sleep(60)
+    """), lucidic_home)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGTERM
+    (step,) = ReadableStore(lucidic_home / "lucidic.db").session_tree(sid)["steps"]
+    assert step["is_finished"] is True
+    assert step["error"] == "terminated by SIGTERM while this step ran (in thread 'worker')"
