@@ -722,3 +722,32 @@ def test_one_request_with_several_traces_of_one_conversation(
     assert own["step_count"] == 3 and own["is_finished"] and own["name"] == "run agent"
     assert sessions["shared"]["started_at"] == pytest.approx(
         min(s.start_time for s in spans[:10]) / 1e9)
+
+
+def deeply_nested_messages(tracer: Tracer) -> None:
+    """LLM spans whose messages attribute is JSON text nested deep: deeper
+    than any JSON parser goes, and nearly as deep (a string attribute may
+    hold anything)."""
+    with tracer.start_as_current_span("agent") as root:
+        root.set_attribute("session.id", "deep")
+        for name, depth in (("too deep", 100_000), ("nearly too deep", 900)):
+            with tracer.start_as_current_span(name) as llm:
+                llm.set_attribute("gen_ai.operation.name", "chat")
+                llm.set_attribute("gen_ai.input.messages", "[" * depth + "]" * depth)
+
+
+@pytest.mark.parametrize("encoding", [PROTOBUF, JSON])
+def test_a_json_text_attribute_nested_too_deep_is_kept_as_text_not_a_server_error(
+        encoding: str, sqlite_url: str, start_server: Any) -> None:
+    # Parsing the text raised RecursionError, which nothing expected: a 500
+    # for a span the server can store perfectly well as the text it is.
+    server = start_server(sqlite_url)
+    key = make_key(sqlite_url, "deep")
+    response = post(server, key, body(make_spans(deeply_nested_messages), encoding), encoding)
+    assert response.status_code == 200, response.content[:300]
+    (root,) = Api(server.url, key).tree("deep")["steps"]
+    events = {e["description"]: e for e in root["events"]}
+    assert events["too deep"]["input"] == "[" * 100_000 + "]" * 100_000
+    # What the parser can read is read, as any JSON text of messages is.
+    assert json.dumps(events["nearly too deep"]["input"], separators=(",", ":")) == \
+        "[" * 900 + "]" * 900
