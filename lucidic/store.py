@@ -197,7 +197,13 @@ class _PassthroughError(Exception):
 
 
 def _is_driver_error(exc: BaseException) -> bool:
-    return (isinstance(exc, (sqlite3.Error, StoreError, ValueError, TypeError, OverflowError))
+    """Whether an exception raised inside a caller's transaction is the
+    database's (or the driver's, refusing a value: ValueError, OverflowError).
+    A TypeError is not: the drivers name a value they cannot bind with their
+    own errors, so it is the caller's own failure (a bug, or a stored value
+    of a type no code expects), which must not be answered as the request's
+    fault."""
+    return (isinstance(exc, (sqlite3.Error, StoreError, ValueError, OverflowError))
             or type(exc).__module__.startswith("psycopg"))
 
 

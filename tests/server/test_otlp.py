@@ -751,3 +751,32 @@ def test_a_json_text_attribute_nested_too_deep_is_kept_as_text_not_a_server_erro
     # What the parser can read is read, as any JSON text of messages is.
     assert json.dumps(events["nearly too deep"]["input"], separators=(",", ":")) == \
         "[" * 900 + "]" * 900
+
+
+@pytest.mark.parametrize("encoding", [PROTOBUF, JSON])
+def test_an_unexpected_failure_is_a_500_status_encoded_like_the_request(
+        encoding: str, tmp_path: Path) -> None:
+    # No input the server is sent makes it fail unexpectedly (the one found
+    # is fixed above); its database garbled by hand does: a trace's stored
+    # naming time made text, which no code path expects. The exporter must
+    # still get a google.rpc.Status it can decode, in its own encoding. The
+    # TypeError this raises was taken for the driver refusing the request's
+    # data: a 400 "a retry will not help", and the exporter dropped its spans.
+    db = tmp_path / "server.db"
+    server = ServerProcess(f"sqlite:///{db}", log=tmp_path / "server.log").start()
+    try:
+        key = make_key(f"sqlite:///{db}", "garbled")
+        request = body(make_spans(agent_trace("garbled")), encoding)
+        assert post(server, key, request, encoding).status_code == 200
+        with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as admin:
+            admin.execute("UPDATE otlp_traces SET named_start = 'garbled by hand'")
+        failed = post(server, key, request, encoding)
+    finally:
+        server.stop()
+    assert failed.status_code == 500, failed.content
+    status = otlp_status(failed, encoding)
+    assert status.code == 13  # INTERNAL
+    assert "internal server error" in status.message and "log" in status.message
+    assert not status.details  # (a BadRequest is for the client's own mistakes)
+    log = server.log_text()
+    assert "unexpected error on POST /v1/traces" in log and "TypeError" in log, log
