@@ -172,8 +172,8 @@ class FollowingCli:
             else ""
 
 
-#: A session that ends (at exit, by auto_end) while a step is still open in a
-#: daemon thread nobody waited for: the exit path ends it as interrupted.
+#: A session that ends (at exit, by auto_end) while a step and an LLM-like
+#: event it holds are still open in a daemon thread nobody waited for.
 OUTLIVED_STEP = """
 import threading, time
 import lucidic as lai
@@ -194,7 +194,8 @@ lai.end_step()
 
 #: A session ended while a step is still open in another thread, in a process
 #: that then dies without its exit path (as a SIGKILL would): the step never
-#: ends, and is never running again.
+#: ends, and is never running again. (In OUTLIVED_STEP the exit path ends
+#: the daemon thread's step as interrupted.)
 STEP_NEVER_ENDED = OUTLIVED_STEP + """
 lai.end_session()
 import os
