@@ -426,14 +426,24 @@ class session(_ScopeBase):  # noqa: N801
             session_name, task, tags, production_monitoring, mass_sim_id, experiment_id,
             rubrics)
         self._session_id = session_id
-        self.session_id: str | None = None
+        self._last_session_id: str | None = None
+
+    @property
+    def session_id(self) -> str | None:
+        """The session of this thread's or task's innermost block of this
+        object (one object entered in several threads or tasks at once opens
+        a session in each); outside any, the session its latest block opened."""
+        for scope, binding, _ in reversed(_open_blocks.get()):
+            if scope is self:
+                return binding.session_id
+        return self._last_session_id
 
     def _clone(self) -> session:
         return session(**self._kwargs)  # type: ignore[arg-type]
 
     def _open(self) -> Binding:
         binding = _create(self._options, self._session_id, dict(self._fields))
-        self.session_id = binding.session_id
+        self._last_session_id = binding.session_id
         return binding
 
     def _close(self, binding: Binding, exc: BaseException | None) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 from . import _config, _sessions
 from ._context import current_step
 from ._internal import record_internal_error
-from ._recording import record_error
+from ._recording import Step, record_error
 from ._runtime import runtime
 
 _installed = False
@@ -134,6 +134,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     terminating = True
     deadline = _exit_deadline()
     _end_interrupted_steps("terminated by SIGTERM")
+    _end_steps_of_other_threads("terminated by SIGTERM")
     end_sessions(failure="terminated by SIGTERM", deadline=deadline)
     shutdown(deadline)
     # Die of the signal as we would have, so the exit status stays -SIGTERM.
@@ -153,6 +154,40 @@ def _end_interrupted_steps(error: str) -> None:
         except Exception as exc:  # noqa: BLE001
             record_internal_error("end_interrupted_step", exc)
         step = step.parent
+
+
+#: The module whose wrappers hold a decorated call's Step in a local.
+_DECORATORS = __name__.rpartition(".")[0] + "._decorators"
+
+
+def _end_steps_of_other_threads(why: str) -> None:
+    """End, as failed, the decorated steps other threads are inside of while
+    the process ends: at exit only daemon threads are left, which the
+    interpreter stops without unwinding them, so their steps would never end
+    (Sentry ends a span left open when its transaction ends the same way,
+    "cancelled" at that moment). Only steps of the sessions auto_end is about
+    to end. Found on the threads' stacks, in the decorators' frames, so that
+    the hot path keeps no register of open steps. (A step that ends on its
+    own in the moment between keeps this error; its end time is its own.)"""
+    ending = {id(binding) for binding in runtime.auto_end if binding.active}
+    me = threading.get_ident()
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    for ident, frame in sys._current_frames().items():
+        if ident == me:
+            continue
+        steps: list[Step] = []  # innermost first
+        walked: FrameType | None = frame
+        while walked is not None:
+            if walked.f_globals.get("__name__") == _DECORATORS:
+                steps.extend(value for value in walked.f_locals.values()
+                             if isinstance(value, Step) and id(value.binding) in ending)
+            walked = walked.f_back
+        error = f"{why} while this step ran (in thread {names.get(ident, ident)!r})"
+        for step in steps:
+            try:
+                step.end(error=error)
+            except Exception as exc:  # noqa: BLE001
+                record_internal_error("end_interrupted_step", exc)
 
 
 def _excepthook(exc_type: type[BaseException], exc: BaseException,
@@ -211,6 +246,10 @@ def shutdown(deadline: float | None = None) -> None:
 
 def _at_exit() -> None:
     deadline = _exit_deadline()
+    try:
+        _end_steps_of_other_threads("interrupted at exit: the process ended")
+    except Exception as exc:  # noqa: BLE001 - the sessions must end all the same
+        record_internal_error("end_interrupted_step", exc)
     end_sessions(deadline=deadline)
     shutdown(deadline)
 

@@ -71,7 +71,14 @@ from pathlib import Path
 from typing import Any
 
 from ._config import DEFAULT_MAX_QUEUE
-from ._internal import log_rate_limited, logger, rearm, record_internal_error, warn_once
+from ._internal import (
+    log_rate_limited,
+    log_visible,
+    logger,
+    rearm,
+    record_internal_error,
+    warn_once,
+)
 from ._sinks import RecordsRefusedError, Sink, SinkError
 from ._spool import Lines, Spool, encode_lines, encode_parts
 from .store import RECORD_PARTS, ROWS_PER_STATEMENT, Record
@@ -559,6 +566,12 @@ class Pipeline:
             with self._stats_lock:
                 self.stats.dropped += len(pending)
             self._spool_unwritable(exc)
+            # The warning above said records were held in memory: at shutdown
+            # that no longer holds, and nothing later will say they are gone.
+            log_visible(logging.WARNING, "lucidic: %d records were neither delivered nor "
+                        "written to the spool at %s (%s) before the pipeline shut down: they "
+                        "are lost (counted in stats.dropped)", len(pending),
+                        self.spool.directory, exc)
             return
         self._count_spooled(len(pending))
         log_rate_limited("exit_spooled", "lucidic: the sink did not take %d records in "
@@ -1107,6 +1120,10 @@ class Pipeline:
         if getattr(exc, "unreachable", False):
             warn_once("sink_unreachable", "lucidic: %s; records wait in %s and are delivered "
                       "as soon as it answers", exc, self.spool.directory)
+        elif getattr(exc, "broken", False):
+            # Only someone who mends it ends this: the user must hear of it.
+            warn_once("sink_broken", "lucidic: %s; records wait in %s and are delivered once "
+                      "it is mended (by this process or the next)", exc, self.spool.directory)
         level_kind = "sink_down" if isinstance(exc, SinkError) else "sink_error"
         log_rate_limited(level_kind, "lucidic: the sink refused a batch (%s); records are "
                          "spooled to %s and retried in %.1fs", exc, self.spool.directory, delay)
@@ -1119,6 +1136,7 @@ class Pipeline:
         if not self._healthy:
             logger.info("lucidic: the sink accepts records again")
             rearm("sink_unreachable")
+            rearm("sink_broken")
         self._healthy = True
         self._failures = 0
 

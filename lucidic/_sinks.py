@@ -26,13 +26,16 @@ class SinkError(Exception):
     """A delivery failed; the records will be spooled and retried.
 
     ``retry_after`` is the delay the backend asked for, if it named one;
-    ``unreachable`` says the backend could not be reached at all."""
+    ``unreachable`` says the backend could not be reached at all;
+    ``broken`` that it fails on its own side until someone mends it (a
+    store that cannot be written, a full disk, a damaged file)."""
 
     def __init__(self, message: str, retry_after: float | None = None, *,
-                 unreachable: bool = False) -> None:
+                 unreachable: bool = False, broken: bool = False) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.unreachable = unreachable
+        self.broken = broken
 
 
 class RecordsRefusedError(Exception):
@@ -134,7 +137,7 @@ class LocalSink(Sink):
                 try:
                     self._store = Store(self.path, busy_timeout=self._busy_timeout)
                 except StoreError as exc:
-                    raise SinkError(str(exc)) from exc
+                    raise self._failed(exc) from exc
             return self._store
 
     def write(self, records: Sequence[Record]) -> None:
@@ -153,13 +156,19 @@ class LocalSink(Sink):
             return
         except (StoreError, ValueError, TypeError, OverflowError) as exc:
             if isinstance(exc, StoreError) and exc.transient:
-                raise SinkError(str(exc)) from exc
+                raise self._failed(exc) from exc
             if len(records) == 1:
                 refused.append((records[0], f"the store refused it: {exc}"))
                 return
         middle = len(records) // 2
         self._write_apart(records[:middle], refused)
         self._write_apart(records[middle:], refused)
+
+    def _failed(self, exc: StoreError) -> SinkError:
+        if exc.broken:
+            return SinkError(f"the embedded store at {self.path} cannot be written ({exc})",
+                             broken=True)
+        return SinkError(str(exc))
 
     def local_store(self) -> Store:
         return self._get_store()
@@ -168,7 +177,7 @@ class LocalSink(Sink):
         try:
             return self._get_store().get_session(session_id)
         except StoreError as exc:
-            raise SinkError(str(exc)) from exc
+            raise self._failed(exc) from exc
 
     def after_fork_in_child(self) -> None:
         # The store makes itself safe across fork() (see Store._hold_for_fork);

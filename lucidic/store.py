@@ -30,6 +30,7 @@ import sqlite3
 import sys
 import threading
 import time
+import urllib.parse
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -196,7 +197,13 @@ class _PassthroughError(Exception):
 
 
 def _is_driver_error(exc: BaseException) -> bool:
-    return (isinstance(exc, (sqlite3.Error, StoreError, ValueError, TypeError, OverflowError))
+    """Whether an exception raised inside a caller's transaction is the
+    database's (or the driver's, refusing a value: ValueError, OverflowError).
+    A TypeError is not: the drivers name a value they cannot bind with their
+    own errors, so it is the caller's own failure (a bug, or a stored value
+    of a type no code expects), which must not be answered as the request's
+    fault."""
+    return (isinstance(exc, (sqlite3.Error, StoreError, ValueError, OverflowError))
             or type(exc).__module__.startswith("psycopg"))
 
 
@@ -902,6 +909,10 @@ class Store:
         self.url = str(url_or_path)
         self._lock = threading.Lock()
         self._closed = False
+        #: Why this connection can only read (None: it may write): an SQLite
+        #: file that cannot be written, opened to be read.
+        self.read_only: str | None = None
+        self._immutable = False
         try:
             if self.url.lower().startswith(("postgresql://", "postgres://")):
                 # libpq knows the scheme in lower case only.
@@ -929,21 +940,52 @@ class Store:
 
     def _open_sqlite(self) -> None:
         path, busy_timeout = self._sqlite
+        self.read_only = None
+        self._immutable = False
         # isolation_level=None: we issue BEGIN ourselves, so a batch is one
         # transaction and nothing is left open between calls.
-        self._conn: Any = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None,
-                                          check_same_thread=False)
-        # For a file not made yet (a no-op on one that exists): 16 KiB pages
-        # rather than 4, so that a commit writes a quarter as many WAL frames
-        # (two system calls each) and checkpoints copy fewer pages; it took
-        # a commit's share of a recorded step's CPU from 0.6 to 0.25 µs.
-        self._conn.execute(f"PRAGMA page_size={_PAGE_SIZE}")
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
+        conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None,
+                               check_same_thread=False)
+        try:
+            # For a file not made yet (a no-op on one that exists): 16 KiB pages
+            # rather than 4, so that a commit writes a quarter as many WAL frames
+            # (two system calls each) and checkpoints copy fewer pages; it took
+            # a commit's share of a recorded step's CPU from 0.6 to 0.25 µs.
+            conn.execute(f"PRAGMA page_size={_PAGE_SIZE}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.OperationalError as exc:
+            conn.close()
+            # A file that cannot be written (a read-only filesystem, a volume
+            # mounted read-only) can still be read: the CLI and the UI show it.
+            opened = _open_read_only(path, busy_timeout, exc)
+            if opened is None:
+                raise
+            conn, self.read_only = opened
+            self._immutable = self.read_only == _ON_READ_ONLY_FILESYSTEM
         # Unicode-aware case-insensitive search (SQLite's own LIKE folds ASCII
         # only); used by lucidic.reading for queries in other scripts.
-        self._conn.create_function("lucidic_contains", -1, _contains, deterministic=True)
-        self._conn.create_function("lucidic_fold", -1, _fold, deterministic=True)
+        conn.create_function("lucidic_contains", -1, _contains, deterministic=True)
+        conn.create_function("lucidic_fold", -1, _fold, deterministic=True)
+        self._conn: Any = conn
+
+    def writable(self) -> bool:
+        """Whether the store can be written. One opened read-only is opened
+        again first, in case someone has made it writable since (a writer's
+        retries then reach it)."""
+        with self._lock:
+            self._reopen_if_read_only()
+            return not self.read_only
+
+    def _reopen_if_read_only(self) -> None:
+        if self.dialect == "sqlite" and self.read_only and not self._closed:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            try:
+                self._open_sqlite()
+            except sqlite3.Error as exc:
+                raise _store_error(f"cannot open the store at {self.url}: {exc}", exc) from exc
 
     def _connect_postgresql(self, url: str) -> None:
         try:
@@ -1033,6 +1075,14 @@ class Store:
                 raise StoreError("the store is closed")
             if self._conn is None:
                 self._open_sqlite()  # first use in a forked child
+            if self.read_only and (write or self._immutable and not _on_read_only_filesystem(
+                    self._sqlite[0])):
+                # (An immutable connection caches what it read for good: once
+                # the file can change, it must be opened again.)
+                self._reopen_if_read_only()
+                if write and self.read_only:
+                    raise StoreError(f"the store at {self.url} cannot be written: "
+                                     f"{self.read_only}", broken=True)
             cur = self._conn.cursor()
             committing = False
             try:
@@ -1057,6 +1107,16 @@ class Store:
                 cur.close()
 
     def _migrate(self) -> None:
+        if self.dialect == "sqlite" and self.read_only:
+            current = self.schema_version()
+            if current != SCHEMA_VERSION:
+                raise StoreError(
+                    f"the store at {self.url} has schema version {current} and this lucidic "
+                    f"reads version {SCHEMA_VERSION}, but it cannot be written to bring it "
+                    f"up to date ({self.read_only}): open it once where it can be written",
+                    broken=True)
+            return
+
         def run(cur: Any) -> None:
             if self.dialect == "postgresql":
                 # Serialise concurrent servers migrating the same database.
@@ -1519,6 +1579,56 @@ def _contains(needle: Any, *texts: Any) -> int:
 def _fold(*texts: Any) -> str:
     """The texts given, case-folded as ``_contains`` folds them, one a line."""
     return "\n".join(text.casefold() for text in texts if isinstance(text, str))
+
+
+#: SQLite's result codes for a file it may not write, or could not open so.
+_SQLITE_READONLY, _SQLITE_CANTOPEN = 8, 14
+_ON_READ_ONLY_FILESYSTEM = "its filesystem is read-only"
+
+
+def _open_read_only(path: str, busy_timeout: float, exc: sqlite3.OperationalError
+                    ) -> tuple[sqlite3.Connection, str] | None:
+    """A read-only connection to the SQLite file at ``path``, which failed
+    to open for writing with ``exc``, and why it cannot be written; None
+    when it is not a file that exists but cannot be written.
+
+    ``mode=ro`` needs the WAL's shared-memory file, which a read-only
+    directory cannot have made for it; on a read-only filesystem the file is
+    opened ``immutable`` instead (no locks, no shared memory): nobody can
+    write it there, so nobody can change it under the reader, unless it holds
+    a WAL that a writer left behind, whose transactions immutable would not
+    see."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        code = _sqlite_code_from_message(exc)
+    if path == ":memory:" or not os.path.isfile(path) or \
+            (code or 0) & 0xFF not in (_SQLITE_READONLY, _SQLITE_CANTOPEN):
+        return None
+    reason = f"SQLite cannot open it for writing ({exc})"
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path))
+    for mode in ("mode=ro", "immutable=1"):
+        if mode == "immutable=1":
+            if not _on_read_only_filesystem(path):
+                return None
+            if os.path.exists(path + "-wal") and os.path.getsize(path + "-wal") > 0:
+                return None
+            reason = _ON_READ_ONLY_FILESYSTEM
+        conn = sqlite3.connect(f"{uri}?{mode}", uri=True, timeout=busy_timeout,
+                               isolation_level=None, check_same_thread=False)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error:
+            conn.close()
+            continue
+        return conn, reason
+    return None
+
+
+def _on_read_only_filesystem(path: str) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _sqlite_path(url: str) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from helpers import ROOT, ReadableStore, child_env
+from helpers import ROOT, ReadableStore, child_env, run_python
 from lucidic._sinks import SinkError
 from lucidic.store import Record, Store
 from lucidic.testing import MemorySink
@@ -105,6 +105,62 @@ class FullDisk:
 
     def __exit__(self, *exc: object) -> None:
         subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
+
+
+class ReadOnlyDisk:
+    """A real tmpfs mounted at ``path``, remounted read-only by
+    ``read_only()`` (as root, chmod stops no write: the filesystem must
+    refuse it) and writable again by ``writable()``. Skips the test where
+    mounting is impossible."""
+
+    def __init__(self, path: Path, size: str = "16m") -> None:
+        self.path = path
+        self.size = size
+
+    def __enter__(self) -> ReadOnlyDisk:
+        self.path.mkdir(parents=True, exist_ok=True)
+        _mount(["-t", "tmpfs", "-o", f"size={self.size}", "tmpfs", str(self.path)],
+               "a read-only filesystem needs a tmpfs")
+        return self
+
+    def read_only(self) -> None:
+        _mount(["-o", "remount,ro", str(self.path)], "remounting the tmpfs read-only")
+
+    def writable(self) -> None:
+        _mount(["-o", "remount,rw", str(self.path)], "remounting the tmpfs writable")
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
+
+
+@contextlib.contextmanager
+def read_only_file(path: Path) -> Iterator[None]:
+    """The file at ``path`` on a read-only bind mount of itself: it cannot be
+    written, while its directory can (the spool beside it, SQLite's WAL)."""
+    _mount(["--bind", str(path), str(path)], "a read-only file needs a bind mount")
+    try:
+        _mount(["-o", "remount,ro,bind", str(path)], "remounting the bind mount read-only")
+        yield
+    finally:
+        subprocess.run(["umount", str(path)], capture_output=True)
+
+
+def _mount(args: list[str], what: str) -> None:
+    mounted = subprocess.run(["mount", *args], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"{what}, and mount failed (not root?): {mounted.stderr.strip()}")
+
+
+def recorded_session(home: Path) -> str:
+    """A session with one event, written while the store could be written."""
+    return run_python("""
+        import lucidic as lai
+        sid = lai.init(session_name="written before")
+        lai.create_event(description="event before")
+        lai.end_session()
+        print(sid)
+    """, home=home).stdout.strip()
+
 
 
 class Child:

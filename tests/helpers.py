@@ -212,3 +212,13 @@ started.wait()
 lai.create_step(action="main work")
 lai.end_step()
 """
+
+#: A session ended while a step is still open in another thread, in a process
+#: that then dies without its exit path (as a SIGKILL would): the step never
+#: ends, and is never running again. (In OUTLIVED_STEP the exit path ends
+#: the daemon thread's step as interrupted.)
+STEP_NEVER_ENDED = OUTLIVED_STEP + """
+lai.end_session()
+import os
+os._exit(0)
+"""

@@ -424,9 +424,9 @@ def test_paging_at_the_bounds_reads_what_is_there(lucidic_home):
 
 
 def test_a_step_its_session_outlived_reads_as_did_not_end_not_running(lucidic_home):
-    from helpers import OUTLIVED_STEP
+    from helpers import STEP_NEVER_ENDED
 
-    sid = run_python(OUTLIVED_STEP, home=lucidic_home).stdout.split()[0]
+    sid = run_python(STEP_NEVER_ENDED, home=lucidic_home).stdout.split()[0]
     shown = _cli(lucidic_home, "sessions", "show", sid).stdout
     assert "step background poll  did not end" in shown
     assert "running" not in shown and "  status   finished\n" in shown
@@ -434,3 +434,15 @@ def test_a_step_its_session_outlived_reads_as_did_not_end_not_running(lucidic_ho
     poll, work = sorted(tree["steps"], key=lambda s: s["action"])
     assert poll["never_ended"] is True and work["never_ended"] is False
     assert poll["events"][0]["never_ended"] is False
+
+
+def test_a_daemon_threads_step_at_exit_reads_as_interrupted_at_exit(lucidic_home):
+    # It read "did not end", as if nobody knew what had become of it: the
+    # exit path knows, and now says so, with the moment of the exit.
+    from helpers import OUTLIVED_STEP
+
+    sid = run_python(OUTLIVED_STEP, home=lucidic_home).stdout.split()[0]
+    shown = _cli(lucidic_home, "sessions", "show", sid).stdout
+    (line,) = [line for line in shown.splitlines() if "background poll" in line]
+    assert "FAILED interrupted at exit: the process ended while this step ran" in line
+    assert "did not end" not in shown and "running" not in shown

@@ -261,6 +261,32 @@ def test_one_session_object_entered_in_two_threads_ends_each_threads_own_session
     assert [e["description"] for e in tree_b["events"]] == ["b after a left"]
 
 
+def test_one_session_objects_session_id_is_each_threads_own_block(store):
+    # It was the session of whichever thread entered last: read inside a
+    # block, the other thread got a session that was not its own.
+    shared = lai.session("shared")
+    inside = threading.Barrier(2, timeout=10)
+    seen: dict[str, tuple[str, str | None]] = {}
+    entered: list[str] = []
+
+    def worker(name: str) -> None:
+        with shared as sid:
+            entered.append(sid)
+            inside.wait()  # both blocks open, in either order
+            seen[name] = (sid, shared.session_id)
+            inside.wait()
+
+    threads = [threading.Thread(target=worker, args=(name,)) for name in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen["a"][0] != seen["b"][0]
+    assert all(sid == read for sid, read in seen.values()), seen
+    # Outside any block of it: the session its latest block opened.
+    assert shared.session_id == entered[-1]
+
+
 def test_one_continued_object_entered_in_two_asyncio_tasks_keeps_each_tasks_entry(store):
     sid = lai.init()
     lai.detach()

@@ -187,29 +187,58 @@ def test_capture_uncaught_false_records_no_crash_but_still_ends_the_session(luci
     assert [e for e in tree["events"] if e["type"] == "error"] == []
 
 
-def test_sigterm_ends_the_steps_it_interrupted_as_failed(lucidic_home):
-    proc, sid = _start_and_wait_ready(textwrap.dedent("""
-        import time
-        import lucidic as lai
-        print(lai.init(session_name="interrupted"), flush=True)
+#: A child's start: its session, and a daemon thread 'worker' inside the
+#: decorated steps "outer poll" > "inner poll" until the process ends.
+DAEMON_IN_A_STEP = """
+import threading, time
+import lucidic as lai
+print(lai.init(session_name="interrupted"), flush=True)
+started = threading.Event()
 
+@lai.step(action="inner poll")
+def inner():
+    started.set()
+    time.sleep(600)
+
+@lai.step(action="outer poll")
+def outer():
+    inner()
+
+threading.Thread(target=outer, name="worker", daemon=True).start()
+started.wait()
+"""
+
+
+def _polls(tree: dict) -> list[dict]:
+    """The daemon thread's two steps, outer first."""
+    (outer,) = [step for step in tree["steps"] if step["action"] == "outer poll"]
+    (inner,) = outer["steps"]
+    return [outer, inner]
+
+
+def test_sigterm_ends_the_steps_it_interrupted_as_failed(lucidic_home):
+    # In the main thread, and in another thread (whose steps never ended).
+    proc, sid = _start_and_wait_ready(DAEMON_IN_A_STEP + textwrap.dedent("""
         @lai.step(action="inner")
-        def inner():
+        def main_inner():
             print("ready", flush=True)
             time.sleep(60)
 
         lai.create_step(action="outer")
-        inner()
+        main_inner()
     """), lucidic_home)
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGTERM
     tree = ReadableStore(lucidic_home / "lucidic.db").session_tree(sid)
-    (outer,) = tree["steps"]
+    (outer,) = [step for step in tree["steps"] if step["action"] == "outer"]
     (inner,) = outer["steps"]
     for step in (outer, inner):
         assert step["is_finished"] is True, step
         assert step["error"] == "terminated by SIGTERM", step
+    for step in _polls(tree):
+        assert step["is_finished"] is True, step
+        assert step["error"] == "terminated by SIGTERM while this step ran (in thread 'worker')"
     assert tree["is_successful_reason"] == "terminated by SIGTERM"
 
 
@@ -317,3 +346,17 @@ def test_a_forked_child_neither_runs_nor_waits_for_the_parents_deferred_jobs() -
     assert not deferred.wait(0.05)  # the parent's job still waits...
     release.set()
     assert deferred.wait(10) and ran_in == [os.getpid()]  # ...and runs in the parent alone
+
+
+def test_a_daemon_threads_steps_end_as_interrupted_when_the_process_exits(lucidic_home):
+    # The interpreter stops daemon threads at exit without unwinding them:
+    # their decorated steps never ended, and their session showed them so for
+    # good. Nested steps end, innermost too, at the moment of the exit.
+    sid = run_python(DAEMON_IN_A_STEP, home=lucidic_home).stdout.split()[0]
+    tree = ReadableStore(lucidic_home / "lucidic.db").session_tree(sid)
+    for step in _polls(tree):
+        assert step["is_finished"] is True and step["never_ended"] is False, step
+        assert step["error"] == ("interrupted at exit: the process ended while this step ran "
+                                 "(in thread 'worker')"), step
+        assert step["started_at"] <= step["ended_at"] <= tree["ended_at"]
+    assert tree["is_finished"] and tree["is_successful"] is None  # the session ended as usual

@@ -154,6 +154,8 @@ def refresh(store: Store, *, quiet: float = QUIET_SECONDS, limit: int = BATCH,
     """Rebuild the derived rows of up to ``limit`` noted sessions on which
     nothing was written for ``quiet`` seconds, and remove their notes (a
     note renewed meanwhile stays). How many sessions it rebuilt."""
+    if not store.writable():
+        return 0  # (a read-only store: pages read the noted sessions' own rows)
     ph = store.placeholder
     cutoff = (time.time() if now is None else now) - quiet
     texts = _texts(store)  # (which may ask PostgreSQL how it folds: not in the transaction)

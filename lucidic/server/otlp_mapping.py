@@ -175,7 +175,7 @@ def _json(value: Any) -> Any:
     if isinstance(value, str) and value[:1] in ("[", "{"):
         try:
             return json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # (nested deeper than the parser goes)
             return value
     return value
 

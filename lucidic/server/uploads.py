@@ -50,6 +50,19 @@ def signing_key(store: Store) -> bytes:
     reads the same one)."""
     ph = store.placeholder
 
+    def read(cur: Any) -> str | None:
+        cur.execute(f"SELECT value FROM lucidic_meta WHERE key = {ph}", (_SIGNING_KEY,))
+        row = cur.fetchone()
+        return str(row[0]) if row else None
+
+    made = store.transaction(read, write=False)
+    if made is not None:
+        return bytes.fromhex(made)
+    if store.read_only:
+        # Nothing can be uploaded into a store that cannot be written (each
+        # upload is registered in it): this process's own key serves.
+        return secrets.token_bytes(32)
+
     def run(cur: Any) -> str:
         cur.execute(f"INSERT INTO lucidic_meta (key, value) VALUES ({ph}, {ph}) "
                     "ON CONFLICT (key) DO NOTHING", (_SIGNING_KEY, secrets.token_hex(32)))

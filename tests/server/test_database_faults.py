@@ -24,12 +24,13 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from faults import FullDisk, events_of, numbered, wait_until
+from faults import FullDisk, ReadOnlyDisk, events_of, numbered, wait_until
 from server_support import PG_ENV, PG_SKIP, Api, make_key
 
 import lucidic as lai
 from lucidic._internal import RATE_LIMIT_SECONDS
 from lucidic._runtime import runtime
+from lucidic.store import Store
 
 
 class Fault:
@@ -394,3 +395,30 @@ def test_a_connection_cut_while_committing_is_a_503_saying_a_retry_is_safe(
     assert api.records(*records).status_code == 200  # ... and the retry changes nothing
     assert events_of(pg_url, sid) == ["sent while the line was cut"]
     cutter.close()
+
+
+def test_a_server_on_a_read_only_sqlite_file_reads_it_and_answers_writes_503(
+        tmp_path: Path, start_server) -> None:
+    # A store on a read-only filesystem: the server could not start (SQLite
+    # could not open the file for its WAL). Now it serves what the store
+    # holds, and a write is the database's fault, not the client's: 503.
+    with ReadOnlyDisk(tmp_path / "disk") as disk:
+        url = f"sqlite:///{disk.path / 'server.db'}"
+        key = make_key(url, "read-only")
+        sid = str(uuid.uuid4())
+        store = Store(url)
+        store.write_for_project([("session", sid, 1.0, {"started_at": 1.0,
+                                                        "name": "written before"})], "read-only")
+        store.close()
+        disk.read_only()
+        server = start_server(url)
+        api = Api(server.url, key)
+        assert api.get(f"/api/v1/sessions/{sid}").json()["name"] == "written before"
+        answer = api.records({"kind": "event", "id": "refused", "ts": 2.0,
+                              "fields": {"session_id": sid}})
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["content-type"] == "application/problem+json"
+        (logged, *_) = [line for line in server.log_text().splitlines()
+                        if "its filesystem is read-only" in line]
+        assert "ERROR" in logged and str(disk.path / "server.db") in logged, server.log_text()
+        server.stop()

@@ -722,3 +722,61 @@ def test_one_request_with_several_traces_of_one_conversation(
     assert own["step_count"] == 3 and own["is_finished"] and own["name"] == "run agent"
     assert sessions["shared"]["started_at"] == pytest.approx(
         min(s.start_time for s in spans[:10]) / 1e9)
+
+
+def deeply_nested_messages(tracer: Tracer) -> None:
+    """LLM spans whose messages attribute is JSON text nested deep: deeper
+    than any JSON parser goes, and nearly as deep (a string attribute may
+    hold anything)."""
+    with tracer.start_as_current_span("agent") as root:
+        root.set_attribute("session.id", "deep")
+        for name, depth in (("too deep", 100_000), ("nearly too deep", 900)):
+            with tracer.start_as_current_span(name) as llm:
+                llm.set_attribute("gen_ai.operation.name", "chat")
+                llm.set_attribute("gen_ai.input.messages", "[" * depth + "]" * depth)
+
+
+@pytest.mark.parametrize("encoding", [PROTOBUF, JSON])
+def test_a_json_text_attribute_nested_too_deep_is_kept_as_text_not_a_server_error(
+        encoding: str, sqlite_url: str, start_server: Any) -> None:
+    # Parsing the text raised RecursionError, which nothing expected: a 500
+    # for a span the server can store perfectly well as the text it is.
+    server = start_server(sqlite_url)
+    key = make_key(sqlite_url, "deep")
+    response = post(server, key, body(make_spans(deeply_nested_messages), encoding), encoding)
+    assert response.status_code == 200, response.content[:300]
+    (root,) = Api(server.url, key).tree("deep")["steps"]
+    events = {e["description"]: e for e in root["events"]}
+    assert events["too deep"]["input"] == "[" * 100_000 + "]" * 100_000
+    # What the parser can read is read, as any JSON text of messages is.
+    assert json.dumps(events["nearly too deep"]["input"], separators=(",", ":")) == \
+        "[" * 900 + "]" * 900
+
+
+@pytest.mark.parametrize("encoding", [PROTOBUF, JSON])
+def test_an_unexpected_failure_is_a_500_status_encoded_like_the_request(
+        encoding: str, tmp_path: Path) -> None:
+    # No input the server is sent makes it fail unexpectedly (the one found
+    # is fixed above); its database garbled by hand does: a trace's stored
+    # naming time made text, which no code path expects. The exporter must
+    # still get a google.rpc.Status it can decode, in its own encoding. The
+    # TypeError this raises was taken for the driver refusing the request's
+    # data: a 400 "a retry will not help", and the exporter dropped its spans.
+    db = tmp_path / "server.db"
+    server = ServerProcess(f"sqlite:///{db}", log=tmp_path / "server.log").start()
+    try:
+        key = make_key(f"sqlite:///{db}", "garbled")
+        request = body(make_spans(agent_trace("garbled")), encoding)
+        assert post(server, key, request, encoding).status_code == 200
+        with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as admin:
+            admin.execute("UPDATE otlp_traces SET named_start = 'garbled by hand'")
+        failed = post(server, key, request, encoding)
+    finally:
+        server.stop()
+    assert failed.status_code == 500, failed.content
+    status = otlp_status(failed, encoding)
+    assert status.code == 13  # INTERNAL
+    assert "internal server error" in status.message and "log" in status.message
+    assert not status.details  # (a BadRequest is for the client's own mistakes)
+    log = server.log_text()
+    assert "unexpected error on POST /v1/traces" in log and "TypeError" in log, log

@@ -216,9 +216,9 @@ def test_screenshots_show_as_images_and_nothing_else_becomes_one(ui, lucidic_hom
 
 
 def test_a_step_its_session_outlived_shows_as_did_not_end(ui, lucidic_home) -> None:
-    from helpers import OUTLIVED_STEP
+    from helpers import STEP_NEVER_ENDED
 
-    sid = run_python(OUTLIVED_STEP, home=lucidic_home).stdout.split()[0]
+    sid = run_python(STEP_NEVER_ENDED, home=lucidic_home).stdout.split()[0]
     page = requests.get(f"{ui.url}/sessions/{sid}", timeout=10).text
     row = re.search(r'<div class="node kind-step[^"]*"[^>]*>(?:(?!<div class="node).)*'
                     r'background poll(?:(?!<div class="node).)*', page, re.S)
