@@ -1075,7 +1075,8 @@ class Pipeline:
                 # Cleared first: a record spooled meanwhile (by another
                 # thread) sets it again, and is not forgotten.
                 self._spool_dirty = False
-                if not self.spool.replay(self._deliver_replayed, self._batch_size):
+                if not self.spool.replay(self._deliver_replayed, self._batch_size,
+                                         orphans_wait=self._own_records_wait):
                     self._spool_dirty = True
                 # What waits for its session is retried once the rest was
                 # delivered: the session's own record may have been in it.
@@ -1097,6 +1098,11 @@ class Pipeline:
             self._failed(exc)
             return
         self._recovered()
+
+    def _own_records_wait(self) -> bool:
+        """Whether this process's records (or a flush, or the exit) wait
+        while the worker replays what other processes left in the spool."""
+        return bool(self._queue) or self._stopping
 
     def _deliver_replayed(self, batch: Sequence[Record], refused_since: float | None) -> None:
         try:

@@ -350,16 +350,24 @@ class Spool:
             return []
 
     def replay(self, deliver: Deliver, batch_size: int, *, later: bool = False,
-               include_orphans: bool = True) -> bool:
+               include_orphans: bool = True,
+               orphans_wait: Callable[[], bool] | None = None) -> bool:
         """Deliver the ordinary segments (or, with ``later``, the later
         ones), oldest first, deleting each once all its records were handled.
         Stops at the first failed delivery (the error propagates). Returns
-        True if none of them is left."""
+        True if none of them is left.
+
+        ``orphans_wait``: once it says so, other processes' segments wait for
+        a later call, after the first of them (a segment is replayed whole,
+        up to 16 MiB): the caller's own records come first, so a backlog a
+        crashed process left never holds up this one's, at its exit above
+        all, while each call still takes a segment of it."""
         with self._lock:
             self._close_writer()
             own = set(self._own)
             aside = set(self._aside)
         complete = True
+        orphans_replayed = 0
         listing = self._listing()
         for name in sorted(self._names(listing)):
             if name.startswith(_LATER_PREFIX) != later:
@@ -367,6 +375,11 @@ class Spool:
             path = self.directory / name
             if path in aside or (path not in own and not include_orphans):
                 continue  # (written aside: its records are still in memory)
+            if path not in own:
+                if orphans_replayed and orphans_wait is not None and orphans_wait():
+                    complete = False
+                    continue
+                orphans_replayed += 1
             since = _refused_since(name) if later else None
             if not self._replay_segment(path, deliver, batch_size, since):
                 complete = False

@@ -273,7 +273,20 @@ def numbered(descriptions: list[str], prefix: str = "event ") -> list[int]:
 
 #: A later process of the same home: it delivers what the spool holds, and says
 #: whether everything went (flush's answer).
-DELIVER_LATER = "import lucidic as lai; lai.init(session_name='later'); print(lai.flush(30))"
+#: A later process delivers what earlier ones left in the spool: its flush
+#: covers its own records, and the worker replays the others' a segment at a
+#: time between them, so it waits until the spool is empty, then flushes.
+DELIVER_LATER = """
+import os, time
+from pathlib import Path
+import lucidic as lai
+lai.init(session_name='later')
+spool = Path(os.environ['LUCIDIC_HOME']) / 'spool'
+deadline = time.monotonic() + 60
+while any(spool.rglob('*.jsonl')) and time.monotonic() < deadline:
+    time.sleep(0.05)
+print(lai.flush(30))
+"""
 
 
 def rejected(spool: Any) -> list[dict[str, Any]]:
