@@ -162,7 +162,6 @@ def recorded_session(home: Path) -> str:
     """, home=home).stdout.strip()
 
 
-
 class Child:
     """A Python child process whose stdout lines are read as they come,
     each with the time it arrived."""
@@ -271,8 +270,6 @@ def numbered(descriptions: list[str], prefix: str = "event ") -> list[int]:
     return sorted(int(d[len(prefix):]) for d in descriptions if d.startswith(prefix))
 
 
-#: A later process of the same home: it delivers what the spool holds, and says
-#: whether everything went (flush's answer).
 #: A later process delivers what earlier ones left in the spool: its flush
 #: covers its own records, and the worker replays the others' a segment at a
 #: time between them, so it waits until the spool is empty, then flushes.
