@@ -8,7 +8,9 @@ sum or scan every step and event. Instead, for each session, the store keeps
   folds it (see lucidic.reading.search);
 - ``session_activity``: its events' sums by day, hour, model and kind, with
   each group's first and last start time;
-- ``llm_timings``: its LLM calls' durations and times to first token.
+- ``llm_timings``: its LLM calls' durations and times to first token,
+  and, over all sessions, ``timing_counts``: how many of them fall in each
+  hour, model and bucket of value (see lucidic.reading.percentiles).
 
 Every write notes the sessions it touched in ``changed_sessions``, in the
 same transaction (``Store.note_changed``). A refresher thread in `lucidic ui`
@@ -36,6 +38,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from .._internal import log_rate_limited
+from .._timing_buckets import MEASURES, counts_sql
 from ..store import Store
 from .search import EVENT_TEXT, SESSION_TEXT, STEP_TEXT, TextMatch, fold_sql
 from .totals import cost_sum, int_parts, int_sum, saturated
@@ -116,6 +119,26 @@ def search_sql(match: TextMatch, alias: str = "s") -> tuple[str, list[Any]]:
             [*prefix_params, *derived_params, *row_params])
 
 
+def events_in_range(store: Store, project: str | None, since: float,
+                until: float) -> tuple[str, list[Any]]:
+    """FROM and WHERE of the events in range (of ``project``)."""
+    ph = store.placeholder
+    if project is None:
+        return f"FROM events e WHERE e.started_at >= {ph} AND e.started_at < {ph}", [since, until]
+    # Events carry no project: their sessions say.
+    return (f"FROM events e JOIN sessions s ON s.id = e.session_id WHERE e.started_at >= {ph} "
+            f"AND e.started_at < {ph} AND s.project = {ph}", [since, until, project])
+
+
+def kept_in_range(store: Store, table: str, first: str, last: str, project: str | None,
+             since: float, until: float) -> tuple[str, list[Any]]:
+    """FROM and WHERE of a derived table's rows that lie in range (of ``project``)."""
+    ph = store.placeholder
+    scope = f" AND d.project = {ph}" if project is not None else ""
+    return (f"FROM {table} d WHERE d.{first} >= {ph} AND d.{last} < {ph}{scope}",
+            [since, until, *([project] if project is not None else [])])
+
+
 def bucket(store: Store, column: str, seconds: int) -> str:
     """Whole ``seconds`` since the epoch at ``column`` (days, hours), as the
     dashboard has always numbered days."""
@@ -177,10 +200,14 @@ def refresh(store: Store, *, quiet: float = QUIET_SECONDS, limit: int = BATCH,
             return 0
         ids = [row[0] for row in notes]
         marks = ", ".join([ph] * len(ids))
+        # timing_counts counts llm_timings' rows: what they were is taken off
+        # and what they are added, in this transaction.
+        cur.execute(counts_sql(f"session_id IN ({marks})", -1), ids * len(MEASURES))
         for table in TABLES:
             cur.execute(f"DELETE FROM {table} WHERE session_id IN ({marks})", ids)
         for sql in rebuild_sql(store, len(ids), texts):
             cur.execute(sql, ids)
+        cur.execute(counts_sql(f"session_id IN ({marks})", 1), ids * len(MEASURES))
         cur.executemany(f"DELETE FROM changed_sessions WHERE session_id = {ph} "
                         f"AND version = {ph}", [tuple(row) for row in notes])
         return len(notes)
