@@ -17,7 +17,15 @@ from typing import Any
 
 from ..limits import INT_MAX, INT_MIN
 from ..store import Store
-from .derived import ERROR_EVENT, NOTED_IDS, activity_groups, bucket, events_in_range, kept_in_range
+from .derived import (
+    ERROR_EVENT,
+    NOTED_IDS,
+    activity_groups,
+    bucket,
+    events_in_range,
+    kept_in_range,
+    reads_every_row,
+)
 from .percentiles import Query, percentiles
 from .totals import clamped_cost, int_parts
 
@@ -46,7 +54,8 @@ def dashboard(store: Store, project: str | None, since: float, until: float) -> 
         raise ValueError("the dashboard's range must end after it starts")
     ph = store.placeholder
     scoped = [project] if project is not None else []
-    facts, fact_params = _facts(store, project, since, until)
+    every_row = reads_every_row(store)
+    facts, fact_params = _facts(store, project, since, until, every_row)
     sums = ", ".join(f"SUM({column}) AS {column}" for column in (
         "events", "errors", "failed", "cost", "input_hi", "input_lo", "output_hi", "output_lo"))
     statements = [
@@ -66,7 +75,8 @@ def dashboard(store: Store, project: str | None, since: float, until: float) -> 
 
     def read(query: Query) -> tuple[list[list[dict[str, Any]]], dict[str, Any]]:
         found = [query(sql, params) for sql, params in statements]
-        return found, {name: percentiles(query, store, project, since, until, column)
+        return found, {name: percentiles(query, store, project, since, until, column,
+                                         every_row)
                        for name, column in (("duration", "duration"),
                                             ("ttft", "time_to_first_token"))}
 
@@ -89,13 +99,25 @@ def dashboard(store: Store, project: str | None, since: float, until: float) -> 
                                          for d in days)))
 
 
-def _facts(store: Store, project: str | None, since: float,
-           until: float) -> tuple[str, list[Any]]:
+def _facts(store: Store, project: str | None, since: float, until: float,
+           every_row: bool = False) -> tuple[str, list[Any]]:
     """Rows of (day, model, is_llm, events, errors, failed, cost, token parts)
     that sum to the events in range: session_activity's groups that lie in
     it, but those of sessions noted as changed or with a group across an end
     of the range, whose events in range are read one by one instead. (A
-    group across an end is in the hour of that end: all its events are.)"""
+    group across an end is in the hour of that end: all its events are.)
+    With ``every_row`` (see reads_every_row), every event in range."""
+    events, event_params = events_in_range(store, project, since, until)
+    groups = activity_groups(store)
+    parts = [f"{sql} AS {name}_{part}" for name in ("input", "output")
+             for part, sql in zip(("hi", "lo"), int_parts(f"e.{name}_tokens"), strict=True)]
+    raw = (f"SELECT {groups['day']} AS day, {groups['model']} AS model, "
+           f"{groups['is_llm']} AS is_llm, 1 AS events, "
+           f"CASE WHEN {ERROR_EVENT} THEN 1 ELSE 0 END AS errors, "
+           f"CASE WHEN e.error IS NOT NULL THEN 1 ELSE 0 END AS failed, "
+           f"{clamped_cost('e.cost')} AS cost, {', '.join(parts)} {events}")
+    if every_row:
+        return raw, event_params
     ph = store.placeholder
     hour = bucket(store, f"CAST({ph} AS DOUBLE PRECISION)", 3600)
     read_raw = (f"{NOTED_IDS} UNION SELECT session_id FROM session_activity "
@@ -103,17 +125,11 @@ def _facts(store: Store, project: str | None, since: float,
                 f"OR (first_at < {ph} AND last_at >= {ph}))")
     raw_params = [since, until, since, since, until, until]
     derived, derived_params = kept_in_range(store, "session_activity", "first_at", "last_at",
-                                       project, since, until)
-    events, event_params = events_in_range(store, project, since, until)
-    groups = activity_groups(store)
-    parts = [sql for name in ("input", "output") for sql in int_parts(f"e.{name}_tokens")]
+                                            project, since, until)
     sql = (f"SELECT d.day, d.model, d.is_llm, d.events, d.errors, d.failed, d.cost, "
            f"d.input_hi, d.input_lo, d.output_hi, d.output_lo {derived} "
            f"AND d.session_id NOT IN ({read_raw}) UNION ALL "
-           f"SELECT {groups['day']}, {groups['model']}, {groups['is_llm']}, 1, "
-           f"CASE WHEN {ERROR_EVENT} THEN 1 ELSE 0 END, "
-           f"CASE WHEN e.error IS NOT NULL THEN 1 ELSE 0 END, {clamped_cost('e.cost')}, "
-           f"{', '.join(parts)} {events} AND e.session_id IN ({read_raw})")
+           f"{raw} AND e.session_id IN ({read_raw})")
     return sql, [*derived_params, *raw_params, *event_params, *raw_params]
 
 

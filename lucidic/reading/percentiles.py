@@ -33,10 +33,15 @@ def rank(count: int, percent: int) -> int:
 
 
 def percentiles(query: Query, store: Store, project: str | None, since: float,
-                until: float, column: str) -> dict[str, tuple[float | None, float | None]]:
+                until: float, column: str,
+                every_row: bool = False) -> dict[str, tuple[float | None, float | None]]:
     """(p50, p95) of ``column`` (duration, time_to_first_token) per model
     of the LLM calls in range that have one, read with ``query`` (of
-    Store.snapshot: the counts and the values must be of one snapshot)."""
+    Store.snapshot: the counts and the values must be of one snapshot).
+    With ``every_row`` (see derived.reads_every_row), from every event in
+    range, numbered in order."""
+    if every_row:
+        return _ranked(query, store, project, since, until, column)
     sql, params = _counts(store, project, since, until, column)
     buckets: dict[str, list[tuple[int, int]]] = {}
     for row in query(sql, params):
@@ -82,6 +87,26 @@ def _value_at(query: Query, store: Store, project: str | None, since: float, unt
     rows = query(sql, [model, *bound_params, since, until, *scope_params, *event_params,
                        model, *bound_params, skip])
     return float(rows[0]["value"])
+
+
+def _ranked(query: Query, store: Store, project: str | None, since: float, until: float,
+            column: str) -> dict[str, tuple[float | None, float | None]]:
+    """Each model's values at the ranks of PERCENTS, found by numbering its
+    values in order."""
+    events, params = events_in_range(store, project, since, until)
+    ranks = " OR ".join(f"rn = (n * {percent} + 99) / 100" for percent in PERCENTS)
+    rows = query("SELECT model, rn, n, value FROM ("
+                 "SELECT model, value, ROW_NUMBER() OVER (PARTITION BY model ORDER BY value) "
+                 "AS rn, COUNT(*) OVER (PARTITION BY model) AS n FROM ("
+                 f"SELECT {MODEL} AS model, e.{column} AS value {events} AND e.type = 'llm' "
+                 f"AND e.{column} IS NOT NULL) v) ranked WHERE {ranks}", params)
+    found: dict[str, list[float | None]] = {}
+    for row in rows:
+        slots = found.setdefault(row["model"], [None] * len(PERCENTS))
+        for slot, percent in enumerate(PERCENTS):
+            if int(row["rn"]) == rank(int(row["n"]), percent):
+                slots[slot] = float(row["value"])
+    return {model: (p50, p95) for model, (p50, p95) in found.items()}
 
 
 def _scope(store: Store, project: str | None, alias: str = "d") -> tuple[str, list[Any]]:

@@ -26,8 +26,8 @@ from lucidic._timing_buckets import (
     TOP_BUCKET,
     TOP_EXPONENT,
 )
-from lucidic.reading import Reader, SessionQuery
-from lucidic.reading.derived import REFRESHER_LOCK, TOTALS, refresh
+from lucidic.reading import Reader, SessionQuery, derived
+from lucidic.reading.derived import NOTED_IDS, REFRESHER_LOCK, TABLES, TOTALS, refresh
 from lucidic.reading.search import TextMatch
 from lucidic.reading.totals import cost_sum, int_sum, saturated
 from lucidic.server.otlp import _spans
@@ -664,3 +664,51 @@ def test_an_upgraded_store_counts_the_timings_it_kept(db_url: str) -> None:
         _assert_percentiles_exact(upgraded)
     finally:
         upgraded.close()
+
+
+# -- a store mostly noted (never rebuilt, or being rebuilt) --------------------------------
+
+def _statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The read statements run from now on."""
+    import lucidic.store
+
+    seen: list[str] = []
+    fetch = lucidic.store._fetch_rows
+
+    def recorded(cur: Any, sql: str, params: Any) -> Any:
+        seen.append(sql)
+        return fetch(cur, sql, params)
+
+    monkeypatch.setattr(lucidic.store, "_fetch_rows", recorded)
+    return seen
+
+
+def _reads_derived_data(statements: list[str]) -> bool:
+    return any(NOTED_IDS in sql or any(table in sql for table in (*TABLES, "timing_counts"))
+               for sql in statements)
+
+
+def test_a_store_mostly_noted_is_read_from_every_row_as_before_derived_data(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Until a UI or server has rebuilt most of a store (the CLI and the SDK
+    never do), telling its many noted sessions from the rest cost more than
+    reading every row did before derived data (sorted by cost about 1.5
+    to 2 times as long, the dashboard 3 times, at 10,000 sessions): the
+    pages read every row then, exact as ever, and derived data once most of
+    the store is rebuilt."""
+    monkeypatch.setattr(derived, "MANY_NOTES", 10)
+    store.write(_world(random.Random(8), 40))
+    statements = _statements(monkeypatch)
+    _assert_pages_exact(store)                         # all noted
+    assert statements and not _reads_derived_data(statements)
+    while 2 * len(_notes(store)) >= 40:                # (the world's 40 sessions)
+        refresh(store, quiet=-60, limit=3)
+    statements.clear()
+    _assert_pages_exact(store)                         # most rebuilt
+    assert _reads_derived_data(statements)
+    monkeypatch.setattr(derived, "MANY_NOTES", 1000)
+    _refresh_all(store)
+    store.write(_world(random.Random(10), 60, prefix="new"))  # most noted, but few
+    statements.clear()
+    _assert_pages_exact(store)
+    assert _reads_derived_data(statements)
