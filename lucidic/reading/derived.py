@@ -162,7 +162,7 @@ def events_in_range(store: Store, project: str | None, since: float,
 
 
 def kept_in_range(store: Store, table: str, first: str, last: str, project: str | None,
-             since: float, until: float) -> tuple[str, list[Any]]:
+                  since: float, until: float) -> tuple[str, list[Any]]:
     """FROM and WHERE of a derived table's rows that lie in range (of ``project``)."""
     ph = store.placeholder
     scope = f" AND d.project = {ph}" if project is not None else ""
