@@ -8,7 +8,9 @@ sum or scan every step and event. Instead, for each session, the store keeps
   folds it (see lucidic.reading.search);
 - ``session_activity``: its events' sums by day, hour, model and kind, with
   each group's first and last start time;
-- ``llm_timings``: its LLM calls' durations and times to first token.
+- ``llm_timings``: its LLM calls' durations and times to first token,
+  and, over all sessions, ``timing_counts``: how many of them fall in each
+  hour, model and bucket of value (see lucidic.reading.percentiles).
 
 Every write notes the sessions it touched in ``changed_sessions``, in the
 same transaction (``Store.note_changed``). A refresher thread in `lucidic ui`
@@ -36,6 +38,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from .._internal import log_rate_limited
+from .._timing_buckets import MEASURES, counts_sql
 from ..store import Store
 from .search import EVENT_TEXT, SESSION_TEXT, STEP_TEXT, TextMatch, fold_sql
 from .totals import cost_sum, int_parts, int_sum, saturated
@@ -59,6 +62,27 @@ ERROR_EVENT = "(e.error IS NOT NULL OR e.type = 'error')"
 MODEL = "COALESCE(e.model, e.request_model, '(no model)')"
 
 
+#: Notes from which a page may read every row instead of derived data.
+MANY_NOTES = 1000
+
+
+def reads_every_row(store: Store) -> bool:
+    """Whether pages had better read every row than derived data: when at
+    least MANY_NOTES sessions, and at least half the store's, are noted (a
+    store no UI or server has rebuilt yet, or one they are rebuilding).
+    Telling the many noted sessions from the rest then costs more than the
+    few kept rows save, and reading every row, as pages did before derived
+    data, is exact too. (A cheap question while notes are few: it counts at
+    most MANY_NOTES of them.)"""
+    noted = store.query(f"SELECT COUNT(*) AS n FROM (SELECT 1 FROM changed_sessions "
+                        f"LIMIT {MANY_NOTES}) few")
+    if int(noted[0]["n"]) < MANY_NOTES:
+        return False
+    counts = store.query("SELECT (SELECT COUNT(*) FROM changed_sessions) AS noted, "
+                         "(SELECT COUNT(*) FROM sessions) AS sessions")[0]
+    return 2 * int(counts["noted"]) >= int(counts["sessions"])
+
+
 def tokens_sum(store: Store, alias: str = "") -> str:
     """SQL of a session's input and output tokens, saturated at INT_MAX."""
     return saturated(store, f"COALESCE({int_sum(store, alias + 'input_tokens')}, 0) + "
@@ -69,17 +93,19 @@ def tokens_sum(store: Store, alias: str = "") -> str:
 TOTALS = ("cost", "tokens", "events", "errors")
 
 
-def totals_sql(store: Store, ids: str, session_id: str) -> tuple[dict[str, str], str]:
+def totals_sql(store: Store, ids: str | None, session_id: str) -> tuple[dict[str, str], str]:
     """Each of TOTALS as SQL, and the joins it needs, summed from the rows of
-    the sessions ``ids`` (SQL of their ids) for the session ``session_id``
-    (SQL): as the list always summed them, for only those sessions."""
+    the sessions ``ids`` (SQL of their ids; None: every session) for the
+    session ``session_id`` (SQL): as the list always summed them."""
     errors = f"SUM(CASE WHEN {ERROR_EVENT} THEN 1 ELSE 0 END)"
+    among = {alias: f"{alias}.session_id IN ({ids}) AND " if ids is not None else ""
+             for alias in ("e", "st")}
     joins = (f"LEFT JOIN (SELECT e.session_id, {cost_sum('e.cost')} AS cost, "
              f"{tokens_sum(store, 'e.')} AS tokens, COUNT(*) AS events, {errors} AS errors "
-             f"FROM events e WHERE e.session_id IN ({ids}) GROUP BY e.session_id) ev "
+             f"FROM events e WHERE {among['e']}1 = 1 GROUP BY e.session_id) ev "
              f"ON ev.session_id = {session_id} "
              "LEFT JOIN (SELECT st.session_id, COUNT(*) AS errors FROM steps st "
-             f"WHERE st.session_id IN ({ids}) AND st.error IS NOT NULL "
+             f"WHERE {among['st']}st.error IS NOT NULL "
              f"GROUP BY st.session_id) se ON se.session_id = {session_id}")
     values = {"cost": "COALESCE(ev.cost, 0)", "tokens": "COALESCE(ev.tokens, 0)",
               "events": "COALESCE(ev.events, 0)",
@@ -87,9 +113,13 @@ def totals_sql(store: Store, ids: str, session_id: str) -> tuple[dict[str, str],
     return values, joins
 
 
-def total_sql(store: Store, total: str) -> tuple[str, str]:
+def total_sql(store: Store, total: str, every_row: bool = False) -> tuple[str, str]:
     """SQL of one of TOTALS for the session row ``s``, and the joins it
-    needs: its session_totals row, or, when it is noted, its rows."""
+    needs: its session_totals row, or, when it is noted, its rows (with
+    ``every_row``, see reads_every_row: its rows)."""
+    if every_row:
+        values, joins = totals_sql(store, None, "s.id")
+        return values[total], joins
     values, joins = totals_sql(store, NOTED_IDS, "s.id")
     return (f"(CASE WHEN n.session_id IS NULL THEN COALESCE(t.{total}, 0) "
             f"ELSE {values[total]} END)",
@@ -97,12 +127,16 @@ def total_sql(store: Store, total: str) -> tuple[str, str]:
             f"LEFT JOIN changed_sessions n ON n.session_id = s.id {joins}")
 
 
-def search_sql(match: TextMatch, alias: str = "s") -> tuple[str, list[Any]]:
+def search_sql(match: TextMatch, alias: str = "s",
+               every_row: bool = False) -> tuple[str, list[Any]]:
     """True for a session (row ``alias``) that ``match`` finds: tested on its
     folded text, confirmed on its rows where that test is not exact (see
-    TextMatch.folded); on its rows when it is noted."""
+    TextMatch.folded); on its rows when it is noted (with ``every_row``,
+    see reads_every_row: on its rows)."""
     prefix, prefix_params = match.id_prefix(alias)
     rows, row_params = match.rows(alias)
+    if every_row:
+        return f"({prefix} OR {rows})", [*prefix_params, *row_params]
     folded, folded_params, exact = match.folded("t.folded")
     derived = (f"EXISTS (SELECT 1 FROM session_text t WHERE t.session_id = {alias}.id "
                f"AND ({folded}))")
@@ -114,6 +148,26 @@ def search_sql(match: TextMatch, alias: str = "s") -> tuple[str, list[Any]]:
     # WHERE clause it stops at the first that decides.)
     return (f"({prefix} OR (NOT {noted} AND {derived}) OR ({noted} AND {rows}))",
             [*prefix_params, *derived_params, *row_params])
+
+
+def events_in_range(store: Store, project: str | None, since: float,
+                until: float) -> tuple[str, list[Any]]:
+    """FROM and WHERE of the events in range (of ``project``)."""
+    ph = store.placeholder
+    if project is None:
+        return f"FROM events e WHERE e.started_at >= {ph} AND e.started_at < {ph}", [since, until]
+    # Events carry no project: their sessions say.
+    return (f"FROM events e JOIN sessions s ON s.id = e.session_id WHERE e.started_at >= {ph} "
+            f"AND e.started_at < {ph} AND s.project = {ph}", [since, until, project])
+
+
+def kept_in_range(store: Store, table: str, first: str, last: str, project: str | None,
+                  since: float, until: float) -> tuple[str, list[Any]]:
+    """FROM and WHERE of a derived table's rows that lie in range (of ``project``)."""
+    ph = store.placeholder
+    scope = f" AND d.project = {ph}" if project is not None else ""
+    return (f"FROM {table} d WHERE d.{first} >= {ph} AND d.{last} < {ph}{scope}",
+            [since, until, *([project] if project is not None else [])])
 
 
 def bucket(store: Store, column: str, seconds: int) -> str:
@@ -179,10 +233,14 @@ def refresh(store: Store, *, quiet: float = QUIET_SECONDS, limit: int = BATCH,
             return 0
         ids = [row[0] for row in notes]
         marks = ", ".join([ph] * len(ids))
+        # timing_counts counts llm_timings' rows: what they were is taken off
+        # and what they are added, in this transaction.
+        cur.execute(counts_sql(f"session_id IN ({marks})", -1), ids * len(MEASURES))
         for table in TABLES:
             cur.execute(f"DELETE FROM {table} WHERE session_id IN ({marks})", ids)
         for sql in rebuild_sql(store, len(ids), texts):
             cur.execute(sql, ids)
+        cur.execute(counts_sql(f"session_id IN ({marks})", 1), ids * len(MEASURES))
         cur.executemany(f"DELETE FROM changed_sessions WHERE session_id = {ph} "
                         f"AND version = {ph}", [tuple(row) for row in notes])
         return len(notes)

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..limits import INT_MAX
 from ..store import Store
-from .derived import ERROR_EVENT, TOTALS, search_sql, total_sql
+from .derived import ERROR_EVENT, TOTALS, reads_every_row, search_sql, total_sql
 from .search import TextMatch
 from .totals import cost_sum, int_sum
 
@@ -132,7 +132,8 @@ def _plain_value(value: Any) -> bool:
     return isinstance(value, (int, float, str)) and not isinstance(value, bool)
 
 
-def _filters(store: Store, query: SessionQuery) -> tuple[list[str], list[Any]]:
+def _filters(store: Store, query: SessionQuery,
+             every_row: bool = False) -> tuple[list[str], list[Any]]:
     ph = store.placeholder
     where = ["s.started_at IS NOT NULL"]
     params: list[Any] = []
@@ -152,7 +153,7 @@ def _filters(store: Store, query: SessionQuery) -> tuple[list[str], list[Any]]:
         where.append(f"substr(s.id, 1, {len(query.id_prefix)}) = {ph}")
         params.append(query.id_prefix)
     if query.search and query.search.strip():
-        sql, search_params = search_sql(TextMatch(store, query.search), "s")
+        sql, search_params = search_sql(TextMatch(store, query.search), "s", every_row)
         where.append(sql)
         params.extend(search_params)
     return where, params
@@ -160,7 +161,9 @@ def _filters(store: Store, query: SessionQuery) -> tuple[list[str], list[Any]]:
 
 def list_sessions(store: Store, query: SessionQuery) -> SessionPage:
     ph = store.placeholder
-    where, params = _filters(store, query)
+    searching = bool(query.search and query.search.strip())
+    every_row = (searching or query.sort not in _ROW_SORTS) and reads_every_row(store)
+    where, params = _filters(store, query, every_row)
     now = time.time()
     order = "DESC" if query.descending else "ASC"
     keyset: list[Any] = []
@@ -171,7 +174,7 @@ def list_sessions(store: Store, query: SessionQuery) -> SessionPage:
     if query.sort in _ROW_SORTS:
         key = _ROW_SORTS[query.sort].format(now=repr(float(now)))
     else:
-        key, joins = total_sql(store, query.sort)
+        key, joins = total_sql(store, query.sort, every_row)
     if keyset:
         # A row comparison: the database walks its index from the cursor on.
         where = [*where, f"({key}, s.id) {'<' if query.descending else '>'} ({ph}, {ph})"]
