@@ -158,7 +158,9 @@ def _usage_fields(usage: Any) -> dict[str, Any]:
     """Token counts from an openai usage object or the SDK's span usage dict."""
     if usage is None:
         return {}
-    get = usage.get if isinstance(usage, dict) else (lambda k: getattr(usage, k, None))
+    def get(key: str) -> Any:
+        return usage.get(key) if isinstance(usage, dict) else getattr(usage, key, None)
+
     details_in = get("input_tokens_details") or {}
     details_out = get("output_tokens_details") or {}
 

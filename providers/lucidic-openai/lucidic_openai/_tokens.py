@@ -144,7 +144,7 @@ def _tool_call_texts(calls: Any) -> list[str]:
     for call in calls or ():
         if not isinstance(call, dict):
             continue
-        function = call.get("function") if isinstance(call.get("function"), dict) else call
+        function = call["function"] if isinstance(call.get("function"), dict) else call
         for key in ("name", "arguments"):
             value = function.get(key)
             if isinstance(value, str):
