@@ -6,7 +6,9 @@ sign-in keeping projects apart."""
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
@@ -205,14 +207,30 @@ def test_pages_follow_other_processes_writing_the_store(ui, agent, page) -> None
     _only_own_origin(page, ui.url)
 
 
-def _next_poll_answered(p, path: str) -> None:
-    """Wait for the page's next live poll of ``path`` to be sent and
-    answered, and time enough to swap its answer in: sent after what the
-    caller wrote, it brings the change (a poll already on its way may not)."""
-    with p.expect_request(lambda r: path in r.url, timeout=LIVE) as asked:
-        pass
-    response = asked.value.response()
-    assert response is not None and response.status == 200
+@contextlib.contextmanager
+def _change_answered(p, path: str) -> Iterator[None]:
+    """Around a write by another process: then wait until a live poll of
+    ``path`` has answered with a change (200, not 204), and time enough to
+    swap it in. Any poll answered after the write began counts: the write is
+    stored before the writing process has exited, so a poll sent in between
+    brings it, and the poll after that rightly has nothing new (waiting for
+    the first poll sent after the process exited failed so, under load)."""
+    changes: list[object] = []
+
+    def answered(response) -> None:
+        if path in response.url and response.status == 200:
+            changes.append(response)
+
+    p.on("response", answered)
+    try:
+        yield
+        waited = 0
+        while not changes and waited < LIVE:
+            p.wait_for_timeout(50)  # (Playwright delivers events while it waits)
+            waited += 50
+        assert changes, f"no poll of {path} brought the change"
+    finally:
+        p.remove_listener("response", answered)
     p.wait_for_timeout(300)
 
 
@@ -226,8 +244,8 @@ def test_a_click_held_while_a_live_update_arrives_is_not_lost(ui, agent, page) -
     row = p.get_by_role("treeitem").first
     row.locator("a.label").hover()
     p.mouse.down()
-    agent("step", running, "Compare ryokan prices")  # another process adds a step
-    _next_poll_answered(p, "/live?")
+    with _change_answered(p, "/live?"):
+        agent("step", running, "Compare ryokan prices")  # another process adds a step
     p.mouse.up()
     p.locator("#detail .record").wait_for()  # the click opened the row's details
     assert row.get_attribute("aria-selected") == "true"
@@ -237,8 +255,8 @@ def test_a_click_held_while_a_live_update_arrives_is_not_lost(ui, agent, page) -
     p.goto(ui.url + "/")  # the list, as another session starts
     p.locator(f'a[href="/sessions/{running}"]').hover()
     p.mouse.down()
-    agent("new", "Quarterly report")
-    _next_poll_answered(p, "/ui/sessions?")
+    with _change_answered(p, "/ui/sessions?"):
+        agent("new", "Quarterly report")
     p.mouse.up()
     p.wait_for_url(re.compile(r"/sessions/"))
     p.go_back()
