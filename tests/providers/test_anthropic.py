@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -493,6 +494,31 @@ def test_an_async_raw_message_whose_body_is_not_json_is_recorded_as_sent_with_an
 
     with capture() as captured, replay(path):
         assert asyncio.run(main()) == response_text(path)
+    assert_recorded_as_not_json(only_llm_event(captured), response_text(path))
+
+
+def test_a_message_body_that_is_not_json_parsed_by_the_caller_is_recorded_as_sent_with_an_error():
+    path = own_path("anthropic/messages_body_not_json.yaml")
+    with capture() as captured, replay(path):
+        lai.init(providers=["anthropic"])
+        with client().messages.with_streaming_response.create(
+                **request_body(path)) as response, pytest.raises(json.JSONDecodeError):
+            response.parse()  # the caller's own error, passed through
+    assert_recorded_as_not_json(only_llm_event(captured), response_text(path))
+
+
+def test_an_async_message_body_not_json_parsed_by_the_caller_is_recorded_as_sent_with_an_error():
+    path = own_path("anthropic/messages_body_not_json.yaml")
+
+    async def main():
+        lai.init(providers=["anthropic"])
+        async with async_client().messages.with_streaming_response.create(
+                **request_body(path)) as response:
+            with pytest.raises(json.JSONDecodeError):
+                await response.parse()
+
+    with capture() as captured, replay(path):
+        asyncio.run(main())
     assert_recorded_as_not_json(only_llm_event(captured), response_text(path))
 
 

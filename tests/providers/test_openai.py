@@ -689,6 +689,34 @@ def test_an_async_raw_response_whose_body_is_not_json_is_recorded_as_sent_with_a
     assert_recorded_as_not_json(only_llm_event(captured), response_text(path))
 
 
+@pytest.mark.parametrize("cassette", ["openai/chat_body_not_json.yaml",
+                                      "openai/responses_body_not_json.yaml"])
+def test_a_body_that_is_not_json_parsed_by_the_caller_is_recorded_as_sent_with_an_error(
+        cassette):
+    path = own_path(cassette)
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        with resource_of(client(), cassette).with_streaming_response.create(
+                **request_body(path)) as response, pytest.raises(json.JSONDecodeError):
+            response.parse()  # the caller's own error, passed through
+    assert_recorded_as_not_json(only_llm_event(captured), response_text(path))
+
+
+def test_an_async_body_that_is_not_json_parsed_by_the_caller_is_recorded_as_sent_with_an_error():
+    path = own_path("openai/chat_body_not_json.yaml")
+
+    async def main():
+        lai.init(providers=["openai"])
+        async with async_client().chat.completions.with_streaming_response.create(
+                **request_body(path)) as response:
+            with pytest.raises(json.JSONDecodeError):
+                await response.parse()
+
+    with capture() as captured, replay(path):
+        asyncio.run(main())
+    assert_recorded_as_not_json(only_llm_event(captured), response_text(path))
+
+
 def test_a_response_read_by_hand_in_part_is_recorded_as_closed_before_its_end():
     path = shared_path("openai/chat.yaml")
     body = request_body(path)
