@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -20,6 +19,8 @@ from _cassettes import (
     expected_cost,
     lines_of_events,
     own_path,
+    parse_body_not_json,
+    parse_body_not_json_async,
     parse_then_read_by_hand,
     parse_then_read_by_hand_async,
     read_by_hand,
@@ -501,9 +502,7 @@ def test_a_message_body_that_is_not_json_parsed_by_the_caller_is_recorded_as_sen
     path = own_path("anthropic/messages_body_not_json.yaml")
     with capture() as captured, replay(path):
         lai.init(providers=["anthropic"])
-        with client().messages.with_streaming_response.create(
-                **request_body(path)) as response, pytest.raises(json.JSONDecodeError):
-            response.parse()  # the caller's own error, passed through
+        parse_body_not_json(client().messages.with_streaming_response, request_body(path))
     assert_recorded_as_not_json(only_llm_event(captured), response_text(path))
 
 
@@ -512,10 +511,8 @@ def test_an_async_message_body_not_json_parsed_by_the_caller_is_recorded_as_sent
 
     async def main():
         lai.init(providers=["anthropic"])
-        async with async_client().messages.with_streaming_response.create(
-                **request_body(path)) as response:
-            with pytest.raises(json.JSONDecodeError):
-                await response.parse()
+        await parse_body_not_json_async(async_client().messages.with_streaming_response,
+                                        request_body(path))
 
     with capture() as captured, replay(path):
         asyncio.run(main())

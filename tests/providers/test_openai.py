@@ -22,6 +22,8 @@ from _cassettes import (
     expected_cost,
     lines_of_events,
     own_path,
+    parse_body_not_json,
+    parse_body_not_json_async,
     parse_then_read_by_hand,
     parse_then_read_by_hand_async,
     read_by_hand,
@@ -696,9 +698,8 @@ def test_a_body_that_is_not_json_parsed_by_the_caller_is_recorded_as_sent_with_a
     path = own_path(cassette)
     with capture() as captured, replay(path):
         lai.init(providers=["openai"])
-        with resource_of(client(), cassette).with_streaming_response.create(
-                **request_body(path)) as response, pytest.raises(json.JSONDecodeError):
-            response.parse()  # the caller's own error, passed through
+        parse_body_not_json(resource_of(client(), cassette).with_streaming_response,
+                            request_body(path))
     assert_recorded_as_not_json(only_llm_event(captured), response_text(path))
 
 
@@ -707,10 +708,8 @@ def test_an_async_body_that_is_not_json_parsed_by_the_caller_is_recorded_as_sent
 
     async def main():
         lai.init(providers=["openai"])
-        async with async_client().chat.completions.with_streaming_response.create(
-                **request_body(path)) as response:
-            with pytest.raises(json.JSONDecodeError):
-                await response.parse()
+        await parse_body_not_json_async(async_client().chat.completions.with_streaming_response,
+                                        request_body(path))
 
     with capture() as captured, replay(path):
         asyncio.run(main())
