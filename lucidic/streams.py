@@ -277,6 +277,11 @@ def _parse_whole_body(response: Any) -> Callable[[bytes], Any]:
     return parse
 
 
+#: What the libraries' parse raises for a body that is not the JSON it
+#: claims to be (as ``response.json()`` does).
+_NOT_JSON = (json.JSONDecodeError, UnicodeDecodeError)
+
+
 class _BodyNotJSONError(ValueError):
     """A body said to be JSON that is not: what the provider sent is
     recorded (its text) with an error saying so, not taken for a fault of
@@ -301,9 +306,10 @@ def fields_of_read_body(response: Any, fields: Callable[[Any], dict[str, Any]]
     saying so."""
     try:
         parsed = response._parse()
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # as response.json() raises
+    except _NOT_JSON as exc:
         return _BodyNotJSONError(response.http_response.text, exc).fields()
     return fields(parsed)
+
 
 
 class _WholeBody:
@@ -589,6 +595,21 @@ class ResponseReads:
             return parsed
 
     @staticmethod
+    def _parse_failed(entry: _Awaiting, response: Any, exc: BaseException) -> None:
+        """The caller's ``parse()`` raised ``exc`` (passed on to the caller
+        untouched): a body read whole that is not the JSON it claims to be is
+        recorded as sent, with an error saying so, as when read by hand."""
+        if isinstance(exc, _NOT_JSON):
+            try:
+                if body_already_read(response):
+                    entry.call.finish(
+                        **_BodyNotJSONError(response.http_response.text, exc).fields())
+                    return
+            except Exception as internal:  # noqa: BLE001 - then recorded as it raised
+                record_internal_error("response_not_json", internal)
+        entry.call.fail(exc)
+
+    @staticmethod
     def _closed(entry: _Awaiting, response: Any) -> None:
         if entry.tap is not None:
             entry.tap.end(ABANDONED)  # what was read by hand (nothing, if complete)
@@ -610,7 +631,7 @@ class ResponseReads:
                 try:
                     parsed = await wrapped(*args, **kwargs)
                 except BaseException as exc:
-                    entry.call.fail(exc)
+                    self._parse_failed(entry, instance, exc)
                     raise
                 return self._parsed(entry, instance, parsed)
             return async_parse
@@ -623,7 +644,7 @@ class ResponseReads:
             try:
                 parsed = wrapped(*args, **kwargs)
             except BaseException as exc:
-                entry.call.fail(exc)
+                self._parse_failed(entry, instance, exc)
                 raise
             return self._parsed(entry, instance, parsed)
         return parse

@@ -210,6 +210,21 @@ async def read_once_by_hand_async(accessor: Any, body: dict[str, Any], of: str,
         return await read_by_hand_async(response, how)
 
 
+def parse_body_not_json(accessor: Any, body: dict[str, Any]) -> None:
+    """Ask for a body that is not JSON (``accessor``: a resource's
+    ``with_streaming_response``) and parse it, as the caller would: its
+    JSONDecodeError comes through."""
+    with accessor.create(**body) as response, pytest.raises(json.JSONDecodeError):
+        response.parse()
+
+
+async def parse_body_not_json_async(accessor: Any, body: dict[str, Any]) -> None:
+    """parse_body_not_json for an async client."""
+    async with accessor.create(**body) as response:
+        with pytest.raises(json.JSONDecodeError):
+            await response.parse()
+
+
 def assert_recorded_as_not_json(event: dict[str, Any], body_text: str) -> None:
     """``event`` records a call answered with ``body_text``, a body that is
     not the JSON it claims to be: what was sent, and an error saying so."""

@@ -19,6 +19,8 @@ from _cassettes import (
     expected_cost,
     lines_of_events,
     own_path,
+    parse_body_not_json,
+    parse_body_not_json_async,
     parse_then_read_by_hand,
     parse_then_read_by_hand_async,
     read_by_hand,
@@ -493,6 +495,27 @@ def test_an_async_raw_message_whose_body_is_not_json_is_recorded_as_sent_with_an
 
     with capture() as captured, replay(path):
         assert asyncio.run(main()) == response_text(path)
+    assert_recorded_as_not_json(only_llm_event(captured), response_text(path))
+
+
+def test_a_message_body_that_is_not_json_parsed_by_the_caller_is_recorded_as_sent_with_an_error():
+    path = own_path("anthropic/messages_body_not_json.yaml")
+    with capture() as captured, replay(path):
+        lai.init(providers=["anthropic"])
+        parse_body_not_json(client().messages.with_streaming_response, request_body(path))
+    assert_recorded_as_not_json(only_llm_event(captured), response_text(path))
+
+
+def test_an_async_message_body_not_json_parsed_by_the_caller_is_recorded_as_sent_with_an_error():
+    path = own_path("anthropic/messages_body_not_json.yaml")
+
+    async def main():
+        lai.init(providers=["anthropic"])
+        await parse_body_not_json_async(async_client().messages.with_streaming_response,
+                                        request_body(path))
+
+    with capture() as captured, replay(path):
+        asyncio.run(main())
     assert_recorded_as_not_json(only_llm_event(captured), response_text(path))
 
 

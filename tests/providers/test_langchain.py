@@ -305,24 +305,30 @@ def test_two_streams_read_in_turn_in_one_thread_each_record_the_model_that_answe
     assert {event["model"] for event in events} == {"gpt-4-0613", "gpt-4o-2024-08-06"}
 
 
-def test_a_chat_anthropic_stream_cut_early_records_the_model_its_first_event_named():
-    """langchain-anthropic passes message_start's model on in its first chunk."""
+@pytest.mark.parametrize("asynchronous", [False, True])
+@pytest.mark.parametrize("stream_usage", [True, False])
+def test_a_chat_anthropic_stream_cut_early_records_the_model_and_input_its_first_event_named(
+        stream_usage, asynchronous):
+    """Anthropic's first event (message_start) names the model and counts the
+    input tokens; langchain-anthropic passes on the model only (and only with
+    stream_usage), and the input tokens in the stream's last chunk."""
     path = shared_path("anthropic/messages_streaming.yaml")
     from _cassettes import response_events
     from langchain_anthropic import ChatAnthropic
 
+    message_start = response_events(path)[0]["message"]
     with capture() as captured:
         lai.init("stream cut", providers=["langchain"])
         with replay(path):
-            model = ChatAnthropic(model="claude-3-haiku", api_key="sk-test", max_retries=0)
-            for received, _ in enumerate(model.stream(socks_messages()), 1):
-                if received == 4:
-                    break
+            model = ChatAnthropic(model="claude-3-haiku", api_key="sk-test", max_retries=0,
+                                  stream_usage=stream_usage)
+            read_five_chunks_then_stop(model, socks_messages(), asynchronous)
     event = only(captured.events("llm"))
     assert event["result"] == "stream closed before its end"
     assert event["request_model"] == "claude-3-haiku"
-    assert event["model"] == response_events(path)[0]["message"]["model"] \
-        == "claude-3-haiku-20240307"
+    assert event["model"] == message_start["model"] == "claude-3-haiku-20240307"
+    assert event["input_tokens"] == message_start["usage"]["input_tokens"] == 17
+    assert event["output_tokens"] is None  # counted in the stream's last event only
 
 
 def test_a_call_asking_for_several_choices_counts_its_tokens_once():
@@ -620,6 +626,22 @@ def test_uninstrument_restores_langchain_openais_chunk_readers_exactly():
     plugins.get_adapter("langchain").uninstrument()
     assert vars(BaseChatOpenAI)["_convert_chunk_to_generation_chunk"] is original
     assert vars(base)["_convert_responses_chunk_to_generation_chunk"] is original_responses
+
+
+def test_uninstrument_restores_langchain_anthropics_event_reader_exactly():
+    """The event reader patched when a langchain-anthropic model first runs."""
+    from langchain_anthropic import ChatAnthropic
+
+    original = vars(ChatAnthropic)["_make_message_chunk_from_anthropic_event"]
+    path = shared_path("anthropic/messages_streaming.yaml")
+    with capture():
+        lai.init("patched", providers=["langchain"])
+        with replay(path):
+            model = ChatAnthropic(model="claude-3-haiku", api_key="sk-test", max_retries=0)
+            list(model.stream(socks_messages()))
+    assert vars(ChatAnthropic)["_make_message_chunk_from_anthropic_event"] is not original
+    plugins.get_adapter("langchain").uninstrument()
+    assert vars(ChatAnthropic)["_make_message_chunk_from_anthropic_event"] is original
 
 
 def test_chat_anthropic_prompt_cache_writes_are_recorded_and_priced_by_lifetime():

@@ -22,6 +22,8 @@ from _cassettes import (
     expected_cost,
     lines_of_events,
     own_path,
+    parse_body_not_json,
+    parse_body_not_json_async,
     parse_then_read_by_hand,
     parse_then_read_by_hand_async,
     read_by_hand,
@@ -686,6 +688,31 @@ def test_an_async_raw_response_whose_body_is_not_json_is_recorded_as_sent_with_a
 
     with capture() as captured, replay(path):
         assert asyncio.run(main()) == response_text(path)
+    assert_recorded_as_not_json(only_llm_event(captured), response_text(path))
+
+
+@pytest.mark.parametrize("cassette", ["openai/chat_body_not_json.yaml",
+                                      "openai/responses_body_not_json.yaml"])
+def test_a_body_that_is_not_json_parsed_by_the_caller_is_recorded_as_sent_with_an_error(
+        cassette):
+    path = own_path(cassette)
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        parse_body_not_json(resource_of(client(), cassette).with_streaming_response,
+                            request_body(path))
+    assert_recorded_as_not_json(only_llm_event(captured), response_text(path))
+
+
+def test_an_async_body_that_is_not_json_parsed_by_the_caller_is_recorded_as_sent_with_an_error():
+    path = own_path("openai/chat_body_not_json.yaml")
+
+    async def main():
+        lai.init(providers=["openai"])
+        await parse_body_not_json_async(async_client().chat.completions.with_streaming_response,
+                                        request_body(path))
+
+    with capture() as captured, replay(path):
+        asyncio.run(main())
     assert_recorded_as_not_json(only_llm_event(captured), response_text(path))
 
 

@@ -24,6 +24,13 @@ _OPENAI_CHUNKS = (_OPENAI_MODULE, "BaseChatOpenAI", "_convert_chunk_to_generatio
 #: (a function of the module: the module is what the patch is made on)
 _OPENAI_RESPONSES_CHUNKS = ("langchain_openai.chat_models", "base",
                             "_convert_responses_chunk_to_generation_chunk")
+#: Where langchain-anthropic turns each event of a streamed answer into
+#: langchain's chunk: it passes on the input tokens message_start (the first
+#: event) counted in the stream's last chunk only, and the model it named
+#: only with stream_usage; read here for a stream cut early.
+_ANTHROPIC_MODULE = "langchain_anthropic.chat_models"
+_ANTHROPIC_EVENTS = (_ANTHROPIC_MODULE, "ChatAnthropic",
+                     "_make_message_chunk_from_anthropic_event")
 
 
 def _read_chunk_model(wrapped: Any, instance: Any, args: tuple[Any, ...],
@@ -51,6 +58,32 @@ def _read_responses_chunk_model(wrapped: Any, instance: Any, args: tuple[Any, ..
     return converted
 
 
+def _read_anthropic_first_event(wrapped: Any, instance: Any, args: tuple[Any, ...],
+                                kwargs: dict[str, Any]) -> Any:
+    converted = wrapped(*args, **kwargs)
+    with swallow("langchain_anthropic_event"):
+        event = kwargs.get("event", args[0] if args else None)
+        message = getattr(event, "message", None)  # of message_start only
+        if getattr(event, "type", None) == "message_start" and message is not None:
+            from langchain_anthropic.chat_models import _create_usage_metadata
+
+            from ._handler import note_reported_input, note_reported_model
+
+            note_reported_model(getattr(message, "model", None))
+            usage = getattr(message, "usage", None)
+            if usage is not None:  # counted as langchain-anthropic counts the last chunk's
+                note_reported_input(_create_usage_metadata(usage))
+    return converted
+
+
+#: The chunk readers of each integration, by the module patched once imported.
+_CHUNK_READERS: dict[str, tuple[tuple[str, str, str, Any], ...]] = {
+    _OPENAI_MODULE: ((*_OPENAI_CHUNKS, _read_chunk_model),
+                     (*_OPENAI_RESPONSES_CHUNKS, _read_responses_chunk_model)),
+    _ANTHROPIC_MODULE: ((*_ANTHROPIC_EVENTS, _read_anthropic_first_event),),
+}
+
+
 class LangChainAdapter(Adapter):
     name = "langchain"
     library = "langchain-core"
@@ -61,7 +94,7 @@ class LangChainAdapter(Adapter):
         self._hook: tuple[Any, ...] | None = None
         self.handler: LucidicCallbackHandler | None = None
         self._chunk_patches = MethodPatches()
-        self._chunks_patched = False
+        self._chunks_patched: set[str] = set()  # of _CHUNK_READERS' modules
         self._chunks_lock = threading.Lock()
 
     def _instrument(self) -> None:
@@ -80,19 +113,25 @@ class LangChainAdapter(Adapter):
         self.handler = handler
 
     def _patch_chunk_readers(self) -> None:
-        """Patch langchain-openai's chunk reader once its module is imported
-        (by the time one of its models runs): never imported here, which
-        would cost seconds at init to those who do not use it."""
-        if self._chunks_patched or _OPENAI_MODULE not in sys.modules:
+        """Patch an integration's chunk readers (langchain-openai's,
+        langchain-anthropic's) once its module is imported (by the time one
+        of its models runs): never imported here, which would cost seconds
+        at init to those who do not use it."""
+        if len(self._chunks_patched) == len(_CHUNK_READERS):
+            return
+        imported = [module for module in _CHUNK_READERS
+                    if module in sys.modules and module not in self._chunks_patched]
+        if not imported:
             return
         with self._chunks_lock:
-            if self._chunks_patched or self.handler is None:  # (or uninstrumented meanwhile)
+            if self.handler is None:  # uninstrumented meanwhile
                 return
-            self._chunks_patched = True
-            with swallow("langchain_patch_chunk_readers"):
-                self._chunk_patches.apply([
-                    (*_OPENAI_CHUNKS, _read_chunk_model),
-                    (*_OPENAI_RESPONSES_CHUNKS, _read_responses_chunk_model)])
+            for module in imported:
+                if module in self._chunks_patched:
+                    continue
+                self._chunks_patched.add(module)
+                with swallow("langchain_patch_chunk_readers"):
+                    self._chunk_patches.apply(_CHUNK_READERS[module])
 
     def _uninstrument(self) -> None:
         from langchain_core.tracers import context as tracer_context
@@ -107,4 +146,4 @@ class LangChainAdapter(Adapter):
         self.handler = None
         with self._chunks_lock:
             self._chunk_patches.restore()
-            self._chunks_patched = False
+            self._chunks_patched.clear()

@@ -13,7 +13,7 @@ import contextvars
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from uuid import UUID
 
@@ -48,33 +48,58 @@ class _Run:
     suppression: plugins.Suppression | None = None
     #: The answering model, as the provider named it in a streamed chunk.
     reported_model: str | None = None
+    #: The input side of the usage (langchain's usage_metadata) a streamed
+    #: chunk reported before the stream's last chunk passes it on.
+    reported_input: dict[str, Any] | None = None
 
 
-#: The answering model the provider chunk last converted in this context
-#: named, until the run whose chunk it is takes it: an integration converts
-#: each provider chunk, then reports langchain's chunk made of it to the
-#: run's on_llm_new_token (run id in hand), in the same context and the same
-#: step of the stream, with no other stream's code in between. A chunk that
-#: makes no langchain chunk (langchain-openai skips some) leaves its model
-#: for the run's next one.
-_reported_model: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "lucidic_langchain_reported_model", default=None)
+@dataclass(frozen=True)
+class _Reported:
+    """What provider chunks reported (see _reported)."""
+
+    model: str | None = None
+    input_usage: dict[str, Any] | None = None
+
+
+#: What the provider chunks last converted in this context reported (the
+#: answering model; the input side of the usage), until the run whose chunk
+#: it is takes it: an integration converts each provider chunk, then reports
+#: langchain's chunk made of it to the run's on_llm_new_token (run id in
+#: hand), in the same context and the same step of the stream, with no other
+#: stream's code in between. A chunk that makes no langchain chunk
+#: (langchain-openai skips some, langchain-anthropic its first without
+#: stream_usage) leaves what it reported for the run's next one.
+_reported: contextvars.ContextVar[_Reported | None] = contextvars.ContextVar(
+    "lucidic_langchain_reported", default=None)
 
 
 def note_reported_model(model: Any) -> None:
     """A provider chunk being converted in this context names the answering
     ``model``: the model run it belongs to keeps it for its event (see
-    _reported_model), in case the stream ends before the integration passes
-    it on (langchain-openai does so in the stream's last chunk only)."""
+    _reported), in case the stream ends before the integration passes it on
+    (langchain-openai does so in the stream's last chunk only)."""
     if isinstance(model, str) and model:
-        _reported_model.set(model)
+        _reported.set(replace(_reported.get() or _Reported(), model=model))
 
 
-def _take_reported_model() -> str | None:
-    model = _reported_model.get()
-    if model is not None:
-        _reported_model.set(None)
-    return model
+def note_reported_input(usage: Any) -> None:
+    """A provider chunk being converted in this context counts the input
+    tokens: ``usage``, langchain's usage_metadata of them (input_tokens,
+    input_token_details), kept as the model is (see note_reported_model) in
+    case the stream ends before the integration passes them on
+    (langchain-anthropic does so in the stream's last chunk only)."""
+    if isinstance(usage, dict) and isinstance(usage.get("input_tokens"), int):
+        input_usage = {key: usage[key] for key in ("input_tokens", "input_token_details")
+                       if key in usage}
+        _reported.set(replace(_reported.get() or _Reported(), input_usage=input_usage))
+
+
+def _take_reported() -> _Reported:
+    reported = _reported.get()
+    if reported is None:
+        return _Reported()
+    _reported.set(None)
+    return reported
 
 
 class LucidicCallbackHandler(BaseCallbackHandler):
@@ -222,7 +247,7 @@ class LucidicCallbackHandler(BaseCallbackHandler):
     def _start_llm(self, run_id: UUID, parent_run_id: UUID | None,
                    serialized: dict[str, Any] | None, metadata: dict[str, Any] | None,
                    kwargs: dict[str, Any], messages: Any) -> None:
-        _take_reported_model()  # one left by a stream that ended is none of this run's
+        _take_reported()  # what a stream that ended left is none of this run's
         known, parent = self._parent_step(parent_run_id)
         if known and parent is None:
             return
@@ -270,13 +295,15 @@ class LucidicCallbackHandler(BaseCallbackHandler):
 
     def on_llm_new_token(self, token: Any, *, run_id: UUID, **kwargs: Any) -> None:
         with swallow("langchain_llm_new_token"):
-            reported_model = _take_reported_model()  # of the chunk this token was made of
+            reported = _take_reported()  # by the chunk this token was made of
             with self._lock:
                 run = self._runs.get(run_id)
             if run is not None and run.call is not None:
                 run.call.first_token()
                 if run.reported_model is None:
-                    run.reported_model = reported_model
+                    run.reported_model = reported.model
+                if run.reported_input is None:
+                    run.reported_input = reported.input_usage
                 if run.suppression is not None:
                     # Its request has been made (and held from the provider
                     # adapters); code run between its chunks (another model's
@@ -383,19 +410,10 @@ def _llm_result(response: Any, run: _Run) -> dict[str, Any]:
         # The generations of one run are the choices of one response (n > 1),
         # each message carrying that response's usage (langchain-openai): once.
         if usage and not tokens:
-            _add_tokens(tokens, "input_tokens", usage.get("input_tokens"))
-            _add_tokens(tokens, "output_tokens", usage.get("output_tokens"))
-            details = usage.get("input_token_details") or {}
-            _add_tokens(tokens, "cached_tokens", details.get("cache_read"))
-            # langchain-anthropic reports the writes by cache lifetime when the
-            # API does (and then "cache_creation" as 0), else in one count.
-            hour = details.get("ephemeral_1h_input_tokens")
-            by_lifetime = (details.get("ephemeral_5m_input_tokens") or 0) + (hour or 0)
-            _add_tokens(tokens, "cache_write_tokens",
-                        by_lifetime or details.get("cache_creation"))
-            _add_tokens(tokens, "cache_write_1h_tokens", hour)
-            _add_tokens(tokens, "reasoning_tokens",
-                        (usage.get("output_token_details") or {}).get("reasoning"))
+            _add_usage(tokens, usage)
+    if not tokens and run.reported_input:
+        # a stream cut before its last chunk: the input its first counted
+        _add_usage(tokens, run.reported_input)
     if not tokens:
         usage = llm_output.get("token_usage") or llm_output.get("usage") or {}
         if isinstance(usage, dict):
@@ -406,6 +424,22 @@ def _llm_result(response: Any, run: _Run) -> dict[str, Any]:
     model = model or llm_output.get("model_name") or llm_output.get("model") or run.reported_model
     output = outputs[0] if len(outputs) == 1 else outputs or None
     return {"model": model, "output": output, **tokens}
+
+
+def _add_usage(tokens: dict[str, int | None], usage: dict[str, Any]) -> None:
+    """Add the counts of langchain's usage_metadata ``usage``."""
+    _add_tokens(tokens, "input_tokens", usage.get("input_tokens"))
+    _add_tokens(tokens, "output_tokens", usage.get("output_tokens"))
+    details = usage.get("input_token_details") or {}
+    _add_tokens(tokens, "cached_tokens", details.get("cache_read"))
+    # langchain-anthropic reports the writes by cache lifetime when the
+    # API does (and then "cache_creation" as 0), else in one count.
+    hour = details.get("ephemeral_1h_input_tokens")
+    by_lifetime = (details.get("ephemeral_5m_input_tokens") or 0) + (hour or 0)
+    _add_tokens(tokens, "cache_write_tokens", by_lifetime or details.get("cache_creation"))
+    _add_tokens(tokens, "cache_write_1h_tokens", hour)
+    _add_tokens(tokens, "reasoning_tokens",
+                (usage.get("output_token_details") or {}).get("reasoning"))
 
 
 def _add_tokens(tokens: dict[str, int | None], key: str, value: Any) -> None:
