@@ -311,7 +311,6 @@ def fields_of_read_body(response: Any, fields: Callable[[Any], dict[str, Any]]
     return fields(parsed)
 
 
-
 class _WholeBody:
     """The accumulator of a non-streamed (JSON) body read by hand: its bytes;
     once all have arrived (``finished``), the fields of the result object
