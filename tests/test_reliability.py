@@ -857,8 +857,12 @@ def test_while_the_disk_is_full_the_spill_thread_tries_again_now_and_then_not_ev
         # while the worker's own attempts keep finding the disk full).
         assert spill_attempts <= 3, spill_attempts
         # A segment the disk refused its first write leaves no empty file
-        # behind (flush would wait for it to be replayed).
-        assert not list(spool_dir.glob("*.jsonl"))
+        # behind (flush would wait for it to be replayed). Looked at under
+        # the spool's lock: an attempt in progress (made, written, refused,
+        # removed, all under that lock) lets go of the interpreter while it
+        # writes, and its segment exists for that moment (seen once, under load).
+        with pipeline.spool._lock:
+            assert not list(spool_dir.glob("*.jsonl"))
         disk.free()
         sink.failing = False
         assert pipeline.flush(10) is True
