@@ -1254,16 +1254,16 @@ class Store:
 
     def _apply(self, cur: Any, groups: RowGroups, kinds: Sequence[str], *,
                records: Sequence[Record] | None = None, project: str | None = None,
-               note: Sequence[str] = ()) -> bool:
+               note: Sequence[str] = ()) -> None:
         """Upsert the rows of ``kinds``. With ``records`` (what the rows came
         from), refuse rows the upserts' guards skipped, which would otherwise
         be "written" without a trace: IdInUseError, and the caller's
         transaction rolls back. Counting what the statements applied costs
         nothing; the ids are looked up only when the count falls short.
-        PostgreSQL: the sessions ``note`` (sorted) are noted as note_changed
-        does by the last upsert, when it takes its rows as one JSON document,
-        in the same round trip (a statement of its own cost the server 85 µs
-        a request); whether they were."""
+        The sessions ``note`` (sorted) are noted as changed (note_changed),
+        after the rows: on PostgreSQL by the last upsert, when it takes its
+        rows as one JSON document, in the same round trip (a statement of its
+        own cost the server 85 µs a request)."""
         expected = applied = 0
         statements: list[tuple[tuple[str, tuple[str, ...]], list[dict[str, Any]]]] = []
         for shape, rows in groups.items():
@@ -1295,7 +1295,8 @@ class Store:
             refused = self._held_elsewhere(cur, [r for r in records if r[0] in kinds], project)
             if refused:
                 raise IdInUseError(refused)
-        return noted
+        if not noted:
+            self.note_changed(cur, note)
 
     def _held_elsewhere(self, cur: Any, records: Sequence[Record],
                         project: str | None) -> list[tuple[str, str]]:
@@ -1347,11 +1348,9 @@ class Store:
                    project: str | None, *, strict: bool = False) -> None:
         core, extra = _split(records)
         groups = self._group(cur, core, repeated, project)
-        touched = sorted(set(_sessions_grouped(groups)))
-        noted = self._apply(cur, groups, ("session", "step", "event"),
-                            records=core if strict else None, project=project, note=touched)
-        if not noted:
-            self.note_changed(cur, touched)
+        self._apply(cur, groups, ("session", "step", "event"),
+                    records=core if strict else None, project=project,
+                    note=sorted(_sessions_grouped(groups)))
         self._after_core(cur, core, extra, project)
 
     def note_changed(self, cur: Any, session_ids: Iterable[str]) -> None:
@@ -1428,10 +1427,8 @@ class Store:
             missing = [sid for sid in wanted if sid not in owned]
             if missing:
                 raise UnknownSessionError(missing)
-            touched = sorted(set(_sessions_grouped(groups)))
-            if not self._apply(cur, groups, ("step", "event"), records=core, project=project,
-                               note=touched):
-                self.note_changed(cur, touched)
+            self._apply(cur, groups, ("step", "event"), records=core, project=project,
+                        note=sorted(_sessions_grouped(groups)))
             self._after_core(cur, core, extra, project)
 
         self._run(run, write=True)
