@@ -27,7 +27,7 @@ from .derived import (
     reads_every_row,
 )
 from .percentiles import Query, percentiles
-from .totals import clamped_cost, int_parts
+from .totals import PART, clamped_cost, int_parts
 
 DAY = 86400.0
 
@@ -144,7 +144,7 @@ def _per_day_and_model(groups: list[dict[str, Any]]
             "day": int(group["day"]), "cost": 0.0, "input_tokens": 0, "output_tokens": 0,
             "llm_calls": 0, "llm_errors": 0, "events": 0, "errors": 0})
         cost = float(group["cost"] or 0.0)
-        tokens = {f"{name}_tokens": int(group[f"{name}_hi"] or 0) * 4294967296
+        tokens = {f"{name}_tokens": int(group[f"{name}_hi"] or 0) * PART
                   + int(group[f"{name}_lo"] or 0) for name in ("input", "output")}
         events, failed = int(group["events"]), int(group["failed"])
         day["cost"] += cost
