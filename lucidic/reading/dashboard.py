@@ -119,9 +119,9 @@ def _facts(store: Store, project: str | None, since: float, until: float,
     of sessions noted as changed or with a group across an end of the
     range, whose events in range are read one by one instead, and in stale
     hours and the hours such a session has groups in, session_activity's
-    groups of the other sessions. (A group across an end is in the hour of that end: all
-    its events are.) With ``every_row`` (see reads_every_row), every event
-    in range."""
+    groups of the other sessions. (A group across an end is in the hour of
+    that end: all its events are.) With ``every_row`` (see
+    reads_every_row), every event in range."""
     events, event_params = events_in_range(store, project, since, until)
     groups = activity_groups(store)
     parts = [f"{sql} AS {name}_{part}" for name in ("input", "output")

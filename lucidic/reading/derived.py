@@ -168,15 +168,6 @@ def events_in_range(store: Store, project: str | None, since: float,
             f"AND e.started_at < {ph} AND s.project = {ph}", [since, until, project])
 
 
-def kept_in_range(store: Store, table: str, first: str, last: str, project: str | None,
-                  since: float, until: float) -> tuple[str, list[Any]]:
-    """FROM and WHERE of a derived table's rows that lie in range (of ``project``)."""
-    ph = store.placeholder
-    scope = f" AND d.project = {ph}" if project is not None else ""
-    return (f"FROM {table} d WHERE d.{first} >= {ph} AND d.{last} < {ph}{scope}",
-            [since, until, *([project] if project is not None else [])])
-
-
 def bucket(store: Store, column: str, seconds: int) -> str:
     """Whole ``seconds`` since the epoch at ``column`` (days, hours), as the
     dashboard has always numbered days."""
