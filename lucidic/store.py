@@ -1590,15 +1590,21 @@ class Store:
         """Several read statements in one transaction (one snapshot)."""
         return self.snapshot(lambda query: [query(sql, params) for sql, params in statements])
 
-    def snapshot(self, fn: Callable[[Callable[[str, Sequence[Any]], list[dict[str, Any]]]], T]
-                 ) -> T:
+    def snapshot(self, fn: Callable[[Callable[[str, Sequence[Any]], list[dict[str, Any]]]], T],
+                 *, compiled: bool = True) -> T:
         """``fn(query)``, where ``query(sql, params)`` gives rows as ``query``
         does, every statement reading one snapshot of the database: what a
-        statement asks may follow from what an earlier one found."""
+        statement asks may follow from what an earlier one found. Not
+        ``compiled``: PostgreSQL plans its statements without JIT compiling
+        them (for statements of many parts that run in milliseconds, which
+        it may compile for a second or more when its estimates are far off,
+        as they are for tables the refresher has just rewritten)."""
         def run(cur: Any) -> T:
             if self.dialect == "postgresql":
                 # (READ COMMITTED, the default, takes a snapshot per statement.)
                 cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                if not compiled:
+                    cur.execute("SET LOCAL jit = off")
             return fn(lambda sql, params: _fetch_rows(cur, sql, params))
         result: T = self._run(run, write=False)
         return result

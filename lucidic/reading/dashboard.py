@@ -91,7 +91,7 @@ def dashboard(store: Store, project: str | None, since: float, until: float) -> 
                        for name, column in (("duration", "duration"),
                                             ("ttft", "time_to_first_token"))}
 
-    (groups, sessions), timings = store.snapshot(read)
+    (groups, sessions), timings = store.snapshot(read, compiled=False)
     per_day, per_model = _per_day_and_model(groups)
     for row in per_model:
         for name, found in timings.items():
