@@ -18,9 +18,12 @@ from _cassettes import (
     shared_path,
 )
 from _framework_helpers import chain_of_actions, only, price_file, steps_by_action
+from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models.chat_models import generate_from_stream
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
-from langchain_core.messages import HumanMessage
+from langchain_core.messages import AIMessageChunk, HumanMessage
 from langchain_core.output_parsers import StrOutputParser
+from langchain_core.outputs import ChatGenerationChunk
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import tool
@@ -331,6 +334,143 @@ def test_a_chat_anthropic_stream_cut_early_records_the_model_and_input_its_first
     assert event["output_tokens"] is None  # counted in the stream's last event only
 
 
+class AskingTwice(BaseChatModel):
+    """A chat model of the user's own over the openai client that asks twice
+    and streams both answers (as one that continues an answer cut at
+    max_tokens would): its second request is made after its first token."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "asking-twice"
+
+    def _request(self):
+        return {"model": "gpt-4", "stream": True, "messages": [
+            {"role": "user", "content": "write 10 lines of random text about $colorful socks"}]}
+
+    def _stream(self, messages, stop=None, run_manager=None, **kwargs):
+        client = openai.OpenAI(api_key="sk-test", max_retries=0)
+        for _ in range(2):
+            for chunk in client.chat.completions.create(**self._request()):
+                if chunk.choices and chunk.choices[0].delta.content:
+                    yield ChatGenerationChunk(
+                        message=AIMessageChunk(content=chunk.choices[0].delta.content))
+
+    async def _astream(self, messages, stop=None, run_manager=None, **kwargs):
+        client = openai.AsyncOpenAI(api_key="sk-test", max_retries=0)
+        for _ in range(2):
+            async for chunk in await client.chat.completions.create(**self._request()):
+                if chunk.choices and chunk.choices[0].delta.content:
+                    yield ChatGenerationChunk(
+                        message=AIMessageChunk(content=chunk.choices[0].delta.content))
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+        return generate_from_stream(self._stream(messages))
+
+
+class Reviewing(BaseChatModel):
+    """A chat model of the user's own that streams a heading, then runs a
+    langchain model (gpt-4, streamed) for the rest of its answer."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "reviewing"
+
+    def _inner(self):
+        from langchain_openai import ChatOpenAI
+
+        return ChatOpenAI(model="gpt-4", api_key="sk-test", max_retries=0, streaming=True)
+
+    def _stream(self, messages, stop=None, run_manager=None, **kwargs):
+        yield ChatGenerationChunk(message=AIMessageChunk(content="Reviewed: "))
+        answer = self._inner().invoke(messages)
+        yield ChatGenerationChunk(message=AIMessageChunk(content=answer.content))
+
+    async def _astream(self, messages, stop=None, run_manager=None, **kwargs):
+        yield ChatGenerationChunk(message=AIMessageChunk(content="Reviewed: "))
+        answer = await self._inner().ainvoke(messages)
+        yield ChatGenerationChunk(message=AIMessageChunk(content=answer.content))
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+        return generate_from_stream(self._stream(messages))
+
+
+def run_model(model, how):
+    """The model's answer to socks_messages(), asked as ``how`` says."""
+    async def astream():
+        return "".join([chunk.content async for chunk in model.astream(socks_messages())])
+
+    if how == "stream":
+        return "".join(chunk.content for chunk in model.stream(socks_messages()))
+    if how == "astream":
+        return asyncio.run(astream())
+    # ("streamed": invoked with stream=True, langchain streams the answer
+    # through the model's _stream and hands back the whole of it)
+    streamed = {"stream": True} if how.endswith(" streamed") else {}
+    if how.startswith("ainvoke"):
+        return asyncio.run(model.ainvoke(socks_messages(), **streamed)).content
+    return model.invoke(socks_messages(), **streamed).content
+
+
+@pytest.mark.parametrize("how", ["stream", "astream", "invoke", "ainvoke", "invoke streamed",
+                                 "ainvoke streamed"])
+@pytest.mark.parametrize("model_class", [AskingTwice, Reviewing])
+def test_a_model_whose_own_code_calls_a_model_after_its_first_token_is_recorded_once(
+        model_class, how):
+    """What a model's own code calls, a client or another langchain model, is
+    that model's call, before its first token or after it: streamed, as
+    invoked, the model run is the one event (the provider plugins used to be
+    held off until the first token only, so a request made later was
+    recorded again by the openai plugin, or as a model run of its own)."""
+    path = shared_path("langchain/lcel_stream_openai.yaml")
+    with capture() as captured:
+        lai.init("own model", providers=["langchain", "openai"])
+        with replay(path, allow_repeats=True):
+            answer = run_model(model_class(), how)
+    text = streamed_text(path)
+    assert answer == (text * 2 if model_class is AskingTwice else "Reviewed: " + text)
+    event = only(captured.events("llm"))
+    assert event["description"] == model_class.__name__
+    assert event["output"] == {"role": "assistant", "content": answer}
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_client_call_made_between_a_streams_chunks_is_the_provider_plugins(asynchronous):
+    """Code the caller runs while it holds a chunk is not the model's: a
+    client call made there is recorded by the openai plugin, once."""
+    path = shared_path("langchain/lcel_stream_openai.yaml")
+    from langchain_openai import ChatOpenAI
+
+    request = AskingTwice()._request()
+
+    async def read_async(model):
+        read = []
+        async for chunk in model.astream(socks_messages()):
+            if len(read) == 3:
+                client = openai.AsyncOpenAI(api_key="sk-test", max_retries=0)
+                async for _ in await client.chat.completions.create(**request):
+                    pass
+            read.append(chunk.content)
+        return read
+
+    with capture() as captured:
+        lai.init("between chunks", providers=["langchain", "openai"])
+        with replay(path, allow_repeats=True):
+            model = ChatOpenAI(model="gpt-4", api_key="sk-test", max_retries=0)
+            if asynchronous:
+                read = asyncio.run(read_async(model))
+            else:
+                read = []
+                for chunk in model.stream(socks_messages()):
+                    if len(read) == 3:
+                        list(openai.OpenAI(api_key="sk-test",
+                                           max_retries=0).chat.completions.create(**request))
+                    read.append(chunk.content)
+    assert "".join(read) == streamed_text(path)
+    events = captured.events("llm")
+    assert sorted(event["description"] for event in events) == ["ChatOpenAI", "openai chat"]
+    assert all(event["output"]["content"] == streamed_text(path) for event in events)
+
+
 def test_a_call_asking_for_several_choices_counts_its_tokens_once():
     """langchain-openai puts the response's one usage on every choice's message."""
     from langchain_openai import ChatOpenAI
@@ -591,15 +731,24 @@ def test_a_fault_in_the_adapter_never_breaks_the_users_call(monkeypatch):
 
 
 def test_uninstrument_restores_langchain_exactly():
+    from langchain_core.language_models import BaseLLM
+
+    methods = [(cls, name) for cls in (BaseChatModel, BaseLLM)
+               for name in ("generate", "agenerate", "stream", "astream")]
+    originals = [vars(cls)[name] for cls, name in methods]
     before = list(tracer_context._configure_hooks)
     adapter = plugins.get_adapter("langchain")
     adapter.instrument()
     adapter.instrument()  # idempotent
     assert len(tracer_context._configure_hooks) == len(before) + 1
+    assert all(vars(cls)[name] is not original
+               for (cls, name), original in zip(methods, originals, strict=True))
     adapter.uninstrument()
     adapter.uninstrument()
     after = tracer_context._configure_hooks
     assert len(after) == len(before) and all(a is b for a, b in zip(after, before, strict=True))
+    assert all(vars(cls)[name] is original
+               for (cls, name), original in zip(methods, originals, strict=True))
     with capture() as captured:
         lai.init("after")
         assert fake_chain("x").invoke({"q": "y"}) == "x"

@@ -93,6 +93,7 @@ class LangChainAdapter(Adapter):
         super().__init__()
         self._hook: tuple[Any, ...] | None = None
         self.handler: LucidicCallbackHandler | None = None
+        self._model_patches = MethodPatches()  # _handler.MODEL_PATCHES
         self._chunk_patches = MethodPatches()
         self._chunks_patched: set[str] = set()  # of _CHUNK_READERS' modules
         self._chunks_lock = threading.Lock()
@@ -100,8 +101,10 @@ class LangChainAdapter(Adapter):
     def _instrument(self) -> None:
         from langchain_core.tracers import context as tracer_context
 
-        from ._handler import LucidicCallbackHandler
+        from ._handler import MODEL_PATCHES, LucidicCallbackHandler
 
+        # (langchain-core's model classes: imported by any model's module anyway)
+        self._model_patches.apply(MODEL_PATCHES)
         handler = LucidicCallbackHandler(on_model_start=self._patch_chunk_readers)
         # A ContextVar whose default is the handler: every callback manager
         # langchain-core configures, in any thread or task, adds it beside the
@@ -144,6 +147,7 @@ class LangChainAdapter(Adapter):
                     break
         self._hook = None
         self.handler = None
+        self._model_patches.restore()
         with self._chunks_lock:
             self._chunk_patches.restore()
             self._chunks_patched.clear()

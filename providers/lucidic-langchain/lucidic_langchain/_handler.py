@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 from uuid import UUID
@@ -35,6 +36,151 @@ _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool"
           "FunctionMessageChunk": "function", "ChatMessageChunk": "user"}
 
 
+class _Hold:
+    """How long a model run holds the provider plugins off: a model's own
+    code (its request, and whatever else it calls: another request, another
+    model) is the model call the langchain plugin records, while code its
+    caller runs is not. A call through ``generate`` (invoke, batch, and
+    ``stream`` of a model that does not stream) runs the model's code from
+    its start to its end (``whole``); a stream runs it while it makes each
+    chunk, not while its caller holds one. See _held_stream."""
+
+    __slots__ = ("live", "taken", "whole")
+
+    def __init__(self, whole: bool) -> None:
+        self.whole = whole
+        #: (a stream's) its model run has started: later runs are not its own
+        self.taken = False
+        #: (a stream's) its model run is recorded and not yet over
+        self.live = False
+
+
+#: The hold of the model call whose code runs here (set by the patched
+#: langchain-core methods below): the model run started under it is its own.
+_holding: contextvars.ContextVar[_Hold | None] = contextvars.ContextVar(
+    "lucidic_langchain_holding", default=None)
+
+
+def _hold_call(wrapped: Any, instance: Any, args: tuple[Any, ...],
+               kwargs: dict[str, Any]) -> Any:
+    """Around ``generate``: its model runs hold the provider plugins off
+    until they end, their streamed tokens notwithstanding."""
+    token = _holding.set(_Hold(whole=True))
+    try:
+        return wrapped(*args, **kwargs)
+    finally:
+        _holding.reset(token)
+
+
+def _hold_acall(wrapped: Any, instance: Any, args: tuple[Any, ...],
+                kwargs: dict[str, Any]) -> Any:
+    """``agenerate``'s _hold_call."""
+    async def call() -> Any:
+        token = _holding.set(_Hold(whole=True))
+        try:
+            return await wrapped(*args, **kwargs)
+        finally:
+            _holding.reset(token)
+
+    return call()
+
+
+def _hold_stream(wrapped: Any, instance: Any, args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> Any:
+    """Around ``stream``: see _held_stream."""
+    stream = wrapped(*args, **kwargs)
+    return _held_stream(stream) if hasattr(stream, "throw") else stream
+
+
+def _hold_astream(wrapped: Any, instance: Any, args: tuple[Any, ...],
+                  kwargs: dict[str, Any]) -> Any:
+    """Around ``astream``: see _held_astream."""
+    stream = wrapped(*args, **kwargs)
+    return _held_astream(stream) if hasattr(stream, "athrow") else stream
+
+
+class _Steps:
+    """The steps of one model stream (see _held_stream)."""
+
+    __slots__ = ("first", "hold")
+
+    def __init__(self) -> None:
+        self.hold = _Hold(whole=False)
+        self.first = True
+
+    @contextmanager
+    def step(self) -> Iterator[None]:
+        """Around one step of the stream (set and reset in the context it runs in)."""
+        if self.first:
+            self.first = False
+            token = _holding.set(self.hold)  # the run it starts is its own
+            try:
+                yield
+            finally:
+                _holding.reset(token)
+        elif self.hold.live:
+            with plugins.suppress_llm_calls("langchain"):
+                yield
+        else:
+            yield
+
+
+def _held_stream(stream: Any) -> Iterator[Any]:
+    """The model stream ``stream``, step by step: its first step starts its
+    model run (the run taken as this stream's, see _start_llm), which holds
+    the provider plugins off until its first token; each later step, while
+    that run is recorded and open, runs suppressed: what the model's code
+    calls as it makes a chunk is its call. Between steps, while the caller
+    holds a chunk, nothing is held off. Sent values, exceptions thrown in
+    and closing reach the stream as without this."""
+    steps, send, value = _Steps(), stream.send, None
+    try:
+        while True:
+            with steps.step():
+                try:
+                    chunk = send(value)
+                except StopIteration:
+                    return
+            try:
+                value, send = (yield chunk), stream.send
+            except GeneratorExit:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - thrown in: the stream's to handle
+                send, value = stream.throw, exc
+    finally:
+        stream.close()
+
+
+async def _held_astream(stream: Any) -> AsyncIterator[Any]:
+    """_held_stream for an async model stream."""
+    steps, send, value = _Steps(), stream.asend, None
+    try:
+        while True:
+            with steps.step():
+                try:
+                    chunk = await send(value)
+                except StopAsyncIteration:
+                    return
+            try:
+                value, send = (yield chunk), stream.asend
+            except GeneratorExit:
+                raise
+            except BaseException as exc:  # noqa: BLE001
+                send, value = stream.athrow, exc
+    finally:
+        await stream.aclose()
+
+
+_CHAT_MODELS = "langchain_core.language_models.chat_models"
+_LLMS = "langchain_core.language_models.llms"
+#: The langchain-core methods a model call is made through (see _Hold).
+MODEL_PATCHES: tuple[tuple[str, str, str, Callable[..., Any]], ...] = tuple(
+    (module, cls, method, wrapper)
+    for module, cls in ((_CHAT_MODELS, "BaseChatModel"), (_LLMS, "BaseLLM"))
+    for method, wrapper in (("generate", _hold_call), ("agenerate", _hold_acall),
+                            ("stream", _hold_stream), ("astream", _hold_astream)))
+
+
 @dataclass
 class _Run:
     kind: str  # "step", "tool", "llm", "passthrough"
@@ -51,6 +197,9 @@ class _Run:
     #: The input side of the usage (langchain's usage_metadata) a streamed
     #: chunk reported before the stream's last chunk passes it on.
     reported_input: dict[str, Any] | None = None
+    #: How long the run holds the provider plugins off (None: until its
+    #: first token, for a run made otherwise than through MODEL_PATCHES).
+    hold: _Hold | None = None
 
 
 @dataclass(frozen=True)
@@ -248,6 +397,12 @@ class LucidicCallbackHandler(BaseCallbackHandler):
                    serialized: dict[str, Any] | None, metadata: dict[str, Any] | None,
                    kwargs: dict[str, Any], messages: Any) -> None:
         _take_reported()  # what a stream that ended left is none of this run's
+        hold = _holding.get()
+        if hold is not None and not hold.whole:
+            if hold.taken:
+                hold = None  # a run the stream's model started: not the stream's own
+            else:
+                hold.taken = True
         known, parent = self._parent_step(parent_run_id)
         if known and parent is None:
             return
@@ -271,7 +426,9 @@ class LucidicCallbackHandler(BaseCallbackHandler):
             return
         # This adapter records the call: the provider adapter below stays quiet.
         suppression = plugins.begin_suppressing_llm_calls("langchain")
-        run = _Run("llm", parent, call=call, suppression=suppression)
+        run = _Run("llm", parent, call=call, suppression=suppression, hold=hold)
+        if hold is not None:
+            hold.live = True
         self._add(run_id, run)
         if self._on_model_start is not None:
             self._on_model_start()
@@ -304,10 +461,11 @@ class LucidicCallbackHandler(BaseCallbackHandler):
                     run.reported_model = reported.model
                 if run.reported_input is None:
                     run.reported_input = reported.input_usage
-                if run.suppression is not None:
+                if run.suppression is not None and not (run.hold and run.hold.whole):
                     # Its request has been made (and held from the provider
                     # adapters); code run between its chunks (another model's
                     # stream read in turn, a call per chunk) is not this call.
+                    # (Its stream's later steps are held off again: _held_stream.)
                     run.suppression.active = False
 
     def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:
@@ -318,8 +476,7 @@ class LucidicCallbackHandler(BaseCallbackHandler):
             with swallow("langchain_llm_end"):
                 run.call.finish(**_llm_result(response, run))
         finally:
-            if run.suppression is not None:
-                run.suppression.end()
+            _release(run)
 
     def on_llm_error(self, error: BaseException, *, run_id: UUID, response: Any = None,
                      **kwargs: Any) -> None:
@@ -335,8 +492,15 @@ class LucidicCallbackHandler(BaseCallbackHandler):
                     run.call.finish(**_llm_result(response, run), result=ABANDONED)
             run.call.fail(error)  # does nothing once finished
         finally:
-            if run.suppression is not None:
-                run.suppression.end()
+            _release(run)
+
+
+def _release(run: _Run) -> None:
+    """The model run is over: the provider plugins are no longer held off for it."""
+    if run.hold is not None:
+        run.hold.live = False
+    if run.suppression is not None:
+        run.suppression.end()
 
 
 # -- reading langchain's objects ------------------------------------------------------------
