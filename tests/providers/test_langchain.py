@@ -28,6 +28,7 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import tool
 from langchain_core.tracers import context as tracer_context
+from pydantic import BaseModel
 
 import lucidic as lai
 from lucidic import plugins
@@ -237,6 +238,67 @@ def test_a_responses_api_stream_cut_early_records_the_model_its_first_event_name
     assert event["request_model"] == "gpt-4.1-nano"
     assert event["model"] == response_events(path)[0]["response"]["model"] \
         == "gpt-4.1-nano-2025-04-14"
+
+
+class Sock(BaseModel):
+    """A sock."""
+
+    colour: str
+    pattern: str
+
+
+def sock_model():
+    from langchain_openai import ChatOpenAI
+
+    return ChatOpenAI(model="gpt-4o", api_key="sk-test", max_retries=0)
+
+
+@pytest.mark.parametrize("asynchronous", [False])
+def test_a_structured_output_stream_cut_early_records_the_model_its_chunks_named(asynchronous):
+    """A response format asked for (as with_structured_output asks for it)
+    streams through the client's beta.chat.completions.stream(), whose
+    events carry each chunk of the completion under "chunk"; langchain-openai
+    names the answering model in the stream's last chunk only."""
+    path = own_path("openai/chat_structured_output_streaming.yaml")
+    from _cassettes import response_events
+
+    with capture() as captured:
+        lai.init("structured cut", providers=["langchain"])
+        with replay(path):
+            read_five_chunks_then_stop(sock_model().bind(response_format=Sock),
+                                       [("user", "Describe a colourful sock.")], asynchronous)
+    event = only(captured.events("llm"))
+    assert event["result"] == "stream closed before its end"
+    assert event["request_model"] == "gpt-4o"
+    assert event["model"] == response_events(path)[0]["model"] == "gpt-4o-2024-08-06"
+
+
+@pytest.mark.parametrize("include_raw", [False, True])
+def test_a_structured_output_stream_read_to_its_end_records_model_tokens_and_cost(
+        include_raw):
+    """(with_structured_output streams its answer, raw or not, once the model's
+    stream has ended)"""
+    path = own_path("openai/chat_structured_output_streaming.yaml")
+    from _cassettes import response_events
+
+    usage = response_events(path)[-1]["usage"]
+    with capture() as captured:
+        lai.init("structured", providers=["langchain"])
+        with replay(path):
+            answers = list(sock_model().with_structured_output(Sock, include_raw=include_raw)
+                           .stream([("user", "Describe a colourful sock.")]))
+    sock = Sock(colour="red", pattern="polka dots")
+    if include_raw:  # its keys streamed one by one
+        assert {key: value for answer in answers for key, value in answer.items()
+                if key != "raw"} == {"parsed": sock, "parsing_error": None}
+    else:
+        assert answers == [sock]
+    event = only(captured.events("llm"))
+    assert event["result"] is None and event["model"] == "gpt-4o-2024-08-06"
+    assert event["output"]["content"] == '{"colour":"red","pattern":"polka dots"}'
+    assert (event["input_tokens"], event["output_tokens"]) == \
+        (usage["prompt_tokens"], usage["completion_tokens"]) == (68, 12)
+    assert event["cost"] == pytest.approx(expected_cost("openai", "gpt-4o-2024-08-06", 68, 12))
 
 
 def read_two_streams_in_turn(asynchronous):

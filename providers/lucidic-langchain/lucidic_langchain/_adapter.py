@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 #: langchain's chunk, which names the answering model in the stream's last
 #: chunk only: read here so that a stream cut early is recorded with the
 #: model that answered (see _handler.note_reported_model). A chat
-#: completion's chunk is a dict naming it; of a Responses API stream,
+#: completion's chunk is a dict naming it (or, in a structured-output stream,
+#: an event holding that chunk under "chunk"); of a Responses API stream,
 #: ``response.created`` (the first event) names it in its response.
 _OPENAI_MODULE = "langchain_openai.chat_models.base"
 _OPENAI_CHUNKS = (_OPENAI_MODULE, "BaseChatOpenAI", "_convert_chunk_to_generation_chunk")
@@ -41,7 +42,11 @@ def _read_chunk_model(wrapped: Any, instance: Any, args: tuple[Any, ...],
 
         chunk = kwargs.get("chunk", args[0] if args else None)
         if isinstance(chunk, dict):
-            note_reported_model(chunk.get("model"))
+            # (a structured-output stream's, of beta.chat.completions.stream:
+            # an event, its "chunk" event carrying the completion's chunk)
+            inner = chunk.get("chunk")
+            note_reported_model(chunk.get("model") or (
+                inner.get("model") if isinstance(inner, dict) else None))
     return converted
 
 
