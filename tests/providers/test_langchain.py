@@ -855,23 +855,68 @@ def test_uninstrument_restores_langchain_anthropics_event_reader_exactly():
     assert vars(ChatAnthropic)["_make_message_chunk_from_anthropic_event"] is original
 
 
-def test_chat_anthropic_prompt_cache_writes_are_recorded_and_priced_by_lifetime():
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_complete_chat_anthropic_stream_records_the_input_its_first_event_counted(
+        asynchronous):
+    """The recording's message_delta does not repeat the input tokens (the
+    older event format): langchain-anthropic's usage for the stream then
+    says 0 input tokens, which is not what message_start counted."""
+    path = shared_path("anthropic/messages_streaming.yaml")
+    from _cassettes import response_events
+    from langchain_anthropic import ChatAnthropic
+
+    events = response_events(path)
+    start = events[0]["message"]
+    delta = next(e for e in events if e["type"] == "message_delta")
+    assert "input_tokens" not in delta["usage"]
+
+    async def read_async(model):
+        return [chunk async for chunk in model.astream(socks_messages())]
+
+    with capture() as captured:
+        lai.init("stream", providers=["langchain"])
+        with replay(path):
+            model = ChatAnthropic(model="claude-3-haiku", api_key="sk-test", max_retries=0)
+            chunks = (asyncio.run(read_async(model)) if asynchronous
+                      else list(model.stream(socks_messages())))
+    assert sum(chunks[1:], chunks[0]).usage_metadata["input_tokens"] == 0  # langchain's own
+    event = only(captured.events("llm"))
+    assert event["result"] is None and event["model"] == start["model"]
+    assert (event["input_tokens"], event["output_tokens"]) == \
+        (start["usage"]["input_tokens"], delta["usage"]["output_tokens"]) == (17, 171)
+    assert event["cost"] == pytest.approx(expected_cost("anthropic", start["model"], 17, 171))
+
+
+def anthropic_cached_model(path):
+    from langchain_anthropic import ChatAnthropic
+
+    body = request_body(path)
+    return ChatAnthropic(model=body["model"], max_tokens=body["max_tokens"],
+                         api_key="sk-ant-test", max_retries=0)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_chat_anthropic_prompt_cache_writes_are_recorded_and_priced_by_lifetime(streamed):
     """langchain-anthropic reports the cache writes by lifetime in
     usage_metadata.input_token_details; the handler records them as the
-    anthropic adapter does."""
+    anthropic adapter does. Streamed, message_start alone breaks them down
+    (message_delta's cumulative counts do not)."""
     from _cassettes import own_path
-    from langchain_anthropic import ChatAnthropic
 
     from lucidic.pricing import cost_of
 
-    path = own_path("anthropic/messages_prompt_cache.yaml")
+    path = own_path("anthropic/messages_prompt_cache_streaming.yaml" if streamed
+                    else "anthropic/messages_prompt_cache.yaml")
     body = request_body(path)
     with capture() as captured:
         lai.init("cached", providers=["langchain"])
         with replay(path):
-            ChatAnthropic(model=body["model"], max_tokens=body["max_tokens"],
-                          api_key="sk-ant-test", max_retries=0).invoke(
-                body["messages"][0]["content"])
+            model = anthropic_cached_model(path)
+            question = [("system", body["system"]), ("user", body["messages"][0]["content"])]
+            if streamed:
+                list(model.stream(question))
+            else:
+                model.invoke(question)
     event = only(captured.events("llm"))
     assert (event["input_tokens"], event["cached_tokens"], event["cache_write_tokens"]) == (
         14 + 2048 + 3072, 2048, 3072)

@@ -574,7 +574,7 @@ def _llm_result(response: Any, run: _Run) -> dict[str, Any]:
         # The generations of one run are the choices of one response (n > 1),
         # each message carrying that response's usage (langchain-openai): once.
         if usage and not tokens:
-            _add_usage(tokens, usage)
+            _add_usage(tokens, _input_completed(usage, run.reported_input))
     if not tokens and run.reported_input:
         # a stream cut before its last chunk: the input its first counted
         _add_usage(tokens, run.reported_input)
@@ -588,6 +588,26 @@ def _llm_result(response: Any, run: _Run) -> dict[str, Any]:
     model = model or llm_output.get("model_name") or llm_output.get("model") or run.reported_model
     output = outputs[0] if len(outputs) == 1 else outputs or None
     return {"model": model, "output": output, **tokens}
+
+
+def _input_completed(usage: dict[str, Any], counted: dict[str, Any] | None) -> dict[str, Any]:
+    """langchain's usage_metadata ``usage`` of a stream's last chunk, with
+    the input side that its first chunk ``counted`` (Anthropic's
+    message_start: see note_reported_input) where the last chunk reports
+    none: langchain-anthropic counts its input from message_delta, which in
+    the older event format does not repeat the input tokens (0, then) and
+    never breaks the cache writes down by lifetime. A count the last chunk
+    does report stands (cumulative, it may have grown since)."""
+    if not counted:
+        return usage
+    completed = dict(usage)
+    if not usage.get("input_tokens"):
+        completed["input_tokens"] = counted["input_tokens"]
+    details = usage.get("input_token_details") or {}
+    completed["input_token_details"] = {
+        **(counted.get("input_token_details") or {}),
+        **{key: value for key, value in details.items() if value}}
+    return completed
 
 
 def _add_usage(tokens: dict[str, int | None], usage: dict[str, Any]) -> None:
