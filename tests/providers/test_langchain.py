@@ -178,11 +178,12 @@ def test_breaking_out_of_an_async_stream_early_records_what_arrived():
     assert event["result"] == "stream closed before its end"
 
 
-def read_five_chunks_then_stop(model, question, asynchronous):
-    """Stream the model's answer, and stop reading after five chunks (async:
-    closing the stream, as ``async with aclosing(...)`` does)."""
+def read_five_chunks_then_stop(model, question, asynchronous, **kwargs):
+    """Stream the model's answer (``kwargs``: the call's), and stop reading
+    after five chunks (async: closing the stream, as ``async with
+    aclosing(...)`` does)."""
     async def read_async():
-        stream = model.astream(question)
+        stream = model.astream(question, **kwargs)
         received = 0
         async for _ in stream:
             received += 1
@@ -193,7 +194,7 @@ def read_five_chunks_then_stop(model, question, asynchronous):
     if asynchronous:
         asyncio.run(read_async())
         return
-    for received, _ in enumerate(model.stream(question), 1):
+    for received, _ in enumerate(model.stream(question, **kwargs), 1):
         if received == 5:
             return
 
@@ -253,7 +254,7 @@ def sock_model():
     return ChatOpenAI(model="gpt-4o", api_key="sk-test", max_retries=0)
 
 
-@pytest.mark.parametrize("asynchronous", [False])
+@pytest.mark.parametrize("asynchronous", [False, True])
 def test_a_structured_output_stream_cut_early_records_the_model_its_chunks_named(asynchronous):
     """A response format asked for (as with_structured_output asks for it)
     streams through the client's beta.chat.completions.stream(), whose
@@ -265,8 +266,8 @@ def test_a_structured_output_stream_cut_early_records_the_model_its_chunks_named
     with capture() as captured:
         lai.init("structured cut", providers=["langchain"])
         with replay(path):
-            read_five_chunks_then_stop(sock_model().bind(response_format=Sock),
-                                       [("user", "Describe a colourful sock.")], asynchronous)
+            read_five_chunks_then_stop(sock_model(), [("user", "Describe a colourful sock.")],
+                                       asynchronous, response_format=Sock)
     event = only(captured.events("llm"))
     assert event["result"] == "stream closed before its end"
     assert event["request_model"] == "gpt-4o"
