@@ -302,6 +302,39 @@ def test_a_structured_output_stream_read_to_its_end_records_model_tokens_and_cos
     assert event["cost"] == pytest.approx(expected_cost("openai", "gpt-4o-2024-08-06", 68, 12))
 
 
+def test_a_stream_of_events_left_early_records_what_the_model_streamed_not_an_error():
+    """astream_events runs the chain in a task of its own and cancels it when
+    the caller stops reading: the model's stream ends with CancelledError
+    there, which is its caller leaving, as a stream closed early is."""
+    path = shared_path("langchain/lcel_stream_openai.yaml")
+
+    async def read_three_tokens():
+        streamed = []
+        events = socks_chain().astream_events({"product": "colorful socks"}, version="v2")
+        async for event in events:
+            if event["event"] == "on_chat_model_stream":
+                streamed.append(event["data"]["chunk"].content)
+                if len(streamed) == 3:
+                    break
+        await events.aclose()
+        return "".join(streamed)
+
+    with capture() as captured:
+        lai.init("events left", providers=["langchain"])
+        with replay(path):
+            streamed = asyncio.run(read_three_tokens())
+    event = only(captured.events("llm"))
+    assert event["error"] is None
+    assert event["result"] == "stream closed before its end"
+    # what the model had streamed when its task was cancelled: its reader may
+    # have been a token ahead (langchain collects a token after its callbacks)
+    # or behind (the chain's task runs ahead of its reader)
+    arrived = event["output"]["content"]
+    assert streamed and arrived and streamed_text(path).startswith(arrived)
+    assert len(arrived) < len(streamed_text(path))
+    assert event["model"] == "gpt-4-0613"
+
+
 def read_two_streams_in_turn(asynchronous):
     """Two model streams read in turn in one thread (or one task), with the
     openai plugin active too, then closed before their ends:

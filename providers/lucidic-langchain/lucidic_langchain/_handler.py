@@ -9,6 +9,7 @@ adapters are held off with a suppression that can be ended from any context.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import threading
 import time
@@ -200,6 +201,8 @@ class _Run:
     #: How long the run holds the provider plugins off (None: until its
     #: first token, for a run made otherwise than through MODEL_PATCHES).
     hold: _Hold | None = None
+    #: A token has been streamed.
+    streamed: bool = False
 
 
 @dataclass(frozen=True)
@@ -457,6 +460,7 @@ class LucidicCallbackHandler(BaseCallbackHandler):
                 run = self._runs.get(run_id)
             if run is not None and run.call is not None:
                 run.call.first_token()
+                run.streamed = True
                 if run.reported_model is None:
                     run.reported_model = reported.model
                 if run.reported_input is None:
@@ -484,10 +488,13 @@ class LucidicCallbackHandler(BaseCallbackHandler):
         if run is None or run.call is None:
             return
         try:
-            if isinstance(error, GeneratorExit):
+            if isinstance(error, GeneratorExit) or (
+                    isinstance(error, asyncio.CancelledError) and run.streamed):
                 # The caller stopped reading a stream (a break out of
-                # model.stream(), aclose()): no error. What arrived so far
-                # comes as ``response`` (langchain-core passes it since 0.2).
+                # model.stream(), aclose(); the task reading it cancelled, as
+                # astream_events cancels its own when its caller stops
+                # reading): no error. What arrived so far comes as
+                # ``response`` (langchain-core passes it since 0.2).
                 with swallow("langchain_llm_closed"):
                     run.call.finish(**_llm_result(response, run), result=ABANDONED)
             run.call.fail(error)  # does nothing once finished
