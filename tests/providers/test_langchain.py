@@ -798,6 +798,34 @@ def test_tools_become_tool_events_and_nested_chains_nest():
     assert only(captured.events("llm"))["step_id"] == steps["chain-inner"]["id"]
 
 
+def test_what_a_tool_called_outside_any_chain_runs_is_recorded():
+    """A tool invoked by the caller's own code, with no chain around it, is
+    recorded at the top; the chain and the model call it runs are recorded
+    too, the model call once (they were taken for the runs of a part left
+    unrecorded, and the openai plugin recorded the call instead)."""
+    path = shared_path("langchain/langgraph_invoke_openai.yaml")
+
+    @tool
+    def ask_a_mathematician(question: str) -> str:
+        """Asks gpt-4o, as a mathematician."""
+        chain = RunnableLambda(lambda q: [("system", "You are a mathematician."),
+                                          ("user", q)], name="as_mathematician") | gpt4o()
+        return chain.invoke(question).content
+
+    with capture() as captured:
+        lai.init("root tool", providers=["langchain", "openai"])
+        with replay(path):
+            answer = ask_a_mathematician.invoke({"question": "What's 5 + 5?"})
+    assert answer == "\\(5 + 5 = 10\\)."
+    tool_event = only(captured.events("tool"))
+    assert tool_event["step_id"] is None and tool_event["output"] == answer
+    event = only(captured.events("llm"))
+    assert_math_event(event)
+    assert event["description"] == "ChatOpenAI"  # the langchain plugin's
+    assert chain_of_actions(captured, event["step_id"]) == ["RunnableSequence"]
+    assert "as_mathematician" in steps_by_action(captured)
+
+
 def test_a_failing_chain_finishes_its_step_with_the_error():
     def fail(_):
         raise ValueError("bad input")

@@ -184,7 +184,7 @@ MODEL_PATCHES: tuple[tuple[str, str, str, Callable[..., Any]], ...] = tuple(
 
 @dataclass
 class _Run:
-    kind: str  # "step", "tool", "llm", "passthrough"
+    kind: str  # "step", "tool", "retriever", "llm"
     #: The step this run is (kind "step") or records into (the others).
     step: plugins.StepHandle | None
     name: str | None = None
@@ -273,16 +273,15 @@ class LucidicCallbackHandler(BaseCallbackHandler):
 
     # -- bookkeeping -------------------------------------------------------------------
 
-    def _parent_step(self, parent_run_id: UUID | None) -> tuple[bool, plugins.StepHandle | None]:
-        """(known, step): known is False for a root run (record into the
-        calling context); step is the step a child of parent_run_id goes in."""
+    def _parent_step(self, parent_run_id: UUID | None) -> plugins.StepHandle | None:
+        """The step a child of parent_run_id goes in; None: the calling
+        context's (a root run, or a child of a run recorded there: a tool
+        or model called outside any chain)."""
         if parent_run_id is None:
-            return False, None
+            return None
         with self._lock:
             parent = self._runs.get(parent_run_id)
-        if parent is None:
-            return False, None
-        return True, parent.step
+        return None if parent is None else parent.step
 
     def _add(self, run_id: UUID, run: _Run) -> None:
         with self._lock:
@@ -294,11 +293,8 @@ class LucidicCallbackHandler(BaseCallbackHandler):
 
     def _open_step(self, run_id: UUID, parent_run_id: UUID | None, action: str,
                    state: Any = None) -> None:
-        known, parent = self._parent_step(parent_run_id)
-        if known and parent is None:
-            self._add(run_id, _Run("passthrough", None))  # its parent is not recorded
-            return
-        if not known and not plugins.in_session():
+        parent = self._parent_step(parent_run_id)
+        if parent is None and not plugins.in_session():
             return
         step = plugins.open_step(action=action, state=_short(state), function_name=action,
                                  parent=parent)
@@ -333,11 +329,8 @@ class LucidicCallbackHandler(BaseCallbackHandler):
 
     def _start_call(self, kind: str, run_id: UUID, parent_run_id: UUID | None, name: str,
                     arguments: Any) -> None:
-        known, parent = self._parent_step(parent_run_id)
-        if known and parent is None:
-            self._add(run_id, _Run("passthrough", None))
-            return
-        if not known and not plugins.in_session():
+        parent = self._parent_step(parent_run_id)
+        if parent is None and not plugins.in_session():
             return
         # The tool's children (a tool that runs a chain) nest in the tool's step.
         self._add(run_id, _Run(kind, parent, name=name,
@@ -346,7 +339,7 @@ class LucidicCallbackHandler(BaseCallbackHandler):
     def _finish_call(self, event_type: str, run_id: UUID, output: Any = None,
                      error: BaseException | None = None) -> None:
         run = self._pop(run_id)
-        if run is None or run.kind == "passthrough":
+        if run is None:
             return
         duration = time.perf_counter() - run.started
         fields: dict[str, Any] = {
@@ -406,10 +399,8 @@ class LucidicCallbackHandler(BaseCallbackHandler):
                 hold = None  # a run the stream's model started: not the stream's own
             else:
                 hold.taken = True
-        known, parent = self._parent_step(parent_run_id)
-        if known and parent is None:
-            return
-        if not known and not plugins.in_session():
+        parent = self._parent_step(parent_run_id)
+        if parent is None and not plugins.in_session():
             return
         metadata = metadata or {}
         params = kwargs.get("invocation_params") or {}
