@@ -921,11 +921,14 @@ def test_uninstrument_restores_langchain_anthropics_event_reader_exactly():
 
 
 @pytest.mark.parametrize("asynchronous", [False, True])
+@pytest.mark.parametrize("stream_usage", [True, False])
 def test_a_complete_chat_anthropic_stream_records_the_input_its_first_event_counted(
-        asynchronous):
+        stream_usage, asynchronous):
     """The recording's message_delta does not repeat the input tokens (the
     older event format): langchain-anthropic's usage for the stream then
-    says 0 input tokens, which is not what message_start counted."""
+    says 0 input tokens, which is not what message_start counted. Without
+    stream_usage it reports no usage at all: the tokens are those
+    message_start and message_delta counted, as the anthropic plugin's."""
     path = shared_path("anthropic/messages_streaming.yaml")
     from _cassettes import response_events
     from langchain_anthropic import ChatAnthropic
@@ -941,10 +944,12 @@ def test_a_complete_chat_anthropic_stream_records_the_input_its_first_event_coun
     with capture() as captured:
         lai.init("stream", providers=["langchain"])
         with replay(path):
-            model = ChatAnthropic(model="claude-3-haiku", api_key="sk-test", max_retries=0)
+            model = ChatAnthropic(model="claude-3-haiku", api_key="sk-test", max_retries=0,
+                                  stream_usage=stream_usage)
             chunks = (asyncio.run(read_async(model)) if asynchronous
                       else list(model.stream(socks_messages())))
-    assert sum(chunks[1:], chunks[0]).usage_metadata["input_tokens"] == 0  # langchain's own
+    usage = sum(chunks[1:], chunks[0]).usage_metadata  # langchain's own
+    assert (usage["input_tokens"] == 0) if stream_usage else usage is None
     event = only(captured.events("llm"))
     assert event["result"] is None and event["model"] == start["model"]
     assert (event["input_tokens"], event["output_tokens"]) == \

@@ -27,8 +27,9 @@ _OPENAI_RESPONSES_CHUNKS = ("langchain_openai.chat_models", "base",
                             "_convert_responses_chunk_to_generation_chunk")
 #: Where langchain-anthropic turns each event of a streamed answer into
 #: langchain's chunk: it passes on the input tokens message_start (the first
-#: event) counted in the stream's last chunk only, and the model it named
-#: only with stream_usage; read here for a stream cut early.
+#: event) counted in the stream's last chunk only, and the model it named and
+#: the output tokens message_delta counted only with stream_usage; read here
+#: for a stream cut early, or read without stream_usage.
 _ANTHROPIC_MODULE = "langchain_anthropic.chat_models"
 _ANTHROPIC_EVENTS = (_ANTHROPIC_MODULE, "ChatAnthropic",
                      "_make_message_chunk_from_anthropic_event")
@@ -63,21 +64,26 @@ def _read_responses_chunk_model(wrapped: Any, instance: Any, args: tuple[Any, ..
     return converted
 
 
-def _read_anthropic_first_event(wrapped: Any, instance: Any, args: tuple[Any, ...],
-                                kwargs: dict[str, Any]) -> Any:
+def _read_anthropic_event(wrapped: Any, instance: Any, args: tuple[Any, ...],
+                          kwargs: dict[str, Any]) -> Any:
     converted = wrapped(*args, **kwargs)
     with swallow("langchain_anthropic_event"):
         event = kwargs.get("event", args[0] if args else None)
+        kind = getattr(event, "type", None)
         message = getattr(event, "message", None)  # of message_start only
-        if getattr(event, "type", None) == "message_start" and message is not None:
-            from langchain_anthropic.chat_models import _create_usage_metadata
+        usage = getattr(message if kind == "message_start" else event, "usage", None)
+        if kind not in ("message_start", "message_delta") or usage is None:
+            return converted
+        from langchain_anthropic.chat_models import _create_usage_metadata
 
-            from ._handler import note_reported_input, note_reported_model
+        from ._handler import note_reported_input, note_reported_model, note_reported_output
 
+        # (counted as langchain-anthropic counts the last chunk's)
+        if kind == "message_start":
             note_reported_model(getattr(message, "model", None))
-            usage = getattr(message, "usage", None)
-            if usage is not None:  # counted as langchain-anthropic counts the last chunk's
-                note_reported_input(_create_usage_metadata(usage))
+            note_reported_input(_create_usage_metadata(usage))
+        else:  # the output tokens, cumulative: without stream_usage, never passed on
+            note_reported_output(_create_usage_metadata(usage))
     return converted
 
 
@@ -85,7 +91,7 @@ def _read_anthropic_first_event(wrapped: Any, instance: Any, args: tuple[Any, ..
 _CHUNK_READERS: dict[str, tuple[tuple[str, str, str, Any], ...]] = {
     _OPENAI_MODULE: ((*_OPENAI_CHUNKS, _read_chunk_model),
                      (*_OPENAI_RESPONSES_CHUNKS, _read_responses_chunk_model)),
-    _ANTHROPIC_MODULE: ((*_ANTHROPIC_EVENTS, _read_anthropic_first_event),),
+    _ANTHROPIC_MODULE: ((*_ANTHROPIC_EVENTS, _read_anthropic_event),),
 }
 
 

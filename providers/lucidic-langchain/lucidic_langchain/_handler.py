@@ -198,6 +198,8 @@ class _Run:
     #: The input side of the usage (langchain's usage_metadata) a streamed
     #: chunk reported before the stream's last chunk passes it on.
     reported_input: dict[str, Any] | None = None
+    #: The output side a streamed chunk reported (the latest: cumulative).
+    reported_output: dict[str, Any] | None = None
     #: How long the run holds the provider plugins off (None: until its
     #: first token, for a run made otherwise than through MODEL_PATCHES).
     hold: _Hold | None = None
@@ -211,6 +213,7 @@ class _Reported:
 
     model: str | None = None
     input_usage: dict[str, Any] | None = None
+    output_usage: dict[str, Any] | None = None
 
 
 #: What the provider chunks last converted in this context reported (the
@@ -244,6 +247,18 @@ def note_reported_input(usage: Any) -> None:
         input_usage = {key: usage[key] for key in ("input_tokens", "input_token_details")
                        if key in usage}
         _reported.set(replace(_reported.get() or _Reported(), input_usage=input_usage))
+
+
+def note_reported_output(usage: Any) -> None:
+    """A provider chunk being converted in this context counts the output
+    tokens so far: ``usage``, langchain's usage_metadata (its output side
+    taken), kept as the input's is (see note_reported_input), for an
+    integration that does not pass them on (langchain-anthropic without
+    stream_usage)."""
+    if isinstance(usage, dict) and isinstance(usage.get("output_tokens"), int):
+        output_usage = {key: usage[key] for key in ("output_tokens", "output_token_details")
+                        if key in usage}
+        _reported.set(replace(_reported.get() or _Reported(), output_usage=output_usage))
 
 
 def _take_reported() -> _Reported:
@@ -456,6 +471,8 @@ class LucidicCallbackHandler(BaseCallbackHandler):
                     run.reported_model = reported.model
                 if run.reported_input is None:
                     run.reported_input = reported.input_usage
+                if reported.output_usage is not None:
+                    run.reported_output = reported.output_usage
                 if run.suppression is not None and not (run.hold and run.hold.whole):
                     # Its request has been made (and held from the provider
                     # adapters); code run between its chunks (another model's
@@ -574,8 +591,11 @@ def _llm_result(response: Any, run: _Run) -> dict[str, Any]:
         if usage and not tokens:
             _add_usage(tokens, _input_completed(usage, run.reported_input))
     if not tokens and run.reported_input:
-        # a stream cut before its last chunk: the input its first counted
-        _add_usage(tokens, run.reported_input)
+        # a stream cut before its last chunk, or whose integration passes no
+        # usage on: the input its first chunk counted, the output its later
+        # ones did (none before the count at its end: see _extract of the
+        # anthropic plugin)
+        _add_usage(tokens, {**run.reported_input, **(run.reported_output or {})})
     if not tokens:
         usage = llm_output.get("token_usage") or llm_output.get("usage") or {}
         if isinstance(usage, dict):
