@@ -239,8 +239,36 @@ def test_stream_read_partly_then_closed_records_what_arrived():
                                       "content_block_delta"]
     event = only_llm_event(captured)
     assert event["output"]["content"] == "Here's an OpenTelemetry-"
-    assert event["input_tokens"] == 17
+    assert_cut_usage(event, path)
     assert event["result"] == "stream closed before its end"
+
+
+def assert_cut_usage(event, path):
+    """A stream cut before its message_delta: the input tokens (and their
+    cost) message_start counted, and no output tokens; message_start's
+    output count is a placeholder, not what was generated."""
+    start = response_events(path)[0]["message"]
+    assert start["usage"]["output_tokens"] == 3  # the placeholder
+    assert event["input_tokens"] == start["usage"]["input_tokens"] == 17
+    assert event["output_tokens"] is None
+    assert event["cost"] == pytest.approx(expected_cost("anthropic", start["model"], 17))
+
+
+def test_stream_cut_after_its_message_delta_records_its_output_tokens():
+    path = shared_path("anthropic/messages_streaming.yaml")
+    body = request_body(path)
+    _, _, start, delta = _streamed(path)
+    with capture() as captured, replay(path):
+        lai.init(providers=["anthropic"])
+        stream = client().messages.create(**body)
+        for event in stream:
+            if event.type == "message_delta":
+                break
+        stream.close()
+    event = only_llm_event(captured)
+    assert event["result"] == "stream closed before its end"
+    assert (event["input_tokens"], event["output_tokens"]) == \
+        (start["usage"]["input_tokens"], delta["usage"]["output_tokens"]) == (17, 171)
 
 
 def test_abandoned_stream_completes_when_garbage_collected():
@@ -255,6 +283,7 @@ def test_abandoned_stream_completes_when_garbage_collected():
         gc.collect()
         (event,) = captured.events("llm")
     assert event["output"]["content"] == "Here's an OpenTelemet"
+    assert_cut_usage(event, path)
     assert event["result"] == "stream closed before its end"
 
 
@@ -534,7 +563,7 @@ def test_a_raw_stream_read_by_hand_in_part_then_closed_records_what_arrived():
     event = only_llm_event(captured)
     assert text and event["output"] == {"role": "assistant", "content": text}
     assert event["model"] == "claude-3-haiku-20240307"
-    assert event["input_tokens"] == 17
+    assert_cut_usage(event, path)
     assert event["result"] == "stream closed before its end"
     assert event["error"] is None
 

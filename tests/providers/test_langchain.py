@@ -18,13 +18,17 @@ from _cassettes import (
     shared_path,
 )
 from _framework_helpers import chain_of_actions, only, price_file, steps_by_action
+from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models.chat_models import generate_from_stream
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
-from langchain_core.messages import HumanMessage
+from langchain_core.messages import AIMessageChunk, HumanMessage
 from langchain_core.output_parsers import StrOutputParser
+from langchain_core.outputs import ChatGenerationChunk
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import tool
 from langchain_core.tracers import context as tracer_context
+from pydantic import BaseModel
 
 import lucidic as lai
 from lucidic import plugins
@@ -174,11 +178,12 @@ def test_breaking_out_of_an_async_stream_early_records_what_arrived():
     assert event["result"] == "stream closed before its end"
 
 
-def read_five_chunks_then_stop(model, question, asynchronous):
-    """Stream the model's answer, and stop reading after five chunks (async:
-    closing the stream, as ``async with aclosing(...)`` does)."""
+def read_five_chunks_then_stop(model, question, asynchronous, **kwargs):
+    """Stream the model's answer (``kwargs``: the call's), and stop reading
+    after five chunks (async: closing the stream, as ``async with
+    aclosing(...)`` does)."""
     async def read_async():
-        stream = model.astream(question)
+        stream = model.astream(question, **kwargs)
         received = 0
         async for _ in stream:
             received += 1
@@ -189,7 +194,7 @@ def read_five_chunks_then_stop(model, question, asynchronous):
     if asynchronous:
         asyncio.run(read_async())
         return
-    for received, _ in enumerate(model.stream(question), 1):
+    for received, _ in enumerate(model.stream(question, **kwargs), 1):
         if received == 5:
             return
 
@@ -234,6 +239,100 @@ def test_a_responses_api_stream_cut_early_records_the_model_its_first_event_name
     assert event["request_model"] == "gpt-4.1-nano"
     assert event["model"] == response_events(path)[0]["response"]["model"] \
         == "gpt-4.1-nano-2025-04-14"
+
+
+class Sock(BaseModel):
+    """A sock."""
+
+    colour: str
+    pattern: str
+
+
+def sock_model():
+    from langchain_openai import ChatOpenAI
+
+    return ChatOpenAI(model="gpt-4o", api_key="sk-test", max_retries=0)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_structured_output_stream_cut_early_records_the_model_its_chunks_named(asynchronous):
+    """A response format asked for (as with_structured_output asks for it)
+    streams through the client's beta.chat.completions.stream(), whose
+    events carry each chunk of the completion under "chunk"; langchain-openai
+    names the answering model in the stream's last chunk only."""
+    path = own_path("openai/chat_structured_output_streaming.yaml")
+    from _cassettes import response_events
+
+    with capture() as captured:
+        lai.init("structured cut", providers=["langchain"])
+        with replay(path):
+            read_five_chunks_then_stop(sock_model(), [("user", "Describe a colourful sock.")],
+                                       asynchronous, response_format=Sock)
+    event = only(captured.events("llm"))
+    assert event["result"] == "stream closed before its end"
+    assert event["request_model"] == "gpt-4o"
+    assert event["model"] == response_events(path)[0]["model"] == "gpt-4o-2024-08-06"
+
+
+@pytest.mark.parametrize("include_raw", [False, True])
+def test_a_structured_output_stream_read_to_its_end_records_model_tokens_and_cost(
+        include_raw):
+    """(with_structured_output streams its answer, raw or not, once the model's
+    stream has ended)"""
+    path = own_path("openai/chat_structured_output_streaming.yaml")
+    from _cassettes import response_events
+
+    usage = response_events(path)[-1]["usage"]
+    with capture() as captured:
+        lai.init("structured", providers=["langchain"])
+        with replay(path):
+            answers = list(sock_model().with_structured_output(Sock, include_raw=include_raw)
+                           .stream([("user", "Describe a colourful sock.")]))
+    sock = Sock(colour="red", pattern="polka dots")
+    if include_raw:  # its keys streamed one by one
+        assert {key: value for answer in answers for key, value in answer.items()
+                if key != "raw"} == {"parsed": sock, "parsing_error": None}
+    else:
+        assert answers == [sock]
+    event = only(captured.events("llm"))
+    assert event["result"] is None and event["model"] == "gpt-4o-2024-08-06"
+    assert event["output"]["content"] == '{"colour":"red","pattern":"polka dots"}'
+    assert (event["input_tokens"], event["output_tokens"]) == \
+        (usage["prompt_tokens"], usage["completion_tokens"]) == (68, 12)
+    assert event["cost"] == pytest.approx(expected_cost("openai", "gpt-4o-2024-08-06", 68, 12))
+
+
+def test_a_stream_of_events_left_early_records_what_the_model_streamed_not_an_error():
+    """astream_events runs the chain in a task of its own and cancels it when
+    the caller stops reading: the model's stream ends with CancelledError
+    there, which is its caller leaving, as a stream closed early is."""
+    path = shared_path("langchain/lcel_stream_openai.yaml")
+
+    async def read_three_tokens():
+        streamed = []
+        events = socks_chain().astream_events({"product": "colorful socks"}, version="v2")
+        async for event in events:
+            if event["event"] == "on_chat_model_stream":
+                streamed.append(event["data"]["chunk"].content)
+                if len(streamed) == 3:
+                    break
+        await events.aclose()
+        return "".join(streamed)
+
+    with capture() as captured:
+        lai.init("events left", providers=["langchain"])
+        with replay(path):
+            streamed = asyncio.run(read_three_tokens())
+    event = only(captured.events("llm"))
+    assert event["error"] is None
+    assert event["result"] == "stream closed before its end"
+    # what the model had streamed when its task was cancelled: its reader may
+    # have been a token ahead (langchain collects a token after its callbacks)
+    # or behind (the chain's task runs ahead of its reader)
+    arrived = event["output"]["content"]
+    assert streamed and arrived and streamed_text(path).startswith(arrived)
+    assert len(arrived) < len(streamed_text(path))
+    assert event["model"] == "gpt-4-0613"
 
 
 def read_two_streams_in_turn(asynchronous):
@@ -327,8 +426,148 @@ def test_a_chat_anthropic_stream_cut_early_records_the_model_and_input_its_first
     assert event["result"] == "stream closed before its end"
     assert event["request_model"] == "claude-3-haiku"
     assert event["model"] == message_start["model"] == "claude-3-haiku-20240307"
+    # as the anthropic plugin records a stream cut before its message_delta:
+    # message_start's output count is a placeholder (test_anthropic.py)
     assert event["input_tokens"] == message_start["usage"]["input_tokens"] == 17
     assert event["output_tokens"] is None  # counted in the stream's last event only
+    assert event["cost"] == pytest.approx(expected_cost("anthropic", message_start["model"], 17))
+
+
+class AskingTwice(BaseChatModel):
+    """A chat model of the user's own over the openai client that asks twice
+    and streams both answers (as one that continues an answer cut at
+    max_tokens would): its second request is made after its first token."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "asking-twice"
+
+    def _request(self):
+        return {"model": "gpt-4", "stream": True, "messages": [
+            {"role": "user", "content": "write 10 lines of random text about $colorful socks"}]}
+
+    def _stream(self, messages, stop=None, run_manager=None, **kwargs):
+        client = openai.OpenAI(api_key="sk-test", max_retries=0)
+        for _ in range(2):
+            for chunk in client.chat.completions.create(**self._request()):
+                if chunk.choices and chunk.choices[0].delta.content:
+                    yield ChatGenerationChunk(
+                        message=AIMessageChunk(content=chunk.choices[0].delta.content))
+
+    async def _astream(self, messages, stop=None, run_manager=None, **kwargs):
+        client = openai.AsyncOpenAI(api_key="sk-test", max_retries=0)
+        for _ in range(2):
+            async for chunk in await client.chat.completions.create(**self._request()):
+                if chunk.choices and chunk.choices[0].delta.content:
+                    yield ChatGenerationChunk(
+                        message=AIMessageChunk(content=chunk.choices[0].delta.content))
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+        return generate_from_stream(self._stream(messages))
+
+
+class Reviewing(BaseChatModel):
+    """A chat model of the user's own that streams a heading, then runs a
+    langchain model (gpt-4, streamed) for the rest of its answer."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "reviewing"
+
+    def _inner(self):
+        from langchain_openai import ChatOpenAI
+
+        return ChatOpenAI(model="gpt-4", api_key="sk-test", max_retries=0, streaming=True)
+
+    def _stream(self, messages, stop=None, run_manager=None, **kwargs):
+        yield ChatGenerationChunk(message=AIMessageChunk(content="Reviewed: "))
+        answer = self._inner().invoke(messages)
+        yield ChatGenerationChunk(message=AIMessageChunk(content=answer.content))
+
+    async def _astream(self, messages, stop=None, run_manager=None, **kwargs):
+        yield ChatGenerationChunk(message=AIMessageChunk(content="Reviewed: "))
+        answer = await self._inner().ainvoke(messages)
+        yield ChatGenerationChunk(message=AIMessageChunk(content=answer.content))
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+        return generate_from_stream(self._stream(messages))
+
+
+def run_model(model, how):
+    """The model's answer to socks_messages(), asked as ``how`` says."""
+    async def astream():
+        return "".join([chunk.content async for chunk in model.astream(socks_messages())])
+
+    if how == "stream":
+        return "".join(chunk.content for chunk in model.stream(socks_messages()))
+    if how == "astream":
+        return asyncio.run(astream())
+    # ("streamed": invoked with stream=True, langchain streams the answer
+    # through the model's _stream and hands back the whole of it)
+    streamed = {"stream": True} if how.endswith(" streamed") else {}
+    if how.startswith("ainvoke"):
+        return asyncio.run(model.ainvoke(socks_messages(), **streamed)).content
+    return model.invoke(socks_messages(), **streamed).content
+
+
+@pytest.mark.parametrize("how", ["stream", "astream", "invoke", "ainvoke", "invoke streamed",
+                                 "ainvoke streamed"])
+@pytest.mark.parametrize("model_class", [AskingTwice, Reviewing])
+def test_a_model_whose_own_code_calls_a_model_after_its_first_token_is_recorded_once(
+        model_class, how):
+    """What a model's own code calls, a client or another langchain model, is
+    that model's call, before its first token or after it: streamed, as
+    invoked, the model run is the one event (the provider plugins used to be
+    held off until the first token only, so a request made later was
+    recorded again by the openai plugin, or as a model run of its own)."""
+    path = shared_path("langchain/lcel_stream_openai.yaml")
+    with capture() as captured:
+        lai.init("own model", providers=["langchain", "openai"])
+        with replay(path, allow_repeats=True):
+            answer = run_model(model_class(), how)
+    text = streamed_text(path)
+    assert answer == (text * 2 if model_class is AskingTwice else "Reviewed: " + text)
+    event = only(captured.events("llm"))
+    assert event["description"] == model_class.__name__
+    assert event["output"] == {"role": "assistant", "content": answer}
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_client_call_made_between_a_streams_chunks_is_the_provider_plugins(asynchronous):
+    """Code the caller runs while it holds a chunk is not the model's: a
+    client call made there is recorded by the openai plugin, once."""
+    path = shared_path("langchain/lcel_stream_openai.yaml")
+    from langchain_openai import ChatOpenAI
+
+    request = AskingTwice()._request()
+
+    async def read_async(model):
+        read = []
+        async for chunk in model.astream(socks_messages()):
+            if len(read) == 3:
+                client = openai.AsyncOpenAI(api_key="sk-test", max_retries=0)
+                async for _ in await client.chat.completions.create(**request):
+                    pass
+            read.append(chunk.content)
+        return read
+
+    with capture() as captured:
+        lai.init("between chunks", providers=["langchain", "openai"])
+        with replay(path, allow_repeats=True):
+            model = ChatOpenAI(model="gpt-4", api_key="sk-test", max_retries=0)
+            if asynchronous:
+                read = asyncio.run(read_async(model))
+            else:
+                read = []
+                for chunk in model.stream(socks_messages()):
+                    if len(read) == 3:
+                        list(openai.OpenAI(api_key="sk-test",
+                                           max_retries=0).chat.completions.create(**request))
+                    read.append(chunk.content)
+    assert "".join(read) == streamed_text(path)
+    events = captured.events("llm")
+    assert sorted(event["description"] for event in events) == ["ChatOpenAI", "openai chat"]
+    assert all(event["output"]["content"] == streamed_text(path) for event in events)
 
 
 def test_a_call_asking_for_several_choices_counts_its_tokens_once():
@@ -559,6 +798,34 @@ def test_tools_become_tool_events_and_nested_chains_nest():
     assert only(captured.events("llm"))["step_id"] == steps["chain-inner"]["id"]
 
 
+def test_what_a_tool_called_outside_any_chain_runs_is_recorded():
+    """A tool invoked by the caller's own code, with no chain around it, is
+    recorded at the top; the chain and the model call it runs are recorded
+    too, the model call once (they were taken for the runs of a part left
+    unrecorded, and the openai plugin recorded the call instead)."""
+    path = shared_path("langchain/langgraph_invoke_openai.yaml")
+
+    @tool
+    def ask_a_mathematician(question: str) -> str:
+        """Asks gpt-4o, as a mathematician."""
+        chain = RunnableLambda(lambda q: [("system", "You are a mathematician."),
+                                          ("user", q)], name="as_mathematician") | gpt4o()
+        return chain.invoke(question).content
+
+    with capture() as captured:
+        lai.init("root tool", providers=["langchain", "openai"])
+        with replay(path):
+            answer = ask_a_mathematician.invoke({"question": "What's 5 + 5?"})
+    assert answer == "\\(5 + 5 = 10\\)."
+    tool_event = only(captured.events("tool"))
+    assert tool_event["step_id"] is None and tool_event["output"] == answer
+    event = only(captured.events("llm"))
+    assert_math_event(event)
+    assert event["description"] == "ChatOpenAI"  # the langchain plugin's
+    assert chain_of_actions(captured, event["step_id"]) == ["RunnableSequence"]
+    assert "as_mathematician" in steps_by_action(captured)
+
+
 def test_a_failing_chain_finishes_its_step_with_the_error():
     def fail(_):
         raise ValueError("bad input")
@@ -591,15 +858,24 @@ def test_a_fault_in_the_adapter_never_breaks_the_users_call(monkeypatch):
 
 
 def test_uninstrument_restores_langchain_exactly():
+    from langchain_core.language_models import BaseLLM
+
+    methods = [(cls, name) for cls in (BaseChatModel, BaseLLM)
+               for name in ("generate", "agenerate", "stream", "astream")]
+    originals = [vars(cls)[name] for cls, name in methods]
     before = list(tracer_context._configure_hooks)
     adapter = plugins.get_adapter("langchain")
     adapter.instrument()
     adapter.instrument()  # idempotent
     assert len(tracer_context._configure_hooks) == len(before) + 1
+    assert all(vars(cls)[name] is not original
+               for (cls, name), original in zip(methods, originals, strict=True))
     adapter.uninstrument()
     adapter.uninstrument()
     after = tracer_context._configure_hooks
     assert len(after) == len(before) and all(a is b for a, b in zip(after, before, strict=True))
+    assert all(vars(cls)[name] is original
+               for (cls, name), original in zip(methods, originals, strict=True))
     with capture() as captured:
         lai.init("after")
         assert fake_chain("x").invoke({"q": "y"}) == "x"
@@ -644,23 +920,73 @@ def test_uninstrument_restores_langchain_anthropics_event_reader_exactly():
     assert vars(ChatAnthropic)["_make_message_chunk_from_anthropic_event"] is original
 
 
-def test_chat_anthropic_prompt_cache_writes_are_recorded_and_priced_by_lifetime():
+@pytest.mark.parametrize("asynchronous", [False, True])
+@pytest.mark.parametrize("stream_usage", [True, False])
+def test_a_complete_chat_anthropic_stream_records_the_input_its_first_event_counted(
+        stream_usage, asynchronous):
+    """The recording's message_delta does not repeat the input tokens (the
+    older event format): langchain-anthropic's usage for the stream then
+    says 0 input tokens, which is not what message_start counted. Without
+    stream_usage it reports no usage at all: the tokens are those
+    message_start and message_delta counted, as the anthropic plugin's."""
+    path = shared_path("anthropic/messages_streaming.yaml")
+    from _cassettes import response_events
+    from langchain_anthropic import ChatAnthropic
+
+    events = response_events(path)
+    start = events[0]["message"]
+    delta = next(e for e in events if e["type"] == "message_delta")
+    assert "input_tokens" not in delta["usage"]
+
+    async def read_async(model):
+        return [chunk async for chunk in model.astream(socks_messages())]
+
+    with capture() as captured:
+        lai.init("stream", providers=["langchain"])
+        with replay(path):
+            model = ChatAnthropic(model="claude-3-haiku", api_key="sk-test", max_retries=0,
+                                  stream_usage=stream_usage)
+            chunks = (asyncio.run(read_async(model)) if asynchronous
+                      else list(model.stream(socks_messages())))
+    usage = sum(chunks[1:], chunks[0]).usage_metadata  # langchain's own
+    assert (usage["input_tokens"] == 0) if stream_usage else usage is None
+    event = only(captured.events("llm"))
+    assert event["result"] is None and event["model"] == start["model"]
+    assert (event["input_tokens"], event["output_tokens"]) == \
+        (start["usage"]["input_tokens"], delta["usage"]["output_tokens"]) == (17, 171)
+    assert event["cost"] == pytest.approx(expected_cost("anthropic", start["model"], 17, 171))
+
+
+def anthropic_cached_model(path):
+    from langchain_anthropic import ChatAnthropic
+
+    body = request_body(path)
+    return ChatAnthropic(model=body["model"], max_tokens=body["max_tokens"],
+                         api_key="sk-ant-test", max_retries=0)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_chat_anthropic_prompt_cache_writes_are_recorded_and_priced_by_lifetime(streamed):
     """langchain-anthropic reports the cache writes by lifetime in
     usage_metadata.input_token_details; the handler records them as the
-    anthropic adapter does."""
+    anthropic adapter does. Streamed, message_start alone breaks them down
+    (message_delta's cumulative counts do not)."""
     from _cassettes import own_path
-    from langchain_anthropic import ChatAnthropic
 
     from lucidic.pricing import cost_of
 
-    path = own_path("anthropic/messages_prompt_cache.yaml")
+    path = own_path("anthropic/messages_prompt_cache_streaming.yaml" if streamed
+                    else "anthropic/messages_prompt_cache.yaml")
     body = request_body(path)
     with capture() as captured:
         lai.init("cached", providers=["langchain"])
         with replay(path):
-            ChatAnthropic(model=body["model"], max_tokens=body["max_tokens"],
-                          api_key="sk-ant-test", max_retries=0).invoke(
-                body["messages"][0]["content"])
+            model = anthropic_cached_model(path)
+            question = [("system", body["system"]), ("user", body["messages"][0]["content"])]
+            if streamed:
+                list(model.stream(question))
+            else:
+                model.invoke(question)
     event = only(captured.events("llm"))
     assert (event["input_tokens"], event["cached_tokens"], event["cache_write_tokens"]) == (
         14 + 2048 + 3072, 2048, 3072)
