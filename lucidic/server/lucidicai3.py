@@ -5,11 +5,14 @@ event, evals (stored as scores), and an answer for each feature only the
 hosted platform has.
 
 Those features (datasets, feature flags, prompt writes, training modules,
-evolutionary simulations, mock calls, tool catalogs, experiments) get a 501
+evolutionary simulations, mock calls, tool catalogs, experiments) get a 404
 whose ``detail`` (and ``error``, which some of the client's resources read
 instead) names the feature and what this server offers in its place: the
 client logs it at error level, then raises it, or, in its production mode,
-logs it and goes on. A feature flag is the exception: its lookup takes a
+logs it and goes on. (The client treats every error status alike; a 404
+rather than a 501 because nothing the server does wrong is involved: a 5xx
+would count against the server in every monitor, and it never answers one on
+purpose.) A feature flag is the exception: its lookup takes a
 default, and a flag this server does not have is a flag not found, so it
 answers 200 without a value (the client returns the default) and logs a
 warning on the server's side.
@@ -222,19 +225,22 @@ _HOSTED: list[tuple[str, str, str, str]] = [
 ]
 
 
-def _unsupported(feature: str, instead: str) -> Any:
+def _unsupported(path: str, feature: str, instead: str) -> Any:
     detail = (f"not available on a self-hosted lucidic server: {feature} (a feature of the "
               f"hosted Lucidic platform; this server records sessions, events and evals); "
               f"instead: {instead}")
 
     def answer(request: Request, who: Auth) -> JSONOut:
-        raise ApiError(501, detail, error=detail)
-    return answer
+        raise ApiError(404, detail, error=detail)
+
+    def answer_run(inference_run_id: str, request: Request, who: Auth) -> JSONOut:
+        raise ApiError(404, detail, error=detail)
+    return answer_run if "{inference_run_id}" in path else answer
 
 
 for _method, _path, _feature, _instead in _HOSTED:
-    router.add_api_route(f"/{_path}", _unsupported(_feature, _instead), methods=[_method],
-                         summary=f"Not here: {_feature} (hosted platform only); answers 501",
+    router.add_api_route(f"/{_path}", _unsupported(_path, _feature, _instead), methods=[_method],
+                         summary=f"Not here: {_feature} (hosted platform only); answers 404",
                          include_in_schema=True)
 
 

@@ -361,13 +361,13 @@ def test_hosted_only_features_say_so_and_recording_goes_on(
                           ("evosim", "evolutionary simulations")]:
         kind, text = out[name]
         assert f"not available on a self-hosted lucidic server: {feature}" in text, (name, text)
-        assert kind == 501 or (kind, text[:9]) == ("LucidicError", "HTTP 501:"), (name, kind)
+        assert kind == 404 or (kind, text[:9]) == ("LucidicError", "HTTP 404:"), (name, kind)
     assert out["production_datasets"] == {"num_datasets": 0, "datasets": []}
     tree = Api(server.url, key).tree(out["session"])
     assert tree["is_finished"] and tree["events"][0]["description"] == "recorded"
 
 
-def test_every_hosted_only_route_answers_501_with_the_reason(sqlite_url: str,
+def test_every_hosted_only_route_answers_404_with_the_reason(sqlite_url: str,
                                                              start_server: Any) -> None:
     from lucidic.server.lucidicai3 import _HOSTED
 
@@ -377,7 +377,7 @@ def test_every_hosted_only_route_answers_501_with_the_reason(sqlite_url: str,
     for method, path, feature, _ in _HOSTED:
         url = server.url + "/api/" + path.replace("{inference_run_id}", "run-1")
         answer = http.request(method, url, json={"agent_id": "a"}, timeout=30)
-        assert answer.status_code == 501, (method, path, answer.text)
+        assert answer.status_code == 404, (method, path, answer.text)
         body = answer.json()
         assert body["detail"] == body["error"]  # the field some of the client's resources read
         assert f"self-hosted lucidic server: {feature} (" in body["detail"]
