@@ -125,6 +125,10 @@ def test_a_3x_session_with_nested_calls_an_error_and_evals_lands_as_steps_and_ev
     assert book["function_name"] == "book" and "no rooms in Oslo" in book["error"]
     error = next(e for e in book["events"] if e["type"] == "error")
     assert error["error"] == "no rooms in Oslo" and "ValueError" in error["result"]
+    # book()'s one failure: its step and the traceback the client sends; the
+    # function event folded into the step is the step's own record, not a
+    # failure of its own.
+    assert tree["error_count"] == 2
     (llm,) = tree["events"]
     assert (llm["type"], llm["model"], llm["input_tokens"], llm["output_tokens"]) == (
         "llm", "gpt-4o-mini", 5, 2)
