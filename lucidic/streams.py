@@ -75,12 +75,19 @@ class _StreamState:
         _complete(self.call, self.accumulator, result)
 
     def error(self, exc: BaseException) -> None:
+        """The stream failed midway (its provider's error, a broken
+        connection): the error, beside what arrived before it."""
         if self.done:
             return
         self.done = True
         if self.finalizer is not None:
             self.finalizer.detach()
-        self.call.fail(exc)
+        try:
+            fields = self.accumulator.result()
+        except Exception as internal:  # noqa: BLE001 - never let recording break the caller
+            record_internal_error("stream_result", internal)
+            fields = {}
+        self.call.finish(**fields, error=f"{type(exc).__name__}: {exc}")
 
     def release(self) -> bool:
         """Leave the call to another recorder (the caller parses a body after

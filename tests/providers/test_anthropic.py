@@ -287,6 +287,71 @@ def test_abandoned_stream_completes_when_garbage_collected():
     assert event["result"] == "stream closed before its end"
 
 
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_stream_failing_midway_records_its_error_and_what_arrived(asynchronous):
+    """An error event mid-stream is a failure of the call, but what arrived
+    before it (the text, the model and input tokens message_start named) is
+    kept beside the error."""
+    path = own_path("anthropic/messages_stream_error.yaml")
+    body = request_body(path)
+    seen = []
+
+    async def read_async():
+        async for event in await async_client().messages.create(**body):
+            seen.append(event.type)
+
+    def read():
+        for event in client().messages.create(**body):
+            seen.append(event.type)
+
+    with capture() as captured, replay(path):
+        lai.init(providers=["anthropic"])
+        with pytest.raises(anthropic.APIStatusError, match="Overloaded"):
+            asyncio.run(read_async()) if asynchronous else read()
+    assert seen == ["message_start", "content_block_start", "content_block_delta"]
+    event = only_llm_event(captured)
+    assert event["error"].startswith("APIStatusError") and "Overloaded" in event["error"]
+    assert event["output"] == {"role": "assistant", "content": "One, two,"}
+    assert event["model"] == "claude-3-5-haiku-20241022"
+    assert (event["input_tokens"], event["output_tokens"]) == (11, None)
+    assert event["result"] is None
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_an_exception_in_the_callers_loop_closes_the_stream_as_cut_not_failed(asynchronous):
+    """The caller's own code raising while it reads the stream helper (its
+    with block then closes the stream) is no failure of the call."""
+    path = shared_path("anthropic/messages_streaming.yaml")
+    body = {k: v for k, v in request_body(path).items() if k != "stream"}
+
+    class CallersError(Exception):
+        pass
+
+    async def read_async():
+        async with async_client().messages.stream(**body) as stream:
+            async for text in stream.text_stream:
+                if text == "ry-":
+                    raise CallersError
+
+    def read():
+        with client().messages.stream(**body) as stream:
+            for text in stream.text_stream:
+                if text == "ry-":
+                    raise CallersError
+
+    with capture() as captured, replay(path):
+        lai.init(providers=["anthropic"])
+        with pytest.raises(CallersError):
+            asyncio.run(read_async()) if asynchronous else read()
+        gc.collect()  # (the helper closes the response under the stream it wraps)
+    event = only_llm_event(captured)
+    assert event["output"] == {"role": "assistant", "content": "Here's an OpenTelemetry-"}
+    assert event["model"] == "claude-3-haiku-20240307"
+    assert_cut_usage(event, path)
+    assert event["result"] == "stream closed before its end"
+    assert event["error"] is None
+
+
 # -- with_raw_response / with_streaming_response ------------------------------------------
 #
 # The caller gets the library's own response object and reads the body later
@@ -582,7 +647,9 @@ def test_an_error_event_in_a_raw_stream_read_by_hand_is_recorded_as_parsing_rais
     parsed, by_hand = captured.events("llm")
     assert "Overloaded" in parsed["error"]
     assert by_hand["error"] == parsed["error"]
-    assert by_hand["output"] is None
+    # what arrived before the error, both ways
+    assert by_hand["output"] == parsed["output"] == {"role": "assistant",
+                                                     "content": "One, two,"}
 
 
 # -- methods bound before lai.init: recorded through the client's request method ------

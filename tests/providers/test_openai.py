@@ -260,6 +260,43 @@ def test_error_mid_stream_reaches_the_caller_and_is_recorded():
     assert seen == ["", "One, two,"]
     event = only_llm_event(captured)
     assert "APIError" in event["error"] and "server had an error" in event["error"]
+    # a failure, with what arrived before it and the model its chunks named
+    assert event["output"] == {"role": "assistant", "content": "One, two,"}
+    assert event["model"] == "gpt-4o-mini-2024-07-18"
+    assert event["result"] is None
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_an_exception_in_the_callers_loop_closes_the_stream_as_cut_not_failed(asynchronous):
+    """The caller's own code raising while it reads (its with block then
+    closes the stream) is no failure of the call: what arrived, no error."""
+    path = shared_path("openai/chat_async_streaming.yaml")
+    body = request_body(path)
+
+    class CallersError(Exception):
+        pass
+
+    async def read_async():
+        async with await async_client().chat.completions.create(**body) as stream:
+            async for chunk in stream:
+                if chunk.choices[0].delta.content == " did":
+                    raise CallersError
+
+    def read():
+        with client().chat.completions.create(**body) as stream:
+            for chunk in stream:
+                if chunk.choices[0].delta.content == " did":
+                    raise CallersError
+
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        with pytest.raises(CallersError):
+            asyncio.run(read_async()) if asynchronous else read()
+    event = only_llm_event(captured)
+    assert event["output"] == {"role": "assistant", "content": "Why did"}
+    assert event["model"] == "gpt-3.5-turbo-0125"
+    assert event["result"] == "stream closed before its end"
+    assert event["error"] is None
 
 
 def test_chat_stream_helper_is_recorded_once():
@@ -549,7 +586,9 @@ def test_an_error_in_a_raw_stream_read_by_hand_is_recorded_as_the_stream_would_r
     event = only_llm_event(captured)
     assert event["error"] == "APIError: The server had an error while processing your " \
                              "request. Sorry about that!"
-    assert event["output"] is None
+    # what arrived before it, as the parsed stream records it
+    assert event["output"] == {"role": "assistant", "content": "One, two,"}
+    assert event["model"] == "gpt-4o-mini-2024-07-18"
 
 
 def test_a_streamed_response_read_by_hand_is_recorded_from_its_completed_event():
