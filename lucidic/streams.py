@@ -89,6 +89,17 @@ class _StreamState:
             fields = {}
         self.call.finish(**fields, error=f"{type(exc).__name__}: {exc}")
 
+    def stopped(self, exc: BaseException) -> None:
+        """Reading the next chunk was stopped from outside the stream: not an
+        Exception but a CancelledError (the task reading it cancelled,
+        ``asyncio.wait_for`` timing out), a KeyboardInterrupt, a SystemExit.
+        The stream did not fail; its caller stopped reading: recorded as a
+        stream closed early, with what arrived."""
+        if isinstance(exc, Exception):
+            self.error(exc)
+        else:
+            self.end(ABANDONED)
+
     def release(self) -> bool:
         """Leave the call to another recorder (the caller parses a body after
         all); False if the call is complete already."""
@@ -128,7 +139,7 @@ class RecordedStream(wrapt.ObjectProxy):  # type: ignore[misc, type-arg]
             state.end()
             raise
         except BaseException as exc:
-            state.error(exc)
+            state.stopped(exc)
             raise
         state.chunk(chunk)
         return chunk
@@ -169,7 +180,7 @@ class RecordedAsyncStream(wrapt.ObjectProxy):  # type: ignore[misc, type-arg]
             state.end()
             raise
         except BaseException as exc:
-            state.error(exc)
+            state.stopped(exc)
             raise
         state.chunk(chunk)
         return chunk
@@ -462,7 +473,7 @@ class _TappedBody(wrapt.ObjectProxy):  # type: ignore[misc, type-arg]
         except GeneratorExit:  # the reader stopped: close() or the finalizer completes
             raise
         except BaseException as exc:
-            tap.state.error(exc)
+            tap.state.stopped(exc)
             raise
         tap.ended()
 
@@ -475,7 +486,7 @@ class _TappedBody(wrapt.ObjectProxy):  # type: ignore[misc, type-arg]
         except GeneratorExit:
             raise
         except BaseException as exc:
-            tap.state.error(exc)
+            tap.state.stopped(exc)
             raise
         tap.ended()
 

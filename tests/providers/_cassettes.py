@@ -8,6 +8,7 @@ The project's own hand-written recordings live in cassettes/ at the root.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import os
@@ -126,6 +127,38 @@ def event_stream_in_steps(path: Path, *, first: int, index: int = 0) -> Iterator
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+async def read_then_stop(stream: Any, first: int, how: str) -> tuple[list[Any], BaseException]:
+    """Read the ``first`` chunks of ``stream`` (an async stream served by
+    event_stream_in_steps: all it has sent), then stop the reading while it
+    awaits the next, which the server holds back: the task reading it
+    cancelled (``how`` "cancel": ``task.cancel(msg)``), or
+    ``asyncio.wait_for`` timing out ("wait_for"). Returns the chunks read
+    and the exception the caller got."""
+    read: list[Any] = []
+    reading = asyncio.Event()
+
+    async def reader() -> None:
+        async for chunk in stream:
+            read.append(chunk)
+            if len(read) == first:
+                reading.set()
+
+    if how == "wait_for":
+        chunks = aiter(stream)
+        for _ in range(first):
+            read.append(await anext(chunks))
+        with pytest.raises(asyncio.TimeoutError) as raised:  # (TimeoutError since 3.11)
+            await asyncio.wait_for(anext(chunks), timeout=0.05)
+        return read, raised.value
+    task = asyncio.create_task(reader())
+    await reading.wait()  # the task goes on to await the next chunk
+    task.cancel("the caller's own reason")
+    with pytest.raises(asyncio.CancelledError) as raised:
+        await task
+    assert task.cancelled()
+    return read, raised.value
 
 
 def lines_of_events(lines: Iterator[str], count: int) -> list[str]:

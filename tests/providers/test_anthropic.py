@@ -27,6 +27,7 @@ from _cassettes import (
     read_by_hand_async,
     read_once_by_hand,
     read_once_by_hand_async,
+    read_then_stop,
     replay,
     request_body,
     response_events,
@@ -350,6 +351,44 @@ def test_an_exception_in_the_callers_loop_closes_the_stream_as_cut_not_failed(as
     assert_cut_usage(event, path)
     assert event["result"] == "stream closed before its end"
     assert event["error"] is None
+
+
+@pytest.mark.parametrize("how", ["cancel", "wait_for"])
+@pytest.mark.parametrize("api", ["create", "stream helper"])
+def test_a_stream_whose_reading_task_is_cancelled_records_what_arrived(api, how):
+    """The task reading a stream cancelled after its first events: the
+    caller stopped reading, as when it closes the stream early (what
+    arrived, the model and input tokens message_start named), not a
+    failure with nothing; the CancelledError (or wait_for's TimeoutError)
+    reaches the caller untouched."""
+    path = shared_path("anthropic/messages_streaming.yaml")
+    body = request_body(path)
+    sent = response_events(path)[:6]  # the library's keep-alive "ping" among them
+    text = "".join(e["delta"]["text"] for e in sent if e["type"] == "content_block_delta")
+
+    async def main(url):
+        lai.init(providers=["anthropic"])
+        if api == "create":
+            stream = await async_client(url).messages.create(**body)
+            read, raised = await read_then_stop(stream, 5, how)
+            return [event.type for event in read], raised
+        plain = {key: value for key, value in body.items() if key != "stream"}
+        async with async_client(url).messages.stream(**plain) as stream:
+            read, raised = await read_then_stop(stream, 8, how)  # (a "text" after each delta)
+        return [event.type for event in read if event.type != "text"], raised
+
+    with event_stream_in_steps(path, first=6) as url, capture() as captured:
+        types, raised = asyncio.run(main(url))
+    assert types == [e["type"] for e in sent if e["type"] != "ping"]
+    if how == "cancel":
+        assert raised.args == ("the caller's own reason",)
+    event = only_llm_event(captured)
+    assert text and event["output"] == {"role": "assistant", "content": text}
+    assert event["model"] == "claude-3-haiku-20240307"
+    assert_cut_usage(event, path)
+    assert event["result"] == "stream closed before its end"
+    assert event["error"] is None
+    assert 0 < event["time_to_first_token"] <= event["duration"]
 
 
 # -- with_raw_response / with_streaming_response ------------------------------------------

@@ -9,7 +9,11 @@ import base64
 import gc
 import inspect
 import json
+import os
+import signal
+import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -30,6 +34,7 @@ from _cassettes import (
     read_by_hand_async,
     read_once_by_hand,
     read_once_by_hand_async,
+    read_then_stop,
     replay,
     request_body,
     response_events,
@@ -299,6 +304,41 @@ def test_an_exception_in_the_callers_loop_closes_the_stream_as_cut_not_failed(as
     assert event["error"] is None
 
 
+@pytest.mark.parametrize("how", ["cancel", "wait_for"])
+@pytest.mark.parametrize("api", ["create", "stream helper"])
+def test_a_stream_whose_reading_task_is_cancelled_records_what_arrived(api, how):
+    """The task reading a stream cancelled after its first chunks: the
+    caller stopped reading, as when it closes the stream early (what
+    arrived, the model the chunks named), not a failure with nothing; the
+    CancelledError (or wait_for's TimeoutError) reaches the caller untouched."""
+    path = shared_path("openai/chat_async_streaming.yaml")
+    body = request_body(path)
+
+    async def main(url):
+        lai.init(providers=["openai"])
+        if api == "create":
+            stream = await async_client(url).chat.completions.create(**body)
+            read, raised = await read_then_stop(stream, 3, how)
+            return [chunk.choices[0].delta.content for chunk in read], raised
+        plain = {key: value for key, value in body.items() if key != "stream"}
+        async with async_client(url).chat.completions.stream(**plain) as stream:
+            read, raised = await read_then_stop(stream, 6, how)  # (a "chunk" event, a delta)
+        return [event.chunk.choices[0].delta.content for event in read
+                if event.type == "chunk"], raised
+
+    with event_stream_in_steps(path, first=3) as url, capture() as captured:
+        contents, raised = asyncio.run(main(url))
+    assert contents == ["", "Why", " did"]
+    if how == "cancel":
+        assert raised.args == ("the caller's own reason",)
+    event = only_llm_event(captured)
+    assert event["output"] == {"role": "assistant", "content": "Why did"}
+    assert event["model"] == "gpt-3.5-turbo-0125"
+    assert event["result"] == "stream closed before its end"
+    assert event["error"] is None
+    assert 0 < event["time_to_first_token"] <= event["duration"]
+
+
 def test_chat_stream_helper_is_recorded_once():
     path = shared_path("openai/chat_async_streaming.yaml")
     body = request_body(path)
@@ -310,6 +350,47 @@ def test_chat_stream_helper_is_recorded_once():
     event = only_llm_event(captured)
     assert event["output"]["content"] == final.choices[0].message.content
     assert event["time_to_first_token"] is not None
+
+
+def test_a_stream_read_in_the_main_thread_interrupted_records_what_arrived():
+    """The synchronous counterpart: a KeyboardInterrupt (a real SIGINT) while
+    the main thread waits on the socket for the next chunk stops the reading
+    from outside the stream: recorded as closed early, and the interrupt
+    reaches the caller."""
+    path = shared_path("openai/chat_async_streaming.yaml")
+    body = request_body(path)
+    main = threading.get_ident()
+    waiting = threading.Event()
+
+    def interrupt_once_blocked():
+        waiting.wait()
+        for _ in range(6000):  # until the main thread waits in the HTTP backend's socket read
+            frame = sys._current_frames().get(main)
+            if frame is not None and frame.f_code.co_name == "read" and \
+                    "_backends" in frame.f_code.co_filename:
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.005)
+        # never seen there: no interrupt, and the read fails with its timeout
+
+    interrupter = threading.Thread(target=interrupt_once_blocked)
+    interrupter.start()
+    with event_stream_in_steps(path, first=3) as url, capture() as captured:
+        lai.init(providers=["openai"])
+        stream = client(url).chat.completions.create(**body)
+        contents = [next(stream).choices[0].delta.content for _ in range(3)]
+        waiting.set()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                next(stream)
+        finally:
+            waiting.set()
+            interrupter.join()
+    assert contents == ["", "Why", " did"]
+    event = only_llm_event(captured)
+    assert event["output"] == {"role": "assistant", "content": "Why did"}
+    assert event["result"] == "stream closed before its end"
+    assert event["error"] is None
 
 
 # -- with_raw_response / with_streaming_response ------------------------------------------
