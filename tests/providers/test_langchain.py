@@ -178,6 +178,99 @@ def test_breaking_out_of_an_async_stream_early_records_what_arrived():
     assert event["result"] == "stream closed before its end"
 
 
+class Stop(Exception):
+    """The caller's own exception."""
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_an_exception_thrown_into_a_model_stream_records_what_arrived_not_an_error(
+        asynchronous):
+    """throw() / athrow() of the caller's own exception into model.stream():
+    the caller stopped the stream, as when it closes it early; langchain-core
+    reports the exception as the run's error, but it is none of the model's."""
+    path = shared_path("langchain/lcel_stream_openai.yaml")
+    from langchain_openai import ChatOpenAI
+
+    async def read_async(model):
+        stream = model.astream(socks_messages())
+        received = [(await anext(stream)).content for _ in range(5)]
+        with pytest.raises(Stop):
+            await stream.athrow(Stop())
+        return received
+
+    def read(model):
+        stream = model.stream(socks_messages())
+        received = [next(stream).content for _ in range(5)]
+        with pytest.raises(Stop):
+            stream.throw(Stop())
+        return received
+
+    with capture() as captured:
+        lai.init("stream thrown", providers=["langchain", "openai"])
+        with replay(path):
+            model = ChatOpenAI(model="gpt-4", temperature=0, api_key="sk-test", max_retries=0)
+            received = asyncio.run(read_async(model)) if asynchronous else read(model)
+    partial = "".join(received)
+    assert partial and streamed_text(path).startswith(partial)
+    event = only(captured.events("llm"))
+    assert event["error"] is None
+    assert event["output"] == {"role": "assistant", "content": partial}
+    assert event["result"] == "stream closed before its end"
+    assert event["model"] == "gpt-4-0613"
+
+
+def test_an_exception_in_the_callers_loop_over_a_model_stream_is_no_error_of_the_model():
+    """The caller's code raising inside ``for chunk in model.stream()``: the
+    stream is dropped, and closed, as on a break."""
+    path = shared_path("langchain/lcel_stream_openai.yaml")
+    from langchain_openai import ChatOpenAI
+
+    received = []
+    with capture() as captured:
+        lai.init("stream loop raised", providers=["langchain", "openai"])
+        with replay(path):
+            model = ChatOpenAI(model="gpt-4", temperature=0, api_key="sk-test", max_retries=0)
+            with pytest.raises(Stop):
+                for chunk in model.stream(socks_messages()):
+                    received.append(chunk.content)
+                    if len(received) == 5:
+                        raise Stop
+    event = only(captured.events("llm"))
+    assert event["error"] is None
+    assert event["output"] == {"role": "assistant", "content": "".join(received)}
+    assert event["result"] == "stream closed before its end"
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_model_stream_failing_midway_records_its_error_and_what_arrived(asynchronous):
+    """An error the provider's stream raises midway is the model call's
+    failure, recorded with what arrived before it and the model its chunks
+    named, as the openai plugin records it."""
+    path = own_path("openai/chat_stream_error.yaml")
+    from langchain_openai import ChatOpenAI
+
+    async def read_async(model):
+        return [chunk.content async for chunk in model.astream(request_body(path)["messages"])]
+
+    received = []
+    with capture() as captured:
+        lai.init("stream failed", providers=["langchain", "openai"])
+        with replay(path):
+            model = ChatOpenAI(model="gpt-4o-mini", api_key="sk-test", max_retries=0)
+            with pytest.raises(openai.APIError, match="server had an error"):
+                if asynchronous:
+                    asyncio.run(read_async(model))
+                else:
+                    received.extend(chunk.content
+                                    for chunk in model.stream(request_body(path)["messages"]))
+    event = only(captured.events("llm"))
+    assert event["error"] == "APIError: The server had an error while processing your " \
+                             "request. Sorry about that!"
+    assert event["output"] == {"role": "assistant", "content": "One, two,"}
+    assert event["model"] == "gpt-4o-mini-2024-07-18"
+    assert event["result"] is None
+
+
 def read_five_chunks_then_stop(model, question, asynchronous, **kwargs):
     """Stream the model's answer (``kwargs``: the call's), and stop reading
     after five chunks (async: closing the stream, as ``async with

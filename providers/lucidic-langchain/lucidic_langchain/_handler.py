@@ -46,7 +46,7 @@ class _Hold:
     its start to its end (``whole``); a stream runs it while it makes each
     chunk, not while its caller holds one. See _held_stream."""
 
-    __slots__ = ("live", "taken", "whole")
+    __slots__ = ("live", "taken", "thrown", "whole")
 
     def __init__(self, whole: bool) -> None:
         self.whole = whole
@@ -54,6 +54,9 @@ class _Hold:
         self.taken = False
         #: (a stream's) its model run is recorded and not yet over
         self.live = False
+        #: (a stream's) the exception its caller threw in (``throw()``,
+        #: ``athrow()``): the caller's, not the model's
+        self.thrown: BaseException | None = None
 
 
 #: The hold of the model call whose code runs here (set by the patched
@@ -147,6 +150,7 @@ def _held_stream(stream: Any) -> Iterator[Any]:
             except GeneratorExit:
                 raise
             except BaseException as exc:  # noqa: BLE001 - thrown in: the stream's to handle
+                steps.hold.thrown = exc
                 send, value = stream.throw, exc
     finally:
         stream.close()
@@ -167,6 +171,7 @@ async def _held_astream(stream: Any) -> AsyncIterator[Any]:
             except GeneratorExit:
                 raise
             except BaseException as exc:  # noqa: BLE001
+                steps.hold.thrown = exc
                 send, value = stream.athrow, exc
     finally:
         await stream.aclose()
@@ -496,15 +501,22 @@ class LucidicCallbackHandler(BaseCallbackHandler):
         if run is None or run.call is None:
             return
         try:
-            if isinstance(error, GeneratorExit) or (
+            if isinstance(error, GeneratorExit) or (run.hold is not None and (
+                    run.hold.thrown is error)) or (
                     isinstance(error, asyncio.CancelledError) and run.streamed):
                 # The caller stopped reading a stream (a break out of
-                # model.stream(), aclose(); the task reading it cancelled, as
-                # astream_events cancels its own when its caller stops
-                # reading): no error. What arrived so far comes as
-                # ``response`` (langchain-core passes it since 0.2).
+                # model.stream(), aclose(); an exception it threw in; the
+                # task reading it cancelled, as astream_events cancels its
+                # own when its caller stops reading): no error. What arrived
+                # so far comes as ``response`` (langchain-core passes it
+                # since 0.2).
                 with swallow("langchain_llm_closed"):
-                    run.call.finish(**_llm_result(response, run), result=ABANDONED)
+                    run.call.finish(**_llm_result(_arrived(response), run), result=ABANDONED)
+            elif run.streamed:
+                # The stream failed midway: its error, and what arrived before it.
+                with swallow("langchain_llm_failed_midway"):
+                    run.call.finish(**_llm_result(_arrived(response), run),
+                                    error=f"{type(error).__name__}: {error}")
             run.call.fail(error)  # does nothing once finished
         finally:
             _release(run)
@@ -606,6 +618,17 @@ def _llm_result(response: Any, run: _Run) -> dict[str, Any]:
     model = model or llm_output.get("model_name") or llm_output.get("model") or run.reported_model
     output = outputs[0] if len(outputs) == 1 else outputs or None
     return {"model": model, "output": output, **tokens}
+
+
+def _arrived(response: Any) -> Any:
+    """What arrived of a stream that ended early or failed, of the LLMResult
+    langchain-core passes with the error: its first group of generations
+    (the chunks merged), without the second it adds for the error (an empty
+    message carrying the error's HTTP status and headers)."""
+    generations = getattr(response, "generations", None)
+    if not generations or len(generations) < 2:
+        return response
+    return response.model_copy(update={"generations": generations[:1]})
 
 
 def _input_completed(usage: dict[str, Any], counted: dict[str, Any] | None) -> dict[str, Any]:
