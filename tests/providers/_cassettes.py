@@ -13,6 +13,7 @@ import gzip
 import json
 import os
 import threading
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -87,13 +88,22 @@ def response_events(path: Path, index: int = 0) -> list[dict[str, Any]]:
     return events
 
 
+#: zlib's wbits for each Content-Encoding event_stream_in_steps can send.
+#: ("raw deflate": sent as "deflate" without zlib's header, as some servers do)
+_ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS,
+              "raw deflate": -zlib.MAX_WBITS}
+
+
 @contextmanager
-def event_stream_in_steps(path: Path, *, first: int, index: int = 0) -> Iterator[str]:
+def event_stream_in_steps(path: Path, *, first: int, index: int = 0,
+                          encoding: str | None = None) -> Iterator[str]:
     """A loopback HTTP server answering each POST with the recorded
     server-sent-events body of ``path``: its first ``first`` events at once,
     the rest only when the block ends, so that a client that stops reading
     early can have received those events and no more (a replayed cassette
-    arrives in one piece). Yields the server's base URL."""
+    arrives in one piece); compressed with ``encoding`` (of _ENCODINGS)
+    if given, and said so in its Content-Encoding (the first events flushed
+    whole). Yields the server's base URL."""
     events = [event + "\n\n" for event in response_text(path, index).split("\n\n") if event]
     release = threading.Event()
 
@@ -102,12 +112,21 @@ def event_stream_in_steps(path: Path, *, first: int, index: int = 0) -> Iterator
             self.rfile.read(int(self.headers.get("content-length", 0)))
             self.send_response(200)
             self.send_header("content-type", "text/event-stream")
+            if encoding is not None:
+                self.send_header("content-encoding", encoding.split()[-1])
             self.end_headers()  # no length: the body ends when the connection closes
+            parts = ["".join(events[:first]).encode("utf-8"),
+                     "".join(events[first:]).encode("utf-8")]
+            if encoding is not None:
+                compressor = zlib.compressobj(wbits=_ENCODINGS[encoding])
+                parts = [compressor.compress(parts[0]) + compressor.flush(zlib.Z_SYNC_FLUSH),
+                         compressor.compress(parts[1]) + compressor.flush()]
             try:
-                self.wfile.write("".join(events[:first]).encode("utf-8"))
+                self.wfile.write(parts[0])
                 self.wfile.flush()
-                release.wait()
-                self.wfile.write("".join(events[first:]).encode("utf-8"))
+                if first < len(events):  # (else the body ends here)
+                    release.wait()
+                self.wfile.write(parts[1])
             except OSError:
                 pass  # the client stopped reading and closed the connection
 

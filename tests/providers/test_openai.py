@@ -597,6 +597,44 @@ def test_the_body_of_a_raw_response_dropped_at_once_is_recorded_as_it_is_read():
     assert_streamed_tool_call(only_llm_event(captured), body, response_events(path))
 
 
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "raw deflate"])
+@pytest.mark.parametrize("how", ["iter_lines", "iter_bytes", "read"])
+def test_a_compressed_raw_stream_read_by_hand_is_recorded_like_the_parsed_one(how, encoding):
+    """A compressed event stream (a Content-Encoding these APIs do not send,
+    but a proxy may) read by hand to its end: its events are read from the
+    bytes as they come (decompressed apart from the caller's read, which
+    gets them as httpx gives them); it was recorded as closed before its
+    end, with nothing."""
+    path = shared_path("openai/chat_tools_streaming.yaml")
+    body = request_body(path)
+    with event_stream_in_steps(path, first=10**6, encoding=encoding) as url, \
+            capture() as captured:
+        lai.init(providers=["openai"])
+        accessor = raw_chat(client(url), "with_streaming_response")
+        read = read_once_by_hand(accessor, body, "response", how)
+    assert read == as_read(response_text(path), how)
+    # as the stream parsed and read to its end records it
+    assert_streamed_tool_call(only_llm_event(captured), body, response_events(path))
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "raw deflate"])
+def test_a_compressed_raw_stream_read_by_hand_in_part_then_closed_records_what_arrived(
+        encoding):
+    path = shared_path("openai/chat_async_streaming.yaml")
+    body = request_body(path)
+    first = [c["choices"][0]["delta"].get("content") or "" for c in response_events(path)[:4]]
+    with event_stream_in_steps(path, first=4, encoding=encoding) as url, \
+            capture() as captured:
+        lai.init(providers=["openai"])
+        with raw_chat(client(url), "with_streaming_response").create(**body) as response:
+            read = lines_of_events(response.iter_lines(), 4)
+    assert len(read) == 8 and read[-1] == ""
+    event = only_llm_event(captured)
+    assert event["output"] == {"role": "assistant", "content": "".join(first)}
+    assert event["model"] == "gpt-3.5-turbo-0125"
+    assert event["result"] == "stream closed before its end"
+
+
 def test_a_raw_stream_read_by_hand_in_part_then_closed_records_what_arrived():
     path = shared_path("openai/chat_async_streaming.yaml")
     body = request_body(path)
