@@ -244,6 +244,15 @@ def test_stream_read_partly_then_closed_records_what_arrived():
     assert event["result"] == "stream closed before its end"
 
 
+def assert_recorded_cut(event, path, text):
+    """A stream of messages_streaming.yaml closed early, after ``text``."""
+    assert text and event["output"] == {"role": "assistant", "content": text}
+    assert event["model"] == "claude-3-haiku-20240307"
+    assert_cut_usage(event, path)
+    assert event["result"] == "stream closed before its end"
+    assert event["error"] is None
+
+
 def assert_cut_usage(event, path):
     """A stream cut before its message_delta: the input tokens (and their
     cost) message_start counted, and no output tokens; message_start's
@@ -345,12 +354,7 @@ def test_an_exception_in_the_callers_loop_closes_the_stream_as_cut_not_failed(as
         with pytest.raises(CallersError):
             asyncio.run(read_async()) if asynchronous else read()
         gc.collect()  # (the helper closes the response under the stream it wraps)
-    event = only_llm_event(captured)
-    assert event["output"] == {"role": "assistant", "content": "Here's an OpenTelemetry-"}
-    assert event["model"] == "claude-3-haiku-20240307"
-    assert_cut_usage(event, path)
-    assert event["result"] == "stream closed before its end"
-    assert event["error"] is None
+    assert_recorded_cut(only_llm_event(captured), path, "Here's an OpenTelemetry-")
 
 
 @pytest.mark.parametrize("how", ["cancel", "wait_for"])
@@ -383,11 +387,7 @@ def test_a_stream_whose_reading_task_is_cancelled_records_what_arrived(api, how)
     if how == "cancel":
         assert raised.args == ("the caller's own reason",)
     event = only_llm_event(captured)
-    assert text and event["output"] == {"role": "assistant", "content": text}
-    assert event["model"] == "claude-3-haiku-20240307"
-    assert_cut_usage(event, path)
-    assert event["result"] == "stream closed before its end"
-    assert event["error"] is None
+    assert_recorded_cut(event, path, text)
     assert 0 < event["time_to_first_token"] <= event["duration"]
 
 
@@ -665,11 +665,7 @@ def test_a_raw_stream_read_by_hand_in_part_then_closed_records_what_arrived():
             assert not captured.events("llm")  # still open
     assert read[0] == "event: message_start" and read[-1] == ""
     event = only_llm_event(captured)
-    assert text and event["output"] == {"role": "assistant", "content": text}
-    assert event["model"] == "claude-3-haiku-20240307"
-    assert_cut_usage(event, path)
-    assert event["result"] == "stream closed before its end"
-    assert event["error"] is None
+    assert_recorded_cut(event, path, text)
 
 
 def test_an_error_event_in_a_raw_stream_read_by_hand_is_recorded_as_parsing_raises_it():

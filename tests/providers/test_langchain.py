@@ -110,6 +110,15 @@ def test_lcel_stream_records_the_streamed_output_when_the_stream_ends():
     assert steps_by_action(captured)["RunnableSequence"]["is_finished"]
 
 
+def assert_recorded_cut(event, path, partial):
+    """The model stream of ``path`` closed early, after ``partial``: what
+    arrived, no error."""
+    assert partial and streamed_text(path).startswith(partial)
+    assert event["error"] is None
+    assert event["output"] == {"role": "assistant", "content": partial}
+    assert event["result"] == "stream closed before its end"
+
+
 def socks_messages():
     return [("user", "write 10 lines of random text about $colorful socks")]
 
@@ -144,12 +153,8 @@ def test_breaking_out_of_a_stream_early_records_what_arrived_not_an_error():
                 received.append(chunk.content)
                 if len(received) == 5:
                     break  # the generator is dropped here, and closed (GeneratorExit)
-    partial = "".join(received)
-    assert partial and streamed_text(path).startswith(partial)
     event = only(captured.events("llm"))
-    assert event["error"] is None
-    assert event["output"] == {"role": "assistant", "content": partial}
-    assert event["result"] == "stream closed before its end"
+    assert_recorded_cut(event, path, "".join(received))
     # (langchain-openai names the answering model in the last chunk only)
     assert event["request_model"] == "gpt-4" and event["time_to_first_token"] is not None
 
@@ -211,12 +216,8 @@ def test_an_exception_thrown_into_a_model_stream_records_what_arrived_not_an_err
         with replay(path):
             model = ChatOpenAI(model="gpt-4", temperature=0, api_key="sk-test", max_retries=0)
             received = asyncio.run(read_async(model)) if asynchronous else read(model)
-    partial = "".join(received)
-    assert partial and streamed_text(path).startswith(partial)
     event = only(captured.events("llm"))
-    assert event["error"] is None
-    assert event["output"] == {"role": "assistant", "content": partial}
-    assert event["result"] == "stream closed before its end"
+    assert_recorded_cut(event, path, "".join(received))
     assert event["model"] == "gpt-4-0613"
 
 
