@@ -5,6 +5,7 @@ recorded traffic where a model is called over HTTP."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -109,6 +110,15 @@ def test_lcel_stream_records_the_streamed_output_when_the_stream_ends():
     assert steps_by_action(captured)["RunnableSequence"]["is_finished"]
 
 
+def assert_recorded_cut(event, path, partial):
+    """The model stream of ``path`` closed early, after ``partial``: what
+    arrived, no error."""
+    assert partial and streamed_text(path).startswith(partial)
+    assert event["error"] is None
+    assert event["output"] == {"role": "assistant", "content": partial}
+    assert event["result"] == "stream closed before its end"
+
+
 def socks_messages():
     return [("user", "write 10 lines of random text about $colorful socks")]
 
@@ -143,12 +153,8 @@ def test_breaking_out_of_a_stream_early_records_what_arrived_not_an_error():
                 received.append(chunk.content)
                 if len(received) == 5:
                     break  # the generator is dropped here, and closed (GeneratorExit)
-    partial = "".join(received)
-    assert partial and streamed_text(path).startswith(partial)
     event = only(captured.events("llm"))
-    assert event["error"] is None
-    assert event["output"] == {"role": "assistant", "content": partial}
-    assert event["result"] == "stream closed before its end"
+    assert_recorded_cut(event, path, "".join(received))
     # (langchain-openai names the answering model in the last chunk only)
     assert event["request_model"] == "gpt-4" and event["time_to_first_token"] is not None
 
@@ -176,6 +182,95 @@ def test_breaking_out_of_an_async_stream_early_records_what_arrived():
     assert event["error"] is None
     assert event["output"] == {"role": "assistant", "content": partial}
     assert event["result"] == "stream closed before its end"
+
+
+class CallersError(Exception):
+    """The caller's own exception."""
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_an_exception_thrown_into_a_model_stream_records_what_arrived_not_an_error(
+        asynchronous):
+    """throw() / athrow() of the caller's own exception into model.stream():
+    the caller stopped the stream, as when it closes it early; langchain-core
+    reports the exception as the run's error, but it is none of the model's."""
+    path = shared_path("langchain/lcel_stream_openai.yaml")
+    from langchain_openai import ChatOpenAI
+
+    async def read_async(model):
+        stream = model.astream(socks_messages())
+        received = [(await anext(stream)).content for _ in range(5)]
+        with pytest.raises(CallersError):
+            await stream.athrow(CallersError())
+        return received
+
+    def read(model):
+        stream = model.stream(socks_messages())
+        received = [next(stream).content for _ in range(5)]
+        with pytest.raises(CallersError):
+            stream.throw(CallersError())
+        return received
+
+    with capture() as captured:
+        lai.init("stream thrown", providers=["langchain", "openai"])
+        with replay(path):
+            model = ChatOpenAI(model="gpt-4", temperature=0, api_key="sk-test", max_retries=0)
+            received = asyncio.run(read_async(model)) if asynchronous else read(model)
+    event = only(captured.events("llm"))
+    assert_recorded_cut(event, path, "".join(received))
+    assert event["model"] == "gpt-4-0613"
+
+
+def test_an_exception_in_the_callers_loop_over_a_model_stream_is_no_error_of_the_model():
+    """The caller's code raising inside ``for chunk in model.stream()``: the
+    stream is dropped, and closed, as on a break."""
+    path = shared_path("langchain/lcel_stream_openai.yaml")
+    from langchain_openai import ChatOpenAI
+
+    received = []
+    with capture() as captured:
+        lai.init("stream loop raised", providers=["langchain", "openai"])
+        with replay(path):
+            model = ChatOpenAI(model="gpt-4", temperature=0, api_key="sk-test", max_retries=0)
+            with pytest.raises(CallersError):
+                for chunk in model.stream(socks_messages()):
+                    received.append(chunk.content)
+                    if len(received) == 5:
+                        raise CallersError
+    event = only(captured.events("llm"))
+    assert event["error"] is None
+    assert event["output"] == {"role": "assistant", "content": "".join(received)}
+    assert event["result"] == "stream closed before its end"
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_model_stream_failing_midway_records_its_error_and_what_arrived(asynchronous):
+    """An error the provider's stream raises midway is the model call's
+    failure, recorded with what arrived before it and the model its chunks
+    named, as the openai plugin records it."""
+    path = own_path("openai/chat_stream_error.yaml")
+    from langchain_openai import ChatOpenAI
+
+    async def read_async(model):
+        return [chunk.content async for chunk in model.astream(request_body(path)["messages"])]
+
+    received = []
+    with capture() as captured:
+        lai.init("stream failed", providers=["langchain", "openai"])
+        with replay(path):
+            model = ChatOpenAI(model="gpt-4o-mini", api_key="sk-test", max_retries=0)
+            with pytest.raises(openai.APIError, match="server had an error"):
+                if asynchronous:
+                    asyncio.run(read_async(model))
+                else:
+                    received.extend(chunk.content
+                                    for chunk in model.stream(request_body(path)["messages"]))
+    event = only(captured.events("llm"))
+    assert event["error"] == "APIError: The server had an error while processing your " \
+                             "request. Sorry about that!"
+    assert event["output"] == {"role": "assistant", "content": "One, two,"}
+    assert event["model"] == "gpt-4o-mini-2024-07-18"
+    assert event["result"] is None
 
 
 def read_five_chunks_then_stop(model, question, asynchronous, **kwargs):
@@ -451,16 +546,22 @@ class AskingTwice(BaseChatModel):
         for _ in range(2):
             for chunk in client.chat.completions.create(**self._request()):
                 if chunk.choices and chunk.choices[0].delta.content:
-                    yield ChatGenerationChunk(
-                        message=AIMessageChunk(content=chunk.choices[0].delta.content))
+                    text = chunk.choices[0].delta.content
+                    generated = ChatGenerationChunk(message=AIMessageChunk(content=text))
+                    if run_manager:  # as the integrations report their tokens
+                        run_manager.on_llm_new_token(text, chunk=generated)
+                    yield generated
 
     async def _astream(self, messages, stop=None, run_manager=None, **kwargs):
         client = openai.AsyncOpenAI(api_key="sk-test", max_retries=0)
         for _ in range(2):
             async for chunk in await client.chat.completions.create(**self._request()):
                 if chunk.choices and chunk.choices[0].delta.content:
-                    yield ChatGenerationChunk(
-                        message=AIMessageChunk(content=chunk.choices[0].delta.content))
+                    text = chunk.choices[0].delta.content
+                    generated = ChatGenerationChunk(message=AIMessageChunk(content=text))
+                    if run_manager:
+                        await run_manager.on_llm_new_token(text, chunk=generated)
+                    yield generated
 
     def _generate(self, messages, stop=None, run_manager=None, **kwargs):
         return generate_from_stream(self._stream(messages))
@@ -493,15 +594,42 @@ class Reviewing(BaseChatModel):
         return generate_from_stream(self._stream(messages))
 
 
+#: langchain-core's event streams of a chat model (stream_events(version="v3"),
+#: its async astream_events), where the library has them: made through
+#: methods of their own, not stream() or astream()
+V3 = [pytest.param(how, marks=pytest.mark.skipif(
+    not hasattr(BaseChatModel, "_chat_model_stream_v3"),
+    reason="this langchain-core has no stream_events(version='v3')"))
+      for how in ("stream_events v3", "astream_events v3")]
+
+
+def text_of(output):
+    """The text of a recorded assistant message: its content, or the text of
+    its content blocks (v3 streams assemble v1 content blocks)."""
+    assert output["role"] == "assistant"
+    content = output["content"]
+    if isinstance(content, list):
+        return "".join(block["text"] for block in content if block.get("type") == "text")
+    return content
+
+
 def run_model(model, how):
     """The model's answer to socks_messages(), asked as ``how`` says."""
     async def astream():
         return "".join([chunk.content async for chunk in model.astream(socks_messages())])
 
+    async def astream_events_v3():
+        return "".join([text async for text in
+                        (await model.astream_events(socks_messages(), version="v3")).text])
+
     if how == "stream":
         return "".join(chunk.content for chunk in model.stream(socks_messages()))
     if how == "astream":
         return asyncio.run(astream())
+    if how == "stream_events v3":
+        return "".join(model.stream_events(socks_messages(), version="v3").text)
+    if how == "astream_events v3":
+        return asyncio.run(astream_events_v3())
     # ("streamed": invoked with stream=True, langchain streams the answer
     # through the model's _stream and hands back the whole of it)
     streamed = {"stream": True} if how.endswith(" streamed") else {}
@@ -511,7 +639,7 @@ def run_model(model, how):
 
 
 @pytest.mark.parametrize("how", ["stream", "astream", "invoke", "ainvoke", "invoke streamed",
-                                 "ainvoke streamed"])
+                                 "ainvoke streamed", *V3])
 @pytest.mark.parametrize("model_class", [AskingTwice, Reviewing])
 def test_a_model_whose_own_code_calls_a_model_after_its_first_token_is_recorded_once(
         model_class, how):
@@ -529,7 +657,7 @@ def test_a_model_whose_own_code_calls_a_model_after_its_first_token_is_recorded_
     assert answer == (text * 2 if model_class is AskingTwice else "Reviewed: " + text)
     event = only(captured.events("llm"))
     assert event["description"] == model_class.__name__
-    assert event["output"] == {"role": "assistant", "content": answer}
+    assert text_of(event["output"]) == answer
 
 
 @pytest.mark.parametrize("asynchronous", [False, True])
@@ -568,6 +696,128 @@ def test_a_client_call_made_between_a_streams_chunks_is_the_provider_plugins(asy
     events = captured.events("llm")
     assert sorted(event["description"] for event in events) == ["ChatOpenAI", "openai chat"]
     assert all(event["output"]["content"] == streamed_text(path) for event in events)
+
+
+@pytest.mark.parametrize("how", V3)
+def test_a_v3_event_stream_is_recorded_once_with_its_model_and_first_token(how):
+    path = shared_path("langchain/lcel_stream_openai.yaml")
+    from langchain_openai import ChatOpenAI
+
+    with capture() as captured:
+        lai.init("v3", providers=["langchain", "openai"])
+        with replay(path):
+            text = run_model(ChatOpenAI(model="gpt-4", api_key="sk-test", max_retries=0), how)
+    assert text == streamed_text(path)
+    event = only(captured.events("llm"))
+    assert event["description"] == "ChatOpenAI" and event["model"] == "gpt-4-0613"
+    assert text_of(event["output"]) == text
+    assert event["result"] is None and event["error"] is None
+    assert 0 < event["time_to_first_token"] <= event["duration"]
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_client_call_made_between_a_v3_streams_events_is_the_provider_plugins(asynchronous):
+    """Code the caller runs between the events of a v3 stream (of a model
+    that reports no tokens: its events are its stream) is not the model's:
+    a client call made there is recorded by the openai plugin."""
+    if not hasattr(BaseChatModel, "_chat_model_stream_v3"):
+        pytest.skip("this langchain-core has no stream_events(version='v3')")
+    path = shared_path("langchain/lcel_stream_openai.yaml")
+    request = AskingTwice()._request()
+    model = FakeListChatModel(responses=["one two three"])
+
+    async def read_async():
+        read = []
+        async for text in (await model.astream_events("hi", version="v3")).text:
+            if len(read) == 2:
+                client = openai.AsyncOpenAI(api_key="sk-test", max_retries=0)
+                async for _ in await client.chat.completions.create(**request):
+                    pass
+            read.append(text)
+        return read
+
+    def read():
+        read = []
+        for text in model.stream_events("hi", version="v3").text:
+            if len(read) == 2:
+                list(openai.OpenAI(api_key="sk-test",
+                                   max_retries=0).chat.completions.create(**request))
+            read.append(text)
+        return read
+
+    with capture() as captured:
+        lai.init("v3 between events", providers=["langchain", "openai"])
+        with replay(path):
+            received = asyncio.run(read_async()) if asynchronous else read()
+    assert "".join(received) == "one two three"
+    fake, client_call = sorted(captured.events("llm"),
+                               key=lambda event: event["description"] != "FakeListChatModel")
+    assert fake["description"] == "FakeListChatModel"
+    assert text_of(fake["output"]) == "one two three"
+    assert client_call["description"] == "openai chat"
+    assert client_call["output"]["content"] == streamed_text(path)
+
+
+def test_a_v3_stream_left_early_records_what_arrived():
+    """stream_events(version="v3") read in part and dropped: langchain-core
+    ends nothing (it just stops pulling), so the call was never recorded."""
+    if not hasattr(BaseChatModel, "_chat_model_stream_v3"):
+        pytest.skip("this langchain-core has no stream_events(version='v3')")
+    path = shared_path("langchain/lcel_stream_openai.yaml")
+    from langchain_openai import ChatOpenAI
+
+    with capture() as captured:
+        lai.init("v3 left", providers=["langchain", "openai"])
+        with replay(path):
+            model = ChatOpenAI(model="gpt-4", api_key="sk-test", max_retries=0)
+            received = []
+            for text in model.stream_events(socks_messages(), version="v3").text:
+                received.append(text)
+                if len(received) == 3:
+                    break  # the stream is dropped here
+            gc.collect()
+            (event,) = captured.events("llm")
+    partial = "".join(received)
+    assert partial and streamed_text(path).startswith(partial)
+    assert text_of(event["output"]) == partial
+    assert event["result"] == "stream closed before its end" and event["error"] is None
+    assert event["model"] == "gpt-4-0613"
+
+
+def test_an_async_v3_stream_closed_early_records_what_arrived():
+    """astream_events(version="v3") closed early: its producer task is
+    cancelled, and langchain-core reports the cancellation with none of
+    what arrived; the events that did are the call's output. (A model that
+    pauses between its chunks: a ChatOpenAI stream whose server stalls
+    cannot be closed here, langchain-openai's chunk timeout waiting on the
+    read the cancellation leaves running.)"""
+    if not hasattr(BaseChatModel, "_chat_model_stream_v3"):
+        pytest.skip("this langchain-core has no stream_events(version='v3')")
+    answer = "a sock of many colours, striped and spotted"  # a chunk per character
+
+    async def read_three():
+        model = FakeListChatModel(responses=[answer], sleep=0.2)
+        stream = await model.astream_events("hi", version="v3")
+        received = []
+        async for text in stream.text:
+            received.append(text)
+            if len(received) == 3:
+                break
+        await stream.aclose()
+        return received
+
+    with capture() as captured:
+        lai.init("v3 closed", providers=["langchain"])
+        received = asyncio.run(read_three())
+    partial = "".join(received)
+    event = only(captured.events("llm"))
+    # what the model's task had when it was cancelled: at least what its
+    # reader read, and not all of it
+    arrived = text_of(event["output"])
+    assert partial == "a s" and arrived.startswith(partial) and answer.startswith(arrived)
+    assert len(arrived) < len(answer)
+    assert event["result"] == "stream closed before its end" and event["error"] is None
+    assert event["description"] == "FakeListChatModel"
 
 
 def test_a_call_asking_for_several_choices_counts_its_tokens_once():

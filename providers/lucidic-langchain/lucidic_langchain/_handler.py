@@ -13,6 +13,7 @@ import asyncio
 import contextvars
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -46,7 +47,7 @@ class _Hold:
     its start to its end (``whole``); a stream runs it while it makes each
     chunk, not while its caller holds one. See _held_stream."""
 
-    __slots__ = ("live", "taken", "whole")
+    __slots__ = ("handler", "live", "run_id", "taken", "thrown", "whole")
 
     def __init__(self, whole: bool) -> None:
         self.whole = whole
@@ -54,6 +55,12 @@ class _Hold:
         self.taken = False
         #: (a stream's) its model run is recorded and not yet over
         self.live = False
+        #: (a stream's) the exception its caller threw in (``throw()``,
+        #: ``athrow()``): the caller's, not the model's
+        self.thrown: BaseException | None = None
+        #: (a stream's) its model run, and the handler recording it
+        self.run_id: UUID | None = None
+        self.handler: LucidicCallbackHandler | None = None
 
 
 #: The hold of the model call whose code runs here (set by the patched
@@ -147,6 +154,7 @@ def _held_stream(stream: Any) -> Iterator[Any]:
             except GeneratorExit:
                 raise
             except BaseException as exc:  # noqa: BLE001 - thrown in: the stream's to handle
+                steps.hold.thrown = exc
                 send, value = stream.throw, exc
     finally:
         stream.close()
@@ -167,19 +175,119 @@ async def _held_astream(stream: Any) -> AsyncIterator[Any]:
             except GeneratorExit:
                 raise
             except BaseException as exc:  # noqa: BLE001
+                steps.hold.thrown = exc
                 send, value = stream.athrow, exc
     finally:
         await stream.aclose()
 
 
+# -- langchain-core's event streams (stream_events / astream_events, version="v3") ---
+#
+# These start the model run themselves (not through generate or stream) and
+# pull the model's events step by step through _iter_v2_events /
+# _aiter_v2_events: each step is the model's own code, held off from the
+# provider plugins while its run is recorded; between steps the caller's
+# code runs, which is not. A sync stream is pulled by its reader, and
+# dropped unfinished ends nothing in langchain-core: its run is completed
+# when it is garbage collected, with what arrived.
+
+
+def _recorded_run(run_manager: Any) -> bool:
+    """Whether the model run of ``run_manager`` is being recorded here."""
+    run_id = getattr(run_manager, "run_id", None)
+    for handler in getattr(run_manager, "handlers", None) or ():
+        if isinstance(handler, LucidicCallbackHandler) and handler.recording(run_id):
+            return True
+    return False
+
+
+def _hold_events(wrapped: Any, instance: Any, args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> Any:
+    """Around ``_iter_v2_events``: each step of a recorded run held off."""
+    events = wrapped(*args, **kwargs)
+    if not hasattr(events, "throw") or not _recorded_run(kwargs.get("run_manager")):
+        return events
+    return _held_events(events)
+
+
+def _held_events(events: Any) -> Iterator[Any]:
+    try:
+        while True:
+            with plugins.suppress_llm_calls("langchain"):
+                try:
+                    event = next(events)
+                except StopIteration:
+                    return
+            yield event
+    finally:
+        events.close()
+
+
+def _hold_aevents(wrapped: Any, instance: Any, args: tuple[Any, ...],
+                  kwargs: dict[str, Any]) -> Any:
+    """Around ``_aiter_v2_events``: _hold_events."""
+    events = wrapped(*args, **kwargs)
+    if not hasattr(events, "athrow") or not _recorded_run(kwargs.get("run_manager")):
+        return events
+    return _held_aevents(events)
+
+
+async def _held_aevents(events: Any) -> AsyncIterator[Any]:
+    try:
+        while True:
+            with plugins.suppress_llm_calls("langchain"):
+                try:
+                    event = await events.__anext__()
+                except StopAsyncIteration:
+                    return
+            yield event
+    finally:
+        await events.aclose()
+
+
+def _hold_v3_stream(wrapped: Any, instance: Any, args: tuple[Any, ...],
+                    kwargs: dict[str, Any]) -> Any:
+    """Around ``_chat_model_stream_v3``: the run its stream starts is known
+    by its hold, and completed with what arrived if the stream is dropped
+    before its end."""
+    stream = wrapped(*args, **kwargs)
+    with swallow("langchain_v3_stream"):
+        start = stream._ensure_started
+        if start is None:
+            return stream
+        hold = _Hold(whole=False)
+
+        def started() -> None:
+            token = _holding.set(hold)  # the run it starts is its own
+            try:
+                start()
+            finally:
+                _holding.reset(token)
+
+        stream.set_start(started)
+        finalizer = weakref.finalize(stream, _v3_stream_dropped, hold)
+        finalizer.atexit = False
+    return stream
+
+
+def _v3_stream_dropped(hold: _Hold) -> None:
+    if hold.live and hold.handler is not None and hold.run_id is not None:
+        hold.handler.on_llm_error(GeneratorExit(), run_id=hold.run_id)
+
+
 _CHAT_MODELS = "langchain_core.language_models.chat_models"
 _LLMS = "langchain_core.language_models.llms"
-#: The langchain-core methods a model call is made through (see _Hold).
-MODEL_PATCHES: tuple[tuple[str, str, str, Callable[..., Any]], ...] = tuple(
-    (module, cls, method, wrapper)
-    for module, cls in ((_CHAT_MODELS, "BaseChatModel"), (_LLMS, "BaseLLM"))
-    for method, wrapper in (("generate", _hold_call), ("agenerate", _hold_acall),
-                            ("stream", _hold_stream), ("astream", _hold_astream)))
+#: The langchain-core methods a model call is made through (see _Hold); a
+#: langchain-core without the v3 event streams lacks the last three.
+MODEL_PATCHES: tuple[tuple[str, str, str, Callable[..., Any]], ...] = (
+    *((module, cls, method, wrapper)
+      for module, cls in ((_CHAT_MODELS, "BaseChatModel"), (_LLMS, "BaseLLM"))
+      for method, wrapper in (("generate", _hold_call), ("agenerate", _hold_acall),
+                              ("stream", _hold_stream), ("astream", _hold_astream))),
+    (_CHAT_MODELS, "BaseChatModel", "_iter_v2_events", _hold_events),
+    (_CHAT_MODELS, "BaseChatModel", "_aiter_v2_events", _hold_aevents),
+    (_CHAT_MODELS, "BaseChatModel", "_chat_model_stream_v3", _hold_v3_stream),
+)
 
 
 @dataclass
@@ -205,6 +313,9 @@ class _Run:
     hold: _Hold | None = None
     #: A token has been streamed.
     streamed: bool = False
+    #: The protocol events of a v3 event stream (on_stream_event), of which
+    #: what arrived is assembled if it ends early: langchain-core passes none.
+    events: list[Any] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -438,6 +549,8 @@ class LucidicCallbackHandler(BaseCallbackHandler):
         run = _Run("llm", parent, call=call, suppression=suppression, hold=hold)
         if hold is not None:
             hold.live = True
+            if not hold.whole:
+                hold.run_id, hold.handler = run_id, self
         self._add(run_id, run)
         if self._on_model_start is not None:
             self._on_model_start()
@@ -480,6 +593,31 @@ class LucidicCallbackHandler(BaseCallbackHandler):
                     # (Its stream's later steps are held off again: _held_stream.)
                     run.suppression.active = False
 
+    def recording(self, run_id: UUID | None) -> bool:
+        """Whether the model run ``run_id`` is being recorded (and not over)."""
+        with self._lock:
+            run = self._runs.get(run_id) if run_id is not None else None
+        return run is not None and run.call is not None
+
+    def on_stream_event(self, event: Any, *, run_id: UUID, **kwargs: Any) -> None:
+        """Each protocol event of a v3 event stream (stream_events,
+        astream_events version="v3"): kept, for what arrived of a stream
+        that ends early; its first content is the first token, and its
+        first event, as a first token does, ends the hold on the provider
+        plugins its run's start began (the stream's steps hold them off:
+        _held_events)."""
+        with swallow("langchain_stream_event"):
+            with self._lock:
+                run = self._runs.get(run_id)
+            if run is None or run.call is None:
+                return
+            run.events.append(event)
+            if isinstance(event, dict) and event.get("event") == "content-block-delta":
+                run.call.first_token()
+                run.streamed = True
+            if run.suppression is not None and not (run.hold and run.hold.whole):
+                run.suppression.active = False
+
     def on_llm_end(self, response: Any, *, run_id: UUID, **kwargs: Any) -> None:
         run = self._pop(run_id)
         if run is None or run.call is None:
@@ -496,15 +634,23 @@ class LucidicCallbackHandler(BaseCallbackHandler):
         if run is None or run.call is None:
             return
         try:
-            if isinstance(error, GeneratorExit) or (
+            if isinstance(error, GeneratorExit) or (run.hold is not None and (
+                    run.hold.thrown is error)) or (
                     isinstance(error, asyncio.CancelledError) and run.streamed):
                 # The caller stopped reading a stream (a break out of
-                # model.stream(), aclose(); the task reading it cancelled, as
-                # astream_events cancels its own when its caller stops
-                # reading): no error. What arrived so far comes as
-                # ``response`` (langchain-core passes it since 0.2).
+                # model.stream(), aclose(); an exception it threw in; the
+                # task reading it cancelled, as astream_events cancels its
+                # own when its caller stops reading): no error. What arrived
+                # so far comes as ``response`` (langchain-core passes it
+                # since 0.2).
                 with swallow("langchain_llm_closed"):
-                    run.call.finish(**_llm_result(response, run), result=ABANDONED)
+                    run.call.finish(**_llm_result(_arrived(response, run), run),
+                                    result=ABANDONED)
+            elif run.streamed:
+                # The stream failed midway: its error, and what arrived before it.
+                with swallow("langchain_llm_failed_midway"):
+                    run.call.finish(**_llm_result(_arrived(response, run), run),
+                                    error=f"{type(error).__name__}: {error}")
             run.call.fail(error)  # does nothing once finished
         finally:
             _release(run)
@@ -606,6 +752,46 @@ def _llm_result(response: Any, run: _Run) -> dict[str, Any]:
     model = model or llm_output.get("model_name") or llm_output.get("model") or run.reported_model
     output = outputs[0] if len(outputs) == 1 else outputs or None
     return {"model": model, "output": output, **tokens}
+
+
+def _arrived(response: Any, run: _Run) -> Any:
+    """What arrived of a stream that ended early or failed, of the LLMResult
+    langchain-core passes with the error: its first group of generations
+    (the chunks merged), without the second it adds for the error (an empty
+    message carrying the error's HTTP status and headers); of a v3 event
+    stream, whose error passes none of it, the message its events make."""
+    if run.events:
+        return _LLMResultOf(_message_of_events(run.events))
+    generations = getattr(response, "generations", None)
+    if not generations or len(generations) < 2:
+        return response
+    return response.model_copy(update={"generations": generations[:1]})
+
+
+@dataclass
+class _GenerationOf:
+    message: Any
+
+
+class _LLMResultOf:
+    """An LLMResult's shape (as _llm_result reads it) for one message."""
+
+    def __init__(self, message: Any) -> None:
+        self.generations = [[_GenerationOf(message)]] if message is not None else []
+        self.llm_output = None
+
+
+def _message_of_events(events: list[Any]) -> Any:
+    """The message a v3 stream's protocol events so far make (langchain-core's
+    own assembly, fed to a stream of its own)."""
+    from langchain_core.language_models.chat_model_stream import ChatModelStream
+
+    stream = ChatModelStream()
+    for event in events:
+        stream.dispatch(event)
+    if not stream.done:
+        stream.dispatch({"event": "message-finish"})
+    return stream.output_message
 
 
 def _input_completed(usage: dict[str, Any], counted: dict[str, Any] | None) -> dict[str, Any]:
