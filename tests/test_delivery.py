@@ -163,16 +163,26 @@ def test_a_backlog_left_by_a_dead_process_does_not_hold_up_this_processs_records
     # they were spooled instead of delivered (and the test of that backlog's
     # delivery at times found the later process's own end left in the spool).
     left_by_a_dead_process(tmp_path / "spool", ["a", "b", "c"])
-    sink = MemorySink()
-    pipeline = Pipeline(sink, Spool(tmp_path / "spool"), batch_size=100)
-    pipeline.put(("event", "mine", 1.0, {"session_id": "mine"}))
-    pipeline.start()
-    assert pipeline.flush(10) is True
-    assert wait_until(lambda: len(sink.records) == 10, 10)
-    assert [r[3]["session_id"] for r in sink.records] == \
+    delivered = _delivered_with_one_own_record(tmp_path / "spool", 10)
+    assert [r[3]["session_id"] for r in delivered] == \
         ["a"] * 3 + ["mine"] + ["b"] * 3 + ["c"] * 3
     assert not list((tmp_path / "spool").glob("*.jsonl"))
-    pipeline.shutdown(5)
+
+
+def _delivered_with_one_own_record(spool_dir: Path, total: int) -> list[Record]:
+    """What a pipeline (batches of 100) delivers, in order, of what waits in
+    ``spool_dir`` and one record of its own queued before it starts, once it
+    has delivered ``total`` records."""
+    sink = MemorySink()
+    pipeline = Pipeline(sink, Spool(spool_dir), batch_size=100)
+    pipeline.put(("event", "mine", 1.0, {"session_id": "mine"}))
+    pipeline.start()
+    try:
+        assert pipeline.flush(10) is True
+        assert wait_until(lambda: len(sink.records) == total, 10)
+    finally:
+        pipeline.shutdown(5)
+    return sink.records
 
 
 def test_one_large_segment_left_by_a_dead_process_lets_own_records_go_between_its_batches(
@@ -183,16 +193,10 @@ def test_one_large_segment_left_by_a_dead_process_lets_own_records_go_between_it
     writer = Spool(tmp_path / "spool")
     writer.append(events(1000, session="big"))
     writer.close()  # (unlocked, as its writer's death leaves it)
-    sink = MemorySink()
-    pipeline = Pipeline(sink, Spool(tmp_path / "spool"), batch_size=100)
-    pipeline.put(("event", "mine", 1.0, {"session_id": "mine"}))
-    pipeline.start()
-    assert pipeline.flush(10) is True
-    assert wait_until(lambda: len(sink.records) == 1001, 10)
-    assert [r[3]["session_id"] for r in sink.records] == ["big"] * 100 + ["mine"] + ["big"] * 900
-    assert [r[1] for r in sink.records if r[1] != "mine"] == [f"e{i}" for i in range(1000)]
+    delivered = _delivered_with_one_own_record(tmp_path / "spool", 1001)
+    assert [r[3]["session_id"] for r in delivered] == ["big"] * 100 + ["mine"] + ["big"] * 900
+    assert [r[1] for r in delivered if r[1] != "mine"] == [f"e{i}" for i in range(1000)]
     assert list((tmp_path / "spool").iterdir()) == []  # no segment, no progress note
-    pipeline.shutdown(5)
 
 
 def test_own_records_also_go_between_batches_of_the_segment_a_replay_is_in(tmp_path):
