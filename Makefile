@@ -18,6 +18,18 @@ $(VENV)/.installed: pyproject.toml $(PROVIDERS)
 	$(PY) -m pip install --quiet -e '.[dev,server]' $(foreach p,$(PROVIDERS),-e '$(dir $(p))[test]')
 	touch $@
 
+# tests/server/test_lucidicai3.py runs the hosted SDK's 3.x client, which is the
+# same `lucidicai` package as the 1.3.5 the venv holds: it goes to a directory
+# of its own, put first on the path of the child processes that run it. No
+# dependencies: what it imports, lucidicai 1.3.5 and the dev extras installed.
+LUCIDICAI3 := lucidicai==3.7.1
+$(VENV)/lucidicai3/.installed: $(VENV)/.installed Makefile
+	rm -rf $(VENV)/lucidicai3
+	$(PY) -m pip install --quiet --no-deps --target $(VENV)/lucidicai3 '$(LUCIDICAI3)'
+	$(PY) -c "import sys; sys.path.insert(0, '$(VENV)/lucidicai3'); import lucidicai; \
+		assert lucidicai.__version__ == '$(LUCIDICAI3)'.split('==')[1], lucidicai.__file__"
+	touch $@
+
 # The browser tests drive Debian's chromium (Playwright's own browser download
 # cannot work offline). Installed here where we may (root with apt-get);
 # elsewhere the tests say what to run.
@@ -25,7 +37,7 @@ CHROMIUM := /usr/bin/chromium
 CJK_FONT := /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc
 
 .PHONY: install demo test bench lint browser
-install: $(VENV)/.installed
+install: $(VENV)/.installed $(VENV)/lucidicai3/.installed
 
 browser:
 	@if [ -x $(CHROMIUM) ] && [ -e $(CJK_FONT) ]; then :; \
@@ -42,7 +54,7 @@ demo: $(VENV)/.installed
 # Two workers: most tests wait on child processes and servers, so two halve the
 # suite's time even on a two-core machine (each test has its own store, schema and port;
 # loadgroup keeps the tests that need port 8000 on one worker).
-test: $(VENV)/.installed browser
+test: install browser
 	$(PY) -m pytest -n 2 --dist loadgroup
 
 bench: $(VENV)/.installed

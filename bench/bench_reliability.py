@@ -144,9 +144,18 @@ def one_kill(steady: bool, durable: bool, run_seconds: float) -> dict[str, Any]:
     reader.join(5)
     lock.execute("ROLLBACK")
     lock.close()
-    later = subprocess.run([sys.executable, "-c", "import lucidic as lai; "
-                            "lai.init(session_name='later'); lai.flush(120)"],
-                           env={**os.environ, "LUCIDIC_HOME": str(home)}, timeout=300)
+    # The next process replays what the killed one spooled, between its own
+    # records; its flush covers only those, so it runs on (until its stdin
+    # closes) while the spool empties.
+    later = subprocess.Popen([sys.executable, "-c", "import sys, lucidic as lai; "
+                              "lai.init(session_name='later'); sys.stdin.read(); "
+                              "lai.flush(120)"],
+                             env={**os.environ, "LUCIDIC_HOME": str(home)},
+                             stdin=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while any((home / "spool").rglob("*.jsonl")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    later.communicate(timeout=300)
     assert later.returncode == 0
     stored = sqlite3.connect(db)
     numbers = sorted(int(d) for (d,) in stored.execute(

@@ -56,7 +56,7 @@ class SessionState:
     """What this process knows of one session, shared by all its bindings."""
 
     __slots__ = ("bindings", "capture_uncaught", "evaluated", "failure", "finished", "id",
-                 "ids", "open_steps", "outcome_set")
+                 "ids", "open_handles", "open_steps", "outcome_set")
 
     def __init__(self, session_id: str, ids: SessionIds | None = None) -> None:
         self.id = session_id
@@ -66,6 +66,9 @@ class SessionState:
         #: Steps opened with create_step() here and not ended yet: ending the
         #: session ends them too.
         self.open_steps: set[str] = set()
+        #: Steps a plugin opened here (plugins.open_step, step_scope) and
+        #: has not ended yet, by id: ending the session ends them too.
+        self.open_handles: dict[str, Step] = {}
         self.outcome_set = False  # the user said whether it succeeded
         self.failure: str | None = None  # why the process thinks it failed
         #: init(capture_uncaught=False): a crash or SIGTERM records no error

@@ -19,6 +19,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, TypeVar, overload
 
+from . import _lifecycle
 from ._arguments import number_arg
 from ._context import Binding, current_step, process_slot, scope_binding
 from ._internal import record_internal_error
@@ -68,6 +69,9 @@ class _StepSpec:
         return open_step(binding, self.static.copy(), CURRENT, self.maskable, True)
 
     def exit(self, step: Step, result: Any, exc: BaseException | None) -> None:
+        ended = _lifecycle.ended_at_exit
+        if ended and (step.session_id, step.step_id) in ended:
+            return  # ended as the process exited: a suspended call closed since
         step.end(error=None if exc is None else _error_text(exc))
 
 
@@ -278,7 +282,16 @@ def _wrap_step_function(fn: Callable[..., Any], spec: _StepSpec) -> Callable[...
     return wrapper
 
 
+def _suspendable(spec: Spec) -> None:
+    """A coroutine, generator or async generator function is wrapped: if it
+    records steps, the exit looks for steps waiting in suspended ones."""
+    if spec.sets_step:
+        _lifecycle.suspendable_steps = True
+
+
 def _wrap_coroutine(fn: Callable[..., Any], spec: Spec) -> Callable[..., Any]:
+    _suspendable(spec)
+
     @wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         binding = _active_binding()
@@ -301,6 +314,7 @@ def _wrap_coroutine(fn: Callable[..., Any], spec: Spec) -> Callable[..., Any]:
 
 
 def _wrap_generator(fn: Callable[..., Any], spec: Spec) -> Callable[..., Any]:
+    _suspendable(spec)
     var = current_step if spec.sets_step else None
 
     def begin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Begun | None:
@@ -315,6 +329,7 @@ def _wrap_generator(fn: Callable[..., Any], spec: Spec) -> Callable[..., Any]:
 
 
 def _wrap_async_generator(fn: Callable[..., Any], spec: Spec) -> Callable[..., Any]:
+    _suspendable(spec)
     var = current_step if spec.sets_step else None
 
     async def begin(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Begun | None:

@@ -14,17 +14,20 @@ Ctrl-C still raises KeyboardInterrupt.
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import signal
 import sys
 import threading
 import time
 import traceback
+import types
+from collections.abc import Iterator
 from types import FrameType, TracebackType
 from typing import Any
 
 from . import _config, _sessions
-from ._context import current_step
+from ._context import Binding, current_step
 from ._internal import record_internal_error
 from ._recording import Step, record_error
 from ._runtime import runtime
@@ -133,8 +136,11 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
         return
     terminating = True
     deadline = _exit_deadline()
-    _end_interrupted_steps("terminated by SIGTERM")
-    _end_steps_of_other_threads("terminated by SIGTERM")
+    try:
+        ended = _end_interrupted_steps("terminated by SIGTERM")
+        _end_steps_left_open("terminated by SIGTERM", on_sigterm=True, ended=ended)
+    except Exception as exc:  # noqa: BLE001 - the sessions must end all the same
+        record_internal_error("end_interrupted_step", exc)
     end_sessions(failure="terminated by SIGTERM", deadline=deadline)
     shutdown(deadline)
     # Die of the signal as we would have, so the exit status stays -SIGTERM.
@@ -142,52 +148,154 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _end_interrupted_steps(error: str) -> None:
+def _end_interrupted_steps(error: str) -> set[tuple[str, str]]:
     """End, as failed, the steps the signal interrupted: those open in the
-    main thread's context (the handler runs there), innermost first."""
+    main thread's context (the handler runs there), innermost first. Returns
+    the steps ended, as (session id, step id)."""
+    ended: set[tuple[str, str]] = set()
     step = current_step.get()
     while step is not None:
         try:
             if step.binding.active:
                 step.binding.state.open_steps.discard(step.step_id)
                 step.end(error=error)
+                ended.add((step.session_id, step.step_id))
         except Exception as exc:  # noqa: BLE001
             record_internal_error("end_interrupted_step", exc)
         step = step.parent
+    return ended
 
 
 #: The module whose wrappers hold a decorated call's Step in a local.
 _DECORATORS = __name__.rpartition(".")[0] + "._decorators"
 
+#: Set (by the decorators, when they wrap one) once a coroutine, generator
+#: or async generator function records steps: only then can a step wait in a
+#: suspended one, and only then does the exit look for them.
+suspendable_steps = False
 
-def _end_steps_of_other_threads(why: str) -> None:
-    """End, as failed, the decorated steps other threads are inside of while
-    the process ends: at exit only daemon threads are left, which the
-    interpreter stops without unwinding them, so their steps would never end
+#: The steps _end_steps_left_open ended, as (session id, step id): a
+#: suspended coroutine or generator the interpreter closes later, as it
+#: finalizes, must not end its step again (see _decorators._StepSpec.exit).
+ended_at_exit: set[tuple[str, str]] = set()
+
+#: The kinds of suspendable objects a decorator's wrapper can be, and the
+#: names of what the exit reads of each: its frame, and whether it runs.
+_SUSPENDABLE = {
+    types.CoroutineType: ("coroutine", "cr_frame", "cr_running"),
+    types.GeneratorType: ("generator", "gi_frame", "gi_running"),
+    types.AsyncGeneratorType: ("async generator", "ag_frame", "ag_running"),
+}
+
+
+def _end_steps_left_open(why: str, *, on_sigterm: bool = False,
+                         ended: set[tuple[str, str]] | None = None) -> None:
+    """End, as failed with ``why``, the steps of the sessions auto_end is
+    about to end that are still open while the process ends and that nothing
+    else would end: at exit only daemon threads are left, which the
+    interpreter stops without unwinding them, and a coroutine or generator
+    that is suspended then is never resumed, so their steps would never end
     (Sentry ends a span left open when its transaction ends the same way,
-    "cancelled" at that moment). Only steps of the sessions auto_end is about
-    to end. Found on the threads' stacks, in the decorators' frames, so that
-    the hot path keeps no register of open steps. (A step that ends on its
-    own in the moment between keeps this error; its end time is its own.)"""
-    ending = {id(binding) for binding in runtime.auto_end if binding.active}
+    "cancelled" at that moment). Found where they are, so that the hot path
+    keeps no register of open steps:
+
+    * decorated steps other threads are inside of, in the decorators' frames
+      on the threads' stacks;
+    * decorated steps of suspended coroutines, generators and async
+      generators (an asyncio task awaiting inside one), in the frames of the
+      decorators' wrappers among the objects the garbage collector tracks,
+      looked through only once such a function was decorated;
+    * steps a plugin opened (``plugins.open_step``, ``step_scope``) and did
+      not end: a framework run that never reported its end;
+    * on SIGTERM (``on_sigterm``), the steps opened with ``create_step``
+      too. At a normal exit those end with their session, without an error:
+      leaving the last one for the session's end to close is the imperative
+      API's way (the seed's own basic example does so).
+
+    Innermost first, so that a step never ends after the one it is in.
+    ``ended``: steps ended already, as (session id, step id). (A step that
+    ends on its own in the moment between keeps this error; its end time is
+    its own.)"""
+    ending = [binding for binding in runtime.auto_end if binding.active]
+    if not ending:
+        return
+    bindings = {id(binding) for binding in ending}
+    found: dict[tuple[str, str], tuple[Step, str]] = {}
+    seen = set(ended or ())
+    for step, error in _steps_left_open(why, bindings, ending, on_sigterm):
+        key = (step.session_id, step.step_id)
+        if key not in seen:
+            seen.add(key)
+            found[key] = (step, error)
+    ended_at_exit.update(found)
+    for step, error in sorted(found.values(), key=lambda item: -_depth(item[0])):
+        try:
+            step.binding.state.open_steps.discard(step.step_id)
+            step.end(error=error)
+        except Exception as exc:  # noqa: BLE001
+            record_internal_error("end_interrupted_step", exc)
+
+
+def _steps_left_open(why: str, bindings: set[int], ending: list[Binding],
+                     on_sigterm: bool) -> Iterator[tuple[Step, str]]:
+    """The steps _end_steps_left_open ends, each with its error (a step may
+    come more than once)."""
+    yield from _steps_of_other_threads(why, bindings)
+    if suspendable_steps:
+        yield from _steps_of_suspended_calls(why, bindings)
+    states = {id(binding.state): binding for binding in ending}
+    for binding in states.values():
+        state = binding.state
+        for handle in list(state.open_handles.values()):
+            yield handle, f"{why} while this step was open"
+        if on_sigterm:
+            for step_id in list(state.open_steps):
+                yield Step(binding, step_id), why
+
+
+def _steps_of_other_threads(why: str, bindings: set[int]) -> Iterator[tuple[Step, str]]:
     me = threading.get_ident()
     names = {thread.ident: thread.name for thread in threading.enumerate()}
     for ident, frame in sys._current_frames().items():
         if ident == me:
             continue
-        steps: list[Step] = []  # innermost first
+        error = f"{why} while this step ran (in thread {names.get(ident, ident)!r})"
         walked: FrameType | None = frame
         while walked is not None:
-            if walked.f_globals.get("__name__") == _DECORATORS:
-                steps.extend(value for value in walked.f_locals.values()
-                             if isinstance(value, Step) and id(value.binding) in ending)
+            for step in _steps_in(walked, bindings):
+                yield step, error
             walked = walked.f_back
-        error = f"{why} while this step ran (in thread {names.get(ident, ident)!r})"
-        for step in steps:
-            try:
-                step.end(error=error)
-            except Exception as exc:  # noqa: BLE001
-                record_internal_error("end_interrupted_step", exc)
+
+
+def _steps_of_suspended_calls(why: str, bindings: set[int]) -> Iterator[tuple[Step, str]]:
+    """Decorated steps whose coroutine, generator or async generator is
+    suspended (a running one is on a thread's stack)."""
+    for obj in gc.get_objects():
+        kind = _SUSPENDABLE.get(type(obj))
+        if kind is None:
+            continue
+        name, frame_attr, running_attr = kind
+        frame = getattr(obj, frame_attr)
+        if frame is None or getattr(obj, running_attr):
+            continue  # finished, or running (and on a stack)
+        error = f"{why} while this step's {name} was suspended"
+        for step in _steps_in(frame, bindings):
+            yield step, error
+
+
+def _steps_in(frame: FrameType, bindings: set[int]) -> list[Step]:
+    """The steps of ``bindings`` a decorator's frame holds."""
+    if frame.f_globals.get("__name__") != _DECORATORS:
+        return []
+    return [value for value in frame.f_locals.values()
+            if isinstance(value, Step) and id(value.binding) in bindings]
+
+
+def _depth(step: Step) -> int:
+    depth, parent = 0, step.parent
+    while parent is not None and depth < 10_000:
+        depth, parent = depth + 1, parent.parent
+    return depth
 
 
 def _excepthook(exc_type: type[BaseException], exc: BaseException,
@@ -247,7 +355,7 @@ def shutdown(deadline: float | None = None) -> None:
 def _at_exit() -> None:
     deadline = _exit_deadline()
     try:
-        _end_steps_of_other_threads("interrupted at exit: the process ended")
+        _end_steps_left_open("interrupted at exit: the process ended")
     except Exception as exc:  # noqa: BLE001 - the sessions must end all the same
         record_internal_error("end_interrupted_step", exc)
     end_sessions(deadline=deadline)

@@ -1101,7 +1101,8 @@ class Pipeline:
 
     def _own_records_wait(self) -> bool:
         """Whether this process's records (or a flush, or the exit) wait
-        while the worker replays what other processes left in the spool."""
+        while the worker replays what other processes left in the spool: if
+        so, that replay stops after its batch under way (see Spool.replay)."""
         return bool(self._queue) or self._stopping
 
     def _deliver_replayed(self, batch: Sequence[Record], refused_since: float | None) -> None:

@@ -169,12 +169,12 @@ def update(binding: Binding, fields: dict[str, Any]) -> None:
 
 def end(binding: Binding, result: dict[str, Any] | None = None, *,
         failure: str | None = None, wait: bool = True, timeout: float | None = None) -> None:
-    """Finish the session for everyone: the steps opened with create_step and
-    left open end with it; ``failure`` (why this process thinks it failed)
-    marks it unsuccessful unless the user said otherwise. With ``wait``, its
-    records are delivered before this returns (waiting ``timeout`` at most,
-    the flush bound by default), so that another process sees it finished at
-    once."""
+    """Finish the session for everyone: the steps opened with create_step or
+    by a plugin and left open end with it; ``failure`` (why this process
+    thinks it failed) marks it unsuccessful unless the user said otherwise.
+    With ``wait``, its records are delivered before this returns (waiting
+    ``timeout`` at most, the flush bound by default), so that another process
+    sees it finished at once."""
     fields = dict(result or {})
     if fields.get("is_successful") is not None:
         binding.state.outcome_set = True
@@ -184,6 +184,9 @@ def end(binding: Binding, result: dict[str, Any] | None = None, *,
     for step_id in list(binding.state.open_steps):
         Step(binding, step_id).end()
     binding.state.open_steps.clear()
+    for handle in list(binding.state.open_handles.values()):
+        handle.end()  # (a plugin's StepHandle: it leaves open_handles as it ends)
+    binding.state.open_handles.clear()
     now = time.time()
     fields.update(ended_at=now, is_finished=True)
     put_session(binding, fields, now)

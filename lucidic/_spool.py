@@ -11,6 +11,17 @@ Replays may overlap with a delivery that already happened (the file is deleted
 only after every line was accepted), which is harmless: sinks apply records
 idempotently.
 
+A segment is replayed a batch at a time, and after each delivered batch its
+replayer notes how far it got in a *progress* file beside it
+(``<segment>.replayed``: the byte offset of the line holding the first record
+not delivered yet, and how many of that line's records were): a replay that
+stops midway (this process's own records wait, or it died) is taken up where
+it stopped, by this process or the next, rather than from the segment's
+start. At least once, not exactly once: a replayer killed between a batch's
+delivery and its note delivers that one batch again (idempotently); exactly
+once would need the note written in the sink's own transaction, which a
+server cannot share.
+
 Lines are written with one ``writev()`` each call, unbuffered: once
 ``append`` returns, the records are the kernel's and survive the process
 being killed. A write the disk cannot take (it is full) is cut back, so a
@@ -61,6 +72,8 @@ _SEGMENT_BYTES = 16 * 1024 * 1024
 #: back 33,000 records, median of eight; with these, 20,000).
 COPY_SEGMENT_BYTES = 1024 * 1024
 _LATER_PREFIX = "later-"
+#: What a segment's progress file adds to the segment's name.
+_PROGRESS_SUFFIX = ".replayed"
 #: A segment's temporary file this old was left by a process killed while
 #: making it (see Spool._remove_stale_temporaries).
 _STALE_TEMPORARY = 60.0
@@ -76,6 +89,10 @@ if _IOV_MAX <= 0:
 #: deliver(batch, refused_since): refused_since is when the records of a
 #: later segment were first refused, None for an ordinary segment.
 Deliver = Callable[[Sequence[Record], "float | None"], None]
+
+#: What _replay_segment returns when it stopped between batches, the segment
+#: still held (see Spool._held).
+_PAUSED = object()
 
 
 class UnencodableRecordError(ValueError):
@@ -102,6 +119,9 @@ class Spool:
         self._copy_size = 0
         self._tag = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._counter = 0
+        #: The segment of another process a replay stopped in between two
+        #: batches, still open and locked, to go on with at the next replay.
+        self._held: _Replaying | None = None
 
     # -- writing (any thread) -------------------------------------------------
 
@@ -204,11 +224,15 @@ class Spool:
             os.close(fd)  # releases the lock: the segment is now replayable
 
     def close(self) -> None:
-        """Release every segment this process holds: they can be replayed."""
+        """Release every segment this process holds: they can be replayed (one
+        this process was replaying, from where its progress file says)."""
         with self._lock:
             self._close_writer()
             for path in list(self._aside):
                 self.release_aside(path, delivered=False)
+            held, self._held = self._held, None
+            if held is not None:
+                held.close()
 
     def defer(self, records: Sequence[Record], refused_since: float) -> list[Record]:
         """Put records aside in a later segment, replayed after everything
@@ -353,39 +377,78 @@ class Spool:
                include_orphans: bool = True,
                orphans_wait: Callable[[], bool] | None = None) -> bool:
         """Deliver the ordinary segments (or, with ``later``, the later
-        ones), oldest first, deleting each once all its records were handled.
-        Stops at the first failed delivery (the error propagates). Returns
-        True if none of them is left.
+        ones), oldest first, in batches, deleting each once all its records
+        were handled. Stops at the first failed delivery (the error
+        propagates; the segment's progress file keeps what was delivered).
+        Returns True if none of them is left.
 
         ``orphans_wait``: once it says so, other processes' segments wait for
-        a later call, after the first of them (a segment is replayed whole,
-        up to 16 MiB): the caller's own records come first, so a backlog a
-        crashed process left never holds up this one's, at its exit above
-        all, while each call still takes a segment of it."""
+        a later call, after the first batch of them, even in the middle of a
+        segment (up to 16 MiB: the segment stays locked by this process, and
+        the next call goes on where this one stopped): the caller's own
+        records come first, so a backlog a crashed process left never holds
+        them up, at its exit above all, while each call still takes a batch
+        of it."""
         with self._lock:
             self._close_writer()
             own = set(self._own)
             aside = set(self._aside)
+            held = self._held
         complete = True
-        orphans_replayed = 0
+        orphan_batches = 0  # delivered by this call
+        paused = False
+
+        def deliver_orphans(batch: Sequence[Record], since: float | None) -> None:
+            nonlocal orphan_batches
+            deliver(batch, since)
+            orphan_batches += 1
+
+        def orphans_stop() -> bool:
+            return orphans_wait is not None and orphans_wait()
+
         listing = self._listing()
-        for name in sorted(self._names(listing)):
+        names = sorted(self._names(listing))
+        if held is not None and held.path.name in names:
+            # The segment a replay stopped in first: it is this process's to finish.
+            names.remove(held.path.name)
+            names.insert(0, held.path.name)
+        elif held is not None and not later:
+            with self._lock:  # removed under us (by hand): nothing left to finish
+                if self._held is held:
+                    self._held = None
+                    held.close()
+        for name in names:
             if name.startswith(_LATER_PREFIX) != later:
                 continue
             path = self.directory / name
             if path in aside or (path not in own and not include_orphans):
                 continue  # (written aside: its records are still in memory)
-            if path not in own:
-                if orphans_replayed and orphans_wait is not None and orphans_wait():
-                    complete = False
-                    continue
-                orphans_replayed += 1
-            since = _refused_since(name) if later else None
-            if not self._replay_segment(path, deliver, batch_size, since):
+            orphan = path not in own
+            if orphan and (paused or (orphan_batches and orphans_stop())):
                 complete = False
+                continue
+            since = _refused_since(name) if later else None
+            if orphan:
+                outcome = self._replay_segment(path, deliver_orphans, batch_size, since,
+                                               orphans_stop)
+            else:
+                outcome = self._replay_segment(path, deliver, batch_size, since)
+            if outcome is not True:
+                complete = False
+                paused = paused or outcome is _PAUSED
         if include_orphans and not later:
             self._remove_stale_temporaries([p for p in listing if p.suffix == ".tmp"])
+            self._remove_stale_progress(listing)
         return complete
+
+    def _remove_stale_progress(self, listing: list[Path]) -> None:
+        """Remove the progress files of segments that are gone (a replayer
+        killed between removing a segment and its progress file)."""
+        names = {path.name for path in listing}
+        for path in listing:
+            if path.suffix == _PROGRESS_SUFFIX and \
+                    path.name[:-len(_PROGRESS_SUFFIX)] not in names:
+                path.unlink(missing_ok=True)
 
     def _remove_stale_temporaries(self, temporaries: list[Path]) -> None:
         """Remove what a process killed while making a segment left behind:
@@ -402,28 +465,72 @@ class Spool:
                 continue
 
     def _replay_segment(self, path: Path, deliver: Deliver, batch_size: int,
-                        since: float | None) -> bool:
-        try:
-            handle = open(path, "rb")  # noqa: SIM115
-        except FileNotFoundError:
-            return True  # someone else finished it
-        with handle:
+                        since: float | None, stop: Callable[[], bool] | None = None) -> object:
+        """Deliver a segment's records in batches from where its progress
+        file says (its start if it has none), noting the progress after each
+        batch. True once it is done (delivered and removed, or gone); False
+        if its writer or another replayer holds it; _PAUSED if ``stop`` said
+        so after a batch: then this process keeps it, locked, in ``_held``."""
+        with self._lock:
+            held = self._held if self._held is not None and self._held.path == path else None
+            if held is not None:
+                self._held = None
+        if held is None:
+            try:
+                handle = open(path, "rb")  # noqa: SIM115
+            except FileNotFoundError:
+                return True  # someone else finished it
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
+                handle.close()
                 return False  # its writer (or another replayer) is alive
             if os.fstat(handle.fileno()).st_nlink == 0:
+                handle.close()
                 return True  # replayed and removed while we waited
-            batch: list[Record] = []
-            for line_number, line in enumerate(handle, 1):
-                batch.extend(_parse_line(line, path, line_number))
-                while len(batch) >= batch_size:
-                    deliver(batch[:batch_size], since)
-                    del batch[:batch_size]
-            if batch:
-                deliver(batch, since)
+            held = _Replaying(path, handle)
+        try:
+            if self._deliver_from(held, deliver, batch_size, since, stop):
+                with self._lock:
+                    self._held = held
+                return _PAUSED
             path.unlink(missing_ok=True)
+            if held.progress_kept:
+                held.progress_path.unlink(missing_ok=True)
+        except BaseException:
+            held.close()
+            raise
+        held.close()
         return True
+
+    @staticmethod
+    def _deliver_from(held: _Replaying, deliver: Deliver, batch_size: int,
+                      since: float | None, stop: Callable[[], bool] | None) -> bool:
+        """Deliver the rest of a held segment; True if ``stop`` said to stop
+        between two batches (the rest is left for later)."""
+        handle, path = held.handle, held.path
+        offset, skip = held.position
+        handle.seek(offset)
+        batch: list[Record] = []
+        #: Where each line's records start in ``batch``: (their index, the
+        #: line's offset, how many of its records came before them).
+        starts: list[tuple[int, int, int]] = []
+        for line in iter(handle.readline, b""):
+            records = _parse_line(line, path, offset)
+            starts.append((len(batch), offset, skip))
+            batch.extend(records[skip:] if skip else records)
+            offset += len(line)
+            skip = 0
+            while len(batch) >= batch_size:
+                deliver(batch[:batch_size], since)
+                del batch[:batch_size]
+                starts = _rebased(starts, batch_size) if batch else []
+                held.note(starts[0][1:] if starts else (offset, 0), on_disk=stop is not None)
+                if stop is not None and stop():
+                    return True
+        if batch:
+            deliver(batch, since)
+        return False
 
     # -- fork ------------------------------------------------------------------
 
@@ -442,6 +549,9 @@ class Spool:
         for fd in [self._fd, *self._aside.values()]:
             if fd is not None:
                 os.close(fd)
+        if self._held is not None:
+            self._held.close()  # (the parent goes on with it)
+            self._held = None
         self._fd = None
         self._aside = {}
         self._copy_path = None
@@ -449,6 +559,78 @@ class Spool:
         self._tag = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._counter = 0
         self._lock = threading.RLock()
+
+
+class _Replaying:
+    """A segment being replayed: its open handle (locked), where the replay
+    stands (the byte offset of the line holding the first record not
+    delivered yet, and how many of that line's records were), and its
+    progress file, which says the same for whoever takes the segment up if
+    this process dies."""
+
+    __slots__ = ("handle", "path", "position", "progress_kept", "progress_path",
+                 "_progress_fd")
+
+    def __init__(self, path: Path, handle: Any) -> None:
+        self.path = path
+        self.handle = handle
+        self.progress_path = path.with_name(path.name + _PROGRESS_SUFFIX)
+        #: The progress file may exist: it is removed with the segment.
+        self.progress_kept = False
+        self._progress_fd: int | None = None
+        self.position = self._noted(os.fstat(handle.fileno()).st_size)
+
+    def _noted(self, size: int) -> tuple[int, int]:
+        """The position the progress file holds (a dead replayer's), else the
+        segment's start."""
+        try:
+            noted = self.progress_path.read_bytes()
+        except OSError:
+            return 0, 0  # none (or unreadable): from the start
+        self.progress_kept = True
+        try:
+            offset, skip = map(int, noted.split())
+        except ValueError:
+            return 0, 0  # cut short (the machine crashed): from the start again, at worst
+        return (offset, skip) if 0 <= offset <= size and skip >= 0 else (0, 0)
+
+    def note(self, position: tuple[int, int], *, on_disk: bool) -> None:
+        """The records before ``position`` were delivered: say so (``on_disk``,
+        in one write, for another process's segment: this process's own are
+        replayed whole, without stopping, and a system call less is a
+        hand-over of the interpreter fewer for the worker while the user's
+        thread is busy). A note that cannot be written costs only a batch or
+        more delivered again if this process dies."""
+        self.position = position
+        if not on_disk:
+            return
+        try:
+            if self._progress_fd is None:
+                self._progress_fd = os.open(self.progress_path,
+                                            os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                self.progress_kept = True
+            os.pwrite(self._progress_fd, b"%020d %010d\n" % position, 0)
+        except OSError as exc:
+            log_rate_limited("spool_progress", "lucidic: cannot note a spool replay's "
+                             "progress in %s (%s); if this process dies, the next one "
+                             "delivers that segment's records again from further back",
+                             self.progress_path, exc)
+
+    def close(self) -> None:
+        if self._progress_fd is not None:
+            os.close(self._progress_fd)
+            self._progress_fd = None
+        self.handle.close()  # releases its lock: anyone may take it up from the note
+
+
+def _rebased(starts: list[tuple[int, int, int]], delivered: int) -> list[tuple[int, int, int]]:
+    """``starts`` (see Spool._deliver_from) once the first ``delivered``
+    records of the batch have left it: the line holding the first record left
+    starts it, with the records of it that left counted as before it."""
+    first = max(i for i, (index, _, _) in enumerate(starts) if index <= delivered)
+    index, offset, skip = starts[first]
+    return [(0, offset, skip + delivered - index),
+            *((later - delivered, at, before) for later, at, before in starts[first + 1:])]
 
 
 def _cut_back(fd: int, size: int) -> bool:
@@ -604,7 +786,7 @@ def _decode(line: bytes) -> Any:
     return orjson.loads(line)
 
 
-def _parse_line(line: bytes, path: Path, line_number: int) -> list[Record]:
+def _parse_line(line: bytes, path: Path, offset: int) -> list[Record]:
     """The records of a line: one, or a batch of them."""
     try:
         value = _decode(line)
@@ -618,7 +800,7 @@ def _parse_line(line: bytes, path: Path, line_number: int) -> list[Record]:
             record_internal_error("spool_corrupt_line", exc)
         else:
             log_rate_limited("spool_partial", "lucidic: skipped a partly written spool "
-                             "line in %s:%d", path, line_number)
+                             "line in %s (at byte %d)", path, offset)
         return []
 
 

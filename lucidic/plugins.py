@@ -582,6 +582,9 @@ class StepHandle(Step):
         super().__init__(binding, step_id, parent, record, forks)
         self._token: contextvars.Token[Step | None] | None = None
         self._done = False
+        # Until it ends: a run whose end never comes ends with the session,
+        # or as interrupted when the process ends (see _lifecycle).
+        binding.state.open_handles[step_id] = self
 
     @property
     def frame(self) -> Step:
@@ -616,6 +619,7 @@ class StepHandle(Step):
         if self._done:
             return
         self._done = True
+        self.binding.state.open_handles.pop(self.step_id, None)
         token, self._token = self._token, None
         if token is not None:
             try:

@@ -20,6 +20,7 @@ pipelined ``executemany`` on both sides of the connection.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -121,6 +122,14 @@ _PG_DATA = frozenset({"22", "23", "54"})
 #: standby), 58 (I/O), XX (damaged data)...
 _PG_BUSY = frozenset({"08", "40", "53", "55", "57"})
 _PG_DISK_FULL = "53100"
+#: What the filesystem says of a path it refuses until someone mends it (the
+#: store's directory on a read-only filesystem, not allowed, no space left, a
+#: file where a directory should be): the database failing on its own side,
+#: as SQLite's own codes for these are. Other OSErrors (out of file
+#: descriptors, interrupted) are "not now".
+_OS_BROKEN = frozenset({errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT,
+                        errno.EIO, errno.ENOTDIR, errno.EEXIST, errno.ENAMETOOLONG,
+                        errno.ELOOP})
 
 #: Python 3.10's sqlite3 errors carry no result code, only SQLite's message:
 #: the fixed texts of the codes that are not SQLITE_ERROR (sqlite3_errstr),
@@ -165,6 +174,8 @@ def _fault(exc: BaseException) -> str:
         return "broken"
     if isinstance(exc, (ValueError, TypeError, OverflowError)):
         return "data"
+    if isinstance(exc, OSError) and exc.errno in _OS_BROKEN:
+        return "broken"
     if type(exc).__module__.startswith("psycopg"):
         sqlstate = getattr(exc, "sqlstate", None)
         if not sqlstate:  # raised by psycopg itself, before or without the server
@@ -986,7 +997,13 @@ class Store:
 
     def _connect_sqlite(self, path: str, busy_timeout: float) -> None:
         if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            directory = Path(path).parent
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise _store_error(f"cannot open the store at {self.url}: its directory "
+                                   f"{directory} does not exist and cannot be made ({exc})",
+                                   exc) from exc
         self.dialect = "sqlite"
         self._ph = "?"
         self._sqlite = (path, busy_timeout)

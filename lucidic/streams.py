@@ -16,6 +16,7 @@ import json
 import threading
 import typing
 import weakref
+import zlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -75,12 +76,30 @@ class _StreamState:
         _complete(self.call, self.accumulator, result)
 
     def error(self, exc: BaseException) -> None:
+        """The stream failed midway (its provider's error, a broken
+        connection): the error, beside what arrived before it."""
         if self.done:
             return
         self.done = True
         if self.finalizer is not None:
             self.finalizer.detach()
-        self.call.fail(exc)
+        try:
+            fields = self.accumulator.result()
+        except Exception as internal:  # noqa: BLE001 - never let recording break the caller
+            record_internal_error("stream_result", internal)
+            fields = {}
+        self.call.finish(**fields, error=f"{type(exc).__name__}: {exc}")
+
+    def stopped(self, exc: BaseException) -> None:
+        """Reading the next chunk was stopped from outside the stream: not an
+        Exception but a CancelledError (the task reading it cancelled,
+        ``asyncio.wait_for`` timing out), a KeyboardInterrupt, a SystemExit.
+        The stream did not fail; its caller stopped reading: recorded as a
+        stream closed early, with what arrived."""
+        if isinstance(exc, Exception):
+            self.error(exc)
+        else:
+            self.end(ABANDONED)
 
     def release(self) -> bool:
         """Leave the call to another recorder (the caller parses a body after
@@ -121,7 +140,7 @@ class RecordedStream(wrapt.ObjectProxy):  # type: ignore[misc, type-arg]
             state.end()
             raise
         except BaseException as exc:
-            state.error(exc)
+            state.stopped(exc)
             raise
         state.chunk(chunk)
         return chunk
@@ -162,7 +181,7 @@ class RecordedAsyncStream(wrapt.ObjectProxy):  # type: ignore[misc, type-arg]
             state.end()
             raise
         except BaseException as exc:
-            state.error(exc)
+            state.stopped(exc)
             raise
         state.chunk(chunk)
         return chunk
@@ -396,17 +415,51 @@ class ServerSentEvents:
         return None  # a comment (":..."), "id", "retry", or a field unknown
 
 
+#: The Content-Encodings of an event stream whose events are read as its
+#: bytes are pulled (zlib's ``wbits`` for each; deflate: zlib's format, else
+#: raw, as httpx decodes it). Another (br, zstd, several) is recorded only
+#: when parsed.
+_DECODABLE = {"": None, "identity": None, "gzip": 16 + zlib.MAX_WBITS,
+              "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+class _Decompressor:
+    """The events' bytes of a compressed body's bytes, as they arrive."""
+
+    __slots__ = ("_decoder", "_raw_fallback", "_started")
+
+    def __init__(self, wbits: int) -> None:
+        self._decoder = zlib.decompressobj(wbits)
+        self._raw_fallback = wbits == zlib.MAX_WBITS  # deflate, maybe without zlib's header
+        self._started = False
+
+    def __call__(self, chunk: bytes) -> bytes:
+        if not chunk:
+            return b""
+        try:
+            decoded = self._decoder.decompress(chunk)
+        except zlib.error:
+            if not self._raw_fallback or self._started:
+                raise
+            self._decoder = zlib.decompressobj(-zlib.MAX_WBITS)
+            decoded = self._decoder.decompress(chunk)
+        self._started = True
+        return decoded
+
+
 class _BodyTap:
     """The bytes a body's reader pulled, given to the call's accumulator: the
-    library's chunks made of the events in them (``read_event``), or, for a
-    body that is one JSON document (no ``read_event``), the bytes as they
-    are."""
+    library's chunks made of the events in them (``read_event``; of a
+    compressed body, ``decode``-d first), or, for a body that is one JSON
+    document (no ``read_event``), the bytes as they are."""
 
-    __slots__ = ("events", "read_event", "state")
+    __slots__ = ("decode", "events", "read_event", "state")
 
-    def __init__(self, state: _StreamState, read_event: EventReader | None) -> None:
+    def __init__(self, state: _StreamState, read_event: EventReader | None,
+                 decode: Callable[[bytes], bytes] | None = None) -> None:
         self.state = state
         self.read_event = read_event
+        self.decode = decode
         self.events = ServerSentEvents()
 
     def feed(self, chunk: bytes) -> None:
@@ -417,6 +470,8 @@ class _BodyTap:
             state.chunk(chunk)
             return
         try:
+            if self.decode is not None:
+                chunk = self.decode(chunk)
             for event, data in self.events.feed(chunk):
                 item = self.read_event(event, data)
                 if isinstance(item, BaseException):
@@ -455,7 +510,7 @@ class _TappedBody(wrapt.ObjectProxy):  # type: ignore[misc, type-arg]
         except GeneratorExit:  # the reader stopped: close() or the finalizer completes
             raise
         except BaseException as exc:
-            tap.state.error(exc)
+            tap.state.stopped(exc)
             raise
         tap.ended()
 
@@ -468,7 +523,7 @@ class _TappedBody(wrapt.ObjectProxy):  # type: ignore[misc, type-arg]
         except GeneratorExit:
             raise
         except BaseException as exc:
-            tap.state.error(exc)
+            tap.state.stopped(exc)
             raise
         tap.ended()
 
@@ -491,11 +546,15 @@ def _tap_body(response: Any, call: LLMCall, accumulator: Accumulator,
     its events, or (no ``read_event``) from the whole body once read; None if
     the events cannot be read here (compressed)."""
     http_response = response.http_response
-    if read_event is not None and http_response.headers.get(
-            "content-encoding", "").strip().lower() not in ("", "identity"):
-        return None  # its raw bytes are not the events (never so from these APIs)
+    decode = None
+    if read_event is not None:
+        encoding = http_response.headers.get("content-encoding", "").strip().lower()
+        if encoding not in _DECODABLE:
+            return None  # its raw bytes are not the events (never so from these APIs)
+        wbits = _DECODABLE[encoding]
+        decode = _Decompressor(wbits) if wbits is not None else None
     state = _StreamState(call, accumulator)
-    body = _TappedBody(http_response.stream, _BodyTap(state, read_event))
+    body = _TappedBody(http_response.stream, _BodyTap(state, read_event, decode))
     _arm(body, state)  # the body, not the response object: it may outlive it
     http_response.stream = body
     return state

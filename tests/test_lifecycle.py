@@ -360,3 +360,177 @@ def test_a_daemon_threads_steps_end_as_interrupted_when_the_process_exits(lucidi
                                  "(in thread 'worker')"), step
         assert step["started_at"] <= step["ended_at"] <= tree["ended_at"]
     assert tree["is_finished"] and tree["is_successful"] is None  # the session ended as usual
+
+
+#: A child's start: its session, with steps left open where no thread's stack
+#: shows them: an asyncio task (in a daemon thread's loop) suspended inside
+#: the decorated coroutines "outer wait" > "inner wait", a decorated generator
+#: and a decorated async generator paused between items, a plugin's step
+#: opened and never ended, a plugin's step_scope a daemon thread is inside of,
+#: and a create_step step the main thread leaves for the session's end.
+SUSPENDED_STEPS = """
+import asyncio, threading, time
+import lucidic as lai
+from lucidic import plugins
+print(lai.init(session_name="suspended"), flush=True)
+waiting = threading.Event()
+
+@lai.step(action="inner wait")
+async def inner():
+    waiting.set()
+    await asyncio.sleep(600)
+
+@lai.step(action="outer wait")
+async def outer():
+    await inner()
+
+@lai.step(action="paused generator")
+def numbers():
+    yield 1
+    yield 2
+
+@lai.step(action="paused async generator")
+async def async_numbers():
+    yield 1
+    yield 2
+
+paused = numbers()
+next(paused)
+paused_async = async_numbers()
+asyncio.run(paused_async.__anext__())
+threading.Thread(target=asyncio.run, args=(outer(),), name="loop", daemon=True).start()
+waiting.wait()
+handle = plugins.open_step(action="plugin run")
+
+def framework_run():
+    with plugins.step_scope(action="plugin scope"):
+        time.sleep(600)
+
+threading.Thread(target=framework_run, name="framework", daemon=True).start()
+lai.create_step(action="left for the session")
+"""
+
+
+def _steps_by_action(tree: dict) -> dict[str, dict]:
+    found: dict[str, dict] = {}
+
+    def walk(steps: list[dict]) -> None:
+        for step in steps:
+            found[step["action"]] = step
+            walk(step.get("steps", []))
+    walk(tree["steps"])
+    return found
+
+
+def _wait_until_open(home, sid: str, actions: set[str]) -> None:
+    """Until the child's steps with these actions are stored (open)."""
+    import time
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if (home / "lucidic.db").exists():
+            tree = ReadableStore(home / "lucidic.db").session_tree(sid)
+            if tree is not None and actions <= set(_steps_by_action(tree)):
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"steps {actions} never stored")
+
+
+@pytest.mark.parametrize("durable", [False, True], ids=["queued", "durable"])
+def test_steps_no_stack_shows_end_as_interrupted_when_the_process_exits(lucidic_home, durable):
+    # Suspended coroutines and generators are on no thread's stack, and a
+    # plugin's open step is on none at all: they never ended. (In durable
+    # mode, the paused generator the interpreter closes as it finalizes must
+    # not end its step again: that end would wait in the spool for the next
+    # process, and say the step ended later and fine.)
+    env = {"LUCIDIC_DURABLE": "1"} if durable else None
+    sid = run_python(SUSPENDED_STEPS, home=lucidic_home, env=env).stdout.split()[0]
+    tree = ReadableStore(lucidic_home / "lucidic.db").session_tree(sid)
+    steps = _steps_by_action(tree)
+    why = "interrupted at exit: the process ended while this step"
+    expected = {
+        "outer wait": f"{why}'s coroutine was suspended",
+        "inner wait": f"{why}'s coroutine was suspended",
+        "paused generator": f"{why}'s generator was suspended",
+        "paused async generator": f"{why}'s async generator was suspended",
+        "plugin run": f"{why} was open",
+        "plugin scope": f"{why} was open",
+        # The imperative API leaves the last step to the session's end (the
+        # seed's own basic example does): it ends with it, not failed.
+        "left for the session": None,
+    }
+    assert {action: steps[action]["error"] for action in expected} == expected
+    for step in steps.values():
+        assert step["is_finished"] is True and step["never_ended"] is False, step
+        assert step["started_at"] <= step["ended_at"] <= tree["ended_at"], step
+    assert steps["inner wait"]["ended_at"] <= steps["outer wait"]["ended_at"]
+    assert tree["is_finished"] and tree["is_successful"] is None
+    assert list((lucidic_home / "spool").rglob("*.jsonl")) == []  # nothing left to replay
+
+
+def test_sigterm_ends_the_steps_of_suspended_tasks_and_every_open_step(lucidic_home):
+    # SIGTERM while asyncio.run waits: the task inside the decorated steps is
+    # suspended, so the handler's context has no step of it. A create_step
+    # step open in another thread, and a plugin's step, were interrupted too.
+    proc, sid = _start_and_wait_ready(textwrap.dedent("""
+        import asyncio, threading
+        import lucidic as lai
+        from lucidic import plugins
+        print(lai.init(session_name="terminated"), flush=True)
+
+        @lai.step(action="inner wait")
+        async def inner(waiting):
+            waiting.set()
+            await asyncio.sleep(600)
+
+        @lai.step(action="outer wait")
+        async def outer(waiting):
+            await inner(waiting)
+
+        def imperative():
+            lai.create_step(action="opened in a thread")
+
+        async def main():
+            waiting = asyncio.Event()
+            task = asyncio.create_task(outer(waiting))
+            await waiting.wait()
+            plugins.open_step(action="plugin run")
+            thread = threading.Thread(target=imperative)
+            thread.start(); thread.join()
+            print("ready", flush=True)
+            await task
+
+        asyncio.run(main())
+    """), lucidic_home)
+    _wait_until_open(lucidic_home, sid, {"inner wait", "plugin run", "opened in a thread"})
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGTERM
+    tree = ReadableStore(lucidic_home / "lucidic.db").session_tree(sid)
+    steps = _steps_by_action(tree)
+    why = "terminated by SIGTERM"
+    assert {action: step["error"] for action, step in steps.items()} == {
+        "outer wait": f"{why} while this step's coroutine was suspended",
+        "inner wait": f"{why} while this step's coroutine was suspended",
+        "plugin run": f"{why} while this step was open",
+        "opened in a thread": why,
+    }
+    for step in steps.values():
+        assert step["is_finished"] is True and step["never_ended"] is False, step
+    assert tree["is_successful_reason"] == why
+
+
+def test_ending_the_session_ends_the_plugin_steps_left_open(lucidic_home):
+    # As it ends create_step's: a framework run that never reported its end
+    # would otherwise show as running for good.
+    sid = lai.init(session_name="plugin steps")
+    from lucidic import plugins
+    handle = plugins.open_step(action="never ended")
+    ended = plugins.open_step(action="ended")
+    assert handle is not None and ended is not None
+    ended.end()
+    lai.end_session()
+    handle.end(error="too late")  # ended with the session: nothing more is recorded
+    assert lai.flush()
+    steps = _steps_by_action(ReadableStore(lucidic_home / "lucidic.db").session_tree(sid))
+    for action in ("never ended", "ended"):
+        assert steps[action]["is_finished"] is True and steps[action]["error"] is None

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from faults import (
     DELIVER_LATER,
     ReadOnlyDisk,
@@ -90,3 +91,30 @@ def test_records_lost_at_exit_on_a_read_only_home_are_said_to_be_lost(tmp_path: 
     assert "its filesystem is read-only" in child.stderr  # why the store took none
     (lost,) = [line for line in child.stderr.splitlines() if "they are lost" in line]
     assert int(lost.split()[1]) >= 100, lost  # the 100 events, and the session's end
+
+
+def test_a_data_directory_a_read_only_filesystem_cannot_have_made_is_broken_not_busy(
+        tmp_path: Path) -> None:
+    # Making the store's directory failed with EROFS, an error nobody had
+    # classed: taken for "not now" (a lock), it was retried as one, with no
+    # word to the user but the spool's. It fails until someone mends it.
+    from lucidic._sinks import LocalSink, SinkError
+    from lucidic.store import Store, StoreError
+
+    with ReadOnlyDisk(tmp_path / "disk") as disk:
+        disk.read_only()
+        home = disk.path / "home"  # never made
+        with pytest.raises(StoreError) as raised:
+            Store(home / "lucidic.db")
+        with pytest.raises(SinkError) as sunk:
+            LocalSink(home / "lucidic.db").write([("session", "s", 1.0, {"project": "p"})])
+        child = run_python(RECORD_100, home=home)
+    assert raised.value.broken and raised.value.transient  # kept and retried, but mended only
+    assert sunk.value.broken
+    assert f"its directory {home} does not exist and cannot be made" in str(raised.value)
+    assert "Read-only file system" in str(raised.value)
+    assert "the program went on" in child.stdout
+    (said,) = [line for line in child.stderr.splitlines() if "cannot be written" in line]
+    assert str(home / "lucidic.db") in said and "does not exist and cannot be made" in said
+    (lost,) = [line for line in child.stderr.splitlines() if "they are lost" in line]
+    assert int(lost.split()[1]) >= 100, lost

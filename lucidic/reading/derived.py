@@ -65,8 +65,11 @@ NOTED_IDS = "SELECT session_id FROM changed_sessions"
 #: PostgreSQL's advisory lock key of the refresher of the store in the
 #: connection's schema (an advisory lock is the whole database's).
 REFRESHER_LOCK = "hashtextextended(current_schema(), 7514204)"
-#: An event that counts as an error, over events ``e`` (SQL).
-ERROR_EVENT = "(e.error IS NOT NULL OR e.type = 'error')"
+#: An event that counts as an error, over events ``e`` (SQL). An event that
+#: is its step's own record (the step has its id: a lucidicai 3.x function
+#: call others nest in) fails with its step, which is counted already.
+ERROR_EVENT = ("((e.error IS NOT NULL OR e.type = 'error') "
+               "AND (e.step_id IS NULL OR e.step_id <> e.id))")
 
 
 #: Notes from which a page may read every row instead of derived data.

@@ -285,7 +285,7 @@ def create_app(database_url: str | None = None, *,
     and its schema migrated, right away). Uploads (screenshots) are at most
     ``max_upload_bytes`` and their signed URLs live ``upload_ttl`` seconds."""
     # The protocol modules build on this one's Auth and Db, hence imported here.
-    from . import experiments, lucidicai, masssims, otlp, uploads
+    from . import experiments, lucidicai, lucidicai3, masssims, otlp, uploads
 
     url = database_url or default_database_url()
     pool = StorePool(url, size=pool_size)
@@ -326,6 +326,7 @@ def create_app(database_url: str | None = None, *,
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     install_error_handlers(app)
     for routes in (router, masssims.router, experiments.router, lucidicai.router,
+                   lucidicai3.router,
                    uploads.router, otlp.router):
         app.include_router(routes)
     # The web UI at / (sign-in with an API key), /docs, and the security

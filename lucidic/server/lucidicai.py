@@ -423,26 +423,99 @@ def typed_event_fields(kind: str, payload: dict[str, Any]) -> dict[str, Any]:
 def typed_event(body: TypedEvent, request: Request, who: Auth, db: Db) -> JSONOut:
     _session(db, body.session_id, who.project)
     event_id = body.client_event_id or str(uuid.uuid4())
+    parent = body.client_parent_event_id
+    if parent is not None and parent == event_id:
+        raise ApiError(422, f"event {event_id!r} names itself as its parent "
+                            "(client_parent_event_id)")
     existing = db.get_event(event_id)
     if existing is not None and existing["session_id"] != body.session_id:
         raise ApiError(409, f"event id {event_id!r} is already in use by another session")
     occurred = _when(body.occurred_at, "occurred_at")
     fields = typed_event_fields(body.type, body.payload)
     attributes = dict(fields.pop("attributes", None) or {})
-    attributes.update(_present({"parent_event_id": body.client_parent_event_id,
+    attributes.update(_present({"parent_event_id": parent,
                                 "tags": body.tags, "metadata": body.metadata,
                                 "payload_pending": True if body.needs_blob else None}))
-    fields.update(session_id=body.session_id, started_at=occurred, duration=body.duration,
-                  attributes=attributes or None, is_finished=True)
-    if body.duration is not None:
-        fields["ended_at"] = occurred + body.duration
-    _write(db, who.project, ("event", event_id, occurred, _present(fields)))
+    started, ended = _span(body.type, occurred, body.duration)
+    fields.update(session_id=body.session_id, step_id=parent, started_at=started,
+                  ended_at=ended, duration=body.duration, attributes=attributes or None,
+                  is_finished=True)
+    records: list[Record] = []
+    if parent is not None:
+        records.append(_parent_step(db, body.session_id, parent, started))
+    records.append(("event", event_id, occurred, _present(fields)))
+    _write(db, who.project, *records)
+    # An event others name as parent is a step holding it and them; they
+    # arrive in any order (the client sends each from its own thread), so
+    # each side looks for the other once its own write is committed.
+    _fold(db, who.project, body.session_id, event_id)
+    if parent is not None:
+        _fold(db, who.project, body.session_id, parent)
     answer: dict[str, Any] = {"event_id": event_id}
     if body.needs_blob:
         answer["blob_url"] = uploads.presign(db, request, who.project, purpose="event_payload",
                                              session_id=body.session_id,
                                              event_id=event_id)["presigned_url"]
     return JSONOut(answer)
+
+
+def _span(kind: str, occurred: float, duration: float | None) -> tuple[float, float | None]:
+    """An event's start and end. A function_call is sent when the call
+    returns, stamped then: its occurred_at is its end. Any other event is
+    stamped when it began (an LLM span's start)."""
+    if duration is None or duration < 0:
+        return occurred, None
+    if kind == "function_call":
+        return occurred - duration, occurred
+    return occurred, occurred + duration
+
+
+def _parent_step(db: Store, session_id: str, parent: str,
+                 started: float) -> Record:
+    """The step standing for a parent event, as far as a child knows it: in
+    the child's session, begun no later than the child. Written as of time
+    0, it fills only what the step lacks (the parent's own event, once
+    folded in, says the rest)."""
+    step = db.get_step(parent)
+    if step is not None and step["session_id"] != session_id:
+        raise ApiError(409, f"parent event {parent!r} (client_parent_event_id) belongs to "
+                            "another session")
+    other = db.get_event(parent)
+    if other is not None and other["session_id"] != session_id:
+        raise ApiError(409, f"parent event {parent!r} (client_parent_event_id) belongs to "
+                            "another session")
+    fields: dict[str, Any] = {"session_id": session_id}
+    if step is None or (step.get("started_at") or started) > started:
+        fields["started_at"] = started
+    return ("step", parent, 0.0, fields)
+
+
+def _fold(db: Store, project: str, session_id: str, event_id: str) -> None:
+    """When event ``event_id`` has children (a step of its id exists) and
+    has arrived itself: the step takes the event's name, times, error and
+    parent, and the event moves into it. Idempotent."""
+    step = db.get_step(event_id, project)
+    event = db.get_event(event_id, project) if step is not None else None
+    if step is None or event is None or event["session_id"] != session_id \
+            or step["session_id"] != session_id:
+        return
+    attributes = event.get("attributes") or {}
+    if isinstance(attributes, str):
+        attributes = json.loads(attributes)
+    step_fields = _present({
+        "session_id": session_id, "action": event.get("function_name")
+        or event.get("description") or event.get("type"),
+        "function_name": event.get("function_name"), "started_at": event.get("started_at"),
+        "ended_at": event.get("ended_at") or event.get("started_at"),
+        "error": event.get("error"), "is_finished": True,
+        "parent_step_id": attributes.get("parent_event_id")})
+    if event.get("step_id") == event_id and all(
+            step.get(k) == v for k, v in step_fields.items() if k != "is_finished") \
+            and step.get("is_finished"):
+        return
+    when = max(time.time(), float(step["updated_at"]), float(event["updated_at"])) + 0.001
+    _write(db, project, ("step", event_id, when, step_fields),
+           ("event", event_id, when, {"session_id": session_id, "step_id": event_id}))
 
 
 def _apply_payload(store: Store, cur: Any, upload: dict[str, Any], payload: Any) -> None:

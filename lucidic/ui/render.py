@@ -164,5 +164,13 @@ def environment() -> Environment:
     return env
 
 
+def compile_templates() -> None:
+    """Compile every page's templates now (each is compiled once, at its
+    first use otherwise: the first page opened paid for it)."""
+    env = environment()
+    for name in env.list_templates():
+        env.get_template(name)
+
+
 def render(template: str, **context: Any) -> str:
     return environment().get_template(template).render(**context)

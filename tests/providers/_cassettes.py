@@ -8,10 +8,12 @@ The project's own hand-written recordings live in cassettes/ at the root.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
 import os
 import threading
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -86,13 +88,22 @@ def response_events(path: Path, index: int = 0) -> list[dict[str, Any]]:
     return events
 
 
+#: zlib's wbits for each Content-Encoding event_stream_in_steps can send.
+#: ("raw deflate": sent as "deflate" without zlib's header, as some servers do)
+_ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS,
+              "raw deflate": -zlib.MAX_WBITS}
+
+
 @contextmanager
-def event_stream_in_steps(path: Path, *, first: int, index: int = 0) -> Iterator[str]:
+def event_stream_in_steps(path: Path, *, first: int, index: int = 0,
+                          encoding: str | None = None) -> Iterator[str]:
     """A loopback HTTP server answering each POST with the recorded
     server-sent-events body of ``path``: its first ``first`` events at once,
     the rest only when the block ends, so that a client that stops reading
     early can have received those events and no more (a replayed cassette
-    arrives in one piece). Yields the server's base URL."""
+    arrives in one piece); compressed with ``encoding`` (of _ENCODINGS)
+    if given, and said so in its Content-Encoding (the first events flushed
+    whole). Yields the server's base URL."""
     events = [event + "\n\n" for event in response_text(path, index).split("\n\n") if event]
     release = threading.Event()
 
@@ -101,12 +112,21 @@ def event_stream_in_steps(path: Path, *, first: int, index: int = 0) -> Iterator
             self.rfile.read(int(self.headers.get("content-length", 0)))
             self.send_response(200)
             self.send_header("content-type", "text/event-stream")
+            if encoding is not None:
+                self.send_header("content-encoding", encoding.split()[-1])
             self.end_headers()  # no length: the body ends when the connection closes
+            parts = ["".join(events[:first]).encode("utf-8"),
+                     "".join(events[first:]).encode("utf-8")]
+            if encoding is not None:
+                compressor = zlib.compressobj(wbits=_ENCODINGS[encoding])
+                parts = [compressor.compress(parts[0]) + compressor.flush(zlib.Z_SYNC_FLUSH),
+                         compressor.compress(parts[1]) + compressor.flush()]
             try:
-                self.wfile.write("".join(events[:first]).encode("utf-8"))
+                self.wfile.write(parts[0])
                 self.wfile.flush()
-                release.wait()
-                self.wfile.write("".join(events[first:]).encode("utf-8"))
+                if first < len(events):  # (else the body ends here)
+                    release.wait()
+                self.wfile.write(parts[1])
             except OSError:
                 pass  # the client stopped reading and closed the connection
 
@@ -126,6 +146,38 @@ def event_stream_in_steps(path: Path, *, first: int, index: int = 0) -> Iterator
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+async def read_then_stop(stream: Any, first: int, how: str) -> tuple[list[Any], BaseException]:
+    """Read the ``first`` chunks of ``stream`` (an async stream served by
+    event_stream_in_steps: all it has sent), then stop the reading while it
+    awaits the next, which the server holds back: the task reading it
+    cancelled (``how`` "cancel": ``task.cancel(msg)``), or
+    ``asyncio.wait_for`` timing out ("wait_for"). Returns the chunks read
+    and the exception the caller got."""
+    read: list[Any] = []
+    reading = asyncio.Event()
+
+    async def reader() -> None:
+        async for chunk in stream:
+            read.append(chunk)
+            if len(read) == first:
+                reading.set()
+
+    if how == "wait_for":
+        chunks = aiter(stream)
+        for _ in range(first):
+            read.append(await anext(chunks))
+        with pytest.raises(asyncio.TimeoutError) as raised:  # (TimeoutError since 3.11)
+            await asyncio.wait_for(anext(chunks), timeout=0.05)
+        return read, raised.value
+    task = asyncio.create_task(reader())
+    await reading.wait()  # the task goes on to await the next chunk
+    task.cancel("the caller's own reason")
+    with pytest.raises(asyncio.CancelledError) as raised:
+        await task
+    assert task.cancelled()
+    return read, raised.value
 
 
 def lines_of_events(lines: Iterator[str], count: int) -> list[str]:

@@ -27,6 +27,7 @@ from _cassettes import (
     read_by_hand_async,
     read_once_by_hand,
     read_once_by_hand_async,
+    read_then_stop,
     replay,
     request_body,
     response_events,
@@ -239,8 +240,45 @@ def test_stream_read_partly_then_closed_records_what_arrived():
                                       "content_block_delta"]
     event = only_llm_event(captured)
     assert event["output"]["content"] == "Here's an OpenTelemetry-"
-    assert event["input_tokens"] == 17
+    assert_cut_usage(event, path)
     assert event["result"] == "stream closed before its end"
+
+
+def assert_recorded_cut(event, path, text):
+    """A stream of messages_streaming.yaml closed early, after ``text``."""
+    assert text and event["output"] == {"role": "assistant", "content": text}
+    assert event["model"] == "claude-3-haiku-20240307"
+    assert_cut_usage(event, path)
+    assert event["result"] == "stream closed before its end"
+    assert event["error"] is None
+
+
+def assert_cut_usage(event, path):
+    """A stream cut before its message_delta: the input tokens (and their
+    cost) message_start counted, and no output tokens; message_start's
+    output count is a placeholder, not what was generated."""
+    start = response_events(path)[0]["message"]
+    assert start["usage"]["output_tokens"] == 3  # the placeholder
+    assert event["input_tokens"] == start["usage"]["input_tokens"] == 17
+    assert event["output_tokens"] is None
+    assert event["cost"] == pytest.approx(expected_cost("anthropic", start["model"], 17))
+
+
+def test_stream_cut_after_its_message_delta_records_its_output_tokens():
+    path = shared_path("anthropic/messages_streaming.yaml")
+    body = request_body(path)
+    _, _, start, delta = _streamed(path)
+    with capture() as captured, replay(path):
+        lai.init(providers=["anthropic"])
+        stream = client().messages.create(**body)
+        for event in stream:
+            if event.type == "message_delta":
+                break
+        stream.close()
+    event = only_llm_event(captured)
+    assert event["result"] == "stream closed before its end"
+    assert (event["input_tokens"], event["output_tokens"]) == \
+        (start["usage"]["input_tokens"], delta["usage"]["output_tokens"]) == (17, 171)
 
 
 def test_abandoned_stream_completes_when_garbage_collected():
@@ -255,7 +293,102 @@ def test_abandoned_stream_completes_when_garbage_collected():
         gc.collect()
         (event,) = captured.events("llm")
     assert event["output"]["content"] == "Here's an OpenTelemet"
+    assert_cut_usage(event, path)
     assert event["result"] == "stream closed before its end"
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_stream_failing_midway_records_its_error_and_what_arrived(asynchronous):
+    """An error event mid-stream is a failure of the call, but what arrived
+    before it (the text, the model and input tokens message_start named) is
+    kept beside the error."""
+    path = own_path("anthropic/messages_stream_error.yaml")
+    body = request_body(path)
+    seen = []
+
+    async def read_async():
+        async for event in await async_client().messages.create(**body):
+            seen.append(event.type)
+
+    def read():
+        for event in client().messages.create(**body):
+            seen.append(event.type)
+
+    with capture() as captured, replay(path):
+        lai.init(providers=["anthropic"])
+        with pytest.raises(anthropic.APIStatusError, match="Overloaded"):
+            asyncio.run(read_async()) if asynchronous else read()
+    assert seen == ["message_start", "content_block_start", "content_block_delta"]
+    event = only_llm_event(captured)
+    assert event["error"].startswith("APIStatusError") and "Overloaded" in event["error"]
+    assert event["output"] == {"role": "assistant", "content": "One, two,"}
+    assert event["model"] == "claude-3-5-haiku-20241022"
+    assert (event["input_tokens"], event["output_tokens"]) == (11, None)
+    assert event["result"] is None
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_an_exception_in_the_callers_loop_closes_the_stream_as_cut_not_failed(asynchronous):
+    """The caller's own code raising while it reads the stream helper (its
+    with block then closes the stream) is no failure of the call."""
+    path = shared_path("anthropic/messages_streaming.yaml")
+    body = {k: v for k, v in request_body(path).items() if k != "stream"}
+
+    class CallersError(Exception):
+        pass
+
+    async def read_async():
+        async with async_client().messages.stream(**body) as stream:
+            async for text in stream.text_stream:
+                if text == "ry-":
+                    raise CallersError
+
+    def read():
+        with client().messages.stream(**body) as stream:
+            for text in stream.text_stream:
+                if text == "ry-":
+                    raise CallersError
+
+    with capture() as captured, replay(path):
+        lai.init(providers=["anthropic"])
+        with pytest.raises(CallersError):
+            asyncio.run(read_async()) if asynchronous else read()
+        gc.collect()  # (the helper closes the response under the stream it wraps)
+    assert_recorded_cut(only_llm_event(captured), path, "Here's an OpenTelemetry-")
+
+
+@pytest.mark.parametrize("how", ["cancel", "wait_for"])
+@pytest.mark.parametrize("api", ["create", "stream helper"])
+def test_a_stream_whose_reading_task_is_cancelled_records_what_arrived(api, how):
+    """The task reading a stream cancelled after its first events: the
+    caller stopped reading, as when it closes the stream early (what
+    arrived, the model and input tokens message_start named), not a
+    failure with nothing; the CancelledError (or wait_for's TimeoutError)
+    reaches the caller untouched."""
+    path = shared_path("anthropic/messages_streaming.yaml")
+    body = request_body(path)
+    sent = response_events(path)[:6]  # the library's keep-alive "ping" among them
+    text = "".join(e["delta"]["text"] for e in sent if e["type"] == "content_block_delta")
+
+    async def main(url):
+        lai.init(providers=["anthropic"])
+        if api == "create":
+            stream = await async_client(url).messages.create(**body)
+            read, raised = await read_then_stop(stream, 5, how)
+            return [event.type for event in read], raised
+        plain = {key: value for key, value in body.items() if key != "stream"}
+        async with async_client(url).messages.stream(**plain) as stream:
+            read, raised = await read_then_stop(stream, 8, how)  # (a "text" after each delta)
+        return [event.type for event in read if event.type != "text"], raised
+
+    with event_stream_in_steps(path, first=6) as url, capture() as captured:
+        types, raised = asyncio.run(main(url))
+    assert types == [e["type"] for e in sent if e["type"] != "ping"]
+    if how == "cancel":
+        assert raised.args == ("the caller's own reason",)
+    event = only_llm_event(captured)
+    assert_recorded_cut(event, path, text)
+    assert 0 < event["time_to_first_token"] <= event["duration"]
 
 
 # -- with_raw_response / with_streaming_response ------------------------------------------
@@ -532,11 +665,7 @@ def test_a_raw_stream_read_by_hand_in_part_then_closed_records_what_arrived():
             assert not captured.events("llm")  # still open
     assert read[0] == "event: message_start" and read[-1] == ""
     event = only_llm_event(captured)
-    assert text and event["output"] == {"role": "assistant", "content": text}
-    assert event["model"] == "claude-3-haiku-20240307"
-    assert event["input_tokens"] == 17
-    assert event["result"] == "stream closed before its end"
-    assert event["error"] is None
+    assert_recorded_cut(event, path, text)
 
 
 def test_an_error_event_in_a_raw_stream_read_by_hand_is_recorded_as_parsing_raises_it():
@@ -553,7 +682,9 @@ def test_an_error_event_in_a_raw_stream_read_by_hand_is_recorded_as_parsing_rais
     parsed, by_hand = captured.events("llm")
     assert "Overloaded" in parsed["error"]
     assert by_hand["error"] == parsed["error"]
-    assert by_hand["output"] is None
+    # what arrived before the error, both ways
+    assert by_hand["output"] == parsed["output"] == {"role": "assistant",
+                                                     "content": "One, two,"}
 
 
 # -- methods bound before lai.init: recorded through the client's request method ------

@@ -5,6 +5,7 @@ recorded traffic where a model is called over HTTP."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -18,13 +19,17 @@ from _cassettes import (
     shared_path,
 )
 from _framework_helpers import chain_of_actions, only, price_file, steps_by_action
+from langchain_core.language_models import BaseChatModel
+from langchain_core.language_models.chat_models import generate_from_stream
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
-from langchain_core.messages import HumanMessage
+from langchain_core.messages import AIMessageChunk, HumanMessage
 from langchain_core.output_parsers import StrOutputParser
+from langchain_core.outputs import ChatGenerationChunk
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda
 from langchain_core.tools import tool
 from langchain_core.tracers import context as tracer_context
+from pydantic import BaseModel
 
 import lucidic as lai
 from lucidic import plugins
@@ -105,6 +110,15 @@ def test_lcel_stream_records_the_streamed_output_when_the_stream_ends():
     assert steps_by_action(captured)["RunnableSequence"]["is_finished"]
 
 
+def assert_recorded_cut(event, path, partial):
+    """The model stream of ``path`` closed early, after ``partial``: what
+    arrived, no error."""
+    assert partial and streamed_text(path).startswith(partial)
+    assert event["error"] is None
+    assert event["output"] == {"role": "assistant", "content": partial}
+    assert event["result"] == "stream closed before its end"
+
+
 def socks_messages():
     return [("user", "write 10 lines of random text about $colorful socks")]
 
@@ -139,12 +153,8 @@ def test_breaking_out_of_a_stream_early_records_what_arrived_not_an_error():
                 received.append(chunk.content)
                 if len(received) == 5:
                     break  # the generator is dropped here, and closed (GeneratorExit)
-    partial = "".join(received)
-    assert partial and streamed_text(path).startswith(partial)
     event = only(captured.events("llm"))
-    assert event["error"] is None
-    assert event["output"] == {"role": "assistant", "content": partial}
-    assert event["result"] == "stream closed before its end"
+    assert_recorded_cut(event, path, "".join(received))
     # (langchain-openai names the answering model in the last chunk only)
     assert event["request_model"] == "gpt-4" and event["time_to_first_token"] is not None
 
@@ -174,11 +184,101 @@ def test_breaking_out_of_an_async_stream_early_records_what_arrived():
     assert event["result"] == "stream closed before its end"
 
 
-def read_five_chunks_then_stop(model, question, asynchronous):
-    """Stream the model's answer, and stop reading after five chunks (async:
-    closing the stream, as ``async with aclosing(...)`` does)."""
+class CallersError(Exception):
+    """The caller's own exception."""
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_an_exception_thrown_into_a_model_stream_records_what_arrived_not_an_error(
+        asynchronous):
+    """throw() / athrow() of the caller's own exception into model.stream():
+    the caller stopped the stream, as when it closes it early; langchain-core
+    reports the exception as the run's error, but it is none of the model's."""
+    path = shared_path("langchain/lcel_stream_openai.yaml")
+    from langchain_openai import ChatOpenAI
+
+    async def read_async(model):
+        stream = model.astream(socks_messages())
+        received = [(await anext(stream)).content for _ in range(5)]
+        with pytest.raises(CallersError):
+            await stream.athrow(CallersError())
+        return received
+
+    def read(model):
+        stream = model.stream(socks_messages())
+        received = [next(stream).content for _ in range(5)]
+        with pytest.raises(CallersError):
+            stream.throw(CallersError())
+        return received
+
+    with capture() as captured:
+        lai.init("stream thrown", providers=["langchain", "openai"])
+        with replay(path):
+            model = ChatOpenAI(model="gpt-4", temperature=0, api_key="sk-test", max_retries=0)
+            received = asyncio.run(read_async(model)) if asynchronous else read(model)
+    event = only(captured.events("llm"))
+    assert_recorded_cut(event, path, "".join(received))
+    assert event["model"] == "gpt-4-0613"
+
+
+def test_an_exception_in_the_callers_loop_over_a_model_stream_is_no_error_of_the_model():
+    """The caller's code raising inside ``for chunk in model.stream()``: the
+    stream is dropped, and closed, as on a break."""
+    path = shared_path("langchain/lcel_stream_openai.yaml")
+    from langchain_openai import ChatOpenAI
+
+    received = []
+    with capture() as captured:
+        lai.init("stream loop raised", providers=["langchain", "openai"])
+        with replay(path):
+            model = ChatOpenAI(model="gpt-4", temperature=0, api_key="sk-test", max_retries=0)
+            with pytest.raises(CallersError):
+                for chunk in model.stream(socks_messages()):
+                    received.append(chunk.content)
+                    if len(received) == 5:
+                        raise CallersError
+    event = only(captured.events("llm"))
+    assert event["error"] is None
+    assert event["output"] == {"role": "assistant", "content": "".join(received)}
+    assert event["result"] == "stream closed before its end"
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_model_stream_failing_midway_records_its_error_and_what_arrived(asynchronous):
+    """An error the provider's stream raises midway is the model call's
+    failure, recorded with what arrived before it and the model its chunks
+    named, as the openai plugin records it."""
+    path = own_path("openai/chat_stream_error.yaml")
+    from langchain_openai import ChatOpenAI
+
+    async def read_async(model):
+        return [chunk.content async for chunk in model.astream(request_body(path)["messages"])]
+
+    received = []
+    with capture() as captured:
+        lai.init("stream failed", providers=["langchain", "openai"])
+        with replay(path):
+            model = ChatOpenAI(model="gpt-4o-mini", api_key="sk-test", max_retries=0)
+            with pytest.raises(openai.APIError, match="server had an error"):
+                if asynchronous:
+                    asyncio.run(read_async(model))
+                else:
+                    received.extend(chunk.content
+                                    for chunk in model.stream(request_body(path)["messages"]))
+    event = only(captured.events("llm"))
+    assert event["error"] == "APIError: The server had an error while processing your " \
+                             "request. Sorry about that!"
+    assert event["output"] == {"role": "assistant", "content": "One, two,"}
+    assert event["model"] == "gpt-4o-mini-2024-07-18"
+    assert event["result"] is None
+
+
+def read_five_chunks_then_stop(model, question, asynchronous, **kwargs):
+    """Stream the model's answer (``kwargs``: the call's), and stop reading
+    after five chunks (async: closing the stream, as ``async with
+    aclosing(...)`` does)."""
     async def read_async():
-        stream = model.astream(question)
+        stream = model.astream(question, **kwargs)
         received = 0
         async for _ in stream:
             received += 1
@@ -189,7 +289,7 @@ def read_five_chunks_then_stop(model, question, asynchronous):
     if asynchronous:
         asyncio.run(read_async())
         return
-    for received, _ in enumerate(model.stream(question), 1):
+    for received, _ in enumerate(model.stream(question, **kwargs), 1):
         if received == 5:
             return
 
@@ -234,6 +334,100 @@ def test_a_responses_api_stream_cut_early_records_the_model_its_first_event_name
     assert event["request_model"] == "gpt-4.1-nano"
     assert event["model"] == response_events(path)[0]["response"]["model"] \
         == "gpt-4.1-nano-2025-04-14"
+
+
+class Sock(BaseModel):
+    """A sock."""
+
+    colour: str
+    pattern: str
+
+
+def sock_model():
+    from langchain_openai import ChatOpenAI
+
+    return ChatOpenAI(model="gpt-4o", api_key="sk-test", max_retries=0)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_structured_output_stream_cut_early_records_the_model_its_chunks_named(asynchronous):
+    """A response format asked for (as with_structured_output asks for it)
+    streams through the client's beta.chat.completions.stream(), whose
+    events carry each chunk of the completion under "chunk"; langchain-openai
+    names the answering model in the stream's last chunk only."""
+    path = own_path("openai/chat_structured_output_streaming.yaml")
+    from _cassettes import response_events
+
+    with capture() as captured:
+        lai.init("structured cut", providers=["langchain"])
+        with replay(path):
+            read_five_chunks_then_stop(sock_model(), [("user", "Describe a colourful sock.")],
+                                       asynchronous, response_format=Sock)
+    event = only(captured.events("llm"))
+    assert event["result"] == "stream closed before its end"
+    assert event["request_model"] == "gpt-4o"
+    assert event["model"] == response_events(path)[0]["model"] == "gpt-4o-2024-08-06"
+
+
+@pytest.mark.parametrize("include_raw", [False, True])
+def test_a_structured_output_stream_read_to_its_end_records_model_tokens_and_cost(
+        include_raw):
+    """(with_structured_output streams its answer, raw or not, once the model's
+    stream has ended)"""
+    path = own_path("openai/chat_structured_output_streaming.yaml")
+    from _cassettes import response_events
+
+    usage = response_events(path)[-1]["usage"]
+    with capture() as captured:
+        lai.init("structured", providers=["langchain"])
+        with replay(path):
+            answers = list(sock_model().with_structured_output(Sock, include_raw=include_raw)
+                           .stream([("user", "Describe a colourful sock.")]))
+    sock = Sock(colour="red", pattern="polka dots")
+    if include_raw:  # its keys streamed one by one
+        assert {key: value for answer in answers for key, value in answer.items()
+                if key != "raw"} == {"parsed": sock, "parsing_error": None}
+    else:
+        assert answers == [sock]
+    event = only(captured.events("llm"))
+    assert event["result"] is None and event["model"] == "gpt-4o-2024-08-06"
+    assert event["output"]["content"] == '{"colour":"red","pattern":"polka dots"}'
+    assert (event["input_tokens"], event["output_tokens"]) == \
+        (usage["prompt_tokens"], usage["completion_tokens"]) == (68, 12)
+    assert event["cost"] == pytest.approx(expected_cost("openai", "gpt-4o-2024-08-06", 68, 12))
+
+
+def test_a_stream_of_events_left_early_records_what_the_model_streamed_not_an_error():
+    """astream_events runs the chain in a task of its own and cancels it when
+    the caller stops reading: the model's stream ends with CancelledError
+    there, which is its caller leaving, as a stream closed early is."""
+    path = shared_path("langchain/lcel_stream_openai.yaml")
+
+    async def read_three_tokens():
+        streamed = []
+        events = socks_chain().astream_events({"product": "colorful socks"}, version="v2")
+        async for event in events:
+            if event["event"] == "on_chat_model_stream":
+                streamed.append(event["data"]["chunk"].content)
+                if len(streamed) == 3:
+                    break
+        await events.aclose()
+        return "".join(streamed)
+
+    with capture() as captured:
+        lai.init("events left", providers=["langchain"])
+        with replay(path):
+            streamed = asyncio.run(read_three_tokens())
+    event = only(captured.events("llm"))
+    assert event["error"] is None
+    assert event["result"] == "stream closed before its end"
+    # what the model had streamed when its task was cancelled: its reader may
+    # have been a token ahead (langchain collects a token after its callbacks)
+    # or behind (the chain's task runs ahead of its reader)
+    arrived = event["output"]["content"]
+    assert streamed and arrived and streamed_text(path).startswith(arrived)
+    assert len(arrived) < len(streamed_text(path))
+    assert event["model"] == "gpt-4-0613"
 
 
 def read_two_streams_in_turn(asynchronous):
@@ -327,8 +521,303 @@ def test_a_chat_anthropic_stream_cut_early_records_the_model_and_input_its_first
     assert event["result"] == "stream closed before its end"
     assert event["request_model"] == "claude-3-haiku"
     assert event["model"] == message_start["model"] == "claude-3-haiku-20240307"
+    # as the anthropic plugin records a stream cut before its message_delta:
+    # message_start's output count is a placeholder (test_anthropic.py)
     assert event["input_tokens"] == message_start["usage"]["input_tokens"] == 17
     assert event["output_tokens"] is None  # counted in the stream's last event only
+    assert event["cost"] == pytest.approx(expected_cost("anthropic", message_start["model"], 17))
+
+
+class AskingTwice(BaseChatModel):
+    """A chat model of the user's own over the openai client that asks twice
+    and streams both answers (as one that continues an answer cut at
+    max_tokens would): its second request is made after its first token."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "asking-twice"
+
+    def _request(self):
+        return {"model": "gpt-4", "stream": True, "messages": [
+            {"role": "user", "content": "write 10 lines of random text about $colorful socks"}]}
+
+    def _stream(self, messages, stop=None, run_manager=None, **kwargs):
+        client = openai.OpenAI(api_key="sk-test", max_retries=0)
+        for _ in range(2):
+            for chunk in client.chat.completions.create(**self._request()):
+                if chunk.choices and chunk.choices[0].delta.content:
+                    text = chunk.choices[0].delta.content
+                    generated = ChatGenerationChunk(message=AIMessageChunk(content=text))
+                    if run_manager:  # as the integrations report their tokens
+                        run_manager.on_llm_new_token(text, chunk=generated)
+                    yield generated
+
+    async def _astream(self, messages, stop=None, run_manager=None, **kwargs):
+        client = openai.AsyncOpenAI(api_key="sk-test", max_retries=0)
+        for _ in range(2):
+            async for chunk in await client.chat.completions.create(**self._request()):
+                if chunk.choices and chunk.choices[0].delta.content:
+                    text = chunk.choices[0].delta.content
+                    generated = ChatGenerationChunk(message=AIMessageChunk(content=text))
+                    if run_manager:
+                        await run_manager.on_llm_new_token(text, chunk=generated)
+                    yield generated
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+        return generate_from_stream(self._stream(messages))
+
+
+class Reviewing(BaseChatModel):
+    """A chat model of the user's own that streams a heading, then runs a
+    langchain model (gpt-4, streamed) for the rest of its answer."""
+
+    @property
+    def _llm_type(self) -> str:
+        return "reviewing"
+
+    def _inner(self):
+        from langchain_openai import ChatOpenAI
+
+        return ChatOpenAI(model="gpt-4", api_key="sk-test", max_retries=0, streaming=True)
+
+    def _stream(self, messages, stop=None, run_manager=None, **kwargs):
+        yield ChatGenerationChunk(message=AIMessageChunk(content="Reviewed: "))
+        answer = self._inner().invoke(messages)
+        yield ChatGenerationChunk(message=AIMessageChunk(content=answer.content))
+
+    async def _astream(self, messages, stop=None, run_manager=None, **kwargs):
+        yield ChatGenerationChunk(message=AIMessageChunk(content="Reviewed: "))
+        answer = await self._inner().ainvoke(messages)
+        yield ChatGenerationChunk(message=AIMessageChunk(content=answer.content))
+
+    def _generate(self, messages, stop=None, run_manager=None, **kwargs):
+        return generate_from_stream(self._stream(messages))
+
+
+#: langchain-core's event streams of a chat model (stream_events(version="v3"),
+#: its async astream_events), where the library has them: made through
+#: methods of their own, not stream() or astream()
+V3 = [pytest.param(how, marks=pytest.mark.skipif(
+    not hasattr(BaseChatModel, "_chat_model_stream_v3"),
+    reason="this langchain-core has no stream_events(version='v3')"))
+      for how in ("stream_events v3", "astream_events v3")]
+
+
+def text_of(output):
+    """The text of a recorded assistant message: its content, or the text of
+    its content blocks (v3 streams assemble v1 content blocks)."""
+    assert output["role"] == "assistant"
+    content = output["content"]
+    if isinstance(content, list):
+        return "".join(block["text"] for block in content if block.get("type") == "text")
+    return content
+
+
+def run_model(model, how):
+    """The model's answer to socks_messages(), asked as ``how`` says."""
+    async def astream():
+        return "".join([chunk.content async for chunk in model.astream(socks_messages())])
+
+    async def astream_events_v3():
+        return "".join([text async for text in
+                        (await model.astream_events(socks_messages(), version="v3")).text])
+
+    if how == "stream":
+        return "".join(chunk.content for chunk in model.stream(socks_messages()))
+    if how == "astream":
+        return asyncio.run(astream())
+    if how == "stream_events v3":
+        return "".join(model.stream_events(socks_messages(), version="v3").text)
+    if how == "astream_events v3":
+        return asyncio.run(astream_events_v3())
+    # ("streamed": invoked with stream=True, langchain streams the answer
+    # through the model's _stream and hands back the whole of it)
+    streamed = {"stream": True} if how.endswith(" streamed") else {}
+    if how.startswith("ainvoke"):
+        return asyncio.run(model.ainvoke(socks_messages(), **streamed)).content
+    return model.invoke(socks_messages(), **streamed).content
+
+
+@pytest.mark.parametrize("how", ["stream", "astream", "invoke", "ainvoke", "invoke streamed",
+                                 "ainvoke streamed", *V3])
+@pytest.mark.parametrize("model_class", [AskingTwice, Reviewing])
+def test_a_model_whose_own_code_calls_a_model_after_its_first_token_is_recorded_once(
+        model_class, how):
+    """What a model's own code calls, a client or another langchain model, is
+    that model's call, before its first token or after it: streamed, as
+    invoked, the model run is the one event (the provider plugins used to be
+    held off until the first token only, so a request made later was
+    recorded again by the openai plugin, or as a model run of its own)."""
+    path = shared_path("langchain/lcel_stream_openai.yaml")
+    with capture() as captured:
+        lai.init("own model", providers=["langchain", "openai"])
+        with replay(path, allow_repeats=True):
+            answer = run_model(model_class(), how)
+    text = streamed_text(path)
+    assert answer == (text * 2 if model_class is AskingTwice else "Reviewed: " + text)
+    event = only(captured.events("llm"))
+    assert event["description"] == model_class.__name__
+    assert text_of(event["output"]) == answer
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_client_call_made_between_a_streams_chunks_is_the_provider_plugins(asynchronous):
+    """Code the caller runs while it holds a chunk is not the model's: a
+    client call made there is recorded by the openai plugin, once."""
+    path = shared_path("langchain/lcel_stream_openai.yaml")
+    from langchain_openai import ChatOpenAI
+
+    request = AskingTwice()._request()
+
+    async def read_async(model):
+        read = []
+        async for chunk in model.astream(socks_messages()):
+            if len(read) == 3:
+                client = openai.AsyncOpenAI(api_key="sk-test", max_retries=0)
+                async for _ in await client.chat.completions.create(**request):
+                    pass
+            read.append(chunk.content)
+        return read
+
+    with capture() as captured:
+        lai.init("between chunks", providers=["langchain", "openai"])
+        with replay(path, allow_repeats=True):
+            model = ChatOpenAI(model="gpt-4", api_key="sk-test", max_retries=0)
+            if asynchronous:
+                read = asyncio.run(read_async(model))
+            else:
+                read = []
+                for chunk in model.stream(socks_messages()):
+                    if len(read) == 3:
+                        list(openai.OpenAI(api_key="sk-test",
+                                           max_retries=0).chat.completions.create(**request))
+                    read.append(chunk.content)
+    assert "".join(read) == streamed_text(path)
+    events = captured.events("llm")
+    assert sorted(event["description"] for event in events) == ["ChatOpenAI", "openai chat"]
+    assert all(event["output"]["content"] == streamed_text(path) for event in events)
+
+
+@pytest.mark.parametrize("how", V3)
+def test_a_v3_event_stream_is_recorded_once_with_its_model_and_first_token(how):
+    path = shared_path("langchain/lcel_stream_openai.yaml")
+    from langchain_openai import ChatOpenAI
+
+    with capture() as captured:
+        lai.init("v3", providers=["langchain", "openai"])
+        with replay(path):
+            text = run_model(ChatOpenAI(model="gpt-4", api_key="sk-test", max_retries=0), how)
+    assert text == streamed_text(path)
+    event = only(captured.events("llm"))
+    assert event["description"] == "ChatOpenAI" and event["model"] == "gpt-4-0613"
+    assert text_of(event["output"]) == text
+    assert event["result"] is None and event["error"] is None
+    assert 0 < event["time_to_first_token"] <= event["duration"]
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_a_client_call_made_between_a_v3_streams_events_is_the_provider_plugins(asynchronous):
+    """Code the caller runs between the events of a v3 stream (of a model
+    that reports no tokens: its events are its stream) is not the model's:
+    a client call made there is recorded by the openai plugin."""
+    if not hasattr(BaseChatModel, "_chat_model_stream_v3"):
+        pytest.skip("this langchain-core has no stream_events(version='v3')")
+    path = shared_path("langchain/lcel_stream_openai.yaml")
+    request = AskingTwice()._request()
+    model = FakeListChatModel(responses=["one two three"])
+
+    async def read_async():
+        read = []
+        async for text in (await model.astream_events("hi", version="v3")).text:
+            if len(read) == 2:
+                client = openai.AsyncOpenAI(api_key="sk-test", max_retries=0)
+                async for _ in await client.chat.completions.create(**request):
+                    pass
+            read.append(text)
+        return read
+
+    def read():
+        read = []
+        for text in model.stream_events("hi", version="v3").text:
+            if len(read) == 2:
+                list(openai.OpenAI(api_key="sk-test",
+                                   max_retries=0).chat.completions.create(**request))
+            read.append(text)
+        return read
+
+    with capture() as captured:
+        lai.init("v3 between events", providers=["langchain", "openai"])
+        with replay(path):
+            received = asyncio.run(read_async()) if asynchronous else read()
+    assert "".join(received) == "one two three"
+    fake, client_call = sorted(captured.events("llm"),
+                               key=lambda event: event["description"] != "FakeListChatModel")
+    assert fake["description"] == "FakeListChatModel"
+    assert text_of(fake["output"]) == "one two three"
+    assert client_call["description"] == "openai chat"
+    assert client_call["output"]["content"] == streamed_text(path)
+
+
+def test_a_v3_stream_left_early_records_what_arrived():
+    """stream_events(version="v3") read in part and dropped: langchain-core
+    ends nothing (it just stops pulling), so the call was never recorded."""
+    if not hasattr(BaseChatModel, "_chat_model_stream_v3"):
+        pytest.skip("this langchain-core has no stream_events(version='v3')")
+    path = shared_path("langchain/lcel_stream_openai.yaml")
+    from langchain_openai import ChatOpenAI
+
+    with capture() as captured:
+        lai.init("v3 left", providers=["langchain", "openai"])
+        with replay(path):
+            model = ChatOpenAI(model="gpt-4", api_key="sk-test", max_retries=0)
+            received = []
+            for text in model.stream_events(socks_messages(), version="v3").text:
+                received.append(text)
+                if len(received) == 3:
+                    break  # the stream is dropped here
+            gc.collect()
+            (event,) = captured.events("llm")
+    partial = "".join(received)
+    assert partial and streamed_text(path).startswith(partial)
+    assert text_of(event["output"]) == partial
+    assert event["result"] == "stream closed before its end" and event["error"] is None
+    assert event["model"] == "gpt-4-0613"
+
+
+def test_an_async_v3_stream_closed_early_records_what_arrived():
+    """astream_events(version="v3") closed early: its producer task is
+    cancelled, and langchain-core reports the cancellation with none of
+    what arrived; the events that did are the call's output. (A model that
+    pauses between its chunks: a ChatOpenAI stream whose server stalls
+    cannot be closed here, langchain-openai's chunk timeout waiting on the
+    read the cancellation leaves running.)"""
+    if not hasattr(BaseChatModel, "_chat_model_stream_v3"):
+        pytest.skip("this langchain-core has no stream_events(version='v3')")
+    answer = "a sock of many colours, striped and spotted"  # a chunk per character
+
+    async def read_three():
+        model = FakeListChatModel(responses=[answer], sleep=0.2)
+        stream = await model.astream_events("hi", version="v3")
+        received = []
+        async for text in stream.text:
+            received.append(text)
+            if len(received) == 3:
+                break
+        await stream.aclose()
+        return received
+
+    with capture() as captured:
+        lai.init("v3 closed", providers=["langchain"])
+        received = asyncio.run(read_three())
+    partial = "".join(received)
+    event = only(captured.events("llm"))
+    # what the model's task had when it was cancelled: at least what its
+    # reader read, and not all of it
+    arrived = text_of(event["output"])
+    assert partial == "a s" and arrived.startswith(partial) and answer.startswith(arrived)
+    assert len(arrived) < len(answer)
+    assert event["result"] == "stream closed before its end" and event["error"] is None
+    assert event["description"] == "FakeListChatModel"
 
 
 def test_a_call_asking_for_several_choices_counts_its_tokens_once():
@@ -559,6 +1048,34 @@ def test_tools_become_tool_events_and_nested_chains_nest():
     assert only(captured.events("llm"))["step_id"] == steps["chain-inner"]["id"]
 
 
+def test_what_a_tool_called_outside_any_chain_runs_is_recorded():
+    """A tool invoked by the caller's own code, with no chain around it, is
+    recorded at the top; the chain and the model call it runs are recorded
+    too, the model call once (they were taken for the runs of a part left
+    unrecorded, and the openai plugin recorded the call instead)."""
+    path = shared_path("langchain/langgraph_invoke_openai.yaml")
+
+    @tool
+    def ask_a_mathematician(question: str) -> str:
+        """Asks gpt-4o, as a mathematician."""
+        chain = RunnableLambda(lambda q: [("system", "You are a mathematician."),
+                                          ("user", q)], name="as_mathematician") | gpt4o()
+        return chain.invoke(question).content
+
+    with capture() as captured:
+        lai.init("root tool", providers=["langchain", "openai"])
+        with replay(path):
+            answer = ask_a_mathematician.invoke({"question": "What's 5 + 5?"})
+    assert answer == "\\(5 + 5 = 10\\)."
+    tool_event = only(captured.events("tool"))
+    assert tool_event["step_id"] is None and tool_event["output"] == answer
+    event = only(captured.events("llm"))
+    assert_math_event(event)
+    assert event["description"] == "ChatOpenAI"  # the langchain plugin's
+    assert chain_of_actions(captured, event["step_id"]) == ["RunnableSequence"]
+    assert "as_mathematician" in steps_by_action(captured)
+
+
 def test_a_failing_chain_finishes_its_step_with_the_error():
     def fail(_):
         raise ValueError("bad input")
@@ -591,15 +1108,24 @@ def test_a_fault_in_the_adapter_never_breaks_the_users_call(monkeypatch):
 
 
 def test_uninstrument_restores_langchain_exactly():
+    from langchain_core.language_models import BaseLLM
+
+    methods = [(cls, name) for cls in (BaseChatModel, BaseLLM)
+               for name in ("generate", "agenerate", "stream", "astream")]
+    originals = [vars(cls)[name] for cls, name in methods]
     before = list(tracer_context._configure_hooks)
     adapter = plugins.get_adapter("langchain")
     adapter.instrument()
     adapter.instrument()  # idempotent
     assert len(tracer_context._configure_hooks) == len(before) + 1
+    assert all(vars(cls)[name] is not original
+               for (cls, name), original in zip(methods, originals, strict=True))
     adapter.uninstrument()
     adapter.uninstrument()
     after = tracer_context._configure_hooks
     assert len(after) == len(before) and all(a is b for a, b in zip(after, before, strict=True))
+    assert all(vars(cls)[name] is original
+               for (cls, name), original in zip(methods, originals, strict=True))
     with capture() as captured:
         lai.init("after")
         assert fake_chain("x").invoke({"q": "y"}) == "x"
@@ -644,23 +1170,73 @@ def test_uninstrument_restores_langchain_anthropics_event_reader_exactly():
     assert vars(ChatAnthropic)["_make_message_chunk_from_anthropic_event"] is original
 
 
-def test_chat_anthropic_prompt_cache_writes_are_recorded_and_priced_by_lifetime():
+@pytest.mark.parametrize("asynchronous", [False, True])
+@pytest.mark.parametrize("stream_usage", [True, False])
+def test_a_complete_chat_anthropic_stream_records_the_input_its_first_event_counted(
+        stream_usage, asynchronous):
+    """The recording's message_delta does not repeat the input tokens (the
+    older event format): langchain-anthropic's usage for the stream then
+    says 0 input tokens, which is not what message_start counted. Without
+    stream_usage it reports no usage at all: the tokens are those
+    message_start and message_delta counted, as the anthropic plugin's."""
+    path = shared_path("anthropic/messages_streaming.yaml")
+    from _cassettes import response_events
+    from langchain_anthropic import ChatAnthropic
+
+    events = response_events(path)
+    start = events[0]["message"]
+    delta = next(e for e in events if e["type"] == "message_delta")
+    assert "input_tokens" not in delta["usage"]
+
+    async def read_async(model):
+        return [chunk async for chunk in model.astream(socks_messages())]
+
+    with capture() as captured:
+        lai.init("stream", providers=["langchain"])
+        with replay(path):
+            model = ChatAnthropic(model="claude-3-haiku", api_key="sk-test", max_retries=0,
+                                  stream_usage=stream_usage)
+            chunks = (asyncio.run(read_async(model)) if asynchronous
+                      else list(model.stream(socks_messages())))
+    usage = sum(chunks[1:], chunks[0]).usage_metadata  # langchain's own
+    assert (usage["input_tokens"] == 0) if stream_usage else usage is None
+    event = only(captured.events("llm"))
+    assert event["result"] is None and event["model"] == start["model"]
+    assert (event["input_tokens"], event["output_tokens"]) == \
+        (start["usage"]["input_tokens"], delta["usage"]["output_tokens"]) == (17, 171)
+    assert event["cost"] == pytest.approx(expected_cost("anthropic", start["model"], 17, 171))
+
+
+def anthropic_cached_model(path):
+    from langchain_anthropic import ChatAnthropic
+
+    body = request_body(path)
+    return ChatAnthropic(model=body["model"], max_tokens=body["max_tokens"],
+                         api_key="sk-ant-test", max_retries=0)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_chat_anthropic_prompt_cache_writes_are_recorded_and_priced_by_lifetime(streamed):
     """langchain-anthropic reports the cache writes by lifetime in
     usage_metadata.input_token_details; the handler records them as the
-    anthropic adapter does."""
+    anthropic adapter does. Streamed, message_start alone breaks them down
+    (message_delta's cumulative counts do not)."""
     from _cassettes import own_path
-    from langchain_anthropic import ChatAnthropic
 
     from lucidic.pricing import cost_of
 
-    path = own_path("anthropic/messages_prompt_cache.yaml")
+    path = own_path("anthropic/messages_prompt_cache_streaming.yaml" if streamed
+                    else "anthropic/messages_prompt_cache.yaml")
     body = request_body(path)
     with capture() as captured:
         lai.init("cached", providers=["langchain"])
         with replay(path):
-            ChatAnthropic(model=body["model"], max_tokens=body["max_tokens"],
-                          api_key="sk-ant-test", max_retries=0).invoke(
-                body["messages"][0]["content"])
+            model = anthropic_cached_model(path)
+            question = [("system", body["system"]), ("user", body["messages"][0]["content"])]
+            if streamed:
+                list(model.stream(question))
+            else:
+                model.invoke(question)
     event = only(captured.events("llm"))
     assert (event["input_tokens"], event["cached_tokens"], event["cache_write_tokens"]) == (
         14 + 2048 + 3072, 2048, 3072)

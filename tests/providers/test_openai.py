@@ -9,7 +9,11 @@ import base64
 import gc
 import inspect
 import json
+import os
+import signal
+import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -30,6 +34,7 @@ from _cassettes import (
     read_by_hand_async,
     read_once_by_hand,
     read_once_by_hand_async,
+    read_then_stop,
     replay,
     request_body,
     response_events,
@@ -260,6 +265,78 @@ def test_error_mid_stream_reaches_the_caller_and_is_recorded():
     assert seen == ["", "One, two,"]
     event = only_llm_event(captured)
     assert "APIError" in event["error"] and "server had an error" in event["error"]
+    # a failure, with what arrived before it and the model its chunks named
+    assert event["output"] == {"role": "assistant", "content": "One, two,"}
+    assert event["model"] == "gpt-4o-mini-2024-07-18"
+    assert event["result"] is None
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_an_exception_in_the_callers_loop_closes_the_stream_as_cut_not_failed(asynchronous):
+    """The caller's own code raising while it reads (its with block then
+    closes the stream) is no failure of the call: what arrived, no error."""
+    path = shared_path("openai/chat_async_streaming.yaml")
+    body = request_body(path)
+
+    class CallersError(Exception):
+        pass
+
+    async def read_async():
+        async with await async_client().chat.completions.create(**body) as stream:
+            async for chunk in stream:
+                if chunk.choices[0].delta.content == " did":
+                    raise CallersError
+
+    def read():
+        with client().chat.completions.create(**body) as stream:
+            for chunk in stream:
+                if chunk.choices[0].delta.content == " did":
+                    raise CallersError
+
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        with pytest.raises(CallersError):
+            asyncio.run(read_async()) if asynchronous else read()
+    event = only_llm_event(captured)
+    assert event["output"] == {"role": "assistant", "content": "Why did"}
+    assert event["model"] == "gpt-3.5-turbo-0125"
+    assert event["result"] == "stream closed before its end"
+    assert event["error"] is None
+
+
+@pytest.mark.parametrize("how", ["cancel", "wait_for"])
+@pytest.mark.parametrize("api", ["create", "stream helper"])
+def test_a_stream_whose_reading_task_is_cancelled_records_what_arrived(api, how):
+    """The task reading a stream cancelled after its first chunks: the
+    caller stopped reading, as when it closes the stream early (what
+    arrived, the model the chunks named), not a failure with nothing; the
+    CancelledError (or wait_for's TimeoutError) reaches the caller untouched."""
+    path = shared_path("openai/chat_async_streaming.yaml")
+    body = request_body(path)
+
+    async def main(url):
+        lai.init(providers=["openai"])
+        if api == "create":
+            stream = await async_client(url).chat.completions.create(**body)
+            read, raised = await read_then_stop(stream, 3, how)
+            return [chunk.choices[0].delta.content for chunk in read], raised
+        plain = {key: value for key, value in body.items() if key != "stream"}
+        async with async_client(url).chat.completions.stream(**plain) as stream:
+            read, raised = await read_then_stop(stream, 6, how)  # (a "chunk" event, a delta)
+        return [event.chunk.choices[0].delta.content for event in read
+                if event.type == "chunk"], raised
+
+    with event_stream_in_steps(path, first=3) as url, capture() as captured:
+        contents, raised = asyncio.run(main(url))
+    assert contents == ["", "Why", " did"]
+    if how == "cancel":
+        assert raised.args == ("the caller's own reason",)
+    event = only_llm_event(captured)
+    assert event["output"] == {"role": "assistant", "content": "Why did"}
+    assert event["model"] == "gpt-3.5-turbo-0125"
+    assert event["result"] == "stream closed before its end"
+    assert event["error"] is None
+    assert 0 < event["time_to_first_token"] <= event["duration"]
 
 
 def test_chat_stream_helper_is_recorded_once():
@@ -273,6 +350,47 @@ def test_chat_stream_helper_is_recorded_once():
     event = only_llm_event(captured)
     assert event["output"]["content"] == final.choices[0].message.content
     assert event["time_to_first_token"] is not None
+
+
+def test_a_stream_read_in_the_main_thread_interrupted_records_what_arrived():
+    """The synchronous counterpart: a KeyboardInterrupt (a real SIGINT) while
+    the main thread waits on the socket for the next chunk stops the reading
+    from outside the stream: recorded as closed early, and the interrupt
+    reaches the caller."""
+    path = shared_path("openai/chat_async_streaming.yaml")
+    body = request_body(path)
+    main = threading.get_ident()
+    waiting = threading.Event()
+
+    def interrupt_once_blocked():
+        waiting.wait()
+        for _ in range(6000):  # until the main thread waits in the HTTP backend's socket read
+            frame = sys._current_frames().get(main)
+            if frame is not None and frame.f_code.co_name == "read" and \
+                    "_backends" in frame.f_code.co_filename:
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.005)
+        # never seen there: no interrupt, and the read fails with its timeout
+
+    interrupter = threading.Thread(target=interrupt_once_blocked)
+    interrupter.start()
+    with event_stream_in_steps(path, first=3) as url, capture() as captured:
+        lai.init(providers=["openai"])
+        stream = client(url).chat.completions.create(**body)
+        contents = [next(stream).choices[0].delta.content for _ in range(3)]
+        waiting.set()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                next(stream)
+        finally:
+            waiting.set()
+            interrupter.join()
+    assert contents == ["", "Why", " did"]
+    event = only_llm_event(captured)
+    assert event["output"] == {"role": "assistant", "content": "Why did"}
+    assert event["result"] == "stream closed before its end"
+    assert event["error"] is None
 
 
 # -- with_raw_response / with_streaming_response ------------------------------------------
@@ -479,6 +597,44 @@ def test_the_body_of_a_raw_response_dropped_at_once_is_recorded_as_it_is_read():
     assert_streamed_tool_call(only_llm_event(captured), body, response_events(path))
 
 
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "raw deflate"])
+@pytest.mark.parametrize("how", ["iter_lines", "iter_bytes", "read"])
+def test_a_compressed_raw_stream_read_by_hand_is_recorded_like_the_parsed_one(how, encoding):
+    """A compressed event stream (a Content-Encoding these APIs do not send,
+    but a proxy may) read by hand to its end: its events are read from the
+    bytes as they come (decompressed apart from the caller's read, which
+    gets them as httpx gives them); it was recorded as closed before its
+    end, with nothing."""
+    path = shared_path("openai/chat_tools_streaming.yaml")
+    body = request_body(path)
+    with event_stream_in_steps(path, first=10**6, encoding=encoding) as url, \
+            capture() as captured:
+        lai.init(providers=["openai"])
+        accessor = raw_chat(client(url), "with_streaming_response")
+        read = read_once_by_hand(accessor, body, "response", how)
+    assert read == as_read(response_text(path), how)
+    # as the stream parsed and read to its end records it
+    assert_streamed_tool_call(only_llm_event(captured), body, response_events(path))
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "raw deflate"])
+def test_a_compressed_raw_stream_read_by_hand_in_part_then_closed_records_what_arrived(
+        encoding):
+    path = shared_path("openai/chat_async_streaming.yaml")
+    body = request_body(path)
+    first = [c["choices"][0]["delta"].get("content") or "" for c in response_events(path)[:4]]
+    with event_stream_in_steps(path, first=4, encoding=encoding) as url, \
+            capture() as captured:
+        lai.init(providers=["openai"])
+        with raw_chat(client(url), "with_streaming_response").create(**body) as response:
+            read = lines_of_events(response.iter_lines(), 4)
+    assert len(read) == 8 and read[-1] == ""
+    event = only_llm_event(captured)
+    assert event["output"] == {"role": "assistant", "content": "".join(first)}
+    assert event["model"] == "gpt-3.5-turbo-0125"
+    assert event["result"] == "stream closed before its end"
+
+
 def test_a_raw_stream_read_by_hand_in_part_then_closed_records_what_arrived():
     path = shared_path("openai/chat_async_streaming.yaml")
     body = request_body(path)
@@ -549,7 +705,9 @@ def test_an_error_in_a_raw_stream_read_by_hand_is_recorded_as_the_stream_would_r
     event = only_llm_event(captured)
     assert event["error"] == "APIError: The server had an error while processing your " \
                              "request. Sorry about that!"
-    assert event["output"] is None
+    # what arrived before it, as the parsed stream records it
+    assert event["output"] == {"role": "assistant", "content": "One, two,"}
+    assert event["model"] == "gpt-4o-mini-2024-07-18"
 
 
 def test_a_streamed_response_read_by_hand_is_recorded_from_its_completed_event():

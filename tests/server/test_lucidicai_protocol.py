@@ -884,7 +884,12 @@ def test_what_the_newest_lucidicai_release_sends_is_understood(
         "newest release", "agent-newest", "check the weather", ["recorded"])
     assert tree["is_finished"] and tree["is_successful"]
     assert tree["is_successful_reason"] == "it worked"
-    events = tree["events"]
+    # lookup() recorded an LLM call inside it: the call is a step holding its
+    # own function event and the LLM event (see lucidic.server.lucidicai).
+    (lookup,) = tree["steps"]
+    assert (lookup["action"], lookup["function_name"], lookup["is_finished"]) == (
+        "lookup", "lookup", True)
+    events = tree["events"] + lookup["events"]
     by_type: dict[str, list[dict[str, Any]]] = {}
     for event in events:
         by_type.setdefault(event["type"], []).append(event)
@@ -895,6 +900,7 @@ def test_what_the_newest_lucidicai_release_sends_is_understood(
     assert (small["provider"], small["model"], small["input_tokens"],
             small["output_tokens"]) == ("openai", "gpt-4o-mini", 12, 3)
     assert small["cost"] and small["attributes"]["parent_event_id"] == function["id"]
+    assert small["step_id"] == function["step_id"] == lookup["id"] == function["id"]
     # The payload over 64 KB arrived at its blob_url and replaced the preview.
     assert blob["input"][0]["content"] == "y" * 70000 and blob["output"] == "a summary"
     assert "payload_pending" not in blob["attributes"] and blob["input_tokens"] == 17600
@@ -909,7 +915,7 @@ def test_what_the_newest_lucidicai_release_sends_is_understood(
             requests.post(server.url + "/api/events", data=request["body"].encode("latin-1"),
                           headers={"Authorization": f"Api-Key {key}",
                                    "Content-Type": "application/json"}, timeout=30)
-    assert strip_volatile(api.tree(session_id)["events"]) == strip_volatile(events)
+    assert strip_volatile(api.tree(session_id)) == strip_volatile(tree)
 
 
 def _write(path: Path, text: str) -> Path:

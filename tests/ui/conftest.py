@@ -10,7 +10,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -58,14 +57,18 @@ class UiProcess(ServerProcess):
                 stdout=subprocess.PIPE, stderr=out, env=child_env(home), cwd=ROOT, text=True)
         assert self.proc.stdout is not None
         self.url = ""
-        deadline = time.monotonic() + 30
-        while not self.url and time.monotonic() < deadline:
+        # Up to the URL, or the end of its output (it exited): a deadline
+        # looked at between two lines gave up, on a loaded machine, after the
+        # first line of three printed at once, the URL next in the pipe ("printed
+        # no URL"). A child that hangs is the test's timeout's to end.
+        while not self.url:
             line = self.proc.stdout.readline()
-            if not line and self.proc.poll() is not None:
-                raise AssertionError(f"lucidic ui exited:\n{log.read_text()}")
+            if not line:
+                self.proc.wait(10)
+                raise AssertionError(f"lucidic ui exited ({self.proc.returncode}) without "
+                                     f"printing its URL:\n{log.read_text()}")
             found = re.search(r"http://\S+/", line)
             self.url = found.group(0).rstrip("/") if found else ""
-        assert self.url, f"lucidic ui printed no URL:\n{log.read_text()}"
         self.port = int(self.url.rsplit(":", 1)[1])
 
 

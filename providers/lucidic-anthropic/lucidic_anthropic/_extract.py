@@ -132,7 +132,9 @@ class MessageEvents:
         elif kind == "message_start":
             message = event.message
             self.model = message.model
-            self._usage(message.usage)
+            # Its output count is a placeholder (1, say), not what the
+            # answer took: a stream cut before message_delta has none.
+            self._usage(message.usage, skip="output_tokens")
         elif kind == "message_delta":
             if event.delta.stop_reason:
                 self.stop_reason = event.delta.stop_reason
@@ -141,11 +143,11 @@ class MessageEvents:
             self.finished = True
         return False
 
-    def _usage(self, usage: Any) -> None:
+    def _usage(self, usage: Any, skip: str | None = None) -> None:
         if usage is None:
             return
         for name in _StreamUsage.__slots__:
-            value = getattr(usage, name, None)
+            value = getattr(usage, name, None) if name != skip else None
             if value is not None:  # message_delta carries cumulative counts
                 setattr(self.usage, name, value)
 

@@ -6,8 +6,9 @@ as their runs nest), tool calls become ``tool`` events, retrievals become
 ``function`` events and model calls become ``llm`` events. LangGraph runs on
 the same callbacks, so its graphs and nodes are recorded the same way.
 
-The LLM call is recorded here, once: while langchain's model call is in flight
-the provider adapters (``openai``, ``anthropic``) are suppressed.
+The LLM call is recorded here, once: while a langchain model's own code runs
+(not while its caller holds a streamed chunk) the provider adapters
+(``openai``, ``anthropic``) are suppressed.
 """
 
 from __future__ import annotations

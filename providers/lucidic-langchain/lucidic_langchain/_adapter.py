@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 #: langchain's chunk, which names the answering model in the stream's last
 #: chunk only: read here so that a stream cut early is recorded with the
 #: model that answered (see _handler.note_reported_model). A chat
-#: completion's chunk is a dict naming it; of a Responses API stream,
+#: completion's chunk is a dict naming it (or, in a structured-output stream,
+#: an event holding that chunk under "chunk"); of a Responses API stream,
 #: ``response.created`` (the first event) names it in its response.
 _OPENAI_MODULE = "langchain_openai.chat_models.base"
 _OPENAI_CHUNKS = (_OPENAI_MODULE, "BaseChatOpenAI", "_convert_chunk_to_generation_chunk")
@@ -26,8 +27,9 @@ _OPENAI_RESPONSES_CHUNKS = ("langchain_openai.chat_models", "base",
                             "_convert_responses_chunk_to_generation_chunk")
 #: Where langchain-anthropic turns each event of a streamed answer into
 #: langchain's chunk: it passes on the input tokens message_start (the first
-#: event) counted in the stream's last chunk only, and the model it named
-#: only with stream_usage; read here for a stream cut early.
+#: event) counted in the stream's last chunk only, and the model it named and
+#: the output tokens message_delta counted only with stream_usage; read here
+#: for a stream cut early, or read without stream_usage.
 _ANTHROPIC_MODULE = "langchain_anthropic.chat_models"
 _ANTHROPIC_EVENTS = (_ANTHROPIC_MODULE, "ChatAnthropic",
                      "_make_message_chunk_from_anthropic_event")
@@ -41,7 +43,11 @@ def _read_chunk_model(wrapped: Any, instance: Any, args: tuple[Any, ...],
 
         chunk = kwargs.get("chunk", args[0] if args else None)
         if isinstance(chunk, dict):
-            note_reported_model(chunk.get("model"))
+            # (a structured-output stream's, of beta.chat.completions.stream:
+            # an event, its "chunk" event carrying the completion's chunk)
+            inner = chunk.get("chunk")
+            note_reported_model(chunk.get("model") or (
+                inner.get("model") if isinstance(inner, dict) else None))
     return converted
 
 
@@ -58,21 +64,26 @@ def _read_responses_chunk_model(wrapped: Any, instance: Any, args: tuple[Any, ..
     return converted
 
 
-def _read_anthropic_first_event(wrapped: Any, instance: Any, args: tuple[Any, ...],
-                                kwargs: dict[str, Any]) -> Any:
+def _read_anthropic_event(wrapped: Any, instance: Any, args: tuple[Any, ...],
+                          kwargs: dict[str, Any]) -> Any:
     converted = wrapped(*args, **kwargs)
     with swallow("langchain_anthropic_event"):
         event = kwargs.get("event", args[0] if args else None)
+        kind = getattr(event, "type", None)
         message = getattr(event, "message", None)  # of message_start only
-        if getattr(event, "type", None) == "message_start" and message is not None:
-            from langchain_anthropic.chat_models import _create_usage_metadata
+        usage = getattr(message if kind == "message_start" else event, "usage", None)
+        if kind not in ("message_start", "message_delta") or usage is None:
+            return converted
+        from langchain_anthropic.chat_models import _create_usage_metadata
 
-            from ._handler import note_reported_input, note_reported_model
+        from ._handler import note_reported_input, note_reported_model, note_reported_output
 
+        # (counted as langchain-anthropic counts the last chunk's)
+        if kind == "message_start":
             note_reported_model(getattr(message, "model", None))
-            usage = getattr(message, "usage", None)
-            if usage is not None:  # counted as langchain-anthropic counts the last chunk's
-                note_reported_input(_create_usage_metadata(usage))
+            note_reported_input(_create_usage_metadata(usage))
+        else:  # the output tokens, cumulative: without stream_usage, never passed on
+            note_reported_output(_create_usage_metadata(usage))
     return converted
 
 
@@ -80,7 +91,7 @@ def _read_anthropic_first_event(wrapped: Any, instance: Any, args: tuple[Any, ..
 _CHUNK_READERS: dict[str, tuple[tuple[str, str, str, Any], ...]] = {
     _OPENAI_MODULE: ((*_OPENAI_CHUNKS, _read_chunk_model),
                      (*_OPENAI_RESPONSES_CHUNKS, _read_responses_chunk_model)),
-    _ANTHROPIC_MODULE: ((*_ANTHROPIC_EVENTS, _read_anthropic_first_event),),
+    _ANTHROPIC_MODULE: ((*_ANTHROPIC_EVENTS, _read_anthropic_event),),
 }
 
 
@@ -93,6 +104,7 @@ class LangChainAdapter(Adapter):
         super().__init__()
         self._hook: tuple[Any, ...] | None = None
         self.handler: LucidicCallbackHandler | None = None
+        self._model_patches = MethodPatches()  # _handler.MODEL_PATCHES
         self._chunk_patches = MethodPatches()
         self._chunks_patched: set[str] = set()  # of _CHUNK_READERS' modules
         self._chunks_lock = threading.Lock()
@@ -100,8 +112,10 @@ class LangChainAdapter(Adapter):
     def _instrument(self) -> None:
         from langchain_core.tracers import context as tracer_context
 
-        from ._handler import LucidicCallbackHandler
+        from ._handler import MODEL_PATCHES, LucidicCallbackHandler
 
+        # (langchain-core's model classes: imported by any model's module anyway)
+        self._model_patches.apply(MODEL_PATCHES)
         handler = LucidicCallbackHandler(on_model_start=self._patch_chunk_readers)
         # A ContextVar whose default is the handler: every callback manager
         # langchain-core configures, in any thread or task, adds it beside the
@@ -144,6 +158,7 @@ class LangChainAdapter(Adapter):
                     break
         self._hook = None
         self.handler = None
+        self._model_patches.restore()
         with self._chunks_lock:
             self._chunk_patches.restore()
             self._chunks_patched.clear()

@@ -1,0 +1,256 @@
+"""The rest of what lucidicai 3.x (the hosted SDK's newest releases) asks
+of ``/api``, beside the recording routes they share with 1.x in
+lucidic.server.lucidicai: reading sessions and events back, amending an
+event, evals (stored as scores), and an answer for each feature only the
+hosted platform has.
+
+Those features (datasets, feature flags, prompt writes, training modules,
+evolutionary simulations, mock calls, tool catalogs, experiments) get a 404
+whose ``detail`` (and ``error``, which some of the client's resources read
+instead) names the feature and what this server offers in its place: the
+client logs it at error level, then raises it, or, in its production mode,
+logs it and goes on. (The client treats every error status alike; a 404
+rather than a 501 because nothing the server does wrong is involved: a 5xx
+would count against the server in every monitor, and it never answers one on
+purpose.) A feature flag is the exception: its lookup takes a
+default, and a flag this server does not have is a flag not found, so it
+answers 200 without a value (the client returns the default) and logs a
+warning on the server's side.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Annotated, Any, Optional, Union
+
+from fastapi import APIRouter, Query, Request
+from pydantic import Field
+
+from .. import _scores
+from ..errors import InvalidOperationError
+from ..limits import MAX_TEXT_CHARS
+from ..reading import Reader, SessionQuery
+from ..store import Store
+from .app import Auth, Db, not_found
+from .lucidicai import _Body, _present, _session, _write, typed_event_fields
+from .models import FiniteFloat, Id, valid_id
+from .problems import ApiError, JSONOut
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/api", tags=["lucidicai 3.x"])
+
+#: Our event types as the 3.x client names them.
+_THEIR_TYPES = {"llm": "llm_generation", "function": "function_call",
+                "error": "error_traceback"}
+
+
+def _event(db: Store, event_id: str, project: str) -> dict[str, Any]:
+    row = Reader(db).event(event_id, project) if valid_id(event_id) else None
+    if row is None:
+        raise not_found("event", event_id)
+    return row
+
+
+def _as_theirs(row: dict[str, Any]) -> dict[str, Any]:
+    """An event as our read API shows it, with the names the client uses
+    for its id, type and parent beside ours."""
+    attributes = row.get("attributes") or {}
+    return {"event_id": row["id"],
+            "type": attributes.get("type") or _THEIR_TYPES.get(row.get("type") or "",
+                                                               "generic"),
+            "client_parent_event_id": attributes.get("parent_event_id"), **row,
+            "event_type": row.get("type")}
+
+
+# -- reading back ------------------------------------------------------------------------
+
+@router.get("/sessions/{session_id}", summary="One session with its totals "
+                                              "(client.sessions.get)")
+def get_session(session_id: str, who: Auth, db: Db) -> JSONOut:
+    row = Reader(db).session(session_id, who.project) if valid_id(session_id) else None
+    if row is None:
+        raise not_found("session", session_id)
+    return JSONOut({"session_id": row["id"], **row})
+
+
+@router.get("/sessions", summary="This project's sessions, newest first "
+                                 "(client.sessions.list)")
+def list_sessions(who: Auth, db: Db,
+                  agent_id: Annotated[Optional[str], Query(max_length=256)] = None,  # noqa: UP045
+                  experiment_id: Annotated[Optional[str], Query(max_length=256)] = None,  # noqa: UP045
+                  limit: Annotated[int, Query(ge=1, le=500)] = 100,
+                  offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0) -> JSONOut:
+    page = Reader(db).sessions(SessionQuery(project=who.project, agent_id=agent_id,
+                                            experiment_id=experiment_id, limit=limit,
+                                            offset=offset))
+    sessions = [{"session_id": s["id"], **s} for s in page.sessions]
+    return JSONOut({"sessions": sessions, "total": page.total, "limit": limit,
+                    "offset": offset})
+
+
+def _walk(node: dict[str, Any]) -> list[dict[str, Any]]:
+    events = list(node.get("events") or [])
+    for step in node.get("steps") or []:
+        events.extend(_walk(step))
+    return events
+
+
+@router.get("/events", summary="A session's events in the order they began "
+                               "(client.events.list)")
+def list_events(who: Auth, db: Db,
+                session_id: Annotated[Optional[str], Query(max_length=256)] = None,  # noqa: UP045
+                type: Annotated[Optional[str], Query(max_length=64)] = None,  # noqa: UP045, A002
+                limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+                offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0) -> JSONOut:
+    if session_id is None:
+        raise ApiError(422, "name the session whose events to list: session_id=...")
+    tree = Reader(db).tree(session_id, who.project) if valid_id(session_id) else None
+    if tree is None:
+        raise not_found("session", session_id)
+    events = [_as_theirs(e) for e in _walk(tree)]
+    if type is not None:
+        events = [e for e in events if type in (e["type"], e["event_type"])]
+    events.sort(key=lambda e: (e.get("started_at") or 0.0, e["event_id"]))
+    return JSONOut({"events": events[offset:offset + limit], "total": len(events),
+                    "limit": limit, "offset": offset})
+
+
+@router.get("/events/{event_id}", summary="One event (client.events.get)")
+def get_event(event_id: str, who: Auth, db: Db) -> JSONOut:
+    return JSONOut(_as_theirs(_event(db, event_id, who.project)))
+
+
+class EventUpdate(_Body):
+    """What ``client.events.update(event_id, **fields)`` may change: the
+    payload (read as the event's type reads it), tags and metadata."""
+
+    payload: Optional[dict[str, Any]] = None  # noqa: UP045
+    duration: Optional[FiniteFloat] = None  # noqa: UP045
+    tags: Optional[list[Annotated[str, Field(max_length=4096)]]] = None  # noqa: UP045
+    metadata: Optional[dict[str, Any]] = None  # noqa: UP045
+
+
+@router.put("/events/{event_id}", summary="Amend an event's payload, duration, tags or "
+                                          "metadata (client.events.update)")
+def update_event(event_id: str, body: EventUpdate, who: Auth, db: Db) -> JSONOut:
+    row = _event(db, event_id, who.project)
+    attributes = dict(row.get("attributes") or {})
+    fields: dict[str, Any] = {}
+    if body.payload is not None:
+        kind = attributes.get("type") or _THEIR_TYPES.get(row.get("type") or "", "generic")
+        fields = typed_event_fields(kind, body.payload)
+        attributes.update(fields.pop("attributes", None) or {})
+        fields.pop("type", None)
+    attributes.update(_present({"tags": body.tags, "metadata": body.metadata}))
+    if body.duration is not None and body.duration >= 0:
+        fields["duration"] = body.duration
+        if row.get("started_at") is not None:
+            fields["ended_at"] = row["started_at"] + body.duration
+    fields.update(session_id=row["session_id"], attributes=attributes or None)
+    when = max(time.time(), float(row.get("updated_at") or 0.0)) + 0.001
+    _write(db, who.project, ("event", event_id, when, _present(fields)))
+    return JSONOut(_as_theirs(_event(db, event_id, who.project)))
+
+
+# -- evals -------------------------------------------------------------------------------
+
+class Eval(_Body):
+    session_id: Id
+    result: Union[bool, FiniteFloat, Annotated[str, Field(max_length=10_000)]]  # noqa: UP007
+    result_type: Optional[str] = Field(None, max_length=16)  # noqa: UP045
+    name: Optional[str] = Field(None, max_length=200)  # noqa: UP045
+    description: Optional[str] = Field(None, max_length=MAX_TEXT_CHARS)  # noqa: UP045
+
+
+_RESULT_TYPES = {"boolean": bool, "number": float, "string": str}
+
+
+@router.post("/sdk/evals", summary="An eval of a session (client.evals.emit): stored as "
+                                   "the session's score of that name")
+def create_eval(body: Eval, who: Auth, db: Db) -> JSONOut:
+    _session(db, body.session_id, who.project)
+    value = body.result
+    result_type = body.result_type or ("boolean" if isinstance(value, bool) else
+                                       "string" if isinstance(value, str) else "number")
+    wanted = _RESULT_TYPES.get(result_type)
+    if wanted is None:
+        raise ApiError(422, f"result_type must be boolean, number or string, not "
+                            f"{result_type!r}")
+    if not isinstance(value, wanted) or (wanted is float and isinstance(value, bool)):
+        raise ApiError(422, f"the result {value!r:.80} is not of result_type {result_type!r}")
+    name = body.name or f"{result_type} eval"
+    try:
+        name = _scores.score_name(name)
+        stored = _scores.to_fields(_scores.score_value(name, value))
+    except InvalidOperationError as exc:
+        raise ApiError(422, str(exc)) from exc
+    score_id = _scores.score_id(body.session_id, name)
+    _write(db, who.project, ("score", score_id, time.time(), {
+        "session_id": body.session_id, "name": name, **stored, "comment": body.description,
+        "source": "lucidicai", "created_at": time.time()}))
+    return JSONOut({"score_id": score_id, "name": name}, status_code=201)
+
+
+# -- what only the hosted platform has -----------------------------------------------------
+
+_HOSTED: list[tuple[str, str, str, str]] = [
+    # (method, path, the feature, what to do instead)
+    *((m, p, "datasets", "keep cases in code and run them with lucidic.evals.run_experiment")
+      for m, p in (("GET", "sdk/datasets"), ("POST", "sdk/datasets/create"),
+                   ("GET", "getdataset"), ("PUT", "sdk/datasets/update"),
+                   ("DELETE", "sdk/datasets/delete"), ("POST", "sdk/datasets/items/create"),
+                   ("GET", "sdk/datasets/items/get"), ("PUT", "sdk/datasets/items/update"),
+                   ("DELETE", "sdk/datasets/items/delete"),
+                   ("GET", "sdk/datasets/items/sessions"))),
+    *(("POST", p, "feature flags", "read the setting from your own configuration")
+      for p in ("evaluatefeatureflag", "evaluatefeatureflagstateless",
+                "evaluatebatchfeatureflags", "evaluatebatchfeatureflagsstateless")),
+    *((m, "sdk/prompts", "writing prompts through the API",
+       "set them with `lucidic prompts set NAME --label LABEL FILE --project P`; "
+       "client.prompts.get reads them") for m in ("PUT", "PATCH")),
+    *((m, p, "training modules", "no counterpart here") for m, p in (
+        ("GET", "sdk/training-modules/tools"), ("POST", "sdk/training-modules/inferences"),
+        ("GET", "sdk/training-modules/inferences/{inference_run_id}"))),
+    ("POST", "sdk/evosim/training-run", "evolutionary simulations", "no counterpart here"),
+    ("POST", "sdk/mock-call", "mock calls", "call the tool itself, or replay recorded LLM "
+     "calls with lucidic.evals"),
+    ("POST", "sdk/agent-tools/sync", "tool catalogs", "none needed: the calls of "
+     "decorated tools are recorded as events without it"),
+    ("POST", "sdk/session-init-fixtures", "dataset fixtures", "none needed: the session "
+     "itself is recorded"),
+    ("POST", "createexperiment", "creating experiments through the API",
+     "run one with lucidic.evals.run_experiment; sessions may name an experiment_id"),
+]
+
+
+def _unsupported(path: str, feature: str, instead: str) -> Any:
+    detail = (f"not available on a self-hosted lucidic server: {feature} (a feature of the "
+              f"hosted Lucidic platform; this server records sessions, events and evals); "
+              f"instead: {instead}")
+
+    def answer(request: Request, who: Auth) -> JSONOut:
+        raise ApiError(404, detail, error=detail)
+
+    def answer_run(inference_run_id: str, request: Request, who: Auth) -> JSONOut:
+        raise ApiError(404, detail, error=detail)
+    return answer_run if "{inference_run_id}" in path else answer
+
+
+for _method, _path, _feature, _instead in _HOSTED:
+    router.add_api_route(f"/{_path}", _unsupported(_path, _feature, _instead), methods=[_method],
+                         summary=f"Not here: {_feature} (hosted platform only); answers 404",
+                         include_in_schema=True)
+
+
+@router.get("/featureflags", summary="Feature flags are the hosted platform's: answers no "
+                                     "value, so client.feature_flags.get returns its default")
+def feature_flag(who: Auth, flag_name: Annotated[str, Query(max_length=256)] = "",
+                 agent_id: Annotated[Optional[str], Query(max_length=256)] = None  # noqa: UP045
+                 ) -> JSONOut:
+    log.warning("lucidicai asked for feature flag %r: this server has no feature flags "
+                "(a hosted Lucidic platform feature); the client uses its default", flag_name)
+    return JSONOut({"flag_name": flag_name, "found": False,
+                    "detail": "this self-hosted lucidic server has no feature flags (a hosted "
+                              "Lucidic platform feature): the client's default applies"})

@@ -1,0 +1,389 @@
+"""The real lucidicai 3.7.1 client (the hosted Lucidic AI SDK's 3.x line)
+against a real `lucidic server` on loopback, pointed at it by
+LUCIDIC_BASE_URL as its users would.
+
+lucidicai 3.x is the same ``lucidicai`` package as the 1.3.5 the test
+environment holds, so `make install` puts it in a directory of its own
+(``.venv/lucidicai3``, with --no-deps: what it imports is in the venv
+already) and each client runs in a child interpreter with that directory
+first on its path."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from protocol_support import SHARED_CASSETTES, count_rows, last_json
+from server_support import Api, ServerProcess, make_key
+
+from helpers import run_python
+
+LUCIDICAI3 = Path(os.environ.get("LUCIDIC_TEST_LUCIDICAI3", Path(sys.prefix) / "lucidicai3"))
+
+sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
+
+def run_lucidicai3(code: str, server: ServerProcess, key: str, home: Path, *,
+                   args: list[str] | None = None) -> dict[str, Any]:
+    """Run ``code`` with lucidicai 3.7.1 set up as a self-hosting user's is:
+    LUCIDIC_BASE_URL, an API key of the server, an agent id. Returns the JSON
+    the child printed last."""
+    if not (LUCIDICAI3 / "lucidicai" / "__init__.py").is_file():
+        pytest.fail(f"lucidicai 3.7.1 is not installed at {LUCIDICAI3}: run `make install` "
+                    "(or set LUCIDIC_TEST_LUCIDICAI3 to a directory holding it)")
+    home.mkdir(parents=True, exist_ok=True)
+    path = os.pathsep.join(p for p in (str(LUCIDICAI3), os.environ.get("PYTHONPATH")) if p)
+    result = run_python(code, home=home, cwd=home, args=args, timeout=120, env={
+        "PYTHONPATH": path, "LUCIDIC_BASE_URL": server.url + "/api",
+        "LUCIDIC_API_KEY": key, "LUCIDIC_AGENT_ID": "agent-3x"})
+    return last_json(result.stdout)  # type: ignore[no-any-return]
+
+
+def _serve(start_server: Any, db_url: str, project: str) -> tuple[ServerProcess, str]:
+    """A server on the store at db_url, and a key of one of its projects."""
+    return start_server(db_url), make_key(db_url, project)
+
+
+def _http(server: ServerProcess, key: str) -> requests.Session:
+    http = requests.Session()
+    http.headers["Authorization"] = f"Api-Key {key}"
+    return http
+
+
+NESTED = """
+import json, threading
+import lucidicai
+from lucidicai import LucidicAI
+
+assert lucidicai.__version__ == "3.7.1", lucidicai.__version__
+client = LucidicAI()
+
+@client.event
+def lookup(city):
+    client.events.create(type="generic", details=f"looked {city} up")
+    return {"city": city, "forecast": "sunny"}
+
+@client.event
+def plan(city):
+    return lookup(city)["forecast"]
+
+@client.event
+def book(city):
+    raise ValueError(f"no rooms in {city}")
+
+with client.sessions.create(session_name="trip", task="plan a trip",
+                            tags=["travel"]) as session:
+    answer = plan("Oslo")
+    try:
+        book("Oslo")
+    except ValueError as exc:
+        failed = str(exc)
+    client.events.create(type="llm_generation", provider="openai", model="gpt-4o-mini",
+                         messages=[{"role": "user", "content": "hi"}], output="hello",
+                         input_tokens=5, output_tokens=2)
+    client.evals.emit(result=True, name="booked", description="a room was found")
+    client.evals.emit(result=0.25, name="quality")
+    for thread in threading.enumerate():   # evals are sent from threads of their own
+        if thread is not threading.current_thread():
+            thread.join(10)
+    read = client.sessions.get(session.session_id)
+    events = client.events.list(session_id=session.session_id)
+    sid = session.session_id
+print(json.dumps({"session": sid, "answer": answer, "failed": failed,
+                  "read": read["session_id"], "listed": events["total"]}))
+"""
+
+
+def test_a_3x_session_with_nested_calls_an_error_and_evals_lands_as_steps_and_events(
+        db_url: str, start_server: Any, tmp_path: Path) -> None:
+    server, key = _serve(start_server, db_url, "three")
+    out = run_lucidicai3(NESTED, server, key, tmp_path / "c")
+    assert (out["answer"], out["failed"]) == ("sunny", "no rooms in Oslo")
+    assert out["read"] == out["session"] and out["listed"] == 6
+    tree = Api(server.url, key).tree(out["session"])
+    assert (tree["name"], tree["task"], tree["tags"], tree["agent_id"]) == (
+        "trip", "plan a trip", ["travel"], "agent-3x")
+    assert tree["is_finished"]
+    # plan() called lookup(), which recorded a note: steps nested as the calls
+    # were, each holding its own function event; book() failed.
+    (plan, book) = sorted(tree["steps"], key=lambda s: s["started_at"])
+    assert (plan["action"], plan["function_name"], plan["is_finished"]) == ("plan", "plan", True)
+    (plan_call,) = plan["events"]
+    assert plan_call["type"] == "function" and plan_call["arguments"] == {"city": "Oslo"}
+    (lookup,) = plan["steps"]
+    assert lookup["parent_step_id"] == plan["id"] and lookup["function_name"] == "lookup"
+    lookup_call, note = sorted(lookup["events"], key=lambda e: e["type"])
+    assert (lookup_call["type"], note["type"], note["description"]) == (
+        "function", "generic", "looked Oslo up")
+    assert json.loads(lookup_call["result"]) == {"city": "Oslo", "forecast": "sunny"}
+    assert plan["started_at"] <= lookup["started_at"] <= lookup["ended_at"] <= plan["ended_at"]
+    assert book["function_name"] == "book" and "no rooms in Oslo" in book["error"]
+    error = next(e for e in book["events"] if e["type"] == "error")
+    assert error["error"] == "no rooms in Oslo" and "ValueError" in error["result"]
+    # book()'s one failure: its step and the traceback the client sends; the
+    # function event folded into the step is the step's own record, not a
+    # failure of its own.
+    assert tree["error_count"] == 2
+    (llm,) = tree["events"]
+    assert (llm["type"], llm["model"], llm["input_tokens"], llm["output_tokens"]) == (
+        "llm", "gpt-4o-mini", 5, 2)
+    assert llm["cost"] and llm["input"] == [{"role": "user", "content": "hi"}]
+    assert tree["scores"] == {"booked": True, "quality": 0.25}
+    (booked,) = [s for s in tree["score_details"] if s["name"] == "booked"]
+    assert (booked["comment"], booked["source"]) == ("a room was found", "lucidicai")
+
+
+INSTRUMENTED_OPENAI = """
+import json, sys
+import vcr
+import openai
+from lucidicai import LucidicAI
+
+client = LucidicAI(providers=["openai"])
+replay = vcr.VCR(record_mode="none", match_on=("method", "scheme", "host", "port", "path"),
+                 ignore_localhost=True)
+with client.sessions.create(session_name="instrumented") as session:
+    with replay.use_cassette(sys.argv[1]):
+        answer = openai.OpenAI(api_key="sk-test").chat.completions.create(
+            model="gpt-3.5-turbo",
+            messages=[{"role": "user", "content": "Tell me a joke about opentelemetry"}])
+left = client.sessions.create(session_name="left open")  # the program never ends it
+client.events.create(type="generic", details="last words")
+print(json.dumps({"session": session.session_id, "left": left.session_id,
+                  "answer": answer.choices[0].message.content}))
+"""
+
+
+def test_an_openai_call_its_instrumentation_records_lands_as_an_llm_event_and_exit_ends_sessions(
+        db_url: str, start_server: Any, tmp_path: Path) -> None:
+    cassette = SHARED_CASSETTES / "openai" / "chat.yaml"
+    if not cassette.is_file():
+        pytest.skip(f"recorded OpenAI traffic not found at {cassette}")
+    server, key = _serve(start_server, db_url, "llm3")
+    out = run_lucidicai3(INSTRUMENTED_OPENAI, server, key, tmp_path / "c", args=[str(cassette)])
+    assert "baggage" in out["answer"]
+    tree = Api(server.url, key).tree(out["session"])
+    (event,) = tree["events"]
+    assert (event["type"], event["provider"], event["model"]) == (
+        "llm", "openai", "gpt-3.5-turbo-0125")
+    assert event["input"] == [{"role": "user", "content": "Tell me a joke about opentelemetry"}]
+    assert event["output"] == out["answer"]
+    assert event["input_tokens"] and event["output_tokens"] and event["cost"] > 0
+    assert event["duration"] is not None and event["duration"] >= 0
+    assert tree["is_finished"]
+    # The program exited without ending its second session: the client's exit hook did.
+    left = Api(server.url, key).tree(out["left"])
+    assert left["is_finished"] and left["events"][0]["description"] == "last words"
+
+
+def test_children_sent_before_or_after_their_parent_nest_the_same(
+        db_url: str, start_server: Any) -> None:
+    """The client sends each event from its own thread: a parent's
+    function_call may arrive before its children or after them."""
+    server, key = _serve(start_server, db_url, "order")
+    http = _http(server, key)
+    base = server.url + "/api/"
+    trees = []
+    for order in ("children first", "parent first"):
+        sid = http.post(base + "initsession", json={"session_name": order}).json()["session_id"]
+        parent = {"session_id": sid, "client_event_id": f"call-{order}", "type": "function_call",
+                  "occurred_at": "2026-06-01T10:00:02+00:00", "duration": 2.0,
+                  "payload": {"function_name": "outer", "arguments": {"n": 1},
+                              "return_value": 2}}
+        child = {"session_id": sid, "client_event_id": f"note-{order}", "type": "generic",
+                 "client_parent_event_id": f"call-{order}",
+                 "occurred_at": "2026-06-01T10:00:01+00:00", "payload": {"details": "inside"}}
+        for body in ((child, parent) if order == "children first" else (parent, child)):
+            answer = http.post(base + "events", json=body, timeout=30)
+            assert answer.status_code == 200, answer.text
+        tree = Api(server.url, key).tree(sid)
+        assert tree["events"] == []
+        (step,) = tree["steps"]
+        assert (step["id"], step["action"], step["function_name"], step["is_finished"]) == (
+            f"call-{order}", "outer", "outer", True)
+        assert (step["started_at"], step["ended_at"]) == (1780308000.0, 1780308002.0)
+        assert sorted(e["id"] for e in step["events"]) == [f"call-{order}", f"note-{order}"]
+        trees.append(tree)
+    # The same tree (but for the ids and names) whichever came first.
+    def shape(tree: dict[str, Any]) -> Any:
+        (step,) = tree["steps"]
+        return [(e["type"], e["description"], e["started_at"]) for e in
+                sorted(step["events"], key=lambda e: e["type"])]
+    assert shape(trees[0]) == shape(trees[1])
+
+
+def test_bad_3x_requests_get_a_clear_4xx_and_change_nothing(
+        sqlite_url: str, start_server: Any) -> None:
+    server = start_server(sqlite_url, extra_args=["--max-body-mb", "1"])
+    mine, theirs = make_key(sqlite_url, "mine"), make_key(sqlite_url, "theirs")
+    http, other = _http(server, mine), _http(server, theirs)
+    base = server.url + "/api/"
+    sid = http.post(base + "initsession", json={"session_name": "s"}).json()["session_id"]
+    assert http.post(base + "events", json={"session_id": sid, "client_event_id": "e1",
+                                            "type": "generic"}).status_code == 200
+    elsewhere = http.post(base + "initsession", json={"session_name": "t"}).json()["session_id"]
+    assert http.post(base + "events", json={"session_id": elsewhere, "client_event_id": "x1",
+                                            "type": "generic"}).status_code == 200
+    before = count_rows(sqlite_url)
+    cases: list[tuple[requests.Session, str, str, dict[str, Any], int, str]] = [
+        (http, "POST", "events", {"json": {"session_id": "no-such-session"}}, 404,
+         "not found"),
+        (http, "POST", "events", {"json": {"session_id": sid, "type": 5}}, 422, "type"),
+        (http, "POST", "events", {"json": {"session_id": sid, "payload": "text"}}, 422,
+         "payload"),
+        (http, "POST", "events", {"json": {"session_id": sid, "occurred_at": "yesterday"}},
+         422, "occurred_at"),
+        (http, "POST", "events", {"json": {"session_id": sid, "client_event_id": "e2",
+                                           "client_parent_event_id": "e2"}}, 422,
+         "names itself"),
+        (http, "POST", "events", {"json": {"session_id": sid, "client_event_id": "e3",
+                                           "client_parent_event_id": "x1"}}, 409,
+         "another session"),
+        (http, "POST", "events", {"json": {"session_id": sid, "type": "llm_generation",
+                                           "payload": {"usage": "lots"}}}, 422, "usage"),
+        (http, "POST", "events", {"json": {"session_id": sid, "payload": {
+            "details": "x" * (2 * 2**20)}}}, 413, "larger"),
+        (http, "PUT", "events/no-such-event", {"json": {"tags": ["a"]}}, 404, "not found"),
+        (http, "PUT", "events/e1", {"json": {"payload": "text"}}, 422, "payload"),
+        (http, "PUT", "events/e1", {"json": {"colour": "red"}}, 422, "colour"),
+        (http, "GET", "events", {}, 422, "session_id"),
+        (http, "GET", "sessions/no-such-session", {}, 404, "not found"),
+        (http, "POST", "sdk/evals", {"json": {"session_id": sid, "result": True,
+                                              "result_type": "number"}}, 422, "result_type"),
+        (http, "POST", "sdk/evals", {"json": {"session_id": sid, "result": {"a": 1}}}, 422,
+         "result"),
+        (http, "POST", "sdk/evals", {"json": {"session_id": "no-such", "result": 1}}, 404,
+         "not found"),
+        # Another project's session and events are unknown to this key.
+        (other, "POST", "events", {"json": {"session_id": sid}}, 404, "not found"),
+        (other, "GET", "events/e1", {}, 404, "not found"),
+        (other, "PUT", "events/e1", {"json": {"tags": ["a"]}}, 404, "not found"),
+        (other, "GET", "sessions/" + sid, {}, 404, "not found"),
+        (other, "GET", "events", {"params": {"session_id": sid}}, 404, "not found"),
+        (other, "POST", "sdk/evals", {"json": {"session_id": sid, "result": 1}}, 404,
+         "not found"),
+    ]
+    for client, method, route, kwargs, status, words in cases:
+        answer = client.request(method, base + route, timeout=30, **kwargs)
+        assert answer.status_code == status, (route, kwargs, answer.text[:300])
+        assert words in answer.json()["detail"], (route, answer.text[:300])
+    assert count_rows(sqlite_url) == before
+    assert http.get(base + "events/e1").json()["event_id"] == "e1"
+
+
+REFUSED = """
+import json, logging
+import httpx
+from lucidicai import LucidicAI
+
+said = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        said.append(record.getMessage())
+logging.getLogger("Lucidic").addHandler(Keep())
+
+client = LucidicAI()
+out = {}
+try:
+    client.events.create(type="generic", session_id="no-such-session", details="lost?")
+except httpx.HTTPStatusError as exc:
+    out["unknown"] = exc.response.status_code
+
+@client.event
+def summarise():
+    return "x" * (5 * 2**20)     # more than the server stores in one value
+
+with client.sessions.create(session_name="big") as session:
+    out["returned"] = len(summarise())       # the user's call is unharmed
+    client.events.create(type="generic", details="after the refusal")
+out["session"] = session.session_id
+out["said"] = [m for m in said if "[HTTP] Error" in m]
+print(json.dumps(out))
+"""
+
+
+@sqlite_only
+def test_the_real_client_is_told_why_and_its_program_goes_on(
+        db_url: str, start_server: Any, tmp_path: Path) -> None:
+    server, key = _serve(start_server, db_url, "refused")
+    out = run_lucidicai3(REFUSED, server, key, tmp_path / "c")
+    assert out["unknown"] == 404 and out["returned"] == 5 * 2**20
+    unknown, big = out["said"]
+    assert "404" in unknown and "'no-such-session' was not found" in unknown
+    assert "422" in big and "larger than" in big
+    tree = Api(server.url, key).tree(out["session"])
+    assert tree["is_finished"]
+    assert [e["description"] for e in tree["events"]] == ["after the refusal"]
+
+
+HOSTED_ONLY = """
+import json, sys
+import httpx
+from lucidicai import LucidicAI
+from lucidicai.core.errors import LucidicError
+
+out = {}
+client = LucidicAI()
+out["flag"] = client.feature_flags.get("max_retries", default=3)
+for name, call in [("datasets", lambda: client.datasets.list()),
+                   ("experiment", lambda: client.experiments.create("exp")),
+                   ("prompt_update", lambda: client.prompts.update(
+                       prompt_name="greeting", prompt_content="hi")),
+                   ("training", lambda: client.training_modules.tools(session_id="s")),
+                   ("evosim", lambda: client.evosims.train(sys.argv[1]))]:
+    try:
+        call()
+        out[name] = "returned"
+    except httpx.HTTPStatusError as exc:
+        out[name] = [exc.response.status_code, exc.response.json()["detail"]]
+    except LucidicError as exc:
+        out[name] = [type(exc).__name__, str(exc)]
+production = LucidicAI(production=True)
+out["production_datasets"] = production.datasets.list()
+with production.sessions.create(session_name="still recorded") as session:
+    production.events.create(type="generic", details="recorded")
+out["session"] = session.session_id
+print(json.dumps(out))
+"""
+
+
+@sqlite_only
+def test_hosted_only_features_say_so_and_recording_goes_on(
+        db_url: str, start_server: Any, tmp_path: Path) -> None:
+    server, key = _serve(start_server, db_url, "hosted")
+    config = tmp_path / "evosim.json"
+    config.write_text('{"name": "x"}')
+    out = run_lucidicai3(HOSTED_ONLY, server, key, tmp_path / "c", args=[str(config)])
+    assert out["flag"] == 3  # a flag the server does not have: the default
+    for name, feature in [("datasets", "datasets"), ("experiment", "creating experiments"),
+                          ("prompt_update", "writing prompts"), ("training", "training modules"),
+                          ("evosim", "evolutionary simulations")]:
+        kind, text = out[name]
+        assert f"not available on a self-hosted lucidic server: {feature}" in text, (name, text)
+        assert kind == 404 or (kind, text[:9]) == ("LucidicError", "HTTP 404:"), (name, kind)
+    assert out["production_datasets"] == {"num_datasets": 0, "datasets": []}
+    tree = Api(server.url, key).tree(out["session"])
+    assert tree["is_finished"] and tree["events"][0]["description"] == "recorded"
+
+
+def test_every_hosted_only_route_answers_404_with_the_reason(sqlite_url: str,
+                                                             start_server: Any) -> None:
+    from lucidic.server.lucidicai3 import _HOSTED
+
+    server = start_server(sqlite_url)
+    http = _http(server, make_key(sqlite_url, "hosted"))
+    before = count_rows(sqlite_url)
+    for method, path, feature, _ in _HOSTED:
+        url = server.url + "/api/" + path.replace("{inference_run_id}", "run-1")
+        answer = http.request(method, url, json={"agent_id": "a"}, timeout=30)
+        assert answer.status_code == 404, (method, path, answer.text)
+        body = answer.json()
+        assert body["detail"] == body["error"]  # the field some of the client's resources read
+        assert f"self-hosted lucidic server: {feature} (" in body["detail"]
+        assert requests.request(method, url, timeout=30).status_code == 401
+    assert count_rows(sqlite_url) == before
