@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from . import evalstore
+from ._activity_hours import CALL_WITHOUT_COST, CALL_WITHOUT_TOKENS, hourly_sql, without_sql
 from ._storable import clean_json, clean_text, encodable
 from ._timing_buckets import counts_sql as _timing_counts_sql
 from .columns import BOOL_COLUMNS, COLUMN_TYPES, JSON_COLUMNS, ColumnType, sql_type
@@ -481,6 +482,31 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "CREATE INDEX IF NOT EXISTS llm_timings_duration ON llm_timings (model, duration)",
         "CREATE INDEX IF NOT EXISTS llm_timings_ttft ON llm_timings "
         "(model, time_to_first_token)",
+    ]),
+    # The dashboard's sums by hour across sessions, and how many LLM calls
+    # reported no token counts or no cost: session_activity counts those
+    # calls of each group (filled from the events of its rows as they
+    # stand), and hourly_activity sums its rows by day, hour, model, kind
+    # and project (see lucidic._activity_hours), kept by the refresher
+    # beside session_activity with the hours to sum again in stale_hours,
+    # so that a page sums a row per hour, not one per session and hour.
+    # Filled from session_activity as it stands.
+    (11, [
+        "ALTER TABLE session_activity ADD COLUMN without_tokens BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE session_activity ADD COLUMN without_cost BIGINT NOT NULL DEFAULT 0",
+        without_sql("without_tokens", CALL_WITHOUT_TOKENS),
+        without_sql("without_cost", CALL_WITHOUT_COST),
+        "CREATE TABLE IF NOT EXISTS hourly_activity (\n  day BIGINT NOT NULL,\n"
+        "  hour BIGINT NOT NULL,\n  model TEXT NOT NULL,\n  is_llm SMALLINT NOT NULL,\n"
+        # a session without a session row has no project: orphan 1
+        "  orphan SMALLINT NOT NULL,\n  project TEXT NOT NULL,\n"
+        "  events BIGINT NOT NULL,\n  errors BIGINT NOT NULL,\n  failed BIGINT NOT NULL,\n"
+        "  cost DOUBLE PRECISION,\n  input_hi BIGINT,\n  input_lo BIGINT,\n"
+        "  output_hi BIGINT,\n  output_lo BIGINT,\n  without_tokens BIGINT NOT NULL,\n"
+        "  without_cost BIGINT NOT NULL,\n"
+        "  PRIMARY KEY (hour, day, model, is_llm, orphan, project)\n)",
+        hourly_sql("1 = 1"),
+        "CREATE TABLE IF NOT EXISTS stale_hours (\n  hour BIGINT PRIMARY KEY\n)",
     ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -1581,15 +1607,21 @@ class Store:
         """Several read statements in one transaction (one snapshot)."""
         return self.snapshot(lambda query: [query(sql, params) for sql, params in statements])
 
-    def snapshot(self, fn: Callable[[Callable[[str, Sequence[Any]], list[dict[str, Any]]]], T]
-                 ) -> T:
+    def snapshot(self, fn: Callable[[Callable[[str, Sequence[Any]], list[dict[str, Any]]]], T],
+                 *, compiled: bool = True) -> T:
         """``fn(query)``, where ``query(sql, params)`` gives rows as ``query``
         does, every statement reading one snapshot of the database: what a
-        statement asks may follow from what an earlier one found."""
+        statement asks may follow from what an earlier one found. Not
+        ``compiled``: PostgreSQL plans its statements without JIT compiling
+        them (for statements of many parts that run in milliseconds, which
+        it may compile for a second or more when its estimates are far off,
+        as they are for tables the refresher has just rewritten)."""
         def run(cur: Any) -> T:
             if self.dialect == "postgresql":
                 # (READ COMMITTED, the default, takes a snapshot per statement.)
                 cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                if not compiled:
+                    cur.execute("SET LOCAL jit = off")
             return fn(lambda sql, params: _fetch_rows(cur, sql, params))
         result: T = self._run(run, write=False)
         return result

@@ -1,5 +1,7 @@
 """Aggregates over a time range: cost and tokens per day and per model, LLM
-latency and time to first token per model (p50, p95), and error rates.
+latency and time to first token per model (p50, p95), and error rates; with
+how many LLM calls reported no token counts, and no cost, which those sums
+could not include.
 
 Everything is computed by the database in a handful of statements, the same
 SQL on SQLite and PostgreSQL, all reading one snapshot; percentiles are
@@ -7,14 +9,21 @@ nearest-rank, found from counts by bucket of value and then read from that
 bucket alone (lucidic.reading.percentiles). The sums and timings are read
 from what lucidic.reading.derived keeps, and from the events of sessions
 changed since (exact either way; costs are sums of sums, which may differ
-from one sum in the last binary digit).
+from one sum in the last binary digit): the sums of whole hours in range
+from hourly_activity, a row per hour, model and kind; those of the hours at
+its ends, of stale hours (not summed again since the refresher rebuilt a
+session with groups in them), and of the hours a session changed since has
+kept groups in, from session_activity, a row per session too.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
+from .._activity_hours import CALL_WITHOUT_COST, CALL_WITHOUT_TOKENS, SUMS
+from .._timing_buckets import HOUR
 from ..limits import INT_MAX, INT_MIN
 from ..store import Store
 from .derived import (
@@ -23,11 +32,10 @@ from .derived import (
     activity_groups,
     bucket,
     events_in_range,
-    kept_in_range,
     reads_every_row,
 )
 from .percentiles import Query, percentiles
-from .totals import clamped_cost, int_parts
+from .totals import PART, clamped_cost, int_parts
 
 DAY = 86400.0
 
@@ -43,6 +51,10 @@ class Dashboard:
     llm_errors: int
     total_cost: float
     total_tokens: int
+    # LLM calls answered without token counts, and without a cost: the sums
+    # above (and each day's and model's) are not all that was used.
+    llm_calls_without_tokens: int = 0
+    llm_calls_without_cost: int = 0
 
     @property
     def llm_error_rate(self) -> float | None:
@@ -56,8 +68,7 @@ def dashboard(store: Store, project: str | None, since: float, until: float) -> 
     scoped = [project] if project is not None else []
     every_row = reads_every_row(store)
     facts, fact_params = _facts(store, project, since, until, every_row)
-    sums = ", ".join(f"SUM({column}) AS {column}" for column in (
-        "events", "errors", "failed", "cost", "input_hi", "input_lo", "output_hi", "output_lo"))
+    sums = ", ".join(f"SUM({column}) AS {column}" for column in SUMS)
     statements = [
         # Summed once by day, model and kind; per day and per model below.
         (f"SELECT day, model, is_llm, {sums} FROM ({facts}) f GROUP BY day, model, is_llm",
@@ -80,7 +91,7 @@ def dashboard(store: Store, project: str | None, since: float, until: float) -> 
                        for name, column in (("duration", "duration"),
                                             ("ttft", "time_to_first_token"))}
 
-    (groups, sessions), timings = store.snapshot(read)
+    (groups, sessions), timings = store.snapshot(read, compiled=False)
     per_day, per_model = _per_day_and_model(groups)
     for row in per_model:
         for name, found in timings.items():
@@ -96,17 +107,21 @@ def dashboard(store: Store, project: str | None, since: float, until: float) -> 
         llm_errors=sum(int(d["llm_errors"]) for d in days),
         total_cost=float(sum(d["cost"] for d in days)),
         total_tokens=_within_64_bits(sum(int(d["input_tokens"]) + int(d["output_tokens"])
-                                         for d in days)))
+                                         for d in days)),
+        **{key: sum(int(d[key]) for d in days) for key in _WITHOUT.values()})
 
 
 def _facts(store: Store, project: str | None, since: float, until: float,
            every_row: bool = False) -> tuple[str, list[Any]]:
-    """Rows of (day, model, is_llm, events, errors, failed, cost, token parts)
-    that sum to the events in range: session_activity's groups that lie in
-    it, but those of sessions noted as changed or with a group across an end
-    of the range, whose events in range are read one by one instead. (A
-    group across an end is in the hour of that end: all its events are.)
-    With ``every_row`` (see reads_every_row), every event in range."""
+    """Rows of (day, model, is_llm, and SUMS) that sum to the events in
+    range: hourly_activity's rows of the whole hours in it, and
+    session_activity's groups that lie in it in the other hours; but those
+    of sessions noted as changed or with a group across an end of the
+    range, whose events in range are read one by one instead, and in stale
+    hours and the hours such a session has groups in, session_activity's
+    groups of the other sessions. (A group across an end is in the hour of
+    that end: all its events are.) With ``every_row`` (see
+    reads_every_row), every event in range."""
     events, event_params = events_in_range(store, project, since, until)
     groups = activity_groups(store)
     parts = [f"{sql} AS {name}_{part}" for name in ("input", "output")
@@ -115,7 +130,9 @@ def _facts(store: Store, project: str | None, since: float, until: float,
            f"{groups['is_llm']} AS is_llm, 1 AS events, "
            f"CASE WHEN {ERROR_EVENT} THEN 1 ELSE 0 END AS errors, "
            f"CASE WHEN e.error IS NOT NULL THEN 1 ELSE 0 END AS failed, "
-           f"{clamped_cost('e.cost')} AS cost, {', '.join(parts)} {events}")
+           f"{clamped_cost('e.cost')} AS cost, {', '.join(parts)}, "
+           f"CASE WHEN {CALL_WITHOUT_TOKENS} THEN 1 ELSE 0 END AS without_tokens, "
+           f"CASE WHEN {CALL_WITHOUT_COST} THEN 1 ELSE 0 END AS without_cost {events}")
     if every_row:
         return raw, event_params
     ph = store.placeholder
@@ -124,13 +141,47 @@ def _facts(store: Store, project: str | None, since: float, until: float,
                 f"WHERE hour IN ({hour}, {hour}) AND ((first_at < {ph} AND last_at >= {ph}) "
                 f"OR (first_at < {ph} AND last_at >= {ph}))")
     raw_params = [since, until, since, since, until, until]
-    derived, derived_params = kept_in_range(store, "session_activity", "first_at", "last_at",
-                                            project, since, until)
-    sql = (f"SELECT d.day, d.model, d.is_llm, d.events, d.errors, d.failed, d.cost, "
-           f"d.input_hi, d.input_lo, d.output_hi, d.output_lo {derived} "
-           f"AND d.session_id NOT IN ({read_raw}) UNION ALL "
-           f"{raw} AND e.session_id IN ({read_raw})")
-    return sql, [*derived_params, *raw_params, *event_params, *raw_params]
+    scoped = [project] if project is not None else []
+    kept = (f"SELECT d.day, d.model, d.is_llm, {', '.join(f'd.{c}' for c in SUMS)} "
+            f"FROM session_activity d WHERE d.first_at >= {ph} AND d.last_at < {ph}"
+            + (f" AND d.project = {ph}" if project is not None else "")
+            + f" AND d.session_id NOT IN ({read_raw})")
+    kept_params = [since, until, *scoped, *raw_params]
+    # Whole hours from first to last (exclusive), a second clear of the
+    # range's ends, so that every event an hour holds lies in range however
+    # the database rounds its time / 3600 (and from hour 1: SQLite's hours
+    # are truncated, its hour 0 holds the hour before 1970 too).
+    first, last = max(1, math.ceil((since + 1) / HOUR)), math.floor((until - 1) / HOUR)
+    selects: list[tuple[str, list[Any]]] = [(kept, kept_params)]
+    if first < last:
+        # Stale hours, and those in which sessions read one by one have
+        # kept groups (their sums in hourly_activity count those groups).
+        dirty = ("SELECT hour FROM stale_hours UNION SELECT r.hour FROM session_activity r "
+                 f"WHERE r.session_id IN ({read_raw})")
+        selects = [
+            (f"SELECT h.day, h.model, h.is_llm, {', '.join(f'h.{c}' for c in SUMS)} "
+             f"FROM hourly_activity h WHERE h.hour >= {ph} AND h.hour < {ph}"
+             + (f" AND h.orphan = 0 AND h.project = {ph}" if project is not None else "")
+             + f" AND h.hour NOT IN ({dirty})", [first, last, *scoped, *raw_params]),
+            # (Every group in range is in an hour from the range's first to
+            # its last: the database numbers hours in order of time.)
+            (f"{kept} AND d.hour >= {hour} AND d.hour < {ph}", [*kept_params, since, first]),
+            (f"{kept} AND d.hour >= {ph} AND d.hour <= {hour}", [*kept_params, last, until]),
+            (f"{kept} AND d.hour >= {ph} AND d.hour < {ph} AND d.hour IN ({dirty})",
+             [*kept_params, first, last, *raw_params]),
+        ]
+    selects.append((f"{raw} AND e.session_id IN ({read_raw})", [*event_params, *raw_params]))
+    return (" UNION ALL ".join(sql for sql, _ in selects),
+            [p for _, params in selects for p in params])
+
+
+#: The counts of calls without token counts and without a cost, by their
+#: names in SUMS and as a day, a model and the dashboard name them.
+_WITHOUT = {"without_tokens": "llm_calls_without_tokens",
+            "without_cost": "llm_calls_without_cost"}
+
+
+_NONE_WITHOUT = {key: 0 for key in _WITHOUT.values()}
 
 
 def _per_day_and_model(groups: list[dict[str, Any]]
@@ -142,26 +193,27 @@ def _per_day_and_model(groups: list[dict[str, Any]]
     for group in groups:
         day = days.setdefault(int(group["day"]), {
             "day": int(group["day"]), "cost": 0.0, "input_tokens": 0, "output_tokens": 0,
-            "llm_calls": 0, "llm_errors": 0, "events": 0, "errors": 0})
+            "llm_calls": 0, "llm_errors": 0, "events": 0, "errors": 0, **_NONE_WITHOUT})
         cost = float(group["cost"] or 0.0)
-        tokens = {f"{name}_tokens": int(group[f"{name}_hi"] or 0) * 4294967296
+        tokens = {f"{name}_tokens": int(group[f"{name}_hi"] or 0) * PART
                   + int(group[f"{name}_lo"] or 0) for name in ("input", "output")}
+        without = {key: int(group[column] or 0) for column, key in _WITHOUT.items()}
         events, failed = int(group["events"]), int(group["failed"])
         day["cost"] += cost
         day["events"] += events
         day["errors"] += int(group["errors"])
-        for name, count in tokens.items():
+        for name, count in (*tokens.items(), *without.items()):
             day[name] += count
         if int(group["is_llm"]):
             day["llm_calls"] += events
             day["llm_errors"] += failed
             model = models.setdefault(group["model"], {
                 "model": group["model"], "calls": 0, "cost": 0.0, "input_tokens": 0,
-                "output_tokens": 0, "errors": 0})
+                "output_tokens": 0, "errors": 0, **_NONE_WITHOUT})
             model["calls"] += events
             model["cost"] += cost
             model["errors"] += failed
-            for name, count in tokens.items():
+            for name, count in (*tokens.items(), *without.items()):
                 model[name] += count
     for row in (*days.values(), *models.values()):
         for name in ("input_tokens", "output_tokens"):
@@ -183,6 +235,7 @@ def _fill_days(rows: list[dict[str, Any]], since: float, until: float) -> list[d
     days = []
     for number in range(first, last + 1):
         row = by_day.get(number) or {"cost": 0.0, "input_tokens": 0, "output_tokens": 0,
-                                     "llm_calls": 0, "llm_errors": 0, "events": 0, "errors": 0}
+                                     "llm_calls": 0, "llm_errors": 0, "events": 0, "errors": 0,
+                                     **_NONE_WITHOUT}
         days.append({**row, "day": number, "date": number * DAY})
     return days

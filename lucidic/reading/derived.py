@@ -7,7 +7,9 @@ sum or scan every step and event. Instead, for each session, the store keeps
 - ``session_text``: its searchable text, each column case-folded as search
   folds it (see lucidic.reading.search);
 - ``session_activity``: its events' sums by day, hour, model and kind, with
-  each group's first and last start time;
+  each group's first and last start time, and, over all sessions,
+  ``hourly_activity``: those sums by day, hour, model, kind and project,
+  but those of the ``stale_hours`` (see lucidic._activity_hours);
 - ``llm_timings``: its LLM calls' durations and times to first token,
   and, over all sessions, ``timing_counts``: how many of them fall in each
   hour, model and bucket of value (see lucidic.reading.percentiles).
@@ -37,6 +39,13 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
+from .._activity_hours import (
+    CALL_WITHOUT_COST,
+    CALL_WITHOUT_TOKENS,
+    MODEL,
+    hourly_sql,
+    stale_sql,
+)
 from .._internal import log_rate_limited
 from .._timing_buckets import MEASURES, counts_sql
 from ..store import Store
@@ -61,8 +70,6 @@ REFRESHER_LOCK = "hashtextextended(current_schema(), 7514204)"
 #: call others nest in) fails with its step, which is counted already.
 ERROR_EVENT = ("((e.error IS NOT NULL OR e.type = 'error') "
                "AND (e.step_id IS NULL OR e.step_id <> e.id))")
-#: The model a dashboard groups an event under.
-MODEL = "COALESCE(e.model, e.request_model, '(no model)')"
 
 
 #: Notes from which a page may read every row instead of derived data.
@@ -164,15 +171,6 @@ def events_in_range(store: Store, project: str | None, since: float,
             f"AND e.started_at < {ph} AND s.project = {ph}", [since, until, project])
 
 
-def kept_in_range(store: Store, table: str, first: str, last: str, project: str | None,
-                  since: float, until: float) -> tuple[str, list[Any]]:
-    """FROM and WHERE of a derived table's rows that lie in range (of ``project``)."""
-    ph = store.placeholder
-    scope = f" AND d.project = {ph}" if project is not None else ""
-    return (f"FROM {table} d WHERE d.{first} >= {ph} AND d.{last} < {ph}{scope}",
-            [since, until, *([project] if project is not None else [])])
-
-
 def bucket(store: Store, column: str, seconds: int) -> str:
     """Whole ``seconds`` since the epoch at ``column`` (days, hours), as the
     dashboard has always numbered days."""
@@ -191,6 +189,8 @@ def activity_columns(store: Store) -> dict[str, str]:
         "cost": cost_sum("e.cost"),
         **{f"{name}_{part}": f"SUM({sql})" for name in ("input", "output")
            for part, sql in zip(("hi", "lo"), int_parts(f"e.{name}_tokens"), strict=True)},
+        "without_tokens": f"SUM(CASE WHEN {CALL_WITHOUT_TOKENS} THEN 1 ELSE 0 END)",
+        "without_cost": f"SUM(CASE WHEN {CALL_WITHOUT_COST} THEN 1 ELSE 0 END)",
     }
 
 
@@ -210,7 +210,8 @@ def refresh(store: Store, *, quiet: float = QUIET_SECONDS, limit: int = BATCH,
             now: float | None = None) -> int:
     """Rebuild the derived rows of up to ``limit`` noted sessions on which
     nothing was written for ``quiet`` seconds, and remove their notes (a
-    note renewed meanwhile stays). How many sessions it rebuilt."""
+    note renewed meanwhile stays); with none to rebuild, sum stale hours
+    again. How many sessions it rebuilt, or else hours it summed."""
     if not store.writable():
         return 0  # (a read-only store: pages read the noted sessions' own rows)
     ph = store.placeholder
@@ -233,22 +234,43 @@ def refresh(store: Store, *, quiet: float = QUIET_SECONDS, limit: int = BATCH,
                     f"ORDER BY noted_at LIMIT {ph}{lock}", (cutoff, limit))
         notes = cur.fetchall()
         if not notes:
-            return 0
+            return _sum_stale_hours(cur, store)
         ids = [row[0] for row in notes]
         marks = ", ".join([ph] * len(ids))
         # timing_counts counts llm_timings' rows: what they were is taken off
-        # and what they are added, in this transaction.
+        # and what they are added, in this transaction. hourly_activity sums
+        # session_activity's rows: the hours they were in and are in are
+        # noted stale, to be summed again.
         cur.execute(counts_sql(f"session_id IN ({marks})", -1), ids * len(MEASURES))
+        cur.execute(stale_sql(f"session_id IN ({marks})"), ids)
         for table in TABLES:
             cur.execute(f"DELETE FROM {table} WHERE session_id IN ({marks})", ids)
         for sql in rebuild_sql(store, len(ids), texts):
             cur.execute(sql, ids)
         cur.execute(counts_sql(f"session_id IN ({marks})", 1), ids * len(MEASURES))
+        cur.execute(stale_sql(f"session_id IN ({marks})"), ids)
         cur.executemany(f"DELETE FROM changed_sessions WHERE session_id = {ph} "
                         f"AND version = {ph}", [tuple(row) for row in notes])
         return len(notes)
 
     return int(store.transaction(run))
+
+
+#: Stale hours summed again in one transaction.
+HOURS_PER_ROUND = 200
+
+
+def _sum_stale_hours(cur: Any, store: Store) -> int:
+    """Make hourly_activity's rows of up to HOURS_PER_ROUND stale hours the
+    sums of session_activity's, and those hours no longer stale. How many."""
+    cur.execute(f"SELECT hour FROM stale_hours ORDER BY hour LIMIT {HOURS_PER_ROUND}")
+    hours = [int(row[0]) for row in cur.fetchall()]
+    if hours:
+        marks = ", ".join([store.placeholder] * len(hours))
+        cur.execute(f"DELETE FROM hourly_activity WHERE hour IN ({marks})", hours)
+        cur.execute(hourly_sql(f"hour IN ({marks})"), hours)
+        cur.execute(f"DELETE FROM stale_hours WHERE hour IN ({marks})", hours)
+    return len(hours)
 
 
 def _texts(store: Store) -> tuple[str, str, str]:

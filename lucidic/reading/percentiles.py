@@ -18,9 +18,10 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .._activity_hours import MODEL
 from .._timing_buckets import HOUR, MEASURES, bucket_bounds, bucket_sql, hour_sql
 from ..store import Store
-from .derived import MODEL, NOTED_IDS, events_in_range
+from .derived import NOTED_IDS, events_in_range
 
 Query = Callable[[str, Sequence[Any]], list[dict[str, Any]]]
 #: The percentiles the dashboard shows.

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._activity_hours import CALL_WITHOUT_COST, CALL_WITHOUT_TOKENS
 from ..limits import INT_MAX
 from ..store import Store
 from .derived import ERROR_EVENT, TOTALS, reads_every_row, search_sql, total_sql
@@ -206,15 +207,6 @@ def empty_totals() -> dict[str, Any]:
             "reasoning_tokens": 0, "llm_calls_without_tokens": 0, "llm_calls_without_cost": 0}
 
 
-#: An LLM call answered (no error) whose API reported no token counts (a
-#: stream cut before its usage came), over events ``e`` (SQL): the sums
-#: leave it out, so a total of 0 is not a measured 0.
-_CALL_WITHOUT_TOKENS = ("(e.type = 'llm' AND e.error IS NULL AND e.input_tokens IS NULL "
-                        "AND e.output_tokens IS NULL)")
-#: One with no cost (no tokens, or a model the price table lacks).
-_CALL_WITHOUT_COST = "(e.type = 'llm' AND e.error IS NULL AND e.cost IS NULL)"
-
-
 def add_totals(store: Store, sessions: list[dict[str, Any]]) -> None:
     """Add each session's totals (counts, tokens, cost) to its row, in place,
     with the LLM calls the token and cost sums could not include."""
@@ -228,8 +220,8 @@ def add_totals(store: Store, sessions: list[dict[str, Any]]) -> None:
     events, steps = store.query_many([
         ("SELECT session_id, COUNT(*) AS event_count, "
          f"COALESCE({cost_sum('cost')}, 0) AS total_cost, {tokens}"
-         f"SUM(CASE WHEN {_CALL_WITHOUT_TOKENS} THEN 1 ELSE 0 END) AS llm_calls_without_tokens, "
-         f"SUM(CASE WHEN {_CALL_WITHOUT_COST} THEN 1 ELSE 0 END) AS llm_calls_without_cost, "
+         f"SUM(CASE WHEN {CALL_WITHOUT_TOKENS} THEN 1 ELSE 0 END) AS llm_calls_without_tokens, "
+         f"SUM(CASE WHEN {CALL_WITHOUT_COST} THEN 1 ELSE 0 END) AS llm_calls_without_cost, "
          f"SUM(CASE WHEN {ERROR_EVENT} THEN 1 ELSE 0 END) AS error_count "
          f"FROM events e WHERE session_id IN ({marks}) GROUP BY session_id", ids),
         ("SELECT session_id, COUNT(*) AS step_count, "

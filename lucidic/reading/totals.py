@@ -8,6 +8,11 @@ from __future__ import annotations
 from ..limits import INT_MAX, INT_MIN, MAX_COST
 from ..store import Store
 
+#: An integer's low part (int_parts) holds its low PART_BITS bits: the
+#: integer is PART times its high part plus its low part.
+PART_BITS = 32
+PART = 2 ** PART_BITS
+
 
 def saturated(store: Store, expression: str) -> str:
     """SQL of an integer ``expression`` (which may have overflowed) held
@@ -49,10 +54,10 @@ def clamped_cost(expression: str) -> str:
 def int_parts(expression: str) -> tuple[str, str]:
     """SQL of an integer's high and low 32 bits: sums of each, however
     grouped, make int_sum's exact sum (see parts_sum)."""
-    return f"({expression}) >> 32", f"({expression}) & 4294967295"
+    return f"({expression}) >> {PART_BITS}", f"({expression}) & {PART - 1}"
 
 
 def parts_sum(store: Store, high: str, low: str) -> str:
     """SQL of the sum of integers from the sums of their parts (int_parts),
     saturated as int_sum's (NULL when no row has a value)."""
-    return saturated(store, f"SUM({high}) * 4294967296 + SUM({low})")
+    return saturated(store, f"SUM({high}) * {PART} + SUM({low})")

@@ -18,6 +18,7 @@ import pytest
 from server_support import raw_connection
 from test_otlp import agent_trace, encode_protobuf, make_spans
 
+from lucidic._activity_hours import SUMS
 from lucidic._timing_buckets import (
     BOTTOM_BUCKET,
     MEASURES,
@@ -264,25 +265,34 @@ def _plain_dashboard(store: Store, project: str | None, since: float,
             continue
         if project is not None and e["project"] != project:
             continue
+        # an LLM call answered without token counts, or without a cost
+        without = {"llm_calls_without_tokens": e["type"] == "llm" and e["error"] is None
+                   and e["input_tokens"] is None and e["output_tokens"] is None,
+                   "llm_calls_without_cost": e["type"] == "llm" and e["error"] is None
+                   and e["cost"] is None}
         day = days.setdefault(int(e["started_at"] // DAY), {
             "cost": 0.0, "input_tokens": 0, "output_tokens": 0, "llm_calls": 0,
-            "llm_errors": 0, "events": 0, "errors": 0})
+            "llm_errors": 0, "events": 0, "errors": 0, **dict.fromkeys(without, 0)})
         day["cost"] += e["cost"] or 0.0
         day["input_tokens"] += e["input_tokens"] or 0
         day["output_tokens"] += e["output_tokens"] or 0
         day["events"] += 1
         day["errors"] += e["error"] is not None or e["type"] == "error"
+        for key, counted in without.items():
+            day[key] += counted
         if e["type"] == "llm":
             day["llm_calls"] += 1
             day["llm_errors"] += e["error"] is not None
             model = models.setdefault(e["model"] or e["request_model"] or "(no model)", {
                 "calls": 0, "cost": 0.0, "input_tokens": 0, "output_tokens": 0, "errors": 0,
-                "durations": [], "ttfts": []})
+                "durations": [], "ttfts": [], **dict.fromkeys(without, 0)})
             model["calls"] += 1
             model["cost"] += e["cost"] or 0.0
             model["input_tokens"] += e["input_tokens"] or 0
             model["output_tokens"] += e["output_tokens"] or 0
             model["errors"] += e["error"] is not None
+            for key, counted in without.items():
+                model[key] += counted
             for key, column in (("durations", "duration"), ("ttfts", "time_to_first_token")):
                 if e[column] is not None:
                     model[key].append(e[column])
@@ -314,6 +324,8 @@ def _assert_dashboard_exact(store: Store, project: str | None, since: float,
         assert found["cost"] == pytest.approx(expected["cost"], rel=1e-12, abs=1e-15)
         assert {k: found[k] for k in expected if k != "cost"} == \
             {k: v for k, v in expected.items() if k != "cost"}, (name, project, since, until)
+    for key in ("llm_calls_without_tokens", "llm_calls_without_cost"):
+        assert getattr(board, key) == sum(d[key] for d in plain["days"].values())
 
 
 RANGES = ((BASE - DAY, BASE + 4 * DAY), (BASE + 1234.5, BASE + DAY + 3600.25),
@@ -359,18 +371,67 @@ def _assert_pages_exact(store: Store) -> None:
             _assert_dashboard_exact(store, project, since, until)
 
 
+def _hourly(store: Store) -> dict[tuple, tuple]:
+    """hourly_activity's rows, by day, hour, model, kind and project."""
+    return {(r["day"], r["hour"], r["model"], r["is_llm"], r["orphan"], r["project"]):
+            tuple(r[c] for c in SUMS)
+            for r in store.query("SELECT * FROM hourly_activity")}
+
+
+def _resummed(store: Store) -> dict[tuple, tuple]:
+    """session_activity's rows summed by day, hour, model, kind and project."""
+    sums: dict[tuple, list[Any]] = {}
+    for r in store.query("SELECT * FROM session_activity"):
+        key = (r["day"], r["hour"], r["model"], r["is_llm"], int(r["project"] is None),
+               r["project"] or "")
+        found = sums.setdefault(key, [None] * len(SUMS))
+        for i, column in enumerate(SUMS):
+            if r[column] is not None:
+                found[i] = (found[i] or 0) + r[column]
+    return {key: tuple(found) for key, found in sums.items()}
+
+
+def _stale_hours(store: Store) -> set[int]:
+    return {r["hour"] for r in store.query("SELECT hour FROM stale_hours")}
+
+
+def _assert_hourly_kept(store: Store) -> None:
+    """hourly_activity sums session_activity exactly (costs up to the last
+    binary digits: sums in another order), but in stale hours."""
+    stale = _stale_hours(store)
+    hourly, resummed = ({key: found for key, found in sums.items() if key[1] not in stale}
+                        for sums in (_hourly(store), _resummed(store)))
+    assert set(hourly) == set(resummed)
+    cost = SUMS.index("cost")
+    for key, found in hourly.items():
+        expected = resummed[key]
+        assert found[:cost] + found[cost + 1:] == expected[:cost] + expected[cost + 1:], key
+        assert (found[cost] is None) == (expected[cost] is None)
+        assert (found[cost] or 0.0) == pytest.approx(expected[cost] or 0.0, rel=1e-12)
+
+
 def _refresh_all(store: Store) -> None:
     while refresh(store, quiet=-60, limit=7):
         pass
 
 
-def test_pages_read_from_derived_data_are_exactly_what_every_row_says(store: Store) -> None:
+def test_pages_read_from_derived_data_are_exactly_what_every_row_says(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(derived, "HOURS_PER_ROUND", 3)  # (stale hours summed a few at a time)
     rng = random.Random(11)
-    store.write(_world(rng, 60))
+    # (an event alone in its hour, moved to another below)
+    store.write([*_world(rng, 60), ("event", "lone", T0, {"session_id": "s2", "type": "llm",
+                                                          "started_at": BASE - 2 * DAY})])
     _assert_pages_exact(store)                 # every session noted: read from rows
     _refresh_all(store)
-    assert _notes(store) == {}
+    assert _notes(store) == {} and _stale_hours(store) == set()
+    _assert_hourly_kept(store)
+    statements = _statements(monkeypatch)
     _assert_pages_exact(store)                 # every session from derived data
+    # the dashboard's whole hours from the sums by hour across sessions
+    assert any("FROM hourly_activity" in sql for sql in statements)
+    # some calls reported no usage: the dashboard counts them
+    assert Reader(store).dashboard(None, *RANGES[0]).llm_calls_without_tokens > 0
     # Changes after a refresh: re-deliveries, amended steps and events, late
     # events (in the past, across hours), an event moved to another session
     # by an OTLP-like update, new sessions; half of them refreshed again.
@@ -378,6 +439,8 @@ def test_pages_read_from_derived_data_are_exactly_what_every_row_says(store: Sto
     store.write([("event", "s5-ev0", T0 + 1e6, {"session_id": "s5", "cost": 5.0,
                                                 "description": "amended naïve"}),
                  ("step", "s7-st0", T0 + 1e6, {"session_id": "s7", "error": "late"}),
+                 # moved to another hour and day: its old hour is summed again
+                 ("event", "lone", T0 + 1e6, {"session_id": "s2", "started_at": BASE + 5000}),
                  ("event", "s9-late", BASE - 5, {"session_id": "s9", "started_at": BASE - 5,
                                                  "type": "llm", "model": "m-2",
                                                  "duration": 9.0, "cost": 0.3})])
@@ -385,9 +448,12 @@ def test_pages_read_from_derived_data_are_exactly_what_every_row_says(store: Sto
     _assert_pages_exact(store)
     while refresh(store, quiet=-60, limit=3) and len(_notes(store)) > 15:
         pass
-    assert _notes(store)
+    assert _notes(store) and _stale_hours(store)  # (summed once no session is left)
+    _assert_hourly_kept(store)
     _assert_pages_exact(store)                 # some from derived data, some from rows
     _refresh_all(store)
+    assert _stale_hours(store) == set()
+    _assert_hourly_kept(store)
     _assert_pages_exact(store)
 
 
@@ -681,21 +747,78 @@ def test_an_upgraded_store_counts_the_timings_it_kept(db_url: str) -> None:
     store.write(_timed_world(random.Random(5), "t", 6))   # some noted again
     store.close()
     conn, _ = raw_connection(db_url)
-    for statement in ("DROP INDEX llm_timings_duration", "DROP INDEX llm_timings_ttft",
-                      "DROP TABLE timing_counts",
+    for statement in (*UNDO_11, "DROP INDEX llm_timings_duration",
+                      "DROP INDEX llm_timings_ttft", "DROP TABLE timing_counts",
                       "UPDATE lucidic_meta SET value = '9' WHERE key = 'schema_version'"):
         conn.execute(statement)
     conn.close()
-    assert [v for v, _ in MIGRATIONS if v > 9] == [10]
+    assert [v for v, _ in MIGRATIONS if v > 9] == [10, 11]
     upgraded = Store(db_url)
     try:
-        assert upgraded.schema_version() == 10
+        assert upgraded.schema_version() == 11
         assert _timing_counts(upgraded) == _recounted(upgraded) != {}
         assert _notes(upgraded)
         _assert_percentiles_exact(upgraded)
         _refresh_all(upgraded)
         assert _timing_counts(upgraded) == _recounted(upgraded)
         _assert_percentiles_exact(upgraded)
+    finally:
+        upgraded.close()
+
+
+#: What migration 11 added, taken away: a store as the code before it left it
+#: (its other columns of session_activity are as that code computed them).
+UNDO_11 = ("DROP TABLE hourly_activity", "ALTER TABLE session_activity DROP COLUMN without_tokens",
+           "ALTER TABLE session_activity DROP COLUMN without_cost")
+
+
+def test_an_upgraded_store_counts_calls_without_usage_and_sums_by_hour(db_url: str) -> None:
+    """From schema version 10 (derived data without the counts of calls that
+    reported no usage, and no sums by hour): the kept groups' counts are
+    filled from their events and the sums by hour from the kept groups, so
+    the dashboard is exact at once, before any rebuild, and after."""
+    store = Store(db_url)
+    store.write(_world(random.Random(31), 50))
+    _refresh_all(store)
+    store.write(_world(random.Random(32), 50)[:60])    # some noted again
+    store.write(_world(random.Random(33), 10, prefix="n"))
+    store.close()
+    conn, _ = raw_connection(db_url)
+    for statement in (*UNDO_11, "UPDATE lucidic_meta SET value = '10' "
+                      "WHERE key = 'schema_version'"):
+        conn.execute(statement)
+    conn.close()
+    assert [v for v, _ in MIGRATIONS if v > 10] == [11]
+    upgraded = Store(db_url)
+    try:
+        assert upgraded.schema_version() == 11
+        assert _notes(upgraded)
+        kept = upgraded.query(
+            "SELECT SUM(without_tokens) AS tokens, SUM(without_cost) AS cost "
+            f"FROM session_activity WHERE session_id NOT IN ({NOTED_IDS})")[0]
+        assert kept["tokens"] and kept["cost"]           # filled, where it counts
+        _assert_hourly_kept(upgraded)
+        for project in (None, "p"):
+            for since, until in RANGES:
+                _assert_dashboard_exact(upgraded, project, since, until)
+        # what a rebuild finds is what the upgrade filled in
+        filled = upgraded.query(
+            "SELECT session_id, hour, model, is_llm, without_tokens, without_cost "
+            f"FROM session_activity WHERE session_id NOT IN ({NOTED_IDS})")
+        _refresh_all(upgraded)
+        every = [r["session_id"] for r in upgraded.query(
+            "SELECT DISTINCT session_id FROM session_activity")]
+        upgraded.transaction(lambda cur: upgraded.note_changed(cur, every))
+        _refresh_all(upgraded)
+        rebuilt = {(r["session_id"], r["hour"], r["model"], r["is_llm"]): r
+                   for r in upgraded.query("SELECT * FROM session_activity")}
+        for row in filled:
+            again = rebuilt[(row["session_id"], row["hour"], row["model"], row["is_llm"])]
+            assert (again["without_tokens"], again["without_cost"]) == \
+                (row["without_tokens"], row["without_cost"]), row
+        _refresh_all(upgraded)
+        _assert_hourly_kept(upgraded)
+        _assert_pages_exact(upgraded)
     finally:
         upgraded.close()
 
@@ -746,3 +869,32 @@ def test_a_store_mostly_noted_is_read_from_every_row_as_before_derived_data(
     statements.clear()
     _assert_pages_exact(store)
     assert _reads_derived_data(statements)
+
+
+def test_the_dashboard_reads_its_snapshot_without_jit_compiling(
+        pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dashboard's statements (of many parts, running in milliseconds)
+    were JIT compiled for 1.4 s of a 1.4 s page when PostgreSQL's estimates
+    were far off, as they are for tables the refresher has just rewritten:
+    its snapshot plans them without JIT; other snapshots keep the setting."""
+    store = Store(pg_url)
+    try:
+        setting = store.query("SHOW jit")[0]["jit"]
+        assert store.snapshot(lambda query: query("SHOW jit", []))[0]["jit"] == setting
+        assert store.snapshot(lambda query: query("SHOW jit", []),
+                              compiled=False)[0]["jit"] == "off"
+        assert store.query("SHOW jit")[0]["jit"] == setting  # (for that transaction only)
+        seen: list[str] = []
+        snapshot = store.snapshot
+
+        def recorded(fn: Any, **options: Any) -> Any:
+            return snapshot(lambda query: fn(lambda sql, params: (
+                seen.append(query("SHOW jit", [])[0]["jit"]), query(sql, params))[1]),
+                **options)
+
+        monkeypatch.setattr(store, "snapshot", recorded)
+        store.write(_world(random.Random(2), 5))
+        Reader(store).dashboard(None, *RANGES[0])
+        assert seen and set(seen) == {"off"}
+    finally:
+        store.close()

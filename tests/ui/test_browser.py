@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import pytest
-from conftest import llm_cassette
+from conftest import ROOT, llm_cassette
 from playwright.sync_api import expect
 from server_support import make_key
 
@@ -322,6 +322,47 @@ def test_dashboard_shows_charts_and_their_numbers(ui, agent, page) -> None:
     models = p.get_by_role("table").filter(has_text="Latency p50")
     assert "gpt-3.5-turbo" in models.inner_text()
     assert "50.0%" in p.locator(".kpi").filter(has_text="Sessions failed").inner_text()
+    _only_own_origin(page, ui.url)
+
+
+def test_the_dashboard_says_how_many_llm_calls_reported_no_usage(
+        ui, agent, lucidic_home, page) -> None:
+    """A stream cut before its usage came reports no token counts and no
+    cost: the dashboard's sums (in all, by day, by model) leave it out and
+    say how many calls that was, and show "unknown" while no call reported
+    any, not a measured 0."""
+    from helpers import CUT_STREAM, run_python
+
+    run_python(CUT_STREAM, home=lucidic_home, args=[str(ROOT / "tests" / "providers")])
+    p = page.page
+    p.goto(ui.url + "/dashboard")
+    cost, tokens = (p.locator(".kpi").filter(has_text=name) for name in ("Cost", "Tokens"))
+    expect(cost.locator(".kpi-value")).to_have_text("unknown")
+    expect(cost.locator(".kpi-note")).to_have_text("not known for 1 LLM call")
+    expect(tokens.locator(".kpi-value")).to_have_text("unknown")
+    expect(tokens.locator(".kpi-note")).to_have_text("none reported for 1 LLM call")
+    models = p.get_by_role("table").filter(has_text="Latency p50")
+    expect(models.get_by_role("columnheader")).to_contain_text(
+        ["Model", "Calls", "Input tokens", "Output tokens", "Without tokens", "Cost",
+         "Without cost", "Errors"])
+    cut = models.get_by_role("row").filter(has_text="unknown")   # the cut stream's model
+    expect(cut.get_by_role("rowheader")).to_have_text(re.compile("^gpt-4"))
+    expect(cut.get_by_role("cell")).to_contain_text(
+        ["1", "unknown", "unknown", "1 call", "unknown", "1 call", "0"])
+    today = p.get_by_role("table").filter(has_text="None reported for").get_by_role("row").nth(1)
+    expect(today.get_by_role("cell")).to_have_text(["unknown", "unknown", "1 LLM call"])
+    days = p.get_by_role("table").filter(has_text="Not known for").get_by_role("row")
+    expect(days.nth(1).get_by_role("cell")).to_have_text(["unknown", "1 LLM call"])
+    expect(days.nth(2).get_by_role("cell")).to_have_text(["$0", ""])  # no calls that day
+
+    agent("handover", agent("trip", str(llm_cassette())))   # a call that reported its usage
+    p.reload()
+    expect(tokens.locator(".kpi-value")).to_have_text(re.compile(r"^[1-9][\d,]*$"))
+    expect(tokens.locator(".kpi-note")).to_have_text("none reported for 1 LLM call")
+    expect(today.get_by_role("cell").nth(0)).to_have_text(re.compile(r"^[1-9][\d,]*$"))
+    expect(today.get_by_role("cell").nth(2)).to_have_text("1 LLM call")
+    expect(cut.get_by_role("cell")).to_contain_text(
+        ["1", "unknown", "unknown", "1 call", "unknown", "1 call", "0"])
     _only_own_origin(page, ui.url)
 
 
