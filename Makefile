@@ -51,11 +51,12 @@ browser:
 demo: $(VENV)/.installed
 	$(PY) examples/run_all.py
 
-# Two workers: most tests wait on child processes and servers, so two halve the
-# suite's time even on a two-core machine (each test has its own store, schema and port;
+# Four workers: most tests wait on child processes, servers and the database
+# (two workers kept a two-core machine under half busy), so four shorten the
+# suite even on two cores (each test has its own store, schema and port;
 # loadgroup keeps the tests that need port 8000 on one worker).
 test: install browser
-	$(PY) -m pytest -n 2 --dist loadgroup
+	$(PY) -m pytest -n 4 --dist loadgroup
 
 bench: $(VENV)/.installed
 	$(PY) bench/run_all.py

@@ -63,13 +63,13 @@ def store(lucidic_home: Path) -> Iterator[ReadableStore]:
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """`make test` runs `-n 2 --dist loadgroup`: each xdist worker appends the
+    """`make test` runs `-n 4 --dist loadgroup`: each xdist worker appends the
     test's xdist_group to its node id (``test_x.py::test_y@port-8000``) and
     the scheduler sends a group's tests to one worker. pytest 9.2 reads a node
     id from a structured id that pytest-xdist 3.8 leaves alone (it sets the
     old ``_nodeid``; pytest-dev/pytest-xdist#1386), so the suffix was lost and
-    the groups were spread over both workers: the port-8000 tests waited for
-    each other's port, and module fixtures were made on both. The suffix is
+    the groups were spread over the workers: the port-8000 tests waited for
+    each other's port, and module fixtures were made on each. The suffix is
     added here where xdist's was lost."""
     if not getattr(config.option, "loadgroup", False):
         return  # not an xdist worker under --dist loadgroup

@@ -27,12 +27,44 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds the socket listening on ``port``. A port
+    free_port() gave out can be taken by another test's server (of this run
+    or another) before this one binds it: that server answers /healthz too,
+    while this one fails to bind and exits (the test then met 401s, its key
+    unknown there). Linux's /proc says whose the socket is; without /proc,
+    True."""
+    fd_dir = Path(f"/proc/{pid}/fd")
+    if not fd_dir.is_dir():
+        return True
+    inodes = set()
+    for fd in fd_dir.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if (fields[3] == "0A"  # LISTEN
+                    and int(fields[1].rsplit(":", 1)[1], 16) == port and fields[9] in inodes):
+                return True
+    return False
+
+
 class ServerProcess:
     """`lucidic server` in a child process."""
 
     def __init__(self, db_url: str, port: int | None = None, *, log: Path,
                  extra_args: list[str] | None = None) -> None:
         self.db_url = db_url
+        self.chosen_port = port is None
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
@@ -41,7 +73,9 @@ class ServerProcess:
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LUCIDIC_")}
+        first = self.proc is None  # a restart keeps its port: its clients know it
         with open(self.log, "ab") as log:
+            logged_before = log.tell()
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "lucidic", "server", "--db", self.db_url,
                  "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
@@ -50,10 +84,20 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                said = self.log.read_bytes()[logged_before:].decode(errors="replace")
+                if first and self.chosen_port and "address already in use" in said:
+                    # Another process took the port free_port() gave out
+                    # before this server bound it: another free port.
+                    self.port = free_port()
+                    self.url = f"http://127.0.0.1:{self.port}"
+                    self.proc = None
+                    return self.start(max(1.0, deadline - time.monotonic()))
                 raise AssertionError(f"server exited ({self.proc.returncode}):\n"
                                      f"{self.log.read_text(errors='replace')}")
             try:
-                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
+                # Answered by this server, not by another that holds the port.
+                if requests.get(self.url + "/healthz", timeout=1).status_code == 200 \
+                        and _listens(self.proc.pid, self.port):
                     return self
             except requests.RequestException:
                 pass
