@@ -499,9 +499,7 @@ def _fold(db: Store, project: str, session_id: str, event_id: str) -> None:
     if step is None or event is None or event["session_id"] != session_id \
             or step["session_id"] != session_id:
         return
-    attributes = event.get("attributes") or {}
-    if isinstance(attributes, str):
-        attributes = json.loads(attributes)
+    attributes = attributes_of(event.get("attributes"))
     step_fields = _present({
         "session_id": session_id, "action": event.get("function_name")
         or event.get("description") or event.get("type"),
@@ -518,6 +516,19 @@ def _fold(db: Store, project: str, session_id: str, event_id: str) -> None:
            ("event", event_id, when, {"session_id": session_id, "step_id": event_id}))
 
 
+def attributes_of(stored: Any) -> dict[str, Any]:
+    """An event's stored attributes as the object this protocol keeps there
+    (its type, parent, tags...). Another client may have stored any JSON
+    value (our records API and OTLP take them as given): that is no object
+    of ours, read as empty."""
+    if isinstance(stored, str):
+        try:
+            stored = json.loads(stored)
+        except ValueError:
+            return {}
+    return stored if isinstance(stored, dict) else {}
+
+
 def _apply_payload(store: Store, cur: Any, upload: dict[str, Any], payload: Any) -> None:
     """A large event payload uploaded to its blob_url replaces the preview
     the event was created with."""
@@ -532,7 +543,7 @@ def _apply_payload(store: Store, cur: Any, upload: dict[str, Any], payload: Any)
     found = cur.fetchone()
     if found is None:
         raise ApiError(404, f"event {upload['event_id']!r} no longer exists")
-    attributes = json.loads(found[1]) if found[1] else {}
+    attributes = attributes_of(found[1])
     kind = attributes.pop("type", None) or {v: k for k, v in _TYPES.items()}.get(found[0], "")
     attributes.pop("payload_pending", None)
     fields = typed_event_fields(kind, payload)

@@ -33,7 +33,7 @@ from ..limits import MAX_TEXT_CHARS
 from ..reading import Reader, SessionQuery
 from ..store import Store
 from .app import Auth, Db, not_found
-from .lucidicai import _Body, _present, _session, _write, typed_event_fields
+from .lucidicai import _Body, _present, _session, _write, attributes_of, typed_event_fields
 from .models import FiniteFloat, Id, valid_id
 from .problems import ApiError, JSONOut
 
@@ -56,11 +56,11 @@ def _event(db: Store, event_id: str, project: str) -> dict[str, Any]:
 def _as_theirs(row: dict[str, Any]) -> dict[str, Any]:
     """An event as our read API shows it, with the names the client uses
     for its id, type and parent beside ours."""
-    attributes = row.get("attributes") or {}
-    return {"event_id": row["id"],
+    attributes = attributes_of(row.get("attributes"))
+    return {**row, "event_id": row["id"],
             "type": attributes.get("type") or _THEIR_TYPES.get(row.get("type") or "",
                                                                "generic"),
-            "client_parent_event_id": attributes.get("parent_event_id"), **row,
+            "client_parent_event_id": attributes.get("parent_event_id"),
             "event_type": row.get("type")}
 
 
@@ -136,7 +136,14 @@ class EventUpdate(_Body):
                                           "metadata (client.events.update)")
 def update_event(event_id: str, body: EventUpdate, who: Auth, db: Db) -> JSONOut:
     row = _event(db, event_id, who.project)
-    attributes = dict(row.get("attributes") or {})
+    stored = row.get("attributes")
+    if stored is not None and not isinstance(stored, dict):
+        # Written by another client as a JSON value that is not an object:
+        # there is nowhere to put tags or a type beside it without losing it.
+        raise ApiError(409, f"event {event_id!r} was recorded by another client with "
+                            "attributes that are not a JSON object; it cannot be amended "
+                            "through this API")
+    attributes = dict(stored or {})
     fields: dict[str, Any] = {}
     if body.payload is not None:
         kind = attributes.get("type") or _THEIR_TYPES.get(row.get("type") or "", "generic")

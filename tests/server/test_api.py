@@ -323,7 +323,12 @@ def test_the_openapi_spec_documents_every_endpoint(sqlite_url: str, start_server
     assert set(spec["components"]["schemas"]["Batch"]["properties"]) == {"records"}
 
 
-@pytest.mark.timeout(150)
+# A fixed amount of work, not a time budget: under load a budget of 30 s ran
+# as few as 72 cases (and failed the count below), and how far it got into
+# the stateful phase (operations chained through the links the spec
+# declares: it found the 500s of events other clients recorded, read back
+# through the lucidicai 3.x routes) depended on the machine's speed.
+@pytest.mark.timeout(420)
 def test_fuzzing_the_api_from_its_openapi_spec_finds_no_server_error(
         sqlite_url: str, start_server, tmp_path: Path) -> None:
     pytest.importorskip("schemathesis")
@@ -338,11 +343,11 @@ def test_fuzzing_the_api_from_its_openapi_spec_finds_no_server_error(
     result = subprocess.run(
         [str(Path(sys.executable).with_name("schemathesis")), "run",
          server.url + "/openapi.json", "--checks", "not_a_server_error",
-         "--max-examples", "40", "--max-time", "30", "--seed", "1",
+         "--max-examples", "4", "--seed", "1",
          "--header", f"Authorization: Bearer {key}",
          "--generation-allow-x00", "true", "--request-timeout", "20",
          "--suppress-health-check", "all", "--generation-database", "none"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        capture_output=True, text=True, timeout=400, cwd=tmp_path,
         env=child_env(tmp_path / "fuzz", {
             "SCHEMATHESIS_HOOKS": str(Path(__file__).with_name("schemathesis_hooks.py"))}))
     report = result.stdout[-4000:] + result.stderr[-2000:]

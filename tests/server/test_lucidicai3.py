@@ -387,3 +387,45 @@ def test_every_hosted_only_route_answers_404_with_the_reason(sqlite_url: str,
         assert f"self-hosted lucidic server: {feature} (" in body["detail"]
         assert requests.request(method, url, timeout=30).status_code == 401
     assert count_rows(sqlite_url) == before
+
+
+@sqlite_only
+def test_events_other_clients_recorded_with_attributes_not_an_object_are_read_and_refused_clearly(
+        db_url: str, start_server: Any) -> None:
+    """Our records API (and OTLP) keep an event's attributes as any JSON value;
+    the 3.x routes keep their type and parent in attributes as an object.
+    Found by fuzzing: reading such an event back was a 500."""
+    server, key = _serve(start_server, db_url, "mixed")
+    http = _http(server, key)
+    base = server.url + "/api/"
+    sid = "5e55a0d1-0000-4000-8000-000000000001"
+    now = 1780308000.0
+    answer = Api(server.url, key).records(
+        {"kind": "session", "id": sid, "ts": now, "fields": {"name": "ours", "started_at": now}},
+        *({"kind": "event", "id": event_id, "ts": now,
+           "fields": {"session_id": sid, "description": event_id, "started_at": now,
+                      "attributes": value}}
+          for event_id, value in (("flag", True), ("text", "just words"), ("list", [1, 2]))))
+    assert answer.status_code == 200, answer.text
+    for event_id, value in (("flag", True), ("text", "just words"), ("list", [1, 2])):
+        read = http.get(base + f"events/{event_id}", timeout=30)
+        assert read.status_code == 200, read.text
+        body = read.json()
+        assert (body["event_id"], body["type"], body["attributes"]) == (event_id, "generic", value)
+        assert body["client_parent_event_id"] is None
+        # Amending it would have to drop or bury what the other client wrote.
+        amend = http.put(base + f"events/{event_id}", json={"tags": ["t"]}, timeout=30)
+        assert amend.status_code == 409, amend.text
+        assert "not a JSON object" in amend.json()["detail"]
+        assert http.get(base + f"events/{event_id}").json()["attributes"] == value
+    listed = http.get(base + "events", params={"session_id": sid}, timeout=30)
+    assert listed.status_code == 200, listed.text
+    assert sorted(e["event_id"] for e in listed.json()["events"]) == ["flag", "list", "text"]
+    # A 3.x event may name such an event as its parent: it becomes the step.
+    child = http.post(base + "events", json={
+        "session_id": sid, "client_event_id": "child", "type": "generic",
+        "client_parent_event_id": "flag", "occurred_at": "2026-06-01T10:00:01+00:00",
+        "payload": {"details": "inside"}}, timeout=30)
+    assert child.status_code == 200, child.text
+    (step,) = Api(server.url, key).tree(sid)["steps"]
+    assert step["id"] == "flag" and sorted(e["id"] for e in step["events"]) == ["child", "flag"]
