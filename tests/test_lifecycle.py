@@ -96,8 +96,16 @@ def test_sigterm_chains_to_the_programs_own_handler(lucidic_home):
     assert _assert_all_recorded(lucidic_home, sid)["is_finished"] is True
 
 
+#: Ctrl-C as a program started from a terminal has it. A parent that ignores
+#: SIGINT (a script's background job, as CI may be started) passes SIG_IGN
+#: down, and Python then leaves it ignored: no KeyboardInterrupt, whatever
+#: lucidic does.
+CTRL_C_AS_IN_A_TERMINAL = ("import signal\n"
+                           "signal.signal(signal.SIGINT, signal.default_int_handler)\n")
+
+
 def test_ctrl_c_still_raises_keyboard_interrupt(lucidic_home):
-    result = run_python(_child("""
+    result = run_python(CTRL_C_AS_IN_A_TERMINAL + _child("""
         import os, signal
         try:
             os.kill(os.getpid(), signal.SIGINT)

@@ -375,17 +375,21 @@ def test_a_stream_read_in_the_main_thread_interrupted_records_what_arrived():
 
     interrupter = threading.Thread(target=interrupt_once_blocked)
     interrupter.start()
-    with event_stream_in_steps(path, first=3) as url, capture() as captured:
-        lai.init(providers=["openai"])
-        stream = client(url).chat.completions.create(**body)
-        contents = [next(stream).choices[0].delta.content for _ in range(3)]
-        waiting.set()
-        try:
+    # Ctrl-C as in a terminal, even when the suite was started with SIGINT
+    # ignored (a script's background job), which this process inherited.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with event_stream_in_steps(path, first=3) as url, capture() as captured:
+            lai.init(providers=["openai"])
+            stream = client(url).chat.completions.create(**body)
+            contents = [next(stream).choices[0].delta.content for _ in range(3)]
+            waiting.set()
             with pytest.raises(KeyboardInterrupt):
                 next(stream)
-        finally:
-            waiting.set()
-            interrupter.join()
+    finally:
+        waiting.set()
+        interrupter.join()
+        signal.signal(signal.SIGINT, previous)
     assert contents == ["", "Why", " did"]
     event = only_llm_event(captured)
     assert event["output"] == {"role": "assistant", "content": "Why did"}
