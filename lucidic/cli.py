@@ -242,6 +242,18 @@ def _shown_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def _short_name(url: str) -> str:
+    """A database, as a page header names it: a SQLite file by its name, a
+    PostgreSQL database by its name and host."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme.startswith("sqlite"):
+        return f"SQLite {parts.path.rsplit('/', 1)[-1] or url}"
+    database = parts.path.lstrip("/") or "postgres"
+    return f"PostgreSQL {database} on {parts.hostname or 'localhost'}"
+
+
 def _where(args: argparse.Namespace) -> str:
     """Which database a keys command works on, and why that one."""
     url = _shown_url(_database_url(args))
@@ -289,7 +301,8 @@ def _ui(args: argparse.Namespace) -> int:
     from .store import StoreError
 
     url = args.db or f"sqlite:///{_config.store_path()}"
-    where = args.db or f"the embedded store at {_config.store_path()}"
+    where = _shown_url(args.db) if args.db else f"the embedded store at {_config.store_path()}"
+    store_name = (_short_name(args.db), where) if args.db else None
 
     def announce(page: str) -> None:
         print(f"Lucidic UI for {where}", flush=True)
@@ -298,7 +311,7 @@ def _ui(args: argparse.Namespace) -> int:
 
     try:
         run_ui(url, host=args.host, port=args.port, allow_hosts=args.allow_host or (),
-               announce=announce, log_level=args.log_level)
+               announce=announce, log_level=args.log_level, store_name=store_name)
     except OSError as exc:
         raise SystemExit(f"lucidic: cannot listen on {args.host}:{args.port} "
                          f"({exc.strerror or exc}); choose another port with --port") from exc

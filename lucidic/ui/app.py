@@ -28,9 +28,12 @@ DEFAULT_UI_PORT = 8766
 
 
 def create_ui_app(database_url: str, *, bind_host: str = "127.0.0.1",
-                  allow_hosts: Iterable[str] = (), pool_size: int = 4) -> FastAPI:
+                  allow_hosts: Iterable[str] = (), pool_size: int = 4,
+                  store_name: tuple[str, str] | None = None) -> FastAPI:
     """The UI app over ``database_url`` with no sign-in, answering only the
-    hosts ``bind_host`` and ``allow_hosts`` name (and loopback)."""
+    hosts ``bind_host`` and ``allow_hosts`` name (and loopback). Its header
+    names the store: ``store_name`` (a short name, and a longer one for its
+    tooltip), else this machine's embedded store."""
     pool = StorePool(database_url, size=pool_size)
     refresher = Refresher(pool.store)
 
@@ -45,6 +48,7 @@ def create_ui_app(database_url: str, *, bind_host: str = "127.0.0.1",
                   lifespan=lifespan)
     app.state.pool = pool
     app.state.ui_signin = False
+    app.state.ui_store_name = store_name
     install(app)
     app.add_middleware(SecurityMiddleware, hosts=HostAllowList(bind_host, allow_hosts))
     return app
@@ -76,7 +80,7 @@ def page_url(host: str, port: int) -> str:
 
 def run_ui(database_url: str, *, host: str = "127.0.0.1", port: int = DEFAULT_UI_PORT,
            allow_hosts: Iterable[str] = (), announce: Callable[[str], None] | None = None,
-           log_level: str = "warning") -> None:
+           log_level: str = "warning", store_name: tuple[str, str] | None = None) -> None:
     """Serve the UI until interrupted; ``announce`` is told its URL once it
     serves, its pages' templates compiled: the first page opened there is
     answered as fast as any (a cold start, its server's start-up and the
@@ -86,7 +90,8 @@ def run_ui(database_url: str, *, host: str = "127.0.0.1", port: int = DEFAULT_UI
     import uvicorn
 
     sock = listen(host, port)
-    app = create_ui_app(database_url, bind_host=host, allow_hosts=allow_hosts)
+    app = create_ui_app(database_url, bind_host=host, allow_hosts=allow_hosts,
+                        store_name=store_name)
     compile_templates()
     url = page_url(host, sock.getsockname()[1])
 

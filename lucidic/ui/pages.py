@@ -71,6 +71,7 @@ def url_id(value: str) -> str:
 def _page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
     context.setdefault("viewer", None)
     html = render(template, request=request, url_id=url_id, signin=request.app.state.ui_signin,
+                  store_name=getattr(request.app.state, "ui_store_name", None),
                   poll_seconds=POLL_SECONDS, **context)
     return HTMLResponse(html, status_code=status, headers={"cache-control": "no-store"})
 

@@ -13,6 +13,7 @@ import requests
 from server_support import make_key
 
 from helpers import run_python
+from lucidic.store import Store
 from lucidic.ui import assets
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -246,3 +247,35 @@ def test_a_session_whose_llm_call_reported_no_usage_shows_it_unknown_not_zero(
                     requests.get(ui.url + "/", timeout=10).text, re.S).group(0)  # type: ignore[union-attr]
     cells = re.findall(r'<td class="num"[^>]*>([^<]*)</td>', row)
     assert cells[-2:] == ["—", "—"]  # tokens, cost: unknown, not 0
+
+
+def test_lucidic_ui_over_another_database_names_it_in_the_header_and_not_its_password(
+        lucidic_home: Path, tmp_path: Path) -> None:
+    """`lucidic ui --db` reads a database that is not this machine's embedded
+    store (a server's): the header says which, and the password a URL may
+    carry is printed nowhere."""
+    from conftest import UiProcess
+
+    database = tmp_path / "team-server.db"
+    Store(f"sqlite:///{database}").close()
+    process = UiProcess(lucidic_home, tmp_path / "ui.log", ["--db", f"sqlite:///{database}"])
+    try:
+        page = requests.get(process.url + "/", timeout=30)
+        assert page.status_code == 200
+        assert "SQLite team-server.db" in page.text and "Embedded store" not in page.text
+        assert f"lucidic ui reads sqlite:///{database}" in page.text
+    finally:
+        process.stop()
+    own = UiProcess(lucidic_home, tmp_path / "own.log")
+    try:
+        assert "Embedded store" in requests.get(own.url + "/", timeout=30).text
+    finally:
+        own.stop()
+
+
+def test_a_postgresql_database_is_named_by_its_name_and_host_without_its_password() -> None:
+    from lucidic import cli
+
+    url = "postgresql://lucidic:s3cret@db.lan:5432/agents"
+    assert cli._short_name(url) == "PostgreSQL agents on db.lan"
+    assert cli._shown_url(url) == "postgresql://lucidic:***@db.lan:5432/agents"
