@@ -180,8 +180,10 @@ def _facts(store: Store, project: str | None, since: float, until: float,
 _WITHOUT = {"without_tokens": "llm_calls_without_tokens",
             "without_cost": "llm_calls_without_cost"}
 
-
-_NONE_WITHOUT = {key: 0 for key in _WITHOUT.values()}
+#: A day's sums before any of its events (and of a day that had none).
+_EMPTY_DAY = {"cost": 0.0, "input_tokens": 0, "output_tokens": 0, "llm_calls": 0,
+              "llm_errors": 0, "events": 0, "errors": 0,
+              **{key: 0 for key in _WITHOUT.values()}}
 
 
 def _per_day_and_model(groups: list[dict[str, Any]]
@@ -191,9 +193,7 @@ def _per_day_and_model(groups: list[dict[str, Any]]
     days: dict[int, dict[str, Any]] = {}
     models: dict[str, dict[str, Any]] = {}
     for group in groups:
-        day = days.setdefault(int(group["day"]), {
-            "day": int(group["day"]), "cost": 0.0, "input_tokens": 0, "output_tokens": 0,
-            "llm_calls": 0, "llm_errors": 0, "events": 0, "errors": 0, **_NONE_WITHOUT})
+        day = days.setdefault(int(group["day"]), {"day": int(group["day"]), **_EMPTY_DAY})
         cost = float(group["cost"] or 0.0)
         tokens = {f"{name}_tokens": int(group[f"{name}_hi"] or 0) * PART
                   + int(group[f"{name}_lo"] or 0) for name in ("input", "output")}
@@ -209,7 +209,7 @@ def _per_day_and_model(groups: list[dict[str, Any]]
             day["llm_errors"] += failed
             model = models.setdefault(group["model"], {
                 "model": group["model"], "calls": 0, "cost": 0.0, "input_tokens": 0,
-                "output_tokens": 0, "errors": 0, **_NONE_WITHOUT})
+                "output_tokens": 0, "errors": 0, **{key: 0 for key in _WITHOUT.values()}})
             model["calls"] += events
             model["cost"] += cost
             model["errors"] += failed
@@ -234,8 +234,6 @@ def _fill_days(rows: list[dict[str, Any]], since: float, until: float) -> list[d
         return [{**r, "day": int(r["day"]), "date": int(r["day"]) * DAY} for r in rows]
     days = []
     for number in range(first, last + 1):
-        row = by_day.get(number) or {"cost": 0.0, "input_tokens": 0, "output_tokens": 0,
-                                     "llm_calls": 0, "llm_errors": 0, "events": 0, "errors": 0,
-                                     **_NONE_WITHOUT}
+        row = by_day.get(number) or _EMPTY_DAY
         days.append({**row, "day": number, "date": number * DAY})
     return days

@@ -71,7 +71,7 @@ def url_id(value: str) -> str:
 def _page(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
     context.setdefault("viewer", None)
     html = render(template, request=request, url_id=url_id, signin=request.app.state.ui_signin,
-                  store_name=getattr(request.app.state, "ui_store_name", None),
+                  store_name=request.app.state.ui_store_name,
                   poll_seconds=POLL_SECONDS, **context)
     return HTMLResponse(html, status_code=status, headers={"cache-control": "no-store"})
 
@@ -351,6 +351,8 @@ def install(app: Any) -> None:
     app.include_router(experiments_router)
     if not hasattr(app.state, "ui_signin"):
         app.state.ui_signin = True
+    if not hasattr(app.state, "ui_store_name"):
+        app.state.ui_store_name = None  # (the header names the project signed in to)
 
 
 __all__ = ["MAX_LIMIT", "install", "router"]
