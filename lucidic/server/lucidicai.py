@@ -335,6 +335,13 @@ def update_event(body: UpdateEvent, who: Auth, db: Db) -> JSONOut:
 #: The newest release's event types, as our event types.
 _TYPES = {"llm_generation": "llm", "function_call": "function", "error_traceback": "error",
           "generic": "generic"}
+_THEIR_TYPES = {ours: theirs for theirs, ours in _TYPES.items()}
+
+
+def their_type(our_type: str | None, attributes: dict[str, Any]) -> str:
+    """An event's type as the newest release names it: the one it sent
+    (kept in attributes), else ours named its way."""
+    return attributes.get("type") or _THEIR_TYPES.get(our_type or "", "generic")
 
 
 def _text(value: Any) -> str | None:
@@ -517,15 +524,10 @@ def _fold(db: Store, project: str, session_id: str, event_id: str) -> None:
 
 
 def attributes_of(stored: Any) -> dict[str, Any]:
-    """An event's stored attributes as the object this protocol keeps there
-    (its type, parent, tags...). Another client may have stored any JSON
-    value (our records API and OTLP take them as given): that is no object
-    of ours, read as empty."""
-    if isinstance(stored, str):
-        try:
-            stored = json.loads(stored)
-        except ValueError:
-            return {}
+    """An event's stored attributes (as the store reads them back) as the
+    object this protocol keeps there (its type, parent, tags...). Another
+    client may have stored any JSON value (our records API and OTLP take
+    them as given): that is no object of ours, read as empty."""
     return stored if isinstance(stored, dict) else {}
 
 
@@ -543,8 +545,12 @@ def _apply_payload(store: Store, cur: Any, upload: dict[str, Any], payload: Any)
     found = cur.fetchone()
     if found is None:
         raise ApiError(404, f"event {upload['event_id']!r} no longer exists")
-    attributes = attributes_of(found[1])
-    kind = attributes.pop("type", None) or {v: k for k, v in _TYPES.items()}.get(found[0], "")
+    try:  # (read raw: the column's JSON text)
+        attributes = dict(attributes_of(json.loads(found[1]) if found[1] else None))
+    except ValueError:
+        attributes = {}
+    kind = their_type(found[0], attributes)
+    attributes.pop("type", None)
     attributes.pop("payload_pending", None)
     fields = typed_event_fields(kind, payload)
     # Empty is written as empty: None would leave the stored attributes (and

@@ -33,17 +33,21 @@ from ..limits import MAX_TEXT_CHARS
 from ..reading import Reader, SessionQuery
 from ..store import Store
 from .app import Auth, Db, not_found
-from .lucidicai import _Body, _present, _session, _write, attributes_of, typed_event_fields
+from .lucidicai import (
+    _Body,
+    _present,
+    _session,
+    _write,
+    attributes_of,
+    their_type,
+    typed_event_fields,
+)
 from .models import FiniteFloat, Id, valid_id
 from .problems import ApiError, JSONOut
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api", tags=["lucidicai 3.x"])
-
-#: Our event types as the 3.x client names them.
-_THEIR_TYPES = {"llm": "llm_generation", "function": "function_call",
-                "error": "error_traceback"}
 
 
 def _event(db: Store, event_id: str, project: str) -> dict[str, Any]:
@@ -58,8 +62,7 @@ def _as_theirs(row: dict[str, Any]) -> dict[str, Any]:
     for its id, type and parent beside ours."""
     attributes = attributes_of(row.get("attributes"))
     return {**row, "event_id": row["id"],
-            "type": attributes.get("type") or _THEIR_TYPES.get(row.get("type") or "",
-                                                               "generic"),
+            "type": their_type(row.get("type"), attributes),
             "client_parent_event_id": attributes.get("parent_event_id"),
             "event_type": row.get("type")}
 
@@ -146,7 +149,7 @@ def update_event(event_id: str, body: EventUpdate, who: Auth, db: Db) -> JSONOut
     attributes = dict(stored or {})
     fields: dict[str, Any] = {}
     if body.payload is not None:
-        kind = attributes.get("type") or _THEIR_TYPES.get(row.get("type") or "", "generic")
+        kind = their_type(row.get("type"), attributes)
         fields = typed_event_fields(kind, body.payload)
         attributes.update(fields.pop("attributes", None) or {})
         fields.pop("type", None)

@@ -389,6 +389,12 @@ def test_every_hosted_only_route_answers_404_with_the_reason(sqlite_url: str,
     assert count_rows(sqlite_url) == before
 
 
+#: Attributes other clients may store that are no JSON object; the last a
+#: text that reads as one, which is still a text.
+THEIR_ATTRIBUTES = (("flag", True), ("text", "just words"), ("list", [1, 2]),
+                    ("object-text", '{"type": "llm_generation", "parent_event_id": "flag"}'))
+
+
 @sqlite_only
 def test_events_other_clients_recorded_with_attributes_not_an_object_are_read_and_refused_clearly(
         db_url: str, start_server: Any) -> None:
@@ -405,9 +411,9 @@ def test_events_other_clients_recorded_with_attributes_not_an_object_are_read_an
         *({"kind": "event", "id": event_id, "ts": now,
            "fields": {"session_id": sid, "description": event_id, "started_at": now,
                       "attributes": value}}
-          for event_id, value in (("flag", True), ("text", "just words"), ("list", [1, 2]))))
+          for event_id, value in THEIR_ATTRIBUTES))
     assert answer.status_code == 200, answer.text
-    for event_id, value in (("flag", True), ("text", "just words"), ("list", [1, 2])):
+    for event_id, value in THEIR_ATTRIBUTES:
         read = http.get(base + f"events/{event_id}", timeout=30)
         assert read.status_code == 200, read.text
         body = read.json()
@@ -420,7 +426,8 @@ def test_events_other_clients_recorded_with_attributes_not_an_object_are_read_an
         assert http.get(base + f"events/{event_id}").json()["attributes"] == value
     listed = http.get(base + "events", params={"session_id": sid}, timeout=30)
     assert listed.status_code == 200, listed.text
-    assert sorted(e["event_id"] for e in listed.json()["events"]) == ["flag", "list", "text"]
+    assert sorted(e["event_id"] for e in listed.json()["events"]) == [
+        "flag", "list", "object-text", "text"]
     # A 3.x event may name such an event as its parent: it becomes the step.
     child = http.post(base + "events", json={
         "session_id": sid, "client_event_id": "child", "type": "generic",
