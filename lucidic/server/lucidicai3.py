@@ -35,8 +35,10 @@ from ..store import Store
 from .app import Auth, Db, not_found
 from .lucidicai import (
     _Body,
+    _fold,
     _present,
     _session,
+    _span,
     _write,
     attributes_of,
     their_type,
@@ -147,20 +149,26 @@ def update_event(event_id: str, body: EventUpdate, who: Auth, db: Db) -> JSONOut
                             "attributes that are not a JSON object; it cannot be amended "
                             "through this API")
     attributes = dict(stored or {})
+    kind = their_type(row.get("type"), attributes)
     fields: dict[str, Any] = {}
     if body.payload is not None:
-        kind = their_type(row.get("type"), attributes)
         fields = typed_event_fields(kind, body.payload)
         attributes.update(fields.pop("attributes", None) or {})
         fields.pop("type", None)
     attributes.update(_present({"tags": body.tags, "metadata": body.metadata}))
     if body.duration is not None and body.duration >= 0:
         fields["duration"] = body.duration
-        if row.get("started_at") is not None:
-            fields["ended_at"] = row["started_at"] + body.duration
+        # When it was stamped, read as _span reads it: a function_call's
+        # stamp is its end (its start if it came with no duration).
+        stamped = row.get("started_at")
+        if kind == "function_call" and row.get("ended_at") is not None:
+            stamped = row["ended_at"]
+        if stamped is not None:
+            fields["started_at"], fields["ended_at"] = _span(kind, stamped, body.duration)
     fields.update(session_id=row["session_id"], attributes=attributes or None)
     when = max(time.time(), float(row.get("updated_at") or 0.0)) + 0.001
     _write(db, who.project, ("event", event_id, when, _present(fields)))
+    _fold(db, who.project, row["session_id"], event_id)  # (its step, if others nest in it)
     return JSONOut(_as_theirs(_event(db, event_id, who.project)))
 
 

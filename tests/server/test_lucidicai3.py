@@ -436,3 +436,35 @@ def test_events_other_clients_recorded_with_attributes_not_an_object_are_read_an
     assert child.status_code == 200, child.text
     (step,) = Api(server.url, key).tree(sid)["steps"]
     assert step["id"] == "flag" and sorted(e["id"] for e in step["events"]) == ["child", "flag"]
+
+
+@sqlite_only
+def test_an_amended_duration_moves_a_function_calls_start_and_its_steps(
+        db_url: str, start_server: Any) -> None:
+    """client.events.update(duration=...): a function_call is stamped when
+    its call returns, so a new duration moves its start, not its end; and
+    the step it stands for (others nest in it) moves with it."""
+    server, key = _serve(start_server, db_url, "amend")
+    http = _http(server, key)
+    base = server.url + "/api/"
+    sid = http.post(base + "initsession", json={"session_name": "amend"}).json()["session_id"]
+    for body in ({"session_id": sid, "client_event_id": "call", "type": "function_call",
+                  "occurred_at": "2026-06-01T10:00:02+00:00", "duration": 2.0,
+                  "payload": {"function_name": "outer"}},
+                 {"session_id": sid, "client_event_id": "note", "type": "generic",
+                  "client_parent_event_id": "call",
+                  "occurred_at": "2026-06-01T10:00:01+00:00", "payload": {"details": "in"}}):
+        assert http.post(base + "events", json=body, timeout=30).status_code == 200
+    amended = http.put(base + "events/call", json={"duration": 5.0, "tags": ["slow"]},
+                       timeout=30)
+    assert amended.status_code == 200, amended.text
+    body = amended.json()
+    assert (body["started_at"], body["ended_at"], body["duration"]) == (
+        1780307997.0, 1780308002.0, 5.0)
+    assert body["type"] == "function_call" and body["attributes"]["tags"] == ["slow"]
+    (step,) = Api(server.url, key).tree(sid)["steps"]
+    assert (step["id"], step["started_at"], step["ended_at"]) == (
+        "call", 1780307997.0, 1780308002.0)
+    # Any other event is stamped when it began: a duration moves its end.
+    note = http.put(base + "events/note", json={"duration": 0.5}, timeout=30).json()
+    assert (note["started_at"], note["ended_at"]) == (1780308001.0, 1780308001.5)
