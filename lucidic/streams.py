@@ -37,7 +37,10 @@ class Accumulator(Protocol):
         """Keyword arguments for LLMCall.finish() from what was seen so far."""
 
 
-def _complete(call: LLMCall, accumulator: Accumulator, result: str | None) -> None:
+def _complete(call: LLMCall, accumulator: Accumulator, result: str | None,
+              error: str | None = None) -> None:
+    """Finish the call with what arrived (and ``error``, a stream that failed
+    midway)."""
     try:
         fields = accumulator.result()
     except Exception as exc:  # noqa: BLE001 - never let recording break the caller
@@ -45,6 +48,8 @@ def _complete(call: LLMCall, accumulator: Accumulator, result: str | None) -> No
         fields = {}
     if result == ABANDONED and getattr(accumulator, "finished", False):
         result = None  # everything arrived; the caller just did not read past the end
+    if error is not None and fields.get("error") is None:
+        fields = {**fields, "error": error}  # (the stream's own error event says it better)
     call.finish(result=result, **fields)
 
 
@@ -67,28 +72,18 @@ class _StreamState:
         except Exception as exc:  # noqa: BLE001
             record_internal_error("stream_chunk", exc)
 
-    def end(self, result: str | None = None) -> None:
+    def end(self, result: str | None = None, error: str | None = None) -> None:
         if self.done:
             return
         self.done = True
         if self.finalizer is not None:
             self.finalizer.detach()
-        _complete(self.call, self.accumulator, result)
+        _complete(self.call, self.accumulator, result, error)
 
     def error(self, exc: BaseException) -> None:
         """The stream failed midway (its provider's error, a broken
         connection): the error, beside what arrived before it."""
-        if self.done:
-            return
-        self.done = True
-        if self.finalizer is not None:
-            self.finalizer.detach()
-        try:
-            fields = self.accumulator.result()
-        except Exception as internal:  # noqa: BLE001 - never let recording break the caller
-            record_internal_error("stream_result", internal)
-            fields = {}
-        self.call.finish(**fields, error=f"{type(exc).__name__}: {exc}")
+        self.end(error=f"{type(exc).__name__}: {exc}")
 
     def stopped(self, exc: BaseException) -> None:
         """Reading the next chunk was stopped from outside the stream: not an
