@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -229,7 +230,8 @@ class Child:
 def recording_loop(session_name: str, chunk: int, pause: float = 0.0) -> str:
     """A child's code: it prints its session id, then records events
     "event 0", "event 1", ... for ever, printing after each ``chunk`` of them
-    how many it has recorded and when (and sleeping ``pause`` seconds)."""
+    how many it has recorded, when, and after how much of its main thread's
+    CPU time (and sleeping ``pause`` seconds)."""
     return f"""
 import time
 import lucidic as lai
@@ -240,7 +242,7 @@ while True:
     for _ in range({chunk}):
         lai.create_event(description=f"event {{i}}")
         i += 1
-    print(i, time.time(), flush=True)  # every event before i has been recorded
+    print(i, time.time(), time.thread_time(), flush=True)  # every event before i is recorded
     if {pause}:
         time.sleep({pause})
 """
@@ -249,9 +251,28 @@ while True:
 def made_before(child: Child, moment: float) -> int:
     """How many events a recording_loop child had recorded by then, by its own
     account (a line a kill cut short says nothing)."""
+    return _made_by(child, moment, column=1)
+
+
+def made_before_running(child: Child, cpu_seconds: float) -> int:
+    """How many events a recording_loop child had recorded by the time its
+    main thread had run ``cpu_seconds`` (see main_thread_cpu)."""
+    return _made_by(child, cpu_seconds, column=2)
+
+
+def _made_by(child: Child, moment: float, column: int) -> int:
     words = [text.split() for _, text in child.lines[1:]]
-    return max((int(w[0]) for w in words if len(w) == 2 and float(w[1]) <= moment),
+    return max((int(w[0]) for w in words if len(w) == 3 and float(w[column]) <= moment),
                default=0)
+
+
+def main_thread_cpu(pid: int) -> float:
+    """The CPU time a process's main thread has used, in seconds, as
+    time.thread_time() reads it inside the process."""
+    stat = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2:].split()  # after the command's name
+    utime, stime = int(fields[11]), int(fields[12])  # stat(5)'s 14th and 15th
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
 
 def events_of(db_url_or_path: str | Path, session_id: str) -> list[str]:
