@@ -50,6 +50,7 @@ class Dashboard:
     llm_calls: int
     llm_errors: int
     total_cost: float
+    llm_cost: float                  # the part of total_cost the models' calls cost
     total_tokens: int
     # LLM calls answered without token counts, and without a cost: the sums
     # above (and each day's and model's) are not all that was used.
@@ -106,6 +107,7 @@ def dashboard(store: Store, project: str | None, since: float, until: float) -> 
         llm_calls=sum(int(d["llm_calls"]) for d in days),
         llm_errors=sum(int(d["llm_errors"]) for d in days),
         total_cost=float(sum(d["cost"] for d in days)),
+        llm_cost=float(sum(m["cost"] for m in per_model)),
         total_tokens=_within_64_bits(sum(int(d["input_tokens"]) + int(d["output_tokens"])
                                          for d in days)),
         **{key: sum(int(d[key]) for d in days) for key in _WITHOUT.values()})

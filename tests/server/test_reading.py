@@ -230,10 +230,13 @@ def test_dashboard_sums_per_day_and_model_with_nearest_rank_percentiles(store: S
                               input_tokens=10, output_tokens=5))
     records.append(_event("n1", "d2", at=day0 + 86400 + 100, type="llm", model="n",
                           duration=3.0, error="RateLimitError", cost=0.5))
-    records.append(_event("g1", "d2", at=day0 + 86400 + 200, type="generic"))
+    records.append(_event("g1", "d2", at=day0 + 86400 + 200, type="generic", cost=0.03))
     store.write(records)
     board = Reader(store).dashboard(None, day0, day0 + 3 * 86400)
-    assert [round(d["cost"], 6) for d in board.days] == [0.2, 0.5, 0.0]
+    assert [round(d["cost"], 6) for d in board.days] == [0.2, 0.53, 0.0]
+    # All events' costs, and the part the models' calls cost (the models
+    # table's sum): the tool's 0.03 is in the one, not the other.
+    assert (round(board.total_cost, 6), round(board.llm_cost, 6)) == (0.73, 0.7)
     assert [d["llm_calls"] for d in board.days] == [20, 1, 0]
     models = {m["model"]: m for m in board.models}
     assert models["m"]["calls"] == 20 and models["m"]["input_tokens"] == 200

@@ -325,6 +325,50 @@ def test_dashboard_shows_charts_and_their_numbers(ui, agent, page) -> None:
     _only_own_origin(page, ui.url)
 
 
+#: An LLM call of a billion and a quarter tokens and a tool that cost a
+#: fortieth of a cent: the value axes' longest labels and smallest costs.
+HUGE_CALL_AND_A_CHEAP_TOOL = """
+import lucidic as lai
+from lucidic.plugins import start_llm_call
+lai.init(session_name="huge")
+call = start_llm_call("openai", request_model="m")
+call.finish(model="m", input_tokens=1_250_000_000, output_tokens=1, cost=0.0002)
+lai.create_event(description="tool", cost_added=0.000025)
+lai.end_session(is_successful=True)
+"""
+
+
+def test_dashboard_axes_label_every_gridline_in_full_and_costs_beside_llm_calls(
+        ui, lucidic_home, page) -> None:
+    from helpers import run_python
+
+    run_python(HUGE_CALL_AND_A_CHEAP_TOOL, home=lucidic_home)
+    p = page.page
+    p.goto(ui.url + "/dashboard")
+    charts = {name: p.locator("figure.chart").filter(has_text=name)
+              for name in ("Cost per day", "Tokens per day", "LLM calls per day")}
+    labels = {name: chart.locator("text.axis").all_text_contents()[:3]
+              for name, chart in charts.items()}
+    # One call: the middle gridline is 1 (it was 0.5, labelled "0", twice).
+    assert labels["LLM calls per day"] == ["0", "1", "2"]
+    assert labels["Tokens per day"] == ["0", "1B", "2B"]
+    assert labels["Cost per day"] == ["$0", "$0.000125", "$0.00025"]
+    plot_lefts = set()
+    for name, chart in charts.items():
+        # Each label within the chart's drawing (a long one began left of it,
+        # cut off) and the plot right of every label.
+        lefts = chart.locator("text.axis").evaluate_all(
+            "texts => texts.map(t => [t.getBBox().x, t.getBBox().x + t.getBBox().width])")
+        plot_left = float(chart.locator("line.grid").first.get_attribute("x1") or 0)
+        assert all(start >= 0 and end <= plot_left for start, end in lefts[:3]), (name, lefts)
+        plot_lefts.add(plot_left)
+    assert len(plot_lefts) == 1  # the three plots, one above another, aligned
+    cost = p.locator(".kpi").filter(has_text="Cost")
+    expect(cost.locator(".kpi-value")).to_have_text("$0.000225")
+    expect(cost.locator(".kpi-note")).to_have_text("LLM calls $0.0002 · other events $0.000025")
+    _only_own_origin(page, ui.url)
+
+
 def test_the_dashboard_says_how_many_llm_calls_reported_no_usage(
         ui, agent, lucidic_home, page) -> None:
     """A stream cut before its usage came reports no token counts and no
