@@ -12,12 +12,12 @@ plugins only, so ``import lucidic`` does not load wrapt."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import threading
 import typing
 import weakref
-import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import wrapt
@@ -410,51 +410,60 @@ class ServerSentEvents:
         return None  # a comment (":..."), "id", "retry", or a field unknown
 
 
-#: The Content-Encodings of an event stream whose events are read as its
-#: bytes are pulled (zlib's ``wbits`` for each; deflate: zlib's format, else
-#: raw, as httpx decodes it). Another (br, zstd, several) is recorded only
-#: when parsed.
-_DECODABLE = {"": None, "identity": None, "gzip": 16 + zlib.MAX_WBITS,
-              "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+class _Decoder:
+    """The events' bytes of a body's bytes, as they arrive: undone the
+    Content-Encoding with the decoders of the response's own HTTP library
+    (httpx; httpx2 for the newest clients, whose decoders yield their
+    output in pieces), as the caller's own read of the body undoes it.
+    ``flush()`` at the body's end gives what a decoder held back."""
+
+    __slots__ = ("_decoder",)
+
+    def __init__(self, decoder: Any | None) -> None:
+        self._decoder = decoder  # None: the body is not encoded
+
+    @classmethod
+    def of(cls, http_response: Any) -> _Decoder | None:
+        """The decoder of ``http_response``'s body, apart from the one its own
+        reads use; None if its library cannot decode it (a coding unknown to
+        it, br or zstd without the package they need): the caller's read
+        gets the bytes still encoded, and the call is recorded if parsed."""
+        values = http_response.headers.get_list("content-encoding", split_commas=True)
+        codings = [value.strip().lower() for value in values]
+        if all(coding in ("", "identity") for coding in codings):
+            return cls(None)
+        library = type(http_response).__module__.partition(".")[0]
+        supported = importlib.import_module(f"{library}._decoders").SUPPORTED_DECODERS
+        if not all(coding in supported for coding in codings if coding):
+            return None
+        # a response of the same class and headers makes the decoder the caller's read uses
+        twin = type(http_response)(http_response.status_code, headers=http_response.headers)
+        return cls(twin._get_content_decoder())
+
+    def decode(self, chunk: bytes) -> bytes:
+        return chunk if self._decoder is None else _joined(self._decoder.decode(chunk))
+
+    def flush(self) -> bytes:
+        return b"" if self._decoder is None else _joined(self._decoder.flush())
 
 
-class _Decompressor:
-    """The events' bytes of a compressed body's bytes, as they arrive."""
-
-    __slots__ = ("_decoder", "_raw_fallback", "_started")
-
-    def __init__(self, wbits: int) -> None:
-        self._decoder = zlib.decompressobj(wbits)
-        self._raw_fallback = wbits == zlib.MAX_WBITS  # deflate, maybe without zlib's header
-        self._started = False
-
-    def __call__(self, chunk: bytes) -> bytes:
-        if not chunk:
-            return b""
-        try:
-            decoded = self._decoder.decompress(chunk)
-        except zlib.error:
-            if not self._raw_fallback or self._started:
-                raise
-            self._decoder = zlib.decompressobj(-zlib.MAX_WBITS)
-            decoded = self._decoder.decompress(chunk)
-        self._started = True
-        return decoded
+def _joined(decoded: bytes | Iterable[bytes]) -> bytes:
+    return decoded if isinstance(decoded, bytes) else b"".join(decoded)
 
 
 class _BodyTap:
     """The bytes a body's reader pulled, given to the call's accumulator: the
-    library's chunks made of the events in them (``read_event``; of a
-    compressed body, ``decode``-d first), or, for a body that is one JSON
-    document (no ``read_event``), the bytes as they are."""
+    library's chunks made of the events in them (``read_event``; decoded
+    first by ``decoder``), or, for a body that is one JSON document (no
+    ``read_event``), the bytes as they are."""
 
-    __slots__ = ("decode", "events", "read_event", "state")
+    __slots__ = ("decoder", "events", "read_event", "state")
 
     def __init__(self, state: _StreamState, read_event: EventReader | None,
-                 decode: Callable[[bytes], bytes] | None = None) -> None:
+                 decoder: _Decoder | None = None) -> None:
         self.state = state
         self.read_event = read_event
-        self.decode = decode
+        self.decoder = decoder or _Decoder(None)
         self.events = ServerSentEvents()
 
     def feed(self, chunk: bytes) -> None:
@@ -464,23 +473,29 @@ class _BodyTap:
         if self.read_event is None:
             state.chunk(chunk)
             return
+        self._read(self.decoder.decode, chunk)
+
+    def _read(self, decoded: Callable[..., bytes], *chunk: bytes) -> None:
+        """Record the events in the bytes ``decoded(*chunk)`` gives."""
+        assert self.read_event is not None
         try:
-            if self.decode is not None:
-                chunk = self.decode(chunk)
-            for event, data in self.events.feed(chunk):
+            for event, data in self.events.feed(decoded(*chunk)):
                 item = self.read_event(event, data)
                 if isinstance(item, BaseException):
-                    state.error(item)  # the error the library's stream would raise
+                    self.state.error(item)  # the error the library's stream would raise
                     return
                 if item is not None:
-                    state.chunk(item)
+                    self.state.chunk(item)
         except Exception as exc:  # noqa: BLE001 - never let recording break the caller
             record_internal_error("response_body_event", exc)
 
     def ended(self) -> None:
         """The body was read to its end."""
-        if self.read_event is None and not self.state.done:
-            self.state.accumulator.finished = True  # the whole document arrived
+        if not self.state.done:
+            if self.read_event is None:
+                self.state.accumulator.finished = True  # the whole document arrived
+            else:
+                self._read(self.decoder.flush)  # what the decoder held back
         self.state.end()
 
 
@@ -539,17 +554,15 @@ def _tap_body(response: Any, call: LLMCall, accumulator: Accumulator,
               read_event: EventReader | None) -> _StreamState | None:
     """Record ``call`` from ``response``'s body as the caller reads it: from
     its events, or (no ``read_event``) from the whole body once read; None if
-    the events cannot be read here (compressed)."""
+    the events cannot be read here (encoded as its library cannot decode)."""
     http_response = response.http_response
-    decode = None
+    decoder = None
     if read_event is not None:
-        encoding = http_response.headers.get("content-encoding", "").strip().lower()
-        if encoding not in _DECODABLE:
-            return None  # its raw bytes are not the events (never so from these APIs)
-        wbits = _DECODABLE[encoding]
-        decode = _Decompressor(wbits) if wbits is not None else None
+        decoder = _Decoder.of(http_response)
+        if decoder is None:
+            return None  # its bytes cannot be decoded here (never so from these APIs)
     state = _StreamState(call, accumulator)
-    body = _TappedBody(http_response.stream, _BodyTap(state, read_event, decode))
+    body = _TappedBody(http_response.stream, _BodyTap(state, read_event, decoder))
     _arm(body, state)  # the body, not the response object: it may outlive it
     http_response.stream = body
     return state

@@ -14,7 +14,7 @@ import json
 import os
 import threading
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -88,10 +88,62 @@ def response_events(path: Path, index: int = 0) -> list[dict[str, Any]]:
     return events
 
 
-#: zlib's wbits for each Content-Encoding event_stream_in_steps can send.
-#: ("raw deflate": sent as "deflate" without zlib's header, as some servers do)
-_ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS,
-              "raw deflate": -zlib.MAX_WBITS}
+def _compressor(coding: str) -> tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]:
+    """One Content-Encoding applied as a server streams: how it compresses a
+    part and flushes it whole (what was sent can be decoded at once), and
+    how it compresses the last part and ends the encoded stream."""
+    if coding in _ZLIB_WBITS:
+        deflate = zlib.compressobj(wbits=_ZLIB_WBITS[coding])
+        return (lambda data: deflate.compress(data) + deflate.flush(zlib.Z_SYNC_FLUSH),
+                lambda data: deflate.compress(data) + deflate.flush())
+    if coding == "br":
+        import brotli  # (the test's encodings were checked to be decodable: see decodable())
+
+        compressor = brotli.Compressor()
+        return (lambda data: compressor.process(data) + compressor.flush(),
+                lambda data: compressor.process(data) + compressor.finish())
+    try:  # zstd: what httpx2 decodes it with (compression.zstd from Python 3.14)
+        from compression.zstd import ZstdCompressor  # type: ignore[import-not-found]
+    except ImportError:
+        try:
+            from backports.zstd import ZstdCompressor
+        except ImportError:  # httpx's: zstandard
+            import zstandard
+
+            zstd = zstandard.ZstdCompressor().compressobj()
+            return (lambda data: zstd.compress(data) + zstd.flush(
+                        zstandard.COMPRESSOBJ_FLUSH_BLOCK),
+                    lambda data: zstd.compress(data) + zstd.flush())
+    frames = ZstdCompressor()
+    return (lambda data: frames.compress(data, mode=ZstdCompressor.FLUSH_BLOCK),
+            lambda data: frames.compress(data, mode=ZstdCompressor.FLUSH_FRAME))
+
+
+#: zlib's wbits for each Content-Encoding of zlib's that event_stream_in_steps
+#: can send ("raw deflate": sent as "deflate" without zlib's header, as some
+#: servers do).
+_ZLIB_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS,
+               "raw deflate": -zlib.MAX_WBITS}
+
+
+def decodable(encoding: str) -> Any:
+    """``encoding`` (a Content-Encoding header, codings comma-separated in the
+    order applied) as a test parameter, skipped where the openai client's
+    HTTP library (httpx, or httpx2) cannot decode it here: br and zstd need
+    packages of their own (brotli; zstandard, or backports.zstd for httpx2)."""
+    import importlib
+
+    import openai
+
+    library = next(kind.__module__.partition(".")[0]  # (the client's class is openai's own)
+                   for kind in type(openai.OpenAI(api_key="-")._client).__mro__
+                   if not kind.__module__.startswith("openai"))
+    supported = importlib.import_module(f"{library}._decoders").SUPPORTED_DECODERS
+    codings = (coding.split()[-1] for coding in encoding.split(","))
+    missing = [coding for coding in codings if coding not in supported]
+    marks = [pytest.mark.skip(reason=f"{library} cannot decode {', '.join(missing)} here: "
+                                     f"install its extra for it")] if missing else []
+    return pytest.param(encoding, marks=marks)
 
 
 @contextmanager
@@ -101,10 +153,13 @@ def event_stream_in_steps(path: Path, *, first: int, index: int = 0,
     server-sent-events body of ``path``: its first ``first`` events at once,
     the rest only when the block ends, so that a client that stops reading
     early can have received those events and no more (a replayed cassette
-    arrives in one piece); compressed with ``encoding`` (of _ENCODINGS)
-    if given, and said so in its Content-Encoding (the first events flushed
-    whole). Yields the server's base URL."""
+    arrives in one piece); compressed with ``encoding`` if given (a
+    Content-Encoding header: gzip, deflate, "raw deflate", br, zstd, or
+    several, comma-separated in the order applied), and said so in its
+    Content-Encoding (the first events flushed whole). Yields the server's
+    base URL."""
     events = [event + "\n\n" for event in response_text(path, index).split("\n\n") if event]
+    codings = [c.strip() for c in encoding.split(",")] if encoding is not None else []
     release = threading.Event()
 
     class Handler(BaseHTTPRequestHandler):
@@ -113,14 +168,13 @@ def event_stream_in_steps(path: Path, *, first: int, index: int = 0,
             self.send_response(200)
             self.send_header("content-type", "text/event-stream")
             if encoding is not None:
-                self.send_header("content-encoding", encoding.split()[-1])
+                self.send_header("content-encoding",
+                                 ", ".join(c.split()[-1] for c in codings))
             self.end_headers()  # no length: the body ends when the connection closes
             parts = ["".join(events[:first]).encode("utf-8"),
                      "".join(events[first:]).encode("utf-8")]
-            if encoding is not None:
-                compressor = zlib.compressobj(wbits=_ENCODINGS[encoding])
-                parts = [compressor.compress(parts[0]) + compressor.flush(zlib.Z_SYNC_FLUSH),
-                         compressor.compress(parts[1]) + compressor.flush()]
+            for part, last in map(_compressor, codings):
+                parts = [part(parts[0]), last(parts[1])]
             try:
                 self.wfile.write(parts[0])
                 self.wfile.flush()

@@ -22,6 +22,7 @@ from _cassettes import (
     as_read,
     assert_recorded_alike,
     assert_recorded_as_not_json,
+    decodable,
     event_stream_in_steps,
     expected_cost,
     lines_of_events,
@@ -601,13 +602,20 @@ def test_the_body_of_a_raw_response_dropped_at_once_is_recorded_as_it_is_read():
     assert_streamed_tool_call(only_llm_event(captured), body, response_events(path))
 
 
-@pytest.mark.parametrize("encoding", ["gzip", "deflate", "raw deflate"])
+#: The Content-Encodings a compressed event stream is tested with: each
+#: that httpx decodes, and two stacked.
+COMPRESSED = [decodable(encoding) for encoding in (
+    "gzip", "deflate", "raw deflate", "br", "zstd", "gzip, deflate")]
+
+
+@pytest.mark.parametrize("encoding", COMPRESSED)
 @pytest.mark.parametrize("how", ["iter_lines", "iter_bytes", "read"])
 def test_a_compressed_raw_stream_read_by_hand_is_recorded_like_the_parsed_one(how, encoding):
     """A compressed event stream (a Content-Encoding these APIs do not send,
     but a proxy may) read by hand to its end: its events are read from the
-    bytes as they come (decompressed apart from the caller's read, which
-    gets them as httpx gives them); it was recorded as closed before its
+    bytes as they come, decoded by the client's httpx's own decoders apart
+    from the caller's read, which gets them as httpx gives them. Compressed
+    with br, zstd or two encodings, it was recorded as closed before its
     end, with nothing."""
     path = shared_path("openai/chat_tools_streaming.yaml")
     body = request_body(path)
@@ -621,7 +629,7 @@ def test_a_compressed_raw_stream_read_by_hand_is_recorded_like_the_parsed_one(ho
     assert_streamed_tool_call(only_llm_event(captured), body, response_events(path))
 
 
-@pytest.mark.parametrize("encoding", ["gzip", "deflate", "raw deflate"])
+@pytest.mark.parametrize("encoding", COMPRESSED)
 def test_a_compressed_raw_stream_read_by_hand_in_part_then_closed_records_what_arrived(
         encoding):
     path = shared_path("openai/chat_async_streaming.yaml")
