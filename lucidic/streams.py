@@ -198,6 +198,17 @@ class RecordedAsyncStream(wrapt.ObjectProxy):  # type: ignore[misc, type-arg]
             self._self_state.end(ABANDONED)
 
 
+def end_as_closed(stream: Any) -> None:
+    """A recorded stream (a RecordedStream or RecordedAsyncStream; anything
+    else is left alone) whose connection was closed under it, not through
+    it: a library's stream helper whose ``close()`` (what leaving its with
+    block calls) closes only the HTTP response under the stream it reads.
+    Its call completes now, as a stream closed before its end, with what
+    arrived (if the stream had ended, as it was recorded then)."""
+    if isinstance(stream, (RecordedStream, RecordedAsyncStream)):
+        stream._self_state.end(ABANDONED)
+
+
 # -- responses read after the call returns --------------------------------------------
 
 

@@ -305,6 +305,60 @@ def test_an_exception_in_the_callers_loop_closes_the_stream_as_cut_not_failed(as
     assert event["error"] is None
 
 
+#: Each stream helper: its resource, the cassette it replays, the event of
+#: the helper's stream its caller raises at, and the content recorded up to it.
+STREAM_HELPERS = {
+    "chat.completions": (lambda client: client.chat.completions,
+                         "openai/chat_async_streaming.yaml",
+                         lambda event: event.type == "content.delta" and event.delta == " did",
+                         "Why did"),
+    "responses": (lambda client: client.responses, "openai/responses_streaming.yaml",
+                  lambda event: event.type == "response.output_text.delta"
+                  and event.delta == " time", "Once upon a time"),
+}
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+@pytest.mark.parametrize("helper", sorted(STREAM_HELPERS))
+def test_an_exception_in_the_callers_loop_over_a_stream_helper_records_the_call_as_it_exits(
+        helper, asynchronous):
+    """``chat.completions.stream()``, ``responses.stream()``: the caller's
+    code raising inside the helper's with block. The helper's exit closes
+    only the HTTP response under the stream it reads, so the call was
+    recorded only when that stream was garbage collected; it is recorded
+    as the block exits, as closed before its end with what arrived, and the
+    caller's exception comes through untouched."""
+    resource, path, stop_at, content = STREAM_HELPERS[helper]
+    path = shared_path(path)
+    body = {key: value for key, value in request_body(path).items() if key != "stream"}
+
+    class CallersError(Exception):
+        pass
+
+    async def read_async():
+        async with resource(async_client()).stream(**body) as stream:
+            async for event in stream:
+                if stop_at(event):
+                    raise CallersError("the caller's own")
+
+    def read():
+        with resource(client()).stream(**body) as stream:
+            for event in stream:
+                if stop_at(event):
+                    raise CallersError("the caller's own")
+
+    with capture() as captured, replay(path):
+        lai.init(providers=["openai"])
+        with pytest.raises(CallersError) as raised:  # (its traceback keeps the stream alive)
+            asyncio.run(read_async()) if asynchronous else read()
+        assert captured.events("llm"), "recorded when the with block exited"
+    assert raised.type is CallersError and str(raised.value) == "the caller's own"
+    event = only_llm_event(captured)
+    assert event["output"]["content"] == content
+    assert event["result"] == "stream closed before its end"
+    assert event["error"] is None
+
+
 @pytest.mark.parametrize("how", ["cancel", "wait_for"])
 @pytest.mark.parametrize("api", ["create", "stream helper"])
 def test_a_stream_whose_reading_task_is_cancelled_records_what_arrived(api, how):

@@ -23,6 +23,7 @@ from lucidic.streams import (
     ResponseReads,
     body_already_read,
     chunk_maker,
+    end_as_closed,
     fields_of_read_body,
     recorded_parsed_stream,
 )
@@ -221,6 +222,44 @@ PATCHES: tuple[tuple[str, str, str, _Kind, bool], ...] = (
 RESPONSE_PATCHES = _RESPONSES.patches("openai")
 
 
+# -- the .stream() helpers -----------------------------------------------------------------
+#
+# chat.completions.stream() (beta.chat.completions.stream() in older
+# releases) and responses.stream() read the stream ``create`` returned (the
+# recorded one) through a stream of their own, whose close(), which leaving
+# their with block calls, closes only the HTTP response under it: the
+# recorded stream is ended there too, or its call would complete only when
+# garbage collected (a caller's loop that raised, a break).
+
+def _helper_close(asynchronous: bool) -> Callable[..., Any]:
+    if asynchronous:
+        async def async_close(wrapped: Any, instance: Any, args: tuple[Any, ...],
+                              kwargs: dict[str, Any]) -> Any:
+            try:
+                return await wrapped(*args, **kwargs)
+            finally:
+                end_as_closed(getattr(instance, "_raw_stream", None))
+        return async_close
+
+    def close(wrapped: Any, instance: Any, args: tuple[Any, ...],
+              kwargs: dict[str, Any]) -> Any:
+        try:
+            return wrapped(*args, **kwargs)
+        finally:
+            end_as_closed(getattr(instance, "_raw_stream", None))
+    return close
+
+
+_CHAT_HELPER = "openai.lib.streaming.chat._completions"
+_RESPONSES_HELPER = "openai.lib.streaming.responses._responses"
+HELPER_PATCHES = (
+    (_CHAT_HELPER, "ChatCompletionStream", "close", _helper_close(False)),
+    (_CHAT_HELPER, "AsyncChatCompletionStream", "close", _helper_close(True)),
+    (_RESPONSES_HELPER, "ResponseStream", "close", _helper_close(False)),
+    (_RESPONSES_HELPER, "AsyncResponseStream", "close", _helper_close(True)),
+)
+
+
 # -- methods bound before instrument() ---------------------------------------------------
 #
 # A method bound before the patches above were made calls the original: a
@@ -261,10 +300,11 @@ REQUEST_PATCHES = (
 
 
 class OpenAIAdapter(Adapter):
-    """Records chat completions (plain, streamed, tool calls, parse), the
-    Responses API (plain, streamed, parse) and embeddings, sync and async,
-    called plainly or through with_raw_response / with_streaming_response,
-    bound before instrument() or after."""
+    """Records chat completions (plain, streamed, tool calls, parse, the
+    stream() helper), the Responses API (plain, streamed, parse, stream())
+    and embeddings, sync and async, called plainly or through
+    with_raw_response / with_streaming_response, bound before instrument()
+    or after."""
 
     name = "openai"
     library = "openai"
@@ -278,7 +318,7 @@ class OpenAIAdapter(Adapter):
         self._patches.apply((
             *((module, owner, method, _wrapper(kind, asynchronous))
               for module, owner, method, kind, asynchronous in PATCHES),
-            *RESPONSE_PATCHES, *REQUEST_PATCHES))
+            *RESPONSE_PATCHES, *HELPER_PATCHES, *REQUEST_PATCHES))
 
     def _uninstrument(self) -> None:
         self._patches.restore()
