@@ -357,6 +357,12 @@ def mark_replayed(event_id: str) -> None:
         call._replayed_from = event_id
 
 
+def _error_text(error: BaseException | str) -> str:
+    """An error as recorded: a text as it is; an exception as its type's
+    name and its message."""
+    return error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+
+
 #: What an estimate may amend.
 _ESTIMATED = frozenset({"input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens",
                         "cache_write_tokens", "cache_write_1h_tokens"})
@@ -398,7 +404,7 @@ class LLMCall(Event):
                cached_tokens: int | None = None, reasoning_tokens: int | None = None,
                cache_write_tokens: int | None = None, cache_write_1h_tokens: int | None = None,
                tokens_estimated: bool = False, cost: float | None = None,
-               result: str | None = None, error: str | None = None,
+               result: str | None = None, error: BaseException | str | None = None,
                estimate: Callable[[], dict[str, Any]] | None = None) -> None:
         """Complete the call. ``input_tokens`` include the cache reads
         (``cached_tokens``) and the prompt-cache writes (``cache_write_tokens``,
@@ -406,8 +412,10 @@ class LLMCall(Event):
         higher); ``tokens_estimated`` marks counts Lucidic worked out itself
         because the API reported none. ``cost`` defaults to the price table's.
         ``error``: the call was answered, but its answer is unusable (a body
-        that is not the JSON it claims to be): recorded beside ``output``,
-        which then holds what arrived; ``fail()`` is for a call that raised.
+        that is not the JSON it claims to be; a stream that failed midway,
+        its exception, recorded as ``fail()`` records one): recorded beside
+        ``output``, which then holds what arrived; ``fail()`` is for a call
+        that raised.
 
         ``estimate``: for counts the API did not report and that take a while
         to work out (a tokenizer). The call is recorded now, its duration its
@@ -429,7 +437,7 @@ class LLMCall(Event):
             if tokens_estimated:
                 fields["tokens_estimated"] = True
             if error is not None:
-                fields["error"] = text_field(error)
+                fields["error"] = text_field(_error_text(error))
             if self._replayed_from is not None:
                 cost = 0.0  # answered from a recording: nothing was spent
             elif cost is None:
@@ -462,8 +470,7 @@ class LLMCall(Event):
         with swallow("llm_call_fail"):
             if self.done:
                 return
-            self._fields["error"] = text_field(
-                error if isinstance(error, str) else f"{type(error).__name__}: {error}")
+            self._fields["error"] = text_field(_error_text(error))
             self._record()
 
     def _record(self) -> None:
@@ -629,8 +636,7 @@ class StepHandle(Step):
         with swallow("step_handle_end"):
             if state is not None:
                 fields = {**(fields or {}), "state": text_field(state)}
-            super().end(fields, error=None if error is None else text_field(
-                error if isinstance(error, str) else f"{type(error).__name__}: {error}"))
+            super().end(fields, error=None if error is None else text_field(_error_text(error)))
 
 
 def open_step(*, action: str | None = None, state: str | None = None, goal: str | None = None,

@@ -38,7 +38,7 @@ class Accumulator(Protocol):
 
 
 def _complete(call: LLMCall, accumulator: Accumulator, result: str | None,
-              error: str | None = None) -> None:
+              error: BaseException | None = None) -> None:
     """Finish the call with what arrived (and ``error``, a stream that failed
     midway)."""
     try:
@@ -72,7 +72,7 @@ class _StreamState:
         except Exception as exc:  # noqa: BLE001
             record_internal_error("stream_chunk", exc)
 
-    def end(self, result: str | None = None, error: str | None = None) -> None:
+    def end(self, result: str | None = None, error: BaseException | None = None) -> None:
         if self.done:
             return
         self.done = True
@@ -83,7 +83,7 @@ class _StreamState:
     def error(self, exc: BaseException) -> None:
         """The stream failed midway (its provider's error, a broken
         connection): the error, beside what arrived before it."""
-        self.end(error=f"{type(exc).__name__}: {exc}")
+        self.end(error=exc)
 
     def stopped(self, exc: BaseException) -> None:
         """Reading the next chunk was stopped from outside the stream: not an

@@ -70,20 +70,22 @@ def _read_anthropic_event(wrapped: Any, instance: Any, args: tuple[Any, ...],
     with swallow("langchain_anthropic_event"):
         event = kwargs.get("event", args[0] if args else None)
         kind = getattr(event, "type", None)
+        if kind not in ("message_delta", "message_start"):  # the content's: nearly all
+            return converted
         message = getattr(event, "message", None)  # of message_start only
         usage = getattr(message if kind == "message_start" else event, "usage", None)
-        if kind not in ("message_start", "message_delta") or usage is None:
+        if usage is None:
             return converted
         from langchain_anthropic.chat_models import _create_usage_metadata
 
         from ._handler import note_reported_input, note_reported_model, note_reported_output
 
         # (counted as langchain-anthropic counts the last chunk's)
-        if kind == "message_start":
+        if kind == "message_delta":  # the output tokens, cumulative: without stream_usage,
+            note_reported_output(_create_usage_metadata(usage))  # never passed on
+        else:
             note_reported_model(getattr(message, "model", None))
             note_reported_input(_create_usage_metadata(usage))
-        else:  # the output tokens, cumulative: without stream_usage, never passed on
-            note_reported_output(_create_usage_metadata(usage))
     return converted
 
 

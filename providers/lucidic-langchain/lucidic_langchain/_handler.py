@@ -96,15 +96,13 @@ def _hold_acall(wrapped: Any, instance: Any, args: tuple[Any, ...],
 def _hold_stream(wrapped: Any, instance: Any, args: tuple[Any, ...],
                  kwargs: dict[str, Any]) -> Any:
     """Around ``stream``: see _held_stream."""
-    stream = wrapped(*args, **kwargs)
-    return _held_stream(stream) if hasattr(stream, "throw") else stream
+    return _held_stream(wrapped(*args, **kwargs))
 
 
 def _hold_astream(wrapped: Any, instance: Any, args: tuple[Any, ...],
                   kwargs: dict[str, Any]) -> Any:
     """Around ``astream``: see _held_astream."""
-    stream = wrapped(*args, **kwargs)
-    return _held_astream(stream) if hasattr(stream, "athrow") else stream
+    return _held_astream(wrapped(*args, **kwargs))
 
 
 class _Steps:
@@ -205,9 +203,7 @@ def _hold_events(wrapped: Any, instance: Any, args: tuple[Any, ...],
                  kwargs: dict[str, Any]) -> Any:
     """Around ``_iter_v2_events``: each step of a recorded run held off."""
     events = wrapped(*args, **kwargs)
-    if not hasattr(events, "throw") or not _recorded_run(kwargs.get("run_manager")):
-        return events
-    return _held_events(events)
+    return _held_events(events) if _recorded_run(kwargs.get("run_manager")) else events
 
 
 def _held_events(events: Any) -> Iterator[Any]:
@@ -227,9 +223,7 @@ def _hold_aevents(wrapped: Any, instance: Any, args: tuple[Any, ...],
                   kwargs: dict[str, Any]) -> Any:
     """Around ``_aiter_v2_events``: _hold_events."""
     events = wrapped(*args, **kwargs)
-    if not hasattr(events, "athrow") or not _recorded_run(kwargs.get("run_manager")):
-        return events
-    return _held_aevents(events)
+    return _held_aevents(events) if _recorded_run(kwargs.get("run_manager")) else events
 
 
 async def _held_aevents(events: Any) -> AsyncIterator[Any]:
@@ -278,7 +272,9 @@ def _v3_stream_dropped(hold: _Hold) -> None:
 _CHAT_MODELS = "langchain_core.language_models.chat_models"
 _LLMS = "langchain_core.language_models.llms"
 #: The langchain-core methods a model call is made through (see _Hold); a
-#: langchain-core without the v3 event streams lacks the last three.
+#: langchain-core without the v3 event streams lacks the last three. Those
+#: of streams are generator functions (async ones for the async streams):
+#: what they return is a generator, which their wrappers step through.
 MODEL_PATCHES: tuple[tuple[str, str, str, Callable[..., Any]], ...] = (
     *((module, cls, method, wrapper)
       for module, cls in ((_CHAT_MODELS, "BaseChatModel"), (_LLMS, "BaseLLM"))
@@ -345,7 +341,7 @@ def note_reported_model(model: Any) -> None:
     _reported), in case the stream ends before the integration passes it on
     (langchain-openai does so in the stream's last chunk only)."""
     if isinstance(model, str) and model:
-        _reported.set(replace(_reported.get() or _Reported(), model=model))
+        _note(model=model)
 
 
 def note_reported_input(usage: Any) -> None:
@@ -354,10 +350,9 @@ def note_reported_input(usage: Any) -> None:
     input_token_details), kept as the model is (see note_reported_model) in
     case the stream ends before the integration passes them on
     (langchain-anthropic does so in the stream's last chunk only)."""
-    if isinstance(usage, dict) and isinstance(usage.get("input_tokens"), int):
-        input_usage = {key: usage[key] for key in ("input_tokens", "input_token_details")
-                       if key in usage}
-        _reported.set(replace(_reported.get() or _Reported(), input_usage=input_usage))
+    side = _usage_side(usage, "input")
+    if side is not None:
+        _note(input_usage=side)
 
 
 def note_reported_output(usage: Any) -> None:
@@ -366,10 +361,23 @@ def note_reported_output(usage: Any) -> None:
     taken), kept as the input's is (see note_reported_input), for an
     integration that does not pass them on (langchain-anthropic without
     stream_usage)."""
-    if isinstance(usage, dict) and isinstance(usage.get("output_tokens"), int):
-        output_usage = {key: usage[key] for key in ("output_tokens", "output_token_details")
-                        if key in usage}
-        _reported.set(replace(_reported.get() or _Reported(), output_usage=output_usage))
+    side = _usage_side(usage, "output")
+    if side is not None:
+        _note(output_usage=side)
+
+
+def _usage_side(usage: Any, side: str) -> dict[str, Any] | None:
+    """The ``side`` ("input", "output") of langchain's usage_metadata: its
+    tokens and their details; None if it counts none."""
+    if not isinstance(usage, dict) or not isinstance(usage.get(f"{side}_tokens"), int):
+        return None
+    return {key: usage[key] for key in (f"{side}_tokens", f"{side}_token_details")
+            if key in usage}
+
+
+def _note(**reported: Any) -> None:
+    """Keep what a provider chunk reported, beside what others before it did."""
+    _reported.set(replace(_reported.get() or _Reported(), **reported))
 
 
 def _take_reported() -> _Reported:
@@ -547,10 +555,8 @@ class LucidicCallbackHandler(BaseCallbackHandler):
         # This adapter records the call: the provider adapter below stays quiet.
         suppression = plugins.begin_suppressing_llm_calls("langchain")
         run = _Run("llm", parent, call=call, suppression=suppression, hold=hold)
-        if hold is not None:
-            hold.live = True
-            if not hold.whole:
-                hold.run_id, hold.handler = run_id, self
+        if hold is not None and not hold.whole:
+            hold.live, hold.run_id, hold.handler = True, run_id, self
         self._add(run_id, run)
         if self._on_model_start is not None:
             self._on_model_start()
@@ -634,23 +640,19 @@ class LucidicCallbackHandler(BaseCallbackHandler):
         if run is None or run.call is None:
             return
         try:
-            if isinstance(error, GeneratorExit) or (run.hold is not None and (
-                    run.hold.thrown is error)) or (
-                    isinstance(error, asyncio.CancelledError) and run.streamed):
-                # The caller stopped reading a stream (a break out of
-                # model.stream(), aclose(); an exception it threw in; the
-                # task reading it cancelled, as astream_events cancels its
-                # own when its caller stops reading): no error. What arrived
-                # so far comes as ``response`` (langchain-core passes it
-                # since 0.2).
-                with swallow("langchain_llm_closed"):
-                    run.call.finish(**_llm_result(_arrived(response, run), run),
-                                    result=ABANDONED)
-            elif run.streamed:
-                # The stream failed midway: its error, and what arrived before it.
-                with swallow("langchain_llm_failed_midway"):
-                    run.call.finish(**_llm_result(_arrived(response, run), run),
-                                    error=f"{type(error).__name__}: {error}")
+            # The caller stopped reading a stream (a break out of
+            # model.stream(), aclose(); an exception it threw in; the task
+            # reading it cancelled, as astream_events cancels its own when
+            # its caller stops reading): no error. Else a stream that failed
+            # midway: its error. Either with what arrived so far, which
+            # comes as ``response`` (langchain-core passes it since 0.2).
+            stopped = isinstance(error, GeneratorExit) or (
+                run.hold is not None and run.hold.thrown is error) or (
+                isinstance(error, asyncio.CancelledError) and run.streamed)
+            if stopped or run.streamed:
+                ending: dict[str, Any] = {"result": ABANDONED} if stopped else {"error": error}
+                with swallow("langchain_llm_closed" if stopped else "langchain_llm_failed_midway"):
+                    run.call.finish(**_llm_result(_arrived(response, run), run), **ending)
             run.call.fail(error)  # does nothing once finished
         finally:
             _release(run)
