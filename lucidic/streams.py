@@ -742,23 +742,30 @@ class ResponseReads:
     def close_wrapper(self, *, asynchronous: bool) -> Any:
         """A wrapt wrapper for the response class's ``close`` (what leaving a
         ``with_streaming_response`` block calls)."""
-        if asynchronous:
-            async def async_close(wrapped: Any, instance: Any, args: tuple[Any, ...],
-                                  kwargs: dict[str, Any]) -> Any:
-                try:
-                    return await wrapped(*args, **kwargs)
-                finally:
-                    entry = self._take(instance)
-                    if entry is not None:
-                        self._closed(entry, instance)
-            return async_close
+        return close_then(self._after_close, asynchronous=asynchronous)
 
-        def close(wrapped: Any, instance: Any, args: tuple[Any, ...],
-                  kwargs: dict[str, Any]) -> Any:
+    def _after_close(self, response: Any) -> None:
+        entry = self._take(response)
+        if entry is not None:
+            self._closed(entry, response)
+
+
+def close_then(after: Callable[[Any], None], *, asynchronous: bool) -> Callable[..., Any]:
+    """A wrapt wrapper for a class's ``close`` (async: ``await``-ed): the
+    library's close, then ``after(instance)``, whatever the close did."""
+    if asynchronous:
+        async def async_close(wrapped: Any, instance: Any, args: tuple[Any, ...],
+                              kwargs: dict[str, Any]) -> Any:
             try:
-                return wrapped(*args, **kwargs)
+                return await wrapped(*args, **kwargs)
             finally:
-                entry = self._take(instance)
-                if entry is not None:
-                    self._closed(entry, instance)
-        return close
+                after(instance)
+        return async_close
+
+    def close(wrapped: Any, instance: Any, args: tuple[Any, ...],
+              kwargs: dict[str, Any]) -> Any:
+        try:
+            return wrapped(*args, **kwargs)
+        finally:
+            after(instance)
+    return close

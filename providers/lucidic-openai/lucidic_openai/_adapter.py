@@ -23,6 +23,7 @@ from lucidic.streams import (
     ResponseReads,
     body_already_read,
     chunk_maker,
+    close_then,
     end_as_closed,
     fields_of_read_body,
     recorded_parsed_stream,
@@ -231,33 +232,18 @@ RESPONSE_PATCHES = _RESPONSES.patches("openai")
 # recorded stream is ended there too, or its call would complete only when
 # garbage collected (a caller's loop that raised, a break).
 
-def _helper_close(asynchronous: bool) -> Callable[..., Any]:
-    if asynchronous:
-        async def async_close(wrapped: Any, instance: Any, args: tuple[Any, ...],
-                              kwargs: dict[str, Any]) -> Any:
-            try:
-                return await wrapped(*args, **kwargs)
-            finally:
-                end_as_closed(getattr(instance, "_raw_stream", None))
-        return async_close
-
-    def close(wrapped: Any, instance: Any, args: tuple[Any, ...],
-              kwargs: dict[str, Any]) -> Any:
-        try:
-            return wrapped(*args, **kwargs)
-        finally:
-            end_as_closed(getattr(instance, "_raw_stream", None))
-    return close
+def _helper_closed(helper: Any) -> None:
+    end_as_closed(getattr(helper, "_raw_stream", None))
 
 
 _CHAT_HELPER = "openai.lib.streaming.chat._completions"
 _RESPONSES_HELPER = "openai.lib.streaming.responses._responses"
-HELPER_PATCHES = (
-    (_CHAT_HELPER, "ChatCompletionStream", "close", _helper_close(False)),
-    (_CHAT_HELPER, "AsyncChatCompletionStream", "close", _helper_close(True)),
-    (_RESPONSES_HELPER, "ResponseStream", "close", _helper_close(False)),
-    (_RESPONSES_HELPER, "AsyncResponseStream", "close", _helper_close(True)),
-)
+HELPER_PATCHES = tuple(
+    (module, owner, "close", close_then(_helper_closed, asynchronous=owner.startswith("Async")))
+    for module, owner in ((_CHAT_HELPER, "ChatCompletionStream"),
+                          (_CHAT_HELPER, "AsyncChatCompletionStream"),
+                          (_RESPONSES_HELPER, "ResponseStream"),
+                          (_RESPONSES_HELPER, "AsyncResponseStream")))
 
 
 # -- methods bound before instrument() ---------------------------------------------------
