@@ -468,3 +468,118 @@ def test_an_amended_duration_moves_a_function_calls_start_and_its_steps(
     # Any other event is stamped when it began: a duration moves its end.
     note = http.put(base + "events/note", json={"duration": 0.5}, timeout=30).json()
     assert (note["started_at"], note["ended_at"]) == (1780308001.0, 1780308001.5)
+
+
+AMENDED = """
+import json
+from lucidicai import LucidicAI
+
+client = LucidicAI()
+with client.sessions.create(session_name="amended") as session:
+    call = client.events.create(type="function_call", function_name="fetch",
+                                arguments={"url": "a"}, return_value="draft", duration=1.0)
+    note = client.events.create(type="generic", details="first words")
+    answer = client.events.update(call, payload={"function_name": "fetch",
+                                                 "arguments": {"url": "a"},
+                                                 "return_value": "final"},
+                                  tags=["checked"], metadata={"reviewer": "ann"}, duration=3.0)
+    client.events.update(note, payload={"details": "second words"})
+    read = client.events.get(call)
+    note_read = client.events.get(note)
+print(json.dumps({"session": session.session_id, "call": call, "answer": answer, "read": read,
+                  "note": note_read}))
+"""
+
+
+def test_an_event_the_real_client_amends_reads_back_amended(
+        db_url: str, start_server: Any, tmp_path: Path) -> None:
+    server, key = _serve(start_server, db_url, "amended")
+    out = run_lucidicai3(AMENDED, server, key, tmp_path / "c")
+    answer, read = out["answer"], out["read"]
+    assert answer == read  # the update answers the event as it now reads
+    assert (read["event_id"], read["type"], read["event_type"]) == (
+        out["call"], "function_call", "function")
+    assert (read["function_name"], read["arguments"], read["result"]) == (
+        "fetch", {"url": "a"}, "final")
+    assert read["duration"] == 3.0 and read["ended_at"] - read["started_at"] == 3.0
+    assert (read["attributes"]["tags"], read["attributes"]["metadata"]) == (
+        ["checked"], {"reviewer": "ann"})
+    assert (out["note"]["type"], out["note"]["description"]) == ("generic", "second words")
+    tree = Api(server.url, key).tree(out["session"])
+    assert sorted(e["description"] for e in tree["events"]) == ["fetch", "second words"]
+
+
+LISTED = """
+import json, sys
+from lucidicai import LucidicAI
+
+client = LucidicAI()
+made = []
+for n in range(7):
+    with client.sessions.create(session_name=f"run {n}") as session:
+        made.append(session.session_id)
+other = LucidicAI(agent_id="agent-other")
+with other.sessions.create(session_name="someone else's") as session:
+    made.append(session.session_id)
+pages, offset = [], 0
+while True:
+    page = client.sessions.list(agent_id="agent-3x", limit=3, offset=offset)
+    pages.append(page)
+    offset += len(page["sessions"])
+    if not page["sessions"] or offset >= page["total"]:
+        break
+everything = client.sessions.list()
+print(json.dumps({"made": made, "pages": pages, "everything": everything}))
+"""
+
+
+def test_the_real_client_pages_through_its_sessions(
+        db_url: str, start_server: Any, tmp_path: Path) -> None:
+    server, key = _serve(start_server, db_url, "listed")
+    out = run_lucidicai3(LISTED, server, key, tmp_path / "c")
+    mine, theirs = out["made"][:7], out["made"][7]
+    pages = out["pages"]
+    assert [len(p["sessions"]) for p in pages] == [3, 3, 1]
+    assert [(p["total"], p["limit"], p["offset"]) for p in pages] == [
+        (7, 3, 0), (7, 3, 3), (7, 3, 6)]
+    listed = [s["session_id"] for p in pages for s in p["sessions"]]
+    assert listed == mine[::-1]  # newest first, each once
+    assert all(s["id"] == s["session_id"] and s["agent_id"] == "agent-3x"
+               for p in pages for s in p["sessions"])
+    everything = out["everything"]
+    assert (everything["total"], everything["limit"], everything["offset"]) == (8, 100, 0)
+    assert [s["session_id"] for s in everything["sessions"]] == [theirs, *mine[::-1]]
+
+
+EVALS = """
+import json, threading
+from lucidicai import LucidicAI
+
+client = LucidicAI()
+with client.sessions.create(session_name="judged") as session:
+    client.evals.emit(result=True)
+    client.evals.emit(result=0.75)
+    client.evals.emit(result="mostly right")
+    client.evals.emit(result="excellent", name="tone", description="polite throughout")
+    client.evals.emit(result="7", result_type="string", name="grade")
+    for thread in threading.enumerate():   # evals are sent from threads of their own
+        if thread is not threading.current_thread():
+            thread.join(10)
+print(json.dumps({"session": session.session_id}))
+"""
+
+
+def test_unnamed_and_label_evals_of_the_real_client_are_stored_as_scores(
+        db_url: str, start_server: Any, tmp_path: Path) -> None:
+    server, key = _serve(start_server, db_url, "evals")
+    out = run_lucidicai3(EVALS, server, key, tmp_path / "c")
+    tree = Api(server.url, key).tree(out["session"])
+    assert tree["scores"] == {"boolean eval": True, "number eval": 0.75,
+                              "string eval": "mostly right", "tone": "excellent", "grade": "7"}
+    details = {s["name"]: s for s in tree["score_details"]}
+    assert {name: s["kind"] for name, s in details.items()} == {
+        "boolean eval": "bool", "number eval": "number", "string eval": "label",
+        "tone": "label", "grade": "label"}
+    assert (details["tone"]["comment"], details["tone"]["source"]) == (
+        "polite throughout", "lucidicai")
+    assert details["grade"]["value"] == "7"  # a label that reads as a number stays a label
