@@ -112,6 +112,13 @@ def not_found(what: str, record_id: str) -> ApiError:
     return ApiError(404, f"{what} {record_id!r} was not found in this project")
 
 
+def matches_nothing(*texts: str | None) -> bool:
+    """Whether a filter's text is one no database can hold (a NUL, an
+    unpaired surrogate), so no row matches it: PostgreSQL refuses to even
+    compare it, where SQLite finds nothing."""
+    return any(text is not None and models.check_json_text(text) for text in texts)
+
+
 @router.get("/healthz", tags=["meta"], summary="Liveness and database reachability")
 def healthz(db: Db) -> dict[str, Any]:
     return {"status": "ok", "schema_version": db.schema_version()}
@@ -166,9 +173,7 @@ def list_sessions(
     offset: Annotated[int, Query(ge=0, le=1_000_000_000, description=(
         "rows to skip (slower on deep pages than cursor; ignored with a cursor)"))] = 0,
 ) -> JSONOut:
-    texts = {"agent_id": agent_id, "search": search, "id_prefix": id_prefix,
-             "mass_sim_id": mass_sim_id}
-    if any(v is not None and models.check_json_text(v, k) for k, v in texts.items()):
+    if matches_nothing(agent_id, search, id_prefix, mass_sim_id):
         return JSONOut({"sessions": [], "limit": limit, "offset": offset, "next_offset": None,
                         "next_cursor": None, "total": 0})
     try:

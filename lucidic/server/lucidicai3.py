@@ -32,7 +32,7 @@ from ..errors import InvalidOperationError
 from ..limits import MAX_TEXT_CHARS
 from ..reading import Reader, SessionQuery
 from ..store import Store
-from .app import Auth, Db, not_found
+from .app import Auth, Db, matches_nothing, not_found
 from .lucidicai import (
     _Body,
     _fold,
@@ -87,6 +87,8 @@ def list_sessions(who: Auth, db: Db,
                   experiment_id: Annotated[Optional[str], Query(max_length=256)] = None,  # noqa: UP045
                   limit: Annotated[int, Query(ge=1, le=500)] = 100,
                   offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0) -> JSONOut:
+    if matches_nothing(agent_id, experiment_id):
+        return JSONOut({"sessions": [], "total": 0, "limit": limit, "offset": offset})
     page = Reader(db).sessions(SessionQuery(project=who.project, agent_id=agent_id,
                                             experiment_id=experiment_id, limit=limit,
                                             offset=offset))

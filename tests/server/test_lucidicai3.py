@@ -583,3 +583,19 @@ def test_unnamed_and_label_evals_of_the_real_client_are_stored_as_scores(
     assert (details["tone"]["comment"], details["tone"]["source"]) == (
         "polite throughout", "lucidicai")
     assert details["grade"]["value"] == "7"  # a label that reads as a number stays a label
+
+
+def test_listing_sessions_by_an_id_no_database_can_hold_finds_none_on_either_database(
+        db_url: str, start_server: Any) -> None:
+    """A NUL character in agent_id or experiment_id: PostgreSQL refused the
+    query (a 422 saying the database refused it) where SQLite found no
+    session; no session has such an id, so the page is empty on both, as
+    our own list route answers."""
+    server, key = _serve(start_server, db_url, "nul")
+    http = _http(server, key)
+    assert http.post(server.url + "/api/initsession", json={"session_name": "s"},
+                     timeout=30).status_code == 200
+    for name in ("agent_id", "experiment_id"):
+        answer = http.get(server.url + "/api/sessions", params={name: "a\x00b"}, timeout=30)
+        assert answer.status_code == 200, (name, answer.text)
+        assert (answer.json()["sessions"], answer.json()["total"]) == ([], 0)
