@@ -29,7 +29,7 @@ from ..prompts import get_prompt as stored_prompt
 from ..store import Record, Store
 from . import masssims, uploads
 from .app import Auth, Db, check_continuable, not_found
-from .models import Cost, FiniteFloat, Id, check_json_text
+from .models import Cost, Duration, FiniteFloat, Id, check_json_text
 from .problems import ApiError, JSONOut
 
 router = APIRouter(prefix="/api", tags=["lucidicai"])
@@ -112,7 +112,7 @@ class _EventFields(_Body):
     cost_added: Optional[Cost] = None  # noqa: UP045
     model: Optional[Name] = None  # noqa: UP045
     nscreenshots: Optional[Count] = None  # noqa: UP045
-    duration: Optional[FiniteFloat] = None  # noqa: UP045
+    duration: Optional[Duration] = None  # noqa: UP045
     function_name: Optional[Name] = None  # noqa: UP045
     arguments: Optional[Any] = None  # noqa: UP045
 
@@ -142,7 +142,7 @@ class TypedEvent(_Body):
     client_event_id: Optional[Id] = None  # noqa: UP045
     client_parent_event_id: Optional[Id] = None  # noqa: UP045
     occurred_at: Optional[str] = Field(None, max_length=64)  # noqa: UP045
-    duration: Optional[FiniteFloat] = None  # noqa: UP045
+    duration: Optional[Duration] = None  # noqa: UP045
     tags: Optional[list[Name]] = None  # noqa: UP045
     metadata: Optional[dict[str, Any]] = None  # noqa: UP045
     payload: dict[str, Any] = Field(default_factory=dict)
@@ -470,7 +470,7 @@ def _span(kind: str, occurred: float, duration: float | None) -> tuple[float, fl
     """An event's start and end. A function_call is sent when the call
     returns, stamped then: its occurred_at is its end. Any other event is
     stamped when it began (an LLM span's start)."""
-    if duration is None or duration < 0:
+    if duration is None:
         return occurred, None
     if kind == "function_call":
         return occurred - duration, occurred

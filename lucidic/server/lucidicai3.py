@@ -44,7 +44,7 @@ from .lucidicai import (
     their_type,
     typed_event_fields,
 )
-from .models import FiniteFloat, Id, valid_id
+from .models import Duration, FiniteFloat, Id, valid_id
 from .problems import ApiError, JSONOut
 
 log = logging.getLogger(__name__)
@@ -134,7 +134,7 @@ class EventUpdate(_Body):
     payload (read as the event's type reads it), tags and metadata."""
 
     payload: Optional[dict[str, Any]] = None  # noqa: UP045
-    duration: Optional[FiniteFloat] = None  # noqa: UP045
+    duration: Optional[Duration] = None  # noqa: UP045
     tags: Optional[list[Annotated[str, Field(max_length=4096)]]] = None  # noqa: UP045
     metadata: Optional[dict[str, Any]] = None  # noqa: UP045
 
@@ -158,7 +158,7 @@ def update_event(event_id: str, body: EventUpdate, who: Auth, db: Db) -> JSONOut
         attributes.update(fields.pop("attributes", None) or {})
         fields.pop("type", None)
     attributes.update(_present({"tags": body.tags, "metadata": body.metadata}))
-    if body.duration is not None and body.duration >= 0:
+    if body.duration is not None:
         fields["duration"] = body.duration
         # When it was stamped, read as _span reads it: a function_call's
         # stamp is its end (its start if it came with no duration).

@@ -35,6 +35,8 @@ PRINTABLE = r"^(?:[^\p{C}\p{Z}]| )+$"
 Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=PRINTABLE,
                           description="a client-made id: 1 to 256 printable characters")]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+#: How long something took, in seconds: a duration runs forwards.
+Duration = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Int64 = Annotated[int, Field(ge=INT_MIN, le=INT_MAX)]
 #: An event's cost in US dollars: bounded (limits.MAX_COST), so that any sum
 #: of costs stays finite.

@@ -251,6 +251,12 @@ def test_bad_3x_requests_get_a_clear_4xx_and_change_nothing(
         (http, "PUT", "events/no-such-event", {"json": {"tags": ["a"]}}, 404, "not found"),
         (http, "PUT", "events/e1", {"json": {"payload": "text"}}, 422, "payload"),
         (http, "PUT", "events/e1", {"json": {"colour": "red"}}, 422, "colour"),
+        # A duration runs forwards: a negative one was taken (and stored as given).
+        (http, "POST", "events", {"json": {"session_id": sid, "client_event_id": "e4",
+                                           "duration": -1.5}}, 422,
+         "duration: Input should be greater than or equal to 0"),
+        (http, "PUT", "events/e1", {"json": {"duration": -0.001}}, 422,
+         "duration: Input should be greater than or equal to 0"),
         (http, "GET", "events", {}, 422, "session_id"),
         (http, "GET", "sessions/no-such-session", {}, 404, "not found"),
         (http, "POST", "sdk/evals", {"json": {"session_id": sid, "result": True,
