@@ -483,12 +483,8 @@ def _parent_step(db: Store, session_id: str, parent: str,
     the child's session, begun no later than the child. Written as of time
     0, it fills only what the step lacks (the parent's own event, once
     folded in, says the rest)."""
-    step = db.get_step(parent)
-    if step is not None and step["session_id"] != session_id:
-        raise ApiError(409, f"parent event {parent!r} (client_parent_event_id) belongs to "
-                            "another session")
-    other = db.get_event(parent)
-    if other is not None and other["session_id"] != session_id:
+    step, event = db.get_step(parent), db.get_event(parent)
+    if any(row is not None and row["session_id"] != session_id for row in (step, event)):
         raise ApiError(409, f"parent event {parent!r} (client_parent_event_id) belongs to "
                             "another session")
     fields: dict[str, Any] = {"session_id": session_id}
