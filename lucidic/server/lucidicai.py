@@ -448,16 +448,23 @@ def typed_event(body: TypedEvent, request: Request, who: Auth, db: Db) -> JSONOu
                   ended_at=ended, duration=body.duration, attributes=attributes or None,
                   is_finished=True)
     records: list[Record] = []
+    parent_event = None
     if parent is not None:
-        records.append(_parent_step(db, body.session_id, parent, started))
+        step, parent_event = _parent_step(db, body.session_id, parent, started)
+        records.append(step)
     records.append(("event", event_id, occurred, _present(fields)))
     _write(db, who.project, *records)
     # An event others name as parent is a step holding it and them; they
     # arrive in any order (the client sends each from its own thread), so
-    # each side looks for the other once its own write is committed.
+    # each side looks for the other once its own write is committed: the
+    # step of this event's id, and the parent's event (unless it was there
+    # before this write, when folding it is this request's to do).
     _fold(db, who.project, body.session_id, event_id)
     if parent is not None:
-        _fold(db, who.project, body.session_id, parent)
+        if parent_event is None:
+            parent_event = db.get_event(parent, who.project)
+        if parent_event is not None:
+            _fold(db, who.project, body.session_id, parent, parent_event)
     answer: dict[str, Any] = {"event_id": event_id}
     if body.needs_blob:
         answer["blob_url"] = uploads.presign(db, request, who.project, purpose="event_payload",
@@ -478,11 +485,11 @@ def _span(kind: str, occurred: float, duration: float | None) -> tuple[float, fl
 
 
 def _parent_step(db: Store, session_id: str, parent: str,
-                 started: float) -> Record:
+                 started: float) -> tuple[Record, dict[str, Any] | None]:
     """The step standing for a parent event, as far as a child knows it: in
     the child's session, begun no later than the child. Written as of time
     0, it fills only what the step lacks (the parent's own event, once
-    folded in, says the rest)."""
+    folded in, says the rest). With it, the parent's event if it is here."""
     step, event = db.get_step(parent), db.get_event(parent)
     if any(row is not None and row["session_id"] != session_id for row in (step, event)):
         raise ApiError(409, f"parent event {parent!r} (client_parent_event_id) belongs to "
@@ -490,17 +497,21 @@ def _parent_step(db: Store, session_id: str, parent: str,
     fields: dict[str, Any] = {"session_id": session_id}
     if step is None or (step.get("started_at") or started) > started:
         fields["started_at"] = started
-    return ("step", parent, 0.0, fields)
+    return ("step", parent, 0.0, fields), event
 
 
-def _fold(db: Store, project: str, session_id: str, event_id: str) -> None:
+def _fold(db: Store, project: str, session_id: str, event_id: str,
+          event: dict[str, Any] | None = None) -> None:
     """When event ``event_id`` has children (a step of its id exists) and
     has arrived itself: the step takes the event's name, times, error and
-    parent, and the event moves into it. Idempotent."""
+    parent, and the event moves into it. Idempotent. ``event``: the event's
+    row when the caller has read it (else read here, once the step is found)."""
     step = db.get_step(event_id, project)
-    event = db.get_event(event_id, project) if step is not None else None
-    if step is None or event is None or event["session_id"] != session_id \
-            or step["session_id"] != session_id:
+    if step is None:
+        return
+    if event is None:
+        event = db.get_event(event_id, project)
+    if event is None or event["session_id"] != session_id or step["session_id"] != session_id:
         return
     attributes = attributes_of(event.get("attributes"))
     step_fields = _present({
