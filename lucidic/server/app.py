@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any, Literal, Optional
 from urllib.parse import urlsplit, urlunsplit
@@ -110,6 +110,16 @@ Auth = Annotated[models.Identity, Depends(identity)]
 
 def not_found(what: str, record_id: str) -> ApiError:
     return ApiError(404, f"{what} {record_id!r} was not found in this project")
+
+
+def read_or_404(read: Callable[[str, str], dict[str, Any] | None], what: str,
+                record_id: str, project: str) -> dict[str, Any]:
+    """What ``read(record_id, project)`` finds, else a 404 naming the
+    ``what``; an id no client could have made is not looked up."""
+    row = read(record_id, project) if models.valid_id(record_id) else None
+    if row is None:
+        raise not_found(what, record_id)
+    return row
 
 
 def matches_nothing(*texts: str | None) -> bool:
@@ -222,9 +232,7 @@ def session_tree(session_id: str, who: Auth, db: Db,
 def continuable(session_id: str, who: Auth, db: Db,
                 agent_id: Annotated[Optional[str],  # noqa: UP045
                                     Query(max_length=256)] = None) -> JSONOut:
-    row = db.get_session(session_id, who.project) if models.valid_id(session_id) else None
-    if row is None:
-        raise not_found("session", session_id)
+    row = read_or_404(db.get_session, "session", session_id, who.project)
     check_continuable(row, session_id, agent_id)
     return JSONOut({"session_id": session_id, "continuable": True,
                     "agent_id": row.get("agent_id"), "experiment_id": row.get("experiment_id"),
@@ -259,28 +267,19 @@ def create_session(record: models.NewSession, who: Auth,  # type: ignore[valid-t
 @router.get("/api/v1/sessions/{session_id:path}", tags=["read"], response_model=models.Session,
             summary="One session with its totals")
 def get_session(session_id: str, who: Auth, db: Db) -> JSONOut:
-    row = Reader(db).session(session_id, who.project) if models.valid_id(session_id) else None
-    if row is None:
-        raise not_found("session", session_id)
-    return JSONOut(row)
+    return JSONOut(read_or_404(Reader(db).session, "session", session_id, who.project))
 
 
 @router.get("/api/v1/steps/{step_id:path}", tags=["read"], response_model=models.Step,
             summary="One step")
 def get_step(step_id: str, who: Auth, db: Db) -> JSONOut:
-    row = Reader(db).step(step_id, who.project) if models.valid_id(step_id) else None
-    if row is None:
-        raise not_found("step", step_id)
-    return JSONOut(row)
+    return JSONOut(read_or_404(Reader(db).step, "step", step_id, who.project))
 
 
 @router.get("/api/v1/events/{event_id:path}", tags=["read"], response_model=models.Event,
             summary="One event")
 def get_event(event_id: str, who: Auth, db: Db) -> JSONOut:
-    row = Reader(db).event(event_id, who.project) if models.valid_id(event_id) else None
-    if row is None:
-        raise not_found("event", event_id)
-    return JSONOut(row)
+    return JSONOut(read_or_404(Reader(db).event, "event", event_id, who.project))
 
 
 def create_app(database_url: str | None = None, *,

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import evalstore
 from ..reading import Reader
-from .app import Auth, Db, not_found
+from .app import Auth, Db, not_found, read_or_404
 from .models import FiniteFloat, Id, Name, Text, valid_id
 from .problems import JSONOut
 
@@ -127,8 +127,7 @@ class MassSim(_Open):
 
 
 def _session_of_project(db: Any, session_id: str, project: str) -> None:
-    if not valid_id(session_id) or db.get_session(session_id, project) is None:
-        raise not_found("session", session_id)
+    read_or_404(db.get_session, "session", session_id, project)
 
 
 @router.get("/api/v1/experiments", response_model=ExperimentPage,
@@ -161,10 +160,7 @@ def get_experiment(experiment_id: str, who: Auth, db: Db) -> JSONOut:
 
 
 def _experiment(db: Any, experiment_id: str, project: str) -> dict[str, Any]:
-    row = Reader(db).experiment(experiment_id, project) if valid_id(experiment_id) else None
-    if row is None:
-        raise not_found("experiment", experiment_id)
-    return row
+    return read_or_404(Reader(db).experiment, "experiment", experiment_id, project)
 
 
 @router.post("/api/v1/runs", response_model=Runs,

@@ -28,7 +28,7 @@ from ..limits import MAX_TEXT_CHARS
 from ..prompts import get_prompt as stored_prompt
 from ..store import Record, Store
 from . import masssims, uploads
-from .app import Auth, Db, check_continuable, not_found
+from .app import Auth, Db, check_continuable, not_found, read_or_404
 from .models import Cost, Duration, FiniteFloat, Id, check_json_text
 from .problems import ApiError, JSONOut
 
@@ -166,10 +166,7 @@ def _when(text: str | None, field: str = "current_time") -> float:
 
 
 def _session(db: Store, session_id: str, project: str) -> dict[str, Any]:
-    row = db.get_session(session_id, project)
-    if row is None:
-        raise not_found("session", session_id)
-    return row
+    return read_or_404(db.get_session, "session", session_id, project)
 
 
 def _refuse_if_finished(row: dict[str, Any], what: str) -> None:
@@ -265,9 +262,7 @@ def init_step(body: InitStep, who: Auth, db: Db) -> JSONOut:
 
 @router.put("/updatestep", summary="Set a step's fields; is_finished ends it")
 def update_step(body: UpdateStep, who: Auth, db: Db) -> JSONOut:
-    step = db.get_step(body.step_id, who.project)
-    if step is None:
-        raise not_found("step", body.step_id)
+    step = read_or_404(db.get_step, "step", body.step_id, who.project)
     fields = _present({"state": body.state, "action": body.action, "goal": body.goal,
                        "eval_score": body.eval_score,
                        "eval_description": body.eval_description})
@@ -301,9 +296,7 @@ def _event_fields(body: _EventFields, when: float, existing: dict[str, Any] | No
                                    "directly (session_id); returns its id")
 def init_event(body: InitEvent, who: Auth, db: Db) -> JSONOut:
     if body.step_id is not None:
-        step = db.get_step(body.step_id, who.project)
-        if step is None:
-            raise not_found("step", body.step_id)
+        step = read_or_404(db.get_step, "step", body.step_id, who.project)
         if body.session_id is not None and body.session_id != step["session_id"]:
             raise ApiError(422, f"step {body.step_id!r} is not in session {body.session_id!r}")
         session_id = step["session_id"]
@@ -323,9 +316,7 @@ def init_event(body: InitEvent, who: Auth, db: Db) -> JSONOut:
 
 @router.put("/updateevent", summary="Set an event's fields; is_finished ends it")
 def update_event(body: UpdateEvent, who: Auth, db: Db) -> JSONOut:
-    event = db.get_event(body.event_id, who.project)
-    if event is None:
-        raise not_found("event", body.event_id)
+    event = read_or_404(db.get_event, "event", body.event_id, who.project)
     fields = _event_fields(body, _when(body.current_time), event)
     _write(db, who.project, ("event", body.event_id, time.time(),
                              {"session_id": event["session_id"], **fields}))

@@ -32,7 +32,7 @@ from ..errors import InvalidOperationError
 from ..limits import MAX_TEXT_CHARS
 from ..reading import Reader, SessionQuery
 from ..store import Store
-from .app import Auth, Db, matches_nothing, not_found
+from .app import Auth, Db, matches_nothing, read_or_404
 from .lucidicai import (
     _Body,
     _fold,
@@ -44,7 +44,7 @@ from .lucidicai import (
     their_type,
     typed_event_fields,
 )
-from .models import Duration, FiniteFloat, Id, valid_id
+from .models import Duration, FiniteFloat, Id
 from .problems import ApiError, JSONOut
 
 log = logging.getLogger(__name__)
@@ -53,10 +53,7 @@ router = APIRouter(prefix="/api", tags=["lucidicai 3.x"])
 
 
 def _event(db: Store, event_id: str, project: str) -> dict[str, Any]:
-    row = Reader(db).event(event_id, project) if valid_id(event_id) else None
-    if row is None:
-        raise not_found("event", event_id)
-    return row
+    return read_or_404(Reader(db).event, "event", event_id, project)
 
 
 def _as_theirs(row: dict[str, Any]) -> dict[str, Any]:
@@ -74,9 +71,7 @@ def _as_theirs(row: dict[str, Any]) -> dict[str, Any]:
 @router.get("/sessions/{session_id}", summary="One session with its totals "
                                               "(client.sessions.get)")
 def get_session(session_id: str, who: Auth, db: Db) -> JSONOut:
-    row = Reader(db).session(session_id, who.project) if valid_id(session_id) else None
-    if row is None:
-        raise not_found("session", session_id)
+    row = read_or_404(Reader(db).session, "session", session_id, who.project)
     return JSONOut({"session_id": row["id"], **row})
 
 
@@ -113,9 +108,7 @@ def list_events(who: Auth, db: Db,
                 offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0) -> JSONOut:
     if session_id is None:
         raise ApiError(422, "name the session whose events to list: session_id=...")
-    tree = Reader(db).tree(session_id, who.project) if valid_id(session_id) else None
-    if tree is None:
-        raise not_found("session", session_id)
+    tree = read_or_404(Reader(db).tree, "session", session_id, who.project)
     events = [_as_theirs(e) for e in _walk(tree)]
     if type is not None:
         events = [e for e in events if type in (e["type"], e["event_type"])]
