@@ -29,13 +29,11 @@ from ..prompts import get_prompt as stored_prompt
 from ..store import Record, Store
 from . import masssims, uploads
 from .app import Auth, Db, check_continuable, not_found, read_or_404
-from .models import Cost, Duration, FiniteFloat, Id, check_json_text
+from .models import Cost, Duration, FiniteFloat, Id, ShortText, Text, check_json_text
 from .problems import ApiError, JSONOut
 
 router = APIRouter(prefix="/api", tags=["lucidicai"])
 
-Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
-Name = Annotated[str, Field(max_length=4096)]
 Count = Annotated[int, Field(ge=0, le=2**53)]
 
 
@@ -62,9 +60,9 @@ class _Body(BaseModel):
 class InitSession(_Body):
     session_id: Optional[Id] = None  # noqa: UP045
     session_name: Optional[Text] = None  # noqa: UP045
-    agent_id: Optional[Name] = None  # noqa: UP045
+    agent_id: Optional[ShortText] = None  # noqa: UP045
     task: Optional[Text] = None  # noqa: UP045
-    tags: Optional[list[Name]] = None  # noqa: UP045
+    tags: Optional[list[ShortText]] = None  # noqa: UP045
     mass_sim_id: Optional[Id] = None  # noqa: UP045
     experiment_id: Optional[Id] = None  # noqa: UP045
     rubrics: Optional[list[Any]] = None  # noqa: UP045
@@ -87,7 +85,7 @@ class UpdateSession(_Body):
     is_successful_reason: Optional[Text] = None  # noqa: UP045
     session_eval: Optional[FiniteFloat] = None  # noqa: UP045
     session_eval_reason: Optional[Text] = None  # noqa: UP045
-    tags: Optional[list[Name]] = None  # noqa: UP045
+    tags: Optional[list[ShortText]] = None  # noqa: UP045
 
 
 class InitStep(_Body):
@@ -110,10 +108,10 @@ class _EventFields(_Body):
     result: Optional[Text] = None  # noqa: UP045
     is_finished: Optional[bool] = None  # noqa: UP045
     cost_added: Optional[Cost] = None  # noqa: UP045
-    model: Optional[Name] = None  # noqa: UP045
+    model: Optional[ShortText] = None  # noqa: UP045
     nscreenshots: Optional[Count] = None  # noqa: UP045
     duration: Optional[Duration] = None  # noqa: UP045
-    function_name: Optional[Name] = None  # noqa: UP045
+    function_name: Optional[ShortText] = None  # noqa: UP045
     arguments: Optional[Any] = None  # noqa: UP045
 
 
@@ -130,20 +128,20 @@ class InitMassSim(_Body):
     mass_sim_name: Optional[Text] = None  # noqa: UP045
     total_num_sims: Optional[Count] = None  # noqa: UP045
     task: Optional[Text] = None  # noqa: UP045
-    tags: Optional[list[Name]] = None  # noqa: UP045
-    agent_id: Optional[Name] = None  # noqa: UP045
+    tags: Optional[list[ShortText]] = None  # noqa: UP045
+    agent_id: Optional[ShortText] = None  # noqa: UP045
 
 
 class TypedEvent(_Body):
     """An event of the newest lucidicai release (``POST /api/events``)."""
 
-    type: Name = "generic"
+    type: ShortText = "generic"
     session_id: Id
     client_event_id: Optional[Id] = None  # noqa: UP045
     client_parent_event_id: Optional[Id] = None  # noqa: UP045
     occurred_at: Optional[str] = Field(None, max_length=64)  # noqa: UP045
     duration: Optional[Duration] = None  # noqa: UP045
-    tags: Optional[list[Name]] = None  # noqa: UP045
+    tags: Optional[list[ShortText]] = None  # noqa: UP045
     metadata: Optional[dict[str, Any]] = None  # noqa: UP045
     payload: dict[str, Any] = Field(default_factory=dict)
     needs_blob: Optional[bool] = None  # noqa: UP045

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Annotated, Any, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 from fastapi import APIRouter, Query, Request
-from pydantic import Field
+from pydantic import field_validator
 
 from .. import _scores
 from ..errors import InvalidOperationError
-from ..limits import MAX_TEXT_CHARS
 from ..reading import Reader, SessionQuery
 from ..store import Store
 from .app import Auth, Db, matches_nothing, read_or_404
@@ -44,7 +43,7 @@ from .lucidicai import (
     their_type,
     typed_event_fields,
 )
-from .models import Duration, FiniteFloat, Id
+from .models import Duration, FiniteFloat, Id, Name, ShortText, Text
 from .problems import ApiError, JSONOut
 
 log = logging.getLogger(__name__)
@@ -128,7 +127,7 @@ class EventUpdate(_Body):
 
     payload: Optional[dict[str, Any]] = None  # noqa: UP045
     duration: Optional[Duration] = None  # noqa: UP045
-    tags: Optional[list[Annotated[str, Field(max_length=4096)]]] = None  # noqa: UP045
+    tags: Optional[list[ShortText]] = None  # noqa: UP045
     metadata: Optional[dict[str, Any]] = None  # noqa: UP045
 
 
@@ -171,10 +170,15 @@ def update_event(event_id: str, body: EventUpdate, who: Auth, db: Db) -> JSONOut
 
 class Eval(_Body):
     session_id: Id
-    result: Union[bool, FiniteFloat, Annotated[str, Field(max_length=10_000)]]  # noqa: UP007
-    result_type: Optional[str] = Field(None, max_length=16)  # noqa: UP045
-    name: Optional[str] = Field(None, max_length=200)  # noqa: UP045
-    description: Optional[str] = Field(None, max_length=MAX_TEXT_CHARS)  # noqa: UP045
+    result: Union[bool, FiniteFloat, Text]  # noqa: UP007
+    result_type: Optional[Literal["boolean", "number", "string"]] = None  # noqa: UP045
+    name: Optional[Name] = None  # noqa: UP045
+    description: Optional[Text] = None  # noqa: UP045
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _unnamed(cls, name: Any) -> Any:
+        return None if name == "" else name  # named after its result type, as with none
 
 
 _RESULT_TYPES = {"boolean": bool, "number": float, "string": str}
@@ -187,10 +191,7 @@ def create_eval(body: Eval, who: Auth, db: Db) -> JSONOut:
     value = body.result
     result_type = body.result_type or ("boolean" if isinstance(value, bool) else
                                        "string" if isinstance(value, str) else "number")
-    wanted = _RESULT_TYPES.get(result_type)
-    if wanted is None:
-        raise ApiError(422, f"result_type must be boolean, number or string, not "
-                            f"{result_type!r}")
+    wanted = _RESULT_TYPES[result_type]
     if not isinstance(value, wanted) or (wanted is float and isinstance(value, bool)):
         raise ApiError(422, f"the result {value!r:.80} is not of result_type {result_type!r}")
     name = body.name or f"{result_type} eval"

@@ -139,6 +139,9 @@ def _record_shape(kind: str, fields: Any) -> Any:
 
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+#: What another client names things with (a tag, an agent id, a model, a
+#: function name): a short text, maybe empty.
+ShortText = Annotated[str, Field(max_length=4096)]
 Count = Annotated[int, Field(ge=0, le=INT_MAX)]
 
 #: Each evaluation kind's fields: (type, required).
