@@ -105,8 +105,7 @@ def score(name: str, value: float | bool | str, *, session_id: str | None = None
     """Score the current session (or the session, step or event named) with a
     number, a bool or a label; returns the score's id. A later score of the
     same name on the same target replaces it."""
-    name = _scores.score_name(name)
-    stored = _scores.to_fields(_scores.score_value(name, value))
+    scored = _scores.Score(name, value, text_field(comment))
     for what, target in (("step_id", step_id), ("event_id", event_id)):
         if target is not None and (not isinstance(target, str) or not target):
             raise InvalidOperationError(f"{what} must be an id string, not {target!r:.80}")
@@ -118,13 +117,12 @@ def score(name: str, value: float | bool | str, *, session_id: str | None = None
                 "session_id=..., or call it inside the session")
         session_id = binding.session_id
     session_id = session_id_arg(session_id)
-    fields = {"session_id": session_id, "step_id": step_id, "event_id": event_id,
-              "name": name, **stored, "comment": text_field(comment), "source": "api",
-              "created_at": time.time()}
-    score_id = _scores.score_id(session_id, name, step_id, event_id)
+    record = _scores.score_record(scored, session_id, source="api", step_id=step_id,
+                                  event_id=event_id)
+    kind, score_id, ts, fields = record
     if binding is not None and binding.session_id == session_id:
-        put(binding, "score", score_id, fields, time.time())
+        put(binding, kind, score_id, fields, ts)
     else:
         sink, _ = _sink(None, None, None)
-        runtime.pipeline_for(sink).put(("score", score_id, time.time(), fields))
+        runtime.pipeline_for(sink).put(record)
     return score_id

@@ -8,6 +8,7 @@ through this module, so the three kinds mean the same everywhere.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -104,6 +105,17 @@ def score_id(session_id: str, name: str, step_id: str | None = None,
     later score of that name (a re-score, a retry) replaces the earlier one."""
     key = "\x1f".join((session_id, step_id or "", event_id or "", name))
     return "sc_" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def score_record(score: Score, session_id: str, *, source: str, step_id: str | None = None,
+                 event_id: str | None = None) -> tuple[str, str, float, dict[str, Any]]:
+    """The record storing ``score`` on a session (or on one of its steps or
+    events), under score_id's id: a later score of its name there replaces it."""
+    now = time.time()
+    return ("score", score_id(session_id, score.name, step_id, event_id), now, {
+        "session_id": session_id, "step_id": step_id, "event_id": event_id,
+        "name": score.name, **to_fields(score.value), "comment": score.comment,
+        "source": source, "created_at": now})
 
 
 def to_fields(value: ScoreValue) -> dict[str, Any]:

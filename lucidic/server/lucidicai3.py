@@ -194,17 +194,13 @@ def create_eval(body: Eval, who: Auth, db: Db) -> JSONOut:
     wanted = _RESULT_TYPES[result_type]
     if not isinstance(value, wanted) or (wanted is float and isinstance(value, bool)):
         raise ApiError(422, f"the result {value!r:.80} is not of result_type {result_type!r}")
-    name = body.name or f"{result_type} eval"
     try:
-        name = _scores.score_name(name)
-        stored = _scores.to_fields(_scores.score_value(name, value))
+        score = _scores.Score(body.name or f"{result_type} eval", value, body.description)
     except InvalidOperationError as exc:
         raise ApiError(422, str(exc)) from exc
-    score_id = _scores.score_id(body.session_id, name)
-    _write(db, who.project, ("score", score_id, time.time(), {
-        "session_id": body.session_id, "name": name, **stored, "comment": body.description,
-        "source": "lucidicai", "created_at": time.time()}))
-    return JSONOut({"score_id": score_id, "name": name}, status_code=201)
+    record = _scores.score_record(score, body.session_id, source="lucidicai")
+    _write(db, who.project, record)
+    return JSONOut({"score_id": record[1], "name": score.name}, status_code=201)
 
 
 # -- what only the hosted platform has -----------------------------------------------------
