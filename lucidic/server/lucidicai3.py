@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Annotated, Any, Literal, Optional, Union
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query
 from pydantic import field_validator
 
 from .. import _scores
@@ -235,23 +236,26 @@ _HOSTED: list[tuple[str, str, str, str]] = [
 ]
 
 
-def _unsupported(path: str, feature: str, instead: str) -> Any:
+def _unsupported(feature: str, instead: str) -> Callable[..., JSONOut]:
+    """The answer of a hosted-only route: a 404 saying what to use instead."""
     detail = (f"not available on a self-hosted lucidic server: {feature} (a feature of the "
               f"hosted Lucidic platform; this server records sessions, events and evals); "
               f"instead: {instead}")
 
-    def answer(request: Request, who: Auth) -> JSONOut:
+    def answer(who: Auth) -> JSONOut:
         raise ApiError(404, detail, error=detail)
+    return answer
 
-    def answer_run(inference_run_id: str, request: Request, who: Auth) -> JSONOut:
-        raise ApiError(404, detail, error=detail)
-    return answer_run if "{inference_run_id}" in path else answer
+
+def _inference_run_id(inference_run_id: str) -> None:
+    """Declares the one hosted-only route's path parameter (for the OpenAPI spec)."""
 
 
 for _method, _path, _feature, _instead in _HOSTED:
-    router.add_api_route(f"/{_path}", _unsupported(_path, _feature, _instead), methods=[_method],
+    router.add_api_route(f"/{_path}", _unsupported(_feature, _instead), methods=[_method],
                          summary=f"Not here: {_feature} (hosted platform only); answers 404",
-                         include_in_schema=True)
+                         dependencies=[Depends(_inference_run_id)]
+                         if "{inference_run_id}" in _path else None)
 
 
 @router.get("/featureflags", summary="Feature flags are the hosted platform's: answers no "
