@@ -63,7 +63,12 @@ router = APIRouter()
 def project_key(request: Request) -> HTTPAuthorizationCredentials | None:
     """The project key from ``Authorization: Bearer KEY``, or from
     ``Authorization: Api-Key KEY`` (what the lucidicai client sends)."""
-    scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
+    return credentials_in(request.headers.get("Authorization", ""))
+
+
+def credentials_in(authorization: str) -> HTTPAuthorizationCredentials | None:
+    """The project key in an Authorization header's (or gRPC metadata's) value."""
+    scheme, _, credentials = authorization.strip().partition(" ")
     credentials = credentials.strip()
     if scheme.lower() not in ("bearer", "api-key") or not credentials:
         return None
