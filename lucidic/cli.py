@@ -8,7 +8,7 @@
     lucidic providers [--json]
     lucidic ui [--host H] [--port P] [--allow-host NAME] [--db URL]
     lucidic server [--db URL] [--host H] [--port P] [--max-body-mb N] [--max-upload-mb N]
-                   [--upload-ttl SECONDS]
+                   [--upload-ttl SECONDS] [--otlp-grpc-port [PORT]]
     lucidic keys create --project NAME [--label TEXT] [--db URL]
     lucidic keys list [--project NAME] [--db URL] [--json]
     lucidic keys revoke KEY_ID [--db URL]
@@ -286,9 +286,12 @@ def _server(args: argparse.Namespace) -> int:
         run(_database_url(args), host=args.host, port=args.port,
             max_body_bytes=int(args.max_body_mb * 1024 * 1024), log_level=args.log_level,
             max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-            upload_ttl=args.upload_ttl)
+            upload_ttl=args.upload_ttl, otlp_grpc_port=args.otlp_grpc_port)
     except StoreError as exc:
         raise SystemExit(f"lucidic: {exc}") from exc
+    except OSError as exc:
+        raise SystemExit(f"lucidic: {exc}; choose another port with --otlp-grpc-port"
+                         ) from exc
     return 0
 
 
@@ -435,6 +438,10 @@ def _add_server_commands(commands: Any) -> None:
     server.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (0.0.0.0 to serve other machines)")
     server.add_argument("--port", type=int, default=8765, help="port to listen on")
+    server.add_argument("--otlp-grpc-port", type=int, nargs="?", const=4317, metavar="PORT",
+                        help="also receive OpenTelemetry traces over OTLP/gRPC on this port "
+                             "of --host (4317, OTLP's own, when no PORT is given; off "
+                             "without this option)")
     server.add_argument("--max-body-mb", type=float, default=32.0,
                         help="largest request body accepted, in MiB")
     server.add_argument("--max-upload-mb", type=float, default=10.0,

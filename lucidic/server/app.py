@@ -63,7 +63,12 @@ router = APIRouter()
 def project_key(request: Request) -> HTTPAuthorizationCredentials | None:
     """The project key from ``Authorization: Bearer KEY``, or from
     ``Authorization: Api-Key KEY`` (what the lucidicai client sends)."""
-    scheme, _, credentials = request.headers.get("Authorization", "").strip().partition(" ")
+    return credentials_in(request.headers.get("Authorization", ""))
+
+
+def credentials_in(authorization: str) -> HTTPAuthorizationCredentials | None:
+    """The project key in an Authorization header's (or gRPC metadata's) value."""
+    scheme, _, credentials = authorization.strip().partition(" ")
     credentials = credentials.strip()
     if scheme.lower() not in ("bearer", "api-key") or not credentials:
         return None
@@ -284,10 +289,14 @@ def get_event(event_id: str, who: Auth, db: Db) -> JSONOut:
 
 def create_app(database_url: str | None = None, *,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, pool_size: int = 8,
-               max_upload_bytes: int | None = None, upload_ttl: float | None = None) -> FastAPI:
+               max_upload_bytes: int | None = None, upload_ttl: float | None = None,
+               otlp_grpc: tuple[str, int] | None = None) -> FastAPI:
     """The server's ASGI app over the database at ``database_url`` (opened,
     and its schema migrated, right away). Uploads (screenshots) are at most
-    ``max_upload_bytes`` and their signed URLs live ``upload_ttl`` seconds."""
+    ``max_upload_bytes`` and their signed URLs live ``upload_ttl`` seconds.
+    With ``otlp_grpc`` (host, port), an OTLP/gRPC trace receiver is bound
+    there now (OSError if it cannot be), and serves while the app does; its
+    port is ``app.state.otlp_grpc_port``."""
     # The protocol modules build on this one's Auth and Db, hence imported here.
     from . import experiments, lucidicai, lucidicai3, masssims, otlp, uploads
 
@@ -297,11 +306,26 @@ def create_app(database_url: str | None = None, *,
         signing_key = uploads.signing_key(store)
 
     refresher = Refresher(pool.store)
+    grpc_server, grpc_port = None, None
+    if otlp_grpc is not None:
+        from . import otlp_grpc as grpc_receiver
+
+        try:
+            grpc_server, grpc_port = grpc_receiver.receiver(
+                pool, *otlp_grpc, max_message_bytes=max_body_bytes)
+        except OSError:
+            pool.close()
+            raise
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
         refresher.start()
+        if grpc_server is not None:
+            grpc_server.start()
         yield
+        if grpc_server is not None:
+            # Calls under way finish (for a few seconds) before the pool closes.
+            grpc_server.stop(grace=5).wait()
         refresher.stop()
         pool.close()
 
@@ -324,6 +348,7 @@ def create_app(database_url: str | None = None, *,
         redoc_url=None,
     )
     app.state.pool = pool
+    app.state.otlp_grpc_port = grpc_port
     app.state.uploads = uploads.UploadConfig(
         signing_key, max_bytes=max_upload_bytes or uploads.DEFAULT_MAX_UPLOAD_BYTES,
         ttl=upload_ttl or uploads.DEFAULT_UPLOAD_TTL)
@@ -343,16 +368,21 @@ def create_app(database_url: str | None = None, *,
 
 def run(database_url: str | None = None, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, log_level: str = "info",
-        max_upload_bytes: int | None = None, upload_ttl: float | None = None) -> None:
-    """Serve the API until interrupted."""
+        max_upload_bytes: int | None = None, upload_ttl: float | None = None,
+        otlp_grpc_port: int | None = None) -> None:
+    """Serve the API until interrupted; OTLP/gRPC too, on ``otlp_grpc_port``
+    of the same host, when given (OSError if that port cannot be bound)."""
     import uvicorn
 
     url = database_url or default_database_url()
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     app = create_app(url, max_body_bytes=max_body_bytes, max_upload_bytes=max_upload_bytes,
-                     upload_ttl=upload_ttl)
+                     upload_ttl=upload_ttl,
+                     otlp_grpc=None if otlp_grpc_port is None else (host, otlp_grpc_port))
     logger.info("lucidic server: database %s, listening on http://%s:%d (web UI at /, "
                 "API docs at /docs)",
                 redact_url(url), host, port)
+    if app.state.otlp_grpc_port is not None:
+        logger.info("lucidic server: OTLP/gRPC traces on %s:%d", host, app.state.otlp_grpc_port)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False,
                 server_header=False, timeout_keep_alive=30)

@@ -23,6 +23,7 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials
 from google.protobuf import json_format
 from google.protobuf.any_pb2 import Any as AnyMessage
 from google.protobuf.message import DecodeError, Message
@@ -36,6 +37,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from starlette.datastructures import Headers
 from starlette.responses import Response
 
+from ..store import Store
 from .app import Db, identity, project_key
 from .otlp_ingest import ingest
 from .otlp_mapping import SpanIn, SpanRefusedError, decode_attributes, decode_span
@@ -48,8 +50,8 @@ PATH = "/v1/traces"
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 #: gRPC status codes for the HTTP statuses this route answers with (OTLP/HTTP
-#: does not use them; a client may log them).
-_GRPC_CODES = {400: 3, 401: 16, 404: 5, 405: 12, 409: 6, 413: 8, 415: 3, 500: 13, 503: 14}
+#: does not use them; a client may log them; OTLP/gRPC answers with them).
+GRPC_CODES = {400: 3, 401: 16, 404: 5, 405: 12, 409: 6, 413: 8, 415: 3, 500: 13, 503: 14}
 
 
 def _media(headers: Headers) -> str:
@@ -76,7 +78,7 @@ def _status(headers: Headers, status: int, detail: str,
     if status == 422:
         # The database refused the data, for good: OTLP's "bad data" is 400.
         status = 400
-    answer = Status(code=_GRPC_CODES.get(status, 2), message=detail)
+    answer = Status(code=GRPC_CODES.get(status, 2), message=detail)
     if status == 400:
         details = AnyMessage()
         details.Pack(BadRequest(field_violations=[
@@ -204,8 +206,21 @@ def export_traces(request: Request, db: Db, body: Annotated[bytes, Depends(_raw_
                   ) -> Response:
     # Errors are raised, and answered as a Status by the app's handlers.
     encoding = _encoding(request)
-    who = identity(project_key(request), db)
-    raw = decompress(body, request.headers.get("content-encoding"))
+    answer = export(db, project_key(request), body, encoding,
+                    request.headers.get("content-encoding"))
+    return Response(_encode(answer, encoding), media_type=encoding)
+
+
+def export(db: Store, credentials: HTTPAuthorizationCredentials | None, body: bytes,
+           encoding: str = PROTOBUF, content_encoding: str | None = None
+           ) -> ExportTraceServiceResponse:
+    """One OTLP export, whichever transport brought it (OTLP/HTTP here,
+    OTLP/gRPC in otlp_grpc): the key checked, the request decoded, its spans
+    stored, and the answer's partial_success. Raises ApiError (401 for the
+    key, 400 for a malformed request or every span refused, 413 and 415) or
+    the store's errors, which each transport answers in its own way."""
+    who = identity(credentials, db)
+    raw = decompress(body, content_encoding)
     message = _from_json(raw) if encoding == JSON else _from_protobuf(raw)
     spans, refused, reason = _spans(message)
     outcome = ingest(db, who.project, spans) if spans else None
@@ -218,4 +233,4 @@ def export_traces(request: Request, db: Db, body: Annotated[bytes, Depends(_raw_
     if refused:
         answer.partial_success.CopyFrom(ExportTracePartialSuccess(
             rejected_spans=refused, error_message=reason or ""))
-    return Response(_encode(answer, encoding), media_type=encoding)
+    return answer

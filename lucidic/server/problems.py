@@ -155,41 +155,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StoreError)
     async def _store_error(request: Request, exc: StoreError) -> Response:
-        # A connection cut after its COMMIT went out leaves the outcome
-        # unknown; a retry is safe either way: every write is idempotent.
-        written = ("the database may or may not have written it (the connection to it was "
-                   "lost while committing); sending it again is safe, as a record sent twice "
-                   "is stored once" if exc.may_have_written else "nothing was written")
-        if exc.broken:
-            # Not the request's fault, nor a passing one: the operator must
-            # mend the database. 503, not 422 (which a client takes for its
-            # records' fault, and drops them) nor 500 (which OTLP exporters do
-            # not retry): clients keep the records and send them again.
-            # Once every few seconds for each cause: while the database stays
-            # broken every client's every retry fails alike.
-            log_rate_limited(f"server_database_broken:{str(exc)[:200]}",
-                             "lucidic server: the database failed on %s %s, and will until "
-                             "it is mended (clients keep what they send and retry; the same "
-                             "failure is logged again after %d s): %s", request.method,
-                             request.url.path, RATE_LIMIT_SECONDS, exc, level=logging.ERROR,
-                             to=logger)
-            return error_response(request.scope, 503, "the server's database failed on its "
-                                  "own side (a table missing, no permission or no space left, "
-                                  f"say: the server's log says which); {written}; retry "
-                                  "later")
-        log_rate_limited(f"server_database_error:{str(exc)[:200]}",
-                         "lucidic server: database error on %s %s: %s", request.method,
-                         request.url.path, exc, to=logger)
-        if not exc.transient:
-            # The database refused what it was given (a number beyond its
-            # range, say): a retry would get the same. Its own words stay in
-            # the log: they may quote other rows' values.
-            return error_response(request.scope, 422, "the database refused this request (a "
-                                  "value beyond what it can hold or compute, say); nothing was "
-                                  "written, and a retry will not help; the server's log has "
-                                  "the details")
-        return error_response(request.scope, 503, "the database is unavailable or busy; "
-                              f"{written}; retry later", headers={"Retry-After": "1"})
+        status, detail, headers = store_error_answer(exc, request.method, request.url.path)
+        return error_response(request.scope, status, detail, headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -198,6 +165,45 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(request.scope, 500,
                               "internal server error; the server's log has the details")
 
+
+
+def store_error_answer(exc: StoreError, method: str, path: str
+                       ) -> tuple[int, str, dict[str, str] | None]:
+    """How a database failure is answered, whatever the transport (the HTTP
+    routes, OTLP/gRPC): the status, the detail and the headers (Retry-After
+    when the database is only busy). Logs it, rate-limited."""
+    # A connection cut after its COMMIT went out leaves the outcome
+    # unknown; a retry is safe either way: every write is idempotent.
+    written = ("the database may or may not have written it (the connection to it was "
+               "lost while committing); sending it again is safe, as a record sent twice "
+               "is stored once" if exc.may_have_written else "nothing was written")
+    if exc.broken:
+        # Not the request's fault, nor a passing one: the operator must
+        # mend the database. 503, not 422 (which a client takes for its
+        # records' fault, and drops them) nor 500 (which OTLP exporters do
+        # not retry): clients keep the records and send them again.
+        # Once every few seconds for each cause: while the database stays
+        # broken every client's every retry fails alike.
+        log_rate_limited(f"server_database_broken:{str(exc)[:200]}",
+                         "lucidic server: the database failed on %s %s, and will until "
+                         "it is mended (clients keep what they send and retry; the same "
+                         "failure is logged again after %d s): %s", method, path,
+                         RATE_LIMIT_SECONDS, exc, level=logging.ERROR, to=logger)
+        return 503, ("the server's database failed on its own side (a table missing, no "
+                     "permission or no space left, say: the server's log says which); "
+                     f"{written}; retry later"), None
+    log_rate_limited(f"server_database_error:{str(exc)[:200]}",
+                     "lucidic server: database error on %s %s: %s", method, path, exc,
+                     to=logger)
+    if not exc.transient:
+        # The database refused what it was given (a number beyond its
+        # range, say): a retry would get the same. Its own words stay in
+        # the log: they may quote other rows' values.
+        return 422, ("the database refused this request (a value beyond what it can hold "
+                     "or compute, say); nothing was written, and a retry will not help; "
+                     "the server's log has the details"), None
+    return 503, f"the database is unavailable or busy; {written}; retry later", \
+        {"Retry-After": "1"}
 
 class BodyLimit:
     """Refuse request bodies larger than ``max_bytes`` with a 413 problem,
