@@ -148,3 +148,30 @@ def test_recording_calls_without_a_session_do_nothing_and_return_none(store):
     lai.end_event()
     with pytest.raises(lai.LucidicNotInitializedError, match="needs a current session"):
         lai.update_session(task="x")
+
+
+def test_floats_past_the_64_bit_integers_are_stored_as_given_without_the_slow_path(
+        tmp_path, monkeypatch):
+    """A column of floats needs no bounds (any finite float is bound as it
+    is): a group of them, however large, is not cleaned value by value; an
+    integer past 64 bits in the same column still is, and is stored as NULL."""
+    from lucidic import store as store_module
+
+    store = store_module.Store(tmp_path / "floats.db")
+    cleaned: list[object] = []
+    scalar = store_module._scalar_param
+    monkeypatch.setattr(store_module, "_scalar_param",
+                        lambda value: cleaned.append(value) or scalar(value))
+    scores = [1e20, -1e20, 0.5]
+    try:
+        store.write([("step", f"step-{i}", 2.0, {"session_id": "s", "eval_score": score,
+                                                  "started_at": 1.0})
+                     for i, score in enumerate(scores)])
+        assert cleaned == []
+        assert [store.get_step(f"step-{i}")["eval_score"] for i in range(3)] == scores
+        store.write([("step", "huge", 3.0, {"session_id": "s", "eval_score": 2 ** 64,
+                                             "started_at": 1.0})])
+        assert store.get_step("huge")["eval_score"] is None
+        assert 2 ** 64 in cleaned
+    finally:
+        store.close()
