@@ -777,7 +777,14 @@ def _check_records(records: Sequence[Record],
                    project: str | None = None) -> set[tuple[str, str]]:
     """Refuse malformed records (ValueError, before anything is written) and
     return the rows named by more than one record of the batch. With
-    ``project``, session records need not name one (it is stamped on them)."""
+    ``project``, session records need not name one (it is stamped on them).
+    A batch of sessions, steps and events only, without a project (the
+    SDK's), is looked at in C here: whether each names its session (or
+    project) is checked by _group_rows, a column at a time, before anything
+    is written (a loop here cost a recorded step about 250 instructions more)."""
+    if (project is None and _TABLES.keys() >= set(map(_record_kind, records))
+            and set(map(len, records)) <= _RECORD_SIZE):
+        return _repeated(records)
     for kind, rid, _, fields in records:
         guard = _GUARDS.get(kind)
         if guard is None:
@@ -787,6 +794,14 @@ def _check_records(records: Sequence[Record],
             raise ValueError(f"unknown record kind {kind!r}")
         if fields.get(guard) is None and not (project is not None and kind == "session"):
             raise ValueError(f"{kind} record {rid!r} lacks {guard!r}")
+    return _repeated(records)
+
+
+_RECORD_SIZE = frozenset({RECORD_PARTS})
+
+
+def _repeated(records: Sequence[Record]) -> set[tuple[str, str]]:
+    """The rows named by more than one record."""
     ids = list(map(_record_id, records))
     if len(set(ids)) == len(ids):
         return set()  # the usual batch: every row named once (checked in C)
@@ -1400,7 +1415,12 @@ class Store:
     def _apply_all(self, cur: Any, records: list[Record], repeated: set[tuple[str, str]],
                    project: str | None, *, strict: bool = False) -> None:
         core, extra = _split(records)
-        groups = self._group(cur, core, repeated, project)
+        try:
+            groups = self._group(cur, core, repeated, project)
+        except ValueError as exc:
+            if strict:  # a record without its session: refused as _check_records refuses
+                raise _PassthroughError(exc) from exc
+            raise
         self._apply(cur, groups, ("session", "step", "event"),
                     records=core if strict else None, project=project,
                     note=sorted(_sessions_grouped(groups)))

@@ -175,3 +175,45 @@ def test_floats_past_the_64_bit_integers_are_stored_as_given_without_the_slow_pa
         assert 2 ** 64 in cleaned
     finally:
         store.close()
+
+
+def test_a_step_without_its_session_is_refused_before_anything_of_its_batch_is_written(
+        tmp_path):
+    from lucidic.store import Store
+
+    store = Store(tmp_path / "orphan.db")
+    events = [("event", f"e{i}", 1.0, {"session_id": "s", "type": "generic"})
+              for i in range(3)]
+    steps = [("step", f"st{i}", 1.0, {"session_id": "s", "action": "a"}) for i in range(2)]
+    orphan = ("step", "orphan", 1.0, {"action": "a"})
+    try:
+        with pytest.raises(ValueError, match="^step record 'orphan' lacks 'session_id'$"):
+            store.write([*events, *steps, orphan])
+        assert store.count("events") == store.count("steps") == 0
+        store.write([*events, *steps])
+        assert store.count("events") == 3 and store.count("steps") == 2
+    finally:
+        store.close()
+
+
+def test_the_sdks_batch_is_not_checked_a_record_at_a_time_in_python(tmp_path, monkeypatch):
+    """Whether each record names its session is checked a column at a time
+    (by the grouping into rows), not by a loop over the records."""
+    from lucidic import store as store_module
+
+    class Counted(dict):
+        looked_up = 0
+
+        def get(self, *args):
+            Counted.looked_up += 1
+            return super().get(*args)
+
+    monkeypatch.setattr(store_module, "_GUARDS", Counted(store_module._GUARDS))
+    store = store_module.Store(tmp_path / "checked.db")
+    try:
+        store.write([("step", f"st{i}", 1.0, {"session_id": "s", "action": "a"})
+                     for i in range(100)])
+        assert store.count("steps") == 100
+        assert Counted.looked_up == 0
+    finally:
+        store.close()
