@@ -448,7 +448,12 @@ class HttpSink(Sink):
         waiting = [r for r in records if _session_of(r) in unknown]
         if not waiting:  # the server named sessions this batch does not hold
             self._refused_as_a_whole(response)
-        later.extend(waiting)
+        # Deleted sessions never come back: their records are set aside now.
+        deleted = _problem_field(response, "deleted_session_ids")
+        gone = set(deleted) & unknown if isinstance(deleted, list) else set()
+        refused.extend((r, f"its session {_session_of(r)!r} was deleted on the server")
+                       for r in waiting if _session_of(r) in gone)
+        later.extend(r for r in waiting if _session_of(r) not in gone)
         if len(waiting) < len(records):
             self._post([r for r in records if _session_of(r) not in unknown], later, refused)
 
@@ -525,6 +530,23 @@ class HttpReader:
             return current, None
         tree: dict[str, Any] = response.json()
         return current, tree
+
+    def delete_session(self, session_id: str, *, force: bool = False) -> tuple[str, str]:
+        """Delete a session on the server (``lucidic sessions delete``):
+        ("deleted" | "unknown" | "running", the server's words)."""
+        try:
+            response = self._client.request(
+                "DELETE", f"/api/v1/sessions/{quote(session_id, safe='')}",
+                params={"force": "true"} if force else None)
+        except SinkError as exc:
+            raise SystemExit(f"lucidic: {exc}") from exc
+        if response.status_code in (401, 403):
+            raise SystemExit("lucidic: " + refused_key_message(self.base_url, response))
+        outcome = {200: "deleted", 404: "unknown", 409: "running"}.get(response.status_code)
+        if outcome is None:
+            raise SystemExit(f"lucidic: the server at {self.base_url} answered "
+                             f"{_detail(response)}")
+        return outcome, _problem_text(response) if outcome != "deleted" else ""
 
     def close(self) -> None:
         self._client.close()

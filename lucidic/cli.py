@@ -3,12 +3,14 @@
     lucidic sessions list [--agent ID] [--status running|successful|failed|finished]
                           [--search TEXT] [--mass-sim ID] [--limit N] [--json]
     lucidic sessions show SESSION_ID [--full] [--json]
+    lucidic sessions delete SESSION_ID [SESSION_ID ...] [--force] [--db URL]
+    lucidic sessions prune --older-than AGE [--dry-run] [--project P] [--vacuum] [--db URL]
     lucidic experiments list|show ID|compare A B [--fail-on-regression NAME[:TOL]]|rescore ID
     lucidic mass-sims list|show ID
     lucidic providers [--json]
     lucidic ui [--host H] [--port P] [--allow-host NAME] [--db URL]
     lucidic server [--db URL] [--host H] [--port P] [--max-body-mb N] [--max-upload-mb N]
-                   [--upload-ttl SECONDS] [--otlp-grpc-port [PORT]]
+                   [--upload-ttl SECONDS] [--otlp-grpc-port [PORT]] [--retention-days N]
     lucidic keys create --project NAME [--label TEXT] [--db URL]
     lucidic keys list [--project NAME] [--db URL] [--json]
     lucidic keys revoke KEY_ID [--db URL]
@@ -274,6 +276,19 @@ def _open_accounts(args: argparse.Namespace) -> Any:
         raise SystemExit(f"lucidic: {exc}") from exc
 
 
+def _positive_days(text: str) -> float:
+    """An argument type: a number of days above 0."""
+    import math
+
+    try:
+        days = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of days, not {text!r}") from None
+    if not (days > 0 and math.isfinite(days)):
+        raise argparse.ArgumentTypeError(f"must be a number of days above 0, not {text!r}")
+    return days
+
+
 def _server(args: argparse.Namespace) -> int:
     try:
         from .server import run
@@ -286,7 +301,8 @@ def _server(args: argparse.Namespace) -> int:
         run(_database_url(args), host=args.host, port=args.port,
             max_body_bytes=int(args.max_body_mb * 1024 * 1024), log_level=args.log_level,
             max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
-            upload_ttl=args.upload_ttl, otlp_grpc_port=args.otlp_grpc_port)
+            upload_ttl=args.upload_ttl, otlp_grpc_port=args.otlp_grpc_port,
+            retention_days=args.retention_days)
     except StoreError as exc:
         raise SystemExit(f"lucidic: {exc}") from exc
     except OSError as exc:
@@ -442,6 +458,10 @@ def _add_server_commands(commands: Any) -> None:
                         help="also receive OpenTelemetry traces over OTLP/gRPC on this port "
                              "of --host (4317, OTLP's own, when no PORT is given; off "
                              "without this option)")
+    server.add_argument("--retention-days", type=_positive_days, metavar="N",
+                        help="delete, at start and every hour, the sessions nothing was "
+                             "written to for N days (ended, or abandoned unfinished), with "
+                             "everything recorded for them; off without this option")
     server.add_argument("--max-body-mb", type=float, default=32.0,
                         help="largest request body accepted, in MiB")
     server.add_argument("--max-upload-mb", type=float, default=10.0,
@@ -540,7 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(handler=help_of(parser))
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    sessions = add_parser(commands, "sessions", help="list sessions or show one")
+    sessions = add_parser(commands, "sessions",
+                          help="list sessions, show one, delete them or prune old ones")
     sessions.set_defaults(handler=help_of(sessions))
     sessions_commands = sessions.add_subparsers(dest="sessions_command", metavar="COMMAND")
     listing = add_parser(sessions_commands, "list", help="sessions, newest first")
@@ -567,6 +588,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true",
                       help="print JSON (times as epoch seconds, and ISO 8601 in *_iso)")
     show.set_defaults(handler=_sessions_show)
+    from ._cli_retention import add_commands as add_retention_commands
+
+    add_retention_commands(sessions_commands)
 
     from ._cli_experiments import add_commands
 

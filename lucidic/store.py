@@ -52,6 +52,7 @@ __all__ = [
     "SESSION_COLUMNS",
     "STEP_COLUMNS",
     "Record",
+    "DeletedSessionError",
     "Store",
     "IdInUseError",
     "StoreError",
@@ -222,13 +223,36 @@ def _is_driver_error(exc: BaseException) -> bool:
 
 class UnknownSessionError(StoreError):
     """A scoped write named sessions that do not exist in the writer's project
-    (unknown, or another project's: the two cannot be told apart)."""
+    (unknown, or another project's: the two cannot be told apart). Of those,
+    ``deleted`` were deleted (lucidic.reading.retention): no record will
+    ever bring them back, so their records are refused for good."""
 
-    def __init__(self, session_ids: Sequence[str]) -> None:
+    def __init__(self, session_ids: Sequence[str], deleted: Sequence[str] = ()) -> None:
         self.session_ids = list(session_ids)
+        self.deleted = list(deleted)
         shown = ", ".join(repr(s) for s in self.session_ids[:5])
         more = f" and {len(self.session_ids) - 5} more" if len(self.session_ids) > 5 else ""
-        super().__init__(f"session {shown}{more} was not found in this project")
+        gone = f" ({len(self.deleted)} of them deleted)" if self.deleted else ""
+        super().__init__(f"session {shown}{more} was not found in this project{gone}")
+
+
+class DeletedSessionError(UnknownSessionError):
+    """A write named sessions that were deleted (``session_ids``; empty when
+    the database said so without naming them): nothing was written, and no
+    retry will change that. A deleted session's id stays taken, so that a
+    record arriving late (a spool replayed, a process still writing) is
+    refused rather than bringing back part of the session."""
+
+    def __init__(self, session_ids: Sequence[str]) -> None:
+        super().__init__(session_ids, session_ids)
+        shown = ", ".join(repr(s) for s in self.session_ids[:5]) or "a session"
+        more = f" and {len(self.session_ids) - 5} more" if len(self.session_ids) > 5 else ""
+        self.args = (f"{shown}{more} was deleted: records for a deleted session are refused",)
+        self.transient = False
+
+
+#: What the database says when a write names a deleted session (migration 12's trigger).
+_DELETED_MARK = "lucidic: a record names a deleted session"
 
 
 class IdInUseError(StoreError):
@@ -328,7 +352,7 @@ def _create_table(table: str, columns: Sequence[str]) -> str:
 
 #: Ordered schema migrations; each runs once, in a transaction, and the
 #: version reached is kept in lucidic_meta. Never edit a released entry: add one.
-MIGRATIONS: list[tuple[int, list[str]]] = [
+MIGRATIONS: list[tuple[int, list[str | dict[str, str]]]] = [
     (1, [
         _create_table("sessions", _V1_SESSION_COLUMNS),
         _create_table("steps", _V1_STEP_COLUMNS),
@@ -507,6 +531,31 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "  PRIMARY KEY (hour, day, model, is_llm, orphan, project)\n)",
         hourly_sql("1 = 1"),
         "CREATE TABLE IF NOT EXISTS stale_hours (\n  hour BIGINT PRIMARY KEY\n)",
+    ]),
+    # Deleting sessions (lucidic.reading.retention): the ids of deleted
+    # sessions, each kept for good, and a trigger that refuses a write naming
+    # one (every write notes its sessions in changed_sessions, so the
+    # trigger runs once a session and batch, not once a row); and the
+    # indexes that find a session's rows in the tables keyed otherwise.
+    (12, [
+        "CREATE TABLE IF NOT EXISTS deleted_sessions (\n  session_id TEXT PRIMARY KEY,\n"
+        "  project TEXT,\n  deleted_at DOUBLE PRECISION NOT NULL\n)",
+        {"sqlite": "CREATE TRIGGER IF NOT EXISTS changed_sessions_not_deleted BEFORE INSERT "
+                   "ON changed_sessions WHEN EXISTS (SELECT 1 FROM deleted_sessions d "
+                   "WHERE d.session_id = NEW.session_id) "
+                   f"BEGIN SELECT RAISE(ABORT, '{_DELETED_MARK}'); END",
+         "postgresql": "CREATE OR REPLACE FUNCTION lucidic_refuse_deleted() RETURNS trigger "
+                       "LANGUAGE plpgsql AS $$ BEGIN IF EXISTS (SELECT 1 FROM deleted_sessions "
+                       "d WHERE d.session_id = NEW.session_id) THEN RAISE EXCEPTION "
+                       f"'{_DELETED_MARK} (%)', NEW.session_id; END IF; RETURN NEW; END $$"},
+        {"postgresql": "DROP TRIGGER IF EXISTS changed_sessions_not_deleted ON changed_sessions"},
+        {"postgresql": "CREATE TRIGGER changed_sessions_not_deleted BEFORE INSERT ON "
+                       "changed_sessions FOR EACH ROW EXECUTE FUNCTION lucidic_refuse_deleted()"},
+        "CREATE INDEX IF NOT EXISTS uploads_session ON uploads (session_id)",
+        "CREATE INDEX IF NOT EXISTS otlp_traces_session ON otlp_traces (session_id)",
+        "CREATE INDEX IF NOT EXISTS scores_session_id ON scores (session_id)",
+        "CREATE INDEX IF NOT EXISTS rubric_results_session ON rubric_results (session_id)",
+        "CREATE INDEX IF NOT EXISTS evaluations_session ON evaluations (session_id)",
     ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -911,6 +960,16 @@ def _group_rows(records: list[Record], project: str | None = None, *,
     return finished
 
 
+def _sessions_named(records: Iterable[Record]) -> set[str]:
+    """The sessions records belong to (a score's, too)."""
+    named: set[str] = set()
+    for kind, rid, _, fields in records:
+        sid = rid if kind == "session" else fields.get("session_id")
+        if isinstance(sid, str):
+            named.add(sid)
+    return named
+
+
 def _sessions_grouped(groups: RowGroups) -> set[str]:
     """The sessions that grouped rows touch: taken from the rows a column at
     a time, in C (this runs on the write path of every recorded step)."""
@@ -1195,6 +1254,8 @@ class Store:
                     pass
                 if isinstance(exc, _PassthroughError):
                     raise exc.error from None
+                if _DELETED_MARK in str(exc) and not isinstance(exc, StoreError):
+                    raise DeletedSessionError([]) from exc
                 if isinstance(exc, Exception) and not isinstance(exc, StoreError):
                     error = _store_error(f"{type(exc).__name__}: {exc}", exc)
                     error.may_have_written = committing and _unanswered(exc)
@@ -1232,7 +1293,11 @@ class Store:
                 if version <= current:
                     continue
                 for statement in statements:
-                    cur.execute(statement)
+                    # (a dict: one dialect's own statement, or none)
+                    sql = statement.get(self.dialect) if isinstance(statement, dict) \
+                        else statement
+                    if sql is not None:
+                        cur.execute(sql)
                 cur.execute(
                     f"INSERT INTO lucidic_meta (key, value) VALUES ({self._ph}, {self._ph}) "
                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -1457,6 +1522,11 @@ class Store:
         if sessions:
             evalstore.note_references(self, cur, sessions, project)
         if extra:
+            scored = {sid for kind, _, _, fields in extra
+                      if (sid := evalstore.referenced_session(kind, fields)) is not None}
+            deleted = self._deleted(cur, sorted(scored)) if scored else []
+            if deleted:  # (a score notes no session: the trigger cannot see it)
+                raise DeletedSessionError(deleted)
             evalstore.apply(self, cur, extra, project)
 
     def write(self, records: Iterable[Record]) -> None:
@@ -1467,8 +1537,28 @@ class Store:
         written."""
         records = list(records)
         repeated = _check_records(records)
-        self._run(lambda cur: self._apply_all(cur, records, repeated, None, strict=True),
-                  write=True)
+        try:
+            self._run(lambda cur: self._apply_all(cur, records, repeated, None, strict=True),
+                      write=True)
+        except DeletedSessionError as exc:
+            if exc.session_ids:
+                raise
+            raise DeletedSessionError(self.deleted_among(_sessions_named(records))) from None
+
+    def deleted_among(self, session_ids: Iterable[str]) -> list[str]:
+        """Which of these sessions were deleted (sorted)."""
+        wanted = sorted(set(session_ids))
+        found: list[str] = self._run(lambda cur: self._deleted(cur, wanted), write=False)
+        return found
+
+    def _deleted(self, cur: Any, wanted: Sequence[str]) -> list[str]:
+        found: list[str] = []
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            cur.execute(f"SELECT session_id FROM deleted_sessions WHERE session_id IN "
+                        f"({', '.join([self._ph] * len(chunk))})", tuple(chunk))
+            found.extend(row[0] for row in cur.fetchall())
+        return sorted(found)
 
     def write_for_project(self, records: Iterable[Record], project: str) -> None:
         """Apply records on behalf of ``project``, all or nothing: session
@@ -1485,6 +1575,13 @@ class Store:
         referenced.update(sid for kind, _, _, fields in extra
                           if (sid := evalstore.referenced_session(kind, fields)) is not None)
 
+        # PostgreSQL: the sessions are locked against their deletion until
+        # this commits (a deletion that came first is waited for, and its
+        # sessions are then not found), so that no row of this batch can
+        # land after a deletion has removed the session's rows. KEY SHARE:
+        # writers of the same session do not wait for each other.
+        lock = " FOR KEY SHARE" if self.dialect == "postgresql" else ""
+
         def run(cur: Any) -> None:
             groups = self._group(cur, core, repeated, project)
             self._apply(cur, groups, ("session",), records=core, project=project)
@@ -1495,16 +1592,24 @@ class Store:
             for start in range(0, len(wanted), 500):
                 chunk = wanted[start:start + 500]
                 cur.execute(f"SELECT id FROM sessions WHERE project = {self._ph} AND id IN "
-                            f"({', '.join([self._ph] * len(chunk))})", (project, *chunk))
+                            f"({', '.join([self._ph] * len(chunk))}){lock}", (project, *chunk))
                 owned.update(row[0] for row in cur.fetchall())
             missing = [sid for sid in wanted if sid not in owned]
             if missing:
-                raise UnknownSessionError(missing)
+                deleted = self._deleted(cur, missing)
+                if deleted == missing:
+                    raise DeletedSessionError(missing)
+                raise UnknownSessionError(missing, deleted)
             self._apply(cur, groups, ("step", "event"), records=core, project=project,
                         note=sorted(_sessions_grouped(groups)))
             self._after_core(cur, core, extra, project)
 
-        self._run(run, write=True)
+        try:
+            self._run(run, write=True)
+        except DeletedSessionError as exc:
+            if exc.session_ids:
+                raise
+            raise DeletedSessionError(self.deleted_among(referenced)) from None
 
     def create_session(self, record: Record, project: str) -> bool:
         """Create the session of ``record`` for ``project`` unless a session
@@ -1660,6 +1765,31 @@ class Store:
         result: list[dict[str, Any]] = self._run(lambda cur: _fetch_rows(cur, sql, params),
                                                  write=False)
         return result
+
+    @property
+    def sqlite_file(self) -> str | None:
+        """The SQLite file this store is (None: PostgreSQL, or in memory)."""
+        if self.dialect != "sqlite" or self._sqlite[0] == ":memory:":
+            return None
+        return self._sqlite[0]
+
+    def vacuum(self) -> None:
+        """SQLite: write the file again without its free pages (deleting rows
+        frees pages the file keeps for new rows, never shrinking), and empty
+        the write-ahead log. Writers wait meanwhile; it needs as much free
+        disk as the file takes. Nothing to do on PostgreSQL (autovacuum)."""
+        if self.dialect != "sqlite":
+            return
+        with self._lock:
+            if self._closed:
+                raise StoreError("the store is closed")
+            if self._conn is None:
+                self._open_sqlite()
+            try:
+                self._conn.execute("VACUUM")
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                raise _store_error(f"cannot vacuum {self.url}: {exc}", exc) from exc
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one write statement in its own transaction; the rows it touched."""

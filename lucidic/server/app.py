@@ -15,8 +15,9 @@ from .. import _config, _continuation
 from ..limits import MAX_BODY_BYTES
 from ..reading import MAX_LIMIT, SORTS, InvalidQueryError, Reader, SessionQuery
 from ..reading.derived import Refresher
+from ..reading.retention import RECENT_WRITES, Pruner, delete_sessions
 from ..reading.search import MAX_QUERY_CHARS as MAX_SEARCH
-from ..store import Store
+from ..store import DeletedSessionError, Store
 from ..ui.db import StorePool
 from ..ui.pages import install as install_ui
 from ..ui.security import SecurityMiddleware
@@ -263,8 +264,12 @@ def check_continuable(row: dict[str, Any], session_id: str, agent_id: str | None
 def create_session(record: models.NewSession, who: Auth,  # type: ignore[valid-type]
                    db: Db) -> JSONOut:
     session_id = record["id"]
-    if not db.create_session(("session", session_id, record["ts"], record["fields"]),
-                             who.project):
+    try:
+        created = db.create_session(("session", session_id, record["ts"], record["fields"]),
+                                    who.project)
+    except DeletedSessionError as exc:
+        raise ApiError(409, f"{exc}: a deleted session's id cannot be used again") from exc
+    if not created:
         raise ApiError(409, _continuation.in_use_message(session_id))
     return JSONOut({"session_id": session_id}, status_code=201)
 
@@ -273,6 +278,30 @@ def create_session(record: models.NewSession, who: Auth,  # type: ignore[valid-t
             summary="One session with its totals")
 def get_session(session_id: str, who: Auth, db: Db) -> JSONOut:
     return JSONOut(read_or_404(Reader(db).session, "session", session_id, who.project))
+
+
+@router.delete("/api/v1/sessions/{session_id:path}", tags=["write"],
+               response_model=models.Deleted,
+               responses={409: {"model": models.Problem,
+                                "description": "unfinished and written to in the last "
+                                               f"{RECENT_WRITES / 60:g} minutes (force=true "
+                                               "deletes it all the same)"}},
+               summary="Delete a session with its steps, events, scores and uploads, for "
+                       "good; records for it that arrive later are refused")
+def delete_session(session_id: str, who: Auth, db: Db,
+                   force: Annotated[bool, Query(description=(
+                       "delete it even if it is still being written to (a process still "
+                       "writing to it has its records refused)"))] = False) -> JSONOut:
+    if not models.valid_id(session_id):
+        raise not_found("session", session_id)
+    done = delete_sessions(db, [session_id], project=who.project, force=force)
+    if done.running:
+        raise ApiError(409, f"session {session_id!r} is still being written to (unfinished, "
+                            f"written to in the last {RECENT_WRITES / 60:g} minutes): end it "
+                            "first, or ask again with force=true")
+    if not done.deleted:
+        raise not_found("session", session_id)
+    return JSONOut({"session_id": session_id, "deleted": True})
 
 
 @router.get("/api/v1/steps/{step_id:path}", tags=["read"], response_model=models.Step,
@@ -290,13 +319,16 @@ def get_event(event_id: str, who: Auth, db: Db) -> JSONOut:
 def create_app(database_url: str | None = None, *,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, pool_size: int = 8,
                max_upload_bytes: int | None = None, upload_ttl: float | None = None,
-               otlp_grpc: tuple[str, int] | None = None) -> FastAPI:
+               otlp_grpc: tuple[str, int] | None = None,
+               retention_days: float | None = None) -> FastAPI:
     """The server's ASGI app over the database at ``database_url`` (opened,
     and its schema migrated, right away). Uploads (screenshots) are at most
     ``max_upload_bytes`` and their signed URLs live ``upload_ttl`` seconds.
     With ``otlp_grpc`` (host, port), an OTLP/gRPC trace receiver is bound
     there now (OSError if it cannot be), and serves while the app does; its
-    port is ``app.state.otlp_grpc_port``."""
+    port is ``app.state.otlp_grpc_port``. With ``retention_days``, sessions
+    nothing was written to for that many days are deleted in the background
+    (lucidic.reading.retention.Pruner)."""
     # The protocol modules build on this one's Auth and Db, hence imported here.
     from . import experiments, lucidicai, lucidicai3, masssims, otlp, uploads
 
@@ -306,6 +338,7 @@ def create_app(database_url: str | None = None, *,
         signing_key = uploads.signing_key(store)
 
     refresher = Refresher(pool.store)
+    pruner = None if retention_days is None else Pruner(pool.store, retention_days * 86400)
     grpc_server, grpc_port = None, None
     if otlp_grpc is not None:
         from . import otlp_grpc as grpc_receiver
@@ -320,6 +353,8 @@ def create_app(database_url: str | None = None, *,
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> Any:
         refresher.start()
+        if pruner is not None:
+            pruner.start()
         if grpc_server is not None:
             grpc_server.start()
         yield
@@ -327,6 +362,8 @@ def create_app(database_url: str | None = None, *,
             # Calls under way finish (for a few seconds) before the pool closes.
             grpc_server.stop(grace=5).wait()
         refresher.stop()
+        if pruner is not None:
+            pruner.stop()
         pool.close()
 
     from .. import __version__
@@ -349,6 +386,7 @@ def create_app(database_url: str | None = None, *,
     )
     app.state.pool = pool
     app.state.otlp_grpc_port = grpc_port
+    app.state.pruner = pruner
     app.state.uploads = uploads.UploadConfig(
         signing_key, max_bytes=max_upload_bytes or uploads.DEFAULT_MAX_UPLOAD_BYTES,
         ttl=upload_ttl or uploads.DEFAULT_UPLOAD_TTL)
@@ -369,19 +407,23 @@ def create_app(database_url: str | None = None, *,
 def run(database_url: str | None = None, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, log_level: str = "info",
         max_upload_bytes: int | None = None, upload_ttl: float | None = None,
-        otlp_grpc_port: int | None = None) -> None:
+        otlp_grpc_port: int | None = None, retention_days: float | None = None) -> None:
     """Serve the API until interrupted; OTLP/gRPC too, on ``otlp_grpc_port``
-    of the same host, when given (OSError if that port cannot be bound)."""
+    of the same host, when given (OSError if that port cannot be bound);
+    pruning sessions older than ``retention_days`` when given."""
     import uvicorn
 
     url = database_url or default_database_url()
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     app = create_app(url, max_body_bytes=max_body_bytes, max_upload_bytes=max_upload_bytes,
-                     upload_ttl=upload_ttl,
+                     upload_ttl=upload_ttl, retention_days=retention_days,
                      otlp_grpc=None if otlp_grpc_port is None else (host, otlp_grpc_port))
     logger.info("lucidic server: database %s, listening on http://%s:%d (web UI at /, "
                 "API docs at /docs)",
                 redact_url(url), host, port)
+    if retention_days is not None:
+        logger.info("lucidic server: deleting sessions nothing was written to for %g days, "
+                    "at start and every hour", retention_days)
     if app.state.otlp_grpc_port is not None:
         logger.info("lucidic server: OTLP/gRPC traces on %s:%d", host, app.state.otlp_grpc_port)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False,

@@ -331,3 +331,8 @@ NewSession: Any = Annotated[_RECORD_SHAPES[0], AfterValidator(_storable_record)]
 
 class Created(BaseModel):
     session_id: str
+
+
+class Deleted(BaseModel):
+    session_id: str
+    deleted: Literal[True] = True

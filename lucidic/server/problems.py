@@ -142,9 +142,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(UnknownSessionError)
     async def _unknown_session(request: Request, exc: UnknownSessionError) -> Response:
+        # (deleted_session_ids: of those, the deleted ones, whose records a
+        # client sets aside at once rather than waiting for the session.)
         return error_response(request.scope, 404, f"{exc}; nothing was written. A step or "
                               "event must name a session of this API key's project, created "
-                              "earlier or in the same batch.", session_ids=exc.session_ids[:100])
+                              "earlier or in the same batch, and not deleted.",
+                              session_ids=exc.session_ids[:100],
+                              deleted_session_ids=exc.deleted[:100])
 
     @app.exception_handler(IdInUseError)
     async def _id_in_use(request: Request, exc: IdInUseError) -> Response:

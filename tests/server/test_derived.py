@@ -33,7 +33,7 @@ from lucidic.reading.search import TextMatch
 from lucidic.reading.totals import cost_sum, int_sum, saturated
 from lucidic.server.otlp import _spans
 from lucidic.server.otlp_ingest import ingest
-from lucidic.store import MIGRATIONS, IdInUseError, Store
+from lucidic.store import MIGRATIONS, SCHEMA_VERSION, IdInUseError, Store
 
 T0 = 1_700_000_000.0
 
@@ -752,10 +752,10 @@ def test_an_upgraded_store_counts_the_timings_it_kept(db_url: str) -> None:
                       "UPDATE lucidic_meta SET value = '9' WHERE key = 'schema_version'"):
         conn.execute(statement)
     conn.close()
-    assert [v for v, _ in MIGRATIONS if v > 9] == [10, 11]
+    assert [v for v, _ in MIGRATIONS if v > 9] == [10, 11, 12]
     upgraded = Store(db_url)
     try:
-        assert upgraded.schema_version() == 11
+        assert upgraded.schema_version() == SCHEMA_VERSION
         assert _timing_counts(upgraded) == _recounted(upgraded) != {}
         assert _notes(upgraded)
         _assert_percentiles_exact(upgraded)
@@ -788,10 +788,10 @@ def test_an_upgraded_store_counts_calls_without_usage_and_sums_by_hour(db_url: s
                       "WHERE key = 'schema_version'"):
         conn.execute(statement)
     conn.close()
-    assert [v for v, _ in MIGRATIONS if v > 10] == [11]
+    assert [v for v, _ in MIGRATIONS if v > 10] == [11, 12]
     upgraded = Store(db_url)
     try:
-        assert upgraded.schema_version() == 11
+        assert upgraded.schema_version() == SCHEMA_VERSION
         assert _notes(upgraded)
         kept = upgraded.query(
             "SELECT SUM(without_tokens) AS tokens, SUM(without_cost) AS cost "
