@@ -477,3 +477,29 @@ def test_a_page_on_one_replica_follows_writes_through_another(
         _only_own_origin(opened, reading.url)
     finally:
         opened.close()
+
+
+def test_an_open_session_page_says_when_the_session_is_deleted(ui, agent, page,
+                                                                lucidic_home) -> None:
+    import subprocess
+    import sys
+
+    from helpers import child_env
+
+    sid = agent("new", "Refund request #4471", "refund order 4471")
+    kept = agent("new", "Another one")
+    p = page.page
+    listing = page.context.new_page()
+    listing.goto(ui.url + "/")
+    listing.locator(f'a[href="/sessions/{sid}"]').wait_for()
+    p.goto(f"{ui.url}/sessions/{sid}")
+    expect(p.locator("#session-head")).to_contain_text("Refund request #4471")
+    deleted = subprocess.run([sys.executable, "-m", "lucidic", "sessions", "delete", sid,
+                              "--force"], capture_output=True, text=True, timeout=60,
+                             env=child_env(lucidic_home), cwd=ROOT)
+    assert deleted.returncode == 0, deleted.stderr
+    banner = p.locator("#session-live")
+    expect(banner).to_contain_text("This session was deleted", timeout=LIVE)
+    expect(listing.locator(f'a[href="/sessions/{sid}"]')).to_have_count(0, timeout=LIVE)
+    expect(listing.locator(f'a[href="/sessions/{kept}"]')).to_have_count(1)
+    _only_own_origin(page, ui.url)

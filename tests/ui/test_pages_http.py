@@ -279,3 +279,33 @@ def test_a_postgresql_database_is_named_by_its_name_and_host_without_its_passwor
     url = "postgresql://lucidic:s3cret@db.lan:5432/agents"
     assert cli._short_name(url) == "PostgreSQL agents on db.lan"
     assert cli._shown_url(url) == "postgresql://lucidic:***@db.lan:5432/agents"
+
+
+def _delete(lucidic_home: Path, *ids: str) -> None:
+    from helpers import child_env
+
+    result = subprocess.run([sys.executable, "-m", "lucidic", "sessions", "delete", *ids,
+                             "--force"], capture_output=True, text=True, timeout=60,
+                            env=child_env(lucidic_home), cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_deleted_sessions_page_says_it_was_deleted(ui, agent, lucidic_home) -> None:
+    sid = agent("new", "Refund request #4471", "refund order 4471")
+    kept = agent("new", "Another one")
+    page = requests.get(f"{ui.url}/sessions/{sid}", timeout=10)
+    version = re.search(r'data-version="([^"]+)"', page.text).group(1)  # type: ignore[union-attr]
+    _delete(lucidic_home, sid)
+    listing = requests.get(ui.url + "/", timeout=10).text
+    assert f"/sessions/{sid}" not in listing and f"/sessions/{kept}" in listing
+    gone = requests.get(f"{ui.url}/sessions/{sid}", timeout=10)
+    assert gone.status_code == 410 and "This session was deleted" in gone.text
+    # the open page's next poll says so (and stops polling: no hx-trigger)
+    live = requests.get(f"{ui.url}/sessions/{sid}/live", params={"version": version},
+                        timeout=10)
+    assert live.status_code == 200 and "This session was deleted" in live.text
+    assert 'id="session-live"' in live.text and "hx-trigger" not in live.text
+    # an id never stored is still "no such session"
+    never = requests.get(f"{ui.url}/sessions/never-stored", timeout=10)
+    assert never.status_code == 404 and "No such session" in never.text
+    assert requests.get(f"{ui.url}/sessions/never-stored/live", timeout=10).status_code == 204
