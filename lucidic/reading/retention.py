@@ -237,7 +237,7 @@ class Pruning:
 def prune(store: Store, older_than: float, *, project: str | None = None,
           dry_run: bool = False, now: float | None = None, batch: int = BATCH,
           keep_ids: int = 0, stop: Callable[[], bool] | None = None,
-          alone: bool = False) -> Pruning:
+          alone: bool = False, wait: Callable[[float], Any] = time.sleep) -> Pruning:
     """Delete (or with ``dry_run`` only count) the sessions (of ``project``)
     that started more than ``older_than`` seconds ago and to which nothing
     was written since: ended ones, and unfinished ones abandoned as long. A
@@ -245,7 +245,9 @@ def prune(store: Store, older_than: float, *, project: str | None = None,
     (a session written to meanwhile is not chosen). ``keep_ids``: how many of
     their ids to give back. ``stop()`` true ends it between batches.
     ``alone`` (PostgreSQL): end, rather than wait, when another prune of
-    the store is running a batch (server replicas each run one)."""
+    the store is running a batch (server replicas each run one). SQLite:
+    after each batch, ``wait`` as long as it took, so that writers, who
+    waited for it, are not left waiting for the next one too."""
     cutoff = (time.time() if now is None else now) - older_than
     result = Pruning()
     after: tuple[float, str] | None = None
@@ -270,9 +272,12 @@ def prune(store: Store, older_than: float, *, project: str | None = None,
             remove(store, cur, chosen, time.time() if now is None else now)
             return rows, [r for r in rows if r[0] in chosen]
 
+        started = time.monotonic()
         rows, gone = store.transaction(run, write=not dry_run)
         if not rows:
             break
+        if not dry_run and store.dialect == "sqlite" and len(rows) == batch:
+            wait(time.monotonic() - started)
         result.sessions += len(gone)
         starts = [r[2] for r in gone]
         if starts:
@@ -317,7 +322,8 @@ class Pruner:
         while not self._stop.is_set():
             try:
                 with self._connection() as store:
-                    done = prune(store, self.older_than, stop=self._stop.is_set, alone=True)
+                    done = prune(store, self.older_than, stop=self._stop.is_set, alone=True,
+                                 wait=self._stop.wait)
                 if done.sessions:
                     self.pruned += done.sessions
                     logger.info("lucidic: retention deleted %d session(s) with nothing "

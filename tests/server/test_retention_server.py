@@ -255,3 +255,35 @@ def test_sessions_help_names_delete_and_prune(tmp_path: Path, unused: Any) -> No
     assert "delete" in shown.stdout and "prune" in shown.stdout
     server = _cli(tmp_path, {}, "server", "--help")
     assert "--retention-days N" in server.stdout
+
+
+def test_other_protocols_writing_to_a_deleted_session_are_refused_not_failed(
+        sqlite_url: str, start_server) -> None:
+    """lucidicai and OTLP clients naming a deleted session get a definite
+    refusal (no 5xx, which they would retry for ever), and nothing comes back."""
+    from test_otlp import agent_trace, body, make_spans, post
+
+    server = start_server(sqlite_url)
+    key = make_key(sqlite_url, "shop")
+    api = Api(server.url, key)
+    lucidicai = {"Authorization": f"Api-Key {key}"}
+    sid = str(uuid.uuid4())
+    started = api.post("/api/initsession", json={"session_id": sid, "session_name": "x"},
+                       headers=lucidicai)
+    assert started.status_code == 200, started.text
+    assert post(server, key, body(make_spans(agent_trace("conv-1")))).status_code == 200
+    assert api.http.delete(server.url + f"/api/v1/sessions/{sid}", params={"force": "true"},
+                           timeout=10).status_code == 200
+    assert api.http.delete(server.url + "/api/v1/sessions/conv-1", params={"force": "true"},
+                           timeout=10).status_code == 200
+    again = api.post("/api/initsession", json={"session_id": sid, "session_name": "x"},
+                     headers=lucidicai)
+    step = api.post("/api/initstep", json={"session_id": sid}, headers=lucidicai)
+    spans = post(server, key, body(make_spans(agent_trace("conv-1"))))
+    for answer in (again, step, spans):
+        assert 400 <= answer.status_code < 500, (answer.status_code, answer.text)
+    store = Store(sqlite_url)
+    assert store.get_session(sid) is None and store.get_session("conv-1") is None
+    assert store.count("steps") == store.count("events") == 0
+    store.close()
+    assert "Traceback" not in server.log_text()
