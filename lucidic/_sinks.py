@@ -19,7 +19,7 @@ from typing import Any
 
 from . import _continuation
 from .errors import InvalidOperationError
-from .store import Record, Store, StoreError
+from .store import DeletedSessionError, Record, Store, StoreError
 
 
 class SinkError(Exception):
@@ -172,6 +172,23 @@ class LocalSink(Sink):
 
     def local_store(self) -> Store:
         return self._get_store()
+
+    def claim_session(self, record: Record) -> None:
+        """As Sink.claim_session; a deleted session's id stays taken (its
+        records are refused for good), which InvalidOperationError says."""
+        if self.lookup_session(record[1]) is not None:
+            raise InvalidOperationError(_continuation.in_use_message(record[1]))
+        try:
+            self._get_store().write([record])
+        except DeletedSessionError as exc:
+            raise InvalidOperationError(f"{exc}: a deleted session's id cannot be used "
+                                        "again; start the session without session_id, or "
+                                        "with another") from None
+        except (StoreError, ValueError, TypeError, OverflowError) as exc:
+            if isinstance(exc, StoreError) and exc.transient:
+                raise self._failed(exc) from exc
+            raise InvalidOperationError(f"the store refused session {record[1]!r}: {exc}"
+                                        ) from None
 
     def lookup_session(self, session_id: str) -> dict[str, Any] | None:
         try:

@@ -416,3 +416,28 @@ def test_writers_racing_a_prune_leave_whole_sessions_or_none(db_url: str) -> Non
     assert _orphans(setup) == dict.fromkeys(_orphans(setup), 0)
     _assert_exact_after(setup)
     setup.close()
+
+
+def test_init_with_a_deleted_sessions_id_says_the_id_was_deleted(tmp_path: Path) -> None:
+    from helpers import run_python
+
+    home = tmp_path / "home"
+    made = run_python("""
+        import lucidic as lai
+        print(lai.init(session_name="soon gone"))
+        lai.end_session(is_successful=True)
+        assert lai.flush()
+    """, home=home)
+    sid = made.stdout.strip()
+    store = Store(home / "lucidic.db")
+    assert delete_sessions(store, [sid]).deleted == [sid]
+    store.close()
+    reused = run_python(f"""
+        import lucidic as lai
+        from lucidic.errors import InvalidOperationError
+        try:
+            lai.init(session_name="again", session_id={sid!r})
+        except InvalidOperationError as exc:
+            print("refused:", exc)
+    """, home=home)
+    assert f"refused: {sid!r} was deleted" in reused.stdout, reused.stdout + reused.stderr
