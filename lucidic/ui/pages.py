@@ -22,7 +22,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from ..limits import MAX_ID_LENGTH
 from ..reading import MAX_LIMIT, SORTS, STATUSES, InvalidQueryError, Reader, SessionQuery
-from ..reading.retention import was_deleted
+from ..reading.retention import RECENT_WRITES, delete_sessions, was_deleted
 from ..store import Store
 from . import auth
 from .render import render
@@ -232,12 +232,33 @@ def session_live(request: Request, session_id: str, db: Db, who: Who,
 
 
 @router.get("/sessions/{session_id:path}", response_class=HTMLResponse)
-def session_page(request: Request, session_id: str, db: Db, who: Who) -> HTMLResponse:
+def session_page(request: Request, session_id: str, db: Db, who: Who,
+                 delete: str = "") -> HTMLResponse:
     reader = Reader(db)
     session = _session_or_404(request, reader, session_id, who)
     if isinstance(session, HTMLResponse):
         return session
-    return _page(request, "session.html", viewer=who, **_session_context(reader, session, 0))
+    return _page(request, "session.html", viewer=who, still_written=delete == "running",
+                 recent_minutes=f"{RECENT_WRITES / 60:g}",
+                 **_session_context(reader, session, 0))
+
+
+@router.post("/sessions/{session_id:path}/delete")
+async def delete_session(request: Request, session_id: str, db: Db, who: Who) -> Response:
+    """`lucidic ui`'s delete button (the server's pages have none: its API
+    deletes, with a key). A session still being written to is deleted only
+    when the form says force, which the page asks for apart."""
+    if request.app.state.ui_signin or not 0 < len(session_id) <= MAX_ID_LENGTH:
+        return _page(request, "missing.html", status=404, viewer=who, what="page",
+                     ident=request.url.path)
+    form = parse_qs((await request.body())[:1024].decode("utf-8", "replace"))
+    done = delete_sessions(db, [session_id], project=who.project,
+                           force=(form.get("force") or [""])[0] == "1")
+    page = f"/sessions/{quote(session_id, safe='')}"
+    if done.running:
+        return RedirectResponse(page + "?delete=running", status_code=303)
+    # (deleted, or gone already: its page says it was deleted, or never was)
+    return RedirectResponse(page, status_code=303)
 
 
 # -- one event or step -------------------------------------------------------------------

@@ -503,3 +503,15 @@ def test_an_open_session_page_says_when_the_session_is_deleted(ui, agent, page,
     expect(listing.locator(f'a[href="/sessions/{sid}"]')).to_have_count(0, timeout=LIVE)
     expect(listing.locator(f'a[href="/sessions/{kept}"]')).to_have_count(1)
     _only_own_origin(page, ui.url)
+
+
+def test_the_delete_button_of_lucidic_ui_deletes_the_session(ui, agent, page) -> None:
+    sid = agent("new", "Refund request #4471", "refund order 4471")   # (ended)
+    p = page.page
+    p.goto(f"{ui.url}/sessions/{sid}")
+    p.get_by_text("Delete this session").click()
+    p.get_by_role("button", name="Delete for good").click()
+    expect(p.get_by_role("heading", name="This session was deleted")).to_be_visible()
+    p.goto(ui.url + "/")
+    expect(p.locator(f'a[href="/sessions/{sid}"]')).to_have_count(0)
+    assert [u for u in page.problems if "410" not in u] == []

@@ -309,3 +309,26 @@ def test_a_deleted_sessions_page_says_it_was_deleted(ui, agent, lucidic_home) ->
     never = requests.get(f"{ui.url}/sessions/never-stored", timeout=10)
     assert never.status_code == 404 and "No such session" in never.text
     assert requests.get(f"{ui.url}/sessions/never-stored/live", timeout=10).status_code == 204
+
+
+def test_lucidic_ui_deletes_a_session_from_its_page_only_from_its_own_site(ui, agent) -> None:
+    sid = agent("trip")   # still running
+    page = requests.get(f"{ui.url}/sessions/{sid}", timeout=10).text
+    assert f'action="/sessions/{sid}/delete"' in page and "Delete for good" in page
+    for headers in ({"Origin": "https://evil.example"}, {"Sec-Fetch-Site": "cross-site"}):
+        refused = requests.post(f"{ui.url}/sessions/{sid}/delete", data={"force": "1"},
+                                headers=headers, allow_redirects=False, timeout=10)
+        assert refused.status_code == 403, headers
+    assert requests.get(f"{ui.url}/sessions/{sid}", timeout=10).status_code == 200
+    same = {"Origin": ui.url}
+    running = requests.post(f"{ui.url}/sessions/{sid}/delete", headers=same,
+                            allow_redirects=False, timeout=10)
+    assert running.status_code == 303
+    assert running.headers["location"] == f"/sessions/{sid}?delete=running"
+    asked = requests.get(ui.url + running.headers["location"], timeout=10).text
+    assert "Not deleted: it is unfinished" in asked and "Delete it all the same" in asked
+    forced = requests.post(f"{ui.url}/sessions/{sid}/delete", data={"force": "1"},
+                           headers=same, allow_redirects=False, timeout=10)
+    assert forced.status_code == 303 and forced.headers["location"] == f"/sessions/{sid}"
+    gone = requests.get(ui.url + forced.headers["location"], timeout=10)
+    assert gone.status_code == 410 and "This session was deleted" in gone.text
