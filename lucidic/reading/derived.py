@@ -319,12 +319,14 @@ def pending(store: Store) -> int:
     return int(store.query("SELECT COUNT(*) AS n FROM changed_sessions")[0]["n"])
 
 
-class Refresher:
-    """Refreshes derived data in a daemon thread until stopped, a batch at a
-    time on a connection taken from ``connection`` (a callable giving a
-    context manager that lends a Store: the app's pool, which thus bounds
-    the connections the app holds). A failure is logged (rate-limited) and
-    the next round tries again: pages stay exact meanwhile, only slower."""
+class Background:
+    """Work an app runs in a daemon thread (``_run``) until stopped, on
+    connections taken from ``connection`` (a callable giving a context
+    manager that lends a Store: the app's pool, which thus bounds the
+    connections the app holds), a round every ``interval`` seconds."""
+
+    #: The thread's name.
+    name = "lucidic-background"
 
     def __init__(self, connection: Callable[[], AbstractContextManager[Store]], *,
                  interval: float = 1.0) -> None:
@@ -334,14 +336,24 @@ class Refresher:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="lucidic-refresher",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def _run(self) -> None:  # pragma: no cover - each kind has its own
+        raise NotImplementedError
+
+
+class Refresher(Background):
+    """Refreshes derived data in a daemon thread until stopped, a batch at a
+    time. A failure is logged (rate-limited) and the next round tries again:
+    pages stay exact meanwhile, only slower."""
+
+    name = "lucidic-refresher"
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -36,7 +36,6 @@ unless forced.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
@@ -47,7 +46,7 @@ from .._activity_hours import stale_sql
 from .._internal import log_rate_limited
 from .._timing_buckets import MEASURES, counts_sql
 from ..store import Store
-from .derived import REFRESHER_LOCK, TABLES
+from .derived import REFRESHER_LOCK, TABLES, Background
 
 logger = logging.getLogger("lucidic")
 
@@ -290,33 +289,21 @@ def prune(store: Store, older_than: float, *, project: str | None = None,
     return result
 
 
-class Pruner:
+class Pruner(Background):
     """Prunes, in a daemon thread, the sessions nothing was written to for
-    ``older_than`` seconds: at start, then every ``interval`` seconds, on a
-    connection taken from ``connection`` (the app's pool), as the Refresher
-    refreshes. A failure is logged (rate-limited) and the next round tries
-    again. Server replicas sharing a database each run one: a round that
-    finds another replica's under way leaves it to that one."""
+    ``older_than`` seconds: at start, then every ``interval`` seconds, as the
+    Refresher refreshes. A failure is logged (rate-limited) and the next
+    round tries again. Server replicas sharing a database each run one: a
+    round that meets another replica's batch under way leaves the rest to it."""
+
+    name = "lucidic-retention"
 
     def __init__(self, connection: Callable[[], AbstractContextManager[Store]],
                  older_than: float, *, interval: float = PRUNE_INTERVAL) -> None:
-        self._connection = connection
+        super().__init__(connection, interval=interval)
         self.older_than = older_than
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         #: Sessions pruned since start.
         self.pruned = 0
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="lucidic-retention",
-                                        daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     def _run(self) -> None:
         while not self._stop.is_set():
