@@ -150,9 +150,13 @@ def remove(store: Store, cur: Any, projects: dict[str, Any], now: float) -> None
         cur.execute(f"DELETE FROM uploads WHERE {column} IN "
                     f"(SELECT id FROM {table} WHERE {among})", ids)
     cur.execute(f"DELETE FROM uploads WHERE {among}", ids)
-    cur.execute("DELETE FROM otlp_spans WHERE EXISTS (SELECT 1 FROM otlp_traces t "
-                "WHERE t.project = otlp_spans.project AND t.trace_id = otlp_spans.trace_id "
-                f"AND t.{among})", ids)
+    # (their traces found first: otlp_spans is keyed by trace, and holds a
+    # row for every span ever received)
+    cur.execute(f"SELECT project, trace_id FROM otlp_traces WHERE {among}", ids)
+    traces = [tuple(row) for row in cur.fetchall()]
+    if traces:
+        cur.executemany(f"DELETE FROM otlp_spans WHERE project = {ph} AND trace_id = {ph}",
+                        traces)
     cur.execute(f"DELETE FROM otlp_traces WHERE {among}", ids)
     for table in _SESSION_TABLES:
         cur.execute(f"DELETE FROM {table} WHERE {among}", ids)
