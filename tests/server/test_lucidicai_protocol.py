@@ -661,9 +661,9 @@ def test_mass_simulations_are_recorded_and_group_their_sessions(
 
 
 def test_bad_lucidicai_requests_get_a_clear_4xx_and_change_nothing(
-        sqlite_url: str, start_server: Any) -> None:
-    server = start_server(sqlite_url)
-    mine, theirs = make_key(sqlite_url, "mine"), make_key(sqlite_url, "theirs")
+        db_url: str, start_server: Any) -> None:
+    server = start_server(db_url)
+    mine, theirs = make_key(db_url, "mine"), make_key(db_url, "theirs")
     http = _lucidicai_http(server, mine)
     other = _lucidicai_http(server, theirs)
     base = server.url + "/api/"
@@ -674,7 +674,7 @@ def test_bad_lucidicai_requests_get_a_clear_4xx_and_change_nothing(
         "session_id"]
     assert http.put(base + "updatesession", json={"session_id": finished,
                                                   "is_finished": True}).status_code == 200
-    before = count_rows(sqlite_url)
+    before = count_rows(db_url)
 
     cases: list[tuple[requests.Session, str, str, dict[str, Any], int, str]] = [
         (http, "POST", "initsession", {"data": b"{not json"}, 400, "not valid JSON"),
@@ -704,6 +704,21 @@ def test_bad_lucidicai_requests_get_a_clear_4xx_and_change_nothing(
          422, "colour"),
         (http, "GET", "getpresigneduploadurl", {"params": {"event_id": event}}, 422,
          "nth_screenshot"),
+        # Ids no client makes: refused alike on both databases (PostgreSQL
+        # refused a NUL itself: "the database refused this request").
+        *((http, "GET", "getpresigneduploadurl", {"params": {name: bad, **rest}}, 422,
+           f"query.{name}: {words}")
+          for name, rest in (("event_id", {"nth_screenshot": 0}), ("step_id", {}),
+                             ("session_id", {"event_id": event, "nth_screenshot": 0}))
+          for bad, words in (("a\x00b", "must be printable text"),
+                             ("x" * 257, "String should have at most 256 characters"))),
+        (http, "GET", "getpresigneduploadurl", {"params": {"event_id": event,
+                                                           "nth_screenshot": "first"}}, 422,
+         "query.nth_screenshot: Input should be a valid integer"),
+        (http, "GET", "getpresigneduploadurl", {"params": {"event_id": event,
+                                                           "nth_screenshot": 0,
+                                                           "session_id": finished}}, 422,
+         f"not in the session named by session_id ({finished!r})"),
         # Another project's ids are unknown to this key.
         (other, "POST", "continuesession", {"json": {"session_id": sid}}, 404, "not found"),
         (other, "POST", "initstep", {"json": {"session_id": sid}}, 404, "not found"),
@@ -732,7 +747,7 @@ def test_bad_lucidicai_requests_get_a_clear_4xx_and_change_nothing(
     other_event = _lucidicai_http(server, theirs).post(base + "events", json={
         "session_id": sid, "client_event_id": event, "type": "generic"})
     assert other_event.status_code == 404
-    assert count_rows(sqlite_url) == before
+    assert count_rows(db_url) == before
 
     # The key works as Bearer and as Api-Key on every route; a wrong one is a 401.
     assert http.get(server.url + "/api/v1/sessions").status_code == 200
