@@ -25,11 +25,22 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from .. import _continuation, pricing
 from .._numbers import bounded_cost, finite_float
 from ..limits import MAX_TEXT_CHARS
+from ..prompts import MAX_LABEL, MAX_NAME
 from ..prompts import get_prompt as stored_prompt
 from ..store import Record, Store
 from . import masssims, uploads
 from .app import Auth, Db, check_continuable, read_or_404
-from .models import Cost, Duration, FiniteFloat, Id, ShortText, Text, check_json_text
+from .models import (
+    PRINTABLE,
+    PRINTABLE_OR_EMPTY,
+    Cost,
+    Duration,
+    FiniteFloat,
+    Id,
+    ShortText,
+    Text,
+    check_json_text,
+)
 from .problems import ApiError, JSONOut
 
 router = APIRouter(prefix="/api", tags=["lucidicai"])
@@ -604,20 +615,26 @@ def _prompt(request: Request, who: Auth, db: Db, prompt_name: str, label: str) -
                     "label": label, "version": found["version"], "metadata": metadata})
 
 
+#: A prompt's name and label as the prompt store takes them (printable; an
+#: empty label means production).
+PromptName = Annotated[str, Query(min_length=1, max_length=MAX_NAME, pattern=PRINTABLE)]
+PromptLabel = Annotated[str, Query(max_length=MAX_LABEL, pattern=PRINTABLE_OR_EMPTY)]
+
+
 @router.get("/getprompt", summary="A prompt's content by name and label (lai.get_prompt)")
-def get_prompt(request: Request, who: Auth, db: Db,
-               prompt_name: Annotated[str, Query(min_length=1, max_length=256)],
-               label: Annotated[str, Query(max_length=64)] = "production",
-               agent_id: Optional[str] = None,  # noqa: UP045
-               current_time: Optional[str] = None) -> JSONOut:  # noqa: UP045
+def get_prompt(request: Request, who: Auth, db: Db, prompt_name: PromptName,
+               label: PromptLabel = "production",
+               agent_id: Annotated[Optional[ShortText], Query()] = None,  # noqa: UP045
+               current_time: Annotated[Optional[str],  # noqa: UP045
+                                       Query(max_length=64)] = None) -> JSONOut:
     return _prompt(request, who, db, prompt_name, label)
 
 
 @router.get("/sdk/prompts", summary="The same, as the newest lucidicai release asks for it")
-def get_prompt_newest(request: Request, who: Auth, db: Db,
-                      prompt_name: Annotated[str, Query(min_length=1, max_length=256)],
-                      label: Annotated[str, Query(max_length=64)] = "production",
-                      agent_id: Optional[str] = None) -> JSONOut:  # noqa: UP045
+def get_prompt_newest(request: Request, who: Auth, db: Db, prompt_name: PromptName,
+                      label: PromptLabel = "production",
+                      agent_id: Annotated[Optional[ShortText],  # noqa: UP045
+                                          Query()] = None) -> JSONOut:
     return _prompt(request, who, db, prompt_name, label)
 
 

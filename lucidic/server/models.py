@@ -32,6 +32,7 @@ def valid_id(value: str) -> bool:
 #: str.isprintable() as a pattern (checked in Rust, not per id in Python):
 #: no control, format, private-use, unassigned or separator characters but space.
 PRINTABLE = r"^(?:[^\p{C}\p{Z}]| )+$"
+PRINTABLE_OR_EMPTY = PRINTABLE.replace("+$", "*$")
 Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=PRINTABLE,
                           description="a client-made id: 1 to 256 printable characters")]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]

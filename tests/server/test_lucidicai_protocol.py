@@ -712,6 +712,12 @@ def test_bad_lucidicai_requests_get_a_clear_4xx_and_change_nothing(
                              ("session_id", {"event_id": event, "nth_screenshot": 0}))
           for bad, words in (("a\x00b", "must be printable text"),
                              ("x" * 257, "String should have at most 256 characters"))),
+        *((http, "GET", route, {"params": {"prompt_name": "greeting", **bad}}, 422,
+           f"query.{next(iter(bad))}: must be printable text")
+          for route in ("getprompt", "sdk/prompts")
+          for bad in ({"prompt_name": "a\x00b"}, {"label": "a\x00b"})),
+        (http, "GET", "getprompt", {"params": {"prompt_name": "x" * 257}}, 422,
+         "query.prompt_name: String should have at most 256 characters"),
         (http, "GET", "getpresigneduploadurl", {"params": {"event_id": event,
                                                            "nth_screenshot": "first"}}, 422,
          "query.nth_screenshot: Input should be a valid integer"),
