@@ -660,6 +660,35 @@ def test_mass_simulations_are_recorded_and_group_their_sessions(
         "sessions"] == []
 
 
+def test_a_nul_in_a_mass_simulations_or_an_evals_text_is_kept_as_a_sessions_is(
+        db_url: str, start_server: Any) -> None:
+    # A NUL character in a session's text becomes U+FFFD (the store's rule:
+    # PostgreSQL holds no NUL). A mass simulation's and an eval's text went
+    # to the database as given: SQLite kept the NUL, PostgreSQL refused the
+    # request ("the database refused this request").
+    server = start_server(db_url)
+    key = make_key(db_url, "nul")
+    http = _lucidicai_http(server, key)
+    base = server.url + "/api/"
+    answer = http.post(base + "initsession", json={"session_name": "a\x00b"})
+    assert answer.status_code == 200, answer.text
+    sid = answer.json()["session_id"]
+    answer = http.post(base + "initmasssim", json={
+        "mass_sim_name": "n\x00ame", "task": "t\x00ask", "agent_id": "a\x00gent"})
+    assert answer.status_code == 200, answer.text
+    sim = Api(server.url, key).get(f"/api/v1/mass-sims/{answer.json()['mass_sim_id']}").json()
+    assert (sim["name"], sim["task"], sim["agent_id"]) == (
+        "n\ufffdame", "t\ufffdask", "a\ufffdgent")
+    answer = http.post(base + "sdk/evals", json={"session_id": sid, "name": "tone",
+                                                 "result": "po\x00lite",
+                                                 "description": "why\x00not"})
+    assert answer.status_code == 201, answer.text
+    tree = Api(server.url, key).tree(sid)
+    assert tree["name"] == "a\ufffdb"
+    (score,) = tree["score_details"]
+    assert (score["value"], score["comment"]) == ("po\ufffdlite", "why\ufffdnot")
+
+
 def test_bad_lucidicai_requests_get_a_clear_4xx_and_change_nothing(
         db_url: str, start_server: Any) -> None:
     server = start_server(db_url)
