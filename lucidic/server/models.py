@@ -87,10 +87,16 @@ def _column_type(column: str) -> Any:
     return _API_TYPES[COLUMN_TYPES[column]]
 
 
+#: Columns a record carries with a tighter type than the column's (a stored
+#: row may hold more: costs from before they were bounded, durations from
+#: before they were refused below 0, as the lucidicai routes refuse them).
+_INPUT_TYPES: dict[str, Any] = {"cost": Cost, "duration": Duration,
+                                "time_to_first_token": Duration}
+
+
 def _input_type(column: str) -> Any:
-    """What a record may carry in ``column`` (a stored row may hold more:
-    costs from before they were bounded)."""
-    return Cost if column == "cost" else _column_type(column)
+    """What a record may carry in ``column``."""
+    return _INPUT_TYPES.get(column) or _column_type(column)
 
 
 # -- the ingest body -----------------------------------------------------------------

@@ -197,6 +197,11 @@ def _bad_requests(sid: str) -> list[tuple[str, dict[str, Any], str]]:
          "input_tokens"),
         # finite, but three of them sum beyond any float
         ("cost beyond any real call", records(_event("e1", sid, cost=1e300)), "cost"),
+        # as the lucidicai routes refuse them: a duration runs forwards
+        ("negative duration", records(_event("e1", sid, duration=-2.0)),
+         "duration: Input should be greater than or equal to 0"),
+        ("negative time to first token", records(_event("e1", sid, time_to_first_token=-0.5)),
+         "time_to_first_token: Input should be greater than or equal to 0"),
         ("is_finished is a word", records(step | {"fields": step["fields"] |
                                                    {"is_finished": "maybe"}}), "is_finished"),
         ("tags not a list", records(_session(sid) | {"fields": {"tags": "a,b"}}), "tags"),
