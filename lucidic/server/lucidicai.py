@@ -34,6 +34,7 @@ from .models import (
     PRINTABLE,
     PRINTABLE_OR_EMPTY,
     Cost,
+    Count,
     Duration,
     FiniteFloat,
     Id,
@@ -44,8 +45,6 @@ from .models import (
 from .problems import ApiError, JSONOut
 
 router = APIRouter(prefix="/api", tags=["lucidicai"])
-
-Count = Annotated[int, Field(ge=0, le=2**53)]
 
 
 class _Body(BaseModel):

@@ -149,6 +149,8 @@ Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 #: What another client names things with (a tag, an agent id, a model, a
 #: function name): a short text, maybe empty.
 ShortText = Annotated[str, Field(max_length=4096)]
+#: How many of something (the lucidicai routes' counts too): up to what a
+#: 64-bit column holds.
 Count = Annotated[int, Field(ge=0, le=INT_MAX)]
 
 #: Each evaluation kind's fields: (type, required).

@@ -689,6 +689,28 @@ def test_a_nul_in_a_mass_simulations_or_an_evals_text_is_kept_as_a_sessions_is(
     assert (score["value"], score["comment"]) == ("po\ufffdlite", "why\ufffdnot")
 
 
+def test_a_count_takes_on_the_lucidicai_routes_what_the_records_api_takes(
+        db_url: str, start_server: Any) -> None:
+    # A mass simulation's total_num_sims is a count (models.Count: what a
+    # 64-bit column holds) whichever way it comes; initmasssim refused one
+    # beyond 2**53 that our records API takes.
+    server = start_server(db_url)
+    key = make_key(db_url, "counts")
+    http, api = _lucidicai_http(server, key), Api(server.url, key)
+    answer = http.post(server.url + "/api/initmasssim", json={"total_num_sims": 2**63 - 1})
+    assert answer.status_code == 200, answer.text
+    sim = api.get(f"/api/v1/mass-sims/{answer.json()['mass_sim_id']}").json()
+    assert sim["total"] == 2**63 - 1
+    assert api.records({"kind": "mass_sim", "id": "m", "ts": 1.0,
+                        "fields": {"total_num_sims": 2**63 - 1}}).status_code == 200
+    for bad in (2**63, -1):
+        answer = http.post(server.url + "/api/initmasssim", json={"total_num_sims": bad})
+        assert answer.status_code == 422 and "total_num_sims" in answer.json()["detail"]
+        answer = api.records({"kind": "mass_sim", "id": "m", "ts": 1.0,
+                              "fields": {"total_num_sims": bad}})
+        assert answer.status_code == 422 and "total_num_sims" in answer.json()["detail"]
+
+
 def test_bad_lucidicai_requests_get_a_clear_4xx_and_change_nothing(
         db_url: str, start_server: Any) -> None:
     server = start_server(db_url)
