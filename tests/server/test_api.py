@@ -262,6 +262,10 @@ def test_bad_input_gets_a_clear_4xx_and_leaves_the_database_unchanged(
                          ("/api/v1/sessions/%00", 404), ("/api/v1/steps/%00%ff", 404),
                          ("/api/v1/events/" + "e" * 5000, 404),
                          ("/api/v1/sessions/" + sid + "/tree%00", 404),
+                         ("/api/v1/mass-sims/%00", 404), ("/api/v1/mass-sims/" + "m" * 300, 404),
+                         ("/api/v1/mass-sims/nope", 404), ("/api/v1/screenshots/%00", 404),
+                         ("/api/v1/screenshots/" + "k" * 300, 404),
+                         ("/api/v1/screenshots/nope", 404),
                          ("/api/v1/sessions?limit=0", 422), ("/api/v1/sessions?limit=x", 422),
                          ("/api/v1/sessions?status=lost", 422),
                          ("/api/v1/sessions?started_after=nan", 422),
@@ -270,6 +274,8 @@ def test_bad_input_gets_a_clear_4xx_and_leaves_the_database_unchanged(
         assert response.status_code == status, (path, response.text)
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["detail"]
+        if "/mass-sims/" in path or "/screenshots/" in path:
+            assert response.json()["detail"].endswith("was not found in this project"), path
     assert api.http.delete(server.url + "/api/v1/records").status_code == 405
     assert _snapshot(db_url) == before
 
