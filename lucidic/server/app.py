@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
@@ -111,16 +111,19 @@ def identity(credentials: Annotated[Optional[HTTPAuthorizationCredentials],  # n
 
 
 Auth = Annotated[models.Identity, Depends(identity)]
+#: What a read finds (a row, a screenshot...).
+Found = TypeVar("Found")
 
 
 def not_found(what: str, record_id: str) -> ApiError:
     return ApiError(404, f"{what} {record_id!r} was not found in this project")
 
 
-def read_or_404(read: Callable[[str, str], dict[str, Any] | None], what: str,
-                record_id: str, project: str) -> dict[str, Any]:
+def read_or_404(read: Callable[[str, str], Found | None], what: str,
+                record_id: str, project: str) -> Found:
     """What ``read(record_id, project)`` finds, else a 404 naming the
-    ``what``; an id no client could have made is not looked up."""
+    ``what``; an id no client could have made is not looked up. Every read
+    route's 404 is this one."""
     row = read(record_id, project) if models.valid_id(record_id) else None
     if row is None:
         raise not_found(what, record_id)
