@@ -209,8 +209,10 @@ def _score_record(db: Store, cur: Any, project: str, item: Any) -> Record:
                              "characters")
         ph = db.placeholder
         # A session its traces have not named yet is made now; they join it.
-        cur.execute(f"INSERT INTO sessions (id, project, updated_at) VALUES ({ph}, {ph}, {ph}) "
-                    "ON CONFLICT (id) DO NOTHING", (session_id, project, time.time()))
+        now = time.time()
+        cur.execute(f"INSERT INTO sessions (id, project, started_at, updated_at) VALUES ({ph}, "
+                    f"{ph}, {ph}, {ph}) ON CONFLICT (id) DO NOTHING",
+                    (session_id, project, now, now))
         cur.execute(f"SELECT project FROM sessions WHERE id = {ph}", (session_id,))
         if cur.fetchone()[0] != project:
             raise ValueError(f"session {session_id!r} belongs to another project")

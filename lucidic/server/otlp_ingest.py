@@ -139,8 +139,9 @@ def trace_rows(store: Store, cur: Any, project: str, trace_id: str,
     if stored is None:
         stored = _Trace(str(uuid.uuid4()), True, None, None)
         now = time.time()
+        # It starts now, until its spans say when (_session_times).
         cur.execute("INSERT INTO sessions (id, project, started_at, updated_at) "
-                    f"VALUES ({ph}, {ph}, NULL, {ph})", (stored.session_id, project, now))
+                    f"VALUES ({ph}, {ph}, {ph}, {ph})", (stored.session_id, project, now, now))
         cur.execute("INSERT INTO otlp_traces (project, trace_id, session_id, is_placeholder, "
                     f"named_start, named_span) VALUES ({ph}, {ph}, {ph}, 1, NULL, NULL)",
                     (project, trace_id, stored.session_id))
