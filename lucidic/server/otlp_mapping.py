@@ -670,7 +670,7 @@ def session_fields(spans: list[SpanIn]) -> dict[str, Any]:
         if isinstance(tags, list) and "tags" not in found:
             found["tags"] = [t for t in tags if isinstance(t, str)]
         for key in ("user.id", "langfuse.environment", "langfuse.release"):
-            value = attrs.get(key, span.resource.get(key))
+            value = attrs.get(key)
             if value not in (None, "") and key not in attributes:
                 attributes[key] = value
         metadata = {k[len(LF_TRACE_METADATA) + 1:]: _langfuse_value(k, v)

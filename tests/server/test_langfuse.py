@@ -394,6 +394,52 @@ def test_the_langfuse_platforms_own_features_answer_404_saying_what_to_use_inste
     assert requests.get(server.url + "/api/public/health", timeout=10).json()["status"] == "OK"
 
 
+MEDIA = """
+import base64, json, struct, sys, zlib
+from langfuse import Langfuse, observe, propagate_attributes
+
+def chunk(kind, data):
+    return (struct.pack(">I", len(data)) + kind + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+pixel = (b"\\x89PNG\\r\\n\\x1a\\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
+         + chunk(b"IDAT", zlib.compress(b"\\x00\\xff\\x00\\x00")) + chunk(b"IEND", b""))
+image = "data:image/png;base64," + base64.b64encode(pixel).decode()
+lf = Langfuse()
+
+@observe()
+def look(picture):
+    return "a red pixel"
+
+with propagate_attributes(session_id=sys.argv[1]):
+    look(image)
+lf.flush()
+print(json.dumps({"image": image}))
+"""
+
+
+@pytest.mark.parametrize("uploads", ["true", "false"])
+def test_media_uploads_are_refused_saying_how_to_keep_images_inline(
+        uploads: str, sqlite_url: str, start_server: Any, tmp_path: Path) -> None:
+    server = start_server(sqlite_url)
+    key = make_key(sqlite_url, "media")
+    result = run_langfuse(MEDIA, server, key, tmp_path / "agent", args=["looked"], check=False,
+                          env={"LANGFUSE_MEDIA_UPLOAD_ENABLED": uploads})
+    assert result.returncode == 0, result.stderr
+    image = last_json(result.stdout)["image"]
+    (step,) = Api(server.url, key).tree("looked")["steps"]
+    given = step["attributes"]["langfuse.observation.input"]["args"][0]
+    if uploads == "true":
+        # The client sends a reference in the image's place and uploads it
+        # apart; the upload is refused, saying what to do instead.
+        assert given.startswith("@@@langfuseMedia:type=image/png")
+        assert "Media upload error" in result.stderr
+        assert "LANGFUSE_MEDIA_UPLOAD_ENABLED=false" in result.stderr
+    else:
+        assert given == image  # kept inline, as sent
+        assert "Media upload error" not in result.stderr
+
+
 # -- the attributes the client does not send alone ------------------------------------------
 
 def basic(key: str) -> dict[str, str]:
