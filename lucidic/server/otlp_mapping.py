@@ -409,8 +409,10 @@ def _error(span: SpanIn) -> str | None:
 
 
 def _kept(span: SpanIn, used: set[str]) -> dict[str, Any]:
-    kept = {k: _langfuse_value(k, v) if k.startswith("langfuse.") else v
-            for k, v in span.attributes.items() if k not in used}
+    kept = {k: v for k, v in span.attributes.items() if k not in used}
+    if LF_TYPE in span.attributes:  # a Langfuse observation: its JSON texts decoded
+        kept.update((k, _langfuse_value(k, v)) for k, v in kept.items()
+                    if k.startswith("langfuse."))
     kept.update({"otel.trace_id": span.trace_id, "otel.span_id": span.span_id,
                  "otel.span_kind": _SPAN_KINDS.get(span.kind, str(span.kind))})
     if span.parent_id:
@@ -511,9 +513,10 @@ def llm_fields(span: SpanIn) -> dict[str, Any]:
               "error": _error(span), **_times(span), "attributes": _kept(span, used)}
     if cache_write is not None:
         fields["cache_write_tokens"] = cache_write
-    first_token = _first_token(attrs.get(LF_COMPLETION_START), span.start)
-    if first_token is not None:
-        fields["time_to_first_token"] = first_token
+    if LF_COMPLETION_START in attrs:
+        first_token = _first_token(attrs[LF_COMPLETION_START], span.start)
+        if first_token is not None:
+            fields["time_to_first_token"] = first_token
     return fields
 
 
@@ -653,9 +656,11 @@ def session_fields(spans: list[SpanIn]) -> dict[str, Any]:
     and in ``attributes`` the user (``user.id``), the trace's metadata, its
     environment and release. Empty for spans that are not Langfuse's. The
     root span's values come first, then the earliest span's."""
+    theirs = [s for s in spans if LF_TYPE in s.attributes or LF_TRACE_NAME in s.attributes]
+    if not theirs:
+        return {}
     found: dict[str, Any] = {}
     attributes: dict[str, Any] = {}
-    theirs = [s for s in spans if LF_TYPE in s.attributes or LF_TRACE_NAME in s.attributes]
     for span in sorted(theirs, key=lambda s: (s.parent_id is not None,
                                               s.start if s.start is not None else math.inf)):
         attrs = span.attributes
