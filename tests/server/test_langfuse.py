@@ -281,6 +281,41 @@ def test_a_score_before_its_trace_names_a_session_moves_there_with_the_trace(
     assert [s["id"] for s in api.get("/api/v1/sessions").json()["sessions"]] == ["later-named"]
 
 
+def test_scores_that_cannot_be_taken_are_refused_alone_saying_why(
+        db_url: str, start_server: Any) -> None:
+    server = start_server(db_url)
+    key, theirs = make_key(db_url, "mine"), make_key(db_url, "theirs")
+    url = server.url + "/api/public/scores"
+    assert requests.post(url, headers=basic(theirs), timeout=30, json=[
+        {"name": "x", "value": 1, "sessionId": "their-session"}]).status_code == 202
+    before = count_rows(db_url)
+    refused = [({"name": "a", "value": 2, "dataType": "BOOLEAN", "sessionId": "s"},
+                "BOOLEAN score's value is 1 or 0"),
+               ({"name": "b", "value": "high", "dataType": "NUMERIC", "sessionId": "s"},
+                "NUMERIC score's value is a number"),
+               ({"name": "c", "value": 1}, "names a traceId or a sessionId"),
+               ({"name": "", "value": 1, "sessionId": "s"}, "non-empty string"),
+               ({"name": "d", "value": 1, "sessionId": "their-session"}, "another project"),
+               ({"name": "e", "value": 1, "traceId": "ab" * 16, "observationId": "xyz"},
+                "not an OpenTelemetry span id"),
+               ("a score", "is a JSON object")]
+    answer = requests.post(url, headers=basic(key), json=[item for item, _ in refused],
+                           timeout=30)
+    assert answer.status_code == 207, answer.text
+    said = answer.json()
+    assert (said["accepted"], said["rejected"]) == (0, len(refused))
+    for (_, reason), error in zip(refused, said["errors"], strict=True):
+        assert reason in error["message"], (reason, error)
+    assert count_rows(db_url) == before  # nothing of the refused written
+    assert Api(server.url, key).get("/api/v1/sessions/s").status_code == 404
+    assert Api(server.url, theirs).tree("their-session")["scores"] == {"x": 1.0}
+    assert requests.post(url, headers=basic(key), data=b"{", timeout=30).status_code == 400
+    nan = requests.post(url, headers=basic(key), data=b'[{"name": "n", "value": NaN, '
+                        b'"sessionId": "s"}]', timeout=30)
+    assert nan.status_code == 207 and "finite" in nan.json()["errors"][0]["message"]
+    assert requests.post(url, json=[], timeout=30).status_code == 401
+
+
 PROMPT = """
 import json
 from langfuse import Langfuse
