@@ -216,6 +216,7 @@ def _score_record(db: Store, cur: Any, project: str, item: Any) -> Record:
         cur.execute(f"SELECT project FROM sessions WHERE id = {ph}", (session_id,))
         if cur.fetchone()[0] != project:
             raise ValueError(f"session {session_id!r} belongs to another project")
+        db.note_changed(cur, [session_id])
         return _scores.score_record(score, session_id, source="langfuse")
     raise ValueError("a score here names a traceId or a sessionId (a dataset run's scores "
                      "are the Langfuse platform's)")

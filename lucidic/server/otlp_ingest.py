@@ -145,6 +145,7 @@ def trace_rows(store: Store, cur: Any, project: str, trace_id: str,
         cur.execute("INSERT INTO otlp_traces (project, trace_id, session_id, is_placeholder, "
                     f"named_start, named_span) VALUES ({ph}, {ph}, {ph}, 1, NULL, NULL)",
                     (project, trace_id, stored.session_id))
+        store.note_changed(cur, [stored.session_id])
     known = _known_spans(store, cur, project, [trace_id]).get(trace_id, {})
     rows = {span_id: ("step" if known.get(span_id, (None, False))[1] else "event",
                       row_id(project, trace_id, span_id)) for span_id in span_ids}

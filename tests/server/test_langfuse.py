@@ -394,6 +394,10 @@ def test_a_wrong_secret_key_is_refused_and_nothing_is_stored(
     from google.rpc.status_pb2 import Status
 
     assert "LANGFUSE_SECRET_KEY" in Status.FromString(answer.content).message
+    bare = requests.post(server.url + TRACES, data=b"", timeout=10,
+                         headers={"Content-Type": "application/x-protobuf"})
+    assert bare.status_code == 401
+    assert "LANGFUSE_SECRET_KEY" in Status.FromString(bare.content).message
 
 
 PLATFORM = """
