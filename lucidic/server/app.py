@@ -301,7 +301,7 @@ def create_app(database_url: str | None = None, *,
     there now (OSError if it cannot be), and serves while the app does; its
     port is ``app.state.otlp_grpc_port``."""
     # The protocol modules build on this one's Auth and Db, hence imported here.
-    from . import experiments, lucidicai, lucidicai3, masssims, otlp, uploads
+    from . import experiments, langfuse, lucidicai, lucidicai3, masssims, otlp, uploads
 
     url = database_url or default_database_url()
     pool = StorePool(url, size=pool_size)
@@ -338,9 +338,11 @@ def create_app(database_url: str | None = None, *,
         title="Lucidic server",
         version=__version__,
         description="Sessions, steps and events of AI agents, recorded by the `lucidic` SDK, "
-                    "by the lucidicai client (its wire protocol under /api) and by any "
-                    "OpenTelemetry exporter (OTLP/HTTP at /v1/traces). Every request needs "
-                    "`Authorization: Bearer <API key>` (or `Api-Key <API key>`; make one "
+                    "by the lucidicai client (its wire protocol under /api), by any "
+                    "OpenTelemetry exporter (OTLP/HTTP at /v1/traces) and by Langfuse's SDKs "
+                    "(under /api/public, the key as the Basic credentials' password). Every "
+                    "request needs `Authorization: Bearer <API key>` (or `Api-Key <API key>`; "
+                    "make one "
                     "with `lucidic keys create --project NAME`), but uploads to a signed URL; "
                     "everything it reads or writes is scoped to that key's project. Errors "
                     "are application/problem+json (google.rpc.Status on /v1/traces).",
@@ -359,7 +361,7 @@ def create_app(database_url: str | None = None, *,
     install_error_handlers(app)
     for routes in (router, masssims.router, experiments.router, lucidicai.router,
                    lucidicai3.router,
-                   uploads.router, otlp.router):
+                   uploads.router, otlp.router, langfuse.router):
         app.include_router(routes)
     # The web UI at / (sign-in with an API key), /docs, and the security
     # headers every response carries; see lucidic.ui.
