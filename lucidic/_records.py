@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._internal import log_rate_limited
-from ._numbers import bounded_cost
+from ._numbers import bounded_cost, finite_float
 from ._storable import int_note
 from .columns import COLUMN_TYPES, ColumnType
 from .limits import INT_MAX, INT_MIN, MAX_DOCUMENT_INT_BITS, MAX_TEXT_CHARS
@@ -208,9 +208,19 @@ def _cost(value: Any) -> float | None:
         return None
 
 
+def _duration(value: Any) -> float | None:
+    """How long something took, in seconds, or None (not known) for one
+    that is not a finite number of at least 0: the server refuses it."""
+    try:
+        number = finite_float(float(value))
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if number is not None and number >= 0 else None
+
+
 #: How a value becomes each column's type, worked out once per column.
 _COERCE = {column: _coercer(kind) for column, kind in COLUMN_TYPES.items()}
-_COERCE["cost"] = _cost
+_COERCE.update(cost=_cost, duration=_duration, time_to_first_token=_duration)
 
 
 # -- masking ------------------------------------------------------------------------

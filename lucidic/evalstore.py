@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._scores import score_id
-from ._storable import clean_json
+from ._storable import clean_json, clean_text
 from .columns import ColumnType, sql_type
 
 if TYPE_CHECKING:
@@ -100,6 +100,12 @@ def _json(value: Any) -> str | None:
     return json.dumps(clean_json(value), ensure_ascii=False, default=repr)
 
 
+def _scalar(value: Any) -> Any:
+    """A text as every backend holds it (a NUL or a lone surrogate becomes
+    U+FFFD, as in a session's text); anything else as it is."""
+    return clean_text(value) if isinstance(value, str) else value
+
+
 def _marks(ph: str, n: int) -> str:
     return ", ".join([ph] * n)
 
@@ -162,7 +168,7 @@ def _merge_upsert(cur: Any, ph: str, table: str, key: Sequence[str], key_values:
 
 def _upsert_experiment(cur: Any, ph: str, rid: str, ts: float, fields: Mapping[str, Any],
                        project: str) -> None:
-    values = {c: _json(fields[c]) if c in EXPERIMENT_JSON else fields[c]
+    values = {c: _json(fields[c]) if c in EXPERIMENT_JSON else _scalar(fields[c])
               for c in EXPERIMENT_COLUMNS if fields.get(c) is not None}
     _merge_upsert(cur, ph, "experiments", ("project", "id"), (project, rid), values, ts)
 
@@ -171,8 +177,8 @@ def _upsert_mass_sim(cur: Any, ph: str, rid: str, fields: Mapping[str, Any],
                      project: str) -> None:
     # The table (made for lucidicai's initmasssim) keeps a mass simulation as
     # created: later records fill in what it lacks and change nothing else.
-    values = {c: _json(fields[c]) if c == "tags" else fields[c] for c in MASS_SIM_COLUMNS
-              if fields.get(c) is not None}
+    values = {c: _json(fields[c]) if c == "tags" else _scalar(fields[c])
+              for c in MASS_SIM_COLUMNS if fields.get(c) is not None}
     values.setdefault("created_at", time.time())
     names = ["id", "project", *values]
     sets = [f"{c} = COALESCE(mass_sims.{c}, excluded.{c})" for c in values]
@@ -189,7 +195,7 @@ def _upsert_score(cur: Any, ph: str, project: str, rid: str, ts: float,
     for column in SCORE_COLUMNS:
         value = fields.get(column)
         values[column] = (1 if value else 0) if column == "passed" and value is not None \
-            else value
+            else _scalar(value)
     names = ["project", "id", *values, "updated_at"]
     newer = "excluded.updated_at >= scores.updated_at"
     sets = [f"{c} = CASE WHEN {newer} THEN excluded.{c} ELSE scores.{c} END"

@@ -185,6 +185,11 @@ class Reader:
         return _experiments.mass_sims(self.store, project, mass_sim_id=mass_sim_id,
                                       limit=limit, offset=offset)
 
+    def mass_sim(self, mass_sim_id: str, project: str | None = None) -> dict[str, Any] | None:
+        """One mass simulation, as mass_sims lists it; None if there is none."""
+        found = self.mass_sims(project, mass_sim_id=mass_sim_id, limit=1)
+        return found[0] if found else None
+
     # -- aggregates ----------------------------------------------------------------
 
     def dashboard(self, project: str | None, since: float, until: float) -> Dashboard:

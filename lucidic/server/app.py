@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request, Response
@@ -112,16 +112,19 @@ def identity(credentials: Annotated[Optional[HTTPAuthorizationCredentials],  # n
 
 
 Auth = Annotated[models.Identity, Depends(identity)]
+#: What a read finds (a row, a screenshot...).
+Found = TypeVar("Found")
 
 
 def not_found(what: str, record_id: str) -> ApiError:
     return ApiError(404, f"{what} {record_id!r} was not found in this project")
 
 
-def read_or_404(read: Callable[[str, str], dict[str, Any] | None], what: str,
-                record_id: str, project: str) -> dict[str, Any]:
+def read_or_404(read: Callable[[str, str], Found | None], what: str,
+                record_id: str, project: str) -> Found:
     """What ``read(record_id, project)`` finds, else a 404 naming the
-    ``what``; an id no client could have made is not looked up."""
+    ``what``; an id no client could have made is not looked up. Every read
+    route's 404 is this one."""
     row = read(record_id, project) if models.valid_id(record_id) else None
     if row is None:
         raise not_found(what, record_id)
@@ -330,7 +333,7 @@ def create_app(database_url: str | None = None, *,
     nothing was written to for that many days are deleted in the background
     (lucidic.reading.retention.Pruner)."""
     # The protocol modules build on this one's Auth and Db, hence imported here.
-    from . import experiments, lucidicai, lucidicai3, masssims, otlp, uploads
+    from . import experiments, langfuse, lucidicai, lucidicai3, masssims, otlp, uploads
 
     url = database_url or default_database_url()
     pool = StorePool(url, size=pool_size)
@@ -372,9 +375,11 @@ def create_app(database_url: str | None = None, *,
         title="Lucidic server",
         version=__version__,
         description="Sessions, steps and events of AI agents, recorded by the `lucidic` SDK, "
-                    "by the lucidicai client (its wire protocol under /api) and by any "
-                    "OpenTelemetry exporter (OTLP/HTTP at /v1/traces). Every request needs "
-                    "`Authorization: Bearer <API key>` (or `Api-Key <API key>`; make one "
+                    "by the lucidicai client (its wire protocol under /api), by any "
+                    "OpenTelemetry exporter (OTLP/HTTP at /v1/traces) and by Langfuse's SDKs "
+                    "(under /api/public, the key as the Basic credentials' password). Every "
+                    "request needs `Authorization: Bearer <API key>` (or `Api-Key <API key>`; "
+                    "make one "
                     "with `lucidic keys create --project NAME`), but uploads to a signed URL; "
                     "everything it reads or writes is scoped to that key's project. Errors "
                     "are application/problem+json (google.rpc.Status on /v1/traces).",
@@ -394,7 +399,7 @@ def create_app(database_url: str | None = None, *,
     install_error_handlers(app)
     for routes in (router, masssims.router, experiments.router, lucidicai.router,
                    lucidicai3.router,
-                   uploads.router, otlp.router):
+                   uploads.router, otlp.router, langfuse.router):
         app.include_router(routes)
     # The web UI at / (sign-in with an API key), /docs, and the security
     # headers every response carries; see lucidic.ui.

@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import evalstore
 from ..reading import Reader
-from .app import Auth, Db, not_found, read_or_404
-from .models import FiniteFloat, Id, Name, Text, valid_id
+from .app import Auth, Db, read_or_404
+from .models import FiniteFloat, Id, Name, Text
 from .problems import JSONOut
 
 router = APIRouter(tags=["evaluations"])
@@ -202,8 +202,5 @@ def evaluations(who: Auth, db: Db,
 @router.get("/api/v1/mass-sims/{mass_sim_id:path}", response_model=MassSim,
             summary="One mass simulation: the sessions intended (total), made and ended")
 def get_mass_sim(mass_sim_id: str, who: Auth, db: Db) -> JSONOut:
-    rows = (Reader(db).mass_sims(who.project, mass_sim_id=mass_sim_id)
-            if valid_id(mass_sim_id) else [])
-    if not rows:
-        raise not_found("mass simulation", mass_sim_id)
-    return JSONOut(rows[0])
+    return JSONOut(read_or_404(Reader(db).mass_sim, "mass simulation", mass_sim_id,
+                               who.project))

@@ -25,16 +25,26 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from .. import _continuation, pricing
 from .._numbers import bounded_cost, finite_float
 from ..limits import MAX_TEXT_CHARS
+from ..prompts import MAX_LABEL, MAX_NAME
 from ..prompts import get_prompt as stored_prompt
 from ..store import Record, Store
 from . import masssims, uploads
-from .app import Auth, Db, check_continuable, not_found, read_or_404
-from .models import Cost, Duration, FiniteFloat, Id, ShortText, Text, check_json_text
+from .app import Auth, Db, check_continuable, read_or_404
+from .models import (
+    PRINTABLE,
+    PRINTABLE_OR_EMPTY,
+    Cost,
+    Count,
+    Duration,
+    FiniteFloat,
+    Id,
+    ShortText,
+    Text,
+    check_json_text,
+)
 from .problems import ApiError, JSONOut
 
 router = APIRouter(prefix="/api", tags=["lucidicai"])
-
-Count = Annotated[int, Field(ge=0, le=2**53)]
 
 
 class _Body(BaseModel):
@@ -566,28 +576,26 @@ uploads.payload_handlers["event_payload"] = _apply_payload
 @router.get("/getpresigneduploadurl", summary="A signed URL to PUT a step's screenshot "
                                               "(step_id) or an event's nth screenshot to")
 def presigned_upload_url(request: Request, who: Auth, db: Db,
-                         agent_id: Optional[str] = None,  # noqa: UP045
-                         step_id: Optional[str] = None,  # noqa: UP045
-                         session_id: Optional[str] = None,  # noqa: UP045
-                         event_id: Optional[str] = None,  # noqa: UP045
+                         agent_id: Annotated[Optional[ShortText], Query()] = None,  # noqa: UP045
+                         step_id: Annotated[Optional[Id], Query()] = None,  # noqa: UP045
+                         session_id: Annotated[Optional[Id], Query()] = None,  # noqa: UP045
+                         event_id: Annotated[Optional[Id], Query()] = None,  # noqa: UP045
                          nth_screenshot: Optional[int] = None,  # noqa: UP045
-                         current_time: Optional[str] = None) -> JSONOut:  # noqa: UP045
+                         current_time: Annotated[Optional[str],  # noqa: UP045
+                                                 Query(max_length=64)] = None) -> JSONOut:
     _check_query(request, {"agent_id", "step_id", "session_id", "event_id", "nth_screenshot"})
     if event_id is not None:
-        event = db.get_event(event_id, who.project)
-        if event is None:
-            raise not_found("event", event_id)
+        event = read_or_404(db.get_event, "event", event_id, who.project)
         if session_id is not None and session_id != event["session_id"]:
-            raise ApiError(422, f"event {event_id!r} is not in session {session_id!r}")
+            raise ApiError(422, f"event {event_id!r} is not in the session named by "
+                                f"session_id ({session_id!r})")
         if nth_screenshot is None or not 0 <= nth_screenshot < 10_000:
             raise ApiError(422, "an event's screenshot needs nth_screenshot, from 0")
         return JSONOut(uploads.presign(db, request, who.project, purpose="screenshot",
                                        session_id=event["session_id"], event_id=event_id,
                                        nth=nth_screenshot))
     if step_id is not None:
-        step = db.get_step(step_id, who.project)
-        if step is None:
-            raise not_found("step", step_id)
+        step = read_or_404(db.get_step, "step", step_id, who.project)
         return JSONOut(uploads.presign(db, request, who.project, purpose="screenshot",
                                        session_id=step["session_id"], step_id=step_id))
     raise ApiError(422, "name the screenshot's step (step_id) or event (event_id with "
@@ -606,20 +614,26 @@ def _prompt(request: Request, who: Auth, db: Db, prompt_name: str, label: str) -
                     "label": label, "version": found["version"], "metadata": metadata})
 
 
+#: A prompt's name and label as the prompt store takes them (printable; an
+#: empty label means production).
+PromptName = Annotated[str, Query(min_length=1, max_length=MAX_NAME, pattern=PRINTABLE)]
+PromptLabel = Annotated[str, Query(max_length=MAX_LABEL, pattern=PRINTABLE_OR_EMPTY)]
+
+
 @router.get("/getprompt", summary="A prompt's content by name and label (lai.get_prompt)")
-def get_prompt(request: Request, who: Auth, db: Db,
-               prompt_name: Annotated[str, Query(min_length=1, max_length=256)],
-               label: Annotated[str, Query(max_length=64)] = "production",
-               agent_id: Optional[str] = None,  # noqa: UP045
-               current_time: Optional[str] = None) -> JSONOut:  # noqa: UP045
+def get_prompt(request: Request, who: Auth, db: Db, prompt_name: PromptName,
+               label: PromptLabel = "production",
+               agent_id: Annotated[Optional[ShortText], Query()] = None,  # noqa: UP045
+               current_time: Annotated[Optional[str],  # noqa: UP045
+                                       Query(max_length=64)] = None) -> JSONOut:
     return _prompt(request, who, db, prompt_name, label)
 
 
 @router.get("/sdk/prompts", summary="The same, as the newest lucidicai release asks for it")
-def get_prompt_newest(request: Request, who: Auth, db: Db,
-                      prompt_name: Annotated[str, Query(min_length=1, max_length=256)],
-                      label: Annotated[str, Query(max_length=64)] = "production",
-                      agent_id: Optional[str] = None) -> JSONOut:  # noqa: UP045
+def get_prompt_newest(request: Request, who: Auth, db: Db, prompt_name: PromptName,
+                      label: PromptLabel = "production",
+                      agent_id: Annotated[Optional[ShortText],  # noqa: UP045
+                                          Query()] = None) -> JSONOut:
     return _prompt(request, who, db, prompt_name, label)
 
 

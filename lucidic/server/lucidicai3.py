@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Annotated, Any, Literal, Optional, Union
 
 from fastapi import APIRouter, Depends, Query
@@ -30,7 +31,7 @@ from pydantic import field_validator
 
 from .. import _scores
 from ..errors import InvalidOperationError
-from ..reading import Reader, SessionQuery
+from ..reading import MAX_LIMIT, Reader, SessionQuery
 from ..store import Store
 from .app import Auth, Db, matches_nothing, read_or_404
 from .lucidicai import (
@@ -75,21 +76,35 @@ def get_session(session_id: str, who: Auth, db: Db) -> JSONOut:
     return JSONOut({"session_id": row["id"], **row})
 
 
+#: The most sessions or events one list call answers. The client sends the
+#: limit its caller gives as it is (its default is 100), and returns the
+#: answer as the caller's: a list of up to this many is answered whole.
+MAX_LISTED = 10_000
+
+
 @router.get("/sessions", summary="This project's sessions, newest first "
                                  "(client.sessions.list)")
 def list_sessions(who: Auth, db: Db,
                   agent_id: Annotated[Optional[str], Query(max_length=256)] = None,  # noqa: UP045
                   experiment_id: Annotated[Optional[str], Query(max_length=256)] = None,  # noqa: UP045
-                  limit: Annotated[int, Query(ge=1, le=500)] = 100,
+                  limit: Annotated[int, Query(ge=1, le=MAX_LISTED)] = 100,
                   offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0) -> JSONOut:
     if matches_nothing(agent_id, experiment_id):
         return JSONOut({"sessions": [], "total": 0, "limit": limit, "offset": offset})
-    page = Reader(db).sessions(SessionQuery(project=who.project, agent_id=agent_id,
-                                            experiment_id=experiment_id, limit=limit,
-                                            offset=offset))
-    sessions = [{"session_id": s["id"], **s} for s in page.sessions]
-    return JSONOut({"sessions": sessions, "total": page.total, "limit": limit,
-                    "offset": offset})
+    # Read a page (of the read API's largest) at a time, each from where the
+    # last ended: what one page's totals cost stays bounded.
+    reader = Reader(db)
+    query = SessionQuery(project=who.project, agent_id=agent_id, experiment_id=experiment_id,
+                         limit=min(limit, MAX_LIMIT), offset=offset)
+    page = reader.sessions(query)
+    total, sessions = page.total, list(page.sessions)
+    while len(sessions) < limit and page.next_cursor is not None:
+        query = replace(query, cursor=page.next_cursor,
+                        limit=min(limit - len(sessions), MAX_LIMIT))
+        page = reader.sessions(query)
+        sessions.extend(page.sessions)
+    return JSONOut({"sessions": [{"session_id": s["id"], **s} for s in sessions],
+                    "total": total, "limit": limit, "offset": offset})
 
 
 def _walk(node: dict[str, Any]) -> list[dict[str, Any]]:
@@ -104,7 +119,7 @@ def _walk(node: dict[str, Any]) -> list[dict[str, Any]]:
 def list_events(who: Auth, db: Db,
                 session_id: Annotated[Optional[str], Query(max_length=256)] = None,  # noqa: UP045
                 type: Annotated[Optional[str], Query(max_length=64)] = None,  # noqa: UP045, A002
-                limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+                limit: Annotated[int, Query(ge=1, le=MAX_LISTED)] = 100,
                 offset: Annotated[int, Query(ge=0, le=1_000_000_000)] = 0) -> JSONOut:
     if session_id is None:
         raise ApiError(422, "name the session whose events to list: session_id=...")

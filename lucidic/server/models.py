@@ -32,6 +32,7 @@ def valid_id(value: str) -> bool:
 #: str.isprintable() as a pattern (checked in Rust, not per id in Python):
 #: no control, format, private-use, unassigned or separator characters but space.
 PRINTABLE = r"^(?:[^\p{C}\p{Z}]| )+$"
+PRINTABLE_OR_EMPTY = PRINTABLE.replace("+$", "*$")
 Id = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=PRINTABLE,
                           description="a client-made id: 1 to 256 printable characters")]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
@@ -86,10 +87,16 @@ def _column_type(column: str) -> Any:
     return _API_TYPES[COLUMN_TYPES[column]]
 
 
+#: Columns a record carries with a tighter type than the column's (a stored
+#: row may hold more: costs from before they were bounded, durations from
+#: before they were refused below 0, as the lucidicai routes refuse them).
+_INPUT_TYPES: dict[str, Any] = {"cost": Cost, "duration": Duration,
+                                "time_to_first_token": Duration}
+
+
 def _input_type(column: str) -> Any:
-    """What a record may carry in ``column`` (a stored row may hold more:
-    costs from before they were bounded)."""
-    return Cost if column == "cost" else _column_type(column)
+    """What a record may carry in ``column``."""
+    return _INPUT_TYPES.get(column) or _column_type(column)
 
 
 # -- the ingest body -----------------------------------------------------------------
@@ -142,6 +149,8 @@ Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 #: What another client names things with (a tag, an agent id, a model, a
 #: function name): a short text, maybe empty.
 ShortText = Annotated[str, Field(max_length=4096)]
+#: How many of something (the lucidicai routes' counts too): up to what a
+#: 64-bit column holds.
 Count = Annotated[int, Field(ge=0, le=INT_MAX)]
 
 #: Each evaluation kind's fields: (type, required).

@@ -173,11 +173,11 @@ def _spans(message: ExportTraceServiceRequest) -> tuple[list[SpanIn], int, str |
     return spans, refused, reason
 
 
-async def _raw_body(request: Request) -> bytes:
+async def raw_body(request: Request) -> bytes:
     return await request.body()
 
 
-_BODY = {"requestBody": {"required": True, "content": {
+OPENAPI_BODY = {"requestBody": {"required": True, "content": {
     PROTOBUF: {"schema": {"type": "string", "format": "binary"}},
     JSON: {"schema": {"type": "object", "properties": {
         "resourceSpans": {"type": "array", "items": {"type": "object"}}}}}}}}
@@ -187,7 +187,7 @@ _STATUS = {PROTOBUF: {"schema": {"type": "string", "format": "binary"}},
            JSON: {"schema": {"type": "object", "properties": {
                "code": {"type": "integer"}, "message": {"type": "string"},
                "details": {"type": "array", "items": {"type": "object"}}}}}}
-_RESPONSES: dict[int | str, dict[str, Any]] = {
+OPENAPI_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"description": text, "content": _STATUS} for status, text in (
         (400, "malformed, or every span refused (not retried)"),
         (401, "missing, unknown or revoked API key"),
@@ -196,18 +196,24 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
         (415, "not protobuf or JSON, or an unknown encoding"),
         (503, "the database is busy (Retry-After) or failing on the server's side: "
               "exporters retry"))}
-_RESPONSES[200] = {"description": "accepted (partial_success tells what was refused)",
+OPENAPI_RESPONSES[200] = {"description": "accepted (partial_success tells what was refused)",
                    "content": {PROTOBUF: {}, JSON: {}}}
 
 
 @router.post(PATH, summary="OTLP/HTTP trace export (protobuf or JSON)",
-             response_class=Response, openapi_extra=_BODY, responses=_RESPONSES)
-def export_traces(request: Request, db: Db, body: Annotated[bytes, Depends(_raw_body)]
+             response_class=Response, openapi_extra=OPENAPI_BODY, responses=OPENAPI_RESPONSES)
+def export_traces(request: Request, db: Db, body: Annotated[bytes, Depends(raw_body)]
                   ) -> Response:
-    # Errors are raised, and answered as a Status by the app's handlers.
+    return answer_export(request, db, body, project_key(request))
+
+
+def answer_export(request: Request, db: Store, body: bytes,
+                  credentials: HTTPAuthorizationCredentials | None) -> Response:
+    """An OTLP/HTTP export request answered (the route of /v1/traces, and
+    of the other paths that take OTLP/HTTP, such as Langfuse's): errors are
+    raised, and answered as a Status by the app's handlers."""
     encoding = _encoding(request)
-    answer = export(db, project_key(request), body, encoding,
-                    request.headers.get("content-encoding"))
+    answer = export(db, credentials, body, encoding, request.headers.get("content-encoding"))
     return Response(_encode(answer, encoding), media_type=encoding)
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..store import Record, Store, clean_text
-from .otlp_mapping import SpanIn, fields_of
+from .otlp_mapping import SpanIn, fields_of, session_fields
 
 
 def row_id(project: str, trace_id: str, span_id: str) -> str:
@@ -68,9 +68,7 @@ def ingest(store: Store, project: str, spans: list[SpanIn]) -> Outcome:
 
     def run(cur: Any) -> None:
         traces = sorted(by_trace)  # one lock order for every request
-        if store.dialect == "postgresql":
-            cur.executemany("SELECT pg_advisory_xact_lock(hashtextextended(%s, 7514203))",
-                            [(f"{project}\n{trace_id}",) for trace_id in traces])
+        lock_traces(store, cur, project, traces)
         stored = _stored_traces(store, cur, project, traces)
         targets = {t: _target(stored.get(t), by_trace[t]) for t in traces}
         refused = _claim_sessions(store, cur, project, targets, by_trace)
@@ -91,6 +89,11 @@ def ingest(store: Store, project: str, spans: list[SpanIn]) -> Outcome:
                 _move(store, cur, project, trace_id, spans_known, before, target.session_id)
             records.extend(_rows(store, cur, project, trace_id, by_trace[trace_id], target,
                                  spans_known))
+            said = session_fields(by_trace[trace_id])
+            if said:
+                # Newer spans' word wins (the store's rule for every record).
+                ts = max((s.end or s.start or 0.0 for s in by_trace[trace_id]), default=0.0)
+                records.append(("session", target.session_id, ts, said))
             outcome.accepted += len(by_trace[trace_id])
         ph = store.placeholder
         cur.executemany(
@@ -112,6 +115,41 @@ def ingest(store: Store, project: str, spans: list[SpanIn]) -> Outcome:
 
     store.transaction(run)
     return outcome
+
+
+def lock_traces(store: Store, cur: Any, project: str, traces: list[str]) -> None:
+    """Hold the traces (sorted) for the rest of the transaction: on
+    PostgreSQL an advisory lock each; SQLite serialises writers anyway."""
+    if store.dialect == "postgresql":
+        cur.executemany("SELECT pg_advisory_xact_lock(hashtextextended(%s, 7514203))",
+                        [(f"{project}\n{trace_id}",) for trace_id in traces])
+
+
+def trace_rows(store: Store, cur: Any, project: str, trace_id: str,
+               span_ids: list[str]) -> tuple[str, dict[str, tuple[str, str]]]:
+    """For something that names a trace and some of its spans before or
+    after they arrive (a Langfuse score): the session the trace's rows are in,
+    and each span's row as ("step" or "event", id); a span not arrived yet is
+    taken for an event. A trace not seen yet is given its own session now,
+    as ingest gives one (a span that names a session moves it there, what
+    was attached to it included). Call it in a transaction, after
+    lock_traces."""
+    ph = store.placeholder
+    stored = _stored_traces(store, cur, project, [trace_id]).get(trace_id)
+    if stored is None:
+        stored = _Trace(str(uuid.uuid4()), True, None, None)
+        now = time.time()
+        # It starts now, until its spans say when (_session_times).
+        cur.execute("INSERT INTO sessions (id, project, started_at, updated_at) "
+                    f"VALUES ({ph}, {ph}, {ph}, {ph})", (stored.session_id, project, now, now))
+        cur.execute("INSERT INTO otlp_traces (project, trace_id, session_id, is_placeholder, "
+                    f"named_start, named_span) VALUES ({ph}, {ph}, {ph}, 1, NULL, NULL)",
+                    (project, trace_id, stored.session_id))
+        store.note_changed(cur, [stored.session_id])
+    known = _known_spans(store, cur, project, [trace_id]).get(trace_id, {})
+    rows = {span_id: ("step" if known.get(span_id, (None, False))[1] else "event",
+                      row_id(project, trace_id, span_id)) for span_id in span_ids}
+    return stored.session_id, rows
 
 
 def _sort_key(span: SpanIn) -> tuple[float, str]:
@@ -197,7 +235,7 @@ def _claim_sessions(store: Store, cur: Any, project: str, targets: dict[str, _Tr
         agent = next((clean_text(str(s.resource["service.name"])) for s in spans
                       if s.resource.get("service.name")), None)
         root = next((s for s in spans if s.parent_id is None), None)
-        name = clean_text(root.name) if target.is_placeholder and root is not None else None
+        name = _own_name(root, spans) if target.is_placeholder and root is not None else None
         first = min((s.start for s in spans if s.start is not None), default=None)
         rows.setdefault(target.session_id, (target.session_id, project, agent, name, first,
                                             first if first is not None else time.time()))
@@ -240,10 +278,21 @@ def _move(store: Store, cur: Any, project: str, trace_id: str,
                         f"AND id IN ({marks})", (session_id, stored.session_id, *chunk))
     store.note_changed(cur, (stored.session_id, session_id))
     if stored.is_placeholder:
+        # What was attached to the trace before a span named its session (a
+        # Langfuse score) goes with it: nothing else is in a trace's own session.
+        cur.execute(f"UPDATE scores SET session_id = {ph} WHERE project = {ph} "
+                    f"AND session_id = {ph}", (session_id, project, stored.session_id))
         cur.execute(f"DELETE FROM sessions WHERE id = {ph} AND project = {ph} "
                     f"AND NOT EXISTS (SELECT 1 FROM steps WHERE session_id = {ph}) "
                     f"AND NOT EXISTS (SELECT 1 FROM events WHERE session_id = {ph})",
                     (stored.session_id, project, stored.session_id, stored.session_id))
+
+
+def _own_name(root: SpanIn, spans: list[SpanIn]) -> str | None:
+    """The name of a trace's own session: the Langfuse trace's name, else its
+    root span's."""
+    named = session_fields(spans).get("name")
+    return clean_text(str(named) if named is not None else root.name) or None
 
 
 def _session_times(store: Store, cur: Any, targets: dict[str, _Trace],
@@ -261,7 +310,7 @@ def _session_times(store: Store, cur: Any, targets: dict[str, _Trace],
         root = next((s for s in spans if s.parent_id is None), None)
         if target.is_placeholder and root is not None:
             ended = max((s.end for s in spans if s.end is not None), default=None)
-            finished.append((clean_text(root.name) or None, ended, ended, target.session_id))
+            finished.append((_own_name(root, spans), ended, ended, target.session_id))
     if starts:
         cur.executemany(f"UPDATE sessions SET started_at = {ph} WHERE id = {ph} "
                         f"AND (started_at IS NULL OR started_at > {ph})",

@@ -10,7 +10,15 @@ semantic conventions, OpenLLMetry, OpenInference) works as it is.
   nearest step ancestor.
 - The session is named by ``session.id``, ``gen_ai.conversation.id`` or
   ``langfuse.session.id`` on any span of the trace (or its resource).
-- Error status and exception events become the row's ``error``.
+- Langfuse's SDKs (v3 and newer) say what a span is in
+  ``langfuse.observation.type``: a generation or embedding is an ``llm``
+  event, a tool a ``tool`` event, an event a ``generic`` event, and the rest
+  (span, agent, chain, retriever, evaluator, guardrail) steps; their input,
+  output, model, usage and cost details are read from ``langfuse.observation.*``,
+  and the trace's name, tags, user and metadata (``langfuse.trace.*``,
+  ``user.id``) go to the session (``session_fields``).
+- Error status, exception events and Langfuse's level ERROR become the row's
+  ``error``.
 - Every attribute not turned into a column is kept in ``attributes``, with
   the span's own facts under ``otel.*``.
 
@@ -23,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -39,6 +48,21 @@ _OI_KINDS = {"LLM": "llm", "EMBEDDING": "llm", "TOOL": "tool"}
 _MAX_VALUE_DEPTH = 32
 _SPAN_KINDS = {0: "UNSPECIFIED", 1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER",
                5: "CONSUMER"}
+# Langfuse's SDKs (v3 and newer): langfuse._client.attributes.LangfuseOtelSpanAttributes.
+LF_TYPE = "langfuse.observation.type"
+LF_INPUT = "langfuse.observation.input"
+LF_OUTPUT = "langfuse.observation.output"
+LF_LEVEL = "langfuse.observation.level"
+LF_STATUS_MESSAGE = "langfuse.observation.status_message"
+LF_MODEL = "langfuse.observation.model.name"
+LF_USAGE = "langfuse.observation.usage_details"
+LF_COST = "langfuse.observation.cost_details"
+LF_COMPLETION_START = "langfuse.observation.completion_start_time"
+LF_TRACE_NAME = "langfuse.trace.name"
+LF_TRACE_TAGS = "langfuse.trace.tags"
+LF_TRACE_METADATA = "langfuse.trace.metadata"
+#: What each Langfuse observation type becomes (the others are steps).
+_LF_ROLES = {"generation": "llm", "embedding": "llm", "tool": "tool", "event": "event"}
 
 
 class SpanRefusedError(ValueError):
@@ -66,7 +90,7 @@ class SpanIn:
 
     @property
     def role(self) -> str:
-        """``step``, ``llm`` or ``tool``: what this span becomes."""
+        """``step``, ``llm``, ``tool`` or ``event``: what this span becomes."""
         return classify(self.attributes)
 
     def session_name(self) -> str | None:
@@ -92,6 +116,9 @@ def classify(attributes: dict[str, Any]) -> str:
         return "tool"
     if operation is None and attributes.get("llm.request.type") in ("chat", "completion"):
         return "llm"  # OpenLLMetry before the GenAI conventions settled
+    langfuse_type = attributes.get(LF_TYPE)
+    if isinstance(langfuse_type, str) and langfuse_type in _LF_ROLES:
+        return _LF_ROLES[langfuse_type]
     return "step"
 
 
@@ -320,6 +347,8 @@ def _messages(attributes: dict[str, Any], used: set[str]) -> tuple[Any, Any]:
             return inputs or None, _one_or_many(outputs)
     if "input.value" in attributes or "output.value" in attributes:
         return _json(take("input.value")), _json(take("output.value"))
+    if LF_INPUT in attributes or LF_OUTPUT in attributes:
+        return _json(take(LF_INPUT)), _json(take(LF_OUTPUT))
     return None, None
 
 
@@ -373,11 +402,17 @@ def _error(span: SpanIn) -> str | None:
                 return text
     if span.status_code == 2:  # STATUS_CODE_ERROR
         return span.status_message or "error"
+    if span.attributes.get(LF_LEVEL) == "ERROR":
+        message = span.attributes.get(LF_STATUS_MESSAGE)
+        return str(message) if message not in (None, "") else "error"
     return None
 
 
 def _kept(span: SpanIn, used: set[str]) -> dict[str, Any]:
     kept = {k: v for k, v in span.attributes.items() if k not in used}
+    if LF_TYPE in span.attributes:  # a Langfuse observation: its JSON texts decoded
+        kept.update((k, _langfuse_value(k, v)) for k, v in kept.items()
+                    if k.startswith("langfuse."))
     kept.update({"otel.trace_id": span.trace_id, "otel.span_id": span.span_id,
                  "otel.span_kind": _SPAN_KINDS.get(span.kind, str(span.kind))})
     if span.parent_id:
@@ -395,6 +430,21 @@ def _kept(span: SpanIn, used: set[str]) -> dict[str, Any]:
     if span.resource:
         kept["otel.resource"] = span.resource
     return kept
+
+
+_LF_METADATA = ("langfuse.observation.metadata", LF_TRACE_METADATA)
+
+
+def _langfuse_value(key: str, value: Any) -> Any:
+    """A Langfuse attribute's value as what it encodes: metadata values are
+    JSON texts (strings included), and input, output, model parameters,
+    usage and cost details JSON texts when they are not plain text."""
+    if key.startswith(_LF_METADATA) and isinstance(value, str):
+        try:
+            return json.loads(value)
+        except (ValueError, RecursionError):
+            return value
+    return _json(value)
 
 
 def _times(span: SpanIn) -> dict[str, Any]:
@@ -423,7 +473,7 @@ def llm_fields(span: SpanIn) -> dict[str, Any]:
     if request_model is None and isinstance(invocation, dict):
         request_model = invocation.get("model")
     model = _first(attrs, used, "gen_ai.response.model", "llm.response.model",
-                   "llm.model_name") or request_model
+                   "llm.model_name", LF_MODEL) or request_model
     inputs, outputs = _messages(attrs, used)
     input_tokens = _int(_first(attrs, used, "gen_ai.usage.input_tokens",
                                "gen_ai.usage.prompt_tokens", "llm.token_count.prompt"))
@@ -435,21 +485,126 @@ def llm_fields(span: SpanIn) -> dict[str, Any]:
     reasoning = _int(_first(attrs, used, "gen_ai.usage.reasoning.output_tokens",
                             "gen_ai.usage.reasoning_tokens",
                             "llm.token_count.completion_details.reasoning"))
+    cache_write = None
+    if input_tokens is None and output_tokens is None and LF_USAGE in attrs:
+        used.add(LF_USAGE)
+        usage = langfuse_usage(_json(attrs[LF_USAGE]))
+        input_tokens, output_tokens = usage.get("input"), usage.get("output")
+        cached = cached if cached is not None else usage.get("cached")
+        reasoning = reasoning if reasoning is not None else usage.get("reasoning")
+        cache_write = usage.get("cache_write")
     cost = _float(_first(attrs, used, "gen_ai.usage.cost", "llm.cost.total"))
+    if cost is None and LF_COST in attrs:
+        used.add(LF_COST)
+        cost = langfuse_cost(_json(attrs[LF_COST]))
     if cost is not None:
         cost = bounded_cost(cost)  # beyond it, as tokens beyond their range: the price table's
     if cost is None:
         cost = pricing.cost_of(provider, str(model) if model is not None else None,
-                               input_tokens, output_tokens, cached)
+                               input_tokens, output_tokens, cached, cache_write)
     duration = span.end - span.start if span.start is not None and span.end is not None \
         else None
-    return {"type": "llm", "description": span.name or None, "provider": provider,
-            "model": None if model is None else str(model),
-            "request_model": None if request_model is None else str(request_model),
-            "input": inputs, "output": outputs, "input_tokens": input_tokens,
-            "output_tokens": output_tokens, "cached_tokens": cached,
-            "reasoning_tokens": reasoning, "cost": cost, "duration": duration,
-            "error": _error(span), **_times(span), "attributes": _kept(span, used)}
+    fields = {"type": "llm", "description": span.name or None, "provider": provider,
+              "model": None if model is None else str(model),
+              "request_model": None if request_model is None else str(request_model),
+              "input": inputs, "output": outputs, "input_tokens": input_tokens,
+              "output_tokens": output_tokens, "cached_tokens": cached,
+              "reasoning_tokens": reasoning, "cost": cost, "duration": duration,
+              "error": _error(span), **_times(span), "attributes": _kept(span, used)}
+    if cache_write is not None:
+        fields["cache_write_tokens"] = cache_write
+    if LF_COMPLETION_START in attrs:
+        first_token = _first_token(attrs[LF_COMPLETION_START], span.start)
+        if first_token is not None:
+            fields["time_to_first_token"] = first_token
+    return fields
+
+
+def langfuse_usage(details: Any) -> dict[str, int]:
+    """Token counts from a Langfuse generation's ``usage_details``: input,
+    output, cached (cache reads), reasoning and cache_write, each where known.
+
+    Two shapes come: a provider's own usage object as Langfuse's integrations
+    pass it on (OpenAI's ``prompt_tokens``/``input_tokens`` with their
+    ``*_tokens_details``), whose totals include the cached and reasoning
+    tokens, as ours do; and Langfuse's own keys (``input``, ``output``,
+    ``input_cached_tokens``, ``cache_read_input_tokens``,
+    ``output_reasoning_tokens``...), where every ``input*`` and ``output*`` key
+    is a part of its side, added up (Langfuse's ``input`` leaves the cached
+    tokens out)."""
+    if not isinstance(details, dict):
+        return {}
+    out: dict[str, int] = {}
+    for total_key, details_key, side in (("prompt_tokens", "prompt_tokens_details", "input"),
+                                         ("input_tokens", "input_tokens_details", "input"),
+                                         ("completion_tokens", "completion_tokens_details",
+                                          "output"),
+                                         ("output_tokens", "output_tokens_details", "output")):
+        total = _int(details.get(total_key))
+        if total is None or side in out:
+            continue
+        out[side] = total
+        parts = details.get(details_key)
+        if isinstance(parts, dict):
+            part = "cached" if side == "input" else "reasoning"
+            count = _int(parts.get("cached_tokens" if side == "input" else "reasoning_tokens"))
+            if count is not None:
+                out[part] = count
+    if out:
+        return out
+    counts = {k: n for k, n in ((k, _int(v)) for k, v in details.items()
+                                if isinstance(k, str)) if n is not None}
+    cached = next((counts[k] for k in _LF_CACHE_READ if k in counts), None)
+    written = next((counts[k] for k in _LF_CACHE_WRITE if k in counts), None)
+    reasoning = next((counts[k] for k in _LF_REASONING if k in counts), None)
+    inputs = [n for k, n in counts.items()
+              if k.startswith("input") or k in _LF_CACHE_READ or k in _LF_CACHE_WRITE]
+    outputs = [n for k, n in counts.items() if k.startswith("output")]
+    for key, value in (("input", sum(inputs) if inputs else None),
+                       ("output", sum(outputs) if outputs else None), ("cached", cached),
+                       ("reasoning", reasoning), ("cache_write", written)):
+        if value is not None:
+            out[key] = value
+    return out
+
+
+_LF_CACHE_READ = ("input_cached_tokens", "cache_read_input_tokens", "input_cache_read",
+                  "input_cached")
+_LF_CACHE_WRITE = ("cache_creation_input_tokens", "input_cache_creation", "input_cache_write")
+_LF_REASONING = ("output_reasoning_tokens", "output_reasoning", "reasoning_tokens")
+
+
+def langfuse_cost(details: Any) -> float | None:
+    """USD from a Langfuse generation's ``cost_details``: its ``total``, else
+    the sum of its parts."""
+    if not isinstance(details, dict):
+        return None
+    total = _float(details.get("total"))
+    if total is not None:
+        return total
+    parts = [n for n in (_float(v) for v in details.values()) if n is not None]
+    return sum(parts) if parts else None
+
+
+def _first_token(completion_start: Any, start: float | None) -> float | None:
+    """Seconds from a span's start to Langfuse's ``completion_start_time``
+    (a JSON-encoded ISO 8601 time)."""
+    value = _json(completion_start)
+    if isinstance(value, str) and value.startswith('"'):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    if not isinstance(value, str) or start is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    seconds = moment.timestamp() - start
+    return seconds if 0 <= seconds < 86_400 else None
 
 
 def tool_fields(span: SpanIn) -> dict[str, Any]:
@@ -457,9 +612,11 @@ def tool_fields(span: SpanIn) -> dict[str, Any]:
     attrs = span.attributes
     used = {"gen_ai.operation.name", "openinference.span.kind"}
     name = _first(attrs, used, "gen_ai.tool.name", "tool.name")
+    if name is None and LF_TYPE in attrs:
+        name = span.name or None  # a Langfuse tool is named by its observation's name
     arguments = _json(_first(attrs, used, "gen_ai.tool.call.arguments", "tool.parameters",
-                             "input.value"))
-    result = _first(attrs, used, "gen_ai.tool.call.result", "output.value")
+                             "input.value", LF_INPUT))
+    result = _first(attrs, used, "gen_ai.tool.call.result", "output.value", LF_OUTPUT)
     duration = span.end - span.start if span.start is not None and span.end is not None \
         else None
     return {"type": "tool", "description": span.name or None,
@@ -470,10 +627,70 @@ def tool_fields(span: SpanIn) -> dict[str, Any]:
             "attributes": _kept(span, used)}
 
 
+def event_fields(span: SpanIn) -> dict[str, Any]:
+    """A Langfuse event's columns (a point in time: a ``generic`` event
+    named after it, its input as arguments and its output as result)."""
+    attrs = span.attributes
+    used: set[str] = set()
+    arguments = _json(_first(attrs, used, LF_INPUT))
+    result = _first(attrs, used, LF_OUTPUT)
+    return {"type": "generic", "description": span.name or None, "arguments": arguments,
+            "result": None if result is None else str(result), "error": _error(span),
+            **_times(span), "attributes": _kept(span, used)}
+
+
 def fields_of(span: SpanIn) -> dict[str, Any]:
     role = span.role
     if role == "llm":
         return llm_fields(span)
     if role == "tool":
         return tool_fields(span)
+    if role == "event":
+        return event_fields(span)
     return step_fields(span)
+
+
+def session_fields(spans: list[SpanIn]) -> dict[str, Any]:
+    """What a trace's Langfuse spans say of its session: the trace's name
+    (``langfuse.trace.name``, else the name of its root observation), tags,
+    and in ``attributes`` the user (``user.id``), the trace's metadata, its
+    environment and release. Empty for spans that are not Langfuse's. The
+    root span's values come first, then the earliest span's."""
+    theirs = [s for s in spans if LF_TYPE in s.attributes or LF_TRACE_NAME in s.attributes]
+    if not theirs:
+        return {}
+    found: dict[str, Any] = {}
+    attributes: dict[str, Any] = {}
+    for span in sorted(theirs, key=lambda s: (s.parent_id is not None,
+                                              s.start if s.start is not None else math.inf)):
+        attrs = span.attributes
+        name = attrs.get(LF_TRACE_NAME)
+        if isinstance(name, str) and name and "name" not in found:
+            found["name"] = name
+        if span.parent_id is None and span.name and "root_name" not in found:
+            found["root_name"] = span.name
+        tags = _json(attrs.get(LF_TRACE_TAGS))
+        if isinstance(tags, str):
+            tags = [tags]
+        if isinstance(tags, list) and "tags" not in found:
+            found["tags"] = [t for t in tags if isinstance(t, str)]
+        for key in ("user.id", "langfuse.environment", "langfuse.release"):
+            value = attrs.get(key)
+            if value not in (None, "") and key not in attributes:
+                attributes[key] = value
+        metadata = {k[len(LF_TRACE_METADATA) + 1:]: _langfuse_value(k, v)
+                    for k, v in attrs.items() if k.startswith(LF_TRACE_METADATA + ".")}
+        if LF_TRACE_METADATA in attrs:
+            metadata.setdefault("", _langfuse_value(LF_TRACE_METADATA, attrs[LF_TRACE_METADATA]))
+        if metadata and LF_TRACE_METADATA not in attributes:
+            attributes[LF_TRACE_METADATA] = metadata.get("") if list(metadata) == [""] \
+                else metadata
+    out: dict[str, Any] = {}
+    name = found.get("name", found.get("root_name"))
+    if name is not None:
+        out["name"] = name
+    if "tags" in found:
+        out["tags"] = found["tags"]
+    if attributes:
+        out["attributes"] = attributes
+    return out

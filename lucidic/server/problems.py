@@ -100,7 +100,7 @@ def _where(loc: tuple[Any, ...]) -> str:
 
 def _message(error: dict[str, Any]) -> str:
     if error.get("type") == "string_pattern_mismatch":
-        return ("an id must be printable text: no control, format or separator characters "
+        return ("must be printable text: no control, format or separator characters "
                 "other than the plain space")
     return str(error.get("msg", "")).removeprefix("Value error, ")
 

@@ -23,6 +23,7 @@ import secrets
 import time
 import zlib
 from collections.abc import Callable
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -30,7 +31,7 @@ from starlette.responses import Response
 
 from ..store import SCREENSHOT_PATH, Store
 from ..ui import auth
-from .app import Db, identity, not_found, project_key
+from .app import Db, identity, project_key, read_or_404
 from .models import valid_id
 from .problems import ApiError, JSONOut
 
@@ -286,9 +287,7 @@ def get_screenshot(object_key: str, request: Request, db: Db) -> Response:
             raise ApiError(401, "not signed in: sign in to the web UI again, or send "
                                 "'Authorization: Bearer <key>'")
         project = found_project
-    found = read_screenshot(db, object_key, project) if valid_id(object_key) else None
-    if found is None:
-        raise not_found("screenshot", object_key)
-    content_type, data = found
+    content_type, data = read_or_404(partial(read_screenshot, db), "screenshot", object_key,
+                                     project)
     return Response(data, media_type=content_type,
                     headers={"Cache-Control": "private, max-age=86400"})

@@ -13,12 +13,14 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import requests
 from server_support import Api, make_key, sdk_env
 
 from helpers import ReadableStore, child_env, run_python
+from lucidic.server.models import valid_id
 from lucidic.store import Store, StoreError
 
 
@@ -195,6 +197,11 @@ def _bad_requests(sid: str) -> list[tuple[str, dict[str, Any], str]]:
          "input_tokens"),
         # finite, but three of them sum beyond any float
         ("cost beyond any real call", records(_event("e1", sid, cost=1e300)), "cost"),
+        # as the lucidicai routes refuse them: a duration runs forwards
+        ("negative duration", records(_event("e1", sid, duration=-2.0)),
+         "duration: Input should be greater than or equal to 0"),
+        ("negative time to first token", records(_event("e1", sid, time_to_first_token=-0.5)),
+         "time_to_first_token: Input should be greater than or equal to 0"),
         ("is_finished is a word", records(step | {"fields": step["fields"] |
                                                    {"is_finished": "maybe"}}), "is_finished"),
         ("tags not a list", records(_session(sid) | {"fields": {"tags": "a,b"}}), "tags"),
@@ -255,6 +262,10 @@ def test_bad_input_gets_a_clear_4xx_and_leaves_the_database_unchanged(
                          ("/api/v1/sessions/%00", 404), ("/api/v1/steps/%00%ff", 404),
                          ("/api/v1/events/" + "e" * 5000, 404),
                          ("/api/v1/sessions/" + sid + "/tree%00", 404),
+                         ("/api/v1/mass-sims/%00", 404), ("/api/v1/mass-sims/" + "m" * 300, 404),
+                         ("/api/v1/mass-sims/nope", 404), ("/api/v1/screenshots/%00", 404),
+                         ("/api/v1/screenshots/" + "k" * 300, 404),
+                         ("/api/v1/screenshots/nope", 404),
                          ("/api/v1/sessions?limit=0", 422), ("/api/v1/sessions?limit=x", 422),
                          ("/api/v1/sessions?status=lost", 422),
                          ("/api/v1/sessions?started_after=nan", 422),
@@ -263,6 +274,8 @@ def test_bad_input_gets_a_clear_4xx_and_leaves_the_database_unchanged(
         assert response.status_code == status, (path, response.text)
         assert response.headers["content-type"] == "application/problem+json"
         assert response.json()["detail"]
+        if "/mass-sims/" in path or "/screenshots/" in path:
+            assert response.json()["detail"].endswith("was not found in this project"), path
     assert api.http.delete(server.url + "/api/v1/records").status_code == 405
     assert _snapshot(db_url) == before
 
@@ -330,10 +343,15 @@ def test_the_openapi_spec_documents_every_endpoint(sqlite_url: str, start_server
 # through the lucidicai 3.x routes) depended on the machine's speed.
 @pytest.mark.timeout(420)
 def test_fuzzing_the_api_from_its_openapi_spec_finds_no_server_error(
-        sqlite_url: str, start_server, tmp_path: Path) -> None:
+        db_url: str, start_server, tmp_path: Path) -> None:
+    """Schemathesis over every operation of the spec, on each database;
+    then every field of the lucidicai (1.x and 3.x) routes given what no
+    client should send (_MUTATIONS), and answered alike on SQLite and
+    PostgreSQL: never a 5xx, a 422 naming the field, the same answer (the
+    PostgreSQL run sends each case to a SQLite server too)."""
     pytest.importorskip("schemathesis")
-    server = start_server(sqlite_url)
-    key = make_key(sqlite_url, "fuzz")
+    server = start_server(db_url)
+    key = make_key(db_url, "fuzz")
     sid = str(uuid.uuid4())
     Api(server.url, key).records(
         _session(sid, experiment_id="known-experiment", case_id="c", repeat=0),
@@ -365,6 +383,144 @@ def test_fuzzing_the_api_from_its_openapi_spec_finds_no_server_error(
             "/api/v1/evaluations/claim", "/api/v1/evaluations/complete", "/api/v1/runs",
             "/api/v1/mass-sims/{mass_sim_id}"} <= set(spec["paths"])
     assert re.search(rf"Tested: {operations}\b", result.stdout), report
+
+    servers = [(server, key)]
+    if not db_url.startswith("sqlite"):
+        twin_url = f"sqlite:///{tmp_path / 'twin.db'}"
+        servers.append((start_server(twin_url), make_key(twin_url, "fuzz")))
+    _fuzz_the_lucidicai_routes(spec, servers)
+
+
+#: What the lucidicai routes are fuzzed with: each route's valid request
+#: (what lucidicai sends), on records every server of the test holds alike.
+_FUZZ_SESSION, _FUZZ_STEP, _FUZZ_EVENT = "fz-session", "fz-step", "fz-event"
+_FUZZ_REQUESTS: dict[tuple[str, str], list[dict[str, Any]]] = {
+    ("GET", "/api/verifyapikey"): [{}],
+    ("POST", "/api/initsession"): [{"json": {"session_name": "fz"}}],
+    ("POST", "/api/continuesession"): [{"json": {"session_id": _FUZZ_SESSION}}],
+    ("PUT", "/api/updatesession"): [{"json": {"session_id": _FUZZ_SESSION, "task": "t"}}],
+    ("POST", "/api/initstep"): [{"json": {"session_id": _FUZZ_SESSION}}],
+    ("PUT", "/api/updatestep"): [{"json": {"step_id": _FUZZ_STEP, "state": "s"}}],
+    ("POST", "/api/initevent"): [{"json": {"step_id": _FUZZ_STEP, "description": "d"}},
+                                 {"json": {"session_id": _FUZZ_SESSION}}],
+    ("PUT", "/api/updateevent"): [{"json": {"event_id": _FUZZ_EVENT, "result": "r"}}],
+    ("POST", "/api/events"): [{"json": {"session_id": _FUZZ_SESSION, "type": "generic",
+                                        "payload": {"details": "d"}}}],
+    ("GET", "/api/events"): [{"params": {"session_id": _FUZZ_SESSION}}],
+    ("GET", "/api/getpresigneduploadurl"): [
+        {"params": {"step_id": _FUZZ_STEP}},
+        {"params": {"event_id": _FUZZ_EVENT, "nth_screenshot": 0}}],
+    ("GET", "/api/getprompt"): [{"params": {"prompt_name": "greeting"}}],
+    ("GET", "/api/sdk/prompts"): [{"params": {"prompt_name": "greeting"}}],
+    ("POST", "/api/initmasssim"): [{"json": {"mass_sim_name": "m", "total_num_sims": 2}}],
+    ("GET", "/api/sessions/{session_id}"): [{"path": {"session_id": _FUZZ_SESSION}}],
+    ("GET", "/api/sessions"): [{"params": {"limit": 10}}],
+    ("GET", "/api/events/{event_id}"): [{"path": {"event_id": _FUZZ_EVENT}}],
+    ("PUT", "/api/events/{event_id}"): [{"path": {"event_id": _FUZZ_EVENT},
+                                         "json": {"tags": ["a"]}}],
+    ("POST", "/api/sdk/evals"): [{"json": {"session_id": _FUZZ_SESSION, "result": True,
+                                           "name": "ok"}}],
+    ("GET", "/api/featureflags"): [{"params": {"flag_name": "f"}}],
+}
+#: What no client should send: a NUL character, a text longer than any id
+#: or name, numbers no column holds, the wrong types, a NUL inside a list
+#: and inside an object. A query or path parameter gets them as text.
+_MUTATIONS: list[Any] = ["fz\x00nul", "x" * 5000, 10**30, -1, 1.5, True, ["fz\x00nul"],
+                         {"fz\x00key": "fz\x00nul"}]
+
+
+def _fuzz_the_lucidicai_routes(spec: dict[str, Any],
+                               servers: list[tuple[Any, str]]) -> None:
+    """Each field of each lucidicai route (its query, path and body fields,
+    as the spec declares them), given each of _MUTATIONS in an otherwise
+    valid request, to every server: never a 5xx, a 422 names the field, and
+    every server answers alike."""
+    for server, key in servers:
+        answer = Api(server.url, key).records(
+            {"kind": "session", "id": _FUZZ_SESSION, "ts": 1.0,
+             "fields": {"name": "fz", "started_at": 1.0}},
+            {"kind": "step", "id": _FUZZ_STEP, "ts": 1.0,
+             "fields": {"session_id": _FUZZ_SESSION, "started_at": 1.0}},
+            {"kind": "event", "id": _FUZZ_EVENT, "ts": 1.0,
+             "fields": {"session_id": _FUZZ_SESSION, "step_id": _FUZZ_STEP,
+                        "started_at": 1.0}})
+        assert answer.status_code == 200, answer.text
+    schemas = spec["components"]["schemas"]
+    checked, problems = 0, []
+    for path, methods in spec["paths"].items():
+        for method, operation in methods.items():
+            if not {"lucidicai", "lucidicai 3.x"} & set(operation.get("tags", ())):
+                continue
+            method = method.upper()
+            valid = _FUZZ_REQUESTS.get((method, path))
+            if valid is None:  # a hosted-only feature: answers 404 whatever it is sent
+                assert "(hosted platform only)" in operation["summary"], (method, path)
+                valid = [{"path": {p["name"]: "x" for p in operation.get("parameters", ())
+                                   if p["in"] == "path"}}]
+            fields = [(p["in"], p["name"]) for p in operation.get("parameters", ())
+                      if p["in"] in ("query", "path")]
+            body = operation.get("requestBody", {}).get("content", {}).get("application/json")
+            if body is not None:
+                schema = body["schema"]
+                if "$ref" in schema:
+                    schema = schemas[schema["$ref"].rsplit("/", 1)[1]]
+                fields += [("body", name) for name in schema.get("properties", {})]
+            for request in valid:
+                for where, name in [(None, None), *fields]:
+                    for value in _MUTATIONS if where else [None]:
+                        answers = [_fuzz_answer(s, k, method, path, request, where, name, value)
+                                   for s, k in servers]
+                        case = f"{method} {path} {request} {where} {name}={value!r:.40}"
+                        status, detail = answers[0]
+                        sent = value if where == "body" or isinstance(value, str) \
+                            else json.dumps(value)
+                        if any(s >= 500 for s, _ in answers):
+                            problems.append(f"{case}: a server error: {answers}")
+                        elif any(a != answers[0] for a in answers):
+                            problems.append(f"{case}: answered unlike: {answers}")
+                        elif status == 422 and name is not None and name not in detail:
+                            problems.append(f"{case}: a 422 not naming {name}: {status} "
+                                            f"{detail:.200}")
+                        elif status < 400 and name is not None and _NAMES_AN_ID.search(name) \
+                                and not (isinstance(sent, str) and valid_id(sent)) \
+                                and (method, path) not in _LISTINGS:
+                            problems.append(f"{case}: an id no client makes, taken: {status} "
+                                            f"{detail:.200}")
+                        checked += 1
+    assert not problems, f"{len(problems)} of {checked} cases:\n" + "\n".join(problems)
+    assert checked > 500, checked
+
+
+#: The fields that hold an id (an agent's id is a name, ShortText: any text).
+_NAMES_AN_ID = re.compile(r"(?<!agent)_id$")
+#: Listings, whose ids are filters: one no record can hold matches none (an
+#: empty page, as /api/v1/sessions answers), rather than a refusal.
+_LISTINGS = {("GET", "/api/sessions")}
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _fuzz_answer(server: Any, key: str, method: str, path: str, request: dict[str, Any],
+                 where: str | None, name: str | None, value: Any) -> tuple[int, str]:
+    """The answer to ``request`` with field ``name`` (of the query, path or
+    body) set to ``value``: its status, and its detail (an error) or the
+    names it answers (a success), with the ids the server made blotted out."""
+    params = dict(request.get("params", {}))
+    path_values = dict(request.get("path", {}))
+    body = dict(request["json"]) if "json" in request else None
+    if where == "query":
+        params[name] = value if isinstance(value, str) else json.dumps(value)
+    elif where == "path":
+        path_values[name] = value if isinstance(value, str) else json.dumps(value)
+    elif where == "body":
+        body = {**(body or {}), name: value}
+    url = server.url + path.format(**{k: quote(v, safe="") for k, v in path_values.items()})
+    answer = requests.request(method, url, params=params, json=body, timeout=30,
+                              headers={"Authorization": f"Api-Key {key}"})
+    if answer.status_code >= 400:
+        detail = str(answer.json().get("detail"))
+    else:
+        detail = ",".join(sorted(answer.json()))
+    return answer.status_code, _UUID.sub("UUID", detail)
 
 
 def test_the_store_calls_transient_only_what_a_retry_can_mend(db_url: str) -> None:

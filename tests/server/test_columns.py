@@ -79,3 +79,24 @@ def test_record_event_gives_every_field_its_columns_type() -> None:
     assert fields["screenshots"] == ["a.png"] and fields["description"] == "12"
     (event,) = recorded.events()
     assert event["attributes"] == {"k": [1, "v"]} and event["tokens_estimated"] is False
+
+
+def test_record_event_drops_a_duration_the_server_would_refuse() -> None:
+    # The server refuses a negative duration (or time to first token), as it
+    # refuses a cost beyond MAX_COST: a plugin's is dropped (null), not
+    # sent to be refused with the rest of its event.
+    with capture() as recorded:
+        lai.init(session_name="durations")
+        plugins.record_event("tool", description="backwards", duration=-1.0,
+                             time_to_first_token=-0.25)
+        plugins.record_event("tool", description="forwards", duration="2.5",
+                             time_to_first_token=0)
+        lai.end_session()
+    events = {e["description"]: e for e in recorded.events()}
+    assert (events["backwards"]["duration"], events["backwards"]["time_to_first_token"]) == (
+        None, None)
+    assert (events["forwards"]["duration"], events["forwards"]["time_to_first_token"]) == (
+        2.5, 0.0)
+    for event in events.values():
+        fields = {k: v for k, v in event.items() if k in models.EventFields.__annotations__}
+        TypeAdapter(models.EventFields).validate_python(fields)  # what the server takes

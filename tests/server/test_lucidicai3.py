@@ -557,6 +557,48 @@ def test_the_real_client_pages_through_its_sessions(
     assert [s["session_id"] for s in everything["sessions"]] == [theirs, *mine[::-1]]
 
 
+LISTED_LARGE = """
+import json, sys
+import httpx
+from lucidicai import LucidicAI
+
+client = LucidicAI()
+everything = client.sessions.list(limit=1000)
+window = client.sessions.list(limit=550, offset=100)
+try:
+    client.sessions.list(limit=10_001)
+    refused = None
+except httpx.HTTPStatusError as exc:
+    refused = [exc.response.status_code, exc.response.json()["detail"]]
+print(json.dumps({"everything": everything, "window": window, "refused": refused}))
+"""
+
+
+def test_the_real_client_lists_as_many_sessions_as_it_asks_for_past_one_page(
+        db_url: str, start_server: Any, tmp_path: Path) -> None:
+    # sessions.list(limit=...) sends the caller's limit as it is (default
+    # 100); anything over 500 (the read API's largest page) was refused with
+    # a 422, and the client raised. Up to 10,000 are answered now, read a
+    # page at a time; more is refused saying so.
+    server, key = _serve(start_server, db_url, "many")
+    made = [f"s-{n:03d}" for n in range(700)]
+    answer = Api(server.url, key).records(*(
+        {"kind": "session", "id": sid, "ts": 1.0,
+         "fields": {"name": sid, "agent_id": "agent-3x", "started_at": 1000.0 + n}}
+        for n, sid in enumerate(made)))
+    assert answer.status_code == 200, answer.text
+    out = run_lucidicai3(LISTED_LARGE, server, key, tmp_path / "c")
+    newest_first = made[::-1]
+    everything, window = out["everything"], out["window"]
+    assert [s["session_id"] for s in everything["sessions"]] == newest_first
+    assert (everything["total"], everything["limit"], everything["offset"]) == (700, 1000, 0)
+    assert [s["session_id"] for s in window["sessions"]] == newest_first[100:650]
+    assert (window["total"], window["limit"], window["offset"]) == (700, 550, 100)
+    assert all(s["step_count"] == 0 for s in everything["sessions"])  # with their totals
+    status, detail = out["refused"]
+    assert status == 422 and "limit" in detail and "10000" in detail
+
+
 EVALS = """
 import json, threading
 from lucidicai import LucidicAI

@@ -660,10 +660,61 @@ def test_mass_simulations_are_recorded_and_group_their_sessions(
         "sessions"] == []
 
 
+def test_a_nul_in_a_mass_simulations_or_an_evals_text_is_kept_as_a_sessions_is(
+        db_url: str, start_server: Any) -> None:
+    # A NUL character in a session's text becomes U+FFFD (the store's rule:
+    # PostgreSQL holds no NUL). A mass simulation's and an eval's text went
+    # to the database as given: SQLite kept the NUL, PostgreSQL refused the
+    # request ("the database refused this request").
+    server = start_server(db_url)
+    key = make_key(db_url, "nul")
+    http = _lucidicai_http(server, key)
+    base = server.url + "/api/"
+    answer = http.post(base + "initsession", json={"session_name": "a\x00b"})
+    assert answer.status_code == 200, answer.text
+    sid = answer.json()["session_id"]
+    answer = http.post(base + "initmasssim", json={
+        "mass_sim_name": "n\x00ame", "task": "t\x00ask", "agent_id": "a\x00gent"})
+    assert answer.status_code == 200, answer.text
+    sim = Api(server.url, key).get(f"/api/v1/mass-sims/{answer.json()['mass_sim_id']}").json()
+    assert (sim["name"], sim["task"], sim["agent_id"]) == (
+        "n\ufffdame", "t\ufffdask", "a\ufffdgent")
+    answer = http.post(base + "sdk/evals", json={"session_id": sid, "name": "tone",
+                                                 "result": "po\x00lite",
+                                                 "description": "why\x00not"})
+    assert answer.status_code == 201, answer.text
+    tree = Api(server.url, key).tree(sid)
+    assert tree["name"] == "a\ufffdb"
+    (score,) = tree["score_details"]
+    assert (score["value"], score["comment"]) == ("po\ufffdlite", "why\ufffdnot")
+
+
+def test_a_count_takes_on_the_lucidicai_routes_what_the_records_api_takes(
+        db_url: str, start_server: Any) -> None:
+    # A mass simulation's total_num_sims is a count (models.Count: what a
+    # 64-bit column holds) whichever way it comes; initmasssim refused one
+    # beyond 2**53 that our records API takes.
+    server = start_server(db_url)
+    key = make_key(db_url, "counts")
+    http, api = _lucidicai_http(server, key), Api(server.url, key)
+    answer = http.post(server.url + "/api/initmasssim", json={"total_num_sims": 2**63 - 1})
+    assert answer.status_code == 200, answer.text
+    sim = api.get(f"/api/v1/mass-sims/{answer.json()['mass_sim_id']}").json()
+    assert sim["total"] == 2**63 - 1
+    assert api.records({"kind": "mass_sim", "id": "m", "ts": 1.0,
+                        "fields": {"total_num_sims": 2**63 - 1}}).status_code == 200
+    for bad in (2**63, -1):
+        answer = http.post(server.url + "/api/initmasssim", json={"total_num_sims": bad})
+        assert answer.status_code == 422 and "total_num_sims" in answer.json()["detail"]
+        answer = api.records({"kind": "mass_sim", "id": "m", "ts": 1.0,
+                              "fields": {"total_num_sims": bad}})
+        assert answer.status_code == 422 and "total_num_sims" in answer.json()["detail"]
+
+
 def test_bad_lucidicai_requests_get_a_clear_4xx_and_change_nothing(
-        sqlite_url: str, start_server: Any) -> None:
-    server = start_server(sqlite_url)
-    mine, theirs = make_key(sqlite_url, "mine"), make_key(sqlite_url, "theirs")
+        db_url: str, start_server: Any) -> None:
+    server = start_server(db_url)
+    mine, theirs = make_key(db_url, "mine"), make_key(db_url, "theirs")
     http = _lucidicai_http(server, mine)
     other = _lucidicai_http(server, theirs)
     base = server.url + "/api/"
@@ -674,7 +725,7 @@ def test_bad_lucidicai_requests_get_a_clear_4xx_and_change_nothing(
         "session_id"]
     assert http.put(base + "updatesession", json={"session_id": finished,
                                                   "is_finished": True}).status_code == 200
-    before = count_rows(sqlite_url)
+    before = count_rows(db_url)
 
     cases: list[tuple[requests.Session, str, str, dict[str, Any], int, str]] = [
         (http, "POST", "initsession", {"data": b"{not json"}, 400, "not valid JSON"),
@@ -704,6 +755,27 @@ def test_bad_lucidicai_requests_get_a_clear_4xx_and_change_nothing(
          422, "colour"),
         (http, "GET", "getpresigneduploadurl", {"params": {"event_id": event}}, 422,
          "nth_screenshot"),
+        # Ids no client makes: refused alike on both databases (PostgreSQL
+        # refused a NUL itself: "the database refused this request").
+        *((http, "GET", "getpresigneduploadurl", {"params": {name: bad, **rest}}, 422,
+           f"query.{name}: {words}")
+          for name, rest in (("event_id", {"nth_screenshot": 0}), ("step_id", {}),
+                             ("session_id", {"event_id": event, "nth_screenshot": 0}))
+          for bad, words in (("a\x00b", "must be printable text"),
+                             ("x" * 257, "String should have at most 256 characters"))),
+        *((http, "GET", route, {"params": {"prompt_name": "greeting", **bad}}, 422,
+           f"query.{next(iter(bad))}: must be printable text")
+          for route in ("getprompt", "sdk/prompts")
+          for bad in ({"prompt_name": "a\x00b"}, {"label": "a\x00b"})),
+        (http, "GET", "getprompt", {"params": {"prompt_name": "x" * 257}}, 422,
+         "query.prompt_name: String should have at most 256 characters"),
+        (http, "GET", "getpresigneduploadurl", {"params": {"event_id": event,
+                                                           "nth_screenshot": "first"}}, 422,
+         "query.nth_screenshot: Input should be a valid integer"),
+        (http, "GET", "getpresigneduploadurl", {"params": {"event_id": event,
+                                                           "nth_screenshot": 0,
+                                                           "session_id": finished}}, 422,
+         f"not in the session named by session_id ({finished!r})"),
         # Another project's ids are unknown to this key.
         (other, "POST", "continuesession", {"json": {"session_id": sid}}, 404, "not found"),
         (other, "POST", "initstep", {"json": {"session_id": sid}}, 404, "not found"),
@@ -732,7 +804,7 @@ def test_bad_lucidicai_requests_get_a_clear_4xx_and_change_nothing(
     other_event = _lucidicai_http(server, theirs).post(base + "events", json={
         "session_id": sid, "client_event_id": event, "type": "generic"})
     assert other_event.status_code == 404
-    assert count_rows(sqlite_url) == before
+    assert count_rows(db_url) == before
 
     # The key works as Bearer and as Api-Key on every route; a wrong one is a 401.
     assert http.get(server.url + "/api/v1/sessions").status_code == 200
