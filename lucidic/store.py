@@ -1524,7 +1524,7 @@ class Store:
         if extra:
             scored = {sid for kind, _, _, fields in extra
                       if (sid := evalstore.referenced_session(kind, fields)) is not None}
-            deleted = self._deleted(cur, sorted(scored)) if scored else []
+            deleted = self.deleted_in(cur, sorted(scored)) if scored else []
             if deleted:  # (a score notes no session: the trigger cannot see it)
                 raise DeletedSessionError(deleted)
             evalstore.apply(self, cur, extra, project)
@@ -1548,10 +1548,11 @@ class Store:
     def deleted_among(self, session_ids: Iterable[str]) -> list[str]:
         """Which of these sessions were deleted (sorted)."""
         wanted = sorted(set(session_ids))
-        found: list[str] = self._run(lambda cur: self._deleted(cur, wanted), write=False)
+        found: list[str] = self._run(lambda cur: self.deleted_in(cur, wanted), write=False)
         return found
 
-    def _deleted(self, cur: Any, wanted: Sequence[str]) -> list[str]:
+    def deleted_in(self, cur: Any, wanted: Sequence[str]) -> list[str]:
+        """Inside a transaction: which of ``wanted`` (sorted) were deleted."""
         found: list[str] = []
         for start in range(0, len(wanted), 500):
             chunk = wanted[start:start + 500]
@@ -1596,7 +1597,7 @@ class Store:
                 owned.update(row[0] for row in cur.fetchall())
             missing = [sid for sid in wanted if sid not in owned]
             if missing:
-                deleted = self._deleted(cur, missing)
+                deleted = self.deleted_in(cur, missing)
                 if deleted == missing:
                     raise DeletedSessionError(missing)
                 raise UnknownSessionError(missing, deleted)

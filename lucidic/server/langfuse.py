@@ -208,6 +208,9 @@ def _score_record(db: Store, cur: Any, project: str, item: Any) -> Record:
             raise ValueError(f"sessionId {str(session_id)[:80]!r} is not 1 to 256 printable "
                              "characters")
         ph = db.placeholder
+        if db.deleted_in(cur, [session_id]):
+            raise ValueError(f"session {session_id!r} was deleted: records for a deleted "
+                             "session are refused")
         # A session its traces have not named yet is made now; they join it.
         now = time.time()
         cur.execute(f"INSERT INTO sessions (id, project, started_at, updated_at) VALUES ({ph}, "

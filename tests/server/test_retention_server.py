@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from server_support import ROOT, Api, make_key, sdk_env
 from test_reliability_server import wait_until
 
@@ -284,6 +285,14 @@ def test_other_protocols_writing_to_a_deleted_session_are_refused_not_failed(
     spans = post(server, key, body(make_spans(agent_trace("conv-1"))))
     for answer in (again, step, spans):
         assert 400 <= answer.status_code < 500, (answer.status_code, answer.text)
+    # Langfuse: a score on the deleted session is refused alone (207), the other kept
+    from test_langfuse import basic
+
+    scored = requests.post(server.url + "/api/public/scores", headers=basic(key), timeout=30,
+                           json=[{"sessionId": sid, "name": "q", "value": 1},
+                                 {"sessionId": "lf-new", "name": "q", "value": 1}])
+    assert scored.status_code == 207, scored.text
+    assert scored.json()["rejected"] == 1 and "was deleted" in scored.text
     store = Store(sqlite_url)
     assert store.get_session(sid) is None and store.get_session("conv-1") is None
     assert store.count("steps") == store.count("events") == 0
