@@ -5,6 +5,7 @@ server`, signed in).
     .venv/bin/python bench/bench_ui.py                # 100,000 sessions (a few minutes)
     .venv/bin/python bench/bench_ui.py --quick        # 10,000 sessions
     .venv/bin/python bench/bench_ui.py --pg postgresql://postgres@127.0.0.1:5432/test
+    .venv/bin/python bench/bench_ui.py --rebuild --pg postgresql://postgres@127.0.0.1:5432/test
 
 A store is filled with SESSIONS sessions (each with a task, tags, an agent,
 two steps and four events, one of them an LLM call with its messages) and
@@ -18,6 +19,11 @@ Ratios printed side by side: page 1,000 of the list against page 1 (keyset
 paging: as fast deep as at the top) and against the same page fetched by
 OFFSET through the JSON API; the 10,000-event session against a 6-record
 one (the tree is windowed: 300 rows, the rest on demand).
+
+With --rebuild, only the rebuild of the freshly written store's derived data
+is timed instead: from the start of `lucidic ui` (SQLite) or `lucidic
+server` (PostgreSQL) until its refresher has rebuilt every session AND
+summed again every stale hour (lucidic.reading.derived).
 """
 
 from __future__ import annotations
@@ -114,18 +120,21 @@ def fill(store: Store, sessions: int, project: str | None) -> tuple[str, str]:
     return big, small
 
 
-def wait_for_derived(db_url: str) -> None:
+def wait_for_derived(db_url: str, since: float | None = None) -> float:
     """Until the app's refresher has rebuilt the derived data of every session
-    written (lucidic.reading.derived; pages are exact before, but slower)."""
+    written and summed again every hour they made stale
+    (lucidic.reading.derived; pages are exact before, but slower). The
+    seconds it took, from ``since`` (a time.perf_counter()) or from now."""
     from lucidic.reading.derived import pending
 
     store = Store(db_url)
     try:
-        start = time.perf_counter()
-        while pending(store):
+        start = time.perf_counter() if since is None else since
+        while pending(store) or store.query("SELECT COUNT(*) AS n FROM stale_hours")[0]["n"]:
             time.sleep(0.5)
-        print(f"derived data of every session rebuilt by the refresher in "
-              f"{time.perf_counter() - start:.0f} s")
+        took = time.perf_counter() - start
+        print(f"derived data of every session rebuilt by the refresher in {took:.1f} s")
+        return took
     finally:
         store.close()
 
@@ -233,7 +242,7 @@ def report(title: str, results: dict[str, float]) -> None:
           f"{results['session of 10,000 events'] / results['session of 6 records']:9.2f}")
 
 
-def run_sqlite(sessions: int, rounds: int) -> None:
+def run_sqlite(sessions: int, rounds: int, rebuild: bool = False) -> None:
     with tempfile.TemporaryDirectory(prefix="lucidic-bench-ui-") as tmp:
         home = Path(tmp)
         store = Store(home / "lucidic.db")
@@ -243,6 +252,7 @@ def run_sqlite(sessions: int, rounds: int) -> None:
         print(f"SQLite: {sessions:,} sessions and a 10,000-event one written in "
               f"{time.perf_counter() - start:.0f} s")
         env = {**os.environ, "LUCIDIC_HOME": str(home)}
+        started = time.perf_counter()
         ui = subprocess.Popen([sys.executable, "-m", "lucidic", "ui", "--port", "0"], env=env,
                               stdout=subprocess.PIPE, text=True, cwd=ROOT)
         try:
@@ -251,6 +261,11 @@ def run_sqlite(sessions: int, rounds: int) -> None:
             while not url:
                 found = re.search(r"http://\S+/", ui.stdout.readline())
                 url = found.group(0).rstrip("/") if found else ""
+            if rebuild:
+                took = wait_for_derived(f"sqlite:///{home / 'lucidic.db'}", started)
+                print(f"rebuild, SQLite through lucidic ui ({sessions:,} fresh sessions): "
+                      f"{took:.1f} s")
+                return
             pages = min(1000, sessions // 50)
             wait_for_derived(f"sqlite:///{home / 'lucidic.db'}")
             cursor = deep_cursor(f"sqlite:///{home / 'lucidic.db'}", None, pages)
@@ -262,7 +277,7 @@ def run_sqlite(sessions: int, rounds: int) -> None:
             ui.wait(10)
 
 
-def run_postgresql(base_url: str, sessions: int, rounds: int) -> None:
+def run_postgresql(base_url: str, sessions: int, rounds: int, rebuild: bool = False) -> None:
     import psycopg
 
     schema = "lucidic_bench_ui_" + uuid.uuid4().hex[:8]
@@ -285,11 +300,17 @@ def run_postgresql(base_url: str, sessions: int, rounds: int) -> None:
         with socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
+        started = time.perf_counter()
         server = subprocess.Popen(
             [sys.executable, "-m", "lucidic", "server", "--db", url, "--port", str(port),
              "--log-level", "warning"], cwd=ROOT,
             env={k: v for k, v in os.environ.items() if not k.startswith("LUCIDIC_")})
         base = f"http://127.0.0.1:{port}"
+        if rebuild:
+            took = wait_for_derived(url, started)
+            print(f"rebuild, PostgreSQL through lucidic server ({sessions:,} fresh "
+                  f"sessions): {took:.1f} s")
+            return
         for _ in range(200):
             try:
                 if requests.get(base + "/healthz", timeout=1).status_code == 200:
@@ -321,11 +342,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="10,000 sessions, fewer rounds")
     parser.add_argument("--pg", default=os.environ.get("LUCIDIC_TEST_DATABASE_URL"),
                         help="a PostgreSQL URL (a fresh schema is made and dropped)")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="time only the refresher's rebuild of the fresh store")
+    parser.add_argument("--no-sqlite", action="store_true", help="PostgreSQL only")
     args, _ = parser.parse_known_args()
     sessions, rounds = (10_000, 5) if args.quick else (100_000, 9)
-    run_sqlite(sessions, rounds)
+    if not args.no_sqlite:
+        run_sqlite(sessions, rounds, args.rebuild)
     if args.pg:
-        run_postgresql(args.pg, sessions, rounds)
+        run_postgresql(args.pg, sessions, rounds, args.rebuild)
     else:
         print("\n(PostgreSQL skipped: pass --pg URL or set LUCIDIC_TEST_DATABASE_URL)")
 
