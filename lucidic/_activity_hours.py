@@ -13,7 +13,9 @@ no session left to rebuild (not at every batch: the sessions of a store
 rebuilt at once lie in every hour, and each batch would sum them all
 again; nor by adding and taking away: a cost taken away from a sum is not
 exact). Pages read a stale hour from session_activity. The SQL is the same
-on SQLite and PostgreSQL, which lets a migration fill the table.
+on SQLite and PostgreSQL, which lets a migration fill the table; but on
+PostgreSQL a batch takes the hours from its DELETE and INSERT themselves
+(marking_stale) rather than look its rows up again before and after.
 """
 
 from __future__ import annotations
@@ -52,6 +54,16 @@ def stale_sql(where: str) -> str:
     rows ``where`` (SQL over its columns)."""
     return ("INSERT INTO stale_hours (hour) SELECT DISTINCT hour FROM session_activity "
             f"WHERE {where} ON CONFLICT (hour) DO NOTHING")
+
+
+def marking_stale(modifying: str, batch: str = "") -> str:
+    """PostgreSQL: the statement ``modifying`` (a DELETE from or an INSERT
+    into session_activity, without RETURNING), noting in stale_hours the
+    hours of the rows it deletes or inserts, in one statement. ``batch``:
+    the WITH list's leading entries (each ending in ", "), if any."""
+    return (f"WITH {batch}modified AS ({modifying} RETURNING hour) "
+            "INSERT INTO stale_hours (hour) SELECT DISTINCT hour FROM modified "
+            "ON CONFLICT (hour) DO NOTHING")
 
 
 def without_sql(column: str, condition: str) -> str:

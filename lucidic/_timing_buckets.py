@@ -64,13 +64,20 @@ def bucket_bounds(bucket: int) -> tuple[float | None, float | None]:
     return power + part * step, power + (part + 1) * step
 
 
-def counts_sql(where: str, sign: int = 1) -> str:
+#: llm_timings' columns that counts_sql reads.
+COUNTED = "project, started_at, model, duration, time_to_first_token"
+
+
+def counts_sql(where: str, sign: int = 1, rows: str = "llm_timings") -> str:
     """The statement adding ``sign`` times the counts of the llm_timings rows
-    ``where`` (SQL over its columns) to timing_counts."""
+    ``where`` (SQL over its columns) to timing_counts; of the rows of
+    ``rows`` (a relation with the columns COUNTED: on PostgreSQL, a WITH
+    entry deleting or inserting llm_timings' rows RETURNING them, which the
+    caller puts before the statement)."""
     selects = " UNION ALL ".join(
         f"SELECT {number} AS measure, {hour_sql('started_at')} AS hour, model, "
         f"{bucket_sql(column)} AS bucket, CASE WHEN project IS NULL THEN 1 ELSE 0 END "
-        f"AS orphan, COALESCE(project, '') AS project FROM llm_timings "
+        f"AS orphan, COALESCE(project, '') AS project FROM {rows} "
         f"WHERE ({where}) AND {column} IS NOT NULL"
         for column, number in MEASURES.items())
     return ("INSERT INTO timing_counts (measure, hour, model, bucket, orphan, project, calls) "

@@ -44,10 +44,11 @@ from .._activity_hours import (
     CALL_WITHOUT_TOKENS,
     MODEL,
     hourly_sql,
+    marking_stale,
     stale_sql,
 )
 from .._internal import log_rate_limited
-from .._timing_buckets import MEASURES, counts_sql
+from .._timing_buckets import COUNTED, MEASURES, counts_sql
 from ..store import Store
 from .search import EVENT_TEXT, SESSION_TEXT, STEP_TEXT, TextMatch, fold_sql
 from .totals import cost_sum, int_parts, int_sum, saturated
@@ -201,11 +202,6 @@ def activity_groups(store: Store) -> dict[str, str]:
             "is_llm": "CASE WHEN e.type = 'llm' THEN 1 ELSE 0 END"}
 
 
-def _batch(store: Store, count: int) -> str:
-    rows = ", ".join([f"({store.placeholder})"] * count)
-    return f"WITH batch (session_id) AS (VALUES {rows}) "
-
-
 def refresh(store: Store, *, quiet: float = QUIET_SECONDS, limit: int = BATCH,
             now: float | None = None) -> int:
     """Rebuild the derived rows of up to ``limit`` noted sessions on which
@@ -236,24 +232,84 @@ def refresh(store: Store, *, quiet: float = QUIET_SECONDS, limit: int = BATCH,
         if not notes:
             return _sum_stale_hours(cur, store)
         ids = [row[0] for row in notes]
-        marks = ", ".join([ph] * len(ids))
-        # timing_counts counts llm_timings' rows: what they were is taken off
-        # and what they are added, in this transaction. hourly_activity sums
-        # session_activity's rows: the hours they were in and are in are
-        # noted stale, to be summed again.
-        cur.execute(counts_sql(f"session_id IN ({marks})", -1), ids * len(MEASURES))
-        cur.execute(stale_sql(f"session_id IN ({marks})"), ids)
-        for table in TABLES:
-            cur.execute(f"DELETE FROM {table} WHERE session_id IN ({marks})", ids)
-        for sql in rebuild_sql(store, len(ids), texts):
-            cur.execute(sql, ids)
-        cur.execute(counts_sql(f"session_id IN ({marks})", 1), ids * len(MEASURES))
-        cur.execute(stale_sql(f"session_id IN ({marks})"), ids)
+        if store.dialect == "postgresql":
+            _analyse_grown(cur)
+            _rebuild_returning(cur, store, ids, texts)
+        else:
+            _rebuild(cur, store, ids, texts)
         cur.executemany(f"DELETE FROM changed_sessions WHERE session_id = {ph} "
                         f"AND version = {ph}", [tuple(row) for row in notes])
         return len(notes)
 
     return int(store.transaction(run))
+
+
+def _rebuild(cur: Any, store: Store, ids: list[str], texts: tuple[str, str, str]) -> None:
+    """Rebuild the derived rows of the sessions ``ids`` (SQLite)."""
+    among = f"session_id IN ({', '.join([store.placeholder] * len(ids))})"
+    # timing_counts counts llm_timings' rows: what they were is taken off
+    # and what they are added, in this transaction. hourly_activity sums
+    # session_activity's rows: the hours they were in and are in are
+    # noted stale, to be summed again.
+    cur.execute(counts_sql(among, -1), ids * len(MEASURES))
+    cur.execute(stale_sql(among), ids)
+    for table in TABLES:
+        cur.execute(f"DELETE FROM {table} WHERE {among}", ids)
+    for sql in rebuild_sql(store, len(ids), texts):
+        cur.execute(sql, ids)
+    cur.execute(counts_sql(among, 1), ids * len(MEASURES))
+    cur.execute(stale_sql(among), ids)
+
+
+def _rebuild_returning(cur: Any, store: Store, ids: list[str],
+                       texts: tuple[str, str, str]) -> None:
+    """Rebuild the derived rows of the sessions ``ids`` (PostgreSQL), as
+    _rebuild does, but with the counts taken off and added, and the hours
+    noted stale, from the rows each DELETE and INSERT returns: no statement
+    looks the batch's rows up again (until PostgreSQL has analysed a table,
+    each lookup may scan it whole)."""
+    among = f"session_id IN ({', '.join([store.placeholder] * len(ids))})"
+    cur.execute(f"WITH gone AS (DELETE FROM llm_timings WHERE {among} RETURNING {COUNTED}) "
+                f"{counts_sql('1 = 1', -1, 'gone')}", ids)
+    cur.execute(marking_stale(f"DELETE FROM session_activity WHERE {among}"), ids)
+    for table in ("session_totals", "session_text"):
+        cur.execute(f"DELETE FROM {table} WHERE {among}", ids)
+    batch, inserts = _inserts(store, len(ids), texts)
+    for table in ("session_totals", "session_text"):
+        cur.execute(f"WITH {batch} {inserts[table]}", ids)
+    cur.execute(marking_stale(inserts["session_activity"], f"{batch}, "), ids)
+    cur.execute(f"WITH {batch}, added AS ({inserts['llm_timings']} RETURNING {COUNTED}) "
+                f"{counts_sql('1 = 1', 1, 'added')}", ids)
+
+
+#: The tables whose statistics the plans of a batch's statements rest on
+#: (PostgreSQL): it finds its rows in each by session_id (or hour).
+ANALYSED = ("session_activity", "llm_timings", "session_totals", "session_text",
+            "hourly_activity", "timing_counts", "stale_hours", "changed_sessions",
+            "events", "steps", "sessions")
+#: A table is analysed from this many pages on, and again each time it has
+#: doubled since (PostgreSQL's autovacuum, if on, analyses it too).
+ANALYSED_FROM_PAGES = 128
+
+
+def _analyse_grown(cur: Any) -> None:
+    """ANALYZE each of ANALYSED that has grown to ANALYSED_FROM_PAGES pages,
+    or to twice its pages when last analysed (PostgreSQL: pg_class.relpages,
+    which ANALYZE and VACUUM set). Until then PostgreSQL plans a lookup of a
+    batch's 200 sessions as a scan of the whole table (without statistics,
+    it expects each id to match 0.5% of the rows), which made rebuilding a
+    fresh store of 100,000 sessions several times as slow. Cheap: the
+    tables' sizes, asked of the catalog; skipped for a table the store's
+    role does not own (ANALYZE would only warn)."""
+    names = ", ".join(f"'{name}'" for name in ANALYSED)
+    cur.execute("SELECT c.relname FROM pg_class c WHERE c.oid IN "
+                f"(SELECT to_regclass(name) FROM unnest(ARRAY[{names}]) name) "
+                "AND pg_has_role(c.relowner, 'USAGE') AND pg_relation_size(c.oid) >= "
+                f"GREATEST(2 * c.relpages, {ANALYSED_FROM_PAGES}) "
+                "* current_setting('block_size')::bigint")
+    grown = [row[0] for row in cur.fetchall()]
+    if grown:
+        cur.execute(f"ANALYZE {', '.join(grown)}")
 
 
 #: Stale hours summed again in one transaction.
@@ -279,39 +335,52 @@ def _texts(store: Store) -> tuple[str, str, str]:
             fold_sql(store, "ev", EVENT_TEXT))
 
 
-def rebuild_sql(store: Store, count: int, texts: tuple[str, str, str]) -> list[str]:
-    """The statements that insert the derived rows of ``count`` sessions,
-    each taking their ids as its parameters."""
-    batch = _batch(store, count)
+def _inserts(store: Store, count: int,
+             texts: tuple[str, str, str]) -> tuple[str, dict[str, str]]:
+    """The WITH entry ``batch`` of ``count`` sessions' ids (parameters), and
+    the statement inserting each derived table's rows of them (but the WITH)."""
     totals, totals_joins = totals_sql(store, "SELECT session_id FROM batch", "b.session_id")
     sums = activity_columns(store)
     groups = activity_groups(store)
     session_text, step_text, event_text = texts
     joined = ("string_agg(piece, E'\\n')" if store.dialect == "postgresql"
               else "group_concat(piece, char(10))")
-    return [
-        f"{batch}INSERT INTO session_totals (session_id, {', '.join(totals)}) "
-        f"SELECT b.session_id, {', '.join(totals.values())} FROM batch b {totals_joins}",
-        f"{batch}INSERT INTO session_text (session_id, folded) "
-        f"SELECT session_id, {joined} FROM ("
-        f"SELECT s.id AS session_id, {session_text} AS piece FROM sessions s "
-        "WHERE s.id IN (SELECT session_id FROM batch) "
-        f"UNION ALL SELECT st.session_id, {step_text} FROM steps st "
-        "WHERE st.session_id IN (SELECT session_id FROM batch) "
-        f"UNION ALL SELECT ev.session_id, {event_text} FROM events ev "
-        "WHERE ev.session_id IN (SELECT session_id FROM batch)) pieces GROUP BY session_id",
-        f"{batch}INSERT INTO session_activity (session_id, project, {', '.join(groups)}, "
-        f"{', '.join(sums)}) SELECT e.session_id, s.project, {', '.join(groups.values())}, "
-        f"{', '.join(sums.values())} FROM events e LEFT JOIN sessions s ON s.id = e.session_id "
-        "WHERE e.session_id IN (SELECT session_id FROM batch) AND e.started_at IS NOT NULL "
-        f"GROUP BY e.session_id, s.project, {', '.join(groups.values())}",
-        f"{batch}INSERT INTO llm_timings (session_id, project, started_at, model, duration, "
-        f"time_to_first_token) SELECT e.session_id, s.project, e.started_at, {MODEL}, "
-        "e.duration, e.time_to_first_token FROM events e LEFT JOIN sessions s "
-        "ON s.id = e.session_id WHERE e.session_id IN (SELECT session_id FROM batch) "
-        "AND e.type = 'llm' AND e.started_at IS NOT NULL "
-        "AND (e.duration IS NOT NULL OR e.time_to_first_token IS NOT NULL)",
-    ]
+    rows = ", ".join([f"({store.placeholder})"] * count)
+    return f"batch (session_id) AS (VALUES {rows})", {
+        "session_totals":
+            f"INSERT INTO session_totals (session_id, {', '.join(totals)}) "
+            f"SELECT b.session_id, {', '.join(totals.values())} FROM batch b {totals_joins}",
+        "session_text":
+            f"INSERT INTO session_text (session_id, folded) "
+            f"SELECT session_id, {joined} FROM ("
+            f"SELECT s.id AS session_id, {session_text} AS piece FROM sessions s "
+            "WHERE s.id IN (SELECT session_id FROM batch) "
+            f"UNION ALL SELECT st.session_id, {step_text} FROM steps st "
+            "WHERE st.session_id IN (SELECT session_id FROM batch) "
+            f"UNION ALL SELECT ev.session_id, {event_text} FROM events ev "
+            "WHERE ev.session_id IN (SELECT session_id FROM batch)) pieces GROUP BY session_id",
+        "session_activity":
+            f"INSERT INTO session_activity (session_id, project, {', '.join(groups)}, "
+            f"{', '.join(sums)}) SELECT e.session_id, s.project, {', '.join(groups.values())}, "
+            f"{', '.join(sums.values())} FROM events e LEFT JOIN sessions s "
+            "ON s.id = e.session_id "
+            "WHERE e.session_id IN (SELECT session_id FROM batch) AND e.started_at IS NOT NULL "
+            f"GROUP BY e.session_id, s.project, {', '.join(groups.values())}",
+        "llm_timings":
+            f"INSERT INTO llm_timings (session_id, project, started_at, model, duration, "
+            f"time_to_first_token) SELECT e.session_id, s.project, e.started_at, {MODEL}, "
+            "e.duration, e.time_to_first_token FROM events e LEFT JOIN sessions s "
+            "ON s.id = e.session_id WHERE e.session_id IN (SELECT session_id FROM batch) "
+            "AND e.type = 'llm' AND e.started_at IS NOT NULL "
+            "AND (e.duration IS NOT NULL OR e.time_to_first_token IS NOT NULL)",
+    }
+
+
+def rebuild_sql(store: Store, count: int, texts: tuple[str, str, str]) -> list[str]:
+    """The statements that insert the derived rows of ``count`` sessions,
+    each taking their ids as its parameters."""
+    batch, inserts = _inserts(store, count, texts)
+    return [f"WITH {batch} {inserts[table]}" for table in TABLES]
 
 
 def pending(store: Store) -> int:
