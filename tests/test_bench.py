@@ -110,6 +110,8 @@ def test_instructions_step_counts_with_callgrind_and_refuses_a_partial_batch(
     ("bench_evals.py", ("--cases", "5", "--rounds", "1", "--quick"), "replayed"),
     ("bench_cli.py", ("--rounds", "1"), "lucidic providers:"),
     ("bench_retention.py", ("--sessions", "300"), "after VACUUM"),
+    ("bench_ui.py", ("--quick", "--rebuild", "--pg", ""),
+     "rebuild, SQLite through lucidic ui (10,000 fresh sessions)"),
 ])
 def test_a_quick_benchmark_runs_to_its_report(tmp_path: Path, script: str,
                                               args: tuple[str, ...], reported: str) -> None:

@@ -898,3 +898,122 @@ def test_the_dashboard_reads_its_snapshot_without_jit_compiling(
         assert seen and set(seen) == {"off"}
     finally:
         store.close()
+
+
+# -- what a batch marks and reads (lucidic._activity_hours.marking_stale) -----------------
+
+def test_a_batch_marks_stale_exactly_the_hours_its_rows_left_and_entered(
+        store: Store) -> None:
+    """Of the hours a rebuilt session's rows were in and are in now, each is
+    noted stale once, and no other: not the hours of sessions left alone.
+    The timing counts follow the calls out of the hours they left."""
+    hour = BASE + 10 * 3600
+    store.write([_session("a"), _session("b"),
+                 _event("a1", "a", hour + 5, type="llm", model="m", duration=0.4),
+                 _event("a2", "a", hour + 3600 + 5, type="llm", model="m", duration=2.0),
+                 _event("b1", "b", hour + 2 * 3600 + 5)])
+    _refresh_all(store)
+    assert _stale_hours(store) == set()
+    hours = int(hour // 3600)
+    # a1 moves 3 hours on; a2 stays; a new event lands 5 hours on. b is untouched.
+    store.write([_event("a1", "a", hour + 3 * 3600 + 5, type="llm", model="m", duration=0.4),
+                 _event("a3", "a", hour + 5 * 3600 + 5, type="llm", model="m",
+                        time_to_first_token=0.1)])
+    assert refresh(store, quiet=-60) == 1
+    # left: hours (a1's old hour), kept: hours + 1, entered: hours + 3 and + 5
+    assert _stale_hours(store) == {hours, hours + 1, hours + 3, hours + 5}
+    assert _timing_counts(store) == _recounted(store)
+    _assert_hourly_kept(store)
+    # a session rebuilt without a change marks its own hours again, and only them
+    _refresh_all(store)
+    store.write([_event("b1", "b", hour + 2 * 3600 + 5)])
+    assert refresh(store, quiet=-60) == 1
+    assert _stale_hours(store) == {hours + 2}
+    _refresh_all(store)
+    assert _stale_hours(store) == set()
+    _assert_hourly_kept(store)
+    assert _timing_counts(store) == _recounted(store)
+    _assert_pages_exact(store)
+
+
+def _scans(store: Store, table: str) -> int:
+    """How many times PostgreSQL has scanned ``table`` (sequential and index
+    scans), once the store's connection has reported its counts."""
+    store.query("SELECT pg_stat_force_next_flush()")  # (reported when it next idles)
+    store.query("SELECT 1")
+    row = store.query("SELECT seq_scan, idx_scan FROM pg_stat_user_tables "
+                      "WHERE relid = to_regclass(%s)", (table,))[0]
+    return int(row["seq_scan"] or 0) + int(row["idx_scan"] or 0)
+
+
+def test_a_postgresql_batch_reads_its_old_rows_once_in_deleting_them(pg_url: str) -> None:
+    """On PostgreSQL a batch takes the hours to sum again and the timing
+    counts to take off and add from the rows its DELETE and INSERT return:
+    it looks session_activity's and llm_timings' rows up once each (to
+    delete them), where it read session_activity 3 times and llm_timings 5
+    (until PostgreSQL first analyses them, each time a whole scan)."""
+    store = Store(pg_url)
+    try:
+        store.write([*_timed_world(random.Random(5), "t", 12)])
+        _refresh_all(store)
+        store.write([_event(f"t{i}-t0", f"t{i}", BASE + i * 3600 + 0.5, type="llm",
+                            model="m-2", duration=0.5) for i in range(0, 12, 2)])
+        before = {table: _scans(store, table) for table in ("session_activity", "llm_timings")}
+        assert refresh(store, quiet=-60) == 6
+        after = {table: _scans(store, table) for table in ("session_activity", "llm_timings")}
+        assert {table: after[table] - before[table] for table in before} == {
+            "session_activity": 1, "llm_timings": 1}
+        assert _timing_counts(store) == _recounted(store)
+        _refresh_all(store)
+        _assert_hourly_kept(store)
+    finally:
+        store.close()
+
+
+def _analyses(store: Store) -> dict[str, int]:
+    return {r["relname"]: int(r["analyze_count"]) for r in store.query(
+        "SELECT relname, analyze_count FROM pg_stat_user_tables "
+        "WHERE relname IN ('session_activity', 'llm_timings') "
+        "AND schemaname = current_schema()")}
+
+
+def _calls(prefix: str, sessions: int) -> list[tuple]:
+    """``sessions`` sessions of 60 LLM calls, each in an hour of its own."""
+    return [record for i in range(sessions) for record in (
+        _session(f"{prefix}{i}"),
+        *(_event(f"{prefix}{i}-{j}", f"{prefix}{i}", BASE + j * 3600, type="llm",
+                 model="m", duration=0.5) for j in range(60)))]
+
+
+def test_the_refresher_analyses_its_tables_once_they_have_doubled(pg_url: str) -> None:
+    """Until PostgreSQL has analysed session_activity and llm_timings, it
+    plans a batch's lookups as whole scans: the refresher ANALYZEs each
+    from 128 pages on, and again once it has doubled since, not at every
+    batch."""
+    store = Store(pg_url)
+    try:
+        def pages(table: str) -> int:
+            return int(store.query("SELECT pg_relation_size(to_regclass(%s)) / "
+                                   "current_setting('block_size')::bigint AS n",
+                                   (table,))[0]["n"])
+
+        store.write(_calls("a", 300))
+        refresh(store, quiet=-60, limit=1000)
+        assert min(pages("session_activity"), pages("llm_timings")) >= 128
+        assert _analyses(store) == {"session_activity": 0, "llm_timings": 0}
+        store.write(_calls("b", 1))                 # the next batch analyses them
+        refresh(store, quiet=-60)
+        assert _analyses(store) == {"session_activity": 1, "llm_timings": 1}
+        store.write(_calls("c", 1))                 # not doubled since: not again
+        refresh(store, quiet=-60)
+        assert _analyses(store) == {"session_activity": 1, "llm_timings": 1}
+        store.write(_calls("d", 350))               # doubled
+        refresh(store, quiet=-60, limit=1000)
+        store.write(_calls("e", 1))
+        refresh(store, quiet=-60)
+        assert _analyses(store) == {"session_activity": 2, "llm_timings": 2}
+        _refresh_all(store)
+        _assert_hourly_kept(store)
+        assert _timing_counts(store) == _recounted(store)
+    finally:
+        store.close()
