@@ -300,7 +300,9 @@ def _analyse_grown(cur: Any) -> None:
     it expects each id to match 0.5% of the rows), which made rebuilding a
     fresh store of 100,000 sessions several times as slow. Cheap: the
     tables' sizes, asked of the catalog; skipped for a table the store's
-    role does not own (ANALYZE would only warn)."""
+    role does not own (ANALYZE would only warn), or that another ANALYZE or
+    a VACUUM holds (SKIP_LOCKED: the batch does not wait behind it, and a
+    later one analyses the table)."""
     names = ", ".join(f"'{name}'" for name in ANALYSED)
     cur.execute("SELECT c.relname FROM pg_class c WHERE c.oid IN "
                 f"(SELECT to_regclass(name) FROM unnest(ARRAY[{names}]) name) "
@@ -309,7 +311,7 @@ def _analyse_grown(cur: Any) -> None:
                 "* current_setting('block_size')::bigint")
     grown = [row[0] for row in cur.fetchall()]
     if grown:
-        cur.execute(f"ANALYZE {', '.join(grown)}")
+        cur.execute(f"ANALYZE (SKIP_LOCKED) {', '.join(grown)}")
 
 
 #: Stale hours summed again in one transaction.

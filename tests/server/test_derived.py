@@ -1017,3 +1017,28 @@ def test_the_refresher_analyses_its_tables_once_they_have_doubled(pg_url: str) -
         assert _timing_counts(store) == _recounted(store)
     finally:
         store.close()
+
+
+def test_the_refresher_does_not_wait_behind_a_table_another_analyse_holds(
+        pg_url: str) -> None:
+    """A table being vacuumed or analysed elsewhere (autovacuum) is left for
+    a later batch to analyse: the batch neither waits nor fails (with a
+    lock_timeout, waiting failed the batch, and so every batch after it)."""
+    url = pg_url.replace("options=", "options=-clock_timeout%3D1000%20")
+    store = Store(url)
+    holder, _ = raw_connection(pg_url)
+    try:
+        store.write(_calls("a", 300))
+        refresh(store, quiet=-60, limit=1000)
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE session_activity IN SHARE UPDATE EXCLUSIVE MODE")
+        store.write(_calls("b", 1))
+        assert refresh(store, quiet=-60) == 1
+        assert _analyses(store) == {"session_activity": 0, "llm_timings": 1}
+        holder.execute("COMMIT")
+        store.write(_calls("c", 1))
+        assert refresh(store, quiet=-60) == 1
+        assert _analyses(store) == {"session_activity": 1, "llm_timings": 1}
+    finally:
+        holder.close()
+        store.close()
