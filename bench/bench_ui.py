@@ -310,6 +310,15 @@ def run_postgresql(base_url: str, sessions: int, rounds: int, rebuild: bool = Fa
             took = wait_for_derived(url, started)
             print(f"rebuild, PostgreSQL through lucidic server ({sessions:,} fresh "
                   f"sessions): {took:.1f} s")
+            with psycopg.connect(url, autocommit=True) as conn:
+                analysed = conn.execute(
+                    "SELECT relname, analyze_count, pg_relation_size(relid) / 8192 "
+                    "FROM pg_stat_user_tables WHERE schemaname = current_schema() "
+                    "AND relname IN ('session_activity', 'llm_timings') ORDER BY relname"
+                ).fetchall()
+            # (one of them the bench's own, before the server started)
+            print("  ANALYZE runs: " + ", ".join(
+                f"{name} {count} ({pages:,} pages)" for name, count, pages in analysed))
             return
         for _ in range(200):
             try:
