@@ -324,14 +324,18 @@ def run_postgresql(base_url: str, sessions: int, rounds: int, rebuild: bool = Fa
             print(f"rebuild, PostgreSQL through lucidic server ({sessions:,} fresh "
                   f"sessions): {took:.1f} s")
             with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("SELECT pg_sleep(3)")  # (until the server has reported its counts)
                 analysed = conn.execute(
-                    "SELECT relname, analyze_count, pg_relation_size(relid) / 8192 "
-                    "FROM pg_stat_user_tables WHERE schemaname = current_schema() "
+                    "SELECT relname, analyze_count, pg_relation_size(relid) / 8192, "
+                    "seq_scan, seq_tup_read FROM pg_stat_user_tables "
+                    "WHERE schemaname = current_schema() "
                     "AND relname IN ('session_activity', 'llm_timings') ORDER BY relname"
                 ).fetchall()
-            # (one of them the bench's own, before the server started)
-            print("  ANALYZE runs: " + ", ".join(
-                f"{name} {count} ({pages:,} pages)" for name, count, pages in analysed))
+            # (one ANALYZE the bench's own, before the server started): the
+            # rows read by whole scans are the work the machine's load multiplies
+            print("  " + "; ".join(
+                f"{name}: {pages:,} pages, ANALYZE {count} times, {scans:,} whole scans "
+                f"reading {rows:,} rows" for name, count, pages, scans, rows in analysed))
             return
         for _ in range(200):
             try:
