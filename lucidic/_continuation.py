@@ -29,6 +29,11 @@ def unknown_message(session_id: str) -> str:
             "id, or start a new session with lai.init().")
 
 
+def deleted_message(session_id: str) -> str:
+    return (f"session {session_id!r} was deleted, and a deleted session cannot be continued "
+            "(records for it are refused). Start a new session with lai.init().")
+
+
 def finished_message(session_id: str) -> str:
     return (f"session {session_id!r} has finished and a finished session cannot be "
             "continued. To hand a session over to another process, detach it there with "

@@ -190,6 +190,20 @@ class LocalSink(Sink):
             raise InvalidOperationError(f"the store refused session {record[1]!r}: {exc}"
                                         ) from None
 
+    def check_continuable(self, session_id: str, agent_id: str | None) -> dict[str, Any]:
+        """As Sink.check_continuable; a deleted session is said to be deleted,
+        not unknown."""
+        stored = self.lookup_session(session_id)
+        if stored is None:
+            try:
+                deleted = bool(self._get_store().deleted_among([session_id]))
+            except StoreError as exc:
+                raise self._failed(exc) if exc.transient else InvalidOperationError(
+                    _continuation.unknown_message(session_id)) from exc
+            raise InvalidOperationError(_continuation.deleted_message(session_id) if deleted
+                                        else _continuation.unknown_message(session_id))
+        return super().check_continuable(session_id, agent_id)
+
     def lookup_session(self, session_id: str) -> dict[str, Any] | None:
         try:
             return self._get_store().get_session(session_id)

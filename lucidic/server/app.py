@@ -15,7 +15,7 @@ from .. import _config, _continuation
 from ..limits import MAX_BODY_BYTES
 from ..reading import MAX_LIMIT, SORTS, InvalidQueryError, Reader, SessionQuery
 from ..reading.derived import Refresher
-from ..reading.retention import RECENT_WRITES, Pruner, delete_sessions
+from ..reading.retention import RECENT_WRITES, Pruner, delete_sessions, was_deleted
 from ..reading.search import MAX_QUERY_CHARS as MAX_SEARCH
 from ..store import DeletedSessionError, Store
 from ..ui.db import StorePool
@@ -234,14 +234,20 @@ def session_tree(session_id: str, who: Auth, db: Db,
 @router.get("/api/v1/sessions/{session_id:path}/continuable", tags=["read"],
             response_model=models.Continuable,
             responses={409: {"model": models.Problem,
-                             "description": "finished, or another agent's"}},
+                             "description": "finished, or another agent's"},
+                       410: {"model": models.Problem, "description": "deleted"}},
             summary="The check behind continue_session (the SDK asks it): the session "
                     "exists in this project, is not finished, and belongs to the agent "
                     "given (if any)")
 def continuable(session_id: str, who: Auth, db: Db,
                 agent_id: Annotated[Optional[str],  # noqa: UP045
                                     Query(max_length=256)] = None) -> JSONOut:
-    row = read_or_404(db.get_session, "session", session_id, who.project)
+    valid = models.valid_id(session_id)
+    row = db.get_session(session_id, who.project) if valid else None
+    if row is None:
+        if valid and was_deleted(db, session_id, who.project):
+            raise ApiError(410, _continuation.deleted_message(session_id))
+        raise not_found("session", session_id)
     check_continuable(row, session_id, agent_id)
     return JSONOut({"session_id": session_id, "continuable": True,
                     "agent_id": row.get("agent_id"), "experiment_id": row.get("experiment_id"),

@@ -441,3 +441,31 @@ def test_init_with_a_deleted_sessions_id_says_the_id_was_deleted(tmp_path: Path)
             print("refused:", exc)
     """, home=home)
     assert f"refused: {sid!r} was deleted" in reused.stdout, reused.stdout + reused.stderr
+
+
+def test_continuing_a_deleted_session_says_it_was_deleted(tmp_path: Path) -> None:
+    """Not that it does not exist: the id was a session's, and stays taken."""
+    from helpers import run_python
+
+    home = tmp_path / "home"
+    sid = run_python("""
+        import lucidic as lai
+        print(lai.init(session_name="soon gone"))
+        assert lai.flush()
+    """, home=home).stdout.strip()
+    store = Store(home / "lucidic.db")
+    assert delete_sessions(store, [sid], force=True).deleted == [sid]
+    store.close()
+    tried = run_python(f"""
+        import lucidic as lai
+        from lucidic.errors import InvalidOperationError
+        for attempt in (lambda: lai.continue_session({sid!r}),
+                        lambda: lai.continue_session("never-was")):
+            try:
+                attempt()
+            except InvalidOperationError as exc:
+                print("refused:", exc)
+    """, home=home)
+    refusals = tried.stdout.splitlines()
+    assert refusals[0].startswith(f"refused: session {sid!r} was deleted"), tried.stdout
+    assert refusals[1].startswith("refused: session 'never-was' does not exist"), tried.stdout

@@ -298,3 +298,30 @@ def test_other_protocols_writing_to_a_deleted_session_are_refused_not_failed(
     assert store.count("steps") == store.count("events") == 0
     store.close()
     assert "Traceback" not in server.log_text()
+
+
+def test_continuing_a_session_deleted_on_the_server_says_it_was_deleted(
+        db_url: str, start_server, tmp_path: Path) -> None:
+    server = start_server(db_url)
+    key = make_key(db_url, "shop")
+    mine, theirs = Api(server.url, key), Api(server.url, make_key(db_url, "other"))
+    sid = str(uuid.uuid4())
+    assert mine.records(_session(sid, time.time())).status_code == 200
+    assert mine.http.delete(server.url + f"/api/v1/sessions/{sid}",
+                            params={"force": "true"}, timeout=10).status_code == 200
+    path = f"/api/v1/sessions/{sid}/continuable"
+    answer = mine.get(path)
+    assert answer.status_code == 410 and "was deleted" in answer.json()["detail"]
+    assert theirs.get(path).status_code == 404   # another project's: unknown to this key
+    from helpers import run_python
+
+    tried = run_python(f"""
+        import lucidic as lai
+        from lucidic.errors import InvalidOperationError
+        try:
+            lai.continue_session({sid!r})
+        except InvalidOperationError as exc:
+            print("refused:", exc)
+    """, home=tmp_path / "home", env=sdk_env(server, key))
+    assert tried.stdout.startswith(f"refused: session {sid!r} was deleted"), \
+        tried.stdout + tried.stderr
