@@ -218,7 +218,8 @@ def _header(session: dict[str, Any], full: bool) -> list[Line]:
     if session.get("tags"):
         row("tags", [(", ".join(text(t) for t in session["tags"]), "")])
     started = [(when(session.get("started_at")), "")]
-    if session.get("is_finished") and session.get("ended_at") and session.get("started_at"):
+    if session.get("is_finished") and session.get("ended_at") and session.get("started_at") \
+            and session["ended_at"] >= session["started_at"]:  # (else how long is unknown)
         started.append((", took " + duration(session["ended_at"] - session["started_at"]), ""))
     row("started", started)
     if session.get("session_eval") is not None or session.get("session_eval_reason"):

@@ -445,16 +445,32 @@ def test_a_span_that_ends_before_it_starts_has_an_unknown_duration_by_every_door
         store.close()
     # Neither the CLI nor the UI shows a negative time, nor fails.
     negative = re.compile(r"-\s*\d[\w.,+]*\s*(µs|ms|s|min|h)\b")
-    shown = subprocess.run(
-        [sys.executable, "-m", "lucidic", "sessions", "show", "backwards"],
-        capture_output=True, text=True, timeout=60,
-        env=child_env(tmp_path / "cli", {"LUCIDIC_BASE_URL": server.url, "LUCIDIC_API_KEY": key,
-                                          "TZ": "UTC"}))
-    assert shown.returncode == 0, shown.stderr
-    assert "step backwards" in shown.stdout and not negative.search(shown.stdout), shown.stdout
+
+    def cli_show(session_id: str) -> str:
+        shown = subprocess.run(
+            [sys.executable, "-m", "lucidic", "sessions", "show", session_id],
+            capture_output=True, text=True, timeout=60,
+            env=child_env(tmp_path / "cli", {"LUCIDIC_BASE_URL": server.url,
+                                              "LUCIDIC_API_KEY": key, "TZ": "UTC"}))
+        assert shown.returncode == 0, shown.stderr
+        assert not negative.search(shown.stdout), shown.stdout
+        return shown.stdout
+
+    assert "step backwards" in cli_show("backwards")
     browser = requests.Session()
     signed_in = browser.post(server.url + "/sign-in", data={"api_key": key}, timeout=30)
     assert signed_in.status_code == 200, signed_in.text[:300]
     page = browser.get(server.url + "/sessions/backwards", timeout=30)
     assert page.status_code == 200 and "step backwards" in page.text
     assert not negative.search(page.text)
+    # A trace of one such span: a session of its own, which ends before it starts.
+    assert post(server, key, body(make_spans(lambda tracer: tracer.start_span(
+        "clock stepped back", start_time=(t0 + 20) * 10**9).end(
+        end_time=(t0 + 19) * 10**9)))).status_code == 200
+    (own,) = [s for s in Api(server.url, key).get("/api/v1/sessions").json()["sessions"]
+              if s["name"] == "clock stepped back"]
+    assert "took" not in cli_show(own["id"])
+    for path in (f"/sessions/{own['id']}", "/"):
+        page = browser.get(server.url + path, timeout=30)
+        assert page.status_code == 200 and "clock stepped back" in page.text
+        assert not negative.search(page.text)
