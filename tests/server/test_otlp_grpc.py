@@ -463,6 +463,12 @@ def test_a_span_that_ends_before_it_starts_has_an_unknown_duration_by_every_door
     page = browser.get(server.url + "/sessions/backwards", timeout=30)
     assert page.status_code == 200 and "step backwards" in page.text
     assert not negative.search(page.text)
+    # Its outline row has no length and no bar on the timeline (not a sliver).
+    (step,) = [s for s in tree["steps"][0]["steps"] if s["action"] == "step backwards"]
+    assert step["duration"] is None  # (a step's is its times', read back)
+    row = page.text[page.text.index(f'data-key="step:{step["id"]}"'):]
+    row = row[:row.index("</div>")]
+    assert '<span class="dur num"></span>' in row and "<svg" not in row, row
     # A trace of one such span: a session of its own, which ends before it starts.
     assert post(server, key, body(make_spans(lambda tracer: tracer.start_span(
         "clock stepped back", start_time=(t0 + 20) * 10**9).end(
@@ -470,6 +476,7 @@ def test_a_span_that_ends_before_it_starts_has_an_unknown_duration_by_every_door
     (own,) = [s for s in Api(server.url, key).get("/api/v1/sessions").json()["sessions"]
               if s["name"] == "clock stepped back"]
     assert "took" not in cli_show(own["id"])
+    assert Api(server.url, key).tree(own["id"])["duration"] is None
     for path in (f"/sessions/{own['id']}", "/"):
         page = browser.get(server.url + path, timeout=30)
         assert page.status_code == 200 and "clock stepped back" in page.text
