@@ -41,8 +41,9 @@ def plural(n: int, word: str, words: str | None = None) -> str:
 
 
 def duration(seconds: float | None) -> str:
-    """40 µs, 1.23 ms, 12.3 ms, 123 ms, 1.23 s, 2 min 5 s, 1 h 2 min."""
-    if seconds is None:
+    """40 µs, 1.23 ms, 12.3 ms, 123 ms, 1.23 s, 2 min 5 s, 1 h 2 min; nothing
+    when unknown (None, or negative: a span that ended before it started)."""
+    if seconds is None or seconds < 0:
         return ""
     # Each unit up to where its rounding would show the next one (999.7 ms
     # reads as 1.00 s, not 1000 ms).
@@ -217,7 +218,8 @@ def _header(session: dict[str, Any], full: bool) -> list[Line]:
     if session.get("tags"):
         row("tags", [(", ".join(text(t) for t in session["tags"]), "")])
     started = [(when(session.get("started_at")), "")]
-    if session.get("is_finished") and session.get("ended_at") and session.get("started_at"):
+    if session.get("is_finished") and session.get("ended_at") and session.get("started_at") \
+            and session["ended_at"] >= session["started_at"]:  # (else how long is unknown)
         started.append((", took " + duration(session["ended_at"] - session["started_at"]), ""))
     row("started", started)
     if session.get("session_eval") is not None or session.get("session_eval_reason"):

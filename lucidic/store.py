@@ -1825,7 +1825,8 @@ def _decode_row(row: dict[str, Any]) -> dict[str, Any]:
         row["is_finished"] = False
     if row.get("started_at") is not None and row.get("ended_at") is not None \
             and "duration" not in row:
-        row["duration"] = row["ended_at"] - row["started_at"]
+        took = row["ended_at"] - row["started_at"]
+        row["duration"] = took if took >= 0 else None  # ended before it started: unknown
     return row
 
 

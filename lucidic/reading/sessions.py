@@ -78,6 +78,7 @@ class SessionQuery:
     limit: int = 50
     cursor: str | None = None             # from SessionPage.next_cursor
     offset: int = 0                       # the older paging; ignored with a cursor
+    counted: bool = True                  # False: no total (a later page of one listing)
 
     def __post_init__(self) -> None:
         if self.status is not None and self.status not in STATUSES:
@@ -98,7 +99,8 @@ class SessionPage:
     sessions: list[dict[str, Any]]
     #: Pass as SessionQuery.cursor for the next page; None on the last one.
     next_cursor: str | None
-    #: How many sessions match (None when searching: that would read everything).
+    #: How many sessions match (None when searching: that would read
+    #: everything; or when the query was not ``counted``).
     total: int | None = None
     query: SessionQuery = field(default_factory=SessionQuery)
 
@@ -194,7 +196,7 @@ def list_sessions(store: Store, query: SessionQuery) -> SessionPage:
         row.pop("sort_key", None)
     add_totals(store, rows)
     total = None
-    if not query.search:
+    if not query.search and query.counted:
         filters = where[:-1] if keyset else where
         total = int(store.query(f"SELECT COUNT(*) AS n FROM sessions s WHERE "
                                 f"{' AND '.join(filters)}", params)[0]["n"])

@@ -40,7 +40,7 @@ from .models import (
     Id,
     ShortText,
     Text,
-    check_json_text,
+    storable_json,
 )
 from .problems import ApiError, JSONOut
 
@@ -59,9 +59,7 @@ class _Body(BaseModel):
     @classmethod
     def _storable_json(cls, value: Any) -> Any:
         if isinstance(value, (dict, list)):
-            problem = check_json_text(value, "value")
-            if problem:
-                raise ValueError(problem)
+            value = storable_json(value)  # a NUL in it as in a text: U+FFFD
             if len(json.dumps(value)) > MAX_TEXT_CHARS:
                 raise ValueError(f"the value is larger than {MAX_TEXT_CHARS} characters as JSON")
         return value
@@ -542,9 +540,10 @@ def _apply_payload(store: Store, cur: Any, upload: dict[str, Any], payload: Any)
     the event was created with."""
     if not isinstance(payload, dict):
         raise ApiError(422, "an event payload must be a JSON object")
-    problem = check_json_text(payload, "payload")
-    if problem:
-        raise ApiError(422, problem)
+    try:
+        payload = storable_json(payload, "payload")
+    except ValueError as exc:
+        raise ApiError(422, str(exc)) from exc
     ph = store.placeholder
     cur.execute(f"SELECT type, attributes, updated_at FROM events WHERE id = {ph}",
                 (upload["event_id"],))

@@ -92,14 +92,15 @@ def list_sessions(who: Auth, db: Db,
     if matches_nothing(agent_id, experiment_id):
         return JSONOut({"sessions": [], "total": 0, "limit": limit, "offset": offset})
     # Read a page (of the read API's largest) at a time, each from where the
-    # last ended: what one page's totals cost stays bounded.
+    # last ended: what one page's totals cost stays bounded. The matching
+    # sessions are counted once, with the first.
     reader = Reader(db)
     query = SessionQuery(project=who.project, agent_id=agent_id, experiment_id=experiment_id,
                          limit=min(limit, MAX_LIMIT), offset=offset)
     page = reader.sessions(query)
     total, sessions = page.total, list(page.sessions)
     while len(sessions) < limit and page.next_cursor is not None:
-        query = replace(query, cursor=page.next_cursor,
+        query = replace(query, cursor=page.next_cursor, counted=False,
                         limit=min(limit - len(sessions), MAX_LIMIT))
         page = reader.sessions(query)
         sessions.extend(page.sessions)

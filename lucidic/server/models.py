@@ -75,6 +75,33 @@ def check_json_text(value: Any, path: str = "body", depth: int = 0) -> str | Non
     return None
 
 
+def storable_json(value: Any, path: str = "value") -> Any:
+    """A JSON value of a client's body (a list of tags, an object) as it is
+    stored: a NUL character in any of its texts (an object's keys too)
+    becomes U+FFFD, as in every text the server stores, plain or nested.
+    ValueError names what no rule makes storable: an unpaired surrogate (as
+    a plain text field's type refuses it), a number that is not finite,
+    nesting deeper than 64 levels."""
+    cleaned = _clean_texts(value, 0)
+    problem = check_json_text(cleaned, path)
+    if problem:
+        raise ValueError(problem)
+    return cleaned
+
+
+def _clean_texts(value: Any, depth: int) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if depth > _MAX_DEPTH:  # left as it is: check_json_text refuses it
+        return value
+    if isinstance(value, dict):
+        return {(_clean_texts(key, depth) if isinstance(key, str) else key):
+                _clean_texts(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_clean_texts(item, depth + 1) for item in value]
+    return value
+
+
 #: What the API takes and answers for each type of column (lucidic.columns).
 _API_TYPES: dict[ColumnType, Any] = {
     ColumnType.TEXT: str, ColumnType.ID: Id, ColumnType.REAL: FiniteFloat,

@@ -226,7 +226,8 @@ def _rows(store: Store, cur: Any, project: str, trace_id: str, spans: list[SpanI
 
 def _claim_sessions(store: Store, cur: Any, project: str, targets: dict[str, _Trace],
                     by_trace: dict[str, list[SpanIn]]) -> set[str]:
-    """Create the target sessions that do not exist; the ids of those that
+    """Create the target sessions that do not exist (and give those of the
+    project an agent and name where they have none); the ids of those that
     are another project's (which the traces naming them cannot use)."""
     ph = store.placeholder
     rows: dict[str, tuple[Any, ...]] = {}
@@ -239,8 +240,17 @@ def _claim_sessions(store: Store, cur: Any, project: str, targets: dict[str, _Tr
         first = min((s.start for s in spans if s.start is not None), default=None)
         rows.setdefault(target.session_id, (target.session_id, project, agent, name, first,
                                             first if first is not None else time.time()))
+    # A session made before its spans (by a Langfuse score, of the trace or
+    # of the session id) gets the agent and name they would have made it
+    # with, where it has none: what it says itself stands. (Only a row that
+    # changes is written: most requests add to a session that has both.)
     cur.executemany("INSERT INTO sessions (id, project, agent_id, name, started_at, updated_at) "
-                    f"VALUES ({ph}, {ph}, {ph}, {ph}, {ph}, {ph}) ON CONFLICT (id) DO NOTHING",
+                    f"VALUES ({ph}, {ph}, {ph}, {ph}, {ph}, {ph}) ON CONFLICT (id) DO UPDATE "
+                    "SET agent_id = COALESCE(sessions.agent_id, excluded.agent_id), "
+                    "name = COALESCE(sessions.name, excluded.name) "
+                    "WHERE sessions.project = excluded.project "
+                    "AND ((sessions.agent_id IS NULL AND excluded.agent_id IS NOT NULL) "
+                    "OR (sessions.name IS NULL AND excluded.name IS NOT NULL))",
                     list(rows.values()))
     theirs: set[str] = set()
     for chunk in _chunks(sorted(rows)):

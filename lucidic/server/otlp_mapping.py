@@ -453,6 +453,17 @@ def _times(span: SpanIn) -> dict[str, Any]:
     return fields
 
 
+def span_duration(span: SpanIn) -> float | None:
+    """How long a span took, in seconds; unknown (None) without both times,
+    or when it ends before it starts (a client's clock stepped back): a
+    duration runs forwards, as the records API and the lucidicai routes
+    refuse a negative one (422) and the SDK records one as unknown. A span
+    is not refused alone for it, which would lose it to its request."""
+    if span.start is None or span.end is None or span.end < span.start:
+        return None
+    return span.end - span.start
+
+
 def step_fields(span: SpanIn) -> dict[str, Any]:
     """A step span's columns (but session and parent, which ingest decides)."""
     used: set[str] = set()
@@ -502,8 +513,7 @@ def llm_fields(span: SpanIn) -> dict[str, Any]:
     if cost is None:
         cost = pricing.cost_of(provider, str(model) if model is not None else None,
                                input_tokens, output_tokens, cached, cache_write)
-    duration = span.end - span.start if span.start is not None and span.end is not None \
-        else None
+    duration = span_duration(span)
     fields = {"type": "llm", "description": span.name or None, "provider": provider,
               "model": None if model is None else str(model),
               "request_model": None if request_model is None else str(request_model),
@@ -513,7 +523,7 @@ def llm_fields(span: SpanIn) -> dict[str, Any]:
               "error": _error(span), **_times(span), "attributes": _kept(span, used)}
     if cache_write is not None:
         fields["cache_write_tokens"] = cache_write
-    if LF_COMPLETION_START in attrs:
+    if LF_COMPLETION_START in attrs and duration is not None:
         first_token = _first_token(attrs[LF_COMPLETION_START], span.start)
         if first_token is not None:
             fields["time_to_first_token"] = first_token
@@ -617,8 +627,7 @@ def tool_fields(span: SpanIn) -> dict[str, Any]:
     arguments = _json(_first(attrs, used, "gen_ai.tool.call.arguments", "tool.parameters",
                              "input.value", LF_INPUT))
     result = _first(attrs, used, "gen_ai.tool.call.result", "output.value", LF_OUTPUT)
-    duration = span.end - span.start if span.start is not None and span.end is not None \
-        else None
+    duration = span_duration(span)
     return {"type": "tool", "description": span.name or None,
             "function_name": None if name is None else str(name), "arguments": arguments,
             "result": None if result is None else

@@ -93,7 +93,8 @@ def node_span(node: dict[str, Any], now: float) -> tuple[float | None, float | N
     if node.get("duration") is not None:
         return started, float(node["duration"])
     if node.get("ended_at") is not None:
-        return started, node["ended_at"] - started
+        took = node["ended_at"] - started  # unknown if it ended before it started
+        return started, took if took >= 0 else None
     if node.get("never_ended"):
         return started, None  # no length to show: its session ended, it did not
     return started, (now - started) if not node.get("is_finished") else 0.0

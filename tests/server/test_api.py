@@ -481,6 +481,16 @@ def _fuzz_the_lucidicai_routes(spec: dict[str, Any],
                         elif status == 422 and name is not None and name not in detail:
                             problems.append(f"{case}: a 422 not naming {name}: {status} "
                                             f"{detail:.200}")
+                        elif where == "body" and "\\u0000" in json.dumps(value) \
+                                and not (isinstance(value, str) and "printable" in detail) \
+                                and any(status != _fuzz_answer(
+                                    s, k, method, path, request, where, name,
+                                    _as_replaced(value))[0] for s, k in servers):
+                            # One rule for a NUL in any text of a body, in a list or an
+                            # object as in a plain text: stored as U+FFFD, so answered as
+                            # U+FFFD is (but where a text must be printable: an id, a name).
+                            problems.append(f"{case}: a NUL answered unlike U+FFFD: {status} "
+                                            f"{detail:.200}")
                         elif status < 400 and name is not None and _NAMES_AN_ID.search(name) \
                                 and not (isinstance(sent, str) and valid_id(sent)) \
                                 and (method, path) not in _LISTINGS:
@@ -497,6 +507,11 @@ _NAMES_AN_ID = re.compile(r"(?<!agent)_id$")
 #: empty page, as /api/v1/sessions answers), rather than a refusal.
 _LISTINGS = {("GET", "/api/sessions")}
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _as_replaced(value: Any) -> Any:
+    """``value`` with each NUL of its texts (keys too) replaced by U+FFFD."""
+    return json.loads(json.dumps(value).replace("\\u0000", "\\ufffd"))
 
 
 def _fuzz_answer(server: Any, key: str, method: str, path: str, request: dict[str, Any],

@@ -574,3 +574,53 @@ def test_usage_details_in_each_shape_and_level_error_without_an_error_status(
     assert (guard["action"], guard["error"]) == ("guard", "error")
     assert (events["note"]["type"], events["note"]["error"]) == ("generic", None)
     assert events["embedding"]["type"] == "llm"
+
+
+def _traced(session_id: str | None, started: int) -> Callable[[Tracer], None]:
+    def build(tracer: Tracer) -> None:
+        attributes = {"langfuse.observation.type": "agent", "langfuse.trace.tags": ["t"],
+                      "user.id": "ada"}
+        if session_id:
+            attributes["session.id"] = session_id
+        with tracer.start_as_current_span("plan", start_time=started) as root:
+            for key, value in attributes.items():
+                root.set_attribute(key, value)
+            _langfuse_span(tracer, "think", {"langfuse.observation.type": "span"},
+                           start=started + 10**8)
+    return build
+
+
+def test_a_session_a_score_made_before_the_spans_gets_what_the_spans_would_have_given_it(
+        db_url: str, start_server: Any) -> None:
+    # A score sent before its trace's spans (by trace or by session id) made
+    # a bare session; the spans that came then left it without an agent.
+    server = start_server(db_url)
+    key = make_key(db_url, "scored")
+    api = Api(server.url, key)
+    started = 1_767_000_000 * 10**9
+    control_named = make_spans(_traced("spans-first", started))
+    control_own = make_spans(_traced(None, started))
+    scored_named = make_spans(_traced("score-first", started))
+    scored_own = make_spans(_traced(None, started))
+    trace_id = format(scored_own[0].context.trace_id, "032x")
+    answer = requests.post(server.url + "/api/public/scores", headers=basic(key), timeout=30,
+                           json=[{"name": "quality", "value": 3, "traceId": trace_id},
+                                 {"name": "quality", "value": 2, "sessionId": "score-first"}])
+    assert answer.status_code == 202, answer.text
+    for spans in (control_named, control_own, scored_named, scored_own):
+        assert post(server, key, spans).status_code == 200
+    listed = api.get("/api/v1/sessions").json()["sessions"]
+    assert len(listed) == 4
+
+    def said(session: dict[str, Any]) -> dict[str, Any]:
+        return {k: session[k] for k in ("agent_id", "name", "tags", "attributes",
+                                        "started_at", "is_finished")}
+
+    by_id = {s["id"]: s for s in listed}
+    own = [s for s in listed if s["id"] not in ("spans-first", "score-first")]
+    assert said(by_id["score-first"]) == said(by_id["spans-first"])
+    assert said(own[0]) == said(own[1])
+    assert by_id["score-first"]["agent_id"] == "lf-agent"
+    assert {s["name"] for s in own} == {"plan"}
+    assert api.tree("score-first")["scores"] == {"quality": 2.0}
+    assert sorted(str(api.tree(s["id"])["scores"]) for s in own) == ["{'quality': 3.0}", "{}"]

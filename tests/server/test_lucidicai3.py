@@ -647,3 +647,35 @@ def test_listing_sessions_by_an_id_no_database_can_hold_finds_none_on_either_dat
         answer = http.get(server.url + "/api/sessions", params={name: "a\x00b"}, timeout=30)
         assert answer.status_code == 200, (name, answer.text)
         assert (answer.json()["sessions"], answer.json()["total"]) == ([], 0)
+
+
+def test_a_long_session_list_counts_its_total_once_not_once_per_page(db_url: str) -> None:
+    # A list of up to 10,000 is read 500 (the read API's largest page) at a
+    # time; each page counted every matching session again, a full scan of
+    # the project's sessions 20 times over for one request.
+    from lucidic.server import lucidicai3
+    from lucidic.server.models import Identity
+    from lucidic.store import Store
+
+    store = Store(db_url)
+    try:
+        store.write_for_project(
+            [("session", f"s-{n:04d}", 1.0, {"name": "s", "agent_id": "agent-3x",
+                                            "started_at": 1000.0 + n}) for n in range(1200)],
+            "counted")
+        statements: list[str] = []
+        query = store.query
+
+        def recording(sql: str, params: Any = ()) -> list[dict[str, Any]]:
+            statements.append(sql)
+            return query(sql, params)
+
+        store.query = recording  # type: ignore[method-assign]
+        answer = json.loads(lucidicai3.list_sessions(
+            Identity(project="counted", key_id="k"), store, agent_id="agent-3x",
+            limit=1100, offset=50).body)
+    finally:
+        store.close()
+    assert answer["total"] == 1200 and len(answer["sessions"]) == 1100
+    assert answer["sessions"][0]["session_id"] == "s-1149"
+    assert sum("COUNT(*)" in sql for sql in statements) == 1, statements

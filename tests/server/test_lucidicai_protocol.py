@@ -660,7 +660,7 @@ def test_mass_simulations_are_recorded_and_group_their_sessions(
         "sessions"] == []
 
 
-def test_a_nul_in_a_mass_simulations_or_an_evals_text_is_kept_as_a_sessions_is(
+def test_a_nul_in_any_text_of_a_lucidicai_body_is_kept_as_a_sessions_is(
         db_url: str, start_server: Any) -> None:
     # A NUL character in a session's text becomes U+FFFD (the store's rule:
     # PostgreSQL holds no NUL). A mass simulation's and an eval's text went
@@ -670,9 +670,16 @@ def test_a_nul_in_a_mass_simulations_or_an_evals_text_is_kept_as_a_sessions_is(
     key = make_key(db_url, "nul")
     http = _lucidicai_http(server, key)
     base = server.url + "/api/"
-    answer = http.post(base + "initsession", json={"session_name": "a\x00b"})
+    # In a list or an object (tags, a payload) as in a plain text: one rule
+    # for one character (a list or an object holding one was refused, 422).
+    answer = http.post(base + "initsession", json={"session_name": "a\x00b",
+                                                   "tags": ["t\x00ag"]})
     assert answer.status_code == 200, answer.text
     sid = answer.json()["session_id"]
+    answer = http.post(base + "events", json={
+        "session_id": sid, "type": "function_call",
+        "payload": {"function_name": "f\x00n", "arguments": {"k\x00ey": ["v\x00al"]}}})
+    assert answer.status_code in (200, 201), answer.text
     answer = http.post(base + "initmasssim", json={
         "mass_sim_name": "n\x00ame", "task": "t\x00ask", "agent_id": "a\x00gent"})
     assert answer.status_code == 200, answer.text
@@ -684,7 +691,9 @@ def test_a_nul_in_a_mass_simulations_or_an_evals_text_is_kept_as_a_sessions_is(
                                                  "description": "why\x00not"})
     assert answer.status_code == 201, answer.text
     tree = Api(server.url, key).tree(sid)
-    assert tree["name"] == "a\ufffdb"
+    assert (tree["name"], tree["tags"]) == ("a\ufffdb", ["t\ufffdag"])
+    (call,) = tree["events"]
+    assert (call["function_name"], call["arguments"]) == ("f\ufffdn", {"k\ufffdey": ["v\ufffdal"]})
     (score,) = tree["score_details"]
     assert (score["value"], score["comment"]) == ("po\ufffdlite", "why\ufffdnot")
 

@@ -5,16 +5,23 @@ exporter retries."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import gzip
+import json
 import logging
+import re
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+import requests
 from faults import locked_store, wait_until
 from google.rpc.error_details_pb2 import BadRequest, RetryInfo
 from google.rpc.status_pb2 import Status
@@ -28,6 +35,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.trace import set_span_in_context
 from protocol_support import SHARED_CASSETTES, count_rows
 from server_support import Api, ServerProcess, free_port, make_key
 from test_otlp import (
@@ -41,7 +49,10 @@ from test_otlp import (
     post,
 )
 
-from helpers import run_python
+from helpers import child_env, run_python
+from lucidic.reading import Reader
+from lucidic.reading.derived import NOTED_IDS, refresh
+from lucidic.store import Store
 
 PROTOBUF = "application/x-protobuf"
 EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
@@ -349,3 +360,124 @@ def test_a_request_over_the_body_limit_is_refused_and_stores_nothing(
     assert raised.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
     assert count_rows(sqlite_url) == before
     assert Api(server.url, key).get("/api/v1/sessions").json()["sessions"] == []
+
+
+# -- a span that ends before it starts, by each door -----------------------------------------
+
+def backwards_trace(tracer: Any) -> None:
+    """An LLM call, a tool call and a step that each end before they start
+    (a client's clock stepped back), beside an LLM call that took 2 s."""
+    t0 = 1_767_000_000 * 10**9  # whole seconds, in nanoseconds
+    second = 10**9
+
+    def span(name: str, start: float, end: float, parent: Any = None,
+             **attributes: Any) -> Any:
+        made = tracer.start_span(name, start_time=t0 + int(start * second),
+                                 context=set_span_in_context(parent) if parent else None)
+        for key, value in attributes.items():
+            made.set_attribute(key.replace("__", "."), value)
+        made.end(end_time=t0 + int(end * second))
+        return made
+
+    llm = {"gen_ai__operation__name": "chat", "gen_ai__system": "openai",
+           "gen_ai__response__model": "gpt-4o-mini",
+           "langfuse__observation__type": "generation"}
+    root = tracer.start_span("backwards run", start_time=t0)
+    root.set_attribute("session.id", "backwards")
+    span("chat on time", 1, 3, root, **llm)
+    first_token = datetime.fromtimestamp(t0 / 1e9 + 5.1, timezone.utc).isoformat()
+    span("chat backwards", 5, 4.7, root, **llm,
+         langfuse__observation__completion_start_time=json.dumps(first_token))
+    span("tool backwards", 6, 5.5, root, gen_ai__operation__name="execute_tool",
+         gen_ai__tool__name="weather", langfuse__observation__type="tool")
+    span("step backwards", 7, 6.8, root)
+    root.end(end_time=t0 + 10 * second)
+
+
+def every_event(node: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*node["events"], *(e for step in node["steps"] for e in every_event(step))]
+
+
+@pytest.mark.parametrize("door", ["protobuf", "json", "grpc", "langfuse"])
+def test_a_span_that_ends_before_it_starts_has_an_unknown_duration_by_every_door(
+        door: str, db_url: str, start_server: Any, tmp_path: Path) -> None:
+    """Its times are kept as sent; its duration (and the time to first token
+    derived from its start) is unknown, as the lucidicai routes refuse a
+    negative duration and the SDK records one as unknown: no percentile of
+    the dashboard counts it, and no view shows a negative time."""
+    server, port = start_grpc_server(start_server, db_url)
+    key = make_key(db_url, "backwards")
+    spans = make_spans(backwards_trace)
+    if door == "grpc":
+        call(port, key, body(spans))
+    elif door == "langfuse":
+        lf_auth = base64.b64encode(f"pk-lf-x:{key}".encode()).decode()
+        answer = requests.post(server.url + "/api/public/otel/v1/traces", data=body(spans),
+                               headers={"Content-Type": PROTOBUF,
+                                        "Authorization": f"Basic {lf_auth}"}, timeout=30)
+        assert answer.status_code == 200, answer.text
+    else:
+        encoding = PROTOBUF if door == "protobuf" else "application/json"
+        answer = post(server, key, body(spans, encoding), encoding)
+        assert answer.status_code == 200, answer.text
+    tree = Api(server.url, key).tree("backwards")
+    events = {e["description"]: e for e in every_event(tree)}
+    assert events["chat on time"]["duration"] == pytest.approx(2.0)
+    backwards, tool = events["chat backwards"], events["tool backwards"]
+    assert (backwards["duration"], backwards["time_to_first_token"]) == (None, None)
+    assert tool["duration"] is None
+    t0 = 1_767_000_000
+    assert (backwards["started_at"], backwards["ended_at"]) == pytest.approx((t0 + 5, t0 + 4.7))
+    assert (tool["started_at"], tool["ended_at"]) == pytest.approx((t0 + 6, t0 + 5.5))
+    # The dashboard's percentiles count the calls whose duration is known.
+    # Read from the session's own events, then (once the refresher rebuilt
+    # its derived rows) from the timing counts.
+    store = Store(db_url)
+    try:
+        for rebuilt in (False, True):
+            if rebuilt:  # (here, or by the server's own refresher meanwhile)
+                refresh(store, quiet=0.0)
+                assert store.query(f"{NOTED_IDS} WHERE session_id = 'backwards'") == []
+            (model,) = Reader(store).dashboard("backwards", t0 - 3600, t0 + 3600).models
+            assert (model["duration_p50"], model["duration_p95"]) == (2.0, 2.0)
+            assert (model["ttft_p50"], model["ttft_p95"]) == (None, None)
+    finally:
+        store.close()
+    # Neither the CLI nor the UI shows a negative time, nor fails.
+    negative = re.compile(r"-\s*\d[\w.,+]*\s*(µs|ms|s|min|h)\b")
+
+    def cli_show(session_id: str) -> str:
+        shown = subprocess.run(
+            [sys.executable, "-m", "lucidic", "sessions", "show", session_id],
+            capture_output=True, text=True, timeout=60,
+            env=child_env(tmp_path / "cli", {"LUCIDIC_BASE_URL": server.url,
+                                              "LUCIDIC_API_KEY": key, "TZ": "UTC"}))
+        assert shown.returncode == 0, shown.stderr
+        assert not negative.search(shown.stdout), shown.stdout
+        return shown.stdout
+
+    assert "step backwards" in cli_show("backwards")
+    browser = requests.Session()
+    signed_in = browser.post(server.url + "/sign-in", data={"api_key": key}, timeout=30)
+    assert signed_in.status_code == 200, signed_in.text[:300]
+    page = browser.get(server.url + "/sessions/backwards", timeout=30)
+    assert page.status_code == 200 and "step backwards" in page.text
+    assert not negative.search(page.text)
+    # Its outline row has no length and no bar on the timeline (not a sliver).
+    (step,) = [s for s in tree["steps"][0]["steps"] if s["action"] == "step backwards"]
+    assert step["duration"] is None  # (a step's is its times', read back)
+    row = page.text[page.text.index(f'data-key="step:{step["id"]}"'):]
+    row = row[:row.index("</div>")]
+    assert '<span class="dur num"></span>' in row and "<svg" not in row, row
+    # A trace of one such span: a session of its own, which ends before it starts.
+    assert post(server, key, body(make_spans(lambda tracer: tracer.start_span(
+        "clock stepped back", start_time=(t0 + 20) * 10**9).end(
+        end_time=(t0 + 19) * 10**9)))).status_code == 200
+    (own,) = [s for s in Api(server.url, key).get("/api/v1/sessions").json()["sessions"]
+              if s["name"] == "clock stepped back"]
+    assert "took" not in cli_show(own["id"])
+    assert Api(server.url, key).tree(own["id"])["duration"] is None
+    for path in (f"/sessions/{own['id']}", "/"):
+        page = browser.get(server.url + path, timeout=30)
+        assert page.status_code == 200 and "clock stepped back" in page.text
+        assert not negative.search(page.text)
