@@ -71,10 +71,19 @@ def ingest(store: Store, project: str, spans: list[SpanIn]) -> Outcome:
         lock_traces(store, cur, project, traces)
         stored = _stored_traces(store, cur, project, traces)
         targets = {t: _target(stored.get(t), by_trace[t]) for t in traces}
-        refused = _claim_sessions(store, cur, project, targets, by_trace)
-        accepted = [t for t in traces if targets[t].session_id not in refused]
+        # A deleted session's spans are refused for good, the others kept
+        # (no session row made for them: migration 12's trigger would
+        # refuse the whole request).
+        deleted = set(store.deleted_in(cur, sorted({t.session_id for t in targets.values()})))
         for trace_id in traces:
-            if targets[trace_id].session_id in refused:
+            if targets[trace_id].session_id in deleted:
+                outcome.refuse(len(by_trace[trace_id]),
+                               deleted_reason(targets[trace_id].session_id))
+        targets = {t: target for t, target in targets.items() if target.session_id not in deleted}
+        refused = _claim_sessions(store, cur, project, targets, by_trace)
+        accepted = [t for t in traces if t in targets and targets[t].session_id not in refused]
+        for trace_id in traces:
+            if trace_id in targets and targets[trace_id].session_id in refused:
                 outcome.refuse(len(by_trace[trace_id]),
                                f"session {targets[trace_id].session_id!r} belongs to another "
                                "project or cannot be used")
@@ -115,6 +124,11 @@ def ingest(store: Store, project: str, spans: list[SpanIn]) -> Outcome:
 
     store.transaction(run)
     return outcome
+
+
+def deleted_reason(session_id: str) -> str:
+    """Why a record naming a deleted session is refused (every door says it so)."""
+    return f"session {session_id!r} was deleted: records for a deleted session are refused"
 
 
 def lock_traces(store: Store, cur: Any, project: str, traces: list[str]) -> None:
