@@ -202,13 +202,17 @@ def delete_sessions(store: Store, session_ids: Iterable[str], *, project: str | 
     return result
 
 
-def _candidates_sql(store: Store, project: str | None, after: tuple[float, str] | None,
-                    limit: int) -> tuple[str, list[Any]]:
+def _candidates_sql(store: Store, project: str | None, after: tuple[Any, str] | None,
+                    limit: int, unstarted: bool = False) -> tuple[str, list[Any]]:
     """The sessions started before the cutoff (the first parameter) and
     written to by no record since, oldest first, after the cursor ``after``
-    (started_at, id)."""
+    (started_at, id). ``unstarted``: those that never said when they started
+    (made by a score, or for a step that came first), judged by their writes
+    alone, in id order (the cursor's id), their last write as their start."""
     ph = store.placeholder
-    where = [f"s.started_at < {ph}", f"s.updated_at < {ph}", f"COALESCE(s.ended_at, 0) < {ph}",
+    first = (f"s.started_at IS NULL AND s.updated_at < {ph}" if unstarted
+             else f"s.started_at < {ph}")
+    where = [first, f"s.updated_at < {ph}", f"COALESCE(s.ended_at, 0) < {ph}",
              f"NOT EXISTS (SELECT 1 FROM steps st WHERE st.session_id = s.id "
              f"AND st.updated_at >= {ph})",
              f"NOT EXISTS (SELECT 1 FROM events e WHERE e.session_id = s.id "
@@ -219,6 +223,12 @@ def _candidates_sql(store: Store, project: str | None, after: tuple[float, str] 
     if project is not None:
         where.append(f"s.project = {ph}")
         params.append(project)
+    if unstarted:
+        if after is not None:
+            where.append(f"s.id > {ph}")
+            params.append(after[1])
+        return (f"SELECT s.id, s.project, s.updated_at FROM sessions s "
+                f"WHERE {' AND '.join(where)} ORDER BY s.id LIMIT {int(limit)}", params)
     if after is not None:
         where.append(f"(s.started_at > {ph} OR (s.started_at = {ph} AND s.id > {ph}))")
         params += [after[0], after[0], after[1]]
@@ -254,8 +264,10 @@ def prune(store: Store, older_than: float, *, project: str | None = None,
     cutoff = (time.time() if now is None else now) - older_than
     result = Pruning()
     after: tuple[float, str] | None = None
+    # The sessions that said when they started, then those that never did.
+    unstarted = False
     while stop is None or not stop():
-        def run(cur: Any, after: tuple[float, str] | None = after
+        def run(cur: Any, after: tuple[float, str] | None = after, unstarted: bool = unstarted
                 ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
             if alone and store.dialect == "postgresql":
                 cur.execute(f"SELECT pg_try_advisory_xact_lock({PRUNE_LOCK})")
@@ -263,7 +275,7 @@ def prune(store: Store, older_than: float, *, project: str | None = None,
                     return [], []
             if not dry_run:
                 _lock(store, cur)
-            sql, params = _candidates_sql(store, project, after, batch)
+            sql, params = _candidates_sql(store, project, after, batch, unstarted)
             cur.execute(sql, [cutoff] * 6 + params)
             rows = [tuple(row) for row in cur.fetchall()]
             if dry_run or not rows:
@@ -277,8 +289,6 @@ def prune(store: Store, older_than: float, *, project: str | None = None,
 
         started = time.monotonic()
         rows, gone = store.transaction(run, write=not dry_run)
-        if not rows:
-            break
         if not dry_run and store.dialect == "sqlite" and len(rows) == batch:
             wait(time.monotonic() - started)
         result.sessions += len(gone)
@@ -287,9 +297,12 @@ def prune(store: Store, older_than: float, *, project: str | None = None,
             result.oldest = min(starts if result.oldest is None else [result.oldest, *starts])
             result.newest = max(starts if result.newest is None else [result.newest, *starts])
         result.ids += [r[0] for r in gone][:max(0, keep_ids - len(result.ids))]
-        after = (rows[-1][2], rows[-1][0])
         if len(rows) < batch:
-            break
+            if unstarted:
+                break
+            unstarted, after = True, None
+            continue
+        after = (rows[-1][2], rows[-1][0])
     return result
 
 

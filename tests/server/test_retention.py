@@ -276,6 +276,34 @@ def test_prune_deletes_old_sessions_and_keeps_those_still_written_to(store: Stor
     _assert_exact_after(store)
 
 
+def test_prune_takes_an_old_session_that_never_said_when_it_started(store: Store) -> None:
+    """A session with no start (made by a score, or for a step that came
+    before it) is judged by when it was last written, as every session is."""
+    now = time.time()
+    old = now - 40 * DAY
+    store.write([
+        ("session", "unstarted-old", old, {"project": "p"}),
+        ("step", "unstarted-old-1", old, {"session_id": "unstarted-old", "action": "a"}),
+        ("session", "unstarted-recent", now - DAY, {"project": "p"}),
+        ("session", "unstarted-late-step", old, {"project": "p"}),
+        ("step", "late-step-1", now - DAY, {"session_id": "unstarted-late-step",
+                                            "action": "a"}),
+        ("session", "started-old", old, {"project": "p", "started_at": old,
+                                         "is_finished": True, "ended_at": old}),
+    ])
+    _refresh_all(store)
+    assert store.get_session("unstarted-old")["started_at"] is None
+    dry = prune(store, 30 * DAY, now=now, dry_run=True, keep_ids=10)
+    assert sorted(dry.ids) == ["started-old", "unstarted-old"]
+    done = prune(store, 30 * DAY, now=now, batch=1, keep_ids=10)
+    assert sorted(done.ids) == ["started-old", "unstarted-old"] and done.sessions == 2
+    assert (done.oldest, done.newest) == (old, old)
+    assert sorted(r["id"] for r in store.query("SELECT id FROM sessions")) == [
+        "unstarted-late-step", "unstarted-recent"]
+    assert was_deleted(store, "unstarted-old")
+    assert store.query("SELECT id FROM steps") == [{"id": "late-step-1"}]
+
+
 def test_a_session_noted_as_written_recently_is_not_pruned(store: Store) -> None:
     """A record time says little of when it was written (a clock behind, a
     spool replayed): the store's own time of its last write, while noted, counts."""
