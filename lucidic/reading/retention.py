@@ -3,7 +3,7 @@
 A session is deleted with everything that hangs off it: its steps, events,
 scores, rubric results and evaluation claims, its uploads (screenshots and
 payloads the server keeps, in the database: nothing of ours is on disk),
-its OTLP trace bookkeeping, its note in changed_sessions and every derived
+its OTLP spans' bookkeeping, its note in changed_sessions and every derived
 row the refresher keeps for it (lucidic.reading.derived). The sums across
 sessions are corrected in the same transaction: timing_counts loses the
 counts of its llm_timings rows, and the hours its session_activity rows lay
@@ -16,7 +16,9 @@ Experiments and mass simulations are kept: they list the runs still stored
 A deleted session's id is kept in ``deleted_sessions`` (id, project, time,
 nothing else) for good: a record for it arriving later (a spool replayed,
 a process still writing) is refused for good instead of bringing back part of
-the session (store migration 12's trigger).
+the session (store migration 12's trigger). So are its OTLP traces' rows in
+otlp_traces (project, trace id, session id): a late span or Langfuse score of
+one of them is refused (lucidic.server.otlp_ingest), not made a new session.
 
 Sessions go a batch at a time (``BATCH``), each batch one transaction, so
 that SQLite's writers wait for one batch, never for a whole prune. On
@@ -150,14 +152,15 @@ def remove(store: Store, cur: Any, projects: dict[str, Any], now: float) -> None
         cur.execute(f"DELETE FROM uploads WHERE {column} IN "
                     f"(SELECT id FROM {table} WHERE {among})", ids)
     cur.execute(f"DELETE FROM uploads WHERE {among}", ids)
-    # (their traces found first: otlp_spans is keyed by trace, and holds a
-    # row for every span ever received)
+    # (otlp_spans is keyed by trace, and holds a row for every span ever
+    # received. Their traces' rows in otlp_traces are kept, as their ids
+    # are: a late span or Langfuse score of such a trace is then refused,
+    # rather than making the trace a new session.)
     cur.execute(f"SELECT project, trace_id FROM otlp_traces WHERE {among}", ids)
     traces = [tuple(row) for row in cur.fetchall()]
     if traces:
         cur.executemany(f"DELETE FROM otlp_spans WHERE project = {ph} AND trace_id = {ph}",
                         traces)
-    cur.execute(f"DELETE FROM otlp_traces WHERE {among}", ids)
     for table in _SESSION_TABLES:
         cur.execute(f"DELETE FROM {table} WHERE {among}", ids)
     cur.execute(f"DELETE FROM sessions WHERE id IN ({marks})", ids)

@@ -73,13 +73,17 @@ def ingest(store: Store, project: str, spans: list[SpanIn]) -> Outcome:
         targets = {t: _target(stored.get(t), by_trace[t]) for t in traces}
         # A deleted session's spans are refused for good, the others kept
         # (no session row made for them: migration 12's trigger would
-        # refuse the whole request).
-        deleted = set(store.deleted_in(cur, sorted({t.session_id for t in targets.values()})))
+        # refuse the whole request); so are those of a trace that was in a
+        # deleted session (its otlp_traces row is kept for that), whatever
+        # session they name.
+        deleted = set(store.deleted_in(cur, sorted(
+            {t.session_id for t in targets.values()} | {t.session_id for t in stored.values()})))
         for trace_id in traces:
-            if targets[trace_id].session_id in deleted:
-                outcome.refuse(len(by_trace[trace_id]),
-                               deleted_reason(targets[trace_id].session_id))
-        targets = {t: target for t, target in targets.items() if target.session_id not in deleted}
+            gone = next((t.session_id for t in (stored.get(trace_id), targets[trace_id])
+                         if t is not None and t.session_id in deleted), None)
+            if gone is not None:
+                outcome.refuse(len(by_trace[trace_id]), deleted_reason(gone))
+                del targets[trace_id]
         refused = _claim_sessions(store, cur, project, targets, by_trace)
         accepted = [t for t in traces if t in targets and targets[t].session_id not in refused]
         for trace_id in traces:
@@ -146,10 +150,12 @@ def trace_rows(store: Store, cur: Any, project: str, trace_id: str,
     and each span's row as ("step" or "event", id); a span not arrived yet is
     taken for an event. A trace not seen yet is given its own session now,
     as ingest gives one (a span that names a session moves it there, what
-    was attached to it included). Call it in a transaction, after
-    lock_traces."""
+    was attached to it included). ValueError when the trace was in a
+    session since deleted. Call it in a transaction, after lock_traces."""
     ph = store.placeholder
     stored = _stored_traces(store, cur, project, [trace_id]).get(trace_id)
+    if stored is not None and store.deleted_in(cur, [stored.session_id]):
+        raise ValueError(deleted_reason(stored.session_id))
     if stored is None:
         stored = _Trace(str(uuid.uuid4()), True, None, None)
         now = time.time()
