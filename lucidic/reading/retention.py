@@ -44,11 +44,9 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._activity_hours import stale_sql
 from .._internal import log_rate_limited
-from .._timing_buckets import MEASURES, counts_sql
 from ..store import Store
-from .derived import REFRESHER_LOCK, TABLES, Background
+from .derived import REFRESHER_LOCK, Background, drop
 
 logger = logging.getLogger("lucidic")
 
@@ -144,10 +142,7 @@ def remove(store: Store, cur: Any, projects: dict[str, Any], now: float) -> None
     # As the refresher does before rebuilding: what timing_counts counted of
     # their llm_timings rows taken off, and the hours of their
     # session_activity rows to be summed again.
-    cur.execute(counts_sql(among, -1), ids * len(MEASURES))
-    cur.execute(stale_sql(among), ids)
-    for table in TABLES:
-        cur.execute(f"DELETE FROM {table} WHERE {among}", ids)
+    drop(cur, store, ids)
     for column, table in (("step_id", "steps"), ("event_id", "events")):
         cur.execute(f"DELETE FROM uploads WHERE {column} IN "
                     f"(SELECT id FROM {table} WHERE {among})", ids)

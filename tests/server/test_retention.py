@@ -206,6 +206,32 @@ def test_a_deletion_goes_a_batch_to_a_transaction(store: Store, monkeypatch) -> 
     assert len(transactions) == 4 and store.count("sessions") == 0
 
 
+def test_a_postgresql_deletion_reads_the_derived_rows_once_in_deleting_them(
+        pg_url: str) -> None:
+    """On PostgreSQL a deletion takes the timing counts to take off and the
+    hours to sum again from the rows its DELETEs return, as the refresher
+    does: it looks session_activity's and llm_timings' rows up once each (to
+    delete them), where it read session_activity twice and llm_timings 3
+    times (until PostgreSQL first analyses them, each time a whole scan)."""
+    from test_derived import _scans
+
+    store = Store(pg_url)
+    try:
+        if int(store.query("SHOW server_version_num")[0]["server_version_num"]) < 150000:
+            pytest.skip("counting scans needs pg_stat_force_next_flush (PostgreSQL 15)")
+        store.write([*_timed_world(random.Random(5), "t", 12)])
+        _refresh_all(store)
+        before = {table: _scans(store, table) for table in ("session_activity", "llm_timings")}
+        assert delete_sessions(store, ["t1", "t2", "t3"], force=True).deleted == [
+            "t1", "t2", "t3"]
+        after = {table: _scans(store, table) for table in ("session_activity", "llm_timings")}
+        assert {table: after[table] - before[table] for table in before} == {
+            "session_activity": 1, "llm_timings": 1}
+        _assert_exact_after(store)
+    finally:
+        store.close()
+
+
 def test_a_session_of_another_project_is_unknown_to_a_scoped_deletion(store: Store) -> None:
     store.write([("session", "mine", BASE, {"project": "p", "started_at": BASE}),
                  ("session", "theirs", BASE, {"project": "q", "started_at": BASE})])
