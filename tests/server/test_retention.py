@@ -526,3 +526,62 @@ def test_continuing_a_deleted_session_says_it_was_deleted(tmp_path: Path) -> Non
     refusals = tried.stdout.splitlines()
     assert refusals[0].startswith(f"refused: session {sid!r} was deleted"), tried.stdout
     assert refusals[1].startswith("refused: session 'never-was' does not exist"), tried.stdout
+
+
+def test_spans_racing_the_deletion_of_their_session_are_refused_alone(pg_url: str) -> None:
+    """PostgreSQL: a deletion that commits while an OTLP request is being
+    stored, after the request looked its sessions up, still refuses only
+    the deleted session's spans (the request is stored again, seeing it),
+    not every span of the request."""
+    import psycopg
+    from test_otlp import agent_trace, encode_protobuf, make_spans
+
+    from lucidic.server.otlp import _spans
+    from lucidic.server.otlp_ingest import ingest
+
+    store = Store(pg_url)
+    try:
+        gone = make_spans(agent_trace("gone"))
+        ingest(store, "p", _spans(encode_protobuf(gone))[0])
+        spans = _spans(encode_protobuf([*gone, *make_spans(agent_trace("kept"))]))[0]
+        # A deletion under way: the session's row locked and deleted, its
+        # id noted, not committed yet.
+        deleting = psycopg.connect(pg_url)
+        deleting.execute("SELECT id FROM sessions WHERE id = 'gone' FOR UPDATE")
+        deleting.execute("INSERT INTO deleted_sessions (session_id, project, deleted_at) "
+                         "VALUES ('gone', 'p', 0)")
+        deleting.execute("DELETE FROM steps WHERE session_id = 'gone'")
+        deleting.execute("DELETE FROM events WHERE session_id = 'gone'")
+        deleting.execute("DELETE FROM sessions WHERE id = 'gone'")
+        pid = store.query("SELECT pg_backend_pid() AS pid")[0]["pid"]
+        results: list[Any] = []
+        writer = threading.Thread(target=lambda: results.append(
+            _outcome_or_error(lambda: ingest(store, "p", spans))))
+        writer.start()
+        watcher = Store(pg_url)
+        for _ in range(600):   # until the request waits for the deletion's row lock
+            if watcher.query("SELECT 1 AS one FROM pg_stat_activity WHERE pid = %s "
+                             "AND wait_event_type = 'Lock'", (pid,)):
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the request never waited for the deletion")
+        watcher.close()
+        deleting.commit()
+        deleting.close()
+        writer.join(60)
+        (outcome,) = results
+        assert not isinstance(outcome, Exception), outcome
+        assert (outcome.accepted, outcome.rejected) == (len(spans) - len(gone), len(gone))
+        assert outcome.reason == ("session 'gone' was deleted: records for a deleted "
+                                  "session are refused")
+        assert store.get_session("gone") is None and store.get_session("kept") is not None
+    finally:
+        store.close()
+
+
+def _outcome_or_error(call: Any) -> Any:
+    try:
+        return call()
+    except Exception as exc:  # noqa: BLE001 - the test looks at it
+        return exc
