@@ -213,14 +213,10 @@ def test_a_postgresql_deletion_reads_the_derived_rows_once_in_deleting_them(
     does: it looks session_activity's and llm_timings' rows up once each (to
     delete them), where it read session_activity twice and llm_timings 3
     times (until PostgreSQL first analyses them, each time a whole scan)."""
-    from test_derived import _scans
+    from test_derived import _scans, scan_counted_world
 
-    store = Store(pg_url)
+    store = scan_counted_world(pg_url)
     try:
-        if int(store.query("SHOW server_version_num")[0]["server_version_num"]) < 150000:
-            pytest.skip("counting scans needs pg_stat_force_next_flush (PostgreSQL 15)")
-        store.write([*_timed_world(random.Random(5), "t", 12)])
-        _refresh_all(store)
         before = {table: _scans(store, table) for table in ("session_activity", "llm_timings")}
         assert delete_sessions(store, ["t1", "t2", "t3"], force=True).deleted == [
             "t1", "t2", "t3"]
