@@ -244,17 +244,34 @@ def refresh(store: Store, *, quiet: float = QUIET_SECONDS, limit: int = BATCH,
     return int(store.transaction(run))
 
 
-def _rebuild(cur: Any, store: Store, ids: list[str], texts: tuple[str, str, str]) -> None:
-    """Rebuild the derived rows of the sessions ``ids`` (SQLite)."""
+def drop(cur: Any, store: Store, ids: list[str]) -> None:
+    """Delete the derived rows of the sessions ``ids`` in the caller's
+    transaction. timing_counts counts llm_timings' rows: what they counted
+    is taken off. hourly_activity sums session_activity's rows: the hours
+    they were in are noted stale, to be summed again. On PostgreSQL both
+    come from the rows the DELETEs return: no statement looks the batch's
+    rows up again (until PostgreSQL has analysed a table, each lookup may
+    scan it whole)."""
     among = f"session_id IN ({', '.join([store.placeholder] * len(ids))})"
-    # timing_counts counts llm_timings' rows: what they were is taken off
-    # and what they are added, in this transaction. hourly_activity sums
-    # session_activity's rows: the hours they were in and are in are
-    # noted stale, to be summed again.
+    if store.dialect == "postgresql":
+        cur.execute(f"WITH gone AS (DELETE FROM llm_timings WHERE {among} "
+                    f"RETURNING {COUNTED}) {counts_sql('1 = 1', -1, 'gone')}", ids)
+        cur.execute(marking_stale(f"DELETE FROM session_activity WHERE {among}"), ids)
+        for table in ("session_totals", "session_text"):
+            cur.execute(f"DELETE FROM {table} WHERE {among}", ids)
+        return
     cur.execute(counts_sql(among, -1), ids * len(MEASURES))
     cur.execute(stale_sql(among), ids)
     for table in TABLES:
         cur.execute(f"DELETE FROM {table} WHERE {among}", ids)
+
+
+def _rebuild(cur: Any, store: Store, ids: list[str], texts: tuple[str, str, str]) -> None:
+    """Rebuild the derived rows of the sessions ``ids`` (SQLite): the old
+    ones dropped, the new ones counted and their hours noted stale, in this
+    transaction."""
+    among = f"session_id IN ({', '.join([store.placeholder] * len(ids))})"
+    drop(cur, store, ids)
     for sql in rebuild_sql(store, len(ids), texts):
         cur.execute(sql, ids)
     cur.execute(counts_sql(among, 1), ids * len(MEASURES))
@@ -264,16 +281,9 @@ def _rebuild(cur: Any, store: Store, ids: list[str], texts: tuple[str, str, str]
 def _rebuild_returning(cur: Any, store: Store, ids: list[str],
                        texts: tuple[str, str, str]) -> None:
     """Rebuild the derived rows of the sessions ``ids`` (PostgreSQL), as
-    _rebuild does, but with the counts taken off and added, and the hours
-    noted stale, from the rows each DELETE and INSERT returns: no statement
-    looks the batch's rows up again (until PostgreSQL has analysed a table,
-    each lookup may scan it whole)."""
-    among = f"session_id IN ({', '.join([store.placeholder] * len(ids))})"
-    cur.execute(f"WITH gone AS (DELETE FROM llm_timings WHERE {among} RETURNING {COUNTED}) "
-                f"{counts_sql('1 = 1', -1, 'gone')}", ids)
-    cur.execute(marking_stale(f"DELETE FROM session_activity WHERE {among}"), ids)
-    for table in ("session_totals", "session_text"):
-        cur.execute(f"DELETE FROM {table} WHERE {among}", ids)
+    _rebuild does, but with the counts added, and the hours noted stale,
+    from the rows each INSERT returns (as drop does for its DELETEs)."""
+    drop(cur, store, ids)
     batch, inserts = _inserts(store, len(ids), texts)
     for table in ("session_totals", "session_text"):
         cur.execute(f"WITH {batch} {inserts[table]}", ids)

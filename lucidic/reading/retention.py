@@ -3,7 +3,7 @@
 A session is deleted with everything that hangs off it: its steps, events,
 scores, rubric results and evaluation claims, its uploads (screenshots and
 payloads the server keeps, in the database: nothing of ours is on disk),
-its OTLP trace bookkeeping, its note in changed_sessions and every derived
+its OTLP spans' bookkeeping, its note in changed_sessions and every derived
 row the refresher keeps for it (lucidic.reading.derived). The sums across
 sessions are corrected in the same transaction: timing_counts loses the
 counts of its llm_timings rows, and the hours its session_activity rows lay
@@ -16,7 +16,9 @@ Experiments and mass simulations are kept: they list the runs still stored
 A deleted session's id is kept in ``deleted_sessions`` (id, project, time,
 nothing else) for good: a record for it arriving later (a spool replayed,
 a process still writing) is refused for good instead of bringing back part of
-the session (store migration 12's trigger).
+the session (store migration 12's trigger). So are its OTLP traces' rows in
+otlp_traces (project, trace id, session id): a late span or Langfuse score of
+one of them is refused (lucidic.server.otlp_ingest), not made a new session.
 
 Sessions go a batch at a time (``BATCH``), each batch one transaction, so
 that SQLite's writers wait for one batch, never for a whole prune. On
@@ -42,11 +44,9 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._activity_hours import stale_sql
 from .._internal import log_rate_limited
-from .._timing_buckets import MEASURES, counts_sql
 from ..store import Store
-from .derived import REFRESHER_LOCK, TABLES, Background
+from .derived import REFRESHER_LOCK, Background, drop
 
 logger = logging.getLogger("lucidic")
 
@@ -142,22 +142,20 @@ def remove(store: Store, cur: Any, projects: dict[str, Any], now: float) -> None
     # As the refresher does before rebuilding: what timing_counts counted of
     # their llm_timings rows taken off, and the hours of their
     # session_activity rows to be summed again.
-    cur.execute(counts_sql(among, -1), ids * len(MEASURES))
-    cur.execute(stale_sql(among), ids)
-    for table in TABLES:
-        cur.execute(f"DELETE FROM {table} WHERE {among}", ids)
+    drop(cur, store, ids)
     for column, table in (("step_id", "steps"), ("event_id", "events")):
         cur.execute(f"DELETE FROM uploads WHERE {column} IN "
                     f"(SELECT id FROM {table} WHERE {among})", ids)
     cur.execute(f"DELETE FROM uploads WHERE {among}", ids)
-    # (their traces found first: otlp_spans is keyed by trace, and holds a
-    # row for every span ever received)
+    # (otlp_spans is keyed by trace, and holds a row for every span ever
+    # received. Their traces' rows in otlp_traces are kept, as their ids
+    # are: a late span or Langfuse score of such a trace is then refused,
+    # rather than making the trace a new session.)
     cur.execute(f"SELECT project, trace_id FROM otlp_traces WHERE {among}", ids)
     traces = [tuple(row) for row in cur.fetchall()]
     if traces:
         cur.executemany(f"DELETE FROM otlp_spans WHERE project = {ph} AND trace_id = {ph}",
                         traces)
-    cur.execute(f"DELETE FROM otlp_traces WHERE {among}", ids)
     for table in _SESSION_TABLES:
         cur.execute(f"DELETE FROM {table} WHERE {among}", ids)
     cur.execute(f"DELETE FROM sessions WHERE id IN ({marks})", ids)
@@ -202,13 +200,17 @@ def delete_sessions(store: Store, session_ids: Iterable[str], *, project: str | 
     return result
 
 
-def _candidates_sql(store: Store, project: str | None, after: tuple[float, str] | None,
-                    limit: int) -> tuple[str, list[Any]]:
+def _candidates_sql(store: Store, project: str | None, after: tuple[Any, str] | None,
+                    limit: int, unstarted: bool = False) -> tuple[str, list[Any]]:
     """The sessions started before the cutoff (the first parameter) and
     written to by no record since, oldest first, after the cursor ``after``
-    (started_at, id)."""
+    (started_at, id). ``unstarted``: those that never said when they started
+    (made by a score, or for a step that came first), judged by their writes
+    alone, in id order (the cursor's id), their last write as their start."""
     ph = store.placeholder
-    where = [f"s.started_at < {ph}", f"s.updated_at < {ph}", f"COALESCE(s.ended_at, 0) < {ph}",
+    first = (f"s.started_at IS NULL AND s.updated_at < {ph}" if unstarted
+             else f"s.started_at < {ph}")
+    where = [first, f"s.updated_at < {ph}", f"COALESCE(s.ended_at, 0) < {ph}",
              f"NOT EXISTS (SELECT 1 FROM steps st WHERE st.session_id = s.id "
              f"AND st.updated_at >= {ph})",
              f"NOT EXISTS (SELECT 1 FROM events e WHERE e.session_id = s.id "
@@ -219,6 +221,12 @@ def _candidates_sql(store: Store, project: str | None, after: tuple[float, str] 
     if project is not None:
         where.append(f"s.project = {ph}")
         params.append(project)
+    if unstarted:
+        if after is not None:
+            where.append(f"s.id > {ph}")
+            params.append(after[1])
+        return (f"SELECT s.id, s.project, s.updated_at FROM sessions s "
+                f"WHERE {' AND '.join(where)} ORDER BY s.id LIMIT {int(limit)}", params)
     if after is not None:
         where.append(f"(s.started_at > {ph} OR (s.started_at = {ph} AND s.id > {ph}))")
         params += [after[0], after[0], after[1]]
@@ -254,8 +262,10 @@ def prune(store: Store, older_than: float, *, project: str | None = None,
     cutoff = (time.time() if now is None else now) - older_than
     result = Pruning()
     after: tuple[float, str] | None = None
+    # The sessions that said when they started, then those that never did.
+    unstarted = False
     while stop is None or not stop():
-        def run(cur: Any, after: tuple[float, str] | None = after
+        def run(cur: Any, after: tuple[float, str] | None = after, unstarted: bool = unstarted
                 ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
             if alone and store.dialect == "postgresql":
                 cur.execute(f"SELECT pg_try_advisory_xact_lock({PRUNE_LOCK})")
@@ -263,7 +273,7 @@ def prune(store: Store, older_than: float, *, project: str | None = None,
                     return [], []
             if not dry_run:
                 _lock(store, cur)
-            sql, params = _candidates_sql(store, project, after, batch)
+            sql, params = _candidates_sql(store, project, after, batch, unstarted)
             cur.execute(sql, [cutoff] * 6 + params)
             rows = [tuple(row) for row in cur.fetchall()]
             if dry_run or not rows:
@@ -277,8 +287,6 @@ def prune(store: Store, older_than: float, *, project: str | None = None,
 
         started = time.monotonic()
         rows, gone = store.transaction(run, write=not dry_run)
-        if not rows:
-            break
         if not dry_run and store.dialect == "sqlite" and len(rows) == batch:
             wait(time.monotonic() - started)
         result.sessions += len(gone)
@@ -287,9 +295,12 @@ def prune(store: Store, older_than: float, *, project: str | None = None,
             result.oldest = min(starts if result.oldest is None else [result.oldest, *starts])
             result.newest = max(starts if result.newest is None else [result.newest, *starts])
         result.ids += [r[0] for r in gone][:max(0, keep_ids - len(result.ids))]
-        after = (rows[-1][2], rows[-1][0])
         if len(rows) < batch:
-            break
+            if unstarted:
+                break
+            unstarted, after = True, None
+            continue
+        after = (rows[-1][2], rows[-1][0])
     return result
 
 

@@ -48,7 +48,7 @@ from .app import Db, credentials_in, identity
 from .models import valid_id
 from .otlp import OPENAPI_BODY, OPENAPI_RESPONSES, answer_export, raw_body
 from .otlp import PATH as OTLP_PATH
-from .otlp_ingest import lock_traces, trace_rows
+from .otlp_ingest import deleted_reason, lock_traces, trace_rows
 from .problems import ApiError, JSONOut, error_forms
 
 router = APIRouter(prefix="/api/public", tags=["langfuse"])
@@ -209,8 +209,7 @@ def _score_record(db: Store, cur: Any, project: str, item: Any) -> Record:
                              "characters")
         ph = db.placeholder
         if db.deleted_in(cur, [session_id]):
-            raise ValueError(f"session {session_id!r} was deleted: records for a deleted "
-                             "session are refused")
+            raise ValueError(deleted_reason(session_id))
         # A session its traces have not named yet is made now; they join it.
         now = time.time()
         cur.execute(f"INSERT INTO sessions (id, project, started_at, updated_at) VALUES ({ph}, "

@@ -29,7 +29,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from ..store import Record, Store, clean_text
+from ..store import DeletedSessionError, Record, Store, clean_text
 from .otlp_mapping import SpanIn, fields_of, session_fields
 
 
@@ -71,10 +71,23 @@ def ingest(store: Store, project: str, spans: list[SpanIn]) -> Outcome:
         lock_traces(store, cur, project, traces)
         stored = _stored_traces(store, cur, project, traces)
         targets = {t: _target(stored.get(t), by_trace[t]) for t in traces}
-        refused = _claim_sessions(store, cur, project, targets, by_trace)
-        accepted = [t for t in traces if targets[t].session_id not in refused]
+        # A deleted session's spans are refused for good, the others kept
+        # (no session row made for them: migration 12's trigger would
+        # refuse the whole request); so are those of a trace that was in a
+        # deleted session (its otlp_traces row is kept for that), whatever
+        # session they name.
+        deleted = set(store.deleted_in(cur, sorted(
+            {t.session_id for t in targets.values()} | {t.session_id for t in stored.values()})))
         for trace_id in traces:
-            if targets[trace_id].session_id in refused:
+            gone = next((t.session_id for t in (stored.get(trace_id), targets[trace_id])
+                         if t is not None and t.session_id in deleted), None)
+            if gone is not None:
+                outcome.refuse(len(by_trace[trace_id]), deleted_reason(gone))
+                del targets[trace_id]
+        refused = _claim_sessions(store, cur, project, targets, by_trace)
+        accepted = [t for t in traces if t in targets and targets[t].session_id not in refused]
+        for trace_id in traces:
+            if trace_id in targets and targets[trace_id].session_id in refused:
                 outcome.refuse(len(by_trace[trace_id]),
                                f"session {targets[trace_id].session_id!r} belongs to another "
                                "project or cannot be used")
@@ -113,8 +126,20 @@ def ingest(store: Store, project: str, spans: list[SpanIn]) -> Outcome:
         store.apply(cur, records, project)
         _session_times(store, cur, {t: targets[t] for t in accepted}, by_trace)
 
-    store.transaction(run)
+    try:
+        store.transaction(run)
+    except DeletedSessionError:
+        # (PostgreSQL) A deletion committed after this looked its sessions
+        # up, and migration 12's trigger refused the lot: stored again, it
+        # sees the deletion and refuses that session's spans alone.
+        outcome.accepted, outcome.rejected, outcome.reason = 0, 0, None
+        store.transaction(run)
     return outcome
+
+
+def deleted_reason(session_id: str) -> str:
+    """Why a record naming a deleted session is refused (every door says it so)."""
+    return f"session {session_id!r} was deleted: records for a deleted session are refused"
 
 
 def lock_traces(store: Store, cur: Any, project: str, traces: list[str]) -> None:
@@ -132,10 +157,12 @@ def trace_rows(store: Store, cur: Any, project: str, trace_id: str,
     and each span's row as ("step" or "event", id); a span not arrived yet is
     taken for an event. A trace not seen yet is given its own session now,
     as ingest gives one (a span that names a session moves it there, what
-    was attached to it included). Call it in a transaction, after
-    lock_traces."""
+    was attached to it included). ValueError when the trace was in a
+    session since deleted. Call it in a transaction, after lock_traces."""
     ph = store.placeholder
     stored = _stored_traces(store, cur, project, [trace_id]).get(trace_id)
+    if stored is not None and store.deleted_in(cur, [stored.session_id]):
+        raise ValueError(deleted_reason(stored.session_id))
     if stored is None:
         stored = _Trace(str(uuid.uuid4()), True, None, None)
         now = time.time()

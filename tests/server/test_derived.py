@@ -946,18 +946,26 @@ def _scans(store: Store, table: str) -> int:
     return int(row["seq_scan"] or 0) + int(row["idx_scan"] or 0)
 
 
+def scan_counted_world(pg_url: str) -> Store:
+    """A PostgreSQL store of 12 timed sessions, derived data rebuilt, whose
+    scans can be counted (the test skips before PostgreSQL 15)."""
+    store = Store(pg_url)
+    if int(store.query("SHOW server_version_num")[0]["server_version_num"]) < 150000:
+        store.close()
+        pytest.skip("counting scans needs pg_stat_force_next_flush (PostgreSQL 15)")
+    store.write([*_timed_world(random.Random(5), "t", 12)])
+    _refresh_all(store)
+    return store
+
+
 def test_a_postgresql_batch_reads_its_old_rows_once_in_deleting_them(pg_url: str) -> None:
     """On PostgreSQL a batch takes the hours to sum again and the timing
     counts to take off and add from the rows its DELETE and INSERT return:
     it looks session_activity's and llm_timings' rows up once each (to
     delete them), where it read session_activity 3 times and llm_timings 5
     (until PostgreSQL first analyses them, each time a whole scan)."""
-    store = Store(pg_url)
+    store = scan_counted_world(pg_url)
     try:
-        if int(store.query("SHOW server_version_num")[0]["server_version_num"]) < 150000:
-            pytest.skip("counting scans needs pg_stat_force_next_flush (PostgreSQL 15)")
-        store.write([*_timed_world(random.Random(5), "t", 12)])
-        _refresh_all(store)
         store.write([_event(f"t{i}-t0", f"t{i}", BASE + i * 3600 + 0.5, type="llm",
                             model="m-2", duration=0.5) for i in range(0, 12, 2)])
         before = {table: _scans(store, table) for table in ("session_activity", "llm_timings")}

@@ -624,3 +624,54 @@ def test_a_session_a_score_made_before_the_spans_gets_what_the_spans_would_have_
     assert {s["name"] for s in own} == {"plan"}
     assert api.tree("score-first")["scores"] == {"quality": 2.0}
     assert sorted(str(api.tree(s["id"])["scores"]) for s in own) == ["{'quality': 3.0}", "{}"]
+
+
+def test_a_score_or_a_late_span_of_a_deleted_sessions_trace_is_refused_alone(
+        db_url: str, start_server: Any) -> None:
+    """A trace whose session was deleted (named by its spans, or the trace's
+    own) takes nothing more: a score naming it is refused alone (207 with
+    the reason, as one naming the deleted session id is), and a late span
+    of it is refused too, instead of either making a new session."""
+    server = start_server(db_url)
+    key = make_key(db_url, "deleting")
+    api = Api(server.url, key)
+    named = make_spans(lambda tracer: _langfuse_span(
+        tracer, "root", {"langfuse.observation.type": "span", "session.id": "lf-gone"}))
+    def with_child(tracer: Tracer) -> None:
+        with tracer.start_as_current_span("own root"):
+            _langfuse_span(tracer, "child", {"langfuse.observation.type": "span"})
+
+    own = make_spans(with_child)
+    root, child = (next(s for s in own if s.name == "own root"),
+                   next(s for s in own if s.name == "child"))
+    assert post(server, key, [*named, root]).status_code == 200
+    (own_session,) = [s["id"] for s in api.get("/api/v1/sessions").json()["sessions"]
+                      if s["id"] != "lf-gone"]
+    for sid in ("lf-gone", own_session):
+        assert api.http.delete(server.url + f"/api/v1/sessions/{sid}",
+                               params={"force": "true"}, timeout=10).status_code == 200
+    before = count_rows(db_url)
+    fresh = "cd" * 16
+    answer = requests.post(server.url + "/api/public/scores", headers=basic(key), timeout=30,
+                           json=[{"name": "q", "value": 1,
+                                  "traceId": format(named[0].context.trace_id, "032x")},
+                                 {"name": "q", "value": 1,
+                                  "traceId": format(root.context.trace_id, "032x"),
+                                  "observationId": format(root.context.span_id, "016x")},
+                                 {"name": "q", "value": 1, "traceId": fresh}])
+    assert answer.status_code == 207, answer.text
+    said = answer.json()
+    assert (said["accepted"], said["rejected"]) == (1, 2)
+    assert [e["message"] for e in said["errors"]] == [
+        f"score {n} was refused: session {sid!r} was deleted: records for a deleted session "
+        "are refused" for n, sid in ((0, "lf-gone"), (1, own_session))]
+    late = post(server, key, [child])
+    assert late.status_code == 400 and f"session {own_session!r} was deleted" in late.text
+    # Only the fresh trace's score made a session (its own), nothing else.
+    sessions = api.get("/api/v1/sessions").json()["sessions"]
+    assert len(sessions) == 1 and sessions[0]["id"] not in ("lf-gone", own_session)
+    assert api.tree(sessions[0]["id"])["scores"] == {"q": 1.0}
+    after = count_rows(db_url)
+    assert after["sessions"] == before["sessions"] + 1
+    assert (after["steps"], after["events"]) == (before["steps"], before["events"])
+    assert "Traceback" not in server.log_text()

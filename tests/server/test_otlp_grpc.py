@@ -46,6 +46,7 @@ from test_otlp import (
     make_spans,
     normalized,
     otlp_tables_gone,
+    partial,
     post,
 )
 
@@ -481,3 +482,43 @@ def test_a_span_that_ends_before_it_starts_has_an_unknown_duration_by_every_door
         page = browser.get(server.url + path, timeout=30)
         assert page.status_code == 200 and "clock stepped back" in page.text
         assert not negative.search(page.text)
+
+
+def test_spans_of_a_deleted_session_are_refused_alone_in_the_same_words_by_both_doors(
+        db_url: str, start_server: Any) -> None:
+    """A deleted session's spans are refused for good, saying so, over
+    OTLP/HTTP and OTLP/gRPC alike: with other sessions' spans in the
+    request, those are stored and the answer is a partial success; alone,
+    the request is refused as malformed (not retried)."""
+    server, port = start_grpc_server(start_server, db_url)
+    key = make_key(db_url, "deleting")
+    api = Api(server.url, key)
+    assert post(server, key, body(make_spans(agent_trace("gone")))).status_code == 200
+    assert api.http.delete(server.url + "/api/v1/sessions/gone", params={"force": "true"},
+                           timeout=10).status_code == 200
+    gone = make_spans(agent_trace("gone"))
+    words = "session 'gone' was deleted: records for a deleted session are refused"
+    for door, conversation in (("http", "kept-http"), ("grpc", "kept-grpc")):
+        mixed = body(gone + make_spans(agent_trace(conversation)))
+        if door == "http":
+            answer = post(server, key, mixed)
+            assert answer.status_code == 200, answer.content
+            rejected, reason = partial(answer)
+        else:
+            kept = call(port, key, mixed)
+            rejected, reason = (kept.partial_success.rejected_spans,
+                                kept.partial_success.error_message)
+        assert (rejected, reason) == (len(gone), words), door
+        assert api.tree(conversation)["step_count"] == 3
+    before = count_rows(db_url)
+    http = post(server, key, body(gone))
+    assert http.status_code == 400
+    http_status = Status.FromString(http.content)
+    error = refusal(port, key, body(gone))
+    assert error.code() is grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    grpc_status = status_details(error)
+    assert grpc_status.message == http_status.message == \
+        f"all {len(gone)} spans were refused: {words}"
+    assert count_rows(db_url) == before
+    assert api.get("/api/v1/sessions/gone").status_code == 404
+    assert "Traceback" not in server.log_text()

@@ -89,6 +89,8 @@ def _belongs(table: str, row: dict[str, Any], victims: set[str],
         events = {r["id"] for r in rows["events"] if r["session_id"] in victims}
         return (row["session_id"] in victims or row["step_id"] in steps
                 or row["event_id"] in events)
+    if table == "otlp_traces":
+        return False  # kept, as their ids are: a late span or score of them is refused
     if table == "otlp_spans":
         return any(t["trace_id"] == row["trace_id"] and t["project"] == row["project"]
                    and t["session_id"] in victims for t in rows["otlp_traces"])
@@ -162,7 +164,7 @@ def test_deleting_sessions_removes_every_row_of_theirs_and_nothing_of_others(
     before = _rows(store)
     assert all(any(_belongs(t, r, victims, before) for r in before[t])
                for t in ("sessions", "steps", "events", "scores", "rubric_results",
-                         "evaluations", "uploads", "otlp_traces", "otlp_spans",
+                         "evaluations", "uploads", "otlp_spans",
                          "session_activity", "llm_timings"))
 
     # (noted just now: forced, or the unfinished ones count as being written to)
@@ -177,6 +179,7 @@ def test_deleting_sessions_removes_every_row_of_theirs_and_nothing_of_others(
         kept = [r for r in rows if not _belongs(table, r, victims, before)]
         assert sorted(map(_key, after[table])) == sorted(map(_key, kept)), table
     assert {r["session_id"] for r in after["deleted_sessions"]} == victims
+    assert victims <= {r["session_id"] for r in after["otlp_traces"]}
     # experiments and mass simulations stay, with the runs still stored
     assert {r["id"] for r in after["experiments"]} == {"exp1"}
     assert {r["id"] for r in after["mass_sims"]} == {"ms1"}
@@ -201,6 +204,28 @@ def test_a_deletion_goes_a_batch_to_a_transaction(store: Store, monkeypatch) -> 
     assert delete_sessions(store, [f"b{n}" for n in range(10)]).deleted == \
         sorted(f"b{n}" for n in range(10))
     assert len(transactions) == 4 and store.count("sessions") == 0
+
+
+def test_a_postgresql_deletion_reads_the_derived_rows_once_in_deleting_them(
+        pg_url: str) -> None:
+    """On PostgreSQL a deletion takes the timing counts to take off and the
+    hours to sum again from the rows its DELETEs return, as the refresher
+    does: it looks session_activity's and llm_timings' rows up once each (to
+    delete them), where it read session_activity twice and llm_timings 3
+    times (until PostgreSQL first analyses them, each time a whole scan)."""
+    from test_derived import _scans, scan_counted_world
+
+    store = scan_counted_world(pg_url)
+    try:
+        before = {table: _scans(store, table) for table in ("session_activity", "llm_timings")}
+        assert delete_sessions(store, ["t1", "t2", "t3"], force=True).deleted == [
+            "t1", "t2", "t3"]
+        after = {table: _scans(store, table) for table in ("session_activity", "llm_timings")}
+        assert {table: after[table] - before[table] for table in before} == {
+            "session_activity": 1, "llm_timings": 1}
+        _assert_exact_after(store)
+    finally:
+        store.close()
 
 
 def test_a_session_of_another_project_is_unknown_to_a_scoped_deletion(store: Store) -> None:
@@ -274,6 +299,34 @@ def test_prune_deletes_old_sessions_and_keeps_those_still_written_to(store: Stor
         "ended-late", "late-event", "long-running", "recent"]
     assert prune(store, 30 * DAY, now=now).sessions == 0
     _assert_exact_after(store)
+
+
+def test_prune_takes_an_old_session_that_never_said_when_it_started(store: Store) -> None:
+    """A session with no start (made by a score, or for a step that came
+    before it) is judged by when it was last written, as every session is."""
+    now = time.time()
+    old = now - 40 * DAY
+    store.write([
+        ("session", "unstarted-old", old, {"project": "p"}),
+        ("step", "unstarted-old-1", old, {"session_id": "unstarted-old", "action": "a"}),
+        ("session", "unstarted-recent", now - DAY, {"project": "p"}),
+        ("session", "unstarted-late-step", old, {"project": "p"}),
+        ("step", "late-step-1", now - DAY, {"session_id": "unstarted-late-step",
+                                            "action": "a"}),
+        ("session", "started-old", old, {"project": "p", "started_at": old,
+                                         "is_finished": True, "ended_at": old}),
+    ])
+    _refresh_all(store)
+    assert store.get_session("unstarted-old")["started_at"] is None
+    dry = prune(store, 30 * DAY, now=now, dry_run=True, keep_ids=10)
+    assert sorted(dry.ids) == ["started-old", "unstarted-old"]
+    done = prune(store, 30 * DAY, now=now, batch=1, keep_ids=10)
+    assert sorted(done.ids) == ["started-old", "unstarted-old"] and done.sessions == 2
+    assert (done.oldest, done.newest) == (old, old)
+    assert sorted(r["id"] for r in store.query("SELECT id FROM sessions")) == [
+        "unstarted-late-step", "unstarted-recent"]
+    assert was_deleted(store, "unstarted-old")
+    assert store.query("SELECT id FROM steps") == [{"id": "late-step-1"}]
 
 
 def test_a_session_noted_as_written_recently_is_not_pruned(store: Store) -> None:
@@ -469,3 +522,62 @@ def test_continuing_a_deleted_session_says_it_was_deleted(tmp_path: Path) -> Non
     refusals = tried.stdout.splitlines()
     assert refusals[0].startswith(f"refused: session {sid!r} was deleted"), tried.stdout
     assert refusals[1].startswith("refused: session 'never-was' does not exist"), tried.stdout
+
+
+def test_spans_racing_the_deletion_of_their_session_are_refused_alone(pg_url: str) -> None:
+    """PostgreSQL: a deletion that commits while an OTLP request is being
+    stored, after the request looked its sessions up, still refuses only
+    the deleted session's spans (the request is stored again, seeing it),
+    not every span of the request."""
+    import psycopg
+    from test_otlp import agent_trace, encode_protobuf, make_spans
+
+    from lucidic.server.otlp import _spans
+    from lucidic.server.otlp_ingest import ingest
+
+    store = Store(pg_url)
+    try:
+        gone = make_spans(agent_trace("gone"))
+        ingest(store, "p", _spans(encode_protobuf(gone))[0])
+        spans = _spans(encode_protobuf([*gone, *make_spans(agent_trace("kept"))]))[0]
+        # A deletion under way: the session's row locked and deleted, its
+        # id noted, not committed yet.
+        deleting = psycopg.connect(pg_url)
+        deleting.execute("SELECT id FROM sessions WHERE id = 'gone' FOR UPDATE")
+        deleting.execute("INSERT INTO deleted_sessions (session_id, project, deleted_at) "
+                         "VALUES ('gone', 'p', 0)")
+        deleting.execute("DELETE FROM steps WHERE session_id = 'gone'")
+        deleting.execute("DELETE FROM events WHERE session_id = 'gone'")
+        deleting.execute("DELETE FROM sessions WHERE id = 'gone'")
+        pid = store.query("SELECT pg_backend_pid() AS pid")[0]["pid"]
+        results: list[Any] = []
+        writer = threading.Thread(target=lambda: results.append(
+            _outcome_or_error(lambda: ingest(store, "p", spans))))
+        writer.start()
+        watcher = Store(pg_url)
+        for _ in range(600):   # until the request waits for the deletion's row lock
+            if watcher.query("SELECT 1 AS one FROM pg_stat_activity WHERE pid = %s "
+                             "AND wait_event_type = 'Lock'", (pid,)):
+                break
+            time.sleep(0.05)
+        else:
+            raise AssertionError("the request never waited for the deletion")
+        watcher.close()
+        deleting.commit()
+        deleting.close()
+        writer.join(60)
+        (outcome,) = results
+        assert not isinstance(outcome, Exception), outcome
+        assert (outcome.accepted, outcome.rejected) == (len(spans) - len(gone), len(gone))
+        assert outcome.reason == ("session 'gone' was deleted: records for a deleted "
+                                  "session are refused")
+        assert store.get_session("gone") is None and store.get_session("kept") is not None
+    finally:
+        store.close()
+
+
+def _outcome_or_error(call: Any) -> Any:
+    try:
+        return call()
+    except Exception as exc:  # noqa: BLE001 - the test looks at it
+        return exc
