@@ -541,11 +541,15 @@ def langfuse_usage(details: Any) -> dict[str, int]:
     ``input_cached_tokens``, ``cache_read_input_tokens``,
     ``output_reasoning_tokens``...), where every ``input*`` and ``output*`` key
     is a part of its side, added up (Langfuse's ``input`` leaves the cached
-    tokens out)."""
+    tokens out, as Anthropic's ``input_tokens`` does)."""
     if not isinstance(details, dict):
         return {}
     out: dict[str, int] = {}
-    for total_key, details_key, side in (("prompt_tokens", "prompt_tokens_details", "input"),
+    # Anthropic's own usage object (``input_tokens`` beside
+    # ``cache_read_input_tokens``/``cache_creation_input_tokens``) counts its
+    # input without the cache, as Langfuse's keys do: added up below.
+    anthropic = any(key in details for key in _LF_CACHE_READ + _LF_CACHE_WRITE)
+    for total_key, details_key, side in () if anthropic else (("prompt_tokens", "prompt_tokens_details", "input"),
                                          ("input_tokens", "input_tokens_details", "input"),
                                          ("completion_tokens", "completion_tokens_details",
                                           "output"),

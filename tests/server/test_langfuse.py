@@ -530,6 +530,13 @@ def generations(tracer: Tracer) -> None:
                                                                      "input": 0.004}),
                     "langfuse.observation.level": "ERROR",
                     "langfuse.observation.status_message": "overloaded"},
+                # Anthropic's own usage object (its input_tokens leave the cache
+                # out, as Langfuse's input does), as an integration passes it on.
+                "anthropic raw": {"langfuse.observation.usage_details": json.dumps({
+                    "input_tokens": 7, "output_tokens": 5, "cache_read_input_tokens": 100,
+                    "cache_creation_input_tokens": 20,
+                    "cache_creation": {"ephemeral_5m_input_tokens": 20},
+                    "service_tier": "standard"})},
                 "embedding": {"langfuse.observation.type": "embedding",
                               "langfuse.observation.usage_details": json.dumps({"input": 6})},
         }.items():
@@ -562,12 +569,15 @@ def test_usage_details_in_each_shape_and_level_error_without_an_error_status(
     assert tokens == {"openai chat": (50, 10, None, 30, 20),
                       "openai responses": (40, 8, None, 9, 3),
                       "anthropic": (127, 100, 20, 5, None),
+                      "anthropic raw": (127, 100, 20, 5, None),
                       "embedding": (6, None, None, None, None),
                       "streamed": (None, None, None, None, None),
                       "note": (None, None, None, None, None)}
     assert events["streamed"]["time_to_first_token"] == pytest.approx(0.25, abs=1e-3)
     assert events["openai chat"]["cost"] == pytest.approx(cost_of(None, "gpt-4o", 50, 30, 10))
     assert events["anthropic"]["cost"] == pytest.approx(0.01)  # total before its parts
+    assert events["anthropic raw"]["cost"] == pytest.approx(
+        cost_of(None, "gpt-4o", 127, 5, 100, 20))  # (the price table's, of every part)
     # Level ERROR is an error whether or not the span's status says so.
     assert events["anthropic"]["error"] == "overloaded"
     (guard,) = root["steps"]
