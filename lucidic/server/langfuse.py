@@ -78,18 +78,23 @@ def langfuse_key(request: Request) -> HTTPAuthorizationCredentials | None:
     return HTTPAuthorizationCredentials(scheme="Basic", credentials=secret) if secret else None
 
 
+def _key_refused(detail: str | None = None) -> ApiError:
+    """A 401 saying what to set: the key is missing, or ``detail`` says why
+    it was refused. (``message`` is where Langfuse's SDK looks for the words.)"""
+    detail = _NO_KEY if detail is None else (
+        f"{detail} (set LANGFUSE_SECRET_KEY to a key from `lucidic keys create`)")
+    return ApiError(401, detail, headers={"WWW-Authenticate": "Basic"}, message=detail)
+
+
 def _project(request: Request, db: Db) -> str:
     """The project of the key the request carries, or a 401 saying what to set."""
     credentials = langfuse_key(request)
     if credentials is None:
-        raise ApiError(401, _NO_KEY, headers={"WWW-Authenticate": "Basic"}, message=_NO_KEY)
+        raise _key_refused()
     try:
         return identity(credentials, db).project
     except ApiError as exc:
-        detail = (f"{exc.detail} (set LANGFUSE_SECRET_KEY to a key from "
-                  "`lucidic keys create`)")
-        raise ApiError(401, detail, headers={"WWW-Authenticate": "Basic"},
-                       message=detail) from exc
+        raise _key_refused(exc.detail) from exc
 
 
 Project = Annotated[str, Depends(_project)]
@@ -102,15 +107,13 @@ def export_traces(request: Request, db: Db, body: Annotated[bytes, Depends(raw_b
                   ) -> Response:
     credentials = langfuse_key(request)
     if credentials is None:
-        raise ApiError(401, _NO_KEY, headers={"WWW-Authenticate": "Basic"})
+        raise _key_refused()
     try:
         return answer_export(request, db, body, credentials)
     except ApiError as exc:
         if exc.status != 401:
             raise
-        raise ApiError(401, f"{exc.detail} (set LANGFUSE_SECRET_KEY to a key from "
-                            "`lucidic keys create`)", headers={"WWW-Authenticate": "Basic"}
-                       ) from exc
+        raise _key_refused(exc.detail) from exc
 
 
 @router.get("/projects", summary="The key's project (langfuse.auth_check())")
