@@ -530,6 +530,14 @@ def llm_fields(span: SpanIn) -> dict[str, Any]:
     return fields
 
 
+#: A provider's usage object whose totals include their parts (OpenAI's):
+#: (total's key, its parts' key, which side).
+_PROVIDER_TOTALS = (("prompt_tokens", "prompt_tokens_details", "input"),
+                    ("input_tokens", "input_tokens_details", "input"),
+                    ("completion_tokens", "completion_tokens_details", "output"),
+                    ("output_tokens", "output_tokens_details", "output"))
+
+
 def langfuse_usage(details: Any) -> dict[str, int]:
     """Token counts from a Langfuse generation's ``usage_details``: input,
     output, cached (cache reads), reasoning and cache_write, each where known.
@@ -549,11 +557,7 @@ def langfuse_usage(details: Any) -> dict[str, int]:
     # ``cache_read_input_tokens``/``cache_creation_input_tokens``) counts its
     # input without the cache, as Langfuse's keys do: added up below.
     anthropic = any(key in details for key in _LF_CACHE_READ + _LF_CACHE_WRITE)
-    for total_key, details_key, side in () if anthropic else (("prompt_tokens", "prompt_tokens_details", "input"),
-                                         ("input_tokens", "input_tokens_details", "input"),
-                                         ("completion_tokens", "completion_tokens_details",
-                                          "output"),
-                                         ("output_tokens", "output_tokens_details", "output")):
+    for total_key, details_key, side in () if anthropic else _PROVIDER_TOTALS:
         total = _int(details.get(total_key))
         if total is None or side in out:
             continue
