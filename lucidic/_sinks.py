@@ -202,7 +202,10 @@ class LocalSink(Sink):
                     _continuation.unknown_message(session_id)) from exc
             raise InvalidOperationError(_continuation.deleted_message(session_id) if deleted
                                         else _continuation.unknown_message(session_id))
-        return super().check_continuable(session_id, agent_id)
+        refused = _continuation.refusal(stored, session_id, agent_id)
+        if refused:
+            raise InvalidOperationError(refused)
+        return stored
 
     def lookup_session(self, session_id: str) -> dict[str, Any] | None:
         try:

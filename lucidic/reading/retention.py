@@ -317,8 +317,6 @@ class Pruner(Background):
                  older_than: float, *, interval: float = PRUNE_INTERVAL) -> None:
         super().__init__(connection, interval=interval)
         self.older_than = older_than
-        #: Sessions pruned since start.
-        self.pruned = 0
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -327,7 +325,6 @@ class Pruner(Background):
                     done = prune(store, self.older_than, stop=self._stop.is_set, alone=True,
                                  wait=self._stop.wait)
                 if done.sessions:
-                    self.pruned += done.sessions
                     logger.info("lucidic: retention deleted %d session(s) with nothing "
                                 "written for %g days", done.sessions, self.older_than / 86400)
             except Exception as exc:  # noqa: BLE001 - the next round tries again

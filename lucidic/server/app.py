@@ -397,7 +397,6 @@ def create_app(database_url: str | None = None, *,
     )
     app.state.pool = pool
     app.state.otlp_grpc_port = grpc_port
-    app.state.pruner = pruner
     app.state.uploads = uploads.UploadConfig(
         signing_key, max_bytes=max_upload_bytes or uploads.DEFAULT_MAX_UPLOAD_BYTES,
         ttl=upload_ttl or uploads.DEFAULT_UPLOAD_TTL)
