@@ -19,6 +19,7 @@ from urllib.parse import parse_qs, quote, urlencode
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from ..limits import MAX_ID_LENGTH
 from ..reading import MAX_LIMIT, SORTS, STATUSES, InvalidQueryError, Reader, SessionQuery
@@ -252,8 +253,10 @@ async def delete_session(request: Request, session_id: str, db: Db, who: Who) ->
         return _page(request, "missing.html", status=404, viewer=who, what="page",
                      ident=request.url.path)
     form = parse_qs((await request.body())[:1024].decode("utf-8", "replace"))
-    done = delete_sessions(db, [session_id], project=who.project,
-                           force=(form.get("force") or [""])[0] == "1")
+    # In a worker thread, as every sync route's work: a deletion waits for
+    # the store's write lock, and the event loop serves the other pages meanwhile.
+    done = await run_in_threadpool(delete_sessions, db, [session_id], project=who.project,
+                                   force=(form.get("force") or [""])[0] == "1")
     page = f"/sessions/{quote(session_id, safe='')}"
     if done.running:
         return RedirectResponse(page + "?delete=running", status_code=303)
