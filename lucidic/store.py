@@ -1545,19 +1545,25 @@ class Store:
                 raise
             raise DeletedSessionError(self.deleted_among(_sessions_named(records))) from None
 
-    def deleted_among(self, session_ids: Iterable[str]) -> list[str]:
-        """Which of these sessions were deleted (sorted)."""
+    def deleted_among(self, session_ids: Iterable[str],
+                      project: str | None = None) -> list[str]:
+        """Which of these sessions were deleted (of ``project``, when given), sorted."""
         wanted = sorted(set(session_ids))
-        found: list[str] = self._run(lambda cur: self.deleted_in(cur, wanted), write=False)
+        found: list[str] = self._run(lambda cur: self.deleted_in(cur, wanted, project),
+                                     write=False)
         return found
 
-    def deleted_in(self, cur: Any, wanted: Sequence[str]) -> list[str]:
-        """Inside a transaction: which of ``wanted`` (sorted) were deleted."""
+    def deleted_in(self, cur: Any, wanted: Sequence[str],
+                   project: str | None = None) -> list[str]:
+        """Inside a transaction: which of ``wanted`` (sorted) were deleted
+        (of ``project``, when given)."""
         found: list[str] = []
+        of_project = "" if project is None else f" AND project = {self._ph}"
         for start in range(0, len(wanted), 500):
             chunk = wanted[start:start + 500]
             cur.execute(f"SELECT session_id FROM deleted_sessions WHERE session_id IN "
-                        f"({', '.join([self._ph] * len(chunk))})", tuple(chunk))
+                        f"({', '.join([self._ph] * len(chunk))}){of_project}",
+                        (*chunk, *(() if project is None else (project,))))
             found.extend(row[0] for row in cur.fetchall())
         return sorted(found)
 

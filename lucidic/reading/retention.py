@@ -331,14 +331,3 @@ class Pruner(Background):
                 log_rate_limited("retention", "lucidic: pruning old sessions failed (the "
                                  "next round tries again): %r", exc)
             self._stop.wait(self.interval)
-
-
-def was_deleted(store: Store, session_id: str, project: str | None = None) -> bool:
-    """Whether this session was deleted (in ``project``, when given)."""
-    ph = store.placeholder
-    sql = f"SELECT 1 AS one FROM deleted_sessions WHERE session_id = {ph}"
-    params: list[Any] = [session_id]
-    if project is not None:
-        sql += f" AND project = {ph}"
-        params.append(project)
-    return bool(store.query(sql, params))

@@ -15,7 +15,7 @@ from .. import _config, _continuation
 from ..limits import MAX_BODY_BYTES
 from ..reading import MAX_LIMIT, SORTS, InvalidQueryError, Reader, SessionQuery
 from ..reading.derived import Refresher
-from ..reading.retention import RECENT_WRITES, Pruner, delete_sessions, was_deleted
+from ..reading.retention import RECENT_WRITES, Pruner, delete_sessions
 from ..reading.search import MAX_QUERY_CHARS as MAX_SEARCH
 from ..store import DeletedSessionError, Store
 from ..ui.db import StorePool
@@ -245,7 +245,7 @@ def continuable(session_id: str, who: Auth, db: Db,
     valid = models.valid_id(session_id)
     row = db.get_session(session_id, who.project) if valid else None
     if row is None:
-        if valid and was_deleted(db, session_id, who.project):
+        if valid and db.deleted_among([session_id], who.project):
             raise ApiError(410, _continuation.deleted_message(session_id))
         raise not_found("session", session_id)
     check_continuable(row, session_id, agent_id)

@@ -23,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ..limits import MAX_ID_LENGTH
 from ..reading import MAX_LIMIT, SORTS, STATUSES, InvalidQueryError, Reader, SessionQuery
-from ..reading.retention import RECENT_WRITES, delete_sessions, was_deleted
+from ..reading.retention import RECENT_WRITES, delete_sessions
 from ..store import Store
 from . import auth
 from .render import render
@@ -182,7 +182,7 @@ def _session_or_404(request: Request, reader: Reader, session_id: str,
     known = 0 < len(session_id) <= MAX_ID_LENGTH
     session = reader.session(session_id, who.project) if known else None
     if session is None:
-        if known and was_deleted(reader.store, session_id, who.project):
+        if known and reader.store.deleted_among([session_id], who.project):
             return _page(request, "missing.html", status=410, viewer=who, what="session",
                          ident=session_id, deleted=True)
         return _page(request, "missing.html", status=404, viewer=who, what="session",
@@ -220,7 +220,7 @@ def session_live(request: Request, session_id: str, db: Db, who: Who,
     database holds nothing new since ``version``."""
     reader = Reader(db)
     if reader.session(session_id, who.project) is None:
-        if 0 < len(session_id) <= MAX_ID_LENGTH and was_deleted(db, session_id, who.project):
+        if 0 < len(session_id) <= MAX_ID_LENGTH and db.deleted_among([session_id], who.project):
             # The page says so, and stops polling.
             return _page(request, "_session_deleted.html", viewer=who, session_id=session_id)
         return Response(status_code=204)

@@ -34,7 +34,7 @@ from test_derived import (
 from lucidic import evalstore
 from lucidic._sinks import LocalSink, RecordsRefusedError
 from lucidic.reading import retention
-from lucidic.reading.retention import delete_sessions, prune, was_deleted
+from lucidic.reading.retention import delete_sessions, prune
 from lucidic.store import DeletedSessionError, Store, UnknownSessionError
 
 
@@ -185,8 +185,8 @@ def test_deleting_sessions_removes_every_row_of_theirs_and_nothing_of_others(
     assert {r["id"] for r in after["mass_sims"]} == {"ms1"}
     _assert_exact_after(store)
     _assert_percentiles_exact(store)
-    assert all(was_deleted(store, sid) for sid in victims)
-    assert not was_deleted(store, "s2") and not was_deleted(store, "s1", project="q")
+    assert store.deleted_among(victims) == sorted(victims)
+    assert not store.deleted_among(["s2"]) and not store.deleted_among(["s1"], "q")
 
 
 def test_a_deletion_goes_a_batch_to_a_transaction(store: Store, monkeypatch) -> None:
@@ -325,7 +325,7 @@ def test_prune_takes_an_old_session_that_never_said_when_it_started(store: Store
     assert (done.oldest, done.newest) == (old, old)
     assert sorted(r["id"] for r in store.query("SELECT id FROM sessions")) == [
         "unstarted-late-step", "unstarted-recent"]
-    assert was_deleted(store, "unstarted-old")
+    assert store.deleted_among(["unstarted-old"])
     assert store.query("SELECT id FROM steps") == [{"id": "late-step-1"}]
 
 
