@@ -105,7 +105,7 @@ def _delete_on_server(base_url: str, ids: list[str], force: bool) -> int:
 
     reader = HttpReader(base_url, _config.env("LUCIDIC_API_KEY"))
     try:
-        unknown = [sid for sid in ids if reader.session_tree(sid) is None]
+        unknown = [sid for sid in ids if not reader.has_session(sid)]
         if unknown:
             print(f"lucidic: no session {', '.join(map(repr, unknown))} in the server at "
                   f"{base_url}'s project (`lucidic sessions list` shows them); nothing was "

@@ -517,6 +517,10 @@ class HttpReader:
     def session_tree(self, session_id: str) -> dict[str, Any] | None:
         return self.tree_if_changed(session_id, None)[1]
 
+    def has_session(self, session_id: str) -> bool:
+        """Whether the key's project holds this session (its row, not its tree)."""
+        return self._get(f"/api/v1/sessions/{quote(session_id, safe='')}").status_code == 200
+
     def tree_if_changed(self, session_id: str,
                         version: str | None) -> tuple[str, dict[str, Any] | None]:
         """As lucidic.reading.Reader.tree_if_changed, by a conditional GET."""
