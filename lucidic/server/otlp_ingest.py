@@ -64,6 +64,8 @@ def ingest(store: Store, project: str, spans: list[SpanIn]) -> Outcome:
     by_trace: dict[str, list[SpanIn]] = {}
     for span in spans:
         by_trace.setdefault(span.trace_id, []).append(span)
+    # What each trace's Langfuse spans say of its session, worked out once.
+    said = {trace_id: session_fields(trace) for trace_id, trace in by_trace.items()}
     outcome = Outcome()
 
     def run(cur: Any) -> None:
@@ -84,7 +86,7 @@ def ingest(store: Store, project: str, spans: list[SpanIn]) -> Outcome:
             if gone is not None:
                 outcome.refuse(len(by_trace[trace_id]), deleted_reason(gone))
                 del targets[trace_id]
-        refused = _claim_sessions(store, cur, project, targets, by_trace)
+        refused = _claim_sessions(store, cur, project, targets, by_trace, said)
         accepted = [t for t in traces if t in targets and targets[t].session_id not in refused]
         for trace_id in traces:
             if trace_id in targets and targets[trace_id].session_id in refused:
@@ -102,11 +104,10 @@ def ingest(store: Store, project: str, spans: list[SpanIn]) -> Outcome:
                 _move(store, cur, project, trace_id, spans_known, before, target.session_id)
             records.extend(_rows(store, cur, project, trace_id, by_trace[trace_id], target,
                                  spans_known))
-            said = session_fields(by_trace[trace_id])
-            if said:
+            if said[trace_id]:
                 # Newer spans' word wins (the store's rule for every record).
                 ts = max((s.end or s.start or 0.0 for s in by_trace[trace_id]), default=0.0)
-                records.append(("session", target.session_id, ts, said))
+                records.append(("session", target.session_id, ts, dict(said[trace_id])))
             outcome.accepted += len(by_trace[trace_id])
         ph = store.placeholder
         cur.executemany(
@@ -124,7 +125,7 @@ def ingest(store: Store, project: str, spans: list[SpanIn]) -> Outcome:
             [(project, t, s.span_id, s.parent_id, int(s.role == "step"))
              for t in accepted for s in by_trace[t]])
         store.apply(cur, records, project)
-        _session_times(store, cur, {t: targets[t] for t in accepted}, by_trace)
+        _session_times(store, cur, {t: targets[t] for t in accepted}, by_trace, said)
 
     try:
         store.transaction(run)
@@ -252,7 +253,8 @@ def _rows(store: Store, cur: Any, project: str, trace_id: str, spans: list[SpanI
 
 
 def _claim_sessions(store: Store, cur: Any, project: str, targets: dict[str, _Trace],
-                    by_trace: dict[str, list[SpanIn]]) -> set[str]:
+                    by_trace: dict[str, list[SpanIn]],
+                    said: dict[str, dict[str, Any]]) -> set[str]:
     """Create the target sessions that do not exist (and give those of the
     project an agent and name where they have none); the ids of those that
     are another project's (which the traces naming them cannot use)."""
@@ -263,7 +265,8 @@ def _claim_sessions(store: Store, cur: Any, project: str, targets: dict[str, _Tr
         agent = next((clean_text(str(s.resource["service.name"])) for s in spans
                       if s.resource.get("service.name")), None)
         root = next((s for s in spans if s.parent_id is None), None)
-        name = _own_name(root, spans) if target.is_placeholder and root is not None else None
+        name = _own_name(root, said[trace_id]) if target.is_placeholder and root is not None \
+            else None
         first = min((s.start for s in spans if s.start is not None), default=None)
         rows.setdefault(target.session_id, (target.session_id, project, agent, name, first,
                                             first if first is not None else time.time()))
@@ -325,15 +328,15 @@ def _move(store: Store, cur: Any, project: str, trace_id: str,
                     (stored.session_id, project, stored.session_id, stored.session_id))
 
 
-def _own_name(root: SpanIn, spans: list[SpanIn]) -> str | None:
-    """The name of a trace's own session: the Langfuse trace's name, else its
-    root span's."""
-    named = session_fields(spans).get("name")
+def _own_name(root: SpanIn, said: dict[str, Any]) -> str | None:
+    """The name of a trace's own session: the Langfuse trace's name (in what
+    its spans ``said``, see session_fields), else its root span's."""
+    named = said.get("name")
     return clean_text(str(named) if named is not None else root.name) or None
 
 
 def _session_times(store: Store, cur: Any, targets: dict[str, _Trace],
-                   by_trace: dict[str, list[SpanIn]]) -> None:
+                   by_trace: dict[str, list[SpanIn]], said: dict[str, dict[str, Any]]) -> None:
     """Each session starts at its earliest span; a trace's own session is
     named and finished by its root span."""
     ph = store.placeholder
@@ -347,7 +350,7 @@ def _session_times(store: Store, cur: Any, targets: dict[str, _Trace],
         root = next((s for s in spans if s.parent_id is None), None)
         if target.is_placeholder and root is not None:
             ended = max((s.end for s in spans if s.end is not None), default=None)
-            finished.append((_own_name(root, spans), ended, ended, target.session_id))
+            finished.append((_own_name(root, said[trace_id]), ended, ended, target.session_id))
     if starts:
         cur.executemany(f"UPDATE sessions SET started_at = {ph} WHERE id = {ph} "
                         f"AND (started_at IS NULL OR started_at > {ph})",
