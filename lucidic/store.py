@@ -960,13 +960,14 @@ def _group_rows(records: list[Record], project: str | None = None, *,
     return finished
 
 
-def _sessions_named(records: Iterable[Record]) -> set[str]:
-    """The sessions records belong to (a score's, too)."""
-    named: set[str] = set()
-    for kind, rid, _, fields in records:
-        sid = rid if kind == "session" else fields.get("session_id")
-        if isinstance(sid, str):
-            named.add(sid)
+def _sessions_named(records: list[Record]) -> set[str]:
+    """The sessions records name: their own, their steps' and events', and
+    the sessions evaluation records are about."""
+    core, extra = _split(records)
+    named = {rid if kind == "session" else fields["session_id"]
+             for kind, rid, _, fields in core}
+    named.update(sid for kind, _, _, fields in extra
+                 if (sid := evalstore.referenced_session(kind, fields)) is not None)
     return named
 
 
@@ -1577,10 +1578,7 @@ class Store:
         records = list(records)
         repeated = _check_records(records, project)
         core, extra = _split(records)
-        referenced = {rid if kind == "session" else fields["session_id"]
-                      for kind, rid, _, fields in core}
-        referenced.update(sid for kind, _, _, fields in extra
-                          if (sid := evalstore.referenced_session(kind, fields)) is not None)
+        referenced = _sessions_named(records)
 
         # PostgreSQL: the sessions are locked against their deletion until
         # this commits (a deletion that came first is waited for, and its
